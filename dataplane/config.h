@@ -1,0 +1,90 @@
+/* The configuration document (../shared DESIGN "Control model"), parsed with
+ * json-c into plain structs. Parsing validates shape and values (unknown
+ * keys, wrong types, ranges, references between objects); it does not open
+ * certificate files — that is certs.c's job, run by the caller afterwards.
+ * Every error message starts with the JSON path of the offending key,
+ * e.g. "listeners[0].port: must be 1-65535". */
+#ifndef KGATE_CONFIG_H
+#define KGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define KG_NAME_MAX 80
+
+enum kg_cert_type { KG_CERT_SERVER, KG_CERT_CA };
+enum kg_protocol { KG_PROTO_TLS, KG_PROTO_TCP, KG_PROTO_HTTPS };
+enum kg_mutual_auth { KG_MTLS_OFF, KG_MTLS_OPTIONAL, KG_MTLS_REQUIRED };
+enum kg_forwarding { KG_FWD_AUTO, KG_FWD_SOCKMAP, KG_FWD_SPLICE, KG_FWD_USERSPACE };
+enum kg_health_type { KG_HEALTH_NONE, KG_HEALTH_TCP, KG_HEALTH_HTTP };
+
+struct kg_cert_conf {
+	char name[KG_NAME_MAX + 1];
+	enum kg_cert_type type;
+	char *cert_path; /* absolute or resolved against the config's folder */
+	char *key_path;  /* server only */
+	char *crl_path;  /* ca only, optional (NULL) */
+};
+
+struct kg_backend_conf {
+	char *address; /* as written, "127.0.0.1:9001" or "[::1]:9001" */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	unsigned weight; /* 1-256, default 1; 0 is refused */
+};
+
+struct kg_health_conf {
+	enum kg_health_type type; /* KG_HEALTH_NONE when the key is absent */
+	unsigned interval_ms;     /* default 2000 */
+	unsigned timeout_ms;      /* default 5000, > 0 */
+	unsigned healthy_threshold;   /* default 3 */
+	unsigned unhealthy_threshold; /* default 3 */
+};
+
+struct kg_listener_conf {
+	char name[KG_NAME_MAX + 1];
+	enum kg_protocol protocol;
+	struct sockaddr_storage bind; /* bind address with port set */
+	socklen_t bind_len;
+	const struct kg_cert_conf *certificate; /* server cert; NULL for tcp */
+	const struct kg_cert_conf *ca;          /* NULL when absent */
+	enum kg_mutual_auth mutual_auth; /* default required when ca is set, else off */
+	unsigned verify_depth;           /* default 4 */
+	enum kg_forwarding forwarding;   /* default auto */
+	struct kg_backend_conf *backends;
+	size_t n_backends; /* >= 1 */
+	struct kg_health_conf health_check;
+	unsigned handshake_timeout_ms; /* default 10000 */
+	unsigned idle_timeout_ms;      /* default 300000 */
+	unsigned connect_timeout_ms;   /* default 3000 */
+	unsigned max_connections;      /* default 10000 */
+	unsigned connect_retries;      /* extra members tried after a failed connect; default 2 */
+};
+
+struct kg_config {
+	struct kg_cert_conf *certs;
+	size_t n_certs;
+	struct kg_listener_conf *listeners;
+	size_t n_listeners;
+	unsigned workers;          /* "settings.workers"; 0 = one per core */
+	unsigned drain_timeout_ms; /* "settings.drain_timeout_ms"; default 10000 */
+	char *log_level;           /* "settings.log_level"; NULL = default */
+};
+
+/* Parses JSON text. Relative file paths resolve against base_dir (the
+ * config file's folder). Returns NULL and fills err on any error. */
+struct kg_config *kg_config_parse(const char *json_text, const char *base_dir,
+				  char *err, size_t errlen);
+/* Reads and parses a file; base_dir is the file's folder. */
+struct kg_config *kg_config_load(const char *path, char *err, size_t errlen);
+void kg_config_free(struct kg_config *cfg);
+
+const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg,
+					       const char *name);
+/* "127.0.0.1:80", "[::1]:80" → sockaddr; 0 or -EINVAL. */
+int kg_parse_hostport(const char *text, struct sockaddr_storage *out,
+		      socklen_t *outlen);
+
+#endif

@@ -15,6 +15,11 @@
 /* Checks one certificate entry as described above. */
 int kg_cert_validate(const struct kg_cert_conf *cert, char *err, size_t errlen);
 
+/* Validates every certificate entry of cfg; messages are prefixed with
+ * the entry's JSON path ("certificates.web.key: ..."). 0 or -1. */
+int kg_config_validate_files(const struct kg_config *cfg, char *err,
+			     size_t errlen);
+
 /* Certificate names: 1-80 characters of letters, digits, - / . _ * */
 int kg_cert_name_valid(const char *name);
 

@@ -1,0 +1,99 @@
+/* Backend selection and connect: ask the balancer for a member that is up
+ * and not yet tried, connect through io_uring with a linked timeout, and on
+ * refusal or timeout move on to the next member, at most connect_retries
+ * times. Runs on the connection's worker thread. */
+#include "worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <kgate/log.h>
+
+static void no_backend(struct kg_conn *c)
+{
+	struct kg_worker *w = c->worker;
+	w->stats.no_backend++;
+	kg_worker_warn(w, "listener %s: no backend available after %u attempt(s), closing client",
+		       c->listener->conf->name, c->connect_attempts);
+	/* A clean TLS close tells the client this was deliberate. */
+	SSL_shutdown(c->ssl);
+	c->close_after_flush = true;
+	snprintf(c->close_reason, sizeof(c->close_reason), "no backend available");
+	kg_conn_flush_client(c);
+}
+
+void kg_backend_connect_next(struct kg_conn *c)
+{
+	const struct kg_listener_conf *lc = c->listener->conf;
+	int one = 1;
+
+	if (c->connect_attempts > lc->connect_retries) {
+		no_backend(c);
+		return;
+	}
+	int m = kg_balancer_select(c->listener->balancer, c->tried);
+	if (m < 0) {
+		no_backend(c);
+		return;
+	}
+	const struct kg_backend_conf *b = &lc->backends[m];
+	int fd = socket(b->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1) {
+		char why[64];
+		snprintf(why, sizeof(why), "backend socket: %s", strerror(errno));
+		kg_conn_close(c, why);
+		return;
+	}
+	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
+		log_debug("TCP_NODELAY on backend socket: %s", strerror(errno));
+
+	c->bfd = fd;
+	c->member = m;
+	c->connect_attempts++;
+	c->connect_timeout.tv_sec = lc->connect_timeout_ms / 1000;
+	c->connect_timeout.tv_nsec = (long long)(lc->connect_timeout_ms % 1000) * 1000000;
+
+	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&b->addr, b->addrlen);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_BACKEND_CONNECT, c->idx, fd));
+	sqe->flags |= IOSQE_IO_LINK;
+	/* The pair must reach the kernel together: take the second SQE
+	 * without an intermediate submit. */
+	struct io_uring_sqe *tsqe = io_uring_get_sqe(&c->worker->ring);
+	if (!tsqe) {
+		sqe->flags &= ~IOSQE_IO_LINK;
+		c->inflight++;
+		log_warn("submission queue full: backend connect without timeout");
+		return;
+	}
+	io_uring_prep_link_timeout(tsqe, &c->connect_timeout, 0);
+	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_LINK_TIMEOUT, c->idx, fd));
+	c->inflight += 2;
+}
+
+void kg_backend_on_connect(struct kg_conn *c, int res)
+{
+	c->inflight--;
+	if (c->state == KG_CONN_CLOSING)
+		return;
+	if (res == 0) {
+		c->state = KG_CONN_FORWARDING;
+		c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
+		kg_forward_user_start(c);
+		return;
+	}
+	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];
+	c->worker->stats.backend_connect_failed++;
+	kg_worker_warn(c->worker, "listener %s: backend %s: connect failed: %s",
+		       c->listener->conf->name, b->address,
+		       res == -ECANCELED ? "timed out" : strerror(-res));
+	c->tried |= 1ull << c->member;
+	close(c->bfd);
+	c->bfd = -1;
+	kg_backend_connect_next(c);
+}

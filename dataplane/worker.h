@@ -1,0 +1,150 @@
+/* One worker thread: its io_uring ring, its listening sockets, its
+ * connections. Workers share nothing but the runtime (listeners' SSL_CTX,
+ * balancers, the stop flag). Completions are routed without lookups: the
+ * op, the connection index and the fd are packed into user_data. */
+#ifndef KGATE_WORKER_H
+#define KGATE_WORKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <liburing.h>
+#include <pthread.h>
+#include <semaphore.h>
+
+#include "runtime.h"
+
+enum kg_op {
+	KG_OP_ACCEPT = 1,   /* idx = listener index */
+	KG_OP_CLIENT_RECV,
+	KG_OP_CLIENT_SEND,
+	KG_OP_BACKEND_CONNECT,
+	KG_OP_LINK_TIMEOUT, /* the connect's timeout */
+	KG_OP_BACKEND_RECV,
+	KG_OP_BACKEND_SEND,
+	KG_OP_TICK,
+	KG_OP_CANCEL,       /* completion of a cancel request: ignored */
+};
+
+static inline uint64_t kg_ud_pack(enum kg_op op, uint32_t idx, int fd)
+{
+	return (uint64_t)op << 56 | (uint64_t)(idx & 0xffffff) << 32 |
+	       (uint32_t)fd;
+}
+static inline enum kg_op kg_ud_op(uint64_t ud) { return (enum kg_op)(ud >> 56); }
+static inline uint32_t kg_ud_idx(uint64_t ud) { return (ud >> 32) & 0xffffff; }
+static inline int kg_ud_fd(uint64_t ud) { return (int)(uint32_t)ud; }
+
+enum kg_conn_state {
+	KG_CONN_HANDSHAKE,
+	KG_CONN_CONNECTING,
+	KG_CONN_FORWARDING,
+	KG_CONN_CLOSING, /* waiting for in-flight operations before free */
+};
+
+/* A byte span inside a fixed buffer: [off, len) still to be consumed. */
+struct kg_span {
+	unsigned char *data;
+	uint32_t off;
+	uint32_t len;
+};
+
+struct kg_conn {
+	uint32_t idx;
+	enum kg_conn_state state;
+	struct kg_worker *worker;
+	struct kg_listener_rt *listener;
+	uint32_t listener_idx;
+	int cfd; /* client socket */
+	int bfd; /* backend socket, -1 until connecting */
+	SSL *ssl;
+	BIO *net_in;  /* ciphertext from the client, read by OpenSSL (owned by ssl) */
+	BIO *net_out; /* ciphertext written by OpenSSL for the client (owned by ssl) */
+	uint64_t deadline_ms; /* handshake, then idle deadline */
+	uint32_t inflight;    /* io_uring operations not yet completed */
+
+	int member;          /* chosen backend, -1 before */
+	uint64_t tried;      /* members whose connect failed */
+	unsigned connect_attempts;
+	struct __kernel_timespec connect_timeout; /* read by the kernel at submit */
+
+	unsigned char *buf;   /* one block for the four spans below */
+	struct kg_span c_in;  /* recv from client (ciphertext) */
+	struct kg_span c_out; /* to send to client (ciphertext) */
+	struct kg_span b_in;  /* recv from backend (plaintext), fed to SSL_write */
+	struct kg_span b_out; /* plaintext from SSL_read, to send to backend */
+
+	bool c_recv_busy, c_send_busy, b_recv_busy, b_send_busy;
+	bool client_eof;     /* client sent FIN (with or without close_notify) */
+	bool c2b_done;       /* backend's write side shut */
+	bool b2c_done;       /* client's write side shut after close_notify */
+	bool backend_eof;
+	bool close_after_flush; /* send what is queued (an alert), then close */
+	char close_reason[96];
+};
+
+struct kg_worker {
+	unsigned id;
+	pthread_t thread;
+	struct io_uring ring;
+	struct kg_runtime *rt;
+	int *listen_fds;     /* per listener, -1 once closed */
+	bool *accept_armed;
+	struct kg_conn **conns; /* slot table, NULL when free */
+	uint32_t *free_slots;   /* stack of free indices */
+	uint32_t n_free;
+	uint32_t capacity;
+	uint32_t n_conns;
+	uint32_t high_water;    /* slots [0, high_water) may be in use */
+	uint64_t now_ms;
+	struct __kernel_timespec tick_interval;
+	int init_result;   /* 0 or -errno from ring set-up, read by main */
+	sem_t init_done;
+	bool draining;
+	uint64_t drain_deadline_ms;
+	struct kg_counters stats;
+	uint64_t log_window_ms; /* rate limit of per-connection warnings */
+	unsigned log_in_window;
+	unsigned log_suppressed;
+};
+
+/* Creates the worker's ring and takes ownership of listen_fds (one per
+ * runtime listener). NULL on failure with errno-style reason logged. */
+struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt,
+				   int *listen_fds);
+int kg_worker_start(struct kg_worker *w);
+void kg_worker_join(struct kg_worker *w);
+void kg_worker_destroy(struct kg_worker *w);
+
+/* Helpers used by conn.c / forward_user.c / backend.c, all on the worker's
+ * own thread. kg_worker_sqe never returns NULL: when the SQ ring is full it
+ * submits first. */
+struct io_uring_sqe *kg_worker_sqe(struct kg_worker *w);
+uint64_t kg_now_ms(void);
+/* Rate-limited warning for per-connection events (10 lines/s per worker). */
+void kg_worker_warn(struct kg_worker *w, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* conn.c */
+void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd);
+void kg_conn_on_client_recv(struct kg_conn *c, int res);
+void kg_conn_on_client_send(struct kg_conn *c, int res);
+void kg_conn_close(struct kg_conn *c, const char *reason);
+/* Frees the connection if nothing is in flight. Returns true if freed. */
+bool kg_conn_release_if_idle(struct kg_conn *c);
+void kg_conn_check_deadline(struct kg_conn *c);
+void kg_conn_arm_client_recv(struct kg_conn *c);
+void kg_conn_flush_client(struct kg_conn *c);
+
+/* backend.c */
+void kg_backend_connect_next(struct kg_conn *c);
+void kg_backend_on_connect(struct kg_conn *c, int res);
+
+/* forward_user.c: path C, userspace TLS */
+void kg_forward_user_start(struct kg_conn *c);
+void kg_forward_user_on_client_data(struct kg_conn *c);
+void kg_forward_user_on_backend_recv(struct kg_conn *c, int res);
+void kg_forward_user_on_backend_send(struct kg_conn *c, int res);
+void kg_forward_user_on_client_drained(struct kg_conn *c);
+
+#endif

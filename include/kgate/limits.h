@@ -1,0 +1,11 @@
+/* Limits shared by the daemon, kgatectl and the tests. */
+#ifndef KGATE_LIMITS_H
+#define KGATE_LIMITS_H
+
+#define KG_MAX_BACKENDS 64      /* members per group: tried-member masks are 64-bit */
+#define KG_MAX_WEIGHT 256
+#define KG_MAX_WORKERS 64
+#define KG_IO_BUF_SIZE 16384     /* one TLS record of plaintext */
+#define KG_MAX_CONNS_PER_WORKER (1u << 20)
+
+#endif

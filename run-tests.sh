@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds kgate with AddressSanitizer + UndefinedBehaviorSanitizer and runs
+# every test (Criterion unit suites and the integration suites that start
+# real processes), ending with ctest's summary. Installs missing Debian
+# packages first (as root).
+set -euo pipefail
+cd "$(dirname "$0")"
+tests/install-deps.sh test
+build=${KG_TEST_BUILD_DIR:-build-asan}
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Asan >/dev/null
+cmake --build "$build" -j"$(nproc)"
+# halt_on_error: any sanitizer report fails the process, and so the test.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+cd "$build"
+ctest --output-on-failure -j1 "$@"

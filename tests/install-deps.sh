@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kgate needs, when missing. Usage:
+#   tests/install-deps.sh build|test|demo|bench
+# Idempotent; needs root (apt-get) only when something is missing.
+set -euo pipefail
+
+build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev)
+test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps)
+demo=("${build[@]}" openssl curl python3)
+bench=("${test[@]}" wrk)
+
+case "${1:-test}" in
+build) want=("${build[@]}") ;;
+test) want=("${test[@]}") ;;
+demo) want=("${demo[@]}") ;;
+bench) want=("${bench[@]}") ;;
+*) echo "usage: $0 build|test|demo|bench" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+((${#missing[@]} == 0)) && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+	echo "install-deps: missing packages: ${missing[*]} (run as root or: sudo apt-get install ${missing[*]})" >&2
+	exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,145 @@
+/* kgatectl: the command-line tool for kgate. Objects (today "ca"; later
+ * "listener", "cert", ...) each bring a verb table; this file routes the
+ * first word to them and handles the global options. */
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
+#include "cmd.h"
+
+#ifndef KG_VERSION
+#define KG_VERSION "0.1.0"
+#endif
+
+struct object {
+	const char *name;
+	int (*run)(struct kg_cli *cli, int argc, char **argv);
+	const char *summary;
+};
+
+static const struct object objects[] = {
+	{"ca", kg_cmd_ca, "private CA: init, issue, export-p12, revoke, crl, list"},
+	{NULL, NULL, NULL},
+};
+
+int kg_fail(int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("kgatectl: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return status;
+}
+
+int kg_getopt(int argc, char **argv, const char *shortopts, const struct option *lopts,
+	      const char **bad)
+{
+	int at = optind ? optind : 1; /* the word getopt is about to read */
+	int idx = -1;
+	int c = getopt_long(argc, argv, shortopts, lopts, &idx);
+
+	if (c == '?' || c == ':') {
+		*bad = at < argc ? argv[at] : "?";
+		return '?';
+	}
+	if (c == -1 || idx < 0 || at >= argc || strncmp(argv[at], "--", 2) != 0)
+		return c;
+	size_t len = strcspn(argv[at] + 2, "=");
+	if (strlen(lopts[idx].name) != len || strncmp(argv[at] + 2, lopts[idx].name, len) != 0) {
+		*bad = argv[at];
+		return '?';
+	}
+	return c;
+}
+
+void kg_cmd_help(FILE *f, const char *object, const struct kg_cmd *cmds)
+{
+	fprintf(f, "Usage: kgatectl [-o text|json] %s VERB [OPTIONS]\n\nVerbs:\n", object);
+	for (const struct kg_cmd *c = cmds; c->name; c++)
+		fprintf(f, "  %s %s %s\n      %s\n", object, c->name, c->usage, c->summary);
+	fprintf(f, "\n'kgatectl %s VERB --help' shows one verb.\n", object);
+}
+
+int kg_cmd_select(const char *object, const struct kg_cmd *cmds, struct kg_cli *cli,
+		  int argc, char **argv)
+{
+	if (argc < 1 || strcmp(argv[0], "help") == 0 || strcmp(argv[0], "-h") == 0 ||
+	    strcmp(argv[0], "--help") == 0) {
+		kg_cmd_help(argc < 1 ? stderr : stdout, object, cmds);
+		return argc < 1 ? KG_EXIT_USAGE : KG_EXIT_OK;
+	}
+	/* Exact names only: a prefix would change meaning as verbs are added. */
+	for (const struct kg_cmd *c = cmds; c->name; c++)
+		if (strcmp(argv[0], c->name) == 0)
+			return c->run(cli, argc, argv);
+	return kg_fail(KG_EXIT_USAGE, "%s %s: unknown verb (see 'kgatectl %s help')", object,
+		       argv[0], object);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: kgatectl [-o text|json] OBJECT VERB [OPTIONS]\n"
+		"       kgatectl --help | --version\n\nObjects:\n");
+	for (const struct object *o = objects; o->name; o++)
+		fprintf(f, "  %-10s %s\n", o->name, o->summary);
+	fprintf(f, "\n'kgatectl OBJECT help' lists an object's verbs.\n"
+		   "Passphrases are read from files (or '-' to be asked on the terminal), never from arguments.\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"output", required_argument, NULL, 'o'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
+	struct kg_cli cli = {.out = KG_OUT_TEXT};
+	const char *bad = NULL;
+	int c, status;
+
+	opterr = 0;
+	/* "+": stop at the object name; verbs parse their own options. */
+	while ((c = kg_getopt(argc, argv, "+o:hV", opts, &bad)) != -1) {
+		switch (c) {
+		case 'o':
+			if (kg_output_parse(optarg, &cli.out) != 0)
+				return kg_fail(KG_EXIT_USAGE, "-o %s: unknown output mode (text, json)",
+					       optarg);
+			break;
+		case 'h':
+			usage(stdout);
+			return KG_EXIT_OK;
+		case 'V':
+			printf("kgatectl %s\n", KG_VERSION);
+			return KG_EXIT_OK;
+		default:
+			return kg_fail(KG_EXIT_USAGE, "%s: unknown option or missing value (see 'kgatectl --help')",
+				       bad);
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return KG_EXIT_USAGE;
+	}
+	const char *name = argv[optind];
+	if (strcmp(name, "help") == 0) {
+		usage(stdout);
+		return KG_EXIT_OK;
+	}
+	status = -1;
+	for (const struct object *o = objects; o->name; o++)
+		if (strcmp(name, o->name) == 0)
+			status = o->run(&cli, argc - optind - 1, argv + optind + 1);
+	if (status == -1)
+		status = kg_fail(KG_EXIT_USAGE, "%s: unknown object (see 'kgatectl --help')", name);
+	ERR_clear_error();
+	return status;
+}

@@ -10,6 +10,8 @@
 
 #include <stddef.h>
 
+#include <openssl/x509.h>
+
 #include "config.h"
 
 /* Checks one certificate entry as described above. */
@@ -20,7 +22,12 @@ int kg_cert_validate(const struct kg_cert_conf *cert, char *err, size_t errlen);
 int kg_config_validate_files(const struct kg_config *cfg, char *err,
 			     size_t errlen);
 
-/* Certificate names: 1-80 characters of letters, digits, - / . _ * */
+/* Certificate names: 1-80 characters of letters, digits, - / . _ *
+ * Returns 1 when valid, 0 otherwise. */
 int kg_cert_name_valid(const char *name);
+
+/* The subject as one RFC 2253 line ("CN=alice,O=Example") for messages;
+ * never fails (writes a placeholder instead). */
+void kg_cert_subject(const X509 *x, char *out, size_t outlen);
 
 #endif

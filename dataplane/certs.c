@@ -1,0 +1,395 @@
+/* Certificate entry checks: everything that would make a listener fail or
+ * misbehave at handshake time is refused here, at load, with a sentence an
+ * operator can act on. */
+#include "certs.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#define KG_PEM_MAX_BYTES (1u << 20) /* certificate bundles are kilobytes */
+
+__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
+						      const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	ERR_clear_error();
+	return -1;
+}
+
+int kg_cert_name_valid(const char *name)
+{
+	size_t len = strlen(name);
+	if (len < 1 || len > KG_NAME_MAX)
+		return 0;
+	for (const char *c = name; *c; c++) {
+		bool ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+			  (*c >= '0' && *c <= '9') || strchr("-/._*", *c);
+		if (!ok)
+			return 0;
+	}
+	return 1;
+}
+
+void kg_cert_subject(const X509 *x, char *out, size_t outlen)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	snprintf(out, outlen, "(unknown subject)");
+	if (!b)
+		return;
+	if (X509_NAME_print_ex(b, X509_get_subject_name(x), 0,
+			       XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
+		char *data;
+		long n = BIO_get_mem_data(b, &data);
+		if (n > 0)
+			snprintf(out, outlen, "%.*s", (int)n, data);
+	}
+	BIO_free(b);
+}
+
+static void format_time(const ASN1_TIME *t, char *out, size_t outlen)
+{
+	struct tm tm;
+	if (!t || ASN1_TIME_to_tm(t, &tm) != 1 ||
+	    strftime(out, outlen, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+		snprintf(out, outlen, "(unreadable date)");
+}
+
+/* Never prompt on a terminal: kgated runs unattended. Records that a
+ * passphrase was wanted so the message can say the key is encrypted. */
+static int no_passphrase_cb(char *buf, int size, int rwflag, void *asked)
+{
+	if (asked)
+		*(bool *)asked = true;
+	return -1;
+}
+
+/* Reads a PEM file into a memory BIO, with errno-precise messages. */
+static BIO *open_pem(const char *path, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "re");
+	struct stat st;
+	BIO *b = NULL;
+	char *buf = NULL;
+	if (!f) {
+		fail(err, errlen, "cannot open %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fileno(f), &st) == -1 || !S_ISREG(st.st_mode)) {
+		fail(err, errlen, "%s is not a regular file", path);
+		goto close_file;
+	}
+	if (st.st_size == 0) {
+		fail(err, errlen, "%s is empty", path);
+		goto close_file;
+	}
+	if (st.st_size > (off_t)KG_PEM_MAX_BYTES) {
+		fail(err, errlen, "%s is larger than %u bytes", path, KG_PEM_MAX_BYTES);
+		goto close_file;
+	}
+	buf = malloc((size_t)st.st_size);
+	if (!buf) {
+		fail(err, errlen, "out of memory");
+		goto close_file;
+	}
+	size_t n = fread(buf, 1, (size_t)st.st_size, f);
+	if (ferror(f)) {
+		fail(err, errlen, "cannot read %s", path);
+		goto free_buf;
+	}
+	b = BIO_new(BIO_s_mem());
+	if (!b || BIO_write(b, buf, (int)n) != (int)n) {
+		BIO_free(b);
+		b = NULL;
+		fail(err, errlen, "out of memory");
+	}
+free_buf:
+	free(buf);
+close_file:
+	fclose(f);
+	return b;
+}
+
+/* Before reading from b: does it hold a PEM block whose label ends with
+ * label ("PRIVATE KEY", "X509 CRL")? */
+static bool pem_has_label(BIO *b, const char *label)
+{
+	char *data, tail[64];
+	long n = BIO_get_mem_data(b, &data);
+	snprintf(tail, sizeof(tail), "%s-----", label);
+	return n > 0 && memmem(data, (size_t)n, tail, strlen(tail)) != NULL;
+}
+
+/* After a failed PEM read: true when the input simply had no (more)
+ * object of the wanted kind, false when one was there but broken. */
+static bool pem_ran_out(void)
+{
+	unsigned long e = ERR_peek_last_error();
+	return ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE;
+}
+
+static const char *last_reason(void)
+{
+	const char *r = ERR_reason_error_string(ERR_peek_last_error());
+	return r ? r : "unknown error";
+}
+
+/* Reads every certificate of a PEM file, in order; at least one. */
+static STACK_OF(X509) *read_certs(const char *path, char *err, size_t errlen)
+{
+	STACK_OF(X509) *certs = NULL;
+	BIO *b = open_pem(path, err, errlen);
+	if (!b)
+		return NULL;
+	certs = sk_X509_new_null();
+	if (!certs) {
+		fail(err, errlen, "out of memory");
+		goto free_bio;
+	}
+	for (;;) {
+		X509 *x = PEM_read_bio_X509(b, NULL, no_passphrase_cb, NULL);
+		if (!x) {
+			if (!pem_ran_out()) {
+				fail(err, errlen, "certificate %d in %s is malformed: %s",
+				     sk_X509_num(certs) + 1, path, last_reason());
+				goto free_certs;
+			}
+			ERR_clear_error();
+			break;
+		}
+		if (!sk_X509_push(certs, x)) {
+			X509_free(x);
+			fail(err, errlen, "out of memory");
+			goto free_certs;
+		}
+	}
+	if (sk_X509_num(certs) == 0) {
+		fail(err, errlen, "no PEM certificate (-----BEGIN CERTIFICATE-----) in %s", path);
+		goto free_certs;
+	}
+	BIO_free(b);
+	return certs;
+free_certs:
+	sk_X509_pop_free(certs, X509_free);
+free_bio:
+	BIO_free(b);
+	return NULL;
+}
+
+/* what: "the certificate", "certificate 2 (CN=...)". */
+static int check_dates(X509 *x, const char *what, char *err, size_t errlen)
+{
+	char when[64];
+	int after = X509_cmp_current_time(X509_get0_notAfter(x));
+	int before = X509_cmp_current_time(X509_get0_notBefore(x));
+	if (after == 0 || before == 0)
+		return fail(err, errlen, "%s has a malformed validity date", what);
+	if (after < 0) {
+		format_time(X509_get0_notAfter(x), when, sizeof(when));
+		return fail(err, errlen, "%s expired on %s", what, when);
+	}
+	if (before > 0) {
+		format_time(X509_get0_notBefore(x), when, sizeof(when));
+		return fail(err, errlen, "%s is not valid until %s", what, when);
+	}
+	return 0;
+}
+
+static bool is_ca(X509 *x)
+{
+	return (X509_get_extension_flags(x) & EXFLAG_CA) != 0;
+}
+
+static void describe(X509 *x, int index, char *out, size_t outlen)
+{
+	char subject[256];
+	kg_cert_subject(x, subject, sizeof(subject));
+	snprintf(out, outlen, "certificate %d (%s)", index, subject);
+}
+
+static int check_server_chain(const char *path, STACK_OF(X509) *chain, char *err, size_t errlen)
+{
+	char what[300];
+	if (check_dates(sk_X509_value(chain, 0), "the certificate", err, errlen) < 0)
+		return -1;
+	for (int i = 1; i < sk_X509_num(chain); i++) {
+		X509 *x = sk_X509_value(chain, i);
+		describe(x, i + 1, what, sizeof(what));
+		if (!is_ca(x))
+			return fail(err, errlen, "%s in %s is not a CA certificate; after the "
+						 "leaf, a chain file holds only its issuing CAs", what, path);
+		if (X509_check_issued(x, sk_X509_value(chain, i - 1)) != X509_V_OK)
+			return fail(err, errlen, "%s in %s did not issue certificate %d; the chain "
+						 "must be in order, leaf first", what, path, i);
+		if (check_dates(x, what, err, errlen) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static EVP_PKEY *read_key(const char *path, char *err, size_t errlen)
+{
+	bool asked = false;
+	BIO *b = open_pem(path, err, errlen);
+	if (!b)
+		return NULL;
+	bool has_key = pem_has_label(b, "PRIVATE KEY");
+	EVP_PKEY *key = PEM_read_bio_PrivateKey(b, NULL, no_passphrase_cb, &asked);
+	if (!key) {
+		if (asked)
+			fail(err, errlen, "the private key in %s is encrypted; kgated needs an "
+					  "unencrypted PEM key (openssl pkey -in KEY -out PLAIN)", path);
+		else if (!has_key)
+			fail(err, errlen, "no PEM private key (-----BEGIN PRIVATE KEY-----) in %s", path);
+		else
+			fail(err, errlen, "the private key in %s is malformed: %s", path, last_reason());
+	}
+	BIO_free(b);
+	return key;
+}
+
+static int validate_server(const struct kg_cert_conf *c, const char **field, char *err,
+			   size_t errlen)
+{
+	int ret = -1;
+	*field = "cert";
+	STACK_OF(X509) *chain = read_certs(c->cert_path, err, errlen);
+	if (!chain)
+		return -1;
+	if (check_server_chain(c->cert_path, chain, err, errlen) < 0)
+		goto free_chain;
+	*field = "key";
+	EVP_PKEY *key = read_key(c->key_path, err, errlen);
+	if (!key)
+		goto free_chain;
+	if (X509_check_private_key(sk_X509_value(chain, 0), key) != 1)
+		fail(err, errlen, "key does not match the certificate in %s", c->cert_path);
+	else
+		ret = 0;
+	EVP_PKEY_free(key);
+free_chain:
+	sk_X509_pop_free(chain, X509_free);
+	ERR_clear_error();
+	return ret;
+}
+
+static int check_crl(const char *path, STACK_OF(X509) *cas, char *err, size_t errlen)
+{
+	char when[64], issuer[256] = "(unknown)";
+	int ret = -1;
+	BIO *b = open_pem(path, err, errlen);
+	if (!b)
+		return -1;
+	X509_CRL *crl = PEM_read_bio_X509_CRL(b, NULL, no_passphrase_cb, NULL);
+	BIO_free(b);
+	if (!crl) {
+		if (pem_ran_out())
+			return fail(err, errlen, "no PEM CRL (-----BEGIN X509 CRL-----) in %s", path);
+		return fail(err, errlen, "the CRL in %s is malformed: %s", path, last_reason());
+	}
+	X509 *signer = NULL;
+	for (int i = 0; i < sk_X509_num(cas) && !signer; i++) {
+		X509 *ca = sk_X509_value(cas, i);
+		if (X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(ca)) == 0)
+			signer = ca;
+	}
+	if (!signer) {
+		X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof(issuer));
+		fail(err, errlen, "the CRL in %s is issued by %s, which is not in the CA bundle",
+		     path, issuer);
+		goto free_crl;
+	}
+	if (X509_CRL_verify(crl, X509_get0_pubkey(signer)) != 1) {
+		fail(err, errlen, "the CRL in %s names a CA of the bundle as issuer, but its "
+				  "signature does not verify with that CA's key", path);
+		goto free_crl;
+	}
+	/* OpenSSL rejects every client while the CRL is stale or premature. */
+	const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
+	if (next && X509_cmp_current_time(next) < 0) {
+		format_time(next, when, sizeof(when));
+		fail(err, errlen, "the CRL in %s expired on %s (next update); issue a fresh one",
+		     path, when);
+		goto free_crl;
+	}
+	if (X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) > 0) {
+		format_time(X509_CRL_get0_lastUpdate(crl), when, sizeof(when));
+		fail(err, errlen, "the CRL in %s is not valid until %s", path, when);
+		goto free_crl;
+	}
+	ret = 0;
+free_crl:
+	X509_CRL_free(crl);
+	ERR_clear_error();
+	return ret;
+}
+
+static int validate_ca(const struct kg_cert_conf *c, const char **field, char *err,
+		       size_t errlen)
+{
+	char what[300];
+	int ret = -1;
+	*field = "cert";
+	STACK_OF(X509) *cas = read_certs(c->cert_path, err, errlen);
+	if (!cas)
+		return -1;
+	for (int i = 0; i < sk_X509_num(cas); i++) {
+		X509 *x = sk_X509_value(cas, i);
+		describe(x, i + 1, what, sizeof(what));
+		if (!is_ca(x)) {
+			fail(err, errlen, "%s in %s is not a CA certificate (no basicConstraints "
+					  "CA:TRUE)", what, c->cert_path);
+			goto free_cas;
+		}
+		if (check_dates(x, what, err, errlen) < 0)
+			goto free_cas;
+	}
+	if (c->crl_path) {
+		*field = "crl";
+		if (check_crl(c->crl_path, cas, err, errlen) < 0)
+			goto free_cas;
+	}
+	ret = 0;
+free_cas:
+	sk_X509_pop_free(cas, X509_free);
+	return ret;
+}
+
+static int validate(const struct kg_cert_conf *c, const char **field, char *err, size_t errlen)
+{
+	if (c->type == KG_CERT_SERVER)
+		return validate_server(c, field, err, errlen);
+	return validate_ca(c, field, err, errlen);
+}
+
+int kg_cert_validate(const struct kg_cert_conf *cert, char *err, size_t errlen)
+{
+	const char *field;
+	return validate(cert, &field, err, errlen);
+}
+
+int kg_config_validate_files(const struct kg_config *cfg, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < cfg->n_certs; i++) {
+		const struct kg_cert_conf *c = &cfg->certs[i];
+		const char *field = "cert";
+		char msg[512];
+		if (validate(c, &field, msg, sizeof(msg)) < 0) {
+			snprintf(err, errlen, "certificates.%s.%s: %s", c->name, field, msg);
+			return -1;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,802 @@
+/* The configuration document: json-c tree → struct kg_config, strictly.
+ * Every rule lives here so the daemon, --check and (later) the control
+ * socket refuse the same documents with the same "<json.path>: <reason>". */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <json-c/json.h>
+
+#include "certs.h"
+#include "kgate/limits.h"
+#include "kgate/log.h"
+
+#define KG_CONFIG_MAX_BYTES (16u << 20) /* a config is kilobytes; refuse absurd input */
+#define KG_PATH_MAX 256                 /* JSON paths in messages */
+
+struct parser {
+	char *err;
+	size_t errlen;
+	const char *base_dir;
+};
+
+__attribute__((format(printf, 3, 4))) static int fail(struct parser *p, const char *path,
+						      const char *fmt, ...)
+{
+	int n = snprintf(p->err, p->errlen, "%s: ", path[0] ? path : "(top level)");
+	if (n >= 0 && (size_t)n < p->errlen) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
+		va_end(ap);
+	}
+	return -1;
+}
+
+/* Paths only feed messages: a (theoretical) truncation is acceptable. */
+static void member_path(char *out, const char *parent, const char *key)
+{
+	if (snprintf(out, KG_PATH_MAX, "%s%s%s", parent, parent[0] ? "." : "", key) < 0)
+		out[0] = '\0';
+}
+
+static void index_path(char *out, const char *parent, size_t i)
+{
+	if (snprintf(out, KG_PATH_MAX, "%s[%zu]", parent, i) < 0)
+		out[0] = '\0';
+}
+
+static const char *type_name(const struct json_object *v)
+{
+	switch (json_object_get_type(v)) {
+	case json_type_null: return "null";
+	case json_type_boolean: return "a boolean";
+	case json_type_double: return "a non-integer number";
+	case json_type_int: return "an integer";
+	case json_type_object: return "an object";
+	case json_type_array: return "an array";
+	case json_type_string: return "a string";
+	}
+	return "an unknown type";
+}
+
+static int expect_type(struct parser *p, const char *path, struct json_object *v,
+		       enum json_type type, const char *what)
+{
+	if (json_object_is_type(v, type))
+		return 0;
+	return fail(p, path, "expected %s, got %s", what, type_name(v));
+}
+
+/* Refuses keys outside allowed[] (NULL-terminated): a typo must not turn
+ * into a silently applied default. */
+static int check_keys(struct parser *p, const char *path, struct json_object *obj,
+		      const char *const *allowed)
+{
+	json_object_object_foreach(obj, key, val) {
+		(void)val;
+		bool known = false;
+		for (size_t i = 0; allowed[i] && !known; i++)
+			known = strcmp(key, allowed[i]) == 0;
+		if (!known) {
+			char kp[KG_PATH_MAX];
+			member_path(kp, path, key);
+			return fail(p, kp, "unknown key");
+		}
+	}
+	return 0;
+}
+
+/* Member lookup: 1 found, 0 absent (out untouched), -1 present but not of
+ * the given type. */
+static int get_member(struct parser *p, const char *parent, struct json_object *obj,
+		      const char *key, enum json_type type, const char *what,
+		      struct json_object **out)
+{
+	struct json_object *v;
+	if (!json_object_object_get_ex(obj, key, &v))
+		return 0;
+	char kp[KG_PATH_MAX];
+	member_path(kp, parent, key);
+	if (expect_type(p, kp, v, type, what) < 0)
+		return -1;
+	*out = v;
+	return 1;
+}
+
+static int get_uint(struct parser *p, const char *parent, struct json_object *obj,
+		    const char *key, unsigned min, unsigned max, unsigned *out)
+{
+	struct json_object *v;
+	int r = get_member(p, parent, obj, key, json_type_int, "an integer", &v);
+	if (r <= 0)
+		return r;
+	int64_t n = json_object_get_int64(v);
+	if (n < (int64_t)min || n > (int64_t)max) {
+		char kp[KG_PATH_MAX];
+		member_path(kp, parent, key);
+		return fail(p, kp, "must be %u-%u", min, max);
+	}
+	*out = (unsigned)n;
+	return 1;
+}
+
+/* A string without NUL bytes, non-empty. */
+static int get_string(struct parser *p, const char *parent, struct json_object *obj,
+		      const char *key, const char **out)
+{
+	struct json_object *v;
+	int r = get_member(p, parent, obj, key, json_type_string, "a string", &v);
+	if (r <= 0)
+		return r;
+	const char *s = json_object_get_string(v);
+	char kp[KG_PATH_MAX];
+	member_path(kp, parent, key);
+	if (strlen(s) != (size_t)json_object_get_string_len(v))
+		return fail(p, kp, "must not contain NUL characters");
+	if (!s[0])
+		return fail(p, kp, "must not be empty");
+	*out = s;
+	return 1;
+}
+
+static int require(struct parser *p, const char *parent, const char *key, int found)
+{
+	if (found != 0)
+		return found;
+	char kp[KG_PATH_MAX];
+	member_path(kp, parent, key);
+	return fail(p, kp, "is required");
+}
+
+/* names[] is NULL-terminated; the index found is the enum value. */
+static int get_enum(struct parser *p, const char *parent, struct json_object *obj,
+		    const char *key, const char *const *names, int *out)
+{
+	const char *s;
+	int r = get_string(p, parent, obj, key, &s);
+	if (r <= 0)
+		return r;
+	char list[160] = "";
+	for (int i = 0; names[i]; i++) {
+		if (strcmp(s, names[i]) == 0) {
+			*out = i;
+			return 1;
+		}
+		size_t len = strlen(list);
+		snprintf(list + len, sizeof(list) - len, "%s\"%s\"", i ? ", " : "", names[i]);
+	}
+	char kp[KG_PATH_MAX];
+	member_path(kp, parent, key);
+	return fail(p, kp, "must be one of %s", list);
+}
+
+static char *resolve_path(const char *base_dir, const char *path)
+{
+	char *out = NULL;
+	if (path[0] == '/' || !base_dir || !base_dir[0])
+		return strdup(path);
+	if (asprintf(&out, "%s/%s", base_dir, path) < 0)
+		return NULL;
+	return out;
+}
+
+static int get_path(struct parser *p, const char *parent, struct json_object *obj,
+		    const char *key, char **out)
+{
+	const char *s;
+	int r = get_string(p, parent, obj, key, &s);
+	if (r <= 0)
+		return r;
+	*out = resolve_path(p->base_dir, s);
+	if (!*out) {
+		char kp[KG_PATH_MAX];
+		member_path(kp, parent, key);
+		return fail(p, kp, "out of memory");
+	}
+	return 1;
+}
+
+static int get_name(struct parser *p, const char *path, const char *name, char out[KG_NAME_MAX + 1])
+{
+	if (!kg_cert_name_valid(name))
+		return fail(p, path, "invalid name \"%.100s\": use 1-%d letters, digits or - / . _ *",
+			    name, KG_NAME_MAX);
+	snprintf(out, KG_NAME_MAX + 1, "%s", name);
+	return 0;
+}
+
+static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_object *root)
+{
+	static const char *const keys[] = {"workers", "drain_timeout_ms", "log_level", NULL};
+	struct json_object *s;
+	const char *path = "settings";
+	int r = get_member(p, "", root, "settings", json_type_object, "an object", &s);
+	if (r <= 0)
+		return r;
+	if (check_keys(p, path, s, keys) < 0 ||
+	    get_uint(p, path, s, "workers", 0, KG_MAX_WORKERS, &cfg->workers) < 0 ||
+	    get_uint(p, path, s, "drain_timeout_ms", 0, 3600000, &cfg->drain_timeout_ms) < 0)
+		return -1;
+	const char *level;
+	r = get_string(p, path, s, "log_level", &level);
+	if (r < 0)
+		return -1;
+	if (r > 0) {
+		if (kg_log_level_parse(level) < 0)
+			return fail(p, "settings.log_level",
+				    "must be one of \"err\", \"warn\", \"notice\", \"info\", \"debug\"");
+		cfg->log_level = strdup(level);
+		if (!cfg->log_level)
+			return fail(p, "settings.log_level", "out of memory");
+	}
+	return 0;
+}
+
+static int parse_cert(struct parser *p, const char *path, const char *name,
+		      struct json_object *obj, struct kg_cert_conf *c)
+{
+	static const char *const keys[] = {"type", "cert", "key", "crl", NULL};
+	static const char *const types[] = {"server", "ca", NULL};
+	int type = 0;
+
+	if (get_name(p, path, name, c->name) < 0 ||
+	    expect_type(p, path, obj, json_type_object, "an object") < 0 ||
+	    check_keys(p, path, obj, keys) < 0 ||
+	    require(p, path, "type", get_enum(p, path, obj, "type", types, &type)) < 0)
+		return -1;
+	c->type = (enum kg_cert_type)type;
+	if (require(p, path, "cert", get_path(p, path, obj, "cert", &c->cert_path)) < 0)
+		return -1;
+	char kp[KG_PATH_MAX];
+	if (c->type == KG_CERT_SERVER) {
+		if (json_object_object_get_ex(obj, "crl", NULL)) {
+			member_path(kp, path, "crl");
+			return fail(p, kp, "only \"ca\" entries have a CRL");
+		}
+		return require(p, path, "key", get_path(p, path, obj, "key", &c->key_path)) < 0 ? -1 : 0;
+	}
+	if (json_object_object_get_ex(obj, "key", NULL)) {
+		member_path(kp, path, "key");
+		return fail(p, kp, "a \"ca\" entry takes no private key");
+	}
+	return get_path(p, path, obj, "crl", &c->crl_path) < 0 ? -1 : 0;
+}
+
+static int parse_certificates(struct parser *p, struct kg_config *cfg, struct json_object *root)
+{
+	struct json_object *certs;
+	int r = get_member(p, "", root, "certificates", json_type_object, "an object", &certs);
+	if (r <= 0)
+		return r;
+	size_t n = (size_t)json_object_object_length(certs);
+	if (n == 0)
+		return 0;
+	cfg->certs = calloc(n, sizeof(*cfg->certs));
+	if (!cfg->certs)
+		return fail(p, "certificates", "out of memory");
+	/* json-c keeps one value per key (the last), so names are unique here. */
+	json_object_object_foreach(certs, name, val) {
+		char path[KG_PATH_MAX];
+		member_path(path, "certificates", name);
+		if (parse_cert(p, path, name, val, &cfg->certs[cfg->n_certs++]) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* An IP literal (no brackets, no host names: resolution would block). */
+static int parse_ip(const char *text, uint16_t port, struct sockaddr_storage *out, socklen_t *len)
+{
+	struct sockaddr_in *sin = (struct sockaddr_in *)out;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)out;
+
+	memset(out, 0, sizeof(*out));
+	if (inet_pton(AF_INET, text, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		*len = sizeof(*sin);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, text, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		*len = sizeof(*sin6);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+int kg_parse_hostport(const char *text, struct sockaddr_storage *out, socklen_t *outlen)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *colon, *hs = text;
+	size_t hlen;
+
+	if (text[0] == '[') {
+		const char *close = strchr(text, ']');
+		if (!close || close[1] != ':')
+			return -EINVAL;
+		hs = text + 1;
+		hlen = (size_t)(close - hs);
+		colon = close + 1;
+		if (memchr(hs, ':', hlen) == NULL) /* brackets are for IPv6 only */
+			return -EINVAL;
+	} else {
+		colon = strchr(text, ':');
+		if (!colon || strchr(colon + 1, ':'))
+			return -EINVAL; /* bare IPv6 is ambiguous: require brackets */
+		hlen = (size_t)(colon - text);
+	}
+	if (hlen == 0 || hlen >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, hs, hlen);
+	host[hlen] = '\0';
+
+	const char *ps = colon + 1;
+	unsigned long port = 0;
+	if (!*ps || strlen(ps) > 5)
+		return -EINVAL;
+	for (const char *c = ps; *c; c++) {
+		if (*c < '0' || *c > '9')
+			return -EINVAL;
+		port = port * 10 + (unsigned long)(*c - '0');
+	}
+	if (port == 0 || port > 65535) /* a destination cannot be port 0 */
+		return -EINVAL;
+	return parse_ip(host, (uint16_t)port, out, outlen);
+}
+
+static bool sockaddr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+	return x->sin6_port == y->sin6_port &&
+	       memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+}
+
+static bool sockaddr_is_any(const struct sockaddr_storage *a)
+{
+	if (a->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)a)->sin6_addr);
+}
+
+static uint16_t sockaddr_port(const struct sockaddr_storage *a)
+{
+	if (a->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)a)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+}
+
+/* Two listeners on the same address and port, or a wildcard and a specific
+ * address of one family on one port, would split or steal each other's
+ * connections through SO_REUSEPORT. Port 0 never clashes: each gets its own. */
+static bool binds_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family || sockaddr_port(a) == 0 ||
+	    sockaddr_port(a) != sockaddr_port(b))
+		return false;
+	return sockaddr_equal(a, b) || sockaddr_is_any(a) || sockaddr_is_any(b);
+}
+
+static int parse_backends(struct parser *p, const char *lpath, struct json_object *lobj,
+			  struct kg_listener_conf *l)
+{
+	static const char *const keys[] = {"address", "weight", NULL};
+	struct json_object *arr;
+	char path[KG_PATH_MAX];
+
+	member_path(path, lpath, "backends");
+	if (require(p, lpath, "backends",
+		    get_member(p, lpath, lobj, "backends", json_type_array, "an array", &arr)) < 0)
+		return -1;
+	size_t n = json_object_array_length(arr);
+	if (n == 0)
+		return fail(p, path, "at least one backend is required");
+	if (n > KG_MAX_BACKENDS)
+		return fail(p, path, "at most %d backends per listener", KG_MAX_BACKENDS);
+	l->backends = calloc(n, sizeof(*l->backends));
+	if (!l->backends)
+		return fail(p, path, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *b = json_object_array_get_idx(arr, i);
+		struct kg_backend_conf *bc = &l->backends[i];
+		char bpath[KG_PATH_MAX], apath[KG_PATH_MAX];
+		const char *addr;
+
+		index_path(bpath, path, i);
+		member_path(apath, bpath, "address");
+		if (expect_type(p, bpath, b, json_type_object, "an object") < 0 ||
+		    check_keys(p, bpath, b, keys) < 0 ||
+		    require(p, bpath, "address", get_string(p, bpath, b, "address", &addr)) < 0)
+			return -1;
+		if (kg_parse_hostport(addr, &bc->addr, &bc->addrlen) < 0)
+			return fail(p, apath, "expected host:port with an IP address "
+					      "(\"192.0.2.1:80\" or \"[2001:db8::1]:80\"), port 1-65535");
+		bc->address = strdup(addr);
+		if (!bc->address)
+			return fail(p, apath, "out of memory");
+		l->n_backends++;
+		bc->weight = 1;
+		if (get_uint(p, bpath, b, "weight", 1, KG_MAX_WEIGHT, &bc->weight) < 0)
+			return -1;
+		for (size_t j = 0; j < i; j++)
+			if (sockaddr_equal(&l->backends[j].addr, &bc->addr))
+				return fail(p, apath, "same backend as %s[%zu]; use weight instead", path, j);
+	}
+	return 0;
+}
+
+static int parse_health(struct parser *p, const char *lpath, struct json_object *lobj,
+			struct kg_health_conf *h)
+{
+	static const char *const keys[] = {"type", "interval_ms", "timeout_ms",
+					   "healthy_threshold", "unhealthy_threshold", NULL};
+	static const char *const types[] = {"none", "tcp", "http", NULL};
+	struct json_object *obj;
+	char path[KG_PATH_MAX];
+	int type = KG_HEALTH_NONE;
+
+	*h = (struct kg_health_conf){KG_HEALTH_NONE, 2000, 5000, 3, 3};
+	member_path(path, lpath, "health_check");
+	int r = get_member(p, lpath, lobj, "health_check", json_type_object, "an object", &obj);
+	if (r <= 0)
+		return r;
+	type = KG_HEALTH_TCP; /* a health_check object without a type means TCP connect */
+	if (check_keys(p, path, obj, keys) < 0 || get_enum(p, path, obj, "type", types, &type) < 0 ||
+	    get_uint(p, path, obj, "interval_ms", 100, 3600000, &h->interval_ms) < 0 ||
+	    get_uint(p, path, obj, "timeout_ms", 1, 3600000, &h->timeout_ms) < 0 ||
+	    get_uint(p, path, obj, "healthy_threshold", 1, 10, &h->healthy_threshold) < 0 ||
+	    get_uint(p, path, obj, "unhealthy_threshold", 1, 10, &h->unhealthy_threshold) < 0)
+		return -1;
+	h->type = (enum kg_health_type)type;
+	return 0;
+}
+
+static int refuse_for_tcp(struct parser *p, const char *lpath, struct json_object *lobj)
+{
+	static const char *const tls_only[] = {"certificate", "ca", "mutual_auth", "verify_depth",
+					       "handshake_timeout_ms", NULL};
+	for (size_t i = 0; tls_only[i]; i++) {
+		if (json_object_object_get_ex(lobj, tls_only[i], NULL)) {
+			char kp[KG_PATH_MAX];
+			member_path(kp, lpath, tls_only[i]);
+			return fail(p, kp, "not allowed with protocol \"tcp\" (no TLS)");
+		}
+	}
+	return 0;
+}
+
+/* Certificates, CA, mutual_auth and verify depth of a tls/https listener. */
+static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, const char *lpath,
+			      struct json_object *lobj, struct kg_listener_conf *l)
+{
+	static const char *const auth[] = {"off", "optional", "required", NULL};
+	char kp[KG_PATH_MAX];
+	const char *ref;
+	int r;
+
+	member_path(kp, lpath, "certificate");
+	r = get_string(p, lpath, lobj, "certificate", &ref);
+	if (r < 0)
+		return -1;
+	if (r == 0)
+		return fail(p, kp, "is required for protocol \"%s\"",
+			    l->protocol == KG_PROTO_TLS ? "tls" : "https");
+	l->certificate = kg_config_find_cert(cfg, ref);
+	if (!l->certificate)
+		return fail(p, kp, "no certificate named \"%s\" in certificates", ref);
+	if (l->certificate->type != KG_CERT_SERVER)
+		return fail(p, kp, "\"%s\" is a \"ca\" entry; a listener needs a \"server\" one", ref);
+
+	member_path(kp, lpath, "ca");
+	r = get_string(p, lpath, lobj, "ca", &ref);
+	if (r < 0)
+		return -1;
+	if (r > 0) {
+		l->ca = kg_config_find_cert(cfg, ref);
+		if (!l->ca)
+			return fail(p, kp, "no certificate named \"%s\" in certificates", ref);
+		if (l->ca->type != KG_CERT_CA)
+			return fail(p, kp, "\"%s\" is a \"server\" entry; \"ca\" needs a \"ca\" one", ref);
+	}
+
+	int mode = l->ca ? KG_MTLS_REQUIRED : KG_MTLS_OFF;
+	r = get_enum(p, lpath, lobj, "mutual_auth", auth, &mode);
+	if (r < 0)
+		return -1;
+	l->mutual_auth = (enum kg_mutual_auth)mode;
+	if (l->mutual_auth != KG_MTLS_OFF && !l->ca) {
+		member_path(kp, lpath, "mutual_auth");
+		return fail(p, kp, "\"%s\" needs \"ca\" (the CA that issues client certificates)",
+			    auth[mode]);
+	}
+	return get_uint(p, lpath, lobj, "verify_depth", 1, 16, &l->verify_depth) < 0 ? -1 : 0;
+}
+
+static int parse_listener(struct parser *p, const struct kg_config *cfg, const char *lpath,
+			  struct json_object *lobj, struct kg_listener_conf *l)
+{
+	static const char *const keys[] = {
+		"name", "protocol", "bind", "port", "certificate", "mutual_auth", "ca",
+		"verify_depth", "scheduler", "forwarding", "handshake_timeout_ms",
+		"idle_timeout_ms", "connect_timeout_ms", "max_connections", "connect_retries",
+		"backends", "health_check", NULL};
+	static const char *const protocols[] = {"tls", "tcp", "https", NULL};
+	static const char *const forwardings[] = {"auto", "sockmap", "splice", "userspace", NULL};
+	static const char *const schedulers[] = {"rr", NULL};
+	char kp[KG_PATH_MAX];
+	const char *s;
+	int v = 0;
+
+	l->verify_depth = 4;
+	l->handshake_timeout_ms = 10000;
+	l->idle_timeout_ms = 300000;
+	l->connect_timeout_ms = 3000;
+	l->max_connections = 10000;
+	l->connect_retries = 2;
+
+	if (expect_type(p, lpath, lobj, json_type_object, "an object") < 0 ||
+	    check_keys(p, lpath, lobj, keys) < 0 ||
+	    require(p, lpath, "name", get_string(p, lpath, lobj, "name", &s)) < 0)
+		return -1;
+	member_path(kp, lpath, "name");
+	if (get_name(p, kp, s, l->name) < 0)
+		return -1;
+	if (require(p, lpath, "protocol", get_enum(p, lpath, lobj, "protocol", protocols, &v)) < 0)
+		return -1;
+	l->protocol = (enum kg_protocol)v;
+
+	unsigned port = 0;
+	if (require(p, lpath, "bind", get_string(p, lpath, lobj, "bind", &s)) < 0 ||
+	    require(p, lpath, "port", get_uint(p, lpath, lobj, "port", 0, 65535, &port)) < 0)
+		return -1;
+	if (parse_ip(s, (uint16_t)port, &l->bind, &l->bind_len) < 0) {
+		member_path(kp, lpath, "bind");
+		return fail(p, kp, "expected an IPv4 or IPv6 address literal "
+				   "(\"127.0.0.1\", \"0.0.0.0\", \"::1\", \"::\")");
+	}
+
+	if (l->protocol == KG_PROTO_TCP) {
+		if (refuse_for_tcp(p, lpath, lobj) < 0)
+			return -1;
+	} else if (parse_listener_tls(p, cfg, lpath, lobj, l) < 0) {
+		return -1;
+	}
+
+	v = 0;
+	if (get_enum(p, lpath, lobj, "scheduler", schedulers, &v) < 0)
+		return -1; /* weighted RR is "rr" with weights on the backends */
+	v = KG_FWD_AUTO;
+	if (get_enum(p, lpath, lobj, "forwarding", forwardings, &v) < 0)
+		return -1;
+	l->forwarding = (enum kg_forwarding)v;
+
+	if (get_uint(p, lpath, lobj, "handshake_timeout_ms", 1, 3600000, &l->handshake_timeout_ms) < 0 ||
+	    get_uint(p, lpath, lobj, "idle_timeout_ms", 1, 86400000, &l->idle_timeout_ms) < 0 ||
+	    get_uint(p, lpath, lobj, "connect_timeout_ms", 1, 600000, &l->connect_timeout_ms) < 0 ||
+	    get_uint(p, lpath, lobj, "max_connections", 1, KG_MAX_CONNS_PER_WORKER,
+		     &l->max_connections) < 0 ||
+	    get_uint(p, lpath, lobj, "connect_retries", 0, KG_MAX_BACKENDS - 1,
+		     &l->connect_retries) < 0)
+		return -1;
+	if (parse_backends(p, lpath, lobj, l) < 0)
+		return -1;
+	return parse_health(p, lpath, lobj, &l->health_check);
+}
+
+static int parse_listeners(struct parser *p, struct kg_config *cfg, struct json_object *root)
+{
+	struct json_object *arr;
+	if (require(p, "", "listeners",
+		    get_member(p, "", root, "listeners", json_type_array, "an array", &arr)) < 0)
+		return -1;
+	size_t n = json_object_array_length(arr);
+	if (n == 0)
+		return fail(p, "listeners", "at least one listener is required");
+	cfg->listeners = calloc(n, sizeof(*cfg->listeners));
+	if (!cfg->listeners)
+		return fail(p, "listeners", "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		struct kg_listener_conf *l = &cfg->listeners[i];
+		char lpath[KG_PATH_MAX], kp[KG_PATH_MAX];
+
+		index_path(lpath, "listeners", i);
+		cfg->n_listeners++;
+		if (parse_listener(p, cfg, lpath, json_object_array_get_idx(arr, i), l) < 0)
+			return -1;
+		for (size_t j = 0; j < i; j++) {
+			if (strcmp(cfg->listeners[j].name, l->name) == 0) {
+				member_path(kp, lpath, "name");
+				return fail(p, kp, "duplicate listener name \"%s\" (also listeners[%zu])",
+					    l->name, j);
+			}
+			if (binds_overlap(&cfg->listeners[j].bind, &l->bind)) {
+				member_path(kp, lpath, "port");
+				return fail(p, kp, "address and port already used by listeners[%zu]", j);
+			}
+		}
+	}
+	return 0;
+}
+
+struct kg_config *kg_config_parse(const char *json_text, const char *base_dir, char *err,
+				  size_t errlen)
+{
+	static const char *const keys[] = {"settings", "certificates", "listeners", NULL};
+	struct parser p = {.err = err, .errlen = errlen, .base_dir = base_dir};
+	struct json_tokener *tok = NULL;
+	struct json_object *root = NULL;
+	struct kg_config *cfg = NULL;
+	size_t len = strlen(json_text);
+
+	if (len > KG_CONFIG_MAX_BYTES || len > INT_MAX) {
+		fail(&p, "", "document larger than %u bytes", KG_CONFIG_MAX_BYTES);
+		return NULL;
+	}
+	tok = json_tokener_new();
+	if (!tok) {
+		fail(&p, "", "out of memory");
+		return NULL;
+	}
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	root = json_tokener_parse_ex(tok, json_text, (int)len);
+	enum json_tokener_error jerr = json_tokener_get_error(tok);
+	size_t end = json_tokener_get_parse_end(tok);
+	if (!root && jerr == json_tokener_continue)
+		jerr = json_tokener_error_parse_eof;
+	if (root && jerr == json_tokener_success) {
+		while (end < len && strchr(" \t\r\n", json_text[end]))
+			end++;
+		if (end < len) {
+			jerr = json_tokener_error_parse_unexpected;
+		}
+	}
+	if (!root || jerr != json_tokener_success) {
+		unsigned line = 1, col = 1;
+		for (size_t i = 0; i < end && i < len; i++, col++)
+			if (json_text[i] == '\n')
+				line++, col = 0;
+		snprintf(err, errlen, "invalid JSON at line %u, column %u: %s", line, col,
+			 json_tokener_error_desc(jerr));
+		goto free_root;
+	}
+	if (expect_type(&p, "", root, json_type_object, "an object") < 0 ||
+	    check_keys(&p, "", root, keys) < 0)
+		goto free_root;
+
+	cfg = calloc(1, sizeof(*cfg));
+	if (!cfg) {
+		fail(&p, "", "out of memory");
+		goto free_root;
+	}
+	cfg->drain_timeout_ms = 10000;
+	if (parse_settings(&p, cfg, root) < 0 || parse_certificates(&p, cfg, root) < 0 ||
+	    parse_listeners(&p, cfg, root) < 0) {
+		kg_config_free(cfg);
+		cfg = NULL;
+	}
+free_root:
+	json_object_put(root);
+	json_tokener_free(tok);
+	return cfg;
+}
+
+/* Reads a whole regular file, NUL-terminated. -errno. */
+static int read_file(const char *path, char **out)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	struct stat st;
+	int ret = 0;
+	char *buf = NULL;
+	if (fstat(fileno(f), &st) == -1) {
+		ret = -errno;
+		goto close_file;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = -EINVAL;
+		goto close_file;
+	}
+	if (st.st_size > (off_t)KG_CONFIG_MAX_BYTES) {
+		ret = -EFBIG;
+		goto close_file;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto close_file;
+	}
+	size_t n = fread(buf, 1, (size_t)st.st_size, f);
+	if (ferror(f)) {
+		ret = -EIO;
+		free(buf);
+		goto close_file;
+	}
+	buf[n] = '\0';
+	*out = buf;
+close_file:
+	fclose(f);
+	return ret;
+}
+
+struct kg_config *kg_config_load(const char *path, char *err, size_t errlen)
+{
+	char *text = NULL, *dir = NULL, *abs_dir = NULL;
+	struct kg_config *cfg = NULL;
+
+	int r = read_file(path, &text);
+	if (r < 0) {
+		snprintf(err, errlen, "%s: cannot read: %s", path,
+			 r == -EINVAL ? "not a regular file" : strerror(-r));
+		return NULL;
+	}
+	if (strlen(text) == 0) {
+		snprintf(err, errlen, "%s: file is empty", path);
+		goto free_text;
+	}
+	const char *slash = strrchr(path, '/');
+	dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+	if (!dir) {
+		snprintf(err, errlen, "%s: out of memory", path);
+		goto free_text;
+	}
+	/* An absolute base keeps file references valid whatever the daemon's
+	 * working directory becomes later. */
+	abs_dir = realpath(dir, NULL);
+	char msg[512];
+	cfg = kg_config_parse(text, abs_dir ? abs_dir : dir, msg, sizeof(msg));
+	if (!cfg) {
+		/* Syntax errors name the file; schema errors already name a key. */
+		bool syntax = strncmp(msg, "invalid JSON", strlen("invalid JSON")) == 0;
+		snprintf(err, errlen, "%s%s%s", syntax ? path : "", syntax ? ": " : "", msg);
+	}
+	free(abs_dir);
+	free(dir);
+free_text:
+	free(text);
+	return cfg;
+}
+
+void kg_config_free(struct kg_config *cfg)
+{
+	if (!cfg)
+		return;
+	for (size_t i = 0; i < cfg->n_certs; i++) {
+		free(cfg->certs[i].cert_path);
+		free(cfg->certs[i].key_path);
+		free(cfg->certs[i].crl_path);
+	}
+	free(cfg->certs);
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		for (size_t b = 0; b < cfg->listeners[i].n_backends; b++)
+			free(cfg->listeners[i].backends[b].address);
+		free(cfg->listeners[i].backends);
+	}
+	free(cfg->listeners);
+	free(cfg->log_level);
+	free(cfg);
+}
+
+const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_certs; i++)
+		if (strcmp(cfg->certs[i].name, name) == 0)
+			return &cfg->certs[i];
+	return NULL;
+}

@@ -1,0 +1,400 @@
+/* config.c: the schema's rules, table-driven. Documents are written with
+ * single quotes for readability and turned into JSON before parsing. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+
+#include "certgen.h"
+#include "config.h"
+
+#define CERTS                                                                  \
+	"'certificates':{'web':{'type':'server','cert':'s.pem','key':'s.key'},"    \
+	"'clients':{'type':'ca','cert':'ca.pem','crl':'/abs/ca.crl'}}"
+/* One tls listener; extra keys go last so they override (json-c keeps the
+ * last of duplicate keys). */
+#define LISTENER(extra)                                                        \
+	"{'name':'web','protocol':'tls','bind':'127.0.0.1','port':8443,"           \
+	"'certificate':'web','backends':[{'address':'127.0.0.1:9001'}]" extra "}"
+#define DOC(extra) "{" CERTS ",'listeners':[" LISTENER(extra) "]}"
+#define DOC2(extra1, extra2) "{" CERTS ",'listeners':[" LISTENER(extra1) "," LISTENER(extra2) "]}"
+#define BACKENDS(list) DOC(",'backends':[" list "]")
+
+static char *to_json(const char *doc)
+{
+	char *s = strdup(doc);
+	cr_assert_not_null(s);
+	for (char *c = s; *c; c++)
+		if (*c == '\'')
+			*c = '"';
+	return s;
+}
+
+static struct kg_config *parse(const char *doc, char *err, size_t errlen)
+{
+	char *json = to_json(doc);
+	struct kg_config *cfg = kg_config_parse(json, "/base", err, errlen);
+	free(json);
+	return cfg;
+}
+
+struct bad_case {
+	const char *doc;
+	const char *want; /* the message starts with the path, contains the reason */
+};
+
+static const struct bad_case bad[] = {
+	/* syntax and top level */
+	{"{", "invalid JSON at line 1, column 2"},
+	{"{'settings':{}} x", "invalid JSON at line 1, column 17"},
+	{"{'a':1,}", "invalid JSON"},
+	{"", "invalid JSON"},
+	{"[]", "(top level): expected an object, got an array"},
+	{"{'listener':[]}", "listener: unknown key"},
+	{"{'certificates':{}}", "listeners: is required"},
+	{"{'listeners':{}}", "listeners: expected an array, got an object"},
+	{"{'listeners':[]}", "listeners: at least one listener"},
+	/* settings */
+	{"{'settings':[]}", "settings: expected an object, got an array"},
+	{"{'settings':{'workers':'2'}}", "settings.workers: expected an integer, got a string"},
+	{"{'settings':{'workers':65}}", "settings.workers: must be 0-64"},
+	{"{'settings':{'workers':-1}}", "settings.workers: must be 0-64"},
+	{"{'settings':{'workers':1.5}}", "settings.workers: expected an integer, got a non-integer"},
+	{"{'settings':{'workers':99999999999999999999}}", "settings.workers: must be"},
+	{"{'settings':{'workers':null}}", "settings.workers: expected an integer, got null"},
+	{"{'settings':{'drain_timeout_ms':true}}", "settings.drain_timeout_ms: expected an integer, got a boolean"},
+	{"{'settings':{'log_level':'loud'}}", "settings.log_level: must be one of"},
+	{"{'settings':{'threads':1}}", "settings.threads: unknown key"},
+	/* certificates */
+	{"{'certificates':[]}", "certificates: expected an object"},
+	{"{'certificates':{'bad name':{'type':'ca','cert':'a'}}}", "certificates.bad name: invalid name"},
+	{"{'certificates':{'web':'x.pem'}}", "certificates.web: expected an object, got a string"},
+	{"{'certificates':{'web':{'cert':'a'}}}", "certificates.web.type: is required"},
+	{"{'certificates':{'web':{'type':'client','cert':'a'}}}", "certificates.web.type: must be one of \"server\", \"ca\""},
+	{"{'certificates':{'web':{'type':'ca'}}}", "certificates.web.cert: is required"},
+	{"{'certificates':{'web':{'type':'ca','cert':''}}}", "certificates.web.cert: must not be empty"},
+	{"{'certificates':{'web':{'type':'ca','cert':'a\\u0000b'}}}", "certificates.web.cert: must not contain NUL"},
+	{"{'certificates':{'web':{'type':'ca','cert':5}}}", "certificates.web.cert: expected a string, got an integer"},
+	{"{'certificates':{'web':{'type':'server','cert':'a'}}}", "certificates.web.key: is required"},
+	{"{'certificates':{'web':{'type':'ca','cert':'a','key':'k'}}}", "certificates.web.key: a \"ca\" entry takes no private key"},
+	{"{'certificates':{'web':{'type':'server','cert':'a','key':'k','crl':'c'}}}", "certificates.web.crl: only \"ca\" entries"},
+	{"{'certificates':{'web':{'type':'ca','cert':'a','password':'x'}}}", "certificates.web.password: unknown key"},
+	/* listener shape */
+	{"{'listeners':['web']}", "listeners[0]: expected an object, got a string"},
+	{DOC(",'bakends':[]"), "listeners[0].bakends: unknown key"},
+	{"{'listeners':[{'protocol':'tls'}]}", "listeners[0].name: is required"},
+	{DOC(",'name':'a b'"), "listeners[0].name: invalid name \"a b\""},
+	{DOC(",'name':'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'"), "listeners[0].name: invalid name"},
+	{DOC(",'name':''"), "listeners[0].name: must not be empty"},
+	{DOC(",'protocol':'udp'"), "listeners[0].protocol: must be one of \"tls\", \"tcp\", \"https\""},
+	{"{'listeners':[{'name':'x'}]}", "listeners[0].protocol: is required"},
+	{DOC(",'bind':'localhost'"), "listeners[0].bind: expected an IPv4 or IPv6 address literal"},
+	{DOC(",'bind':'[::1]'"), "listeners[0].bind: expected an IPv4 or IPv6"},
+	{DOC(",'bind':'127.0.0.1:80'"), "listeners[0].bind: expected an IPv4 or IPv6"},
+	{DOC(",'port':70000"), "listeners[0].port: must be 0-65535"},
+	{DOC(",'port':-1"), "listeners[0].port: must be 0-65535"},
+	{DOC(",'port':'443'"), "listeners[0].port: expected an integer, got a string"},
+	/* TLS references and modes */
+	{"{" CERTS ",'listeners':[{'name':'web','protocol':'tls','bind':'::1','port':1,'backends':[]}]}", "listeners[0].certificate: is required for protocol \"tls\""},
+	{DOC(",'certificate':'nope'"), "listeners[0].certificate: no certificate named \"nope\""},
+	{DOC(",'certificate':'clients'"), "listeners[0].certificate: \"clients\" is a \"ca\" entry"},
+	{DOC(",'ca':'web'"), "listeners[0].ca: \"web\" is a \"server\" entry"},
+	{DOC(",'ca':'nope'"), "listeners[0].ca: no certificate named \"nope\""},
+	{DOC(",'mutual_auth':'required'"), "listeners[0].mutual_auth: \"required\" needs \"ca\""},
+	{DOC(",'mutual_auth':'optional'"), "listeners[0].mutual_auth: \"optional\" needs \"ca\""},
+	{DOC(",'ca':'clients','mutual_auth':'maybe'"), "listeners[0].mutual_auth: must be one of \"off\", \"optional\", \"required\""},
+	{DOC(",'protocol':'tcp'"), "listeners[0].certificate: not allowed with protocol \"tcp\""},
+	{"{'listeners':[{'name':'t','protocol':'tcp','bind':'::','port':1,'mutual_auth':'off','backends':[]}]}", "listeners[0].mutual_auth: not allowed with protocol \"tcp\""},
+	{DOC(",'verify_depth':0"), "listeners[0].verify_depth: must be 1-16"},
+	{DOC(",'verify_depth':17"), "listeners[0].verify_depth: must be 1-16"},
+	{DOC(",'scheduler':'wrr'"), "listeners[0].scheduler: must be one of \"rr\""},
+	{DOC(",'scheduler':'lc'"), "listeners[0].scheduler: must be one of \"rr\""},
+	{DOC(",'forwarding':'magic'"), "listeners[0].forwarding: must be one of \"auto\", \"sockmap\", \"splice\", \"userspace\""},
+	{DOC(",'handshake_timeout_ms':0"), "listeners[0].handshake_timeout_ms: must be 1-"},
+	{DOC(",'idle_timeout_ms':0"), "listeners[0].idle_timeout_ms: must be 1-"},
+	{DOC(",'connect_timeout_ms':0"), "listeners[0].connect_timeout_ms: must be 1-"},
+	{DOC(",'max_connections':0"), "listeners[0].max_connections: must be 1-"},
+	{DOC(",'connect_retries':64"), "listeners[0].connect_retries: must be 0-63"},
+	/* backends */
+	{"{" CERTS ",'listeners':[{'name':'web','protocol':'tls','bind':'::1','port':1,'certificate':'web'}]}", "listeners[0].backends: is required"},
+	{BACKENDS(""), "listeners[0].backends: at least one backend"},
+	{DOC(",'backends':{}"), "listeners[0].backends: expected an array"},
+	{BACKENDS("'127.0.0.1:80'"), "listeners[0].backends[0]: expected an object, got a string"},
+	{BACKENDS("{'weight':1}"), "listeners[0].backends[0].address: is required"},
+	{BACKENDS("{'address':'127.0.0.1:80'},{'address':'localhost:80'}"), "listeners[0].backends[1].address: expected host:port"},
+	{BACKENDS("{'address':'127.0.0.1'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'127.0.0.1:0'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'127.0.0.1:65536'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'127.0.0.1:8x'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'127.0.0.1:'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'::1:80'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'[127.0.0.1]:80'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'[::1]80'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'[::1'}"), "listeners[0].backends[0].address: expected host:port"},
+	{BACKENDS("{'address':'127.0.0.1:80','weight':0}"), "listeners[0].backends[0].weight: must be 1-256"},
+	{BACKENDS("{'address':'127.0.0.1:80','weight':257}"), "listeners[0].backends[0].weight: must be 1-256"},
+	{BACKENDS("{'address':'127.0.0.1:80','weight':'heavy'}"), "listeners[0].backends[0].weight: expected an integer"},
+	{BACKENDS("{'address':'127.0.0.1:80','port':1}"), "listeners[0].backends[0].port: unknown key"},
+	{BACKENDS("{'address':'127.0.0.1:80'},{'address':'127.0.0.1:080'}"), "listeners[0].backends[1].address: same backend as listeners[0].backends[0]"},
+	/* health checks */
+	{DOC(",'health_check':'tcp'"), "listeners[0].health_check: expected an object"},
+	{DOC(",'health_check':{'type':'icmp'}"), "listeners[0].health_check.type: must be one of \"none\", \"tcp\", \"http\""},
+	{DOC(",'health_check':{'interval':2}"), "listeners[0].health_check.interval: unknown key"},
+	{DOC(",'health_check':{'interval_ms':0}"), "listeners[0].health_check.interval_ms: must be 100-"},
+	{DOC(",'health_check':{'timeout_ms':0}"), "listeners[0].health_check.timeout_ms: must be 1-"},
+	{DOC(",'health_check':{'healthy_threshold':11}"), "listeners[0].health_check.healthy_threshold: must be 1-10"},
+	{DOC(",'health_check':{'unhealthy_threshold':0}"), "listeners[0].health_check.unhealthy_threshold: must be 1-10"},
+	/* between listeners */
+	{DOC2("", ",'port':9443"), "listeners[1].name: duplicate listener name \"web\""},
+	{DOC2("", ",'name':'web2'"), "listeners[1].port: address and port already used by listeners[0]"},
+	{DOC2(",'bind':'0.0.0.0'", ",'name':'web2'"), "listeners[1].port: address and port already used by listeners[0]"},
+	{DOC2(",'bind':'::1'", ",'name':'web2','bind':'::'"), "listeners[1].port: address and port already used"},
+};
+
+#define N_BAD (sizeof(bad) / sizeof(bad[0]))
+
+TC_INDEX_PARAMS(config, refuses, N_BAD)
+
+ParameterizedTest(size_t *i, config, refuses)
+{
+	char err[512] = "";
+	char *want = to_json(bad[*i].want);
+	struct kg_config *cfg = parse(bad[*i].doc, err, sizeof(err));
+	cr_expect_null(cfg, "accepted: %s", bad[*i].doc);
+	cr_expect(strstr(err, want) == err || (strncmp(want, "invalid JSON", 12) == 0 && strstr(err, want)),
+		  "document %s\n  error \"%s\"\n  wanted \"%s\"", bad[*i].doc, err, want);
+	kg_config_free(cfg);
+	free(want);
+}
+
+static uint16_t port_of(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+Test(config, defaults_filled)
+{
+	char err[512];
+	struct kg_config *cfg = parse(DOC(""), err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	cr_expect_eq(cfg->workers, 0);
+	cr_expect_eq(cfg->drain_timeout_ms, 10000);
+	cr_expect_null(cfg->log_level);
+	cr_assert_eq(cfg->n_certs, 2);
+	const struct kg_cert_conf *web = kg_config_find_cert(cfg, "web");
+	const struct kg_cert_conf *ca = kg_config_find_cert(cfg, "clients");
+	cr_assert(web && ca);
+	cr_expect_null(kg_config_find_cert(cfg, "nope"));
+	cr_expect_eq(web->type, KG_CERT_SERVER);
+	cr_expect_str_eq(web->cert_path, "/base/s.pem");
+	cr_expect_str_eq(web->key_path, "/base/s.key");
+	cr_expect_null(web->crl_path);
+	cr_expect_eq(ca->type, KG_CERT_CA);
+	cr_expect_str_eq(ca->crl_path, "/abs/ca.crl", "absolute paths stay as they are");
+	cr_expect_null(ca->key_path);
+
+	cr_assert_eq(cfg->n_listeners, 1);
+	const struct kg_listener_conf *l = &cfg->listeners[0];
+	cr_expect_str_eq(l->name, "web");
+	cr_expect_eq(l->protocol, KG_PROTO_TLS);
+	cr_expect_eq(l->bind.ss_family, AF_INET);
+	cr_expect_eq(l->bind_len, sizeof(struct sockaddr_in));
+	cr_expect_eq(port_of(&l->bind), 8443);
+	cr_expect_eq(l->certificate, web);
+	cr_expect_null(l->ca);
+	cr_expect_eq(l->mutual_auth, KG_MTLS_OFF);
+	cr_expect_eq(l->verify_depth, 4);
+	cr_expect_eq(l->forwarding, KG_FWD_AUTO);
+	cr_expect_eq(l->handshake_timeout_ms, 10000);
+	cr_expect_eq(l->idle_timeout_ms, 300000);
+	cr_expect_eq(l->connect_timeout_ms, 3000);
+	cr_expect_eq(l->max_connections, 10000);
+	cr_expect_eq(l->connect_retries, 2);
+	cr_assert_eq(l->n_backends, 1);
+	cr_expect_str_eq(l->backends[0].address, "127.0.0.1:9001");
+	cr_expect_eq(l->backends[0].weight, 1);
+	cr_expect_eq(port_of(&l->backends[0].addr), 9001);
+	cr_expect_eq(l->health_check.type, KG_HEALTH_NONE);
+	cr_expect_eq(l->health_check.interval_ms, 2000);
+	cr_expect_eq(l->health_check.timeout_ms, 5000);
+	cr_expect_eq(l->health_check.healthy_threshold, 3);
+	cr_expect_eq(l->health_check.unhealthy_threshold, 3);
+	kg_config_free(cfg);
+}
+
+struct good_case {
+	const char *doc;
+	enum kg_mutual_auth auth;
+	int family;
+	unsigned port;
+	enum kg_health_type health;
+};
+
+static const struct good_case good[] = {
+	{DOC(",'ca':'clients'"), KG_MTLS_REQUIRED, AF_INET, 8443, KG_HEALTH_NONE},
+	{DOC(",'ca':'clients','mutual_auth':'optional'"), KG_MTLS_OPTIONAL, AF_INET, 8443, KG_HEALTH_NONE},
+	{DOC(",'ca':'clients','mutual_auth':'off'"), KG_MTLS_OFF, AF_INET, 8443, KG_HEALTH_NONE},
+	{DOC(",'bind':'::1','port':0"), KG_MTLS_OFF, AF_INET6, 0, KG_HEALTH_NONE},
+	{DOC(",'port':65535,'health_check':{}"), KG_MTLS_OFF, AF_INET, 65535, KG_HEALTH_TCP},
+	{DOC(",'health_check':{'type':'none'}"), KG_MTLS_OFF, AF_INET, 8443, KG_HEALTH_NONE},
+	{DOC(",'protocol':'https','scheduler':'rr','forwarding':'userspace'"), KG_MTLS_OFF, AF_INET, 8443, KG_HEALTH_NONE},
+};
+
+#define N_GOOD (sizeof(good) / sizeof(good[0]))
+
+TC_INDEX_PARAMS(config, accepts, N_GOOD)
+
+ParameterizedTest(size_t *i, config, accepts)
+{
+	char err[512];
+	const struct good_case *g = &good[*i];
+	struct kg_config *cfg = parse(g->doc, err, sizeof(err));
+	cr_assert_not_null(cfg, "%s: %s", g->doc, err);
+	const struct kg_listener_conf *l = &cfg->listeners[0];
+	cr_expect_eq(l->mutual_auth, g->auth, "%s", g->doc);
+	cr_expect_eq(l->bind.ss_family, g->family);
+	cr_expect_eq(port_of(&l->bind), g->port);
+	cr_expect_eq(l->health_check.type, g->health);
+	cr_expect_eq(l->ca != NULL, strstr(g->doc, "'ca':'clients'") != NULL);
+	kg_config_free(cfg);
+}
+
+Test(config, full_document)
+{
+	static const char doc[] =
+		"{'settings':{'workers':2,'drain_timeout_ms':5000,'log_level':'debug'},"
+		"'certificates':{'web':{'type':'server','cert':'server.pem','key':'server.key'},"
+		"'clients':{'type':'ca','cert':'ca.pem','crl':'ca.crl'}},"
+		"'listeners':[{'name':'web','protocol':'tls','bind':'127.0.0.1','port':0,"
+		"'certificate':'web','mutual_auth':'required','ca':'clients','verify_depth':2,"
+		"'scheduler':'rr','forwarding':'userspace','handshake_timeout_ms':100,"
+		"'idle_timeout_ms':200,'connect_timeout_ms':300,'max_connections':400,"
+		"'connect_retries':0,'backends':[{'address':'127.0.0.1:9001','weight':3},"
+		"{'address':'[::1]:9002','weight':256}],'health_check':{'type':'http',"
+		"'interval_ms':100,'timeout_ms':1,'healthy_threshold':10,'unhealthy_threshold':1}},"
+		"{'name':'plain','protocol':'tcp','bind':'127.0.0.1','port':0,"
+		"'backends':[{'address':'127.0.0.1:9003'}]}]}";
+	char err[512];
+	struct kg_config *cfg = parse(doc, err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	cr_expect_eq(cfg->workers, 2);
+	cr_expect_eq(cfg->drain_timeout_ms, 5000);
+	cr_expect_str_eq(cfg->log_level, "debug");
+	cr_expect_str_eq(kg_config_find_cert(cfg, "clients")->crl_path, "/base/ca.crl");
+	const struct kg_listener_conf *l = &cfg->listeners[0];
+	cr_expect_eq(l->ca, kg_config_find_cert(cfg, "clients"));
+	cr_expect_eq(l->verify_depth, 2);
+	cr_expect_eq(l->forwarding, KG_FWD_USERSPACE);
+	cr_expect_eq(l->handshake_timeout_ms, 100);
+	cr_expect_eq(l->idle_timeout_ms, 200);
+	cr_expect_eq(l->connect_timeout_ms, 300);
+	cr_expect_eq(l->max_connections, 400);
+	cr_expect_eq(l->connect_retries, 0);
+	cr_assert_eq(l->n_backends, 2);
+	cr_expect_eq(l->backends[0].weight, 3);
+	cr_expect_eq(l->backends[1].weight, 256);
+	cr_expect_eq(l->backends[1].addr.ss_family, AF_INET6);
+	cr_expect_eq(l->backends[1].addrlen, sizeof(struct sockaddr_in6));
+	cr_expect_eq(port_of(&l->backends[1].addr), 9002);
+	cr_expect_eq(l->health_check.type, KG_HEALTH_HTTP);
+	cr_expect_eq(l->health_check.interval_ms, 100);
+	cr_expect_eq(l->health_check.timeout_ms, 1);
+	cr_expect_eq(l->health_check.healthy_threshold, 10);
+	cr_expect_eq(l->health_check.unhealthy_threshold, 1);
+	const struct kg_listener_conf *t = &cfg->listeners[1];
+	cr_expect_eq(t->protocol, KG_PROTO_TCP);
+	cr_expect_null(t->certificate);
+	cr_expect_eq(t->mutual_auth, KG_MTLS_OFF);
+	kg_config_free(cfg);
+}
+
+Test(config, hostport)
+{
+	static const struct {
+		const char *text;
+		int ok, family;
+		unsigned port;
+	} cases[] = {
+		{"127.0.0.1:80", 1, AF_INET, 80},     {"10.1.2.3:65535", 1, AF_INET, 65535},
+		{"[::1]:9001", 1, AF_INET6, 9001},    {"[2001:db8::1]:1", 1, AF_INET6, 1},
+		{"[::ffff:127.0.0.1]:8", 1, AF_INET6, 8},
+		{"127.0.0.1", 0, 0, 0},               {"127.0.0.1:0", 0, 0, 0},
+		{"127.0.0.1:65536", 0, 0, 0},         {"127.0.0.1:123456", 0, 0, 0},
+		{"127.0.0.1:-1", 0, 0, 0},            {"127.0.0.1: 80", 0, 0, 0},
+		{"localhost:80", 0, 0, 0},            {"::1:80", 0, 0, 0},
+		{"[::1]", 0, 0, 0},                   {"[]:80", 0, 0, 0},
+		{"[1.2.3.4]:80", 0, 0, 0},            {":80", 0, 0, 0},
+		{"", 0, 0, 0},                        {"256.0.0.1:80", 0, 0, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct sockaddr_storage ss;
+		socklen_t len = 0;
+		int r = kg_parse_hostport(cases[i].text, &ss, &len);
+		if (!cases[i].ok) {
+			cr_expect_eq(r, -EINVAL, "\"%s\" accepted", cases[i].text);
+			continue;
+		}
+		cr_expect_eq(r, 0, "\"%s\" refused", cases[i].text);
+		cr_expect_eq(ss.ss_family, cases[i].family, "%s", cases[i].text);
+		cr_expect_eq(port_of(&ss), cases[i].port, "%s", cases[i].text);
+	}
+}
+
+static struct tc_dir dir;
+static void make_dir(void) { tc_dir_create(&dir); }
+static void drop_dir(void) { tc_dir_remove(&dir); }
+
+Test(config, load_resolves_paths_against_the_files_folder, .init = make_dir, .fini = drop_dir)
+{
+	char *json = to_json(DOC(""));
+	tc_write_text(tc_file(&dir, "kgate.json"), json);
+	free(json);
+	char err[512], want[PATH_MAX + 16], real[PATH_MAX];
+	cr_assert_not_null(realpath(dir.path, real));
+	struct kg_config *cfg = kg_config_load(tc_file(&dir, "kgate.json"), err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	snprintf(want, sizeof(want), "%s/s.pem", real);
+	cr_expect_str_eq(kg_config_find_cert(cfg, "web")->cert_path, want);
+	kg_config_free(cfg);
+}
+
+Test(config, load_errors, .init = make_dir, .fini = drop_dir)
+{
+	char err[512];
+	const char *missing = tc_file(&dir, "missing.json");
+	cr_expect_null(kg_config_load(missing, err, sizeof(err)));
+	cr_expect(strstr(err, missing) == err && strstr(err, "cannot read: No such file"), "%s", err);
+
+	cr_expect_null(kg_config_load(dir.path, err, sizeof(err)));
+	cr_expect(strstr(err, "not a regular file"), "%s", err);
+
+	tc_write_text(tc_file(&dir, "empty.json"), "");
+	cr_expect_null(kg_config_load(tc_file(&dir, "empty.json"), err, sizeof(err)));
+	cr_expect(strstr(err, "empty.json: file is empty"), "%s", err);
+
+	tc_write_text(tc_file(&dir, "bad.json"), "{\n  \"settings\": {\n    \"workers\": 1,\n  }\n}\n");
+	cr_expect_null(kg_config_load(tc_file(&dir, "bad.json"), err, sizeof(err)));
+	cr_expect(strstr(err, "bad.json: invalid JSON at line 4, column 3: "), "%s", err);
+
+	tc_write_text(tc_file(&dir, "schema.json"), "{\"settings\": {\"workers\": \"x\"}}");
+	cr_expect_null(kg_config_load(tc_file(&dir, "schema.json"), err, sizeof(err)));
+	cr_expect_str_eq(err, "settings.workers: expected an integer, got a string");
+}
+
+Test(config, example_in_the_repo_parses)
+{
+	char err[512];
+	struct kg_config *cfg = kg_config_load(KG_SOURCE_DIR "/dataplane/examples/kgate.json", err,
+					       sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	cr_expect_geq(cfg->n_listeners, 1);
+	cr_expect_eq(cfg->listeners[0].mutual_auth, KG_MTLS_REQUIRED);
+	kg_config_free(cfg);
+}

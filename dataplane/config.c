@@ -101,7 +101,7 @@ static int get_member(struct parser *p, const char *parent, struct json_object *
 		      const char *key, enum json_type type, const char *what,
 		      struct json_object **out)
 {
-	struct json_object *v;
+	struct json_object *v = NULL;
 	if (!json_object_object_get_ex(obj, key, &v))
 		return 0;
 	char kp[KG_PATH_MAX];
@@ -115,7 +115,7 @@ static int get_member(struct parser *p, const char *parent, struct json_object *
 static int get_uint(struct parser *p, const char *parent, struct json_object *obj,
 		    const char *key, unsigned min, unsigned max, unsigned *out)
 {
-	struct json_object *v;
+	struct json_object *v = NULL;
 	int r = get_member(p, parent, obj, key, json_type_int, "an integer", &v);
 	if (r <= 0)
 		return r;
@@ -133,7 +133,7 @@ static int get_uint(struct parser *p, const char *parent, struct json_object *ob
 static int get_string(struct parser *p, const char *parent, struct json_object *obj,
 		      const char *key, const char **out)
 {
-	struct json_object *v;
+	struct json_object *v = NULL;
 	int r = get_member(p, parent, obj, key, json_type_string, "a string", &v);
 	if (r <= 0)
 		return r;
@@ -217,7 +217,7 @@ static int get_name(struct parser *p, const char *path, const char *name, char o
 static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_object *root)
 {
 	static const char *const keys[] = {"workers", "drain_timeout_ms", "log_level", NULL};
-	struct json_object *s;
+	struct json_object *s = NULL;
 	const char *path = "settings";
 	int r = get_member(p, "", root, "settings", json_type_object, "an object", &s);
 	if (r <= 0)
@@ -273,7 +273,7 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 
 static int parse_certificates(struct parser *p, struct kg_config *cfg, struct json_object *root)
 {
-	struct json_object *certs;
+	struct json_object *certs = NULL;
 	int r = get_member(p, "", root, "certificates", json_type_object, "an object", &certs);
 	if (r <= 0)
 		return r;
@@ -397,7 +397,7 @@ static int parse_backends(struct parser *p, const char *lpath, struct json_objec
 			  struct kg_listener_conf *l)
 {
 	static const char *const keys[] = {"address", "weight", NULL};
-	struct json_object *arr;
+	struct json_object *arr = NULL;
 	char path[KG_PATH_MAX];
 
 	member_path(path, lpath, "backends");
@@ -447,7 +447,7 @@ static int parse_health(struct parser *p, const char *lpath, struct json_object 
 	static const char *const keys[] = {"type", "interval_ms", "timeout_ms",
 					   "healthy_threshold", "unhealthy_threshold", NULL};
 	static const char *const types[] = {"none", "tcp", "http", NULL};
-	struct json_object *obj;
+	struct json_object *obj = NULL;
 	char path[KG_PATH_MAX];
 	int type = KG_HEALTH_NONE;
 
@@ -601,7 +601,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 
 static int parse_listeners(struct parser *p, struct kg_config *cfg, struct json_object *root)
 {
-	struct json_object *arr;
+	struct json_object *arr = NULL;
 	if (require(p, "", "listeners",
 		    get_member(p, "", root, "listeners", json_type_array, "an array", &arr)) < 0)
 		return -1;

@@ -9,7 +9,7 @@ tests/install-deps.sh test
 # Optimised builds see warnings (-Wmaybe-uninitialized) that -O1 sanitizer
 # builds miss; -Werror makes both builds part of the test.
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build-release -j"$(nproc)" >/dev/null
+cmake --build build-release -j"$(nproc)"
 build=${KG_TEST_BUILD_DIR:-build-asan}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Asan >/dev/null
 cmake --build "$build" -j"$(nproc)"

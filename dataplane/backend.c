@@ -20,6 +20,10 @@ static void no_backend(struct kg_conn *c)
 	w->stats.no_backend++;
 	kg_worker_warn(w, "listener %s: no backend available after %u attempt(s), closing client",
 		       c->listener->conf->name, c->connect_attempts);
+	if (!c->ssl) {
+		kg_conn_close(c, "no backend available");
+		return;
+	}
 	/* A clean TLS close tells the client this was deliberate. */
 	SSL_shutdown(c->ssl);
 	c->close_after_flush = true;
@@ -82,9 +86,7 @@ void kg_backend_on_connect(struct kg_conn *c, int res)
 	if (c->state == KG_CONN_CLOSING)
 		return;
 	if (res == 0) {
-		c->state = KG_CONN_FORWARDING;
-		c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
-		kg_forward_user_start(c);
+		kg_conn_start_forwarding(c);
 		return;
 	}
 	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];

@@ -8,6 +8,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -18,6 +19,8 @@
 
 #include <kgate/limits.h>
 #include <kgate/log.h>
+
+#include <openssl/err.h>
 
 #include "listener.h"
 #include "tls.h"
@@ -40,6 +43,25 @@ static int slot_alloc(struct kg_worker *w)
 	if (idx >= w->high_water)
 		w->high_water = idx + 1;
 	return (int)idx;
+}
+
+/* Largest TLS record on the wire: header + 2^14 + 2048 (RFC 5246 6.2.3). */
+#define TLS_RECORD_MAX (5 + 16384 + 2048)
+
+/* One block for the four spans. A connection that may hand off to kTLS
+ * reads the handshake record by record, so its receive span must hold the
+ * largest record. */
+static int conn_alloc_buffers(struct kg_conn *c, bool whole_records)
+{
+	c->c_in_cap = whole_records ? TLS_RECORD_MAX : KG_IO_BUF_SIZE;
+	c->buf = malloc(c->c_in_cap + 3 * KG_IO_BUF_SIZE);
+	if (!c->buf)
+		return -1;
+	c->c_in.data = c->buf;
+	c->c_out.data = c->buf + c->c_in_cap;
+	c->b_in.data = c->c_out.data + KG_IO_BUF_SIZE;
+	c->b_out.data = c->b_in.data + KG_IO_BUF_SIZE;
+	return 0;
 }
 
 void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
@@ -66,9 +88,6 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 	struct kg_conn *c = idx < 0 ? NULL : calloc(1, sizeof(*c));
 	if (!c)
 		goto refuse;
-	c->buf = malloc(4 * KG_IO_BUF_SIZE);
-	if (!c->buf)
-		goto free_conn;
 	c->idx = (uint32_t)idx;
 	c->worker = w;
 	c->listener = l;
@@ -76,16 +95,23 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 	c->cfd = fd;
 	c->bfd = -1;
 	c->member = -1;
-	c->c_in.data = c->buf;
-	c->c_out.data = c->buf + KG_IO_BUF_SIZE;
-	c->b_in.data = c->buf + 2 * KG_IO_BUF_SIZE;
-	c->b_out.data = c->buf + 3 * KG_IO_BUF_SIZE;
-	c->state = KG_CONN_HANDSHAKE;
-	c->deadline_ms = w->now_ms + lc->handshake_timeout_ms;
 
 	/* Records are forwarded as they come: Nagle would only add latency. */
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
 		log_debug("TCP_NODELAY on client socket: %s", strerror(errno));
+
+	if (!l->ssl_ctx) {
+		/* Plain tcp: straight to the backend. */
+		c->state = KG_CONN_CONNECTING;
+		w->conns[idx] = c;
+		w->n_conns++;
+		kg_backend_connect_next(c);
+		return;
+	}
+	if (conn_alloc_buffers(c, l->plan == KG_PATH_KTLS_SPLICE) < 0)
+		goto free_conn;
+	c->state = KG_CONN_HANDSHAKE;
+	c->deadline_ms = w->now_ms + lc->handshake_timeout_ms;
 
 	c->ssl = SSL_new(l->ssl_ctx);
 	c->net_in = BIO_new(BIO_s_mem());
@@ -94,11 +120,20 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 		BIO_free(c->net_in);
 		BIO_free(c->net_out);
 		SSL_free(c->ssl);
+		c->ssl = NULL;
 		goto free_buf;
 	}
 	/* From here the SSL owns both BIOs and frees them with itself. */
 	SSL_set_bio(c->ssl, c->net_in, c->net_out);
 	SSL_set_accept_state(c->ssl);
+	if (l->plan == KG_PATH_KTLS_SPLICE) {
+		c->ktls = malloc(sizeof(*c->ktls));
+		if (!c->ktls || kg_ktls_track_attach(c->ssl, c->ktls) < 0) {
+			SSL_free(c->ssl);
+			c->ssl = NULL;
+			goto free_buf;
+		}
+	}
 
 	w->conns[idx] = c;
 	w->n_conns++;
@@ -106,6 +141,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 	return;
 
 free_buf:
+	free(c->ktls);
 	free(c->buf);
 free_conn:
 	free(c);
@@ -122,8 +158,13 @@ void kg_conn_arm_client_recv(struct kg_conn *c)
 {
 	if (c->c_recv_busy || c->client_eof || c->state == KG_CONN_CLOSING)
 		return;
+	/* Path C feeds every byte to OpenSSL at once (c_in.len stays 0); a
+	 * connection heading for kTLS keeps unfed bytes in c_in, and during
+	 * the handoff reads no byte past the record it needs. */
+	uint32_t room = c->state == KG_CONN_HANDOFF ? c->handoff_need
+						    : c->c_in_cap - c->c_in.len;
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	io_uring_prep_recv(sqe, c->cfd, c->c_in.data, KG_IO_BUF_SIZE, 0);
+	io_uring_prep_recv(sqe, c->cfd, c->c_in.data + c->c_in.len, room, 0);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CLIENT_RECV, c->idx, c->cfd));
 	c->c_recv_busy = true;
 	c->inflight++;
@@ -142,7 +183,9 @@ static void handshake_failed(struct kg_conn *c, const char *reason)
 	kg_conn_flush_client(c);
 }
 
-static void handshake_step(struct kg_conn *c)
+enum hs_result { HS_MORE, HS_DONE, HS_FAILED };
+
+static enum hs_result handshake_step(struct kg_conn *c)
 {
 	char reason[256];
 	int ret = SSL_do_handshake(c->ssl);
@@ -152,6 +195,8 @@ static void handshake_step(struct kg_conn *c)
 		w->stats.handshakes++;
 		if (SSL_session_reused(c->ssl))
 			w->stats.resumed++;
+		if (c->ktls)
+			kg_ktls_handshake_done(c->ssl, c->ktls);
 		if (kg_log_level >= KG_LOG_DEBUG) {
 			X509 *peer = SSL_get0_peer_certificate(c->ssl);
 			char subject[256] = "(no client certificate)";
@@ -162,29 +207,100 @@ static void handshake_step(struct kg_conn *c)
 				  c->listener->conf->name, SSL_get_version(c->ssl),
 				  SSL_get_cipher_name(c->ssl), subject);
 		}
-		kg_conn_flush_client(c);
-		c->state = KG_CONN_CONNECTING;
-		kg_backend_connect_next(c);
-		return;
+		return HS_DONE;
 	}
 	switch (kg_tls_status(c->ssl, ret, reason, sizeof(reason))) {
 	case KG_TLS_WANT_READ:
 	case KG_TLS_WANT_WRITE:
-		kg_conn_flush_client(c);
-		if (c->client_eof)
-			kg_conn_close(c, "client closed during handshake");
-		else
-			kg_conn_arm_client_recv(c);
-		return;
+		return HS_MORE;
 	case KG_TLS_CLOSED:
 		handshake_failed(c, "client sent close_notify during handshake");
-		return;
+		return HS_FAILED;
 	case KG_TLS_OK:
 	case KG_TLS_ERROR:
-		handshake_failed(c, reason);
+		break;
+	}
+	handshake_failed(c, reason);
+	return HS_FAILED;
+}
+
+/* Length of the complete TLS record at p; 0 when more bytes are needed;
+ * SIZE_MAX when p does not start a plausible record (OpenSSL gets the
+ * bytes and says what is wrong with them). */
+static size_t record_at(const unsigned char *p, size_t avail)
+{
+	if (avail == 0)
+		return 0;
+	if (p[0] < 20 || p[0] > 23)
+		return SIZE_MAX;
+	if (avail < 5)
+		return 0;
+	size_t len = 5 + ((size_t)p[3] << 8 | p[4]);
+	if (len > TLS_RECORD_MAX)
+		return SIZE_MAX;
+	return avail >= len ? len : 0;
+}
+
+static int feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n)
+{
+	if (n > 0 && BIO_write(c->net_in, p, (int)n) != (int)n) {
+		kg_conn_close(c, "out of memory buffering client data");
+		return -1;
+	}
+	return 0;
+}
+
+static void compact_c_in(struct kg_conn *c)
+{
+	uint32_t rest = c->c_in.len - c->c_in.off;
+	if (c->c_in.off > 0 && rest > 0)
+		memmove(c->c_in.data, c->c_in.data + c->c_in.off, rest);
+	c->c_in.off = 0;
+	c->c_in.len = rest;
+}
+
+/* A connection heading for kTLS hands OpenSSL one record at a time and
+ * stops at the handshake's last record, so that nothing after it is
+ * consumed by OpenSSL before the kernel takes over. */
+static enum hs_result handshake_records(struct kg_conn *c)
+{
+	enum hs_result r = HS_MORE;
+	while (r == HS_MORE) {
+		size_t avail = c->c_in.len - c->c_in.off;
+		size_t rec = record_at(c->c_in.data + c->c_in.off, avail);
+		if (rec == 0)
+			break;
+		if (rec == SIZE_MAX)
+			rec = avail;
+		if (feed_openssl(c, c->c_in.data + c->c_in.off, rec) < 0)
+			return HS_FAILED;
+		c->c_in.off += (uint32_t)rec;
+		r = handshake_step(c);
+	}
+	if (r == HS_MORE)
+		compact_c_in(c);
+	return r;
+}
+
+static void handshake_input(struct kg_conn *c)
+{
+	enum hs_result r = c->ktls ? handshake_records(c) : handshake_step(c);
+	if (r == HS_FAILED)
 		return;
+	kg_conn_flush_client(c);
+	if (c->state == KG_CONN_CLOSING)
+		return;
+	if (r == HS_DONE) {
+		c->state = KG_CONN_CONNECTING;
+		kg_backend_connect_next(c);
+	} else if (c->client_eof) {
+		kg_conn_close(c, "client closed during handshake");
+	} else {
+		kg_conn_arm_client_recv(c);
 	}
 }
+
+static void handoff_step(struct kg_conn *c);
 
 void kg_conn_on_client_recv(struct kg_conn *c, int res)
 {
@@ -200,19 +316,205 @@ void kg_conn_on_client_recv(struct kg_conn *c, int res)
 	}
 	if (res == 0) {
 		c->client_eof = true;
+	} else if (c->ktls) {
+		c->c_in.len += (uint32_t)res; /* records are fed by the handshake/handoff */
 	} else {
-		if (BIO_write(c->net_in, c->c_in.data, res) != res) {
-			kg_conn_close(c, "out of memory buffering client data");
+		if (feed_openssl(c, c->c_in.data, (size_t)res) < 0)
 			return;
-		}
 		if (c->state == KG_CONN_FORWARDING)
 			c->deadline_ms = c->worker->now_ms +
 					 c->listener->conf->idle_timeout_ms;
 	}
 	if (c->state == KG_CONN_HANDSHAKE)
-		handshake_step(c);
+		handshake_input(c);
+	else if (c->state == KG_CONN_HANDOFF)
+		handoff_step(c);
 	else if (c->state == KG_CONN_FORWARDING)
 		kg_forward_user_on_client_data(c);
+}
+
+/* Path C from here on. What a would-be kTLS connection holds (unfed
+ * ciphertext, plaintext already decrypted into b_out) carries over. */
+static void start_userspace(struct kg_conn *c)
+{
+	struct kg_worker *w = c->worker;
+	if (c->ktls) {
+		kg_ktls_track_detach(c->ssl);
+		free(c->ktls);
+		c->ktls = NULL;
+	}
+	if (feed_openssl(c, c->c_in.data + c->c_in.off, c->c_in.len - c->c_in.off) < 0)
+		return;
+	c->c_in.off = c->c_in.len = 0;
+	w->stats.forwarded_c2b += c->b_out.len - c->b_out.off;
+	c->state = KG_CONN_FORWARDING;
+	c->path = KG_PATH_USERSPACE;
+	w->stats.path[KG_PATH_USERSPACE]++;
+	kg_forward_user_start(c);
+}
+
+static void handoff_refused(struct kg_conn *c, const char *why)
+{
+	struct kg_worker *w = c->worker;
+	if (c->listener->plan_forced) {
+		w->stats.ktls_failed++;
+		kg_worker_warn(w, "listener %s: kernel TLS handoff impossible (%s); closing, "
+			       "forwarding is set to \"splice\"", c->listener->conf->name, why);
+		kg_conn_close(c, "kTLS handoff impossible");
+		return;
+	}
+	w->stats.ktls_fallback++;
+	log_debug("connection %u on listener %s stays on userspace TLS: %s", c->idx,
+		  c->listener->conf->name, why);
+	start_userspace(c);
+}
+
+/* Whole records at the start of c_in, and whether a partial one follows
+ * (*need: bytes still missing). SIZE_MAX when the bytes are not TLS. */
+static size_t whole_records(const struct kg_conn *c, uint32_t *need)
+{
+	const unsigned char *p = c->c_in.data + c->c_in.off;
+	size_t avail = c->c_in.len - c->c_in.off, pos = 0;
+	*need = 0;
+	while (pos < avail) {
+		size_t rec = record_at(p + pos, avail - pos);
+		if (rec == SIZE_MAX)
+			return SIZE_MAX;
+		if (rec == 0) {
+			size_t have = avail - pos;
+			*need = have < 5 ? (uint32_t)(5 - have)
+					 : (uint32_t)(5 + ((size_t)p[pos + 3] << 8 | p[pos + 4]) - have);
+			break;
+		}
+		pos += rec;
+	}
+	return pos;
+}
+
+/* Backend connected: give the client socket's record layer to the kernel.
+ * Steps, each of which may wait for I/O and come back here: OpenSSL's
+ * last records (session ticket) sent; a partial record completed; what
+ * the client pipelined behind its Finished decrypted in userspace; keys
+ * derived and installed; OpenSSL and the buffers released. */
+static void handoff_step(struct kg_conn *c)
+{
+	struct kg_worker *w = c->worker;
+	char err[160];
+
+	if (c->c_send_busy || c->c_out.off < c->c_out.len || BIO_pending(c->net_out) > 0) {
+		c->handoff_wait_flush = true;
+		kg_conn_flush_client(c);
+		return;
+	}
+	c->handoff_wait_flush = false;
+	compact_c_in(c);
+	uint32_t need;
+	size_t whole = whole_records(c, &need);
+	if (whole == SIZE_MAX) {
+		handoff_refused(c, "client sent bytes that are not TLS records");
+		return;
+	}
+	if (need > 0) {
+		if (c->client_eof) {
+			handoff_refused(c, "client closed mid-record");
+			return;
+		}
+		c->handoff_need = need;
+		kg_conn_arm_client_recv(c);
+		return;
+	}
+	if (c->client_eof) {
+		handoff_refused(c, "client already closed");
+		return;
+	}
+	/* Early application data: decrypt in userspace, send ahead. */
+	c->b_out.off = c->b_out.len = 0;
+	if (whole > 0) {
+		if (feed_openssl(c, c->c_in.data, whole) < 0)
+			return;
+		c->c_in.off = c->c_in.len = 0;
+		while (c->b_out.len < KG_IO_BUF_SIZE) {
+			int n = SSL_read(c->ssl, c->b_out.data + c->b_out.len,
+					 (int)(KG_IO_BUF_SIZE - c->b_out.len));
+			if (n <= 0)
+				break;
+			c->b_out.len += (uint32_t)n;
+		}
+		ERR_clear_error();
+		if (BIO_pending(c->net_in) > 0 || SSL_has_pending(c->ssl) ||
+		    BIO_pending(c->net_out) > 0 || SSL_get_shutdown(c->ssl) != 0) {
+			handoff_refused(c, "early data left OpenSSL with records to process");
+			return;
+		}
+	}
+	struct kg_ktls_keys keys;
+	if (kg_ktls_derive(c->ssl, c->ktls, &keys, err, sizeof(err)) < 0) {
+		handoff_refused(c, err);
+		return;
+	}
+	bool ulp_set;
+	int r = kg_ktls_install(c->cfd, &keys, &ulp_set, err, sizeof(err));
+	OPENSSL_cleanse(&keys, sizeof(keys));
+	if (r < 0 && !ulp_set) {
+		handoff_refused(c, err);
+		return;
+	}
+	if (r < 0) {
+		w->stats.ktls_failed++;
+		kg_worker_warn(w, "listener %s: kernel TLS setup failed half-way (%s); closing",
+			       c->listener->conf->name, err);
+		kg_conn_close(c, "kTLS setup failed");
+		return;
+	}
+	c->state = KG_CONN_FORWARDING;
+	c->path = KG_PATH_KTLS_SPLICE;
+	w->stats.path[KG_PATH_KTLS_SPLICE]++;
+	log_debug("connection %u on listener %s: kernel TLS (%s %s), splice", c->idx,
+		  c->listener->conf->name, SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl));
+	r = kg_forward_splice_start(c, false, true, c->b_out.data, c->b_out.len, err,
+				    sizeof(err));
+	/* The kernel owns the record layer: OpenSSL and our buffers go. Marked
+	 * shut down first, or OpenSSL would drop the session from the cache
+	 * as if the connection had failed. */
+	SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+	SSL_free(c->ssl);
+	c->ssl = NULL;
+	free(c->ktls);
+	c->ktls = NULL;
+	free(c->buf);
+	c->buf = NULL;
+	if (r < 0)
+		kg_conn_close(c, err);
+}
+
+void kg_conn_start_forwarding(struct kg_conn *c)
+{
+	struct kg_worker *w = c->worker;
+	enum kg_path plan = c->listener->plan;
+	char err[128];
+
+	c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
+	switch (plan) {
+	case KG_PATH_KTLS_SPLICE:
+		c->state = KG_CONN_HANDOFF;
+		handoff_step(c);
+		return;
+	case KG_PATH_SPLICE:
+	case KG_PATH_COPY:
+	case KG_PATH_SOCKMAP:
+		c->state = KG_CONN_FORWARDING;
+		c->path = plan == KG_PATH_SOCKMAP ? KG_PATH_SPLICE : plan;
+		w->stats.path[c->path]++;
+		if (kg_forward_splice_start(c, plan == KG_PATH_COPY, false, NULL, 0, err,
+					    sizeof(err)) < 0)
+			kg_conn_close(c, err);
+		return;
+	case KG_PATH_USERSPACE:
+	case KG_PATH_NONE:
+	case KG_PATH_COUNT:
+		break;
+	}
+	start_userspace(c);
 }
 
 static void client_drained(struct kg_conn *c)
@@ -221,6 +523,8 @@ static void client_drained(struct kg_conn *c)
 		kg_conn_close(c, c->close_reason);
 	else if (c->state == KG_CONN_FORWARDING)
 		kg_forward_user_on_client_drained(c);
+	else if (c->state == KG_CONN_HANDOFF && c->handoff_wait_flush)
+		handoff_step(c);
 }
 
 void kg_conn_flush_client(struct kg_conn *c)
@@ -289,7 +593,9 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	if (c->inflight > 0)
 		return false;
 	struct kg_worker *w = c->worker;
+	kg_forward_splice_free(c);
 	SSL_free(c->ssl);
+	free(c->ktls);
 	close(c->cfd);
 	if (c->bfd >= 0)
 		close(c->bfd);
@@ -315,7 +621,7 @@ void kg_conn_check_deadline(struct kg_conn *c)
 		kg_worker_warn(w, "handshake timeout from %s on listener %s", peer,
 			       c->listener->conf->name);
 		kg_conn_close(c, "handshake timeout");
-	} else if (c->state == KG_CONN_FORWARDING) {
+	} else if (c->state == KG_CONN_FORWARDING || c->state == KG_CONN_HANDOFF) {
 		w->stats.idle_timeout++;
 		kg_conn_close(c, "idle timeout");
 	}

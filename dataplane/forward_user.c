@@ -116,7 +116,6 @@ static void pump_c2b(struct kg_conn *c)
 
 void kg_forward_user_start(struct kg_conn *c)
 {
-	c->worker->stats.path_userspace++;
 	arm_backend_recv(c);
 	/* The client may have sent application data in the same flight as
 	 * its Finished message: it is already in net_in. */

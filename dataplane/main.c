@@ -24,7 +24,9 @@
 #include "balancer.h"
 #include "certs.h"
 #include "config.h"
+#include "ktls.h"
 #include "listener.h"
+#include "paths.h"
 #include "runtime.h"
 #include "tls.h"
 #include "worker.h"
@@ -112,6 +114,8 @@ static int runtime_build(struct kg_runtime *rt, const struct kg_config *cfg)
 	char err[512];
 	rt->cfg = cfg;
 	rt->n_listeners = cfg->n_listeners;
+	kg_kernel_probe(&rt->caps);
+	log_info("kernel TLS: %s (%s)", rt->caps.ktls ? "yes" : "no", rt->caps.ktls_why);
 	rt->listeners = calloc(cfg->n_listeners ? cfg->n_listeners : 1, sizeof(*rt->listeners));
 	if (!rt->listeners)
 		return -ENOMEM;
@@ -119,23 +123,25 @@ static int runtime_build(struct kg_runtime *rt, const struct kg_config *cfg)
 		const struct kg_listener_conf *lc = &cfg->listeners[i];
 		struct kg_listener_rt *l = &rt->listeners[i];
 		l->conf = lc;
-		if (lc->protocol != KG_PROTO_TLS) {
-			fprintf(stderr, "kgated: config error: listeners[%zu].protocol: "
-				"only \"tls\" listeners are implemented in this version\n", i);
+		if (kg_path_plan(lc, &rt->caps, &l->plan, &l->plan_forced, err, sizeof(err)) < 0) {
+			fprintf(stderr, "kgated: config error: listeners[%zu].forwarding: %s\n", i, err);
 			return -EINVAL;
 		}
-		if (lc->forwarding == KG_FWD_SPLICE || lc->forwarding == KG_FWD_SOCKMAP) {
-			fprintf(stderr, "kgated: config error: listeners[%zu].forwarding: "
-				"\"%s\" needs kernel TLS offload, which this version does not "
-				"implement yet; use \"auto\" or \"userspace\"\n", i,
-				lc->forwarding == KG_FWD_SPLICE ? "splice" : "sockmap");
-			return -EINVAL;
+		if (lc->protocol == KG_PROTO_TLS) {
+			l->ssl_ctx = kg_tls_ctx_create(lc, err, sizeof(err));
+			if (!l->ssl_ctx) {
+				fprintf(stderr, "kgated: config error: listeners[%zu]: %s\n", i, err);
+				return -EINVAL;
+			}
+			if (l->plan == KG_PATH_KTLS_SPLICE && kg_ktls_ctx_prepare(l->ssl_ctx) < 0) {
+				fprintf(stderr, "kgated: listeners[%zu]: cannot set up kTLS tracking\n", i);
+				return -EINVAL;
+			}
 		}
-		l->ssl_ctx = kg_tls_ctx_create(lc, err, sizeof(err));
-		if (!l->ssl_ctx) {
-			fprintf(stderr, "kgated: config error: listeners[%zu]: %s\n", i, err);
-			return -EINVAL;
-		}
+		log_info("listener %s: protocol %s, forwarding %s%s", lc->name,
+			 lc->protocol == KG_PROTO_TCP ? "tcp" : "tls", kg_path_name(l->plan),
+			 l->plan == KG_PATH_KTLS_SPLICE && !l->plan_forced
+				 ? " (userspace TLS when a connection cannot be handed off)" : "");
 		unsigned weights[KG_MAX_BACKENDS];
 		if (lc->n_backends > KG_MAX_BACKENDS) {
 			fprintf(stderr, "kgated: config error: listeners[%zu].backends: at most %d members\n",

@@ -11,11 +11,14 @@
 
 #include "balancer.h"
 #include "config.h"
+#include "paths.h"
 
 struct kg_listener_rt {
 	const struct kg_listener_conf *conf;
 	SSL_CTX *ssl_ctx;     /* NULL for tcp listeners */
 	struct kg_balancer *balancer;
+	enum kg_path plan;  /* the path connections take (paths.h) */
+	bool plan_forced;   /* configured explicitly: no fallback per connection */
 	atomic_uint active;   /* connections across workers, for max_connections */
 };
 
@@ -33,13 +36,16 @@ struct kg_counters {
 	uint64_t forwarded_c2b;     /* plaintext bytes */
 	uint64_t forwarded_b2c;
 	uint64_t closed;
-	uint64_t path_userspace;
+	uint64_t path[KG_PATH_COUNT]; /* connections that started forwarding, per path */
+	uint64_t ktls_fallback;       /* auto: kTLS handoff impossible, stayed on userspace TLS */
+	uint64_t ktls_failed;         /* forced or past the point of return: closed */
 };
 
 struct kg_runtime {
 	const struct kg_config *cfg;
 	struct kg_listener_rt *listeners;
 	size_t n_listeners;
+	struct kg_kernel_caps caps;
 	atomic_bool stopping; /* set by the signal thread: drain and exit */
 };
 

@@ -188,6 +188,13 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_BACKEND_SEND:
 		kg_forward_user_on_backend_send(c, cqe->res);
 		break;
+	case KG_OP_POLL_IN:
+	case KG_OP_POLL_OUT:
+		kg_forward_splice_on_poll(c, kg_ud_fd(ud), op == KG_OP_POLL_OUT, cqe->res);
+		break;
+	case KG_OP_SPLICE_BACKOFF:
+		kg_forward_splice_on_backoff(c);
+		break;
 	default:
 		log_err("worker %u: unknown op %d", w->id, op);
 		return;
@@ -255,10 +262,15 @@ static void *worker_main(void *arg)
 	log_info("worker %u: stopped: accepted %lu, handshakes %lu (resumed %lu), "
 		 "handshake failures %lu, handshake timeouts %lu, no backend %lu, "
 		 "connect failures %lu, limit rejections %lu, idle timeouts %lu, "
-		 "bytes c2b %lu b2c %lu",
+		 "bytes c2b %lu b2c %lu; paths: userspace-tls %lu, ktls-splice %lu, "
+		 "splice %lu, sockmap %lu, userspace-copy %lu; ktls fallbacks %lu, "
+		 "ktls failures %lu",
 		 w->id, s->accepted, s->handshakes, s->resumed, s->handshake_failed,
 		 s->handshake_timeout, s->no_backend, s->backend_connect_failed,
-		 s->rejected_limit, s->idle_timeout, s->forwarded_c2b, s->forwarded_b2c);
+		 s->rejected_limit, s->idle_timeout, s->forwarded_c2b, s->forwarded_b2c,
+		 s->path[KG_PATH_USERSPACE], s->path[KG_PATH_KTLS_SPLICE],
+		 s->path[KG_PATH_SPLICE], s->path[KG_PATH_SOCKMAP], s->path[KG_PATH_COPY],
+		 s->ktls_fallback, s->ktls_failed);
 	io_uring_queue_exit(&w->ring);
 	return NULL;
 }

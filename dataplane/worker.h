@@ -12,6 +12,8 @@
 #include <pthread.h>
 #include <semaphore.h>
 
+#include "ktls.h"
+#include "paths.h"
 #include "runtime.h"
 
 enum kg_op {
@@ -24,6 +26,9 @@ enum kg_op {
 	KG_OP_BACKEND_SEND,
 	KG_OP_TICK,
 	KG_OP_CANCEL,       /* completion of a cancel request: ignored */
+	KG_OP_POLL_IN,      /* splice paths: a socket is readable */
+	KG_OP_POLL_OUT,     /* splice paths: a socket is writable */
+	KG_OP_SPLICE_BACKOFF,
 };
 
 static inline uint64_t kg_ud_pack(enum kg_op op, uint32_t idx, int fd)
@@ -38,6 +43,7 @@ static inline int kg_ud_fd(uint64_t ud) { return (int)(uint32_t)ud; }
 enum kg_conn_state {
 	KG_CONN_HANDSHAKE,
 	KG_CONN_CONNECTING,
+	KG_CONN_HANDOFF,    /* backend connected, moving the client to kTLS */
 	KG_CONN_FORWARDING,
 	KG_CONN_CLOSING, /* waiting for in-flight operations before free */
 };
@@ -68,7 +74,14 @@ struct kg_conn {
 	unsigned connect_attempts;
 	struct __kernel_timespec connect_timeout; /* read by the kernel at submit */
 
-	unsigned char *buf;   /* one block for the four spans below */
+	enum kg_path path;   /* the path forwarding took, KG_PATH_NONE before */
+	struct kg_ktls_track *ktls; /* while a kTLS handoff is possible */
+	struct kg_splice *splice;   /* splice/copy paths */
+	bool handoff_wait_flush;    /* handoff waits for OpenSSL's last records to be sent */
+	uint32_t handoff_need;      /* handoff reads exactly the rest of a partial record */
+
+	unsigned char *buf;   /* one block for the four spans below; NULL on tcp and after a kTLS handoff */
+	uint32_t c_in_cap;
 	struct kg_span c_in;  /* recv from client (ciphertext) */
 	struct kg_span c_out; /* to send to client (ciphertext) */
 	struct kg_span b_in;  /* recv from backend (plaintext), fed to SSL_write */
@@ -139,6 +152,18 @@ void kg_conn_flush_client(struct kg_conn *c);
 /* backend.c */
 void kg_backend_connect_next(struct kg_conn *c);
 void kg_backend_on_connect(struct kg_conn *c, int res);
+
+/* conn.c: the backend is connected; start the listener's path. */
+void kg_conn_start_forwarding(struct kg_conn *c);
+
+/* forward_splice.c: paths B and P (splice) and the plain copy loop. head
+ * is plaintext to send to the backend first (decrypted before a kTLS
+ * handoff). 0, or -errno with err filled: the caller closes. */
+int kg_forward_splice_start(struct kg_conn *c, bool copy, bool client_ktls,
+			    const void *head, size_t head_len, char *err, size_t errlen);
+void kg_forward_splice_on_poll(struct kg_conn *c, int fd, bool out, int res);
+void kg_forward_splice_on_backoff(struct kg_conn *c);
+void kg_forward_splice_free(struct kg_conn *c);
 
 /* forward_user.c: path C, userspace TLS */
 void kg_forward_user_start(struct kg_conn *c);

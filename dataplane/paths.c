@@ -1,0 +1,106 @@
+#include "paths.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "ktls.h"
+
+void kg_kernel_probe(struct kg_kernel_caps *caps)
+{
+	memset(caps, 0, sizeof(*caps));
+	caps->ktls = kg_ktls_probe(caps->ktls_why, sizeof(caps->ktls_why)) == 1;
+	snprintf(caps->sockmap_why, sizeof(caps->sockmap_why), "not probed");
+}
+
+const char *kg_path_name(enum kg_path p)
+{
+	switch (p) {
+	case KG_PATH_USERSPACE: return "userspace-tls";
+	case KG_PATH_KTLS_SPLICE: return "ktls-splice";
+	case KG_PATH_SPLICE: return "splice";
+	case KG_PATH_SOCKMAP: return "sockmap";
+	case KG_PATH_COPY: return "userspace-copy";
+	case KG_PATH_NONE:
+	case KG_PATH_COUNT:
+		break;
+	}
+	return "none";
+}
+
+static int plan_tls(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
+		    enum kg_path *plan, bool *forced, char *err, size_t errlen)
+{
+	switch (lc->forwarding) {
+	case KG_FWD_AUTO:
+		*plan = caps->ktls ? KG_PATH_KTLS_SPLICE : KG_PATH_USERSPACE;
+		return 0;
+	case KG_FWD_USERSPACE:
+		*plan = KG_PATH_USERSPACE;
+		*forced = true;
+		return 0;
+	case KG_FWD_SPLICE:
+		if (!caps->ktls) {
+			snprintf(err, errlen, "forwarding \"splice\" on a TLS listener needs "
+				 "kernel TLS, and %s", caps->ktls_why);
+			return -1;
+		}
+		*plan = KG_PATH_KTLS_SPLICE;
+		*forced = true;
+		return 0;
+	case KG_FWD_SOCKMAP:
+		snprintf(err, errlen, "forwarding \"sockmap\" is only for protocol \"tcp\": "
+			 "kernels refuse kernel TLS on sockets in a sockmap (use \"splice\" or \"auto\")");
+		return -1;
+	}
+	snprintf(err, errlen, "unknown forwarding mode");
+	return -1;
+}
+
+/* auto picks splice over sockmap for tcp: on loopback splice moved twice
+ * the bytes at half the whole-box CPU per GiB, and it keeps TCP's
+ * back-pressure (bench/README.md has the numbers). */
+static int plan_tcp(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
+		    enum kg_path *plan, bool *forced, char *err, size_t errlen)
+{
+	switch (lc->forwarding) {
+	case KG_FWD_AUTO:
+		*plan = KG_PATH_SPLICE;
+		return 0;
+	case KG_FWD_SPLICE:
+		*plan = KG_PATH_SPLICE;
+		*forced = true;
+		return 0;
+	case KG_FWD_USERSPACE:
+		*plan = KG_PATH_COPY;
+		*forced = true;
+		return 0;
+	case KG_FWD_SOCKMAP:
+		if (!caps->sockmap) {
+			snprintf(err, errlen, "forwarding \"sockmap\" is not available: %s",
+				 caps->sockmap_why);
+			return -1;
+		}
+		*plan = KG_PATH_SOCKMAP;
+		*forced = true;
+		return 0;
+	}
+	snprintf(err, errlen, "unknown forwarding mode");
+	return -1;
+}
+
+int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
+		 enum kg_path *plan, bool *forced, char *err, size_t errlen)
+{
+	*forced = false;
+	*plan = KG_PATH_NONE;
+	switch (lc->protocol) {
+	case KG_PROTO_TLS:
+		return plan_tls(lc, caps, plan, forced, err, errlen);
+	case KG_PROTO_TCP:
+		return plan_tcp(lc, caps, plan, forced, err, errlen);
+	case KG_PROTO_HTTPS:
+		break;
+	}
+	snprintf(err, errlen, "protocol \"https\" is not implemented in this version");
+	return -1;
+}

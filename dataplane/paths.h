@@ -1,0 +1,43 @@
+/* Forwarding paths (DESIGN.md "Data path") and how a listener's
+ * `forwarding` setting maps onto what the running kernel offers. Decided
+ * once per listener at start; a forced path the kernel cannot run is a
+ * start-up error, never a silent fallback. */
+#ifndef KGATE_PATHS_H
+#define KGATE_PATHS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+
+enum kg_path {
+	KG_PATH_NONE,
+	KG_PATH_USERSPACE,   /* C: OpenSSL encrypts, io_uring send/recv */
+	KG_PATH_KTLS_SPLICE, /* B: kTLS on the client socket, splice both ways */
+	KG_PATH_SPLICE,      /* P: plain tcp, splice both ways */
+	KG_PATH_SOCKMAP,     /* P: plain tcp, eBPF sockmap redirect */
+	KG_PATH_COPY,        /* plain tcp through a userspace buffer */
+	KG_PATH_COUNT,
+};
+
+struct kg_kernel_caps {
+	bool ktls;
+	bool sockmap;
+	char ktls_why[160];
+	char sockmap_why[160];
+};
+
+/* Probes the kernel once (kTLS ULP on a loopback pair). Sockmap support is
+ * filled in by whoever loads the BPF objects. */
+void kg_kernel_probe(struct kg_kernel_caps *caps);
+
+/* The path a listener's connections take. forced is true when the config
+ * named the path: a connection that cannot take it is closed rather than
+ * moved to another path. Returns 0, or -1 with err saying why the
+ * configured path cannot run here. */
+int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
+		 enum kg_path *plan, bool *forced, char *err, size_t errlen);
+
+const char *kg_path_name(enum kg_path p);
+
+#endif

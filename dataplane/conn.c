@@ -19,6 +19,7 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "health.h"
 #include "listener.h"
 #include "tls.h"
 
@@ -294,6 +295,8 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	if (c->bfd >= 0)
 		close(c->bfd);
 	free(c->buf);
+	if (c->member_counted)
+		kg_health_conn_end(c->listener->health, (size_t)c->member);
 	atomic_fetch_sub(&c->listener->active, 1);
 	w->stats.closed++;
 	w->conns[c->idx] = NULL;

@@ -12,10 +12,13 @@
 #include "balancer.h"
 #include "config.h"
 
+struct kg_health_group;
+
 struct kg_listener_rt {
 	const struct kg_listener_conf *conf;
 	SSL_CTX *ssl_ctx;     /* NULL for tcp listeners */
 	struct kg_balancer *balancer;
+	struct kg_health_group *health; /* member states, drain, active counts */
 	atomic_uint active;   /* connections across workers, for max_connections */
 };
 
@@ -34,12 +37,16 @@ struct kg_counters {
 	uint64_t forwarded_b2c;
 	uint64_t closed;
 	uint64_t path_userspace;
+	uint64_t health_checks;        /* active checks run by this worker */
+	uint64_t health_checks_failed;
+	uint64_t cut_unhealthy;        /* connections closed: backend turned unhealthy */
 };
 
 struct kg_runtime {
 	const struct kg_config *cfg;
 	struct kg_listener_rt *listeners;
 	size_t n_listeners;
+	unsigned n_workers;   /* health checks are spread over them */
 	atomic_bool stopping; /* set by the signal thread: drain and exit */
 };
 

@@ -155,13 +155,18 @@ static void transition(struct kg_health_group *g, size_t i, enum kg_member_state
 	atomic_store(&m->state_pub, (int)to);
 	bool ramp = to == KG_MEMBER_HEALTHY && from == KG_MEMBER_UNHEALTHY &&
 		    g->hc->slow_start_s > 0;
-	if (ramp && atomic_exchange(&m->ramp_start_ms, now_ms ? now_ms : 1) == 0)
-		atomic_fetch_add(&g->ramping, 1);
+	if (ramp) {
+		if (atomic_exchange(&m->ramp_start_ms, now_ms ? now_ms : 1) == 0)
+			atomic_fetch_add(&g->ramping, 1);
+		/* Low weight before it rejoins, not at the next tick. */
+		kg_health_slow_start_step(g, now_ms);
+	}
 	update_rotation(g, i);
 	log_notice("listener %s: backend %s: %s -> %s (%s; %u %s in a row; %s for %s)%s",
 		   g->lc->name, m->conf->address, kg_member_state_name(from),
 		   kg_member_state_name(to), reason, streak,
-		   to == KG_MEMBER_HEALTHY ? "successes" : "failures",
+		   to == KG_MEMBER_HEALTHY ? (streak == 1 ? "success" : "successes")
+					   : (streak == 1 ? "failure" : "failures"),
 		   kg_member_state_name(from), took, ramp ? "; slow start" : "");
 	if (to == KG_MEMBER_UNHEALTHY && !any_in_rotation(g))
 		log_warn("listener %s: no backend in rotation: new connections are refused",

@@ -364,7 +364,11 @@ size_t kg_health_snapshot(struct kg_health_group *g, struct kg_health_member_inf
  * carry the check's index, so nothing is looked up.
  * ------------------------------------------------------------------------ */
 
-enum phase { PH_IDLE, PH_CONNECT, PH_SEND, PH_RECV };
+/* PH_DRAIN: the verdict is in; the rest of the response is read and
+ * dropped so that closing does not reset a backend still writing. */
+enum phase { PH_IDLE, PH_CONNECT, PH_SEND, PH_RECV, PH_DRAIN };
+
+#define DRAIN_MAX (64 * 1024) /* bytes read after the verdict, at most */
 
 struct check {
 	struct kg_health_group *g;
@@ -384,6 +388,7 @@ struct check {
 	size_t req_len, req_off;
 	char resp[128];        /* only the status line matters */
 	size_t resp_len;
+	size_t drained;
 };
 
 struct kg_health_checker {
@@ -563,18 +568,28 @@ static void schedule_next(struct kg_health_checker *hc, struct check *c)
 	arm_timer(hc, c, delay);
 }
 
-static void finish(struct kg_health_checker *hc, struct check *c, bool ok, const char *reason)
+static void verdict(struct kg_health_checker *hc, struct check *c, bool ok, const char *reason)
 {
 	struct kg_worker *w = hc->w;
-	if (c->fd >= 0)
-		close(c->fd);
-	c->fd = -1;
-	c->phase = PH_IDLE;
 	w->stats.health_checks++;
 	if (!ok)
 		w->stats.health_checks_failed++;
 	kg_health_record(c->g, c->member, ok, reason, w->now_ms);
+}
+
+static void end_check(struct kg_health_checker *hc, struct check *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->phase = PH_IDLE;
 	schedule_next(hc, c);
+}
+
+static void finish(struct kg_health_checker *hc, struct check *c, bool ok, const char *reason)
+{
+	verdict(hc, c, ok, reason);
+	end_check(hc, c);
 }
 
 static void start_check(struct kg_health_checker *hc, struct check *c)
@@ -636,7 +651,15 @@ static void on_response(struct kg_health_checker *hc, struct check *c, bool eof)
 	unsigned code = (unsigned)((sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0'));
 	bool ok = kg_health_status_expected(c->hc, code);
 	snprintf(why, sizeof(why), "HTTP %u%s", code, ok ? "" : " not expected");
-	finish(hc, c, ok, why);
+	verdict(hc, c, ok, why);
+	if (eof) {
+		end_check(hc, c);
+		return;
+	}
+	c->phase = PH_DRAIN;
+	c->drained = 0;
+	c->resp_len = 0;
+	arm_io(hc, c);
 }
 
 void kg_health_checker_on_cqe(struct kg_health_checker *hc, int op, uint32_t idx, int res)
@@ -686,6 +709,15 @@ void kg_health_checker_on_cqe(struct kg_health_checker *hc, int op, uint32_t idx
 		arm_io(hc, c);
 		return;
 	case KG_OP_HEALTH_RECV:
+		if (c->phase == PH_DRAIN) {
+			c->drained += res > 0 ? (size_t)res : 0;
+			c->resp_len = 0;
+			if (res <= 0 || c->drained >= DRAIN_MAX)
+				end_check(hc, c);
+			else
+				arm_io(hc, c);
+			return;
+		}
 		if (res < 0) {
 			io_failed(hc, c, "receive", res);
 			return;

@@ -123,6 +123,14 @@ size_t kg_health_members(const struct kg_health_group *g)
 	return g->n;
 }
 
+int kg_health_member_index(const struct kg_health_group *g, const char *address)
+{
+	for (size_t i = 0; i < g->n; i++)
+		if (strcmp(g->m[i].conf->address, address) == 0)
+			return (int)i;
+	return -ENOENT;
+}
+
 static void format_duration(uint64_t ms, char *buf, size_t len)
 {
 	if (ms < 10000)

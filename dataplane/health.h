@@ -107,6 +107,9 @@ size_t kg_health_snapshot(struct kg_health_group *g,
 			  struct kg_health_member_info *out, size_t n,
 			  uint64_t now_ms);
 size_t kg_health_members(const struct kg_health_group *g);
+/* The index of the member whose configured address is exactly `address`
+ * ("127.0.0.1:9001"), or -ENOENT. */
+int kg_health_member_index(const struct kg_health_group *g, const char *address);
 
 /* ---- active checks, one checker per worker, worker thread only ---- */
 

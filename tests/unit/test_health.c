@@ -224,6 +224,16 @@ Test(health, slow_start_ramps_the_recovered_member)
 	teardown(&f);
 }
 
+Test(health, member_lookup_by_address)
+{
+	struct fixture f;
+	setup(&f, NULL, 1);
+	cr_expect_eq(kg_health_members(f.g), 2);
+	cr_expect_eq(kg_health_member_index(f.g, "127.0.0.1:9002"), 1);
+	cr_expect_eq(kg_health_member_index(f.g, "127.0.0.1:9003"), -ENOENT);
+	teardown(&f);
+}
+
 Test(health, state_names)
 {
 	cr_expect_str_eq(kg_member_state_name(KG_MEMBER_UNKNOWN), "unknown");

@@ -441,22 +441,29 @@ static void build_request(struct check *c)
 	c->req_len = n > 0 && (size_t)n < sizeof(c->req) ? (size_t)n : 0;
 }
 
+/* Worker `id` checks the members whose index over all listeners is
+ * id modulo n_workers. */
+static bool owns(const struct kg_listener_rt *l, size_t global, unsigned n_workers, unsigned id)
+{
+	return l->health && l->conf->health_check.type != KG_HEALTH_NONE &&
+	       global % n_workers == id;
+}
+
 struct kg_health_checker *kg_health_checker_create(struct kg_worker *w, unsigned n_workers)
 {
 	struct kg_health_checker *hc = calloc(1, sizeof(*hc));
 	if (!hc)
 		return NULL;
 	hc->w = w;
-	hc->rng = kg_now_ms() * 0x9e3779b97f4a7c15ull + w->id + 1;
+	/* Never 0, the one state xorshift cannot leave. */
+	hc->rng = (kg_now_ms() * 0x9e3779b97f4a7c15ull + w->id) | 1;
 	if (n_workers == 0)
 		n_workers = 1;
 	size_t global = 0, mine = 0;
 	for (size_t li = 0; li < w->rt->n_listeners; li++) {
 		const struct kg_listener_rt *l = &w->rt->listeners[li];
 		for (size_t m = 0; m < l->conf->n_backends; m++, global++)
-			if (l->health && l->conf->health_check.type != KG_HEALTH_NONE &&
-			    global % n_workers == w->id)
-				mine++;
+			mine += owns(l, global, n_workers, w->id);
 	}
 	hc->checks = calloc(mine ? mine : 1, sizeof(*hc->checks));
 	if (!hc->checks) {
@@ -468,7 +475,7 @@ struct kg_health_checker *kg_health_checker_create(struct kg_worker *w, unsigned
 		struct kg_listener_rt *l = &w->rt->listeners[li];
 		const struct kg_health_conf *h = &l->conf->health_check;
 		for (size_t m = 0; m < l->conf->n_backends; m++, global++) {
-			if (!l->health || h->type == KG_HEALTH_NONE || global % n_workers != w->id)
+			if (!owns(l, global, n_workers, w->id))
 				continue;
 			struct check *c = &hc->checks[hc->n++];
 			c->g = l->health;

@@ -265,3 +265,55 @@ def test_bad_check_config_refused(pki, tmp_path, check, message):
     assert res.returncode == 1, res
     assert "kgated: config error: " + message in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_slow_start_after_recovery(pki, spawn_kgated, proc_backends):
+    a = proc_backends("a")
+    b = proc_backends("b")
+    d = spawn_kgated(base_config(pki, [health_listener(
+        pki, [a, b], slow_start_s=1, healthy_threshold=1, unhealthy_threshold=1)]))
+    assert d.wait_log(transition(b.address, "unknown", "healthy"),
+                      timeout=bound(100, 1, 300)), d.log()
+    # The first verdict is not a recovery: no slow start.
+    assert "slow start" not in d.log()
+    b.kill()
+    assert d.wait_log(transition(b.address, "healthy", "unhealthy"),
+                      timeout=bound(100, 1, 300)), d.log()
+    proc_backends("b", port=b.port)
+    assert d.wait_log(transition(b.address, "unhealthy", "healthy"),
+                      timeout=bound(100, 1, 300)), d.log()
+    line = [l for l in d.log().splitlines()
+            if transition(b.address, "unhealthy", "healthy") in l][0]
+    assert line.endswith("; slow start"), line
+    # Served while ramping: every request succeeds, on either member.
+    for body in bodies(client_context(pki), d.port, 6):
+        assert body in ("backend=a", "backend=b")
+    assert d.wait_log("backend %s: slow start complete" % b.address,
+                      timeout=1 + SLACK), d.log()
+    assert_alternates(bodies(client_context(pki), d.port, 6), ["backend=a", "backend=b"])
+
+
+def test_checks_spread_over_workers_and_listeners(pki, spawn_kgated, proc_backends):
+    """Three listeners, five members, three workers: every member gets a
+    verdict whichever worker owns it, and each listener routes only to its
+    own healthy members."""
+    live = [proc_backends("l%d" % i) for i in range(3)]
+    dead = ["127.0.0.1:%d" % dead_port() for _ in range(2)]
+    listeners = [
+        dict(health_listener(pki, [live[0], dead[0]], type="http"), name="one"),
+        dict(health_listener(pki, [live[1]]), name="two"),
+        dict(health_listener(pki, [dead[1], live[2]], type="http"), name="three"),
+    ]
+    d = spawn_kgated(base_config(pki, listeners, workers=3))
+    for m in live:
+        assert d.wait_log(transition(m.address, "unknown", "healthy"),
+                          timeout=bound(100, 2, 300)), d.log()
+    for addr in dead:
+        assert d.wait_log(transition(addr, "unknown", "unhealthy"),
+                          timeout=bound(100, 2, 300)), d.log()
+    ctx = client_context(pki)
+    for name, want in (("one", "backend=l0"), ("two", "backend=l1"), ("three", "backend=l2")):
+        assert bodies(ctx, d.ports[name], 3) == [want] * 3
+    assert d.terminate() == 0
+    per_worker = [int(n) for n in re.findall(r"health checks (\d+)", d.log())]
+    assert len(per_worker) == 3 and all(n > 0 for n in per_worker), per_worker

@@ -152,8 +152,10 @@ static int runtime_build(struct kg_runtime *rt, const struct kg_config *cfg)
 			return -EINVAL;
 		}
 		l->health = kg_health_group_create(lc, l->balancer);
-		if (!l->health)
+		if (!l->health) {
+			fprintf(stderr, "kgated: listeners[%zu]: out of memory for health state\n", i);
 			return -ENOMEM;
+		}
 	}
 	return 0;
 }

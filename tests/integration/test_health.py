@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import pytest
@@ -317,3 +318,66 @@ def test_checks_spread_over_workers_and_listeners(pki, spawn_kgated, proc_backen
     assert d.terminate() == 0
     per_worker = [int(n) for n in re.findall(r"health checks (\d+)", d.log())]
     assert len(per_worker) == 3 and all(n > 0 for n in per_worker), per_worker
+
+
+class RecordingServer:
+    """Accepts health checks on an IPv4 or IPv6 loopback port, records
+    each request's head and answers 204."""
+
+    def __init__(self, family=socket.AF_INET):
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        port = self.sock.getsockname()[1]
+        self.address = ("[::1]:%d" if family == socket.AF_INET6 else "127.0.0.1:%d") % port
+        self.heads = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data and len(data) < 8192:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    self.heads.append(data.decode(errors="replace"))
+                    conn.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stopping = True
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, None),
+                                         (socket.AF_INET6, None),
+                                         (socket.AF_INET, "app.example")])
+def test_http_check_request_on_the_wire(pki, spawn_kgated, family, host):
+    srv = RecordingServer(family)
+    extra = {"host": host} if host else {}
+    try:
+        d = spawn_kgated(base_config(pki, [health_listener(
+            pki, [srv.address], type="http", method="HEAD", path="/status?x=1",
+            expected_status="204", **extra)]))
+        assert d.wait_log(transition(srv.address, "unknown", "healthy") + " (HTTP 204",
+                          timeout=bound(100, 2, 300)), d.log()
+    finally:
+        srv.close()
+    head = srv.heads[0]
+    assert head.startswith("HEAD /status?x=1 HTTP/1.0\r\n"), head
+    lines = head.split("\r\n")
+    assert "Host: %s" % (host or srv.address) in lines, head
+    assert "Connection: close" in lines, head

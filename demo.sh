@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The origin guide's walk-through, on this machine: a private CA, a server
 # and a client certificate from kgatectl, two backends, kgated with a
-# mutual-TLS listener on 127.0.0.1, requests that alternate between the
-# backends, and a request without a client certificate being refused.
+# mutual-TLS listener on 127.0.0.1, health checks that mark both backends
+# healthy, requests that alternate between the backends, a stopped backend
+# leaving the rotation, and a request without a client certificate being
+# refused.
 # Installs missing Debian packages first (as root). Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,7 +49,7 @@ for name in backend-1 backend-2; do
 	echo "$name on 127.0.0.1:${ports[$name]}"
 done
 
-step "4. kgated: mutual TLS required, round robin over both backends"
+step "4. kgated: mutual TLS required, round robin over both backends, HTTP health checks"
 cat >"$work/kgate.json" <<JSON
 {
   "settings": {"workers": 1, "drain_timeout_ms": 2000},
@@ -59,7 +61,10 @@ cat >"$work/kgate.json" <<JSON
     {"name": "web", "protocol": "tls", "bind": "127.0.0.1", "port": 0,
      "certificate": "web", "mutual_auth": "required", "ca": "clients",
      "backends": [{"address": "127.0.0.1:${ports[backend-1]}", "weight": 1},
-                  {"address": "127.0.0.1:${ports[backend-2]}", "weight": 1}]}
+                  {"address": "127.0.0.1:${ports[backend-2]}", "weight": 1}],
+     "health_check": {"type": "http", "path": "/", "expected_status": "2xx",
+                      "interval_ms": 500, "timeout_ms": 1000,
+                      "healthy_threshold": 2, "unhealthy_threshold": 2}}
   ]
 }
 JSON
@@ -70,7 +75,19 @@ grep -q "kgated ready" "$work/kgated.log" || { cat "$work/kgated.log"; echo "kga
 cat "$work/kgated.log"
 port=$(sed -n 's/.*listener web listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/kgated.log")
 
-step "5. six requests with alice's certificate: backends alternate"
+step "5. health status: wait until both backends are healthy"
+for _ in $(seq 100); do
+	[ "$(grep -c -- '-> healthy' "$work/kgated.log")" -ge 2 ] && break
+	sleep 0.1
+done
+grep -- '-> healthy' "$work/kgated.log" || { cat "$work/kgated.log"; echo "backends not healthy" >&2; exit 1; }
+for name in backend-1 backend-2; do
+	grep -q "backend 127.0.0.1:${ports[$name]}: unknown -> healthy" "$work/kgated.log" ||
+		{ echo "$name is not healthy" >&2; exit 1; }
+	echo "$name (127.0.0.1:${ports[$name]}): health status normal"
+done
+
+step "6. six requests with alice's certificate: backends alternate"
 for i in 1 2 3 4 5 6; do
 	printf 'request %d -> ' "$i"
 	curl -sS --cacert "$work/ca/ca.pem" --cert "$work/alice.pem" --key "$work/alice.key" \
@@ -80,7 +97,18 @@ printf 'with the PKCS#12 bundle -> '
 curl -sS --cacert "$work/ca/ca.pem" --cert-type P12 --cert "$work/alice.p12:demo-p12-pass" \
 	"https://127.0.0.1:$port/"
 
-step "6. a request without a client certificate is refused"
+step "7. backend-2 stops: its checks fail and it leaves the rotation"
+kill "${pids[1]}"
+wait "${pids[1]}" 2>/dev/null || true
+for _ in $(seq 100); do grep -q -- '-> unhealthy' "$work/kgated.log" && break; sleep 0.1; done
+grep -- '-> unhealthy' "$work/kgated.log" || { echo "backend-2 never marked unhealthy" >&2; exit 1; }
+for i in 1 2 3 4; do
+	printf 'request %d -> ' "$i"
+	curl -sS --cacert "$work/ca/ca.pem" --cert "$work/alice.pem" --key "$work/alice.key" \
+		"https://127.0.0.1:$port/"
+done
+
+step "8. a request without a client certificate is refused"
 if out=$(curl -sS --cacert "$work/ca/ca.pem" "https://127.0.0.1:$port/" 2>&1); then
 	echo "UNEXPECTED: served without a client certificate: $out" >&2
 	exit 1
@@ -89,7 +117,7 @@ echo "refused: $out"
 sleep 0.2
 grep "handshake failed" "$work/kgated.log" | tail -1
 
-step "7. stop: SIGTERM drains and exits 0"
+step "9. stop: SIGTERM drains and exits 0"
 kill -TERM "${pids[2]}"
 wait "${pids[2]}" && echo "kgated exited 0"
 tail -2 "$work/kgated.log"

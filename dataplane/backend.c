@@ -14,6 +14,8 @@
 
 #include <kgate/log.h>
 
+#include "health.h"
+
 static void no_backend(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
@@ -86,14 +88,21 @@ void kg_backend_on_connect(struct kg_conn *c, int res)
 	if (c->state == KG_CONN_CLOSING)
 		return;
 	if (res == 0) {
+		kg_health_conn_start(c->listener->health, (size_t)c->member);
+		c->member_counted = true;
 		kg_conn_start_forwarding(c);
 		return;
 	}
 	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];
+	const char *why = res == -ECANCELED ? "timed out" : strerror(-res);
 	c->worker->stats.backend_connect_failed++;
 	kg_worker_warn(c->worker, "listener %s: backend %s: connect failed: %s",
-		       c->listener->conf->name, b->address,
-		       res == -ECANCELED ? "timed out" : strerror(-res));
+		       c->listener->conf->name, b->address, why);
+	char reason[80];
+	snprintf(reason, sizeof(reason), "connect %s",
+		 res == -ECONNREFUSED ? "refused" : why);
+	kg_health_passive_failure(c->listener->health, (size_t)c->member, reason,
+				  c->worker->now_ms);
 	c->tried |= 1ull << c->member;
 	close(c->bfd);
 	c->bfd = -1;

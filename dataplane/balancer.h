@@ -20,6 +20,9 @@ struct kg_balancer_ops {
 	int (*select)(struct kg_balancer *b, uint64_t skip);
 	void (*set_up)(struct kg_balancer *b, size_t member, bool up);
 	bool (*is_up)(const struct kg_balancer *b, size_t member);
+	/* Replaces every member's weight (n of them, as at create), e.g. for
+	 * slow start. 0, or -EINVAL for a weight of 0 or above KG_MAX_WEIGHT. */
+	int (*set_weights)(struct kg_balancer *b, const unsigned *weights);
 	void (*destroy)(struct kg_balancer *b);
 };
 
@@ -52,6 +55,12 @@ static inline bool kg_balancer_is_up(const struct kg_balancer *b,
 				     size_t member)
 {
 	return b->ops->is_up(b, member);
+}
+
+static inline int kg_balancer_set_weights(struct kg_balancer *b,
+					  const unsigned *weights)
+{
+	return b->ops->set_weights(b, weights);
 }
 
 void kg_balancer_destroy(struct kg_balancer *b);

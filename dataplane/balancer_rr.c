@@ -10,6 +10,7 @@
 
 #include <kgate/limits.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -142,6 +143,24 @@ static bool rr_is_up(const struct kg_balancer *b, size_t member)
 		(1ull << member));
 }
 
+static int rr_set_weights(struct kg_balancer *b, const unsigned *weights)
+{
+	struct rr_balancer *rr = rr_of(b);
+	for (size_t i = 0; i < rr->n; i++)
+		if (weights[i] == 0 || weights[i] > KG_MAX_WEIGHT)
+			return -EINVAL;
+	pthread_mutex_lock(&rr->write_lock);
+	bool changed = false;
+	for (size_t i = 0; i < rr->n; i++) {
+		changed |= rr->weights[i] != weights[i];
+		rr->weights[i] = weights[i];
+	}
+	if (changed)
+		rr_rebuild(rr);
+	pthread_mutex_unlock(&rr->write_lock);
+	return 0;
+}
+
 static void rr_destroy(struct kg_balancer *b)
 {
 	struct rr_balancer *rr = rr_of(b);
@@ -155,5 +174,6 @@ const struct kg_balancer_ops kg_balancer_rr_ops = {
 	.select = rr_select,
 	.set_up = rr_set_up,
 	.is_up = rr_is_up,
+	.set_weights = rr_set_weights,
 	.destroy = rr_destroy,
 };

@@ -441,17 +441,153 @@ static int parse_backends(struct parser *p, const char *lpath, struct json_objec
 	return 0;
 }
 
+static int get_bool(struct parser *p, const char *parent, struct json_object *obj,
+		    const char *key, bool *out)
+{
+	struct json_object *v = NULL;
+	int r = get_member(p, parent, obj, key, json_type_boolean, "a boolean", &v);
+	if (r > 0)
+		*out = json_object_get_boolean(v);
+	return r;
+}
+
+bool kg_health_status_expected(const struct kg_health_conf *h, unsigned code)
+{
+	if (code < 100 || code >= 100 + KG_HTTP_STATUS_BITS)
+		return false;
+	unsigned bit = code - 100;
+	return (h->expected_status[bit / 64] >> (bit % 64)) & 1;
+}
+
+static void expect_status_range(struct kg_health_conf *h, unsigned from, unsigned to)
+{
+	for (unsigned code = from; code <= to; code++) {
+		unsigned bit = code - 100;
+		h->expected_status[bit / 64] |= 1ull << (bit % 64);
+	}
+}
+
+/* "2xx,3xx,404": classes 1xx-5xx and exact codes 100-599, comma-separated. */
+static int parse_expected_status(struct parser *p, const char *path, const char *text,
+				 struct kg_health_conf *h)
+{
+	memset(h->expected_status, 0, sizeof(h->expected_status));
+	const char *s = text;
+	for (;;) {
+		while (*s == ' ')
+			s++;
+		size_t n = strcspn(s, ", ");
+		if (n == 3 && s[0] >= '1' && s[0] <= '5' && s[1] == 'x' && s[2] == 'x') {
+			unsigned base = (unsigned)(s[0] - '0') * 100;
+			expect_status_range(h, base, base + 99);
+		} else if (n == 3 && s[0] >= '1' && s[0] <= '5' && s[1] >= '0' && s[1] <= '9' &&
+			   s[2] >= '0' && s[2] <= '9') {
+			unsigned code = (unsigned)((s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0'));
+			expect_status_range(h, code, code);
+		} else {
+			return fail(p, path, "\"%.*s\" is neither a class (1xx-5xx) nor a code (100-599); "
+				    "expected e.g. \"2xx,3xx\" or \"200,204\"", (int)(n > 20 ? 20 : n), s);
+		}
+		s += n;
+		while (*s == ' ')
+			s++;
+		if (!*s)
+			return 0;
+		if (*s != ',')
+			return fail(p, path, "expected a comma-separated list such as \"2xx,3xx\"");
+		s++;
+	}
+}
+
+/* Characters allowed in the request line and Host header: printable
+ * ASCII without space, so a configured value cannot inject headers. */
+static bool header_safe(const char *s)
+{
+	for (; *s; s++)
+		if (*s <= ' ' || *s > '~')
+			return false;
+	return true;
+}
+
+static int get_http_string(struct parser *p, const char *path, struct json_object *obj,
+			   const char *key, char *out, size_t outlen)
+{
+	const char *s;
+	char kp[KG_PATH_MAX];
+	int r = get_string(p, path, obj, key, &s);
+	if (r <= 0)
+		return r;
+	member_path(kp, path, key);
+	if (strlen(s) >= outlen)
+		return fail(p, kp, "at most %zu characters", outlen - 1);
+	if (!header_safe(s))
+		return fail(p, kp, "only printable ASCII without spaces is allowed");
+	snprintf(out, outlen, "%s", s);
+	return 1;
+}
+
+static int parse_health_http(struct parser *p, const char *path, struct json_object *obj,
+			     struct kg_health_conf *h)
+{
+	static const char *const http_only[] = {"method", "path", "host", "expected_status", NULL};
+	char kp[KG_PATH_MAX];
+	const char *s;
+
+	if (h->type != KG_HEALTH_HTTP) {
+		for (size_t i = 0; http_only[i]; i++) {
+			if (json_object_object_get_ex(obj, http_only[i], NULL)) {
+				member_path(kp, path, http_only[i]);
+				return fail(p, kp, "only for type \"http\"");
+			}
+		}
+		return 0;
+	}
+	if (get_http_string(p, path, obj, "method", h->method, sizeof(h->method)) < 0 ||
+	    get_http_string(p, path, obj, "path", h->path, sizeof(h->path)) < 0 ||
+	    get_http_string(p, path, obj, "host", h->host, sizeof(h->host)) < 0)
+		return -1;
+	for (const char *c = h->method; *c; c++) {
+		if (*c < 'A' || *c > 'Z') {
+			member_path(kp, path, "method");
+			return fail(p, kp, "expected an HTTP method in capitals, e.g. \"GET\" or \"HEAD\"");
+		}
+	}
+	if (h->path[0] != '/') {
+		member_path(kp, path, "path");
+		return fail(p, kp, "must start with '/'");
+	}
+	int r = get_string(p, path, obj, "expected_status", &s);
+	if (r < 0)
+		return -1;
+	member_path(kp, path, "expected_status");
+	return r > 0 ? parse_expected_status(p, kp, s, h) : 0;
+}
+
 static int parse_health(struct parser *p, const char *lpath, struct json_object *lobj,
 			struct kg_health_conf *h)
 {
-	static const char *const keys[] = {"type", "interval_ms", "timeout_ms",
-					   "healthy_threshold", "unhealthy_threshold", NULL};
+	static const char *const keys[] = {
+		"type", "interval_ms", "timeout_ms", "healthy_threshold", "unhealthy_threshold",
+		"port", "unknown_is_up", "cut_on_unhealthy", "slow_start_s", "method", "path",
+		"host", "expected_status", NULL};
 	static const char *const types[] = {"none", "tcp", "http", NULL};
 	struct json_object *obj = NULL;
 	char path[KG_PATH_MAX];
 	int type = KG_HEALTH_NONE;
 
-	*h = (struct kg_health_conf){KG_HEALTH_NONE, 2000, 5000, 3, 3};
+	memset(h, 0, sizeof(*h));
+	h->type = KG_HEALTH_NONE;
+	h->interval_ms = 2000;
+	h->timeout_ms = 5000;
+	h->healthy_threshold = 3;
+	h->unhealthy_threshold = 3;
+	/* Like the cloud consoles: a member serves until its first verdict,
+	 * so a restart does not refuse traffic for thresholds × interval. */
+	h->unknown_is_up = true;
+	snprintf(h->method, sizeof(h->method), "GET");
+	snprintf(h->path, sizeof(h->path), "/");
+	expect_status_range(h, 200, 399);
+
 	member_path(path, lpath, "health_check");
 	int r = get_member(p, lpath, lobj, "health_check", json_type_object, "an object", &obj);
 	if (r <= 0)
@@ -461,10 +597,14 @@ static int parse_health(struct parser *p, const char *lpath, struct json_object 
 	    get_uint(p, path, obj, "interval_ms", 100, 3600000, &h->interval_ms) < 0 ||
 	    get_uint(p, path, obj, "timeout_ms", 1, 3600000, &h->timeout_ms) < 0 ||
 	    get_uint(p, path, obj, "healthy_threshold", 1, 10, &h->healthy_threshold) < 0 ||
-	    get_uint(p, path, obj, "unhealthy_threshold", 1, 10, &h->unhealthy_threshold) < 0)
+	    get_uint(p, path, obj, "unhealthy_threshold", 1, 10, &h->unhealthy_threshold) < 0 ||
+	    get_uint(p, path, obj, "port", 1, 65535, &h->port) < 0 ||
+	    get_bool(p, path, obj, "unknown_is_up", &h->unknown_is_up) < 0 ||
+	    get_bool(p, path, obj, "cut_on_unhealthy", &h->cut_on_unhealthy) < 0 ||
+	    get_uint(p, path, obj, "slow_start_s", 0, 3600, &h->slow_start_s) < 0)
 		return -1;
 	h->type = (enum kg_health_type)type;
-	return 0;
+	return parse_health_http(p, path, obj, h);
 }
 
 static int refuse_for_tcp(struct parser *p, const char *lpath, struct json_object *lobj)

@@ -35,13 +35,31 @@ struct kg_backend_conf {
 	unsigned weight; /* 1-256, default 1; 0 is refused */
 };
 
+/* Status codes 100-599 as a bitmap: bit (code - 100). */
+#define KG_HTTP_STATUS_BITS 500
+#define KG_HEALTH_METHOD_MAX 16
+#define KG_HEALTH_PATH_MAX 256
+#define KG_HEALTH_HOST_MAX 256
+
 struct kg_health_conf {
 	enum kg_health_type type; /* KG_HEALTH_NONE when the key is absent */
 	unsigned interval_ms;     /* default 2000 */
 	unsigned timeout_ms;      /* default 5000, > 0 */
 	unsigned healthy_threshold;   /* default 3 */
 	unsigned unhealthy_threshold; /* default 3 */
+	unsigned port;            /* 0 = each member's own port */
+	bool unknown_is_up;       /* default true: serve until the first verdict */
+	bool cut_on_unhealthy;    /* default false: established connections stay */
+	unsigned slow_start_s;    /* 0 = off */
+	/* http only; fixed arrays so copies of the config need no ownership. */
+	char method[KG_HEALTH_METHOD_MAX];  /* default "GET" */
+	char path[KG_HEALTH_PATH_MAX];      /* default "/" */
+	char host[KG_HEALTH_HOST_MAX];      /* "" = the member's address */
+	uint64_t expected_status[(KG_HTTP_STATUS_BITS + 63) / 64]; /* default 2xx,3xx */
 };
+
+/* True when code (100-599) is in the expected set. */
+bool kg_health_status_expected(const struct kg_health_conf *h, unsigned code);
 
 struct kg_listener_conf {
 	char name[KG_NAME_MAX + 1];

@@ -22,6 +22,7 @@
 
 #include <openssl/err.h>
 
+#include "health.h"
 #include "listener.h"
 #include "tls.h"
 
@@ -600,6 +601,8 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	if (c->bfd >= 0)
 		close(c->bfd);
 	free(c->buf);
+	if (c->member_counted)
+		kg_health_conn_end(c->listener->health, (size_t)c->member);
 	atomic_fetch_sub(&c->listener->active, 1);
 	w->stats.closed++;
 	w->conns[c->idx] = NULL;

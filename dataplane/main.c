@@ -25,6 +25,7 @@
 #include "certs.h"
 #include "config.h"
 #include "ktls.h"
+#include "health.h"
 #include "listener.h"
 #include "paths.h"
 #include "runtime.h"
@@ -101,6 +102,7 @@ static void runtime_free(struct kg_runtime *rt)
 {
 	for (size_t i = 0; i < rt->n_listeners; i++) {
 		SSL_CTX_free(rt->listeners[i].ssl_ctx);
+		kg_health_group_destroy(rt->listeners[i].health);
 		kg_balancer_destroy(rt->listeners[i].balancer);
 	}
 	free(rt->listeners);
@@ -154,6 +156,11 @@ static int runtime_build(struct kg_runtime *rt, const struct kg_config *cfg)
 		if (!l->balancer) {
 			fprintf(stderr, "kgated: config error: listeners[%zu].backends: invalid weights\n", i);
 			return -EINVAL;
+		}
+		l->health = kg_health_group_create(lc, l->balancer);
+		if (!l->health) {
+			fprintf(stderr, "kgated: listeners[%zu]: out of memory for health state\n", i);
+			return -ENOMEM;
 		}
 	}
 	return 0;
@@ -291,6 +298,7 @@ int main(int argc, char **argv)
 			     : (unsigned)(cores > 0 ? cores : 1);
 	if (n_workers > KG_MAX_WORKERS)
 		n_workers = KG_MAX_WORKERS;
+	rt.n_workers = n_workers;
 
 	/* Signals go to the main thread's sigwait only: block them before any
 	 * worker exists so the workers inherit the mask. */

@@ -13,12 +13,15 @@
 #include "config.h"
 #include "paths.h"
 
+struct kg_health_group;
+
 struct kg_listener_rt {
 	const struct kg_listener_conf *conf;
 	SSL_CTX *ssl_ctx;     /* NULL for tcp listeners */
 	struct kg_balancer *balancer;
 	enum kg_path plan;  /* the path connections take (paths.h) */
 	bool plan_forced;   /* configured explicitly: no fallback per connection */
+	struct kg_health_group *health; /* member states, drain, active counts */
 	atomic_uint active;   /* connections across workers, for max_connections */
 };
 
@@ -39,6 +42,9 @@ struct kg_counters {
 	uint64_t path[KG_PATH_COUNT]; /* connections that started forwarding, per path */
 	uint64_t ktls_fallback;       /* auto: kTLS handoff impossible, stayed on userspace TLS */
 	uint64_t ktls_failed;         /* forced or past the point of return: closed */
+	uint64_t health_checks;        /* active checks run by this worker */
+	uint64_t health_checks_failed;
+	uint64_t cut_unhealthy;        /* connections closed: backend turned unhealthy */
 };
 
 struct kg_runtime {
@@ -46,6 +52,7 @@ struct kg_runtime {
 	struct kg_listener_rt *listeners;
 	size_t n_listeners;
 	struct kg_kernel_caps caps;
+	unsigned n_workers;   /* health checks are spread over them */
 	atomic_bool stopping; /* set by the signal thread: drain and exit */
 };
 

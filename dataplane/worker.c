@@ -13,6 +13,8 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "health.h"
+
 #define RING_ENTRIES 4096
 #define TICK_MS 100
 #define WARN_LINES_PER_SEC 10
@@ -114,6 +116,7 @@ static void begin_drain(struct kg_worker *w)
 			w->listen_fds[li] = -1;
 		}
 	}
+	kg_health_checker_stop(w->health);
 	log_info("worker %u: draining %u connection(s), up to %u ms", w->id,
 		 w->n_conns, w->rt->cfg->drain_timeout_ms);
 }
@@ -123,6 +126,19 @@ static void release_closed(struct kg_worker *w, uint32_t idx)
 	struct kg_conn *c = w->conns[idx];
 	if (c && c->state == KG_CONN_CLOSING)
 		kg_conn_release_if_idle(c);
+}
+
+/* cut_on_unhealthy: established connections to a member that turned
+ * unhealthy are closed on the next tick. */
+static bool cut_if_unhealthy(struct kg_conn *c)
+{
+	struct kg_health_group *g = c->listener->health;
+	if (!c->member_counted || c->state != KG_CONN_FORWARDING ||
+	    !kg_health_should_cut(g, (size_t)c->member))
+		return false;
+	c->worker->stats.cut_unhealthy++;
+	kg_conn_close(c, "backend unhealthy");
+	return true;
 }
 
 static void on_tick(struct kg_worker *w)
@@ -136,10 +152,11 @@ static void on_tick(struct kg_worker *w)
 			continue;
 		if (drain_expired)
 			kg_conn_close(c, "drain timeout");
-		else
+		else if (!cut_if_unhealthy(c))
 			kg_conn_check_deadline(c);
 		release_closed(w, i);
 	}
+	kg_health_checker_tick(w->health, w->now_ms);
 	for (uint32_t li = 0; li < w->rt->n_listeners && !w->draining; li++)
 		arm_accept(w, li);
 	arm_tick(w);
@@ -159,6 +176,13 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 		on_tick(w);
 		return;
 	case KG_OP_CANCEL:
+		return;
+	case KG_OP_HEALTH_TIMER:
+	case KG_OP_HEALTH_CONNECT:
+	case KG_OP_HEALTH_SEND:
+	case KG_OP_HEALTH_RECV:
+	case KG_OP_HEALTH_LINK_TIMEOUT:
+		kg_health_checker_on_cqe(w->health, op, idx, cqe->res);
 		return;
 	default:
 		break;
@@ -219,7 +243,7 @@ static int ring_init(struct kg_worker *w)
 
 static bool finished(const struct kg_worker *w)
 {
-	if (!w->draining || w->n_conns > 0)
+	if (!w->draining || w->n_conns > 0 || !kg_health_checker_idle(w->health))
 		return false;
 	for (uint32_t li = 0; li < w->rt->n_listeners; li++)
 		if (w->listen_fds[li] >= 0)
@@ -240,6 +264,7 @@ static void *worker_main(void *arg)
 	for (uint32_t li = 0; li < w->rt->n_listeners; li++)
 		arm_accept(w, li);
 	arm_tick(w);
+	kg_health_checker_start(w->health);
 
 	while (!finished(w)) {
 		int ret = io_uring_submit_and_wait(&w->ring, 1);
@@ -262,12 +287,14 @@ static void *worker_main(void *arg)
 	log_info("worker %u: stopped: accepted %lu, handshakes %lu (resumed %lu), "
 		 "handshake failures %lu, handshake timeouts %lu, no backend %lu, "
 		 "connect failures %lu, limit rejections %lu, idle timeouts %lu, "
-		 "bytes c2b %lu b2c %lu; paths: userspace-tls %lu, ktls-splice %lu, "
+		 "bytes c2b %lu b2c %lu, health checks %lu (failed %lu), "
+		 "cut unhealthy %lu; paths: userspace-tls %lu, ktls-splice %lu, "
 		 "splice %lu, sockmap %lu, userspace-copy %lu; ktls fallbacks %lu, "
 		 "ktls failures %lu",
 		 w->id, s->accepted, s->handshakes, s->resumed, s->handshake_failed,
 		 s->handshake_timeout, s->no_backend, s->backend_connect_failed,
 		 s->rejected_limit, s->idle_timeout, s->forwarded_c2b, s->forwarded_b2c,
+		 s->health_checks, s->health_checks_failed, s->cut_unhealthy,
 		 s->path[KG_PATH_USERSPACE], s->path[KG_PATH_KTLS_SPLICE],
 		 s->path[KG_PATH_SPLICE], s->path[KG_PATH_SOCKMAP], s->path[KG_PATH_COPY],
 		 s->ktls_fallback, s->ktls_failed);
@@ -297,8 +324,10 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt,
 	w->accept_armed = calloc(rt->n_listeners ? rt->n_listeners : 1, sizeof(bool));
 	w->conns = calloc(capacity, sizeof(*w->conns));
 	w->free_slots = calloc(capacity, sizeof(*w->free_slots));
-	if (!w->accept_armed || !w->conns || !w->free_slots ||
+	w->health = kg_health_checker_create(w, rt->n_workers);
+	if (!w->accept_armed || !w->conns || !w->free_slots || !w->health ||
 	    sem_init(&w->init_done, 0, 0) != 0) {
+		kg_health_checker_destroy(w->health);
 		free(w->accept_armed);
 		free(w->conns);
 		free(w->free_slots);
@@ -338,6 +367,7 @@ void kg_worker_destroy(struct kg_worker *w)
 		if (w->listen_fds[li] >= 0)
 			close(w->listen_fds[li]);
 	free(w->listen_fds);
+	kg_health_checker_destroy(w->health);
 	free(w->accept_armed);
 	free(w->conns);
 	free(w->free_slots);

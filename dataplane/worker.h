@@ -29,6 +29,12 @@ enum kg_op {
 	KG_OP_POLL_IN,      /* splice paths: a socket is readable */
 	KG_OP_POLL_OUT,     /* splice paths: a socket is writable */
 	KG_OP_SPLICE_BACKOFF,
+	/* health.c's active checks; idx = the worker's check index */
+	KG_OP_HEALTH_TIMER,
+	KG_OP_HEALTH_CONNECT,
+	KG_OP_HEALTH_SEND,
+	KG_OP_HEALTH_RECV,
+	KG_OP_HEALTH_LINK_TIMEOUT,
 };
 
 static inline uint64_t kg_ud_pack(enum kg_op op, uint32_t idx, int fd)
@@ -70,6 +76,7 @@ struct kg_conn {
 	uint32_t inflight;    /* io_uring operations not yet completed */
 
 	int member;          /* chosen backend, -1 before */
+	bool member_counted; /* counted in the member's active connections */
 	uint64_t tried;      /* members whose connect failed */
 	unsigned connect_attempts;
 	struct __kernel_timespec connect_timeout; /* read by the kernel at submit */
@@ -116,6 +123,7 @@ struct kg_worker {
 	bool draining;
 	uint64_t drain_deadline_ms;
 	struct kg_counters stats;
+	struct kg_health_checker *health; /* this worker's share of the checks */
 	uint64_t log_window_ms; /* rate limit of per-connection warnings */
 	unsigned log_in_window;
 	unsigned log_suppressed;

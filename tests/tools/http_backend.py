@@ -1,15 +1,19 @@
 #!/usr/bin/python3
-"""A tiny HTTP/1.1 backend for the demo: answers every GET with
-"backend=NAME". Prints "listening on PORT" once bound (port 0 = any)."""
+"""A tiny HTTP/1.1 backend for the demo and the health-check tests: answers
+every GET with "backend=NAME" (status --status, after --delay-ms). Prints
+"listening on PORT" once bound (port 0 = any)."""
 import argparse
 import http.server
 import sys
+import time
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--status", type=int, default=200)
+    ap.add_argument("--delay-ms", type=int, default=0)
     args = ap.parse_args()
     body = f"backend={args.name}\n".encode()
 
@@ -17,7 +21,9 @@ def main():
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
-            self.send_response(200)
+            if args.delay_ms:
+                time.sleep(args.delay_ms / 1000)
+            self.send_response(args.status)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

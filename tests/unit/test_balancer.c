@@ -1,5 +1,6 @@
 #include <criterion/criterion.h>
 
+#include <errno.h>
 #include <pthread.h>
 
 #include "balancer.h"
@@ -144,5 +145,34 @@ Test(balancer_rr, set_up_races_with_select)
 		pthread_join(t[i], NULL);
 	kg_balancer_set_up(b, 1, false);
 	cr_expect_eq(kg_balancer_select(b, 0), 0);
+	kg_balancer_destroy(b);
+}
+
+Test(balancer_rr, set_weights_changes_the_sequence)
+{
+	unsigned equal[] = {1, 1};
+	struct kg_balancer *b = kg_balancer_create("rr", equal, 2);
+	cr_assert_not_null(b);
+	/* Slow start scales everyone up and gives the recovering member less. */
+	unsigned ramp[] = {256, 64};
+	cr_assert_eq(kg_balancer_set_weights(b, ramp), 0);
+	unsigned hits[2] = {0, 0};
+	for (int i = 0; i < 320; i++) {
+		int m = kg_balancer_select(b, 0);
+		cr_assert(m == 0 || m == 1);
+		hits[m]++;
+	}
+	cr_expect_eq(hits[0], 256);
+	cr_expect_eq(hits[1], 64);
+	unsigned bad[] = {1, 0};
+	cr_expect_eq(kg_balancer_set_weights(b, bad), -EINVAL);
+	unsigned too_big[] = {KG_MAX_WEIGHT + 1, 1};
+	cr_expect_eq(kg_balancer_set_weights(b, too_big), -EINVAL);
+	/* A refused update leaves the weights as they were. */
+	hits[0] = hits[1] = 0;
+	for (int i = 0; i < 320; i++)
+		hits[kg_balancer_select(b, 0)]++;
+	cr_expect_eq(hits[0], 256);
+	cr_expect_eq(hits[1], 64);
 	kg_balancer_destroy(b);
 }

@@ -149,6 +149,28 @@ static const struct bad_case bad[] = {
 	{DOC(",'health_check':{'timeout_ms':0}"), "listeners[0].health_check.timeout_ms: must be 1-"},
 	{DOC(",'health_check':{'healthy_threshold':11}"), "listeners[0].health_check.healthy_threshold: must be 1-10"},
 	{DOC(",'health_check':{'unhealthy_threshold':0}"), "listeners[0].health_check.unhealthy_threshold: must be 1-10"},
+	{DOC(",'health_check':{'healthy_threshold':0}"), "listeners[0].health_check.healthy_threshold: must be 1-10"},
+	{DOC(",'health_check':{'interval_ms':-5}"), "listeners[0].health_check.interval_ms: must be 100-"},
+	{DOC(",'health_check':{'port':0}"), "listeners[0].health_check.port: must be 1-65535"},
+	{DOC(",'health_check':{'port':65536}"), "listeners[0].health_check.port: must be 1-65535"},
+	{DOC(",'health_check':{'unknown_is_up':'yes'}"), "listeners[0].health_check.unknown_is_up: expected a boolean, got a string"},
+	{DOC(",'health_check':{'cut_on_unhealthy':1}"), "listeners[0].health_check.cut_on_unhealthy: expected a boolean, got an integer"},
+	{DOC(",'health_check':{'slow_start_s':3601}"), "listeners[0].health_check.slow_start_s: must be 0-3600"},
+	{DOC(",'health_check':{'path':'/x'}"), "listeners[0].health_check.path: only for type \"http\""},
+	{DOC(",'health_check':{'type':'tcp','expected_status':'2xx'}"), "listeners[0].health_check.expected_status: only for type \"http\""},
+	{DOC(",'health_check':{'type':'http','path':'health'}"), "listeners[0].health_check.path: must start with"},
+	{DOC(",'health_check':{'type':'http','path':''}"), "listeners[0].health_check.path: must not be empty"},
+	{DOC(",'health_check':{'type':'http','path':'/a b'}"), "listeners[0].health_check.path: only printable ASCII without spaces"},
+	{DOC(",'health_check':{'type':'http','path':'/a\\r\\nX-Evil: 1'}"), "listeners[0].health_check.path: only printable ASCII without spaces"},
+	{DOC(",'health_check':{'type':'http','host':'a\\nb'}"), "listeners[0].health_check.host: only printable ASCII"},
+	{DOC(",'health_check':{'type':'http','method':'get'}"), "listeners[0].health_check.method: expected an HTTP method in capitals"},
+	{DOC(",'health_check':{'type':'http','method':'VERYLONGMETHODNAME'}"), "listeners[0].health_check.method: at most 15 characters"},
+	{DOC(",'health_check':{'type':'http','expected_status':'6xx'}"), "listeners[0].health_check.expected_status: \"6xx\" is neither a class"},
+	{DOC(",'health_check':{'type':'http','expected_status':'2xx,'}"), "listeners[0].health_check.expected_status: \"\" is neither"},
+	{DOC(",'health_check':{'type':'http','expected_status':'099'}"), "listeners[0].health_check.expected_status: \"099\" is neither"},
+	{DOC(",'health_check':{'type':'http','expected_status':'200;204'}"), "listeners[0].health_check.expected_status: \"200;204\" is neither"},
+	{DOC(",'health_check':{'type':'http','expected_status':'200 204'}"), "listeners[0].health_check.expected_status: expected a comma-separated list"},
+	{DOC(",'health_check':{'type':'http','expected_status':200}"), "listeners[0].health_check.expected_status: expected a string, got an integer"},
 	/* between listeners */
 	{DOC2("", ",'port':9443"), "listeners[1].name: duplicate listener name \"web\""},
 	{DOC2("", ",'name':'web2'"), "listeners[1].port: address and port already used by listeners[0]"},
@@ -226,6 +248,58 @@ Test(config, defaults_filled)
 	cr_expect_eq(l->health_check.timeout_ms, 5000);
 	cr_expect_eq(l->health_check.healthy_threshold, 3);
 	cr_expect_eq(l->health_check.unhealthy_threshold, 3);
+	cr_expect_eq(l->health_check.port, 0);
+	cr_expect(l->health_check.unknown_is_up);
+	cr_expect_not(l->health_check.cut_on_unhealthy);
+	cr_expect_eq(l->health_check.slow_start_s, 0);
+	cr_expect_str_eq(l->health_check.method, "GET");
+	cr_expect_str_eq(l->health_check.path, "/");
+	cr_expect_str_eq(l->health_check.host, "");
+	kg_config_free(cfg);
+}
+
+Test(config, health_check_http_keys)
+{
+	static const char doc[] = DOC(",'health_check':{'type':'http','method':'HEAD',"
+		"'path':'/healthz?full=1','host':'app.example','expected_status':' 2xx , 404,301',"
+		"'port':8080,'unknown_is_up':false,'cut_on_unhealthy':true,'slow_start_s':30,"
+		"'interval_ms':150,'timeout_ms':100,'healthy_threshold':2,'unhealthy_threshold':1}");
+	char err[512];
+	struct kg_config *cfg = parse(doc, err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	const struct kg_health_conf *h = &cfg->listeners[0].health_check;
+	cr_expect_eq(h->type, KG_HEALTH_HTTP);
+	cr_expect_str_eq(h->method, "HEAD");
+	cr_expect_str_eq(h->path, "/healthz?full=1");
+	cr_expect_str_eq(h->host, "app.example");
+	cr_expect_eq(h->port, 8080);
+	cr_expect_not(h->unknown_is_up);
+	cr_expect(h->cut_on_unhealthy);
+	cr_expect_eq(h->slow_start_s, 30);
+	cr_expect_eq(h->interval_ms, 150);
+	static const struct {
+		unsigned code;
+		bool expected;
+	} codes[] = {{200, true}, {250, true}, {299, true}, {404, true}, {301, true},
+		     {300, false}, {302, false}, {199, false}, {500, false}, {403, false},
+		     {99, false}, {600, false}};
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+		cr_expect_eq(kg_health_status_expected(h, codes[i].code), codes[i].expected,
+			     "status %u", codes[i].code);
+	kg_config_free(cfg);
+}
+
+Test(config, health_check_default_expected_status)
+{
+	char err[512];
+	struct kg_config *cfg = parse(DOC(",'health_check':{'type':'http'}"), err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	const struct kg_health_conf *h = &cfg->listeners[0].health_check;
+	cr_expect(kg_health_status_expected(h, 200));
+	cr_expect(kg_health_status_expected(h, 399));
+	cr_expect_not(kg_health_status_expected(h, 199));
+	cr_expect_not(kg_health_status_expected(h, 400));
+	cr_expect_not(kg_health_status_expected(h, 500));
 	kg_config_free(cfg);
 }
 

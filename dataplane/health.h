@@ -1,0 +1,137 @@
+/* Backend health: per-member state shared by all workers (kg_health_group,
+ * one per listener) and the active checkers that feed it (kg_health_checker,
+ * one per worker, running on that worker's io_uring ring).
+ *
+ * Who checks what: member m of the listener's group gets the global index
+ * g = (sum of members of earlier listeners) + m, and worker g % n_workers
+ * owns its checks, so checks spread over workers and each member is probed
+ * by exactly one of them.
+ *
+ * State machine per member (only when the listener has a health_check):
+ *   unknown   --healthy_threshold successes in a row-->   healthy
+ *   unknown   --unhealthy_threshold failures in a row-->  unhealthy
+ *   healthy   --unhealthy_threshold failures in a row-->  unhealthy
+ *   unhealthy --healthy_threshold successes in a row-->   healthy
+ * A failure is a failed active check or a failed backend connect while
+ * forwarding (passive detection). A member is in the balancer's rotation
+ * when it is not drained and healthy, or unknown and unknown_is_up.
+ *
+ * Threads: every function here may be called from any thread unless said
+ * otherwise. Each member's state sits behind its own mutex (written once per
+ * check, so never contended on the data path); the data path itself only
+ * touches atomics (active connection counts) and the balancer's own
+ * lock-free select. */
+#ifndef KGATE_HEALTH_H
+#define KGATE_HEALTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "balancer.h"
+#include "config.h"
+
+enum kg_member_state {
+	KG_MEMBER_UNKNOWN,
+	KG_MEMBER_HEALTHY,
+	KG_MEMBER_UNHEALTHY,
+};
+
+/* "unknown", "healthy", "unhealthy". */
+const char *kg_member_state_name(enum kg_member_state s);
+
+struct kg_health_group;
+
+/* Members come from lc->backends; lc and b must outlive the group. Sets
+ * the balancer's up/down to the initial states (all down when
+ * unknown_is_up is false). NULL on ENOMEM. */
+struct kg_health_group *kg_health_group_create(const struct kg_listener_conf *lc,
+					       struct kg_balancer *b);
+void kg_health_group_destroy(struct kg_health_group *g);
+
+/* Records one check result for a member (active checks call it; tests may
+ * too). reason is a short text: "HTTP 200", "connect refused", "timeout
+ * after 5000 ms". now_ms is CLOCK_MONOTONIC in milliseconds. Logs one line
+ * per state transition and updates the balancer. */
+void kg_health_record(struct kg_health_group *g, size_t member, bool ok,
+		      const char *reason, uint64_t now_ms);
+
+/* Data path, on the connection's worker: a backend connect to member
+ * failed (counts toward unhealthy when checks are configured). */
+void kg_health_passive_failure(struct kg_health_group *g, size_t member,
+			       const char *reason, uint64_t now_ms);
+/* A connection to member was established / has ended (active counts, and
+ * the "drained" log line when a drained member's last one ends). */
+void kg_health_conn_start(struct kg_health_group *g, size_t member);
+void kg_health_conn_end(struct kg_health_group *g, size_t member);
+/* True when connections to member must be closed now (cut_on_unhealthy
+ * and the member is unhealthy). Lock-free. */
+bool kg_health_should_cut(const struct kg_health_group *g, size_t member);
+/* True when the listener cuts connections of unhealthy members at all. */
+bool kg_health_cuts(const struct kg_health_group *g);
+
+/* Control plane: drain (true) takes the member out of rotation for new
+ * connections; established ones stay and a log line says when the last
+ * ended. undrain (false) puts it back (subject to its health). 0, or
+ * -ENOENT for a member index out of range. */
+int kg_health_drain(struct kg_health_group *g, size_t member, bool drain);
+
+/* Slow start: recomputes the effective weights of recovering members from
+ * the time since they turned healthy and hands them to the balancer when
+ * they changed. Idempotent; the checkers call it from their tick while a
+ * member they own ramps up. */
+void kg_health_slow_start_step(struct kg_health_group *g, uint64_t now_ms);
+/* True while some member of the group ramps up. Lock-free. */
+bool kg_health_ramping(const struct kg_health_group *g);
+
+/* A copy of one member's state for `kgatectl listener show`. */
+struct kg_health_member_info {
+	const char *address;       /* from the config; valid while the group is */
+	enum kg_member_state state;
+	bool checked;              /* the listener has active checks */
+	bool in_rotation;          /* receives new connections now */
+	bool drained;
+	unsigned active;           /* established connections, all workers */
+	unsigned weight;           /* configured */
+	unsigned effective_weight; /* lower during slow start */
+	uint64_t ms_in_state;      /* since the last transition (or start) */
+	bool has_result;           /* at least one check or passive result */
+	bool last_ok;
+	char last_reason[96];
+	uint64_t ms_since_result;
+	uint64_t checks_ok, checks_failed, passive_failures;
+};
+
+/* Fills out[0..min(n, members)) and returns the number of members. */
+size_t kg_health_snapshot(struct kg_health_group *g,
+			  struct kg_health_member_info *out, size_t n,
+			  uint64_t now_ms);
+size_t kg_health_members(const struct kg_health_group *g);
+/* The index of the member whose configured address is exactly `address`
+ * ("127.0.0.1:9001"), or -ENOENT. */
+int kg_health_member_index(const struct kg_health_group *g, const char *address);
+
+/* ---- active checks, one checker per worker, worker thread only ---- */
+
+struct kg_worker;
+struct kg_health_checker;
+
+/* Picks the members this worker owns (see above). NULL on ENOMEM; a
+ * checker with nothing to check is valid and does nothing. */
+struct kg_health_checker *kg_health_checker_create(struct kg_worker *w,
+						   unsigned n_workers);
+/* Arms the first check of every owned member, each after a random part of
+ * its interval so members are not probed in lockstep. */
+void kg_health_checker_start(struct kg_health_checker *hc);
+/* Routes a completion (op is one of the KG_OP_HEALTH_* values). */
+void kg_health_checker_on_cqe(struct kg_health_checker *hc, int op,
+			      uint32_t idx, int res);
+/* Cancels pending timers and checks; completions still arrive. */
+void kg_health_checker_stop(struct kg_health_checker *hc);
+/* True when no operation of the checker is in flight. */
+bool kg_health_checker_idle(const struct kg_health_checker *hc);
+/* Slow-start steps for the members this worker owns. */
+void kg_health_checker_tick(struct kg_health_checker *hc, uint64_t now_ms);
+void kg_health_checker_destroy(struct kg_health_checker *hc);
+
+#endif

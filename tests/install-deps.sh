@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kgate needs, when missing. Usage:
-#   tests/install-deps.sh build|test|demo|bench
+#   tests/install-deps.sh build|test|demo|bench|vm
 # Idempotent; needs root (apt-get) only when something is missing.
 set -euo pipefail
 
@@ -8,13 +8,17 @@ build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk)
+# The VM lane boots a Debian kernel under qemu with a busybox initramfs;
+# the guest runs the host's own tools, so it needs the test group too.
+vm=("${test[@]}" qemu-system-x86 busybox-static)
 
 case "${1:-test}" in
 build) want=("${build[@]}") ;;
 test) want=("${test[@]}") ;;
 demo) want=("${demo[@]}") ;;
 bench) want=("${bench[@]}") ;;
-*) echo "usage: $0 build|test|demo|bench" >&2; exit 2 ;;
+vm) want=("${vm[@]}") ;;
+*) echo "usage: $0 build|test|demo|bench|vm" >&2; exit 2 ;;
 esac
 
 missing=()

@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from conftest import IN_VM, require_ktls
+from conftest import IN_VM
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long

@@ -5,12 +5,11 @@ flag), byte-exact transfers, and /proc/net/tls_stat moving as OpenSSL 3.0
 promises: TLS 1.2 offloads transmit and receive, TLS 1.3 transmit only."""
 import hashlib
 import os
-import socket
 import subprocess
 
 import pytest
 
-from conftest import tls_stat, tls_stat_delta, wait_until
+from conftest import dead_port, tls_stat, tls_stat_delta, wait_until
 
 MiB = 1 << 20
 PAYLOAD = 4 * MiB
@@ -55,15 +54,6 @@ def tls_files(ktls, tmp_path):
     cnf.write_text(KTLS_CNF)
     return {"cert": str(cert), "key": str(key), "cnf": str(cnf),
             "dir": tmp_path}
-
-
-def free_port():
-    # Inside the VM nothing else binds ports, so bind-then-close is safe.
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def listening(port):
@@ -124,7 +114,8 @@ def procs():
 
 def start_server(procs, files, version, copt, cipher, ktls_on, extra,
                  stdout):
-    port = free_port()
+    # Bound then closed: inside the VM nothing else takes it meanwhile.
+    port = dead_port()
     srv = procs("s_server", ["openssl", "s_server", "-naccept", "1",
                              "-accept", "127.0.0.1:%d" % port,
                              "-cert", files["cert"], "-key", files["key"],

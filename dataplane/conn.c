@@ -428,23 +428,34 @@ static void handoff_step(struct kg_conn *c)
 		handoff_refused(c, "client already closed");
 		return;
 	}
-	/* Early application data: decrypt in userspace, send ahead. */
-	c->b_out.off = c->b_out.len = 0;
+	/* Early application data: decrypt in userspace, send ahead. It is at
+	 * most what c_in held (one record and a bit), so it fits the three
+	 * contiguous 16 KiB spans after c_in, which are idle now. */
+	unsigned char *early = c->c_out.data;
+	size_t early_cap = 3 * KG_IO_BUF_SIZE, early_len = 0;
 	if (whole > 0) {
 		if (feed_openssl(c, c->c_in.data, whole) < 0)
 			return;
 		c->c_in.off = c->c_in.len = 0;
-		while (c->b_out.len < KG_IO_BUF_SIZE) {
-			int n = SSL_read(c->ssl, c->b_out.data + c->b_out.len,
-					 (int)(KG_IO_BUF_SIZE - c->b_out.len));
+		while (early_len < early_cap) {
+			int n = SSL_read(c->ssl, early + early_len, (int)(early_cap - early_len));
 			if (n <= 0)
 				break;
-			c->b_out.len += (uint32_t)n;
+			early_len += (size_t)n;
 		}
 		ERR_clear_error();
 		if (BIO_pending(c->net_in) > 0 || SSL_has_pending(c->ssl) ||
 		    BIO_pending(c->net_out) > 0 || SSL_get_shutdown(c->ssl) != 0) {
-			handoff_refused(c, "early data left OpenSSL with records to process");
+			/* An alert, close_notify or KeyUpdate among them: path C
+			 * takes over, sending what was decrypted first. */
+			if (early_len > KG_IO_BUF_SIZE) {
+				kg_conn_close(c, "early data and a control record before the kTLS handoff");
+				return;
+			}
+			memcpy(c->b_out.data, early, early_len);
+			c->b_out.off = 0;
+			c->b_out.len = (uint32_t)early_len;
+			handoff_refused(c, "a control record arrived with the early data");
 			return;
 		}
 	}
@@ -472,8 +483,7 @@ static void handoff_step(struct kg_conn *c)
 	w->stats.path[KG_PATH_KTLS_SPLICE]++;
 	log_debug("connection %u on listener %s: kernel TLS (%s %s), splice", c->idx,
 		  c->listener->conf->name, SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl));
-	r = kg_forward_splice_start(c, false, true, c->b_out.data, c->b_out.len, err,
-				    sizeof(err));
+	r = kg_forward_splice_start(c, false, true, early, early_len, err, sizeof(err));
 	/* The kernel owns the record layer: OpenSSL and our buffers go. Marked
 	 * shut down first, or OpenSSL would drop the session from the cache
 	 * as if the connection had failed. */

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The origin guide's walk-through, on this machine: a private CA, a server
-# and a client certificate from kgatectl, two backends, kgated with a
-# mutual-TLS listener on 127.0.0.1, health checks that mark both backends
-# healthy, requests that alternate between the backends, a stopped backend
-# leaving the rotation, and a request without a client certificate being
-# refused.
+# and a client certificate from kgatectl, two backends, kgated started with
+# an empty state folder and set up live through kgatectl (upload the
+# certificates, create a mutual-TLS listener on 127.0.0.1 with HTTP health
+# checks, add a backend), health checks that mark both backends healthy,
+# requests that alternate between the backends, a stopped backend leaving
+# the rotation, and a request without a client certificate being refused.
 # Installs missing Debian packages first (as root). Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -49,31 +50,24 @@ for name in backend-1 backend-2; do
 	echo "$name on 127.0.0.1:${ports[$name]}"
 done
 
-step "4. kgated: mutual TLS required, round robin over both backends, HTTP health checks"
-cat >"$work/kgate.json" <<JSON
-{
-  "settings": {"workers": 1, "drain_timeout_ms": 2000},
-  "certificates": {
-    "web": {"type": "server", "cert": "server.pem", "key": "server.key"},
-    "clients": {"type": "ca", "cert": "ca/ca.pem", "crl": "ca.crl"}
-  },
-  "listeners": [
-    {"name": "web", "protocol": "tls", "bind": "127.0.0.1", "port": 0,
-     "certificate": "web", "mutual_auth": "required", "ca": "clients",
-     "backends": [{"address": "127.0.0.1:${ports[backend-1]}", "weight": 1},
-                  {"address": "127.0.0.1:${ports[backend-2]}", "weight": 1}],
-     "health_check": {"type": "http", "path": "/", "expected_status": "2xx",
-                      "interval_ms": 500, "timeout_ms": 1000,
-                      "healthy_threshold": 2, "unhealthy_threshold": 2}}
-  ]
-}
-JSON
-"$kgated" --config "$work/kgate.json" 2>"$work/kgated.log" &
+step "4. kgated with an empty state folder; the console workflow through kgatectl"
+"$kgated" --state-dir "$work/state" --workers 1 2>"$work/kgated.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q "kgated ready" "$work/kgated.log" && break; sleep 0.1; done
 grep -q "kgated ready" "$work/kgated.log" || { cat "$work/kgated.log"; echo "kgated did not start" >&2; exit 1; }
-cat "$work/kgated.log"
-port=$(sed -n 's/.*listener web listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/kgated.log")
+export KGATE_SOCKET=$work/state/control.sock
+"$kgatectl" cert upload --name web --type server --cert "$work/server.pem" --key "$work/server.key" >/dev/null
+"$kgatectl" cert upload --name clients --type ca --cert "$work/ca/ca.pem" --crl "$work/ca.crl" >/dev/null
+"$kgatectl" cert list
+"$kgatectl" listener create --name web --protocol tls --bind 127.0.0.1 --port 0 \
+	--cert web --mutual-auth required --ca clients --scheduler rr \
+	--health-check '{"type": "http", "path": "/", "expected_status": "2xx", "interval_ms": 500,
+	                 "timeout_ms": 1000, "healthy_threshold": 2, "unhealthy_threshold": 2}' \
+	--backend "127.0.0.1:${ports[backend-1]}" >/dev/null
+"$kgatectl" backend add web "127.0.0.1:${ports[backend-2]}"
+"$kgatectl" listener show web
+port=$("$kgatectl" -o json listener show web | /usr/bin/python3 -c \
+	'import json, sys; print(json.load(sys.stdin)["address"].rsplit(":", 1)[1])')
 
 step "5. health status: wait until both backends are healthy"
 for _ in $(seq 100); do
@@ -117,7 +111,11 @@ echo "refused: $out"
 sleep 0.2
 grep "handshake failed" "$work/kgated.log" | tail -1
 
-step "9. stop: SIGTERM drains and exits 0"
+step "9. status and counters"
+"$kgatectl" status | grep -E '^(version|workers|listeners|connections\.total|kernel\.ktls):'
+"$kgatectl" stats --listener web | grep -E '^listeners'
+
+step "10. stop: SIGTERM drains and exits 0"
 kill -TERM "${pids[2]}"
 wait "${pids[2]}" && echo "kgated exited 0"
 tail -2 "$work/kgated.log"

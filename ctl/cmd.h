@@ -14,6 +14,7 @@ enum { KG_EXIT_OK = 0, KG_EXIT_ERROR = 1, KG_EXIT_USAGE = 2 };
 
 struct kg_cli {
 	enum kg_output_mode out;
+	const char *socket; /* control socket; NULL = $KGATE_SOCKET or the default */
 };
 
 struct kg_cmd {
@@ -40,5 +41,10 @@ int kg_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3
 
 /* Objects. */
 int kg_cmd_ca(struct kg_cli *cli, int argc, char **argv);
+int kg_cmd_cert(struct kg_cli *cli, int argc, char **argv);
+int kg_cmd_listener(struct kg_cli *cli, int argc, char **argv);
+int kg_cmd_backend(struct kg_cli *cli, int argc, char **argv);
+int kg_cmd_status(struct kg_cli *cli, int argc, char **argv);
+int kg_cmd_stats(struct kg_cli *cli, int argc, char **argv);
 
 #endif

@@ -1,13 +1,16 @@
-/* kgatectl: the command-line tool for kgate. Objects (today "ca"; later
- * "listener", "cert", ...) each bring a verb table; this file routes the
- * first word to them and handles the global options. */
+/* kgatectl: the command-line tool for kgate. Objects ("ca" runs locally;
+ * "cert", "listener", "backend", "status", "stats" talk to kgated over its
+ * control socket) each bring a verb table; this file routes the first word
+ * to them and handles the global options. */
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
 
+#include "client.h"
 #include "cmd.h"
 
 #ifndef KG_VERSION
@@ -22,6 +25,11 @@ struct object {
 
 static const struct object objects[] = {
 	{"ca", kg_cmd_ca, "private CA: init, issue, export-p12, revoke, crl, list"},
+	{"cert", kg_cmd_cert, "certificates in kgated: upload, list, show, replace, set-crl, delete"},
+	{"listener", kg_cmd_listener, "listeners: create, list, show, update, stop, start, delete"},
+	{"backend", kg_cmd_backend, "backend members of a listener: add, remove, set-weight, drain, enable"},
+	{"status", kg_cmd_status, "kgated version, uptime, workers, kernel features, connections"},
+	{"stats", kg_cmd_stats, "counters: connections, handshakes, bytes, backends [--listener NAME]"},
 	{NULL, NULL, NULL},
 };
 
@@ -85,8 +93,10 @@ int kg_cmd_select(const char *object, const struct kg_cmd *cmds, struct kg_cli *
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: kgatectl [-o text|json] OBJECT VERB [OPTIONS]\n"
-		"       kgatectl --help | --version\n\nObjects:\n");
+		"Usage: kgatectl [--socket PATH] [-o table|json] OBJECT VERB [OPTIONS]\n"
+		"       kgatectl --help | --version\n\n"
+		"--socket: kgated's control socket (default $KGATE_SOCKET, else %s)\n\nObjects:\n",
+		KG_DEFAULT_SOCKET);
 	for (const struct object *o = objects; o->name; o++)
 		fprintf(f, "  %-10s %s\n", o->name, o->summary);
 	fprintf(f, "\n'kgatectl OBJECT help' lists an object's verbs.\n"
@@ -97,18 +107,22 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"output", required_argument, NULL, 'o'},
+		{"socket", required_argument, NULL, 'S'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
-	struct kg_cli cli = {.out = KG_OUT_TEXT};
+	struct kg_cli cli = {.out = KG_OUT_TEXT, .socket = getenv("KGATE_SOCKET")};
 	const char *bad = NULL;
 	int c, status;
 
 	opterr = 0;
 	/* "+": stop at the object name; verbs parse their own options. */
-	while ((c = kg_getopt(argc, argv, "+o:hV", opts, &bad)) != -1) {
+	while ((c = kg_getopt(argc, argv, "+o:S:hV", opts, &bad)) != -1) {
 		switch (c) {
+		case 'S':
+			cli.socket = optarg;
+			break;
 		case 'o':
 			if (kg_output_parse(optarg, &cli.out) != 0)
 				return kg_fail(KG_EXIT_USAGE, "-o %s: unknown output mode (text, json)",

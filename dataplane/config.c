@@ -26,6 +26,7 @@ struct parser {
 	char *err;
 	size_t errlen;
 	const char *base_dir;
+	bool allow_empty; /* a state document may have no listeners (yet) */
 };
 
 __attribute__((format(printf, 3, 4))) static int fail(struct parser *p, const char *path,
@@ -355,7 +356,7 @@ int kg_parse_hostport(const char *text, struct sockaddr_storage *out, socklen_t 
 	return parse_ip(host, (uint16_t)port, out, outlen);
 }
 
-static bool sockaddr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+bool kg_sockaddr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
 	if (a->ss_family != b->ss_family)
 		return false;
@@ -390,13 +391,13 @@ static bool binds_overlap(const struct sockaddr_storage *a, const struct sockadd
 	if (a->ss_family != b->ss_family || sockaddr_port(a) == 0 ||
 	    sockaddr_port(a) != sockaddr_port(b))
 		return false;
-	return sockaddr_equal(a, b) || sockaddr_is_any(a) || sockaddr_is_any(b);
+	return kg_sockaddr_equal(a, b) || sockaddr_is_any(a) || sockaddr_is_any(b);
 }
 
 static int parse_backends(struct parser *p, const char *lpath, struct json_object *lobj,
 			  struct kg_listener_conf *l)
 {
-	static const char *const keys[] = {"address", "weight", NULL};
+	static const char *const keys[] = {"address", "weight", "drained", NULL};
 	struct json_object *arr = NULL;
 	char path[KG_PATH_MAX];
 
@@ -434,8 +435,12 @@ static int parse_backends(struct parser *p, const char *lpath, struct json_objec
 		bc->weight = 1;
 		if (get_uint(p, bpath, b, "weight", 1, KG_MAX_WEIGHT, &bc->weight) < 0)
 			return -1;
+		struct json_object *dr = NULL;
+		if (get_member(p, bpath, b, "drained", json_type_boolean, "a boolean", &dr) < 0)
+			return -1;
+		bc->drained = dr && json_object_get_boolean(dr);
 		for (size_t j = 0; j < i; j++)
-			if (sockaddr_equal(&l->backends[j].addr, &bc->addr))
+			if (kg_sockaddr_equal(&l->backends[j].addr, &bc->addr))
 				return fail(p, apath, "same backend as %s[%zu]; use weight instead", path, j);
 	}
 	return 0;
@@ -675,7 +680,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 		"name", "protocol", "bind", "port", "certificate", "mutual_auth", "ca",
 		"verify_depth", "scheduler", "forwarding", "handshake_timeout_ms",
 		"idle_timeout_ms", "connect_timeout_ms", "max_connections", "connect_retries",
-		"backends", "health_check", NULL};
+		"backends", "health_check", "enabled", NULL};
 	static const char *const protocols[] = {"tls", "tcp", "https", NULL};
 	static const char *const forwardings[] = {"auto", "sockmap", "splice", "userspace", NULL};
 	static const char *const schedulers[] = {"rr", NULL};
@@ -689,6 +694,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 	l->connect_timeout_ms = 3000;
 	l->max_connections = 10000;
 	l->connect_retries = 2;
+	l->enabled = true;
 
 	if (expect_type(p, lpath, lobj, json_type_object, "an object") < 0 ||
 	    check_keys(p, lpath, lobj, keys) < 0 ||
@@ -734,6 +740,11 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 	    get_uint(p, lpath, lobj, "connect_retries", 0, KG_MAX_BACKENDS - 1,
 		     &l->connect_retries) < 0)
 		return -1;
+	struct json_object *en = NULL;
+	if (get_member(p, lpath, lobj, "enabled", json_type_boolean, "a boolean", &en) < 0)
+		return -1;
+	if (en)
+		l->enabled = json_object_get_boolean(en);
 	if (parse_backends(p, lpath, lobj, l) < 0)
 		return -1;
 	return parse_health(p, lpath, lobj, &l->health_check);
@@ -742,10 +753,14 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 static int parse_listeners(struct parser *p, struct kg_config *cfg, struct json_object *root)
 {
 	struct json_object *arr = NULL;
-	if (require(p, "", "listeners",
-		    get_member(p, "", root, "listeners", json_type_array, "an array", &arr)) < 0)
+	int found = get_member(p, "", root, "listeners", json_type_array, "an array", &arr);
+	if (found == 0 && p->allow_empty)
+		return 0;
+	if (require(p, "", "listeners", found) < 0)
 		return -1;
 	size_t n = json_object_array_length(arr);
+	if (n == 0 && p->allow_empty)
+		return 0;
 	if (n == 0)
 		return fail(p, "listeners", "at least one listener is required");
 	cfg->listeners = calloc(n, sizeof(*cfg->listeners));
@@ -774,11 +789,12 @@ static int parse_listeners(struct parser *p, struct kg_config *cfg, struct json_
 	return 0;
 }
 
-struct kg_config *kg_config_parse(const char *json_text, const char *base_dir, char *err,
-				  size_t errlen)
+static struct kg_config *parse_doc(const char *json_text, const char *base_dir,
+				   bool allow_empty, char *err, size_t errlen)
 {
 	static const char *const keys[] = {"settings", "certificates", "listeners", NULL};
-	struct parser p = {.err = err, .errlen = errlen, .base_dir = base_dir};
+	struct parser p = {.err = err, .errlen = errlen, .base_dir = base_dir,
+			   .allow_empty = allow_empty};
 	struct json_tokener *tok = NULL;
 	struct json_object *root = NULL;
 	struct kg_config *cfg = NULL;
@@ -836,8 +852,20 @@ free_root:
 	return cfg;
 }
 
+struct kg_config *kg_config_parse(const char *json_text, const char *base_dir, char *err,
+				  size_t errlen)
+{
+	return parse_doc(json_text, base_dir, false, err, errlen);
+}
+
+struct kg_config *kg_config_parse_state(const char *json_text, const char *base_dir,
+					char *err, size_t errlen)
+{
+	return parse_doc(json_text, base_dir, true, err, errlen);
+}
+
 /* Reads a whole regular file, NUL-terminated. -errno. */
-static int read_file(const char *path, char **out)
+int kg_read_file(const char *path, char **out)
 {
 	FILE *f = fopen(path, "re");
 	if (!f)
@@ -880,7 +908,7 @@ struct kg_config *kg_config_load(const char *path, char *err, size_t errlen)
 	char *text = NULL, *dir = NULL, *abs_dir = NULL;
 	struct kg_config *cfg = NULL;
 
-	int r = read_file(path, &text);
+	int r = kg_read_file(path, &text);
 	if (r < 0) {
 		snprintf(err, errlen, "%s: cannot read: %s", path,
 			 r == -EINVAL ? "not a regular file" : strerror(-r));

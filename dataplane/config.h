@@ -33,6 +33,7 @@ struct kg_backend_conf {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	unsigned weight; /* 1-256, default 1; 0 is refused */
+	bool drained;    /* "drained": no new connections (kgatectl backend drain) */
 };
 
 /* Status codes 100-599 as a bitmap: bit (code - 100). */
@@ -79,6 +80,7 @@ struct kg_listener_conf {
 	unsigned connect_timeout_ms;   /* default 3000 */
 	unsigned max_connections;      /* default 10000 */
 	unsigned connect_retries;      /* extra members tried after a failed connect; default 2 */
+	bool enabled;                  /* "enabled", default true; false = stopped (kgatectl listener stop) */
 };
 
 struct kg_config {
@@ -95,14 +97,23 @@ struct kg_config {
  * config file's folder). Returns NULL and fills err on any error. */
 struct kg_config *kg_config_parse(const char *json_text, const char *base_dir,
 				  char *err, size_t errlen);
+/* The same schema for the daemon's state document (state.c): a state may
+ * hold no listeners yet ("listeners" absent or empty). */
+struct kg_config *kg_config_parse_state(const char *json_text, const char *base_dir,
+					char *err, size_t errlen);
 /* Reads and parses a file; base_dir is the file's folder. */
 struct kg_config *kg_config_load(const char *path, char *err, size_t errlen);
 void kg_config_free(struct kg_config *cfg);
+/* A whole regular file (at most 16 MiB), NUL-terminated, in *out (free it).
+ * 0, or -errno (-EINVAL: not a regular file, -EFBIG: too large). */
+int kg_read_file(const char *path, char **out);
 
 const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg,
 					       const char *name);
 /* "127.0.0.1:80", "[::1]:80" → sockaddr; 0 or -EINVAL. */
 int kg_parse_hostport(const char *text, struct sockaddr_storage *out,
 		      socklen_t *outlen);
+/* Same family, address and port. */
+bool kg_sockaddr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
 
 #endif

@@ -67,20 +67,25 @@ static int conn_alloc_buffers(struct kg_conn *c, bool whole_records)
 
 void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 {
-	struct kg_listener_rt *l = &w->rt->listeners[listener_idx];
-	const struct kg_listener_conf *lc = l->conf;
+	struct kg_listener_slot *slot = &w->rt->slots[listener_idx];
 	int one = 1;
 
 	w->stats.accepted++;
-	if (w->draining) {
+	atomic_fetch_add_explicit(&slot->counters.accepted, 1, memory_order_relaxed);
+	/* The connection keeps the snapshot it starts with (runtime.h). */
+	struct kg_listener_rt *l = w->draining ? NULL : kg_listener_acquire(slot);
+	if (!l) {
 		close(fd);
 		return;
 	}
-	if (atomic_fetch_add(&l->active, 1) >= lc->max_connections) {
-		atomic_fetch_sub(&l->active, 1);
+	const struct kg_listener_conf *lc = l->conf;
+	if (atomic_fetch_add(&slot->active, 1) >= lc->max_connections) {
+		atomic_fetch_sub(&slot->active, 1);
 		w->stats.rejected_limit++;
+		atomic_fetch_add_explicit(&slot->counters.rejected_limit, 1, memory_order_relaxed);
 		kg_worker_warn(w, "listener %s: max_connections (%u) reached, closing new connection",
 			       lc->name, lc->max_connections);
+		kg_listener_put(l);
 		close(fd);
 		return;
 	}
@@ -149,9 +154,11 @@ free_conn:
 refuse:
 	if (idx >= 0)
 		w->free_slots[w->n_free++] = (uint32_t)idx;
-	atomic_fetch_sub(&l->active, 1);
 	w->stats.rejected_limit++;
+	atomic_fetch_add_explicit(&slot->counters.rejected_limit, 1, memory_order_relaxed);
 	kg_worker_warn(w, "listener %s: out of connection slots or memory", lc->name);
+	atomic_fetch_sub(&slot->active, 1);
+	kg_listener_put(l);
 	close(fd);
 }
 
@@ -176,6 +183,10 @@ static void handshake_failed(struct kg_conn *c, const char *reason)
 	char peer[64];
 	conn_peer(c, peer, sizeof(peer));
 	c->worker->stats.handshake_failed++;
+	struct kg_listener_counters *lc = &c->listener->slot->counters;
+	atomic_fetch_add_explicit(&lc->handshake_failed, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&lc->failed_by_reason[kg_tls_failure_reason(c->ssl, reason)], 1,
+				  memory_order_relaxed);
 	kg_worker_warn(c->worker, "handshake failed from %s on listener %s: %s",
 		       peer, c->listener->conf->name, reason);
 	/* Send the alert OpenSSL queued, then close. */
@@ -194,6 +205,8 @@ static enum hs_result handshake_step(struct kg_conn *c)
 	if (ret == 1) {
 		struct kg_worker *w = c->worker;
 		w->stats.handshakes++;
+		atomic_fetch_add_explicit(&c->listener->slot->counters.handshakes, 1,
+					  memory_order_relaxed);
 		if (SSL_session_reused(c->ssl))
 			w->stats.resumed++;
 		if (c->ktls)
@@ -613,7 +626,11 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	free(c->buf);
 	if (c->member_counted)
 		kg_health_conn_end(c->listener->health, (size_t)c->member);
-	atomic_fetch_sub(&c->listener->active, 1);
+	/* Snapshot first: the slot itself is never freed, only reused once
+	 * its active count is back to 0. */
+	struct kg_listener_slot *slot = c->listener->slot;
+	kg_listener_put(c->listener);
+	atomic_fetch_sub(&slot->active, 1);
 	w->stats.closed++;
 	w->conns[c->idx] = NULL;
 	w->free_slots[w->n_free++] = c->idx;

@@ -18,6 +18,7 @@
 #include <kgate/log.h>
 
 #include "listener.h"
+#include "runtime.h"
 #include "worker.h"
 
 struct member {
@@ -116,6 +117,44 @@ void kg_health_group_destroy(struct kg_health_group *g)
 		pthread_mutex_destroy(&g->m[i].lock);
 	pthread_mutex_destroy(&g->weights_lock);
 	free(g);
+}
+
+void kg_health_group_inherit(struct kg_health_group *dst, struct kg_health_group *src)
+{
+	if (!src)
+		return;
+	for (size_t i = 0; i < dst->n; i++) {
+		struct member *d = &dst->m[i];
+		for (size_t j = 0; j < src->n; j++) {
+			struct member *s = &src->m[j];
+			if (!kg_sockaddr_equal(&d->conf->addr, &s->conf->addr))
+				continue;
+			pthread_mutex_lock(&s->lock);
+			pthread_mutex_lock(&d->lock);
+			/* The verdict carries over only between the same kind of
+			 * check; a new check starts from unknown. */
+			if (dst->checked && src->checked &&
+			    dst->hc->type == src->hc->type) {
+				d->state = s->state;
+				d->ok_streak = s->ok_streak;
+				d->fail_streak = s->fail_streak;
+				d->since_ms = s->since_ms;
+				d->has_result = s->has_result;
+				d->last_ok = s->last_ok;
+				memcpy(d->last_reason, s->last_reason, sizeof(d->last_reason));
+				d->result_ms = s->result_ms;
+				d->checks_ok = s->checks_ok;
+				d->checks_failed = s->checks_failed;
+				d->passive_failures = s->passive_failures;
+				atomic_store(&d->state_pub, (int)d->state);
+			}
+			atomic_store(&d->drained, atomic_load(&s->drained));
+			update_rotation(dst, i);
+			pthread_mutex_unlock(&d->lock);
+			pthread_mutex_unlock(&s->lock);
+			break;
+		}
+	}
 }
 
 size_t kg_health_members(const struct kg_health_group *g)
@@ -401,11 +440,21 @@ struct check {
 
 struct kg_health_checker {
 	struct kg_worker *w;
+	unsigned gen;          /* in the high bits of every completion's idx */
 	bool stopping;
 	uint64_t rng;
 	size_t n;
 	struct check *checks;
+	struct kg_listener_rt *snaps[KG_MAX_LISTENERS]; /* keep the checked groups alive */
+	size_t n_snaps;
 };
+
+/* A check's completion index: check number and the checker's generation,
+ * so completions of a retired checker never reach its successor. */
+static uint32_t ck_idx(const struct kg_health_checker *hc, const struct check *c)
+{
+	return (uint32_t)(c - hc->checks) | (hc->gen & KG_HEALTH_GEN_MASK) << KG_HEALTH_CHECK_BITS;
+}
 
 static uint64_t next_random(struct kg_health_checker *hc)
 {
@@ -449,30 +498,39 @@ static bool owns(const struct kg_listener_rt *l, size_t global, unsigned n_worke
 	       global % n_workers == id;
 }
 
-struct kg_health_checker *kg_health_checker_create(struct kg_worker *w, unsigned n_workers)
+struct kg_health_checker *kg_health_checker_create(struct kg_worker *w, unsigned n_workers,
+						   unsigned gen)
 {
 	struct kg_health_checker *hc = calloc(1, sizeof(*hc));
 	if (!hc)
 		return NULL;
 	hc->w = w;
+	hc->gen = gen;
 	/* Never 0, the one state xorshift cannot leave. */
 	hc->rng = (kg_now_ms() * 0x9e3779b97f4a7c15ull + w->id) | 1;
 	if (n_workers == 0)
 		n_workers = 1;
+	/* The listeners as published now; a change publishes new snapshots
+	 * and makes every worker build a new checker. */
+	for (size_t li = 0; li < KG_MAX_LISTENERS; li++) {
+		struct kg_listener_rt *l = kg_listener_acquire(&w->rt->slots[li]);
+		if (l)
+			hc->snaps[hc->n_snaps++] = l;
+	}
 	size_t global = 0, mine = 0;
-	for (size_t li = 0; li < w->rt->n_listeners; li++) {
-		const struct kg_listener_rt *l = &w->rt->listeners[li];
+	for (size_t li = 0; li < hc->n_snaps; li++) {
+		const struct kg_listener_rt *l = hc->snaps[li];
 		for (size_t m = 0; m < l->conf->n_backends; m++, global++)
 			mine += owns(l, global, n_workers, w->id);
 	}
 	hc->checks = calloc(mine ? mine : 1, sizeof(*hc->checks));
-	if (!hc->checks) {
-		free(hc);
+	if (!hc->checks || mine > (1u << KG_HEALTH_CHECK_BITS)) {
+		kg_health_checker_destroy(hc);
 		return NULL;
 	}
 	global = 0;
-	for (size_t li = 0; li < w->rt->n_listeners; li++) {
-		struct kg_listener_rt *l = &w->rt->listeners[li];
+	for (size_t li = 0; li < hc->n_snaps; li++) {
+		struct kg_listener_rt *l = hc->snaps[li];
 		const struct kg_health_conf *h = &l->conf->health_check;
 		for (size_t m = 0; m < l->conf->n_backends; m++, global++) {
 			if (!owns(l, global, n_workers, w->id))
@@ -493,6 +551,11 @@ struct kg_health_checker *kg_health_checker_create(struct kg_worker *w, unsigned
 	return hc;
 }
 
+unsigned kg_health_checker_gen(const struct kg_health_checker *hc)
+{
+	return hc->gen & KG_HEALTH_GEN_MASK;
+}
+
 void kg_health_checker_destroy(struct kg_health_checker *hc)
 {
 	if (!hc)
@@ -501,6 +564,8 @@ void kg_health_checker_destroy(struct kg_health_checker *hc)
 		if (hc->checks[i].fd >= 0)
 			close(hc->checks[i].fd);
 	free(hc->checks);
+	for (size_t i = 0; i < hc->n_snaps; i++)
+		kg_listener_put(hc->snaps[i]);
 	free(hc);
 }
 
@@ -515,7 +580,7 @@ static void arm_timer(struct kg_health_checker *hc, struct check *c, uint64_t de
 	ms_to_ts(delay_ms ? delay_ms : 1, &c->wait_ts);
 	struct io_uring_sqe *sqe = kg_worker_sqe(hc->w);
 	io_uring_prep_timeout(sqe, &c->wait_ts, 0, 0);
-	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HEALTH_TIMER, (uint32_t)(c - hc->checks), -1));
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HEALTH_TIMER, ck_idx(hc, c), -1));
 	c->timer_armed = true;
 	c->inflight++;
 }
@@ -533,7 +598,7 @@ void kg_health_checker_start(struct kg_health_checker *hc)
 static void arm_io(struct kg_health_checker *hc, struct check *c)
 {
 	struct kg_worker *w = hc->w;
-	uint32_t idx = (uint32_t)(c - hc->checks);
+	uint32_t idx = ck_idx(hc, c);
 	int op;
 
 	/* The pair must reach the kernel together. */
@@ -679,6 +744,7 @@ static void on_response(struct kg_health_checker *hc, struct check *c, bool eof)
 
 void kg_health_checker_on_cqe(struct kg_health_checker *hc, int op, uint32_t idx, int res)
 {
+	idx &= (1u << KG_HEALTH_CHECK_BITS) - 1;
 	if (idx >= hc->n) {
 		log_err("worker %u: health completion for check %u of %zu", hc->w->id, idx, hc->n);
 		return;
@@ -750,7 +816,7 @@ void kg_health_checker_stop(struct kg_health_checker *hc)
 	hc->stopping = true;
 	for (size_t i = 0; i < hc->n; i++) {
 		struct check *c = &hc->checks[i];
-		uint32_t idx = (uint32_t)i;
+		uint32_t idx = ck_idx(hc, c);
 		if (c->timer_armed) {
 			struct io_uring_sqe *sqe = kg_worker_sqe(hc->w);
 			io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HEALTH_TIMER, idx, -1), 0);

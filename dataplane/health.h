@@ -49,6 +49,13 @@ struct kg_health_group *kg_health_group_create(const struct kg_listener_conf *lc
 					       struct kg_balancer *b);
 void kg_health_group_destroy(struct kg_health_group *g);
 
+/* Copies what is known about each member of src that is also a member of
+ * dst (same address) into dst: health state and counters (when both check
+ * the same way) and drain. Used when a listener's snapshot is rebuilt (a
+ * backend added, a weight or certificate changed) so members that stay do
+ * not start over as unknown. src may be NULL. */
+void kg_health_group_inherit(struct kg_health_group *dst, struct kg_health_group *src);
+
 /* Records one check result for a member (active checks call it; tests may
  * too). reason is a short text: "HTTP 200", "connect refused", "timeout
  * after 5000 ms". now_ms is CLOCK_MONOTONIC in milliseconds. Logs one line
@@ -116,10 +123,19 @@ int kg_health_member_index(const struct kg_health_group *g, const char *address)
 struct kg_worker;
 struct kg_health_checker;
 
-/* Picks the members this worker owns (see above). NULL on ENOMEM; a
- * checker with nothing to check is valid and does nothing. */
+/* Completion idx of a check: its number in the low KG_HEALTH_CHECK_BITS,
+ * the checker's generation (masked) above, so a worker that replaced its
+ * checker (the listeners changed) routes late completions to the old one. */
+#define KG_HEALTH_CHECK_BITS 16
+#define KG_HEALTH_GEN_MASK 0xffu
+
+/* Picks the members this worker owns (see above) among the listeners
+ * published in the worker's runtime now, holding a reference to each
+ * listener snapshot until destroyed. NULL on ENOMEM; a checker with nothing
+ * to check is valid and does nothing. */
 struct kg_health_checker *kg_health_checker_create(struct kg_worker *w,
-						   unsigned n_workers);
+						   unsigned n_workers, unsigned gen);
+unsigned kg_health_checker_gen(const struct kg_health_checker *hc);
 /* Arms the first check of every owned member, each after a random part of
  * its interval so members are not probed in lockstep. */
 void kg_health_checker_start(struct kg_health_checker *hc);

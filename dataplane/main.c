@@ -6,6 +6,7 @@
  * then announce readiness (log line + sd_notify). SIGTERM/SIGINT drain. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/ssl.h>
@@ -21,37 +23,56 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
-#include "balancer.h"
+#include <kgate/control.h>
+
 #include "certs.h"
 #include "config.h"
 #include "ktls.h"
 #include "health.h"
 #include "listener.h"
 #include "paths.h"
+#include "control.h"
+#include "control_ops.h"
+#include "metrics.h"
 #include "runtime.h"
-#include "tls.h"
+#include "state.h"
 #include "worker.h"
+
+#ifndef KG_VERSION
+#define KG_VERSION "0.1.0"
+#endif
 
 struct options {
 	const char *config_path;
 	const char *state_dir;
 	const char *log_level;
+	const char *control_path;
+	const char *control_group;
+	const char *metrics;
 	unsigned workers;
 	bool check_only;
+	bool reseed;
 };
 
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"Usage: kgated --config FILE [options]\n"
+		"Usage: kgated [--config FILE] [--state-dir DIR] [options]\n"
 		"Terminates mutual TLS and balances connections over backends.\n\n"
-		"  -c, --config FILE     configuration document (JSON)\n"
-		"  -s, --state-dir DIR   state directory (created if missing)\n"
-		"  -w, --workers N       worker threads (default: settings.workers, else one per core)\n"
-		"  -l, --log-level L     err, warn, notice, info (default) or debug\n"
-		"  -t, --check           validate the configuration and its files, then exit\n"
-		"  -h, --help            this text\n");
+		"  -c, --config FILE        configuration document (JSON); seeds an empty state dir\n"
+		"  -s, --state-dir DIR      state directory (created if missing): the state there\n"
+		"                           wins over --config; enables the control socket\n"
+		"      --reseed             replace the state in DIR with --config\n"
+		"      --control PATH       control socket (default DIR/" KG_CONTROL_SOCKET_NAME ")\n"
+		"      --control-group G    make the control socket 0660 for group G (default 0600)\n"
+		"      --metrics IP:PORT    serve Prometheus metrics over HTTP (off by default)\n"
+		"  -w, --workers N          worker threads (default: settings.workers, else one per core)\n"
+		"  -l, --log-level L        err, warn, notice, info (default) or debug\n"
+		"  -t, --check              validate the configuration and its files, then exit\n"
+		"  -h, --help               this text\n");
 }
+
+enum { OPT_RESEED = 256, OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS };
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
@@ -61,6 +82,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{"workers", required_argument, NULL, 'w'},
 		{"log-level", required_argument, NULL, 'l'},
 		{"check", no_argument, NULL, 't'},
+		{"reseed", no_argument, NULL, OPT_RESEED},
+		{"control", required_argument, NULL, OPT_CONTROL},
+		{"control-group", required_argument, NULL, OPT_CONTROL_GROUP},
+		{"metrics", required_argument, NULL, OPT_METRICS},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -71,6 +96,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case 's': o->state_dir = optarg; break;
 		case 'l': o->log_level = optarg; break;
 		case 't': o->check_only = true; break;
+		case OPT_RESEED: o->reseed = true; break;
+		case OPT_CONTROL: o->control_path = optarg; break;
+		case OPT_CONTROL_GROUP: o->control_group = optarg; break;
+		case OPT_METRICS: o->metrics = optarg; break;
 		case 'w': {
 			char *end;
 			unsigned long n = strtoul(optarg, &end, 10);
@@ -90,112 +119,52 @@ static int parse_args(int argc, char **argv, struct options *o)
 		fprintf(stderr, "kgated: unexpected argument '%s'\n", argv[optind]);
 		return -1;
 	}
-	if (!o->config_path) {
-		fprintf(stderr, "kgated: --config FILE is required\n");
+	if (!o->config_path && (!o->state_dir || o->check_only)) {
+		fprintf(stderr, "kgated: --config FILE is required%s\n",
+			o->check_only ? " with --check" : " without --state-dir");
 		usage(stderr);
+		return -1;
+	}
+	if (o->reseed && (!o->state_dir || !o->config_path)) {
+		fprintf(stderr, "kgated: --reseed needs --state-dir and --config\n");
+		return -1;
+	}
+	if ((o->control_path || o->control_group) && !o->state_dir) {
+		fprintf(stderr, "kgated: --control/--control-group need --state-dir "
+			"(changes are persisted there)\n");
 		return -1;
 	}
 	return 0;
 }
 
-static void runtime_free(struct kg_runtime *rt)
-{
-	for (size_t i = 0; i < rt->n_listeners; i++) {
-		SSL_CTX_free(rt->listeners[i].ssl_ctx);
-		kg_health_group_destroy(rt->listeners[i].health);
-		kg_balancer_destroy(rt->listeners[i].balancer);
-	}
-	free(rt->listeners);
-	rt->listeners = NULL;
-}
-
-/* Builds SSL_CTX and balancer per listener. Refuses what this build cannot
- * run instead of silently running something else. */
-static int runtime_build(struct kg_runtime *rt, const struct kg_config *cfg)
+/* --check: everything start-up would build, without binding or running. */
+static int check_config(const struct options *opt, struct kg_config *cfg)
 {
 	char err[512];
-	rt->cfg = cfg;
-	rt->n_listeners = cfg->n_listeners;
-	kg_kernel_probe(&rt->caps);
-	log_info("kernel TLS: %s (%s)", rt->caps.ktls ? "yes" : "no", rt->caps.ktls_why);
-	rt->listeners = calloc(cfg->n_listeners ? cfg->n_listeners : 1, sizeof(*rt->listeners));
-	if (!rt->listeners)
-		return -ENOMEM;
-	for (size_t i = 0; i < cfg->n_listeners; i++) {
-		const struct kg_listener_conf *lc = &cfg->listeners[i];
-		struct kg_listener_rt *l = &rt->listeners[i];
-		l->conf = lc;
-		if (kg_path_plan(lc, &rt->caps, &l->plan, &l->plan_forced, err, sizeof(err)) < 0) {
-			fprintf(stderr, "kgated: config error: listeners[%zu].forwarding: %s\n", i, err);
-			return -EINVAL;
-		}
-		if (lc->protocol == KG_PROTO_TLS) {
-			l->ssl_ctx = kg_tls_ctx_create(lc, err, sizeof(err));
-			if (!l->ssl_ctx) {
-				fprintf(stderr, "kgated: config error: listeners[%zu]: %s\n", i, err);
-				return -EINVAL;
-			}
-			if (l->plan == KG_PATH_KTLS_SPLICE && kg_ktls_ctx_prepare(l->ssl_ctx) < 0) {
-				fprintf(stderr, "kgated: listeners[%zu]: cannot set up kTLS tracking\n", i);
-				return -EINVAL;
-			}
-		}
-		log_info("listener %s: protocol %s, forwarding %s%s", lc->name,
-			 lc->protocol == KG_PROTO_TCP ? "tcp" : "tls", kg_path_name(l->plan),
-			 l->plan == KG_PATH_KTLS_SPLICE && !l->plan_forced
-				 ? " (userspace TLS when a connection cannot be handed off)" : "");
-		unsigned weights[KG_MAX_BACKENDS];
-		if (lc->n_backends > KG_MAX_BACKENDS) {
-			fprintf(stderr, "kgated: config error: listeners[%zu].backends: at most %d members\n",
-				i, KG_MAX_BACKENDS);
-			return -EINVAL;
-		}
-		for (size_t b = 0; b < lc->n_backends; b++)
-			weights[b] = lc->backends[b].weight;
-		l->balancer = kg_balancer_create("rr", weights, lc->n_backends);
-		if (!l->balancer) {
-			fprintf(stderr, "kgated: config error: listeners[%zu].backends: invalid weights\n", i);
-			return -EINVAL;
-		}
-		l->health = kg_health_group_create(lc, l->balancer);
-		if (!l->health) {
-			fprintf(stderr, "kgated: listeners[%zu]: out of memory for health state\n", i);
-			return -ENOMEM;
-		}
+	struct kg_kernel_caps caps;
+	struct kg_config_ref *ref = kg_config_ref_new(cfg);
+	if (!ref) {
+		kg_config_free(cfg);
+		return 1;
 	}
-	return 0;
-}
-
-/* Opens listener sockets for every worker: fds[w][l]. Port 0 is resolved by
- * the first socket and reused by the others. */
-static int open_listeners(struct kg_config *cfg, unsigned n_workers, int **fds)
-{
-	for (unsigned w = 0; w < n_workers; w++) {
-		fds[w] = malloc((cfg->n_listeners ? cfg->n_listeners : 1) * sizeof(int));
-		if (!fds[w])
-			return -ENOMEM;
-		for (size_t l = 0; l < cfg->n_listeners; l++)
-			fds[w][l] = -1;
-	}
-	for (size_t l = 0; l < cfg->n_listeners; l++) {
-		struct kg_listener_conf *lc = &cfg->listeners[l];
-		char addr[80];
-		for (unsigned w = 0; w < n_workers; w++) {
-			struct sockaddr_storage bound;
-			int fd = kg_listener_open(&lc->bind, lc->bind_len, &bound);
-			if (fd < 0) {
-				kg_sockaddr_format(&lc->bind, addr, sizeof(addr));
-				log_err("listener %s: cannot listen on %s: %s", lc->name, addr,
-					strerror(-fd));
-				return fd;
-			}
-			fds[w][l] = fd;
-			lc->bind = bound; /* the chosen port, for the next workers */
+	int status = 0;
+	kg_kernel_probe(&caps);
+	for (size_t i = 0; i < cfg->n_listeners && status == 0; i++) {
+		char where[32];
+		snprintf(where, sizeof(where), "listeners[%zu]", i);
+		struct kg_listener_rt *l = kg_listener_build(NULL, &caps, ref, &cfg->listeners[i],
+							     where, err, sizeof(err));
+		if (!l) {
+			fprintf(stderr, "kgated: config error: %s\n", err);
+			status = 1;
 		}
-		kg_sockaddr_format(&lc->bind, addr, sizeof(addr));
-		log_notice("listener %s listening on %s", lc->name, addr);
+		kg_listener_put(l);
 	}
-	return 0;
+	if (status == 0)
+		printf("kgated: configuration %s is valid (%zu listener(s), %zu certificate(s))\n",
+		       opt->config_path, cfg->n_listeners, cfg->n_certs);
+	kg_config_ref_put(ref);
+	return status;
 }
 
 /* systemd Type=notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
@@ -250,47 +219,143 @@ static int wait_for_stop(void)
 	}
 }
 
+/* The document to run: the state folder's (or a seed imported into it),
+ * else the configuration file alone (no control socket then). */
+static struct kg_config *load_document(const struct options *opt, struct kg_state *st,
+				       bool *seeded)
+{
+	char err[600];
+	*seeded = false;
+	if (!opt->state_dir) {
+		struct kg_config *cfg = kg_config_load(opt->config_path, err, sizeof(err));
+		if (!cfg)
+			fprintf(stderr, "kgated: config error: %s\n", err);
+		return cfg;
+	}
+	enum kg_state_source source;
+	if (kg_state_open(st, opt->state_dir, err, sizeof(err)) < 0 ||
+	    kg_state_load(st, opt->config_path, opt->reseed, &source, err, sizeof(err)) < 0) {
+		fprintf(stderr, "kgated: state error: %s\n", err);
+		return NULL;
+	}
+	struct kg_config *cfg = kg_state_parse(st, st->doc, err, sizeof(err));
+	if (!cfg) {
+		fprintf(stderr, "kgated: %s error: %s\n",
+			source == KG_STATE_FROM_DIR ? "state" : "config", err);
+		return NULL;
+	}
+	switch (source) {
+	case KG_STATE_FROM_DIR:
+		log_notice("state: using %s/state.json%s", st->dir,
+			   opt->config_path ? " (--config ignored; --reseed replaces the state)" : "");
+		break;
+	case KG_STATE_FROM_CONFIG:
+		log_notice("state: seeded from %s%s", opt->config_path,
+			   opt->reseed ? " (--reseed)" : " (state directory was empty)");
+		*seeded = true;
+		break;
+	case KG_STATE_EMPTY:
+		log_notice("state: empty (no state in %s and no --config)", st->dir);
+		*seeded = true;
+		break;
+	}
+	return cfg;
+}
+
+static int persist_initial(struct kg_state *st)
+{
+	char err[600];
+	json_object *copy = NULL;
+	if (json_object_deep_copy(st->doc, &copy, NULL) != 0) {
+		log_err("state: out of memory");
+		return -1;
+	}
+	if (kg_state_commit(st, copy, err, sizeof(err)) < 0) {
+		json_object_put(copy);
+		log_err("state: %s", err);
+		return -1;
+	}
+	kg_state_gc(st);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct options opt = {0};
-	char err[512];
-	int status = 1;
+	struct kg_state st = {0};
+	struct kg_runtime rt;
+	struct kg_ops *ops = NULL;
+	struct kg_control *control = NULL;
+	char err[600];
+	char control_path[4096] = "";
+	int status = 1, metrics_fd = -1;
+	gid_t group = (gid_t)-1;
+	bool seeded;
 
 	if (parse_args(argc, argv, &opt) < 0)
 		return 2;
-
-	struct kg_config *cfg = kg_config_load(opt.config_path, err, sizeof(err));
-	if (!cfg) {
-		fprintf(stderr, "kgated: config error: %s\n", err);
+	if (opt.control_group) {
+		struct group *g = getgrnam(opt.control_group);
+		if (!g) {
+			fprintf(stderr, "kgated: --control-group %s: no such group\n", opt.control_group);
+			return 2;
+		}
+		group = g->gr_gid;
+	}
+	if (opt.check_only) {
+		struct kg_config *cfg = kg_config_load(opt.config_path, err, sizeof(err));
+		if (!cfg) {
+			fprintf(stderr, "kgated: config error: %s\n", err);
+			return 1;
+		}
+		if (kg_config_validate_files(cfg, err, sizeof(err)) < 0) {
+			fprintf(stderr, "kgated: config error: %s\n", err);
+			kg_config_free(cfg);
+			return 1;
+		}
+		return check_config(&opt, cfg);
+	}
+	if (kg_runtime_init(&rt) < 0) {
+		fprintf(stderr, "kgated: out of memory\n");
 		return 1;
+	}
+	ops = calloc(1, sizeof(*ops));
+	if (!ops)
+		goto free_runtime;
+	struct kg_config *cfg = load_document(&opt, &st, &seeded);
+	if (!cfg)
+		goto free_runtime;
+	ops->cur = kg_config_ref_new(cfg);
+	if (!ops->cur) {
+		kg_config_free(cfg);
+		goto free_runtime;
 	}
 	const char *level = opt.log_level ? opt.log_level : cfg->log_level;
 	if (level) {
 		int lvl = kg_log_level_parse(level);
 		if (lvl < 0) {
 			fprintf(stderr, "kgated: unknown log level '%s'\n", level);
-			goto free_config;
+			goto free_runtime;
 		}
 		kg_log_level = lvl;
 	}
 	if (kg_config_validate_files(cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "kgated: config error: %s\n", err);
-		goto free_config;
-	}
-
-	struct kg_runtime rt = {0};
-	if (runtime_build(&rt, cfg) < 0)
-		goto free_runtime;
-	if (opt.check_only) {
-		printf("kgated: configuration %s is valid (%zu listener(s), %zu certificate(s))\n",
-		       opt.config_path, cfg->n_listeners, cfg->n_certs);
-		status = 0;
 		goto free_runtime;
 	}
-	if (opt.state_dir && mkdir(opt.state_dir, 0700) == -1 && errno != EEXIST) {
-		log_err("state directory %s: %s", opt.state_dir, strerror(errno));
-		goto free_runtime;
-	}
+	kg_kernel_probe(&rt.caps);
+	log_info("kernel TLS: %s (%s)", rt.caps.ktls ? "yes" : "no", rt.caps.ktls_why);
+	ops->st = opt.state_dir ? &st : NULL;
+	ops->rt = &rt;
+	ops->version = KG_VERSION;
+	ops->started_wall = time(NULL);
+	ops->metrics_addr = opt.metrics;
+	if (opt.state_dir)
+		snprintf(control_path, sizeof(control_path), "%s",
+			 opt.control_path ? opt.control_path : "");
+	if (opt.state_dir && !opt.control_path)
+		snprintf(control_path, sizeof(control_path), "%s/%s", st.dir, KG_CONTROL_SOCKET_NAME);
+	ops->control_path = control_path;
 
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned n_workers = opt.workers ? opt.workers
@@ -311,20 +376,16 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit();
 
-	int **fds = calloc(n_workers, sizeof(*fds));
 	struct kg_worker **workers = calloc(n_workers, sizeof(*workers));
 	unsigned started = 0;
-	if (!fds || !workers)
-		goto free_workers;
-	if (open_listeners(cfg, n_workers, fds) < 0)
-		goto free_workers;
+	if (!workers)
+		goto free_runtime;
 	for (unsigned w = 0; w < n_workers; w++) {
-		workers[w] = kg_worker_create(w, &rt, fds[w]);
+		workers[w] = kg_worker_create(w, &rt);
 		if (!workers[w]) {
 			log_err("worker %u: out of memory", w);
 			goto free_workers;
 		}
-		fds[w] = NULL; /* owned by the worker now */
 	}
 	for (; started < n_workers; started++) {
 		int ret = kg_worker_start(workers[started]);
@@ -333,12 +394,45 @@ int main(int argc, char **argv)
 			goto stop_workers;
 		}
 	}
+	rt.workers = workers;
+	rt.n_workers = n_workers;
+	rt.started_ms = kg_now_ms();
+
+	/* Listeners go to running workers the same way as at run time, so
+	 * there is one path for both; a bind error still stops start-up. */
+	if (kg_ops_apply_initial(ops, err, sizeof(err)) < 0) {
+		log_err("config error: %s", err);
+		goto stop_workers;
+	}
+	if (opt.state_dir && seeded && persist_initial(&st) < 0)
+		goto stop_workers;
+	if (opt.metrics) {
+		metrics_fd = kg_metrics_open(opt.metrics, err, sizeof(err));
+		if (metrics_fd < 0) {
+			log_err("%s", err);
+			goto stop_workers;
+		}
+		log_notice("metrics on http://%s/metrics", opt.metrics);
+	}
+	/* Without a state dir there is no control socket, but the control
+	 * thread still serves metrics when asked to. */
+	if (opt.state_dir || metrics_fd >= 0) {
+		control = kg_control_start(ops, opt.state_dir ? control_path : NULL, group,
+					   metrics_fd, err, sizeof(err));
+		if (!control) {
+			log_err("%s", err);
+			goto stop_workers;
+		}
+		if (opt.state_dir)
+			log_notice("control socket %s", control_path);
+	}
 
 	log_notice("kgated ready (pid %d, %u workers)", (int)getpid(), n_workers);
 	sd_notify_send("READY=1");
 	if (wait_for_stop() > 0)
 		status = 0;
 	sd_notify_send("STOPPING=1");
+	kg_control_stop(control);
 
 stop_workers:
 	atomic_store(&rt.stopping, true);
@@ -348,21 +442,18 @@ stop_workers:
 		status = 1;
 	log_notice("kgated stopped");
 free_workers:
-	for (unsigned w = 0; w < n_workers; w++) {
-		if (workers && workers[w]) {
-			kg_worker_destroy(workers[w]);
-		} else if (fds && fds[w]) {
-			for (size_t l = 0; l < cfg->n_listeners; l++)
-				if (fds[w][l] >= 0)
-					close(fds[w][l]);
-			free(fds[w]);
-		}
-	}
+	for (unsigned w = 0; w < n_workers; w++)
+		kg_worker_destroy(workers[w]);
 	free(workers);
-	free(fds);
+	rt.workers = NULL;
+	rt.n_workers = 0;
 free_runtime:
-	runtime_free(&rt);
-free_config:
-	kg_config_free(cfg);
+	if (metrics_fd >= 0)
+		close(metrics_fd);
+	kg_runtime_destroy(&rt);
+	if (ops)
+		kg_config_ref_put(ops->cur);
+	free(ops);
+	kg_state_close(&st);
 	return status;
 }

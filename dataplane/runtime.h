@@ -1,28 +1,77 @@
-/* What all workers share, built once at start-up by main.c and read-only
- * afterwards (but for the atomics). */
+/* What all workers share, and how it changes while they run.
+ *
+ * A listener lives in a fixed slot (its index goes into io_uring user_data
+ * and never changes while the listener exists). What a connection needs
+ * from its listener — configuration, SSL_CTX, balancer — is an immutable,
+ * reference-counted snapshot (struct kg_listener_rt). The control thread
+ * publishes a new snapshot by swapping the slot's pointer; a connection
+ * takes a reference at accept and keeps the snapshot it started with until
+ * it is freed, so a certificate, CRL or backend change applies to new
+ * handshakes only and never touches established connections. */
 #ifndef KGATE_RUNTIME_H
 #define KGATE_RUNTIME_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <openssl/ssl.h>
+
+#include <kgate/limits.h>
 
 #include "balancer.h"
 #include "config.h"
 #include "paths.h"
+#include "tls.h"
 
 struct kg_health_group;
 
+#define KG_MAX_LISTENERS 64
+
+/* A parsed state document shared by the snapshots built from it. */
+struct kg_config_ref {
+	atomic_uint refs;
+	struct kg_config *cfg;
+};
+
+struct kg_listener_slot;
+
+/* One immutable snapshot of a listener. Only refs changes after publish. */
 struct kg_listener_rt {
+	atomic_uint refs;
+	struct kg_listener_slot *slot;
+	struct kg_config_ref *doc;          /* keeps conf alive */
 	const struct kg_listener_conf *conf;
 	SSL_CTX *ssl_ctx;     /* NULL for tcp listeners */
 	struct kg_balancer *balancer;
 	enum kg_path plan;  /* the path connections take (paths.h) */
 	bool plan_forced;   /* configured explicitly: no fallback per connection */
-	struct kg_health_group *health; /* member states, drain, active counts */
-	atomic_uint active;   /* connections across workers, for max_connections */
+	struct kg_health_group *health; /* member states, drain, active counts (this snapshot's members) */
+};
+
+/* Per-listener counters: shared atomics (relaxed), one increment per
+ * connection event, read by stats/metrics. */
+struct kg_listener_counters {
+	atomic_uint_fast64_t accepted;
+	atomic_uint_fast64_t handshakes;
+	atomic_uint_fast64_t handshake_failed;
+	atomic_uint_fast64_t rejected_limit;
+	atomic_uint_fast64_t failed_by_reason[KG_HS_REASONS];
+};
+
+struct kg_listener_slot {
+	uint32_t index;
+	pthread_mutex_t lock;          /* orders kg_listener_acquire against swaps */
+	struct kg_listener_rt *snap;   /* current snapshot; NULL when not accepting */
+	atomic_uint active;            /* connections across workers and snapshots */
+	struct kg_listener_counters counters;
+	/* Owned by the control thread: */
+	bool used;
+	char name[KG_NAME_MAX + 1];
+	bool listening;                /* workers hold sockets for this slot */
+	struct sockaddr_storage bind;  /* where they listen */
 };
 
 /* Counters are per worker (no sharing on the hot path) and summed when read. */
@@ -47,13 +96,44 @@ struct kg_counters {
 	uint64_t cut_unhealthy;        /* connections closed: backend turned unhealthy */
 };
 
+struct kg_worker;
+
 struct kg_runtime {
-	const struct kg_config *cfg;
-	struct kg_listener_rt *listeners;
-	size_t n_listeners;
-	struct kg_kernel_caps caps;
-	unsigned n_workers;   /* health checks are spread over them */
+	struct kg_listener_slot slots[KG_MAX_LISTENERS];
+	struct kg_worker **workers;    /* set by main before the first apply */
+	unsigned n_workers;            /* health checks are spread over them */
+	struct kg_kernel_caps caps;    /* probed once at start */
+	atomic_uint drain_timeout_ms;
 	atomic_bool stopping; /* set by the signal thread: drain and exit */
+	uint64_t started_ms;  /* monotonic, for uptime */
 };
+
+/* Initialises the slots (rt->caps is the caller's: kg_kernel_probe); 0 or
+ * -errno. kg_runtime_destroy drops every
+ * published snapshot (workers must have stopped). */
+int kg_runtime_init(struct kg_runtime *rt);
+void kg_runtime_destroy(struct kg_runtime *rt);
+
+/* Worker side: the slot's current snapshot with a reference taken, or NULL
+ * when the listener is stopping or gone. Release with kg_listener_put. */
+struct kg_listener_rt *kg_listener_acquire(struct kg_listener_slot *s);
+void kg_listener_put(struct kg_listener_rt *l);
+
+/* Builds a snapshot for lc (which must belong to doc->cfg): forwarding
+ * plan, SSL_CTX, balancer and health group (member states carried over
+ * from the slot's current snapshot by address). NULL with err filled on
+ * failure; messages start with where ("listeners[0]"), the listener's
+ * JSON path. Takes its own doc reference. */
+struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
+					 const struct kg_kernel_caps *caps,
+					 struct kg_config_ref *doc,
+					 const struct kg_listener_conf *lc, const char *where,
+					 char *err, size_t errlen);
+/* Publishes snap (may be NULL) in the slot and drops the old one's slot
+ * reference. Consumes the caller's reference to snap. */
+void kg_listener_publish(struct kg_listener_slot *s, struct kg_listener_rt *snap);
+
+struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg);
+void kg_config_ref_put(struct kg_config_ref *r);
 
 #endif

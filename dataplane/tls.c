@@ -258,6 +258,31 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, char *err, size_t e
 	return ctx;
 }
 
+#define NO_CERT_TEXT "client certificate required"
+
+const char *const kg_hs_reason_names[KG_HS_REASONS] = {
+	"no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "protocol"};
+
+enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason)
+{
+	switch (SSL_get_verify_result(ssl)) {
+	case X509_V_OK:
+		return strncmp(reason, NO_CERT_TEXT, strlen(NO_CERT_TEXT)) == 0 ? KG_HS_NO_CERT
+										: KG_HS_PROTOCOL;
+	case X509_V_ERR_CERT_REVOKED:
+		return KG_HS_REVOKED;
+	case X509_V_ERR_CERT_HAS_EXPIRED:
+	case X509_V_ERR_CERT_NOT_YET_VALID:
+	case X509_V_ERR_CRL_HAS_EXPIRED:
+	case X509_V_ERR_CRL_NOT_YET_VALID:
+		return KG_HS_EXPIRED;
+	case X509_V_ERR_INVALID_PURPOSE:
+		return KG_HS_BAD_EKU;
+	default:
+		return KG_HS_UNKNOWN_CA;
+	}
+}
+
 static void describe_error(SSL *ssl, int ssl_err, char *reason, size_t len)
 {
 	long vr = SSL_get_verify_result(ssl);
@@ -269,7 +294,7 @@ static void describe_error(SSL *ssl, int ssl_err, char *reason, size_t len)
 			 X509_verify_cert_error_string(vr), note ? note : "no details");
 	} else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
 		   ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
-		snprintf(reason, len, "client certificate required: peer did not return a certificate");
+		snprintf(reason, len, NO_CERT_TEXT ": peer did not return a certificate");
 	} else if (e) {
 		const char *r = ERR_reason_error_string(e);
 		if (r)

@@ -32,4 +32,22 @@ enum kg_tls_status {
 enum kg_tls_status kg_tls_status(SSL *ssl, int ret, char *reason,
 				 size_t reason_len);
 
+/* Why a handshake failed, for counters (stats, metrics). */
+enum kg_hs_reason {
+	KG_HS_NO_CERT,    /* a certificate was required and none came */
+	KG_HS_UNKNOWN_CA, /* chain does not lead to the configured CA */
+	KG_HS_EXPIRED,    /* expired or not yet valid (certificate or CRL) */
+	KG_HS_REVOKED,    /* listed in the CRL */
+	KG_HS_BAD_EKU,    /* no extendedKeyUsage clientAuth / wrong purpose */
+	KG_HS_PROTOCOL,   /* everything else: versions, ciphers, garbage, EOF */
+	KG_HS_REASONS
+};
+
+/* Names for the reasons above ("no_cert", "unknown_ca", ...). */
+extern const char *const kg_hs_reason_names[KG_HS_REASONS];
+
+/* Classifies a failed handshake from the SSL's verify result and the
+ * reason text kg_tls_status wrote for it. */
+enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason);
+
 #endif

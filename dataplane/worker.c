@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +17,9 @@
 #include "health.h"
 
 #define RING_ENTRIES 4096
+/* Connection slots per worker: listeners come and go at run time, so the
+ * table is sized once for the largest load one worker is meant to carry. */
+#define CONNS_PER_WORKER 65536
 #define TICK_MS 100
 #define WARN_LINES_PER_SEC 10
 
@@ -61,9 +65,12 @@ struct io_uring_sqe *kg_worker_sqe(struct kg_worker *w)
 	return sqe;
 }
 
+static void cmd_done(struct kg_wcmd *cmd);
+static void replace_checker(struct kg_worker *w);
+
 static void arm_accept(struct kg_worker *w, uint32_t li)
 {
-	if (w->listen_fds[li] < 0 || w->accept_armed[li])
+	if (w->listen_fds[li] < 0 || w->accept_armed[li] || w->unlisten[li])
 		return;
 	struct io_uring_sqe *sqe = kg_worker_sqe(w);
 	io_uring_prep_multishot_accept(sqe, w->listen_fds[li], NULL, NULL,
@@ -86,13 +93,17 @@ static void on_accept(struct kg_worker *w, uint32_t li, const struct io_uring_cq
 	} else if (cqe->res != -ECANCELED) {
 		/* EMFILE/ENFILE/ENOMEM: the accept is re-armed on the next
 		 * tick rather than at once, so a full fd table cannot spin. */
-		kg_worker_warn(w, "listener %s: accept: %s",
-			       w->rt->listeners[li].conf->name, strerror(-cqe->res));
+		kg_worker_warn(w, "listener slot %u: accept: %s", li, strerror(-cqe->res));
 	}
 	if (cqe->flags & IORING_CQE_F_MORE)
 		return;
 	w->accept_armed[li] = false;
-	if (w->draining) {
+	if (w->unlisten[li]) {
+		close(w->listen_fds[li]);
+		w->listen_fds[li] = -1;
+		cmd_done(w->unlisten[li]);
+		w->unlisten[li] = NULL;
+	} else if (w->draining) {
 		close(w->listen_fds[li]);
 		w->listen_fds[li] = -1;
 	} else if (cqe->res >= 0) {
@@ -100,25 +111,199 @@ static void on_accept(struct kg_worker *w, uint32_t li, const struct io_uring_cq
 	}
 }
 
+/* Stops accepting on slot li: the socket closes now, or when the armed
+ * multishot accept reports its last completion (the kernel still holds it
+ * until then). Returns true when the socket is already closed. */
+static bool stop_accept(struct kg_worker *w, uint32_t li)
+{
+	if (w->listen_fds[li] < 0)
+		return true;
+	if (w->accept_armed[li]) {
+		struct io_uring_sqe *sqe = kg_worker_sqe(w);
+		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_ACCEPT, li, w->listen_fds[li]), 0);
+		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, li, -1));
+		return false;
+	}
+	close(w->listen_fds[li]);
+	w->listen_fds[li] = -1;
+	return true;
+}
+
 static void begin_drain(struct kg_worker *w)
 {
+	unsigned drain_ms = atomic_load(&w->rt->drain_timeout_ms);
 	w->draining = true;
-	w->drain_deadline_ms = w->now_ms + w->rt->cfg->drain_timeout_ms;
-	for (uint32_t li = 0; li < w->rt->n_listeners; li++) {
-		if (w->listen_fds[li] < 0)
-			continue;
-		if (w->accept_armed[li]) {
-			struct io_uring_sqe *sqe = kg_worker_sqe(w);
-			io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_ACCEPT, li, w->listen_fds[li]), 0);
-			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, li, -1));
-		} else {
-			close(w->listen_fds[li]);
-			w->listen_fds[li] = -1;
-		}
-	}
+	w->drain_deadline_ms = w->now_ms + drain_ms;
+	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
+		stop_accept(w, li);
 	kg_health_checker_stop(w->health);
 	log_info("worker %u: draining %u connection(s), up to %u ms", w->id,
-		 w->n_conns, w->rt->cfg->drain_timeout_ms);
+		 w->n_conns, drain_ms);
+}
+
+static void cmd_done(struct kg_wcmd *cmd)
+{
+	struct kg_wcmd_batch *b = cmd->batch;
+	pthread_mutex_lock(&b->lock);
+	if (--b->pending == 0)
+		pthread_cond_broadcast(&b->done);
+	pthread_mutex_unlock(&b->lock);
+}
+
+static void arm_wake(struct kg_worker *w)
+{
+	struct io_uring_sqe *sqe = kg_worker_sqe(w);
+	io_uring_prep_read(sqe, w->wake_fd, &w->wake_buf, sizeof(w->wake_buf), 0);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_WAKE, 0, w->wake_fd));
+}
+
+static void run_command(struct kg_worker *w, struct kg_wcmd *cmd)
+{
+	uint32_t li = cmd->slot;
+	switch (cmd->op) {
+	case KG_WCMD_LISTEN:
+		if (w->listen_fds[li] >= 0 || w->draining) {
+			/* Cannot happen while the control thread keeps slot
+			 * states straight; refuse rather than leak. */
+			close(cmd->fd);
+		} else {
+			w->listen_fds[li] = cmd->fd;
+			arm_accept(w, li);
+		}
+		cmd_done(cmd);
+		return;
+	case KG_WCMD_UNLISTEN:
+		if (stop_accept(w, li))
+			cmd_done(cmd);
+		else
+			w->unlisten[li] = cmd;
+		return;
+	case KG_WCMD_HEALTH:
+		replace_checker(w);
+		cmd_done(cmd);
+		return;
+	}
+}
+
+/* The listeners changed: check what is published now. The old checker
+ * stops (its in-flight completions still arrive, told apart by the
+ * generation in their idx) and is destroyed once idle. */
+static void replace_checker(struct kg_worker *w)
+{
+	if (w->draining)
+		return;
+	if (w->n_retired == KG_WORKER_RETIRED_MAX) {
+		log_err("worker %u: too many health checkers still finishing; listener changes "
+			"wait for the next one", w->id);
+		return;
+	}
+	unsigned gen = (kg_health_checker_gen(w->health) + 1) & KG_HEALTH_GEN_MASK;
+	for (size_t i = 0; i < w->n_retired; i++)
+		if (kg_health_checker_gen(w->retired[i]) == gen) {
+			log_err("worker %u: health checker generation %u still in use", w->id, gen);
+			return;
+		}
+	struct kg_health_checker *hc = kg_health_checker_create(w, w->rt->n_workers, gen);
+	if (!hc) {
+		log_err("worker %u: out of memory for health checks; keeping the old ones", w->id);
+		return;
+	}
+	kg_health_checker_stop(w->health);
+	if (kg_health_checker_idle(w->health))
+		kg_health_checker_destroy(w->health);
+	else
+		w->retired[w->n_retired++] = w->health;
+	w->health = hc;
+	kg_health_checker_start(hc);
+}
+
+static void on_health_cqe(struct kg_worker *w, enum kg_op op, uint32_t idx, int res)
+{
+	unsigned gen = (idx >> KG_HEALTH_CHECK_BITS) & KG_HEALTH_GEN_MASK;
+	if (kg_health_checker_gen(w->health) == gen) {
+		kg_health_checker_on_cqe(w->health, op, idx, res);
+		return;
+	}
+	for (size_t i = 0; i < w->n_retired; i++) {
+		struct kg_health_checker *hc = w->retired[i];
+		if (kg_health_checker_gen(hc) != gen)
+			continue;
+		kg_health_checker_on_cqe(hc, op, idx, res);
+		if (kg_health_checker_idle(hc)) {
+			kg_health_checker_destroy(hc);
+			w->retired[i] = w->retired[--w->n_retired];
+		}
+		return;
+	}
+	log_err("worker %u: health completion for unknown checker generation %u", w->id, gen);
+}
+
+static void on_wake(struct kg_worker *w, int res)
+{
+	if (res < 0 && res != -EAGAIN && res != -EINTR)
+		log_err("worker %u: command eventfd read: %s", w->id, strerror(-res));
+	pthread_mutex_lock(&w->cmd_lock);
+	struct kg_wcmd *list = w->cmds;
+	w->cmds = NULL;
+	pthread_mutex_unlock(&w->cmd_lock);
+	/* The list is newest first; run in posting order. */
+	struct kg_wcmd *ordered = NULL;
+	while (list) {
+		struct kg_wcmd *next = list->next;
+		list->next = ordered;
+		ordered = list;
+		list = next;
+	}
+	while (ordered) {
+		struct kg_wcmd *next = ordered->next;
+		run_command(w, ordered); /* may complete the poster's wait: no touch after */
+		ordered = next;
+	}
+	arm_wake(w);
+}
+
+static void post_and_wait(struct kg_runtime *rt, enum kg_wcmd_op op, uint32_t slot,
+			  int *fds)
+{
+	struct kg_wcmd cmds[KG_MAX_WORKERS];
+	struct kg_wcmd_batch batch = {.pending = rt->n_workers};
+	pthread_mutex_init(&batch.lock, NULL);
+	pthread_cond_init(&batch.done, NULL);
+	for (unsigned i = 0; i < rt->n_workers; i++) {
+		struct kg_worker *w = rt->workers[i];
+		uint64_t one = 1;
+		cmds[i] = (struct kg_wcmd){.op = op, .slot = slot, .fd = fds ? fds[i] : -1,
+					   .batch = &batch};
+		pthread_mutex_lock(&w->cmd_lock);
+		cmds[i].next = w->cmds;
+		w->cmds = &cmds[i];
+		pthread_mutex_unlock(&w->cmd_lock);
+		/* An eventfd write only fails on counter overflow, which a
+		 * worker reading it cannot let happen. */
+		if (write(w->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
+			log_err("worker %u: cannot wake: %s", w->id, strerror(errno));
+	}
+	pthread_mutex_lock(&batch.lock);
+	while (batch.pending > 0)
+		pthread_cond_wait(&batch.done, &batch.lock);
+	pthread_mutex_unlock(&batch.lock);
+	pthread_cond_destroy(&batch.done);
+	pthread_mutex_destroy(&batch.lock);
+}
+
+void kg_workers_listen(struct kg_runtime *rt, uint32_t slot, int *fds)
+{
+	post_and_wait(rt, KG_WCMD_LISTEN, slot, fds);
+}
+
+void kg_workers_unlisten(struct kg_runtime *rt, uint32_t slot)
+{
+	post_and_wait(rt, KG_WCMD_UNLISTEN, slot, NULL);
+}
+
+void kg_workers_recheck(struct kg_runtime *rt)
+{
+	post_and_wait(rt, KG_WCMD_HEALTH, 0, NULL);
 }
 
 static void release_closed(struct kg_worker *w, uint32_t idx)
@@ -157,7 +342,7 @@ static void on_tick(struct kg_worker *w)
 		release_closed(w, i);
 	}
 	kg_health_checker_tick(w->health, w->now_ms);
-	for (uint32_t li = 0; li < w->rt->n_listeners && !w->draining; li++)
+	for (uint32_t li = 0; li < KG_MAX_LISTENERS && !w->draining; li++)
 		arm_accept(w, li);
 	arm_tick(w);
 }
@@ -182,7 +367,10 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_HEALTH_SEND:
 	case KG_OP_HEALTH_RECV:
 	case KG_OP_HEALTH_LINK_TIMEOUT:
-		kg_health_checker_on_cqe(w->health, op, idx, cqe->res);
+		on_health_cqe(w, op, idx, cqe->res);
+		return;
+	case KG_OP_WAKE:
+		on_wake(w, cqe->res);
 		return;
 	default:
 		break;
@@ -243,9 +431,10 @@ static int ring_init(struct kg_worker *w)
 
 static bool finished(const struct kg_worker *w)
 {
-	if (!w->draining || w->n_conns > 0 || !kg_health_checker_idle(w->health))
+	if (!w->draining || w->n_conns > 0 || !kg_health_checker_idle(w->health) ||
+	    w->n_retired > 0)
 		return false;
-	for (uint32_t li = 0; li < w->rt->n_listeners; li++)
+	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		if (w->listen_fds[li] >= 0)
 			return false;
 	return true;
@@ -261,8 +450,7 @@ static void *worker_main(void *arg)
 		return NULL;
 
 	w->now_ms = kg_now_ms();
-	for (uint32_t li = 0; li < w->rt->n_listeners; li++)
-		arm_accept(w, li);
+	arm_wake(w);
 	arm_tick(w);
 	kg_health_checker_start(w->health);
 
@@ -302,43 +490,41 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt,
-				   int *listen_fds)
+struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 {
-	uint64_t capacity = 0;
-	for (size_t i = 0; i < rt->n_listeners; i++)
-		capacity += rt->listeners[i].conf->max_connections;
-	if (capacity > KG_MAX_CONNS_PER_WORKER)
-		capacity = KG_MAX_CONNS_PER_WORKER;
-	if (capacity == 0)
-		capacity = 1;
-
 	struct kg_worker *w = calloc(1, sizeof(*w));
 	if (!w)
 		return NULL;
 	w->id = id;
 	w->rt = rt;
-	w->listen_fds = listen_fds;
-	w->capacity = (uint32_t)capacity;
+	w->capacity = CONNS_PER_WORKER;
 	w->tick_interval.tv_nsec = TICK_MS * 1000000LL;
-	w->accept_armed = calloc(rt->n_listeners ? rt->n_listeners : 1, sizeof(bool));
-	w->conns = calloc(capacity, sizeof(*w->conns));
-	w->free_slots = calloc(capacity, sizeof(*w->free_slots));
-	w->health = kg_health_checker_create(w, rt->n_workers);
-	if (!w->accept_armed || !w->conns || !w->free_slots || !w->health ||
-	    sem_init(&w->init_done, 0, 0) != 0) {
-		kg_health_checker_destroy(w->health);
-		free(w->accept_armed);
-		free(w->conns);
-		free(w->free_slots);
-		free(w);
-		return NULL;
+	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
+		w->listen_fds[li] = -1;
+	w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	w->conns = calloc(w->capacity, sizeof(*w->conns));
+	w->free_slots = calloc(w->capacity, sizeof(*w->free_slots));
+	w->health = kg_health_checker_create(w, rt->n_workers, 0);
+	if (w->wake_fd == -1 || !w->conns || !w->free_slots || !w->health ||
+	    pthread_mutex_init(&w->cmd_lock, NULL) != 0)
+		goto fail;
+	if (sem_init(&w->init_done, 0, 0) != 0) {
+		pthread_mutex_destroy(&w->cmd_lock);
+		goto fail;
 	}
 	/* Lowest indices on top of the stack: the tick scans [0, high_water). */
-	for (uint32_t i = 0; i < capacity; i++)
-		w->free_slots[i] = (uint32_t)capacity - 1 - i;
-	w->n_free = (uint32_t)capacity;
+	for (uint32_t i = 0; i < w->capacity; i++)
+		w->free_slots[i] = w->capacity - 1 - i;
+	w->n_free = w->capacity;
 	return w;
+fail:
+	kg_health_checker_destroy(w->health);
+	if (w->wake_fd >= 0)
+		close(w->wake_fd);
+	free(w->conns);
+	free(w->free_slots);
+	free(w);
+	return NULL;
 }
 
 int kg_worker_start(struct kg_worker *w)
@@ -363,14 +549,16 @@ void kg_worker_destroy(struct kg_worker *w)
 {
 	if (!w)
 		return;
-	for (uint32_t li = 0; li < w->rt->n_listeners; li++)
+	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		if (w->listen_fds[li] >= 0)
 			close(w->listen_fds[li]);
-	free(w->listen_fds);
+	close(w->wake_fd);
 	kg_health_checker_destroy(w->health);
-	free(w->accept_armed);
+	for (size_t i = 0; i < w->n_retired; i++)
+		kg_health_checker_destroy(w->retired[i]);
 	free(w->conns);
 	free(w->free_slots);
+	pthread_mutex_destroy(&w->cmd_lock);
 	sem_destroy(&w->init_done);
 	free(w);
 }

@@ -35,6 +35,7 @@ enum kg_op {
 	KG_OP_HEALTH_SEND,
 	KG_OP_HEALTH_RECV,
 	KG_OP_HEALTH_LINK_TIMEOUT,
+	KG_OP_WAKE,         /* the command eventfd became readable */
 };
 
 static inline uint64_t kg_ud_pack(enum kg_op op, uint32_t idx, int fd)
@@ -65,8 +66,8 @@ struct kg_conn {
 	uint32_t idx;
 	enum kg_conn_state state;
 	struct kg_worker *worker;
-	struct kg_listener_rt *listener;
-	uint32_t listener_idx;
+	struct kg_listener_rt *listener; /* snapshot reference held until free */
+	uint32_t listener_idx;           /* slot index */
 	int cfd; /* client socket */
 	int bfd; /* backend socket, -1 until connecting */
 	SSL *ssl;
@@ -103,13 +104,42 @@ struct kg_conn {
 	char close_reason[96];
 };
 
+/* Listening-socket changes posted by the control thread (runtime.h):
+ * commands go through a mutex-protected list and an eventfd whose read is
+ * armed on the worker's ring, so a sleeping worker wakes at once. The
+ * poster waits until every worker has acted on its command. */
+enum kg_wcmd_op {
+	KG_WCMD_LISTEN,   /* take fd and arm multishot accept on it */
+	KG_WCMD_UNLISTEN, /* cancel accept, close the socket; connections stay */
+	KG_WCMD_HEALTH,   /* rebuild the health checker from the published listeners */
+};
+
+struct kg_wcmd_batch {
+	pthread_mutex_t lock;
+	pthread_cond_t done;
+	unsigned pending;
+};
+
+struct kg_wcmd {
+	enum kg_wcmd_op op;
+	uint32_t slot;
+	int fd;
+	struct kg_wcmd_batch *batch;
+	struct kg_wcmd *next;
+};
+
 struct kg_worker {
 	unsigned id;
 	pthread_t thread;
 	struct io_uring ring;
 	struct kg_runtime *rt;
-	int *listen_fds;     /* per listener, -1 once closed */
-	bool *accept_armed;
+	int listen_fds[KG_MAX_LISTENERS];  /* per listener slot, -1 when none */
+	bool accept_armed[KG_MAX_LISTENERS];
+	struct kg_wcmd *unlisten[KG_MAX_LISTENERS]; /* waiting for the accept's last CQE */
+	pthread_mutex_t cmd_lock;
+	struct kg_wcmd *cmds;  /* posted, not yet taken (guarded by cmd_lock) */
+	int wake_fd;           /* eventfd */
+	uint64_t wake_buf;     /* target of the armed eventfd read */
 	struct kg_conn **conns; /* slot table, NULL when free */
 	uint32_t *free_slots;   /* stack of free indices */
 	uint32_t n_free;
@@ -124,18 +154,29 @@ struct kg_worker {
 	uint64_t drain_deadline_ms;
 	struct kg_counters stats;
 	struct kg_health_checker *health; /* this worker's share of the checks */
+#define KG_WORKER_RETIRED_MAX 16
+	struct kg_health_checker *retired[KG_WORKER_RETIRED_MAX]; /* stopped, completions due */
+	size_t n_retired;
 	uint64_t log_window_ms; /* rate limit of per-connection warnings */
 	unsigned log_in_window;
 	unsigned log_suppressed;
 };
 
-/* Creates the worker's ring and takes ownership of listen_fds (one per
- * runtime listener). NULL on failure with errno-style reason logged. */
-struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt,
-				   int *listen_fds);
+/* Creates a worker without listening sockets; listeners arrive through
+ * kg_workers_listen once it runs. NULL on failure. */
+struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt);
 int kg_worker_start(struct kg_worker *w);
 void kg_worker_join(struct kg_worker *w);
 void kg_worker_destroy(struct kg_worker *w);
+
+/* Control thread only, workers running: hands fds[w] (one socket per
+ * worker, ownership passes) to every worker of rt for slot, or makes every
+ * worker close its socket of slot. Return when all workers have done it. */
+void kg_workers_listen(struct kg_runtime *rt, uint32_t slot, int *fds);
+void kg_workers_unlisten(struct kg_runtime *rt, uint32_t slot);
+/* Every worker rebuilds its health checker from the listeners published
+ * now (after snapshots changed). */
+void kg_workers_recheck(struct kg_runtime *rt);
 
 /* Helpers used by conn.c / forward_user.c / backend.c, all on the worker's
  * own thread. kg_worker_sqe never returns NULL: when the SQ ring is full it

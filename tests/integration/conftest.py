@@ -400,6 +400,7 @@ class Daemon:
         self.log_path = os.path.join(workdir, "kgated.log")
         self.ports = {}
         self.returncode = None
+        self.killed = False  # SIGKILLed on purpose by a test
         self._log = open(self.log_path, "w")
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
@@ -470,10 +471,16 @@ class Daemon:
         self._log.close()
         return self.returncode
 
+    def kill9(self):
+        """SIGKILL (a crash, for persistence tests); not counted as a problem."""
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait()
+
     def problems(self):
         """Reasons this daemon's run counts as broken, for the teardown."""
         out = []
-        if self.returncode is not None and self.returncode < 0:
+        if self.returncode is not None and self.returncode < 0 and not self.killed:
             out.append("died of signal %d" % -self.returncode)
         text = self.log()
         for marker in SANITIZER_MARKERS:
@@ -504,7 +511,7 @@ def spawn_kgated(request, tmp_path):
     for d in daemons:
         try:
             rc = d.terminate()
-            if rc not in (0, None):
+            if rc not in (0, None) and not d.killed:
                 errors.append("kgated pid %d exited %d after SIGTERM" % (d.pid, rc))
         except AssertionError as e:
             errors.append(str(e))

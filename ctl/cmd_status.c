@@ -1,0 +1,62 @@
+/* kgatectl status / stats: what kgated runs and what it has done. Both are
+ * objects without verbs. */
+#include <stdio.h>
+#include <string.h>
+
+#include "client.h"
+
+static const struct kg_cmd status_cmd = {
+	"status", NULL, "[-o json]",
+	"version, uptime, workers, kernel features found, connection counts"};
+static const struct kg_cmd stats_cmd = {
+	"stats", NULL, "[--listener NAME] [-o json]",
+	"connections (total, active, per path), handshakes, bytes, backend failures, per listener"};
+
+static int print_json_or_text(struct kg_cli *cli, json_object *res)
+{
+	if (cli->out == KG_OUT_JSON)
+		return kg_print_object(cli, res);
+	/* Text: one "section.key: value" line per number. */
+	json_object_object_foreach(res, key, val) {
+		if (json_object_is_type(val, json_type_object)) {
+			json_object_object_foreach(val, k2, v2)
+				printf("%s.%s: %s\n", key, k2, json_object_get_string(v2));
+		} else if (json_object_is_type(val, json_type_array)) {
+			for (size_t i = 0; i < json_object_array_length(val); i++)
+				printf("%s[%zu]: %s\n", key, i,
+				       json_object_to_json_string(json_object_array_get_idx(val, i)));
+		} else if (val) {
+			printf("%s: %s\n", key, json_object_get_string(val));
+		}
+	}
+	json_object_put(res);
+	return KG_EXIT_OK;
+}
+
+/* argv[0] is the object name here: shift it so "--help" etc. parse. */
+int kg_cmd_status(struct kg_cli *cli, int argc, char **argv)
+{
+	struct kg_flags f;
+	json_object *res;
+	int st = kg_flags_parse("status", &status_cmd, cli, argc + 1, argv - 1, " ", NULL, 0, 0, &f);
+	if (st)
+		return st < 0 ? KG_EXIT_OK : st;
+	st = kg_client_call(cli, "status", NULL, &res);
+	return st ? st : print_json_or_text(cli, res);
+}
+
+int kg_cmd_stats(struct kg_cli *cli, int argc, char **argv)
+{
+	struct kg_flags f;
+	json_object *res, *args = json_object_new_object();
+	int st = kg_flags_parse("stats", &stats_cmd, cli, argc + 1, argv - 1, " listener ", NULL,
+				0, 0, &f);
+	if (st) {
+		json_object_put(args);
+		return st < 0 ? KG_EXIT_OK : st;
+	}
+	if (kg_flag(&f, "listener"))
+		json_object_object_add(args, "listener", json_object_new_string(kg_flag(&f, "listener")));
+	st = kg_client_call(cli, "stats", args, &res);
+	return st ? st : print_json_or_text(cli, res);
+}

@@ -1,0 +1,186 @@
+/* Two-phase application of a state document to the running listeners
+ * (apply.h). */
+#include "apply.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <kgate/log.h>
+
+#include "listener.h"
+#include "worker.h"
+
+struct kg_listener_slot *kg_runtime_find(struct kg_runtime *rt, const char *name)
+{
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++)
+		if (rt->slots[i].used && strcmp(rt->slots[i].name, name) == 0)
+			return &rt->slots[i];
+	return NULL;
+}
+
+/* A slot can be reused once nothing refers to its index any more: no
+ * worker socket and no connection of the listener that had it. */
+static struct kg_listener_slot *free_slot(struct kg_runtime *rt, const bool *taken)
+{
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		struct kg_listener_slot *s = &rt->slots[i];
+		if (!s->used && !taken[i] && !s->listening && atomic_load(&s->active) == 0)
+			return s;
+	}
+	return NULL;
+}
+
+static void item_init(struct kg_apply_item *it, struct kg_listener_slot *slot)
+{
+	memset(it, 0, sizeof(*it));
+	it->slot = slot;
+	for (size_t w = 0; w < KG_MAX_WORKERS; w++)
+		it->fds[w] = -1;
+}
+
+/* One socket per worker; port 0 is resolved by the first and written back
+ * into lc so the others (and the persisted document) use the same port. */
+static int open_sockets(struct kg_runtime *rt, struct kg_listener_conf *lc,
+			struct kg_apply_item *it, char *err, size_t errlen)
+{
+	char addr[80];
+	for (unsigned w = 0; w < rt->n_workers; w++) {
+		struct sockaddr_storage bound = {0};
+		int fd = kg_listener_open(&lc->bind, lc->bind_len, &bound);
+		if (fd < 0) {
+			kg_sockaddr_format(&lc->bind, addr, sizeof(addr));
+			snprintf(err, errlen, "listener %s: cannot listen on %s: %s", lc->name,
+				 addr, strerror(-fd));
+			return fd;
+		}
+		it->fds[w] = fd;
+		lc->bind = bound;
+	}
+	it->listen = true;
+	return 0;
+}
+
+int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
+		     const bool *changed, struct kg_apply_plan *plan, char *err,
+		     size_t errlen)
+{
+	struct kg_config *cfg = doc->cfg;
+	bool taken[KG_MAX_LISTENERS] = {false};
+	bool kept[KG_MAX_LISTENERS] = {false};
+	int ret = -EINVAL;
+
+	plan->n = 0;
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		struct kg_listener_conf *lc = &cfg->listeners[i];
+		struct kg_listener_slot *slot = kg_runtime_find(rt, lc->name);
+		bool is_new = slot == NULL;
+		if (is_new) {
+			slot = free_slot(rt, taken);
+			if (!slot) {
+				snprintf(err, errlen, "listener %s: too many listeners (at most %d, "
+					 "counting deleted ones whose connections are still open)",
+					 lc->name, KG_MAX_LISTENERS);
+				ret = -ENOSPC;
+				goto abort;
+			}
+		}
+		taken[slot->index] = true;
+		kept[slot->index] = true;
+		struct kg_apply_item *it = &plan->items[plan->n++];
+		item_init(it, slot);
+		it->conf = lc;
+		bool moved = !is_new && slot->listening &&
+			     !kg_sockaddr_equal(&slot->bind, &lc->bind);
+		if (lc->enabled && (!slot->listening || moved)) {
+			ret = open_sockets(rt, lc, it, err, errlen);
+			if (ret < 0)
+				goto abort;
+			ret = -EINVAL;
+		}
+		it->unlisten = slot->listening && (!lc->enabled || moved);
+		if (is_new || changed[i] || it->listen) {
+			char where[32];
+			snprintf(where, sizeof(where), "listeners[%zu]", i);
+			it->snap = kg_listener_build(slot, &rt->caps, doc, lc, where, err, errlen);
+			if (!it->snap)
+				goto abort;
+		}
+	}
+	for (size_t s = 0; s < KG_MAX_LISTENERS; s++) {
+		struct kg_listener_slot *slot = &rt->slots[s];
+		if (!slot->used || kept[s])
+			continue;
+		struct kg_apply_item *it = &plan->items[plan->n++];
+		item_init(it, slot);
+		it->unlisten = slot->listening;
+		it->release = true;
+	}
+	return 0;
+abort:
+	kg_apply_abort(plan);
+	return ret;
+}
+
+void kg_apply_abort(struct kg_apply_plan *plan)
+{
+	for (size_t i = 0; i < plan->n; i++) {
+		struct kg_apply_item *it = &plan->items[i];
+		kg_listener_put(it->snap);
+		it->snap = NULL;
+		for (size_t w = 0; w < KG_MAX_WORKERS; w++)
+			if (it->fds[w] >= 0)
+				close(it->fds[w]);
+	}
+	plan->n = 0;
+}
+
+/* Order per listener: take the old sockets away before the snapshot goes
+ * (an accept completing meanwhile still finds a snapshot), publish the new
+ * snapshot before the new sockets arrive (an accept always finds one). */
+void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
+{
+	char addr[80];
+	bool republished = false;
+	for (size_t i = 0; i < plan->n; i++) {
+		struct kg_apply_item *it = &plan->items[i];
+		struct kg_listener_slot *slot = it->slot;
+		if (it->unlisten) {
+			kg_workers_unlisten(rt, slot->index);
+			slot->listening = false;
+		}
+		republished |= it->release || it->snap || it->unlisten;
+		if (it->release || (it->conf && !it->conf->enabled)) {
+			kg_listener_publish(slot, NULL);
+			kg_listener_put(it->snap); /* built to validate only */
+			it->snap = NULL;
+			if (it->release || it->unlisten)
+				log_notice("listener %s %s", slot->name,
+					   it->release ? "deleted" : "stopped");
+			if (it->release) {
+				slot->used = false;
+				continue;
+			}
+		} else if (it->snap) {
+			kg_listener_publish(slot, it->snap);
+			it->snap = NULL;
+		}
+		slot->used = true;
+		snprintf(slot->name, sizeof(slot->name), "%s", it->conf->name);
+		if (it->listen) {
+			kg_workers_listen(rt, slot->index, it->fds);
+			for (size_t w = 0; w < KG_MAX_WORKERS; w++)
+				it->fds[w] = -1;
+			slot->listening = true;
+			slot->bind = it->conf->bind;
+			kg_sockaddr_format(&slot->bind, addr, sizeof(addr));
+			log_notice("listener %s listening on %s", slot->name, addr);
+		}
+	}
+	/* Health checkers hold the snapshots they check: rebuilt from what is
+	 * published now, so new members are checked and old groups let go. */
+	if (republished)
+		kg_workers_recheck(rt);
+	plan->n = 0;
+}

@@ -1,0 +1,47 @@
+/* Turning a new state document into running listeners, in two phases so a
+ * change can be refused before anything moves: prepare builds every new
+ * snapshot (SSL_CTX, balancer) and binds every new socket — any failure
+ * there changes nothing — and commit, which cannot fail, publishes the
+ * snapshots and hands sockets to (or takes them from) the workers.
+ * Control thread (or main before it starts) only. */
+#ifndef KGATE_APPLY_H
+#define KGATE_APPLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <kgate/limits.h>
+
+#include "runtime.h"
+
+struct kg_apply_item {
+	struct kg_listener_slot *slot;
+	const struct kg_listener_conf *conf; /* new configuration; NULL: delete */
+	struct kg_listener_rt *snap;         /* to publish; NULL: keep the current one */
+	int fds[KG_MAX_WORKERS];             /* new sockets, -1 when none */
+	bool listen;    /* give fds to the workers */
+	bool unlisten;  /* take the workers' current sockets away first */
+	bool release;   /* the slot is free after commit (listener deleted) */
+};
+
+struct kg_apply_plan {
+	struct kg_apply_item items[KG_MAX_LISTENERS];
+	size_t n;
+};
+
+/* doc->cfg is the new document; its listeners' bind addresses get the
+ * kernel-chosen port filled in where the document said 0. changed[i] says
+ * whether listener i of the new document differs from the running one
+ * (ignored for new listeners). 0, or -errno with err filled and nothing
+ * kept: -EADDRINUSE (and other bind errors), -ENOSPC (no free slot),
+ * -EINVAL (a snapshot could not be built). */
+int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
+		     const bool *changed, struct kg_apply_plan *plan, char *err,
+		     size_t errlen);
+void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan);
+void kg_apply_abort(struct kg_apply_plan *plan);
+
+/* The used slot of the listener called name, or NULL. */
+struct kg_listener_slot *kg_runtime_find(struct kg_runtime *rt, const char *name);
+
+#endif

@@ -1,0 +1,1145 @@
+/* Control operations (control_ops.h). Every change follows one path,
+ * transact(): copy the document, change the copy, parse it as a
+ * configuration (all schema rules apply), validate new certificate files,
+ * build snapshots and bind sockets (apply prepare), persist, then publish
+ * (apply commit). A failure before persisting changes nothing. */
+#include "control_ops.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include <kgate/control.h>
+#include <kgate/limits.h>
+#include <kgate/log.h>
+
+#include "certs.h"
+#include "health.h"
+#include "listener.h"
+#include "metrics.h"
+#include "worker.h"
+
+#define ERRLEN 1024
+
+static json_object *reply_new(bool ok)
+{
+	json_object *r = json_object_new_object();
+	if (!r)
+		return NULL;
+	json_object_object_add(r, "version", json_object_new_int(KG_CONTROL_VERSION));
+	json_object_object_add(r, "ok", json_object_new_boolean(ok));
+	return r;
+}
+
+static json_object *verror(const char *code, const char *fmt, va_list ap)
+{
+	char msg[ERRLEN];
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	json_object *r = reply_new(false), *e = json_object_new_object();
+	if (!r || !e) {
+		json_object_put(r);
+		json_object_put(e);
+		return NULL;
+	}
+	json_object_object_add(e, "code", json_object_new_string(code));
+	json_object_object_add(e, "message", json_object_new_string(msg));
+	json_object_object_add(r, "error", e);
+	return r;
+}
+
+json_object *kg_ops_error(const char *code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	json_object *r = verror(code, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static json_object *ok(json_object *result)
+{
+	json_object *r = reply_new(true);
+	if (!r) {
+		json_object_put(result);
+		return NULL;
+	}
+	json_object_object_add(r, "result", result ? result : json_object_new_object());
+	return r;
+}
+
+/* ---- arguments -------------------------------------------------------- */
+
+/* A string member; required ones missing give an invalid_argument reply in
+ * *fail. Returns the string or NULL. */
+static const char *arg_str(json_object *args, const char *key, bool required,
+			   json_object **fail)
+{
+	json_object *v = NULL;
+	if (!json_object_object_get_ex(args, key, &v) || json_object_is_type(v, json_type_null)) {
+		if (required && !*fail)
+			*fail = kg_ops_error(KG_ERR_INVALID, "args.%s: is required", key);
+		return NULL;
+	}
+	if (!json_object_is_type(v, json_type_string)) {
+		if (!*fail)
+			*fail = kg_ops_error(KG_ERR_INVALID, "args.%s: expected a string", key);
+		return NULL;
+	}
+	return json_object_get_string(v);
+}
+
+static json_object *doc_certs(json_object *doc)
+{
+	json_object *c = NULL;
+	if (!json_object_object_get_ex(doc, "certificates", &c) ||
+	    !json_object_is_type(c, json_type_object)) {
+		c = json_object_new_object();
+		json_object_object_add(doc, "certificates", c);
+	}
+	return c;
+}
+
+static json_object *doc_listeners(json_object *doc)
+{
+	json_object *l = NULL;
+	if (!json_object_object_get_ex(doc, "listeners", &l) ||
+	    !json_object_is_type(l, json_type_array)) {
+		l = json_object_new_array();
+		json_object_object_add(doc, "listeners", l);
+	}
+	return l;
+}
+
+static const char *obj_str(json_object *o, const char *key)
+{
+	json_object *v = NULL;
+	if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+		return NULL;
+	return json_object_get_string(v);
+}
+
+/* Index of the listener called name in the document's array, or -1. */
+static int find_listener(json_object *doc, const char *name)
+{
+	json_object *arr = doc_listeners(doc);
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		const char *n = obj_str(json_object_array_get_idx(arr, i), "name");
+		if (n && strcmp(n, name) == 0)
+			return (int)i;
+	}
+	return -1;
+}
+
+static const struct kg_listener_conf *find_conf(const struct kg_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_listeners; i++)
+		if (strcmp(cfg->listeners[i].name, name) == 0)
+			return &cfg->listeners[i];
+	return NULL;
+}
+
+static json_object *doc_copy(json_object *doc)
+{
+	json_object *copy = NULL;
+	if (json_object_deep_copy(doc, &copy, NULL) != 0)
+		return NULL;
+	return copy;
+}
+
+/* ---- the transaction --------------------------------------------------- */
+
+static bool cert_entry_changed(json_object *old_doc, json_object *new_doc, const char *name)
+{
+	json_object *a = NULL, *b = NULL;
+	if (!name)
+		return false;
+	json_object_object_get_ex(doc_certs(old_doc), name, &a);
+	json_object_object_get_ex(doc_certs(new_doc), name, &b);
+	return !json_object_equal(a, b);
+}
+
+/* Messages from certs.c name files; for a change made through the socket
+ * those are kgated's own copies, so say which upload field instead. */
+static void name_fields(char *msg, size_t len, const struct kg_cert_conf *c)
+{
+	const char *paths[] = {c->cert_path, c->key_path, c->crl_path};
+	const char *labels[] = {"the uploaded cert", "the uploaded key", "the uploaded crl"};
+	for (size_t i = 0; i < 3; i++) {
+		char *at = paths[i] ? strstr(msg, paths[i]) : NULL;
+		if (!at)
+			continue;
+		size_t plen = strlen(paths[i]), llen = strlen(labels[i]);
+		size_t tail = strlen(at + plen) + 1;
+		if ((size_t)(at - msg) + llen + tail > len)
+			continue;
+		memmove(at + llen, at + plen, tail);
+		memcpy(at, labels[i], llen);
+	}
+}
+
+/* Validates the certificate entries of cfg that are new or changed. */
+static int validate_new_certs(json_object *old_doc, json_object *new_doc,
+			      const struct kg_config *cfg, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < cfg->n_certs; i++) {
+		const struct kg_cert_conf *c = &cfg->certs[i];
+		char msg[512];
+		if (!cert_entry_changed(old_doc, new_doc, c->name))
+			continue;
+		if (kg_cert_validate(c, msg, sizeof(msg)) < 0) {
+			name_fields(msg, sizeof(msg), c);
+			snprintf(err, errlen, "certificate %s: %s", c->name, msg);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static const char *apply_code(int ret)
+{
+	if (ret == -ENOSPC)
+		return KG_ERR_LIMIT;
+	if (ret == -EADDRINUSE)
+		return KG_ERR_ADDRESS_IN_USE;
+	return KG_ERR_INVALID; /* a snapshot that cannot be built, an address not here */
+}
+
+/* Writes kernel-chosen ports (the document said 0) back into the document
+ * so a restart listens on the same port. */
+static void patch_ports(json_object *doc, const struct kg_config *cfg)
+{
+	json_object *arr = doc_listeners(doc);
+	for (size_t i = 0; i < cfg->n_listeners && i < json_object_array_length(arr); i++) {
+		json_object *l = json_object_array_get_idx(arr, i), *p = NULL;
+		const struct sockaddr_storage *a = &cfg->listeners[i].bind;
+		unsigned port = a->ss_family == AF_INET ?
+					ntohs(((const struct sockaddr_in *)a)->sin_port) :
+					ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+		if (json_object_object_get_ex(l, "port", &p) && json_object_get_int(p) == 0 &&
+		    port != 0)
+			json_object_object_add(l, "port", json_object_new_int((int)port));
+	}
+}
+
+/* A copy of a listener's entry without the backends' "drained" keys. */
+static json_object *without_drain(json_object *l)
+{
+	json_object *copy = doc_copy(l), *arr = NULL;
+	if (copy && json_object_object_get_ex(copy, "backends", &arr) &&
+	    json_object_is_type(arr, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(arr); i++)
+			json_object_object_del(json_object_array_get_idx(arr, i), "drained");
+	return copy;
+}
+
+/* Whether a listener needs a new snapshot: draining a member does not
+ * (it is applied to the running health group, where the member's open
+ * connections are counted). */
+static bool listener_changed(json_object *old, json_object *new)
+{
+	if (!old)
+		return true;
+	json_object *a = without_drain(old), *b = without_drain(new);
+	bool changed = !a || !b || !json_object_equal(a, b);
+	json_object_put(a);
+	json_object_put(b);
+	return changed;
+}
+
+/* Makes the running health groups follow the document's drained flags. */
+static void sync_drains(struct kg_ops *ops, const struct kg_config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		const struct kg_listener_conf *lc = &cfg->listeners[i];
+		struct kg_listener_slot *slot = kg_runtime_find(ops->rt, lc->name);
+		struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
+		if (!snap)
+			continue;
+		for (size_t b = 0; b < lc->n_backends; b++) {
+			int m = kg_health_member_index(snap->health, lc->backends[b].address);
+			if (m >= 0)
+				kg_health_drain(snap->health, (size_t)m, lc->backends[b].drained);
+		}
+		kg_listener_put(snap);
+	}
+}
+
+/* Takes ownership of new_doc. Returns NULL on success (the caller builds
+ * its own result) or an error reply; either way the state is consistent. */
+static json_object *transact(struct kg_ops *ops, json_object *new_doc)
+{
+	char err[ERRLEN];
+	json_object *fail = NULL;
+	bool changed[KG_MAX_LISTENERS + 1];
+	struct kg_config_ref *ref = NULL;
+
+	if (!ops->st) {
+		fail = kg_ops_error(KG_ERR_INVALID, "kgated runs without --state-dir: "
+				    "changes cannot be persisted, so none are accepted");
+		goto out;
+	}
+	struct kg_config *cfg = kg_state_parse(ops->st, new_doc, err, sizeof(err));
+	if (!cfg) {
+		fail = kg_ops_error(KG_ERR_INVALID, "%s", err);
+		goto out;
+	}
+	ref = kg_config_ref_new(cfg);
+	if (!ref) {
+		kg_config_free(cfg);
+		fail = kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+		goto out;
+	}
+	if (validate_new_certs(ops->st->doc, new_doc, cfg, err, sizeof(err)) < 0) {
+		fail = kg_ops_error(KG_ERR_INVALID, "%s", err);
+		goto out;
+	}
+	if (cfg->n_listeners > KG_MAX_LISTENERS) {
+		fail = kg_ops_error(KG_ERR_LIMIT, "at most %d listeners", KG_MAX_LISTENERS);
+		goto out;
+	}
+	json_object *new_arr = doc_listeners(new_doc), *old_arr = doc_listeners(ops->st->doc);
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		json_object *nl = json_object_array_get_idx(new_arr, i);
+		int oi = find_listener(ops->st->doc, cfg->listeners[i].name);
+		json_object *ol = oi >= 0 ? json_object_array_get_idx(old_arr, (size_t)oi) : NULL;
+		changed[i] = listener_changed(ol, nl) ||
+			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "certificate")) ||
+			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "ca"));
+	}
+	int ret = kg_apply_prepare(ops->rt, ref, changed, &ops->plan, err, sizeof(err));
+	if (ret < 0) {
+		fail = kg_ops_error(apply_code(ret), "%s", err);
+		goto out;
+	}
+	patch_ports(new_doc, cfg);
+	if (kg_state_commit(ops->st, new_doc, err, sizeof(err)) < 0) {
+		kg_apply_abort(&ops->plan);
+		log_err("state: %s", err);
+		fail = kg_ops_error(KG_ERR_PERSIST, "state not saved, nothing changed: %s", err);
+		goto out;
+	}
+	new_doc = NULL; /* owned by the state now */
+	kg_apply_commit(ops->rt, &ops->plan);
+	sync_drains(ops, cfg);
+	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
+	kg_config_ref_put(ops->cur);
+	ops->cur = ref;
+	ref = NULL;
+out:
+	kg_config_ref_put(ref);
+	json_object_put(new_doc);
+	/* Files stored for a refused change, or left by a replaced one. */
+	if (ops->st)
+		kg_state_gc(ops->st);
+	return fail;
+}
+
+int kg_ops_apply_initial(struct kg_ops *ops, char *err, size_t errlen)
+{
+	bool changed[KG_MAX_LISTENERS + 1];
+	const struct kg_config *cfg = ops->cur->cfg;
+	if (cfg->n_listeners > KG_MAX_LISTENERS) {
+		snprintf(err, errlen, "listeners: at most %d", KG_MAX_LISTENERS);
+		return -1;
+	}
+	for (size_t i = 0; i < cfg->n_listeners; i++)
+		changed[i] = true;
+	if (kg_apply_prepare(ops->rt, ops->cur, changed, &ops->plan, err, errlen) < 0)
+		return -1;
+	kg_apply_commit(ops->rt, &ops->plan);
+	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
+	if (ops->st)
+		patch_ports(ops->st->doc, cfg);
+	return 0;
+}
+
+/* ---- certificates ------------------------------------------------------- */
+
+static void add_time(json_object *o, const char *key, const ASN1_TIME *t)
+{
+	struct tm tm;
+	char buf[32];
+	if (!t || ASN1_TIME_to_tm(t, &tm) != 1) {
+		json_object_object_add(o, key, NULL);
+		return;
+	}
+	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	json_object_object_add(o, key, json_object_new_string(buf));
+}
+
+static void add_name(json_object *o, const char *key, const X509_NAME *n)
+{
+	char buf[512] = "";
+	BIO *b = BIO_new(BIO_s_mem());
+	if (b && X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253) >= 0) {
+		int len = BIO_read(b, buf, sizeof(buf) - 1);
+		buf[len > 0 ? len : 0] = '\0';
+	}
+	BIO_free(b);
+	json_object_object_add(o, key, json_object_new_string(buf));
+}
+
+static void add_sans(json_object *o, X509 *x)
+{
+	json_object *arr = json_object_new_array();
+	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	for (int i = 0; gens && i < sk_GENERAL_NAME_num(gens); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+		char buf[300];
+		if (g->type == GEN_DNS) {
+			snprintf(buf, sizeof(buf), "DNS:%.*s", ASN1_STRING_length(g->d.dNSName),
+				 (const char *)ASN1_STRING_get0_data(g->d.dNSName));
+		} else if (g->type == GEN_IPADD && g->d.iPAddress->length == 4) {
+			const unsigned char *p = g->d.iPAddress->data;
+			snprintf(buf, sizeof(buf), "IP:%u.%u.%u.%u", p[0], p[1], p[2], p[3]);
+		} else if (g->type == GEN_IPADD && g->d.iPAddress->length == 16) {
+			char a[INET6_ADDRSTRLEN];
+			inet_ntop(AF_INET6, g->d.iPAddress->data, a, sizeof(a));
+			snprintf(buf, sizeof(buf), "IP:%s", a);
+		} else {
+			continue;
+		}
+		json_object_array_add(arr, json_object_new_string(buf));
+	}
+	GENERAL_NAMES_free(gens);
+	json_object_object_add(o, "sans", arr);
+}
+
+static void add_fingerprint(json_object *o, X509 *x)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+	char hex[3 * EVP_MAX_MD_SIZE + 1] = "";
+	if (X509_digest(x, EVP_sha256(), md, &len) == 1)
+		for (unsigned i = 0; i < len; i++)
+			snprintf(hex + 3 * i, 4, "%02X%s", md[i], i + 1 < len ? ":" : "");
+	json_object_object_add(o, "sha256", json_object_new_string(hex));
+}
+
+/* Facts about the first certificate in a PEM file. */
+static void describe_file(json_object *o, const char *path)
+{
+	FILE *f = fopen(path, "re");
+	X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+	if (f)
+		fclose(f);
+	if (!x) {
+		json_object_object_add(o, "error", json_object_new_string("cannot read certificate"));
+		return;
+	}
+	add_name(o, "subject", X509_get_subject_name(x));
+	add_name(o, "issuer", X509_get_issuer_name(x));
+	add_sans(o, x);
+	add_time(o, "not_before", X509_get0_notBefore(x));
+	add_time(o, "not_after", X509_get0_notAfter(x));
+	add_fingerprint(o, x);
+	X509_free(x);
+}
+
+static void describe_crl(json_object *o, const char *path)
+{
+	FILE *f = fopen(path, "re");
+	X509_CRL *crl = f ? PEM_read_X509_CRL(f, NULL, NULL, NULL) : NULL;
+	if (f)
+		fclose(f);
+	json_object *c = json_object_new_object();
+	if (crl) {
+		STACK_OF(X509_REVOKED) *rev = X509_CRL_get_REVOKED(crl);
+		add_time(c, "last_update", X509_CRL_get0_lastUpdate(crl));
+		add_time(c, "next_update", X509_CRL_get0_nextUpdate(crl));
+		json_object_object_add(c, "revoked", json_object_new_int(rev ? sk_X509_REVOKED_num(rev) : 0));
+		X509_CRL_free(crl);
+	}
+	json_object_object_add(o, "crl", c);
+}
+
+static json_object *used_by(const struct kg_config *cfg, const char *name)
+{
+	json_object *arr = json_object_new_array();
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		const struct kg_listener_conf *l = &cfg->listeners[i];
+		if ((l->certificate && strcmp(l->certificate->name, name) == 0) ||
+		    (l->ca && strcmp(l->ca->name, name) == 0))
+			json_object_array_add(arr, json_object_new_string(l->name));
+	}
+	return arr;
+}
+
+static json_object *cert_json(const struct kg_config *cfg, const struct kg_cert_conf *c,
+			      bool detail)
+{
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "name", json_object_new_string(c->name));
+	json_object_object_add(o, "type",
+			       json_object_new_string(c->type == KG_CERT_SERVER ? "server" : "ca"));
+	describe_file(o, c->cert_path);
+	if (c->type == KG_CERT_CA && c->crl_path && detail)
+		describe_crl(o, c->crl_path);
+	if (c->type == KG_CERT_CA)
+		json_object_object_add(o, "has_crl", json_object_new_boolean(c->crl_path != NULL));
+	json_object_object_add(o, "used_by", used_by(cfg, c->name));
+	return o;
+}
+
+static json_object *op_cert_list(struct kg_ops *ops, json_object *args)
+{
+	(void)args;
+	const struct kg_config *cfg = ops->cur->cfg;
+	json_object *arr = json_object_new_array();
+	for (size_t i = 0; i < cfg->n_certs; i++)
+		json_object_array_add(arr, cert_json(cfg, &cfg->certs[i], false));
+	return ok(arr);
+}
+
+static const struct kg_cert_conf *cert_arg(struct kg_ops *ops, json_object *args,
+					   json_object **fail)
+{
+	const char *name = arg_str(args, "name", true, fail);
+	if (!name)
+		return NULL;
+	const struct kg_cert_conf *c = kg_config_find_cert(ops->cur->cfg, name);
+	if (!c)
+		*fail = kg_ops_error(KG_ERR_NOT_FOUND, "certificate %s: no such certificate", name);
+	return c;
+}
+
+static json_object *op_cert_show(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = NULL;
+	const struct kg_cert_conf *c = cert_arg(ops, args, &fail);
+	return c ? ok(cert_json(ops->cur->cfg, c, true)) : fail;
+}
+
+/* Stores the PEM members of args (cert, key, crl) as new files in the
+ * state folder and sets them in entry. */
+static json_object *store_pems(struct kg_ops *ops, const char *name, json_object *args,
+			       json_object *entry, const char *const *allowed)
+{
+	static const char *const keys[] = {"cert", "key", "crl", NULL};
+	json_object *fail = NULL;
+	char err[ERRLEN];
+	for (const char *const *k = keys; *k; k++) {
+		const char *pem = arg_str(args, *k, false, &fail);
+		if (fail)
+			return fail;
+		if (!pem)
+			continue;
+		bool ok_key = false;
+		for (const char *const *a = allowed; *a; a++)
+			ok_key |= strcmp(*a, *k) == 0;
+		if (!ok_key)
+			return kg_ops_error(KG_ERR_INVALID, "args.%s: not allowed here", *k);
+		char *rel = kg_state_store_file(ops->st, name, *k, pem, strlen(pem),
+						strcmp(*k, "key") == 0, err, sizeof(err));
+		if (!rel)
+			return kg_ops_error(KG_ERR_INTERNAL, "%s", err);
+		json_object_object_add(entry, *k, json_object_new_string(rel));
+		free(rel);
+	}
+	return NULL;
+}
+
+static json_object *need_state(struct kg_ops *ops)
+{
+	if (ops->st)
+		return NULL;
+	return kg_ops_error(KG_ERR_INVALID, "kgated runs without --state-dir: changes cannot "
+			    "be persisted, so none are accepted");
+}
+
+static json_object *op_cert_upload(struct kg_ops *ops, json_object *args)
+{
+	static const char *const server_keys[] = {"cert", "key", NULL};
+	static const char *const ca_keys[] = {"cert", "crl", NULL};
+	json_object *fail = need_state(ops);
+	const char *name = arg_str(args, "name", true, &fail);
+	const char *type = arg_str(args, "type", true, &fail);
+	if (fail)
+		return fail;
+	if (!kg_cert_name_valid(name))
+		return kg_ops_error(KG_ERR_INVALID, "name \"%.100s\": use 1-%d letters, digits "
+				    "or - / . _ *", name, KG_NAME_MAX);
+	bool server = strcmp(type, "server") == 0;
+	if (!server && strcmp(type, "ca") != 0)
+		return kg_ops_error(KG_ERR_INVALID, "type \"%.40s\": must be server or ca", type);
+	if (kg_config_find_cert(ops->cur->cfg, name))
+		return kg_ops_error(KG_ERR_EXISTS, "certificate %s: already exists "
+				    "(use cert replace)", name);
+	if (!arg_str(args, "cert", true, &fail) ||
+	    (server && !arg_str(args, "key", true, &fail)))
+		return fail;
+	json_object *doc = doc_copy(ops->st->doc), *entry = json_object_new_object();
+	if (!doc || !entry) {
+		json_object_put(doc);
+		json_object_put(entry);
+		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+	}
+	json_object_object_add(entry, "type", json_object_new_string(type));
+	json_object_object_add(doc_certs(doc), name, entry);
+	fail = store_pems(ops, name, args, entry, server ? server_keys : ca_keys);
+	if (fail) {
+		json_object_put(doc);
+		kg_state_gc(ops->st);
+		return fail;
+	}
+	fail = transact(ops, doc);
+	if (fail)
+		return fail;
+	log_notice("certificate %s uploaded (%s)", name, type);
+	return ok(cert_json(ops->cur->cfg, kg_config_find_cert(ops->cur->cfg, name), false));
+}
+
+/* cert.replace (cert, key, crl as the type allows) and cert.set_crl (crl
+ * only): new files, one document change, the listeners using the
+ * certificate rebuilt for new handshakes. */
+static json_object *change_cert(struct kg_ops *ops, json_object *args, bool crl_only)
+{
+	static const char *const server_keys[] = {"cert", "key", NULL};
+	static const char *const ca_keys[] = {"cert", "crl", NULL};
+	static const char *const crl_keys[] = {"crl", NULL};
+	json_object *fail = need_state(ops);
+	const struct kg_cert_conf *c = fail ? NULL : cert_arg(ops, args, &fail);
+	if (!c)
+		return fail;
+	char name[KG_NAME_MAX + 1];
+	snprintf(name, sizeof(name), "%s", c->name);
+	bool server = c->type == KG_CERT_SERVER;
+	if (crl_only && server)
+		return kg_ops_error(KG_ERR_INVALID, "certificate %s: a CRL belongs to a ca "
+				    "certificate, this one is a server certificate", name);
+	if (crl_only && !arg_str(args, "crl", true, &fail))
+		return fail;
+	if (!crl_only && server && (!arg_str(args, "cert", true, &fail) ||
+				    !arg_str(args, "key", true, &fail)))
+		return fail;
+	if (!crl_only && !server && !arg_str(args, "cert", true, &fail))
+		return fail;
+	json_object *doc = doc_copy(ops->st->doc), *entry = NULL;
+	if (!doc || !json_object_object_get_ex(doc_certs(doc), name, &entry)) {
+		json_object_put(doc);
+		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+	}
+	if (!crl_only && !server)
+		json_object_object_del(entry, "crl"); /* a new CA without a new CRL has none */
+	fail = store_pems(ops, name, args, entry,
+			  crl_only ? crl_keys : server ? server_keys : ca_keys);
+	if (fail) {
+		json_object_put(doc);
+		kg_state_gc(ops->st);
+		return fail;
+	}
+	fail = transact(ops, doc);
+	if (fail)
+		return fail;
+	log_notice("certificate %s %s; new handshakes use it", name,
+		   crl_only ? "CRL updated" : "replaced");
+	return ok(cert_json(ops->cur->cfg, kg_config_find_cert(ops->cur->cfg, name), false));
+}
+
+static json_object *op_cert_replace(struct kg_ops *ops, json_object *args)
+{
+	return change_cert(ops, args, false);
+}
+
+static json_object *op_cert_set_crl(struct kg_ops *ops, json_object *args)
+{
+	return change_cert(ops, args, true);
+}
+
+static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = need_state(ops);
+	const struct kg_cert_conf *c = fail ? NULL : cert_arg(ops, args, &fail);
+	if (!c)
+		return fail;
+	char name[KG_NAME_MAX + 1];
+	snprintf(name, sizeof(name), "%s", c->name);
+	json_object *users = used_by(ops->cur->cfg, name);
+	if (json_object_array_length(users) > 0) {
+		json_object *r = kg_ops_error(KG_ERR_IN_USE, "certificate %s: in use by listener(s) %s",
+					      name, json_object_to_json_string(users));
+		json_object_put(users);
+		return r;
+	}
+	json_object_put(users);
+	json_object *doc = doc_copy(ops->st->doc);
+	if (!doc)
+		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+	json_object_object_del(doc_certs(doc), name);
+	fail = transact(ops, doc);
+	if (fail)
+		return fail;
+	log_notice("certificate %s deleted", name);
+	json_object *r = json_object_new_object();
+	json_object_object_add(r, "deleted", json_object_new_string(name));
+	return ok(r);
+}
+
+/* ---- listeners ----------------------------------------------------------- */
+
+static const char *const protocol_names[] = {"tls", "tcp", "https"};
+static const char *const auth_names[] = {"off", "optional", "required"};
+static const char *const fwd_names[] = {"auto", "sockmap", "splice", "userspace"};
+
+static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_conf *l,
+				  bool detail)
+{
+	char addr[80];
+	json_object *o = json_object_new_object();
+	struct kg_listener_slot *slot = kg_runtime_find(ops->rt, l->name);
+	kg_sockaddr_format(&l->bind, addr, sizeof(addr));
+	json_object_object_add(o, "name", json_object_new_string(l->name));
+	json_object_object_add(o, "protocol", json_object_new_string(protocol_names[l->protocol]));
+	json_object_object_add(o, "address", json_object_new_string(addr));
+	json_object_object_add(o, "state", json_object_new_string(
+			slot && slot->listening ? "running" : "stopped"));
+	json_object_object_add(o, "certificate",
+			       l->certificate ? json_object_new_string(l->certificate->name) : NULL);
+	json_object_object_add(o, "ca", l->ca ? json_object_new_string(l->ca->name) : NULL);
+	json_object_object_add(o, "mutual_auth", json_object_new_string(auth_names[l->mutual_auth]));
+	json_object_object_add(o, "backends", json_object_new_int((int)l->n_backends));
+	json_object_object_add(o, "active", json_object_new_int64(
+			slot ? (int64_t)atomic_load(&slot->active) : 0));
+	if (!detail)
+		return o;
+	json_object_object_add(o, "forwarding", json_object_new_string(fwd_names[l->forwarding]));
+	json_object_object_add(o, "scheduler", json_object_new_string("rr"));
+	json_object_object_add(o, "verify_depth", json_object_new_int((int)l->verify_depth));
+	json_object_object_add(o, "handshake_timeout_ms", json_object_new_int64(l->handshake_timeout_ms));
+	json_object_object_add(o, "idle_timeout_ms", json_object_new_int64(l->idle_timeout_ms));
+	json_object_object_add(o, "connect_timeout_ms", json_object_new_int64(l->connect_timeout_ms));
+	json_object_object_add(o, "max_connections", json_object_new_int64(l->max_connections));
+	json_object_object_add(o, "connect_retries", json_object_new_int64(l->connect_retries));
+	/* Member state comes from the running snapshot's health group, so it
+	 * shows what new connections will see; "active" counts the
+	 * connections made since that snapshot was published. */
+	struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
+	json_object *members = json_object_new_array();
+	struct kg_health_member_info info[KG_MAX_BACKENDS];
+	size_t n_info = snap ? kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS,
+						  kg_now_ms()) : 0;
+	for (size_t b = 0; b < l->n_backends; b++) {
+		json_object *m = json_object_new_object();
+		const struct kg_health_member_info *h = NULL;
+		for (size_t i = 0; i < n_info && !h; i++)
+			if (strcmp(info[i].address, l->backends[b].address) == 0)
+				h = &info[i];
+		json_object_object_add(m, "address", json_object_new_string(l->backends[b].address));
+		json_object_object_add(m, "weight", json_object_new_int((int)l->backends[b].weight));
+		json_object_object_add(m, "state", json_object_new_string(
+				!h ? "-" : h->in_rotation ? "up" : "down"));
+		json_object_object_add(m, "health", json_object_new_string(
+				!h ? "-" : !h->checked ? "not checked" : kg_member_state_name(h->state)));
+		json_object_object_add(m, "drained", json_object_new_boolean(h && h->drained));
+		json_object_object_add(m, "active", json_object_new_int64(h ? h->active : 0));
+		json_object_object_add(m, "effective_weight",
+				       json_object_new_int64(h ? h->effective_weight : 0));
+		json_object_object_add(m, "last_check", h && h->has_result
+				       ? json_object_new_string(h->last_reason) : NULL);
+		json_object_array_add(members, m);
+	}
+	kg_listener_put(snap);
+	json_object_object_add(o, "members", members);
+	if (slot)
+		json_object_object_add(o, "counters", kg_listener_counters_json(slot));
+	return o;
+}
+
+static json_object *op_listener_list(struct kg_ops *ops, json_object *args)
+{
+	(void)args;
+	const struct kg_config *cfg = ops->cur->cfg;
+	json_object *arr = json_object_new_array();
+	for (size_t i = 0; i < cfg->n_listeners; i++)
+		json_object_array_add(arr, listener_json(ops, &cfg->listeners[i], false));
+	return ok(arr);
+}
+
+static const struct kg_listener_conf *listener_arg(struct kg_ops *ops, json_object *args,
+						   const char *key, json_object **fail)
+{
+	const char *name = arg_str(args, key, true, fail);
+	if (!name)
+		return NULL;
+	const struct kg_listener_conf *l = find_conf(ops->cur->cfg, name);
+	if (!l)
+		*fail = kg_ops_error(KG_ERR_NOT_FOUND, "listener %s: no such listener", name);
+	return l;
+}
+
+static json_object *op_listener_show(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = NULL;
+	const struct kg_listener_conf *l = listener_arg(ops, args, "name", &fail);
+	return l ? ok(listener_json(ops, l, true)) : fail;
+}
+
+/* Result of a listener change: the listener as it now runs. */
+static json_object *listener_result(struct kg_ops *ops, const char *name)
+{
+	const struct kg_listener_conf *l = find_conf(ops->cur->cfg, name);
+	return ok(l ? listener_json(ops, l, true) : NULL);
+}
+
+static json_object *op_listener_create(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = need_state(ops), *spec = NULL;
+	if (fail)
+		return fail;
+	if (!json_object_object_get_ex(args, "listener", &spec) ||
+	    !json_object_is_type(spec, json_type_object))
+		return kg_ops_error(KG_ERR_INVALID, "args.listener: expected an object");
+	const char *name = obj_str(spec, "name");
+	if (!name)
+		return kg_ops_error(KG_ERR_INVALID, "args.listener.name: is required");
+	if (!kg_cert_name_valid(name))
+		return kg_ops_error(KG_ERR_INVALID, "name \"%.100s\": use 1-%d letters, digits "
+				    "or - / . _ *", name, KG_NAME_MAX);
+	if (find_listener(ops->st->doc, name) >= 0)
+		return kg_ops_error(KG_ERR_EXISTS, "listener %s: already exists", name);
+	char keep[KG_NAME_MAX + 1];
+	snprintf(keep, sizeof(keep), "%s", name);
+	json_object *doc = doc_copy(ops->st->doc), *copy = doc_copy(spec);
+	if (!doc || !copy) {
+		json_object_put(doc);
+		json_object_put(copy);
+		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+	}
+	json_object_array_add(doc_listeners(doc), copy);
+	fail = transact(ops, doc);
+	if (fail)
+		return fail;
+	log_notice("listener %s created", keep);
+	return listener_result(ops, keep);
+}
+
+/* Keys `listener update` may change; the rest (name, protocol, address,
+ * backends) need delete + create or the backend verbs. */
+static const char *const updatable[] = {
+	"certificate", "ca", "mutual_auth", "verify_depth", "scheduler", "forwarding",
+	"handshake_timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "max_connections",
+	"connect_retries", "health_check", NULL};
+
+/* Runs edit on a copy of the listener's document entry, then transacts. */
+static json_object *edit_listener(struct kg_ops *ops, const char *name,
+				  json_object *(*edit)(json_object *l, void *arg), void *arg,
+				  const char *what)
+{
+	json_object *fail = need_state(ops);
+	if (fail)
+		return fail;
+	char keep[KG_NAME_MAX + 1];
+	snprintf(keep, sizeof(keep), "%s", name);
+	int idx = find_listener(ops->st->doc, keep);
+	if (idx < 0)
+		return kg_ops_error(KG_ERR_NOT_FOUND, "listener %s: no such listener", keep);
+	json_object *doc = doc_copy(ops->st->doc);
+	if (!doc)
+		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+	fail = edit(json_object_array_get_idx(doc_listeners(doc), (size_t)idx), arg);
+	if (fail) {
+		json_object_put(doc);
+		return fail;
+	}
+	fail = transact(ops, doc);
+	if (fail)
+		return fail;
+	log_notice("listener %s %s", keep, what);
+	return listener_result(ops, keep);
+}
+
+static json_object *edit_update(json_object *l, void *arg)
+{
+	json_object *set = arg;
+	json_object_object_foreach(set, key, val) {
+		bool allowed = false;
+		for (const char *const *u = updatable; *u; u++)
+			allowed |= strcmp(*u, key) == 0;
+		if (!allowed)
+			return kg_ops_error(KG_ERR_INVALID, "%.60s: cannot be changed by update "
+					    "(name, protocol, bind and port need delete and create; "
+					    "backends have their own verbs)", key);
+		if (json_object_is_type(val, json_type_null)) {
+			json_object_object_del(l, key);
+		} else {
+			json_object *copy = NULL;
+			if (json_object_deep_copy(val, &copy, NULL) != 0)
+				return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+			json_object_object_add(l, key, copy);
+		}
+	}
+	return NULL;
+}
+
+static json_object *op_listener_update(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = NULL, *set = NULL;
+	const char *name = arg_str(args, "name", true, &fail);
+	if (!name)
+		return fail;
+	if (!json_object_object_get_ex(args, "set", &set) ||
+	    !json_object_is_type(set, json_type_object) || json_object_object_length(set) == 0)
+		return kg_ops_error(KG_ERR_INVALID, "args.set: expected an object with at least one key");
+	return edit_listener(ops, name, edit_update, set, "updated");
+}
+
+static json_object *edit_enabled(json_object *l, void *arg)
+{
+	if (arg)
+		json_object_object_del(l, "enabled");
+	else
+		json_object_object_add(l, "enabled", json_object_new_boolean(false));
+	return NULL;
+}
+
+static json_object *op_listener_stop(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = NULL;
+	const char *name = arg_str(args, "name", true, &fail);
+	return name ? edit_listener(ops, name, edit_enabled, NULL, "stopped") : fail;
+}
+
+static json_object *op_listener_start(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = NULL;
+	const char *name = arg_str(args, "name", true, &fail);
+	return name ? edit_listener(ops, name, edit_enabled, (void *)1, "started") : fail;
+}
+
+static json_object *op_listener_delete(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = need_state(ops);
+	const char *name = fail ? NULL : arg_str(args, "name", true, &fail);
+	if (!name)
+		return fail;
+	char keep[KG_NAME_MAX + 1];
+	snprintf(keep, sizeof(keep), "%s", name);
+	int idx = find_listener(ops->st->doc, keep);
+	if (idx < 0)
+		return kg_ops_error(KG_ERR_NOT_FOUND, "listener %s: no such listener", keep);
+	json_object *doc = doc_copy(ops->st->doc);
+	if (!doc)
+		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+	json_object_array_del_idx(doc_listeners(doc), (size_t)idx, 1);
+	fail = transact(ops, doc);
+	if (fail)
+		return fail;
+	json_object *r = json_object_new_object();
+	json_object_object_add(r, "deleted", json_object_new_string(keep));
+	return ok(r);
+}
+
+/* ---- backends ------------------------------------------------------------ */
+
+struct backend_edit {
+	enum { BE_ADD, BE_REMOVE, BE_WEIGHT, BE_DRAIN, BE_ENABLE } op;
+	struct sockaddr_storage addr;
+	const char *address;
+	json_object *weight; /* NULL: default */
+};
+
+static int find_backend(json_object *arr, const struct sockaddr_storage *addr)
+{
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		const char *a = obj_str(json_object_array_get_idx(arr, i), "address");
+		struct sockaddr_storage sa;
+		socklen_t len;
+		if (a && kg_parse_hostport(a, &sa, &len) == 0 && kg_sockaddr_equal(&sa, addr))
+			return (int)i;
+	}
+	return -1;
+}
+
+static json_object *edit_backend(json_object *l, void *arg)
+{
+	struct backend_edit *e = arg;
+	json_object *arr = NULL;
+	if (!json_object_object_get_ex(l, "backends", &arr) ||
+	    !json_object_is_type(arr, json_type_array)) {
+		arr = json_object_new_array();
+		json_object_object_add(l, "backends", arr);
+	}
+	int idx = find_backend(arr, &e->addr);
+	if (e->op == BE_ADD) {
+		if (idx >= 0)
+			return kg_ops_error(KG_ERR_EXISTS, "backend %s: already a member", e->address);
+		json_object *m = json_object_new_object();
+		json_object_object_add(m, "address", json_object_new_string(e->address));
+		if (e->weight)
+			json_object_object_add(m, "weight", json_object_get(e->weight));
+		json_object_array_add(arr, m);
+		return NULL;
+	}
+	if (idx < 0)
+		return kg_ops_error(KG_ERR_NOT_FOUND, "backend %s: not a member", e->address);
+	if (e->op == BE_REMOVE) {
+		if (json_object_array_length(arr) == 1)
+			return kg_ops_error(KG_ERR_INVALID, "backend %s: the last member cannot be "
+					    "removed (a listener needs at least one backend)", e->address);
+		json_object_array_del_idx(arr, (size_t)idx, 1);
+		return NULL;
+	}
+	json_object *m = json_object_array_get_idx(arr, (size_t)idx);
+	if (e->op == BE_DRAIN)
+		json_object_object_add(m, "drained", json_object_new_boolean(true));
+	else if (e->op == BE_ENABLE)
+		json_object_object_del(m, "drained");
+	else
+		json_object_object_add(m, "weight", json_object_get(e->weight));
+	return NULL;
+}
+
+static json_object *backend_op(struct kg_ops *ops, json_object *args, int op, const char *what)
+{
+	json_object *fail = NULL;
+	struct backend_edit e = {.op = op};
+	const char *name = arg_str(args, "listener", true, &fail);
+	e.address = arg_str(args, "address", true, &fail);
+	if (fail)
+		return fail;
+	socklen_t len;
+	if (kg_parse_hostport(e.address, &e.addr, &len) < 0)
+		return kg_ops_error(KG_ERR_INVALID, "backend \"%.80s\": expected IP:PORT "
+				    "(\"127.0.0.1:9001\", \"[::1]:9001\")", e.address);
+	json_object_object_get_ex(args, "weight", &e.weight);
+	if (e.weight && json_object_is_type(e.weight, json_type_null))
+		e.weight = NULL;
+	if (op == BE_WEIGHT && !e.weight)
+		return kg_ops_error(KG_ERR_INVALID, "args.weight: is required");
+	if (e.weight && !json_object_is_type(e.weight, json_type_int))
+		return kg_ops_error(KG_ERR_INVALID, "args.weight: expected an integer");
+	return edit_listener(ops, name, edit_backend, &e, what);
+}
+
+static json_object *op_backend_add(struct kg_ops *ops, json_object *args)
+{
+	return backend_op(ops, args, BE_ADD, "backend added");
+}
+
+static json_object *op_backend_remove(struct kg_ops *ops, json_object *args)
+{
+	return backend_op(ops, args, BE_REMOVE, "backend removed");
+}
+
+static json_object *op_backend_set_weight(struct kg_ops *ops, json_object *args)
+{
+	return backend_op(ops, args, BE_WEIGHT, "backend weight changed");
+}
+
+static json_object *op_backend_drain(struct kg_ops *ops, json_object *args)
+{
+	return backend_op(ops, args, BE_DRAIN, "backend draining");
+}
+
+static json_object *op_backend_enable(struct kg_ops *ops, json_object *args)
+{
+	return backend_op(ops, args, BE_ENABLE, "backend enabled");
+}
+
+/* ---- status and stats ----------------------------------------------------- */
+
+static json_object *op_status(struct kg_ops *ops, json_object *args)
+{
+	(void)args;
+	json_object *o = json_object_new_object(), *k = json_object_new_object();
+	json_object_object_add(o, "version", json_object_new_string(ops->version));
+	json_object_object_add(o, "pid", json_object_new_int((int)getpid()));
+	json_object_object_add(o, "uptime_s",
+			       json_object_new_int64((int64_t)(time(NULL) - ops->started_wall)));
+	json_object_object_add(o, "workers", json_object_new_int((int)ops->rt->n_workers));
+	json_object_object_add(o, "state_dir", ops->st ? json_object_new_string(ops->st->dir) : NULL);
+	json_object_object_add(o, "control_socket", json_object_new_string(ops->control_path));
+	json_object_object_add(o, "metrics",
+			       ops->metrics_addr ? json_object_new_string(ops->metrics_addr) : NULL);
+	json_object_object_add(o, "listeners", json_object_new_int((int)ops->cur->cfg->n_listeners));
+	json_object_object_add(o, "certificates", json_object_new_int((int)ops->cur->cfg->n_certs));
+	/* What the kernel offers, and what this build uses of it. */
+	json_object_object_add(k, "io_uring", json_object_new_boolean(true));
+	json_object_object_add(k, "ktls", json_object_new_boolean(ops->rt->caps.ktls));
+	json_object_object_add(k, "ktls_detail", json_object_new_string(ops->rt->caps.ktls_why));
+	json_object_object_add(k, "sockmap", json_object_new_boolean(ops->rt->caps.sockmap));
+	json_object_object_add(o, "kernel", k);
+	json_object *stats = kg_stats_json(ops, NULL), *conns = NULL;
+	if (stats && json_object_object_get_ex(stats, "connections", &conns))
+		json_object_object_add(o, "connections", json_object_get(conns));
+	json_object_put(stats);
+	return ok(o);
+}
+
+static json_object *op_stats(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = NULL;
+	const char *name = arg_str(args, "listener", false, &fail);
+	if (fail)
+		return fail;
+	if (name && !find_conf(ops->cur->cfg, name))
+		return kg_ops_error(KG_ERR_NOT_FOUND, "listener %s: no such listener", name);
+	return ok(kg_stats_json(ops, name));
+}
+
+/* ---- dispatch -------------------------------------------------------------- */
+
+struct op {
+	const char *name;
+	json_object *(*run)(struct kg_ops *ops, json_object *args);
+};
+
+static const struct op ops_table[] = {
+	{"status", op_status},
+	{"stats", op_stats},
+	{"cert.list", op_cert_list},
+	{"cert.show", op_cert_show},
+	{"cert.upload", op_cert_upload},
+	{"cert.replace", op_cert_replace},
+	{"cert.set_crl", op_cert_set_crl},
+	{"cert.delete", op_cert_delete},
+	{"listener.list", op_listener_list},
+	{"listener.show", op_listener_show},
+	{"listener.create", op_listener_create},
+	{"listener.update", op_listener_update},
+	{"listener.stop", op_listener_stop},
+	{"listener.start", op_listener_start},
+	{"listener.delete", op_listener_delete},
+	{"backend.add", op_backend_add},
+	{"backend.remove", op_backend_remove},
+	{"backend.set_weight", op_backend_set_weight},
+	{"backend.drain", op_backend_drain},
+	{"backend.enable", op_backend_enable},
+	{NULL, NULL},
+};
+
+json_object *kg_ops_handle(struct kg_ops *ops, json_object *req)
+{
+	json_object *v = NULL, *args = NULL;
+	if (!json_object_is_type(req, json_type_object))
+		return kg_ops_error(KG_ERR_BAD_REQUEST, "request: expected a JSON object");
+	if (!json_object_object_get_ex(req, "version", &v) || !json_object_is_type(v, json_type_int))
+		return kg_ops_error(KG_ERR_BAD_REQUEST, "request.version: expected an integer");
+	if (json_object_get_int64(v) != KG_CONTROL_VERSION)
+		return kg_ops_error(KG_ERR_VERSION, "request.version %" PRId64 ": this kgated "
+				    "speaks version %d", json_object_get_int64(v), KG_CONTROL_VERSION);
+	if (!json_object_object_get_ex(req, "op", &v) || !json_object_is_type(v, json_type_string))
+		return kg_ops_error(KG_ERR_BAD_REQUEST, "request.op: expected a string");
+	const char *name = json_object_get_string(v);
+	if (json_object_object_get_ex(req, "args", &args) && !json_object_is_type(args, json_type_object))
+		return kg_ops_error(KG_ERR_BAD_REQUEST, "request.args: expected an object");
+	json_object *empty = args ? NULL : json_object_new_object();
+	for (const struct op *o = ops_table; o->name; o++) {
+		if (strcmp(o->name, name) == 0) {
+			json_object *r = o->run(ops, args ? args : empty);
+			json_object_put(empty);
+			return r;
+		}
+	}
+	json_object_put(empty);
+	return kg_ops_error(KG_ERR_UNKNOWN_OP, "op \"%.60s\": unknown operation", name);
+}

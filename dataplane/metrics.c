@@ -1,0 +1,284 @@
+/* Stats and Prometheus text (metrics.h). */
+#include "metrics.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <kgate/log.h>
+#include <kgate/sockio.h>
+
+#include "listener.h"
+#include "worker.h"
+
+#define HTTP_READ_MS 2000
+
+/* Worker counters are plain integers written by their worker only; this
+ * reads them without synchronisation, which on the 64-bit targets kgate
+ * runs on yields a value that is at most slightly stale, never torn. */
+static void sum_workers(const struct kg_runtime *rt, struct kg_counters *sum)
+{
+	memset(sum, 0, sizeof(*sum));
+	for (unsigned i = 0; i < rt->n_workers; i++) {
+		const volatile struct kg_counters *c = &rt->workers[i]->stats;
+		sum->accepted += c->accepted;
+		sum->rejected_limit += c->rejected_limit;
+		sum->handshake_failed += c->handshake_failed;
+		sum->handshake_timeout += c->handshake_timeout;
+		sum->handshakes += c->handshakes;
+		sum->resumed += c->resumed;
+		sum->backend_connect_failed += c->backend_connect_failed;
+		sum->no_backend += c->no_backend;
+		sum->idle_timeout += c->idle_timeout;
+		sum->forwarded_c2b += c->forwarded_c2b;
+		sum->forwarded_b2c += c->forwarded_b2c;
+		sum->closed += c->closed;
+		for (int p = 0; p < KG_PATH_COUNT; p++)
+			sum->path[p] += c->path[p];
+		sum->ktls_fallback += c->ktls_fallback;
+		sum->ktls_failed += c->ktls_failed;
+		sum->health_checks += c->health_checks;
+		sum->health_checks_failed += c->health_checks_failed;
+		sum->cut_unhealthy += c->cut_unhealthy;
+	}
+}
+
+/* Per listener slot; listeners deleted meanwhile are no longer counted. */
+static void sum_reasons(const struct kg_runtime *rt, uint64_t why[KG_HS_REASONS])
+{
+	for (int r = 0; r < KG_HS_REASONS; r++) {
+		why[r] = 0;
+		for (size_t i = 0; i < KG_MAX_LISTENERS; i++)
+			why[r] += atomic_load(&rt->slots[i].counters.failed_by_reason[r]);
+	}
+}
+
+static void add_u64(json_object *o, const char *key, uint64_t v)
+{
+	json_object_object_add(o, key, json_object_new_int64((int64_t)v));
+}
+
+json_object *kg_listener_counters_json(const struct kg_listener_slot *s)
+{
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "name", json_object_new_string(s->name));
+	add_u64(o, "active", atomic_load(&s->active));
+	add_u64(o, "accepted", atomic_load(&s->counters.accepted));
+	add_u64(o, "handshakes", atomic_load(&s->counters.handshakes));
+	add_u64(o, "handshake_failed", atomic_load(&s->counters.handshake_failed));
+	add_u64(o, "rejected_limit", atomic_load(&s->counters.rejected_limit));
+	json_object *why = json_object_new_object();
+	for (int r = 0; r < KG_HS_REASONS; r++)
+		add_u64(why, kg_hs_reason_names[r], atomic_load(&s->counters.failed_by_reason[r]));
+	json_object_object_add(o, "handshake_failed_by_reason", why);
+	return o;
+}
+
+json_object *kg_stats_json(struct kg_ops *ops, const char *listener)
+{
+	struct kg_counters sum;
+	uint64_t active = 0, why[KG_HS_REASONS];
+	sum_workers(ops->rt, &sum);
+	sum_reasons(ops->rt, why);
+	json_object *o = json_object_new_object(), *conns = json_object_new_object(),
+		    *hs = json_object_new_object(), *bytes = json_object_new_object(),
+		    *be = json_object_new_object(), *ls = json_object_new_array();
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		const struct kg_listener_slot *s = &ops->rt->slots[i];
+		active += atomic_load(&s->active);
+		if (s->used && (!listener || strcmp(listener, s->name) == 0))
+			json_object_array_add(ls, kg_listener_counters_json(s));
+	}
+	add_u64(conns, "total", sum.accepted);
+	add_u64(conns, "active", active);
+	add_u64(conns, "closed", sum.closed);
+	add_u64(conns, "rejected_limit", sum.rejected_limit);
+	add_u64(conns, "idle_timeout", sum.idle_timeout);
+	for (int p = KG_PATH_NONE + 1; p < KG_PATH_COUNT; p++) {
+		char key[48];
+		snprintf(key, sizeof(key), "path_%s", kg_path_name((enum kg_path)p));
+		add_u64(conns, key, sum.path[p]);
+	}
+	add_u64(conns, "ktls_fallback", sum.ktls_fallback);
+	add_u64(conns, "ktls_failed", sum.ktls_failed);
+	add_u64(conns, "cut_unhealthy", sum.cut_unhealthy);
+	add_u64(hs, "ok", sum.handshakes);
+	add_u64(hs, "resumed", sum.resumed);
+	add_u64(hs, "failed", sum.handshake_failed);
+	add_u64(hs, "timeout", sum.handshake_timeout);
+	json_object *by = json_object_new_object();
+	for (int r = 0; r < KG_HS_REASONS; r++)
+		add_u64(by, kg_hs_reason_names[r], why[r]);
+	json_object_object_add(hs, "failed_by_reason", by);
+	add_u64(bytes, "client_to_backend", sum.forwarded_c2b);
+	add_u64(bytes, "backend_to_client", sum.forwarded_b2c);
+	add_u64(be, "connect_failed", sum.backend_connect_failed);
+	add_u64(be, "no_backend", sum.no_backend);
+	add_u64(be, "health_checks", sum.health_checks);
+	add_u64(be, "health_checks_failed", sum.health_checks_failed);
+	json_object_object_add(o, "connections", conns);
+	json_object_object_add(o, "handshakes", hs);
+	json_object_object_add(o, "bytes", bytes);
+	json_object_object_add(o, "backends", be);
+	json_object_object_add(o, "listeners", ls);
+	return o;
+}
+
+/* Appends printf output to a growing buffer; on ENOMEM the text is cut. */
+struct text {
+	char *buf;
+	size_t len, cap;
+	bool failed;
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct text *t, const char *fmt, ...)
+{
+	va_list ap;
+	for (int pass = 0; pass < 2 && !t->failed; pass++) {
+		va_start(ap, fmt);
+		int n = vsnprintf(t->buf ? t->buf + t->len : NULL, t->buf ? t->cap - t->len : 0,
+				  fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			t->failed = true;
+			return;
+		}
+		if (t->buf && t->len + (size_t)n < t->cap) {
+			t->len += (size_t)n;
+			return;
+		}
+		size_t cap = (t->cap + (size_t)n + 1) * 2;
+		char *grown = realloc(t->buf, cap);
+		if (!grown) {
+			t->failed = true;
+			return;
+		}
+		t->buf = grown;
+		t->cap = cap;
+	}
+}
+
+static void metric(struct text *t, const char *name, const char *type, const char *help,
+		   uint64_t v)
+{
+	put(t, "# HELP kgate_%s %s\n# TYPE kgate_%s %s\nkgate_%s %llu\n", name, help, name, type,
+	    name, (unsigned long long)v);
+}
+
+char *kg_metrics_text(struct kg_ops *ops)
+{
+	struct kg_counters s;
+	struct text t = {0};
+	uint64_t active = 0;
+	sum_workers(ops->rt, &s);
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++)
+		active += atomic_load(&ops->rt->slots[i].active);
+	metric(&t, "connections_total", "counter", "Accepted client connections.", s.accepted);
+	metric(&t, "connections_active", "gauge", "Open client connections.", active);
+	metric(&t, "connections_rejected_total", "counter", "Connections refused by max_connections.",
+	       s.rejected_limit);
+	put(&t, "# HELP kgate_connections_by_path_total Connections that started forwarding, per path.\n"
+		"# TYPE kgate_connections_by_path_total counter\n");
+	for (int p = KG_PATH_NONE + 1; p < KG_PATH_COUNT; p++)
+		put(&t, "kgate_connections_by_path_total{path=\"%s\"} %llu\n",
+		    kg_path_name((enum kg_path)p), (unsigned long long)s.path[p]);
+	metric(&t, "health_checks_total", "counter", "Active health checks run.", s.health_checks);
+	metric(&t, "health_checks_failed_total", "counter", "Active health checks that failed.",
+	       s.health_checks_failed);
+	metric(&t, "handshakes_total", "counter", "Completed TLS handshakes.", s.handshakes);
+	metric(&t, "handshakes_resumed_total", "counter", "Resumed TLS handshakes.", s.resumed);
+	metric(&t, "handshake_failures_total", "counter", "Failed TLS handshakes.", s.handshake_failed);
+	metric(&t, "handshake_timeouts_total", "counter", "Handshakes that timed out.",
+	       s.handshake_timeout);
+	uint64_t why[KG_HS_REASONS];
+	sum_reasons(ops->rt, why);
+	put(&t, "# HELP kgate_handshake_failures_by_reason_total Failed handshakes by reason.\n"
+		"# TYPE kgate_handshake_failures_by_reason_total counter\n");
+	for (int r = 0; r < KG_HS_REASONS; r++)
+		put(&t, "kgate_handshake_failures_by_reason_total{reason=\"%s\"} %llu\n",
+		    kg_hs_reason_names[r], (unsigned long long)why[r]);
+	metric(&t, "bytes_client_to_backend_total", "counter", "Plaintext bytes sent to backends.",
+	       s.forwarded_c2b);
+	metric(&t, "bytes_backend_to_client_total", "counter", "Plaintext bytes sent to clients.",
+	       s.forwarded_b2c);
+	metric(&t, "backend_connect_failures_total", "counter", "Failed backend connects.",
+	       s.backend_connect_failed);
+	metric(&t, "no_backend_total", "counter", "Connections closed with no backend left.",
+	       s.no_backend);
+	put(&t, "# HELP kgate_listener_connections_active Open connections per listener.\n"
+		"# TYPE kgate_listener_connections_active gauge\n");
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		const struct kg_listener_slot *l = &ops->rt->slots[i];
+		if (l->used)
+			put(&t, "kgate_listener_connections_active{listener=\"%s\"} %u\n", l->name,
+			    atomic_load(&l->active));
+	}
+	put(&t, "# HELP kgate_listener_handshakes_total Handshakes per listener and result.\n"
+		"# TYPE kgate_listener_handshakes_total counter\n");
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		const struct kg_listener_slot *l = &ops->rt->slots[i];
+		if (!l->used)
+			continue;
+		put(&t, "kgate_listener_handshakes_total{listener=\"%s\",result=\"ok\"} %llu\n",
+		    l->name, (unsigned long long)atomic_load(&l->counters.handshakes));
+		put(&t, "kgate_listener_handshakes_total{listener=\"%s\",result=\"failed\"} %llu\n",
+		    l->name, (unsigned long long)atomic_load(&l->counters.handshake_failed));
+	}
+	if (t.failed) {
+		free(t.buf);
+		return NULL;
+	}
+	return t.buf;
+}
+
+int kg_metrics_open(const char *hostport, char *err, size_t errlen)
+{
+	struct sockaddr_storage addr;
+	socklen_t len;
+	if (kg_parse_hostport(hostport, &addr, &len) < 0) {
+		snprintf(err, errlen, "--metrics %s: expected IP:PORT (\"127.0.0.1:9100\")", hostport);
+		return -1;
+	}
+	int fd = kg_listener_open(&addr, len, NULL);
+	if (fd < 0) {
+		snprintf(err, errlen, "--metrics %s: %s", hostport, strerror(-fd));
+		return -1;
+	}
+	return fd;
+}
+
+void kg_metrics_serve(struct kg_ops *ops, int client)
+{
+	char req[2048];
+	size_t got = 0;
+	/* Read the request head within a bounded time: a silent client must
+	 * not hold the control thread. */
+	while (got < sizeof(req) - 1 && !memmem(req, got, "\r\n\r\n", 4)) {
+		struct pollfd p = {.fd = client, .events = POLLIN};
+		if (poll(&p, 1, HTTP_READ_MS) <= 0)
+			return;
+		ssize_t n = recv(client, req + got, sizeof(req) - 1 - got, 0);
+		if (n <= 0)
+			return;
+		got += (size_t)n;
+	}
+	req[got] = '\0';
+	const char *status = "200 OK";
+	char *body = NULL;
+	if (strncmp(req, "GET /metrics ", 13) == 0 || strncmp(req, "GET / ", 6) == 0)
+		body = kg_metrics_text(ops);
+	else
+		status = "404 Not Found";
+	char head[256];
+	size_t blen = body ? strlen(body) : 0;
+	snprintf(head, sizeof(head),
+		 "HTTP/1.1 %s\r\nContent-Type: text/plain; version=0.0.4\r\n"
+		 "Content-Length: %zu\r\nConnection: close\r\n\r\n", status, blen);
+	if (kg_send_all(client, head, strlen(head)) == 0 && body)
+		kg_send_all(client, body, blen);
+	free(body);
+}

@@ -1,0 +1,23 @@
+/* Counters for people and for Prometheus: per-worker counters summed, per
+ * listener counters, and a tiny HTTP endpoint (--metrics ADDR:PORT, off by
+ * default) served by the control thread. */
+#ifndef KGATE_METRICS_H
+#define KGATE_METRICS_H
+
+#include "control_ops.h"
+
+/* Opens the metrics listening socket (blocking accept on the control
+ * thread's poll loop). fd or -1 with err. */
+int kg_metrics_open(const char *hostport, char *err, size_t errlen);
+
+/* Answers one HTTP request on client (GET /metrics) and closes nothing. */
+void kg_metrics_serve(struct kg_ops *ops, int client);
+
+/* {"name", "active", "accepted", "handshakes", "handshake_failed",
+ * "rejected_limit"} of one listener slot. */
+json_object *kg_listener_counters_json(const struct kg_listener_slot *s);
+
+/* Prometheus text exposition of everything kg_stats_json reports. */
+char *kg_metrics_text(struct kg_ops *ops);
+
+#endif

@@ -1,0 +1,163 @@
+/* Listener snapshots: build, publish, acquire, release (see runtime.h). */
+#include "runtime.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <kgate/limits.h>
+#include <kgate/log.h>
+
+#include "health.h"
+#include "ktls.h"
+#include "tls.h"
+
+int kg_runtime_init(struct kg_runtime *rt)
+{
+	memset(rt, 0, sizeof(*rt));
+	for (uint32_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		struct kg_listener_slot *s = &rt->slots[i];
+		s->index = i;
+		int ret = pthread_mutex_init(&s->lock, NULL);
+		if (ret != 0) {
+			while (i-- > 0)
+				pthread_mutex_destroy(&rt->slots[i].lock);
+			return -ret;
+		}
+	}
+	atomic_store(&rt->drain_timeout_ms, 10000);
+	return 0;
+}
+
+void kg_runtime_destroy(struct kg_runtime *rt)
+{
+	for (uint32_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		kg_listener_publish(&rt->slots[i], NULL);
+		pthread_mutex_destroy(&rt->slots[i].lock);
+	}
+}
+
+struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg)
+{
+	struct kg_config_ref *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	atomic_init(&r->refs, 1);
+	r->cfg = cfg;
+	return r;
+}
+
+void kg_config_ref_put(struct kg_config_ref *r)
+{
+	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
+		return;
+	kg_config_free(r->cfg);
+	free(r);
+}
+
+static void snapshot_free(struct kg_listener_rt *l)
+{
+	kg_health_group_destroy(l->health); /* refers to the balancer */
+	SSL_CTX_free(l->ssl_ctx);
+	kg_balancer_destroy(l->balancer);
+	kg_config_ref_put(l->doc);
+	free(l);
+}
+
+void kg_listener_put(struct kg_listener_rt *l)
+{
+	if (l && atomic_fetch_sub(&l->refs, 1) == 1)
+		snapshot_free(l);
+}
+
+/* The mutex makes "load pointer, take reference" atomic against a swap
+ * that drops the slot's reference: without it the snapshot could be freed
+ * between the two. Taken once per accepted connection, never contended for
+ * long (a swap is two stores). */
+struct kg_listener_rt *kg_listener_acquire(struct kg_listener_slot *s)
+{
+	pthread_mutex_lock(&s->lock);
+	struct kg_listener_rt *l = s->snap;
+	if (l)
+		atomic_fetch_add(&l->refs, 1);
+	pthread_mutex_unlock(&s->lock);
+	return l;
+}
+
+void kg_listener_publish(struct kg_listener_slot *s, struct kg_listener_rt *snap)
+{
+	pthread_mutex_lock(&s->lock);
+	struct kg_listener_rt *old = s->snap;
+	s->snap = snap;
+	pthread_mutex_unlock(&s->lock);
+	kg_listener_put(old);
+}
+
+struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
+					 const struct kg_kernel_caps *caps,
+					 struct kg_config_ref *doc,
+					 const struct kg_listener_conf *lc, const char *where,
+					 char *err, size_t errlen)
+{
+	char why[512];
+	unsigned weights[KG_MAX_BACKENDS];
+
+	if (lc->n_backends > KG_MAX_BACKENDS) {
+		snprintf(err, errlen, "%s.backends: at most %d members", where, KG_MAX_BACKENDS);
+		return NULL;
+	}
+	struct kg_listener_rt *l = calloc(1, sizeof(*l));
+	if (!l) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	atomic_init(&l->refs, 1);
+	l->slot = slot;
+	l->conf = lc;
+	atomic_fetch_add(&doc->refs, 1);
+	l->doc = doc;
+	if (kg_path_plan(lc, caps, &l->plan, &l->plan_forced, why, sizeof(why)) < 0) {
+		snprintf(err, errlen, "%s.forwarding: %s", where, why);
+		goto fail;
+	}
+	if (lc->protocol == KG_PROTO_TLS) {
+		l->ssl_ctx = kg_tls_ctx_create(lc, why, sizeof(why));
+		if (!l->ssl_ctx) {
+			snprintf(err, errlen, "%s: %s", where, why);
+			goto fail;
+		}
+		if (l->plan == KG_PATH_KTLS_SPLICE && kg_ktls_ctx_prepare(l->ssl_ctx) < 0) {
+			snprintf(err, errlen, "%s: cannot set up kTLS tracking", where);
+			goto fail;
+		}
+	}
+	for (size_t b = 0; b < lc->n_backends; b++)
+		weights[b] = lc->backends[b].weight;
+	l->balancer = kg_balancer_create("rr", weights, lc->n_backends);
+	if (!l->balancer) {
+		snprintf(err, errlen, "%s.backends: invalid weights", where);
+		goto fail;
+	}
+	l->health = kg_health_group_create(lc, l->balancer);
+	if (!l->health) {
+		snprintf(err, errlen, "%s: out of memory for health state", where);
+		goto fail;
+	}
+	/* Members that stay keep their health, drain and counters. */
+	struct kg_listener_rt *prev = slot ? kg_listener_acquire(slot) : NULL;
+	if (prev)
+		kg_health_group_inherit(l->health, prev->health);
+	kg_listener_put(prev);
+	/* The document says which members are drained. */
+	for (size_t b = 0; b < lc->n_backends; b++)
+		kg_health_drain(l->health, b, lc->backends[b].drained);
+	log_info("listener %s: protocol %s, forwarding %s%s", lc->name,
+		 lc->protocol == KG_PROTO_TCP ? "tcp" : "tls", kg_path_name(l->plan),
+		 l->plan == KG_PATH_KTLS_SPLICE && !l->plan_forced
+			 ? " (userspace TLS when a connection cannot be handed off)" : "");
+	return l;
+fail:
+	snapshot_free(l);
+	return NULL;
+}

@@ -1,0 +1,359 @@
+/* The state document on disk (state.h). */
+#include "state.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <kgate/log.h>
+
+#define STATE_FILE "state.json"
+#define CERTS_DIR "certs"
+
+static const char *const file_keys[] = {"cert", "key", "crl", NULL};
+
+int kg_state_open(struct kg_state *st, const char *dir, char *err, size_t errlen)
+{
+	char sub[4096];
+	memset(st, 0, sizeof(*st));
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		snprintf(err, errlen, "state directory %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	st->dir = realpath(dir, NULL);
+	if (!st->dir) {
+		snprintf(err, errlen, "state directory %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	snprintf(sub, sizeof(sub), "%s/" CERTS_DIR, st->dir);
+	if (mkdir(sub, 0700) == -1 && errno != EEXIST) {
+		snprintf(err, errlen, "%s: %s", sub, strerror(errno));
+		kg_state_close(st);
+		return -1;
+	}
+	return 0;
+}
+
+void kg_state_close(struct kg_state *st)
+{
+	json_object_put(st->doc);
+	st->doc = NULL;
+	free(st->dir);
+	st->dir = NULL;
+}
+
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return -errno;
+	int ret = fsync(fd) == -1 ? -errno : 0;
+	close(fd);
+	return ret;
+}
+
+static int write_all(int fd, const char *data, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, data, len);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		data += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Writes a new file (never replacing one) and fsyncs it. */
+static int write_new_file(const char *path, const char *data, size_t len, mode_t mode)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	if (fd == -1)
+		return -errno;
+	int ret = write_all(fd, data, len);
+	if (ret == 0 && fsync(fd) == -1)
+		ret = -errno;
+	if (close(fd) == -1 && ret == 0)
+		ret = -errno;
+	if (ret < 0)
+		unlink(path);
+	return ret;
+}
+
+int kg_state_write_atomic(const char *path, const char *text, char *err, size_t errlen)
+{
+	char tmp[4096], dir[4096];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	snprintf(dir, sizeof(dir), "%s", path);
+	/* A leftover temp file from a crash is garbage: start over. */
+	if (unlink(tmp) == -1 && errno != ENOENT) {
+		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+		return -1;
+	}
+	int ret = write_new_file(tmp, text, strlen(text), 0600);
+	if (ret < 0) {
+		snprintf(err, errlen, "%s: %s", tmp, strerror(-ret));
+		return -1;
+	}
+	if (rename(tmp, path) == -1) {
+		snprintf(err, errlen, "%s: rename: %s", path, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	/* The rename is durable only once the folder is. */
+	ret = fsync_dir(dirname(dir));
+	if (ret < 0) {
+		snprintf(err, errlen, "%s: fsync of folder: %s", path, strerror(-ret));
+		return -1;
+	}
+	return 0;
+}
+
+static char *abs_path(const char *base, const char *rel)
+{
+	char *out = NULL;
+	if (rel[0] == '/')
+		return strdup(rel);
+	if (asprintf(&out, "%s/%s", base, rel) < 0)
+		return NULL;
+	return out;
+}
+
+char *kg_state_store_file(struct kg_state *st, const char *cert_name, const char *ext,
+			  const char *data, size_t len, bool secret, char *err,
+			  size_t errlen)
+{
+	/* Hex of the name: names may hold '/' and '*'; the clock makes each
+	 * upload a new file, so a replace never rewrites a file in use. */
+	char hex[2 * KG_NAME_MAX + 1] = "";
+	for (size_t i = 0; cert_name[i] && i < KG_NAME_MAX; i++)
+		snprintf(hex + 2 * i, 3, "%02x", (unsigned char)cert_name[i]);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	for (unsigned attempt = 0; attempt < 100; attempt++) {
+		char *rel = NULL, *path = NULL;
+		if (asprintf(&rel, CERTS_DIR "/%s.%lld%09ld-%u.%s", hex, (long long)ts.tv_sec,
+			     ts.tv_nsec, attempt, ext) < 0)
+			break;
+		path = abs_path(st->dir, rel);
+		if (!path) {
+			free(rel);
+			break;
+		}
+		int ret = write_new_file(path, data, len, secret ? 0600 : 0644);
+		free(path);
+		if (ret == 0)
+			return rel;
+		free(rel);
+		if (ret != -EEXIST) {
+			snprintf(err, errlen, "cannot store %s file of %s: %s", ext, cert_name,
+				 strerror(-ret));
+			return NULL;
+		}
+	}
+	snprintf(err, errlen, "cannot store %s file of %s: out of memory or names", ext,
+		 cert_name);
+	return NULL;
+}
+
+struct kg_config *kg_state_parse(const struct kg_state *st, json_object *doc, char *err,
+				 size_t errlen)
+{
+	const char *text = json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PLAIN);
+	if (!text) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	return kg_config_parse_state(text, st->dir, err, errlen);
+}
+
+int kg_state_commit(struct kg_state *st, json_object *doc, char *err, size_t errlen)
+{
+	char path[4096], certs[4096];
+	const char *text = json_object_to_json_string_ext(
+		doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+	if (!text) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	/* New certificate files must be durable before a document names them. */
+	snprintf(certs, sizeof(certs), "%s/" CERTS_DIR, st->dir);
+	int ret = fsync_dir(certs);
+	if (ret < 0) {
+		snprintf(err, errlen, "%s: fsync: %s", certs, strerror(-ret));
+		return -1;
+	}
+	snprintf(path, sizeof(path), "%s/" STATE_FILE, st->dir);
+	if (kg_state_write_atomic(path, text, err, errlen) < 0)
+		return -1;
+	json_object_put(st->doc);
+	st->doc = doc;
+	return 0;
+}
+
+/* Copies each certificate file of a configuration into the state folder
+ * and points the document at the copies. */
+static int import_files(struct kg_state *st, json_object *doc, const char *base,
+			char *err, size_t errlen)
+{
+	json_object *certs = NULL;
+	if (!json_object_object_get_ex(doc, "certificates", &certs) ||
+	    !json_object_is_type(certs, json_type_object))
+		return 0; /* the parse that follows reports shape errors */
+	json_object_object_foreach(certs, name, entry) {
+		if (!json_object_is_type(entry, json_type_object))
+			continue;
+		for (const char *const *k = file_keys; *k; k++) {
+			json_object *v = NULL;
+			if (!json_object_object_get_ex(entry, *k, &v) ||
+			    !json_object_is_type(v, json_type_string))
+				continue;
+			char *src = abs_path(base, json_object_get_string(v)), *data = NULL;
+			if (!src) {
+				snprintf(err, errlen, "out of memory");
+				return -1;
+			}
+			int r = kg_read_file(src, &data);
+			if (r < 0) {
+				snprintf(err, errlen, "certificates.%s.%s: %s: %s", name, *k, src,
+					 strerror(-r));
+				free(src);
+				return -1;
+			}
+			free(src);
+			char *rel = kg_state_store_file(st, name, *k, data, strlen(data),
+							strcmp(*k, "key") == 0, err, errlen);
+			free(data);
+			if (!rel)
+				return -1;
+			json_object_object_add(entry, *k, json_object_new_string(rel));
+			free(rel);
+		}
+	}
+	return 0;
+}
+
+static json_object *read_doc(const char *path, char *err, size_t errlen)
+{
+	char *text = NULL;
+	int r = kg_read_file(path, &text);
+	if (r < 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(-r));
+		return NULL;
+	}
+	enum json_tokener_error jerr = json_tokener_success;
+	json_object *doc = json_tokener_parse_verbose(text, &jerr);
+	free(text);
+	if (!doc || !json_object_is_type(doc, json_type_object)) {
+		snprintf(err, errlen, "%s: not a JSON object (%s)", path,
+			 json_tokener_error_desc(jerr));
+		json_object_put(doc);
+		return NULL;
+	}
+	return doc;
+}
+
+int kg_state_load(struct kg_state *st, const char *seed_path, bool reseed,
+		  enum kg_state_source *source, char *err, size_t errlen)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/" STATE_FILE, st->dir);
+	if (!reseed && access(path, F_OK) == 0) {
+		st->doc = read_doc(path, err, errlen);
+		*source = KG_STATE_FROM_DIR;
+		return st->doc ? 0 : -1;
+	}
+	json_object *doc;
+	if (seed_path) {
+		doc = read_doc(seed_path, err, errlen);
+		if (!doc)
+			return -1;
+		char *copy = strdup(seed_path), *base = copy ? realpath(dirname(copy), NULL) : NULL;
+		free(copy);
+		if (!base) {
+			snprintf(err, errlen, "%s: %s", seed_path, strerror(errno));
+			json_object_put(doc);
+			return -1;
+		}
+		int r = import_files(st, doc, base, err, errlen);
+		free(base);
+		if (r < 0) {
+			json_object_put(doc);
+			return -1;
+		}
+		*source = KG_STATE_FROM_CONFIG;
+	} else {
+		doc = json_object_new_object();
+		if (!doc) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		json_object_object_add(doc, "certificates", json_object_new_object());
+		json_object_object_add(doc, "listeners", json_object_new_array());
+		*source = KG_STATE_EMPTY;
+	}
+	st->doc = doc;
+	return 0;
+}
+
+static int collect_names(json_object *doc, char ***names, size_t *n)
+{
+	json_object *certs = NULL;
+	if (!json_object_object_get_ex(doc, "certificates", &certs))
+		return 0;
+	json_object_object_foreach(certs, name, entry) {
+		(void)name;
+		for (const char *const *k = file_keys; *k; k++) {
+			json_object *v = NULL;
+			if (!json_object_object_get_ex(entry, *k, &v) ||
+			    !json_object_is_type(v, json_type_string))
+				continue;
+			const char *s = json_object_get_string(v);
+			if (strncmp(s, CERTS_DIR "/", strlen(CERTS_DIR "/")) != 0)
+				continue;
+			char **grown = realloc(*names, (*n + 1) * sizeof(**names));
+			if (!grown)
+				return -1;
+			*names = grown;
+			(*names)[(*n)++] = (char *)s + strlen(CERTS_DIR "/");
+		}
+	}
+	return 0;
+}
+
+void kg_state_gc(struct kg_state *st)
+{
+	char dir[4096];
+	char **names = NULL;
+	size_t n = 0;
+	snprintf(dir, sizeof(dir), "%s/" CERTS_DIR, st->dir);
+	/* Without the full list of names in use, removing nothing is safe. */
+	DIR *d = collect_names(st->doc, &names, &n) == 0 ? opendir(dir) : NULL;
+	if (!d) {
+		free(names);
+		return;
+	}
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.')
+			continue;
+		bool used = false;
+		for (size_t i = 0; i < n && !used; i++)
+			used = strcmp(names[i], e->d_name) == 0;
+		if (!used && unlinkat(dirfd(d), e->d_name, 0) == -1)
+			log_warn("state: cannot remove unused %s/%s: %s", dir, e->d_name,
+				 strerror(errno));
+	}
+	closedir(d);
+	free(names);
+}

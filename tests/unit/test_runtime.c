@@ -43,7 +43,9 @@ static struct kg_config_ref *doc(const char *backends, const char *forwarding)
 		 "{\"certificates\": {\"web\": {\"type\": \"server\", \"cert\": \"server.pem\", "
 		 "\"key\": \"server.key\"}}, \"listeners\": [{\"name\": \"web\", \"protocol\": \"tls\", "
 		 "\"bind\": \"127.0.0.1\", \"port\": 0, \"certificate\": \"web\", "
-		 "\"forwarding\": \"%s\", \"backends\": [%s]}]}", forwarding, backends);
+		 "\"forwarding\": \"%s\", \"health_check\": {\"type\": \"tcp\", "
+		 "\"healthy_threshold\": 1, \"unknown_is_up\": false}, \"backends\": [%s]}]}",
+		 forwarding, backends);
 	struct kg_config *cfg = kg_config_parse(text, dir.path, err, sizeof(err));
 	cr_assert_not_null(cfg, "%s", err);
 	struct kg_config_ref *ref = kg_config_ref_new(cfg);
@@ -60,14 +62,15 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 	cr_assert_not_null(s1, "%s", err);
 	kg_config_ref_put(d1); /* the snapshot holds the document now */
 	kg_listener_publish(slot, s1);
-	cr_assert_eq(kg_health_drain(s1->health, 0, true), 0);
+	kg_health_record(s1->health, 0, true, "connected", 1);
 
 	struct kg_listener_rt *conn = kg_listener_acquire(slot);
 	cr_assert_eq(conn, s1);
 	cr_assert_eq(atomic_load(&s1->refs), 2);
 
 	struct kg_config_ref *d2 = doc("{\"address\": \"127.0.0.1:9001\"}, "
-				       "{\"address\": \"127.0.0.1:9002\", \"weight\": 2}", "auto");
+				       "{\"address\": \"127.0.0.1:9002\", \"weight\": 2}, "
+				       "{\"address\": \"127.0.0.1:9003\", \"drained\": true}", "auto");
 	struct kg_listener_rt *s2 = kg_listener_build(slot, &rt.caps, d2, &d2->cfg->listeners[0], "listeners[0]", err,
 						      sizeof(err));
 	cr_assert_not_null(s2, "%s", err);
@@ -82,15 +85,18 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 	/* New connections get the new one. */
 	struct kg_listener_rt *next = kg_listener_acquire(slot);
 	cr_assert_eq(next, s2);
-	cr_assert_eq(next->conf->n_backends, 2);
-	/* What health knows about a member that stays (here: drained) carries
-	 * over to the new snapshot by address. */
-	struct kg_health_member_info info[2];
-	cr_assert_eq(kg_health_snapshot(next->health, info, 2, 0), 2);
-	cr_assert(info[0].drained, "9001 was drained before the swap");
-	cr_assert_not(info[1].drained);
-	cr_assert_not(kg_balancer_is_up(next->balancer, 0));
-	cr_assert(kg_balancer_is_up(next->balancer, 1));
+	cr_assert_eq(next->conf->n_backends, 3);
+	/* What health knows about a member that stays carries over to the new
+	 * snapshot by address; a new member starts unknown (out of rotation
+	 * here); the document's drained flag applies. */
+	struct kg_health_member_info info[3];
+	cr_assert_eq(kg_health_snapshot(next->health, info, 3, 0), 3);
+	cr_assert_eq(info[0].state, KG_MEMBER_HEALTHY);
+	cr_assert_eq(info[1].state, KG_MEMBER_UNKNOWN);
+	cr_assert(info[2].drained);
+	cr_assert(kg_balancer_is_up(next->balancer, 0));
+	cr_assert_not(kg_balancer_is_up(next->balancer, 1));
+	cr_assert_not(kg_balancer_is_up(next->balancer, 2));
 	kg_listener_put(next);
 	kg_listener_put(conn);
 	kg_listener_publish(slot, NULL);

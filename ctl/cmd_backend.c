@@ -47,11 +47,17 @@ static int backend_add(struct kg_cli *cli, int argc, char **argv)
 	return call(cli, "backend.add", args);
 }
 
-static int backend_remove(struct kg_cli *cli, int argc, char **argv)
+/* Verbs that take LISTENER HOST:PORT and nothing else. */
+static int member_verb(struct kg_cli *cli, int argc, char **argv, int self, const char *op)
 {
 	struct kg_flags f;
-	KG_FLAGS_OR_RETURN("backend", SELF(1), cli, argc, argv, " ", NULL, 2, 2, &f);
-	return call(cli, "backend.remove", member_args(&f));
+	KG_FLAGS_OR_RETURN("backend", SELF(self), cli, argc, argv, " ", NULL, 2, 2, &f);
+	return call(cli, op, member_args(&f));
+}
+
+static int backend_remove(struct kg_cli *cli, int argc, char **argv)
+{
+	return member_verb(cli, argc, argv, 1, "backend.remove");
 }
 
 static int backend_set_weight(struct kg_cli *cli, int argc, char **argv)
@@ -68,16 +74,12 @@ static int backend_set_weight(struct kg_cli *cli, int argc, char **argv)
 
 static int backend_drain(struct kg_cli *cli, int argc, char **argv)
 {
-	struct kg_flags f;
-	KG_FLAGS_OR_RETURN("backend", SELF(3), cli, argc, argv, " ", NULL, 2, 2, &f);
-	return call(cli, "backend.drain", member_args(&f));
+	return member_verb(cli, argc, argv, 3, "backend.drain");
 }
 
 static int backend_enable(struct kg_cli *cli, int argc, char **argv)
 {
-	struct kg_flags f;
-	KG_FLAGS_OR_RETURN("backend", SELF(4), cli, argc, argv, " ", NULL, 2, 2, &f);
-	return call(cli, "backend.enable", member_args(&f));
+	return member_verb(cli, argc, argv, 4, "backend.enable");
 }
 
 static const struct kg_cmd backend_cmds[] = {

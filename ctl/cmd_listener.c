@@ -147,6 +147,7 @@ static int listener_show(struct kg_cli *cli, int argc, char **argv)
 {
 	static const struct kg_column cols[] = {
 		{"address", "BACKEND"}, {"weight", "WEIGHT"}, {"state", "STATE"},
+		{"status", "HEALTH"}, {"in_state_s", "FOR(S)"}, {"last_check", "LAST CHECK"},
 		{"active", "ACTIVE"}, {"connections", "CONNECTIONS"}};
 	struct kg_flags f;
 	json_object *res, *members = NULL;

@@ -739,6 +739,13 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 				!h ? "-" : h->in_rotation ? "up" : "down"));
 		json_object_object_add(m, "health", json_object_new_string(
 				!h ? "-" : !h->checked ? "not checked" : kg_member_state_name(h->state)));
+		/* The cloud consoles' words: normal / abnormal. */
+		json_object_object_add(m, "status", json_object_new_string(
+				!h || !h->checked ? "-" :
+				h->state == KG_MEMBER_HEALTHY ? "normal" :
+				h->state == KG_MEMBER_UNHEALTHY ? "abnormal" : "pending"));
+		json_object_object_add(m, "in_state_s", json_object_new_int64(
+				h ? (int64_t)(h->ms_in_state / 1000) : 0));
 		json_object_object_add(m, "drained", json_object_new_boolean(h && h->drained));
 		json_object_object_add(m, "active", json_object_new_int64(h ? h->active : 0));
 		json_object_object_add(m, "effective_weight",

@@ -447,6 +447,30 @@ def test_backend_drain_and_enable_persist(pki, gated, http_backends):
     assert {https_get(ctx, port).strip() for _ in range(4)} == {"backend=a", "backend=b"}
 
 
+def test_listener_show_reports_health_like_the_console(pki, gated, http_backends):
+    """Issue 6: per member normal/abnormal, the last check's reason and the
+    time in that state, in JSON and in the table."""
+    from conftest import dead_port, wait_until
+    a = http_backends("a")
+    dead = "127.0.0.1:%d" % dead_port()
+    check = {"type": "tcp", "interval_ms": 100, "timeout_ms": 500,
+             "healthy_threshold": 1, "unhealthy_threshold": 1}
+    d = gated([tls_listener(pki, [a, dead], health_check=check)], workers=1)
+
+    def members():
+        return {m["address"]: m for m in d.ctl.json("listener", "show", "web")["members"]}
+    assert wait_until(lambda: members()[dead]["status"] == "abnormal"
+                      and members()[a.address]["status"] == "normal", 10), members()
+    m = members()
+    assert m[dead]["state"] == "down" and m[a.address]["state"] == "up"
+    assert "refused" in m[dead]["last_check"], m[dead]
+    assert isinstance(m[dead]["in_state_s"], int) and m[dead]["in_state_s"] >= 0
+    table = d.ctl("listener", "show", "web").stdout
+    assert "HEALTH" in table and "LAST CHECK" in table, table
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith("127.0.0.1:")}
+    assert "abnormal" in rows[dead] and "normal" in rows[a.address], table
+
+
 def test_concurrent_clients_are_serialized(pki, gated, http_backends):
     a = http_backends("a")
     d = gated([tls_listener(pki, [a])])

@@ -68,7 +68,11 @@ cat >"$work/kgate.json" <<JSON
   ]
 }
 JSON
-"$kgated" --config "$work/kgate.json" 2>"$work/kgated.log" &
+# As root, kgated switches to an unprivileged user once its listeners are
+# bound (the package creates "kgate"; every Debian has "nobody").
+user_args=()
+[ "$(id -u)" -eq 0 ] && user_args=(--user nobody)
+"$kgated" --config "$work/kgate.json" "${user_args[@]}" 2>"$work/kgated.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q "kgated ready" "$work/kgated.log" && break; sleep 0.1; done
 grep -q "kgated ready" "$work/kgated.log" || { cat "$work/kgated.log"; echo "kgated did not start" >&2; exit 1; }

@@ -1,9 +1,12 @@
 /* kgated: arguments, start-up order, signals, drain.
  *
  * Start-up order: load and validate the configuration (files included),
- * build every listener's SSL_CTX and balancer, bind every listening socket
- * (so a bind error is reported before anything runs), start the workers,
- * then announce readiness (log line + sd_notify). SIGTERM/SIGINT drain. */
+ * build every listener's SSL_CTX and balancer, resolve the user to run as,
+ * bind every listening socket (so a bind error is reported before anything
+ * runs), load BPF objects, drop privileges (privdrop.h: everything that
+ * needs root or CAP_BPF/CAP_NET_ADMIN happens before this point, and no
+ * thread exists yet), start the workers, then announce readiness (log line
+ * + sd_notify). SIGTERM/SIGINT drain. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -28,6 +31,7 @@
 #include "health.h"
 #include "listener.h"
 #include "paths.h"
+#include "privdrop.h"
 #include "runtime.h"
 #include "tls.h"
 #include "worker.h"
@@ -36,6 +40,7 @@ struct options {
 	const char *config_path;
 	const char *state_dir;
 	const char *log_level;
+	const char *user;
 	unsigned workers;
 	bool check_only;
 };
@@ -49,6 +54,9 @@ static void usage(FILE *out)
 		"  -s, --state-dir DIR   state directory (created if missing)\n"
 		"  -w, --workers N       worker threads (default: settings.workers, else one per core)\n"
 		"  -l, --log-level L     err, warn, notice, info (default) or debug\n"
+		"  -u, --user NAME       run as NAME after binding (default: settings.user, else\n"
+		"                        kgate when started as root, else the starting user);\n"
+		"                        'root' keeps uid 0; only CAP_NET_BIND_SERVICE is kept\n"
 		"  -t, --check           validate the configuration and its files, then exit\n"
 		"  -h, --help            this text\n");
 }
@@ -60,16 +68,18 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{"state-dir", required_argument, NULL, 's'},
 		{"workers", required_argument, NULL, 'w'},
 		{"log-level", required_argument, NULL, 'l'},
+		{"user", required_argument, NULL, 'u'},
 		{"check", no_argument, NULL, 't'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	int opt;
-	while ((opt = getopt_long(argc, argv, "c:s:w:l:th", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:s:w:l:u:th", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': o->config_path = optarg; break;
 		case 's': o->state_dir = optarg; break;
 		case 'l': o->log_level = optarg; break;
+		case 'u': o->user = optarg; break;
 		case 't': o->check_only = true; break;
 		case 'w': {
 			char *end;
@@ -198,6 +208,25 @@ static int open_listeners(struct kg_config *cfg, unsigned n_workers, int **fds)
 	return 0;
 }
 
+/* Creates the state directory (mode 0700). One that kgated creates as root
+ * for another user is handed to that user; an existing one is left as it
+ * is (under systemd, StateDirectory= owns it) and checked after the drop. */
+static int state_dir_create(const char *path, const struct kg_priv_plan *priv)
+{
+	if (mkdir(path, 0700) == -1) {
+		if (errno == EEXIST)
+			return 0;
+		log_err("state directory %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (priv->switch_user && chown(path, priv->uid, priv->gid) == -1) {
+		log_err("state directory %s: cannot give it to user %s: %s", path, priv->user,
+			strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 /* systemd Type=notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
 static void sd_notify_send(const char *msg)
 {
@@ -287,10 +316,13 @@ int main(int argc, char **argv)
 		status = 0;
 		goto free_runtime;
 	}
-	if (opt.state_dir && mkdir(opt.state_dir, 0700) == -1 && errno != EEXIST) {
-		log_err("state directory %s: %s", opt.state_dir, strerror(errno));
+	struct kg_priv_plan priv;
+	if (kg_priv_plan(opt.user ? opt.user : cfg->user, &priv, err, sizeof(err)) < 0) {
+		fprintf(stderr, "kgated: %s\n", err);
 		goto free_runtime;
 	}
+	if (opt.state_dir && state_dir_create(opt.state_dir, &priv) < 0)
+		goto free_runtime;
 
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned n_workers = opt.workers ? opt.workers
@@ -318,6 +350,20 @@ int main(int argc, char **argv)
 		goto free_workers;
 	if (open_listeners(cfg, n_workers, fds) < 0)
 		goto free_workers;
+	/* BPF objects (sockmap programs and maps) load HERE: after the
+	 * listeners exist, before the drop below removes CAP_BPF and
+	 * CAP_NET_ADMIN. Whatever the workers need later must be an fd by now. */
+	char summary[256];
+	if (kg_priv_drop(&priv, summary, sizeof(summary), err, sizeof(err)) < 0) {
+		log_err("cannot drop privileges: %s", err);
+		goto free_workers;
+	}
+	log_notice("%s", summary);
+	if (opt.state_dir && access(opt.state_dir, R_OK | W_OK | X_OK) == -1) {
+		log_err("state directory %s: not usable by user %s: %s (chown it to the user)",
+			opt.state_dir, priv.user, strerror(errno));
+		goto free_workers;
+	}
 	for (unsigned w = 0; w < n_workers; w++) {
 		workers[w] = kg_worker_create(w, &rt, fds[w]);
 		if (!workers[w]) {

@@ -4,7 +4,7 @@
 # Idempotent; needs root (apt-get) only when something is missing.
 set -euo pipefail
 
-build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev)
+build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk)

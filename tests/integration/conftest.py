@@ -404,6 +404,11 @@ class Daemon:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        # Started as root, kgated switches to --user (default kgate, which
+        # a test machine may lack): tests keep root explicitly unless they
+        # test the switch themselves.
+        if os.geteuid() == 0 and "--user" not in extra_args:
+            extra_args = ("--user", "root", *extra_args)
         self.proc = subprocess.Popen(
             [KGATED, "--config", self.config_path, *extra_args],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,

@@ -1,12 +1,13 @@
 /* kgated: arguments, start-up order, signals, drain.
  *
  * Start-up order: load and validate the configuration (files included),
- * build every listener's SSL_CTX and balancer, resolve the user to run as,
- * bind every listening socket (so a bind error is reported before anything
- * runs), load BPF objects, drop privileges (privdrop.h: everything that
- * needs root or CAP_BPF/CAP_NET_ADMIN happens before this point, and no
- * thread exists yet), start the workers, then announce readiness (log line
- * + sd_notify). SIGTERM/SIGINT drain. */
+ * build every listener's SSL_CTX and balancer (key files are read here, as
+ * the starting user), resolve the user to run as, load BPF objects, drop
+ * privileges (privdrop.h: everything that needs root or CAP_BPF/
+ * CAP_NET_ADMIN happens before this point, and no thread exists yet), bind
+ * every listening socket with the kept CAP_NET_BIND_SERVICE (so a bind
+ * error is reported before anything runs), start the workers, then
+ * announce readiness (log line + sd_notify). SIGTERM/SIGINT drain. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -227,6 +228,24 @@ static int state_dir_create(const char *path, const struct kg_priv_plan *priv)
 	return 0;
 }
 
+/* Becomes the planned user (privdrop.h). Runs while main is the only
+ * thread; the state directory must be usable by that user afterwards. */
+static int drop_privileges(const struct kg_priv_plan *priv, const char *state_dir)
+{
+	char summary[256], err[256];
+	if (kg_priv_drop(priv, summary, sizeof(summary), err, sizeof(err)) < 0) {
+		log_err("cannot drop privileges: %s", err);
+		return -1;
+	}
+	log_notice("%s", summary);
+	if (state_dir && access(state_dir, R_OK | W_OK | X_OK) == -1) {
+		log_err("state directory %s: not usable by user %s: %s (chown it to the user)",
+			state_dir, priv->user, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 /* systemd Type=notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
 static void sd_notify_send(const char *msg)
 {
@@ -348,22 +367,15 @@ int main(int argc, char **argv)
 	unsigned started = 0;
 	if (!fds || !workers)
 		goto free_workers;
+	/* BPF objects (sockmap programs and maps) load HERE, before the drop
+	 * removes CAP_BPF and CAP_NET_ADMIN: what the workers need later must
+	 * be an fd by now. */
+	if (drop_privileges(&priv, opt.state_dir) < 0)
+		goto free_workers;
+	/* After the drop: CAP_NET_BIND_SERVICE is kept, so low ports bind here
+	 * exactly as they will for listeners added at run time. */
 	if (open_listeners(cfg, n_workers, fds) < 0)
 		goto free_workers;
-	/* BPF objects (sockmap programs and maps) load HERE: after the
-	 * listeners exist, before the drop below removes CAP_BPF and
-	 * CAP_NET_ADMIN. Whatever the workers need later must be an fd by now. */
-	char summary[256];
-	if (kg_priv_drop(&priv, summary, sizeof(summary), err, sizeof(err)) < 0) {
-		log_err("cannot drop privileges: %s", err);
-		goto free_workers;
-	}
-	log_notice("%s", summary);
-	if (opt.state_dir && access(opt.state_dir, R_OK | W_OK | X_OK) == -1) {
-		log_err("state directory %s: not usable by user %s: %s (chown it to the user)",
-			opt.state_dir, priv.user, strerror(errno));
-		goto free_workers;
-	}
 	for (unsigned w = 0; w < n_workers; w++) {
 		workers[w] = kg_worker_create(w, &rt, fds[w]);
 		if (!workers[w]) {

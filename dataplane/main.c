@@ -55,7 +55,7 @@ static void usage(FILE *out)
 		"  -s, --state-dir DIR   state directory (created if missing)\n"
 		"  -w, --workers N       worker threads (default: settings.workers, else one per core)\n"
 		"  -l, --log-level L     err, warn, notice, info (default) or debug\n"
-		"  -u, --user NAME       run as NAME after binding (default: settings.user, else\n"
+		"  -u, --user NAME       run as NAME once started (default: settings.user, else\n"
 		"                        kgate when started as root, else the starting user);\n"
 		"                        'root' keeps uid 0; only CAP_NET_BIND_SERVICE is kept\n"
 		"  -t, --check           validate the configuration and its files, then exit\n"

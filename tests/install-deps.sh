@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc)
-test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps)
+test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;

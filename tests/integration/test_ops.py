@@ -8,6 +8,7 @@ capabilities) it narrows its sets the same way. Every case checks
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import stat
@@ -244,3 +245,33 @@ def test_listener_on_443_added_at_run_time_after_the_drop(pki, daemons, shared_d
          "--ca", "clients", "--mutual-auth", "required", "--backend", be.address])
     assert https_get(client_context(pki), port) == "backend=a\n"
     assert_dropped(d.pid, nobody.pw_uid, nobody.pw_gid)
+
+
+LOG_LINE = re.compile(r"<([3-7])>(error|warning|notice|info|debug): \S")
+
+
+def test_log_lines_have_levels_and_no_secrets(pki, spawn_kgated, http_backends):
+    """Debug level, good and refused clients: every line is one event with
+    its level prefix, and no key or certificate material is in any line."""
+    be = http_backends("a")
+    d = spawn_kgated(base_config(pki, [tls_listener(pki, [be])], log_level="debug"))
+    assert https_get(client_context(pki), d.port) == "backend=a\n"
+    for cert in (None, "revoked", "otherca-client"):
+        try:
+            https_get(client_context(pki, cert=cert), d.port, timeout=5)
+        except (OSError, AssertionError):
+            pass
+    assert d.wait_log("handshake failed", min_count=3)
+    assert d.terminate() == 0
+    text = d.log()
+    names = {"3": "error", "4": "warning", "5": "notice", "6": "info", "7": "debug"}
+    for line in text.splitlines():
+        m = LOG_LINE.match(line)
+        assert m and names[m.group(1)] == m.group(2), line
+    assert "<7>debug: " in text
+    secrets = ["PRIVATE KEY", "BEGIN CERTIFICATE", "BEGIN X509 CRL"]
+    for path in (pki.key("server"), pki.key("client"), pki.cert("client"), pki.cert("server")):
+        body = [l for l in open(path).read().splitlines() if not l.startswith("-----")]
+        secrets += [l[:32] for l in body if len(l) >= 32]
+    leaked = [s for s in secrets if s in text]
+    assert not leaked, leaked

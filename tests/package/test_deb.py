@@ -178,8 +178,9 @@ def start_direct(svc, work):
     assert svc["Group"] == [svc["User"][0]]
     service_dirs(svc, user)
     prefix = setpriv_prefix(svc, user)
-    step("ExecStartPre as %s: %s" % (user.pw_name, svc["ExecStartPre"][0]))
-    run(prefix + shlex.split(svc["ExecStartPre"][0]), cwd="/")
+    for pre in svc.get("ExecStartPre", []):
+        step("ExecStartPre as %s: %s" % (user.pw_name, pre))
+        run(prefix + shlex.split(pre), cwd="/")
     cmd = shlex.split(svc["ExecStart"][0])
     assert cmd[0] == "/usr/sbin/kgated", cmd
     step("ExecStart as %s with %s: %s" % (user.pw_name, svc["AmbientCapabilities"][0],

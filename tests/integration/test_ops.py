@@ -12,25 +12,18 @@ import re
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 
 import pytest
 
-from conftest import (KGATECTL, KGATED, Daemon, base_config, client_context, https_get, run,
-                      tls_listener)
+from conftest import (KGATECTL, KGATED, REPO, Daemon, base_config, client_context, https_get,
+                      run, tls_listener)
 
-CAP_NET_BIND_SERVICE = 1 << 10
+sys.path.insert(0, os.path.join(REPO, "tests", "tools"))
+from procstatus import CAP_NET_BIND_SERVICE, proc_status  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
-
-
-def proc_status(pid):
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            key, _, val = line.partition(":")
-            out[key] = val.split()
-    return out
 
 
 def caps(status, name):

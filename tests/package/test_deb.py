@@ -28,8 +28,10 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.join(REPO, "build-deb")
 UNIT = "/usr/lib/systemd/system/kgate.service"
 CONF = "/etc/kgate/kgate.json"
-CAP_NET_BIND_SERVICE = 1 << 10
 READY_TIMEOUT = 20
+
+sys.path.insert(0, os.path.join(REPO, "tests", "tools"))
+from procstatus import CAP_NET_BIND_SERVICE, proc_status  # noqa: E402
 
 
 def step(msg):
@@ -144,15 +146,6 @@ def service_dirs(svc, user):
             os.makedirs(path, exist_ok=True)
             os.chown(path, user.pw_uid, user.pw_gid)
             os.chmod(path, mode)
-
-
-def proc_status(pid):
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            key, _, val = line.partition(":")
-            out[key] = val.split()
-    return out
 
 
 def check_serves(work):

@@ -16,7 +16,6 @@
 #include <json-c/json.h>
 
 #include "certs.h"
-#include "privdrop.h"
 #include "kgate/limits.h"
 #include "kgate/log.h"
 
@@ -217,8 +216,7 @@ static int get_name(struct parser *p, const char *path, const char *name, char o
 
 static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_object *root)
 {
-	static const char *const keys[] = {"workers", "drain_timeout_ms", "log_level", "user",
-					   NULL};
+	static const char *const keys[] = {"workers", "drain_timeout_ms", "log_level", NULL};
 	struct json_object *s = NULL;
 	const char *path = "settings";
 	int r = get_member(p, "", root, "settings", json_type_object, "an object", &s);
@@ -239,20 +237,6 @@ static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_o
 		cfg->log_level = strdup(level);
 		if (!cfg->log_level)
 			return fail(p, "settings.log_level", "out of memory");
-	}
-	/* Only the shape here; whether the user exists is kgated's start-up
-	 * question (privdrop.c), so --check works on another machine. */
-	const char *user;
-	r = get_string(p, path, s, "user", &user);
-	if (r < 0)
-		return -1;
-	if (r > 0) {
-		if (!kg_priv_name_valid(user))
-			return fail(p, "settings.user",
-				    "must be a user name: 1-32 letters, digits, . _ - (not starting with -)");
-		cfg->user = strdup(user);
-		if (!cfg->user)
-			return fail(p, "settings.user", "out of memory");
 	}
 	return 0;
 }
@@ -946,7 +930,6 @@ void kg_config_free(struct kg_config *cfg)
 	}
 	free(cfg->listeners);
 	free(cfg->log_level);
-	free(cfg->user);
 	free(cfg);
 }
 

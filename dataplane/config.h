@@ -89,7 +89,6 @@ struct kg_config {
 	unsigned workers;          /* "settings.workers"; 0 = one per core */
 	unsigned drain_timeout_ms; /* "settings.drain_timeout_ms"; default 10000 */
 	char *log_level;           /* "settings.log_level"; NULL = default */
-	char *user;                /* "settings.user"; NULL = kgated's default (privdrop.h) */
 };
 
 /* Parses JSON text. Relative file paths resolve against base_dir (the

@@ -55,8 +55,8 @@ static void usage(FILE *out)
 		"  -s, --state-dir DIR   state directory (created if missing)\n"
 		"  -w, --workers N       worker threads (default: settings.workers, else one per core)\n"
 		"  -l, --log-level L     err, warn, notice, info (default) or debug\n"
-		"  -u, --user NAME       run as NAME once started (default: settings.user, else\n"
-		"                        kgate when started as root, else the starting user);\n"
+		"  -u, --user NAME       run as NAME once started (default: kgate when started\n"
+		"                        as root, else the starting user);\n"
 		"                        'root' keeps uid 0; only CAP_NET_BIND_SERVICE is kept\n"
 		"  -t, --check           validate the configuration and its files, then exit\n"
 		"  -h, --help            this text\n");
@@ -336,7 +336,7 @@ int main(int argc, char **argv)
 		goto free_runtime;
 	}
 	struct kg_priv_plan priv;
-	if (kg_priv_plan(opt.user ? opt.user : cfg->user, &priv, err, sizeof(err)) < 0) {
+	if (kg_priv_plan(opt.user, &priv, err, sizeof(err)) < 0) {
 		fprintf(stderr, "kgated: %s\n", err);
 		goto free_runtime;
 	}

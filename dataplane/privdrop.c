@@ -18,7 +18,7 @@
 static const cap_value_t kg_priv_kept[] = {CAP_NET_BIND_SERVICE};
 #define N_KEPT (sizeof(kg_priv_kept) / sizeof(kg_priv_kept[0]))
 
-bool kg_priv_name_valid(const char *name)
+static bool name_valid(const char *name)
 {
 	size_t len = strlen(name);
 	if (len == 0 || len > KG_PRIV_NAME_MAX || name[0] == '-')
@@ -52,7 +52,7 @@ int kg_priv_plan(const char *user, struct kg_priv_plan *plan, char *err, size_t 
 	}
 	if (!given)
 		user = KG_PRIV_DEFAULT_USER;
-	if (!kg_priv_name_valid(user)) {
+	if (!name_valid(user)) {
 		snprintf(err, errlen, "user '%.40s': not a valid user name", user);
 		return -EINVAL;
 	}

@@ -7,7 +7,7 @@
  * listeners on ports below 1024 can still be added at run time).
  *
  * Who the target user is (kg_priv_plan):
- *   - started as root: --user / settings.user, default "kgate". A user that
+ *   - started as root: --user, default "kgate". A user that
  *     does not exist is an error; "--user root" keeps uid 0 explicitly (the
  *     capabilities are still narrowed).
  *   - started as another user: that user; naming a different one is an
@@ -35,12 +35,10 @@ struct kg_priv_plan {
 	bool switch_user; /* setuid/setgid needed (started as root, target != root) */
 };
 
-/* A user name kgated accepts: 1-32 of A-Z a-z 0-9 . _ -, not starting
- * with '-'. */
-bool kg_priv_name_valid(const char *name);
-
-/* Resolves the target user. user: from --user or settings.user, NULL for
- * the default. Returns 0, or -errno with a one-line reason in err. Call
+/* Resolves the target user. user: from --user, NULL for the default. It
+ * is a command-line option, not a setting: the user is fixed before the
+ * configuration or state document is read, since with a state directory
+ * that document lives in a folder the user must own. Returns 0, or -errno with a one-line reason in err. Call
  * before binding so a wrong user is reported before anything runs. */
 int kg_priv_plan(const char *user, struct kg_priv_plan *plan, char *err, size_t errlen);
 

@@ -408,8 +408,7 @@ class Daemon:
         # Started as root, kgated switches to --user (default kgate, which
         # a test machine may lack): tests keep root explicitly unless they
         # test the switch themselves.
-        if (os.geteuid() == 0 and not prefix and "--user" not in extra_args
-                and "user" not in config.get("settings", {})):
+        if os.geteuid() == 0 and not prefix and "--user" not in extra_args:
             extra_args = ("--user", "root", *extra_args)
         self.proc = subprocess.Popen(
             [*prefix, KGATED, "--config", self.config_path, *extra_args],

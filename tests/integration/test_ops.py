@@ -134,15 +134,6 @@ def test_root_start_switches_to_user_and_keeps_only_bind_service(
         (nobody.pw_uid, nobody.pw_gid, 0o700)
 
 
-def test_user_from_settings(pki, daemons, shared_dir, http_backends):
-    nobody = pwd.getpwnam("nobody")
-    be = http_backends("a")
-    cfg = readable_config(pki, shared_dir, [tls_listener(pki, [be])], user="nobody")
-    d = daemons(cfg, os.path.join(shared_dir, "run"))
-    assert_dropped(d.pid, nobody.pw_uid, nobody.pw_gid)
-    assert https_get(client_context(pki), d.port) == "backend=a\n"
-
-
 def _write(folder, cfg):
     path = os.path.join(folder, "checked.json")
     with open(path, "w") as f:
@@ -205,13 +196,13 @@ def test_unprivileged_start_cannot_switch_to_another_user(pki, shared_dir):
         % nobody.pw_uid in res.stderr, res.stderr
 
 
-def test_bad_user_setting_is_refused(pki, shared_dir):
-    cfg = readable_config(pki, shared_dir, [tls_listener(pki, ["127.0.0.1:9"])],
-                          user="-rf")
-    res = run([KGATED, "--check", "--config", _write(shared_dir, cfg)],
+def test_bad_user_name_is_refused(pki, shared_dir):
+    cfg = readable_config(pki, shared_dir, [tls_listener(pki, ["127.0.0.1:9"])])
+    res = run([KGATED, "--config", _write(shared_dir, cfg), "--user", "-rf"],
               check=False, timeout=30)
     assert res.returncode == 1
-    assert "kgated: config error: settings.user: must be a user name" in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "kgated: user '-rf': not a valid user name", \
+        res.stderr
 
 
 def _has_listener_verbs():

@@ -6,6 +6,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/capability.h>
 #include <sys/prctl.h>
@@ -36,7 +37,7 @@ int kg_priv_plan(const char *user, struct kg_priv_plan *plan, char *err, size_t 
 {
 	uid_t self = geteuid();
 	bool given = user != NULL;
-	*plan = (struct kg_priv_plan){0};
+	*plan = (struct kg_priv_plan){.extra_gid = (gid_t)-1, .started_root = self == 0};
 
 	if (!given && self != 0) {
 		/* Started unprivileged (e.g. systemd User=): stay that user. */
@@ -120,6 +121,41 @@ static int drop_bounding(char *err, size_t errlen)
 	return 0;
 }
 
+/* Adds plan->extra_gid to the supplementary groups (root only), or checks
+ * that the process already has it. */
+static int join_extra_group(const struct kg_priv_plan *plan, char *err, size_t errlen)
+{
+	if (plan->gid == plan->extra_gid)
+		return 0;
+	int n = getgroups(0, NULL);
+	gid_t *groups = n >= 0 ? calloc((size_t)n + 1, sizeof(*groups)) : NULL;
+	int ret = 0;
+	if (!groups || (n = getgroups(n, groups)) == -1) {
+		snprintf(err, errlen, "cannot read groups: %s", strerror(errno));
+		ret = groups ? -errno : -ENOMEM;
+		goto free_groups;
+	}
+	for (int i = 0; i < n; i++)
+		if (groups[i] == plan->extra_gid)
+			goto free_groups;
+	if (!plan->started_root) {
+		snprintf(err, errlen, "user '%s' is not a member of group %u: add it "
+			 "(usermod -aG, or SupplementaryGroups= in the unit)", plan->user,
+			 (unsigned)plan->extra_gid);
+		ret = -EPERM;
+		goto free_groups;
+	}
+	groups[n++] = plan->extra_gid;
+	if (setgroups((size_t)n, groups) == -1) {
+		snprintf(err, errlen, "cannot join group %u: %s", (unsigned)plan->extra_gid,
+			 strerror(errno));
+		ret = -errno;
+	}
+free_groups:
+	free(groups);
+	return ret;
+}
+
 static int switch_user(const struct kg_priv_plan *plan, char *err, size_t errlen)
 {
 	/* KEEPCAPS: setuid away from 0 would otherwise clear the permitted set,
@@ -134,6 +170,11 @@ static int switch_user(const struct kg_priv_plan *plan, char *err, size_t errlen
 	if (initgroups(plan->user, plan->gid) == -1) {
 		snprintf(err, errlen, "user '%s': cannot set groups: %s", plan->user, strerror(errno));
 		return -errno;
+	}
+	if (plan->extra_gid != (gid_t)-1) {
+		int r = join_extra_group(plan, err, errlen);
+		if (r < 0)
+			return r;
 	}
 	if (setresgid(plan->gid, plan->gid, plan->gid) == -1) {
 		snprintf(err, errlen, "user '%s': cannot set gid %u: %s", plan->user,
@@ -198,6 +239,10 @@ int kg_priv_drop(const struct kg_priv_plan *plan, char *summary, size_t summaryl
 		return bound;
 	if (plan->switch_user) {
 		int r = switch_user(plan, err, errlen);
+		if (r < 0)
+			return r;
+	} else if (plan->extra_gid != (gid_t)-1) {
+		int r = join_extra_group(plan, err, errlen);
 		if (r < 0)
 			return r;
 	}

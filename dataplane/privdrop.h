@@ -33,13 +33,20 @@ struct kg_priv_plan {
 	uid_t uid;
 	gid_t gid;
 	bool switch_user; /* setuid/setgid needed (started as root, target != root) */
+	bool started_root; /* euid 0 at kg_priv_plan: groups can still be set */
+	/* A group to keep access to after the drop, e.g. the control socket's
+	 * (chown to a group needs membership once CAP_CHOWN is gone); (gid_t)-1
+	 * = none. Set by the caller after kg_priv_plan. Started as root, kgated
+	 * joins it; started unprivileged, the user must already be a member. */
+	gid_t extra_gid;
 };
 
 /* Resolves the target user. user: from --user, NULL for the default. It
  * is a command-line option, not a setting: the user is fixed before the
  * configuration or state document is read, since with a state directory
- * that document lives in a folder the user must own. Returns 0, or -errno with a one-line reason in err. Call
- * before binding so a wrong user is reported before anything runs. */
+ * that document lives in a folder the user must own. Returns 0, or -errno
+ * with a one-line reason in err. Call before binding so a wrong user is
+ * reported before anything runs. */
 int kg_priv_plan(const char *user, struct kg_priv_plan *plan, char *err, size_t errlen);
 
 /* Switches to the planned user and narrows the capability sets. Must run

@@ -1,10 +1,15 @@
 /* kgated: arguments, start-up order, signals, drain.
  *
  * Start-up order: load and validate the configuration (files included),
- * build every listener's SSL_CTX and balancer, bind every listening socket
- * (so a bind error is reported before anything runs), start the workers,
- * then announce readiness (log line + sd_notify). SIGTERM/SIGINT drain. */
+ * build every listener's SSL_CTX and balancer (key files are read here, as
+ * the starting user), resolve the user to run as, load BPF objects, drop
+ * privileges (privdrop.h: everything that needs root or CAP_BPF/
+ * CAP_NET_ADMIN happens before this point, and no thread exists yet), bind
+ * every listening socket with the kept CAP_NET_BIND_SERVICE (so a bind
+ * error is reported before anything runs), start the workers, then
+ * announce readiness (log line + sd_notify). SIGTERM/SIGINT drain. */
 #include <errno.h>
+#include <ftw.h>
 #include <getopt.h>
 #include <grp.h>
 #include <signal.h>
@@ -34,6 +39,7 @@
 #include "control.h"
 #include "control_ops.h"
 #include "metrics.h"
+#include "privdrop.h"
 #include "runtime.h"
 #include "state.h"
 #include "worker.h"
@@ -49,6 +55,7 @@ struct options {
 	const char *control_path;
 	const char *control_group;
 	const char *metrics;
+	const char *user;
 	unsigned workers;
 	bool check_only;
 	bool reseed;
@@ -68,6 +75,9 @@ static void usage(FILE *out)
 		"      --metrics IP:PORT    serve Prometheus metrics over HTTP (off by default)\n"
 		"  -w, --workers N          worker threads (default: settings.workers, else one per core)\n"
 		"  -l, --log-level L        err, warn, notice, info (default) or debug\n"
+		"  -u, --user NAME          run as NAME once started (default: kgate when started\n"
+		"                           as root, else the starting user); 'root' keeps uid 0;\n"
+		"                           only CAP_NET_BIND_SERVICE is kept\n"
 		"  -t, --check              validate the configuration and its files, then exit\n"
 		"  -h, --help               this text\n");
 }
@@ -81,6 +91,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{"state-dir", required_argument, NULL, 's'},
 		{"workers", required_argument, NULL, 'w'},
 		{"log-level", required_argument, NULL, 'l'},
+		{"user", required_argument, NULL, 'u'},
 		{"check", no_argument, NULL, 't'},
 		{"reseed", no_argument, NULL, OPT_RESEED},
 		{"control", required_argument, NULL, OPT_CONTROL},
@@ -90,11 +101,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{NULL, 0, NULL, 0},
 	};
 	int opt;
-	while ((opt = getopt_long(argc, argv, "c:s:w:l:th", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:s:w:l:u:th", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': o->config_path = optarg; break;
 		case 's': o->state_dir = optarg; break;
 		case 'l': o->log_level = optarg; break;
+		case 'u': o->user = optarg; break;
 		case 't': o->check_only = true; break;
 		case OPT_RESEED: o->reseed = true; break;
 		case OPT_CONTROL: o->control_path = optarg; break;
@@ -165,6 +177,52 @@ static int check_config(const struct options *opt, struct kg_config *cfg)
 		       opt->config_path, cfg->n_listeners, cfg->n_certs);
 	kg_config_ref_put(ref);
 	return status;
+}
+
+/* The state was read, and maybe seeded, by the starting user; everything
+ * in the directory goes to the user kgated runs as, which rewrites it from
+ * now on (files are replaced by rename, so it must own the folder). */
+static uid_t give_uid;
+static gid_t give_gid;
+
+static int give_entry(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+	(void)sb;
+	(void)type;
+	(void)ftw;
+	return lchown(path, give_uid, give_gid) == -1 ? -1 : 0;
+}
+
+static int state_dir_give(const char *path, const struct kg_priv_plan *priv)
+{
+	if (!priv->switch_user)
+		return 0;
+	give_uid = priv->uid;
+	give_gid = priv->gid;
+	if (nftw(path, give_entry, 16, FTW_PHYS) != 0) {
+		log_err("state directory %s: cannot give it to user %s: %s", path, priv->user,
+			strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Becomes the planned user (privdrop.h). Runs while main is the only
+ * thread; the state directory must be usable by that user afterwards. */
+static int drop_privileges(const struct kg_priv_plan *priv, const char *state_dir)
+{
+	char summary[256], err[256];
+	if (kg_priv_drop(priv, summary, sizeof(summary), err, sizeof(err)) < 0) {
+		log_err("cannot drop privileges: %s", err);
+		return -1;
+	}
+	log_notice("%s", summary);
+	if (state_dir && access(state_dir, R_OK | W_OK | X_OK) == -1) {
+		log_err("state directory %s: not usable by user %s: %s (chown it to the user)",
+			state_dir, priv->user, strerror(errno));
+		return -1;
+	}
+	return 0;
 }
 
 /* systemd Type=notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
@@ -315,6 +373,13 @@ int main(int argc, char **argv)
 		}
 		return check_config(&opt, cfg);
 	}
+	struct kg_priv_plan priv;
+	if (kg_priv_plan(opt.user, &priv, err, sizeof(err)) < 0) {
+		fprintf(stderr, "kgated: %s\n", err);
+		return 1;
+	}
+	/* The control socket's group must stay usable without CAP_CHOWN. */
+	priv.extra_gid = group;
 	if (kg_runtime_init(&rt) < 0) {
 		fprintf(stderr, "kgated: out of memory\n");
 		return 1;
@@ -330,6 +395,14 @@ int main(int argc, char **argv)
 		kg_config_free(cfg);
 		goto free_runtime;
 	}
+	/* BPF objects (sockmap programs and maps) load before the drop removes
+	 * CAP_BPF and CAP_NET_ADMIN: what the workers need later must be an fd
+	 * by then. The drop runs while this is the only thread, after the
+	 * state was read (and seeded) as the starting user. */
+	if (opt.state_dir && state_dir_give(opt.state_dir, &priv) < 0)
+		goto free_runtime;
+	if (drop_privileges(&priv, opt.state_dir) < 0)
+		goto free_runtime;
 	const char *level = opt.log_level ? opt.log_level : cfg->log_level;
 	if (level) {
 		int lvl = kg_log_level_parse(level);

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kgate needs, when missing. Usage:
-#   tests/install-deps.sh build|test|demo|bench|vm
+#   tests/install-deps.sh build|test|demo|bench|vm|package
 # Idempotent; needs root (apt-get) only when something is missing.
 set -euo pipefail
 
-build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev)
-test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps)
+build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc)
+test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;
 # the guest runs the host's own tools, so it needs the test group too.
 vm=("${test[@]}" qemu-system-x86 busybox-static)
+# tests/package/test_deb.py: cpack's dpkg-shlibdeps, systemd-analyze, setpriv.
+package=("${build[@]}" dpkg-dev systemd util-linux curl python3 man-db)
 
 case "${1:-test}" in
 build) want=("${build[@]}") ;;
@@ -18,7 +20,8 @@ test) want=("${test[@]}") ;;
 demo) want=("${demo[@]}") ;;
 bench) want=("${bench[@]}") ;;
 vm) want=("${vm[@]}") ;;
-*) echo "usage: $0 build|test|demo|bench|vm" >&2; exit 2 ;;
+package) want=("${package[@]}") ;;
+*) echo "usage: $0 build|test|demo|bench|vm|package" >&2; exit 2 ;;
 esac
 
 missing=()

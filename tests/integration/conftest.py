@@ -391,7 +391,8 @@ def base_config(pki, listeners, workers=1, **settings):
 
 
 class Daemon:
-    def __init__(self, config, workdir, extra_args=()):
+    def __init__(self, config, workdir, extra_args=(), prefix=()):
+        """prefix: a command that execs kgated (e.g. setpriv ... --)."""
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.config_path = os.path.join(workdir, "kgated.json")
@@ -405,8 +406,13 @@ class Daemon:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        # Started as root, kgated switches to --user (default kgate, which
+        # a test machine may lack): tests keep root explicitly unless they
+        # test the switch themselves.
+        if os.geteuid() == 0 and not prefix and "--user" not in extra_args:
+            extra_args = ("--user", "root", *extra_args)
         self.proc = subprocess.Popen(
-            [KGATED, "--config", self.config_path, *extra_args],
+            [*prefix, KGATED, "--config", self.config_path, *extra_args],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
             env=env)
         self.pid = self.proc.pid

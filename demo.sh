@@ -18,6 +18,9 @@ kgatectl=$root/$build/ctl/kgatectl
 kgated=$root/$build/dataplane/kgated
 
 work=$(mktemp -d /tmp/kgate-demo.XXXXXX)
+# kgated runs as "nobody" (below) and must reach its state folder in here;
+# private keys stay 0600 to root, kgatectl uploads them over the socket.
+chmod 0755 "$work"
 pids=()
 cleanup() {
 	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done

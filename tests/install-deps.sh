@@ -4,7 +4,8 @@
 # Idempotent; needs root (apt-get) only when something is missing.
 set -euo pipefail
 
-build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc)
+build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc
+	clang llvm libbpf-dev bpftool linux-libc-dev)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk)

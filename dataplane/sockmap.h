@@ -1,0 +1,146 @@
+/* Path P relay through the eBPF sockmap (bpf/sockmap.bpf.c): once both
+ * sockets of a pair are added, every byte one receives is sent out of the
+ * other by the kernel; userspace copies nothing and is not woken for data.
+ *
+ * One struct kg_sockmap per process, shared by all workers: every function
+ * is thread-safe (map updates are syscalls; the slot allocator has a lock).
+ * A struct kg_sockmap_pair belongs to the one worker that owns the
+ * connection. Only plain TCP sockets may be added, never one that has or
+ * will get kTLS (bpf/README.md says why).
+ *
+ * Errors: kg_sockmap_open returns NULL with the reason in err; operations
+ * return 0 (or a count) or -errno.
+ *
+ * What the worker must do for each relayed pair:
+ *
+ *  - Poll both sockets for POLLRDHUP | POLLERR | POLLHUP, never for POLLIN:
+ *    the verdict program consumes data, so POLLIN rises only with RDHUP,
+ *    or on a paused source (below), which is not a reason to wake up.
+ *
+ *  - Back-pressure: the kernel queues redirected bytes in front of the
+ *    receiving socket without any limit (1 GiB and counting with a stalled
+ *    reader, tested). kg_sockmap_pace() pauses a source whose peer has more
+ *    than KG_SM_PAUSE_BYTES waiting and resumes it below
+ *    KG_SM_RESUME_BYTES; while paused, the source's fixed receive buffer
+ *    (KG_SM_RCVBUF) fills and TCP stops its sender. Call it on a timer for
+ *    every pair (the worker's tick; the bound is KG_SM_PAUSE_BYTES plus
+ *    what arrives between two calls, so a shorter period for pairs that
+ *    were paused or moved much data keeps it tight), and when a side
+ *    reports RDHUP.
+ *
+ *  - Close and half-close (sockmap does not propagate FIN or RST):
+ *    1. Side S reports RDHUP: its peer sent FIN. Do NOT shut down the
+ *       other side O yet: the bytes S received may still sit in the queue
+ *       in front of O's TCP, and a shutdown now makes the kernel drop them
+ *       (in a trial 100 MB were sent and 29 MB arrived). Call
+ *       kg_sockmap_pace(); if pair->tail[S] is set, S got its FIN while
+ *       paused and the kernel will not relay it any more: call
+ *       kg_sockmap_copy_tail(S) whenever O is writable until it returns 0.
+ *       Then poll kg_sockmap_flushed(O) (tick, or O's POLLOUT) until it
+ *       returns 1, and shutdown(O, SHUT_WR): TCP sends what it holds, then
+ *       the FIN.
+ *    2. When both directions are shut down (or either side reports POLLERR
+ *       or POLLHUP: a reset, nothing more can be delivered):
+ *       kg_sockmap_remove_pair(), then close both fds. Remove before
+ *       close. close() with an empty receive queue is graceful: the kernel
+ *       keeps sending the unacknowledged tail afterwards.
+ *    A flush that never completes (a reader that never reads) ends with
+ *    the worker's idle deadline, as on every path. */
+#ifndef KGATE_SOCKMAP_H
+#define KGATE_SOCKMAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <kgate/sockmap_bpf.h>
+
+/* Bytes moved per kg_sockmap_copy_tail call (a stack buffer). */
+#define KG_SM_TAIL_CHUNK 16384
+
+struct kg_sockmap;
+
+/* Caller-owned record of one relayed pair (embed it in the connection).
+ * Indexed by side (KG_SM_CLIENT, KG_SM_BACKEND). Written by the functions
+ * below; the caller reads paused[] and tail[] only. */
+struct kg_sockmap_pair {
+	uint32_t slot;
+	int fd[2];
+	uint64_t cookie[2];     /* SO_COOKIE: the sockets' keys in kg_sm_socks */
+	uint64_t base[2];       /* bytes the socket had been given before it was
+				 * added (e.g. a PROXY header) */
+	uint64_t base_rx[2];    /* data bytes its TCP had received and someone
+				 * had read before it was added */
+	uint64_t tail_bytes[2]; /* bytes userspace moved into it (draining a
+				 * paused source, kg_sockmap_copy_tail) */
+	bool paused[2];         /* reading from this side is paused */
+	bool tail[2];           /* this side could not be resumed (it is no
+				 * longer ESTABLISHED): the rest of its data
+				 * goes through kg_sockmap_copy_tail */
+};
+
+/* Loads and attaches the verdict program, with room for max_pairs pairs
+ * (0: KG_SM_DEFAULT_PAIRS). NULL when BPF or sockmap is unavailable (no
+ * CAP_BPF, kernel without sockmap, ...), with a one-line reason in err:
+ * log it once and relay with splice instead. Routes libbpf's messages into
+ * kgate's log. */
+struct kg_sockmap *kg_sockmap_open(uint32_t max_pairs, char *err, size_t errlen);
+/* Detaches and unloads. Sockets still in the maps are dropped from them
+ * (the fds stay open, owned by the caller). Tolerates NULL. */
+void kg_sockmap_close(struct kg_sockmap *sm);
+
+/* Starts relaying between two connected TCP sockets, both ways. Bytes that
+ * were already waiting in either socket are relayed too. The caller keeps
+ * owning the fds and must not read or write them while the pair is added
+ * (except through kg_sockmap_copy_tail). Sets SO_RCVBUF to KG_SM_RCVBUF on
+ * both. Errors:
+ *   -EOPNOTSUPP one socket is no longer ESTABLISHED (it got a FIN or a
+ *               reset before it could be added): nothing was added and no
+ *               byte consumed; relay this connection with splice instead.
+ *   -ENOSPC     all max_pairs slots are in use (splice instead).
+ *   other       -errno of a map update; nothing was added. */
+int kg_sockmap_add_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair,
+			int client_fd, int backend_fd);
+
+/* Takes both sockets out of the maps and frees the slot. Call before
+ * closing the fds. Returns the first error, but always removes all it can
+ * and always frees the slot. */
+int kg_sockmap_remove_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair);
+
+/* Pauses or resumes each direction from the bytes waiting in front of the
+ * receiving side (see Back-pressure above); may set pair->tail[]. */
+int kg_sockmap_pace(struct kg_sockmap *sm, struct kg_sockmap_pair *pair);
+
+/* For a side with pair->tail[src] set: once everything the kernel
+ * redirected has reached the other side's TCP, moves up to
+ * KG_SM_TAIL_CHUNK bytes from src to the other side without blocking.
+ * Returns bytes moved, 0 when src is at EOF with nothing left, -EAGAIN
+ * when it must wait (the other side is full or still flushing, or src has
+ * no data yet), other -errno on failure. */
+ssize_t kg_sockmap_copy_tail(struct kg_sockmap *sm, struct kg_sockmap_pair *pair, int src);
+
+/* Bytes the verdict program redirected into `side` since the pair was
+ * added; dropped (may be NULL): bytes for `side` it had to drop because
+ * `side` was no longer in the map. */
+int kg_sockmap_redirected(struct kg_sockmap *sm, const struct kg_sockmap_pair *pair,
+			  int side, uint64_t *into, uint64_t *dropped);
+
+/* 1 when every byte the other side has received so far has reached
+ * `side`'s TCP (sent, or in its send queue), so shutdown(side, SHUT_WR)
+ * loses nothing; 0 when bytes are still on their way; -errno. */
+int kg_sockmap_flushed(struct kg_sockmap *sm, const struct kg_sockmap_pair *pair,
+		       int side);
+
+/* Entries in the maps, for leak tests and metrics (walks the maps: not
+ * for the hot path). */
+struct kg_sockmap_usage {
+	uint32_t socks;      /* kg_sm_tx: sockets added */
+	uint32_t sources;    /* kg_sm_rx: sockets relaying (not paused) */
+	uint32_t cookies;    /* kg_sm_socks */
+	uint32_t pairs;      /* kg_sm_pairs */
+	uint32_t slots_used; /* the slot allocator's view */
+};
+int kg_sockmap_usage(struct kg_sockmap *sm, struct kg_sockmap_usage *u);
+
+#endif

@@ -5,8 +5,9 @@
  * that process), and whole-box CPU comes from /proc/stat, which also sees
  * the softirq and kworker time that sockmap moves out of the relay.
  *
- *   relay_bench [-b GiB] [-m sockmap,splice,copy]
+ *   relay_bench [-b GiB] [-m sockmap,splice,copy] [-P]
  *
+ * -P runs the sockmap relay without kg_sockmap_pace (no back-pressure).
  * Needs root for the sockmap mode (it is reported as unavailable without).
  * Prints one table row per mode. */
 #include <arpa/inet.h>
@@ -28,6 +29,11 @@
 #include "sockmap.h"
 
 #define CHUNK (64 * 1024)
+
+/* Set by relay_sockmap for the report: bytes userspace moved (draining a
+ * paused source) and how often the source was paused. */
+static unsigned long long user_moved, pauses;
+static int no_pace; /* -P: the kernel relay alone, unbounded */
 
 struct box_cpu {
 	unsigned long long busy, total, softirq;
@@ -147,8 +153,10 @@ static int relay_sockmap(int cfd, int bfd)
 		goto out_close;
 	for (;;) {
 		struct pollfd pf = {.fd = cfd, .events = POLLRDHUP};
-		if (poll(&pf, 1, 10) == -1 || kg_sockmap_pace(sm, &pair) != 0)
+		bool was_paused = pair.paused[KG_SM_CLIENT];
+		if (poll(&pf, 1, 10) == -1 || (!no_pace && kg_sockmap_pace(sm, &pair) != 0))
 			goto out_remove;
+		pauses += !was_paused && pair.paused[KG_SM_CLIENT];
 		if (pf.revents & POLLERR)
 			goto out_remove;
 		if (!(pf.revents & POLLRDHUP))
@@ -165,6 +173,7 @@ static int relay_sockmap(int cfd, int bfd)
 			break;
 	}
 	ret = shutdown(bfd, SHUT_WR);
+	user_moved = pair.tail_bytes[KG_SM_BACKEND];
 out_remove:
 	kg_sockmap_remove_pair(sm, &pair);
 out_close:
@@ -218,7 +227,7 @@ static int run(const char *mode, unsigned long long bytes)
 		getrusage(RUSAGE_SELF, &ru);
 		double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
 			     (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-		double msg[2] = {r == 0 ? 0 : 1, cpu};
+		double msg[4] = {r == 0 ? 0 : 1, cpu, (double)user_moved, (double)pauses};
 		if (write(rp[1], msg, sizeof(msg)) != sizeof(msg))
 			_exit(1);
 		/* Keep the sockets until the sink has read everything. */
@@ -247,7 +256,7 @@ static int run(const char *mode, unsigned long long bytes)
 	double t1 = now_s();
 	read_box_cpu(&b1);
 	pthread_join(th, NULL);
-	double msg[2] = {1, 0};
+	double msg[4] = {1, 0, 0, 0};
 	if (read(rp[0], msg, sizeof(msg)) != sizeof(msg))
 		msg[0] = 1;
 	close(cl);
@@ -266,8 +275,12 @@ static int run(const char *mode, unsigned long long bytes)
 	long hz = sysconf(_SC_CLK_TCK);
 	double box = (double)(b1.busy - b0.busy) / (double)hz;
 	double sirq = (double)(b1.softirq - b0.softirq) / (double)hz;
-	printf("| %-8s | %6.2f | %8.3f | %8.3f | %8.3f |\n", mode,
-	       (double)bytes * 8 / (t1 - t0) / 1e9, msg[1] / gib, box / gib, sirq / gib);
+	char note[96] = "";
+	if (!strcmp(mode, "sockmap"))
+		snprintf(note, sizeof(note), "%s%.0f pauses, %.1f%% of bytes moved by userspace",
+			 no_pace ? "not paced, " : "", msg[3], 100.0 * msg[2] / (double)bytes);
+	printf("| %-8s | %6.2f | %8.3f | %8.3f | %8.3f | %s |\n", mode,
+	       (double)bytes * 8 / (t1 - t0) / 1e9, msg[1] / gib, box / gib, sirq / gib, note);
 	fflush(stdout);
 	return 0;
 }
@@ -278,13 +291,15 @@ int main(int argc, char **argv)
 	char modes[64] = "sockmap,splice,copy";
 	int opt;
 
-	while ((opt = getopt(argc, argv, "b:m:")) != -1) {
-		if (opt == 'b')
+	while ((opt = getopt(argc, argv, "b:m:P")) != -1) {
+		if (opt == 'P')
+			no_pace = 1;
+		else if (opt == 'b')
 			gib = atof(optarg);
 		else if (opt == 'm')
 			snprintf(modes, sizeof(modes), "%s", optarg);
 		else {
-			fprintf(stderr, "usage: relay_bench [-b GiB] [-m sockmap,splice,copy]\n");
+			fprintf(stderr, "usage: relay_bench [-b GiB] [-m sockmap,splice,copy] [-P]\n");
 			return 2;
 		}
 	}
@@ -296,8 +311,8 @@ int main(int argc, char **argv)
 	unsigned long long bytes = (unsigned long long)(gib * 1024 * 1024 * 1024);
 	printf("relay_bench: %.2f GiB per mode, one flow on loopback, %ld CPUs\n\n", gib,
 	       sysconf(_SC_NPROCESSORS_ONLN));
-	printf("| mode     | Gbit/s | relay CPU s/GiB | box CPU s/GiB | softirq s/GiB |\n");
-	printf("|----------|-------:|---------:|---------:|---------:|\n");
+	printf("| mode     | Gbit/s | relay CPU s/GiB | box CPU s/GiB | softirq s/GiB | notes |\n");
+	printf("|----------|-------:|---------:|---------:|---------:|-------|\n");
 	int ret = 0;
 	for (char *save = NULL, *m = strtok_r(modes, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
 		if (strcmp(m, "sockmap") && strcmp(m, "splice") && strcmp(m, "copy")) {

@@ -13,37 +13,43 @@
  *
  * What the worker must do for each relayed pair:
  *
- *  - Poll both sockets for POLLRDHUP | POLLERR | POLLHUP, never for POLLIN:
- *    the verdict program consumes data, so POLLIN rises only with RDHUP,
- *    or on a paused source (below), which is not a reason to wake up.
+ *  - Poll both sockets for POLLRDHUP (POLLERR and POLLHUP always come),
+ *    not for POLLIN: the verdict program consumes data, so POLLIN rises
+ *    only with RDHUP, or on a paused source (below), which is not a reason
+ *    to wake up. POLLERR means a reset. POLLHUP alone is normal once a
+ *    side got its FIN and was shut down for writing.
  *
  *  - Back-pressure: the kernel queues redirected bytes in front of the
- *    receiving socket without any limit (1 GiB and counting with a stalled
- *    reader, tested). kg_sockmap_pace() pauses a source whose peer has more
- *    than KG_SM_PAUSE_BYTES waiting and resumes it below
- *    KG_SM_RESUME_BYTES; while paused, the source's fixed receive buffer
- *    (KG_SM_RCVBUF) fills and TCP stops its sender. Call it on a timer for
- *    every pair (the worker's tick; the bound is KG_SM_PAUSE_BYTES plus
- *    what arrives between two calls, so a shorter period for pairs that
- *    were paused or moved much data keeps it tight), and when a side
- *    reports RDHUP.
+ *    receiving socket without any limit (a stalled reader made the relay
+ *    hold 1 GiB and counting). kg_sockmap_pace() pauses a source whose
+ *    peer has more than KG_SM_PAUSE_BYTES waiting and resumes it at or
+ *    below KG_SM_RESUME_BYTES; while paused, the source's fixed receive
+ *    buffer (KG_SM_RCVBUF) fills and TCP stops its sender. On resume it
+ *    moves the paused source's backlog itself (recv/send, which reopens
+ *    TCP's window) before handing the source back to the kernel, so pace
+ *    may do up to a receive buffer of non-blocking copying. Call it on a
+ *    timer for every pair (the bound is KG_SM_PAUSE_BYTES plus what
+ *    arrives between two calls: a period of 10-20 ms keeps that to one
+ *    burst of the sender's window) and whenever a side reports RDHUP.
  *
  *  - Close and half-close (sockmap does not propagate FIN or RST):
  *    1. Side S reports RDHUP: its peer sent FIN. Do NOT shut down the
  *       other side O yet: the bytes S received may still sit in the queue
  *       in front of O's TCP, and a shutdown now makes the kernel drop them
  *       (in a trial 100 MB were sent and 29 MB arrived). Call
- *       kg_sockmap_pace(); if pair->tail[S] is set, S got its FIN while
- *       paused and the kernel will not relay it any more: call
- *       kg_sockmap_copy_tail(S) whenever O is writable until it returns 0.
- *       Then poll kg_sockmap_flushed(O) (tick, or O's POLLOUT) until it
- *       returns 1, and shutdown(O, SHUT_WR): TCP sends what it holds, then
- *       the FIN.
- *    2. When both directions are shut down (or either side reports POLLERR
- *       or POLLHUP: a reset, nothing more can be delivered):
+ *       kg_sockmap_pace(). Then poll kg_sockmap_flushed(O) (tick, or O's
+ *       POLLOUT) until it returns 1, and shutdown(O, SHUT_WR): TCP sends
+ *       what it holds, then the FIN.
+ *    2. When both directions are shut down (or either side reports
+ *       POLLERR: a reset, nothing more can be delivered):
  *       kg_sockmap_remove_pair(), then close both fds. Remove before
  *       close. close() with an empty receive queue is graceful: the kernel
  *       keeps sending the unacknowledged tail afterwards.
+ *    Tail mode: when pace cannot give a paused source back to the kernel
+ *    (it is no longer ESTABLISHED: it got a FIN, or its write side was
+ *    shut down), it sets pair->tail[S]; from then on the worker calls
+ *    kg_sockmap_copy_tail(S) whenever S is readable or O writable (poll S
+ *    for POLLIN and O for POLLOUT) until it returns 0 (S at EOF).
  *    A flush that never completes (a reader that never reads) ends with
  *    the worker's idle deadline, as on every path. */
 #ifndef KGATE_SOCKMAP_H
@@ -57,7 +63,7 @@
 #include <kgate/sockmap_bpf.h>
 
 /* Bytes moved per kg_sockmap_copy_tail call (a stack buffer). */
-#define KG_SM_TAIL_CHUNK 16384
+#define KG_SM_TAIL_CHUNK 65536
 
 struct kg_sockmap;
 

@@ -19,8 +19,8 @@
  * a source when more than KG_SM_PAUSE_BYTES wait in front of its peer's
  * TCP, and resumes below KG_SM_RESUME_BYTES. While paused, the source's
  * own receive buffer (fixed at KG_SM_RCVBUF) bounds what it accepts. */
-#define KG_SM_PAUSE_BYTES (1024 * 1024)
-#define KG_SM_RESUME_BYTES (256 * 1024)
+#define KG_SM_PAUSE_BYTES (4 * 1024 * 1024)
+#define KG_SM_RESUME_BYTES (1024 * 1024)
 #define KG_SM_RCVBUF (256 * 1024)
 
 /* Per-socket entry of kg_sm_socks, keyed by the socket's cookie

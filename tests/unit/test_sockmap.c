@@ -316,27 +316,43 @@ static struct kg_sockmap *sm_open(void)
 	return sm;
 }
 
+/* One relayed connection with its own sockmap and listeners. */
+struct rig {
+	struct kg_sockmap *sm;
+	struct listeners l;
+	struct harness h;
+};
+
+static void rig_open(struct rig *r, int family)
+{
+	r->sm = sm_open();
+	listeners_open(&r->l, family);
+	harness_open(&r->h, &r->l, r->sm);
+}
+
+static void rig_close(struct rig *r)
+{
+	harness_close(&r->h);
+	listeners_close(&r->l);
+	kg_sockmap_close(r->sm);
+}
+
 /* ---- tests ---- */
 
 static void bulk_both_ways(int family, uint64_t bytes)
 {
-	struct kg_sockmap *sm = sm_open();
-	struct listeners l;
-	struct harness h;
+	struct rig r;
 
-	listeners_open(&l, family);
-	harness_open(&h, &l, sm);
+	rig_open(&r, family);
 	for (int i = 0; i < 2; i++) {
-		h.ep[i].send_total = bytes;
-		h.ep[i].shut_after_send = true;
+		r.h.ep[i].send_total = bytes;
+		r.h.ep[i].shut_after_send = true;
 	}
-	drive(&h, NULL);
-	expect_delivered(&h);
-	cr_expect_eq(h.ep[0].received, bytes);
-	cr_expect_eq(h.ep[1].received, bytes);
-	harness_close(&h);
-	listeners_close(&l);
-	kg_sockmap_close(sm);
+	drive(&r.h, NULL);
+	expect_delivered(&r.h);
+	cr_expect_eq(r.h.ep[0].received, bytes);
+	cr_expect_eq(r.h.ep[1].received, bytes);
+	rig_close(&r);
 }
 
 Test(sockmap, bulk_64mib_both_ways_ipv4, .timeout = 300)
@@ -353,23 +369,18 @@ Test(sockmap, bulk_8mib_both_ways_ipv6, .timeout = 300)
  * its FIN reaching the relay and the relay's own shutdown. */
 static void send_then_close(int sender)
 {
-	struct kg_sockmap *sm = sm_open();
-	struct listeners l;
-	struct harness h;
+	struct rig r;
+	struct endpoint *tx = &r.h.ep[sender], *rx = &r.h.ep[sender ^ 1];
 
-	listeners_open(&l, AF_INET);
-	harness_open(&h, &l, sm);
-	h.ep[sender].send_total = 100 * 1000 * 1000;
-	h.ep[sender].close_after_send = true;
-	h.ep[sender ^ 1].shut_after_send = true; /* answers FIN with FIN */
-	drive(&h, NULL);
-	expect_delivered(&h);
-	cr_expect_eq(h.ep[sender ^ 1].received, 100 * 1000 * 1000,
-		     "receiver got %llu of 100000000 bytes",
-		     (unsigned long long)h.ep[sender ^ 1].received);
-	harness_close(&h);
-	listeners_close(&l);
-	kg_sockmap_close(sm);
+	rig_open(&r, AF_INET);
+	tx->send_total = 100 * 1000 * 1000;
+	tx->close_after_send = true;
+	rx->shut_after_send = true; /* answers FIN with FIN */
+	drive(&r.h, NULL);
+	expect_delivered(&r.h);
+	cr_expect_eq(rx->received, 100 * 1000 * 1000, "receiver got %llu of 100000000 bytes",
+		     (unsigned long long)rx->received);
+	rig_close(&r);
 }
 
 Test(sockmap, send_100mb_then_close_client_to_server, .timeout = 300)
@@ -386,24 +397,20 @@ Test(sockmap, send_100mb_then_close_server_to_client, .timeout = 300)
  * only then answers through the half-open relay. */
 static void half_close(int first)
 {
-	struct kg_sockmap *sm = sm_open();
-	struct listeners l;
-	struct harness h;
+	struct rig r;
+	struct endpoint *a = &r.h.ep[first], *b = &r.h.ep[first ^ 1];
 
-	listeners_open(&l, AF_INET);
-	harness_open(&h, &l, sm);
-	h.ep[first].send_total = 3 * MiB + 17;
-	h.ep[first].shut_after_send = true;
-	h.ep[first ^ 1].send_total = 5 * MiB + 3;
-	h.ep[first ^ 1].send_after_eof = true;
-	h.ep[first ^ 1].shut_after_send = true;
-	drive(&h, NULL);
-	expect_delivered(&h);
-	cr_expect(h.ep[0].eof && h.ep[1].eof);
-	cr_expect_eq(h.ep[first].received, 5 * MiB + 3);
-	harness_close(&h);
-	listeners_close(&l);
-	kg_sockmap_close(sm);
+	rig_open(&r, AF_INET);
+	a->send_total = 3 * MiB + 17;
+	a->shut_after_send = true;
+	b->send_total = 5 * MiB + 3;
+	b->send_after_eof = true;
+	b->shut_after_send = true;
+	drive(&r.h, NULL);
+	expect_delivered(&r.h);
+	cr_expect(a->eof && b->eof);
+	cr_expect_eq(a->received, 5 * MiB + 3);
+	rig_close(&r);
 }
 
 Test(sockmap, half_close_client_first, .timeout = 120)
@@ -559,54 +566,50 @@ static uint64_t relay_held(const struct harness *h)
 	return h->ep[0].sent - (uint64_t)outq - (uint64_t)inq - h->ep[1].received;
 }
 
-static uint64_t stall(bool pace, struct harness *h, struct listeners *l, struct kg_sockmap *sm)
+static uint64_t stall(bool pace, struct rig *r)
 {
-	listeners_open(l, AF_INET);
-	harness_open(h, l, sm);
-	h->r.pace = pace;
-	h->ep[0].send_total = 512 * MiB;
-	h->ep[0].shut_after_send = true;
-	h->ep[1].stall = true;
-	h->ep[1].shut_after_send = true;
-	drive(h, client_blocked);
-	return relay_held(h);
+	rig_open(r, AF_INET);
+	r->h.r.pace = pace;
+	r->h.ep[0].send_total = 512 * MiB;
+	r->h.ep[0].shut_after_send = true;
+	r->h.ep[1].stall = true;
+	r->h.ep[1].shut_after_send = true;
+	drive(&r->h, client_blocked);
+	return relay_held(&r->h);
 }
 
 Test(sockmap, stalled_reader_is_bounded, .timeout = 300)
 {
-	struct kg_sockmap *sm = sm_open();
-	struct listeners l;
-	struct harness h;
+	struct rig r;
+	struct harness *h = &r.h;
 
-	uint64_t held = stall(true, &h, &l, sm);
+	uint64_t held = stall(true, &r);
 	/* What the relay may hold: the paused source's receive buffer; the
 	 * pause threshold in front of the backend socket plus what arrived
 	 * between the pace call that saw it crossed and the previous one - at
 	 * most one burst of what the client had in flight, its send buffer;
 	 * and the backend socket's send buffer (TCP's own bound, as with
 	 * splice). */
-	uint64_t bound = (uint64_t)sock_int(h.r.p.fd[0], SO_RCVBUF) + KG_SM_PAUSE_BYTES +
-			 (uint64_t)sock_int(h.ep[0].fd, SO_SNDBUF) +
-			 (uint64_t)sock_int(h.r.p.fd[1], SO_SNDBUF);
+	uint64_t bound = (uint64_t)sock_int(h->r.p.fd[0], SO_RCVBUF) + KG_SM_PAUSE_BYTES +
+			 (uint64_t)sock_int(h->ep[0].fd, SO_SNDBUF) +
+			 (uint64_t)sock_int(h->r.p.fd[1], SO_SNDBUF);
 	cr_log_info("stalled reader, paced: client sent %llu, relay holds %llu, bound %llu",
-		    (unsigned long long)h.ep[0].sent, (unsigned long long)held,
+		    (unsigned long long)h->ep[0].sent, (unsigned long long)held,
 		    (unsigned long long)bound);
-	cr_expect(h.r.was_paused[KG_SM_CLIENT], "the client side was never paused");
+	cr_expect(h->r.was_paused[KG_SM_CLIENT], "the client side was never paused");
 	cr_expect_leq(held, bound, "relay holds %llu bytes, bound %llu",
 		      (unsigned long long)held, (unsigned long long)bound);
-	cr_expect_lt(h.ep[0].sent, 256 * MiB, "the client was never stopped");
+	cr_expect_lt(h->ep[0].sent, 256 * MiB, "the client was never stopped");
 
 	/* The reader wakes up: every byte arrives, in order, and the pair
 	 * closes normally. */
-	uint64_t sent = h.ep[0].sent;
-	h.ep[0].send_total = sent + 8 * MiB;
-	h.ep[1].stall = false;
-	drive(&h, NULL);
-	expect_delivered(&h);
-	cr_expect_eq(h.ep[1].received, sent + 8 * MiB);
-	harness_close(&h);
-	listeners_close(&l);
-	kg_sockmap_close(sm);
+	uint64_t sent = h->ep[0].sent;
+	h->ep[0].send_total = sent + 8 * MiB;
+	h->ep[1].stall = false;
+	drive(h, NULL);
+	expect_delivered(h);
+	cr_expect_eq(h->ep[1].received, sent + 8 * MiB);
+	rig_close(&r);
 }
 
 /* Documents why kg_sockmap_pace exists: without it the kernel keeps
@@ -614,19 +617,14 @@ Test(sockmap, stalled_reader_is_bounded, .timeout = 300)
  * itself, this test fails and bpf/README.md needs revisiting. */
 Test(sockmap, kernel_alone_does_not_bound_a_stalled_reader, .timeout = 300)
 {
-	struct kg_sockmap *sm = sm_open();
-	struct listeners l;
-	struct harness h;
+	struct rig r;
 
-	uint64_t held = stall(false, &h, &l, sm);
+	uint64_t held = stall(false, &r);
 	cr_log_info("stalled reader, not paced: relay holds %llu bytes",
 		    (unsigned long long)held);
 	cr_expect_gt(held, 64 * MiB);
 	/* Not draining 256 MiB through a stalled test: reset it all. */
-	h.r.pace = true;
-	harness_close(&h);
-	listeners_close(&l);
-	kg_sockmap_close(sm);
+	rig_close(&r);
 }
 
 /* Exits 77 (a skip for ctest) when this process cannot load the program,

@@ -114,10 +114,10 @@ out:
 	return status;
 }
 
-static int verb_help(const char *object, const struct kg_cmd *cmd, int status)
+int kg_verb_help(const char *what, const struct kg_cmd *cmd, int status)
 {
 	FILE *f = status ? stderr : stdout;
-	fprintf(f, "Usage: kgatectl %s %s %s\n  %s\n", object, cmd->name, cmd->usage, cmd->summary);
+	fprintf(f, "Usage: kgatectl %s %s\n  %s\n", what, cmd->usage, cmd->summary);
 	return status;
 }
 
@@ -125,23 +125,28 @@ int kg_flags_parse(const char *object, const struct kg_cmd *cmd, struct kg_cli *
 		   int argc, char **argv, const char *allowed, const char *multi,
 		   int min_pos, int max_pos, struct kg_flags *f)
 {
+	/* The words that run this command: "cert upload", or just "status"
+	 * for an object without verbs (its table entry carries its own name). */
+	char what[96];
+	if (strcmp(object, cmd->name) == 0)
+		snprintf(what, sizeof(what), "%s", object);
+	else
+		snprintf(what, sizeof(what), "%s %s", object, cmd->name);
 	memset(f, 0, sizeof(*f));
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
-			return verb_help(object, cmd, KG_EXIT_OK) - 1;
+			return kg_verb_help(what, cmd, KG_EXIT_OK) - 1;
 		if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) {
 			if (i + 1 >= argc || kg_output_parse(argv[i + 1], &cli->out) != 0)
-				return kg_fail(KG_EXIT_USAGE, "%s %s: -o: expected text, table or json",
-					       object, cmd->name);
+				return kg_fail(KG_EXIT_USAGE, "%s: -o: expected text, table or json", what);
 			i++;
 			continue;
 		}
 		if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
 			if (f->npos >= max_pos || f->npos >= 8)
-				return kg_fail(KG_EXIT_USAGE, "%s %s: '%s': unexpected argument "
-					       "(see 'kgatectl %s %s --help')", object, cmd->name, a,
-					       object, cmd->name);
+				return kg_fail(KG_EXIT_USAGE, "%s: '%s': unexpected argument "
+					       "(see 'kgatectl %s --help')", what, a, what);
 			f->pos[f->npos++] = a;
 			continue;
 		}
@@ -155,32 +160,28 @@ int kg_flags_parse(const char *object, const struct kg_cmd *cmd, struct kg_cli *
 		snprintf(want, sizeof(want), " %s ", name);
 		bool is_multi = multi && strcmp(name, multi) == 0;
 		if (!is_multi && !strstr(allowed, want))
-			return kg_fail(KG_EXIT_USAGE, "%s %s: --%s: not an option of this verb "
-				       "(see 'kgatectl %s %s --help')", object, cmd->name, name,
-				       object, cmd->name);
+			return kg_fail(KG_EXIT_USAGE, "%s: --%s: not an option of this verb "
+				       "(see 'kgatectl %s --help')", what, name, what);
 		const char *value = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
 		if (!value)
-			return kg_fail(KG_EXIT_USAGE, "%s %s: --%s: missing value", object,
-				       cmd->name, name);
+			return kg_fail(KG_EXIT_USAGE, "%s: --%s: missing value", what, name);
 		if (is_multi) {
 			if (f->nmulti >= 64)
-				return kg_fail(KG_EXIT_USAGE, "%s %s: too many --%s", object,
-					       cmd->name, name);
+				return kg_fail(KG_EXIT_USAGE, "%s: too many --%s", what, name);
 			f->multi[f->nmulti++] = value;
 			continue;
 		}
 		if (kg_flag(f, name))
-			return kg_fail(KG_EXIT_USAGE, "%s %s: --%s given twice", object, cmd->name,
-				       name);
+			return kg_fail(KG_EXIT_USAGE, "%s: --%s given twice", what, name);
 		if (f->n >= KG_FLAGS_MAX)
-			return kg_fail(KG_EXIT_USAGE, "%s %s: too many options", object, cmd->name);
+			return kg_fail(KG_EXIT_USAGE, "%s: too many options", what);
 		/* Point at the option's own text so the name outlives this loop. */
 		f->name[f->n] = a + 2;
 		f->value[f->n++] = value;
 	}
 	if (f->npos < min_pos)
-		return kg_fail(KG_EXIT_USAGE, "%s %s: missing argument (usage: kgatectl %s %s %s)",
-			       object, cmd->name, object, cmd->name, cmd->usage);
+		return kg_fail(KG_EXIT_USAGE, "%s: missing argument (usage: kgatectl %s %s)", what,
+			       what, cmd->usage);
 	return 0;
 }
 

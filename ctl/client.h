@@ -30,6 +30,11 @@ struct kg_flags {
 	int nmulti;
 };
 
+/* "Usage: kgatectl WHAT USAGE" and the summary, on stdout for status 0,
+ * else on stderr; returns status. WHAT is "object verb", or the object
+ * alone for objects without verbs (status, stats). */
+int kg_verb_help(const char *what, const struct kg_cmd *cmd, int status);
+
 /* Parses argv (argv[0] is the verb). Returns 0 to go on, -1 after --help
  * was printed (exit 0), or an exit status after an error message. */
 int kg_flags_parse(const char *object, const struct kg_cmd *cmd, struct kg_cli *cli,

@@ -213,16 +213,17 @@ static int listener_delete(struct kg_cli *cli, int argc, char **argv)
 static const struct kg_cmd listener_cmds[] = {
 	{"create", listener_create,
 	 "--name NAME --protocol tls|tcp --port N [--bind ADDR] [--cert NAME] "
-	 "[--mutual-auth required|optional|off --ca NAME] [--scheduler rr|wrr] "
-	 "--backend HOST:PORT[,weight=W] ... [--health-check JSON] [--forwarding auto|splice|sockmap|userspace] "
-	 "[--idle-timeout-ms N] ...",
+	 "[--mutual-auth required|optional|off] [--ca NAME] [--verify-depth N] [--scheduler rr|wrr] "
+	 "[--forwarding auto|splice|sockmap|userspace] [--handshake-timeout-ms N] "
+	 "[--idle-timeout-ms N] [--connect-timeout-ms N] [--max-connections N] "
+	 "[--connect-retries N] [--health-check JSON] --backend HOST:PORT[,weight=W] ...",
 	 "create and start a listener (bind defaults to 0.0.0.0; port 0 lets the kernel choose)"},
 	{"list", listener_list, "[-o json]", "listeners: address, state, certificates, backends, active connections"},
 	{"show", listener_show, "NAME [-o json]", "settings, counters and each backend's weight and state"},
 	{"update", listener_update,
-	 "NAME [--cert NAME] [--ca NAME|none] [--mutual-auth M] [--scheduler S] [--handshake-timeout-ms N] "
-	 "[--idle-timeout-ms N] [--connect-timeout-ms N] [--max-connections N] [--connect-retries N] "
-	 "[--health-check JSON|none]",
+	 "NAME [--cert NAME] [--ca NAME|none] [--mutual-auth M] [--verify-depth N] [--scheduler S] "
+	 "[--forwarding F] [--handshake-timeout-ms N] [--idle-timeout-ms N] [--connect-timeout-ms N] "
+	 "[--max-connections N] [--connect-retries N] [--health-check JSON|none]",
 	 "change settings; new connections use them, open ones keep theirs"},
 	{"stop", listener_stop, "NAME", "stop accepting (open connections finish); kept in the state"},
 	{"start", listener_start, "NAME", "accept again"},

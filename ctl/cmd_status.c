@@ -33,11 +33,20 @@ static int print_json_or_text(struct kg_cli *cli, json_object *res)
 	return KG_EXIT_OK;
 }
 
+/* "kgatectl status help" answers like every other object's "help" (the
+ * top-level help promises it for every object). */
+static bool asks_help(int argc, char **argv)
+{
+	return argc >= 1 && strcmp(argv[0], "help") == 0;
+}
+
 /* argv[0] is the object name here: shift it so "--help" etc. parse. */
 int kg_cmd_status(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
 	json_object *res;
+	if (asks_help(argc, argv))
+		return kg_verb_help("status", &status_cmd, KG_EXIT_OK);
 	int st = kg_flags_parse("status", &status_cmd, cli, argc + 1, argv - 1, " ", NULL, 0, 0, &f);
 	if (st)
 		return st < 0 ? KG_EXIT_OK : st;
@@ -48,6 +57,8 @@ int kg_cmd_status(struct kg_cli *cli, int argc, char **argv)
 int kg_cmd_stats(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
+	if (asks_help(argc, argv))
+		return kg_verb_help("stats", &stats_cmd, KG_EXIT_OK);
 	json_object *res, *args = json_object_new_object();
 	int st = kg_flags_parse("stats", &stats_cmd, cli, argc + 1, argv - 1, " listener ", NULL,
 				0, 0, &f);

@@ -93,7 +93,7 @@ int kg_cmd_select(const char *object, const struct kg_cmd *cmds, struct kg_cli *
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: kgatectl [--socket PATH] [-o table|json] OBJECT VERB [OPTIONS]\n"
+		"Usage: kgatectl [--socket PATH] [-o text|json] OBJECT VERB [OPTIONS]\n"
 		"       kgatectl --help | --version\n\n"
 		"--socket: kgated's control socket (default $KGATE_SOCKET, else %s)\n\nObjects:\n",
 		KG_DEFAULT_SOCKET);

@@ -12,6 +12,7 @@ $NOTIFY_SOCKET that must receive READY=1 and, on SIGTERM, STOPPING=1.
 Every process it starts it stops by PID. Exit 0 = passed.
 """
 import glob
+import json
 import os
 import pwd
 import re
@@ -165,6 +166,19 @@ def check_serves(work):
     assert res.returncode != 0, "a client without a certificate was served"
 
 
+def check_control(pid):
+    """The unit's --state-dir: the example configuration seeded the state,
+    and kgatectl's default socket is the one the service serves."""
+    step("state seeded; kgatectl through its default socket")
+    assert os.path.exists("/var/lib/kgate/state.json"), os.listdir("/var/lib/kgate")
+    env = {k: v for k, v in os.environ.items() if k != "KGATE_SOCKET"}
+    st = json.loads(run(["/usr/bin/kgatectl", "-o", "json", "status"], env=env).stdout)
+    assert st["pid"] == pid, st
+    lst = json.loads(run(["/usr/bin/kgatectl", "-o", "json", "listener", "list"],
+                         env=env).stdout)
+    assert [(l["name"], l["state"]) for l in lst] == [("web", "running")], lst
+
+
 def start_direct(svc, work):
     """The unit's commands, as the unit would run them, without systemd."""
     user = pwd.getpwnam(svc["User"][0])
@@ -222,6 +236,7 @@ def test_installed(work):
             run(["systemctl", "start", "kgate"])
             pid = int(run(["systemctl", "show", "-p", "MainPID", "--value", "kgate"]).stdout)
             check_running(pid, pwd.getpwnam("kgate"))
+            check_control(pid)
             check_serves(work)
             run(["systemctl", "stop", "kgate"])
         else:
@@ -232,6 +247,7 @@ def test_installed(work):
                     raise SystemExit("no READY=1 within %d s; log:\n%s"
                                      % (READY_TIMEOUT, open(log.name).read()))
                 check_running(proc.pid, user)
+                check_control(proc.pid)
                 check_serves(work)
                 stop_direct(proc, notify)
             finally:

@@ -523,11 +523,22 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 		c->state = KG_CONN_HANDOFF;
 		handoff_step(c);
 		return;
-	case KG_PATH_SPLICE:
-	case KG_PATH_COPY:
 	case KG_PATH_SOCKMAP:
 		c->state = KG_CONN_FORWARDING;
-		c->path = plan == KG_PATH_SOCKMAP ? KG_PATH_SPLICE : plan;
+		if (kg_forward_sockmap_start(c)) {
+			if (c->sockmap) {
+				c->path = KG_PATH_SOCKMAP;
+				w->stats.path[KG_PATH_SOCKMAP]++;
+			}
+			return;
+		}
+		plan = KG_PATH_SPLICE;
+		/* A pair sockmap refused is spliced. */
+		__attribute__((fallthrough));
+	case KG_PATH_SPLICE:
+	case KG_PATH_COPY:
+		c->state = KG_CONN_FORWARDING;
+		c->path = plan;
 		w->stats.path[c->path]++;
 		if (kg_forward_splice_start(c, plan == KG_PATH_COPY, false, NULL, 0, err,
 					    sizeof(err)) < 0)
@@ -618,6 +629,7 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 		return false;
 	struct kg_worker *w = c->worker;
 	kg_forward_splice_free(c);
+	kg_forward_sockmap_free(c);
 	SSL_free(c->ssl);
 	free(c->ktls);
 	close(c->cfd);

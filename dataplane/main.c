@@ -40,6 +40,7 @@
 #include "control_ops.h"
 #include "metrics.h"
 #include "privdrop.h"
+#include "sockmap.h"
 #include "runtime.h"
 #include "state.h"
 #include "worker.h"
@@ -149,6 +150,18 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
+/* Loads the sockmap programs (needs CAP_BPF/CAP_NET_ADMIN, so before the
+ * privilege drop) and records in caps whether path P can use them. */
+static struct kg_sockmap *sockmap_load(struct kg_kernel_caps *caps)
+{
+	char err[160];
+	struct kg_sockmap *sm = kg_sockmap_open(0, err, sizeof(err));
+	caps->sockmap = sm != NULL;
+	snprintf(caps->sockmap_why, sizeof(caps->sockmap_why), "%s",
+		 sm ? "sockmap programs loaded" : err);
+	return sm;
+}
+
 /* --check: everything start-up would build, without binding or running. */
 static int check_config(const struct options *opt, struct kg_config *cfg)
 {
@@ -161,6 +174,7 @@ static int check_config(const struct options *opt, struct kg_config *cfg)
 	}
 	int status = 0;
 	kg_kernel_probe(&caps);
+	kg_sockmap_close(sockmap_load(&caps));
 	for (size_t i = 0; i < cfg->n_listeners && status == 0; i++) {
 		char where[32];
 		snprintf(where, sizeof(where), "listeners[%zu]", i);
@@ -399,6 +413,10 @@ int main(int argc, char **argv)
 	 * CAP_BPF and CAP_NET_ADMIN: what the workers need later must be an fd
 	 * by then. The drop runs while this is the only thread, after the
 	 * state was read (and seeded) as the starting user. */
+	kg_kernel_probe(&rt.caps);
+	rt.sockmap = sockmap_load(&rt.caps);
+	log_info("kernel TLS: %s (%s); sockmap: %s (%s)", rt.caps.ktls ? "yes" : "no",
+		 rt.caps.ktls_why, rt.caps.sockmap ? "yes" : "no", rt.caps.sockmap_why);
 	if (opt.state_dir && state_dir_give(opt.state_dir, &priv) < 0)
 		goto free_runtime;
 	if (drop_privileges(&priv, opt.state_dir) < 0)
@@ -416,8 +434,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kgated: config error: %s\n", err);
 		goto free_runtime;
 	}
-	kg_kernel_probe(&rt.caps);
-	log_info("kernel TLS: %s (%s)", rt.caps.ktls ? "yes" : "no", rt.caps.ktls_why);
 	ops->st = opt.state_dir ? &st : NULL;
 	ops->rt = &rt;
 	ops->version = KG_VERSION;
@@ -524,6 +540,7 @@ free_runtime:
 	if (metrics_fd >= 0)
 		close(metrics_fd);
 	kg_runtime_destroy(&rt);
+	kg_sockmap_close(rt.sockmap);
 	if (ops)
 		kg_config_ref_put(ops->cur);
 	free(ops);

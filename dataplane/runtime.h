@@ -90,6 +90,7 @@ struct kg_counters {
 	uint64_t closed;
 	uint64_t path[KG_PATH_COUNT]; /* connections that started forwarding, per path */
 	uint64_t ktls_fallback;       /* auto: kTLS handoff impossible, stayed on userspace TLS */
+	uint64_t sockmap_fallback;    /* sockmap refused a pair: spliced instead */
 	uint64_t ktls_failed;         /* forced or past the point of return: closed */
 	uint64_t health_checks;        /* active checks run by this worker */
 	uint64_t health_checks_failed;
@@ -103,6 +104,7 @@ struct kg_runtime {
 	struct kg_worker **workers;    /* set by main before the first apply */
 	unsigned n_workers;            /* health checks are spread over them */
 	struct kg_kernel_caps caps;    /* probed once at start */
+	struct kg_sockmap *sockmap;    /* loaded before the privilege drop; NULL without BPF */
 	atomic_uint drain_timeout_ms;
 	atomic_bool stopping; /* set by the signal thread: drain and exit */
 	uint64_t started_ms;  /* monotonic, for uptime */

@@ -348,6 +348,39 @@ int kg_sockmap_add_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair,
 		if (e)
 			goto out_remove;
 	}
+	/* A FIN can land between the state check above and the insert. Such a
+	 * socket is accepted, but the kernel neither runs the verdict on it nor
+	 * delivers redirects into it (they are counted as dropped), so the pair
+	 * would hang or lose bytes. Checked again now that both are in: if
+	 * either side left ESTABLISHED, both sides are paused and finish in
+	 * tail mode (userspace copies, after what the verdict did redirect
+	 * reached its peer). Bytes already dropped cannot be had back: -EIO. */
+	bool late_fin = false;
+	for (int side = 0; side < 2; side++) {
+		uint64_t received = 0;
+		uint8_t state = 0;
+		e = sock_received(pair->fd[side], &received, &state);
+		if (e)
+			goto out_remove;
+		late_fin |= state != KG_TCP_ESTABLISHED;
+	}
+	if (late_fin) {
+		for (int side = 0; side < 2; side++) {
+			uint32_t key = sock_key(pair, side);
+			e = map_delete(sm->rx_fd, &key);
+			if (e && e != -ENOENT)
+				goto out_remove;
+			pair->tail[side] = true;
+		}
+		for (int side = 0; side < 2; side++) {
+			uint64_t into = 0, dropped = 0;
+			e = kg_sockmap_redirected(sm, pair, side, &into, &dropped);
+			if (!e && dropped > 0)
+				e = -EIO;
+			if (e)
+				goto out_remove;
+		}
+	}
 	return 0;
 
 out_remove:

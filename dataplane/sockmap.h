@@ -105,6 +105,8 @@ void kg_sockmap_close(struct kg_sockmap *sm);
  *               reset before it could be added): nothing was added and no
  *               byte consumed; relay this connection with splice instead.
  *   -ENOSPC     all max_pairs slots are in use (splice instead).
+ *   -EIO        a socket left ESTABLISHED while it was being added and
+ *               the kernel had already moved bytes: close the connection.
  *   other       -errno of a map update; nothing was added. */
 int kg_sockmap_add_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair,
 			int client_fd, int backend_fd);

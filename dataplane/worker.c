@@ -360,6 +360,9 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_TICK:
 		on_tick(w);
 		return;
+	case KG_OP_SOCKMAP_PACE:
+		kg_forward_sockmap_pace_all(w);
+		return;
 	case KG_OP_CANCEL:
 		return;
 	case KG_OP_HEALTH_TIMER:
@@ -402,7 +405,11 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 		break;
 	case KG_OP_POLL_IN:
 	case KG_OP_POLL_OUT:
-		kg_forward_splice_on_poll(c, kg_ud_fd(ud), op == KG_OP_POLL_OUT, cqe->res);
+	case KG_OP_SOCKMAP_RDHUP:
+		if (c->sockmap)
+			kg_forward_sockmap_on_poll(c, op, kg_ud_fd(ud), cqe->res);
+		else
+			kg_forward_splice_on_poll(c, kg_ud_fd(ud), op == KG_OP_POLL_OUT, cqe->res);
 		break;
 	case KG_OP_SPLICE_BACKOFF:
 		kg_forward_splice_on_backoff(c);
@@ -478,14 +485,14 @@ static void *worker_main(void *arg)
 		 "bytes c2b %lu b2c %lu, health checks %lu (failed %lu), "
 		 "cut unhealthy %lu; paths: userspace-tls %lu, ktls-splice %lu, "
 		 "splice %lu, sockmap %lu, userspace-copy %lu; ktls fallbacks %lu, "
-		 "ktls failures %lu",
+		 "ktls failures %lu, sockmap fallbacks %lu",
 		 w->id, s->accepted, s->handshakes, s->resumed, s->handshake_failed,
 		 s->handshake_timeout, s->no_backend, s->backend_connect_failed,
 		 s->rejected_limit, s->idle_timeout, s->forwarded_c2b, s->forwarded_b2c,
 		 s->health_checks, s->health_checks_failed, s->cut_unhealthy,
 		 s->path[KG_PATH_USERSPACE], s->path[KG_PATH_KTLS_SPLICE],
 		 s->path[KG_PATH_SPLICE], s->path[KG_PATH_SOCKMAP], s->path[KG_PATH_COPY],
-		 s->ktls_fallback, s->ktls_failed);
+		 s->ktls_fallback, s->ktls_failed, s->sockmap_fallback);
 	io_uring_queue_exit(&w->ring);
 	return NULL;
 }

@@ -36,6 +36,8 @@ enum kg_op {
 	KG_OP_HEALTH_RECV,
 	KG_OP_HEALTH_LINK_TIMEOUT,
 	KG_OP_WAKE,         /* the command eventfd became readable */
+	KG_OP_SOCKMAP_RDHUP, /* sockmap path: a side's peer closed its write half */
+	KG_OP_SOCKMAP_PACE,  /* the worker's sockmap pacing timer */
 };
 
 static inline uint64_t kg_ud_pack(enum kg_op op, uint32_t idx, int fd)
@@ -85,6 +87,7 @@ struct kg_conn {
 	enum kg_path path;   /* the path forwarding took, KG_PATH_NONE before */
 	struct kg_ktls_track *ktls; /* while a kTLS handoff is possible */
 	struct kg_splice *splice;   /* splice/copy paths */
+	struct kg_smconn *sockmap;  /* sockmap path */
 	bool handoff_wait_flush;    /* handoff waits for OpenSSL's last records to be sent */
 	uint32_t handoff_need;      /* handoff reads exactly the rest of a partial record */
 
@@ -153,6 +156,9 @@ struct kg_worker {
 	bool draining;
 	uint64_t drain_deadline_ms;
 	struct kg_counters stats;
+	uint32_t n_sockmap;         /* connections on the sockmap path */
+	bool sockmap_timer_armed;
+	struct __kernel_timespec sockmap_pace;
 	struct kg_health_checker *health; /* this worker's share of the checks */
 #define KG_WORKER_RETIRED_MAX 16
 	struct kg_health_checker *retired[KG_WORKER_RETIRED_MAX]; /* stopped, completions due */
@@ -213,6 +219,13 @@ int kg_forward_splice_start(struct kg_conn *c, bool copy, bool client_ktls,
 void kg_forward_splice_on_poll(struct kg_conn *c, int fd, bool out, int res);
 void kg_forward_splice_on_backoff(struct kg_conn *c);
 void kg_forward_splice_free(struct kg_conn *c);
+
+/* forward_sockmap.c: path P through the eBPF sockmap. start returns false
+ * when the pair could not be added and the caller should splice instead. */
+bool kg_forward_sockmap_start(struct kg_conn *c);
+void kg_forward_sockmap_on_poll(struct kg_conn *c, enum kg_op op, int fd, int res);
+void kg_forward_sockmap_pace_all(struct kg_worker *w);
+void kg_forward_sockmap_free(struct kg_conn *c);
 
 /* forward_user.c: path C, userspace TLS */
 void kg_forward_user_start(struct kg_conn *c);

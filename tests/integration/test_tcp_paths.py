@@ -15,8 +15,9 @@ from conftest import base_config, wait_until
 
 MiB = 1 << 20
 # Paths a tcp listener can take on any kernel; sockmap joins when BPF is built.
-TCP_PATHS = ["auto", "splice", "userspace"]
-PATH_COUNTER = {"auto": "splice", "splice": "splice", "userspace": "userspace-copy"}
+TCP_PATHS = ["auto", "splice", "userspace", "sockmap"]
+PATH_COUNTER = {"auto": "splice", "splice": "splice", "userspace": "userspace-copy",
+                "sockmap": "sockmap"}
 
 
 def tcp_listener(backends, forwarding="auto", name="plain", **extra):
@@ -159,7 +160,14 @@ def test_connections_alternate_between_backends(pki, spawn_kgated, forwarding):
                 seen.append(recv_all_bytes(s))
         assert seen == [b"A", b"B"] * 5 or seen == [b"B", b"A"] * 5, seen
         assert d.terminate() == 0
-        assert path_count(d, PATH_COUNTER[forwarding]) == 10, d.log()
+        if forwarding == "sockmap":
+            # A backend that answers and closes at once may already be past
+            # ESTABLISHED when the pair is added: sockmap refuses such a
+            # socket, and the connection is spliced (and counted) instead.
+            assert path_count(d, "sockmap") + path_count(d, "splice") == 10, d.log()
+            assert path_count(d, "sockmap") >= 1, d.log()
+        else:
+            assert path_count(d, PATH_COUNTER[forwarding]) == 10, d.log()
     finally:
         a.close()
         b.close()
@@ -316,7 +324,7 @@ def start_fails(tmp_path, config):
     from conftest import KGATED, run
     path = tmp_path / "refused.json"
     path.write_text(json.dumps(config))
-    res = run([KGATED, "--config", str(path)], check=False, timeout=30)
+    res = run([KGATED, "--user", "root", "--config", str(path)], check=False, timeout=30)
     assert res.returncode != 0, "kgated started with an impossible forwarding mode"
     return res.stderr
 

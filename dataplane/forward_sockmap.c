@@ -1,0 +1,250 @@
+/* Path P through the eBPF sockmap: the kernel relays both ways and the
+ * worker only watches for the ends (sockmap.h has the protocol and why
+ * each step is there). The worker's part:
+ *  - a POLLRDHUP poll per side; POLLERR is a reset;
+ *  - kg_sockmap_pace for every pair on a 10 ms worker timer, which bounds
+ *    what the kernel queues in front of a slow reader;
+ *  - after a side's EOF, shut the other side's write half only once
+ *    everything redirected into it reached its TCP (kg_sockmap_flushed);
+ *  - a direction the kernel no longer relays (tail mode) is finished with
+ *    kg_sockmap_copy_tail on readiness;
+ *  - remove the pair before the fds are closed.
+ * A pair that cannot be added (a socket already past ESTABLISHED, no free
+ * slot) is relayed with splice instead, and counted. */
+#include "worker.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <kgate/log.h>
+
+#include "sockmap.h"
+
+#define PACE_MS 10
+#define TAIL_ROUNDS 16
+
+struct kg_smconn {
+	struct kg_sockmap_pair pair;
+	bool eof[2];        /* side's peer sent FIN (RDHUP on side) */
+	bool shut[2];       /* side's write half shut down by us */
+	bool rdhup_armed[2];
+	bool in_armed[2], out_armed[2]; /* tail mode readiness */
+	uint64_t seen_bytes; /* redirected bytes at the last pace, for idleness */
+	unsigned waits;      /* pace rounds spent waiting for a flush */
+};
+
+static int side_of(const struct kg_conn *c, int fd)
+{
+	return fd == c->cfd ? KG_SM_CLIENT : KG_SM_BACKEND;
+}
+
+static void arm(struct kg_conn *c, int side, unsigned mask, enum kg_op op, bool *armed)
+{
+	if (*armed)
+		return;
+	int fd = side == KG_SM_CLIENT ? c->cfd : c->bfd;
+	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	io_uring_prep_poll_add(sqe, fd, mask);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(op, c->idx, fd));
+	*armed = true;
+	c->inflight++;
+}
+
+static void arm_pace_timer(struct kg_worker *w)
+{
+	if (w->sockmap_timer_armed)
+		return;
+	w->sockmap_pace.tv_sec = 0;
+	w->sockmap_pace.tv_nsec = PACE_MS * 1000000LL;
+	struct io_uring_sqe *sqe = kg_worker_sqe(w);
+	io_uring_prep_timeout(sqe, &w->sockmap_pace, 0, 0);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_SOCKMAP_PACE, 0, -1));
+	w->sockmap_timer_armed = true;
+}
+
+/* The bytes the kernel redirected for this pair so far: progress for the
+ * idle deadline, and what the stop line reports. */
+static uint64_t redirected(struct kg_conn *c)
+{
+	uint64_t total = 0;
+	for (int side = 0; side < 2; side++) {
+		uint64_t into = 0;
+		if (kg_sockmap_redirected(c->worker->rt->sockmap, &c->sockmap->pair, side,
+					  &into, NULL) == 0)
+			total += into;
+	}
+	return total;
+}
+
+/* Moves what the ends allow: tail copies, shutdowns once flushed, close
+ * when both write halves are shut. */
+static void progress(struct kg_conn *c)
+{
+	struct kg_smconn *s = c->sockmap;
+	struct kg_sockmap *sm = c->worker->rt->sockmap;
+	char why[96];
+
+	for (int src = 0; src < 2 && c->state == KG_CONN_FORWARDING; src++) {
+		int dst = 1 - src;
+		if (s->shut[dst])
+			continue;
+		if (s->pair.tail[src]) {
+			ssize_t n = 1;
+			for (int round = 0; round < TAIL_ROUNDS && n > 0; round++)
+				n = kg_sockmap_copy_tail(sm, &s->pair, src);
+			if (n > 0 || n == -EAGAIN) {
+				arm(c, src, POLLIN | POLLRDHUP, KG_OP_POLL_IN, &s->in_armed[src]);
+				arm(c, dst, POLLOUT, KG_OP_POLL_OUT, &s->out_armed[dst]);
+				continue;
+			}
+			if (n < 0) {
+				snprintf(why, sizeof(why), "sockmap tail copy: %s", strerror((int)-n));
+				kg_conn_close(c, why);
+				return;
+			}
+			s->eof[src] = true; /* n == 0: src ended, all of it moved */
+		} else if (!s->eof[src]) {
+			continue;
+		} else {
+			int f = kg_sockmap_flushed(sm, &s->pair, dst);
+			if (f == 0) {
+				if (kg_log_level >= KG_LOG_DEBUG && ++s->waits % 100 == 0) {
+					uint64_t into = 0, dropped = 0;
+					kg_sockmap_redirected(sm, &s->pair, dst, &into, &dropped);
+					log_debug("connection %u: sockmap: %s not flushed yet: %lu redirected, %lu dropped, tail %lu",
+						  c->idx, dst == KG_SM_CLIENT ? "client" : "backend",
+						  into, dropped, s->pair.tail_bytes[dst]);
+				}
+				continue; /* the pace timer looks again */
+			}
+			if (f < 0) {
+				snprintf(why, sizeof(why), "sockmap flush check: %s", strerror(-f));
+				kg_conn_close(c, why);
+				return;
+			}
+		}
+		shutdown(dst == KG_SM_CLIENT ? c->cfd : c->bfd, SHUT_WR);
+		s->shut[dst] = true;
+		log_debug("connection %u: sockmap: %s finished, %s write side shut", c->idx,
+			  src == KG_SM_CLIENT ? "client" : "backend",
+			  dst == KG_SM_CLIENT ? "client" : "backend");
+	}
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (s->shut[0] && s->shut[1]) {
+		kg_conn_close(c, "both directions finished");
+		return;
+	}
+	for (int side = 0; side < 2; side++)
+		if (!s->eof[side])
+			arm(c, side, POLLRDHUP, KG_OP_SOCKMAP_RDHUP, &s->rdhup_armed[side]);
+}
+
+bool kg_forward_sockmap_start(struct kg_conn *c)
+{
+	struct kg_worker *w = c->worker;
+	struct kg_smconn *s = calloc(1, sizeof(*s));
+	if (!s) {
+		kg_conn_close(c, "out of memory");
+		return true;
+	}
+	int r = kg_sockmap_add_pair(w->rt->sockmap, &s->pair, c->cfd, c->bfd);
+	if (r == -EOPNOTSUPP || r == -ENOSPC) {
+		free(s);
+		w->stats.sockmap_fallback++;
+		log_debug("connection %u on listener %s: sockmap refused the pair (%s), splice instead",
+			  c->idx, c->listener->conf->name, strerror(-r));
+		return false;
+	}
+	if (r < 0) {
+		char why[96];
+		free(s);
+		snprintf(why, sizeof(why), "sockmap: %s", strerror(-r));
+		kg_conn_close(c, why);
+		return true;
+	}
+	c->sockmap = s;
+	w->n_sockmap++;
+	log_debug("connection %u on listener %s: sockmap pair in slot %u", c->idx,
+		  c->listener->conf->name, s->pair.slot);
+	arm_pace_timer(w);
+	progress(c);
+	return true;
+}
+
+void kg_forward_sockmap_on_poll(struct kg_conn *c, enum kg_op op, int fd, int res)
+{
+	struct kg_smconn *s = c->sockmap;
+	int side = side_of(c, fd);
+	c->inflight--;
+	if (op == KG_OP_POLL_OUT)
+		s->out_armed[side] = false;
+	else if (op == KG_OP_POLL_IN)
+		s->in_armed[side] = false;
+	else
+		s->rdhup_armed[side] = false;
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (res < 0 && res != -ECANCELED) {
+		char why[64];
+		snprintf(why, sizeof(why), "poll: %s", strerror(-res));
+		kg_conn_close(c, why);
+		return;
+	}
+	if (res > 0 && (res & POLLERR)) {
+		kg_conn_close(c, side == KG_SM_CLIENT ? "client reset" : "backend reset");
+		return;
+	}
+	log_debug("connection %u: sockmap: %s poll op %d res 0x%x", c->idx,
+		  side == KG_SM_CLIENT ? "client" : "backend", (int)op, res);
+	if (res > 0 && (res & (POLLRDHUP | POLLHUP)) && !s->eof[side]) {
+		/* Its peer is done sending; what it sent may still be on the way
+		 * to the other side, which progress() waits for. */
+		if (!s->pair.tail[side])
+			s->eof[side] = true;
+		kg_sockmap_pace(c->worker->rt->sockmap, &s->pair);
+	}
+	progress(c);
+}
+
+/* Every PACE_MS while the worker has sockmap pairs. */
+void kg_forward_sockmap_pace_all(struct kg_worker *w)
+{
+	w->sockmap_timer_armed = false;
+	for (uint32_t i = 0; i < w->high_water; i++) {
+		struct kg_conn *c = w->conns[i];
+		if (!c || !c->sockmap || c->state != KG_CONN_FORWARDING)
+			continue;
+		kg_sockmap_pace(w->rt->sockmap, &c->sockmap->pair);
+		uint64_t now = redirected(c);
+		if (now != c->sockmap->seen_bytes) {
+			c->sockmap->seen_bytes = now;
+			c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
+		}
+		progress(c);
+	}
+	if (w->n_sockmap > 0)
+		arm_pace_timer(w);
+}
+
+void kg_forward_sockmap_free(struct kg_conn *c)
+{
+	struct kg_worker *w = c->worker;
+	if (!c->sockmap)
+		return;
+	uint64_t bytes[2] = {0, 0};
+	for (int side = 0; side < 2; side++)
+		kg_sockmap_redirected(w->rt->sockmap, &c->sockmap->pair, side, &bytes[side], NULL);
+	w->stats.forwarded_c2b += bytes[KG_SM_BACKEND] + c->sockmap->pair.tail_bytes[KG_SM_BACKEND];
+	w->stats.forwarded_b2c += bytes[KG_SM_CLIENT] + c->sockmap->pair.tail_bytes[KG_SM_CLIENT];
+	int r = kg_sockmap_remove_pair(w->rt->sockmap, &c->sockmap->pair);
+	if (r < 0)
+		log_warn("connection %u: removing its sockmap entries: %s", c->idx, strerror(-r));
+	free(c->sockmap);
+	c->sockmap = NULL;
+	w->n_sockmap--;
+}

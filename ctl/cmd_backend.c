@@ -77,9 +77,14 @@ static int backend_drain(struct kg_cli *cli, int argc, char **argv)
 	return member_verb(cli, argc, argv, 3, "backend.drain");
 }
 
+static int backend_disable(struct kg_cli *cli, int argc, char **argv)
+{
+	return member_verb(cli, argc, argv, 4, "backend.disable");
+}
+
 static int backend_enable(struct kg_cli *cli, int argc, char **argv)
 {
-	return member_verb(cli, argc, argv, 4, "backend.enable");
+	return member_verb(cli, argc, argv, 5, "backend.enable");
 }
 
 static const struct kg_cmd backend_cmds[] = {
@@ -90,7 +95,10 @@ static const struct kg_cmd backend_cmds[] = {
 	{"set-weight", backend_set_weight, "LISTENER HOST:PORT W", "change a member's weight (1-256)"},
 	{"drain", backend_drain, "LISTENER HOST:PORT",
 	 "no new connections to the member; open ones finish (kept across restarts)"},
-	{"enable", backend_enable, "LISTENER HOST:PORT", "end a drain: the member takes connections again"},
+	{"disable", backend_disable, "LISTENER HOST:PORT",
+	 "take the member out of rotation and close its open connections (kept across restarts)"},
+	{"enable", backend_enable, "LISTENER HOST:PORT",
+	 "end a drain or disable: the member takes connections again"},
 	{NULL, NULL, NULL, NULL},
 };
 

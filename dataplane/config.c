@@ -394,10 +394,20 @@ static bool binds_overlap(const struct sockaddr_storage *a, const struct sockadd
 	return kg_sockaddr_equal(a, b) || sockaddr_is_any(a) || sockaddr_is_any(b);
 }
 
+static int get_bool(struct parser *p, const char *parent, struct json_object *obj,
+		    const char *key, bool *out)
+{
+	struct json_object *v = NULL;
+	int r = get_member(p, parent, obj, key, json_type_boolean, "a boolean", &v);
+	if (r > 0)
+		*out = json_object_get_boolean(v);
+	return r;
+}
+
 static int parse_backends(struct parser *p, const char *lpath, struct json_object *lobj,
 			  struct kg_listener_conf *l)
 {
-	static const char *const keys[] = {"address", "weight", "drained", NULL};
+	static const char *const keys[] = {"address", "weight", "drained", "disabled", NULL};
 	struct json_object *arr = NULL;
 	char path[KG_PATH_MAX];
 
@@ -435,25 +445,19 @@ static int parse_backends(struct parser *p, const char *lpath, struct json_objec
 		bc->weight = 1;
 		if (get_uint(p, bpath, b, "weight", 1, KG_MAX_WEIGHT, &bc->weight) < 0)
 			return -1;
-		struct json_object *dr = NULL;
-		if (get_member(p, bpath, b, "drained", json_type_boolean, "a boolean", &dr) < 0)
+		bool drained = false, disabled = false;
+		if (get_bool(p, bpath, b, "drained", &drained) < 0 ||
+		    get_bool(p, bpath, b, "disabled", &disabled) < 0)
 			return -1;
-		bc->drained = dr && json_object_get_boolean(dr);
+		if (drained && disabled)
+			return fail(p, bpath, "\"drained\" and \"disabled\" exclude each other "
+					      "(kgatectl backend drain|disable|enable sets one)");
+		bc->admin = disabled ? KG_ADMIN_DISABLED : drained ? KG_ADMIN_DRAINED : KG_ADMIN_READY;
 		for (size_t j = 0; j < i; j++)
 			if (kg_sockaddr_equal(&l->backends[j].addr, &bc->addr))
 				return fail(p, apath, "same backend as %s[%zu]; use weight instead", path, j);
 	}
 	return 0;
-}
-
-static int get_bool(struct parser *p, const char *parent, struct json_object *obj,
-		    const char *key, bool *out)
-{
-	struct json_object *v = NULL;
-	int r = get_member(p, parent, obj, key, json_type_boolean, "a boolean", &v);
-	if (r > 0)
-		*out = json_object_get_boolean(v);
-	return r;
 }
 
 bool kg_health_status_expected(const struct kg_health_conf *h, unsigned code)

@@ -28,12 +28,19 @@ struct kg_cert_conf {
 	char *crl_path;  /* ca only, optional (NULL) */
 };
 
+/* A member's administrative state, set by kgatectl backend drain|disable|
+ * enable and kept in the document ("drained": true / "disabled": true):
+ * drained members take no new connections and keep their open ones;
+ * disabled members take none and their open connections are closed (like
+ * HAProxy's maintenance state). */
+enum kg_admin_state { KG_ADMIN_READY, KG_ADMIN_DRAINED, KG_ADMIN_DISABLED };
+
 struct kg_backend_conf {
 	char *address; /* as written, "127.0.0.1:9001" or "[::1]:9001" */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	unsigned weight; /* 1-256, default 1; 0 is refused */
-	bool drained;    /* "drained": no new connections (kgatectl backend drain) */
+	enum kg_admin_state admin; /* "drained" / "disabled"; at most one of them */
 };
 
 /* Status codes 100-599 as a bitmap: bit (code - 100). */

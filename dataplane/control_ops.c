@@ -230,33 +230,38 @@ static void patch_ports(json_object *doc, const struct kg_config *cfg)
 	}
 }
 
-/* A copy of a listener's entry without the backends' "drained" keys. */
-static json_object *without_drain(json_object *l)
+/* A copy of a listener's entry without the backends' administrative
+ * state keys ("drained", "disabled"). */
+static json_object *without_admin(json_object *l)
 {
 	json_object *copy = doc_copy(l), *arr = NULL;
 	if (copy && json_object_object_get_ex(copy, "backends", &arr) &&
 	    json_object_is_type(arr, json_type_array))
-		for (size_t i = 0; i < json_object_array_length(arr); i++)
-			json_object_object_del(json_object_array_get_idx(arr, i), "drained");
+		for (size_t i = 0; i < json_object_array_length(arr); i++) {
+			json_object *m = json_object_array_get_idx(arr, i);
+			json_object_object_del(m, "drained");
+			json_object_object_del(m, "disabled");
+		}
 	return copy;
 }
 
-/* Whether a listener needs a new snapshot: draining a member does not
- * (it is applied to the running health group, where the member's open
- * connections are counted). */
+/* Whether a listener needs a new snapshot: draining or disabling a member
+ * does not (it is applied to the running health group, where the member's
+ * open connections are counted and the workers look for cuts). */
 static bool listener_changed(json_object *old, json_object *new)
 {
 	if (!old)
 		return true;
-	json_object *a = without_drain(old), *b = without_drain(new);
+	json_object *a = without_admin(old), *b = without_admin(new);
 	bool changed = !a || !b || !json_object_equal(a, b);
 	json_object_put(a);
 	json_object_put(b);
 	return changed;
 }
 
-/* Makes the running health groups follow the document's drained flags. */
-static void sync_drains(struct kg_ops *ops, const struct kg_config *cfg)
+/* Makes the running health groups follow the document's drained and
+ * disabled flags. */
+static void sync_admin(struct kg_ops *ops, const struct kg_config *cfg)
 {
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		const struct kg_listener_conf *lc = &cfg->listeners[i];
@@ -267,7 +272,7 @@ static void sync_drains(struct kg_ops *ops, const struct kg_config *cfg)
 		for (size_t b = 0; b < lc->n_backends; b++) {
 			int m = kg_health_member_index(snap->health, lc->backends[b].address);
 			if (m >= 0)
-				kg_health_drain(snap->health, (size_t)m, lc->backends[b].drained);
+				kg_health_set_admin(snap->health, (size_t)m, lc->backends[b].admin);
 		}
 		kg_listener_put(snap);
 	}
@@ -329,7 +334,7 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 	}
 	new_doc = NULL; /* owned by the state now */
 	kg_apply_commit(ops->rt, &ops->plan);
-	sync_drains(ops, cfg);
+	sync_admin(ops, cfg);
 	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
 	kg_config_ref_put(ops->cur);
 	ops->cur = ref;
@@ -736,7 +741,8 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 		json_object_object_add(m, "address", json_object_new_string(l->backends[b].address));
 		json_object_object_add(m, "weight", json_object_new_int((int)l->backends[b].weight));
 		json_object_object_add(m, "state", json_object_new_string(
-				!h ? "-" : h->in_rotation ? "up" : "down"));
+				!h ? "-" : h->admin == KG_ADMIN_DISABLED ? "disabled" :
+				h->in_rotation ? "up" : "down"));
 		json_object_object_add(m, "health", json_object_new_string(
 				!h ? "-" : !h->checked ? "not checked" : kg_member_state_name(h->state)));
 		/* The cloud consoles' words: normal / abnormal. */
@@ -746,7 +752,10 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 				h->state == KG_MEMBER_UNHEALTHY ? "abnormal" : "pending"));
 		json_object_object_add(m, "in_state_s", json_object_new_int64(
 				h ? (int64_t)(h->ms_in_state / 1000) : 0));
-		json_object_object_add(m, "drained", json_object_new_boolean(h && h->drained));
+		json_object_object_add(m, "drained", json_object_new_boolean(
+				h && h->admin == KG_ADMIN_DRAINED));
+		json_object_object_add(m, "disabled", json_object_new_boolean(
+				h && h->admin == KG_ADMIN_DISABLED));
 		json_object_object_add(m, "active", json_object_new_int64(h ? h->active : 0));
 		json_object_object_add(m, "effective_weight",
 				       json_object_new_int64(h ? h->effective_weight : 0));
@@ -948,7 +957,7 @@ static json_object *op_listener_delete(struct kg_ops *ops, json_object *args)
 /* ---- backends ------------------------------------------------------------ */
 
 struct backend_edit {
-	enum { BE_ADD, BE_REMOVE, BE_WEIGHT, BE_DRAIN, BE_ENABLE } op;
+	enum { BE_ADD, BE_REMOVE, BE_WEIGHT, BE_DRAIN, BE_DISABLE, BE_ENABLE } op;
 	struct sockaddr_storage addr;
 	const char *address;
 	json_object *weight; /* NULL: default */
@@ -996,12 +1005,17 @@ static json_object *edit_backend(json_object *l, void *arg)
 		return NULL;
 	}
 	json_object *m = json_object_array_get_idx(arr, (size_t)idx);
+	if (e->op == BE_WEIGHT) {
+		json_object_object_add(m, "weight", json_object_get(e->weight));
+		return NULL;
+	}
+	/* One administrative state at a time: each verb replaces the other. */
+	json_object_object_del(m, "drained");
+	json_object_object_del(m, "disabled");
 	if (e->op == BE_DRAIN)
 		json_object_object_add(m, "drained", json_object_new_boolean(true));
-	else if (e->op == BE_ENABLE)
-		json_object_object_del(m, "drained");
-	else
-		json_object_object_add(m, "weight", json_object_get(e->weight));
+	else if (e->op == BE_DISABLE)
+		json_object_object_add(m, "disabled", json_object_new_boolean(true));
 	return NULL;
 }
 
@@ -1045,6 +1059,11 @@ static json_object *op_backend_set_weight(struct kg_ops *ops, json_object *args)
 static json_object *op_backend_drain(struct kg_ops *ops, json_object *args)
 {
 	return backend_op(ops, args, BE_DRAIN, "backend draining");
+}
+
+static json_object *op_backend_disable(struct kg_ops *ops, json_object *args)
+{
+	return backend_op(ops, args, BE_DISABLE, "backend disabled");
 }
 
 static json_object *op_backend_enable(struct kg_ops *ops, json_object *args)
@@ -1120,6 +1139,7 @@ static const struct op ops_table[] = {
 	{"backend.remove", op_backend_remove},
 	{"backend.set_weight", op_backend_set_weight},
 	{"backend.drain", op_backend_drain},
+	{"backend.disable", op_backend_disable},
 	{"backend.enable", op_backend_enable},
 	{NULL, NULL},
 };

@@ -33,7 +33,7 @@ struct member {
 	uint64_t checks_ok, checks_failed, passive_failures;
 	_Atomic int state_pub;     /* copy of state for lock-free readers */
 	_Atomic unsigned active;   /* established connections, all workers */
-	_Atomic bool drained;
+	_Atomic int admin;         /* enum kg_admin_state */
 	_Atomic uint64_t ramp_start_ms; /* 0: not ramping up */
 	_Atomic unsigned eff_weight;
 };
@@ -63,7 +63,7 @@ const char *kg_member_state_name(enum kg_member_state s)
  * balancer. */
 static bool in_rotation(const struct kg_health_group *g, const struct member *m)
 {
-	if (atomic_load(&m->drained))
+	if (atomic_load(&m->admin) != KG_ADMIN_READY)
 		return false;
 	if (m->state == KG_MEMBER_HEALTHY)
 		return true;
@@ -148,7 +148,7 @@ void kg_health_group_inherit(struct kg_health_group *dst, struct kg_health_group
 				d->passive_failures = s->passive_failures;
 				atomic_store(&d->state_pub, (int)d->state);
 			}
-			atomic_store(&d->drained, atomic_load(&s->drained));
+			atomic_store(&d->admin, atomic_load(&s->admin));
 			update_rotation(dst, i);
 			pthread_mutex_unlock(&d->lock);
 			pthread_mutex_unlock(&s->lock);
@@ -280,7 +280,7 @@ void kg_health_conn_end(struct kg_health_group *g, size_t member)
 	if (member >= g->n)
 		return;
 	struct member *m = &g->m[member];
-	if (atomic_fetch_sub(&m->active, 1) == 1 && atomic_load(&m->drained))
+	if (atomic_fetch_sub(&m->active, 1) == 1 && atomic_load(&m->admin) == KG_ADMIN_DRAINED)
 		log_notice("listener %s: backend %s: drained, its last connection ended",
 			   g->lc->name, m->conf->address);
 }
@@ -290,34 +290,51 @@ bool kg_health_cuts(const struct kg_health_group *g)
 	return g->checked && g->hc->cut_on_unhealthy;
 }
 
-bool kg_health_should_cut(const struct kg_health_group *g, size_t member)
+enum kg_health_cut kg_health_should_cut(const struct kg_health_group *g, size_t member)
 {
-	return kg_health_cuts(g) && member < g->n &&
-	       atomic_load(&g->m[member].state_pub) == KG_MEMBER_UNHEALTHY;
+	if (member >= g->n)
+		return KG_CUT_NONE;
+	if (atomic_load(&g->m[member].admin) == KG_ADMIN_DISABLED)
+		return KG_CUT_DISABLED;
+	if (kg_health_cuts(g) && atomic_load(&g->m[member].state_pub) == KG_MEMBER_UNHEALTHY)
+		return KG_CUT_UNHEALTHY;
+	return KG_CUT_NONE;
 }
 
-int kg_health_drain(struct kg_health_group *g, size_t member, bool drain)
+int kg_health_set_admin(struct kg_health_group *g, size_t member, enum kg_admin_state admin)
 {
 	if (member >= g->n)
 		return -ENOENT;
 	struct member *m = &g->m[member];
 	pthread_mutex_lock(&m->lock);
-	bool was = atomic_exchange(&m->drained, drain);
+	int was = atomic_exchange(&m->admin, (int)admin);
 	update_rotation(g, member);
 	unsigned active = atomic_load(&m->active);
 	pthread_mutex_unlock(&m->lock);
-	if (was == drain)
+	if (was == (int)admin)
 		return 0;
-	if (!drain)
-		log_notice("listener %s: backend %s: drain ended, back in rotation when %s",
-			   g->lc->name, m->conf->address,
+	const char *lname = g->lc->name, *addr = m->conf->address;
+	switch (admin) {
+	case KG_ADMIN_READY:
+		log_notice("listener %s: backend %s: %s ended, back in rotation when %s", lname,
+			   addr, was == KG_ADMIN_DISABLED ? "disable" : "drain",
 			   g->checked ? "healthy" : "possible");
-	else if (active == 0)
-		log_notice("listener %s: backend %s: drained, its last connection ended",
-			   g->lc->name, m->conf->address);
-	else
-		log_notice("listener %s: backend %s: draining, %u connection(s) still open",
-			   g->lc->name, m->conf->address, active);
+		break;
+	case KG_ADMIN_DRAINED:
+		if (active == 0)
+			log_notice("listener %s: backend %s: drained, its last connection ended",
+				   lname, addr);
+		else
+			log_notice("listener %s: backend %s: draining, %u connection(s) still open",
+				   lname, addr, active);
+		break;
+	case KG_ADMIN_DISABLED:
+		/* The workers close them on their next tick (kg_health_should_cut),
+		 * also those counted in older snapshots: no count is given. */
+		log_notice("listener %s: backend %s: disabled: out of rotation, its open "
+			   "connections are closed", lname, addr);
+		break;
+	}
 	return 0;
 }
 
@@ -385,7 +402,7 @@ size_t kg_health_snapshot(struct kg_health_group *g, struct kg_health_member_inf
 		o->state = m->state;
 		o->checked = g->checked;
 		o->in_rotation = kg_balancer_is_up(g->b, i);
-		o->drained = atomic_load(&m->drained);
+		o->admin = (enum kg_admin_state)atomic_load(&m->admin);
 		o->active = atomic_load(&m->active);
 		o->weight = m->conf->weight;
 		o->effective_weight = atomic_load(&m->eff_weight);

@@ -14,7 +14,8 @@
  *   unhealthy --healthy_threshold successes in a row-->   healthy
  * A failure is a failed active check or a failed backend connect while
  * forwarding (passive detection). A member is in the balancer's rotation
- * when it is not drained and healthy, or unknown and unknown_is_up.
+ * when its administrative state (config.h) is ready and it is healthy, or
+ * unknown and unknown_is_up.
  *
  * Threads: every function here may be called from any thread unless said
  * otherwise. Each member's state sits behind its own mutex (written once per
@@ -51,7 +52,7 @@ void kg_health_group_destroy(struct kg_health_group *g);
 
 /* Copies what is known about each member of src that is also a member of
  * dst (same address) into dst: health state and counters (when both check
- * the same way) and drain. Used when a listener's snapshot is rebuilt (a
+ * the same way) and the administrative state. Used when a listener's snapshot is rebuilt (a
  * backend added, a weight or certificate changed) so members that stay do
  * not start over as unknown. src may be NULL. */
 void kg_health_group_inherit(struct kg_health_group *dst, struct kg_health_group *src);
@@ -71,17 +72,22 @@ void kg_health_passive_failure(struct kg_health_group *g, size_t member,
  * the "drained" log line when a drained member's last one ends). */
 void kg_health_conn_start(struct kg_health_group *g, size_t member);
 void kg_health_conn_end(struct kg_health_group *g, size_t member);
-/* True when connections to member must be closed now (cut_on_unhealthy
- * and the member is unhealthy). Lock-free. */
-bool kg_health_should_cut(const struct kg_health_group *g, size_t member);
+/* Whether established connections to member must be closed now, and why:
+ * the member was disabled (kgatectl backend disable), or it is unhealthy
+ * and the listener has cut_on_unhealthy. Lock-free: the workers ask for
+ * each forwarding connection on their tick. */
+enum kg_health_cut { KG_CUT_NONE, KG_CUT_UNHEALTHY, KG_CUT_DISABLED };
+enum kg_health_cut kg_health_should_cut(const struct kg_health_group *g, size_t member);
 /* True when the listener cuts connections of unhealthy members at all. */
 bool kg_health_cuts(const struct kg_health_group *g);
 
-/* Control plane: drain (true) takes the member out of rotation for new
- * connections; established ones stay and a log line says when the last
- * ended. undrain (false) puts it back (subject to its health). 0, or
- * -ENOENT for a member index out of range. */
-int kg_health_drain(struct kg_health_group *g, size_t member, bool drain);
+/* Control plane: the member's administrative state. DRAINED takes it out
+ * of rotation for new connections; established ones stay and a log line
+ * says when the last ended. DISABLED takes it out of rotation and makes
+ * kg_health_should_cut close its established connections. READY puts it
+ * back (subject to its health). One log line per change. 0, or -ENOENT
+ * for a member index out of range. */
+int kg_health_set_admin(struct kg_health_group *g, size_t member, enum kg_admin_state admin);
 
 /* Slow start: recomputes the effective weights of recovering members from
  * the time since they turned healthy and hands them to the balancer when
@@ -97,7 +103,7 @@ struct kg_health_member_info {
 	enum kg_member_state state;
 	bool checked;              /* the listener has active checks */
 	bool in_rotation;          /* receives new connections now */
-	bool drained;
+	enum kg_admin_state admin;
 	unsigned active;           /* established connections, all workers */
 	unsigned weight;           /* configured */
 	unsigned effective_weight; /* lower during slow start */

@@ -44,6 +44,7 @@ static void sum_workers(const struct kg_runtime *rt, struct kg_counters *sum)
 		sum->health_checks += c->health_checks;
 		sum->health_checks_failed += c->health_checks_failed;
 		sum->cut_unhealthy += c->cut_unhealthy;
+		sum->cut_disabled += c->cut_disabled;
 	}
 }
 
@@ -106,6 +107,7 @@ json_object *kg_stats_json(struct kg_ops *ops, const char *listener)
 	add_u64(conns, "ktls_fallback", sum.ktls_fallback);
 	add_u64(conns, "ktls_failed", sum.ktls_failed);
 	add_u64(conns, "cut_unhealthy", sum.cut_unhealthy);
+	add_u64(conns, "cut_disabled", sum.cut_disabled);
 	add_u64(hs, "ok", sum.handshakes);
 	add_u64(hs, "resumed", sum.resumed);
 	add_u64(hs, "failed", sum.handshake_failed);

@@ -144,14 +144,14 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 		snprintf(err, errlen, "%s: out of memory for health state", where);
 		goto fail;
 	}
-	/* Members that stay keep their health, drain and counters. */
+	/* Members that stay keep their health, drain/disable and counters. */
 	struct kg_listener_rt *prev = slot ? kg_listener_acquire(slot) : NULL;
 	if (prev)
 		kg_health_group_inherit(l->health, prev->health);
 	kg_listener_put(prev);
-	/* The document says which members are drained. */
+	/* The document says which members are drained or disabled. */
 	for (size_t b = 0; b < lc->n_backends; b++)
-		kg_health_drain(l->health, b, lc->backends[b].drained);
+		kg_health_set_admin(l->health, b, lc->backends[b].admin);
 	log_info("listener %s: protocol %s, forwarding %s%s", lc->name,
 		 lc->protocol == KG_PROTO_TCP ? "tcp" : "tls", kg_path_name(l->plan),
 		 l->plan == KG_PATH_KTLS_SPLICE && !l->plan_forced

@@ -48,7 +48,7 @@ struct kg_listener_rt {
 	struct kg_balancer *balancer;
 	enum kg_path plan;  /* the path connections take (paths.h) */
 	bool plan_forced;   /* configured explicitly: no fallback per connection */
-	struct kg_health_group *health; /* member states, drain, active counts (this snapshot's members) */
+	struct kg_health_group *health; /* member states, drain/disable, active counts (this snapshot's members) */
 };
 
 /* Per-listener counters: shared atomics (relaxed), one increment per
@@ -95,6 +95,7 @@ struct kg_counters {
 	uint64_t health_checks;        /* active checks run by this worker */
 	uint64_t health_checks_failed;
 	uint64_t cut_unhealthy;        /* connections closed: backend turned unhealthy */
+	uint64_t cut_disabled;         /* connections closed: backend disabled */
 };
 
 struct kg_worker;

@@ -313,21 +313,56 @@ static void release_closed(struct kg_worker *w, uint32_t idx)
 		kg_conn_release_if_idle(c);
 }
 
-/* cut_on_unhealthy: established connections to a member that turned
- * unhealthy are closed on the next tick. */
-static bool cut_if_unhealthy(struct kg_conn *c)
+/* The snapshots published now, taken once per tick and slot when a
+ * connection asks (released at the end of the tick). */
+struct tick_snaps {
+	struct kg_listener_rt *snap[KG_MAX_LISTENERS];
+	bool taken[KG_MAX_LISTENERS];
+};
+
+/* Where a connection's member state lives now: a connection keeps the
+ * snapshot it started with, but the control plane (disable) and the
+ * checkers change the members of the published one only. A member the
+ * published snapshot no longer has was removed: its connections finish. */
+static enum kg_health_cut cut_reason(struct kg_conn *c, struct tick_snaps *ts)
 {
-	struct kg_health_group *g = c->listener->health;
-	if (!c->member_counted || c->state != KG_CONN_FORWARDING ||
-	    !kg_health_should_cut(g, (size_t)c->member))
+	uint32_t li = c->listener_idx;
+	if (!ts->taken[li]) {
+		ts->snap[li] = kg_listener_acquire(c->listener->slot);
+		ts->taken[li] = true;
+	}
+	struct kg_listener_rt *cur = ts->snap[li];
+	if (!cur || cur == c->listener)
+		return kg_health_should_cut(c->listener->health, (size_t)c->member);
+	int m = kg_health_member_index(cur->health,
+				       c->listener->conf->backends[c->member].address);
+	return m < 0 ? KG_CUT_NONE : kg_health_should_cut(cur->health, (size_t)m);
+}
+
+/* Established connections to a member that was disabled, or that turned
+ * unhealthy under cut_on_unhealthy, are closed on the next tick. */
+static bool cut_if_needed(struct kg_conn *c, struct tick_snaps *ts)
+{
+	if (!c->member_counted || c->state != KG_CONN_FORWARDING)
 		return false;
-	c->worker->stats.cut_unhealthy++;
-	kg_conn_close(c, "backend unhealthy");
-	return true;
+	switch (cut_reason(c, ts)) {
+	case KG_CUT_NONE:
+		return false;
+	case KG_CUT_UNHEALTHY:
+		c->worker->stats.cut_unhealthy++;
+		kg_conn_close(c, "backend unhealthy");
+		return true;
+	case KG_CUT_DISABLED:
+		c->worker->stats.cut_disabled++;
+		kg_conn_close(c, "backend disabled");
+		return true;
+	}
+	return false;
 }
 
 static void on_tick(struct kg_worker *w)
 {
+	struct tick_snaps ts = {0};
 	if (!w->draining && atomic_load(&w->rt->stopping))
 		begin_drain(w);
 	bool drain_expired = w->draining && w->now_ms >= w->drain_deadline_ms;
@@ -337,10 +372,12 @@ static void on_tick(struct kg_worker *w)
 			continue;
 		if (drain_expired)
 			kg_conn_close(c, "drain timeout");
-		else if (!cut_if_unhealthy(c))
+		else if (!cut_if_needed(c, &ts))
 			kg_conn_check_deadline(c);
 		release_closed(w, i);
 	}
+	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
+		kg_listener_put(ts.snap[li]);
 	kg_health_checker_tick(w->health, w->now_ms);
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS && !w->draining; li++)
 		arm_accept(w, li);
@@ -483,13 +520,13 @@ static void *worker_main(void *arg)
 		 "handshake failures %lu, handshake timeouts %lu, no backend %lu, "
 		 "connect failures %lu, limit rejections %lu, idle timeouts %lu, "
 		 "bytes c2b %lu b2c %lu, health checks %lu (failed %lu), "
-		 "cut unhealthy %lu; paths: userspace-tls %lu, ktls-splice %lu, "
+		 "cut unhealthy %lu, cut disabled %lu; paths: userspace-tls %lu, ktls-splice %lu, "
 		 "splice %lu, sockmap %lu, userspace-copy %lu; ktls fallbacks %lu, "
 		 "ktls failures %lu, sockmap fallbacks %lu",
 		 w->id, s->accepted, s->handshakes, s->resumed, s->handshake_failed,
 		 s->handshake_timeout, s->no_backend, s->backend_connect_failed,
 		 s->rejected_limit, s->idle_timeout, s->forwarded_c2b, s->forwarded_b2c,
-		 s->health_checks, s->health_checks_failed, s->cut_unhealthy,
+		 s->health_checks, s->health_checks_failed, s->cut_unhealthy, s->cut_disabled,
 		 s->path[KG_PATH_USERSPACE], s->path[KG_PATH_KTLS_SPLICE],
 		 s->path[KG_PATH_SPLICE], s->path[KG_PATH_SOCKMAP], s->path[KG_PATH_COPY],
 		 s->ktls_fallback, s->ktls_failed, s->sockmap_fallback);

@@ -447,6 +447,87 @@ def test_backend_drain_and_enable_persist(pki, gated, http_backends):
     assert {https_get(ctx, port).strip() for _ in range(4)} == {"backend=a", "backend=b"}
 
 
+def echo_session(pki, port):
+    """A TLS connection through kgated that reached the echo backend."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = client_context(pki).wrap_socket(raw, server_hostname="localhost")
+    s.sendall(b"ping")
+    assert s.recv(100) == b"ping"
+    return s
+
+
+def closed_by_kgated(s):
+    """True when the connection ends (EOF or reset) within the socket's
+    timeout; the echo backend sends nothing unasked, so data means open."""
+    try:
+        return s.recv(100) == b""
+    except (ssl.SSLError, OSError):
+        return True
+    finally:
+        s.close()
+
+
+def test_backend_disable_cuts_connections_and_persists(pki, gated, echo_backend,
+                                                       http_backends):
+    """Like HAProxy's maintenance state: out of rotation at once and open
+    connections closed (unlike drain), kept across kill -9, undone by
+    enable; also for connections made before the snapshot was rebuilt."""
+    a = http_backends("a")
+    e = echo_backend.address
+    d = gated([tls_listener(pki, [e])], workers=1)
+    port = port_of(d.ctl, "web")
+    ctx = client_context(pki)
+    old = echo_session(pki, port)          # on the snapshot before the add
+    d.ctl("backend", "add", "web", a.address)
+    d.ctl("backend", "disable", "web", e)
+    assert closed_by_kgated(old)
+    members = {m["address"]: m for m in d.ctl.json("listener", "show", "web")["members"]}
+    assert members[e]["state"] == "disabled" and members[e]["disabled"] is True
+    assert members[e]["drained"] is False
+    assert members[a.address]["state"] == "up"
+    assert "disabled" in d.ctl("listener", "show", "web").stdout
+    assert {https_get(ctx, port).strip() for _ in range(4)} == {"backend=a"}
+    assert d.count_log("backend %s: disabled: out of rotation" % e) == 1, d.log()
+    assert d.ctl.json("stats")["connections"]["cut_disabled"] == 1
+    before = d.ctl.snapshot()
+    d.ctl.refused("backend", "disable", "web", "127.0.0.1:1", code="not_found")
+    d.ctl.refused("backend", "disable", "nope", e, code="not_found")
+    d.ctl.refused("backend", "disable", "web", "not-an-address", code="invalid_argument")
+    assert d.ctl.snapshot() == before
+    doc = json.load(open(os.path.join(d.state, "state.json")))
+    assert doc["listeners"][0]["backends"][0] == {"address": e, "disabled": True}
+
+    d.kill9()
+    d2 = gated([], state=d.state, workers=1)
+    assert "backend %s: disabled" % e in d2.log()
+    members = {m["address"]: m for m in d2.ctl.json("listener", "show", "web")["members"]}
+    assert members[e]["state"] == "disabled"
+    assert {https_get(ctx, port).strip() for _ in range(4)} == {"backend=a"}
+    # drain replaces disable (one state at a time); enable clears either.
+    d2.ctl("backend", "drain", "web", e)
+    doc = json.load(open(os.path.join(d2.state, "state.json")))
+    assert doc["listeners"][0]["backends"][0] == {"address": e, "drained": True}
+    d2.ctl("backend", "enable", "web", e)
+    doc = json.load(open(os.path.join(d2.state, "state.json")))
+    assert doc["listeners"][0]["backends"][0] == {"address": e}
+    assert "backend %s: drain ended" % e in d2.log()
+    # A connection on the current snapshot: only e in rotation while a is
+    # disabled, then a back and e disabled.
+    d2.ctl("backend", "disable", "web", a.address)
+    cur = echo_session(pki, port)
+    d2.ctl("backend", "enable", "web", a.address)
+    assert "backend %s: disable ended" % a.address in d2.log()
+    d2.ctl("backend", "disable", "web", e)
+    assert closed_by_kgated(cur)
+    # One line at start (from the document), one for this change.
+    assert d2.count_log("backend %s: disabled: out of rotation" % e) == 2, d2.log()
+    assert d2.ctl.json("stats")["connections"]["cut_disabled"] == 1
+    d2.ctl("backend", "enable", "web", e)
+    members = d2.ctl.json("listener", "show", "web")["members"]
+    assert [(m["state"], m["disabled"], m["drained"]) for m in members] == \
+        [("up", False, False)] * 2
+
+
 def test_listener_show_reports_health_like_the_console(pki, gated, http_backends):
     """Issue 6: per member normal/abnormal, the last check's reason and the
     time in that state, in JSON and in the table."""

@@ -140,6 +140,8 @@ static const struct bad_case bad[] = {
 	{BACKENDS("{'address':'127.0.0.1:80','weight':257}"), "listeners[0].backends[0].weight: must be 1-256"},
 	{BACKENDS("{'address':'127.0.0.1:80','weight':'heavy'}"), "listeners[0].backends[0].weight: expected an integer"},
 	{BACKENDS("{'address':'127.0.0.1:80','port':1}"), "listeners[0].backends[0].port: unknown key"},
+	{BACKENDS("{'address':'127.0.0.1:80','disabled':1}"), "listeners[0].backends[0].disabled: expected a boolean"},
+	{BACKENDS("{'address':'127.0.0.1:80','drained':true,'disabled':true}"), "listeners[0].backends[0]: \"drained\" and \"disabled\" exclude each other"},
 	{BACKENDS("{'address':'127.0.0.1:80'},{'address':'127.0.0.1:080'}"), "listeners[0].backends[1].address: same backend as listeners[0].backends[0]"},
 	/* health checks */
 	{DOC(",'health_check':'tcp'"), "listeners[0].health_check: expected an object"},
@@ -350,8 +352,8 @@ Test(config, full_document)
 		"'certificate':'web','mutual_auth':'required','ca':'clients','verify_depth':2,"
 		"'scheduler':'rr','forwarding':'userspace','handshake_timeout_ms':100,"
 		"'idle_timeout_ms':200,'connect_timeout_ms':300,'max_connections':400,"
-		"'connect_retries':0,'backends':[{'address':'127.0.0.1:9001','weight':3},"
-		"{'address':'[::1]:9002','weight':256}],'health_check':{'type':'http',"
+		"'connect_retries':0,'backends':[{'address':'127.0.0.1:9001','weight':3,'disabled':true},"
+		"{'address':'[::1]:9002','weight':256,'drained':true,'disabled':false}],'health_check':{'type':'http',"
 		"'interval_ms':100,'timeout_ms':1,'healthy_threshold':10,'unhealthy_threshold':1}},"
 		"{'name':'plain','protocol':'tcp','bind':'127.0.0.1','port':0,"
 		"'backends':[{'address':'127.0.0.1:9003'}]}]}";
@@ -374,6 +376,9 @@ Test(config, full_document)
 	cr_assert_eq(l->n_backends, 2);
 	cr_expect_eq(l->backends[0].weight, 3);
 	cr_expect_eq(l->backends[1].weight, 256);
+	cr_expect_eq(l->backends[0].admin, KG_ADMIN_DISABLED);
+	cr_expect_eq(l->backends[1].admin, KG_ADMIN_DRAINED);
+	cr_expect_eq(cfg->listeners[1].backends[0].admin, KG_ADMIN_READY);
 	cr_expect_eq(l->backends[1].addr.ss_family, AF_INET6);
 	cr_expect_eq(l->backends[1].addrlen, sizeof(struct sockaddr_in6));
 	cr_expect_eq(port_of(&l->backends[1].addr), 9002);

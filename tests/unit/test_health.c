@@ -148,19 +148,20 @@ Test(health, drain_keeps_connections_and_blocks_new_ones)
 	setup(&f, NULL, 1);
 	kg_health_conn_start(f.g, 0);
 	kg_health_conn_start(f.g, 0);
-	cr_expect_eq(kg_health_drain(f.g, 0, true), 0);
+	cr_expect_eq(kg_health_set_admin(f.g, 0, KG_ADMIN_DRAINED), 0);
 	struct kg_health_member_info i = info(&f, 0, f.t0);
-	cr_expect(i.drained);
+	cr_expect_eq(i.admin, KG_ADMIN_DRAINED);
+	cr_expect_not(kg_health_should_cut(f.g, 0), "drained connections finish");
 	cr_expect_not(i.in_rotation);
 	cr_expect_eq(i.active, 2);
 	cr_expect_eq(picks_of_a(&f, 6), 0);
 	kg_health_conn_end(f.g, 0);
 	kg_health_conn_end(f.g, 0);
 	cr_expect_eq(info(&f, 0, f.t0).active, 0);
-	cr_expect_eq(kg_health_drain(f.g, 0, false), 0);
+	cr_expect_eq(kg_health_set_admin(f.g, 0, KG_ADMIN_READY), 0);
 	cr_expect(info(&f, 0, f.t0).in_rotation);
 	cr_expect_eq(picks_of_a(&f, 6), 3);
-	cr_expect_eq(kg_health_drain(f.g, 2, true), -ENOENT);
+	cr_expect_eq(kg_health_set_admin(f.g, 2, KG_ADMIN_DRAINED), -ENOENT);
 	teardown(&f);
 }
 
@@ -168,7 +169,7 @@ Test(health, drained_member_stays_out_even_when_healthy)
 {
 	struct fixture f;
 	setup(&f, "{'healthy_threshold':1}", 1);
-	cr_expect_eq(kg_health_drain(f.g, 1, true), 0);
+	cr_expect_eq(kg_health_set_admin(f.g, 1, KG_ADMIN_DRAINED), 0);
 	kg_health_record(f.g, 1, true, "connected", f.t0 + 1);
 	cr_expect_eq(info(&f, 1, f.t0 + 1).state, KG_MEMBER_HEALTHY);
 	cr_expect_not(kg_balancer_is_up(f.b, 1));
@@ -191,6 +192,62 @@ Test(health, cut_only_when_configured_and_unhealthy)
 	cr_expect(kg_health_should_cut(f.g, 0));
 	cr_expect_not(kg_health_should_cut(f.g, 1));
 	cr_expect_not(kg_health_should_cut(f.g, 7));
+	teardown(&f);
+}
+
+Test(health, disable_cuts_whatever_the_health_settings)
+{
+	struct fixture f;
+	/* No checks and no cut_on_unhealthy: disable cuts anyway. */
+	setup(&f, NULL, 1);
+	kg_health_conn_start(f.g, 0);
+	cr_expect_not(kg_health_cuts(f.g));
+	cr_expect_eq(kg_health_set_admin(f.g, 0, KG_ADMIN_DISABLED), 0);
+	struct kg_health_member_info i = info(&f, 0, f.t0);
+	cr_expect_eq(i.admin, KG_ADMIN_DISABLED);
+	cr_expect_not(i.in_rotation);
+	cr_expect_eq(kg_health_should_cut(f.g, 0), KG_CUT_DISABLED);
+	cr_expect_eq(kg_health_should_cut(f.g, 1), KG_CUT_NONE);
+	cr_expect_eq(picks_of_a(&f, 6), 0);
+	/* Disabled to drained: open connections are kept again. */
+	cr_expect_eq(kg_health_set_admin(f.g, 0, KG_ADMIN_DRAINED), 0);
+	cr_expect_eq(kg_health_should_cut(f.g, 0), KG_CUT_NONE);
+	cr_expect_not(info(&f, 0, f.t0).in_rotation);
+	cr_expect_eq(kg_health_set_admin(f.g, 0, KG_ADMIN_DISABLED), 0);
+	cr_expect_eq(kg_health_set_admin(f.g, 0, KG_ADMIN_READY), 0);
+	cr_expect_eq(kg_health_should_cut(f.g, 0), KG_CUT_NONE);
+	cr_expect(info(&f, 0, f.t0).in_rotation);
+	cr_expect_eq(picks_of_a(&f, 6), 3);
+	cr_expect_eq(kg_health_set_admin(f.g, 2, KG_ADMIN_DISABLED), -ENOENT);
+	kg_health_conn_end(f.g, 0);
+	teardown(&f);
+}
+
+Test(health, disabled_member_stays_out_when_healthy_and_inherits)
+{
+	struct fixture f;
+	setup(&f, "{'healthy_threshold':1,'unhealthy_threshold':1,'cut_on_unhealthy':true}", 1);
+	cr_expect_eq(kg_health_set_admin(f.g, 1, KG_ADMIN_DISABLED), 0);
+	kg_health_record(f.g, 1, true, "connected", f.t0 + 1);
+	cr_expect_eq(info(&f, 1, f.t0 + 1).state, KG_MEMBER_HEALTHY);
+	cr_expect_not(kg_balancer_is_up(f.b, 1));
+	cr_expect_eq(kg_health_should_cut(f.g, 1), KG_CUT_DISABLED);
+	/* Unhealthy and disabled: disabled is the reason given. */
+	kg_health_record(f.g, 1, false, "connect refused", f.t0 + 2);
+	cr_expect_eq(kg_health_should_cut(f.g, 1), KG_CUT_DISABLED);
+	kg_health_record(f.g, 0, false, "connect refused", f.t0 + 2);
+	cr_expect_eq(kg_health_should_cut(f.g, 0), KG_CUT_UNHEALTHY);
+	/* A rebuilt snapshot's group keeps the state. */
+	const struct kg_listener_conf *lc = &f.cfg->listeners[0];
+	unsigned w[2] = {1, 1};
+	struct kg_balancer *b2 = kg_balancer_create("rr", w, 2);
+	struct kg_health_group *g2 = kg_health_group_create(lc, b2);
+	cr_assert_not_null(g2);
+	kg_health_group_inherit(g2, f.g);
+	cr_expect_eq(kg_health_should_cut(g2, 1), KG_CUT_DISABLED);
+	cr_expect_not(kg_balancer_is_up(b2, 1));
+	kg_health_group_destroy(g2);
+	kg_balancer_destroy(b2);
 	teardown(&f);
 }
 

@@ -93,7 +93,7 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 	cr_assert_eq(kg_health_snapshot(next->health, info, 3, 0), 3);
 	cr_assert_eq(info[0].state, KG_MEMBER_HEALTHY);
 	cr_assert_eq(info[1].state, KG_MEMBER_UNKNOWN);
-	cr_assert(info[2].drained);
+	cr_assert_eq(info[2].admin, KG_ADMIN_DRAINED);
 	cr_assert(kg_balancer_is_up(next->balancer, 0));
 	cr_assert_not(kg_balancer_is_up(next->balancer, 1));
 	cr_assert_not(kg_balancer_is_up(next->balancer, 2));

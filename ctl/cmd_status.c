@@ -51,7 +51,22 @@ int kg_cmd_status(struct kg_cli *cli, int argc, char **argv)
 	if (st)
 		return st < 0 ? KG_EXIT_OK : st;
 	st = kg_client_call(cli, "status", NULL, &res);
-	return st ? st : print_json_or_text(cli, res);
+	if (st || cli->out == KG_OUT_JSON)
+		return st ? st : print_json_or_text(cli, res);
+	/* Text: the facts as lines, then one row per worker's io_uring ring. */
+	static const struct kg_column ring_cols[] = {
+		{"worker", "WORKER"}, {"setup", "IO_URING SETUP"}, {"fallback", "FALLBACK"},
+		{"features", "IO_URING FEATURES"}};
+	json_object *rings = NULL;
+	if (json_object_object_get_ex(res, "io_uring", &rings))
+		json_object_get(rings);
+	json_object_object_del(res, "io_uring");
+	st = print_json_or_text(cli, res);
+	if (rings) {
+		printf("\n");
+		st = kg_print_rows(cli, rings, ring_cols, sizeof(ring_cols) / sizeof(ring_cols[0]));
+	}
+	return st;
 }
 
 int kg_cmd_stats(struct kg_cli *cli, int argc, char **argv)

@@ -1073,6 +1073,28 @@ static json_object *op_backend_enable(struct kg_ops *ops, json_object *args)
 
 /* ---- status and stats ----------------------------------------------------- */
 
+/* One row per worker: how its ring was set up and what the kernel said
+ * it supports (io_uring_params.features). */
+static json_object *rings_json(const struct kg_runtime *rt)
+{
+	json_object *arr = json_object_new_array();
+	for (unsigned i = 0; i < rt->n_workers; i++) {
+		const struct kg_ring_info *ri = &rt->workers[i]->ring_info;
+		char features[512];
+		kg_ring_features_format(ri->features, features, sizeof(features));
+		json_object *r = json_object_new_object();
+		json_object_object_add(r, "worker", json_object_new_int((int)i));
+		json_object_object_add(r, "setup", json_object_new_string(
+				kg_ring_setup_name(ri->setup_flags)));
+		json_object_object_add(r, "fallback", ri->fallback_err ? json_object_new_string(
+				strerror(-ri->fallback_err)) : NULL);
+		json_object_object_add(r, "features", json_object_new_string(features));
+		json_object_object_add(r, "features_mask", json_object_new_int64(ri->features));
+		json_object_array_add(arr, r);
+	}
+	return arr;
+}
+
 static json_object *op_status(struct kg_ops *ops, json_object *args)
 {
 	(void)args;
@@ -1094,6 +1116,7 @@ static json_object *op_status(struct kg_ops *ops, json_object *args)
 	json_object_object_add(k, "ktls_detail", json_object_new_string(ops->rt->caps.ktls_why));
 	json_object_object_add(k, "sockmap", json_object_new_boolean(ops->rt->caps.sockmap));
 	json_object_object_add(o, "kernel", k);
+	json_object_object_add(o, "io_uring", rings_json(ops->rt));
 	json_object *stats = kg_stats_json(ops, NULL), *conns = NULL;
 	if (stats && json_object_object_get_ex(stats, "connections", &conns))
 		json_object_object_add(o, "connections", json_object_get(conns));

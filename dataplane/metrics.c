@@ -230,6 +230,18 @@ char *kg_metrics_text(struct kg_ops *ops)
 		put(&t, "kgate_listener_handshakes_total{listener=\"%s\",result=\"failed\"} %llu\n",
 		    l->name, (unsigned long long)atomic_load(&l->counters.handshake_failed));
 	}
+	put(&t, "# HELP kgate_io_uring_ring_info Each worker's io_uring ring: set-up flags, "
+		"whether SINGLE_ISSUER|DEFER_TASKRUN was refused, the kernel's feature flags.\n"
+		"# TYPE kgate_io_uring_ring_info gauge\n");
+	for (unsigned i = 0; i < ops->rt->n_workers; i++) {
+		const struct kg_ring_info *ri = &ops->rt->workers[i]->ring_info;
+		char features[512];
+		kg_ring_features_format(ri->features, features, sizeof(features));
+		put(&t, "kgate_io_uring_ring_info{worker=\"%u\",setup=\"%s\",fallback=\"%s\","
+			"features=\"%s\",features_mask=\"0x%x\"} 1\n", i,
+		    kg_ring_setup_name(ri->setup_flags), ri->fallback_err ? "true" : "false",
+		    features, ri->features);
+	}
 	if (t.failed) {
 		free(t.buf);
 		return NULL;

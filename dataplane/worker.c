@@ -458,17 +458,64 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	release_closed(w, idx);
 }
 
+#define RING_FAST_FLAGS (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN)
+
+const char *kg_ring_setup_name(unsigned setup_flags)
+{
+	return (setup_flags & RING_FAST_FLAGS) == RING_FAST_FLAGS ? "SINGLE_ISSUER|DEFER_TASKRUN"
+								    : "none";
+}
+
+/* IORING_FEAT_* by bit, from the kernel's uapi (stable ABI values); named
+ * here because the build's headers may be older than the running kernel. */
+static const char *const feature_names[] = {
+	"SINGLE_MMAP", "NODROP", "SUBMIT_STABLE", "RW_CUR_POS", "CUR_PERSONALITY",
+	"FAST_POLL", "POLL_32BITS", "SQPOLL_NONFIXED", "EXT_ARG", "NATIVE_WORKERS",
+	"RSRC_TAGS", "CQE_SKIP", "LINKED_FILE", "REG_REG_RING", "RECVSEND_BUNDLE",
+	"MIN_TIMEOUT", "RW_ATTR", "NO_IOWAIT",
+};
+
+void kg_ring_features_format(unsigned features, char *out, size_t len)
+{
+	size_t used = 0;
+	if (len == 0)
+		return;
+	out[0] = '\0';
+	for (unsigned bit = 0; bit < 32; bit++) {
+		if (!(features & (1U << bit)))
+			continue;
+		char unnamed[16];
+		const char *name = bit < sizeof(feature_names) / sizeof(feature_names[0])
+					   ? feature_names[bit] : NULL;
+		if (!name) {
+			snprintf(unnamed, sizeof(unnamed), "bit%u", bit);
+			name = unnamed;
+		}
+		int n = snprintf(out + used, len - used, "%s%s", used ? "," : "", name);
+		if (n < 0 || (size_t)n >= len - used)
+			return;
+		used += (size_t)n;
+	}
+}
+
+/* Records what the kernel granted in w->ring_info (status, metrics). */
 static int ring_init(struct kg_worker *w)
 {
 	struct io_uring_params p;
 	/* Only this thread submits, and task work may wait until we ask for
 	 * completions: fewer interrupts and context switches per operation. */
 	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+	p.flags = RING_FAST_FLAGS;
 	int ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
 	if (ret == -EINVAL) {
+		/* Kernels before 6.1 know neither flag: a plain ring works. */
+		w->ring_info.fallback_err = ret;
 		memset(&p, 0, sizeof(p));
 		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
+	}
+	if (ret == 0) {
+		w->ring_info.setup_flags = p.flags;
+		w->ring_info.features = p.features;
 	}
 	return ret;
 }
@@ -492,6 +539,11 @@ static void *worker_main(void *arg)
 	sem_post(&w->init_done);
 	if (w->init_result < 0)
 		return NULL;
+	char features[512];
+	kg_ring_features_format(w->ring_info.features, features, sizeof(features));
+	log_info("worker %u: io_uring ring: setup %s%s, features %s", w->id,
+		 kg_ring_setup_name(w->ring_info.setup_flags),
+		 w->ring_info.fallback_err ? " (SINGLE_ISSUER|DEFER_TASKRUN refused)" : "", features);
 
 	w->now_ms = kg_now_ms();
 	arm_wake(w);

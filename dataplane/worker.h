@@ -131,6 +131,20 @@ struct kg_wcmd {
 	struct kg_wcmd *next;
 };
 
+/* What the worker's ring set-up got, for status and metrics: written by
+ * the worker before init_done is posted, read-only afterwards. */
+struct kg_ring_info {
+	unsigned setup_flags; /* IORING_SETUP_* the ring was created with */
+	unsigned features;    /* io_uring_params.features, as the kernel filled it */
+	int fallback_err;     /* 0, or the -errno that refused SINGLE_ISSUER|DEFER_TASKRUN */
+};
+
+/* "SINGLE_ISSUER|DEFER_TASKRUN", or "none" for a plain ring. */
+const char *kg_ring_setup_name(unsigned setup_flags);
+/* The feature flags as "SINGLE_MMAP,NODROP,..." (bits this build has no
+ * name for as "bit17"); cut at len. */
+void kg_ring_features_format(unsigned features, char *out, size_t len);
+
 struct kg_worker {
 	unsigned id;
 	pthread_t thread;
@@ -152,6 +166,7 @@ struct kg_worker {
 	uint64_t now_ms;
 	struct __kernel_timespec tick_interval;
 	int init_result;   /* 0 or -errno from ring set-up, read by main */
+	struct kg_ring_info ring_info;
 	sem_t init_done;
 	bool draining;
 	uint64_t drain_deadline_ms;

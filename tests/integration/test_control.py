@@ -151,6 +151,58 @@ def test_status_and_lists_parse_as_json(pki, gated, http_backends):
     assert "clients" in d.ctl("cert", "list").stdout
 
 
+def kernel_io_uring(flags):
+    """(accepted, features) of an io_uring_setup(2) with flags, asked of
+    the kernel directly (syscall 425 on every architecture kgate runs on)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = (ctypes.c_uint32 * 30)()  # struct io_uring_params, 120 bytes
+    params[2] = flags
+    fd = libc.syscall(425, 8, ctypes.byref(params))
+    if fd < 0:
+        return False, None
+    os.close(fd)
+    return True, params[5]  # .features
+
+
+def test_status_reports_io_uring_rings(pki, gated, http_backends):
+    """Per worker: the ring's set-up flags (or the fallback) and the
+    kernel's feature flags, in status (JSON and table) and in metrics."""
+    single_issuer, defer_taskrun = 1 << 12, 1 << 13
+    fast, _ = kernel_io_uring(single_issuer | defer_taskrun)
+    _, features = kernel_io_uring(0)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    mport = s.getsockname()[1]
+    s.close()
+    d = gated([tls_listener(pki, [http_backends("a")])], workers=2,
+              args=["--metrics", "127.0.0.1:%d" % mport])
+    rings = d.ctl.json("status")["io_uring"]
+    assert [r["worker"] for r in rings] == [0, 1]
+    for r in rings:
+        assert r["setup"] == ("SINGLE_ISSUER|DEFER_TASKRUN" if fast else "none"), r
+        assert (r["fallback"] is None) == fast, r
+        assert r["features_mask"] == features, r
+        assert "SINGLE_MMAP" in r["features"].split(","), r
+        assert "FAST_POLL" in r["features"].split(","), r
+    table = d.ctl("status").stdout
+    assert "IO_URING SETUP" in table and "IO_URING FEATURES" in table, table
+    rows = [line for line in table.splitlines() if "SINGLE_MMAP" in line]
+    assert len(rows) == 2, table
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport,
+                                  timeout=10).read().decode()
+    info = [line for line in text.splitlines()
+            if line.startswith("kgate_io_uring_ring_info{")]
+    assert len(info) == 2, text
+    for w, line in enumerate(info):
+        assert line.endswith("} 1"), line
+        assert 'worker="%d"' % w in line
+        assert 'setup="%s"' % rings[w]["setup"] in line
+        assert 'fallback="%s"' % ("false" if fast else "true") in line
+        assert 'features_mask="0x%x"' % features in line
+        assert 'features="%s"' % rings[w]["features"] in line
+
+
 def test_state_dir_seeded_then_wins(pki, gated, http_backends, tmp_path):
     be = http_backends("a")
     d = gated([tls_listener(pki, [be])])

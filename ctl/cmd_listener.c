@@ -135,7 +135,8 @@ static int listener_list(struct kg_cli *cli, int argc, char **argv)
 	static const struct kg_column cols[] = {
 		{"name", "NAME"}, {"protocol", "PROTOCOL"}, {"address", "ADDRESS"},
 		{"state", "STATE"}, {"certificate", "CERT"}, {"ca", "CA"},
-		{"mutual_auth", "MTLS"}, {"backends", "BACKENDS"}, {"active", "ACTIVE"}};
+		{"mutual_auth", "MTLS"}, {"backends", "BACKENDS"}, {"active", "ACTIVE"},
+		{"reason", "REASON"}};
 	struct kg_flags f;
 	json_object *res;
 	KG_FLAGS_OR_RETURN("listener", SELF(1), cli, argc, argv, " ", NULL, 0, 0, &f);

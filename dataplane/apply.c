@@ -9,6 +9,7 @@
 
 #include <kgate/log.h>
 
+#include "certs.h"
 #include "listener.h"
 #include "worker.h"
 
@@ -63,8 +64,8 @@ static int open_sockets(struct kg_runtime *rt, struct kg_listener_conf *lc,
 }
 
 int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
-		     const bool *changed, struct kg_apply_plan *plan, char *err,
-		     size_t errlen)
+		     const bool *changed, bool at_start, struct kg_apply_plan *plan,
+		     char *err, size_t errlen)
 {
 	struct kg_config *cfg = doc->cfg;
 	bool taken[KG_MAX_LISTENERS] = {false};
@@ -91,8 +92,25 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 		struct kg_apply_item *it = &plan->items[plan->n++];
 		item_init(it, slot);
 		it->conf = lc;
+		if (!is_new && !changed[i] && slot->failed[0]) {
+			snprintf(it->failed, sizeof(it->failed), "%s", slot->failed);
+			continue;
+		}
 		bool moved = !is_new && slot->listening &&
 			     !kg_sockaddr_equal(&slot->bind, &lc->bind);
+		if (lc->enabled && !slot->listening) {
+			char why[KG_FAILED_MAX];
+			ret = kg_listener_certs_check(lc, why, sizeof(why));
+			if (ret < 0 && at_start) {
+				snprintf(it->failed, sizeof(it->failed), "%s", why);
+				continue;
+			}
+			if (ret < 0) {
+				snprintf(err, errlen, "listener %s cannot start: %s", lc->name, why);
+				goto abort;
+			}
+			ret = -EINVAL;
+		}
 		if (lc->enabled && (!slot->listening || moved)) {
 			ret = open_sockets(rt, lc, it, err, errlen);
 			if (ret < 0)
@@ -146,6 +164,16 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 	for (size_t i = 0; i < plan->n; i++) {
 		struct kg_apply_item *it = &plan->items[i];
 		struct kg_listener_slot *slot = it->slot;
+		if (it->failed[0]) {
+			/* Nothing runs for it: no sockets, no snapshot. */
+			if (!slot->failed[0] || !slot->used)
+				log_err("listener %s not started: %s", it->conf->name, it->failed);
+			slot->used = true;
+			snprintf(slot->name, sizeof(slot->name), "%s", it->conf->name);
+			snprintf(slot->failed, sizeof(slot->failed), "%s", it->failed);
+			continue;
+		}
+		slot->failed[0] = '\0';
 		if (it->unlisten) {
 			kg_workers_unlisten(rt, slot->index);
 			slot->listening = false;

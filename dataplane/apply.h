@@ -22,6 +22,7 @@ struct kg_apply_item {
 	bool listen;    /* give fds to the workers */
 	bool unlisten;  /* take the workers' current sockets away first */
 	bool release;   /* the slot is free after commit (listener deleted) */
+	char failed[KG_FAILED_MAX]; /* not started, and why (nothing else is done) */
 };
 
 struct kg_apply_plan {
@@ -34,10 +35,18 @@ struct kg_apply_plan {
  * whether listener i of the new document differs from the running one
  * (ignored for new listeners). 0, or -errno with err filled and nothing
  * kept: -EADDRINUSE (and other bind errors), -ENOSPC (no free slot),
- * -EINVAL (a snapshot could not be built). */
+ * -EINVAL (a snapshot could not be built), -EKEYEXPIRED (a listener that
+ * would start uses a certificate that expired since it was stored).
+ *
+ * A listener starts only when the certificates it uses still pass
+ * kg_listener_certs_check. At start-up (at_start) one that does not is
+ * planned as failed (slot->failed says why; the other listeners start);
+ * later a change that would start it is refused instead. A failed
+ * listener is left alone by changes that do not touch it (changed[i]
+ * false), so it never blocks the others. */
 int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
-		     const bool *changed, struct kg_apply_plan *plan, char *err,
-		     size_t errlen);
+		     const bool *changed, bool at_start, struct kg_apply_plan *plan,
+		     char *err, size_t errlen);
 void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan);
 void kg_apply_abort(struct kg_apply_plan *plan);
 

@@ -16,6 +16,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <kgate/log.h>
+
 #define KG_PEM_MAX_BYTES (1u << 20) /* certificate bundles are kilobytes */
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
@@ -198,11 +200,13 @@ static int check_dates(X509 *x, const char *what, char *err, size_t errlen)
 		return fail(err, errlen, "%s has a malformed validity date", what);
 	if (after < 0) {
 		format_time(X509_get0_notAfter(x), when, sizeof(when));
-		return fail(err, errlen, "%s expired on %s", what, when);
+		fail(err, errlen, "%s expired on %s", what, when);
+		return -EKEYEXPIRED;
 	}
 	if (before > 0) {
 		format_time(X509_get0_notBefore(x), when, sizeof(when));
-		return fail(err, errlen, "%s is not valid until %s", what, when);
+		fail(err, errlen, "%s is not valid until %s", what, when);
+		return -EKEYEXPIRED;
 	}
 	return 0;
 }
@@ -222,8 +226,9 @@ static void describe(X509 *x, int index, char *out, size_t outlen)
 static int check_server_chain(const char *path, STACK_OF(X509) *chain, char *err, size_t errlen)
 {
 	char what[300];
-	if (check_dates(sk_X509_value(chain, 0), "the certificate", err, errlen) < 0)
-		return -1;
+	int ret = check_dates(sk_X509_value(chain, 0), "the certificate", err, errlen);
+	if (ret < 0)
+		return ret;
 	for (int i = 1; i < sk_X509_num(chain); i++) {
 		X509 *x = sk_X509_value(chain, i);
 		describe(x, i + 1, what, sizeof(what));
@@ -233,8 +238,9 @@ static int check_server_chain(const char *path, STACK_OF(X509) *chain, char *err
 		if (X509_check_issued(x, sk_X509_value(chain, i - 1)) != X509_V_OK)
 			return fail(err, errlen, "%s in %s did not issue certificate %d; the chain "
 						 "must be in order, leaf first", what, path, i);
-		if (check_dates(x, what, err, errlen) < 0)
-			return -1;
+		ret = check_dates(x, what, err, errlen);
+		if (ret < 0)
+			return ret;
 	}
 	return 0;
 }
@@ -268,8 +274,10 @@ static int validate_server(const struct kg_cert_conf *c, const char **field, cha
 	STACK_OF(X509) *chain = read_certs(c->cert_path, err, errlen);
 	if (!chain)
 		return -1;
-	if (check_server_chain(c->cert_path, chain, err, errlen) < 0)
+	ret = check_server_chain(c->cert_path, chain, err, errlen);
+	if (ret < 0)
 		goto free_chain;
+	ret = -1;
 	*field = "key";
 	EVP_PKEY *key = read_key(c->key_path, err, errlen);
 	if (!key)
@@ -318,6 +326,7 @@ static int check_crl(const char *path, STACK_OF(X509) *cas, char *err, size_t er
 	}
 	/* OpenSSL rejects every client while the CRL is stale or premature. */
 	const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
+	ret = -EKEYEXPIRED;
 	if (next && X509_cmp_current_time(next) < 0) {
 		format_time(next, when, sizeof(when));
 		fail(err, errlen, "the CRL in %s expired on %s (next update); issue a fresh one",
@@ -351,14 +360,17 @@ static int validate_ca(const struct kg_cert_conf *c, const char **field, char *e
 		if (!is_ca(x)) {
 			fail(err, errlen, "%s in %s is not a CA certificate (no basicConstraints "
 					  "CA:TRUE)", what, c->cert_path);
+			ret = -1;
 			goto free_cas;
 		}
-		if (check_dates(x, what, err, errlen) < 0)
+		ret = check_dates(x, what, err, errlen);
+		if (ret < 0)
 			goto free_cas;
 	}
 	if (c->crl_path) {
 		*field = "crl";
-		if (check_crl(c->crl_path, cas, err, errlen) < 0)
+		ret = check_crl(c->crl_path, cas, err, errlen);
+		if (ret < 0)
 			goto free_cas;
 	}
 	ret = 0;
@@ -380,15 +392,36 @@ int kg_cert_validate(const struct kg_cert_conf *cert, char *err, size_t errlen)
 	return validate(cert, &field, err, errlen);
 }
 
-int kg_config_validate_files(const struct kg_config *cfg, char *err, size_t errlen)
+int kg_config_validate_files(const struct kg_config *cfg, bool dates_fatal, char *err,
+			     size_t errlen)
 {
 	for (size_t i = 0; i < cfg->n_certs; i++) {
 		const struct kg_cert_conf *c = &cfg->certs[i];
 		const char *field = "cert";
 		char msg[512];
-		if (validate(c, &field, msg, sizeof(msg)) < 0) {
+		int ret = validate(c, &field, msg, sizeof(msg));
+		if (ret == -EKEYEXPIRED && !dates_fatal) {
+			log_warn("certificates.%s.%s: %s; listeners using it do not start", c->name,
+				 field, msg);
+		} else if (ret < 0) {
 			snprintf(err, errlen, "certificates.%s.%s: %s", c->name, field, msg);
-			return -1;
+			return ret;
+		}
+	}
+	return 0;
+}
+
+int kg_listener_certs_check(const struct kg_listener_conf *l, char *err, size_t errlen)
+{
+	const struct kg_cert_conf *used[] = {l->certificate, l->ca};
+	for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
+		char msg[512];
+		if (!used[i])
+			continue;
+		int ret = kg_cert_validate(used[i], msg, sizeof(msg));
+		if (ret < 0) {
+			snprintf(err, errlen, "certificate %s: %s", used[i]->name, msg);
+			return ret;
 		}
 	}
 	return 0;

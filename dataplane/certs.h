@@ -3,11 +3,15 @@
  * (leaf first) plus a PEM private key that must match the leaf and must not
  * be expired or not yet valid; a CA entry must be a CA certificate
  * (basicConstraints CA:TRUE) and its optional CRL must be a well-formed PEM
- * CRL signed by that CA. Functions return 0 or -1 with a human message in
- * err (without the JSON path; callers prefix it). */
+ * CRL signed by that CA. Functions return 0, or a negative value with a
+ * human message in err (without the JSON path; callers prefix it):
+ * -EKEYEXPIRED when only a date is wrong (a certificate or CRL expired or
+ * not yet valid), which can happen to a stored entry that was valid when
+ * uploaded; -1 for everything else. */
 #ifndef KGATE_CERTS_H
 #define KGATE_CERTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <openssl/x509.h>
@@ -18,9 +22,18 @@
 int kg_cert_validate(const struct kg_cert_conf *cert, char *err, size_t errlen);
 
 /* Validates every certificate entry of cfg; messages are prefixed with
- * the entry's JSON path ("certificates.web.key: ..."). 0 or -1. */
-int kg_config_validate_files(const struct kg_config *cfg, char *err,
+ * the entry's JSON path ("certificates.web.key: ..."). Without
+ * dates_fatal (kgated starting), a date problem is a warning line: the
+ * listeners using that entry fail to start (kg_listener_certs_check), the
+ * others run. 0 or negative as above. */
+int kg_config_validate_files(const struct kg_config *cfg, bool dates_fatal, char *err,
 			     size_t errlen);
+
+/* Checks the certificate entries listener l uses (server certificate, CA)
+ * again, right before it starts listening: a stored certificate may have
+ * expired since it was uploaded. 0 or negative as above; err names the
+ * entry ("certificate web: the certificate expired on ..."). */
+int kg_listener_certs_check(const struct kg_listener_conf *l, char *err, size_t errlen);
 
 /* Certificate names: 1-80 characters of letters, digits, - / . _ *
  * Returns 1 when valid, 0 otherwise. */

@@ -318,9 +318,10 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 		json_object *ol = oi >= 0 ? json_object_array_get_idx(old_arr, (size_t)oi) : NULL;
 		changed[i] = listener_changed(ol, nl) ||
 			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "certificate")) ||
-			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "ca"));
+			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "ca")) ||
+			     (ops->retry && strcmp(ops->retry, cfg->listeners[i].name) == 0);
 	}
-	int ret = kg_apply_prepare(ops->rt, ref, changed, &ops->plan, err, sizeof(err));
+	int ret = kg_apply_prepare(ops->rt, ref, changed, false, &ops->plan, err, sizeof(err));
 	if (ret < 0) {
 		fail = kg_ops_error(apply_code(ret), "%s", err);
 		goto out;
@@ -358,7 +359,7 @@ int kg_ops_apply_initial(struct kg_ops *ops, char *err, size_t errlen)
 	}
 	for (size_t i = 0; i < cfg->n_listeners; i++)
 		changed[i] = true;
-	if (kg_apply_prepare(ops->rt, ops->cur, changed, &ops->plan, err, errlen) < 0)
+	if (kg_apply_prepare(ops->rt, ops->cur, changed, true, &ops->plan, err, errlen) < 0)
 		return -1;
 	kg_apply_commit(ops->rt, &ops->plan);
 	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
@@ -705,8 +706,10 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	json_object_object_add(o, "name", json_object_new_string(l->name));
 	json_object_object_add(o, "protocol", json_object_new_string(protocol_names[l->protocol]));
 	json_object_object_add(o, "address", json_object_new_string(addr));
+	bool failed = slot && slot->failed[0];
 	json_object_object_add(o, "state", json_object_new_string(
-			slot && slot->listening ? "running" : "stopped"));
+			slot && slot->listening ? "running" : failed ? "failed" : "stopped"));
+	json_object_object_add(o, "reason", failed ? json_object_new_string(slot->failed) : NULL);
 	json_object_object_add(o, "certificate",
 			       l->certificate ? json_object_new_string(l->certificate->name) : NULL);
 	json_object_object_add(o, "ca", l->ca ? json_object_new_string(l->ca->name) : NULL);
@@ -924,11 +927,18 @@ static json_object *op_listener_stop(struct kg_ops *ops, json_object *args)
 	return name ? edit_listener(ops, name, edit_enabled, NULL, "stopped") : fail;
 }
 
+/* A listener that failed to start (its certificate expired since it was
+ * stored) is tried again: started, or the reason comes back. */
 static json_object *op_listener_start(struct kg_ops *ops, json_object *args)
 {
 	json_object *fail = NULL;
 	const char *name = arg_str(args, "name", true, &fail);
-	return name ? edit_listener(ops, name, edit_enabled, (void *)1, "started") : fail;
+	if (!name)
+		return fail;
+	ops->retry = name;
+	json_object *r = edit_listener(ops, name, edit_enabled, (void *)1, "started");
+	ops->retry = NULL;
+	return r;
 }
 
 static json_object *op_listener_delete(struct kg_ops *ops, json_object *args)

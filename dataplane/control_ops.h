@@ -22,6 +22,7 @@ struct kg_ops {
 	time_t started_wall;
 	const char *control_path;
 	const char *metrics_addr;
+	const char *retry;           /* during listener.start: this listener counts as changed */
 };
 
 /* Applies the document in ops->cur to the (empty) runtime at start-up.

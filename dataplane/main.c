@@ -380,7 +380,8 @@ int main(int argc, char **argv)
 			fprintf(stderr, "kgated: config error: %s\n", err);
 			return 1;
 		}
-		if (kg_config_validate_files(cfg, err, sizeof(err)) < 0) {
+		/* --check reports every problem, expiry included. */
+		if (kg_config_validate_files(cfg, true, err, sizeof(err)) < 0) {
 			fprintf(stderr, "kgated: config error: %s\n", err);
 			kg_config_free(cfg);
 			return 1;
@@ -430,7 +431,9 @@ int main(int argc, char **argv)
 		}
 		kg_log_level = lvl;
 	}
-	if (kg_config_validate_files(cfg, err, sizeof(err)) < 0) {
+	/* A certificate that expired since it was stored stops only the
+	 * listeners using it (kg_ops_apply_initial), not the whole daemon. */
+	if (kg_config_validate_files(cfg, false, err, sizeof(err)) < 0) {
 		fprintf(stderr, "kgated: config error: %s\n", err);
 		goto free_runtime;
 	}

@@ -29,6 +29,7 @@
 struct kg_health_group;
 
 #define KG_MAX_LISTENERS 64
+#define KG_FAILED_MAX 512
 
 /* A parsed state document shared by the snapshots built from it. */
 struct kg_config_ref {
@@ -72,6 +73,7 @@ struct kg_listener_slot {
 	char name[KG_NAME_MAX + 1];
 	bool listening;                /* workers hold sockets for this slot */
 	struct sockaddr_storage bind;  /* where they listen */
+	char failed[KG_FAILED_MAX];    /* why it could not start ("" = it did or is stopped) */
 };
 
 /* Counters are per worker (no sharing on the hot path) and summed when read. */

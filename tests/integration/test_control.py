@@ -730,6 +730,64 @@ def test_persistence_across_kill9(pki, gated, http_backends, tmp_path):
     assert https_get(ctx, port_of(d2.ctl, "second")).strip() == "backend=b"
 
 
+def test_certificate_expired_since_upload_fails_only_its_listener(pki, gated,
+                                                                   http_backends):
+    """A stored server certificate that expired since it was uploaded: after
+    a restart its listener is "failed" with the reason, every other one runs;
+    `listener start` says why it cannot; --check calls it an error; a
+    replaced certificate starts it."""
+    from conftest import KGATED, _openssl_ca_sign
+    a = http_backends("a")
+    d = gated([tls_listener(pki, [a])], workers=1)
+    # openssl ca sets the end to the second; a few seconds are enough to
+    # upload it while it is still valid.
+    not_after = int(time.time()) + 5
+    pem = _openssl_ca_sign(pki, os.path.join(pki.root, "openssl-db"), "short-lived",
+                           "localhost", "v3_server",
+                           end=time.strftime("%Y%m%d%H%M%SZ", time.gmtime(not_after)))
+    d.ctl("cert", "upload", "--name", "short", "--type", "server", "--cert", pem,
+          "--key", pki.key("short-lived"))
+    d.ctl(*create_args("short", [a.address], cert="short"))
+    short_port, web_port = port_of(d.ctl, "short"), port_of(d.ctl, "web")
+    while time.time() < not_after + 1.5:   # until the certificate has expired
+        time.sleep(0.25)
+    d.kill9()
+
+    d2 = gated([], state=d.state, workers=1)
+    log = d2.log()
+    assert "certificates.short.cert: the certificate expired on" in log, log
+    assert "listener short not started: certificate short: the certificate expired on" \
+        in log, log
+    listed = {l["name"]: l for l in d2.ctl.json("listener", "list")}
+    assert listed["web"]["state"] == "running" and listed["web"]["reason"] is None
+    assert listed["short"]["state"] == "failed"
+    assert "certificate short: the certificate expired on" in listed["short"]["reason"]
+    show = d2.ctl.json("listener", "show", "short")
+    assert show["state"] == "failed" and show["reason"] == listed["short"]["reason"]
+    row = [l for l in d2.ctl("listener", "list").stdout.splitlines() if l.startswith("short")]
+    assert "failed" in row[0] and "expired" in row[0], row
+    ctx = client_context(pki)
+    assert https_get(ctx, web_port).strip() == "backend=a"
+    assert refused_connect(short_port)
+    # Trying again says why; unrelated changes still go through.
+    msg = d2.ctl.refused("listener", "start", "short", code="invalid_argument")
+    assert "listener short cannot start: certificate short: the certificate expired on" in msg
+    d2.ctl("listener", "update", "web", "--idle-timeout-ms", "54321")
+    assert d2.ctl.json("listener", "show", "short")["state"] == "failed"
+    assert https_get(ctx, web_port).strip() == "backend=a"
+    # --check on the same document reports the expired certificate as an error.
+    r = run([KGATED, "--check", "--config", os.path.join(d.state, "state.json")],
+            check=False)
+    assert r.returncode == 1 and "certificates.short.cert: the certificate expired on" \
+        in r.stderr, r.stderr
+    # A fresh certificate brings the listener up.
+    d2.ctl("cert", "replace", "short", "--cert", pki.cert("server"), "--key",
+           pki.key("server"))
+    listed = {l["name"]: l for l in d2.ctl.json("listener", "list")}
+    assert listed["short"]["state"] == "running" and listed["short"]["reason"] is None
+    assert https_get(ctx, port_of(d2.ctl, "short")).strip() == "backend=a"
+
+
 # --------------------------------------------------------------------------
 # the control socket itself
 # --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 /* certs.c: every certificate entry rule, against a PKI generated at run
  * time (nothing here can expire), table-driven. */
+#include <errno.h>
 #include <string.h>
 
 #include <criterion/criterion.h>
@@ -163,15 +164,23 @@ ParameterizedTest(size_t *i, certs, validate, .init = make_pki, .fini = drop_pki
 
 	int r = kg_cert_validate(&c, err, sizeof(err));
 	struct kg_config cfg = {.certs = &c, .n_certs = 1};
-	int rf = kg_config_validate_files(&cfg, full, sizeof(full));
+	int rf = kg_config_validate_files(&cfg, true, full, sizeof(full));
+	char at_start[600] = "";
+	int rs = kg_config_validate_files(&cfg, false, at_start, sizeof(at_start));
+	/* Only dates can go wrong after an upload: those are told apart. */
+	bool dated = tc->want && (strstr(tc->want, "expired on") ||
+				  strstr(tc->want, "not valid until"));
 	if (!tc->field) {
 		cr_expect_eq(r, 0, "%s: unexpected error: %s", tc->desc, err);
 		cr_expect_eq(rf, 0, "%s: unexpected error: %s", tc->desc, full);
+		cr_expect_eq(rs, 0, "%s: unexpected error: %s", tc->desc, at_start);
 	} else {
-		cr_expect_eq(r, -1, "%s: accepted", tc->desc);
+		int want = dated ? -EKEYEXPIRED : -1;
+		cr_expect_eq(r, want, "%s: returned %d", tc->desc, r);
 		cr_expect(strstr(err, tc->want), "%s: \"%s\" lacks \"%s\"", tc->desc, err, tc->want);
 		snprintf(prefix, sizeof(prefix), "certificates.web.%s: ", tc->field);
-		cr_expect_eq(rf, -1);
+		cr_expect_eq(rf, want);
+		cr_expect_eq(rs, dated ? 0 : -1, "%s: at start %d", tc->desc, rs);
 		cr_expect(strncmp(full, prefix, strlen(prefix)) == 0 && strstr(full, err),
 			  "%s: \"%s\" should be \"%s%s\"", tc->desc, full, prefix, err);
 	}
@@ -189,10 +198,10 @@ Test(certs, validate_files_stops_at_first_bad_entry, .init = make_pki, .fini = d
 	};
 	struct kg_config cfg = {.certs = c, .n_certs = 2};
 	char err[512];
-	cr_expect_eq(kg_config_validate_files(&cfg, err, sizeof(err)), -1);
+	cr_expect_eq(kg_config_validate_files(&cfg, true, err, sizeof(err)), -1);
 	cr_expect(strstr(err, "certificates.bad.key: key does not match the certificate"), "%s", err);
 	cfg.n_certs = 1;
-	cr_expect_eq(kg_config_validate_files(&cfg, err, sizeof(err)), 0, "%s", err);
+	cr_expect_eq(kg_config_validate_files(&cfg, true, err, sizeof(err)), 0, "%s", err);
 	for (int i = 0; i < 2; i++) {
 		free(c[i].cert_path);
 		free(c[i].key_path);

@@ -244,6 +244,24 @@ int kg_print_object(const struct kg_cli *cli, json_object *obj)
 	return ret < 0 ? KG_EXIT_ERROR : KG_EXIT_OK;
 }
 
+int kg_print_object_and_table(const struct kg_cli *cli, json_object *obj, const char *key,
+			      const struct kg_column *cols, size_t ncols,
+			      int (*print_rest)(const struct kg_cli *cli, json_object *obj))
+{
+	if (cli->out == KG_OUT_JSON)
+		return print_rest(cli, obj);
+	json_object *rows = NULL;
+	if (json_object_object_get_ex(obj, key, &rows))
+		json_object_get(rows);
+	json_object_object_del(obj, key);
+	int st = print_rest(cli, obj);
+	if (rows) {
+		printf("\n");
+		st = kg_print_rows(cli, rows, cols, ncols);
+	}
+	return st;
+}
+
 int kg_call_print(const struct kg_cli *cli, const char *op, json_object *args)
 {
 	json_object *res;

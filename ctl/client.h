@@ -58,6 +58,11 @@ json_object *kg_name_args(const char *name);
 int kg_print_rows(const struct kg_cli *cli, json_object *rows, const struct kg_column *cols,
 		  size_t ncols);
 int kg_print_object(const struct kg_cli *cli, json_object *obj);
+/* Prints obj (consumed) with print_rest; in text mode its array member key
+ * comes after it as a table of cols (JSON mode prints obj whole). */
+int kg_print_object_and_table(const struct kg_cli *cli, json_object *obj, const char *key,
+			      const struct kg_column *cols, size_t ncols,
+			      int (*print_rest)(const struct kg_cli *cli, json_object *obj));
 
 #define KG_FLAGS_OR_RETURN(obj, cmd, cli, argc, argv, allowed, multi, minp, maxp, f)      \
 	do {                                                                              \

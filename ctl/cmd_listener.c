@@ -151,23 +151,12 @@ static int listener_show(struct kg_cli *cli, int argc, char **argv)
 		{"status", "HEALTH"}, {"in_state_s", "FOR(S)"}, {"last_check", "LAST CHECK"},
 		{"active", "ACTIVE"}, {"connections", "CONNECTIONS"}};
 	struct kg_flags f;
-	json_object *res, *members = NULL;
+	json_object *res;
 	KG_FLAGS_OR_RETURN("listener", SELF(2), cli, argc, argv, " ", NULL, 1, 1, &f);
 	int st = kg_client_call(cli, "listener.show", kg_name_args(f.pos[0]), &res);
-	if (st)
-		return st;
-	if (cli->out == KG_OUT_JSON)
-		return kg_print_object(cli, res);
 	/* Text: the settings as lines, then the members as a table. */
-	if (json_object_object_get_ex(res, "members", &members))
-		json_object_get(members);
-	json_object_object_del(res, "members");
-	st = kg_print_object(cli, res);
-	if (members) {
-		printf("\n");
-		st = kg_print_rows(cli, members, cols, sizeof(cols) / sizeof(cols[0]));
-	}
-	return st;
+	return st ? st : kg_print_object_and_table(cli, res, "members", cols,
+						   sizeof(cols) / sizeof(cols[0]), kg_print_object);
 }
 
 static int listener_update(struct kg_cli *cli, int argc, char **argv)

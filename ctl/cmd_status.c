@@ -12,7 +12,7 @@ static const struct kg_cmd stats_cmd = {
 	"stats", NULL, "[--listener NAME] [-o json]",
 	"connections (total, active, per path), handshakes, bytes, backend failures, per listener"};
 
-static int print_json_or_text(struct kg_cli *cli, json_object *res)
+static int print_json_or_text(const struct kg_cli *cli, json_object *res)
 {
 	if (cli->out == KG_OUT_JSON)
 		return kg_print_object(cli, res);
@@ -51,22 +51,13 @@ int kg_cmd_status(struct kg_cli *cli, int argc, char **argv)
 	if (st)
 		return st < 0 ? KG_EXIT_OK : st;
 	st = kg_client_call(cli, "status", NULL, &res);
-	if (st || cli->out == KG_OUT_JSON)
-		return st ? st : print_json_or_text(cli, res);
 	/* Text: the facts as lines, then one row per worker's io_uring ring. */
 	static const struct kg_column ring_cols[] = {
 		{"worker", "WORKER"}, {"setup", "IO_URING SETUP"}, {"fallback", "FALLBACK"},
 		{"features", "IO_URING FEATURES"}};
-	json_object *rings = NULL;
-	if (json_object_object_get_ex(res, "io_uring", &rings))
-		json_object_get(rings);
-	json_object_object_del(res, "io_uring");
-	st = print_json_or_text(cli, res);
-	if (rings) {
-		printf("\n");
-		st = kg_print_rows(cli, rings, ring_cols, sizeof(ring_cols) / sizeof(ring_cols[0]));
-	}
-	return st;
+	return st ? st : kg_print_object_and_table(cli, res, "io_uring", ring_cols,
+						   sizeof(ring_cols) / sizeof(ring_cols[0]),
+						   print_json_or_text);
 }
 
 int kg_cmd_stats(struct kg_cli *cli, int argc, char **argv)

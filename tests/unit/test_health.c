@@ -165,15 +165,18 @@ Test(health, drain_keeps_connections_and_blocks_new_ones)
 	teardown(&f);
 }
 
-Test(health, drained_member_stays_out_even_when_healthy)
+Test(health, drained_or_disabled_member_stays_out_even_when_healthy)
 {
-	struct fixture f;
-	setup(&f, "{'healthy_threshold':1}", 1);
-	cr_expect_eq(kg_health_set_admin(f.g, 1, KG_ADMIN_DRAINED), 0);
-	kg_health_record(f.g, 1, true, "connected", f.t0 + 1);
-	cr_expect_eq(info(&f, 1, f.t0 + 1).state, KG_MEMBER_HEALTHY);
-	cr_expect_not(kg_balancer_is_up(f.b, 1));
-	teardown(&f);
+	static const enum kg_admin_state out[] = {KG_ADMIN_DRAINED, KG_ADMIN_DISABLED};
+	for (size_t k = 0; k < 2; k++) {
+		struct fixture f;
+		setup(&f, "{'healthy_threshold':1}", 1);
+		cr_expect_eq(kg_health_set_admin(f.g, 1, out[k]), 0);
+		kg_health_record(f.g, 1, true, "connected", f.t0 + 1);
+		cr_expect_eq(info(&f, 1, f.t0 + 1).state, KG_MEMBER_HEALTHY);
+		cr_expect_not(kg_balancer_is_up(f.b, 1));
+		teardown(&f);
+	}
 }
 
 Test(health, cut_only_when_configured_and_unhealthy)
@@ -223,14 +226,11 @@ Test(health, disable_cuts_whatever_the_health_settings)
 	teardown(&f);
 }
 
-Test(health, disabled_member_stays_out_when_healthy_and_inherits)
+Test(health, disabled_wins_over_unhealthy_and_is_inherited)
 {
 	struct fixture f;
 	setup(&f, "{'healthy_threshold':1,'unhealthy_threshold':1,'cut_on_unhealthy':true}", 1);
 	cr_expect_eq(kg_health_set_admin(f.g, 1, KG_ADMIN_DISABLED), 0);
-	kg_health_record(f.g, 1, true, "connected", f.t0 + 1);
-	cr_expect_eq(info(&f, 1, f.t0 + 1).state, KG_MEMBER_HEALTHY);
-	cr_expect_not(kg_balancer_is_up(f.b, 1));
 	cr_expect_eq(kg_health_should_cut(f.g, 1), KG_CUT_DISABLED);
 	/* Unhealthy and disabled: disabled is the reason given. */
 	kg_health_record(f.g, 1, false, "connect refused", f.t0 + 2);

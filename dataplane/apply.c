@@ -64,8 +64,8 @@ static int open_sockets(struct kg_runtime *rt, struct kg_listener_conf *lc,
 }
 
 int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
-		     const bool *changed, bool at_start, struct kg_apply_plan *plan,
-		     char *err, size_t errlen)
+		     const bool *changed, bool at_start, const char *must_start,
+		     struct kg_apply_plan *plan, char *err, size_t errlen)
 {
 	struct kg_config *cfg = doc->cfg;
 	bool taken[KG_MAX_LISTENERS] = {false};
@@ -100,8 +100,11 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 			     !kg_sockaddr_equal(&slot->bind, &lc->bind);
 		if (lc->enabled && !slot->listening) {
 			char why[KG_FAILED_MAX];
+			bool tolerate = at_start ||
+					(slot->failed[0] &&
+					 !(must_start && strcmp(must_start, lc->name) == 0));
 			ret = kg_listener_certs_check(lc, why, sizeof(why));
-			if (ret < 0 && at_start) {
+			if (ret < 0 && tolerate) {
 				snprintf(it->failed, sizeof(it->failed), "%s", why);
 				continue;
 			}

@@ -39,14 +39,16 @@ struct kg_apply_plan {
  * would start uses a certificate that expired since it was stored).
  *
  * A listener starts only when the certificates it uses still pass
- * kg_listener_certs_check. At start-up (at_start) one that does not is
- * planned as failed (slot->failed says why; the other listeners start);
- * later a change that would start it is refused instead. A failed
- * listener is left alone by changes that do not touch it (changed[i]
- * false), so it never blocks the others. */
+ * kg_listener_certs_check. One that does not is planned as failed
+ * (slot->failed says why; the others start) at start-up (at_start), and
+ * later when it had failed already: a change elsewhere (a CRL update of a
+ * CA it shares with running listeners) must not be refused because of it.
+ * A change that means to start a listener — a new one, a stopped one
+ * started, or must_start (the name `listener start` names; may be NULL) —
+ * is refused instead, with the reason. */
 int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
-		     const bool *changed, bool at_start, struct kg_apply_plan *plan,
-		     char *err, size_t errlen);
+		     const bool *changed, bool at_start, const char *must_start,
+		     struct kg_apply_plan *plan, char *err, size_t errlen);
 void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan);
 void kg_apply_abort(struct kg_apply_plan *plan);
 

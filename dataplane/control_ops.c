@@ -321,7 +321,8 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "ca")) ||
 			     (ops->retry && strcmp(ops->retry, cfg->listeners[i].name) == 0);
 	}
-	int ret = kg_apply_prepare(ops->rt, ref, changed, false, &ops->plan, err, sizeof(err));
+	int ret = kg_apply_prepare(ops->rt, ref, changed, false, ops->retry, &ops->plan, err,
+				   sizeof(err));
 	if (ret < 0) {
 		fail = kg_ops_error(apply_code(ret), "%s", err);
 		goto out;
@@ -359,7 +360,7 @@ int kg_ops_apply_initial(struct kg_ops *ops, char *err, size_t errlen)
 	}
 	for (size_t i = 0; i < cfg->n_listeners; i++)
 		changed[i] = true;
-	if (kg_apply_prepare(ops->rt, ops->cur, changed, true, &ops->plan, err, errlen) < 0)
+	if (kg_apply_prepare(ops->rt, ops->cur, changed, true, NULL, &ops->plan, err, errlen) < 0)
 		return -1;
 	kg_apply_commit(ops->rt, &ops->plan);
 	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);

@@ -22,7 +22,7 @@ struct kg_ops {
 	time_t started_wall;
 	const char *control_path;
 	const char *metrics_addr;
-	const char *retry;           /* during listener.start: this listener counts as changed */
+	const char *retry;           /* during listener.start: this listener is changed and must start */
 };
 
 /* Applies the document in ops->cur to the (empty) runtime at start-up.

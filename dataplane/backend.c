@@ -33,10 +33,44 @@ static void no_backend(struct kg_conn *c)
 	kg_conn_flush_client(c);
 }
 
-void kg_backend_connect_next(struct kg_conn *c)
+int kg_backend_submit_connect(struct kg_conn *c, const struct kg_backend_conf *b,
+			      enum kg_op op)
 {
 	const struct kg_listener_conf *lc = c->listener->conf;
 	int one = 1;
+	int fd = socket(b->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return -errno;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
+		log_debug("TCP_NODELAY on backend socket: %s", strerror(errno));
+
+	c->bfd = fd;
+	c->connect_attempts++;
+	c->connect_timeout.tv_sec = lc->connect_timeout_ms / 1000;
+	c->connect_timeout.tv_nsec = (long long)(lc->connect_timeout_ms % 1000) * 1000000;
+
+	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&b->addr, b->addrlen);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(op, c->idx, fd));
+	sqe->flags |= IOSQE_IO_LINK;
+	/* The pair must reach the kernel together: take the second SQE
+	 * without an intermediate submit. */
+	struct io_uring_sqe *tsqe = io_uring_get_sqe(&c->worker->ring);
+	if (!tsqe) {
+		sqe->flags &= ~IOSQE_IO_LINK;
+		c->inflight++;
+		log_warn("submission queue full: backend connect without timeout");
+		return 0;
+	}
+	io_uring_prep_link_timeout(tsqe, &c->connect_timeout, 0);
+	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_LINK_TIMEOUT, c->idx, fd));
+	c->inflight += 2;
+	return 0;
+}
+
+void kg_backend_connect_next(struct kg_conn *c)
+{
+	const struct kg_listener_conf *lc = c->listener->conf;
 
 	if (c->connect_attempts > lc->connect_retries) {
 		no_backend(c);
@@ -47,52 +81,17 @@ void kg_backend_connect_next(struct kg_conn *c)
 		no_backend(c);
 		return;
 	}
-	const struct kg_backend_conf *b = &lc->backends[m];
-	int fd = socket(b->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd == -1) {
-		char why[64];
-		snprintf(why, sizeof(why), "backend socket: %s", strerror(errno));
-		kg_conn_close(c, why);
-		return;
-	}
-	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
-		log_debug("TCP_NODELAY on backend socket: %s", strerror(errno));
-
-	c->bfd = fd;
 	c->member = m;
-	c->connect_attempts++;
-	c->connect_timeout.tv_sec = lc->connect_timeout_ms / 1000;
-	c->connect_timeout.tv_nsec = (long long)(lc->connect_timeout_ms % 1000) * 1000000;
-
-	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&b->addr, b->addrlen);
-	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_BACKEND_CONNECT, c->idx, fd));
-	sqe->flags |= IOSQE_IO_LINK;
-	/* The pair must reach the kernel together: take the second SQE
-	 * without an intermediate submit. */
-	struct io_uring_sqe *tsqe = io_uring_get_sqe(&c->worker->ring);
-	if (!tsqe) {
-		sqe->flags &= ~IOSQE_IO_LINK;
-		c->inflight++;
-		log_warn("submission queue full: backend connect without timeout");
-		return;
+	int r = kg_backend_submit_connect(c, &lc->backends[m], KG_OP_BACKEND_CONNECT);
+	if (r < 0) {
+		char why[64];
+		snprintf(why, sizeof(why), "backend socket: %s", strerror(-r));
+		kg_conn_close(c, why);
 	}
-	io_uring_prep_link_timeout(tsqe, &c->connect_timeout, 0);
-	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_LINK_TIMEOUT, c->idx, fd));
-	c->inflight += 2;
 }
 
-void kg_backend_on_connect(struct kg_conn *c, int res)
+void kg_backend_connect_failed(struct kg_conn *c, int res)
 {
-	c->inflight--;
-	if (c->state == KG_CONN_CLOSING)
-		return;
-	if (res == 0) {
-		kg_health_conn_start(c->listener->health, (size_t)c->member);
-		c->member_counted = true;
-		kg_conn_start_forwarding(c);
-		return;
-	}
 	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];
 	const char *why = res == -ECANCELED ? "timed out" : strerror(-res);
 	c->worker->stats.backend_connect_failed++;
@@ -106,5 +105,19 @@ void kg_backend_on_connect(struct kg_conn *c, int res)
 	c->tried |= 1ull << c->member;
 	close(c->bfd);
 	c->bfd = -1;
+}
+
+void kg_backend_on_connect(struct kg_conn *c, int res)
+{
+	c->inflight--;
+	if (c->state == KG_CONN_CLOSING)
+		return;
+	if (res == 0) {
+		kg_health_conn_start(c->listener->health, (size_t)c->member);
+		c->member_counted = true;
+		kg_conn_start_forwarding(c);
+		return;
+	}
+	kg_backend_connect_failed(c, res);
 	kg_backend_connect_next(c);
 }

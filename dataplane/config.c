@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <json-c/json.h>
@@ -616,6 +617,100 @@ static int parse_health(struct parser *p, const char *lpath, struct json_object 
 	return parse_health_http(p, path, obj, h);
 }
 
+const char *const kg_ident_header_names[KG_HDR_COUNT] = {
+	[KG_HDR_X_FORWARDED_FOR] = "X-Forwarded-For",
+	[KG_HDR_X_FORWARDED_PROTO] = "X-Forwarded-Proto",
+	[KG_HDR_X_FORWARDED_PORT] = "X-Forwarded-Port",
+	[KG_HDR_XFCC_SUBJECTDN] = "X-Forwarded-Clientcert-subjectdn",
+	[KG_HDR_XFCC_ISSUERDN] = "X-Forwarded-Clientcert-issuerdn",
+	[KG_HDR_XFCC_FINGERPRINT] = "X-Forwarded-Clientcert-fingerprint",
+	[KG_HDR_XFCC_CLIENTVERIFY] = "X-Forwarded-Clientcert-clientverify",
+	[KG_HDR_CLIENT_CERT] = "Client-Cert",
+	[KG_HDR_CLIENT_CERT_CHAIN] = "Client-Cert-Chain",
+};
+
+/* "headers": names from kg_ident_header_names, any case, each once. */
+static int parse_http_headers(struct parser *p, const char *hpath, struct json_object *obj,
+			      unsigned *out)
+{
+	struct json_object *arr = NULL;
+	char kp[KG_PATH_MAX], ip[KG_PATH_MAX];
+	int r = get_member(p, hpath, obj, "headers", json_type_array, "an array", &arr);
+	if (r <= 0)
+		return r;
+	member_path(kp, hpath, "headers");
+	*out = 0;
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		struct json_object *v = json_object_array_get_idx(arr, i);
+		index_path(ip, kp, i);
+		if (expect_type(p, ip, v, json_type_string, "a string") < 0)
+			return -1;
+		const char *name = json_object_get_string(v);
+		int found = -1;
+		for (int h = 0; h < KG_HDR_COUNT && found < 0; h++)
+			if (strcasecmp(name, kg_ident_header_names[h]) == 0)
+				found = h;
+		if (found < 0)
+			return fail(p, ip, "unknown header \"%.80s\" (known: X-Forwarded-For, "
+				    "X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Clientcert-subjectdn, "
+				    "-issuerdn, -fingerprint, -clientverify, Client-Cert, Client-Cert-Chain)",
+				    name);
+		if (*out & (1u << found))
+			return fail(p, ip, "\"%s\" is listed twice", kg_ident_header_names[found]);
+		*out |= 1u << found;
+	}
+	return 1;
+}
+
+/* The "http" object: only for protocol https. */
+static int parse_http(struct parser *p, const char *lpath, struct json_object *lobj,
+		      const struct kg_listener_conf *l, struct kg_http_conf *h)
+{
+	static const char *const keys[] = {
+		"headers", "fingerprint", "access_log", "access_log_sample", "max_header_bytes",
+		"max_headers", "request_timeout_ms", "keepalive_timeout_ms", "response_timeout_ms",
+		"pool_max_idle", "pool_idle_timeout_ms", NULL};
+	static const char *const fps[] = {"sha1", "sha256", NULL};
+	static const char *const onoff[] = {"off", "on", NULL};
+	struct json_object *obj = NULL;
+	char path[KG_PATH_MAX];
+
+	memset(h, 0, sizeof(*h));
+	h->headers = ((1u << KG_HDR_COUNT) - 1) & ~(1u << KG_HDR_CLIENT_CERT_CHAIN);
+	h->fingerprint = KG_FP_SHA1;
+	h->access_log_sample = 1;
+	h->max_header_bytes = 16384;
+	h->max_headers = 100;
+	h->request_timeout_ms = 10000;
+	h->keepalive_timeout_ms = 60000;
+	h->response_timeout_ms = 60000;
+	h->pool_max_idle = 16;
+	h->pool_idle_timeout_ms = 10000;
+
+	member_path(path, lpath, "http");
+	int r = get_member(p, lpath, lobj, "http", json_type_object, "an object", &obj);
+	if (r <= 0)
+		return r;
+	if (l->protocol != KG_PROTO_HTTPS)
+		return fail(p, path, "only for protocol \"https\"");
+	int fp = KG_FP_SHA1, log = 0;
+	if (check_keys(p, path, obj, keys) < 0 || parse_http_headers(p, path, obj, &h->headers) < 0 ||
+	    get_enum(p, path, obj, "fingerprint", fps, &fp) < 0 ||
+	    get_enum(p, path, obj, "access_log", onoff, &log) < 0 ||
+	    get_uint(p, path, obj, "access_log_sample", 1, 1000000, &h->access_log_sample) < 0 ||
+	    get_uint(p, path, obj, "max_header_bytes", 1024, 65536, &h->max_header_bytes) < 0 ||
+	    get_uint(p, path, obj, "max_headers", 8, 1000, &h->max_headers) < 0 ||
+	    get_uint(p, path, obj, "request_timeout_ms", 1, 3600000, &h->request_timeout_ms) < 0 ||
+	    get_uint(p, path, obj, "keepalive_timeout_ms", 1, 3600000, &h->keepalive_timeout_ms) < 0 ||
+	    get_uint(p, path, obj, "response_timeout_ms", 1, 3600000, &h->response_timeout_ms) < 0 ||
+	    get_uint(p, path, obj, "pool_max_idle", 0, 1024, &h->pool_max_idle) < 0 ||
+	    get_uint(p, path, obj, "pool_idle_timeout_ms", 1, 3600000, &h->pool_idle_timeout_ms) < 0)
+		return -1;
+	h->fingerprint = (enum kg_fingerprint)fp;
+	h->access_log = log == 1;
+	return 0;
+}
+
 static int refuse_for_tcp(struct parser *p, const char *lpath, struct json_object *lobj)
 {
 	static const char *const tls_only[] = {"certificate", "ca", "mutual_auth", "verify_depth",
@@ -684,7 +779,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 		"name", "protocol", "bind", "port", "certificate", "mutual_auth", "ca",
 		"verify_depth", "scheduler", "forwarding", "handshake_timeout_ms",
 		"idle_timeout_ms", "connect_timeout_ms", "max_connections", "connect_retries",
-		"backends", "health_check", "enabled", NULL};
+		"backends", "health_check", "enabled", "http", NULL};
 	static const char *const protocols[] = {"tls", "tcp", "https", NULL};
 	static const char *const forwardings[] = {"auto", "sockmap", "splice", "userspace", NULL};
 	static const char *const schedulers[] = {"rr", NULL};
@@ -749,7 +844,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 		return -1;
 	if (en)
 		l->enabled = json_object_get_boolean(en);
-	if (parse_backends(p, lpath, lobj, l) < 0)
+	if (parse_backends(p, lpath, lobj, l) < 0 || parse_http(p, lpath, lobj, l, &l->http) < 0)
 		return -1;
 	return parse_health(p, lpath, lobj, &l->health_check);
 }

@@ -69,6 +69,40 @@ struct kg_health_conf {
 /* True when code (100-599) is in the expected set. */
 bool kg_health_status_expected(const struct kg_health_conf *h, unsigned code);
 
+/* Identity headers an https listener can add to each request; bit i of
+ * kg_http_conf.headers is kg_ident_header_names[i]. Client copies of all of
+ * them are removed whether they are added or not. */
+enum kg_ident_header {
+	KG_HDR_X_FORWARDED_FOR,
+	KG_HDR_X_FORWARDED_PROTO,
+	KG_HDR_X_FORWARDED_PORT,
+	KG_HDR_XFCC_SUBJECTDN,
+	KG_HDR_XFCC_ISSUERDN,
+	KG_HDR_XFCC_FINGERPRINT,
+	KG_HDR_XFCC_CLIENTVERIFY,
+	KG_HDR_CLIENT_CERT,       /* RFC 9440 */
+	KG_HDR_CLIENT_CERT_CHAIN, /* RFC 9440, off by default */
+	KG_HDR_COUNT,
+};
+extern const char *const kg_ident_header_names[KG_HDR_COUNT];
+
+enum kg_fingerprint { KG_FP_SHA1, KG_FP_SHA256 };
+
+/* The "http" object of an https listener. */
+struct kg_http_conf {
+	unsigned headers;              /* bit per kg_ident_header; default all but Client-Cert-Chain */
+	enum kg_fingerprint fingerprint; /* default sha1, as the cloud consoles */
+	bool access_log;               /* default false */
+	unsigned access_log_sample;    /* log 1 request in N; default 1 */
+	unsigned max_header_bytes;     /* request/response head; default 16384 (431 beyond) */
+	unsigned max_headers;          /* header fields; default 100 (431 beyond) */
+	unsigned request_timeout_ms;   /* first byte to end of head; default 10000 (408) */
+	unsigned keepalive_timeout_ms; /* idle between requests; default 60000 */
+	unsigned response_timeout_ms;  /* request sent to response head, and between bytes; default 60000 (504) */
+	unsigned pool_max_idle;        /* idle backend connections per member and worker; default 16 */
+	unsigned pool_idle_timeout_ms; /* default 10000 */
+};
+
 struct kg_listener_conf {
 	char name[KG_NAME_MAX + 1];
 	enum kg_protocol protocol;
@@ -88,6 +122,7 @@ struct kg_listener_conf {
 	unsigned max_connections;      /* default 10000 */
 	unsigned connect_retries;      /* extra members tried after a failed connect; default 2 */
 	bool enabled;                  /* "enabled", default true; false = stopped (kgatectl listener stop) */
+	struct kg_http_conf http;      /* protocol https only */
 };
 
 struct kg_config {

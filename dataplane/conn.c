@@ -304,7 +304,10 @@ static void handshake_input(struct kg_conn *c)
 	kg_conn_flush_client(c);
 	if (c->state == KG_CONN_CLOSING)
 		return;
-	if (r == HS_DONE) {
+	if (r == HS_DONE && c->listener->plan == KG_PATH_HTTP) {
+		/* https picks a backend per request: forwarding starts now. */
+		kg_conn_start_forwarding(c);
+	} else if (r == HS_DONE) {
 		c->state = KG_CONN_CONNECTING;
 		kg_backend_connect_next(c);
 	} else if (c->client_eof) {
@@ -343,6 +346,8 @@ void kg_conn_on_client_recv(struct kg_conn *c, int res)
 		handshake_input(c);
 	else if (c->state == KG_CONN_HANDOFF)
 		handoff_step(c);
+	else if (c->state == KG_CONN_FORWARDING && c->http)
+		kg_forward_http_on_client_data(c);
 	else if (c->state == KG_CONN_FORWARDING)
 		kg_forward_user_on_client_data(c);
 }
@@ -544,6 +549,13 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 					    sizeof(err)) < 0)
 			kg_conn_close(c, err);
 		return;
+	case KG_PATH_HTTP:
+		c->state = KG_CONN_FORWARDING;
+		c->path = KG_PATH_HTTP;
+		w->stats.path[KG_PATH_HTTP]++;
+		if (kg_forward_http_start(c) < 0)
+			kg_conn_close(c, "out of memory for HTTP state");
+		return;
 	case KG_PATH_USERSPACE:
 	case KG_PATH_NONE:
 	case KG_PATH_COUNT:
@@ -556,6 +568,8 @@ static void client_drained(struct kg_conn *c)
 {
 	if (c->close_after_flush)
 		kg_conn_close(c, c->close_reason);
+	else if (c->state == KG_CONN_FORWARDING && c->http)
+		kg_forward_http_on_client_drained(c);
 	else if (c->state == KG_CONN_FORWARDING)
 		kg_forward_user_on_client_drained(c);
 	else if (c->state == KG_CONN_HANDOFF && c->handoff_wait_flush)
@@ -611,6 +625,8 @@ void kg_conn_close(struct kg_conn *c, const char *reason)
 	c->state = KG_CONN_CLOSING;
 	log_debug("connection %u on listener %s closed: %s", c->idx,
 		  c->listener->conf->name, reason);
+	if (c->http)
+		kg_forward_http_on_close(c);
 	/* shutdown() completes pending recv/send on these sockets, so the
 	 * in-flight count drains promptly; queued data is still sent. */
 	shutdown(c->cfd, SHUT_RDWR);
@@ -630,6 +646,7 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	struct kg_worker *w = c->worker;
 	kg_forward_splice_free(c);
 	kg_forward_sockmap_free(c);
+	kg_forward_http_free(c);
 	SSL_free(c->ssl);
 	free(c->ktls);
 	close(c->cfd);
@@ -654,7 +671,13 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 void kg_conn_check_deadline(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
-	if (c->state == KG_CONN_CLOSING || w->now_ms < c->deadline_ms)
+	if (c->state == KG_CONN_CLOSING)
+		return;
+	if (c->http) {
+		kg_forward_http_check_deadline(c); /* request, keep-alive and response timeouts */
+		return;
+	}
+	if (w->now_ms < c->deadline_ms)
 		return;
 	if (c->state == KG_CONN_HANDSHAKE) {
 		char peer[64];

@@ -20,6 +20,7 @@ const char *kg_path_name(enum kg_path p)
 	case KG_PATH_SPLICE: return "splice";
 	case KG_PATH_SOCKMAP: return "sockmap";
 	case KG_PATH_COPY: return "userspace-copy";
+	case KG_PATH_HTTP: return "http-userspace-tls";
 	case KG_PATH_NONE:
 	case KG_PATH_COUNT:
 		break;
@@ -88,6 +89,29 @@ static int plan_tcp(const struct kg_listener_conf *lc, const struct kg_kernel_ca
 	return -1;
 }
 
+/* Requests are parsed and rewritten in userspace, so the TLS records are
+ * too. Splicing bodies after the head on kTLS kernels is a later step. */
+static int plan_https(const struct kg_listener_conf *lc, enum kg_path *plan, bool *forced,
+		      char *err, size_t errlen)
+{
+	switch (lc->forwarding) {
+	case KG_FWD_AUTO:
+	case KG_FWD_USERSPACE:
+		*plan = KG_PATH_HTTP;
+		*forced = lc->forwarding == KG_FWD_USERSPACE;
+		return 0;
+	case KG_FWD_SPLICE:
+		snprintf(err, errlen, "forwarding \"splice\" is not available for protocol "
+			 "\"https\" yet: requests are parsed in userspace (use \"auto\")");
+		return -1;
+	case KG_FWD_SOCKMAP:
+		snprintf(err, errlen, "forwarding \"sockmap\" is only for protocol \"tcp\"");
+		return -1;
+	}
+	snprintf(err, errlen, "unknown forwarding mode");
+	return -1;
+}
+
 int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
 		 enum kg_path *plan, bool *forced, char *err, size_t errlen)
 {
@@ -99,8 +123,8 @@ int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps 
 	case KG_PROTO_TCP:
 		return plan_tcp(lc, caps, plan, forced, err, errlen);
 	case KG_PROTO_HTTPS:
-		break;
+		return plan_https(lc, plan, forced, err, errlen);
 	}
-	snprintf(err, errlen, "protocol \"https\" is not implemented in this version");
+	snprintf(err, errlen, "unknown protocol");
 	return -1;
 }

@@ -17,6 +17,7 @@ enum kg_path {
 	KG_PATH_SPLICE,      /* P: plain tcp, splice both ways */
 	KG_PATH_SOCKMAP,     /* P: plain tcp, eBPF sockmap redirect */
 	KG_PATH_COPY,        /* plain tcp through a userspace buffer */
+	KG_PATH_HTTP,        /* https: userspace TLS, requests parsed and balanced one by one */
 	KG_PATH_COUNT,
 };
 

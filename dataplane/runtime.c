@@ -121,7 +121,7 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 		snprintf(err, errlen, "%s.forwarding: %s", where, why);
 		goto fail;
 	}
-	if (lc->protocol == KG_PROTO_TLS) {
+	if (lc->protocol != KG_PROTO_TCP) {
 		l->ssl_ctx = kg_tls_ctx_create(lc, why, sizeof(why));
 		if (!l->ssl_ctx) {
 			snprintf(err, errlen, "%s: %s", where, why);
@@ -153,7 +153,8 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 	for (size_t b = 0; b < lc->n_backends; b++)
 		kg_health_set_admin(l->health, b, lc->backends[b].admin);
 	log_info("listener %s: protocol %s, forwarding %s%s", lc->name,
-		 lc->protocol == KG_PROTO_TCP ? "tcp" : "tls", kg_path_name(l->plan),
+		 lc->protocol == KG_PROTO_TCP ? "tcp" : lc->protocol == KG_PROTO_TLS ? "tls" : "https",
+		 kg_path_name(l->plan),
 		 l->plan == KG_PATH_KTLS_SPLICE && !l->plan_forced
 			 ? " (userspace TLS when a connection cannot be handed off)" : "");
 	return l;

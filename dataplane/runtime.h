@@ -98,6 +98,10 @@ struct kg_counters {
 	uint64_t health_checks_failed;
 	uint64_t cut_unhealthy;        /* connections closed: backend turned unhealthy */
 	uint64_t cut_disabled;         /* connections closed: backend disabled */
+	uint64_t http_requests;        /* https: requests whose head was parsed */
+	uint64_t http_errors;          /* https: responses made by kgate (4xx/5xx) */
+	uint64_t http_pool_reused;     /* https: requests sent on a pooled backend connection */
+	uint64_t http_backend_connects; /* https: backend connects started */
 };
 
 struct kg_worker;

@@ -14,6 +14,7 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "backend_pool.h"
 #include "health.h"
 
 #define RING_ENTRIES 4096
@@ -379,6 +380,7 @@ static void on_tick(struct kg_worker *w)
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		kg_listener_put(ts.snap[li]);
 	kg_health_checker_tick(w->health, w->now_ms);
+	kg_backend_pool_expire(w->pool, w->now_ms);
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS && !w->draining; li++)
 		arm_accept(w, li);
 	arm_tick(w);
@@ -450,6 +452,15 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 		break;
 	case KG_OP_SPLICE_BACKOFF:
 		kg_forward_splice_on_backoff(c);
+		break;
+	case KG_OP_HTTP_CONNECT:
+		kg_forward_http_on_connect(c, cqe->res);
+		break;
+	case KG_OP_HTTP_BACKEND_RECV:
+		kg_forward_http_on_backend_recv(c, cqe->res);
+		break;
+	case KG_OP_HTTP_BACKEND_SEND:
+		kg_forward_http_on_backend_send(c, cqe->res);
 		break;
 	default:
 		log_err("worker %u: unknown op %d", w->id, op);
@@ -574,14 +585,17 @@ static void *worker_main(void *arg)
 		 "bytes c2b %lu b2c %lu, health checks %lu (failed %lu), "
 		 "cut unhealthy %lu, cut disabled %lu; paths: userspace-tls %lu, ktls-splice %lu, "
 		 "splice %lu, sockmap %lu, userspace-copy %lu; ktls fallbacks %lu, "
-		 "ktls failures %lu, sockmap fallbacks %lu",
+		 "ktls failures %lu, sockmap fallbacks %lu; http requests %lu, http errors %lu, "
+		 "backend connects %lu, pooled reuses %lu, http-userspace-tls %lu",
 		 w->id, s->accepted, s->handshakes, s->resumed, s->handshake_failed,
 		 s->handshake_timeout, s->no_backend, s->backend_connect_failed,
 		 s->rejected_limit, s->idle_timeout, s->forwarded_c2b, s->forwarded_b2c,
 		 s->health_checks, s->health_checks_failed, s->cut_unhealthy, s->cut_disabled,
 		 s->path[KG_PATH_USERSPACE], s->path[KG_PATH_KTLS_SPLICE],
 		 s->path[KG_PATH_SPLICE], s->path[KG_PATH_SOCKMAP], s->path[KG_PATH_COPY],
-		 s->ktls_fallback, s->ktls_failed, s->sockmap_fallback);
+		 s->ktls_fallback, s->ktls_failed, s->sockmap_fallback, s->http_requests,
+		 s->http_errors, s->http_backend_connects, s->http_pool_reused,
+		 s->path[KG_PATH_HTTP]);
 	io_uring_queue_exit(&w->ring);
 	return NULL;
 }
@@ -601,7 +615,8 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->conns = calloc(w->capacity, sizeof(*w->conns));
 	w->free_slots = calloc(w->capacity, sizeof(*w->free_slots));
 	w->health = kg_health_checker_create(w, rt->n_workers, 0);
-	if (w->wake_fd == -1 || !w->conns || !w->free_slots || !w->health ||
+	w->pool = kg_backend_pool_create();
+	if (w->wake_fd == -1 || !w->conns || !w->free_slots || !w->health || !w->pool ||
 	    pthread_mutex_init(&w->cmd_lock, NULL) != 0)
 		goto fail;
 	if (sem_init(&w->init_done, 0, 0) != 0) {
@@ -614,6 +629,7 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->n_free = w->capacity;
 	return w;
 fail:
+	kg_backend_pool_destroy(w->pool);
 	kg_health_checker_destroy(w->health);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
@@ -649,6 +665,7 @@ void kg_worker_destroy(struct kg_worker *w)
 		if (w->listen_fds[li] >= 0)
 			close(w->listen_fds[li]);
 	close(w->wake_fd);
+	kg_backend_pool_destroy(w->pool);
 	kg_health_checker_destroy(w->health);
 	for (size_t i = 0; i < w->n_retired; i++)
 		kg_health_checker_destroy(w->retired[i]);

@@ -38,6 +38,10 @@ enum kg_op {
 	KG_OP_WAKE,         /* the command eventfd became readable */
 	KG_OP_SOCKMAP_RDHUP, /* sockmap path: a side's peer closed its write half */
 	KG_OP_SOCKMAP_PACE,  /* the worker's sockmap pacing timer */
+	/* forward_http.c: the backend connection of the current request */
+	KG_OP_HTTP_CONNECT,
+	KG_OP_HTTP_BACKEND_RECV,
+	KG_OP_HTTP_BACKEND_SEND,
 };
 
 static inline uint64_t kg_ud_pack(enum kg_op op, uint32_t idx, int fd)
@@ -88,6 +92,7 @@ struct kg_conn {
 	struct kg_ktls_track *ktls; /* while a kTLS handoff is possible */
 	struct kg_splice *splice;   /* splice/copy paths */
 	struct kg_smconn *sockmap;  /* sockmap path */
+	struct kg_http_conn *http;  /* https listeners: per-request state (forward_http.c) */
 	bool handoff_wait_flush;    /* handoff waits for OpenSSL's last records to be sent */
 	uint32_t handoff_need;      /* handoff reads exactly the rest of a partial record */
 
@@ -178,6 +183,7 @@ struct kg_worker {
 #define KG_WORKER_RETIRED_MAX 16
 	struct kg_health_checker *retired[KG_WORKER_RETIRED_MAX]; /* stopped, completions due */
 	size_t n_retired;
+	struct kg_backend_pool *pool;     /* idle backend connections of https listeners */
 	uint64_t log_window_ms; /* rate limit of per-connection warnings */
 	unsigned log_in_window;
 	unsigned log_suppressed;
@@ -222,6 +228,14 @@ void kg_conn_flush_client(struct kg_conn *c);
 /* backend.c */
 void kg_backend_connect_next(struct kg_conn *c);
 void kg_backend_on_connect(struct kg_conn *c, int res);
+/* A socket for member b in c->bfd, its connect submitted (completion op)
+ * with the listener's connect timeout linked. 0, or -errno when no socket
+ * could be made. */
+int kg_backend_submit_connect(struct kg_conn *c, const struct kg_backend_conf *b,
+			      enum kg_op op);
+/* The connect to c->member failed with res: counted, logged, a passive
+ * health failure, the member marked tried, c->bfd closed. */
+void kg_backend_connect_failed(struct kg_conn *c, int res);
 
 /* conn.c: the backend is connected; start the listener's path. */
 void kg_conn_start_forwarding(struct kg_conn *c);
@@ -248,5 +262,19 @@ void kg_forward_user_on_client_data(struct kg_conn *c);
 void kg_forward_user_on_backend_recv(struct kg_conn *c, int res);
 void kg_forward_user_on_backend_send(struct kg_conn *c, int res);
 void kg_forward_user_on_client_drained(struct kg_conn *c);
+
+/* forward_http.c: https listeners, per-request forwarding over userspace
+ * TLS. start: 0, or -ENOMEM (the caller closes). */
+int kg_forward_http_start(struct kg_conn *c);
+void kg_forward_http_on_client_data(struct kg_conn *c);
+void kg_forward_http_on_client_drained(struct kg_conn *c);
+void kg_forward_http_on_connect(struct kg_conn *c, int res);
+void kg_forward_http_on_backend_recv(struct kg_conn *c, int res);
+void kg_forward_http_on_backend_send(struct kg_conn *c, int res);
+/* Deadlines (request, keep-alive, response): called on the worker's tick. */
+void kg_forward_http_check_deadline(struct kg_conn *c);
+/* kg_conn_close is closing c: cancel what only this module knows about. */
+void kg_forward_http_on_close(struct kg_conn *c);
+void kg_forward_http_free(struct kg_conn *c);
 
 #endif

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc
-	clang llvm libbpf-dev bpftool linux-libc-dev)
+	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk)

@@ -1,0 +1,849 @@
+/* https listeners: HTTP/1.x over userspace TLS, balanced per request.
+ *
+ * One request at a time per client connection (pipelined requests wait in
+ * the buffer, so responses stay in order):
+ *
+ *   IDLE --first byte--> HEAD --head parsed--> CONNECT (new backend
+ *   connection) or SEND (pooled one) --request sent--> WAIT --response
+ *   complete--> IDLE (keep-alive) or CLOSING.
+ *
+ * The response is read concurrently with the request body (a backend may
+ * answer early). Each direction holds at most one buffer: the request side
+ * reads the next TLS record only when what it parsed has been sent to the
+ * backend, the response side receives again only when the client has taken
+ * everything (kg_conn_flush_client drained). Heads are rebuilt (hop-by-hop
+ * headers dropped, identity headers replaced); body bytes, chunk framing
+ * included, go through untouched.
+ *
+ * The backend socket in use sits in c->bfd with c->member counted active,
+ * so conn.c's close and release paths cover it; between requests it goes
+ * back to the worker's pool (backend_pool.h) or is closed. */
+#include "worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include <kgate/limits.h>
+#include <kgate/log.h>
+
+#include "backend_pool.h"
+#include "health.h"
+#include "http.h"
+#include "listener.h"
+#include "tls.h"
+
+enum req_state {
+	R_IDLE,    /* between requests */
+	R_HEAD,    /* reading a request head */
+	R_CONNECT, /* connecting to the chosen member */
+	R_SEND,    /* sending the head, then the body as it arrives */
+	R_WAIT,    /* request sent, response still coming */
+	R_CLOSING, /* last response (or an error) flushing; nothing else happens */
+};
+
+struct kg_http_conn {
+	enum req_state rstate;
+	struct kg_http_msg req;
+	struct kg_http_msg resp;
+
+	/* Plaintext from the client: [0, rsent) forwarded or skipped,
+	 * [rsent, rparsed) parsed and due to the backend, [rparsed, rlen)
+	 * not parsed yet (pipelined requests wait here). */
+	unsigned char *rbuf;
+	uint32_t rcap, rlen, rsent, rparsed;
+	/* From the backend: [0, bparsed) handed to OpenSSL, the rest not yet. */
+	unsigned char *bbuf;
+	uint32_t bcap, blen, bparsed;
+
+	struct kg_buf ident;     /* identity headers, made once per connection */
+	struct kg_buf head;      /* the request head for the backend */
+	uint32_t head_sent;
+	struct kg_buf out;       /* response heads and errors for the client */
+	bool sending_head;       /* the send in flight is from head */
+
+	bool body_done;     /* the request message has been parsed to its end */
+	bool resp_done;     /* the response message is complete */
+	bool resp_started;  /* a final response head went to the client */
+	bool close_after;   /* close the client connection after this response */
+	bool client_done;   /* the client closed (FIN or close_notify) */
+	bool reused;        /* this request's backend socket came from the pool */
+	bool retried;       /* already retried once on a fresh connection */
+	bool backend_dirty; /* the backend sent bytes past the response */
+	bool backend_failed;
+	int backend_fail_res;
+
+	uint64_t deadline_ms;
+	uint64_t req_start_ms;
+	uint64_t bytes_in, bytes_out;
+	int status;
+	char method[16];
+	char target[160];
+	char peer[64];
+};
+
+static const struct kg_http_conf *conf_of(const struct kg_conn *c)
+{
+	return &c->listener->conf->http;
+}
+
+static void advance(struct kg_conn *c);
+static void maybe_finish(struct kg_conn *c);
+
+/* ---- client side ---- */
+
+/* Hands plaintext to OpenSSL for the client. 0, or -1 after closing. */
+static int client_write(struct kg_conn *c, const void *p, size_t n)
+{
+	char reason[256];
+	if (n == 0)
+		return 0;
+	int r = SSL_write(c->ssl, p, (int)n);
+	if (r != (int)n) {
+		kg_tls_status(c->ssl, r, reason, sizeof(reason));
+		kg_worker_warn(c->worker, "listener %s: TLS write failed: %s",
+			       c->listener->conf->name, reason);
+		kg_conn_close(c, "TLS write failed");
+		return -1;
+	}
+	c->http->bytes_out += n;
+	c->worker->stats.forwarded_b2c += n;
+	return 0;
+}
+
+/* close_notify after what is queued, then close. */
+static void close_gracefully(struct kg_conn *c, const char *reason)
+{
+	struct kg_http_conn *h = c->http;
+	h->rstate = R_CLOSING;
+	h->deadline_ms = c->worker->now_ms + conf_of(c)->request_timeout_ms;
+	SSL_shutdown(c->ssl);
+	ERR_clear_error();
+	c->close_after_flush = true;
+	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
+	kg_conn_flush_client(c);
+}
+
+static void access_log(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	const struct kg_http_conf *hc = conf_of(c);
+	struct kg_worker *w = c->worker;
+	if (!hc->access_log || w->stats.http_requests % hc->access_log_sample != 0)
+		return;
+	char subject[160] = "-";
+	X509 *cert = SSL_get0_peer_certificate(c->ssl);
+	if (cert)
+		X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
+	const char *backend = c->member >= 0 ? c->listener->conf->backends[c->member].address : "-";
+	/* Not level-tested: the operator asked for these lines. */
+	kg_log_write(KG_LOG_INFO,
+		     "access: listener=%s client=%s subject=\"%s\" \"%s %s\" status=%d "
+		     "backend=%s in=%lu out=%lu ms=%lu",
+		     c->listener->conf->name, h->peer, subject, h->method, h->target, h->status,
+		     backend, (unsigned long)h->bytes_in, (unsigned long)h->bytes_out,
+		     (unsigned long)(w->now_ms - h->req_start_ms));
+}
+
+/* Gives the backend socket back to the pool, or closes it. Nothing may be
+ * in flight on it. */
+static void detach_backend(struct kg_conn *c, bool reusable)
+{
+	struct kg_http_conn *h = c->http;
+	if (c->bfd < 0)
+		return;
+	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];
+	const struct kg_http_conf *hc = conf_of(c);
+	if (!reusable || !kg_backend_pool_put(c->worker->pool, c->listener_idx, &b->addr,
+					      b->addrlen, c->bfd, hc->pool_max_idle,
+					      hc->pool_idle_timeout_ms, c->worker->now_ms))
+		close(c->bfd);
+	c->bfd = -1;
+	if (c->member_counted)
+		kg_health_conn_end(c->listener->health, (size_t)c->member);
+	c->member_counted = false;
+	h->reused = false;
+}
+
+/* A response made by kgate: 400, 408, 431, 502, 503, 504. The connection
+ * closes after it, since the request stream cannot be trusted to resume.
+ * After a response has started, the only honest signal is to close. */
+static void reply_error(struct kg_conn *c, int status, const char *why)
+{
+	struct kg_http_conn *h = c->http;
+	struct kg_worker *w = c->worker;
+	char reason[96];
+	snprintf(reason, sizeof(reason), "HTTP %d: %s", status, why);
+	if (h->rstate == R_CLOSING)
+		return;
+	if (c->bfd >= 0) {
+		/* Ends the backend's operations; conn.c closes the socket. */
+		shutdown(c->bfd, SHUT_RDWR);
+	}
+	if (h->resp_started) {
+		kg_conn_close(c, reason);
+		return;
+	}
+	w->stats.http_errors++;
+	kg_worker_warn(w, "listener %s: client %s: %d %s (%s)", c->listener->conf->name, h->peer,
+		       status, kg_http_reason(status), why);
+	h->status = status;
+	if (!h->method[0])
+		snprintf(h->method, sizeof(h->method), "-");
+	if (kg_http_build_error(&h->out, status) < 0) {
+		kg_conn_close(c, "out of memory");
+		return;
+	}
+	h->resp_started = true;
+	if (client_write(c, h->out.data, h->out.len) < 0)
+		return;
+	access_log(c);
+	close_gracefully(c, reason);
+}
+
+/* The client closed its side: fine between requests, an abort otherwise. */
+static void client_gone(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	if (h->rstate == R_IDLE && h->rlen == h->rparsed)
+		close_gracefully(c, "client closed");
+	else
+		kg_conn_close(c, "client closed mid-request");
+}
+
+/* Reads decrypted bytes into rbuf. True when some arrived; false when the
+ * caller must wait (a receive is armed) or the connection is closing. */
+static bool read_client(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	char reason[256];
+	if (h->client_done) {
+		client_gone(c);
+		return false;
+	}
+	int n = SSL_read(c->ssl, h->rbuf + h->rlen, (int)(h->rcap - h->rlen));
+	if (n > 0) {
+		h->rlen += (uint32_t)n;
+		c->worker->stats.forwarded_c2b += (uint64_t)n;
+		return true;
+	}
+	enum kg_tls_status st = kg_tls_status(c->ssl, n, reason, sizeof(reason));
+	kg_conn_flush_client(c); /* SSL_read may have queued a reply (ticket, alert) */
+	if (c->state != KG_CONN_FORWARDING)
+		return false;
+	switch (st) {
+	case KG_TLS_WANT_READ:
+	case KG_TLS_WANT_WRITE:
+		if (c->client_eof) {
+			h->client_done = true;
+			client_gone(c);
+		} else {
+			kg_conn_arm_client_recv(c);
+		}
+		return false;
+	case KG_TLS_CLOSED:
+		h->client_done = true;
+		client_gone(c);
+		return false;
+	case KG_TLS_OK:
+	case KG_TLS_ERROR:
+		break;
+	}
+	kg_worker_warn(c->worker, "listener %s: TLS error from client: %s",
+		       c->listener->conf->name, reason);
+	kg_conn_close(c, "TLS error");
+	return false;
+}
+
+/* ---- backend side ---- */
+
+static void arm_backend_recv(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	if (c->b_recv_busy || h->resp_done || c->bfd < 0 || h->rstate == R_CLOSING ||
+	    h->blen == h->bcap)
+		return;
+	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	io_uring_prep_recv(sqe, c->bfd, h->bbuf + h->blen, h->bcap - h->blen, 0);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_RECV, c->idx, c->bfd));
+	c->b_recv_busy = true;
+	c->inflight++;
+}
+
+static void send_backend(struct kg_conn *c, const void *p, size_t n, bool head)
+{
+	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	io_uring_prep_send(sqe, c->bfd, p, n, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, c->bfd));
+	c->b_send_busy = true;
+	c->http->sending_head = head;
+	c->inflight++;
+}
+
+/* The request goes to member m over fd. */
+static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
+{
+	struct kg_http_conn *h = c->http;
+	c->bfd = fd;
+	c->member = m;
+	kg_health_conn_start(c->listener->health, (size_t)m);
+	c->member_counted = true;
+	h->reused = reused;
+	h->backend_dirty = false;
+	h->backend_failed = false;
+	h->blen = h->bparsed = 0;
+	h->resp_done = false;
+	kg_http_next(&h->resp);
+	h->resp.head_only_response = kg_http_is_head_method(&h->req);
+	h->rstate = R_SEND;
+	h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+	arm_backend_recv(c);
+}
+
+/* Smooth weighted round robin over members in rotation, per request: a
+ * pooled connection of the chosen member if there is a live one, else a
+ * new connect (failed ones are skipped, up to connect_retries more). */
+static void pick_backend(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	const struct kg_listener_conf *lc = c->listener->conf;
+	struct kg_worker *w = c->worker;
+
+	if (c->connect_attempts > lc->connect_retries) {
+		w->stats.no_backend++;
+		reply_error(c, 502, "no backend could be connected");
+		return;
+	}
+	int m = kg_balancer_select(c->listener->balancer, c->tried);
+	if (m < 0) {
+		w->stats.no_backend++;
+		if (c->tried)
+			reply_error(c, 502, "no backend could be connected");
+		else
+			reply_error(c, 503, "no backend in rotation");
+		return;
+	}
+	int fd = kg_backend_pool_take(w->pool, c->listener_idx, &lc->backends[m].addr,
+				      lc->backends[m].addrlen);
+	if (fd >= 0) {
+		w->stats.http_pool_reused++;
+		attach_backend(c, m, fd, true);
+		advance(c);
+		return;
+	}
+	c->member = m;
+	int r = kg_backend_submit_connect(c, &lc->backends[m], KG_OP_HTTP_CONNECT);
+	if (r < 0) {
+		char why[64];
+		snprintf(why, sizeof(why), "backend socket: %s", strerror(-r));
+		reply_error(c, 502, why);
+		return;
+	}
+	w->stats.http_backend_connects++;
+	h->rstate = R_CONNECT;
+}
+
+void kg_forward_http_on_connect(struct kg_conn *c, int res)
+{
+	struct kg_http_conn *h = c->http;
+	c->inflight--;
+	if (c->state != KG_CONN_FORWARDING || h->rstate != R_CONNECT)
+		return;
+	if (res == 0) {
+		int fd = c->bfd;
+		c->bfd = -1;
+		attach_backend(c, c->member, fd, false);
+		advance(c);
+		return;
+	}
+	kg_backend_connect_failed(c, res);
+	pick_backend(c);
+}
+
+/* The backend connection broke (reset, EOF before the response ended, a
+ * send error). Once nothing is in flight on it: a pooled connection that
+ * the backend had closed while idle gets the request again on a fresh one
+ * (once, and only for a request without a body: nothing was lost);
+ * otherwise 502, or a close if the response had started. */
+static void backend_broke(struct kg_conn *c, int res)
+{
+	struct kg_http_conn *h = c->http;
+	if (!h->backend_failed) {
+		h->backend_failed = true;
+		h->backend_fail_res = res;
+		if (c->b_send_busy || c->b_recv_busy)
+			shutdown(c->bfd, SHUT_RDWR); /* completes the other operation */
+	}
+	if (c->b_send_busy || c->b_recv_busy)
+		return;
+	bool may_retry = h->reused && !h->retried && !h->resp_started && h->bparsed == 0 &&
+			 h->blen == 0 && !kg_http_has_body(&h->req);
+	detach_backend(c, false);
+	if (may_retry) {
+		h->retried = true;
+		h->head_sent = 0;
+		c->connect_attempts = 0;
+		log_debug("listener %s: pooled backend connection was closed; request sent again",
+			  c->listener->conf->name);
+		pick_backend(c);
+		return;
+	}
+	char why[96];
+	snprintf(why, sizeof(why), "backend connection %s before the response ended",
+		 h->backend_fail_res == 0 ? "closed" : strerror(-h->backend_fail_res));
+	reply_error(c, 502, why);
+}
+
+/* ---- request side ---- */
+
+static void start_request(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	struct kg_worker *w = c->worker;
+	w->stats.http_requests++;
+	snprintf(h->method, sizeof(h->method), "%s", kg_http_method(&h->req));
+	snprintf(h->target, sizeof(h->target), "%.*s", (int)h->req.url.len,
+		 (const char *)h->rbuf + h->req.url.off);
+	h->close_after = !kg_http_keep_alive(&h->req) || w->draining;
+	if (kg_http_build_request(&h->head, &h->req, h->ident.data, h->ident.len) < 0) {
+		reply_error(c, 500, "out of memory");
+		return;
+	}
+	h->head_sent = 0;
+	h->rsent = h->rparsed; /* the client's own head is replaced by h->head */
+	h->bytes_in = h->req.head_len;
+	h->retried = false;
+	c->tried = 0;
+	c->connect_attempts = 0;
+	pick_backend(c);
+}
+
+/* Parses the request head from rbuf. False when more bytes are needed. */
+static bool parse_head(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	const struct kg_http_conf *hc = conf_of(c);
+	size_t used;
+	int status = 0;
+	const char *why = "";
+
+	if (h->rstate == R_IDLE) {
+		h->rstate = R_HEAD;
+		h->req_start_ms = c->worker->now_ms;
+		h->deadline_ms = c->worker->now_ms + hc->request_timeout_ms;
+		h->status = 0;
+		h->method[0] = h->target[0] = '\0';
+		h->resp_started = false;
+		h->body_done = false;
+		h->bytes_in = h->bytes_out = 0;
+	}
+	enum kg_http_step st = kg_http_feed(&h->req, h->rbuf, h->rbuf + h->rparsed,
+					    h->rlen - h->rparsed, &used, &status, &why);
+	h->rparsed += (uint32_t)used;
+	switch (st) {
+	case KG_HTTP_MORE:
+		if (h->rlen >= hc->max_header_bytes || h->rlen == h->rcap) {
+			reply_error(c, 431, "request head too large");
+			return true;
+		}
+		return false;
+	case KG_HTTP_HEAD:
+		if (h->req.head_len > hc->max_header_bytes) {
+			reply_error(c, 431, "request head too large");
+			return true;
+		}
+		start_request(c);
+		return true;
+	case KG_HTTP_DONE: /* not before the head */
+	case KG_HTTP_ERROR:
+		break;
+	}
+	reply_error(c, status ? status : 400, why);
+	return true;
+}
+
+/* Parses body bytes [rparsed, rlen); they are sent as they are. */
+static void parse_body(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	size_t used;
+	int status = 0;
+	const char *why = "";
+	enum kg_http_step st = kg_http_feed(&h->req, h->rbuf, h->rbuf + h->rparsed,
+					    h->rlen - h->rparsed, &used, &status, &why);
+	h->rparsed += (uint32_t)used;
+	h->bytes_in += used;
+	if (st == KG_HTTP_DONE)
+		h->body_done = true;
+	else if (st == KG_HTTP_ERROR)
+		reply_error(c, 400, why);
+}
+
+/* Moves pipelined bytes to the front: a head is parsed from offset 0. */
+static void compact_request(struct kg_http_conn *h)
+{
+	uint32_t rest = h->rlen - h->rparsed;
+	if (rest > 0 && h->rparsed > 0)
+		memmove(h->rbuf, h->rbuf + h->rparsed, rest);
+	h->rlen = rest;
+	h->rparsed = h->rsent = 0;
+}
+
+/* Does whatever the request side can do now, until it has to wait. */
+static void advance(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	for (;;) {
+		if (c->state != KG_CONN_FORWARDING)
+			return;
+		switch (h->rstate) {
+		case R_IDLE:
+		case R_HEAD:
+			if (h->rlen > h->rparsed && parse_head(c))
+				continue;
+			if (h->rlen == h->rcap) {
+				reply_error(c, 431, "request head too large");
+				return;
+			}
+			if (!read_client(c))
+				return;
+			continue;
+		case R_SEND:
+			if (c->b_send_busy)
+				return;
+			if (h->head_sent < h->head.len) {
+				send_backend(c, h->head.data + h->head_sent,
+					     h->head.len - h->head_sent, true);
+				return;
+			}
+			if (h->rsent < h->rparsed) {
+				send_backend(c, h->rbuf + h->rsent, h->rparsed - h->rsent, false);
+				return;
+			}
+			if (h->body_done) {
+				h->rstate = R_WAIT;
+				maybe_finish(c);
+				return;
+			}
+			if (h->rparsed == h->rlen)
+				h->rlen = h->rsent = h->rparsed = 0; /* all sent: reuse the buffer */
+			{
+				uint32_t before = h->rparsed;
+				parse_body(c);
+				if (h->rstate != R_SEND)
+					return;
+				if (h->rparsed > before || h->body_done)
+					continue;
+			}
+			if (!read_client(c))
+				return;
+			continue;
+		case R_CONNECT:
+		case R_WAIT:
+		case R_CLOSING:
+			return;
+		}
+	}
+}
+
+void kg_forward_http_on_client_data(struct kg_conn *c)
+{
+	advance(c);
+}
+
+void kg_forward_http_on_backend_send(struct kg_conn *c, int res)
+{
+	struct kg_http_conn *h = c->http;
+	c->inflight--;
+	c->b_send_busy = false;
+	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
+		return;
+	if (h->resp_done) {
+		/* The response ended while the request was still going out:
+		 * maybe_finish shut the socket and waited for this send. */
+		maybe_finish(c);
+		return;
+	}
+	if (h->backend_failed || res <= 0) {
+		backend_broke(c, res == 0 ? -EPIPE : res);
+		return;
+	}
+	if (h->sending_head)
+		h->head_sent += (uint32_t)res;
+	else
+		h->rsent += (uint32_t)res;
+	h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+	if (h->resp_done)
+		maybe_finish(c);
+	else
+		advance(c);
+}
+
+/* ---- response side ---- */
+
+/* Parses what the backend sent and hands it to OpenSSL: the head rebuilt,
+ * body bytes as they are. */
+static void process_response(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	while (!h->resp_done && h->bparsed < h->blen + (h->resp.phase == KG_HTTP_PHASE_BODY)) {
+		size_t used;
+		int status = 0;
+		const char *why = "";
+		uint32_t from = h->bparsed;
+		enum kg_http_step st = kg_http_feed(&h->resp, h->bbuf, h->bbuf + from,
+						    h->blen - from, &used, &status, &why);
+		h->bparsed += (uint32_t)used;
+		switch (st) {
+		case KG_HTTP_HEAD: {
+			int code = kg_http_status(&h->resp);
+			bool interim = code < 200;
+			if (code == 101) {
+				reply_error(c, 502, "backend switched protocols");
+				return;
+			}
+			if (!interim) {
+				h->status = code;
+				h->close_after = h->close_after || kg_http_needs_eof(&h->resp) ||
+						 c->worker->draining;
+			}
+			bool ka10 = kg_http_minor(&h->req) == 0;
+			if (kg_http_build_response(&h->out, &h->resp, !interim && h->close_after,
+						   !interim && ka10) < 0) {
+				kg_conn_close(c, "out of memory");
+				return;
+			}
+			if (!interim)
+				h->resp_started = true;
+			if (client_write(c, h->out.data, h->out.len) < 0)
+				return;
+			continue;
+		}
+		case KG_HTTP_MORE:
+			if (h->resp.phase == KG_HTTP_PHASE_BODY &&
+			    client_write(c, h->bbuf + from, used) < 0)
+				return;
+			if (h->resp.phase == KG_HTTP_PHASE_HEAD && h->blen == h->bcap) {
+				reply_error(c, 502, "response head too large");
+				return;
+			}
+			goto out;
+		case KG_HTTP_DONE:
+			if (client_write(c, h->bbuf + from, used) < 0)
+				return;
+			if (kg_http_status(&h->resp) < 200) {
+				/* The final response follows; its head is parsed
+				 * from offset 0 like every head. */
+				kg_http_next(&h->resp);
+				h->resp.head_only_response = kg_http_is_head_method(&h->req);
+				memmove(h->bbuf, h->bbuf + h->bparsed, h->blen - h->bparsed);
+				h->blen -= h->bparsed;
+				h->bparsed = 0;
+				continue;
+			}
+			h->resp_done = true;
+			if (h->bparsed < h->blen)
+				h->backend_dirty = true; /* bytes nobody asked for */
+			goto out;
+		case KG_HTTP_ERROR:
+			if (h->resp_started) {
+				kg_conn_close(c, "malformed response body from backend");
+				return;
+			}
+			reply_error(c, 502, why);
+			return;
+		}
+	}
+out:
+	kg_conn_flush_client(c);
+	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
+		return;
+	if (h->resp_done)
+		maybe_finish(c);
+	else if (h->resp.phase == KG_HTTP_PHASE_HEAD)
+		arm_backend_recv(c); /* nothing went to the client: read on */
+}
+
+void kg_forward_http_on_backend_recv(struct kg_conn *c, int res)
+{
+	struct kg_http_conn *h = c->http;
+	c->inflight--;
+	c->b_recv_busy = false;
+	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
+		return;
+	if (h->backend_failed) {
+		backend_broke(c, h->backend_fail_res);
+		return;
+	}
+	if (res < 0) {
+		backend_broke(c, res);
+		return;
+	}
+	if (res == 0) {
+		if (kg_http_eof(&h->resp) == KG_HTTP_DONE) {
+			/* The body ran to the connection's end (close_after is set). */
+			h->resp_done = true;
+			h->backend_dirty = true;
+			kg_conn_flush_client(c);
+			if (c->state == KG_CONN_FORWARDING)
+				maybe_finish(c);
+			return;
+		}
+		backend_broke(c, 0);
+		return;
+	}
+	h->blen += (uint32_t)res;
+	h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+	process_response(c);
+}
+
+void kg_forward_http_on_client_drained(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	if (h->rstate == R_CLOSING || c->bfd < 0 || h->resp_done || c->b_recv_busy ||
+	    h->resp.phase != KG_HTTP_PHASE_BODY || h->bparsed < h->blen)
+		return;
+	/* The client took everything: the buffer is free for more. */
+	h->blen = h->bparsed = 0;
+	arm_backend_recv(c);
+}
+
+/* The response is complete. Once the request is sent too and nothing is in
+ * flight on the backend socket, the exchange ends: log, park or close the
+ * backend connection, and go on with the next request or close. */
+static void maybe_finish(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	struct kg_worker *w = c->worker;
+	if (!h->resp_done || h->rstate == R_CLOSING)
+		return;
+	if (h->rstate != R_WAIT) {
+		/* The backend answered before the whole request was read: the
+		 * rest of the client's stream cannot be resynchronised. */
+		h->close_after = true;
+		h->backend_dirty = true;
+		if (c->b_send_busy) {
+			shutdown(c->bfd, SHUT_RDWR);
+			return; /* back here from the send's completion */
+		}
+	}
+	if (c->b_send_busy || c->b_recv_busy)
+		return;
+	bool reusable = !h->backend_dirty && kg_http_keep_alive(&h->resp) && !w->draining;
+	access_log(c);
+	detach_backend(c, reusable);
+	if (h->close_after) {
+		close_gracefully(c, "response sent, connection not kept");
+		return;
+	}
+	h->rstate = R_IDLE;
+	h->deadline_ms = w->now_ms + conf_of(c)->keepalive_timeout_ms;
+	compact_request(h);
+	kg_http_next(&h->req);
+	advance(c);
+}
+
+/* ---- lifecycle ---- */
+
+int kg_forward_http_start(struct kg_conn *c)
+{
+	const struct kg_http_conf *hc = conf_of(c);
+	struct kg_http_conn *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	c->http = h;
+	h->rcap = hc->max_header_bytes > KG_IO_BUF_SIZE ? hc->max_header_bytes : KG_IO_BUF_SIZE;
+	h->bcap = h->rcap;
+	h->rbuf = malloc(h->rcap);
+	h->bbuf = malloc(h->bcap);
+	if (!h->rbuf || !h->bbuf || kg_http_msg_init(&h->req, true, hc->max_headers) < 0 ||
+	    kg_http_msg_init(&h->resp, false, hc->max_headers) < 0)
+		return -ENOMEM;
+
+	struct sockaddr_storage peer, local;
+	socklen_t plen = sizeof(peer), llen = sizeof(local);
+	memset(&peer, 0, sizeof(peer));
+	unsigned port = 0;
+	if (getpeername(c->cfd, (struct sockaddr *)&peer, &plen) == -1)
+		memset(&peer, 0, sizeof(peer));
+	if (getsockname(c->cfd, (struct sockaddr *)&local, &llen) == 0)
+		port = ntohs(local.ss_family == AF_INET6
+				     ? ((struct sockaddr_in6 *)&local)->sin6_port
+				     : ((struct sockaddr_in *)&local)->sin_port);
+	kg_sockaddr_format(&peer, h->peer, sizeof(h->peer));
+	if (kg_http_identity(&h->ident, hc, c->ssl, &peer, port) < 0)
+		return -ENOMEM;
+
+	h->rstate = R_IDLE;
+	h->deadline_ms = c->worker->now_ms + hc->request_timeout_ms;
+	/* Application data may have come with the client's Finished. */
+	advance(c);
+	return 0;
+}
+
+void kg_forward_http_check_deadline(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	struct kg_worker *w = c->worker;
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (w->draining && h->rstate == R_IDLE && h->rlen == 0) {
+		close_gracefully(c, "draining");
+		return;
+	}
+	if (w->now_ms < h->deadline_ms)
+		return;
+	switch (h->rstate) {
+	case R_IDLE:
+		w->stats.idle_timeout++;
+		if (h->rlen > 0)
+			reply_error(c, 408, "request not complete in time");
+		else
+			close_gracefully(c, "keep-alive timeout");
+		return;
+	case R_HEAD:
+		reply_error(c, 408, "request head not complete in time");
+		return;
+	case R_CONNECT:
+		return; /* the connect has its own linked timeout */
+	case R_SEND:
+	case R_WAIT:
+		reply_error(c, 504, "backend response timeout");
+		return;
+	case R_CLOSING:
+		kg_conn_close(c, "client did not take the last response in time");
+		return;
+	}
+}
+
+void kg_forward_http_on_close(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	if (h->rstate == R_CONNECT && c->bfd >= 0) {
+		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HTTP_CONNECT, c->idx, c->bfd), 0);
+		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, c->idx, -1));
+	}
+}
+
+void kg_forward_http_free(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	if (!h)
+		return;
+	kg_http_msg_free(&h->req);
+	kg_http_msg_free(&h->resp);
+	kg_buf_free(&h->ident);
+	kg_buf_free(&h->head);
+	kg_buf_free(&h->out);
+	free(h->rbuf);
+	free(h->bbuf);
+	free(h);
+	c->http = NULL;
+}

@@ -1,0 +1,597 @@
+/* llhttp glue and head rewriting for the https listener (http.h). */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+/* ---- parser callbacks ---- */
+
+static struct kg_http_msg *msg_of(llhttp_t *p)
+{
+	return p->data;
+}
+
+/* llhttp may hand a piece of the head in several calls (one per buffer);
+ * the head stays in one buffer, so a span grows to the end of the latest
+ * piece. */
+static void span_extend(struct kg_http_span *s, const struct kg_http_msg *m, const char *at,
+			size_t len)
+{
+	uint32_t off = (uint32_t)((const unsigned char *)at - m->base);
+	if (s->len == 0)
+		s->off = off;
+	s->len = off + (uint32_t)len - s->off;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+	struct kg_http_msg *m = msg_of(p);
+	m->url.len = m->reason.len = 0;
+	m->n_fields = 0;
+	m->in_value = false;
+	m->too_many = false;
+	m->head_len = 0;
+	return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+	struct kg_http_msg *m = msg_of(p);
+	span_extend(&m->url, m, at, len);
+	return 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t len)
+{
+	struct kg_http_msg *m = msg_of(p);
+	span_extend(&m->reason, m, at, len);
+	return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+	struct kg_http_msg *m = msg_of(p);
+	if (m->in_value || m->n_fields == 0) {
+		/* A new field starts. */
+		if (m->n_fields == m->max_fields) {
+			m->too_many = true;
+			llhttp_set_error_reason(p, "too many header fields");
+			return -1;
+		}
+		memset(&m->fields[m->n_fields++], 0, sizeof(m->fields[0]));
+		m->in_value = false;
+	}
+	span_extend(&m->fields[m->n_fields - 1].name, m, at, len);
+	return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+	struct kg_http_msg *m = msg_of(p);
+	m->in_value = true;
+	span_extend(&m->fields[m->n_fields - 1].value, m, at, len);
+	return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+	/* A field with an empty value gets no on_header_value call. */
+	msg_of(p)->in_value = true;
+	return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+	(void)p;
+	return HPE_PAUSED; /* the caller rewrites the head before body bytes move */
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+	(void)p;
+	return HPE_PAUSED; /* pipelined bytes wait for the next request */
+}
+
+static const llhttp_settings_t settings = {
+	.on_message_begin = on_message_begin,
+	.on_url = on_url,
+	.on_status = on_status,
+	.on_header_field = on_header_field,
+	.on_header_value = on_header_value,
+	.on_header_value_complete = on_header_value_complete,
+	.on_headers_complete = on_headers_complete,
+	.on_message_complete = on_message_complete,
+};
+
+int kg_http_msg_init(struct kg_http_msg *m, bool is_request, unsigned max_fields)
+{
+	memset(m, 0, sizeof(*m));
+	m->fields = calloc(max_fields, sizeof(*m->fields));
+	if (!m->fields)
+		return -ENOMEM;
+	m->max_fields = max_fields;
+	m->is_request = is_request;
+	llhttp_init(&m->parser, is_request ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
+	m->parser.data = m;
+	return 0;
+}
+
+void kg_http_msg_free(struct kg_http_msg *m)
+{
+	free(m->fields);
+	m->fields = NULL;
+}
+
+void kg_http_next(struct kg_http_msg *m)
+{
+	m->phase = KG_HTTP_PHASE_HEAD;
+	m->head_only_response = false;
+	if (llhttp_get_errno(&m->parser) == HPE_PAUSED)
+		llhttp_resume(&m->parser);
+	else
+		llhttp_reset(&m->parser);
+}
+
+/* ---- kgate's rules on top of llhttp's strict mode ---- */
+
+static bool span_is(const struct kg_http_msg *m, struct kg_http_span s, const char *name)
+{
+	size_t n = strlen(name);
+	return s.len == n && strncasecmp((const char *)m->base + s.off, name, n) == 0;
+}
+
+static unsigned count_fields(const struct kg_http_msg *m, const char *name)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < m->n_fields; i++)
+		n += span_is(m, m->fields[i].name, name);
+	return n;
+}
+
+/* Checks llhttp leaves to the user. 0, or the status to refuse with. */
+static int check_head(struct kg_http_msg *m, const char **why)
+{
+	const unsigned char *h = m->base;
+	/* obs-fold (RFC 9112 5.2): a line starting with SP or HTAB continues
+	 * the previous field. llhttp joins it; a server must refuse it. */
+	for (uint32_t i = 1; i + 1 < m->head_len; i++) {
+		if (h[i] == '\n' && (h[i + 1] == ' ' || h[i + 1] == '\t')) {
+			*why = "obsolete line folding";
+			return m->is_request ? 400 : 502;
+		}
+	}
+	if (llhttp_get_http_major(&m->parser) != 1) {
+		*why = "HTTP version not 1.0 or 1.1";
+		return m->is_request ? 400 : 502;
+	}
+	if (!m->is_request)
+		return 0;
+	/* Transfer-Encoding did not exist in HTTP/1.0: the framing of such a
+	 * message cannot be trusted (RFC 9112 6.1). */
+	if (llhttp_get_http_minor(&m->parser) == 0 && count_fields(m, "transfer-encoding") > 0) {
+		*why = "Transfer-Encoding in an HTTP/1.0 request";
+		return 400;
+	}
+	unsigned hosts = count_fields(m, "host");
+	if (hosts > 1 || (hosts == 0 && llhttp_get_http_minor(&m->parser) == 1)) {
+		*why = hosts ? "more than one Host header" : "HTTP/1.1 request without Host";
+		return 400;
+	}
+	if (m->url.len == 0 || m->base[m->url.off] != '/') {
+		/* Only origin-form: kgate is not a forward proxy, and
+		 * absolute-form would let the authority disagree with Host. */
+		*why = "request target is not a path";
+		return 400;
+	}
+	return 0;
+}
+
+enum kg_http_step kg_http_feed(struct kg_http_msg *m, const unsigned char *base,
+			       const unsigned char *data, size_t len, size_t *used,
+			       int *status, const char **why)
+{
+	m->base = base;
+	if (m->phase == KG_HTTP_PHASE_BODY && m->head_only_response) {
+		/* No body follows a response to HEAD, whatever its headers say. */
+		*used = 0;
+		m->phase = KG_HTTP_PHASE_DONE;
+		llhttp_reset(&m->parser);
+		return KG_HTTP_DONE;
+	}
+	llhttp_errno_t e = llhttp_execute(&m->parser, (const char *)data, len);
+	if (e == HPE_OK) {
+		*used = len;
+		return KG_HTTP_MORE;
+	}
+	if (e == HPE_PAUSED) {
+		*used = (size_t)((const unsigned char *)llhttp_get_error_pos(&m->parser) - data);
+		if (m->phase == KG_HTTP_PHASE_HEAD) {
+			m->phase = KG_HTTP_PHASE_BODY;
+			m->head_len = (uint32_t)((data + *used) - base);
+			*status = check_head(m, why);
+			if (*status)
+				return KG_HTTP_ERROR;
+			llhttp_resume(&m->parser);
+			return KG_HTTP_HEAD;
+		}
+		m->phase = KG_HTTP_PHASE_DONE;
+		return KG_HTTP_DONE;
+	}
+	*used = 0;
+	if (m->too_many) {
+		*status = m->is_request ? 431 : 502;
+		*why = "too many header fields";
+	} else {
+		*status = m->is_request ? 400 : 502;
+		*why = llhttp_get_error_reason(&m->parser);
+		if (!*why)
+			*why = llhttp_errno_name(e);
+	}
+	return KG_HTTP_ERROR;
+}
+
+enum kg_http_step kg_http_eof(struct kg_http_msg *m)
+{
+	if (m->phase != KG_HTTP_PHASE_BODY)
+		return KG_HTTP_ERROR;
+	if (llhttp_finish(&m->parser) != HPE_OK && llhttp_get_errno(&m->parser) != HPE_PAUSED)
+		return KG_HTTP_ERROR;
+	/* llhttp_finish completes only messages that end with the connection. */
+	if (!llhttp_message_needs_eof(&m->parser))
+		return KG_HTTP_ERROR;
+	m->phase = KG_HTTP_PHASE_DONE;
+	return KG_HTTP_DONE;
+}
+
+bool kg_http_keep_alive(const struct kg_http_msg *m)
+{
+	return llhttp_should_keep_alive(&m->parser) != 0;
+}
+
+bool kg_http_needs_eof(const struct kg_http_msg *m)
+{
+	return !m->head_only_response && llhttp_message_needs_eof(&m->parser) != 0;
+}
+
+bool kg_http_has_body(const struct kg_http_msg *m)
+{
+	const llhttp_t *p = &m->parser;
+	return (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+}
+
+int kg_http_status(const struct kg_http_msg *m)
+{
+	return m->parser.status_code;
+}
+
+const char *kg_http_method(const struct kg_http_msg *m)
+{
+	return llhttp_method_name((llhttp_method_t)m->parser.method);
+}
+
+bool kg_http_is_head_method(const struct kg_http_msg *m)
+{
+	return m->parser.method == HTTP_HEAD;
+}
+
+unsigned kg_http_minor(const struct kg_http_msg *m)
+{
+	return m->parser.http_minor;
+}
+
+/* ---- buffers ---- */
+
+static int buf_reserve(struct kg_buf *b, size_t more)
+{
+	if (b->len + more <= b->cap)
+		return 0;
+	size_t cap = b->cap ? b->cap : 1024;
+	while (cap < b->len + more)
+		cap *= 2;
+	char *p = realloc(b->data, cap);
+	if (!p)
+		return -ENOMEM;
+	b->data = p;
+	b->cap = cap;
+	return 0;
+}
+
+int kg_buf_add(struct kg_buf *b, const void *p, size_t n)
+{
+	if (buf_reserve(b, n) < 0)
+		return -ENOMEM;
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+int kg_buf_printf(struct kg_buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n < 0 || buf_reserve(b, (size_t)n + 1) < 0)
+		return -ENOMEM;
+	va_start(ap, fmt);
+	vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+	return 0;
+}
+
+void kg_buf_free(struct kg_buf *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = b->cap = 0;
+}
+
+/* ---- head rewriting ---- */
+
+#define MAX_CONN_TOKENS 16
+
+struct conn_tokens {
+	struct kg_http_span tok[MAX_CONN_TOKENS];
+	unsigned n;
+};
+
+/* The comma-separated names in every Connection field. */
+static void connection_tokens(const struct kg_http_msg *m, struct conn_tokens *t)
+{
+	t->n = 0;
+	for (unsigned i = 0; i < m->n_fields; i++) {
+		if (!span_is(m, m->fields[i].name, "connection"))
+			continue;
+		struct kg_http_span v = m->fields[i].value;
+		uint32_t pos = v.off, end = v.off + v.len;
+		while (pos < end && t->n < MAX_CONN_TOKENS) {
+			while (pos < end && (m->base[pos] == ',' || m->base[pos] == ' ' ||
+					     m->base[pos] == '\t'))
+				pos++;
+			uint32_t start = pos;
+			while (pos < end && m->base[pos] != ',' && m->base[pos] != ' ' &&
+			       m->base[pos] != '\t')
+				pos++;
+			if (pos > start)
+				t->tok[t->n++] = (struct kg_http_span){start, pos - start};
+		}
+	}
+}
+
+static bool is_framing(const struct kg_http_msg *m, struct kg_http_span name)
+{
+	return span_is(m, name, "host") || span_is(m, name, "content-length") ||
+	       span_is(m, name, "transfer-encoding");
+}
+
+static bool drop_field(const struct kg_http_msg *m, const struct conn_tokens *t,
+		       struct kg_http_span name)
+{
+	static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
+					  "upgrade", "proxy-authenticate", "proxy-authorization"};
+	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+		if (span_is(m, name, hop[i]))
+			return true;
+	if (m->is_request)
+		for (int h = 0; h < KG_HDR_COUNT; h++)
+			if (span_is(m, name, kg_ident_header_names[h]))
+				return true;
+	/* A name listed in Connection is hop-by-hop, but framing headers stay:
+	 * "Connection: content-length" must not change how the backend reads
+	 * the body. */
+	if (is_framing(m, name))
+		return false;
+	for (unsigned i = 0; i < t->n; i++) {
+		const struct kg_http_span tok = t->tok[i];
+		if (tok.len == name.len &&
+		    strncasecmp((const char *)m->base + tok.off, (const char *)m->base + name.off,
+				name.len) == 0)
+			return true;
+	}
+	return false;
+}
+
+static int add_fields(struct kg_buf *out, const struct kg_http_msg *m)
+{
+	struct conn_tokens t;
+	connection_tokens(m, &t);
+	for (unsigned i = 0; i < m->n_fields; i++) {
+		const struct kg_http_field *f = &m->fields[i];
+		if (drop_field(m, &t, f->name))
+			continue;
+		if (kg_buf_add(out, m->base + f->name.off, f->name.len) < 0 ||
+		    kg_buf_add(out, ": ", 2) < 0 ||
+		    kg_buf_add(out, m->base + f->value.off, f->value.len) < 0 ||
+		    kg_buf_add(out, "\r\n", 2) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int kg_http_build_request(struct kg_buf *out, const struct kg_http_msg *m,
+			  const char *extra, size_t extra_len)
+{
+	out->len = 0;
+	if (kg_buf_printf(out, "%s %.*s HTTP/1.%u\r\n", kg_http_method(m), (int)m->url.len,
+			  (const char *)m->base + m->url.off, kg_http_minor(m)) < 0 ||
+	    add_fields(out, m) < 0 || kg_buf_add(out, extra, extra_len) < 0 ||
+	    kg_buf_add(out, "\r\n", 2) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+int kg_http_build_response(struct kg_buf *out, const struct kg_http_msg *m, bool close,
+			   bool keep_alive_10)
+{
+	out->len = 0;
+	if (kg_buf_printf(out, "HTTP/1.1 %d %.*s\r\n", kg_http_status(m), (int)m->reason.len,
+			  (const char *)m->base + m->reason.off) < 0 ||
+	    add_fields(out, m) < 0)
+		return -ENOMEM;
+	if (close && kg_buf_printf(out, "Connection: close\r\n") < 0)
+		return -ENOMEM;
+	if (!close && keep_alive_10 && kg_buf_printf(out, "Connection: keep-alive\r\n") < 0)
+		return -ENOMEM;
+	return kg_buf_add(out, "\r\n", 2);
+}
+
+const char *kg_http_reason(int status)
+{
+	switch (status) {
+	case 400: return "Bad Request";
+	case 408: return "Request Timeout";
+	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return "Error";
+	}
+}
+
+int kg_http_build_error(struct kg_buf *out, int status)
+{
+	char body[64];
+	int n = snprintf(body, sizeof(body), "%d %s\n", status, kg_http_reason(status));
+	out->len = 0;
+	return kg_buf_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+			     "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+			     status, kg_http_reason(status), n, body);
+}
+
+/* ---- identity headers ---- */
+
+static bool want(const struct kg_http_conf *hc, enum kg_ident_header h)
+{
+	return hc->headers & (1u << h);
+}
+
+/* A distinguished name as RFC 2253 text; controls and bytes above 0x7e are
+ * escaped by OpenSSL, and anything else unfit for a header becomes '?'. */
+static int add_dn(struct kg_buf *out, const char *header, const X509_NAME *name)
+{
+	BIO *mem = BIO_new(BIO_s_mem());
+	if (!mem)
+		return -ENOMEM;
+	int r = -ENOMEM;
+	if (X509_NAME_print_ex(mem, name, 0, XN_FLAG_RFC2253) >= 0) {
+		char *text;
+		long n = BIO_get_mem_data(mem, &text);
+		for (long i = 0; i < n; i++)
+			if ((unsigned char)text[i] < 0x20 || (unsigned char)text[i] > 0x7e)
+				text[i] = '?';
+		r = kg_buf_printf(out, "%s: %.*s\r\n", header, (int)n, text);
+	}
+	BIO_free(mem);
+	return r;
+}
+
+/* RFC 8941 byte sequence: ":" base64(DER) ":". */
+static int add_cert_sf(struct kg_buf *out, X509 *cert)
+{
+	unsigned char *der = NULL;
+	int n = i2d_X509(cert, &der);
+	if (n <= 0)
+		return -ENOMEM;
+	size_t b64len = 4 * (((size_t)n + 2) / 3);
+	int r = buf_reserve(out, b64len + 3);
+	if (r == 0) {
+		out->data[out->len++] = ':';
+		out->len += (size_t)EVP_EncodeBlock((unsigned char *)out->data + out->len, der, n);
+		out->data[out->len++] = ':';
+	}
+	OPENSSL_free(der);
+	return r;
+}
+
+static int add_fingerprint(struct kg_buf *out, const struct kg_http_conf *hc, X509 *cert)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	const EVP_MD *type = hc->fingerprint == KG_FP_SHA256 ? EVP_sha256() : EVP_sha1();
+	if (X509_digest(cert, type, md, &mdlen) != 1)
+		return -ENOMEM;
+	char hex[2 * EVP_MAX_MD_SIZE + 1];
+	for (unsigned i = 0; i < mdlen; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	return kg_buf_printf(out, "%s: %s\r\n", kg_ident_header_names[KG_HDR_XFCC_FINGERPRINT],
+			     hex);
+}
+
+static int add_cert_headers(struct kg_buf *out, const struct kg_http_conf *hc, SSL *ssl,
+			    X509 *cert)
+{
+	if (want(hc, KG_HDR_XFCC_SUBJECTDN) &&
+	    add_dn(out, kg_ident_header_names[KG_HDR_XFCC_SUBJECTDN],
+		   X509_get_subject_name(cert)) < 0)
+		return -ENOMEM;
+	if (want(hc, KG_HDR_XFCC_ISSUERDN) &&
+	    add_dn(out, kg_ident_header_names[KG_HDR_XFCC_ISSUERDN],
+		   X509_get_issuer_name(cert)) < 0)
+		return -ENOMEM;
+	if (want(hc, KG_HDR_XFCC_FINGERPRINT) && add_fingerprint(out, hc, cert) < 0)
+		return -ENOMEM;
+	if (want(hc, KG_HDR_CLIENT_CERT) &&
+	    (kg_buf_printf(out, "%s: ", kg_ident_header_names[KG_HDR_CLIENT_CERT]) < 0 ||
+	     add_cert_sf(out, cert) < 0 || kg_buf_add(out, "\r\n", 2) < 0))
+		return -ENOMEM;
+	/* On the server side OpenSSL's peer chain leaves the leaf out; after
+	 * a resumption it may be absent altogether, and so is the header. */
+	STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
+	if (want(hc, KG_HDR_CLIENT_CERT_CHAIN) && chain && sk_X509_num(chain) > 0) {
+		if (kg_buf_printf(out, "%s: ", kg_ident_header_names[KG_HDR_CLIENT_CERT_CHAIN]) < 0)
+			return -ENOMEM;
+		for (int i = 0; i < sk_X509_num(chain); i++)
+			if ((i > 0 && kg_buf_add(out, ", ", 2) < 0) ||
+			    add_cert_sf(out, sk_X509_value(chain, i)) < 0)
+				return -ENOMEM;
+		if (kg_buf_add(out, "\r\n", 2) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int kg_http_identity(struct kg_buf *out, const struct kg_http_conf *hc, SSL *ssl,
+		     const struct sockaddr_storage *peer, unsigned local_port)
+{
+	char ip[INET6_ADDRSTRLEN] = "unknown";
+	if (peer->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, ip, sizeof(ip));
+	else if (peer->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, ip, sizeof(ip));
+
+	out->len = 0;
+	if (want(hc, KG_HDR_X_FORWARDED_FOR) &&
+	    kg_buf_printf(out, "%s: %s\r\n", kg_ident_header_names[KG_HDR_X_FORWARDED_FOR], ip) < 0)
+		return -ENOMEM;
+	if (want(hc, KG_HDR_X_FORWARDED_PROTO) &&
+	    kg_buf_printf(out, "%s: https\r\n", kg_ident_header_names[KG_HDR_X_FORWARDED_PROTO]) < 0)
+		return -ENOMEM;
+	if (want(hc, KG_HDR_X_FORWARDED_PORT) &&
+	    kg_buf_printf(out, "%s: %u\r\n", kg_ident_header_names[KG_HDR_X_FORWARDED_PORT],
+			  local_port) < 0)
+		return -ENOMEM;
+
+	X509 *cert = SSL_get0_peer_certificate(ssl);
+	const char *verify = !cert ? "NONE"
+			     : SSL_get_verify_result(ssl) == X509_V_OK ? "SUCCESS" : "FAILED";
+	if (want(hc, KG_HDR_XFCC_CLIENTVERIFY) &&
+	    kg_buf_printf(out, "%s: %s\r\n", kg_ident_header_names[KG_HDR_XFCC_CLIENTVERIFY],
+			  verify) < 0)
+		return -ENOMEM;
+	/* Certificate details only for a certificate that verified: a backend
+	 * must not mistake an unverified subject for an identity. */
+	if (cert && SSL_get_verify_result(ssl) == X509_V_OK)
+		return add_cert_headers(out, hc, ssl, cert);
+	return 0;
+}

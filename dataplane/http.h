@@ -1,0 +1,127 @@
+/* HTTP/1.x message framing for the https listener: llhttp (Debian's
+ * node-llhttp sources, built in strict mode) finds where a head ends and
+ * where a message ends; this module collects the head's pieces as offsets
+ * into the caller's buffer, applies kgate's extra strictness rules, and
+ * rebuilds heads with hop-by-hop and identity headers removed or added.
+ *
+ * Bodies are never copied here: the caller forwards body bytes as they sit
+ * in its buffer (chunk framing included), and the parser only says how
+ * many of them belong to the current message. */
+#ifndef KGATE_HTTP_H
+#define KGATE_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <llhttp.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include "config.h"
+
+struct kg_http_span {
+	uint32_t off;
+	uint32_t len;
+};
+
+struct kg_http_field {
+	struct kg_http_span name;
+	struct kg_http_span value;
+};
+
+enum kg_http_phase {
+	KG_HTTP_PHASE_HEAD, /* collecting the head */
+	KG_HTTP_PHASE_BODY, /* head done, body bytes follow */
+	KG_HTTP_PHASE_DONE, /* message complete; resume with kg_http_next() */
+};
+
+/* One direction's parser state. The head must stay in one buffer, from
+ * offset 0, until the head is complete: spans are offsets into it. */
+struct kg_http_msg {
+	llhttp_t parser;
+	const unsigned char *base; /* the buffer spans point into */
+	enum kg_http_phase phase;
+	bool is_request;
+	bool head_only_response; /* response to HEAD: no body whatever it says */
+	struct kg_http_span url;    /* requests */
+	struct kg_http_span reason; /* responses */
+	struct kg_http_field *fields;
+	unsigned n_fields;
+	unsigned max_fields;
+	bool in_value;
+	bool too_many;
+	uint32_t head_len; /* bytes of the head, once known */
+};
+
+enum kg_http_step {
+	KG_HTTP_MORE,     /* every byte consumed, the message goes on */
+	KG_HTTP_HEAD,     /* the head ended at *used */
+	KG_HTTP_DONE,     /* the message ended at *used */
+	KG_HTTP_ERROR,    /* malformed: *status says which answer (400, 431, 502) */
+};
+
+/* 0, or -ENOMEM. max_fields bounds the header count (431 beyond). */
+int kg_http_msg_init(struct kg_http_msg *m, bool is_request, unsigned max_fields);
+void kg_http_msg_free(struct kg_http_msg *m);
+
+/* Parses data[0..len). base is the start of the buffer holding the head
+ * (data >= base). *used: bytes that belong to the current message from
+ * data on (all of them on KG_HTTP_MORE). On KG_HTTP_ERROR, *status is the
+ * status to answer with and *why a short reason for the log. */
+enum kg_http_step kg_http_feed(struct kg_http_msg *m, const unsigned char *base,
+			       const unsigned char *data, size_t len, size_t *used,
+			       int *status, const char **why);
+/* The peer closed: a message delimited by the end of the connection is
+ * complete (KG_HTTP_DONE); anything else half-done is KG_HTTP_ERROR. */
+enum kg_http_step kg_http_eof(struct kg_http_msg *m);
+/* Readies the parser for the next message on the connection. */
+void kg_http_next(struct kg_http_msg *m);
+
+/* After the head: the peer wants the connection kept (RFC 9112 9.3). */
+bool kg_http_keep_alive(const struct kg_http_msg *m);
+/* After a response head: its body runs until the connection closes. */
+bool kg_http_needs_eof(const struct kg_http_msg *m);
+/* After the head: the message has a body (Content-Length > 0 or chunked). */
+bool kg_http_has_body(const struct kg_http_msg *m);
+int kg_http_status(const struct kg_http_msg *m);
+const char *kg_http_method(const struct kg_http_msg *m);
+bool kg_http_is_head_method(const struct kg_http_msg *m);
+unsigned kg_http_minor(const struct kg_http_msg *m);
+
+/* A growable byte buffer for rebuilt heads. */
+struct kg_buf {
+	char *data;
+	size_t len;
+	size_t cap;
+};
+int kg_buf_add(struct kg_buf *b, const void *p, size_t n);
+int kg_buf_printf(struct kg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kg_buf_free(struct kg_buf *b);
+
+/* The request head to send to the backend: the client's request line and
+ * headers minus hop-by-hop ones (Connection, the names it lists, Keep-Alive,
+ * Proxy-Connection, TE, Upgrade) and minus every identity header kgate
+ * sets, then `extra` (complete "Name: value\r\n" lines). Framing headers
+ * (Host, Content-Length, Transfer-Encoding) are never dropped. 0/-ENOMEM. */
+int kg_http_build_request(struct kg_buf *out, const struct kg_http_msg *m,
+			  const char *extra, size_t extra_len);
+/* The response head for the client: status line as HTTP/1.1, hop-by-hop
+ * headers removed, then "Connection: close" when close is true, or
+ * "Connection: keep-alive" for an HTTP/1.0 client that keeps it. */
+int kg_http_build_response(struct kg_buf *out, const struct kg_http_msg *m,
+			   bool close, bool keep_alive_10);
+
+/* A short response made by kgate itself ("HTTP/1.1 503 Service
+ * Unavailable", a one-line text body, Connection: close). */
+int kg_http_build_error(struct kg_buf *out, int status);
+const char *kg_http_reason(int status);
+
+/* The identity headers for a connection, as "Name: value\r\n" lines, from
+ * the listener's settings: client address and port, the listener's port,
+ * and the client certificate (subject, issuer, fingerprint, verify result,
+ * RFC 9440 Client-Cert and Client-Cert-Chain). 0/-ENOMEM. */
+int kg_http_identity(struct kg_buf *out, const struct kg_http_conf *hc, SSL *ssl,
+		     const struct sockaddr_storage *peer, unsigned local_port);
+
+#endif

@@ -299,7 +299,7 @@ static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
 	h->backend_failed = false;
 	h->blen = h->bparsed = 0;
 	h->resp_done = false;
-	kg_http_next(&h->resp);
+	kg_http_restart(&h->resp);
 	h->resp.head_only_response = kg_http_is_head_method(&h->req);
 	h->rstate = R_SEND;
 	h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;

@@ -134,11 +134,19 @@ void kg_http_msg_free(struct kg_http_msg *m)
 void kg_http_next(struct kg_http_msg *m)
 {
 	m->phase = KG_HTTP_PHASE_HEAD;
+	bool mid_body = m->head_only_response;
 	m->head_only_response = false;
-	if (llhttp_get_errno(&m->parser) == HPE_PAUSED)
+	if (!mid_body && llhttp_get_errno(&m->parser) == HPE_PAUSED)
 		llhttp_resume(&m->parser);
 	else
 		llhttp_reset(&m->parser);
+}
+
+void kg_http_restart(struct kg_http_msg *m)
+{
+	m->phase = KG_HTTP_PHASE_HEAD;
+	m->head_only_response = false;
+	llhttp_reset(&m->parser);
 }
 
 /* ---- kgate's rules on top of llhttp's strict mode ---- */
@@ -203,8 +211,7 @@ enum kg_http_step kg_http_feed(struct kg_http_msg *m, const unsigned char *base,
 	if (m->phase == KG_HTTP_PHASE_BODY && m->head_only_response) {
 		/* No body follows a response to HEAD, whatever its headers say. */
 		*used = 0;
-		m->phase = KG_HTTP_PHASE_DONE;
-		llhttp_reset(&m->parser);
+		m->phase = KG_HTTP_PHASE_DONE; /* the parser is reset by kg_http_next */
 		return KG_HTTP_DONE;
 	}
 	llhttp_errno_t e = llhttp_execute(&m->parser, (const char *)data, len);

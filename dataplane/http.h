@@ -77,6 +77,8 @@ enum kg_http_step kg_http_feed(struct kg_http_msg *m, const unsigned char *base,
 enum kg_http_step kg_http_eof(struct kg_http_msg *m);
 /* Readies the parser for the next message on the connection. */
 void kg_http_next(struct kg_http_msg *m);
+/* Readies the parser for a first message (another connection). */
+void kg_http_restart(struct kg_http_msg *m);
 
 /* After the head: the peer wants the connection kept (RFC 9112 9.3). */
 bool kg_http_keep_alive(const struct kg_http_msg *m);

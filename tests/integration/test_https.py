@@ -1,0 +1,681 @@
+"""https listeners: per-request round robin over one keep-alive connection,
+client-identity headers, strict HTTP/1.1 handling, backend keep-alive pool,
+large bodies. Backends here are keep-alive HTTP/1.1 servers that count
+their connections and record every request they see."""
+import base64
+import hashlib
+import http.server
+import json
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from conftest import (base_config, client_context, dead_port, run, tls_listener,
+                      wait_until)
+
+BLOCK = random.Random(7).randbytes(65521)  # prime length: never aligned to records
+
+
+def pattern(size):
+    """size bytes of a fixed pseudo-random pattern."""
+    reps, rest = divmod(size, len(BLOCK))
+    return BLOCK * reps + BLOCK[:rest]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with self.server.kg_lock:
+            self.server.kg_conns += 1
+
+    def _body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            h, n = hashlib.sha256(), 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return n, h.hexdigest()
+                left = size
+                while left:
+                    data = self.rfile.read(min(left, 1 << 20))
+                    h.update(data)
+                    left -= len(data)
+                n += size
+                self.rfile.readline()
+        left = int(self.headers.get("Content-Length", "0"))
+        h, n = hashlib.sha256(), left
+        while left:
+            data = self.rfile.read(min(left, 1 << 20))
+            if not data:
+                break
+            h.update(data)
+            left -= len(data)
+        return n, h.hexdigest()
+
+    def _record(self):
+        with self.server.kg_lock:
+            self.server.kg_requests.append(self.path)
+
+    def _reply(self, body, chunked=False, ctype="application/json"):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        if self.server.kg_close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            step = 50000
+            for i in range(0, len(body), step):
+                part = body[i:i + step]
+                self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+    def do_GET(self):
+        self._record()
+        url = urllib.parse.urlsplit(self.path)
+        q = urllib.parse.parse_qs(url.query)
+        if url.path == "/download":
+            self._reply(pattern(int(q["size"][0])), chunked="chunked" in q,
+                        ctype="application/octet-stream")
+            return
+        info = {"backend": self.server.kg_name, "path": self.path,
+                "headers": [[k, v] for k, v in self.headers.items()]}
+        self._reply(json.dumps(info).encode())
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        self._record()
+        n, digest = self._body()
+        self._reply(json.dumps({"backend": self.server.kg_name, "length": n,
+                                "sha256": digest}).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128
+    daemon_threads = True
+
+
+class KeepAliveBackend:
+    """HTTP/1.1 keep-alive backend: counts connections, records paths."""
+
+    def __init__(self, name, close=False):
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.kg_name = name
+        self.server.kg_lock = threading.Lock()
+        self.server.kg_conns = 0
+        self.server.kg_requests = []
+        self.server.kg_close = close
+        self.address = "127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def conns(self):
+        with self.server.kg_lock:
+            return self.server.kg_conns
+
+    @property
+    def requests(self):
+        with self.server.kg_lock:
+            return list(self.server.kg_requests)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backends():
+    made = []
+
+    def make(*names, close=False):
+        out = [KeepAliveBackend(n, close=close) for n in names]
+        made.extend(out)
+        return out
+    yield make
+    for b in made:
+        b.close()
+
+
+def https_listener(pki, members, http=None, **extra):
+    lst = tls_listener(pki, members, protocol="https", **extra)
+    if http is not None:
+        lst["http"] = http
+    return lst
+
+
+def start(spawn_kgated, pki, members, http=None, workers=1, **extra):
+    d = spawn_kgated(base_config(pki, [https_listener(pki, members, http, **extra)],
+                                 workers=workers))
+    return d
+
+
+def curl_urls(pki, port, paths, cert="client", extra=(), timeout=120):
+    """One curl process, one connection when it can keep it: URLs in a row."""
+    cmd = ["curl", "-sS", "--max-time", "100", "--cacert", pki.ca,
+           "--resolve", "localhost:%d:127.0.0.1" % port,
+           "-w", "\\n@@connects=%{num_connects} status=%{http_code}\\n"]
+    if cert:
+        cmd += ["--cert", pki.cert(cert), "--key", pki.key(cert)]
+    cmd += list(extra)
+    cmd += ["https://localhost:%d%s" % (port, p) for p in paths]
+    return run(cmd, check=False, timeout=timeout)
+
+
+def parse_curl(out):
+    """[(body, connects, status)] from curl_urls' output."""
+    res = []
+    chunks = out.split("\n@@")
+    body = chunks[0]
+    for c in chunks[1:]:
+        meta, _, rest = c.partition("\n")
+        kv = dict(x.split("=") for x in meta.split())
+        res.append((body, int(kv["connects"]), int(kv["status"])))
+        body = rest
+    return res
+
+
+def header_values(info, name):
+    return [v for k, v in info["headers"] if k.lower() == name.lower()]
+
+
+# ---------------------------------------------------------------- raw client
+
+class Raw:
+    """A TLS connection for hand-written requests."""
+
+    def __init__(self, pki, port, cert="client"):
+        ctx = client_context(pki, cert)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.s = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.buf = b""
+        self.eof = False
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _fill(self):
+        try:
+            data = self.s.recv(65536)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            if not self._fill():
+                raise AssertionError("connection closed; have %r" % self.buf[:200])
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def _exact(self, n):
+        while len(self.buf) < n:
+            if not self._fill():
+                raise AssertionError("connection closed in a body")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def response(self, head_request=False):
+        """(status, {lower-name: value}, body) of the next response."""
+        status = int(self._line().split()[1])
+        headers = {}
+        while True:
+            line = self._line()
+            if not line:
+                break
+            k, _, v = line.decode().partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if head_request or status in (204, 304) or status < 200:
+            return status, headers, b""
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    self._line()
+                    return status, headers, body
+                body += self._exact(size)
+                self._line()
+        if "content-length" in headers:
+            return status, headers, self._exact(int(headers["content-length"]))
+        while self._fill():
+            pass
+        body, self.buf = self.buf, b""
+        return status, headers, body
+
+    def closed(self, timeout=5.0):
+        """True when the server closes the connection within timeout."""
+        self.s.settimeout(timeout)
+        try:
+            while self._fill():
+                pass
+        except socket.timeout:
+            return False
+        return True
+
+    def close(self):
+        self.s.close()
+
+
+@pytest.fixture
+def raw_conns():
+    made = []
+
+    def make(*args, **kw):
+        r = Raw(*args, **kw)
+        made.append(r)
+        return r
+    yield make
+    for r in made:
+        r.close()
+
+
+def cert_der(pki, name):
+    with open(pki.cert(name)) as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+# ---------------------------------------------------------------- tests
+
+def test_requests_alternate_on_one_connection(pki, spawn_kgated, backends):
+    a, b = backends("A", "B")
+    d = start(spawn_kgated, pki, [a, b])
+    res = curl_urls(pki, d.port, ["/r%d" % i for i in range(10)])
+    assert res.returncode == 0, res.stderr
+    out = parse_curl(res.stdout)
+    assert len(out) == 10
+    assert sum(c for _, c, _ in out) == 1, "curl needed more than one connection"
+    names = [json.loads(body)["backend"] for body, _, status in out]
+    assert all(status == 200 for _, _, status in out)
+    assert names in (["A", "B"] * 5, ["B", "A"] * 5), names
+    assert sorted(a.requests + b.requests) == sorted("/r%d" % i for i in range(10))
+
+
+def test_identity_headers(pki, spawn_kgated, backends):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    res = curl_urls(pki, d.port, ["/id"])
+    assert res.returncode == 0, res.stderr
+    info = json.loads(parse_curl(res.stdout)[0][0])
+    der = cert_der(pki, "client")
+    want = {
+        "X-Forwarded-For": "127.0.0.1",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Port": str(d.port),
+        "X-Forwarded-Clientcert-subjectdn": "CN=client1,O=kgate test",
+        "X-Forwarded-Clientcert-issuerdn": "CN=kgate test CA,O=kgate test,C=DE",
+        "X-Forwarded-Clientcert-fingerprint": hashlib.sha1(der).hexdigest(),
+        "X-Forwarded-Clientcert-clientverify": "SUCCESS",
+        "Client-Cert": ":%s:" % base64.b64encode(der).decode(),
+    }
+    for name, value in want.items():
+        assert header_values(info, name) == [value], name
+    assert header_values(info, "Client-Cert-Chain") == []
+
+
+def test_spoofed_identity_headers_are_replaced(pki, spawn_kgated, backends):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    spoof = ["X-Forwarded-For: 6.6.6.6", "x-forwarded-proto: http",
+             "X-Forwarded-Port: 1", "X-Forwarded-Clientcert-subjectdn: CN=admin",
+             "X-FORWARDED-CLIENTCERT-ISSUERDN: CN=evil", "X-Forwarded-Clientcert-fingerprint: 00",
+             "X-Forwarded-Clientcert-clientverify: SUCCESS", "Client-Cert: :AAAA:",
+             "Client-Cert-Chain: :AAAA:", "Connection: X-Hop", "X-Hop: gone",
+             "Keep-Alive: timeout=5", "X-Kept: yes"]
+    extra = []
+    for h in spoof:
+        extra += ["-H", h]
+    res = curl_urls(pki, d.port, ["/spoof"], extra=extra)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(parse_curl(res.stdout)[0][0])
+    assert header_values(info, "X-Forwarded-For") == ["127.0.0.1"]
+    assert header_values(info, "X-Forwarded-Proto") == ["https"]
+    assert header_values(info, "X-Forwarded-Port") == [str(d.port)]
+    assert header_values(info, "X-Forwarded-Clientcert-subjectdn") == ["CN=client1,O=kgate test"]
+    assert header_values(info, "X-Forwarded-Clientcert-issuerdn") == [
+        "CN=kgate test CA,O=kgate test,C=DE"]
+    assert header_values(info, "X-Forwarded-Clientcert-fingerprint") == [
+        hashlib.sha1(cert_der(pki, "client")).hexdigest()]
+    assert header_values(info, "Client-Cert") == [
+        ":%s:" % base64.b64encode(cert_der(pki, "client")).decode()]
+    assert header_values(info, "Client-Cert-Chain") == []
+    # hop-by-hop: Connection, what it names, Keep-Alive
+    assert header_values(info, "X-Hop") == []
+    assert header_values(info, "Connection") == []
+    assert header_values(info, "Keep-Alive") == []
+    assert header_values(info, "X-Kept") == ["yes"]
+
+
+def test_header_selection_and_sha256(pki, spawn_kgated, backends):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a], http={
+        "headers": ["x-forwarded-for", "X-Forwarded-Clientcert-fingerprint"],
+        "fingerprint": "sha256"})
+    res = curl_urls(pki, d.port, ["/sel"], extra=["-H", "Client-Cert: :AAAA:",
+                                                 "-H", "X-Forwarded-Proto: gopher"])
+    info = json.loads(parse_curl(res.stdout)[0][0])
+    assert header_values(info, "X-Forwarded-For") == ["127.0.0.1"]
+    assert header_values(info, "X-Forwarded-Clientcert-fingerprint") == [
+        hashlib.sha256(cert_der(pki, "client")).hexdigest()]
+    for gone in ("Client-Cert", "X-Forwarded-Proto", "X-Forwarded-Port",
+                 "X-Forwarded-Clientcert-subjectdn", "X-Forwarded-Clientcert-clientverify"):
+        assert header_values(info, gone) == [], gone
+
+
+def test_optional_mtls_without_certificate(pki, spawn_kgated, backends):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a], mutual_auth="optional")
+    res = curl_urls(pki, d.port, ["/anon"], cert=None,
+                    extra=["-H", "X-Forwarded-Clientcert-subjectdn: CN=admin"])
+    assert res.returncode == 0, res.stderr
+    info = json.loads(parse_curl(res.stdout)[0][0])
+    assert header_values(info, "X-Forwarded-Clientcert-clientverify") == ["NONE"]
+    assert header_values(info, "X-Forwarded-Clientcert-subjectdn") == []
+    assert header_values(info, "Client-Cert") == []
+
+
+def test_no_client_certificate_is_refused(pki, spawn_kgated, backends):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    res = curl_urls(pki, d.port, ["/"], cert=None)
+    assert res.returncode != 0
+    assert a.requests == []
+
+
+SMUGGLING = [
+    ("CL and TE", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("two Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+     b"Content-Length: 41\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("Content-Length list", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n"
+     b"hello", 400),
+    ("TE not chunked last", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip"
+     b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("TE with space before colon", b"POST / HTTP/1.1\r\nHost: x\r\n"
+     b"Transfer-Encoding : chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n", 400),
+    ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400),
+    ("obs-fold TE", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n"
+     b"Content-Length: 3\r\n\r\n0\r\n\r\n", 400),
+    ("bare LF", b"GET / HTTP/1.1\nHost: x\n\nGET /smuggled HTTP/1.1\nHost: x\n\n", 400),
+    ("bare LF in a header", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", 400),
+    ("bare CR", b"GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n", 400),
+    ("no Host", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
+    ("two Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    ("absolute form", b"GET http://evil/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("HTTP/0.9", b"GET /\r\n\r\n", 400),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    ("garbage", b"\x16\x03\x01\x00\xff garbage\r\n\r\n", 400),
+    ("bad chunk size", b"POST /chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"zz\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize("name,request_bytes,status", SMUGGLING,
+                         ids=[c[0] for c in SMUGGLING])
+def test_smuggling_and_garbage_refused(pki, spawn_kgated, backends, raw_conns,
+                                       name, request_bytes, status):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    r = raw_conns(pki, d.port)
+    r.send(request_bytes)
+    got, headers, _ = r.response()
+    assert got == status
+    assert headers.get("connection") == "close"
+    assert r.closed()
+    assert "/smuggled" not in a.requests
+    assert len(a.requests) <= 1
+    assert d.alive()
+
+
+def test_header_limits_431(pki, spawn_kgated, backends, raw_conns):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a], http={"max_header_bytes": 4096, "max_headers": 20})
+    r = raw_conns(pki, d.port)
+    r.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+    assert r.response()[0] == 431
+    assert r.closed()
+    r = raw_conns(pki, d.port)
+    r.send(b"GET / HTTP/1.1\r\nHost: x\r\n" +
+           b"".join(b"X-%d: v\r\n" % i for i in range(30)) + b"\r\n")
+    assert r.response()[0] == 431
+    assert r.closed()
+    r = raw_conns(pki, d.port)
+    r.send(b"GET /fine HTTP/1.1\r\nHost: x\r\n" +
+           b"".join(b"X-%d: v\r\n" % i for i in range(10)) + b"\r\n")
+    assert r.response()[0] == 200
+    assert a.requests == ["/fine"]
+
+
+def test_request_timeout_408(pki, spawn_kgated, backends, raw_conns):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a], http={"request_timeout_ms": 300})
+    r = raw_conns(pki, d.port)
+    r.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # head never ends
+    status, headers, _ = r.response()
+    assert status == 408
+    assert r.closed()
+    assert a.requests == []
+
+
+def test_backends_down_502_and_unhealthy_503(pki, spawn_kgated, raw_conns):
+    d = start(spawn_kgated, pki, ["127.0.0.1:%d" % dead_port(),
+                                  "127.0.0.1:%d" % dead_port()])
+    r = raw_conns(pki, d.port)
+    r.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = r.response()
+    assert status == 502 and b"502" in body
+    assert r.closed()
+
+    d2 = start(spawn_kgated, pki, ["127.0.0.1:%d" % dead_port()],
+               health_check={"type": "tcp", "interval_ms": 100, "timeout_ms": 100,
+                             "unhealthy_threshold": 1, "unknown_is_up": False})
+    r = raw_conns(pki, d2.port)
+    r.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = r.response()
+    assert status == 503 and b"503" in body
+    assert r.closed()
+
+
+def test_failed_member_is_skipped(pki, spawn_kgated, backends):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, ["127.0.0.1:%d" % dead_port(), a])
+    res = curl_urls(pki, d.port, ["/1", "/2", "/3", "/4"])
+    out = parse_curl(res.stdout)
+    assert [s for _, _, s in out] == [200] * 4
+    assert sorted(a.requests) == ["/1", "/2", "/3", "/4"]
+
+
+def test_connection_close_and_http10(pki, spawn_kgated, backends, raw_conns):
+    a, b = backends("A", "B")
+    d = start(spawn_kgated, pki, [a, b])
+    r = raw_conns(pki, d.port)
+    r.send(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, headers, _ = r.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert r.closed()
+
+    r = raw_conns(pki, d.port)
+    r.send(b"GET /h10 HTTP/1.0\r\n\r\n")
+    status, headers, body = r.response()
+    assert status == 200 and json.loads(body)["path"] == "/h10"
+    assert r.closed()
+
+    r = raw_conns(pki, d.port)
+    r.send(b"GET /k1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, body1 = r.response()
+    assert status == 200 and headers["connection"] == "keep-alive"
+    r.send(b"GET /k2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, body2 = r.response()
+    assert status == 200
+    assert {json.loads(body1)["backend"], json.loads(body2)["backend"]} == {"A", "B"}
+
+
+def test_pipelined_requests_answered_in_order(pki, spawn_kgated, backends, raw_conns):
+    a, b = backends("A", "B")
+    d = start(spawn_kgated, pki, [a, b])
+    r = raw_conns(pki, d.port)
+    r.send(b"".join(b"GET /p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)) +
+           b"HEAD /p5 HTTP/1.1\r\nHost: x\r\n\r\n"
+           b"POST /p6 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+           b"GET /p7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    seen = []
+    for i in range(8):
+        status, headers, body = r.response(head_request=(i == 5))
+        assert status == 200
+        if i == 5:
+            assert body == b"" and int(headers["content-length"]) > 0
+            seen.append(None)
+        elif i == 6:
+            info = json.loads(body)
+            assert info["length"] == 3
+            assert info["sha256"] == hashlib.sha256(b"abc").hexdigest()
+            seen.append(info["backend"])
+        else:
+            info = json.loads(body)
+            assert info["path"] == "/p%d" % i
+            seen.append(info["backend"])
+    assert r.closed()
+    names = [n for n in seen if n]
+    assert all(x != y for x, y in zip(names, names[1:])), names
+
+
+def test_expect_100_continue(pki, spawn_kgated, backends, raw_conns):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    r = raw_conns(pki, d.port)
+    body = pattern(100000)
+    r.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+           b"Expect: 100-continue\r\n\r\n" % len(body))
+    status, _, _ = r.response()
+    assert status == 100
+    r.send(body)
+    status, _, resp = r.response()
+    assert status == 200
+    info = json.loads(resp)
+    assert info["length"] == len(body)
+    assert info["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_backend_pool_reuses_connections(pki, spawn_kgated, backends):
+    a, b = backends("A", "B")
+    d = start(spawn_kgated, pki, [a, b])
+    n = 30
+    # Separate client connections, so only the backend side can reuse.
+    for i in range(n):
+        res = curl_urls(pki, d.port, ["/n%d" % i])
+        assert res.returncode == 0 and parse_curl(res.stdout)[0][2] == 200
+    assert len(a.requests) + len(b.requests) == n
+    assert a.conns + b.conns <= 4, (a.conns, b.conns)
+
+
+def test_backend_closing_connections_are_not_reused(pki, spawn_kgated, backends):
+    a, b = backends("A", "B", close=True)
+    d = start(spawn_kgated, pki, [a, b])
+    res = curl_urls(pki, d.port, ["/c%d" % i for i in range(6)])
+    out = parse_curl(res.stdout)
+    assert [s for _, _, s in out] == [200] * 6
+    assert sum(c for _, c, _ in out) == 1
+    assert a.conns + b.conns == 6
+
+
+SIZE = 64 << 20
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_upload_64mib(pki, spawn_kgated, backends, tmp_path, chunked):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    path = tmp_path / "up.bin"
+    data = pattern(SIZE)
+    path.write_bytes(data)
+    extra = ["--data-binary", "@%s" % path, "-H", "Content-Type: application/octet-stream"]
+    if chunked:
+        extra += ["-H", "Transfer-Encoding: chunked"]
+    res = curl_urls(pki, d.port, ["/upload"], extra=extra, timeout=300)
+    assert res.returncode == 0, res.stderr
+    body, _, status = parse_curl(res.stdout)[0]
+    assert status == 200
+    info = json.loads(body)
+    assert info["length"] == SIZE
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_download_64mib(pki, spawn_kgated, backends, tmp_path, chunked):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    out = tmp_path / "down.bin"
+    q = "/download?size=%d%s" % (SIZE, "&chunked=1" if chunked else "")
+    cmd = ["curl", "-sS", "--max-time", "200", "--cacert", pki.ca,
+           "--resolve", "localhost:%d:127.0.0.1" % d.port,
+           "--cert", pki.cert("client"), "--key", pki.key("client"),
+           "-o", str(out), "-w", "%{http_code}", "https://localhost:%d%s" % (d.port, q)]
+    res = run(cmd, check=False, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "200"
+    assert out.stat().st_size == SIZE
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    assert h.hexdigest() == hashlib.sha256(pattern(SIZE)).hexdigest()
+
+
+def test_access_log(pki, spawn_kgated, backends):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    curl_urls(pki, d.port, ["/quiet"])
+    assert "access:" not in d.log()
+    d2 = start(spawn_kgated, pki, [a], name="logged", http={"access_log": "on"})
+    curl_urls(pki, d2.port, ["/x1", "/x2"])
+    assert d2.wait_log("access:", 2)
+    line = [l for l in d2.log().splitlines() if "access:" in l][0]
+    assert "listener=logged" in line and '"GET /x1"' in line and "status=200" in line
+    assert "backend=%s" % a.address in line and "CN=client1" in line
+
+
+@pytest.mark.parametrize("listener,message", [
+    ({"protocol": "tls", "http": {}}, "only for protocol \"https\""),
+    ({"http": {"headers": ["X-Nope"]}}, "unknown header"),
+    ({"http": {"fingerprint": "md5"}}, "must be one of"),
+    ({"forwarding": "splice"}, "not available for protocol \"https\""),
+    ({"http": {"max_header_bytes": 10}}, "must be 1024-65536"),
+])
+def test_config_errors(pki, tmp_path, listener, message):
+    lst = https_listener(pki, ["127.0.0.1:9"])
+    lst.update(listener)
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps(base_config(pki, [lst])))
+    from conftest import KGATED
+    res = run([KGATED, "--check", "--config", str(cfg)], check=False)
+    if res.returncode == 0:
+        res = run([KGATED, "--config", str(cfg)], check=False, timeout=10)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr

@@ -194,9 +194,11 @@ static int check_head(struct kg_http_msg *m, const char **why)
 		*why = hosts ? "more than one Host header" : "HTTP/1.1 request without Host";
 		return 400;
 	}
-	if (m->url.len == 0 || m->base[m->url.off] != '/') {
-		/* Only origin-form: kgate is not a forward proxy, and
-		 * absolute-form would let the authority disagree with Host. */
+	bool asterisk = m->url.len == 1 && m->base[m->url.off] == '*' &&
+			m->parser.method == HTTP_OPTIONS;
+	if (!asterisk && (m->url.len == 0 || m->base[m->url.off] != '/')) {
+		/* Only origin-form (and OPTIONS *): kgate is not a forward proxy,
+		 * and absolute-form would let the authority disagree with Host. */
 		*why = "request target is not a path";
 		return 400;
 	}
@@ -250,10 +252,12 @@ enum kg_http_step kg_http_eof(struct kg_http_msg *m)
 {
 	if (m->phase != KG_HTTP_PHASE_BODY)
 		return KG_HTTP_ERROR;
-	if (llhttp_finish(&m->parser) != HPE_OK && llhttp_get_errno(&m->parser) != HPE_PAUSED)
-		return KG_HTTP_ERROR;
-	/* llhttp_finish completes only messages that end with the connection. */
+	/* Only a message whose body runs to the connection's end is complete
+	 * now; on_message_complete pauses, so finish may say so. */
 	if (!llhttp_message_needs_eof(&m->parser))
+		return KG_HTTP_ERROR;
+	llhttp_errno_t e = llhttp_finish(&m->parser);
+	if (e != HPE_OK && e != HPE_PAUSED)
 		return KG_HTTP_ERROR;
 	m->phase = KG_HTTP_PHASE_DONE;
 	return KG_HTTP_DONE;

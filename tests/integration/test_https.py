@@ -682,3 +682,91 @@ def test_config_errors(pki, tmp_path, listener, message):
         res = run([KGATED, "--config", str(cfg)], check=False, timeout=10)
     assert res.returncode != 0
     assert message in res.stderr, res.stderr
+
+
+class RawBackend:
+    """One-connection-at-a-time backend with a fixed answer to every
+    request head: close-delimited bodies, or no answer at all."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.heads = []
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                except OSError:
+                    continue
+                self.heads.append(data)
+                if self.answer:
+                    conn.sendall(self.answer)
+
+    def close(self):
+        self.stop = True
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_backend():
+    made = []
+
+    def make(answer):
+        b = RawBackend(answer)
+        made.append(b)
+        return b
+    yield make
+    for b in made:
+        b.close()
+
+
+def test_close_delimited_response(pki, spawn_kgated, raw_backend, raw_conns):
+    body = pattern(300000)
+    be = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Type: x/y\r\n\r\n" + body)
+    d = start(spawn_kgated, pki, [be])
+    r = raw_conns(pki, d.port)
+    r.send(b"GET /cd HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, got = r.response()
+    assert status == 200
+    assert headers["connection"] == "close"
+    assert got == body
+
+
+def test_backend_closing_without_answer_gets_502(pki, spawn_kgated, raw_backend, raw_conns):
+    be = raw_backend(None)
+    d = start(spawn_kgated, pki, [be])
+    r = raw_conns(pki, d.port)
+    r.send(b"GET /silent HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = r.response()
+    assert status == 502 and b"502" in body
+    assert r.closed()
+    assert len(be.heads) == 1 and be.heads[0].startswith(b"GET /silent HTTP/1.1\r\n")
+
+
+def test_malformed_backend_response_gets_502(pki, spawn_kgated, raw_backend, raw_conns):
+    be = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+    d = start(spawn_kgated, pki, [be])
+    r = raw_conns(pki, d.port)
+    r.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.response()[0] == 502
+    assert r.closed()

@@ -178,6 +178,16 @@ static const struct bad_case bad[] = {
 	{DOC2("", ",'name':'web2'"), "listeners[1].port: address and port already used by listeners[0]"},
 	{DOC2(",'bind':'0.0.0.0'", ",'name':'web2'"), "listeners[1].port: address and port already used by listeners[0]"},
 	{DOC2(",'bind':'::1'", ",'name':'web2','bind':'::'"), "listeners[1].port: address and port already used"},
+	/* https "http" object */
+	{DOC(",'http':{}"), "listeners[0].http: only for protocol \"https\""},
+	{DOC(",'protocol':'https','http':{'headers':['X-Nope']}"), "listeners[0].http.headers[0]: unknown header \"X-Nope\""},
+	{DOC(",'protocol':'https','http':{'headers':['client-cert','Client-Cert']}"), "listeners[0].http.headers[1]: \"Client-Cert\" is listed twice"},
+	{DOC(",'protocol':'https','http':{'headers':[1]}"), "listeners[0].http.headers[0]: expected a string"},
+	{DOC(",'protocol':'https','http':{'fingerprint':'md5'}"), "listeners[0].http.fingerprint: must be one of \"sha1\", \"sha256\""},
+	{DOC(",'protocol':'https','http':{'access_log':true}"), "listeners[0].http.access_log: expected a string"},
+	{DOC(",'protocol':'https','http':{'max_header_bytes':100}"), "listeners[0].http.max_header_bytes: must be 1024-65536"},
+	{DOC(",'protocol':'https','http':{'pool_max_idle':2000}"), "listeners[0].http.pool_max_idle: must be 0-1024"},
+	{DOC(",'protocol':'https','http':{'keepalive':1}"), "listeners[0].http.keepalive: unknown key"},
 };
 
 #define N_BAD (sizeof(bad) / sizeof(bad[0]))
@@ -288,6 +298,41 @@ Test(config, health_check_http_keys)
 	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
 		cr_expect_eq(kg_health_status_expected(h, codes[i].code), codes[i].expected,
 			     "status %u", codes[i].code);
+	kg_config_free(cfg);
+}
+
+Test(config, https_http_keys)
+{
+	char err[512];
+	struct kg_config *cfg = parse(DOC(",'protocol':'https'"), err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	const struct kg_http_conf *h = &cfg->listeners[0].http;
+	cr_expect_eq(h->headers, ((1u << KG_HDR_COUNT) - 1) & ~(1u << KG_HDR_CLIENT_CERT_CHAIN));
+	cr_expect_eq(h->fingerprint, KG_FP_SHA1);
+	cr_expect_not(h->access_log);
+	cr_expect_eq(h->max_header_bytes, 16384);
+	cr_expect_eq(h->pool_max_idle, 16);
+	kg_config_free(cfg);
+
+	cfg = parse(DOC(",'protocol':'https','http':{'headers':['client-cert-chain',"
+			"'X-FORWARDED-FOR'],'fingerprint':'sha256','access_log':'on',"
+			"'access_log_sample':10,'max_header_bytes':2048,'max_headers':20,"
+			"'request_timeout_ms':1,'keepalive_timeout_ms':2,'response_timeout_ms':3,"
+			"'pool_max_idle':0,'pool_idle_timeout_ms':4}"),
+		    err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	h = &cfg->listeners[0].http;
+	cr_expect_eq(h->headers, (1u << KG_HDR_CLIENT_CERT_CHAIN) | (1u << KG_HDR_X_FORWARDED_FOR));
+	cr_expect_eq(h->fingerprint, KG_FP_SHA256);
+	cr_expect(h->access_log);
+	cr_expect_eq(h->access_log_sample, 10);
+	cr_expect_eq(h->max_header_bytes, 2048);
+	cr_expect_eq(h->max_headers, 20);
+	cr_expect_eq(h->request_timeout_ms, 1);
+	cr_expect_eq(h->keepalive_timeout_ms, 2);
+	cr_expect_eq(h->response_timeout_ms, 3);
+	cr_expect_eq(h->pool_max_idle, 0);
+	cr_expect_eq(h->pool_idle_timeout_ms, 4);
 	kg_config_free(cfg);
 }
 

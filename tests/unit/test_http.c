@@ -1,0 +1,288 @@
+/* http.c: llhttp glue (what is refused with which status, where heads and
+ * messages end, fed in one piece and byte by byte), head rewriting, and
+ * backend_pool.c's bounds. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+
+#include "backend_pool.h"
+#include "certgen.h"
+#include "http.h"
+
+struct req_case {
+	const char *name;
+	const char *bytes;
+	int status; /* 0: accepted */
+};
+
+static const struct req_case reqs[] = {
+	{"simple GET", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0},
+	{"HTTP/1.0 without Host", "GET / HTTP/1.0\r\n\r\n", 0},
+	{"body by length", "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", 0},
+	{"chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 0},
+	{"CL and TE", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
+	{"TE and CL", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400},
+	{"two CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400},
+	{"CL list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3,3\r\n\r\nabc", 400},
+	{"TE gzip", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400},
+	{"TE in 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+	{"obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\t2\r\n\r\n", 400},
+	{"bare LF", "GET / HTTP/1.1\nHost: a\n\n", 400},
+	{"bare CR", "GET / HTTP/1.1\r\nHost: a\rX: 1\r\n\r\n", 400},
+	{"space before colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400},
+	{"no Host in 1.1", "GET / HTTP/1.1\r\n\r\n", 400},
+	{"two Host", "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400},
+	{"absolute form", "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+	{"asterisk form", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 0},
+	{"asterisk GET", "GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+	{"HTTP/0.9", "GET /\r\n\r\n", 400},
+	{"HTTP/2.0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400},
+	{"control byte in value", "GET / HTTP/1.1\r\nHost: a\x01\r\n\r\n", 400},
+	{"too many fields", "GET / HTTP/1.1\r\nHost: a\r\n1: a\r\n2: a\r\n3: a\r\n4: a\r\n5: a\r\n"
+	 "6: a\r\n7: a\r\n8: a\r\n\r\n", 431},
+	{"bad chunk size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
+};
+
+#define N_REQS (sizeof(reqs) / sizeof(reqs[0]))
+
+/* Runs a whole request through the parser, in pieces of `step` bytes kept
+ * in one buffer (as forward_http.c does). Returns 0 when the message
+ * completed, else the refusal status; *head_len and *done_at on success. */
+static int run_request(const char *text, size_t step, uint32_t *head_len, size_t *done_at)
+{
+	struct kg_http_msg m;
+	cr_assert_eq(kg_http_msg_init(&m, true, 8), 0);
+	const unsigned char *buf = (const unsigned char *)text;
+	size_t len = strlen(text), have = 0, parsed = 0;
+	int result = -1;
+	while (result < 0) {
+		size_t used;
+		int status = 0;
+		const char *why = NULL;
+		enum kg_http_step st = kg_http_feed(&m, buf, buf + parsed, have - parsed, &used,
+						    &status, &why);
+		parsed += used;
+		if (st == KG_HTTP_ERROR) {
+			cr_assert_not_null(why);
+			result = status;
+		} else if (st == KG_HTTP_HEAD) {
+			*head_len = m.head_len;
+		} else if (st == KG_HTTP_DONE) {
+			*done_at = parsed;
+			result = 0;
+		} else if (have == len) {
+			result = 999; /* incomplete */
+		} else {
+			have = have + step > len ? len : have + step;
+		}
+	}
+	kg_http_msg_free(&m);
+	return result;
+}
+
+TC_INDEX_PARAMS(http, requests, N_REQS)
+
+ParameterizedTest(size_t *i, http, requests)
+{
+	const struct req_case *c = &reqs[*i];
+	size_t steps[] = {strlen(c->bytes), 1, 7};
+	for (size_t s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
+		uint32_t head_len = 0;
+		size_t done_at = 0;
+		int r = run_request(c->bytes, steps[s], &head_len, &done_at);
+		cr_expect_eq(r, c->status, "%s (step %zu): got %d, want %d", c->name, steps[s], r,
+			     c->status);
+		if (r == 0) {
+			cr_expect_eq(done_at, strlen(c->bytes), "%s", c->name);
+			const char *end = strstr(c->bytes, "\r\n\r\n");
+			cr_expect_eq(head_len, (uint32_t)(end - c->bytes + 4), "%s", c->name);
+		}
+	}
+}
+
+/* Pipelined requests: each message ends where the next begins. */
+Test(http, pipelined_messages_end_exactly)
+{
+	const char *text = "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+			   "GET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+	struct kg_http_msg m;
+	cr_assert_eq(kg_http_msg_init(&m, true, 8), 0);
+	const unsigned char *p = (const unsigned char *)text;
+	size_t len = strlen(text), used;
+	int status;
+	const char *why;
+	cr_assert_eq(kg_http_feed(&m, p, p, len, &used, &status, &why), KG_HTTP_HEAD);
+	size_t pos = used;
+	cr_expect(kg_http_has_body(&m));
+	cr_assert_eq(kg_http_feed(&m, p, p + pos, len - pos, &used, &status, &why), KG_HTTP_DONE);
+	pos += used;
+	cr_expect_eq(pos, strlen("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"));
+	kg_http_next(&m);
+	/* the next head is parsed from the buffer's start, like after compaction */
+	const unsigned char *q = p + pos;
+	cr_assert_eq(kg_http_feed(&m, q, q, len - pos, &used, &status, &why), KG_HTTP_HEAD);
+	cr_expect_not(kg_http_has_body(&m));
+	cr_expect_eq(m.url.len, 2);
+	cr_expect_eq(memcmp(q + m.url.off, "/b", 2), 0);
+	cr_assert_eq(kg_http_feed(&m, q, q + used, len - pos - used, &used, &status, &why),
+		     KG_HTTP_DONE);
+	kg_http_msg_free(&m);
+}
+
+static char *rebuild(const char *text, bool request, const char *extra)
+{
+	struct kg_http_msg m;
+	struct kg_buf out = {0};
+	size_t used;
+	int status = 0;
+	const char *why;
+	const unsigned char *p = (const unsigned char *)text;
+	cr_assert_eq(kg_http_msg_init(&m, request, 32), 0);
+	cr_assert_eq(kg_http_feed(&m, p, p, strlen(text), &used, &status, &why), KG_HTTP_HEAD,
+		     "%s", text);
+	if (request)
+		cr_assert_eq(kg_http_build_request(&out, &m, extra, strlen(extra)), 0);
+	else
+		cr_assert_eq(kg_http_build_response(&out, &m, extra[0] == 'c', extra[0] == 'k'), 0);
+	cr_assert_eq(kg_buf_add(&out, "", 1), 0);
+	kg_http_msg_free(&m);
+	return out.data;
+}
+
+Test(http, request_head_rewritten)
+{
+	char *s = rebuild("POST /p?q=1 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Hop, "
+			  "Content-Length\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
+			  "Upgrade: websocket\r\nx-forwarded-for: 6.6.6.6\r\nCLIENT-CERT: :AA:\r\n"
+			  "X-Forwarded-Clientcert-subjectdn: CN=x\r\nContent-Length: 2\r\n"
+			  "X-Keep: yes\r\n\r\nhi",
+			  true, "X-Forwarded-For: 1.2.3.4\r\n");
+	cr_expect_str_eq(s, "POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
+			    "X-Keep: yes\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
+	free(s);
+	s = rebuild("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true, "");
+	cr_expect_str_eq(s, "GET / HTTP/1.0\r\n\r\n");
+	free(s);
+}
+
+Test(http, response_head_rewritten)
+{
+	char *s = rebuild("HTTP/1.1 200 OK\r\nConnection: close, X-B\r\nX-B: 1\r\n"
+			  "Content-Length: 0\r\n\r\n", false, "-");
+	cr_expect_str_eq(s, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+	free(s);
+	s = rebuild("HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n", false, "close");
+	cr_expect_str_eq(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+	free(s);
+	s = rebuild("HTTP/1.1 204 No Content\r\n\r\n", false, "keep");
+	cr_expect_str_eq(s, "HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n");
+	free(s);
+}
+
+Test(http, response_framing)
+{
+	struct kg_http_msg m;
+	size_t used;
+	int status;
+	const char *why;
+	const char *close_delim = "HTTP/1.1 200 OK\r\n\r\nbody until close";
+	const unsigned char *p = (const unsigned char *)close_delim;
+	cr_assert_eq(kg_http_msg_init(&m, false, 8), 0);
+	cr_assert_eq(kg_http_feed(&m, p, p, strlen(close_delim), &used, &status, &why),
+		     KG_HTTP_HEAD);
+	cr_expect(kg_http_needs_eof(&m));
+	size_t pos = used;
+	cr_expect_eq(kg_http_feed(&m, p, p + pos, strlen(close_delim) - pos, &used, &status,
+				  &why), KG_HTTP_MORE);
+	cr_expect_eq(kg_http_eof(&m), KG_HTTP_DONE);
+
+	/* A response to HEAD has no body whatever Content-Length says. */
+	const char *head = "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+	p = (const unsigned char *)head;
+	kg_http_restart(&m);
+	m.head_only_response = true;
+	cr_assert_eq(kg_http_feed(&m, p, p, strlen(head), &used, &status, &why), KG_HTTP_HEAD);
+	cr_expect_not(kg_http_needs_eof(&m));
+	cr_expect_eq(kg_http_feed(&m, p, p + used, 0, &used, &status, &why), KG_HTTP_DONE);
+	cr_expect_eq(kg_http_status(&m), 200);
+	cr_expect(kg_http_keep_alive(&m));
+
+	/* EOF in the middle of a Content-Length body is an error. */
+	const char *cut = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+	p = (const unsigned char *)cut;
+	kg_http_restart(&m);
+	cr_assert_eq(kg_http_feed(&m, p, p, strlen(cut), &used, &status, &why), KG_HTTP_HEAD);
+	size_t at = used;
+	cr_expect_eq(kg_http_feed(&m, p, p + at, strlen(cut) - at, &used, &status, &why),
+		     KG_HTTP_MORE);
+	cr_expect_eq(kg_http_eof(&m), KG_HTTP_ERROR);
+	kg_http_msg_free(&m);
+}
+
+Test(http, error_responses)
+{
+	struct kg_buf out = {0};
+	int codes[] = {400, 408, 431, 502, 503, 504};
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+		cr_assert_eq(kg_http_build_error(&out, codes[i]), 0);
+		cr_assert_eq(kg_buf_add(&out, "", 1), 0);
+		char want[64];
+		snprintf(want, sizeof(want), "HTTP/1.1 %d %s\r\n", codes[i], kg_http_reason(codes[i]));
+		cr_expect_eq(strncmp(out.data, want, strlen(want)), 0, "%s", out.data);
+		cr_expect_not_null(strstr(out.data, "\r\nConnection: close\r\n"));
+	}
+	kg_buf_free(&out);
+}
+
+/* ---- backend_pool.c ---- */
+
+static struct sockaddr_storage addr_of(const char *text, socklen_t *len)
+{
+	struct sockaddr_storage a;
+	cr_assert_eq(kg_parse_hostport(text, &a, len), 0);
+	return a;
+}
+
+Test(backend_pool, bounded_lifo_keyed_by_slot_and_address)
+{
+	socklen_t la, lb;
+	struct sockaddr_storage a = addr_of("127.0.0.1:9001", &la);
+	struct sockaddr_storage b = addr_of("127.0.0.1:9002", &lb);
+	struct kg_backend_pool *p = kg_backend_pool_create();
+	cr_assert_not_null(p);
+
+	int pairs[3][2];
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, pairs[i]), 0);
+	cr_expect(kg_backend_pool_put(p, 0, &a, la, pairs[0][0], 2, 1000, 0));
+	cr_expect(kg_backend_pool_put(p, 0, &a, la, pairs[1][0], 2, 1000, 10));
+	cr_expect_not(kg_backend_pool_put(p, 0, &a, la, pairs[2][0], 2, 1000, 20),
+		      "bounded per slot and address");
+	cr_expect_not(kg_backend_pool_put(p, 0, &b, lb, pairs[2][0], 0, 1000, 20), "pool off");
+	cr_expect_eq(kg_backend_pool_count(p), 2);
+	cr_expect_eq(kg_backend_pool_take(p, 0, &b, lb), -1, "other address");
+	cr_expect_eq(kg_backend_pool_take(p, 1, &a, la), -1, "other listener slot");
+	cr_expect_eq(kg_backend_pool_take(p, 0, &a, la), pairs[1][0], "most recent first");
+	cr_expect(kg_backend_pool_put(p, 0, &a, la, pairs[1][0], 2, 1000, 500));
+
+	/* a socket the peer closed is dropped when taken */
+	close(pairs[1][1]);
+	cr_expect_eq(kg_backend_pool_take(p, 0, &a, la), pairs[0][0]);
+	cr_expect_eq(kg_backend_pool_count(p), 0);
+
+	cr_expect(kg_backend_pool_put(p, 0, &a, la, pairs[0][0], 2, 1000, 0));
+	kg_backend_pool_expire(p, 999);
+	cr_expect_eq(kg_backend_pool_count(p), 1);
+	kg_backend_pool_expire(p, 1000);
+	cr_expect_eq(kg_backend_pool_count(p), 0, "idle timeout");
+	close(pairs[0][1]);
+	close(pairs[2][0]);
+	close(pairs[2][1]);
+	kg_backend_pool_destroy(p);
+	kg_backend_pool_destroy(NULL);
+}

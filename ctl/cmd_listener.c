@@ -33,23 +33,32 @@ static const struct opt_key settable[] = {
 
 #define SETTABLE_OPTS " cert ca mutual-auth scheduler forwarding verify-depth " \
 	"handshake-timeout-ms idle-timeout-ms connect-timeout-ms max-connections connect-retries " \
-	"health-check "
+	"health-check http "
+
+/* Options whose value is an object of the schema, given as JSON; "none"
+ * removes it. */
+static const struct {
+	const char *opt, *key, *example;
+} json_opts[] = {
+	{"health-check", "health_check", "'{\"type\": \"tcp\", \"interval_ms\": 2000}'"}, /* README "Health checks" */
+	{"http", "http", "'{\"access_log\": \"on\"}'"}, /* README "https listeners" */
+};
 
 /* Copies the settable options present in f into obj. -1 after an error. */
 static int put_settable(const char *verb, const struct kg_flags *f, json_object *obj)
 {
-	const char *hc = kg_flag(f, "health-check");
-	if (hc) {
-		/* The health_check object of the schema, as JSON (README "Health
-		 * checks"); "none" removes it. */
-		json_object *v = strcmp(hc, "none") == 0 ? NULL : json_tokener_parse(hc);
-		if (strcmp(hc, "none") != 0 && !json_object_is_type(v, json_type_object)) {
+	for (size_t i = 0; i < sizeof(json_opts) / sizeof(json_opts[0]); i++) {
+		const char *text = kg_flag(f, json_opts[i].opt);
+		if (!text)
+			continue;
+		json_object *v = strcmp(text, "none") == 0 ? NULL : json_tokener_parse(text);
+		if (strcmp(text, "none") != 0 && !json_object_is_type(v, json_type_object)) {
 			json_object_put(v);
-			kg_fail(KG_EXIT_USAGE, "listener %s: --health-check: expected a JSON object "
-				"such as '{\"type\": \"tcp\", \"interval_ms\": 2000}' or none", verb);
+			kg_fail(KG_EXIT_USAGE, "listener %s: --%s: expected a JSON object such as %s "
+				"or none", verb, json_opts[i].opt, json_opts[i].example);
 			return -1;
 		}
-		json_object_object_add(obj, "health_check", v);
+		json_object_object_add(obj, json_opts[i].key, v);
 	}
 	for (const struct opt_key *o = settable; o->opt; o++) {
 		const char *v = kg_flag(f, o->opt);
@@ -202,18 +211,18 @@ static int listener_delete(struct kg_cli *cli, int argc, char **argv)
 
 static const struct kg_cmd listener_cmds[] = {
 	{"create", listener_create,
-	 "--name NAME --protocol tls|tcp --port N [--bind ADDR] [--cert NAME] "
+	 "--name NAME --protocol tls|https|tcp --port N [--bind ADDR] [--cert NAME] "
 	 "[--mutual-auth required|optional|off] [--ca NAME] [--verify-depth N] [--scheduler rr|wrr] "
 	 "[--forwarding auto|splice|sockmap|userspace] [--handshake-timeout-ms N] "
 	 "[--idle-timeout-ms N] [--connect-timeout-ms N] [--max-connections N] "
-	 "[--connect-retries N] [--health-check JSON] --backend HOST:PORT[,weight=W] ...",
+	 "[--connect-retries N] [--health-check JSON] [--http JSON] --backend HOST:PORT[,weight=W] ...",
 	 "create and start a listener (bind defaults to 0.0.0.0; port 0 lets the kernel choose)"},
 	{"list", listener_list, "[-o json]", "listeners: address, state, certificates, backends, active connections"},
 	{"show", listener_show, "NAME [-o json]", "settings, counters and each backend's weight and state"},
 	{"update", listener_update,
 	 "NAME [--cert NAME] [--ca NAME|none] [--mutual-auth M] [--verify-depth N] [--scheduler S] "
 	 "[--forwarding F] [--handshake-timeout-ms N] [--idle-timeout-ms N] [--connect-timeout-ms N] "
-	 "[--max-connections N] [--connect-retries N] [--health-check JSON|none]",
+	 "[--max-connections N] [--connect-retries N] [--health-check JSON|none] [--http JSON|none]",
 	 "change settings; new connections use them, open ones keep theirs"},
 	{"stop", listener_stop, "NAME", "stop accepting (open connections finish); kept in the state"},
 	{"start", listener_start, "NAME", "accept again"},

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """A tiny HTTP/1.1 backend for the demo and the health-check tests: answers
-every GET with "backend=NAME" (status --status, after --delay-ms). Prints
+every GET with "backend=NAME" (status --status, after --delay-ms), plus
+"client=DN" when an https listener sent the client's subject. Prints
 "listening on PORT" once bound (port 0 = any)."""
 import argparse
 import http.server
@@ -23,11 +24,16 @@ def main():
         def do_GET(self):
             if args.delay_ms:
                 time.sleep(args.delay_ms / 1000)
+            out = body
+            # Behind an https listener: say who kgate says the client is.
+            client = self.headers.get("X-Forwarded-Clientcert-subjectdn")
+            if client:
+                out = body[:-1] + f" client={client}\n".encode()
             self.send_response(args.status)
             self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(out)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(out)
 
         def log_message(self, *a):
             pass

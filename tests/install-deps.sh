@@ -6,7 +6,8 @@ set -euo pipefail
 
 build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc
 	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp)
-test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db)
+test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db
+	chromium libnss3-tools)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;

@@ -136,7 +136,11 @@ void kg_http_next(struct kg_http_msg *m)
 	m->phase = KG_HTTP_PHASE_HEAD;
 	bool mid_body = m->head_only_response;
 	m->head_only_response = false;
-	if (!mid_body && llhttp_get_errno(&m->parser) == HPE_PAUSED)
+	/* After an Upgrade request llhttp would treat the rest as another
+	 * protocol; kgate does not upgrade, so the next message is parsed
+	 * from a fresh state. */
+	if (!mid_body && llhttp_get_errno(&m->parser) == HPE_PAUSED &&
+	    !llhttp_get_upgrade(&m->parser))
 		llhttp_resume(&m->parser);
 	else
 		llhttp_reset(&m->parser);
@@ -232,6 +236,13 @@ enum kg_http_step kg_http_feed(struct kg_http_msg *m, const unsigned char *base,
 			llhttp_resume(&m->parser);
 			return KG_HTTP_HEAD;
 		}
+		m->phase = KG_HTTP_PHASE_DONE;
+		return KG_HTTP_DONE;
+	}
+	if (e == HPE_PAUSED_UPGRADE && m->phase == KG_HTTP_PHASE_BODY) {
+		/* An Upgrade request ends here like any other: kgate drops the
+		 * Upgrade header, so the backend answers it as plain HTTP. */
+		*used = (size_t)((const unsigned char *)llhttp_get_error_pos(&m->parser) - data);
 		m->phase = KG_HTTP_PHASE_DONE;
 		return KG_HTTP_DONE;
 	}

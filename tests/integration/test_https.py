@@ -770,3 +770,17 @@ def test_malformed_backend_response_gets_502(pki, spawn_kgated, raw_backend, raw
     r.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert r.response()[0] == 502
     assert r.closed()
+
+
+def test_upgrade_request_is_served_as_plain_http(pki, spawn_kgated, backends, raw_conns):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    r = raw_conns(pki, d.port)
+    r.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+           b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = r.response()
+    assert status == 200
+    info = json.loads(body)
+    assert header_values(info, "Upgrade") == [] and header_values(info, "Connection") == []
+    status, _, body = r.response()
+    assert status == 200 and json.loads(body)["path"] == "/after"

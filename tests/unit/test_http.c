@@ -45,6 +45,8 @@ static const struct req_case reqs[] = {
 	{"control byte in value", "GET / HTTP/1.1\r\nHost: a\x01\r\n\r\n", 400},
 	{"too many fields", "GET / HTTP/1.1\r\nHost: a\r\n1: a\r\n2: a\r\n3: a\r\n4: a\r\n5: a\r\n"
 	 "6: a\r\n7: a\r\n8: a\r\n\r\n", 431},
+	{"upgrade request", "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 0},
+	{"CONNECT", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 400},
 	{"bad chunk size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
 };
 

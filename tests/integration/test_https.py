@@ -90,6 +90,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._record()
         url = urllib.parse.urlsplit(self.path)
         q = urllib.parse.parse_qs(url.query)
+        if url.path in self.server.kg_routes:
+            ctype, body = self.server.kg_routes[url.path]
+            self._reply(body, ctype=ctype)
+            return
+        if url.path == "/who":
+            self._reply(("backend=%s" % self.server.kg_name).encode(), ctype="text/plain")
+            return
         if url.path == "/download":
             self._reply(pattern(int(q["size"][0])), chunked="chunked" in q,
                         ctype="application/octet-stream")
@@ -116,15 +123,18 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class KeepAliveBackend:
-    """HTTP/1.1 keep-alive backend: counts connections, records paths."""
+    """HTTP/1.1 keep-alive backend: counts connections, records paths.
+    GET /who answers "backend=NAME"; routes maps more paths to fixed
+    (content type, body) answers."""
 
-    def __init__(self, name, close=False):
+    def __init__(self, name, close=False, routes=None):
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.kg_name = name
         self.server.kg_lock = threading.Lock()
         self.server.kg_conns = 0
         self.server.kg_requests = []
         self.server.kg_close = close
+        self.server.kg_routes = routes or {}
         self.address = "127.0.0.1:%d" % self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        kwargs={"poll_interval": 0.05}, daemon=True)

@@ -10,17 +10,16 @@ when the AutoSelectCertificateForUrls policy says so; Linux Chromium reads
 policies only from /etc/chromium/policies/managed, so the test writes one
 file there for its own origin and removes it afterwards. Chromium exits 0
 even when a page fails: the assertions are on the DOM it dumps."""
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
-import threading
 
 import pytest
 
 from conftest import base_config, run, tls_listener
+from test_https import KeepAliveBackend
 
 POLICY_DIR = "/etc/chromium/policies/managed"
 
@@ -39,51 +38,9 @@ PAGE = b"""<html><head><link rel="icon" href="data:,"></head><body>
 </script></body></html>"""
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        if self.path == "/":
-            body, ctype = PAGE, "text/html"
-        else:
-            body, ctype = ("backend=%s" % self.server.kg_name).encode(), "text/plain"
-        with self.server.kg_lock:
-            self.server.kg_paths.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-class PageBackend:
-    def __init__(self, name):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.daemon_threads = True
-        self.server.kg_name = name
-        self.server.kg_lock = threading.Lock()
-        self.server.kg_paths = []
-        self.address = "127.0.0.1:%d" % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def paths(self):
-        with self.server.kg_lock:
-            return list(self.server.kg_paths)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def page_backends():
-    made = [PageBackend("A"), PageBackend("B")]
+    made = [KeepAliveBackend(n, routes={"/": ("text/html", PAGE)}) for n in ("A", "B")]
     yield made
     for b in made:
         b.close()
@@ -179,5 +136,5 @@ def test_browser_without_certificate_fails(pki, spawn_kgated, page_backends, tmp
     cert_policy(origin)
     dom = chromium_dom(nss_home(tmp_path, pki, False), tmp_path, origin + "/")
     assert "RESULT" not in dom and "backend=" not in dom, dom[:2000]
-    assert a.paths == [] and b.paths == []
+    assert a.requests == [] and b.requests == []
     assert d.wait_log("handshake failed")

@@ -684,7 +684,7 @@ static int parse_http(struct parser *p, const char *lpath, struct json_object *l
 	h->request_timeout_ms = 10000;
 	h->keepalive_timeout_ms = 60000;
 	h->response_timeout_ms = 60000;
-	h->pool_max_idle = 16;
+	h->pool_max_idle = 64;
 	h->pool_idle_timeout_ms = 10000;
 
 	member_path(path, lpath, "http");

@@ -99,7 +99,7 @@ struct kg_http_conf {
 	unsigned request_timeout_ms;   /* first byte to end of head; default 10000 (408) */
 	unsigned keepalive_timeout_ms; /* idle between requests; default 60000 */
 	unsigned response_timeout_ms;  /* request sent to response head, and between bytes; default 60000 (504) */
-	unsigned pool_max_idle;        /* idle backend connections per member and worker; default 16 */
+	unsigned pool_max_idle;        /* idle backend connections per member and worker; default 64 */
 	unsigned pool_idle_timeout_ms; /* default 10000 */
 };
 

@@ -311,7 +311,7 @@ Test(config, https_http_keys)
 	cr_expect_eq(h->fingerprint, KG_FP_SHA1);
 	cr_expect_not(h->access_log);
 	cr_expect_eq(h->max_header_bytes, 16384);
-	cr_expect_eq(h->pool_max_idle, 16);
+	cr_expect_eq(h->pool_max_idle, 64);
 	kg_config_free(cfg);
 
 	cfg = parse(DOC(",'protocol':'https','http':{'headers':['client-cert-chain',"

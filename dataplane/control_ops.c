@@ -847,7 +847,7 @@ static json_object *op_listener_create(struct kg_ops *ops, json_object *args)
 static const char *const updatable[] = {
 	"certificate", "ca", "mutual_auth", "verify_depth", "scheduler", "forwarding",
 	"handshake_timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "max_connections",
-	"connect_retries", "health_check", NULL};
+	"connect_retries", "health_check", "http", NULL};
 
 /* Runs edit on a copy of the listener's document entry, then transacts. */
 static json_object *edit_listener(struct kg_ops *ops, const char *name,

@@ -794,3 +794,30 @@ def test_upgrade_request_is_served_as_plain_http(pki, spawn_kgated, backends, ra
     assert header_values(info, "Upgrade") == [] and header_values(info, "Connection") == []
     status, _, body = r.response()
     assert status == 200 and json.loads(body)["path"] == "/after"
+
+
+def test_https_listener_created_and_updated_live(pki, spawn_kgated, backends, tmp_path):
+    from conftest import KGATECTL
+    a, b = backends("A", "B")
+    state = str(tmp_path / "state")
+    d = spawn_kgated(base_config(pki, []), args=["--state-dir", state])
+    ctl = [KGATECTL, "--socket", os.path.join(state, "control.sock")]
+    run(ctl + ["listener", "create", "--name", "live", "--protocol", "https", "--port", "0",
+               "--bind", "127.0.0.1", "--cert", "web", "--ca", "clients",
+               "--http", '{"headers": ["X-Forwarded-Proto"], "access_log": "on"}',
+               "--backend", a.address, "--backend", b.address])
+    show = json.loads(run(ctl + ["-o", "json", "listener", "show", "live"]).stdout)
+    assert show["protocol"] == "https"
+    port = int(show["address"].rsplit(":", 1)[1])
+    out = parse_curl(curl_urls(pki, port, ["/l1", "/l2"]).stdout)
+    infos = [json.loads(body) for body, _, _ in out]
+    assert {i["backend"] for i in infos} == {"A", "B"}
+    assert header_values(infos[0], "X-Forwarded-Proto") == ["https"]
+    assert header_values(infos[0], "X-Forwarded-For") == []
+    assert d.wait_log("access: listener=live", 2)
+    bad = run(ctl + ["listener", "update", "live", "--http", '{"fingerprint": "md5"}'],
+              check=False)
+    assert bad.returncode != 0 and "fingerprint" in bad.stderr
+    run(ctl + ["listener", "update", "live", "--http", "none"])
+    info = json.loads(parse_curl(curl_urls(pki, port, ["/l3"]).stdout)[0][0])
+    assert header_values(info, "X-Forwarded-For") == ["127.0.0.1"]

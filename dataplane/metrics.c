@@ -45,6 +45,10 @@ static void sum_workers(const struct kg_runtime *rt, struct kg_counters *sum)
 		sum->health_checks_failed += c->health_checks_failed;
 		sum->cut_unhealthy += c->cut_unhealthy;
 		sum->cut_disabled += c->cut_disabled;
+		sum->http_requests += c->http_requests;
+		sum->http_errors += c->http_errors;
+		sum->http_pool_reused += c->http_pool_reused;
+		sum->http_backend_connects += c->http_backend_connects;
 	}
 }
 
@@ -122,6 +126,10 @@ json_object *kg_stats_json(struct kg_ops *ops, const char *listener)
 	add_u64(be, "no_backend", sum.no_backend);
 	add_u64(be, "health_checks", sum.health_checks);
 	add_u64(be, "health_checks_failed", sum.health_checks_failed);
+	add_u64(be, "http_connects", sum.http_backend_connects);
+	add_u64(be, "http_pooled_reuses", sum.http_pool_reused);
+	add_u64(conns, "http_requests", sum.http_requests);
+	add_u64(conns, "http_errors", sum.http_errors);
 	json_object_object_add(o, "connections", conns);
 	json_object_object_add(o, "handshakes", hs);
 	json_object_object_add(o, "bytes", bytes);
@@ -188,6 +196,15 @@ char *kg_metrics_text(struct kg_ops *ops)
 	for (int p = KG_PATH_NONE + 1; p < KG_PATH_COUNT; p++)
 		put(&t, "kgate_connections_by_path_total{path=\"%s\"} %llu\n",
 		    kg_path_name((enum kg_path)p), (unsigned long long)s.path[p]);
+	metric(&t, "http_requests_total", "counter", "Requests parsed on https listeners.",
+	       s.http_requests);
+	metric(&t, "http_errors_total", "counter",
+	       "Error responses made by kgate on https listeners (400, 408, 431, 502, 503, 504).",
+	       s.http_errors);
+	metric(&t, "http_backend_connects_total", "counter",
+	       "Backend connects made for https requests.", s.http_backend_connects);
+	metric(&t, "http_pooled_reuses_total", "counter",
+	       "https requests sent on a pooled keep-alive backend connection.", s.http_pool_reused);
 	metric(&t, "health_checks_total", "counter", "Active health checks run.", s.health_checks);
 	metric(&t, "health_checks_failed_total", "counter", "Active health checks that failed.",
 	       s.health_checks_failed);

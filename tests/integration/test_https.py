@@ -821,3 +821,7 @@ def test_https_listener_created_and_updated_live(pki, spawn_kgated, backends, tm
     run(ctl + ["listener", "update", "live", "--http", "none"])
     info = json.loads(parse_curl(curl_urls(pki, port, ["/l3"]).stdout)[0][0])
     assert header_values(info, "X-Forwarded-For") == ["127.0.0.1"]
+    stats = json.loads(run(ctl + ["-o", "json", "stats"]).stdout)
+    assert stats["connections"]["http_requests"] == 3
+    assert stats["connections"]["path_http-userspace-tls"] == 2
+    assert stats["connections"]["http_errors"] == 0

@@ -1,0 +1,894 @@
+#!/usr/bin/python3
+"""kgated against HAProxy and NGINX on loopback, with mutual TLS.
+
+Driven by bench/run (which installs the packages and builds the tools);
+see bench/README.md. Every process started here is recorded and stopped by
+its PID, on success, failure or Ctrl-C.
+"""
+import argparse
+import csv
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = "/usr/bin/python3"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+BIG_BODY = 1 << 20
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---- processes -----------------------------------------------------------
+class Procs:
+    """Every process we start, stopped by PID in reverse order."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, argv, logfile, env=None):
+        out = open(logfile, "w")
+        try:
+            p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True)
+        finally:
+            out.close()
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, grace=5.0):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                log(f"pid {p.pid} still running after {grace}s, sending SIGKILL")
+                p.kill()
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+        return p.returncode
+
+    def stop_all(self):
+        for p in reversed(list(self.procs)):
+            self.stop(p, 3.0)
+
+
+def wait_for(path, regex, timeout, proc):
+    deadline = time.monotonic() + timeout
+    rx = re.compile(regex, re.M)
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                m = rx.search(f.read())
+            if m:
+                return m
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    with open(path) as f:
+        tail = f.read()[-600:]
+    raise BenchError(f"{os.path.basename(path)}: no /{regex}/ within {timeout}s: {tail}")
+
+
+def wait_port(port, timeout, proc):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    raise BenchError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_tree(pid):
+    """pid and its descendants (NGINX workers are the master's children)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(rest[1]), []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pid):
+    """utime+stime of the process tree (all threads: /proc/PID/stat of a
+    thread-group leader sums its threads)."""
+    total = 0
+    for p in pid_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(rest[11]) + int(rest[12])
+    return total / CLK_TCK
+
+
+def rss_kib(pid):
+    total = 0
+    for p in pid_tree(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_KIB
+        except OSError:
+            continue
+    return total
+
+
+# ---- the proxies -----------------------------------------------------------
+class Proxy:
+    """One proxy configuration, its process and its ports per workload:
+    'small' (64-byte responses), 'big' (1 MiB responses) over mTLS, and
+    tcp relays for workload (e)."""
+
+    name = "?"
+    label = "?"
+
+    def __init__(self, env, workers):
+        self.env = env
+        self.workers = workers
+        self.proc = None
+        self.ports = {}
+        self.relays = {}  # relay name -> port (plain tcp)
+        self.notes = []
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc:
+            rc = self.env.procs.stop(self.proc, 10.0)
+            if rc not in (0, -signal.SIGTERM, 143):
+                log(f"warning: {self.name} exited with status {rc}")
+            self.proc = None
+
+
+class Kgated(Proxy):
+    name = "kgated"
+    label = "kgated (userspace TLS)"
+
+    def config(self, sockmap):
+        e = self.env
+        small = [{"address": f"127.0.0.1:{p}"} for p in e.small_ports]
+        big = [{"address": f"127.0.0.1:{p}"} for p in e.big_ports]
+        bulk = [{"address": f"127.0.0.1:{e.bulk_port}"}]
+        common = {"bind": "127.0.0.1", "max_connections": e.args.idle + 10000,
+                  "idle_timeout_ms": 600000}
+
+        def tls(name, port, backends):
+            return dict(common, name=name, protocol="tls", port=port, certificate="web",
+                        mutual_auth="required", ca="clients", forwarding="userspace",
+                        backends=backends)
+
+        listeners = [tls("small", self.ports["small"], small),
+                     tls("big", self.ports["big"], big)]
+        for relay, fwd in (("splice", "splice"), ("copy", "userspace"), ("sockmap", "sockmap")):
+            if relay == "sockmap" and not sockmap:
+                continue
+            listeners.append(dict(common, name=f"tcp-{relay}", protocol="tcp",
+                                  port=self.relays[relay], forwarding=fwd, backends=bulk))
+        return {"settings": {"workers": self.workers, "drain_timeout_ms": 2000,
+                             "log_level": "info"},
+                "certificates": {"web": {"type": "server", "cert": e.server_cert,
+                                         "key": e.server_key},
+                                 "clients": {"type": "ca", "cert": e.ca}},
+                "listeners": listeners}
+
+    def write_config(self, sockmap):
+        path = os.path.join(self.env.work, f"kgated-w{self.workers}{'-sockmap' if sockmap else ''}.json")
+        with open(path, "w") as f:
+            json.dump(self.config(sockmap), f, indent=1)
+        return path
+
+    def prepare(self):
+        for k in ("small", "big"):
+            self.ports[k] = free_port()
+        for r in ("splice", "copy", "sockmap"):
+            self.relays[r] = free_port()
+        # The sockmap relay is tried at the first start: whether the kernel
+        # and this kgated offer it is only known once it probes.
+        self.conf_path = self.write_config(False)
+        chk = subprocess.run([self.env.kgated, "--config", self.conf_path, "--check"],
+                             capture_output=True, text=True)
+        if chk.returncode != 0:
+            raise BenchError(f"kgated --check refused the bench config: {chk.stderr.strip()}")
+        self.try_sockmap = True
+
+    def start(self):
+        if self.try_sockmap:
+            self.try_sockmap = False
+            full = self.write_config(True)
+            try:
+                self.start_with(full)
+                self.conf_path = full
+                return
+            except BenchError as e:
+                self.stop()
+                why = [l for l in open(self.log).read().splitlines() if "sockmap" in l]
+                if not why:
+                    raise e
+                self.notes.append(f"kgated sockmap relay skipped: {why[-1].strip()}")
+                log(self.notes[-1])
+                del self.relays["sockmap"]
+        self.start_with(self.conf_path)
+
+    def start_with(self, conf):
+        logf = os.path.join(self.env.work, f"kgated-w{self.workers}-{time.monotonic_ns()}.log")
+        self.log = logf
+        self.proc = self.env.procs.start([self.env.kgated, "--config", conf,
+                                          "--workers", str(self.workers)], logf)
+        wait_for(logf, r"kgated ready \(pid", 10, self.proc)
+
+    def counters(self):
+        with open(self.log) as f:
+            return [l.split("info: ", 1)[-1].strip() for l in f if "stopped:" in l]
+
+
+class Haproxy(Proxy):
+    mode = "tcp"
+
+    def __init__(self, env, workers, mode):
+        super().__init__(env, workers)
+        self.mode = mode
+        self.name = f"haproxy-{mode}"
+        self.label = f"HAProxy mode {mode}"
+
+    def prepare(self):
+        e = self.env
+        for k in ("small", "big"):
+            self.ports[k] = free_port()
+        if self.mode == "tcp":
+            self.relays["haproxy"] = free_port()
+        bind = (f"ssl crt {e.haproxy_pem} ca-file {e.ca} verify required "
+                "ssl-min-ver TLSv1.2 curves X25519:P-256")
+        lines = [
+            "global",
+            f"  nbthread {self.workers}",
+            f"  maxconn {e.args.idle + 2000}",
+            "  tune.ssl.default-dh-param 2048",
+            "defaults",
+            f"  mode {self.mode}",
+            "  timeout connect 5s",
+            "  timeout client 600s",
+            "  timeout server 600s",
+            "  timeout http-keep-alive 600s",
+        ]
+        for k, ports in (("small", e.small_ports), ("big", e.big_ports)):
+            lines += [f"frontend f_{k}", f"  bind 127.0.0.1:{self.ports[k]} {bind}",
+                      f"  default_backend b_{k}", f"backend b_{k}", "  balance roundrobin"]
+            lines += [f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports)]
+        if self.mode == "tcp":
+            lines += ["frontend f_bulk", f"  bind 127.0.0.1:{self.relays['haproxy']}",
+                      "  default_backend b_bulk", "backend b_bulk",
+                      f"  server s0 127.0.0.1:{e.bulk_port}"]
+        self.conf_path = os.path.join(e.work, f"{self.name}-w{self.workers}.cfg")
+        with open(self.conf_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        chk = subprocess.run([e.haproxy, "-c", "-f", self.conf_path], capture_output=True,
+                             text=True)
+        if chk.returncode != 0:
+            raise BenchError(f"haproxy -c refused {self.conf_path}: {chk.stdout}{chk.stderr}")
+
+    def start(self):
+        logf = os.path.join(self.env.work, f"{self.name}-w{self.workers}.log")
+        self.proc = self.env.procs.start([self.env.haproxy, "-db", "-f", self.conf_path], logf)
+        for p in list(self.ports.values()) + list(self.relays.values()):
+            wait_port(p, 10, self.proc)
+
+
+class Nginx(Proxy):
+    name = "nginx"
+    label = "NGINX http"
+
+    def prepare(self):
+        e = self.env
+        for k in ("small", "big"):
+            self.ports[k] = free_port()
+        d = os.path.join(e.work, f"nginx-w{self.workers}")
+        os.makedirs(d, exist_ok=True)
+        ups = []
+        servers = []
+        for k, ports in (("small", e.small_ports), ("big", e.big_ports)):
+            ups.append(f"upstream u_{k} {{\n" +
+                       "".join(f"  server 127.0.0.1:{p};\n" for p in ports) +
+                       "  keepalive 64;\n  keepalive_requests 1000000;\n"
+                       "  keepalive_timeout 600s;\n}")
+            servers.append(
+                f"server {{\n  listen 127.0.0.1:{self.ports[k]} ssl;\n"
+                f"  ssl_certificate {e.server_cert};\n  ssl_certificate_key {e.server_key};\n"
+                f"  ssl_client_certificate {e.ca};\n  ssl_verify_client on;\n"
+                "  ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_ecdh_curve X25519:prime256v1;\n"
+                f"  location / {{\n    proxy_pass http://u_{k};\n"
+                "    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n  }\n}")
+        conf = f"""daemon off;
+master_process on;
+user root;
+worker_processes {self.workers};
+worker_rlimit_nofile 65536;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {2 * e.args.idle + 2000}; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_timeout 600s;
+  keepalive_requests 1000000;
+  proxy_buffers 16 16k;
+  proxy_max_temp_file_size 0;
+{chr(10).join(ups)}
+{chr(10).join(servers)}
+}}
+"""
+        self.conf_path = os.path.join(d, "nginx.conf")
+        with open(self.conf_path, "w") as f:
+            f.write(conf)
+        chk = subprocess.run([e.nginx, "-t", "-q", "-p", d, "-c", self.conf_path],
+                             capture_output=True, text=True)
+        if chk.returncode != 0:
+            raise BenchError(f"nginx -t refused {self.conf_path}: {chk.stderr.strip()}")
+
+    def start(self):
+        d = os.path.dirname(self.conf_path)
+        logf = os.path.join(d, "stderr.log")
+        self.proc = self.env.procs.start([self.env.nginx, "-p", d, "-c", self.conf_path], logf)
+        for p in self.ports.values():
+            wait_port(p, 10, self.proc)
+        # The workers must exist before CPU and RSS are sampled.
+        deadline = time.monotonic() + 5
+        while len(pid_tree(self.pid)) < 1 + self.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+# ---- load tools --------------------------------------------------------------
+def to_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if not m:
+        return float("nan")
+    v = float(m.group(1))
+    return v * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
+
+
+def parse_wrk(text):
+    r = {"requests": 0, "rps": 0.0, "p50": float("nan"), "p99": float("nan"),
+         "errors": 0, "full": 0, "resumed": 0, "failed": 0, "bytes": 0}
+    for line in text.splitlines():
+        s = line.strip()
+        m = re.match(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(\w+) read", s)
+        if m:
+            r["requests"] = int(m.group(1))
+            mult = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+            r["bytes"] = float(m.group(2)) * mult.get(m.group(3), 1)
+        elif s.startswith("Requests/sec:"):
+            r["rps"] = float(s.split()[1])
+        elif s.startswith("50%"):
+            r["p50"] = to_ms(s.split()[1])
+        elif s.startswith("99%"):
+            r["p99"] = to_ms(s.split()[1])
+        elif s.startswith("Socket errors:"):
+            r["errors"] += sum(int(x) for x in re.findall(r"\d+", s))
+        elif s.startswith("Non-2xx"):
+            r["errors"] += int(s.split()[-1])
+        elif "wrk_mtls_shim: handshakes" in s:
+            for kv in s.split():
+                if "=" in kv:
+                    k, v = kv.split("=")
+                    r[k] = int(v)
+    return r
+
+
+WORKLOADS = {
+    # name: (port kind, extra wrk args, env, unit, description)
+    "keepalive": ("small", [], {}, "request", "(a) keep-alive GET, 64 B"),
+    "handshake": ("small", ["-H", "Connection: close"], {"KG_FULL_HANDSHAKE": "1"},
+                  "handshake", "(b) Connection: close, full mTLS handshake (TLS 1.3)"),
+    "bulk1m": ("big", [], {}, "MiB", "(c) keep-alive GET, 1 MiB responses"),
+}
+
+
+class Env:
+    def __init__(self, args):
+        self.args = args
+        self.procs = Procs()
+        self.work = tempfile.mkdtemp(prefix="kgate-bench.")
+        b = args.build
+        self.kgated = os.path.join(b, "dataplane/kgated")
+        self.kgatectl = os.path.join(b, "ctl/kgatectl")
+        self.shim = os.path.join(b, "bench/wrk_mtls_shim.so")
+        self.backend = os.path.join(b, "bench/http_backend")
+        self.wrk = shutil.which("wrk")
+        self.haproxy = shutil.which("haproxy")
+        self.nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        for tool in (self.kgated, self.kgatectl, self.shim, self.backend, self.wrk,
+                     self.haproxy, self.nginx):
+            if not tool or not os.path.exists(tool):
+                raise BenchError(f"missing tool {tool} (bench/run installs and builds them)")
+
+    # -- certificates: two CAs with kgatectl, the second for the rejection check
+    def kgatectl_run(self, *argv):
+        r = subprocess.run([self.kgatectl, *argv], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BenchError(f"kgatectl {' '.join(argv[:2])} failed: {r.stderr.strip()}")
+
+    def make_certs(self):
+        w = self.work
+        for ca, cn in (("ca", "kgate bench CA"), ("ca2", "another CA")):
+            self.kgatectl_run("ca", "init", "--dir", f"{w}/{ca}", "--subject",
+                              f"/C=US/O=kgate bench/CN={cn}", "--key", "ec-p256", "--days", "2")
+        self.kgatectl_run("ca", "issue", "--dir", f"{w}/ca", "--type", "server", "--subject",
+                          "/C=US/O=kgate bench/CN=localhost", "--san",
+                          "DNS:localhost,IP:127.0.0.1", "--key", "ec-p256", "--days", "2",
+                          "--out", f"{w}/server")
+        self.kgatectl_run("ca", "issue", "--dir", f"{w}/ca", "--type", "client", "--subject",
+                          "/C=US/O=kgate bench/CN=bench-client", "--key", "ec-p256", "--days",
+                          "2", "--out", f"{w}/client")
+        self.kgatectl_run("ca", "issue", "--dir", f"{w}/ca2", "--type", "client", "--subject",
+                          "/C=US/O=kgate bench/CN=stranger", "--key", "ec-p256", "--days", "2",
+                          "--out", f"{w}/stranger")
+        self.ca = f"{w}/ca/ca.pem"
+        self.server_cert, self.server_key = f"{w}/server.pem", f"{w}/server.key"
+        self.client_cert, self.client_key = f"{w}/client.pem", f"{w}/client.key"
+        self.stranger_cert, self.stranger_key = f"{w}/stranger.pem", f"{w}/stranger.key"
+        self.haproxy_pem = f"{w}/server-haproxy.pem"
+        with open(self.haproxy_pem, "w") as out:
+            for f in (self.server_cert, self.server_key):
+                with open(f) as src:
+                    out.write(src.read())
+
+    def start_backends(self):
+        self.small_ports, self.big_ports = [], []
+        for name, body, ports in (("b1", 64, self.small_ports), ("b2", 64, self.small_ports),
+                                  ("m1", BIG_BODY, self.big_ports),
+                                  ("m2", BIG_BODY, self.big_ports)):
+            logf = f"{self.work}/backend-{name}.log"
+            p = self.procs.start([self.backend, "--name", name, "--port", "0",
+                                  "--body-bytes", str(body)], logf)
+            m = wait_for(logf, r"listening on 127\.0\.0\.1:(\d+)", 5, p)
+            ports.append(int(m.group(1)))
+        logf = f"{self.work}/bulk.log"
+        p = self.procs.start([PY, f"{ROOT}/bench/bulk.py", "serve"], logf)
+        self.bulk_port = int(wait_for(logf, r"bulk listening on [\d.]+:(\d+)", 5, p).group(1))
+        log(f"backends: small {self.small_ports}, 1 MiB {self.big_ports}, bulk {self.bulk_port}")
+
+    # -- correctness: 200 with the cert, refused without / with another CA's,
+    # both backends answering
+    def curl(self, port, cert=None, key=None):
+        argv = ["curl", "-sS", "--max-time", "5", "--cacert", self.ca, "--resolve",
+                f"localhost:{port}:127.0.0.1", "-o", "-", "-w", "\n%{http_code}"]
+        if cert:
+            argv += ["--cert", cert, "--key", key]
+        r = subprocess.run(argv + [f"https://localhost:{port}/"], capture_output=True, text=True)
+        body, _, code = r.stdout.rpartition("\n")
+        return r.returncode, code.strip(), body
+
+    def check(self, proxy):
+        port = proxy.ports["small"]
+        seen = []
+        for _ in range(4):
+            rc, code, body = self.curl(port, self.client_cert, self.client_key)
+            if rc != 0 or code != "200" or not body.startswith("backend "):
+                raise BenchError(f"{proxy.name}: with a client certificate: curl {rc}, "
+                                 f"status {code}, body {body[:40]!r}")
+            seen.append(body.split()[1])
+        if set(seen) != {"b1", "b2"}:
+            raise BenchError(f"{proxy.name}: backends did not alternate: {seen}")
+        for what, cert, key in (("without a certificate", None, None),
+                                ("with another CA's certificate", self.stranger_cert,
+                                 self.stranger_key)):
+            rc, code, _ = self.curl(port, cert, key)
+            if rc == 0 and code == "200":
+                raise BenchError(f"{proxy.name}: a client {what} got 200")
+        rc, code, body = self.curl(proxy.ports["big"], self.client_cert, self.client_key)
+        if rc != 0 or code != "200" or len(body) != BIG_BODY:
+            raise BenchError(f"{proxy.name}: 1 MiB response: curl {rc}, status {code}, "
+                             f"{len(body)} bytes")
+        for relay, rport in proxy.relays.items():
+            out = self.bulk_fetch(rport, 1 << 20)
+            if out is None:
+                raise BenchError(f"{proxy.name}: tcp relay {relay} lost bytes")
+        log(f"{proxy.name} w={proxy.workers}: 200 from {' '.join(seen)}; refused without a "
+            f"certificate and with another CA's; 1 MiB intact; relays {sorted(proxy.relays)} ok")
+
+    # -- wrk through the shim
+    def run_wrk(self, proxy, workload, tag):
+        kind, extra, envx, unit, _ = WORKLOADS[workload]
+        a = self.args
+        conns = a.conns if workload != "bulk1m" else max(2, a.conns // 6)
+        env = dict(os.environ, KG_CLIENT_CERT=self.client_cert, KG_CLIENT_KEY=self.client_key,
+                   KG_TLS_MAX="1.3", LD_PRELOAD=self.shim, **envx)
+        out = f"{self.work}/wrk-{tag}.log"
+        argv = [self.wrk, "-c", str(conns), "-t", str(a.threads), "-d", f"{a.duration}s",
+                "--latency", *extra, f"https://127.0.0.1:{proxy.ports[kind]}/"]
+        c0 = cpu_seconds(proxy.pid)
+        r = subprocess.run(argv, env=env, capture_output=True, text=True)
+        c1 = cpu_seconds(proxy.pid)
+        with open(out, "w") as f:
+            f.write(r.stdout + r.stderr)
+        if r.returncode != 0:
+            raise BenchError(f"wrk failed ({out}): {r.stderr.strip()[-300:]}")
+        res = parse_wrk(r.stdout + r.stderr)
+        res["cpu_s"] = c1 - c0
+        if unit == "request":
+            units = res["requests"]
+        elif unit == "handshake":
+            units = res["full"]
+        else:
+            units = res["bytes"] / (1 << 20)
+        res["units"] = units
+        res["rate"] = res["rps"]
+        # µs per request/handshake, ms per MiB
+        scale = 1e3 if unit == "MiB" else 1e6
+        res["cpu_per_unit"] = res["cpu_s"] * scale / units if units else float("nan")
+        return res
+
+    def bulk_fetch(self, port, nbytes):
+        r = subprocess.run([PY, f"{ROOT}/bench/bulk.py", "fetch", "--port", str(port),
+                            "--bytes", str(nbytes)], capture_output=True, text=True)
+        m = re.search(r"seconds=([\d.]+) gbit=([\d.]+)", r.stdout)
+        if r.returncode != 0 or not m:
+            return None
+        return float(m.group(1)), float(m.group(2))
+
+    # -- idle connections: RSS delta on a freshly started proxy
+    def idle_rss(self, proxy):
+        n = self.args.idle
+        proxy.stop()
+        proxy.start()
+        rc, code, _ = self.curl(proxy.ports["small"], self.client_cert, self.client_key)
+        if code != "200":
+            raise BenchError(f"{proxy.name}: warm-up request failed (curl {rc}, {code})")
+        time.sleep(0.5)
+        before = rss_kib(proxy.pid)
+        logf = f"{self.work}/idle-{proxy.name}-w{proxy.workers}-{time.monotonic_ns()}.log"
+        hold = self.procs.start([PY, f"{ROOT}/bench/idle_conns.py", "--port",
+                                 str(proxy.ports["small"]), "--cert", self.client_cert, "--key",
+                                 self.client_key, "--ca", self.ca, "--count", str(n),
+                                 "--hold", "300"], logf)
+        try:
+            wait_for(logf, r"^ready", 180, hold)
+            time.sleep(1.0)
+            after = rss_kib(proxy.pid)
+        finally:
+            self.procs.stop(hold, 10)
+        return before, after, (after - before) / n
+
+
+# ---- measurement plan ------------------------------------------------------------
+def median(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def run(args):
+    env = Env(args)
+    rows = []
+    notes = []
+    versions = {}
+    load_start = open("/proc/loadavg").read().split()[:3]
+    try:
+        env.make_certs()
+        env.start_backends()
+        for w in args.workers:
+            proxies = [Kgated(env, w), Haproxy(env, w, "tcp"), Haproxy(env, w, "http"),
+                       Nginx(env, w)]
+            proxies = [p for p in proxies if p.name in args.proxies]
+            for p in proxies:
+                p.prepare()
+                notes.extend(n for n in p.notes if n not in notes)
+                p.start()
+                env.check(p)
+            # (a)-(c): each proxy in turn, round after round (A B C D A B C D ...)
+            for workload in args.workloads:
+                if workload not in WORKLOADS:
+                    continue
+                for rnd in range(1, args.rounds + 1):
+                    for p in proxies:
+                        res = env.run_wrk(p, workload, f"{p.name}-w{w}-{workload}-{rnd}")
+                        unit = WORKLOADS[workload][3]
+                        log(f"w={w} {workload} round {rnd} {p.name}: {res['rate']:.0f}/s, p50 "
+                            f"{res['p50']:.2f} ms, p99 {res['p99']:.2f} ms, CPU "
+                            f"{res['cpu_per_unit']:.2f} {'ms/MiB' if unit == 'MiB' else 'µs/' + unit}"
+                            f", errors {res['errors']}, handshakes full={res['full']} "
+                            f"resumed={res['resumed']}")
+                        rows.append(dict(workers=w, workload=workload, proxy=p.name,
+                                         round=rnd, rate=res["rate"], p50_ms=res["p50"],
+                                         p99_ms=res["p99"], units=res["units"], unit=unit,
+                                         cpu_s=res["cpu_s"], cpu_per_unit=res["cpu_per_unit"],
+                                         errors=res["errors"], hs_full=res["full"],
+                                         hs_resumed=res["resumed"]))
+            # (e): tcp relays, direct baseline first in each round
+            if "tcp" in args.workloads:
+                relays = [("direct", None, env.bulk_port)]
+                for p in proxies:
+                    for r, port in sorted(p.relays.items()):
+                        relays.append((f"{p.name}-{r}" if p.name == "kgated" else p.name, p,
+                                       port))
+                nbytes = args.bulk_mib << 20
+                for rnd in range(1, args.rounds + 1):
+                    for name, p, port in relays:
+                        c0 = cpu_seconds(p.pid) if p else 0.0
+                        got = env.bulk_fetch(port, nbytes)
+                        c1 = cpu_seconds(p.pid) if p else 0.0
+                        if got is None:
+                            raise BenchError(f"bulk transfer through {name} failed")
+                        secs, gbit = got
+                        per_gib = (c1 - c0) / (nbytes / (1 << 30)) if p else float("nan")
+                        log(f"w={w} tcp round {rnd} {name}: {gbit:.2f} Gbit/s, proxy CPU "
+                            f"{per_gib:.3f} s/GiB")
+                        rows.append(dict(workers=w, workload="tcp", proxy=name, round=rnd,
+                                         rate=gbit, p50_ms=float("nan"), p99_ms=float("nan"),
+                                         units=nbytes / (1 << 30), unit="GiB", cpu_s=c1 - c0,
+                                         cpu_per_unit=per_gib, errors=0, hs_full=0,
+                                         hs_resumed=0))
+            # (d): idle connections, a fresh proxy each
+            if "idle" in args.workloads and args.idle > 0:
+                for rnd in range(1, args.idle_rounds + 1):
+                    for p in proxies:
+                        before, after, per = env.idle_rss(p)
+                        log(f"w={w} idle round {rnd} {p.name}: RSS {before} -> {after} KiB with "
+                            f"{args.idle} connections: {per:.1f} KiB each")
+                        rows.append(dict(workers=w, workload="idle", proxy=p.name, round=rnd,
+                                         rate=float("nan"), p50_ms=float("nan"),
+                                         p99_ms=float("nan"), units=args.idle,
+                                         unit="connection", cpu_s=float("nan"),
+                                         cpu_per_unit=per, errors=0, hs_full=0, hs_resumed=0,
+                                         rss_before=before, rss_after=after))
+            for p in proxies:
+                p.stop()
+                if isinstance(p, Kgated):
+                    for c in p.counters():
+                        notes.append(f"kgated w={w} {c}")
+        versions = tool_versions(env)
+    finally:
+        env.procs.stop_all()
+        if args.keep:
+            log(f"kept {env.work}")
+        else:
+            shutil.rmtree(env.work, ignore_errors=True)
+    load_end = open("/proc/loadavg").read().split()[:3]
+    write_results(args, rows, notes, versions, load_start, load_end)
+
+
+def tool_versions(env):
+    def first(argv):
+        r = subprocess.run(argv, capture_output=True, text=True)
+        return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr) else "?"
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", "dataplane"]
+                           ).returncode != 0
+    return {
+        "kgate": f"{head}{' (uncommitted dataplane changes)' if dirty else ''}, Release",
+        "openssl": first(["openssl", "version"]),
+        "haproxy": first([env.haproxy, "-v"]).split(" - ")[0],
+        "nginx": first([env.nginx, "-v"]),
+        "wrk": first(["dpkg-query", "-W", "-f=${Version}", "wrk"]),
+    }
+
+
+# ---- results ---------------------------------------------------------------------
+UNIT_TEXT = {"request": "µs/request", "handshake": "µs/handshake", "MiB": "ms/MiB",
+             "GiB": "s/GiB", "connection": "KiB/connection"}
+WL_TEXT = {"keepalive": "(a) keep-alive GET 64 B",
+           "handshake": "(b) Connection: close, full mTLS handshake",
+           "bulk1m": "(c) 1 MiB responses", "idle": "(d) idle mTLS connection",
+           "tcp": "(e) tcp relay, bulk one way"}
+ANCHORS = ("haproxy-tcp", "nginx")
+
+
+def summarise(rows):
+    """Median per (workers, workload, proxy); ratios are medians of the
+    per-round ratios (same round = same conditions)."""
+    keys = []
+    for r in rows:
+        k = (r["workers"], r["workload"], r["proxy"])
+        if k not in keys:
+            keys.append(k)
+    by_round = {(r["workers"], r["workload"], r["proxy"], r["round"]): r for r in rows}
+    out = []
+    for k in keys:
+        rs = [r for r in rows if (r["workers"], r["workload"], r["proxy"]) == k]
+        s = dict(workers=k[0], workload=k[1], proxy=k[2], rounds=len(rs), unit=rs[0]["unit"])
+        for f in ("rate", "p50_ms", "p99_ms", "cpu_per_unit"):
+            s[f] = median([r[f] for r in rs])
+        s["errors"] = sum(r["errors"] for r in rs)
+        s["hs_full"] = sum(r["hs_full"] for r in rs)
+        s["hs_resumed"] = sum(r["hs_resumed"] for r in rs)
+        for a in ANCHORS:
+            ratios = []
+            for r in rs:
+                ar = by_round.get((k[0], k[1], a, r["round"]))
+                if ar and ar["cpu_per_unit"] and ar["cpu_per_unit"] == ar["cpu_per_unit"]:
+                    ratios.append(r["cpu_per_unit"] / ar["cpu_per_unit"])
+            s[f"vs_{a}"] = median(ratios)
+        out.append(s)
+    return out
+
+
+def fmt(v, nd=1):
+    return "–" if v != v else f"{v:.{nd}f}"
+
+
+def write_results(args, rows, notes, versions, load_start, load_end):
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
+    host = socket.gethostname().split(".")[0]
+    base = os.path.join(args.out_dir, f"{stamp}-{host}{'-' + args.label if args.label else ''}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    fields = ["workers", "workload", "proxy", "round", "rate", "p50_ms", "p99_ms", "units",
+              "unit", "cpu_s", "cpu_per_unit", "errors", "hs_full", "hs_resumed",
+              "rss_before", "rss_after"]
+    with open(base + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 4) if isinstance(v, float) else v)
+                        for k, v in r.items()})
+    summary = summarise(rows)
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()
+    mem = int(open("/proc/meminfo").read().split()[1]) / (1 << 20)
+    md = [f"# kgated vs HAProxy and NGINX, {stamp} UTC{' (' + args.label + ')' if args.label else ''}",
+          "",
+          f"- machine: {os.cpu_count()} CPU ({cpu}), {mem:.0f} GiB, kernel {os.uname().release}",
+          f"- kgate {versions.get('kgate', '?')}; {versions.get('openssl', '?')}; "
+          f"{versions.get('haproxy', '?')}; {versions.get('nginx', '?')}; "
+          f"wrk {versions.get('wrk', '?')}",
+          f"- load average before / after: {' '.join(load_start)} / {' '.join(load_end)}"
+          " (the box is shared: compare CPU per unit and same-round ratios, not rates)",
+          f"- wrk -t {args.threads} -c {args.conns} (1 MiB: -c {max(2, args.conns // 6)}) "
+          f"-d {args.duration}s through the client-certificate shim, TLS 1.3, EC P-256 certs "
+          f"from kgatectl; {args.rounds} round(s), proxies measured in turn each round; "
+          f"2 http_backend origins per workload; idle: {args.idle} connections "
+          f"(handshake + one GET, then idle), a fresh proxy each, {args.idle_rounds} round(s); "
+          f"tcp: {args.bulk_mib} MiB one way per transfer (bench/bulk.py)",
+          "- CPU = utime+stime of the proxy's processes and threads (/proc/PID/stat) over the "
+          "run, divided by the requests / full handshakes (counted by the shim) / MiB wrk read;"
+          " RSS = VmRSS delta of the proxy's processes / connections",
+          "- values are medians over rounds; `× HAProxy tcp` / `× NGINX` = median of the "
+          "same-round ratios of CPU (or RSS) per unit",
+          ""]
+    md += ["| workers | workload | proxy | rate | p50 ms | p99 ms | CPU or RSS per unit | "
+           "× HAProxy tcp | × NGINX | errors | handshakes full / resumed |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        rate = fmt(s["rate"], 2) + " Gbit/s" if s["unit"] == "GiB" else fmt(s["rate"], 0) + "/s"
+        if s["unit"] == "connection":
+            rate = "–"
+        md.append(f"| {s['workers']} | {WL_TEXT[s['workload']]} | {s['proxy']} | {rate} | "
+                  f"{fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} | "
+                  f"**{fmt(s['cpu_per_unit'], 3 if s['unit'] in ('MiB', 'GiB') else 1)}** "
+                  f"{UNIT_TEXT[s['unit']]} | {fmt(s['vs_haproxy-tcp'], 2)} | "
+                  f"{fmt(s['vs_nginx'], 2)} | {s['errors']} | {s['hs_full']} / {s['hs_resumed']} |")
+    if notes:
+        md += ["", "Notes and kgated's own counters:", ""]
+        md += [f"    {n}" for n in notes]
+    md += ["", f"![CPU per unit relative to HAProxy mode tcp]({os.path.basename(base)}.png)", ""]
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    plot(base, summary)
+    log(f"results: {base}.csv, {base}.md, {base}.png")
+    print("\n".join(md))
+
+
+def plot(base, summary):
+    """Clustered bars: per workload (1 worker), each proxy's CPU (RSS for
+    idle) per unit relative to HAProxy mode tcp's from the same rounds."""
+    gp = shutil.which("gnuplot")
+    if not gp:
+        log("gnuplot missing: no plot")
+        return
+    w0 = min(s["workers"] for s in summary) if summary else 1
+    proxies = ["kgated", "haproxy-tcp", "haproxy-http", "nginx"]
+    lines = ["workload " + " ".join(proxies)]
+    for wl in ("keepalive", "handshake", "bulk1m", "idle"):
+        vals = []
+        for p in proxies:
+            s = next((x for x in summary if x["workers"] == w0 and x["workload"] == wl and
+                      x["proxy"] == p), None)
+            v = s["vs_haproxy-tcp"] if s else float("nan")
+            vals.append("NaN" if v != v else f"{v:.3f}")
+        if any(v != "NaN" for v in vals):
+            lines.append(f'"{wl}" ' + " ".join(vals))
+    with open(base + ".dat", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    script = f"""set terminal pngcairo size 900,500 font ",10"
+set output "{base}.png"
+set title "CPU (idle: RSS) per unit relative to HAProxy mode tcp, {w0} worker(s); lower is better"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set key top left
+set yrange [0:*]
+set grid ytics
+set ylabel "× HAProxy mode tcp (same rounds)"
+plot for [i=2:{len(proxies) + 1}] "{base}.dat" using i:xtic(1) title columnheader(i)
+"""
+    r = subprocess.run([gp], input=script, capture_output=True, text=True)
+    if r.returncode != 0:
+        log(f"gnuplot failed: {r.stderr.strip()}")
+    os.remove(base + ".dat")
+
+
+def main():
+    p = argparse.ArgumentParser(description="kgated vs HAProxy and NGINX (see bench/README.md)")
+    p.add_argument("--build", default=os.path.join(ROOT, "build-bench"))
+    p.add_argument("--quick", action="store_true",
+                   help="3 s runs, 2 rounds, 1 worker, 500 idle connections, 512 MiB transfers")
+    p.add_argument("--duration", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--idle-rounds", type=int, default=1)
+    p.add_argument("--workers", default="1 2")
+    p.add_argument("--idle", type=int, default=2000)
+    p.add_argument("--conns", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bulk-mib", type=int, default=2048)
+    p.add_argument("--workloads", default="keepalive handshake bulk1m tcp idle")
+    p.add_argument("--proxies", default="kgated haproxy-tcp haproxy-http nginx")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
+    p.add_argument("--label", default="")
+    p.add_argument("--keep", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.duration, args.rounds, args.idle, args.bulk_mib = 3, 2, 500, 512
+        if args.workers == "1 2":
+            args.workers = "1"
+    args.workers = [int(x) for x in args.workers.split()]
+    args.workloads = args.workloads.split()
+    args.proxies = args.proxies.split()
+    if "haproxy-tcp" not in args.proxies or "nginx" not in args.proxies:
+        log("note: ratios need haproxy-tcp and nginx in --proxies")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run(args)
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

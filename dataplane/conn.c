@@ -49,20 +49,35 @@ static int slot_alloc(struct kg_worker *w)
 /* Largest TLS record on the wire: header + 2^14 + 2048 (RFC 5246 6.2.3). */
 #define TLS_RECORD_MAX (5 + 16384 + 2048)
 
-/* One block for the four spans. A connection that may hand off to kTLS
- * reads the handshake record by record, so its receive span must hold the
- * largest record. */
-static int conn_alloc_buffers(struct kg_conn *c, bool whole_records)
+/* Bytes through a connection's memory BIOs after which an idle tick
+ * replaces them: a handshake or a burst leaves their buffers grown. */
+#define BIO_TRIM_BYTES 2048
+
+/* Plaintext a client may pipeline behind its Finished, decrypted before a
+ * kTLS handoff: one record and a bit, with room to spare. */
+#define KTLS_EARLY_CAP (3 * KG_IO_BUF_SIZE)
+
+/* Only a connection that may hand off to kTLS owns a receive buffer: it
+ * reads the handshake record by record, so the buffer holds the largest
+ * record, and behind it the early-data scratch of the handoff. Every other
+ * connection receives through the worker's ring. */
+static int conn_alloc_c_in(struct kg_conn *c)
 {
-	c->c_in_cap = whole_records ? TLS_RECORD_MAX : KG_IO_BUF_SIZE;
-	c->buf = malloc(c->c_in_cap + 3 * KG_IO_BUF_SIZE);
-	if (!c->buf)
-		return -1;
-	c->c_in.data = c->buf;
-	c->c_out.data = c->buf + c->c_in_cap;
-	c->b_in.data = c->c_out.data + KG_IO_BUF_SIZE;
-	c->b_out.data = c->b_in.data + KG_IO_BUF_SIZE;
-	return 0;
+	c->c_in_cap = TLS_RECORD_MAX;
+	c->c_in.data = malloc(c->c_in_cap + KTLS_EARLY_CAP);
+	return c->c_in.data ? 0 : -1;
+}
+
+/* Gives back every buffer the connection still holds. */
+static void conn_release_buffers(struct kg_conn *c)
+{
+	struct kg_bufpool *pool = &c->worker->bufs;
+	kg_buf_put(pool, c->c_out.data);
+	kg_buf_put(pool, c->b_out.data);
+	free(c->c_in.data);
+	memset(&c->c_in, 0, sizeof(c->c_in));
+	memset(&c->c_out, 0, sizeof(c->c_out));
+	memset(&c->b_out, 0, sizeof(c->b_out));
 }
 
 void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
@@ -114,7 +129,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 		kg_backend_connect_next(c);
 		return;
 	}
-	if (conn_alloc_buffers(c, l->plan == KG_PATH_KTLS_SPLICE) < 0)
+	if (l->plan == KG_PATH_KTLS_SPLICE && conn_alloc_c_in(c) < 0)
 		goto free_conn;
 	c->state = KG_CONN_HANDSHAKE;
 	c->deadline_ms = w->now_ms + lc->handshake_timeout_ms;
@@ -148,7 +163,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 
 free_buf:
 	free(c->ktls);
-	free(c->buf);
+	free(c->c_in.data);
 free_conn:
 	free(c);
 refuse:
@@ -166,13 +181,19 @@ void kg_conn_arm_client_recv(struct kg_conn *c)
 {
 	if (c->c_recv_busy || c->client_eof || c->state == KG_CONN_CLOSING)
 		return;
-	/* Path C feeds every byte to OpenSSL at once (c_in.len stays 0); a
-	 * connection heading for kTLS keeps unfed bytes in c_in, and during
-	 * the handoff reads no byte past the record it needs. */
-	uint32_t room = c->state == KG_CONN_HANDOFF ? c->handoff_need
-						    : c->c_in_cap - c->c_in.len;
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	io_uring_prep_recv(sqe, c->cfd, c->c_in.data + c->c_in.len, room, 0);
+	if (c->c_in.data) {
+		/* A connection heading for kTLS keeps unfed bytes in c_in,
+		 * and during the handoff reads no byte past the record it
+		 * needs (after a fallback to path C, c_in.len stays 0). */
+		uint32_t room = c->state == KG_CONN_HANDOFF ? c->handoff_need
+							    : c->c_in_cap - c->c_in.len;
+		io_uring_prep_recv(sqe, c->cfd, c->c_in.data + c->c_in.len, room, 0);
+	} else {
+		/* Path C: no buffer while waiting, every byte fed to OpenSSL
+		 * on completion. */
+		kg_bufpool_prep_recv(sqe, c->cfd);
+	}
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CLIENT_RECV, c->idx, c->cfd));
 	c->c_recv_busy = true;
 	c->inflight++;
@@ -261,6 +282,7 @@ static int feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n)
 		kg_conn_close(c, "out of memory buffering client data");
 		return -1;
 	}
+	c->bio_grown += (uint32_t)n;
 	return 0;
 }
 
@@ -319,12 +341,23 @@ static void handshake_input(struct kg_conn *c)
 
 static void handoff_step(struct kg_conn *c);
 
-void kg_conn_on_client_recv(struct kg_conn *c, int res)
+void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *data)
 {
 	c->inflight--;
 	c->c_recv_busy = false;
 	if (c->state == KG_CONN_CLOSING)
 		return;
+	if (res == -ENOBUFS) {
+		/* The ring was empty: buffers come back as this batch of
+		 * completions is handled, before the new receive is submitted. */
+		c->worker->bufs.enobufs++;
+		kg_conn_arm_client_recv(c);
+		return;
+	}
+	if (res > 0 && !data && !c->c_in.data) {
+		kg_conn_close(c, "client recv completed without a buffer");
+		return;
+	}
 	if (res < 0) {
 		char why[64];
 		snprintf(why, sizeof(why), "client recv: %s", strerror(-res));
@@ -336,7 +369,7 @@ void kg_conn_on_client_recv(struct kg_conn *c, int res)
 	} else if (c->ktls) {
 		c->c_in.len += (uint32_t)res; /* records are fed by the handshake/handoff */
 	} else {
-		if (feed_openssl(c, c->c_in.data, (size_t)res) < 0)
+		if (feed_openssl(c, data ? data : c->c_in.data, (size_t)res) < 0)
 			return;
 		if (c->state == KG_CONN_FORWARDING)
 			c->deadline_ms = c->worker->now_ms +
@@ -447,10 +480,10 @@ static void handoff_step(struct kg_conn *c)
 		return;
 	}
 	/* Early application data: decrypt in userspace, send ahead. It is at
-	 * most what c_in held (one record and a bit), so it fits the three
-	 * contiguous 16 KiB spans after c_in, which are idle now. */
-	unsigned char *early = c->c_out.data;
-	size_t early_cap = 3 * KG_IO_BUF_SIZE, early_len = 0;
+	 * most what c_in held (one record and a bit), so it fits the scratch
+	 * allocated behind c_in for this (conn_alloc_c_in). */
+	unsigned char *early = c->c_in.data + c->c_in_cap;
+	size_t early_cap = KTLS_EARLY_CAP, early_len = 0;
 	if (whole > 0) {
 		if (feed_openssl(c, c->c_in.data, whole) < 0)
 			return;
@@ -470,7 +503,13 @@ static void handoff_step(struct kg_conn *c)
 				kg_conn_close(c, "early data and a control record before the kTLS handoff");
 				return;
 			}
-			memcpy(c->b_out.data, early, early_len);
+			if (early_len > 0 && !c->b_out.data &&
+			    !(c->b_out.data = kg_buf_get(&w->bufs))) {
+				kg_conn_close(c, "out of memory for early data");
+				return;
+			}
+			if (early_len > 0)
+				memcpy(c->b_out.data, early, early_len);
 			c->b_out.off = 0;
 			c->b_out.len = (uint32_t)early_len;
 			handoff_refused(c, "a control record arrived with the early data");
@@ -510,8 +549,7 @@ static void handoff_step(struct kg_conn *c)
 	c->ssl = NULL;
 	free(c->ktls);
 	c->ktls = NULL;
-	free(c->buf);
-	c->buf = NULL;
+	conn_release_buffers(c);
 	if (r < 0)
 		kg_conn_close(c, err);
 }
@@ -581,14 +619,25 @@ void kg_conn_flush_client(struct kg_conn *c)
 	if (c->c_send_busy || c->state == KG_CONN_CLOSING)
 		return;
 	if (c->c_out.off >= c->c_out.len) {
-		int n = BIO_read(c->net_out, c->c_out.data, KG_IO_BUF_SIZE);
-		if (n <= 0) {
-			c->c_out.off = c->c_out.len = 0;
+		c->c_out.off = c->c_out.len = 0;
+		if (BIO_pending(c->net_out) <= 0) {
+			/* Nothing left to send: the buffer goes back to the pool. */
+			kg_buf_put(&c->worker->bufs, c->c_out.data);
+			c->c_out.data = NULL;
 			client_drained(c);
 			return;
 		}
-		c->c_out.off = 0;
+		if (!c->c_out.data && !(c->c_out.data = kg_buf_get(&c->worker->bufs))) {
+			kg_conn_close(c, "out of memory for a send buffer");
+			return;
+		}
+		int n = BIO_read(c->net_out, c->c_out.data, KG_IO_BUF_SIZE);
+		if (n <= 0) {
+			kg_conn_close(c, "cannot read queued TLS records");
+			return;
+		}
 		c->c_out.len = (uint32_t)n;
+		c->bio_grown += (uint32_t)n;
 	}
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 	io_uring_prep_send(sqe, c->cfd, c->c_out.data + c->c_out.off,
@@ -652,7 +701,7 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	close(c->cfd);
 	if (c->bfd >= 0)
 		close(c->bfd);
-	free(c->buf);
+	conn_release_buffers(c);
 	if (c->member_counted)
 		kg_health_conn_end(c->listener->health, (size_t)c->member);
 	/* Snapshot first: the slot itself is never freed, only reused once
@@ -690,4 +739,30 @@ void kg_conn_check_deadline(struct kg_conn *c)
 		w->stats.idle_timeout++;
 		kg_conn_close(c, "idle timeout");
 	}
+}
+
+void kg_conn_trim_idle(struct kg_conn *c)
+{
+	const struct kg_worker *w = c->worker;
+	if (c->state != KG_CONN_FORWARDING || c->path != KG_PATH_USERSPACE || !c->ssl ||
+	    c->bio_grown < BIO_TRIM_BYTES || c->c_send_busy || c->c_out.data ||
+	    BIO_pending(c->net_in) > 0 || BIO_pending(c->net_out) > 0)
+		return;
+	/* Idle: no byte moved for a tick (touch() pushes the deadline). */
+	uint64_t idle_ms = c->listener->conf->idle_timeout_ms;
+	if (c->deadline_ms > w->now_ms + idle_ms - KG_TRIM_IDLE_MS)
+		return;
+	BIO *in = BIO_new(BIO_s_mem());
+	BIO *out = BIO_new(BIO_s_mem());
+	if (!in || !out) {
+		/* Keep the grown ones; the next tick tries again. */
+		BIO_free(in);
+		BIO_free(out);
+		return;
+	}
+	/* The SSL frees the old pair and owns the new one. */
+	SSL_set_bio(c->ssl, in, out);
+	c->net_in = in;
+	c->net_out = out;
+	c->bio_grown = 0;
 }

@@ -38,8 +38,9 @@ static void arm_backend_recv(struct kg_conn *c)
 {
 	if (c->b_recv_busy || c->backend_eof || c->state != KG_CONN_FORWARDING)
 		return;
+	/* No buffer while waiting: the worker's ring lends one on arrival. */
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	io_uring_prep_recv(sqe, c->bfd, c->b_in.data, KG_IO_BUF_SIZE, 0);
+	kg_bufpool_prep_recv(sqe, c->bfd);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_BACKEND_RECV, c->idx, c->bfd));
 	c->b_recv_busy = true;
 	c->inflight++;
@@ -81,7 +82,17 @@ static void pump_c2b(struct kg_conn *c)
 		send_backend(c);
 		return;
 	}
+	/* A pool buffer only while there is plaintext to send. */
+	c->b_out.off = c->b_out.len = 0;
+	if (!c->b_out.data && !(c->b_out.data = kg_buf_get(&c->worker->bufs))) {
+		kg_conn_close(c, "out of memory for a send buffer");
+		return;
+	}
 	int n = SSL_read(c->ssl, c->b_out.data, KG_IO_BUF_SIZE);
+	if (n <= 0) {
+		kg_buf_put(&c->worker->bufs, c->b_out.data);
+		c->b_out.data = NULL;
+	}
 	if (n > 0) {
 		c->b_out.off = 0;
 		c->b_out.len = (uint32_t)n;
@@ -142,7 +153,7 @@ void kg_forward_user_on_backend_send(struct kg_conn *c, int res)
 	pump_c2b(c);
 }
 
-void kg_forward_user_on_backend_recv(struct kg_conn *c, int res)
+void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned char *data)
 {
 	char reason[256];
 
@@ -150,6 +161,16 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res)
 	c->b_recv_busy = false;
 	if (c->state != KG_CONN_FORWARDING)
 		return;
+	if (res == -ENOBUFS) {
+		/* Ring empty for now: buffers return within this batch. */
+		c->worker->bufs.enobufs++;
+		arm_backend_recv(c);
+		return;
+	}
+	if (res > 0 && !data) {
+		kg_conn_close(c, "backend recv completed without a buffer");
+		return;
+	}
 	if (res < 0) {
 		close_errno(c, "backend recv", res);
 		return;
@@ -165,8 +186,9 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res)
 	}
 	touch(c);
 	c->worker->stats.forwarded_b2c += (uint64_t)res;
-	/* Memory BIO: SSL_write takes the whole buffer at once. */
-	int n = SSL_write(c->ssl, c->b_in.data, res);
+	/* Memory BIO: SSL_write takes the whole buffer at once, so the
+	 * ring's buffer goes back as soon as this returns. */
+	int n = SSL_write(c->ssl, data, res);
 	if (n != res) {
 		kg_tls_status(c->ssl, n, reason, sizeof(reason));
 		kg_worker_warn(c->worker, "listener %s: TLS write failed: %s",

@@ -375,6 +375,7 @@ static void on_tick(struct kg_worker *w)
 			kg_conn_close(c, "drain timeout");
 		else if (!cut_if_needed(c, &ts))
 			kg_conn_check_deadline(c);
+		kg_conn_trim_idle(c);
 		release_closed(w, i);
 	}
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
@@ -425,7 +426,7 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	}
 	switch (op) {
 	case KG_OP_CLIENT_RECV:
-		kg_conn_on_client_recv(c, cqe->res);
+		kg_conn_on_client_recv(c, cqe->res, kg_bufpool_recv_data(&w->bufs, cqe->flags));
 		break;
 	case KG_OP_CLIENT_SEND:
 		kg_conn_on_client_send(c, cqe->res);
@@ -437,7 +438,8 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 		c->inflight--;
 		break;
 	case KG_OP_BACKEND_RECV:
-		kg_forward_user_on_backend_recv(c, cqe->res);
+		kg_forward_user_on_backend_recv(c, cqe->res,
+						kg_bufpool_recv_data(&w->bufs, cqe->flags));
 		break;
 	case KG_OP_BACKEND_SEND:
 		kg_forward_user_on_backend_send(c, cqe->res);
@@ -547,6 +549,14 @@ static void *worker_main(void *arg)
 	struct kg_worker *w = arg;
 
 	w->init_result = ring_init(w);
+	if (w->init_result == 0) {
+		w->init_result = kg_bufpool_init(&w->bufs, &w->ring);
+		if (w->init_result < 0) {
+			log_err("worker %u: cannot register the receive buffer ring: %s",
+				w->id, strerror(-w->init_result));
+			io_uring_queue_exit(&w->ring);
+		}
+	}
 	sem_post(&w->init_done);
 	if (w->init_result < 0)
 		return NULL;
@@ -574,6 +584,9 @@ static void *worker_main(void *arg)
 		unsigned head, seen = 0;
 		io_uring_for_each_cqe(&w->ring, head, cqe) {
 			dispatch(w, cqe);
+			/* Handlers copy what they need: the buffer goes back to
+			 * the kernel here, whatever became of the connection. */
+			kg_bufpool_recycle(&w->bufs, cqe->flags);
 			seen++;
 		}
 		io_uring_cq_advance(&w->ring, seen);
@@ -596,6 +609,10 @@ static void *worker_main(void *arg)
 		 s->ktls_fallback, s->ktls_failed, s->sockmap_fallback, s->http_requests,
 		 s->http_errors, s->http_backend_connects, s->http_pool_reused,
 		 s->path[KG_PATH_HTTP]);
+	if (w->bufs.enobufs)
+		log_info("worker %u: %lu receives found the buffer ring empty", w->id,
+			 (unsigned long)w->bufs.enobufs);
+	kg_bufpool_destroy(&w->bufs, &w->ring);
 	io_uring_queue_exit(&w->ring);
 	return NULL;
 }

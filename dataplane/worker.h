@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <semaphore.h>
 
+#include "bufpool.h"
 #include "ktls.h"
 #include "paths.h"
 #include "runtime.h"
@@ -96,12 +97,16 @@ struct kg_conn {
 	bool handoff_wait_flush;    /* handoff waits for OpenSSL's last records to be sent */
 	uint32_t handoff_need;      /* handoff reads exactly the rest of a partial record */
 
-	unsigned char *buf;   /* one block for the four spans below; NULL on tcp and after a kTLS handoff */
+	/* Buffers are held only while data is in flight (bufpool.h): receives
+	 * on path C use the worker's provided-buffer ring, the two send spans
+	 * borrow a pool buffer (data NULL when empty). Only a connection that
+	 * may hand off to kTLS owns c_in, for its whole life: it reads the
+	 * handshake record by record and keeps unfed bytes. */
 	uint32_t c_in_cap;
-	struct kg_span c_in;  /* recv from client (ciphertext) */
-	struct kg_span c_out; /* to send to client (ciphertext) */
-	struct kg_span b_in;  /* recv from backend (plaintext), fed to SSL_write */
-	struct kg_span b_out; /* plaintext from SSL_read, to send to backend */
+	struct kg_span c_in;  /* recv from client (ciphertext); kTLS plan only */
+	struct kg_span c_out; /* to send to client (ciphertext), pool buffer */
+	struct kg_span b_out; /* plaintext from SSL_read to send to backend, pool buffer */
+	uint32_t bio_grown;   /* bytes through the memory BIOs since the last trim */
 
 	bool c_recv_busy, c_send_busy, b_recv_busy, b_send_busy;
 	bool client_eof;     /* client sent FIN (with or without close_notify) */
@@ -179,6 +184,7 @@ struct kg_worker {
 	uint32_t n_sockmap;         /* connections on the sockmap path */
 	bool sockmap_timer_armed;
 	struct __kernel_timespec sockmap_pace;
+	struct kg_bufpool bufs; /* I/O buffers lent to connections while data is in flight */
 	struct kg_health_checker *health; /* this worker's share of the checks */
 #define KG_WORKER_RETIRED_MAX 16
 	struct kg_health_checker *retired[KG_WORKER_RETIRED_MAX]; /* stopped, completions due */
@@ -214,9 +220,15 @@ uint64_t kg_now_ms(void);
 void kg_worker_warn(struct kg_worker *w, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* An idle connection's memory BIOs are trimmed once no byte has moved
+ * for this long (checked on the worker's 100 ms tick). */
+#define KG_TRIM_IDLE_MS 100
+
 /* conn.c */
 void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd);
-void kg_conn_on_client_recv(struct kg_conn *c, int res);
+/* data: the bytes of a buffer-select receive (the ring's buffer, valid
+ * during the call only), NULL when the receive went into c_in. */
+void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *data);
 void kg_conn_on_client_send(struct kg_conn *c, int res);
 void kg_conn_close(struct kg_conn *c, const char *reason);
 /* Frees the connection if nothing is in flight. Returns true if freed. */
@@ -224,6 +236,9 @@ bool kg_conn_release_if_idle(struct kg_conn *c);
 void kg_conn_check_deadline(struct kg_conn *c);
 void kg_conn_arm_client_recv(struct kg_conn *c);
 void kg_conn_flush_client(struct kg_conn *c);
+/* On the tick: an idle connection's memory BIOs, grown by a burst, are
+ * replaced by empty ones (OpenSSL's memory BIOs never shrink). */
+void kg_conn_trim_idle(struct kg_conn *c);
 
 /* backend.c */
 void kg_backend_connect_next(struct kg_conn *c);
@@ -259,7 +274,7 @@ void kg_forward_sockmap_free(struct kg_conn *c);
 /* forward_user.c: path C, userspace TLS */
 void kg_forward_user_start(struct kg_conn *c);
 void kg_forward_user_on_client_data(struct kg_conn *c);
-void kg_forward_user_on_backend_recv(struct kg_conn *c, int res);
+void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned char *data);
 void kg_forward_user_on_backend_send(struct kg_conn *c, int res);
 void kg_forward_user_on_client_drained(struct kg_conn *c);
 

@@ -1,0 +1,49 @@
+/* A worker's I/O buffers, held by a connection only while data is in
+ * flight (issue 7: memory per idle connection).
+ *
+ * Receives take no buffer while they wait: they are submitted with
+ * IOSQE_BUFFER_SELECT on an io_uring provided-buffer ring, the kernel picks
+ * a buffer when bytes arrive, and the completion handler gives it back once
+ * OpenSSL has copied the bytes in. Sends borrow a buffer from a free list
+ * while the send is pending and return it when everything was sent. An idle
+ * connection therefore holds no buffer of ours. */
+#ifndef KGATE_BUFPOOL_H
+#define KGATE_BUFPOOL_H
+
+#include <stdint.h>
+
+#include <liburing.h>
+
+#define KG_BUFRING_GROUP 0      /* the ring's buffer group id */
+#define KG_BUFRING_ENTRIES 128  /* receives completing in one batch, per worker */
+#define KG_BUFPOOL_KEEP 64      /* free send buffers kept for reuse, per worker */
+
+struct kg_bufpool {
+	struct io_uring_buf_ring *br; /* shared with the kernel */
+	size_t br_bytes;
+	unsigned char *ring_bufs;     /* KG_BUFRING_ENTRIES × KG_IO_BUF_SIZE */
+	unsigned char *free[KG_BUFPOOL_KEEP];
+	unsigned n_free;
+	uint64_t enobufs;             /* receives that found the ring empty */
+};
+
+/* Registers the provided-buffer ring on ring (kernel 5.19+, as multishot
+ * accept). 0 or -errno; on failure nothing is left to release. */
+int kg_bufpool_init(struct kg_bufpool *p, struct io_uring *ring);
+/* Unregisters the ring and frees every buffer; the ring must still exist. */
+void kg_bufpool_destroy(struct kg_bufpool *p, struct io_uring *ring);
+
+/* A receive of up to KG_IO_BUF_SIZE bytes into a buffer the kernel picks. */
+void kg_bufpool_prep_recv(struct io_uring_sqe *sqe, int fd);
+/* The bytes of a completed buffer-select receive, NULL when the completion
+ * carries no buffer (error, EOF, -ENOBUFS). */
+const unsigned char *kg_bufpool_recv_data(const struct kg_bufpool *p, uint32_t cqe_flags);
+/* Gives a completion's buffer back to the kernel; no-op without one. */
+void kg_bufpool_recycle(struct kg_bufpool *p, uint32_t cqe_flags);
+
+/* A KG_IO_BUF_SIZE send buffer, NULL when out of memory. */
+unsigned char *kg_buf_get(struct kg_bufpool *p);
+/* Returns a buffer from kg_buf_get (NULL is ignored). */
+void kg_buf_put(struct kg_bufpool *p, unsigned char *buf);
+
+#endif

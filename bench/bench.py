@@ -258,9 +258,10 @@ class Kgated(Proxy):
                                           "--workers", str(self.workers)], logf)
         wait_for(logf, r"kgated ready \(pid", 10, self.proc)
 
-    def counters(self):
-        with open(self.log) as f:
-            return [l.split("info: ", 1)[-1].strip() for l in f if "stopped:" in l]
+    def counters(self, log_path=None):
+        with open(log_path or self.log) as f:
+            return [l.split("info: ", 1)[-1].strip() for l in f
+                    if "stopped:" in l or "buffer ring" in l]
 
 
 class Haproxy(Proxy):
@@ -662,6 +663,12 @@ def run(args):
                                          units=nbytes / (1 << 30), unit="GiB", cpu_s=c1 - c0,
                                          cpu_per_unit=per_gib, errors=0, hs_full=0,
                                          hs_resumed=0))
+            # kgated's counters over the loads above, before (d) restarts it
+            for p in proxies:
+                if isinstance(p, Kgated):
+                    p.stop()
+                    notes.extend(f"kgated w={w} (loads) {c}" for c in p.counters())
+                    p.start()
             # (d): idle connections, a fresh proxy each
             if "idle" in args.workloads and args.idle > 0:
                 for rnd in range(1, args.idle_rounds + 1):
@@ -679,7 +686,7 @@ def run(args):
                 p.stop()
                 if isinstance(p, Kgated):
                     for c in p.counters():
-                        notes.append(f"kgated w={w} {c}")
+                        notes.append(f"kgated w={w} (last instance) {c}")
         versions = tool_versions(env)
     finally:
         env.procs.stop_all()

@@ -91,7 +91,7 @@ unsigned char *kg_buf_get(struct kg_bufpool *p)
 {
 	if (p->n_free > 0)
 		return p->free[--p->n_free];
-	return malloc(KG_IO_BUF_SIZE);
+	return malloc(KG_POOL_BUF_SIZE);
 }
 
 void kg_buf_put(struct kg_bufpool *p, unsigned char *buf)

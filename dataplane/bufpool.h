@@ -14,9 +14,15 @@
 
 #include <liburing.h>
 
+#include <kgate/limits.h>
+
 #define KG_BUFRING_GROUP 0      /* the ring's buffer group id */
 #define KG_BUFRING_ENTRIES 128  /* receives completing in one batch, per worker */
 #define KG_BUFPOOL_KEEP 64      /* free send buffers kept for reuse, per worker */
+/* A send buffer holds the record of a full KG_IO_BUF_SIZE write (header,
+ * tag and padding are at most 256 bytes in TLS 1.3, 29 in TLS 1.2) with
+ * room for a small record behind it. */
+#define KG_POOL_BUF_SIZE (KG_IO_BUF_SIZE + 1024)
 
 struct kg_bufpool {
 	struct io_uring_buf_ring *br; /* shared with the kernel */
@@ -41,7 +47,7 @@ const unsigned char *kg_bufpool_recv_data(const struct kg_bufpool *p, uint32_t c
 /* Gives a completion's buffer back to the kernel; no-op without one. */
 void kg_bufpool_recycle(struct kg_bufpool *p, uint32_t cqe_flags);
 
-/* A KG_IO_BUF_SIZE send buffer, NULL when out of memory. */
+/* A KG_POOL_BUF_SIZE send buffer, NULL when out of memory. */
 unsigned char *kg_buf_get(struct kg_bufpool *p);
 /* Returns a buffer from kg_buf_get (NULL is ignored). */
 void kg_buf_put(struct kg_bufpool *p, unsigned char *buf);

@@ -22,6 +22,7 @@
 
 #include <openssl/err.h>
 
+#include "client_bio.h"
 #include "health.h"
 #include "listener.h"
 #include "tls.h"
@@ -75,6 +76,8 @@ static void conn_release_buffers(struct kg_conn *c)
 	kg_buf_put(pool, c->c_out.data);
 	kg_buf_put(pool, c->b_out.data);
 	free(c->c_in.data);
+	BIO_free(c->out_spill);
+	c->out_spill = NULL;
 	memset(&c->c_in, 0, sizeof(c->c_in));
 	memset(&c->c_out, 0, sizeof(c->c_out));
 	memset(&c->b_out, 0, sizeof(c->b_out));
@@ -136,7 +139,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 
 	c->ssl = SSL_new(l->ssl_ctx);
 	c->net_in = BIO_new(BIO_s_mem());
-	c->net_out = BIO_new(BIO_s_mem());
+	c->net_out = kg_client_bio_new(c);
 	if (!c->ssl || !c->net_in || !c->net_out) {
 		BIO_free(c->net_in);
 		BIO_free(c->net_out);
@@ -453,7 +456,7 @@ static void handoff_step(struct kg_conn *c)
 	struct kg_worker *w = c->worker;
 	char err[160];
 
-	if (c->c_send_busy || c->c_out.off < c->c_out.len || BIO_pending(c->net_out) > 0) {
+	if (c->c_send_busy || c->c_out.off < c->c_out.len || kg_client_spill_pending(c) > 0) {
 		c->handoff_wait_flush = true;
 		kg_conn_flush_client(c);
 		return;
@@ -496,7 +499,8 @@ static void handoff_step(struct kg_conn *c)
 		}
 		ERR_clear_error();
 		if (BIO_pending(c->net_in) > 0 || SSL_has_pending(c->ssl) ||
-		    BIO_pending(c->net_out) > 0 || SSL_get_shutdown(c->ssl) != 0) {
+		    c->c_out.off < c->c_out.len || kg_client_spill_pending(c) > 0 ||
+		    SSL_get_shutdown(c->ssl) != 0) {
 			/* An alert, close_notify or KeyUpdate among them: path C
 			 * takes over, sending what was decrypted first. */
 			if (early_len > KG_IO_BUF_SIZE) {
@@ -619,8 +623,10 @@ void kg_conn_flush_client(struct kg_conn *c)
 	if (c->c_send_busy || c->state == KG_CONN_CLOSING)
 		return;
 	if (c->c_out.off >= c->c_out.len) {
+		/* OpenSSL writes records into c_out (client_bio.h); what it
+		 * spilled behind a full span moves in now. */
 		c->c_out.off = c->c_out.len = 0;
-		if (BIO_pending(c->net_out) <= 0) {
+		if (kg_client_spill_pending(c) == 0) {
 			/* Nothing left to send: the buffer goes back to the pool. */
 			kg_buf_put(&c->worker->bufs, c->c_out.data);
 			c->c_out.data = NULL;
@@ -631,13 +637,12 @@ void kg_conn_flush_client(struct kg_conn *c)
 			kg_conn_close(c, "out of memory for a send buffer");
 			return;
 		}
-		int n = BIO_read(c->net_out, c->c_out.data, KG_IO_BUF_SIZE);
+		int n = BIO_read(c->out_spill, c->c_out.data, KG_POOL_BUF_SIZE);
 		if (n <= 0) {
 			kg_conn_close(c, "cannot read queued TLS records");
 			return;
 		}
 		c->c_out.len = (uint32_t)n;
-		c->bio_grown += (uint32_t)n;
 	}
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 	io_uring_prep_send(sqe, c->cfd, c->c_out.data + c->c_out.off,
@@ -746,23 +751,19 @@ void kg_conn_trim_idle(struct kg_conn *c)
 	const struct kg_worker *w = c->worker;
 	if (c->state != KG_CONN_FORWARDING || c->path != KG_PATH_USERSPACE || !c->ssl ||
 	    c->bio_grown < BIO_TRIM_BYTES || c->c_send_busy || c->c_out.data ||
-	    BIO_pending(c->net_in) > 0 || BIO_pending(c->net_out) > 0)
+	    BIO_pending(c->net_in) > 0 || kg_client_spill_pending(c) > 0)
 		return;
 	/* Idle: no byte moved for a tick (touch() pushes the deadline). */
 	uint64_t idle_ms = c->listener->conf->idle_timeout_ms;
 	if (c->deadline_ms > w->now_ms + idle_ms - KG_TRIM_IDLE_MS)
 		return;
+	BIO_free(c->out_spill);
+	c->out_spill = NULL;
 	BIO *in = BIO_new(BIO_s_mem());
-	BIO *out = BIO_new(BIO_s_mem());
-	if (!in || !out) {
-		/* Keep the grown ones; the next tick tries again. */
-		BIO_free(in);
-		BIO_free(out);
-		return;
-	}
-	/* The SSL frees the old pair and owns the new one. */
-	SSL_set_bio(c->ssl, in, out);
+	if (!in)
+		return; /* keep the grown one; the next tick tries again */
+	/* The SSL frees the old one and owns the new one. */
+	SSL_set0_rbio(c->ssl, in);
 	c->net_in = in;
-	c->net_out = out;
 	c->bio_grown = 0;
 }

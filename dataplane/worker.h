@@ -79,7 +79,8 @@ struct kg_conn {
 	int bfd; /* backend socket, -1 until connecting */
 	SSL *ssl;
 	BIO *net_in;  /* ciphertext from the client, read by OpenSSL (owned by ssl) */
-	BIO *net_out; /* ciphertext written by OpenSSL for the client (owned by ssl) */
+	BIO *net_out; /* client_bio.h: OpenSSL's records into c_out (owned by ssl) */
+	BIO *out_spill; /* client_bio.h: records behind a full c_out; NULL when unused */
 	uint64_t deadline_ms; /* handshake, then idle deadline */
 	uint32_t inflight;    /* io_uring operations not yet completed */
 
@@ -104,9 +105,9 @@ struct kg_conn {
 	 * handshake record by record and keeps unfed bytes. */
 	uint32_t c_in_cap;
 	struct kg_span c_in;  /* recv from client (ciphertext); kTLS plan only */
-	struct kg_span c_out; /* to send to client (ciphertext), pool buffer */
+	struct kg_span c_out; /* to send to client (ciphertext), pool buffer, written by net_out */
 	struct kg_span b_out; /* plaintext from SSL_read to send to backend, pool buffer */
-	uint32_t bio_grown;   /* bytes through the memory BIOs since the last trim */
+	uint32_t bio_grown;   /* bytes through net_in and out_spill since the last trim */
 
 	bool c_recv_busy, c_send_busy, b_recv_busy, b_send_busy;
 	bool client_eof;     /* client sent FIN (with or without close_notify) */

@@ -18,7 +18,7 @@ Test(bufpool, send_buffers_are_reused_and_bounded)
 	memset(&p, 0, sizeof(p)); /* free list only: no ring needed */
 	unsigned char *a = kg_buf_get(&p);
 	cr_assert_not_null(a);
-	a[KG_IO_BUF_SIZE - 1] = 1; /* the whole size is usable (ASan checks) */
+	a[KG_POOL_BUF_SIZE - 1] = 1; /* the whole size is usable (ASan checks) */
 	kg_buf_put(&p, a);
 	cr_assert_eq(kg_buf_get(&p), a, "a returned buffer is lent again");
 	kg_buf_put(&p, a);

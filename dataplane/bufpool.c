@@ -3,11 +3,35 @@
 #include "bufpool.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include <kgate/limits.h>
+
+/* Hands buffer bid to the kernel. */
+static void ring_add(struct kg_bufpool *p, unsigned bid)
+{
+	io_uring_buf_ring_add(p->br, p->ring_bufs[bid], KG_IO_BUF_SIZE, (unsigned short)bid,
+			      io_uring_buf_ring_mask(KG_BUFRING_ENTRIES), 0);
+	io_uring_buf_ring_advance(p->br, 1);
+}
+
+unsigned kg_bufpool_grow(struct kg_bufpool *p)
+{
+	unsigned added = 0;
+	p->enobufs++;
+	while (added < KG_BUFRING_STEP && p->n_ring_bufs < KG_BUFRING_ENTRIES) {
+		unsigned char *b = malloc(KG_IO_BUF_SIZE);
+		if (!b)
+			break;
+		p->ring_bufs[p->n_ring_bufs] = b;
+		ring_add(p, p->n_ring_bufs++);
+		added++;
+	}
+	return added;
+}
 
 int kg_bufpool_init(struct kg_bufpool *p, struct io_uring *ring)
 {
@@ -18,11 +42,6 @@ int kg_bufpool_init(struct kg_bufpool *p, struct io_uring *ring)
 			 MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
 	if (mem == MAP_FAILED)
 		return -errno;
-	p->ring_bufs = malloc((size_t)KG_BUFRING_ENTRIES * KG_IO_BUF_SIZE);
-	if (!p->ring_bufs) {
-		munmap(mem, p->br_bytes);
-		return -ENOMEM;
-	}
 	p->br = mem;
 	io_uring_buf_ring_init(p->br);
 	struct io_uring_buf_reg reg;
@@ -32,16 +51,18 @@ int kg_bufpool_init(struct kg_bufpool *p, struct io_uring *ring)
 	reg.bgid = KG_BUFRING_GROUP;
 	int ret = io_uring_register_buf_ring(ring, &reg, 0);
 	if (ret < 0) {
-		free(p->ring_bufs);
 		munmap(mem, p->br_bytes);
 		memset(p, 0, sizeof(*p));
 		return ret;
 	}
-	int mask = io_uring_buf_ring_mask(KG_BUFRING_ENTRIES);
-	for (unsigned i = 0; i < KG_BUFRING_ENTRIES; i++)
-		io_uring_buf_ring_add(p->br, p->ring_bufs + (size_t)i * KG_IO_BUF_SIZE,
-				      KG_IO_BUF_SIZE, (unsigned short)i, mask, (int)i);
-	io_uring_buf_ring_advance(p->br, KG_BUFRING_ENTRIES);
+	/* Few buffers to start: memory follows the receives that really
+	 * complete together, not the ring's capacity. */
+	kg_bufpool_grow(p);
+	p->enobufs = 0;
+	if (p->n_ring_bufs == 0) {
+		kg_bufpool_destroy(p, ring);
+		return -ENOMEM;
+	}
 	return 0;
 }
 
@@ -51,7 +72,8 @@ void kg_bufpool_destroy(struct kg_bufpool *p, struct io_uring *ring)
 		io_uring_unregister_buf_ring(ring, KG_BUFRING_GROUP);
 		munmap(p->br, p->br_bytes);
 	}
-	free(p->ring_bufs);
+	for (unsigned i = 0; i < p->n_ring_bufs; i++)
+		free(p->ring_bufs[i]);
 	for (unsigned i = 0; i < p->n_free; i++)
 		free(p->free[i]);
 	memset(p, 0, sizeof(*p));
@@ -65,26 +87,21 @@ void kg_bufpool_prep_recv(struct io_uring_sqe *sqe, int fd)
 	sqe->buf_group = KG_BUFRING_GROUP;
 }
 
-static unsigned buffer_id(uint32_t cqe_flags)
+static bool has_buffer(const struct kg_bufpool *p, uint32_t cqe_flags)
 {
-	return cqe_flags >> IORING_CQE_BUFFER_SHIFT;
+	return (cqe_flags & IORING_CQE_F_BUFFER) &&
+	       (cqe_flags >> IORING_CQE_BUFFER_SHIFT) < p->n_ring_bufs;
 }
 
 const unsigned char *kg_bufpool_recv_data(const struct kg_bufpool *p, uint32_t cqe_flags)
 {
-	if (!(cqe_flags & IORING_CQE_F_BUFFER) || buffer_id(cqe_flags) >= KG_BUFRING_ENTRIES)
-		return NULL;
-	return p->ring_bufs + (size_t)buffer_id(cqe_flags) * KG_IO_BUF_SIZE;
+	return has_buffer(p, cqe_flags) ? p->ring_bufs[cqe_flags >> IORING_CQE_BUFFER_SHIFT] : NULL;
 }
 
 void kg_bufpool_recycle(struct kg_bufpool *p, uint32_t cqe_flags)
 {
-	if (!(cqe_flags & IORING_CQE_F_BUFFER) || buffer_id(cqe_flags) >= KG_BUFRING_ENTRIES)
-		return;
-	unsigned bid = buffer_id(cqe_flags);
-	io_uring_buf_ring_add(p->br, p->ring_bufs + (size_t)bid * KG_IO_BUF_SIZE, KG_IO_BUF_SIZE,
-			      (unsigned short)bid, io_uring_buf_ring_mask(KG_BUFRING_ENTRIES), 0);
-	io_uring_buf_ring_advance(p->br, 1);
+	if (has_buffer(p, cqe_flags))
+		ring_add(p, cqe_flags >> IORING_CQE_BUFFER_SHIFT);
 }
 
 unsigned char *kg_buf_get(struct kg_bufpool *p)

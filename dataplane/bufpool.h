@@ -17,7 +17,9 @@
 #include <kgate/limits.h>
 
 #define KG_BUFRING_GROUP 0      /* the ring's buffer group id */
-#define KG_BUFRING_ENTRIES 128  /* receives completing in one batch, per worker */
+#define KG_BUFRING_ENTRIES 128  /* at most, per worker: receives completing in one batch */
+#define KG_BUFRING_START 16     /* buffers at start; -ENOBUFS adds KG_BUFRING_STEP more */
+#define KG_BUFRING_STEP 16
 #define KG_BUFPOOL_KEEP 64      /* free send buffers kept for reuse, per worker */
 /* A send buffer holds the record of a full KG_IO_BUF_SIZE write (header,
  * tag and padding are at most 256 bytes in TLS 1.3, 29 in TLS 1.2) with
@@ -27,7 +29,8 @@
 struct kg_bufpool {
 	struct io_uring_buf_ring *br; /* shared with the kernel */
 	size_t br_bytes;
-	unsigned char *ring_bufs;     /* KG_BUFRING_ENTRIES × KG_IO_BUF_SIZE */
+	unsigned char *ring_bufs[KG_BUFRING_ENTRIES]; /* by buffer id, KG_IO_BUF_SIZE each */
+	unsigned n_ring_bufs;         /* buffers given to the ring so far */
 	unsigned char *free[KG_BUFPOOL_KEEP];
 	unsigned n_free;
 	uint64_t enobufs;             /* receives that found the ring empty */
@@ -46,6 +49,10 @@ void kg_bufpool_prep_recv(struct io_uring_sqe *sqe, int fd);
 const unsigned char *kg_bufpool_recv_data(const struct kg_bufpool *p, uint32_t cqe_flags);
 /* Gives a completion's buffer back to the kernel; no-op without one. */
 void kg_bufpool_recycle(struct kg_bufpool *p, uint32_t cqe_flags);
+/* After a receive found the ring empty: up to KG_BUFRING_STEP more buffers
+ * (the ring grows with the peak of receives per batch, never shrinks).
+ * Counts the event; returns the number added (0 at the cap or ENOMEM). */
+unsigned kg_bufpool_grow(struct kg_bufpool *p);
 
 /* A KG_POOL_BUF_SIZE send buffer, NULL when out of memory. */
 unsigned char *kg_buf_get(struct kg_bufpool *p);

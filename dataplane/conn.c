@@ -351,9 +351,10 @@ void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *dat
 	if (c->state == KG_CONN_CLOSING)
 		return;
 	if (res == -ENOBUFS) {
-		/* The ring was empty: buffers come back as this batch of
-		 * completions is handled, before the new receive is submitted. */
-		c->worker->bufs.enobufs++;
+		/* The ring was empty: it grows, and buffers come back as this
+		 * batch of completions is handled, before the new receive is
+		 * submitted. */
+		kg_bufpool_grow(&c->worker->bufs);
 		kg_conn_arm_client_recv(c);
 		return;
 	}

@@ -162,8 +162,9 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned 
 	if (c->state != KG_CONN_FORWARDING)
 		return;
 	if (res == -ENOBUFS) {
-		/* Ring empty for now: buffers return within this batch. */
-		c->worker->bufs.enobufs++;
+		/* Ring empty for now: it grows, and buffers return within
+		 * this batch. */
+		kg_bufpool_grow(&c->worker->bufs);
 		arm_backend_recv(c);
 		return;
 	}

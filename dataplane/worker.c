@@ -610,8 +610,8 @@ static void *worker_main(void *arg)
 		 s->http_errors, s->http_backend_connects, s->http_pool_reused,
 		 s->path[KG_PATH_HTTP]);
 	if (w->bufs.enobufs)
-		log_info("worker %u: %lu receives found the buffer ring empty", w->id,
-			 (unsigned long)w->bufs.enobufs);
+		log_info("worker %u: %lu receives found the buffer ring empty; it holds %u buffers",
+			 w->id, (unsigned long)w->bufs.enobufs, w->bufs.n_ring_bufs);
 	kg_bufpool_destroy(&w->bufs, &w->ring);
 	io_uring_queue_exit(&w->ring);
 	return NULL;

@@ -81,36 +81,50 @@ Test(bufpool, receives_take_a_ring_buffer_only_when_bytes_arrive)
 	io_uring_queue_exit(&ring);
 }
 
-Test(bufpool, an_empty_ring_gives_enobufs_until_a_buffer_returns)
+/* One datagram per receive, keeping the buffer; the completion's flags. */
+static int recv_one(struct io_uring *ring, int fd, uint32_t *flags)
+{
+	kg_bufpool_prep_recv(io_uring_get_sqe(ring), fd);
+	struct io_uring_cqe *cqe = wait_one(ring);
+	int res = cqe->res;
+	*flags = cqe->flags;
+	io_uring_cqe_seen(ring, cqe);
+	return res;
+}
+
+Test(bufpool, an_empty_ring_gives_enobufs_then_grows_up_to_its_cap)
 {
 	struct io_uring ring;
 	struct kg_bufpool p;
 	int sv[2];
-	uint32_t held[KG_BUFRING_ENTRIES];
+	uint32_t held[KG_BUFRING_ENTRIES], flags;
 	cr_assert_eq(io_uring_queue_init(8, &ring, 0), 0);
 	cr_assert_eq(kg_bufpool_init(&p, &ring), 0);
+	cr_assert_eq(p.n_ring_bufs, KG_BUFRING_START, "few buffers at start");
 	cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv), 0);
+	cr_assert_eq(write(sv[1], "x", 1), 1);
 
-	/* Keep every buffer: one datagram per receive. */
-	for (unsigned i = 0; i <= KG_BUFRING_ENTRIES; i++) {
-		cr_assert_eq(write(sv[1], "x", 1), 1);
-		kg_bufpool_prep_recv(io_uring_get_sqe(&ring), sv[0]);
-		struct io_uring_cqe *cqe = wait_one(&ring);
-		if (i < KG_BUFRING_ENTRIES) {
-			cr_assert_eq(cqe->res, 1, "receive %u", i);
-			cr_assert_not_null(kg_bufpool_recv_data(&p, cqe->flags));
-			held[i] = cqe->flags;
-		} else {
-			cr_assert_eq(cqe->res, -ENOBUFS, "ring exhausted");
+	unsigned n = 0;
+	for (;;) {
+		int res = recv_one(&ring, sv[0], &flags);
+		if (res == -ENOBUFS) {
+			cr_assert_eq(n, p.n_ring_bufs, "ENOBUFS only once every buffer is held");
+			if (kg_bufpool_grow(&p) == 0)
+				break;
+			continue;
 		}
-		io_uring_cqe_seen(&ring, cqe);
+		cr_assert_eq(res, 1, "receive %u: %d", n, res);
+		cr_assert_not_null(kg_bufpool_recv_data(&p, flags));
+		cr_assert_lt(n, KG_BUFRING_ENTRIES);
+		held[n++] = flags;
+		cr_assert_eq(write(sv[1], "x", 1), 1);
 	}
-	kg_bufpool_recycle(&p, held[0]);
-	kg_bufpool_prep_recv(io_uring_get_sqe(&ring), sv[0]);
-	struct io_uring_cqe *cqe = wait_one(&ring);
-	cr_assert_eq(cqe->res, 1, "the returned buffer is used again");
-	cr_assert_eq(kg_bufpool_recv_data(&p, cqe->flags), kg_bufpool_recv_data(&p, held[0]));
-	io_uring_cqe_seen(&ring, cqe);
+	cr_assert_eq(n, KG_BUFRING_ENTRIES, "grows to the cap, not beyond");
+	cr_assert_gt(p.enobufs, 0);
+
+	kg_bufpool_recycle(&p, held[3]);
+	cr_assert_eq(recv_one(&ring, sv[0], &flags), 1, "the returned buffer is used again");
+	cr_assert_eq(kg_bufpool_recv_data(&p, flags), kg_bufpool_recv_data(&p, held[3]));
 
 	close(sv[0]);
 	close(sv[1]);

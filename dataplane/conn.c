@@ -52,7 +52,7 @@ static int slot_alloc(struct kg_worker *w)
 
 /* Bytes through a connection's memory BIOs after which an idle tick
  * replaces them: a handshake or a burst leaves their buffers grown. */
-#define BIO_TRIM_BYTES 2048
+#define BIO_TRIM_BYTES 512
 
 /* Plaintext a client may pipeline behind its Finished, decrypted before a
  * kTLS handoff: one record and a bit, with room to spare. */

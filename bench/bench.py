@@ -243,7 +243,9 @@ class Kgated(Proxy):
                 return
             except BenchError as e:
                 self.stop()
-                why = [l for l in open(self.log).read().splitlines() if "sockmap" in l]
+                lines = open(self.log).read().splitlines()
+                why = [l for l in lines if "sockmap" in l and "error" in l] or \
+                      [l for l in lines if "sockmap" in l and "stopped:" not in l]
                 if not why:
                     raise e
                 self.notes.append(f"kgated sockmap relay skipped: {why[-1].strip()}")

@@ -619,8 +619,8 @@ def run(args):
             proxies = [p for p in proxies if p.name in args.proxies]
             for p in proxies:
                 p.prepare()
-                notes.extend(n for n in p.notes if n not in notes)
                 p.start()
+                notes.extend(n for n in p.notes if n not in notes)
                 env.check(p)
             # (a)-(c): each proxy in turn, round after round (A B C D A B C D ...)
             for workload in args.workloads:

@@ -256,8 +256,12 @@ class Kgated(Proxy):
     def start_with(self, conf):
         logf = os.path.join(self.env.work, f"kgated-w{self.workers}-{time.monotonic_ns()}.log")
         self.log = logf
-        self.proc = self.env.procs.start([self.env.kgated, "--config", conf,
-                                          "--workers", str(self.workers)], logf)
+        argv = [self.env.kgated, "--config", conf, "--workers", str(self.workers)]
+        if os.geteuid() == 0:
+            # Started as root kgated switches to the "kgate" user, which
+            # cannot read the bench's private work folder; root keeps it.
+            argv += ["--user", "root"]
+        self.proc = self.env.procs.start(argv, logf)
         wait_for(logf, r"kgated ready \(pid", 10, self.proc)
 
     def counters(self, log_path=None):

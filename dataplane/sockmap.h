@@ -21,16 +21,16 @@
  *
  *  - Back-pressure: the kernel queues redirected bytes in front of the
  *    receiving socket without any limit (a stalled reader made the relay
- *    hold 1 GiB and counting). kg_sockmap_pace() pauses a source whose
- *    peer has more than KG_SM_PAUSE_BYTES waiting and resumes it at or
- *    below KG_SM_RESUME_BYTES; while paused, the source's fixed receive
- *    buffer (KG_SM_RCVBUF) fills and TCP stops its sender. On resume it
- *    moves the paused source's backlog itself (recv/send, which reopens
- *    TCP's window) before handing the source back to the kernel, so pace
- *    may do up to a receive buffer of non-blocking copying. Call it on a
- *    timer for every pair (the bound is KG_SM_PAUSE_BYTES plus what
- *    arrives between two calls: a period of 10-20 ms keeps that to one
- *    burst of the sender's window) and whenever a side reports RDHUP.
+ *    hold 1 GiB and counting). kg_sockmap_pace() takes a source whose
+ *    peer has more than KG_SM_PAUSE_BYTES waiting out of the kernel relay
+ *    for good (pair->tail[src]): the rest of that direction is copied by
+ *    kg_sockmap_copy_tail only while the peer has room, and the source's
+ *    fixed receive buffer (KG_SM_RCVBUF) stops its sender through TCP.
+ *    Handing the source back to the verdict later lost whole skbs at the
+ *    end of 2 GiB transfers on 6.18, so a direction never returns. Call
+ *    pace on a timer for every pair (the bound is KG_SM_PAUSE_BYTES plus
+ *    what arrives between two calls: a period of 10-20 ms keeps that to
+ *    one burst of the sender's window) and whenever a side reports RDHUP.
  *
  *  - Close and half-close (sockmap does not propagate FIN or RST):
  *    1. Side S reports RDHUP: its peer sent FIN. Do NOT shut down the

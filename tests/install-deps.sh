@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kgate needs, when missing. Usage:
-#   tests/install-deps.sh build|test|demo|bench|vm|package
+#   tests/install-deps.sh build|test|demo|bench|vm|package|fuzz
 # Idempotent; needs root (apt-get) only when something is missing.
 set -euo pipefail
 
@@ -15,6 +15,8 @@ bench=("${test[@]}" wrk haproxy nginx-light gnuplot-nox)
 vm=("${test[@]}" qemu-system-x86 busybox-static)
 # tests/package/test_deb.py: cpack's dpkg-shlibdeps, systemd-analyze, setpriv.
 package=("${build[@]}" dpkg-dev systemd util-linux curl python3 man-db)
+# libFuzzer harnesses: clang and its runtime (libFuzzer, ASan, UBSan).
+fuzz=("${build[@]}" clang libclang-rt-14-dev)
 
 case "${1:-test}" in
 build) want=("${build[@]}") ;;
@@ -23,7 +25,8 @@ demo) want=("${demo[@]}") ;;
 bench) want=("${bench[@]}") ;;
 vm) want=("${vm[@]}") ;;
 package) want=("${package[@]}") ;;
-*) echo "usage: $0 build|test|demo|bench|vm|package" >&2; exit 2 ;;
+fuzz) want=("${fuzz[@]}") ;;
+*) echo "usage: $0 build|test|demo|bench|vm|package|fuzz" >&2; exit 2 ;;
 esac
 
 missing=()

@@ -30,8 +30,7 @@ static void check_entry(enum kg_cert_type type, const uint8_t **part, size_t *le
 			c.crl_path = files[1].path;
 	}
 	char err[512] = "";
-	if (kg_cert_validate(&c, err, sizeof(err)) != 0 && (err[0] == '\0' || strchr(err, '\n')))
-		abort(); /* refusals name what was wrong, on one line */
+	KF_FAIL_IF(kg_cert_validate(&c, err, sizeof(err)) != 0 && (err[0] == '\0' || strchr(err, '\n'))); /* refusals name what was wrong, on one line */
 	for (size_t i = 0; i < n; i++)
 		kf_file_close(&files[i]);
 }

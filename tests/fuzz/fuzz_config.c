@@ -14,16 +14,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* A folder that does not exist: parsing must not touch files. */
 	struct kg_config *cfg = kg_config_parse(text, "/nonexistent/kgate-fuzz", err, sizeof(err));
 	if (!cfg) {
-		if (err[0] == '\0' || strchr(err, '\n'))
-			abort(); /* refusals name what was wrong, on one line */
+		KF_FAIL_IF(err[0] == '\0' || strchr(err, '\n')); /* refusals name what was wrong, on one line */
 	} else {
 		for (size_t i = 0; i < cfg->n_certs; i++)
-			if (kg_config_find_cert(cfg, cfg->certs[i].name) == NULL)
-				abort();
+			KF_FAIL_IF(kg_config_find_cert(cfg, cfg->certs[i].name) == NULL);
 		for (size_t i = 0; i < cfg->n_listeners; i++) {
 			const struct kg_listener_conf *l = &cfg->listeners[i];
-			if (l->n_backends == 0)
-				abort();
+			KF_FAIL_IF(l->n_backends == 0);
 			for (unsigned code = 100; code < 600; code += 37)
 				(void)kg_health_status_expected(&l->health_check, code);
 		}

@@ -51,8 +51,7 @@ static bool step(SSL *ssl, struct kg_ktls_track *t)
 		return false;
 	}
 	enum kg_tls_status st = kg_tls_status(ssl, ret, reason, sizeof(reason));
-	if (ERR_peek_error() != 0)
-		abort(); /* kg_tls_status promises an empty error queue */
+	KF_FAIL_IF(ERR_peek_error() != 0); /* kg_tls_status promises an empty error queue */
 	return st == KG_TLS_WANT_READ || st == KG_TLS_WANT_WRITE;
 }
 
@@ -61,21 +60,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	SSL *ssl = SSL_new(ctx);
 	BIO *in = BIO_new(BIO_s_mem()), *out = BIO_new(BIO_s_mem());
 	struct kg_ktls_track track = {0};
-	if (!ssl || !in || !out)
-		abort();
+	KF_FAIL_IF(!ssl || !in || !out);
 	/* The SSL owns both BIOs from here on (conn.c does the same). */
 	SSL_set_bio(ssl, in, out);
 	SSL_set_accept_state(ssl);
-	if (kg_ktls_track_attach(ssl, &track) != 0)
-		abort();
+	KF_FAIL_IF(kg_ktls_track_attach(ssl, &track) != 0);
 	size_t pos = 0;
 	bool more = true;
 	while (more && pos < size) {
 		size_t rec = kg_tls_record_len(data + pos, size - pos);
 		if (rec == 0 || rec == SIZE_MAX)
 			rec = size - pos;
-		if (BIO_write(in, data + pos, (int)rec) != (int)rec)
-			abort();
+		KF_FAIL_IF(BIO_write(in, data + pos, (int)rec) != (int)rec);
 		pos += rec;
 		more = step(ssl, &track);
 		(void)BIO_reset(out); /* what the server sends goes nowhere */

@@ -16,28 +16,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct kg_index *idx = kg_index_load(in.path, &err);
 	kf_file_close(&in);
 	if (!idx) {
-		if (err.msg[0] == '\0' || strchr(err.msg, '\n'))
-			abort();
+		KF_FAIL_IF(err.msg[0] == '\0' || strchr(err.msg, '\n'));
 		return 0;
 	}
 	for (size_t i = 0; i < idx->n; i++) {
 		struct kg_index_entry *e = &idx->entries[i];
-		if (!kg_index_find(idx, e->serial))
-			abort();
+		KF_FAIL_IF(!kg_index_find(idx, e->serial));
 		(void)kg_index_status(e, 0);
 	}
 	char *text = kg_index_format(idx);
-	if (!text)
-		abort();
+	KF_FAIL_IF(!text);
 	struct kf_file again;
 	kf_file_open(&again, (const uint8_t *)text, strlen(text));
 	struct kg_index *idx2 = kg_index_load(again.path, &err);
 	kf_file_close(&again);
-	if (!idx2 || idx2->n != idx->n)
-		abort();
+	KF_FAIL_IF(!idx2 || idx2->n != idx->n);
 	char *text2 = kg_index_format(idx2);
-	if (!text2 || strcmp(text, text2) != 0)
-		abort();
+	KF_FAIL_IF(!text2 || strcmp(text, text2) != 0);
 	free(text2);
 	free(text);
 	kg_index_destroy(idx2);

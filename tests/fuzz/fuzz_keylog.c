@@ -14,11 +14,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t outlen = data[0] % 65;
 	char *line = kf_strndup(data + 1, size - 1);
 	unsigned char *out = malloc(outlen ? outlen : 1);
-	if (!out)
-		abort();
+	KF_FAIL_IF(!out);
 	size_t n = kg_ktls_keylog_secret(line, out, outlen);
-	if (n > outlen)
-		abort();
+	KF_FAIL_IF(n > outlen);
 	free(out);
 	free(line);
 	return 0;

@@ -18,8 +18,7 @@ enum { F_SUBJECT, F_CA, F_SAN, F_SERIAL, F_REASON, F_TIME, F_DAYS, F_KEY, F_DIGE
 
 static void one_line(const struct kg_err *err)
 {
-	if (err->msg[0] == '\0')
-		abort(); /* a refusal always says what was wrong */
+	KF_FAIL_IF(err->msg[0] == '\0'); /* a refusal always says what was wrong */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -67,8 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (kg_serial_normalize(f[F_SERIAL], out) == 0) {
 			/* Normalising is idempotent. */
 			char again[KG_SERIAL_HEX_MAX];
-			if (kg_serial_normalize(out, again) != 0 || strcmp(out, again) != 0)
-				abort();
+			KF_FAIL_IF(kg_serial_normalize(out, again) != 0 || strcmp(out, again) != 0);
 		}
 	}
 	if (f[F_REASON]) {

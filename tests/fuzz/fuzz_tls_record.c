@@ -15,15 +15,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		size_t rec = kg_tls_record_len(data + pos, size - pos);
 		if (rec == 0 || rec == SIZE_MAX)
 			break;
-		if (rec < 5 || rec > KG_TLS_RECORD_MAX || rec > size - pos)
-			abort();
+		KF_FAIL_IF(rec < 5 || rec > KG_TLS_RECORD_MAX || rec > size - pos);
 		pos += rec;
 	}
 	/* Every prefix of a complete record asks for more, never more than it has. */
 	for (size_t cut = 0; cut < size && cut < 64; cut++) {
 		size_t rec = kg_tls_record_len(data, cut);
-		if (rec != 0 && rec != SIZE_MAX && rec > cut)
-			abort();
+		KF_FAIL_IF(rec != 0 && rec != SIZE_MAX && rec > cut);
 	}
 	return 0;
 }

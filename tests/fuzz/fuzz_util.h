@@ -10,6 +10,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -32,6 +34,16 @@ size_t kf_split(const uint8_t *data, size_t size, const char *sep,
 
 /* A NUL-terminated copy (caller frees); aborts on ENOMEM. */
 char *kf_strndup(const uint8_t *data, size_t size);
+
+/* A broken promise of the code under test: says which, then aborts, so
+ * libFuzzer keeps the input and the replay run fails with a reason. */
+#define KF_FAIL_IF(cond)                                                       \
+	do {                                                                   \
+		if (cond) {                                                    \
+			fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond); \
+			abort();                                               \
+		}                                                              \
+	} while (0)
 
 /* Separator between the parts of one input in the seeds. */
 #define KF_SEP "\n--8<--\n"

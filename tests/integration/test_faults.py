@@ -16,50 +16,28 @@ import time
 
 import pytest
 
-from conftest import (base_config, client_context, curl, run, tcp_closed_by_peer,
-                      tls_listener, wait_until)
+from conftest import (ThreadedServer, base_config, client_context, closing_factory, curl,
+                      tcp_closed_by_peer, tls_listener, wait_until)
 
 MiB = 1 << 20
 CLOSE_DEADLINE = 8.0  # above every timeout configured here, generous for ASan
 RST_LINGER = struct.pack("ii", 1, 0)
 
 
-class FaultyBackend:
-    """A loopback backend whose connections run `handler(conn, record)`
-    on a thread each; record is a dict the test reads afterwards."""
+class FaultyBackend(ThreadedServer):
+    """Runs `handler(conn, record)` for each connection; record is a dict
+    the test reads afterwards."""
 
     def __init__(self, handler, backlog=128):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(backlog)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.handler = handler
         self.records = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(backlog)
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            rec = {"eof": False, "bytes": 0, "sha": hashlib.sha256()}
-            with self.lock:
-                self.records.append(rec)
-            threading.Thread(target=self._run, args=(conn, rec), daemon=True).start()
-
-    def _run(self, conn, rec):
-        try:
-            self.handler(conn, rec)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.sock.close()
+    def handle(self, conn):
+        rec = {"eof": False, "bytes": 0, "sha": hashlib.sha256()}
+        with self.lock:
+            self.records.append(rec)
+        self.handler(conn, rec)
 
 
 def read_to_eof(conn, rec, chunk=65536, pause=0.0):
@@ -77,15 +55,7 @@ def read_to_eof(conn, rec, chunk=65536, pause=0.0):
 
 @pytest.fixture
 def faulty_backend():
-    made = []
-
-    def make(handler, **kw):
-        b = FaultyBackend(handler, **kw)
-        made.append(b)
-        return b
-    yield make
-    for b in made:
-        b.close()
+    yield from closing_factory(FaultyBackend)
 
 
 def tls_client(pki, port, **kw):

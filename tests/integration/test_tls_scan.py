@@ -3,13 +3,14 @@ sslscan (with the client certificate, since the listener requires one)
 and openssl s_client. The policy comes from tls.c: TLS 1.2 and 1.3 only,
 AEAD suites with forward secrecy only, no renegotiation, no compression,
 the client CA advertised, and no handshake without a client certificate."""
+import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import base_config, run, tls_listener
+from conftest import base_config, kgatectl, run, tls_listener
 
 # AEAD suites in OpenSSL's and IANA's names.
 AEAD = re.compile(r"(GCM|CHACHA20[-_]POLY1305|CCM)")
@@ -103,3 +104,45 @@ def test_no_compression_and_client_cert_required(pki, daemon, version):
     out = without.stdout + without.stderr
     assert "backend=" not in out, "served without a client certificate:\n" + out
     assert re.search(r"alert (handshake failure|certificate required)", out), out
+
+
+# testssl.sh findings that are about the certificate's content, not the
+# listener's configuration: the test PKI's server certificate (kgatectl
+# `ca issue`) carries no CRL distribution point or OCSP URI.
+TESTSSL_EXEMPT = {"cert_revocation"}
+
+
+def test_testssl_no_high_or_critical_findings(pki, spawn_kgated, http_backends, tmp_path):
+    """testssl.sh against a listener with mutual_auth optional (Debian's
+    3.0.8 cannot present a client certificate). Its exit code is not a
+    verdict: the JSON findings are."""
+    need("testssl")
+    # A server certificate valid long enough for testssl's expiry rule
+    # (the suite's PKI lives 30 days; testssl rates < 30 days left HIGH).
+    ca_dir, srv = tmp_path / "scan-ca", tmp_path / "scan-server"
+    kgatectl("ca", "init", "--dir", str(ca_dir), "--subject", "/O=kgate test/CN=scan CA",
+             "--days", "400")
+    kgatectl("ca", "issue", "--dir", str(ca_dir), "--type", "server",
+             "--subject", "/O=kgate test/CN=localhost", "--san", "DNS:localhost,IP:127.0.0.1",
+             "--days", "200", "--out", str(srv))
+    a = http_backends("a")
+    cfg = base_config(pki, [tls_listener(pki, [a], mutual_auth="optional")])
+    cfg["certificates"]["web"] = {"type": "server", "cert": str(srv) + ".pem",
+                                  "key": str(srv) + ".key"}
+    d = spawn_kgated(cfg)
+    out = tmp_path / "testssl.json"
+    # Protocols, cipher categories, forward secrecy, server preferences and
+    # defaults (certificate), vulnerabilities; not the per-cipher listing,
+    # the client simulation or the HTTP headers of the backend behind.
+    res = run(["testssl", "--quiet", "--color", "0", "--warnings", "off",
+               "-p", "-s", "-f", "-P", "-S", "-U", "--add-ca", str(ca_dir / "ca.pem"),
+               "--jsonfile", str(out), "127.0.0.1:%d" % d.port],
+              check=False, timeout=840)
+    assert out.exists(), "testssl wrote no JSON:\n" + res.stdout[-3000:] + res.stderr[-2000:]
+    findings = json.loads(out.read_text())
+    ids = {f["id"] for f in findings}
+    for needed in ("SSLv3", "TLS1", "TLS1_1", "TLS1_2", "TLS1_3", "secure_renego", "CRIME_TLS"):
+        assert needed in ids, "testssl did not report %s (scan incomplete?)" % needed
+    bad = ["%s %s: %s" % (f["id"], f["severity"], f["finding"]) for f in findings
+           if f["severity"] in ("HIGH", "CRITICAL") and f["id"] not in TESTSSL_EXEMPT]
+    assert not bad, "testssl findings:\n" + "\n".join(bad)

@@ -40,7 +40,8 @@ static json_object *reply_new(bool ok)
 	return r;
 }
 
-static json_object *verror(const char *code, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static json_object *verror(const char *code, const char *fmt,
+								    va_list ap)
 {
 	char msg[ERRLEN];
 	vsnprintf(msg, sizeof(msg), fmt, ap);

@@ -560,12 +560,13 @@ def _tail(text, lines=150):
 
 @pytest.fixture
 def spawn_kgated(request, tmp_path):
-    """spawn_kgated(config_dict, args=()) -> Daemon, ready, ports parsed."""
+    """spawn_kgated(config_dict, args=(), prefix=()) -> Daemon, ready, ports
+    parsed; prefix is a command that execs kgated (Daemon)."""
     daemons = []
     request.node.kg_daemons = daemons
 
-    def spawn(config, args=(), wait=True):
-        d = Daemon(config, str(tmp_path / ("kgated%d" % len(daemons))), args)
+    def spawn(config, args=(), wait=True, prefix=()):
+        d = Daemon(config, str(tmp_path / ("kgated%d" % len(daemons))), args, prefix=prefix)
         daemons.append(d)
         if wait:
             d.wait_ready()

@@ -320,21 +320,16 @@ def test_many_clients_vanish_at_every_stage(pki, spawn_kgated, http_backends):
     assert d.alive()
 
 
-def test_fd_exhaustion_then_recovery(pki, spawn_kgated, http_backends, tmp_path,
-                                    monkeypatch):
+def test_fd_exhaustion_then_recovery(pki, spawn_kgated, http_backends):
     """kgated started with RLIMIT_NOFILE 32 (prlimit), then offered far more
     connections than fit: accept fails with EMFILE, kgated keeps running
     without spinning, and once the held connections go away it accepts and
     serves again. (The limit is set at start: io_uring reads it when the
     multishot accept is armed, so lowering it on a running daemon only
     bites after a re-arm.)"""
-    import conftest
-    wrapper = tmp_path / "kgated-nofile"
-    wrapper.write_text("#!/bin/sh\nexec prlimit --nofile=32:32 -- %s \"$@\"\n" % conftest.KGATED)
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(conftest, "KGATED", str(wrapper))
     a = http_backends("a")
-    d = spawn_kgated(base_config(pki, [tls_listener(pki, [a], handshake_timeout_ms=30000)]))
+    d = spawn_kgated(base_config(pki, [tls_listener(pki, [a], handshake_timeout_ms=30000)]),
+                     args=("--user", "root"), prefix=("prlimit", "--nofile=32:32", "--"))
     good_request(pki, d)
     held = []
     try:

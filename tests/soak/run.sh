@@ -93,7 +93,11 @@ cat >"$WORK/kgated.json" <<JSON
    "handshake_timeout_ms": 2000, "idle_timeout_ms": 10000,
    "backends": [{"address": "127.0.0.1:${BPORTS[0]}"}, {"address": "127.0.0.1:${BPORTS[1]}"}]}]}
 JSON
-"$KGATED" --config "$WORK/kgated.json" >"$WORK/kgated.log" 2>&1 &
+# Started as root, kgated switches to --user (default kgate, which a test
+# machine may lack); the soak keeps root, as the integration tests do.
+user_args=()
+(($(id -u) == 0)) && user_args=(--user root)
+"$KGATED" --config "$WORK/kgated.json" "${user_args[@]}" >"$WORK/kgated.log" 2>&1 &
 KG_PID=$!
 PIDS+=("$KG_PID")
 wait_line "$WORK/kgated.log" "kgated ready" 10 || die "kgated not ready: $(tail -5 "$WORK/kgated.log")"

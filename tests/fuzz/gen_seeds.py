@@ -2,11 +2,15 @@
 """Regenerates the seed corpora that come from real traffic or files:
 handshake/ and tls_record/ (client flights recorded with Python's ssl over
 memory BIOs against a server using data/'s PKI), certs/ (the data/ files in
-the harness's input format). Hand-written seeds of the other harnesses are
-committed as they are. Usage: tests/fuzz/gen_seeds.py"""
+the harness's input format), control/ (control sessions carrying data/'s
+certificates inline). Hand-written seeds of the other harnesses are
+committed as they are. Usage: tests/fuzz/gen_seeds.py [handshake|certs|control]...
+(default: all)"""
 import base64
+import json
 import os
 import ssl
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
@@ -67,7 +71,62 @@ def client_flights(version, client_cert=None, tls12_ciphers=None):
     return sent
 
 
+def request(op, **args):
+    return json.dumps({"version": 1, "op": op, "args": args}).encode()
+
+
+def control_seeds():
+    pem = {n: data(n).decode() for n in ("ca.pem", "ca.crl", "server.pem", "server.key",
+                                         "good.pem", "client.key")}
+    upload = [request("cert.upload", name="clients", type="ca", cert=pem["ca.pem"],
+                      crl=pem["ca.crl"]),
+              request("cert.upload", name="web", type="server", cert=pem["server.pem"],
+                      key=pem["server.key"])]
+    listener = {"name": "web", "protocol": "tls", "bind": "127.0.0.1", "port": 0,
+                "certificate": "web", "ca": "clients", "mutual_auth": "required",
+                "backends": [{"address": "127.0.0.1:9001", "weight": 2}],
+                "health_check": {"type": "http", "path": "/healthz"}}
+    sessions = {
+        "read-only": [request("status"), request("stats"), request("cert.list"),
+                      request("listener.list")],
+        "certs": upload + [request("cert.show", name="web"), request("cert.list"),
+                           request("cert.set_crl", name="clients", crl=pem["ca.crl"]),
+                           request("cert.replace", name="web", cert=pem["server.pem"],
+                                   key=pem["server.key"]),
+                           request("cert.delete", name="clients")],
+        "listener": upload + [
+            request("listener.create", listener=listener),
+            request("backend.add", listener="web", address="[::1]:9002", weight=1),
+            request("backend.set_weight", listener="web", address="127.0.0.1:9001",
+                    weight=5),
+            request("backend.drain", listener="web", address="127.0.0.1:9001"),
+            request("backend.enable", listener="web", address="127.0.0.1:9001"),
+            request("listener.update", name="web", set={"idle_timeout_ms": 1000}),
+            request("listener.show", name="web"), request("stats", listener="web"),
+            request("listener.stop", name="web"), request("listener.start", name="web"),
+            request("cert.delete", name="web"),
+            request("backend.remove", listener="web", address="[::1]:9002"),
+            request("listener.delete", name="web")],
+        "bad": [b"not json", b"[]", b'{"version": 2, "op": "status"}',
+                b'{"version": 1, "op": "nope"}', b'{"version": 1, "op": "status", "args": 3}',
+                request("cert.upload", name="x\ny", type="ca", cert="garbage"),
+                request("listener.create", listener={"name": "a", "protocol": "tcp"})],
+    }
+    for name, reqs in sessions.items():
+        write("control", name, SEP.join(reqs))
+
+
 def main():
+    want = set(sys.argv[1:]) or {"handshake", "certs", "control"}
+    if "control" in want:
+        control_seeds()
+    if "certs" in want:
+        cert_seeds()
+    if "handshake" in want:
+        handshake_seeds()
+
+
+def handshake_seeds():
     v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
     flights = {
         "tls12-good": client_flights(v12, "good.pem"),
@@ -84,6 +143,8 @@ def main():
     hello = flights["tls13-good"]
     write("handshake", "tls13-hello", hello[: 5 + (hello[3] << 8 | hello[4])])
 
+
+def cert_seeds():
     write("certs", "server-ok", b"s" + data("server.pem") + SEP + data("server.key"))
     write("certs", "server-wrong-key", b"s" + data("server.pem") + SEP + data("client.key"))
     write("certs", "server-no-key", b"s" + data("server.pem") + SEP + data("server.pem"))

@@ -40,15 +40,16 @@ for name in "${names[@]}"; do
 		status=FAILED
 		failed+=("$name")
 	fi
+	# A crashed run may lack any of these: never let a missing one end the script.
 	runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
 	rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
-	cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-	ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-	corp=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+	cov=$( (grep -o 'cov: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)
+	ft=$( (grep -o 'ft: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)
+	corp=$( (grep -o 'corp: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)
 	printf 'fuzz %-11s %-6s runs %-10s exec/s %-7s cov %-6s ft %-6s corpus %s\n' \
 		"$name" "$status" "${runs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}"
 	if [ "$status" != ok ]; then
-		grep -E 'ERROR|SUMMARY|Test unit written|==[0-9]+==' "$log" | head -20 >&2
+		grep -E 'ERROR|SUMMARY|Test unit written|==[0-9]+==|: ' "$log" | head -20 >&2 || true
 		ls "$work/$name"-* 2>/dev/null | while read -r a; do
 			echo "reproducer: $a (base64: $(base64 -w0 "$a" | head -c 2000))" >&2
 		done

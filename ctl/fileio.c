@@ -57,23 +57,36 @@ bool kg_path_exists(const char *path)
 	return lstat(path, &st) == 0;
 }
 
+/* The buffer grows as the file does (up to max + 1 bytes, which detects
+ * "larger than max"), so reading a kilobyte does not cost max bytes. */
 char *kg_file_read(const char *path, size_t max, size_t *len, struct kg_err *err)
 {
 	char *buf = NULL;
-	size_t used = 0;
+	size_t used = 0, cap = 0;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
 	if (fd == -1) {
 		kg_errf(err, errno, "%s: %s", path, strerror(errno));
 		return NULL;
 	}
-	buf = malloc(max + 1);
-	if (!buf) {
-		kg_errf(err, ENOMEM, "%s: out of memory", path);
-		goto close_fd;
-	}
 	for (;;) {
-		ssize_t n = read(fd, buf + used, max + 1 - used);
+		if (used == cap) {
+			if (cap == max + 1) {
+				kg_errf(err, EFBIG, "%s: larger than %zu bytes", path, max);
+				goto free_buf;
+			}
+			size_t ncap = cap ? cap * 2 : 4096;
+			if (ncap > max + 1 || ncap < cap)
+				ncap = max + 1;
+			char *nbuf = realloc(buf, ncap + 1); /* + 1: the NUL */
+			if (!nbuf) {
+				kg_errf(err, ENOMEM, "%s: out of memory", path);
+				goto free_buf;
+			}
+			buf = nbuf;
+			cap = ncap;
+		}
+		ssize_t n = read(fd, buf + used, cap - used);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1) {
@@ -86,6 +99,13 @@ char *kg_file_read(const char *path, size_t max, size_t *len, struct kg_err *err
 		if (used > max) {
 			kg_errf(err, EFBIG, "%s: larger than %zu bytes", path, max);
 			goto free_buf;
+		}
+	}
+	if (!buf) { /* an empty file */
+		buf = malloc(1);
+		if (!buf) {
+			kg_errf(err, ENOMEM, "%s: out of memory", path);
+			goto close_fd;
 		}
 	}
 	buf[used] = '\0';

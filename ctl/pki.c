@@ -573,9 +573,7 @@ static bool is_dns_name(const char *s)
 	       strlen(s);
 }
 
-/* Checks each "TYPE:value" of a --san list so the error names the entry,
- * and returns the list as OpenSSL's v3 config syntax wants it. */
-static char *san_build(const char *san, struct kg_err *err)
+char *kg_san_build(const char *san, struct kg_err *err)
 {
 	char *copy = strdup(san), *save = NULL, *out = NULL;
 	size_t outlen = 0;
@@ -676,7 +674,7 @@ static int leaf_extensions(X509 *cert, X509 *ca, const struct kg_issue_opts *o,
 	if (ret)
 		return ret;
 	if (o->san)
-		san = san_build(o->san, err);
+		san = kg_san_build(o->san, err);
 	else if (o->type == KG_CERT_SERVER)
 		san = san_default(name, err);
 	else

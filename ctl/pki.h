@@ -32,6 +32,11 @@ int kg_digest_parse(const char *text, const EVP_MD **out, struct kg_err *err);
 /* "--days" values: 1..KG_MAX_DAYS, and at most max_days unless force. */
 int kg_days_parse(const char *text, int max_days, bool force, int *out, struct kg_err *err);
 
+/* A --san list, "DNS:a,IP:1.2.3.4,email:..,URI:..": checks each
+ * "TYPE:value" so the error names the entry, and returns the list as
+ * OpenSSL's v3 config syntax wants it (caller frees), or NULL. */
+char *kg_san_build(const char *san, struct kg_err *err);
+
 /* Where the CA key's passphrase comes from, if the key is encrypted. */
 struct kg_ca_pass {
 	const char *pass;  /* or NULL */

@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <kgate/log.h>
+
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -27,6 +29,7 @@ __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
 	va_start(ap, fmt);
 	vsnprintf(err, errlen, fmt, ap);
 	va_end(ap);
+	kg_text_one_line(err);
 	ERR_clear_error();
 	return -1;
 }

@@ -40,6 +40,7 @@ __attribute__((format(printf, 3, 4))) static int fail(struct parser *p, const ch
 		vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
 		va_end(ap);
 	}
+	kg_text_one_line(p->err);
 	return -1;
 }
 

@@ -47,9 +47,6 @@ static int slot_alloc(struct kg_worker *w)
 	return (int)idx;
 }
 
-/* Largest TLS record on the wire: header + 2^14 + 2048 (RFC 5246 6.2.3). */
-#define TLS_RECORD_MAX (5 + 16384 + 2048)
-
 /* Bytes through a connection's memory BIOs after which an idle tick
  * replaces them: a handshake or a burst leaves their buffers grown. */
 #define BIO_TRIM_BYTES 512
@@ -64,7 +61,7 @@ static int slot_alloc(struct kg_worker *w)
  * connection receives through the worker's ring. */
 static int conn_alloc_c_in(struct kg_conn *c)
 {
-	c->c_in_cap = TLS_RECORD_MAX;
+	c->c_in_cap = KG_TLS_RECORD_MAX;
 	c->c_in.data = malloc(c->c_in_cap + KTLS_EARLY_CAP);
 	return c->c_in.data ? 0 : -1;
 }
@@ -262,23 +259,6 @@ static enum hs_result handshake_step(struct kg_conn *c)
 	return HS_FAILED;
 }
 
-/* Length of the complete TLS record at p; 0 when more bytes are needed;
- * SIZE_MAX when p does not start a plausible record (OpenSSL gets the
- * bytes and says what is wrong with them). */
-static size_t record_at(const unsigned char *p, size_t avail)
-{
-	if (avail == 0)
-		return 0;
-	if (p[0] < 20 || p[0] > 23)
-		return SIZE_MAX;
-	if (avail < 5)
-		return 0;
-	size_t len = 5 + ((size_t)p[3] << 8 | p[4]);
-	if (len > TLS_RECORD_MAX)
-		return SIZE_MAX;
-	return avail >= len ? len : 0;
-}
-
 static int feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n)
 {
 	if (n > 0 && BIO_write(c->net_in, p, (int)n) != (int)n) {
@@ -306,7 +286,7 @@ static enum hs_result handshake_records(struct kg_conn *c)
 	enum hs_result r = HS_MORE;
 	while (r == HS_MORE) {
 		size_t avail = c->c_in.len - c->c_in.off;
-		size_t rec = record_at(c->c_in.data + c->c_in.off, avail);
+		size_t rec = kg_tls_record_len(c->c_in.data + c->c_in.off, avail);
 		if (rec == 0)
 			break;
 		if (rec == SIZE_MAX)
@@ -433,7 +413,7 @@ static size_t whole_records(const struct kg_conn *c, uint32_t *need)
 	size_t avail = c->c_in.len - c->c_in.off, pos = 0;
 	*need = 0;
 	while (pos < avail) {
-		size_t rec = record_at(p + pos, avail - pos);
+		size_t rec = kg_tls_record_len(p + pos, avail - pos);
 		if (rec == SIZE_MAX)
 			return SIZE_MAX;
 		if (rec == 0) {

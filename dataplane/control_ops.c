@@ -40,10 +40,14 @@ static json_object *reply_new(bool ok)
 	return r;
 }
 
-static json_object *verror(const char *code, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static json_object *verror(const char *code, const char *fmt,
+								    va_list ap)
 {
 	char msg[ERRLEN];
 	vsnprintf(msg, sizeof(msg), fmt, ap);
+	/* Messages echo request values (names, addresses): one line always,
+	 * for kgatectl's output and for scripts (found by fuzz_control). */
+	kg_text_one_line(msg);
 	json_object *r = reply_new(false), *e = json_object_new_object();
 	if (!r || !e) {
 		json_object_put(r);

@@ -50,8 +50,7 @@ static int hexval(char c)
 	return -1;
 }
 
-/* "LABEL <client_random hex> <secret hex>": decodes the secret. */
-static size_t keylog_secret(const char *line, unsigned char *out, size_t outlen)
+size_t kg_ktls_keylog_secret(const char *line, unsigned char *out, size_t outlen)
 {
 	const char *sp = strrchr(line, ' ');
 	if (!sp)
@@ -83,11 +82,11 @@ static void keylog_cb(const SSL *ssl, const char *line)
 	if (!t)
 		return;
 	if (starts_with(line, "SERVER_TRAFFIC_SECRET_0 ")) {
-		t->server_secret_len = keylog_secret(line, t->server_secret,
+		t->server_secret_len = kg_ktls_keylog_secret(line, t->server_secret,
 						     sizeof(t->server_secret));
 		t->wr_seq = 0;
 	} else if (starts_with(line, "CLIENT_TRAFFIC_SECRET_0 ")) {
-		t->client_secret_len = keylog_secret(line, t->client_secret,
+		t->client_secret_len = kg_ktls_keylog_secret(line, t->client_secret,
 						     sizeof(t->client_secret));
 	}
 }

@@ -54,6 +54,11 @@ struct kg_ktls_keys {
 /* Once per SSL_CTX of a listener that may hand off to kTLS: installs the
  * keylog callback that captures TLS 1.3 application secrets. */
 int kg_ktls_ctx_prepare(SSL_CTX *ctx);
+/* One keylog line, "LABEL <client_random hex> <secret hex>": decodes the
+ * secret into out. Returns its length, or 0 when the last field is not
+ * even-length hex that fits outlen. Pure, so it is fuzzed on its own. */
+size_t kg_ktls_keylog_secret(const char *line, unsigned char *out, size_t outlen);
+
 /* Once per SSL, before the handshake: t must live as long as ssl. */
 int kg_ktls_track_attach(SSL *ssl, struct kg_ktls_track *t);
 /* Stops tracking (the connection stays on userspace TLS); t may be freed. */

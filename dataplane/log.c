@@ -24,6 +24,7 @@ void kg_log_vwrite(int level, const char *fmt, va_list ap)
 	if (n < 0)
 		return;
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	kg_text_one_line(line + n);
 	/* One fputs per line: stdio locks the stream, so lines from several
 	 * workers never interleave. */
 	size_t len = strlen(line);
@@ -34,6 +35,13 @@ void kg_log_vwrite(int level, const char *fmt, va_list ap)
 		line[sizeof(line) - 2] = '\n';
 	}
 	fputs(line, stderr);
+}
+
+void kg_text_one_line(char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			*s = '?';
 }
 
 void kg_log_write(int level, const char *fmt, ...)

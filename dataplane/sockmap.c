@@ -47,7 +47,8 @@ struct kg_sockmap {
 /* libbpf's own messages (verifier logs, probe failures) go through kgate's
  * logger, one log line per text line: warnings as warnings, the rest at
  * debug level. libbpf prefixes its messages with "libbpf: " itself. */
-static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static int libbpf_print(enum libbpf_print_level level,
+								 const char *fmt, va_list ap)
 {
 	int kl = level == LIBBPF_WARN ? KG_LOG_WARN : KG_LOG_DEBUG;
 

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -329,4 +330,19 @@ enum kg_tls_status kg_tls_status(SSL *ssl, int ret, char *reason, size_t reason_
 	}
 	ERR_clear_error();
 	return st;
+}
+
+size_t kg_tls_record_len(const unsigned char *p, size_t avail)
+{
+	if (avail == 0)
+		return 0;
+	/* Content types 20-23: change_cipher_spec, alert, handshake, data. */
+	if (p[0] < 20 || p[0] > 23)
+		return SIZE_MAX;
+	if (avail < 5)
+		return 0;
+	size_t len = 5 + ((size_t)p[3] << 8 | p[4]);
+	if (len > KG_TLS_RECORD_MAX)
+		return SIZE_MAX;
+	return avail >= len ? len : 0;
 }

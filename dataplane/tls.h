@@ -50,4 +50,14 @@ extern const char *const kg_hs_reason_names[KG_HS_REASONS];
  * reason text kg_tls_status wrote for it. */
 enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason);
 
+/* Largest TLS record kgate accepts: header, 2^14 plaintext and the
+ * 2048 bytes of expansion RFC 8446/5246 allow. */
+#define KG_TLS_RECORD_MAX (5 + 16384 + 2048)
+
+/* Record framing on ciphertext the client sent: the length of the
+ * complete record starting at p; 0 when more bytes are needed; SIZE_MAX
+ * when p does not start a plausible record (OpenSSL gets the bytes and
+ * says what is wrong with them). Pure, so it is fuzzed on its own. */
+size_t kg_tls_record_len(const unsigned char *p, size_t avail);
+
 #endif

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kgate needs, when missing. Usage:
-#   tests/install-deps.sh build|test|demo|bench|vm|package
+#   tests/install-deps.sh build|test|demo|bench|vm|package|fuzz
 # Idempotent; needs root (apt-get) only when something is missing.
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc
 	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db
-	chromium libnss3-tools)
+	chromium libnss3-tools util-linux sslscan testssl.sh)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk haproxy nginx-light gnuplot-nox)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;
@@ -15,6 +15,8 @@ bench=("${test[@]}" wrk haproxy nginx-light gnuplot-nox)
 vm=("${test[@]}" qemu-system-x86 busybox-static)
 # tests/package/test_deb.py: cpack's dpkg-shlibdeps, systemd-analyze, setpriv.
 package=("${build[@]}" dpkg-dev systemd util-linux curl python3 man-db)
+# libFuzzer harnesses: clang and its runtime (libFuzzer, ASan, UBSan).
+fuzz=("${build[@]}" clang libclang-rt-14-dev)
 
 case "${1:-test}" in
 build) want=("${build[@]}") ;;
@@ -23,7 +25,8 @@ demo) want=("${demo[@]}") ;;
 bench) want=("${bench[@]}") ;;
 vm) want=("${vm[@]}") ;;
 package) want=("${package[@]}") ;;
-*) echo "usage: $0 build|test|demo|bench|vm|package" >&2; exit 2 ;;
+fuzz) want=("${fuzz[@]}") ;;
+*) echo "usage: $0 build|test|demo|bench|vm|package|fuzz" >&2; exit 2 ;;
 esac
 
 missing=()

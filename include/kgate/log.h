@@ -19,7 +19,13 @@ extern int kg_log_level;
 
 void kg_log_write(int level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
-void kg_log_vwrite(int level, const char *fmt, va_list ap);
+void kg_log_vwrite(int level, const char *fmt, va_list ap)
+	__attribute__((format(printf, 2, 0)));
+/* Replaces control characters (newline, escape, ...) in s with '?', so
+ * text that carries input (a JSON key, a file name, a peer's subject)
+ * stays one line and cannot forge log lines or terminal escapes. Every
+ * log line and every error message of config/certs loading passes here. */
+void kg_text_one_line(char *s);
 /* Parses "err", "warn", "notice", "info", "debug"; -1 if unknown. */
 int kg_log_level_parse(const char *name);
 

@@ -334,6 +334,59 @@ class EchoBackend:
         self.server.server_close()
 
 
+class ThreadedServer:
+    """A loopback TCP server running self.handle(conn) on a thread per
+    connection (the connection is closed afterwards); subclasses say what
+    handle does. close() stops accepting."""
+
+    def __init__(self, backlog=256):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn):
+        try:
+            self.handle(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def handle(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
+
+
+def closing_factory(ctor, close=lambda obj: obj.close()):
+    """Body of a factory fixture: `yield from closing_factory(Cls)` gives
+    the test make(*args) -> Cls(*args), and closes every object made."""
+    made = []
+
+    def make(*args, **kw):
+        obj = ctor(*args, **kw)
+        made.append(obj)
+        return obj
+    try:
+        yield make
+    finally:
+        for obj in made:
+            close(obj)
+
+
 @pytest.fixture
 def http_backends():
     made = []
@@ -507,12 +560,13 @@ def _tail(text, lines=150):
 
 @pytest.fixture
 def spawn_kgated(request, tmp_path):
-    """spawn_kgated(config_dict, args=()) -> Daemon, ready, ports parsed."""
+    """spawn_kgated(config_dict, args=(), prefix=()) -> Daemon, ready, ports
+    parsed; prefix is a command that execs kgated (Daemon)."""
     daemons = []
     request.node.kg_daemons = daemons
 
-    def spawn(config, args=(), wait=True):
-        d = Daemon(config, str(tmp_path / ("kgated%d" % len(daemons))), args)
+    def spawn(config, args=(), wait=True, prefix=()):
+        d = Daemon(config, str(tmp_path / ("kgated%d" % len(daemons))), args, prefix=prefix)
         daemons.append(d)
         if wait:
             d.wait_ready()

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import (KGATED, REPO, base_config, client_context, dead_port,
+from conftest import (KGATED, REPO, base_config, client_context, closing_factory, dead_port,
                       https_get, run, tls_listener)
 
 BACKEND_TOOL = os.path.join(REPO, "tests", "tools", "http_backend.py")
@@ -54,15 +54,7 @@ class ProcBackend:
 
 @pytest.fixture
 def proc_backends():
-    made = []
-
-    def make(name, **kw):
-        b = ProcBackend(name, **kw)
-        made.append(b)
-        return b
-    yield make
-    for b in made:
-        b.kill()
+    yield from closing_factory(ProcBackend, close=ProcBackend.kill)
 
 
 def health_listener(pki, backends, **check):

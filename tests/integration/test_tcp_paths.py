@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import base_config, wait_until
+from conftest import ThreadedServer, base_config, closing_factory, wait_until
 
 MiB = 1 << 20
 # Paths a tcp listener can take on any kernel; sockmap joins when BPF is built.
@@ -47,31 +47,17 @@ def path_count(d, name):
     return total
 
 
-class ByteServer:
+class ByteServer(ThreadedServer):
     """Per connection: `mode` "sink" reads to EOF (records count + sha256),
     "source" sends `size` random bytes then closes at once (records sha256),
     "echo" echoes and half-closes after EOF."""
 
     def __init__(self, mode, size=0):
         self.mode, self.size = mode, size
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.results = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn):
+    def handle(self, conn):
         h, n = hashlib.sha256(), 0
         try:
             if self.mode == "source":
@@ -95,29 +81,16 @@ class ByteServer:
                     conn.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        finally:
-            conn.close()
         with self.lock:
             self.results.append((n, h.hexdigest()))
 
     def wait(self, count, timeout=60):
         return wait_until(lambda: len(self.results) >= count, timeout)
 
-    def close(self):
-        self.sock.close()
-
 
 @pytest.fixture
 def servers():
-    made = []
-
-    def make(mode, size=0):
-        s = ByteServer(mode, size)
-        made.append(s)
-        return s
-    yield make
-    for s in made:
-        s.close()
+    yield from closing_factory(ByteServer)
 
 
 def recv_all(sock, limit=None):
@@ -130,23 +103,15 @@ def recv_all(sock, limit=None):
         n += len(data)
 
 
-class Banner:
+class Banner(ThreadedServer):
     """Answers each connection with its name, then closes."""
 
     def __init__(self, name):
         self.name = name.encode()
-        self.srv = ByteServer("sink")
-        self.srv._handle = self._handle
-        self.address = self.srv.address
+        super().__init__()
 
-    def _handle(self, conn):
-        try:
-            conn.sendall(self.name)
-        finally:
-            conn.close()
-
-    def close(self):
-        self.srv.close()
+    def handle(self, conn):
+        conn.sendall(self.name)
 
 
 @pytest.mark.parametrize("forwarding", TCP_PATHS)

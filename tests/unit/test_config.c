@@ -56,6 +56,9 @@ static const struct bad_case bad[] = {
 	{"", "invalid JSON"},
 	{"[]", "(top level): expected an object, got an array"},
 	{"{'listener':[]}", "listener: unknown key"},
+	/* input echoed in a message stays one line: control characters become
+	 * '?' (found by fuzz_config: a newline in a key split the message) */
+	{"{'a\\nb\\u001b[2J':1}", "a?b?[2J: unknown key"},
 	{"{'certificates':{}}", "listeners: is required"},
 	{"{'listeners':{}}", "listeners: expected an array, got an object"},
 	{"{'listeners':[]}", "listeners: at least one listener"},

@@ -1,0 +1,163 @@
+#!/usr/bin/python3
+"""Regenerates the seed corpora that come from real traffic or files:
+handshake/ and tls_record/ (client flights recorded with Python's ssl over
+memory BIOs against a server using data/'s PKI), certs/ (the data/ files in
+the harness's input format), control/ (control sessions carrying data/'s
+certificates inline). Hand-written seeds of the other harnesses are
+committed as they are. Usage: tests/fuzz/gen_seeds.py [handshake|certs|control]...
+(default: all)"""
+import base64
+import json
+import os
+import ssl
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+CORPUS = os.path.join(HERE, "corpus")
+SEP = b"\n--8<--\n"
+
+
+def data(name):
+    with open(os.path.join(DATA, name), "rb") as f:
+        return f.read()
+
+
+def write(harness, name, blob):
+    os.makedirs(os.path.join(CORPUS, harness), exist_ok=True)
+    with open(os.path.join(CORPUS, harness, name), "wb") as f:
+        f.write(blob)
+
+
+def client_flights(version, client_cert=None, tls12_ciphers=None):
+    """Everything the client sends in one handshake, as bytes."""
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(os.path.join(DATA, "server.pem"), os.path.join(DATA, "server.key"))
+    sctx.load_verify_locations(os.path.join(DATA, "ca.pem"))
+    sctx.verify_mode = ssl.CERT_OPTIONAL
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.check_hostname = False
+    cctx.verify_mode = ssl.CERT_NONE
+    cctx.minimum_version = version
+    cctx.maximum_version = version
+    if tls12_ciphers:
+        cctx.set_ciphers(tls12_ciphers)
+    if client_cert:
+        cctx.load_cert_chain(os.path.join(DATA, client_cert), os.path.join(DATA, "client.key"))
+    cin, cout, sin, sout = (ssl.MemoryBIO() for _ in range(4))
+    c = cctx.wrap_bio(cin, cout, server_hostname="localhost")
+    s = sctx.wrap_bio(sin, sout, server_side=True)
+    sent = b""
+    c_done = s_done = False
+    for _ in range(16):
+        for obj, done_name in ((c, "c"), (s, "s")):
+            try:
+                obj.do_handshake()
+                if done_name == "c":
+                    c_done = True
+                else:
+                    s_done = True
+            except ssl.SSLWantReadError:
+                pass
+        chunk = cout.read()
+        sent += chunk
+        sin.write(chunk)
+        cin.write(sout.read())
+        if c_done and s_done:
+            break
+    # One request after the handshake, as a client would pipeline it.
+    c.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    sent += cout.read()
+    return sent
+
+
+def request(op, **args):
+    return json.dumps({"version": 1, "op": op, "args": args}).encode()
+
+
+def control_seeds():
+    pem = {n: data(n).decode() for n in ("ca.pem", "ca.crl", "server.pem", "server.key",
+                                         "good.pem", "client.key")}
+    upload = [request("cert.upload", name="clients", type="ca", cert=pem["ca.pem"],
+                      crl=pem["ca.crl"]),
+              request("cert.upload", name="web", type="server", cert=pem["server.pem"],
+                      key=pem["server.key"])]
+    listener = {"name": "web", "protocol": "tls", "bind": "127.0.0.1", "port": 0,
+                "certificate": "web", "ca": "clients", "mutual_auth": "required",
+                "backends": [{"address": "127.0.0.1:9001", "weight": 2}],
+                "health_check": {"type": "http", "path": "/healthz"}}
+    sessions = {
+        "read-only": [request("status"), request("stats"), request("cert.list"),
+                      request("listener.list")],
+        "certs": upload + [request("cert.show", name="web"), request("cert.list"),
+                           request("cert.set_crl", name="clients", crl=pem["ca.crl"]),
+                           request("cert.replace", name="web", cert=pem["server.pem"],
+                                   key=pem["server.key"]),
+                           request("cert.delete", name="clients")],
+        "listener": upload + [
+            request("listener.create", listener=listener),
+            request("backend.add", listener="web", address="[::1]:9002", weight=1),
+            request("backend.set_weight", listener="web", address="127.0.0.1:9001",
+                    weight=5),
+            request("backend.drain", listener="web", address="127.0.0.1:9001"),
+            request("backend.enable", listener="web", address="127.0.0.1:9001"),
+            request("listener.update", name="web", set={"idle_timeout_ms": 1000}),
+            request("listener.show", name="web"), request("stats", listener="web"),
+            request("listener.stop", name="web"), request("listener.start", name="web"),
+            request("cert.delete", name="web"),
+            request("backend.remove", listener="web", address="[::1]:9002"),
+            request("listener.delete", name="web")],
+        "bad": [b"not json", b"[]", b'{"version": 2, "op": "status"}',
+                b'{"version": 1, "op": "nope"}', b'{"version": 1, "op": "status", "args": 3}',
+                request("cert.upload", name="x\ny", type="ca", cert="garbage"),
+                request("listener.create", listener={"name": "a", "protocol": "tcp"})],
+    }
+    for name, reqs in sessions.items():
+        write("control", name, SEP.join(reqs))
+
+
+def main():
+    want = set(sys.argv[1:]) or {"handshake", "certs", "control"}
+    if "control" in want:
+        control_seeds()
+    if "certs" in want:
+        cert_seeds()
+    if "handshake" in want:
+        handshake_seeds()
+
+
+def handshake_seeds():
+    v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+    flights = {
+        "tls12-good": client_flights(v12, "good.pem"),
+        "tls12-revoked": client_flights(v12, "revoked.pem"),
+        "tls12-noeku": client_flights(v12, "noeku.pem"),
+        "tls12-nocert": client_flights(v12),
+        "tls12-chacha": client_flights(v12, "good.pem", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+        "tls13-good": client_flights(v13, "good.pem"),
+    }
+    for name, blob in flights.items():
+        write("handshake", name, blob)
+        write("tls_record", name, blob)
+    # The first record alone: a ClientHello.
+    hello = flights["tls13-good"]
+    write("handshake", "tls13-hello", hello[: 5 + (hello[3] << 8 | hello[4])])
+
+
+def cert_seeds():
+    write("certs", "server-ok", b"s" + data("server.pem") + SEP + data("server.key"))
+    write("certs", "server-wrong-key", b"s" + data("server.pem") + SEP + data("client.key"))
+    write("certs", "server-no-key", b"s" + data("server.pem") + SEP + data("server.pem"))
+    write("certs", "ca-ok", b"c" + data("ca.pem"))
+    write("certs", "ca-not-ca", b"c" + data("good.pem"))
+    write("certs", "ca-crl", b"C" + data("ca.pem") + SEP + data("ca.crl"))
+    write("certs", "ca-wrong-crl", b"C" + data("server.pem") + SEP + data("ca.crl"))
+    write("certs", "chain", b"s" + data("good.pem") + data("ca.pem") + SEP + data("client.key"))
+    pem = data("ca.pem")
+    write("certs", "ca-truncated", b"c" + pem[: len(pem) // 2])
+    body = b"".join(l for l in pem.splitlines(True) if not l.startswith(b"-----"))
+    write("certs", "der-cert", b"d" + base64.b64decode(body))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ control socket's robustness, and the metrics endpoint.
 import hashlib
 import json
 import os
+import shutil
 import socket
 import ssl
 import stat
@@ -876,6 +877,14 @@ def test_metrics_endpoint(pki, gated, http_backends):
     assert values['kgate_handshake_failures_by_reason_total{reason="revoked"}'] == 0
     assert d.ctl.json("stats")["handshakes"]["ok"] >= 1
     assert d.ctl.json("status")["metrics"] == "127.0.0.1:%d" % mport
+    # Prometheus' own linter: naming, _total counters, HELP/TYPE for each.
+    promtool = shutil.which("promtool")
+    if promtool:
+        res = subprocess.run([promtool, "check", "metrics"], input=text,
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stdout + res.stderr
+    else:
+        assert os.environ.get("CI") != "true", "promtool missing in CI (tests/install-deps.sh test)"
 
 
 def test_handshake_failures_counted_by_reason(pki, gated, http_backends):

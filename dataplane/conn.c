@@ -539,6 +539,17 @@ static void handoff_step(struct kg_conn *c)
 		kg_conn_close(c, err);
 }
 
+void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, enum kg_op op, bool *armed)
+{
+	if (*armed)
+		return;
+	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	io_uring_prep_poll_add(sqe, fd, mask);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(op, c->idx, fd));
+	*armed = true;
+	c->inflight++;
+}
+
 void kg_conn_start_forwarding(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;

@@ -44,14 +44,7 @@ static int side_of(const struct kg_conn *c, int fd)
 
 static void arm(struct kg_conn *c, int side, unsigned mask, enum kg_op op, bool *armed)
 {
-	if (*armed)
-		return;
-	int fd = side == KG_SM_CLIENT ? c->cfd : c->bfd;
-	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	io_uring_prep_poll_add(sqe, fd, mask);
-	io_uring_sqe_set_data64(sqe, kg_ud_pack(op, c->idx, fd));
-	*armed = true;
-	c->inflight++;
+	kg_conn_arm_poll(c, side == KG_SM_CLIENT ? c->cfd : c->bfd, mask, op, armed);
 }
 
 static void arm_pace_timer(struct kg_worker *w)

@@ -260,14 +260,8 @@ static bool hop_run(struct kg_conn *c, struct kg_hop *h)
 
 static void arm_poll(struct kg_conn *c, int fd, bool out, bool *armed)
 {
-	if (*armed)
-		return;
-	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	io_uring_prep_poll_add(sqe, fd, out ? POLLOUT : POLLIN | POLLRDHUP);
-	io_uring_sqe_set_data64(sqe, kg_ud_pack(out ? KG_OP_POLL_OUT : KG_OP_POLL_IN,
-						c->idx, fd));
-	*armed = true;
-	c->inflight++;
+	kg_conn_arm_poll(c, fd, out ? POLLOUT : POLLIN | POLLRDHUP,
+			 out ? KG_OP_POLL_OUT : KG_OP_POLL_IN, armed);
 }
 
 static void arm_backoff(struct kg_conn *c)

@@ -145,6 +145,20 @@ void kg_ktls_handshake_done(SSL *ssl, struct kg_ktls_track *t)
 		t->rd_seq = 0;
 }
 
+/* Runs OpenSSL KDF `name` with params into out. 0 or -1. */
+static int kdf_run(const char *name, const OSSL_PARAM *params, unsigned char *out,
+		   size_t outlen)
+{
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, name, NULL);
+	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	EVP_KDF_free(kdf);
+	if (!kctx)
+		return -1;
+	int ok = EVP_KDF_derive(kctx, out, outlen, params);
+	EVP_KDF_CTX_free(kctx);
+	return ok == 1 ? 0 : -1;
+}
+
 /* TLS 1.3 HKDF-Expand-Label(secret, label, "", outlen) (RFC 8446 7.1). */
 static int hkdf_expand_label(const EVP_MD *md, const unsigned char *secret,
 			     size_t secret_len, const char *label,
@@ -164,11 +178,6 @@ static int hkdf_expand_label(const EVP_MD *md, const unsigned char *secret,
 	n += strlen(label);
 	info[n++] = 0; /* empty context */
 
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	EVP_KDF_free(kdf);
-	if (!kctx)
-		return -1;
 	int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
 	OSSL_PARAM params[] = {
 		OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
@@ -179,9 +188,7 @@ static int hkdf_expand_label(const EVP_MD *md, const unsigned char *secret,
 		OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, n),
 		OSSL_PARAM_construct_end(),
 	};
-	int ok = EVP_KDF_derive(kctx, out, outlen, params);
-	EVP_KDF_CTX_free(kctx);
-	return ok == 1 ? 0 : -1;
+	return kdf_run("HKDF", params, out, outlen);
 }
 
 /* TLS 1.2 key block (RFC 5246 6.3): PRF(master, "key expansion",
@@ -201,11 +208,6 @@ static int tls12_key_block(SSL *ssl, const EVP_MD *md, unsigned char *out,
 		    SSL3_RANDOM_SIZE)
 		return -1;
 
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "TLS1-PRF", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	EVP_KDF_free(kdf);
-	if (!kctx)
-		return -1;
 	OSSL_PARAM params[] = {
 		OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
 						 (char *)EVP_MD_get0_name(md), 0),
@@ -213,10 +215,9 @@ static int tls12_key_block(SSL *ssl, const EVP_MD *md, unsigned char *out,
 		OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED, seed, sizeof(seed)),
 		OSSL_PARAM_construct_end(),
 	};
-	int ok = EVP_KDF_derive(kctx, out, outlen, params);
-	EVP_KDF_CTX_free(kctx);
+	int ret = kdf_run("TLS1-PRF", params, out, outlen);
 	OPENSSL_cleanse(master, sizeof(master));
-	return ok == 1 ? 0 : -1;
+	return ret;
 }
 
 static void put_be64(unsigned char out[8], uint64_t v)

@@ -253,6 +253,9 @@ int kg_backend_submit_connect(struct kg_conn *c, const struct kg_backend_conf *b
  * health failure, the member marked tried, c->bfd closed. */
 void kg_backend_connect_failed(struct kg_conn *c, int res);
 
+/* conn.c: one readiness poll on fd (one of the connection's sockets),
+ * completing as op; no-op while *armed. */
+void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, enum kg_op op, bool *armed);
 /* conn.c: the backend is connected; start the listener's path. */
 void kg_conn_start_forwarding(struct kg_conn *c);
 

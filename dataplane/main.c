@@ -150,11 +150,26 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
+/* The sockmap relay (path P) is switched off in this version: pacing
+ * takes a source out of the verdict's map, and a 64 KiB skb that the
+ * kernel had already dequeued for the verdict is then dropped (about one
+ * 64 MiB echo in 12 lost one). Until pausing is redone inside the verdict
+ * (bpf/README.md), "sockmap" is refused at start rather than risk bytes;
+ * the module and its tests stay. */
+#define KG_SOCKMAP_ENABLED 0
+
 /* Loads the sockmap programs (needs CAP_BPF/CAP_NET_ADMIN, so before the
  * privilege drop) and records in caps whether path P can use them. */
 static struct kg_sockmap *sockmap_load(struct kg_kernel_caps *caps)
 {
 	char err[160];
+	if (!KG_SOCKMAP_ENABLED) {
+		caps->sockmap = false;
+		snprintf(caps->sockmap_why, sizeof(caps->sockmap_why),
+			 "disabled in this version: pacing can drop an in-flight skb "
+			 "(bpf/README.md); use \"splice\"");
+		return NULL;
+	}
 	struct kg_sockmap *sm = kg_sockmap_open(0, err, sizeof(err));
 	caps->sockmap = sm != NULL;
 	snprintf(caps->sockmap_why, sizeof(caps->sockmap_why), "%s",

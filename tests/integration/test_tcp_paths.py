@@ -15,7 +15,9 @@ from conftest import ThreadedServer, base_config, closing_factory, wait_until
 
 MiB = 1 << 20
 # Paths a tcp listener can take on any kernel; sockmap joins when BPF is built.
-TCP_PATHS = ["auto", "splice", "userspace", "sockmap"]
+# sockmap is refused in this version (pacing can drop an skb): see
+# test_sockmap_forwarding_is_refused_until_pacing_is_fixed.
+TCP_PATHS = ["auto", "splice", "userspace"]
 PATH_COUNTER = {"auto": "splice", "splice": "splice", "userspace": "userspace-copy",
                 "sockmap": "sockmap"}
 
@@ -292,6 +294,12 @@ def start_fails(tmp_path, config):
     res = run([KGATED, "--user", "root", "--config", str(path)], check=False, timeout=30)
     assert res.returncode != 0, "kgated started with an impossible forwarding mode"
     return res.stderr
+
+
+def test_sockmap_forwarding_is_refused_until_pacing_is_fixed(pki, tmp_path):
+    log = start_fails(tmp_path, base_config(
+        pki, [tcp_listener(["127.0.0.1:9"], "sockmap")]))
+    assert "listeners[0].forwarding" in log and "disabled in this version" in log, log
 
 
 def test_sockmap_on_a_tls_listener_is_refused(pki, tmp_path):

@@ -207,7 +207,8 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 			slot->listening = true;
 			slot->bind = it->conf->bind;
 			kg_sockaddr_format(&slot->bind, addr, sizeof(addr));
-			log_notice("listener.listening", KV("listener", slot->name), KV("addr", addr));
+			log_notice("listener.listening", KV("listener", slot->name),
+				   KV("addr", addr));
 		}
 	}
 	/* Health checkers hold the snapshots they check: rebuilt from what is

@@ -177,10 +177,11 @@ static void serve_one(struct kg_control *c, int fd)
 		json_object *okv = NULL;
 		if (json_object_object_get_ex(reply, "ok", &okv) && !json_object_get_boolean(okv)) {
 			json_object *op = json_object_object_get(req, "op");
+			json_object *err = json_object_object_get(reply, "error");
+			json_object *msg = json_object_object_get(err, "message");
 			log_info("control.op_refused", KV("peer", who),
 				 KV("op", op ? json_object_get_string(op) : ""),
-				 KV("reason", json_object_get_string(json_object_object_get(
-						      json_object_object_get(reply, "error"), "message"))));
+				 KV("reason", json_object_get_string(msg)));
 		}
 	}
 	json_object_put(req);

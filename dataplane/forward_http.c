@@ -107,8 +107,8 @@ static int client_write(struct kg_conn *c, const void *p, size_t n)
 	int r = SSL_write(c->ssl, p, (int)n);
 	if (r != (int)n) {
 		kg_tls_status(c->ssl, r, reason, sizeof(reason));
-		kg_worker_warn(c->worker, "tls.write_failed", KV("listener", c->listener->conf->name),
-			       KV("reason", reason));
+		kg_worker_warn(c->worker, "tls.write_failed",
+			       KV("listener", c->listener->conf->name), KV("reason", reason));
 		kg_conn_close(c, "TLS write failed");
 		return -1;
 	}

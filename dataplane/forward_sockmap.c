@@ -110,7 +110,8 @@ static void progress(struct kg_conn *c)
 					kg_sockmap_redirected(sm, &s->pair, dst, &into, &dropped);
 					log_debug("sockmap.not_flushed", KV("worker", c->worker->id),
 						  KV("conn", c->idx),
-						  KV("side", dst == KG_SM_CLIENT ? "client" : "backend"),
+						  KV("side", dst == KG_SM_CLIENT ? "client"
+										 : "backend"),
 						  KV("redirected", into), KV("dropped", dropped),
 						  KV("tail_bytes", s->pair.tail_bytes[dst]));
 				}
@@ -152,7 +153,8 @@ bool kg_forward_sockmap_start(struct kg_conn *c)
 		free(s);
 		w->stats.sockmap_fallback++;
 		log_debug("sockmap.fallback", KV("listener", c->listener->conf->name),
-			  KV("worker", w->id), KV("conn", c->idx), KV_ERRNO(-r), KV("path", "splice"));
+			  KV("worker", w->id), KV("conn", c->idx), KV_ERRNO(-r),
+			  KV("path", "splice"));
 		return false;
 	}
 	if (r < 0) {

@@ -316,7 +316,8 @@ int kg_health_set_admin(struct kg_health_group *g, size_t member, enum kg_admin_
 	const char *lname = g->lc->name, *addr = m->conf->address;
 	switch (admin) {
 	case KG_ADMIN_READY:
-		log_notice(was == KG_ADMIN_DISABLED ? "backend.disable_ended" : "backend.drain_ended",
+		log_notice(was == KG_ADMIN_DISABLED ? "backend.disable_ended"
+						    : "backend.drain_ended",
 			   KV("listener", lname), KV("backend", addr),
 			   KV("rejoins_when", g->checked ? "healthy" : "possible"));
 		break;

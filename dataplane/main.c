@@ -445,7 +445,8 @@ int main(int argc, char **argv)
 	if (level) {
 		int lvl = kg_log_level_parse(level);
 		if (lvl < 0) {
-			log_err("config.invalid", KV("reason", "unknown log level"), KV("level", level));
+			log_err("config.invalid", KV("reason", "unknown log level"),
+				KV("level", level));
 			goto free_runtime;
 		}
 		kg_log_level = lvl;
@@ -494,7 +495,8 @@ int main(int argc, char **argv)
 	for (unsigned w = 0; w < n_workers; w++) {
 		workers[w] = kg_worker_create(w, &rt);
 		if (!workers[w]) {
-			log_err("worker.start_failed", KV("worker", w), KV("reason", "out of memory"));
+			log_err("worker.start_failed", KV("worker", w),
+				KV("reason", "out of memory"));
 			goto free_workers;
 		}
 	}

@@ -198,7 +198,8 @@ static void replace_checker(struct kg_worker *w)
 	unsigned gen = (kg_health_checker_gen(w->health) + 1) & KG_HEALTH_GEN_MASK;
 	for (size_t i = 0; i < w->n_retired; i++)
 		if (kg_health_checker_gen(w->retired[i]) == gen) {
-			log_err("health.generation_busy", KV("worker", w->id), KV("generation", gen));
+			log_err("health.generation_busy", KV("worker", w->id),
+				KV("generation", gen));
 			return;
 		}
 	struct kg_health_checker *hc = kg_health_checker_create(w, w->rt->n_workers, gen);

@@ -174,13 +174,14 @@ Test(log, truncation_keeps_a_valid_line)
 		}
 		big[n] = '\0';
 		for (size_t cap = 64; cap <= sizeof(buf); cap += 7) {
-			struct kg_log_field f[] = {KV("listener", "web"), KV("v", big), KV("after", 1),
-						   END};
+			struct kg_log_field f[] = {KV("listener", "web"), KV("v", big),
+						   KV("after", 1), END};
 			size_t len = kg_log_format(buf, cap, KG_LOG_WARN, cap % 2 == 0, &fixed_ts,
 						   "t.trunc", f);
 			cr_assert_leq(len, cap, "fill %zu cap %zu", fi, cap);
 			const char *why = logfmt_invalid(buf, len);
-			cr_assert_null(why, "fill %zu cap %zu: %s: %.*s", fi, cap, why, (int)len, buf);
+			cr_assert_null(why, "fill %zu cap %zu: %s: %.*s", fi, cap, why, (int)len,
+				       buf);
 			cr_assert(len > 16 && memcmp(buf + len - 16, " truncated=true\n", 16) == 0,
 				  "fill %zu cap %zu: %.*s", fi, cap, (int)len, buf);
 		}

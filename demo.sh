@@ -64,8 +64,8 @@ user_args=()
 [ "$(id -u)" -eq 0 ] && user_args=(--user nobody)
 "$kgated" --state-dir "$work/state" --workers 1 "${user_args[@]}" 2>"$work/kgated.log" &
 pids+=($!)
-for _ in $(seq 100); do grep -q "kgated ready" "$work/kgated.log" && break; sleep 0.1; done
-grep -q "kgated ready" "$work/kgated.log" || { cat "$work/kgated.log"; echo "kgated did not start" >&2; exit 1; }
+for _ in $(seq 100); do grep -q " event=kgated.ready " "$work/kgated.log" && break; sleep 0.1; done
+grep -q " event=kgated.ready " "$work/kgated.log" || { cat "$work/kgated.log"; echo "kgated did not start" >&2; exit 1; }
 export KGATE_SOCKET=$work/state/control.sock
 "$kgatectl" cert upload --name web --type server --cert "$work/server.pem" --key "$work/server.key" >/dev/null
 "$kgatectl" cert upload --name clients --type ca --cert "$work/ca/ca.pem" --crl "$work/ca.crl" >/dev/null
@@ -83,12 +83,14 @@ port=$("$kgatectl" -o json listener show web | /usr/bin/python3 -c \
 
 step "5. health status: wait until both backends are healthy"
 for _ in $(seq 100); do
-	[ "$(grep -c -- '-> healthy' "$work/kgated.log")" -ge 2 ] && break
+	[ "$(grep -c -- ' event=backend.health_changed .* to=healthy ' "$work/kgated.log")" -ge 2 ] && break
 	sleep 0.1
 done
-grep -- '-> healthy' "$work/kgated.log" || { cat "$work/kgated.log"; echo "backends not healthy" >&2; exit 1; }
+grep -- ' event=backend.health_changed .* to=healthy ' "$work/kgated.log" ||
+	{ cat "$work/kgated.log"; echo "backends not healthy" >&2; exit 1; }
 for name in backend-1 backend-2; do
-	grep -q "backend 127.0.0.1:${ports[$name]}: unknown -> healthy" "$work/kgated.log" ||
+	grep -q " event=backend.health_changed .* backend=127.0.0.1:${ports[$name]} from=unknown to=healthy " \
+		"$work/kgated.log" ||
 		{ echo "$name is not healthy" >&2; exit 1; }
 	echo "$name (127.0.0.1:${ports[$name]}): health status normal"
 done
@@ -99,7 +101,7 @@ for i in 1 2 3 4 5 6; do urls+=("https://127.0.0.1:$port/page$i"); done
 curl -sS --cacert "$work/ca/ca.pem" --cert "$work/alice.pem" --key "$work/alice.key" \
 	-w '   (new TLS connections for this request: %{num_connects})\n' "${urls[@]}"
 echo "kgated's access log for them:"
-grep 'access:' "$work/kgated.log" | sed 's/^<[0-9]>info: /  /'
+grep ' event=http.access ' "$work/kgated.log" | sed 's/^/  /'
 echo "what a backend receives (identity headers set by kgated, client copies removed):"
 curl -sS --cacert "$work/ca/ca.pem" --cert "$work/alice.pem" --key "$work/alice.key" \
 	-H 'X-Forwarded-Clientcert-subjectdn: CN=mallory' "https://127.0.0.1:$port/spoof"
@@ -110,8 +112,8 @@ curl -sS --cacert "$work/ca/ca.pem" --cert-type P12 --cert "$work/alice.p12:demo
 step "7. backend-2 stops: its checks fail and it leaves the rotation"
 kill "${pids[1]}"
 wait "${pids[1]}" 2>/dev/null || true
-for _ in $(seq 100); do grep -q -- '-> unhealthy' "$work/kgated.log" && break; sleep 0.1; done
-grep -- '-> unhealthy' "$work/kgated.log" || { echo "backend-2 never marked unhealthy" >&2; exit 1; }
+for _ in $(seq 100); do grep -q -- ' to=unhealthy ' "$work/kgated.log" && break; sleep 0.1; done
+grep -- ' to=unhealthy ' "$work/kgated.log" || { echo "backend-2 never marked unhealthy" >&2; exit 1; }
 for i in 1 2 3 4; do
 	printf 'request %d -> ' "$i"
 	curl -sS --cacert "$work/ca/ca.pem" --cert "$work/alice.pem" --key "$work/alice.key" \
@@ -125,7 +127,7 @@ if out=$(curl -sS --cacert "$work/ca/ca.pem" "https://127.0.0.1:$port/" 2>&1); t
 fi
 echo "refused: $out"
 sleep 0.2
-grep "handshake failed" "$work/kgated.log" | tail -1
+grep " event=tls.handshake_failed " "$work/kgated.log" | tail -1
 
 step "9. status and counters"
 "$kgatectl" status | grep -E '^(version|workers|listeners|connections\.total|kernel\.ktls):'

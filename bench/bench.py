@@ -262,12 +262,12 @@ class Kgated(Proxy):
             # cannot read the bench's private work folder; root keeps it.
             argv += ["--user", "root"]
         self.proc = self.env.procs.start(argv, logf)
-        wait_for(logf, r"kgated ready \(pid", 10, self.proc)
+        wait_for(logf, r" event=kgated\.ready ", 10, self.proc)
 
     def counters(self, log_path=None):
         with open(log_path or self.log) as f:
-            return [l.split("info: ", 1)[-1].strip() for l in f
-                    if "stopped:" in l or "buffer ring" in l]
+            return [l.split(" event=", 1)[-1].strip() for l in f
+                    if " event=worker.stopped " in l or " event=worker.bufring_empty " in l]
 
 
 class Haproxy(Proxy):

@@ -170,7 +170,8 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 		if (it->failed[0]) {
 			/* Nothing runs for it: no sockets, no snapshot. */
 			if (!slot->failed[0] || !slot->used)
-				log_err("listener %s not started: %s", it->conf->name, it->failed);
+				log_err("listener.start_failed", KV("listener", it->conf->name),
+					KV("reason", it->failed));
 			slot->used = true;
 			snprintf(slot->name, sizeof(slot->name), "%s", it->conf->name);
 			snprintf(slot->failed, sizeof(slot->failed), "%s", it->failed);
@@ -187,8 +188,8 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 			kg_listener_put(it->snap); /* built to validate only */
 			it->snap = NULL;
 			if (it->release || it->unlisten)
-				log_notice("listener %s %s", slot->name,
-					   it->release ? "deleted" : "stopped");
+				log_notice(it->release ? "listener.deleted" : "listener.stopped",
+					   KV("listener", slot->name));
 			if (it->release) {
 				slot->used = false;
 				continue;
@@ -206,7 +207,8 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 			slot->listening = true;
 			slot->bind = it->conf->bind;
 			kg_sockaddr_format(&slot->bind, addr, sizeof(addr));
-			log_notice("listener %s listening on %s", slot->name, addr);
+			log_notice("listener.listening", KV("listener", slot->name),
+				   KV("addr", addr));
 		}
 	}
 	/* Health checkers hold the snapshots they check: rebuilt from what is

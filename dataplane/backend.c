@@ -20,8 +20,8 @@ static void no_backend(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
 	w->stats.no_backend++;
-	kg_worker_warn(w, "listener %s: no backend available after %u attempt(s), closing client",
-		       c->listener->conf->name, c->connect_attempts);
+	kg_worker_warn(w, "conn.no_backend", KV("listener", c->listener->conf->name),
+		       KV("attempts", c->connect_attempts));
 	if (!c->ssl) {
 		kg_conn_close(c, "no backend available");
 		return;
@@ -42,7 +42,7 @@ int kg_backend_submit_connect(struct kg_conn *c, const struct kg_backend_conf *b
 	if (fd == -1)
 		return -errno;
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
-		log_debug("TCP_NODELAY on backend socket: %s", strerror(errno));
+		log_debug("socket.nodelay_failed", KV("side", "backend"), KV_ERRNO(errno));
 
 	c->bfd = fd;
 	c->connect_attempts++;
@@ -59,7 +59,7 @@ int kg_backend_submit_connect(struct kg_conn *c, const struct kg_backend_conf *b
 	if (!tsqe) {
 		sqe->flags &= ~IOSQE_IO_LINK;
 		c->inflight++;
-		log_warn("submission queue full: backend connect without timeout");
+		log_warn("backend.connect_untimed", KV("reason", "submission queue full"));
 		return 0;
 	}
 	io_uring_prep_link_timeout(tsqe, &c->connect_timeout, 0);
@@ -95,8 +95,8 @@ void kg_backend_connect_failed(struct kg_conn *c, int res)
 	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];
 	const char *why = res == -ECANCELED ? "timed out" : strerror(-res);
 	c->worker->stats.backend_connect_failed++;
-	kg_worker_warn(c->worker, "listener %s: backend %s: connect failed: %s",
-		       c->listener->conf->name, b->address, why);
+	kg_worker_warn(c->worker, "backend.connect_failed", KV("listener", c->listener->conf->name),
+		       KV("backend", b->address), KV("err", why));
 	char reason[80];
 	snprintf(reason, sizeof(reason), "connect %s",
 		 res == -ECONNREFUSED ? "refused" : why);

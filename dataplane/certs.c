@@ -404,8 +404,8 @@ int kg_config_validate_files(const struct kg_config *cfg, bool dates_fatal, char
 		char msg[512];
 		int ret = validate(c, &field, msg, sizeof(msg));
 		if (ret == -EKEYEXPIRED && !dates_fatal) {
-			log_warn("certificates.%s.%s: %s; listeners using it do not start", c->name,
-				 field, msg);
+			log_warn("cert.expired", KV("cert", c->name), KV("field", field),
+				 KV("reason", msg), KV("effect", "listeners using it do not start"));
 		} else if (ret < 0) {
 			snprintf(err, errlen, "certificates.%s.%s: %s", c->name, field, msg);
 			return ret;

@@ -98,8 +98,8 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 		atomic_fetch_sub(&slot->active, 1);
 		w->stats.rejected_limit++;
 		atomic_fetch_add_explicit(&slot->counters.rejected_limit, 1, memory_order_relaxed);
-		kg_worker_warn(w, "listener %s: max_connections (%u) reached, closing new connection",
-			       lc->name, lc->max_connections);
+		kg_worker_warn(w, "conn.limit_reached", KV("listener", lc->name),
+			       KV("max_connections", lc->max_connections));
 		kg_listener_put(l);
 		close(fd);
 		return;
@@ -119,7 +119,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 
 	/* Records are forwarded as they come: Nagle would only add latency. */
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
-		log_debug("TCP_NODELAY on client socket: %s", strerror(errno));
+		log_debug("socket.nodelay_failed", KV("side", "client"), KV_ERRNO(errno));
 
 	if (!l->ssl_ctx) {
 		/* Plain tcp: straight to the backend. */
@@ -171,7 +171,8 @@ refuse:
 		w->free_slots[w->n_free++] = (uint32_t)idx;
 	w->stats.rejected_limit++;
 	atomic_fetch_add_explicit(&slot->counters.rejected_limit, 1, memory_order_relaxed);
-	kg_worker_warn(w, "listener %s: out of connection slots or memory", lc->name);
+	kg_worker_warn(w, "conn.no_slot", KV("listener", lc->name),
+		       KV("reason", "out of connection slots or memory"));
 	atomic_fetch_sub(&slot->active, 1);
 	kg_listener_put(l);
 	close(fd);
@@ -208,8 +209,8 @@ static void handshake_failed(struct kg_conn *c, const char *reason)
 	atomic_fetch_add_explicit(&lc->handshake_failed, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&lc->failed_by_reason[kg_tls_failure_reason(c->ssl, reason)], 1,
 				  memory_order_relaxed);
-	kg_worker_warn(c->worker, "handshake failed from %s on listener %s: %s",
-		       peer, c->listener->conf->name, reason);
+	kg_worker_warn(c->worker, "tls.handshake_failed", KV("listener", c->listener->conf->name),
+		       KV("client", peer), KV("reason", reason));
 	/* Send the alert OpenSSL queued, then close. */
 	c->close_after_flush = true;
 	snprintf(c->close_reason, sizeof(c->close_reason), "handshake failed");
@@ -234,13 +235,15 @@ static enum hs_result handshake_step(struct kg_conn *c)
 			kg_ktls_handshake_done(c->ssl, c->ktls);
 		if (kg_log_level >= KG_LOG_DEBUG) {
 			X509 *peer = SSL_get0_peer_certificate(c->ssl);
-			char subject[256] = "(no client certificate)";
+			char subject[256] = "";
 			if (peer)
 				X509_NAME_oneline(X509_get_subject_name(peer), subject,
 						  sizeof(subject));
-			log_debug("handshake done on %s: %s %s, client %s",
-				  c->listener->conf->name, SSL_get_version(c->ssl),
-				  SSL_get_cipher_name(c->ssl), subject);
+			log_debug("tls.handshake_done", KV("listener", c->listener->conf->name),
+				  KV("worker", w->id), KV("conn", c->idx),
+				  KV("version", SSL_get_version(c->ssl)),
+				  KV("cipher", SSL_get_cipher_name(c->ssl)),
+				  KV("client_cert", (bool)(peer != NULL)), KV("subject", subject));
 		}
 		return HS_DONE;
 	}
@@ -394,14 +397,15 @@ static void handoff_refused(struct kg_conn *c, const char *why)
 	struct kg_worker *w = c->worker;
 	if (c->listener->plan_forced) {
 		w->stats.ktls_failed++;
-		kg_worker_warn(w, "listener %s: kernel TLS handoff impossible (%s); closing, "
-			       "forwarding is set to \"splice\"", c->listener->conf->name, why);
+		kg_worker_warn(w, "ktls.handoff_impossible", KV("listener", c->listener->conf->name),
+			       KV("reason", why), KV("forwarding", "splice"),
+			       KV("action", "close"));
 		kg_conn_close(c, "kTLS handoff impossible");
 		return;
 	}
 	w->stats.ktls_fallback++;
-	log_debug("connection %u on listener %s stays on userspace TLS: %s", c->idx,
-		  c->listener->conf->name, why);
+	log_debug("ktls.fallback", KV("listener", c->listener->conf->name), KV("worker", w->id),
+		  KV("conn", c->idx), KV("path", "userspace-tls"), KV("reason", why));
 	start_userspace(c);
 }
 
@@ -515,16 +519,17 @@ static void handoff_step(struct kg_conn *c)
 	}
 	if (r < 0) {
 		w->stats.ktls_failed++;
-		kg_worker_warn(w, "listener %s: kernel TLS setup failed half-way (%s); closing",
-			       c->listener->conf->name, err);
+		kg_worker_warn(w, "ktls.setup_failed", KV("listener", c->listener->conf->name),
+			       KV("err", err), KV("action", "close"));
 		kg_conn_close(c, "kTLS setup failed");
 		return;
 	}
 	c->state = KG_CONN_FORWARDING;
 	c->path = KG_PATH_KTLS_SPLICE;
 	w->stats.path[KG_PATH_KTLS_SPLICE]++;
-	log_debug("connection %u on listener %s: kernel TLS (%s %s), splice", c->idx,
-		  c->listener->conf->name, SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl));
+	log_debug("ktls.started", KV("listener", c->listener->conf->name), KV("worker", w->id),
+		  KV("conn", c->idx), KV("version", SSL_get_version(c->ssl)),
+		  KV("cipher", SSL_get_cipher_name(c->ssl)), KV("path", "ktls-splice"));
 	r = kg_forward_splice_start(c, false, true, early, early_len, err, sizeof(err));
 	/* The kernel owns the record layer: OpenSSL and our buffers go. Marked
 	 * shut down first, or OpenSSL would drop the session from the cache
@@ -669,8 +674,8 @@ void kg_conn_close(struct kg_conn *c, const char *reason)
 		return;
 	enum kg_conn_state was = c->state;
 	c->state = KG_CONN_CLOSING;
-	log_debug("connection %u on listener %s closed: %s", c->idx,
-		  c->listener->conf->name, reason);
+	log_debug("conn.closed", KV("listener", c->listener->conf->name),
+		  KV("worker", c->worker->id), KV("conn", c->idx), KV("reason", reason));
 	if (c->http)
 		kg_forward_http_on_close(c);
 	/* shutdown() completes pending recv/send on these sockets, so the
@@ -729,8 +734,8 @@ void kg_conn_check_deadline(struct kg_conn *c)
 		char peer[64];
 		conn_peer(c, peer, sizeof(peer));
 		w->stats.handshake_timeout++;
-		kg_worker_warn(w, "handshake timeout from %s on listener %s", peer,
-			       c->listener->conf->name);
+		kg_worker_warn(w, "tls.handshake_timeout", KV("listener", c->listener->conf->name),
+			       KV("client", peer));
 		kg_conn_close(c, "handshake timeout");
 	} else if (c->state == KG_CONN_FORWARDING || c->state == KG_CONN_HANDOFF) {
 		w->stats.idle_timeout++;

@@ -133,15 +133,15 @@ static void serve_one(struct kg_control *c, int fd)
 	char who[64];
 	json_object *fail = NULL, *req = NULL, *reply = NULL;
 	if (!peer_allowed(c, fd, who, sizeof(who))) {
-		log_warn("control: refused connection from %s", who);
+		log_warn("control.peer_refused", KV("peer", who));
 		send_reply(fd, kg_ops_error(KG_ERR_DENIED, "%s may not use this control socket", who));
 		return;
 	}
 	char *text = read_request(fd, &fail);
 	if (!text) {
-		log_warn("control: %s: %s", who,
-			 json_object_get_string(json_object_object_get(
-				 json_object_object_get(fail, "error"), "message")));
+		log_warn("control.bad_request", KV("peer", who),
+			 KV("reason", json_object_get_string(json_object_object_get(
+					      json_object_object_get(fail, "error"), "message"))));
 		send_reply(fd, fail);
 		shutdown(fd, SHUT_WR);
 		discard_input(fd);
@@ -177,10 +177,11 @@ static void serve_one(struct kg_control *c, int fd)
 		json_object *okv = NULL;
 		if (json_object_object_get_ex(reply, "ok", &okv) && !json_object_get_boolean(okv)) {
 			json_object *op = json_object_object_get(req, "op");
-			log_info("control: %s: %s refused: %s", who,
-				 op ? json_object_get_string(op) : "?",
-				 json_object_get_string(json_object_object_get(
-					 json_object_object_get(reply, "error"), "message")));
+			json_object *err = json_object_object_get(reply, "error");
+			json_object *msg = json_object_object_get(err, "message");
+			log_info("control.op_refused", KV("peer", who),
+				 KV("op", op ? json_object_get_string(op) : ""),
+				 KV("reason", json_object_get_string(msg)));
 		}
 	}
 	json_object_put(req);
@@ -200,7 +201,7 @@ static void *control_main(void *arg)
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
-			log_err("control: poll: %s", strerror(errno));
+			log_err("control.poll_failed", KV_ERRNO(errno));
 			return NULL;
 		}
 		if (p[0].revents)
@@ -211,13 +212,13 @@ static void *control_main(void *arg)
 			int fd = accept4(p[i].fd, NULL, NULL, SOCK_CLOEXEC);
 			if (fd == -1) {
 				if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-					log_warn("control: accept: %s", strerror(errno));
+					log_warn("control.accept_failed", KV_ERRNO(errno));
 				continue;
 			}
 			/* A client that stops reading must not hold us forever. */
 			struct timeval tv = {.tv_sec = REQUEST_TIMEOUT_MS / 1000};
 			if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) == -1)
-				log_debug("control: SO_SNDTIMEO: %s", strerror(errno));
+				log_debug("control.sndtimeo_failed", KV_ERRNO(errno));
 			if (i == 1)
 				serve_one(c, fd);
 			else
@@ -322,7 +323,7 @@ void kg_control_stop(struct kg_control *c)
 		return;
 	uint64_t one = 1;
 	if (write(c->stop_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
-		log_err("control: cannot signal stop: %s", strerror(errno));
+		log_err("control.stop_failed", KV_ERRNO(errno));
 	pthread_join(c->thread, NULL);
 	if (c->fd >= 0) {
 		close(c->fd);

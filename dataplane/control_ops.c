@@ -334,7 +334,7 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 	patch_ports(new_doc, cfg);
 	if (kg_state_commit(ops->st, new_doc, err, sizeof(err)) < 0) {
 		kg_apply_abort(&ops->plan);
-		log_err("state: %s", err);
+		log_err("state.commit_failed", KV("reason", err));
 		fail = kg_ops_error(KG_ERR_PERSIST, "state not saved, nothing changed: %s", err);
 		goto out;
 	}
@@ -605,7 +605,7 @@ static json_object *op_cert_upload(struct kg_ops *ops, json_object *args)
 	fail = transact(ops, doc);
 	if (fail)
 		return fail;
-	log_notice("certificate %s uploaded (%s)", name, type);
+	log_notice("cert.uploaded", KV("cert", name), KV("type", type));
 	return ok(cert_json(ops->cur->cfg, kg_config_find_cert(ops->cur->cfg, name), false));
 }
 
@@ -651,8 +651,8 @@ static json_object *change_cert(struct kg_ops *ops, json_object *args, bool crl_
 	fail = transact(ops, doc);
 	if (fail)
 		return fail;
-	log_notice("certificate %s %s; new handshakes use it", name,
-		   crl_only ? "CRL updated" : "replaced");
+	log_notice(crl_only ? "cert.crl_updated" : "cert.replaced", KV("cert", name),
+		   KV("effect", "new handshakes use it"));
 	return ok(cert_json(ops->cur->cfg, kg_config_find_cert(ops->cur->cfg, name), false));
 }
 
@@ -689,7 +689,7 @@ static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
 	fail = transact(ops, doc);
 	if (fail)
 		return fail;
-	log_notice("certificate %s deleted", name);
+	log_notice("cert.deleted", KV("cert", name));
 	json_object *r = json_object_new_object();
 	json_object_object_add(r, "deleted", json_object_new_string(name));
 	return ok(r);
@@ -842,7 +842,7 @@ static json_object *op_listener_create(struct kg_ops *ops, json_object *args)
 	fail = transact(ops, doc);
 	if (fail)
 		return fail;
-	log_notice("listener %s created", keep);
+	log_notice("listener.created", KV("listener", keep));
 	return listener_result(ops, keep);
 }
 
@@ -856,7 +856,7 @@ static const char *const updatable[] = {
 /* Runs edit on a copy of the listener's document entry, then transacts. */
 static json_object *edit_listener(struct kg_ops *ops, const char *name,
 				  json_object *(*edit)(json_object *l, void *arg), void *arg,
-				  const char *what)
+				  const char *event, const char *backend)
 {
 	json_object *fail = need_state(ops);
 	if (fail)
@@ -877,7 +877,10 @@ static json_object *edit_listener(struct kg_ops *ops, const char *name,
 	fail = transact(ops, doc);
 	if (fail)
 		return fail;
-	log_notice("listener %s %s", keep, what);
+	if (backend)
+		log_notice(event, KV("listener", keep), KV("backend", backend));
+	else
+		log_notice(event, KV("listener", keep));
 	return listener_result(ops, keep);
 }
 
@@ -913,7 +916,7 @@ static json_object *op_listener_update(struct kg_ops *ops, json_object *args)
 	if (!json_object_object_get_ex(args, "set", &set) ||
 	    !json_object_is_type(set, json_type_object) || json_object_object_length(set) == 0)
 		return kg_ops_error(KG_ERR_INVALID, "args.set: expected an object with at least one key");
-	return edit_listener(ops, name, edit_update, set, "updated");
+	return edit_listener(ops, name, edit_update, set, "listener.updated", NULL);
 }
 
 static json_object *edit_enabled(json_object *l, void *arg)
@@ -929,7 +932,7 @@ static json_object *op_listener_stop(struct kg_ops *ops, json_object *args)
 {
 	json_object *fail = NULL;
 	const char *name = arg_str(args, "name", true, &fail);
-	return name ? edit_listener(ops, name, edit_enabled, NULL, "stopped") : fail;
+	return name ? edit_listener(ops, name, edit_enabled, NULL, "listener.disabled", NULL) : fail;
 }
 
 /* A listener that failed to start (its certificate expired since it was
@@ -941,7 +944,7 @@ static json_object *op_listener_start(struct kg_ops *ops, json_object *args)
 	if (!name)
 		return fail;
 	ops->retry = name;
-	json_object *r = edit_listener(ops, name, edit_enabled, (void *)1, "started");
+	json_object *r = edit_listener(ops, name, edit_enabled, (void *)1, "listener.enabled", NULL);
 	ops->retry = NULL;
 	return r;
 }
@@ -1034,7 +1037,7 @@ static json_object *edit_backend(json_object *l, void *arg)
 	return NULL;
 }
 
-static json_object *backend_op(struct kg_ops *ops, json_object *args, int op, const char *what)
+static json_object *backend_op(struct kg_ops *ops, json_object *args, int op, const char *event)
 {
 	json_object *fail = NULL;
 	struct backend_edit e = {.op = op};
@@ -1053,37 +1056,37 @@ static json_object *backend_op(struct kg_ops *ops, json_object *args, int op, co
 		return kg_ops_error(KG_ERR_INVALID, "args.weight: is required");
 	if (e.weight && !json_object_is_type(e.weight, json_type_int))
 		return kg_ops_error(KG_ERR_INVALID, "args.weight: expected an integer");
-	return edit_listener(ops, name, edit_backend, &e, what);
+	return edit_listener(ops, name, edit_backend, &e, event, e.address);
 }
 
 static json_object *op_backend_add(struct kg_ops *ops, json_object *args)
 {
-	return backend_op(ops, args, BE_ADD, "backend added");
+	return backend_op(ops, args, BE_ADD, "backend.added");
 }
 
 static json_object *op_backend_remove(struct kg_ops *ops, json_object *args)
 {
-	return backend_op(ops, args, BE_REMOVE, "backend removed");
+	return backend_op(ops, args, BE_REMOVE, "backend.removed");
 }
 
 static json_object *op_backend_set_weight(struct kg_ops *ops, json_object *args)
 {
-	return backend_op(ops, args, BE_WEIGHT, "backend weight changed");
+	return backend_op(ops, args, BE_WEIGHT, "backend.weight_changed");
 }
 
 static json_object *op_backend_drain(struct kg_ops *ops, json_object *args)
 {
-	return backend_op(ops, args, BE_DRAIN, "backend draining");
+	return backend_op(ops, args, BE_DRAIN, "backend.drain_requested");
 }
 
 static json_object *op_backend_disable(struct kg_ops *ops, json_object *args)
 {
-	return backend_op(ops, args, BE_DISABLE, "backend disabled");
+	return backend_op(ops, args, BE_DISABLE, "backend.disable_requested");
 }
 
 static json_object *op_backend_enable(struct kg_ops *ops, json_object *args)
 {
-	return backend_op(ops, args, BE_ENABLE, "backend enabled");
+	return backend_op(ops, args, BE_ENABLE, "backend.enabled");
 }
 
 /* ---- status and stats ----------------------------------------------------- */

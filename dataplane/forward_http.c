@@ -107,8 +107,8 @@ static int client_write(struct kg_conn *c, const void *p, size_t n)
 	int r = SSL_write(c->ssl, p, (int)n);
 	if (r != (int)n) {
 		kg_tls_status(c->ssl, r, reason, sizeof(reason));
-		kg_worker_warn(c->worker, "listener %s: TLS write failed: %s",
-			       c->listener->conf->name, reason);
+		kg_worker_warn(c->worker, "tls.write_failed",
+			       KV("listener", c->listener->conf->name), KV("reason", reason));
 		kg_conn_close(c, "TLS write failed");
 		return -1;
 	}
@@ -137,18 +137,17 @@ static void access_log(struct kg_conn *c)
 	struct kg_worker *w = c->worker;
 	if (!hc->access_log || w->stats.http_requests % hc->access_log_sample != 0)
 		return;
-	char subject[160] = "-";
+	char subject[160] = "";
 	X509 *cert = SSL_get0_peer_certificate(c->ssl);
 	if (cert)
 		X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
-	const char *backend = c->member >= 0 ? c->listener->conf->backends[c->member].address : "-";
+	const char *backend = c->member >= 0 ? c->listener->conf->backends[c->member].address : "";
 	/* Not level-tested: the operator asked for these lines. */
-	kg_log_write(KG_LOG_INFO,
-		     "access: listener=%s client=%s subject=\"%s\" \"%s %s\" status=%d "
-		     "backend=%s in=%lu out=%lu ms=%lu",
-		     c->listener->conf->name, h->peer, subject, h->method, h->target, h->status,
-		     backend, (unsigned long)h->bytes_in, (unsigned long)h->bytes_out,
-		     (unsigned long)(w->now_ms - h->req_start_ms));
+	kg_log_always(KG_LOG_INFO, "http.access", KV("listener", c->listener->conf->name),
+		      KV("client", h->peer), KV("subject", subject), KV("method", h->method),
+		      KV("target", h->target), KV("status", h->status), KV("backend", backend),
+		      KV("bytes_in", h->bytes_in), KV("bytes_out", h->bytes_out),
+		      KV("ms", w->now_ms - h->req_start_ms));
 }
 
 /* Gives the backend socket back to the pool, or closes it. Nothing may be
@@ -191,8 +190,9 @@ static void reply_error(struct kg_conn *c, int status, const char *why)
 		return;
 	}
 	w->stats.http_errors++;
-	kg_worker_warn(w, "listener %s: client %s: %d %s (%s)", c->listener->conf->name, h->peer,
-		       status, kg_http_reason(status), why);
+	kg_worker_warn(w, "http.error_response", KV("listener", c->listener->conf->name),
+		       KV("client", h->peer), KV("status", status),
+		       KV("status_text", kg_http_reason(status)), KV("reason", why));
 	h->status = status;
 	if (!h->method[0])
 		snprintf(h->method, sizeof(h->method), "-");
@@ -255,8 +255,8 @@ static bool read_client(struct kg_conn *c)
 	case KG_TLS_ERROR:
 		break;
 	}
-	kg_worker_warn(c->worker, "listener %s: TLS error from client: %s",
-		       c->listener->conf->name, reason);
+	kg_worker_warn(c->worker, "tls.client_error", KV("listener", c->listener->conf->name),
+		       KV("reason", reason));
 	kg_conn_close(c, "TLS error");
 	return false;
 }
@@ -389,8 +389,8 @@ static void backend_broke(struct kg_conn *c, int res)
 		h->retried = true;
 		h->head_sent = 0;
 		c->connect_attempts = 0;
-		log_debug("listener %s: pooled backend connection was closed; request sent again",
-			  c->listener->conf->name);
+		log_debug("http.pool_retry", KV("listener", c->listener->conf->name),
+			  KV("reason", "pooled backend connection was closed; request sent again"));
 		pick_backend(c);
 		return;
 	}

@@ -108,9 +108,12 @@ static void progress(struct kg_conn *c)
 				if (kg_log_level >= KG_LOG_DEBUG && ++s->waits % 100 == 0) {
 					uint64_t into = 0, dropped = 0;
 					kg_sockmap_redirected(sm, &s->pair, dst, &into, &dropped);
-					log_debug("connection %u: sockmap: %s not flushed yet: %lu redirected, %lu dropped, tail %lu",
-						  c->idx, dst == KG_SM_CLIENT ? "client" : "backend",
-						  into, dropped, s->pair.tail_bytes[dst]);
+					log_debug("sockmap.not_flushed", KV("worker", c->worker->id),
+						  KV("conn", c->idx),
+						  KV("side", dst == KG_SM_CLIENT ? "client"
+										 : "backend"),
+						  KV("redirected", into), KV("dropped", dropped),
+						  KV("tail_bytes", s->pair.tail_bytes[dst]));
 				}
 				continue; /* the pace timer looks again */
 			}
@@ -122,9 +125,9 @@ static void progress(struct kg_conn *c)
 		}
 		shutdown(dst == KG_SM_CLIENT ? c->cfd : c->bfd, SHUT_WR);
 		s->shut[dst] = true;
-		log_debug("connection %u: sockmap: %s finished, %s write side shut", c->idx,
-			  src == KG_SM_CLIENT ? "client" : "backend",
-			  dst == KG_SM_CLIENT ? "client" : "backend");
+		log_debug("sockmap.side_finished", KV("worker", c->worker->id), KV("conn", c->idx),
+			  KV("side", src == KG_SM_CLIENT ? "client" : "backend"),
+			  KV("shut", dst == KG_SM_CLIENT ? "client" : "backend"));
 	}
 	if (c->state != KG_CONN_FORWARDING)
 		return;
@@ -149,8 +152,9 @@ bool kg_forward_sockmap_start(struct kg_conn *c)
 	if (r == -EOPNOTSUPP || r == -ENOSPC) {
 		free(s);
 		w->stats.sockmap_fallback++;
-		log_debug("connection %u on listener %s: sockmap refused the pair (%s), splice instead",
-			  c->idx, c->listener->conf->name, strerror(-r));
+		log_debug("sockmap.fallback", KV("listener", c->listener->conf->name),
+			  KV("worker", w->id), KV("conn", c->idx), KV_ERRNO(-r),
+			  KV("path", "splice"));
 		return false;
 	}
 	if (r < 0) {
@@ -162,8 +166,8 @@ bool kg_forward_sockmap_start(struct kg_conn *c)
 	}
 	c->sockmap = s;
 	w->n_sockmap++;
-	log_debug("connection %u on listener %s: sockmap pair in slot %u", c->idx,
-		  c->listener->conf->name, s->pair.slot);
+	log_debug("sockmap.paired", KV("listener", c->listener->conf->name), KV("worker", w->id),
+		  KV("conn", c->idx), KV("slot", s->pair.slot));
 	arm_pace_timer(w);
 	progress(c);
 	return true;
@@ -192,8 +196,9 @@ void kg_forward_sockmap_on_poll(struct kg_conn *c, enum kg_op op, int fd, int re
 		kg_conn_close(c, side == KG_SM_CLIENT ? "client reset" : "backend reset");
 		return;
 	}
-	log_debug("connection %u: sockmap: %s poll op %d res 0x%x", c->idx,
-		  side == KG_SM_CLIENT ? "client" : "backend", (int)op, res);
+	log_debug("sockmap.poll", KV("worker", c->worker->id), KV("conn", c->idx),
+		  KV("side", side == KG_SM_CLIENT ? "client" : "backend"), KV("op", (int)op),
+		  KV("events", res));
 	if (res > 0 && (res & (POLLRDHUP | POLLHUP)) && !s->eof[side]) {
 		/* Its peer is done sending; what it sent may still be on the way
 		 * to the other side, which progress() waits for. */
@@ -236,7 +241,8 @@ void kg_forward_sockmap_free(struct kg_conn *c)
 	w->stats.forwarded_b2c += bytes[KG_SM_CLIENT] + c->sockmap->pair.tail_bytes[KG_SM_CLIENT];
 	int r = kg_sockmap_remove_pair(w->rt->sockmap, &c->sockmap->pair);
 	if (r < 0)
-		log_warn("connection %u: removing its sockmap entries: %s", c->idx, strerror(-r));
+		log_warn("sockmap.remove_failed", KV("worker", w->id), KV("conn", c->idx),
+			 KV_ERRNO(-r));
 	free(c->sockmap);
 	c->sockmap = NULL;
 	w->n_sockmap--;

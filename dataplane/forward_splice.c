@@ -159,8 +159,10 @@ static int hop_control_record(struct kg_conn *c, struct kg_hop *h)
 		return -1;
 	}
 	if (type == TLS_RT_HANDSHAKE && n >= 1 && rec[0] == 24) {
-		kg_worker_warn(c->worker, "listener %s: client sent a TLS 1.3 KeyUpdate; "
-			       "closing (kernel re-keying is not used)", c->listener->conf->name);
+		kg_worker_warn(c->worker, "ktls.key_update", KV("listener", c->listener->conf->name),
+			       KV("reason", "client sent a TLS 1.3 KeyUpdate; "
+					    "kernel re-keying is not used"),
+			       KV("action", "close"));
 		kg_ktls_send_close_notify(h->src);
 		kg_conn_close(c, "KeyUpdate on a kTLS connection");
 		return -1;

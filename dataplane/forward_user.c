@@ -118,8 +118,8 @@ static void pump_c2b(struct kg_conn *c)
 		return;
 	case KG_TLS_OK:
 	case KG_TLS_ERROR:
-		kg_worker_warn(c->worker, "listener %s: TLS error from client: %s",
-			       c->listener->conf->name, reason);
+		kg_worker_warn(c->worker, "tls.client_error",
+			       KV("listener", c->listener->conf->name), KV("reason", reason));
 		kg_conn_close(c, "TLS error");
 		return;
 	}
@@ -192,8 +192,8 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned 
 	int n = SSL_write(c->ssl, data, res);
 	if (n != res) {
 		kg_tls_status(c->ssl, n, reason, sizeof(reason));
-		kg_worker_warn(c->worker, "listener %s: TLS write failed: %s",
-			       c->listener->conf->name, reason);
+		kg_worker_warn(c->worker, "tls.write_failed",
+			       KV("listener", c->listener->conf->name), KV("reason", reason));
 		kg_conn_close(c, "TLS write failed");
 		return;
 	}

@@ -209,15 +209,15 @@ static void transition(struct kg_health_group *g, size_t i, enum kg_member_state
 		kg_health_slow_start_step(g, now_ms);
 	}
 	update_rotation(g, i);
-	log_notice("listener %s: backend %s: %s -> %s (%s; %u %s in a row; %s for %s)%s",
-		   g->lc->name, m->conf->address, kg_member_state_name(from),
-		   kg_member_state_name(to), reason, streak,
-		   to == KG_MEMBER_HEALTHY ? (streak == 1 ? "success" : "successes")
-					   : (streak == 1 ? "failure" : "failures"),
-		   kg_member_state_name(from), took, ramp ? "; slow start" : "");
+	/* streak: results in a row that decided it (successes towards
+	 * healthy, failures towards unhealthy); was_for: time in "from". */
+	log_notice("backend.health_changed", KV("listener", g->lc->name),
+		   KV("backend", m->conf->address), KV("from", kg_member_state_name(from)),
+		   KV("to", kg_member_state_name(to)), KV("reason", reason), KV("streak", streak),
+		   KV("was_for", took), KV("slow_start", ramp));
 	if (to == KG_MEMBER_UNHEALTHY && !any_in_rotation(g))
-		log_warn("listener %s: no backend in rotation: new connections are refused",
-			 g->lc->name);
+		log_warn("listener.no_backend_in_rotation", KV("listener", g->lc->name),
+			 KV("effect", "new connections are refused"));
 }
 
 static void record(struct kg_health_group *g, size_t i, bool ok, bool passive,
@@ -281,8 +281,8 @@ void kg_health_conn_end(struct kg_health_group *g, size_t member)
 		return;
 	struct member *m = &g->m[member];
 	if (atomic_fetch_sub(&m->active, 1) == 1 && atomic_load(&m->admin) == KG_ADMIN_DRAINED)
-		log_notice("listener %s: backend %s: drained, its last connection ended",
-			   g->lc->name, m->conf->address);
+		log_notice("backend.drained", KV("listener", g->lc->name),
+			   KV("backend", m->conf->address));
 }
 
 bool kg_health_cuts(const struct kg_health_group *g)
@@ -316,23 +316,23 @@ int kg_health_set_admin(struct kg_health_group *g, size_t member, enum kg_admin_
 	const char *lname = g->lc->name, *addr = m->conf->address;
 	switch (admin) {
 	case KG_ADMIN_READY:
-		log_notice("listener %s: backend %s: %s ended, back in rotation when %s", lname,
-			   addr, was == KG_ADMIN_DISABLED ? "disable" : "drain",
-			   g->checked ? "healthy" : "possible");
+		log_notice(was == KG_ADMIN_DISABLED ? "backend.disable_ended"
+						    : "backend.drain_ended",
+			   KV("listener", lname), KV("backend", addr),
+			   KV("rejoins_when", g->checked ? "healthy" : "possible"));
 		break;
 	case KG_ADMIN_DRAINED:
 		if (active == 0)
-			log_notice("listener %s: backend %s: drained, its last connection ended",
-				   lname, addr);
+			log_notice("backend.drained", KV("listener", lname), KV("backend", addr));
 		else
-			log_notice("listener %s: backend %s: draining, %u connection(s) still open",
-				   lname, addr, active);
+			log_notice("backend.draining", KV("listener", lname), KV("backend", addr),
+				   KV("active", active));
 		break;
 	case KG_ADMIN_DISABLED:
 		/* The workers close them on their next tick (kg_health_should_cut),
 		 * also those counted in older snapshots: no count is given. */
-		log_notice("listener %s: backend %s: disabled: out of rotation, its open "
-			   "connections are closed", lname, addr);
+		log_notice("backend.disabled", KV("listener", lname), KV("backend", addr),
+			   KV("effect", "out of rotation, its open connections are closed"));
 		break;
 	}
 	return 0;
@@ -370,8 +370,8 @@ void kg_health_slow_start_step(struct kg_health_group *g, uint64_t now_ms)
 			uint64_t expect = start;
 			if (atomic_compare_exchange_strong(&m->ramp_start_ms, &expect, 0)) {
 				atomic_fetch_sub(&g->ramping, 1);
-				log_notice("listener %s: backend %s: slow start complete",
-					   g->lc->name, m->conf->address);
+				log_notice("backend.slow_start_done", KV("listener", g->lc->name),
+					   KV("backend", m->conf->address));
 			}
 			continue;
 		}
@@ -386,7 +386,8 @@ void kg_health_slow_start_step(struct kg_health_group *g, uint64_t now_ms)
 		atomic_store(&g->m[i].eff_weight,
 			     still ? (unsigned)((weights[i] + scale - 1) / scale) : weights[i]);
 	if (kg_balancer_set_weights(g->b, weights) < 0)
-		log_err("listener %s: slow start: balancer refused weights", g->lc->name);
+		log_err("balancer.weights_refused", KV("listener", g->lc->name),
+			KV("reason", "slow start"));
 	pthread_mutex_unlock(&g->weights_lock);
 }
 
@@ -622,7 +623,7 @@ static void arm_io(struct kg_health_checker *hc, struct check *c)
 	while (io_uring_sq_space_left(&w->ring) < 2) {
 		int ret = io_uring_submit(&w->ring);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
-			log_err("worker %u: io_uring_submit: %s", w->id, strerror(-ret));
+			log_err("worker.submit_failed", KV("worker", w->id), KV_ERRNO(-ret));
 	}
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
 	switch (c->phase) {
@@ -763,7 +764,8 @@ void kg_health_checker_on_cqe(struct kg_health_checker *hc, int op, uint32_t idx
 {
 	idx &= (1u << KG_HEALTH_CHECK_BITS) - 1;
 	if (idx >= hc->n) {
-		log_err("worker %u: health completion for check %u of %zu", hc->w->id, idx, hc->n);
+		log_err("health.bad_completion", KV("worker", hc->w->id), KV("check", idx),
+			KV("checks", hc->n));
 		return;
 	}
 	struct check *c = &hc->checks[idx];
@@ -824,7 +826,7 @@ void kg_health_checker_on_cqe(struct kg_health_checker *hc, int op, uint32_t idx
 		on_response(hc, c, res == 0);
 		return;
 	default:
-		log_err("worker %u: unknown health op %d", hc->w->id, op);
+		log_err("health.unknown_op", KV("worker", hc->w->id), KV("op", op));
 	}
 }
 

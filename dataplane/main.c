@@ -229,8 +229,8 @@ static int state_dir_give(const char *path, const struct kg_priv_plan *priv)
 	give_uid = priv->uid;
 	give_gid = priv->gid;
 	if (nftw(path, give_entry, 16, FTW_PHYS) != 0) {
-		log_err("state directory %s: cannot give it to user %s: %s", path, priv->user,
-			strerror(errno));
+		log_err("state.chown_failed", KV("path", path), KV("user", priv->user),
+			KV_ERRNO(errno));
 		return -1;
 	}
 	return 0;
@@ -240,15 +240,18 @@ static int state_dir_give(const char *path, const struct kg_priv_plan *priv)
  * thread; the state directory must be usable by that user afterwards. */
 static int drop_privileges(const struct kg_priv_plan *priv, const char *state_dir)
 {
-	char summary[256], err[256];
-	if (kg_priv_drop(priv, summary, sizeof(summary), err, sizeof(err)) < 0) {
-		log_err("cannot drop privileges: %s", err);
+	char err[256];
+	struct kg_priv_result res;
+	if (kg_priv_drop(priv, &res, err, sizeof(err)) < 0) {
+		log_err("privileges.drop_failed", KV("reason", err));
 		return -1;
 	}
-	log_notice("%s", summary);
+	log_notice("privileges.dropped", KV("user", priv->user), KV("uid", res.uid),
+		   KV("gid", res.gid), KV("caps", res.caps),
+		   KV("bounding_set_kept", res.bounding_kept));
 	if (state_dir && access(state_dir, R_OK | W_OK | X_OK) == -1) {
-		log_err("state directory %s: not usable by user %s: %s (chown it to the user)",
-			state_dir, priv->user, strerror(errno));
+		log_err("state.dir_unusable", KV("path", state_dir), KV("user", priv->user),
+			KV_ERRNO(errno), KV("hint", "chown it to the user"));
 		return -1;
 	}
 	return 0;
@@ -272,7 +275,7 @@ static void sd_notify_send(const char *msg)
 		return;
 	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sun,
 		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) == -1)
-		log_warn("sd_notify: %s", strerror(errno));
+		log_warn("sd_notify.failed", KV_ERRNO(errno));
 	close(fd);
 }
 
@@ -282,7 +285,7 @@ static void raise_fd_limit(void)
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
-			log_warn("cannot raise the open-file limit: %s", strerror(errno));
+			log_warn("rlimit.nofile_failed", KV_ERRNO(errno));
 	}
 }
 
@@ -298,10 +301,11 @@ static int wait_for_stop(void)
 		if (sigwait(&set, &sig) != 0)
 			return -1;
 		if (sig == SIGHUP) {
-			log_notice("SIGHUP: configuration reload is not implemented yet; ignored");
+			log_notice("signal.ignored", KV("signal", "SIGHUP"),
+				   KV("reason", "configuration reload is not implemented yet"));
 			continue;
 		}
-		log_notice("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		log_notice("kgated.draining", KV("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
 		return sig;
 	}
 }
@@ -316,33 +320,33 @@ static struct kg_config *load_document(const struct options *opt, struct kg_stat
 	if (!opt->state_dir) {
 		struct kg_config *cfg = kg_config_load(opt->config_path, err, sizeof(err));
 		if (!cfg)
-			fprintf(stderr, "kgated: config error: %s\n", err);
+			log_err("config.invalid", KV("reason", err));
 		return cfg;
 	}
 	enum kg_state_source source;
 	if (kg_state_open(st, opt->state_dir, err, sizeof(err)) < 0 ||
 	    kg_state_load(st, opt->config_path, opt->reseed, &source, err, sizeof(err)) < 0) {
-		fprintf(stderr, "kgated: state error: %s\n", err);
+		log_err("state.invalid", KV("reason", err));
 		return NULL;
 	}
 	struct kg_config *cfg = kg_state_parse(st, st->doc, err, sizeof(err));
 	if (!cfg) {
-		fprintf(stderr, "kgated: %s error: %s\n",
-			source == KG_STATE_FROM_DIR ? "state" : "config", err);
+		log_err(source == KG_STATE_FROM_DIR ? "state.invalid" : "config.invalid",
+			KV("reason", err));
 		return NULL;
 	}
 	switch (source) {
 	case KG_STATE_FROM_DIR:
-		log_notice("state: using %s/state.json%s", st->dir,
-			   opt->config_path ? " (--config ignored; --reseed replaces the state)" : "");
+		log_notice("state.loaded", KV("source", "state"), KV("path", st->dir),
+			   KV("config_ignored", (bool)(opt->config_path != NULL)));
 		break;
 	case KG_STATE_FROM_CONFIG:
-		log_notice("state: seeded from %s%s", opt->config_path,
-			   opt->reseed ? " (--reseed)" : " (state directory was empty)");
+		log_notice("state.loaded", KV("source", "config"), KV("path", st->dir),
+			   KV("config", opt->config_path), KV("reseed", opt->reseed));
 		*seeded = true;
 		break;
 	case KG_STATE_EMPTY:
-		log_notice("state: empty (no state in %s and no --config)", st->dir);
+		log_notice("state.loaded", KV("source", "empty"), KV("path", st->dir));
 		*seeded = true;
 		break;
 	}
@@ -354,12 +358,12 @@ static int persist_initial(struct kg_state *st)
 	char err[600];
 	json_object *copy = NULL;
 	if (json_object_deep_copy(st->doc, &copy, NULL) != 0) {
-		log_err("state: out of memory");
+		log_err("state.commit_failed", KV("reason", "out of memory"));
 		return -1;
 	}
 	if (kg_state_commit(st, copy, err, sizeof(err)) < 0) {
 		json_object_put(copy);
-		log_err("state: %s", err);
+		log_err("state.commit_failed", KV("reason", err));
 		return -1;
 	}
 	kg_state_gc(st);
@@ -405,13 +409,13 @@ int main(int argc, char **argv)
 	}
 	struct kg_priv_plan priv;
 	if (kg_priv_plan(opt.user, &priv, err, sizeof(err)) < 0) {
-		fprintf(stderr, "kgated: %s\n", err);
+		log_err("privileges.plan_failed", KV("reason", err));
 		return 1;
 	}
 	/* The control socket's group must stay usable without CAP_CHOWN. */
 	priv.extra_gid = group;
 	if (kg_runtime_init(&rt) < 0) {
-		fprintf(stderr, "kgated: out of memory\n");
+		log_err("kgated.start_failed", KV("reason", "out of memory"));
 		return 1;
 	}
 	ops = calloc(1, sizeof(*ops));
@@ -431,8 +435,8 @@ int main(int argc, char **argv)
 	 * state was read (and seeded) as the starting user. */
 	kg_kernel_probe(&rt.caps);
 	rt.sockmap = sockmap_load(&rt.caps);
-	log_info("kernel TLS: %s (%s); sockmap: %s (%s)", rt.caps.ktls ? "yes" : "no",
-		 rt.caps.ktls_why, rt.caps.sockmap ? "yes" : "no", rt.caps.sockmap_why);
+	log_info("kernel.features", KV("ktls", rt.caps.ktls), KV("ktls_detail", rt.caps.ktls_why),
+		 KV("sockmap", rt.caps.sockmap), KV("sockmap_detail", rt.caps.sockmap_why));
 	if (opt.state_dir && state_dir_give(opt.state_dir, &priv) < 0)
 		goto free_runtime;
 	if (drop_privileges(&priv, opt.state_dir) < 0)
@@ -441,7 +445,8 @@ int main(int argc, char **argv)
 	if (level) {
 		int lvl = kg_log_level_parse(level);
 		if (lvl < 0) {
-			fprintf(stderr, "kgated: unknown log level '%s'\n", level);
+			log_err("config.invalid", KV("reason", "unknown log level"),
+				KV("level", level));
 			goto free_runtime;
 		}
 		kg_log_level = lvl;
@@ -449,7 +454,7 @@ int main(int argc, char **argv)
 	/* A certificate that expired since it was stored stops only the
 	 * listeners using it (kg_ops_apply_initial), not the whole daemon. */
 	if (kg_config_validate_files(cfg, false, err, sizeof(err)) < 0) {
-		fprintf(stderr, "kgated: config error: %s\n", err);
+		log_err("config.invalid", KV("reason", err));
 		goto free_runtime;
 	}
 	ops->st = opt.state_dir ? &st : NULL;
@@ -490,14 +495,15 @@ int main(int argc, char **argv)
 	for (unsigned w = 0; w < n_workers; w++) {
 		workers[w] = kg_worker_create(w, &rt);
 		if (!workers[w]) {
-			log_err("worker %u: out of memory", w);
+			log_err("worker.start_failed", KV("worker", w),
+				KV("reason", "out of memory"));
 			goto free_workers;
 		}
 	}
 	for (; started < n_workers; started++) {
 		int ret = kg_worker_start(workers[started]);
 		if (ret < 0) {
-			log_err("worker %u: cannot start: %s", started, strerror(-ret));
+			log_err("worker.start_failed", KV("worker", started), KV_ERRNO(-ret));
 			goto stop_workers;
 		}
 	}
@@ -508,7 +514,7 @@ int main(int argc, char **argv)
 	/* Listeners go to running workers the same way as at run time, so
 	 * there is one path for both; a bind error still stops start-up. */
 	if (kg_ops_apply_initial(ops, err, sizeof(err)) < 0) {
-		log_err("config error: %s", err);
+		log_err("config.invalid", KV("reason", err));
 		goto stop_workers;
 	}
 	if (opt.state_dir && seeded && persist_initial(&st) < 0)
@@ -516,10 +522,10 @@ int main(int argc, char **argv)
 	if (opt.metrics) {
 		metrics_fd = kg_metrics_open(opt.metrics, err, sizeof(err));
 		if (metrics_fd < 0) {
-			log_err("%s", err);
+			log_err("metrics.start_failed", KV("reason", err));
 			goto stop_workers;
 		}
-		log_notice("metrics on http://%s/metrics", opt.metrics);
+		log_notice("metrics.listening", KV("addr", opt.metrics), KV("path", "/metrics"));
 	}
 	/* Without a state dir there is no control socket, but the control
 	 * thread still serves metrics when asked to. */
@@ -527,14 +533,15 @@ int main(int argc, char **argv)
 		control = kg_control_start(ops, opt.state_dir ? control_path : NULL, group,
 					   metrics_fd, err, sizeof(err));
 		if (!control) {
-			log_err("%s", err);
+			log_err("control.start_failed", KV("reason", err));
 			goto stop_workers;
 		}
 		if (opt.state_dir)
-			log_notice("control socket %s", control_path);
+			log_notice("control.listening", KV("path", control_path));
 	}
 
-	log_notice("kgated ready (pid %d, %u workers)", (int)getpid(), n_workers);
+	log_notice("kgated.ready", KV("pid", getpid()), KV("workers", n_workers),
+		   KV("version", KG_VERSION));
 	sd_notify_send("READY=1");
 	if (wait_for_stop() > 0)
 		status = 0;
@@ -547,7 +554,7 @@ stop_workers:
 		kg_worker_join(workers[w]);
 	if (started < n_workers)
 		status = 1;
-	log_notice("kgated stopped");
+	log_notice("kgated.stopped");
 free_workers:
 	for (unsigned w = 0; w < n_workers; w++)
 		kg_worker_destroy(workers[w]);

@@ -231,8 +231,8 @@ free_caps:
 	return ret;
 }
 
-int kg_priv_drop(const struct kg_priv_plan *plan, char *summary, size_t summarylen,
-		 char *err, size_t errlen)
+int kg_priv_drop(const struct kg_priv_plan *plan, struct kg_priv_result *res, char *err,
+		 size_t errlen)
 {
 	int bound = drop_bounding(err, errlen);
 	if (bound < 0)
@@ -272,9 +272,10 @@ int kg_priv_drop(const struct kg_priv_plan *plan, char *summary, size_t summaryl
 #endif
 	cap_t now = cap_get_proc();
 	char *text = now ? cap_to_text(now, NULL) : NULL;
-	snprintf(summary, summarylen, "running as user %s (uid %u, gid %u), capabilities \"%s\"%s",
-		 plan->user, (unsigned)getuid(), (unsigned)getgid(), text ? text : "?",
-		 bound == 1 ? " (bounding set left to the caller: no CAP_SETPCAP)" : "");
+	res->uid = getuid();
+	res->gid = getgid();
+	snprintf(res->caps, sizeof(res->caps), "%s", text ? text : "?");
+	res->bounding_kept = bound == 1;
 	cap_free(text);
 	cap_free(now);
 	return 0;

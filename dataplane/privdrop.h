@@ -49,13 +49,20 @@ struct kg_priv_plan {
  * reported before anything runs. */
 int kg_priv_plan(const char *user, struct kg_priv_plan *plan, char *err, size_t errlen);
 
+/* What kg_priv_drop left the process with, for the log. */
+struct kg_priv_result {
+	uid_t uid;
+	gid_t gid;
+	char caps[256];	     /* cap_to_text of the process's sets */
+	bool bounding_kept; /* no CAP_SETPCAP: bounding set left to the caller */
+};
+
 /* Switches to the planned user and narrows the capability sets. Must run
  * while the process has ONE thread: credentials and capability sets set
  * here are per thread in the kernel, and threads started later inherit
- * them. On success fills summary (one line for the log) and returns 0;
- * on failure returns -errno with the reason in err — the caller must exit,
- * the process may be half-dropped. */
-int kg_priv_drop(const struct kg_priv_plan *plan, char *summary, size_t summarylen,
-		 char *err, size_t errlen);
+ * them. On success fills res and returns 0; on failure returns -errno with
+ * the reason in err — the caller must exit, the process may be half-dropped. */
+int kg_priv_drop(const struct kg_priv_plan *plan, struct kg_priv_result *res, char *err,
+		 size_t errlen);
 
 #endif

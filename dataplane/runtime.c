@@ -152,11 +152,15 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 	/* The document says which members are drained or disabled. */
 	for (size_t b = 0; b < lc->n_backends; b++)
 		kg_health_set_admin(l->health, b, lc->backends[b].admin);
-	log_info("listener %s: protocol %s, forwarding %s%s", lc->name,
-		 lc->protocol == KG_PROTO_TCP ? "tcp" : lc->protocol == KG_PROTO_TLS ? "tls" : "https",
-		 kg_path_name(l->plan),
-		 l->plan == KG_PATH_KTLS_SPLICE && !l->plan_forced
-			 ? " (userspace TLS when a connection cannot be handed off)" : "");
+	/* fallback: the path of a connection that cannot be handed off. */
+	log_info("listener.plan", KV("listener", lc->name),
+		 KV("protocol", lc->protocol == KG_PROTO_TCP   ? "tcp"
+				: lc->protocol == KG_PROTO_TLS ? "tls"
+							       : "https"),
+		 KV("forwarding", kg_path_name(l->plan)),
+		 KV("fallback", l->plan == KG_PATH_KTLS_SPLICE && !l->plan_forced
+					? kg_path_name(KG_PATH_USERSPACE)
+					: "none"));
 	return l;
 fail:
 	snapshot_free(l);

@@ -61,7 +61,7 @@ __attribute__((format(printf, 2, 0))) static int libbpf_print(enum libbpf_print_
 		next = line[len] ? line + len + 1 : line + len;
 		line[len] = '\0';
 		if (len)
-			kg_log_write(kl, "%s", line);
+			kg_log_always(kl, "libbpf.message", KV("text", line));
 	}
 	return 0;
 }
@@ -134,7 +134,7 @@ void kg_sockmap_close(struct kg_sockmap *sm)
 	if (sm->attached &&
 	    bpf_prog_detach2(bpf_program__fd(sm->skel->progs.kg_sm_verdict), sm->rx_fd,
 			     BPF_SK_SKB_STREAM_VERDICT) == -1)
-		log_warn("sockmap: detaching the verdict program: %s", strerror(errno));
+		log_warn("sockmap.detach_failed", KV_ERRNO(errno));
 	kg_sockmap_bpf__destroy(sm->skel);
 	pthread_mutex_destroy(&sm->lock);
 	free(sm->free_slots);

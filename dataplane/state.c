@@ -351,8 +351,8 @@ void kg_state_gc(struct kg_state *st)
 		for (size_t i = 0; i < n && !used; i++)
 			used = strcmp(names[i], e->d_name) == 0;
 		if (!used && unlinkat(dirfd(d), e->d_name, 0) == -1)
-			log_warn("state: cannot remove unused %s/%s: %s", dir, e->d_name,
-				 strerror(errno));
+			log_warn("state.gc_failed", KV("path", dir), KV("file", e->d_name),
+				 KV_ERRNO(errno));
 	}
 	closedir(d);
 	free(names);

@@ -31,27 +31,22 @@ uint64_t kg_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-void kg_worker_warn(struct kg_worker *w, const char *fmt, ...)
+bool kg_worker_warn_allowed(struct kg_worker *w)
 {
-	if (KG_LOG_WARN > kg_log_level)
-		return;
 	if (w->now_ms - w->log_window_ms >= 1000) {
 		if (w->log_suppressed)
-			log_warn("worker %u: %u similar messages suppressed", w->id,
-				 w->log_suppressed);
+			log_warn("log.suppressed", KV("worker", w->id),
+				 KV("count", w->log_suppressed));
 		w->log_window_ms = w->now_ms;
 		w->log_in_window = 0;
 		w->log_suppressed = 0;
 	}
 	if (w->log_in_window >= WARN_LINES_PER_SEC) {
 		w->log_suppressed++;
-		return;
+		return false;
 	}
 	w->log_in_window++;
-	va_list ap;
-	va_start(ap, fmt);
-	kg_log_vwrite(KG_LOG_WARN, fmt, ap);
-	va_end(ap);
+	return true;
 }
 
 struct io_uring_sqe *kg_worker_sqe(struct kg_worker *w)
@@ -60,7 +55,7 @@ struct io_uring_sqe *kg_worker_sqe(struct kg_worker *w)
 	while (!sqe) {
 		int ret = io_uring_submit(&w->ring);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
-			log_err("worker %u: io_uring_submit: %s", w->id, strerror(-ret));
+			log_err("worker.submit_failed", KV("worker", w->id), KV_ERRNO(-ret));
 		sqe = io_uring_get_sqe(&w->ring);
 	}
 	return sqe;
@@ -94,7 +89,8 @@ static void on_accept(struct kg_worker *w, uint32_t li, const struct io_uring_cq
 	} else if (cqe->res != -ECANCELED) {
 		/* EMFILE/ENFILE/ENOMEM: the accept is re-armed on the next
 		 * tick rather than at once, so a full fd table cannot spin. */
-		kg_worker_warn(w, "listener slot %u: accept: %s", li, strerror(-cqe->res));
+		kg_worker_warn(w, "listener.accept_failed", KV("worker", w->id),
+			       KV("listener_slot", li), KV_ERRNO(-cqe->res));
 	}
 	if (cqe->flags & IORING_CQE_F_MORE)
 		return;
@@ -138,8 +134,8 @@ static void begin_drain(struct kg_worker *w)
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		stop_accept(w, li);
 	kg_health_checker_stop(w->health);
-	log_info("worker %u: draining %u connection(s), up to %u ms", w->id,
-		 w->n_conns, drain_ms);
+	log_info("worker.draining", KV("worker", w->id), KV("conns", w->n_conns),
+		 KV("timeout_ms", drain_ms));
 }
 
 static void cmd_done(struct kg_wcmd *cmd)
@@ -194,19 +190,22 @@ static void replace_checker(struct kg_worker *w)
 	if (w->draining)
 		return;
 	if (w->n_retired == KG_WORKER_RETIRED_MAX) {
-		log_err("worker %u: too many health checkers still finishing; listener changes "
-			"wait for the next one", w->id);
+		log_err("health.checker_busy", KV("worker", w->id),
+			KV("reason", "too many health checkers still finishing; listener changes "
+				     "wait for the next one"));
 		return;
 	}
 	unsigned gen = (kg_health_checker_gen(w->health) + 1) & KG_HEALTH_GEN_MASK;
 	for (size_t i = 0; i < w->n_retired; i++)
 		if (kg_health_checker_gen(w->retired[i]) == gen) {
-			log_err("worker %u: health checker generation %u still in use", w->id, gen);
+			log_err("health.generation_busy", KV("worker", w->id),
+				KV("generation", gen));
 			return;
 		}
 	struct kg_health_checker *hc = kg_health_checker_create(w, w->rt->n_workers, gen);
 	if (!hc) {
-		log_err("worker %u: out of memory for health checks; keeping the old ones", w->id);
+		log_err("health.checker_failed", KV("worker", w->id),
+			KV("reason", "out of memory; keeping the old checks"));
 		return;
 	}
 	kg_health_checker_stop(w->health);
@@ -236,13 +235,13 @@ static void on_health_cqe(struct kg_worker *w, enum kg_op op, uint32_t idx, int 
 		}
 		return;
 	}
-	log_err("worker %u: health completion for unknown checker generation %u", w->id, gen);
+	log_err("health.unknown_generation", KV("worker", w->id), KV("generation", gen));
 }
 
 static void on_wake(struct kg_worker *w, int res)
 {
 	if (res < 0 && res != -EAGAIN && res != -EINTR)
-		log_err("worker %u: command eventfd read: %s", w->id, strerror(-res));
+		log_err("worker.wake_read_failed", KV("worker", w->id), KV_ERRNO(-res));
 	pthread_mutex_lock(&w->cmd_lock);
 	struct kg_wcmd *list = w->cmds;
 	w->cmds = NULL;
@@ -282,7 +281,7 @@ static void post_and_wait(struct kg_runtime *rt, enum kg_wcmd_op op, uint32_t sl
 		/* An eventfd write only fails on counter overflow, which a
 		 * worker reading it cannot let happen. */
 		if (write(w->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
-			log_err("worker %u: cannot wake: %s", w->id, strerror(errno));
+			log_err("worker.wake_failed", KV("worker", w->id), KV_ERRNO(errno));
 	}
 	pthread_mutex_lock(&batch.lock);
 	while (batch.pending > 0)
@@ -421,7 +420,8 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 
 	struct kg_conn *c = idx < w->capacity ? w->conns[idx] : NULL;
 	if (!c) {
-		log_err("worker %u: completion op %d for free slot %u", w->id, op, idx);
+		log_err("worker.stray_completion", KV("worker", w->id), KV("op", (int)op),
+			KV("conn", idx));
 		return;
 	}
 	switch (op) {
@@ -465,7 +465,7 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 		kg_forward_http_on_backend_send(c, cqe->res);
 		break;
 	default:
-		log_err("worker %u: unknown op %d", w->id, op);
+		log_err("worker.unknown_op", KV("worker", w->id), KV("op", (int)op));
 		return;
 	}
 	release_closed(w, idx);
@@ -552,8 +552,8 @@ static void *worker_main(void *arg)
 	if (w->init_result == 0) {
 		w->init_result = kg_bufpool_init(&w->bufs, &w->ring);
 		if (w->init_result < 0) {
-			log_err("worker %u: cannot register the receive buffer ring: %s",
-				w->id, strerror(-w->init_result));
+			log_err("worker.bufring_failed", KV("worker", w->id),
+				KV_ERRNO(-w->init_result));
 			io_uring_queue_exit(&w->ring);
 		}
 	}
@@ -562,9 +562,10 @@ static void *worker_main(void *arg)
 		return NULL;
 	char features[512];
 	kg_ring_features_format(w->ring_info.features, features, sizeof(features));
-	log_info("worker %u: io_uring ring: setup %s%s, features %s", w->id,
-		 kg_ring_setup_name(w->ring_info.setup_flags),
-		 w->ring_info.fallback_err ? " (SINGLE_ISSUER|DEFER_TASKRUN refused)" : "", features);
+	log_info("worker.ring", KV("worker", w->id),
+		 KV("setup", kg_ring_setup_name(w->ring_info.setup_flags)),
+		 KV("defer_taskrun_refused", (bool)(w->ring_info.fallback_err != 0)),
+		 KV("features", features));
 
 	w->now_ms = kg_now_ms();
 	arm_wake(w);
@@ -575,8 +576,7 @@ static void *worker_main(void *arg)
 		int ret = io_uring_submit_and_wait(&w->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY &&
 		    ret != -ETIME) {
-			log_err("worker %u: io_uring_submit_and_wait: %s", w->id,
-				strerror(-ret));
+			log_err("worker.wait_failed", KV("worker", w->id), KV_ERRNO(-ret));
 			break;
 		}
 		w->now_ms = kg_now_ms();
@@ -592,26 +592,32 @@ static void *worker_main(void *arg)
 		io_uring_cq_advance(&w->ring, seen);
 	}
 	const struct kg_counters *s = &w->stats;
-	log_info("worker %u: stopped: accepted %lu, handshakes %lu (resumed %lu), "
-		 "handshake failures %lu, handshake timeouts %lu, no backend %lu, "
-		 "connect failures %lu, limit rejections %lu, idle timeouts %lu, "
-		 "bytes c2b %lu b2c %lu, health checks %lu (failed %lu), "
-		 "cut unhealthy %lu, cut disabled %lu; paths: userspace-tls %lu, ktls-splice %lu, "
-		 "splice %lu, sockmap %lu, userspace-copy %lu; ktls fallbacks %lu, "
-		 "ktls failures %lu, sockmap fallbacks %lu; http requests %lu, http errors %lu, "
-		 "backend connects %lu, pooled reuses %lu, http-userspace-tls %lu",
-		 w->id, s->accepted, s->handshakes, s->resumed, s->handshake_failed,
-		 s->handshake_timeout, s->no_backend, s->backend_connect_failed,
-		 s->rejected_limit, s->idle_timeout, s->forwarded_c2b, s->forwarded_b2c,
-		 s->health_checks, s->health_checks_failed, s->cut_unhealthy, s->cut_disabled,
-		 s->path[KG_PATH_USERSPACE], s->path[KG_PATH_KTLS_SPLICE],
-		 s->path[KG_PATH_SPLICE], s->path[KG_PATH_SOCKMAP], s->path[KG_PATH_COPY],
-		 s->ktls_fallback, s->ktls_failed, s->sockmap_fallback, s->http_requests,
-		 s->http_errors, s->http_backend_connects, s->http_pool_reused,
-		 s->path[KG_PATH_HTTP]);
+	/* Counters of this worker's life; path_* count connections by the
+	 * forwarding path they took (paths.h). */
+	log_info("worker.stopped", KV("worker", w->id), KV("accepted", s->accepted),
+		 KV("handshakes", s->handshakes), KV("resumed", s->resumed),
+		 KV("handshake_failed", s->handshake_failed),
+		 KV("handshake_timeout", s->handshake_timeout), KV("no_backend", s->no_backend),
+		 KV("connect_failed", s->backend_connect_failed),
+		 KV("rejected_limit", s->rejected_limit), KV("idle_timeout", s->idle_timeout),
+		 KV("bytes_c2b", s->forwarded_c2b), KV("bytes_b2c", s->forwarded_b2c),
+		 KV("health_checks", s->health_checks),
+		 KV("health_checks_failed", s->health_checks_failed),
+		 KV("cut_unhealthy", s->cut_unhealthy), KV("cut_disabled", s->cut_disabled),
+		 KV("path_userspace_tls", s->path[KG_PATH_USERSPACE]),
+		 KV("path_ktls_splice", s->path[KG_PATH_KTLS_SPLICE]),
+		 KV("path_splice", s->path[KG_PATH_SPLICE]),
+		 KV("path_sockmap", s->path[KG_PATH_SOCKMAP]),
+		 KV("path_userspace_copy", s->path[KG_PATH_COPY]),
+		 KV("path_http_userspace_tls", s->path[KG_PATH_HTTP]),
+		 KV("ktls_fallback", s->ktls_fallback), KV("ktls_failed", s->ktls_failed),
+		 KV("sockmap_fallback", s->sockmap_fallback), KV("http_requests", s->http_requests),
+		 KV("http_errors", s->http_errors),
+		 KV("http_backend_connects", s->http_backend_connects),
+		 KV("http_pool_reused", s->http_pool_reused));
 	if (w->bufs.enobufs)
-		log_info("worker %u: %lu receives found the buffer ring empty; it holds %u buffers",
-			 w->id, (unsigned long)w->bufs.enobufs, w->bufs.n_ring_bufs);
+		log_info("worker.bufring_empty", KV("worker", w->id),
+			 KV("receives", w->bufs.enobufs), KV("ring_buffers", w->bufs.n_ring_bufs));
 	kg_bufpool_destroy(&w->bufs, &w->ring);
 	io_uring_queue_exit(&w->ring);
 	return NULL;

@@ -12,6 +12,8 @@
 #include <pthread.h>
 #include <semaphore.h>
 
+#include <kgate/log.h>
+
 #include "bufpool.h"
 #include "ktls.h"
 #include "paths.h"
@@ -217,9 +219,15 @@ void kg_workers_recheck(struct kg_runtime *rt);
  * submits first. */
 struct io_uring_sqe *kg_worker_sqe(struct kg_worker *w);
 uint64_t kg_now_ms(void);
-/* Rate-limited warning for per-connection events (10 lines/s per worker). */
-void kg_worker_warn(struct kg_worker *w, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+/* Rate-limited warning for per-connection events (10 lines/s per worker):
+ * kg_worker_warn(w, "event.id", KV(...), ...) like log_warn. The worker's
+ * own key (worker=) is added by the caller when it matters. */
+bool kg_worker_warn_allowed(struct kg_worker *w);
+#define kg_worker_warn(w, ...)                                                 \
+	do {                                                                   \
+		if (KG_LOG_WARN <= kg_log_level && kg_worker_warn_allowed(w))  \
+			kg_log_always(KG_LOG_WARN, __VA_ARGS__);               \
+	} while (0)
 
 /* An idle connection's memory BIOs are trimmed once no byte has moved
  * for this long (checked on the worker's 100 ms tick). */

@@ -8,17 +8,20 @@ import hashlib
 import http.server
 import json
 import os
-import re
 import selectors
 import signal
 import socket
 import socketserver
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+import logfmt  # noqa: E402  (tests/tools)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD_DIR = os.environ.get("KG_BUILD_DIR", os.path.join(REPO, "build"))
@@ -32,7 +35,6 @@ STOP_TIMEOUT = 5.0
 # A sanitizer report means a daemon bug even when the test itself passed.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                      "runtime error:")
-LISTEN_RE = re.compile(r"listener (\S+) listening on (\[[^\]]+\]|[^\s:]+):(\d+)")
 
 
 def run(cmd, check=True, timeout=60, **kw):
@@ -44,6 +46,20 @@ def run(cmd, check=True, timeout=60, **kw):
                              % (res.returncode, " ".join(map(str, cmd)),
                                 res.stdout, res.stderr))
     return res
+
+
+def log_events(text, event=None):
+    """The lines of a kgated log or stderr text, each parsed strictly
+    (logfmt.py raises on a line that is not one event), those of one
+    event id if asked."""
+    return [e for e in logfmt.parse_log(text, journal=False)
+            if event is None or e["event"] == event]
+
+
+def path_count(d, name):
+    """Connections that took path `name`, from the workers' stop events."""
+    key = "path_" + name.replace("-", "_")
+    return sum(int(e[key]) for e in d.events("worker.stopped"))
 
 
 def wait_until(pred, timeout, interval=0.02):
@@ -444,8 +460,11 @@ def base_config(pki, listeners, workers=1, **settings):
 
 
 class Daemon:
-    def __init__(self, config, workdir, extra_args=(), prefix=()):
-        """prefix: a command that execs kgated (e.g. setpriv ... --)."""
+    def __init__(self, config, workdir, extra_args=(), prefix=(), journal=False):
+        """prefix: a command that execs kgated (e.g. setpriv ... --).
+        journal: JOURNAL_STREAM names the log file, as systemd names the
+        journal's stream, so kgated writes journald's form."""
+        self.journal = journal
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.config_path = os.path.join(workdir, "kgated.json")
@@ -464,6 +483,10 @@ class Daemon:
         env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "detect_leaks=1") +
                                ":quarantine_size_mb=16")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        env.pop("JOURNAL_STREAM", None)
+        if journal:
+            st = os.fstat(self._log.fileno())
+            env["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
         # Started as root, kgated switches to --user (default kgate, which
         # a test machine may lack): tests keep root explicitly unless they
         # test the switch themselves.
@@ -479,13 +502,40 @@ class Daemon:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
+    def events(self, event=None, **match):
+        """The log's events (dicts of its key=value pairs, logfmt.py),
+        those of one event id and with the given key values if asked;
+        values compare as text. Lines that are not logfmt (a sanitizer
+        report) are skipped here: problems() reports them."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                rec = logfmt.parse_line(line)
+            except logfmt.LogfmtError:
+                continue
+            if event is not None and rec["event"] != event:
+                continue
+            if all(rec.get(k) == str(v) for k, v in match.items()):
+                out.append(rec)
+        return out
+
+    def count_event(self, event, **match):
+        return len(self.events(event, **match))
+
+    def wait_event(self, event, min_count=1, timeout=5.0, **match):
+        """The matching events once there are min_count of them, else []."""
+        def enough():
+            evs = self.events(event, **match)
+            return evs if len(evs) >= min_count else None
+        return wait_until(enough, timeout) or []
+
     def wait_ready(self, timeout=READY_TIMEOUT):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log()
-            if "kgated ready" in text:
-                for m in LISTEN_RE.finditer(text):
-                    self.ports[m.group(1)] = int(m.group(3))
+            if self.events("kgated.ready"):
+                for ev in self.events("listener.listening"):
+                    self.ports[ev["listener"]] = int(ev["addr"].rsplit(":", 1)[1])
                 return
             if self.proc.poll() is not None:
                 raise AssertionError("kgated exited with %s before ready; log:\n%s"
@@ -550,6 +600,12 @@ class Daemon:
         for marker in SANITIZER_MARKERS:
             if marker in text:
                 out.append("log contains %r" % marker)
+        if not any("log contains" in p for p in out):
+            # Every line kgated writes is one logfmt event.
+            try:
+                logfmt.parse_log(text, journal=self.journal)
+            except logfmt.LogfmtError as e:
+                out.append("log is not logfmt: %s" % e)
         return out
 
 
@@ -565,8 +621,9 @@ def spawn_kgated(request, tmp_path):
     daemons = []
     request.node.kg_daemons = daemons
 
-    def spawn(config, args=(), wait=True, prefix=()):
-        d = Daemon(config, str(tmp_path / ("kgated%d" % len(daemons))), args, prefix=prefix)
+    def spawn(config, args=(), wait=True, prefix=(), journal=False):
+        d = Daemon(config, str(tmp_path / ("kgated%d" % len(daemons))), args, prefix=prefix,
+                   journal=journal)
         daemons.append(d)
         if wait:
             d.wait_ready()

@@ -207,7 +207,7 @@ def test_status_reports_io_uring_rings(pki, gated, http_backends):
 def test_state_dir_seeded_then_wins(pki, gated, http_backends, tmp_path):
     be = http_backends("a")
     d = gated([tls_listener(pki, [be])])
-    assert "state: seeded from" in d.log()
+    assert d.events("state.loaded", source="config", reseed="false"), d.log()
     st = os.stat(os.path.join(d.state, "state.json"))
     assert stat.S_IMODE(st.st_mode) == 0o600
     sock = os.stat(os.path.join(d.state, "control.sock"))
@@ -220,13 +220,13 @@ def test_state_dir_seeded_then_wins(pki, gated, http_backends, tmp_path):
     d.terminate()
     # A different --config: the state directory still wins.
     d2 = gated([], state=d.state)
-    assert "state: using" in d2.log()
+    assert d2.events("state.loaded", source="state", config_ignored="true"), d2.log()
     assert d2.ctl.json("listener", "list")[0]["state"] == "stopped"
     d2.terminate()
     # --reseed replaces the state with the file.
     be2 = http_backends("b")
     d3 = gated([tls_listener(pki, [be2], name="other")], state=d.state, args=["--reseed"])
-    assert "(--reseed)" in d3.log()
+    assert d3.events("state.loaded", source="config", reseed="true"), d3.log()
     assert [l["name"] for l in d3.ctl.json("listener", "list")] == ["other"]
     assert https_get(client_context(pki), d3.ports["other"]).strip() == "backend=b"
 
@@ -361,7 +361,7 @@ def test_listener_lifecycle(pki, gated, http_backends):
     d.ctl("listener", "delete", "web2")
     assert d.ctl.json("listener", "list") == []
     assert wait_until(lambda: refused_connect(port), 5)
-    assert "listener web2 deleted" in d.log()
+    assert d.events("listener.deleted", listener="web2"), d.log()
 
 
 def test_tcp_listener_created_live(pki, gated, echo_backend):
@@ -489,7 +489,7 @@ def test_backend_drain_and_enable_persist(pki, gated, http_backends):
     members = {m["address"]: m for m in d.ctl.json("listener", "show", "web")["members"]}
     assert members[b.address]["drained"] is True and members[b.address]["state"] == "down"
     assert {https_get(ctx, port).strip() for _ in range(4)} == {"backend=a"}
-    assert "backend %s: drained" % b.address in d.log()
+    assert d.events("backend.drained", backend=b.address), d.log()
     d.ctl.refused("backend", "drain", "web", "127.0.0.1:1", code="not_found")
     d.kill9()
     d2 = gated([], state=d.state, workers=1)
@@ -540,7 +540,7 @@ def test_backend_disable_cuts_connections_and_persists(pki, gated, echo_backend,
     assert members[a.address]["state"] == "up"
     assert "disabled" in d.ctl("listener", "show", "web").stdout
     assert {https_get(ctx, port).strip() for _ in range(4)} == {"backend=a"}
-    assert d.count_log("backend %s: disabled: out of rotation" % e) == 1, d.log()
+    assert d.count_event("backend.disabled", backend=e) == 1, d.log()
     assert d.ctl.json("stats")["connections"]["cut_disabled"] == 1
     before = d.ctl.snapshot()
     d.ctl.refused("backend", "disable", "web", "127.0.0.1:1", code="not_found")
@@ -552,7 +552,7 @@ def test_backend_disable_cuts_connections_and_persists(pki, gated, echo_backend,
 
     d.kill9()
     d2 = gated([], state=d.state, workers=1)
-    assert "backend %s: disabled" % e in d2.log()
+    assert d2.events("backend.disabled", backend=e), d2.log()
     members = {m["address"]: m for m in d2.ctl.json("listener", "show", "web")["members"]}
     assert members[e]["state"] == "disabled"
     assert {https_get(ctx, port).strip() for _ in range(4)} == {"backend=a"}
@@ -563,17 +563,17 @@ def test_backend_disable_cuts_connections_and_persists(pki, gated, echo_backend,
     d2.ctl("backend", "enable", "web", e)
     doc = json.load(open(os.path.join(d2.state, "state.json")))
     assert doc["listeners"][0]["backends"][0] == {"address": e}
-    assert "backend %s: drain ended" % e in d2.log()
+    assert d2.events("backend.drain_ended", backend=e), d2.log()
     # A connection on the current snapshot: only e in rotation while a is
     # disabled, then a back and e disabled.
     d2.ctl("backend", "disable", "web", a.address)
     cur = echo_session(pki, port)
     d2.ctl("backend", "enable", "web", a.address)
-    assert "backend %s: disable ended" % a.address in d2.log()
+    assert d2.events("backend.disable_ended", backend=a.address), d2.log()
     d2.ctl("backend", "disable", "web", e)
     assert closed_by_kgated(cur)
     # One line at start (from the document), one for this change.
-    assert d2.count_log("backend %s: disabled: out of rotation" % e) == 2, d2.log()
+    assert d2.count_event("backend.disabled", backend=e) == 2, d2.log()
     assert d2.ctl.json("stats")["connections"]["cut_disabled"] == 1
     d2.ctl("backend", "enable", "web", e)
     members = d2.ctl.json("listener", "show", "web")["members"]
@@ -715,7 +715,7 @@ def test_persistence_across_kill9(pki, gated, http_backends, tmp_path):
     shows = {n: d.ctl.json("listener", "show", n) for n in ("web", "second")}
     d.kill9()
     d2 = gated([], state=d.state)
-    assert "state: using" in d2.log()
+    assert d2.events("state.loaded", source="state"), d2.log()
     certs2, listeners2 = d2.ctl.snapshot()
     assert certs2 == certs
     strip = lambda ls: [{k: v for k, v in l.items() if k != "active"} for l in ls]
@@ -756,9 +756,10 @@ def test_certificate_expired_since_upload_fails_only_its_listener(pki, gated,
 
     d2 = gated([], state=d.state, workers=1)
     log = d2.log()
-    assert "certificates.short.cert: the certificate expired on" in log, log
-    assert "listener short not started: certificate short: the certificate expired on" \
-        in log, log
+    assert [e for e in d2.events("cert.expired", cert="short", field="cert")
+            if e["reason"].startswith("the certificate expired on")], log
+    assert [e for e in d2.events("listener.start_failed", listener="short")
+            if e["reason"].startswith("certificate short: the certificate expired on")], log
     listed = {l["name"]: l for l in d2.ctl.json("listener", "list")}
     assert listed["web"]["state"] == "running" and listed["web"]["reason"] is None
     assert listed["short"]["state"] == "failed"
@@ -780,7 +781,7 @@ def test_certificate_expired_since_upload_fails_only_its_listener(pki, gated,
     d2.ctl("listener", "update", "short", "--idle-timeout-ms", "12345")
     show = d2.ctl.json("listener", "show", "short")
     assert (show["state"], show["idle_timeout_ms"]) == ("failed", 12345), show
-    assert d2.count_log("listener short not started") == 1, d2.log()
+    assert d2.count_event("listener.start_failed", listener="short") == 1, d2.log()
     assert https_get(ctx, web_port).strip() == "backend=a"
     # --check on the same document reports the expired certificate as an error.
     r = run([KGATED, "--check", "--config", os.path.join(d.state, "state.json")],

@@ -181,8 +181,8 @@ def test_unreachable_backend_connect_timeout_then_next_member(pki, spawn_kgated,
             pki, [addr, good], connect_timeout_ms=500, connect_retries=1)]))
         for _ in range(4):  # round robin: half of these try the blackhole first
             good_request(pki, d)
-        line = "backend %s: connect failed: timed out" % addr
-        assert d.wait_log(line), "no connect timeout logged:\n" + d.log()[-2000:]
+        assert d.wait_event("backend.connect_failed", backend=addr, err="timed out"), \
+            "no connect timeout logged:\n" + d.log()[-2000:]
     finally:
         for c in fillers:
             c.close()
@@ -335,7 +335,7 @@ def test_fd_exhaustion_then_recovery(pki, spawn_kgated, http_backends):
     try:
         for _ in range(80):  # far more than the free slots
             held.append(socket.create_connection(("127.0.0.1", d.port), timeout=5))
-        assert wait_until(lambda: d.count_log("Too many open files") > 0, 5), \
+        assert wait_until(lambda: d.count_event("listener.accept_failed", err="Too many open files") > 0, 5), \
             "EMFILE never reached (fds %d):\n%s" % (d.fd_count(), d.log()[-2000:])
         cpu_before = proc_cpu_ticks(d.pid)
         time.sleep(1.0)

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from conftest import (KGATED, REPO, base_config, client_context, closing_factory, dead_port,
-                      https_get, run, tls_listener)
+                      https_get, log_events, run, tls_listener, wait_until)
 
 BACKEND_TOOL = os.path.join(REPO, "tests", "tools", "http_backend.py")
 SLACK = 5.0  # seconds on top of the configured bound, for a busy machine
@@ -64,8 +64,20 @@ def health_listener(pki, backends, **check):
     return tls_listener(pki, backends, health_check=hc)
 
 
-def transition(address, old, new):
-    return "backend %s: %s -> %s" % (address, old, new)
+def transition(d, address, old, new, timeout=5.0, reason=""):
+    """Waits for the health transition event of a member; returns it, or
+    None. reason: the start its reason= must have."""
+    def find():
+        evs = [e for e in d.events("backend.health_changed", backend=address,
+                                   **{"from": old, "to": new})
+               if e["reason"].startswith(reason)]
+        return evs[0] if evs else None
+    return wait_until(find, timeout)
+
+
+def worker_totals(d, key):
+    """A counter of the worker.stopped events, per worker."""
+    return [int(e[key]) for e in d.events("worker.stopped")]
 
 
 def bound(hc_interval_ms, threshold, timeout_ms):
@@ -91,27 +103,27 @@ def test_kill_and_restart_member(pki, spawn_kgated, proc_backends, check_type):
     d = spawn_kgated(base_config(pki, [health_listener(pki, [a, b], type=check_type)],
                                  workers=2))
     for m in (a, b):
-        assert d.wait_log(transition(m.address, "unknown", "healthy"),
+        assert transition(d, m.address, "unknown", "healthy",
                           timeout=bound(100, 2, 300)), d.log()
     ctx = client_context(pki)
     assert_alternates(bodies(ctx, d.port, 6), ["backend=a", "backend=b"])
 
     b.kill()
-    assert d.wait_log(transition(b.address, "healthy", "unhealthy"),
+    assert transition(d, b.address, "healthy", "unhealthy",
                       timeout=bound(100, 2, 300)), d.log()
     # Out of the rotation: every request succeeds, all on a.
     assert bodies(ctx, d.port, 8) == ["backend=a"] * 8
 
     b2 = proc_backends("b", port=b.port)
-    assert d.wait_log(transition(b.address, "unhealthy", "healthy"),
+    assert transition(d, b.address, "unhealthy", "healthy",
                       timeout=bound(100, 2, 300)), d.log()
     assert_alternates(bodies(ctx, d.port, 6), ["backend=a", "backend=b"])
     assert b2.address == b.address
-    line = [l for l in d.log().splitlines()
-            if transition(b.address, "healthy", "unhealthy") in l][0]
-    # The reason and the time spent healthy are in the transition line.
-    assert re.search(r"\((connect refused|timeout after 300 ms); 2 failures in a row; "
-                     r"healthy for [0-9.]+ (ms|s|min)\)", line), line
+    ev = transition(d, b.address, "healthy", "unhealthy", timeout=0)
+    # The reason and the time spent healthy are in the transition event.
+    assert re.fullmatch(r"connect refused|timeout after 300 ms", ev["reason"]), ev
+    assert ev["streak"] == "2", ev
+    assert re.fullmatch(r"[0-9.]+ (ms|s|min)", ev["was_for"]), ev
 
 
 def test_http_500_is_unhealthy(pki, spawn_kgated, proc_backends):
@@ -119,9 +131,9 @@ def test_http_500_is_unhealthy(pki, spawn_kgated, proc_backends):
     bad = proc_backends("bad", status=500)
     d = spawn_kgated(base_config(pki, [health_listener(
         pki, [good, bad], type="http", path="/healthz")]))
-    assert d.wait_log(transition(bad.address, "unknown", "unhealthy") +
-                      " (HTTP 500 not expected", timeout=bound(100, 2, 300)), d.log()
-    assert d.wait_log(transition(good.address, "unknown", "healthy") + " (HTTP 200",
+    assert transition(d, bad.address, "unknown", "unhealthy", reason="HTTP 500 not expected",
+                      timeout=bound(100, 2, 300)), d.log()
+    assert transition(d, good.address, "unknown", "healthy", reason="HTTP 200",
                       timeout=bound(100, 2, 300)), d.log()
     assert bodies(client_context(pki), d.port, 4) == ["backend=good"] * 4
 
@@ -130,7 +142,7 @@ def test_expected_status_accepts_500_when_asked(pki, spawn_kgated, proc_backends
     b = proc_backends("odd", status=500)
     d = spawn_kgated(base_config(pki, [health_listener(
         pki, [b], type="http", expected_status="2xx,500")]))
-    assert d.wait_log(transition(b.address, "unknown", "healthy") + " (HTTP 500",
+    assert transition(d, b.address, "unknown", "healthy", reason="HTTP 500",
                       timeout=bound(100, 2, 300)), d.log()
 
 
@@ -138,15 +150,15 @@ def test_slow_answer_is_a_timeout(pki, spawn_kgated, proc_backends):
     slow = proc_backends("slow", delay_ms=3000)
     d = spawn_kgated(base_config(pki, [health_listener(
         pki, [slow], type="http", timeout_ms=200)]))
-    assert d.wait_log(transition(slow.address, "unknown", "unhealthy") +
-                      " (timeout after 200 ms", timeout=bound(100, 2, 200)), d.log()
+    assert transition(d, slow.address, "unknown", "unhealthy", reason="timeout after 200 ms",
+                      timeout=bound(100, 2, 200)), d.log()
 
 
 def test_tcp_check_closed_port_is_unhealthy(pki, spawn_kgated, proc_backends):
     live = proc_backends("live")
     addr = "127.0.0.1:%d" % dead_port()
     d = spawn_kgated(base_config(pki, [health_listener(pki, [live, addr])]))
-    assert d.wait_log(transition(addr, "unknown", "unhealthy") + " (connect refused",
+    assert transition(d, addr, "unknown", "unhealthy", reason="connect refused",
                       timeout=bound(100, 2, 300)), d.log()
     assert bodies(client_context(pki), d.port, 4) == ["backend=live"] * 4
 
@@ -171,15 +183,14 @@ def refused_quickly(pki, port, timeout=10):
 def test_all_members_down_refused_and_counted(pki, spawn_kgated):
     addrs = ["127.0.0.1:%d" % dead_port() for _ in range(2)]
     d = spawn_kgated(base_config(pki, [health_listener(pki, addrs)]))
-    assert d.wait_log("listener web: no backend in rotation",
-                      timeout=bound(100, 2, 300)), d.log()
+    assert d.wait_event("listener.no_backend_in_rotation", listener="web",
+                        timeout=bound(100, 2, 300)), d.log()
     for _ in range(5):
         assert refused_quickly(pki, d.port), "request hung with every member down"
     assert d.terminate() == 0
-    counted = sum(int(n) for n in re.findall(r"no backend (\d+)", d.log()))
-    assert counted == 5, d.log()
+    assert sum(worker_totals(d, "no_backend")) == 5, d.log()
     # Nothing was even tried: the members were out of rotation.
-    assert "connect failed" not in d.log()
+    assert d.count_event("backend.connect_failed") == 0, d.log()
 
 
 def test_unknown_members_wait_for_verdict_when_asked(pki, spawn_kgated, proc_backends):
@@ -188,7 +199,7 @@ def test_unknown_members_wait_for_verdict_when_asked(pki, spawn_kgated, proc_bac
         pki, [b], unknown_is_up=False, interval_ms=3600000, timeout_ms=1000)]))
     # With a one-hour interval the first check may be far off: until then
     # the member is unknown and, as configured, out of rotation.
-    if transition(b.address, "unknown", "healthy") not in d.log():
+    if not transition(d, b.address, "unknown", "healthy", timeout=0):
         assert refused_quickly(pki, d.port)
 
 
@@ -201,10 +212,9 @@ def test_passive_failure_counts(pki, spawn_kgated, proc_backends):
         pki, [addr, live], interval_ms=3600000, unhealthy_threshold=1)]))
     ctx = client_context(pki)
     assert https_get(ctx, d.port).strip() == "backend=live"  # retried on live
-    assert d.wait_log(transition(addr, "unknown", "unhealthy") +
-                      " (passive: connect refused"), d.log()
+    assert transition(d, addr, "unknown", "unhealthy", reason="passive: connect refused"), d.log()
     assert bodies(ctx, d.port, 4) == ["backend=live"] * 4
-    assert d.count_log("connect failed") == 1
+    assert d.count_event("backend.connect_failed") == 1, d.log()
 
 
 @pytest.mark.parametrize("cut", [False, True])
@@ -216,7 +226,7 @@ def test_unhealthy_member_keeps_or_cuts_connections(pki, spawn_kgated, proc_back
     d = spawn_kgated(base_config(pki, [health_listener(
         pki, [echo_backend], type="http", port=health.port,
         cut_on_unhealthy=cut)]))
-    assert d.wait_log(transition(echo_backend.address, "unknown", "healthy"),
+    assert transition(d, echo_backend.address, "unknown", "healthy",
                       timeout=bound(100, 2, 300)), d.log()
     ctx = client_context(pki)
     with socket.create_connection(("127.0.0.1", d.port), timeout=10) as raw:
@@ -224,7 +234,7 @@ def test_unhealthy_member_keeps_or_cuts_connections(pki, spawn_kgated, proc_back
             s.sendall(b"ping-1")
             assert s.recv(100) == b"ping-1"
             health.kill()
-            assert d.wait_log(transition(echo_backend.address, "healthy", "unhealthy"),
+            assert transition(d, echo_backend.address, "healthy", "unhealthy",
                               timeout=bound(100, 2, 300)), d.log()
             time.sleep(0.5)  # several ticks: a cut would have happened
             try:
@@ -235,7 +245,7 @@ def test_unhealthy_member_keeps_or_cuts_connections(pki, spawn_kgated, proc_back
             assert got == (b"" if cut else b"ping-2")
     if cut:
         assert d.terminate() == 0
-        assert sum(int(n) for n in re.findall(r"cut unhealthy (\d+)", d.log())) == 1
+        assert sum(worker_totals(d, "cut_unhealthy")) == 1, d.log()
 
 
 BAD_CHECKS = [
@@ -256,8 +266,9 @@ def test_bad_check_config_refused(pki, tmp_path, check, message):
     path.write_text(json.dumps(cfg))
     res = run([KGATED, "--config", str(path)], check=False, timeout=30)
     assert res.returncode == 1, res
-    assert "kgated: config error: " + message in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    evs = log_events(res.stderr)
+    assert len(evs) == 1 and evs[0]["event"] == "config.invalid", res.stderr
+    assert evs[0]["reason"].startswith(message), res.stderr
 
 
 def test_slow_start_after_recovery(pki, spawn_kgated, proc_backends):
@@ -265,24 +276,23 @@ def test_slow_start_after_recovery(pki, spawn_kgated, proc_backends):
     b = proc_backends("b")
     d = spawn_kgated(base_config(pki, [health_listener(
         pki, [a, b], slow_start_s=1, healthy_threshold=1, unhealthy_threshold=1)]))
-    assert d.wait_log(transition(b.address, "unknown", "healthy"),
+    assert transition(d, b.address, "unknown", "healthy",
                       timeout=bound(100, 1, 300)), d.log()
     # The first verdict is not a recovery: no slow start.
-    assert "slow start" not in d.log()
+    assert d.events("backend.health_changed", slow_start="true") == [], d.log()
     b.kill()
-    assert d.wait_log(transition(b.address, "healthy", "unhealthy"),
+    assert transition(d, b.address, "healthy", "unhealthy",
                       timeout=bound(100, 1, 300)), d.log()
     proc_backends("b", port=b.port)
-    assert d.wait_log(transition(b.address, "unhealthy", "healthy"),
+    assert transition(d, b.address, "unhealthy", "healthy",
                       timeout=bound(100, 1, 300)), d.log()
-    line = [l for l in d.log().splitlines()
-            if transition(b.address, "unhealthy", "healthy") in l][0]
-    assert line.endswith("; slow start"), line
+    ev = transition(d, b.address, "unhealthy", "healthy", timeout=0)
+    assert ev["slow_start"] == "true", ev
     # Served while ramping: every request succeeds, on either member.
     for body in bodies(client_context(pki), d.port, 6):
         assert body in ("backend=a", "backend=b")
-    assert d.wait_log("backend %s: slow start complete" % b.address,
-                      timeout=1 + SLACK), d.log()
+    assert d.wait_event("backend.slow_start_done", backend=b.address,
+                        timeout=1 + SLACK), d.log()
     assert_alternates(bodies(client_context(pki), d.port, 6), ["backend=a", "backend=b"])
 
 
@@ -299,16 +309,16 @@ def test_checks_spread_over_workers_and_listeners(pki, spawn_kgated, proc_backen
     ]
     d = spawn_kgated(base_config(pki, listeners, workers=3))
     for m in live:
-        assert d.wait_log(transition(m.address, "unknown", "healthy"),
+        assert transition(d, m.address, "unknown", "healthy",
                           timeout=bound(100, 2, 300)), d.log()
     for addr in dead:
-        assert d.wait_log(transition(addr, "unknown", "unhealthy"),
+        assert transition(d, addr, "unknown", "unhealthy",
                           timeout=bound(100, 2, 300)), d.log()
     ctx = client_context(pki)
     for name, want in (("one", "backend=l0"), ("two", "backend=l1"), ("three", "backend=l2")):
         assert bodies(ctx, d.ports[name], 3) == [want] * 3
     assert d.terminate() == 0
-    per_worker = [int(n) for n in re.findall(r"health checks (\d+)", d.log())]
+    per_worker = worker_totals(d, "health_checks")
     assert len(per_worker) == 3 and all(n > 0 for n in per_worker), per_worker
 
 
@@ -364,8 +374,8 @@ def test_http_check_request_on_the_wire(pki, spawn_kgated, family, host):
         d = spawn_kgated(base_config(pki, [health_listener(
             pki, [srv.address], type="http", method="HEAD", path="/status?x=1",
             expected_status="204", **extra)]))
-        assert d.wait_log(transition(srv.address, "unknown", "healthy") + " (HTTP 204",
-                          timeout=bound(100, 2, 300)), d.log()
+        assert transition(d, srv.address, "unknown", "healthy", reason="HTTP 204",
+                      timeout=bound(100, 2, 300)), d.log()
     finally:
         srv.close()
     head = srv.heads[0]

@@ -665,13 +665,13 @@ def test_access_log(pki, spawn_kgated, backends):
     a, = backends("A")
     d = start(spawn_kgated, pki, [a])
     curl_urls(pki, d.port, ["/quiet"])
-    assert "access:" not in d.log()
+    assert d.events("http.access") == [], d.log()
     d2 = start(spawn_kgated, pki, [a], name="logged", http={"access_log": "on"})
     curl_urls(pki, d2.port, ["/x1", "/x2"])
-    assert d2.wait_log("access:", 2)
-    line = [l for l in d2.log().splitlines() if "access:" in l][0]
-    assert "listener=logged" in line and '"GET /x1"' in line and "status=200" in line
-    assert "backend=%s" % a.address in line and "CN=client1" in line
+    ev = d2.wait_event("http.access", 2)[0]
+    assert (ev["listener"], ev["method"], ev["target"], ev["status"]) == \
+        ("logged", "GET", "/x1", "200"), ev
+    assert ev["backend"] == a.address and "CN=client1" in ev["subject"], ev
 
 
 @pytest.mark.parametrize("listener,message", [
@@ -814,7 +814,7 @@ def test_https_listener_created_and_updated_live(pki, spawn_kgated, backends, tm
     assert {i["backend"] for i in infos} == {"A", "B"}
     assert header_values(infos[0], "X-Forwarded-Proto") == ["https"]
     assert header_values(infos[0], "X-Forwarded-For") == []
-    assert d.wait_log("access: listener=live", 2)
+    assert d.wait_event("http.access", 2, listener="live")
     bad = run(ctl + ["listener", "update", "live", "--http", '{"fingerprint": "md5"}'],
               check=False)
     assert bad.returncode != 0 and "fingerprint" in bad.stderr

@@ -121,11 +121,12 @@ def test_browser_sees_backends_alternate(pki, spawn_kgated, page_backends, tmp_p
     assert all(x != y for x, y in zip(seen, seen[1:])), seen
 
     # One TLS connection carried the page and all six fetches.
-    lines = [l for l in d.log().splitlines() if "access:" in l and '"GET /who?' in l]
-    assert len(lines) == 6, lines
-    clients = {re.search(r"client=(\S+)", l).group(1) for l in lines}
+    evs = [e for e in d.events("http.access", method="GET")
+           if e["target"].startswith("/who?")]
+    assert len(evs) == 6, evs
+    clients = {e["client"] for e in evs}
     assert len(clients) == 1, clients
-    assert all("CN=client1" in l for l in lines)
+    assert all("CN=client1" in e["subject"] for e in evs)
 
 
 def test_browser_without_certificate_fails(pki, spawn_kgated, page_backends, tmp_path,
@@ -137,4 +138,4 @@ def test_browser_without_certificate_fails(pki, spawn_kgated, page_backends, tmp
     dom = chromium_dom(nss_home(tmp_path, pki, False), tmp_path, origin + "/")
     assert "RESULT" not in dom and "backend=" not in dom, dom[:2000]
     assert a.requests == [] and b.requests == []
-    assert d.wait_log("handshake failed")
+    assert d.wait_event("tls.handshake_failed")

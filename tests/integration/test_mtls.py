@@ -15,7 +15,7 @@ TLS13 = ["--tlsv1.3"]
 VERSIONS = {"tls12": TLS12, "tls13": TLS13}
 REQUEST = "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
-# Bad client certificates and a pattern the daemon's "handshake failed"
+# Bad client certificates and a pattern the daemon's tls.handshake_failed
 # line must match (OpenSSL's verify strings, or a close paraphrase).
 REJECTED = {
     "nocert": (None, r"did.not.return.a.certificate|no.(client.)?cert|certificate.required"),
@@ -45,11 +45,11 @@ def body_backend(res):
 def assert_rejected(d, res, reason_re, before):
     assert res.returncode != 0, "request with a bad client cert succeeded"
     assert "backend=" not in res.stdout, "a body came through: %r" % res.stdout
-    assert d.wait_log("handshake failed", before + 1), \
-        "no new 'handshake failed' line in the log"
-    lines = [l for l in d.log().splitlines() if "handshake failed" in l]
-    assert any(re.search(reason_re, l, re.I) for l in lines[before:]), \
-        "no 'handshake failed' line matches %r: %r" % (reason_re, lines[before:])
+    assert d.wait_event("tls.handshake_failed", before + 1), \
+        "no new tls.handshake_failed event in the log"
+    reasons = [e["reason"] for e in d.events("tls.handshake_failed")][before:]
+    assert any(re.search(reason_re, r, re.I) for r in reasons), \
+        "no tls.handshake_failed reason matches %r: %r" % (reason_re, reasons)
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))
@@ -76,7 +76,7 @@ def test_round_robin_alternates_exactly_one_worker(pki, spawn_kgated, http_backe
 
 def test_round_robin_balanced_two_workers(pki, spawn_kgated, http_backends):
     d, a, b = two_backend_daemon(pki, spawn_kgated, http_backends, workers=2)
-    assert "2 workers" in d.log(), "ready line does not report 2 workers"
+    assert d.events("kgated.ready", workers=2), "ready event does not report 2 workers"
     seq = [body_backend(curl(pki, d.port)) for _ in range(10)]
     assert 4 <= seq.count("a") <= 6 and 4 <= seq.count("b") <= 6, seq
 
@@ -86,7 +86,7 @@ def test_round_robin_balanced_two_workers(pki, spawn_kgated, http_backends):
 def test_rejected_at_handshake(pki, spawn_kgated, http_backends, case, version):
     d, a, b = two_backend_daemon(pki, spawn_kgated, http_backends)
     cert, reason = REJECTED[case]
-    before = d.count_log("handshake failed")
+    before = d.count_event("tls.handshake_failed")
     res = curl(pki, d.port, cert=cert, extra=VERSIONS[version])
     assert_rejected(d, res, reason, before)
     assert a.hits + b.hits == 0, "a backend saw the rejected client"
@@ -117,7 +117,7 @@ def test_optional_mode_rejects_bad_cert(pki, spawn_kgated, http_backends, case, 
     d, a, b = two_backend_daemon(pki, spawn_kgated, http_backends,
                                  mutual_auth="optional")
     cert, reason = REJECTED[case]
-    before = d.count_log("handshake failed")
+    before = d.count_event("tls.handshake_failed")
     assert_rejected(d, curl(pki, d.port, cert=cert, extra=VERSIONS[version]),
                     reason, before)
     assert a.hits + b.hits == 0
@@ -144,7 +144,7 @@ def test_s_client_versions_work(pki, spawn_kgated, http_backends, flag, name):
 
 def test_s_client_tls11_refused(pki, spawn_kgated, http_backends):
     d, a, b = two_backend_daemon(pki, spawn_kgated, http_backends)
-    before = d.count_log("handshake failed")
+    before = d.count_event("tls.handshake_failed")
     # SECLEVEL=0 so the refusal comes from kgated, not from our own client.
     res = s_client(pki, d.port, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
     out = res.stdout + res.stderr
@@ -152,7 +152,7 @@ def test_s_client_tls11_refused(pki, spawn_kgated, http_backends):
     assert res.returncode != 0, out
     assert "backend=" not in res.stdout
     assert a.hits + b.hits == 0
-    assert d.wait_log("handshake failed", before + 1), "refusal not logged"
+    assert d.wait_event("tls.handshake_failed", before + 1), "refusal not logged"
 
 
 def test_tls12_non_aead_cipher_refused(pki, spawn_kgated, http_backends):
@@ -200,7 +200,7 @@ def test_ipv6_listener(pki, spawn_kgated, http_backends):
         pytest.skip("no IPv6 loopback")
     a = http_backends("a")
     d = spawn_kgated(base_config(pki, [tls_listener(pki, [a], bind="::1")]))
-    assert re.search(r"listening on \[::1\]:%d" % d.port, d.log())
+    assert d.events("listener.listening", addr="[::1]:%d" % d.port), d.log()
     ctx = client_context(pki)
     with socket.create_connection(("::1", d.port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:

@@ -8,7 +8,6 @@ capabilities) it narrows its sets the same way. Every case checks
 import json
 import os
 import pwd
-import re
 import shutil
 import socket
 import stat
@@ -18,7 +17,7 @@ import tempfile
 import pytest
 
 from conftest import (KGATECTL, KGATED, REPO, Daemon, base_config, client_context, https_get,
-                      run, tls_listener)
+                      log_events, run, tls_listener)
 
 sys.path.insert(0, os.path.join(REPO, "tests", "tools"))
 from procstatus import CAP_NET_BIND_SERVICE, proc_status  # noqa: E402
@@ -123,8 +122,8 @@ def test_root_start_switches_to_user_and_keeps_only_bind_service(
     d = daemons(cfg, os.path.join(shared_dir, "run"),
                 args=["--user", "nobody", "--state-dir", state])
     assert_dropped(d.pid, nobody.pw_uid, nobody.pw_gid)
-    assert "running as user nobody (uid %d, gid %d), capabilities " \
-           "\"cap_net_bind_service=ep\"" % (nobody.pw_uid, nobody.pw_gid) in d.log()
+    assert d.events("privileges.dropped", user="nobody", uid=nobody.pw_uid,
+                    gid=nobody.pw_gid, caps="cap_net_bind_service=ep"), d.log()
     # The privileged port was bound after the drop, with the kept capability.
     assert d.ports["web"] == port
     assert https_get(client_context(pki), port) == "backend=a\n"
@@ -170,7 +169,7 @@ def test_systemd_style_start_with_ambient_capabilities(pki, daemons, shared_dir,
     # caller's (no CAP_SETPCAP to narrow it), as under systemd.
     assert_dropped(d.pid, nobody.pw_uid, nobody.pw_gid,
                    bounding=CAP_NET_BIND_SERVICE | (1 << 12))
-    assert "bounding set left to the caller" in d.log()
+    assert d.events("privileges.dropped", bounding_set_kept="true"), d.log()
     assert https_get(client_context(pki), port) == "backend=a\n"
 
 
@@ -179,10 +178,11 @@ def test_missing_user_is_a_clear_error(pki, shared_dir):
     res = run([KGATED, "--config", _write(shared_dir, cfg), "--user",
                "kgate-no-such-user"], check=False, timeout=30)
     assert res.returncode == 1, res
-    lines = res.stderr.strip().splitlines()
-    assert lines[-1].startswith("kgated: user 'kgate-no-such-user' does not exist: create it"), \
+    last = log_events(res.stderr)[-1]
+    assert last["event"] == "privileges.plan_failed", res.stderr
+    assert last["reason"].startswith("user 'kgate-no-such-user' does not exist: create it"), \
         res.stderr
-    assert "listening" not in res.stderr
+    assert not log_events(res.stderr, "listener.listening"), res.stderr
 
 
 def test_unprivileged_start_cannot_switch_to_another_user(pki, shared_dir):
@@ -192,8 +192,9 @@ def test_unprivileged_start_cannot_switch_to_another_user(pki, shared_dir):
                "--init-groups", "--", KGATED, "--config", _write(shared_dir, cfg),
                "--user", "root"], check=False, timeout=30)
     assert res.returncode == 1, res
-    assert "kgated: user 'root': kgated runs as uid %d and cannot switch users" \
-        % nobody.pw_uid in res.stderr, res.stderr
+    assert log_events(res.stderr, "privileges.plan_failed")[-1]["reason"].startswith(
+        "user 'root': kgated runs as uid %d and cannot switch users" % nobody.pw_uid), \
+        res.stderr
 
 
 def test_bad_user_name_is_refused(pki, shared_dir):
@@ -201,7 +202,7 @@ def test_bad_user_name_is_refused(pki, shared_dir):
     res = run([KGATED, "--config", _write(shared_dir, cfg), "--user", "-rf"],
               check=False, timeout=30)
     assert res.returncode == 1
-    assert res.stderr.strip().splitlines()[-1] == "kgated: user '-rf': not a valid user name", \
+    assert log_events(res.stderr)[-1]["reason"] == "user '-rf': not a valid user name", \
         res.stderr
 
 
@@ -229,33 +230,3 @@ def test_listener_on_443_added_at_run_time_after_the_drop(pki, daemons, shared_d
          "--ca", "clients", "--mutual-auth", "required", "--backend", be.address])
     assert https_get(client_context(pki), port) == "backend=a\n"
     assert_dropped(d.pid, nobody.pw_uid, nobody.pw_gid)
-
-
-LOG_LINE = re.compile(r"<([3-7])>(error|warning|notice|info|debug): \S")
-
-
-def test_log_lines_have_levels_and_no_secrets(pki, spawn_kgated, http_backends):
-    """Debug level, good and refused clients: every line is one event with
-    its level prefix, and no key or certificate material is in any line."""
-    be = http_backends("a")
-    d = spawn_kgated(base_config(pki, [tls_listener(pki, [be])], log_level="debug"))
-    assert https_get(client_context(pki), d.port) == "backend=a\n"
-    for cert in (None, "revoked", "otherca-client"):
-        try:
-            https_get(client_context(pki, cert=cert), d.port, timeout=5)
-        except (OSError, AssertionError):
-            pass
-    assert d.wait_log("handshake failed", min_count=3)
-    assert d.terminate() == 0
-    text = d.log()
-    names = {"3": "error", "4": "warning", "5": "notice", "6": "info", "7": "debug"}
-    for line in text.splitlines():
-        m = LOG_LINE.match(line)
-        assert m and names[m.group(1)] == m.group(2), line
-    assert "<7>debug: " in text
-    secrets = ["PRIVATE KEY", "BEGIN CERTIFICATE", "BEGIN X509 CRL"]
-    for path in (pki.key("server"), pki.key("client"), pki.cert("client"), pki.cert("server")):
-        body = [l for l in open(path).read().splitlines() if not l.startswith("-----")]
-        secrets += [l[:32] for l in body if len(l) >= 32]
-    leaked = [s for s in secrets if s in text]
-    assert not leaked, leaked

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import (KGATED, base_config, client_context, curl, run,
+from conftest import (KGATED, base_config, client_context, curl, log_events, run,
                       tcp_closed_by_peer, tls_listener, wait_until)
 
 CLOSE_DEADLINE = 5.0  # handshake_timeout_ms is 1000; generous for ASan
@@ -347,4 +347,5 @@ def test_start_with_bad_config_exits_1(pki, tmp_path):
     cfg = _set(valid_config(pki), ["certificates", "web", "cert"], "/nonexistent/x.pem")
     res = run([KGATED, "--config", write_config(tmp_path, cfg)], check=False, timeout=15)
     assert res.returncode == 1, res.stderr
-    assert re.search(r"kgated: config error: certificates\.web", res.stderr), res.stderr
+    evs = log_events(res.stderr, "config.invalid")
+    assert evs and evs[0]["reason"].startswith("certificates.web"), res.stderr

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ThreadedServer, base_config, closing_factory, wait_until
+from conftest import ThreadedServer, base_config, closing_factory, path_count, wait_until
 
 MiB = 1 << 20
 # Paths a tcp listener can take on any kernel; sockmap joins when BPF is built.
@@ -34,19 +34,6 @@ def tcp_listener(backends, forwarding="auto", name="plain", **extra):
 def tcp_daemon(pki, spawn_kgated, backends, forwarding, workers=1, **extra):
     return spawn_kgated(base_config(pki, [tcp_listener(backends, forwarding, **extra)],
                                     workers=workers))
-
-
-def path_count(d, name):
-    """Connections that took path `name`, from the workers' stop lines."""
-    total = 0
-    for line in d.log().splitlines():
-        if "stopped:" in line and "paths:" in line:
-            part = line.split("paths:")[1]
-            for item in part.split(";")[0].split(","):
-                label, _, n = item.strip().rpartition(" ")
-                if label == name:
-                    total += int(n)
-    return total
 
 
 class ByteServer(ThreadedServer):
@@ -278,7 +265,7 @@ def test_all_backends_down_closes_client_quickly(pki, spawn_kgated):
     with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
         assert recv_all_bytes(s) == b""
     assert time.monotonic() - start < 5
-    assert d.wait_log("no backend available")
+    assert d.wait_event("conn.no_backend")
 
 
 def kernel_has_ktls():

@@ -100,8 +100,8 @@ user_args=()
 "$KGATED" --config "$WORK/kgated.json" "${user_args[@]}" >"$WORK/kgated.log" 2>&1 &
 KG_PID=$!
 PIDS+=("$KG_PID")
-wait_line "$WORK/kgated.log" "kgated ready" 10 || die "kgated not ready: $(tail -5 "$WORK/kgated.log")"
-PORT=$(sed -n 's/.*listener web listening on [^ ]*:\([0-9]*\).*/\1/p' "$WORK/kgated.log")
+wait_line "$WORK/kgated.log" " event=kgated.ready " 10 || die "kgated not ready: $(tail -5 "$WORK/kgated.log")"
+PORT=$(sed -n 's/.* event=listener.listening listener=web addr=[^ ]*:\([0-9]*\)$/\1/p' "$WORK/kgated.log")
 log "kgated pid $KG_PID on port $PORT, $DURATION s, warm-up $WARMUP s, work dir $WORK"
 
 fds() { ls "/proc/$KG_PID/fd" | wc -l; }
@@ -186,7 +186,7 @@ cat "$WORK/bad.log"
 THIRD_RSS=${THIRD_RSS:-$BASE_RSS}
 echo "kgated fds: before load $PRE_FDS, after warm-up $BASE_FDS, max $MAX_FDS, end $END_FDS"
 echo "kgated RSS KiB: before load $PRE_RSS, after warm-up $BASE_RSS, at 2/3 $THIRD_RSS, max $MAX_RSS, end $END_RSS"
-grep -E "worker [0-9]+: stopped" "$WORK/kgated.log" || true
+grep -E " event=worker.stopped " "$WORK/kgated.log" || true
 cp "$WORK/samples" "${KG_SOAK_SAMPLES:-/dev/null}" 2>/dev/null || true
 
 fail=0
@@ -200,6 +200,8 @@ grep -qE "Socket errors|Non-2xx" "$WORK/wrk-keepalive.log" "$WORK/wrk-full.log" 
 	{ log "FAIL: wrk saw errors"; fail=1; }
 if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$WORK/kgated.log"; then
 	log "FAIL: sanitizer report"; fail=1
+elif ! /usr/bin/python3 "$ROOT/tests/tools/logfmt.py" "$WORK/kgated.log"; then
+	log "FAIL: a kgated log line is not logfmt"; fail=1
 fi
 ((fail == 0)) && echo "soak: PASS"
 exit "$fail"

@@ -77,27 +77,30 @@ Test(privdrop, root_switches_to_the_user_for_good)
 	struct passwd *nobody = getpwnam("nobody");
 	cr_assert(nobody);
 	struct kg_priv_plan plan;
-	char err[512], summary[256];
+	char err[512];
+	struct kg_priv_result res;
 	cr_assert_eq(kg_priv_plan("nobody", &plan, err, sizeof(err)), 0, "%s", err);
 	cr_assert(plan.switch_user);
-	cr_assert_eq(kg_priv_drop(&plan, summary, sizeof(summary), err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kg_priv_drop(&plan, &res, err, sizeof(err)), 0, "%s", err);
 	uid_t r, e, s;
 	cr_assert_eq(getresuid(&r, &e, &s), 0);
 	cr_assert(r == nobody->pw_uid && e == nobody->pw_uid && s == nobody->pw_uid);
 	cr_assert_eq(getegid(), nobody->pw_gid);
 	cr_assert_eq(setuid(0), -1);
 	assert_narrowed(true);
-	cr_assert(strstr(summary, "running as user nobody"), "%s", summary);
+	cr_assert_eq(res.uid, nobody->pw_uid);
+	cr_assert_eq(res.gid, nobody->pw_gid);
 }
 
 Test(privdrop, explicit_root_keeps_uid_0_but_not_the_capabilities)
 {
 	need_root();
 	struct kg_priv_plan plan;
-	char err[512], summary[256];
+	char err[512];
+	struct kg_priv_result res;
 	cr_assert_eq(kg_priv_plan("root", &plan, err, sizeof(err)), 0, "%s", err);
 	cr_assert_not(plan.switch_user);
-	cr_assert_eq(kg_priv_drop(&plan, summary, sizeof(summary), err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kg_priv_drop(&plan, &res, err, sizeof(err)), 0, "%s", err);
 	cr_assert_eq(geteuid(), 0);
 	assert_narrowed(true);
 }
@@ -106,10 +109,11 @@ Test(privdrop, root_joins_the_extra_group)
 {
 	need_root();
 	struct kg_priv_plan plan;
-	char err[512], summary[256];
+	char err[512];
+	struct kg_priv_result res;
 	cr_assert_eq(kg_priv_plan("nobody", &plan, err, sizeof(err)), 0, "%s", err);
 	plan.extra_gid = ARBITRARY_GID;
-	cr_assert_eq(kg_priv_drop(&plan, summary, sizeof(summary), err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kg_priv_drop(&plan, &res, err, sizeof(err)), 0, "%s", err);
 	cr_assert(in_groups(ARBITRARY_GID));
 }
 
@@ -117,9 +121,10 @@ Test(privdrop, unprivileged_start_stays_and_cannot_join_or_switch)
 {
 	need_root();
 	struct kg_priv_plan first, plan;
-	char err[512] = "", summary[256];
+	char err[512] = "";
+	struct kg_priv_result res;
 	cr_assert_eq(kg_priv_plan("nobody", &first, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kg_priv_drop(&first, summary, sizeof(summary), err, sizeof(err)), 0);
+	cr_assert_eq(kg_priv_drop(&first, &res, err, sizeof(err)), 0);
 	/* Now as nobody, like a unit's User=: no --user means stay. */
 	cr_assert_eq(kg_priv_plan(NULL, &plan, err, sizeof(err)), 0, "%s", err);
 	cr_assert_not(plan.switch_user);
@@ -128,6 +133,6 @@ Test(privdrop, unprivileged_start_stays_and_cannot_join_or_switch)
 	cr_assert(strstr(err, "cannot switch users"), "%s", err);
 	cr_assert_eq(kg_priv_plan(NULL, &plan, err, sizeof(err)), 0, "%s", err);
 	plan.extra_gid = ARBITRARY_GID;
-	cr_assert_eq(kg_priv_drop(&plan, summary, sizeof(summary), err, sizeof(err)), -EPERM);
+	cr_assert_eq(kg_priv_drop(&plan, &res, err, sizeof(err)), -EPERM);
 	cr_assert(strstr(err, "is not a member of group 54321"), "%s", err);
 }

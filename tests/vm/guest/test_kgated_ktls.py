@@ -2,7 +2,7 @@
 (keys derived by kgate, TLS 1.3 receive included) and splices. Proven by
 /proc/net/tls_stat moving, byte-exact transfers both ways, the rejection
 matrix unchanged, a KeyUpdate that does not corrupt data, and the path
-counters in kgated's stop line."""
+counters in kgated's worker.stopped events."""
 import hashlib
 import os
 import socket
@@ -14,22 +14,11 @@ import time
 import pytest
 
 from conftest import (EchoSession, base_config, client_context, curl,
-                      https_get, run_echo_sessions, tls_listener, tls_stat,
+                      https_get, path_count, run_echo_sessions, tls_listener, tls_stat,
                       tls_stat_delta, wait_until)
 
 MiB = 1 << 20
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-def path_count(d, name):
-    total = 0
-    for line in d.log().splitlines():
-        if "stopped:" in line and "paths:" in line:
-            for item in line.split("paths:")[1].split(";")[0].split(","):
-                label, _, n = item.strip().rpartition(" ")
-                if label == name:
-                    total += int(n)
-    return total
 
 
 def ktls_daemon(pki, spawn_kgated, backends, forwarding="splice", **extra):
@@ -57,7 +46,8 @@ def test_64mib_each_way_through_kernel_tls(ktls, pki, spawn_kgated, echo_backend
     assert n == len(data) and digest == hashlib.sha256(data).hexdigest()
     assert d.terminate() == 0
     assert path_count(d, "ktls-splice") == 1, d.log()
-    assert "ktls failures 0" in d.log()
+    stops = d.events("worker.stopped")
+    assert stops and all(e["ktls_failed"] == "0" for e in stops), d.log()
     # the gauges fall back once the connection is gone
     now = tls_stat()
     assert now["TlsCurrTxSw"] == before["TlsCurrTxSw"], now
@@ -145,7 +135,7 @@ def test_key_update_from_client_does_not_corrupt(ktls, pki, spawn_kgated, echo_b
     assert wait_until(lambda: echo_backend.finished, 10), "backend side never closed"
     n, digest, _ = echo_backend.finished[0]
     assert digest == hashlib.sha256(b"hello\n").hexdigest(), (n, out[-1000:])
-    assert d.wait_log("KeyUpdate"), d.log()
+    assert d.wait_event("ktls.key_update"), d.log()
     assert d.alive()
 
 

@@ -469,6 +469,22 @@ static bool start_hop(struct kg_conn *c, struct kg_hop *hop, uint64_t *counter, 
 	return true;
 }
 
+/* A spliced body's hop, *running, ended: 1 when it delivered its whole
+ * length, 0 when it goes on, -1 after closing c (the source ended early:
+ * short_why). */
+static int body_end(struct kg_conn *c, struct kg_hop *hop, bool *running, const char *short_why)
+{
+	if (!*running || !hop->done)
+		return 0;
+	*running = false;
+	kg_hop_stop(hop);
+	if (hop->short_eof) {
+		kg_conn_close(c, short_why);
+		return -1;
+	}
+	return 1;
+}
+
 /* Runs the spliced bodies and notices their ends: a request body spliced
  * to its end completes the request, a response body the response. The
  * caller goes on with advance/maybe_finish. */
@@ -483,23 +499,17 @@ static void pump_bodies(struct kg_conn *c)
 		return;
 	if (moved)
 		h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
-	if (h->c2b_splice && h->pump.c2b.done) {
-		h->c2b_splice = false;
-		kg_hop_stop(&h->pump.c2b);
-		if (h->pump.c2b.short_eof) {
-			kg_conn_close(c, "client closed mid-request");
-			return;
-		}
+	int r = body_end(c, &h->pump.c2b, &h->c2b_splice, "client closed mid-request");
+	if (r < 0)
+		return;
+	if (r > 0) {
 		kg_http_skip_body(&h->req);
 		h->body_done = true;
 	}
-	if (h->b2c_splice && h->pump.b2c.done) {
-		h->b2c_splice = false;
-		kg_hop_stop(&h->pump.b2c);
-		if (h->pump.b2c.short_eof) {
-			kg_conn_close(c, "backend closed mid-response");
-			return;
-		}
+	r = body_end(c, &h->pump.b2c, &h->b2c_splice, "backend closed mid-response");
+	if (r < 0)
+		return;
+	if (r > 0) {
 		kg_http_skip_body(&h->resp);
 		h->resp_done = true;
 	}

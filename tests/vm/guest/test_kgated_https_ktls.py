@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from conftest import (KGATECTL, base_config, run, tls_stat, tls_stat_delta,
-                      wait_until)
+from conftest import (KGATECTL, base_config, path_count, run, tls_stat,
+                      tls_stat_delta, wait_until)
 from test_kgated_ktls import start_s_client
 
 _HTTPS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -45,24 +45,11 @@ SIZE = 64 * MiB
 PATH = "http-ktls-splice"
 
 
-def stop_line_count(d, name):
-    """The count `name N` in kgated's stop line(s) (one per worker)."""
-    total = 0
-    for line in d.log().splitlines():
-        if "stopped:" not in line:
-            continue
-        for item in line.replace(";", ",").split(","):
-            label, _, n = item.strip().rpartition(" ")
-            if label.endswith(name) and n.isdigit():
-                total += int(n)
-    return total
-
-
 @pytest.fixture
 def ktls_kgated(ktls, spawn_kgated, tmp_path):
     """Wraps spawn_kgated: every daemon it starts runs with a state dir
     (for kgatectl stats) and must have forwarded on http-ktls-splice only:
-    checked from its stop line when the test ends."""
+    checked from its worker.stopped events when the test ends."""
     made = []
 
     def spawn(config, args=()):
@@ -75,9 +62,10 @@ def ktls_kgated(ktls, spawn_kgated, tmp_path):
     for d in made:
         if d.alive():
             assert d.terminate() == 0, d.log()[-3000:]
-        assert stop_line_count(d, "http-userspace-tls") == 0, d.log()[-3000:]
-        assert stop_line_count(d, PATH) >= 1, d.log()[-3000:]
-        assert "ktls failures 0" in d.log(), d.log()[-3000:]
+        assert path_count(d, "http-userspace-tls") == 0, d.log()[-3000:]
+        assert path_count(d, PATH) >= 1, d.log()[-3000:]
+        stops = d.events("worker.stopped")
+        assert stops and all(e["ktls_failed"] == "0" for e in stops), d.log()[-3000:]
 
 
 def stats(d):
@@ -157,7 +145,7 @@ def test_requests_alternate_with_identity_headers(ktls_kgated, pki, backends):
     delta = tls_stat_delta(before, tls_stat())
     assert delta["TlsRxSw"] >= 1 and delta["TlsTxSw"] >= 1, delta
     assert d.terminate() == 0
-    assert stop_line_count(d, PATH) == 1, d.log()
+    assert path_count(d, PATH) == 1, d.log()
 
 
 def test_pipelined_large_body_is_spliced_exactly(ktls_kgated, pki, backends, raw_conns):
@@ -279,7 +267,7 @@ def test_key_update_closes_cleanly(ktls_kgated, pki, backends):
             p.kill()
             p.wait()
         reader.join(10)
-    assert d.wait_log("KeyUpdate"), d.log()
+    assert d.wait_event("ktls.key_update"), d.log()
     assert d.alive()
     assert a.requests == ["/who"]
     res = https.curl_urls(pki, d.port, ["/still"])
@@ -297,7 +285,7 @@ def test_client_close_notify_between_requests(ktls_kgated, pki, backends, raw_co
     r.s = r.s.unwrap()  # sends close_notify and waits for kgated's
     r.s.settimeout(10)
     assert r.s.recv(1) == b""
-    assert d.wait_log("client closed")
+    assert d.wait_event("conn.closed", reason="client closed"), d.log()
 
 
 # ---------------------------------------------------------------- measurement

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <kgate/log.h>
+
 struct idle {
 	uint32_t slot;
 	socklen_t addrlen;
@@ -69,6 +71,8 @@ int kg_backend_pool_take(struct kg_backend_pool *p, uint32_t slot,
 		remove_at(p, i);
 		if (still_idle(fd))
 			return fd;
+		log_debug("http.pool_dead", KV("fd", fd),
+			  KV("reason", "the backend closed the idle connection"));
 		close(fd);
 	}
 	return -1;

@@ -1,6 +1,7 @@
 /* See client_bio.h. Runs on the connection's worker thread only. */
 #include "client_bio.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -17,12 +18,8 @@ size_t kg_client_spill_pending(const struct kg_conn *c)
 	return n;
 }
 
-static int out_write(BIO *b, const char *data, int len)
+int kg_client_out_write(struct kg_conn *c, const void *data, size_t len)
 {
-	struct kg_conn *c = BIO_get_data(b);
-	BIO_clear_retry_flags(b);
-	if (!c || len <= 0)
-		return len == 0 ? 0 : -1;
 	if (kg_client_spill_pending(c) == 0) {
 		/* Sent already: start the span over (a send in flight
 		 * reads [off, len), so only then). */
@@ -30,17 +27,26 @@ static int out_write(BIO *b, const char *data, int len)
 			c->c_out.off = c->c_out.len = 0;
 		if (!c->c_out.data && !(c->c_out.data = kg_buf_get(&c->worker->bufs)))
 			return -1;
-		if ((size_t)len <= KG_POOL_BUF_SIZE - c->c_out.len) {
+		if (len <= KG_POOL_BUF_SIZE - c->c_out.len) {
 			/* Past c_out.len: a send in flight never reads there. */
-			memcpy(c->c_out.data + c->c_out.len, data, (size_t)len);
+			memcpy(c->c_out.data + c->c_out.len, data, len);
 			c->c_out.len += (uint32_t)len;
-			return len;
+			return 0;
 		}
 	}
-	if (!c->out_spill && !(c->out_spill = BIO_new(BIO_s_mem())))
+	if (len > INT_MAX || (!c->out_spill && !(c->out_spill = BIO_new(BIO_s_mem()))))
 		return -1;
 	c->bio_grown += (uint32_t)len;
-	return BIO_write(c->out_spill, data, len);
+	return BIO_write(c->out_spill, data, (int)len) == (int)len ? 0 : -1;
+}
+
+static int out_write(BIO *b, const char *data, int len)
+{
+	struct kg_conn *c = BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	if (!c || len <= 0)
+		return len == 0 ? 0 : -1;
+	return kg_client_out_write(c, data, (size_t)len) == 0 ? len : -1;
 }
 
 static long out_ctrl(BIO *b, int cmd, long num, void *ptr)

@@ -129,7 +129,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 		kg_backend_connect_next(c);
 		return;
 	}
-	if (l->plan == KG_PATH_KTLS_SPLICE && conn_alloc_c_in(c) < 0)
+	if (kg_path_hands_off(l->plan) && conn_alloc_c_in(c) < 0)
 		goto free_conn;
 	c->state = KG_CONN_HANDSHAKE;
 	c->deadline_ms = w->now_ms + lc->handshake_timeout_ms;
@@ -147,7 +147,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 	/* From here the SSL owns both BIOs and frees them with itself. */
 	SSL_set_bio(c->ssl, c->net_in, c->net_out);
 	SSL_set_accept_state(c->ssl);
-	if (l->plan == KG_PATH_KTLS_SPLICE) {
+	if (kg_path_hands_off(l->plan)) {
 		c->ktls = malloc(sizeof(*c->ktls));
 		if (!c->ktls || kg_ktls_track_attach(c->ssl, c->ktls) < 0) {
 			SSL_free(c->ssl);
@@ -312,7 +312,7 @@ static void handshake_input(struct kg_conn *c)
 	kg_conn_flush_client(c);
 	if (c->state == KG_CONN_CLOSING)
 		return;
-	if (r == HS_DONE && c->listener->plan == KG_PATH_HTTP) {
+	if (r == HS_DONE && kg_path_is_http(c->listener->plan)) {
 		/* https picks a backend per request: forwarding starts now. */
 		kg_conn_start_forwarding(c);
 	} else if (r == HS_DONE) {
@@ -372,8 +372,27 @@ void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *dat
 		kg_forward_user_on_client_data(c);
 }
 
-/* Path C from here on. What a would-be kTLS connection holds (unfed
- * ciphertext, plaintext already decrypted into b_out) carries over. */
+/* An https connection's engine starts on path (http-userspace-tls or
+ * http-ktls-splice) with early plaintext; then run it. Returns -1 after
+ * closing c. */
+static int start_http(struct kg_conn *c, enum kg_path path, const void *early,
+		      size_t early_len)
+{
+	c->state = KG_CONN_FORWARDING;
+	c->path = path;
+	c->worker->stats.path[path]++;
+	const struct kg_client_io *io =
+		path == KG_PATH_HTTP_KTLS ? &kg_client_io_ktls : &kg_client_io_openssl;
+	if (kg_forward_http_start(c, io, early, early_len) < 0) {
+		kg_conn_close(c, "out of memory for HTTP state");
+		return -1;
+	}
+	return 0;
+}
+
+/* Userspace TLS from here on: path C, or http-userspace-tls for an https
+ * listener. What a would-be kTLS connection holds (unfed ciphertext,
+ * plaintext already decrypted into b_out) carries over. */
 static void start_userspace(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
@@ -385,6 +404,16 @@ static void start_userspace(struct kg_conn *c)
 	if (feed_openssl(c, c->c_in.data + c->c_in.off, c->c_in.len - c->c_in.off) < 0)
 		return;
 	c->c_in.off = c->c_in.len = 0;
+	if (kg_path_is_http(c->listener->plan)) {
+		/* The engine takes the early plaintext into its own buffer. */
+		const unsigned char *early = c->b_out.data ? c->b_out.data + c->b_out.off : NULL;
+		int r = start_http(c, KG_PATH_HTTP, early, c->b_out.len - c->b_out.off);
+		kg_buf_put(&w->bufs, c->b_out.data);
+		memset(&c->b_out, 0, sizeof(c->b_out));
+		if (r == 0)
+			kg_forward_http_run(c);
+		return;
+	}
 	w->stats.forwarded_c2b += c->b_out.len - c->b_out.off;
 	c->state = KG_CONN_FORWARDING;
 	c->path = KG_PATH_USERSPACE;
@@ -399,7 +428,7 @@ static void handoff_refused(struct kg_conn *c, const char *why)
 		w->stats.ktls_failed++;
 		kg_worker_warn(w, "ktls.handoff_impossible", KV("listener", c->listener->conf->name),
 			       KV("reason", why), KV("forwarding", "splice"),
-			       KV("action", "close"));
+			       KV("path", kg_path_name(c->listener->plan)), KV("action", "close"));
 		kg_conn_close(c, "kTLS handoff impossible");
 		return;
 	}
@@ -524,13 +553,20 @@ static void handoff_step(struct kg_conn *c)
 		kg_conn_close(c, "kTLS setup failed");
 		return;
 	}
-	c->state = KG_CONN_FORWARDING;
-	c->path = KG_PATH_KTLS_SPLICE;
-	w->stats.path[KG_PATH_KTLS_SPLICE]++;
+	bool http = c->listener->plan == KG_PATH_HTTP_KTLS;
 	log_debug("ktls.started", KV("listener", c->listener->conf->name), KV("worker", w->id),
 		  KV("conn", c->idx), KV("version", SSL_get_version(c->ssl)),
-		  KV("cipher", SSL_get_cipher_name(c->ssl)), KV("path", "ktls-splice"));
-	r = kg_forward_splice_start(c, false, true, early, early_len, err, sizeof(err));
+		  KV("cipher", SSL_get_cipher_name(c->ssl)),
+		  KV("path", kg_path_name(c->listener->plan)));
+	if (http) {
+		/* Takes the identity from c->ssl and copies early; runs below. */
+		r = start_http(c, KG_PATH_HTTP_KTLS, early, early_len);
+	} else {
+		c->state = KG_CONN_FORWARDING;
+		c->path = KG_PATH_KTLS_SPLICE;
+		w->stats.path[KG_PATH_KTLS_SPLICE]++;
+		r = kg_forward_splice_start(c, false, true, early, early_len, err, sizeof(err));
+	}
 	/* The kernel owns the record layer: OpenSSL and our buffers go. Marked
 	 * shut down first, or OpenSSL would drop the session from the cache
 	 * as if the connection had failed. */
@@ -540,8 +576,10 @@ static void handoff_step(struct kg_conn *c)
 	free(c->ktls);
 	c->ktls = NULL;
 	conn_release_buffers(c);
-	if (r < 0)
+	if (r < 0 && !http)
 		kg_conn_close(c, err);
+	else if (r == 0 && http)
+		kg_forward_http_run(c);
 }
 
 void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, enum kg_op op, bool *armed)
@@ -564,6 +602,7 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 	c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
 	switch (plan) {
 	case KG_PATH_KTLS_SPLICE:
+	case KG_PATH_HTTP_KTLS:
 		c->state = KG_CONN_HANDOFF;
 		handoff_step(c);
 		return;
@@ -589,11 +628,8 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 			kg_conn_close(c, err);
 		return;
 	case KG_PATH_HTTP:
-		c->state = KG_CONN_FORWARDING;
-		c->path = KG_PATH_HTTP;
-		w->stats.path[KG_PATH_HTTP]++;
-		if (kg_forward_http_start(c) < 0)
-			kg_conn_close(c, "out of memory for HTTP state");
+		if (start_http(c, KG_PATH_HTTP, NULL, 0) == 0)
+			kg_forward_http_run(c);
 		return;
 	case KG_PATH_USERSPACE:
 	case KG_PATH_NONE:

@@ -1,4 +1,4 @@
-/* https listeners: HTTP/1.x over userspace TLS, balanced per request.
+/* https listeners: HTTP/1.x over mutual TLS, balanced per request.
  *
  * One request at a time per client connection (pipelined requests wait in
  * the buffer, so responses stay in order):
@@ -17,7 +17,23 @@
  *
  * The backend socket in use sits in c->bfd with c->member counted active,
  * so conn.c's close and release paths cover it; between requests it goes
- * back to the worker's pool (backend_pool.h) or is closed. */
+ * back to the worker's pool (backend_pool.h) or is closed.
+ *
+ * The client's plaintext comes from and goes to a client_io.h source:
+ * OpenSSL over memory BIOs (path http-userspace-tls), or the client
+ * socket itself after a kTLS handoff (path http-ktls-splice). On kTLS the
+ * engine is the same, with three differences: the client socket is polled
+ * for readiness instead of receiving through the ring; close_notify goes
+ * out with a cmsg after the last queued byte; and a body framed by
+ * Content-Length moves with splice (splice_pump.h) once the bytes already
+ * buffered in userspace past the head are sent: the request's rest client
+ * → pipe → backend, the response's rest backend → pipe → client after the
+ * rewritten head has drained, exactly the remaining length either way, so
+ * a pipelined request stays in the socket for the parser. The parser
+ * never sees a spliced body; it is told the body was skipped
+ * (kg_http_skip_body) and starts the next message fresh. Chunked bodies,
+ * bodies delimited by the connection's end, and bytes already buffered
+ * keep the copy through userspace (plaintext, no userspace crypto). */
 #include "worker.h"
 
 #include <errno.h>
@@ -28,16 +44,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
 #include "backend_pool.h"
+#include "client_io.h"
 #include "health.h"
 #include "http.h"
+#include "ktls.h"
 #include "listener.h"
-#include "tls.h"
+#include "splice_pump.h"
 
 enum req_state {
 	R_IDLE,    /* between requests */
@@ -49,6 +67,7 @@ enum req_state {
 };
 
 struct kg_http_conn {
+	const struct kg_client_io *io; /* where the client's plaintext comes from and goes to */
 	enum req_state rstate;
 	struct kg_http_msg req;
 	struct kg_http_msg resp;
@@ -79,6 +98,17 @@ struct kg_http_conn {
 	bool backend_failed;
 	int backend_fail_res;
 
+	/* kTLS only: Content-Length bodies spliced, and the readiness polls
+	 * of both sockets (the client's also for reading heads). */
+	struct kg_pump pump;
+	bool c2b_splice;      /* the request body is being spliced */
+	bool b2c_wait;        /* the response body will be spliced once the head drained */
+	bool b2c_splice;      /* the response body is being spliced */
+	bool notify_pending;  /* close_notify goes out once the queue drained */
+	bool notify_blocked;  /* it found the socket's send buffer full: POLLOUT armed */
+	uint64_t spliced_c2b, spliced_b2c; /* the hops' counters */
+	uint64_t seen_c2b, seen_b2c;       /* what of them went into the stats */
+
 	uint64_t deadline_ms;
 	uint64_t req_start_ms;
 	uint64_t bytes_in, bytes_out;
@@ -86,6 +116,7 @@ struct kg_http_conn {
 	char method[16];
 	char target[160];
 	char peer[64];
+	char subject[160]; /* the client certificate's, for the access log */
 };
 
 static const struct kg_http_conf *conf_of(const struct kg_conn *c)
@@ -98,20 +129,13 @@ static void maybe_finish(struct kg_conn *c);
 
 /* ---- client side ---- */
 
-/* Hands plaintext to OpenSSL for the client. 0, or -1 after closing. */
+/* Queues plaintext for the client. 0, or -1 after closing. */
 static int client_write(struct kg_conn *c, const void *p, size_t n)
 {
-	char reason[256];
 	if (n == 0)
 		return 0;
-	int r = SSL_write(c->ssl, p, (int)n);
-	if (r != (int)n) {
-		kg_tls_status(c->ssl, r, reason, sizeof(reason));
-		kg_worker_warn(c->worker, "tls.write_failed",
-			       KV("listener", c->listener->conf->name), KV("reason", reason));
-		kg_conn_close(c, "TLS write failed");
+	if (c->http->io->write(c, p, n) < 0)
 		return -1;
-	}
 	c->http->bytes_out += n;
 	c->worker->stats.forwarded_b2c += n;
 	return 0;
@@ -123,11 +147,28 @@ static void close_gracefully(struct kg_conn *c, const char *reason)
 	struct kg_http_conn *h = c->http;
 	h->rstate = R_CLOSING;
 	h->deadline_ms = c->worker->now_ms + conf_of(c)->request_timeout_ms;
-	SSL_shutdown(c->ssl);
-	ERR_clear_error();
-	c->close_after_flush = true;
+	h->io->end(c);
+	if (h->io->kernel)
+		h->notify_pending = true; /* on_client_drained sends it */
+	else
+		c->close_after_flush = true;
 	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
 	kg_conn_flush_client(c);
+}
+
+/* kTLS: everything queued went out; close_notify follows, then close. */
+static void send_close_notify(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	int r = kg_ktls_send_close_notify(c->cfd);
+	if (r == -EAGAIN || r == -EWOULDBLOCK) {
+		h->notify_blocked = true;
+		kg_pump_poll(c, &h->pump, c->cfd, true);
+		return;
+	}
+	/* Other errors: the client is gone; closing is all that is left. */
+	h->notify_pending = false;
+	kg_conn_close(c, c->close_reason);
 }
 
 static void access_log(struct kg_conn *c)
@@ -137,14 +178,10 @@ static void access_log(struct kg_conn *c)
 	struct kg_worker *w = c->worker;
 	if (!hc->access_log || w->stats.http_requests % hc->access_log_sample != 0)
 		return;
-	char subject[160] = "";
-	X509 *cert = SSL_get0_peer_certificate(c->ssl);
-	if (cert)
-		X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
 	const char *backend = c->member >= 0 ? c->listener->conf->backends[c->member].address : "";
 	/* Not level-tested: the operator asked for these lines. */
 	kg_log_always(KG_LOG_INFO, "http.access", KV("listener", c->listener->conf->name),
-		      KV("client", h->peer), KV("subject", subject), KV("method", h->method),
+		      KV("client", h->peer), KV("subject", h->subject), KV("method", h->method),
 		      KV("target", h->target), KV("status", h->status), KV("backend", backend),
 		      KV("bytes_in", h->bytes_in), KV("bytes_out", h->bytes_out),
 		      KV("ms", w->now_ms - h->req_start_ms));
@@ -217,47 +254,29 @@ static void client_gone(struct kg_conn *c)
 		kg_conn_close(c, "client closed mid-request");
 }
 
-/* Reads decrypted bytes into rbuf. True when some arrived; false when the
- * caller must wait (a receive is armed) or the connection is closing. */
+/* Reads plaintext into rbuf. True when some arrived; false when the
+ * caller must wait (a receive or poll is armed) or the connection is
+ * closing. */
 static bool read_client(struct kg_conn *c)
 {
 	struct kg_http_conn *h = c->http;
-	char reason[256];
 	if (h->client_done) {
 		client_gone(c);
 		return false;
 	}
-	int n = SSL_read(c->ssl, h->rbuf + h->rlen, (int)(h->rcap - h->rlen));
+	int n = h->io->read(c, h->rbuf + h->rlen, h->rcap - h->rlen);
 	if (n > 0) {
 		h->rlen += (uint32_t)n;
 		c->worker->stats.forwarded_c2b += (uint64_t)n;
+		h->pump.spurious = 0;
 		return true;
 	}
-	enum kg_tls_status st = kg_tls_status(c->ssl, n, reason, sizeof(reason));
-	kg_conn_flush_client(c); /* SSL_read may have queued a reply (ticket, alert) */
-	if (c->state != KG_CONN_FORWARDING)
-		return false;
-	switch (st) {
-	case KG_TLS_WANT_READ:
-	case KG_TLS_WANT_WRITE:
-		if (c->client_eof) {
-			h->client_done = true;
-			client_gone(c);
-		} else {
-			kg_conn_arm_client_recv(c);
-		}
-		return false;
-	case KG_TLS_CLOSED:
+	if (n == KG_CIO_WANT && h->io->kernel) {
+		kg_pump_wait_client_in(c, &h->pump);
+	} else if (n == KG_CIO_EOF) {
 		h->client_done = true;
 		client_gone(c);
-		return false;
-	case KG_TLS_OK:
-	case KG_TLS_ERROR:
-		break;
 	}
-	kg_worker_warn(c->worker, "tls.client_error", KV("listener", c->listener->conf->name),
-		       KV("reason", reason));
-	kg_conn_close(c, "TLS error");
 	return false;
 }
 
@@ -267,7 +286,7 @@ static void arm_backend_recv(struct kg_conn *c)
 {
 	struct kg_http_conn *h = c->http;
 	if (c->b_recv_busy || h->resp_done || c->bfd < 0 || h->rstate == R_CLOSING ||
-	    h->blen == h->bcap)
+	    h->blen == h->bcap || h->b2c_wait || h->b2c_splice)
 		return;
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 	io_uring_prep_recv(sqe, c->bfd, h->bbuf + h->blen, h->bcap - h->blen, 0);
@@ -284,6 +303,14 @@ static void send_backend(struct kg_conn *c, const void *p, size_t n, bool head)
 	c->b_send_busy = true;
 	c->http->sending_head = head;
 	c->inflight++;
+}
+
+/* Something is in flight on the backend socket: a receive, a send, or a
+ * readiness poll of a spliced body. */
+static bool backend_busy(const struct kg_conn *c)
+{
+	const struct kg_http_conn *h = c->http;
+	return c->b_send_busy || c->b_recv_busy || h->pump.b_in_armed || h->pump.b_out_armed;
 }
 
 /* The request goes to member m over fd. */
@@ -377,10 +404,10 @@ static void backend_broke(struct kg_conn *c, int res)
 	if (!h->backend_failed) {
 		h->backend_failed = true;
 		h->backend_fail_res = res;
-		if (c->b_send_busy || c->b_recv_busy)
+		if (backend_busy(c))
 			shutdown(c->bfd, SHUT_RDWR); /* completes the other operation */
 	}
-	if (c->b_send_busy || c->b_recv_busy)
+	if (backend_busy(c))
 		return;
 	bool may_retry = h->reused && !h->retried && !h->resp_started && h->bparsed == 0 &&
 			 h->blen == 0 && !kg_http_has_body(&h->req);
@@ -398,6 +425,110 @@ static void backend_broke(struct kg_conn *c, int res)
 	snprintf(why, sizeof(why), "backend connection %s before the response ended",
 		 h->backend_fail_res == 0 ? "closed" : strerror(-h->backend_fail_res));
 	reply_error(c, 502, why);
+}
+
+/* ---- spliced bodies (kTLS) ---- */
+
+/* The hops' byte counters into the worker's stats and the access log. */
+static void account_spliced(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	struct kg_counters *st = &c->worker->stats;
+	uint64_t in = h->spliced_c2b - h->seen_c2b, out = h->spliced_b2c - h->seen_b2c;
+	h->seen_c2b = h->spliced_c2b;
+	h->seen_b2c = h->spliced_b2c;
+	st->forwarded_c2b += in;
+	st->http_spliced_c2b += in;
+	st->forwarded_b2c += out;
+	st->http_spliced_b2c += out;
+	h->bytes_in += in;
+	h->bytes_out += out;
+}
+
+/* Starts hop for left bytes from src to dst; its pipe is made on first
+ * use and kept for the connection's life. False when no pipe could be
+ * made: the body is copied instead. */
+static bool start_hop(struct kg_conn *c, struct kg_hop *hop, uint64_t *counter, int src,
+		      int dst, uint64_t left)
+{
+	if (hop->queued > 0)
+		return false; /* an abandoned body's bytes: never ahead of another's */
+	if (hop->pipe_r < 0) {
+		int r = kg_hop_init(hop, false, counter);
+		if (r < 0) {
+			kg_hop_free(hop);
+			kg_hop_stop(hop);
+			log_debug("http.body_copied", KV("listener", c->listener->conf->name),
+				  KV("reason", "no pipe for splicing"), KV_ERRNO(-r));
+			return false;
+		}
+	}
+	kg_hop_start(hop, src, dst, left);
+	hop->src_ktls = src == c->cfd;
+	hop->dst_ktls = dst == c->cfd;
+	return true;
+}
+
+/* A spliced body's hop, *running, ended: 1 when it delivered its whole
+ * length, 0 when it goes on, -1 after closing c (the source ended early:
+ * short_why). */
+static int body_end(struct kg_conn *c, struct kg_hop *hop, bool *running, const char *short_why)
+{
+	if (!*running || !hop->done)
+		return 0;
+	*running = false;
+	kg_hop_stop(hop);
+	if (hop->short_eof) {
+		kg_conn_close(c, short_why);
+		return -1;
+	}
+	return 1;
+}
+
+/* Runs the spliced bodies and notices their ends: a request body spliced
+ * to its end completes the request, a response body the response. The
+ * caller goes on with advance/maybe_finish. */
+static void pump_bodies(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	if (!h->c2b_splice && !h->b2c_splice)
+		return; /* the wake-up was for a head or close_notify */
+	bool moved = kg_pump_move(c, &h->pump);
+	account_spliced(c);
+	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
+		return;
+	if (moved)
+		h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+	int r = body_end(c, &h->pump.c2b, &h->c2b_splice, "client closed mid-request");
+	if (r < 0)
+		return;
+	if (r > 0) {
+		kg_http_skip_body(&h->req);
+		h->body_done = true;
+	}
+	r = body_end(c, &h->pump.b2c, &h->b2c_splice, "backend closed mid-response");
+	if (r < 0)
+		return;
+	if (r > 0) {
+		kg_http_skip_body(&h->resp);
+		h->resp_done = true;
+	}
+	kg_pump_wait(c, &h->pump, moved);
+}
+
+/* The request side has sent everything it parsed and the body goes on:
+ * on kTLS a Content-Length body is spliced from here. True when the splice
+ * started (it may have ended already: body_done). */
+static bool start_c2b_splice(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	uint64_t left = h->io->kernel ? kg_http_body_left(&h->req) : 0;
+	if (left == 0 || h->rparsed != h->rlen || h->client_done ||
+	    !start_hop(c, &h->pump.c2b, &h->spliced_c2b, c->cfd, c->bfd, left))
+		return false;
+	h->c2b_splice = true;
+	pump_bodies(c);
+	return true;
 }
 
 /* ---- request side ---- */
@@ -515,7 +646,7 @@ static void advance(struct kg_conn *c)
 				return;
 			continue;
 		case R_SEND:
-			if (c->b_send_busy)
+			if (c->b_send_busy || h->c2b_splice)
 				return;
 			if (h->head_sent < h->head.len) {
 				send_backend(c, h->head.data + h->head_sent,
@@ -541,6 +672,8 @@ static void advance(struct kg_conn *c)
 				if (h->rparsed > before || h->body_done)
 					continue;
 			}
+			if (start_c2b_splice(c))
+				continue;
 			if (!read_client(c))
 				return;
 			continue;
@@ -629,6 +762,13 @@ static void process_response(struct kg_conn *c)
 			if (h->resp.phase == KG_HTTP_PHASE_BODY &&
 			    client_write(c, h->bbuf + from, used) < 0)
 				return;
+			if (h->io->kernel && kg_http_body_left(&h->resp) > 0) {
+				/* The rest is spliced once the head and the
+				 * bytes above reached the socket: on_client_drained. */
+				h->b2c_wait = true;
+				kg_conn_flush_client(c);
+				return;
+			}
 			if (h->resp.phase == KG_HTTP_PHASE_HEAD && h->blen == h->bcap) {
 				reply_error(c, 502, "response head too large");
 				return;
@@ -706,7 +846,26 @@ void kg_forward_http_on_backend_recv(struct kg_conn *c, int res)
 void kg_forward_http_on_client_drained(struct kg_conn *c)
 {
 	struct kg_http_conn *h = c->http;
-	if (h->rstate == R_CLOSING || c->bfd < 0 || h->resp_done || c->b_recv_busy ||
+	if (h->rstate == R_CLOSING) {
+		if (h->notify_pending)
+			send_close_notify(c);
+		return;
+	}
+	if (h->b2c_wait && c->bfd >= 0) {
+		h->b2c_wait = false;
+		h->blen = h->bparsed = 0; /* all of it went to the client */
+		if (start_hop(c, &h->pump.b2c, &h->spliced_b2c, c->bfd, c->cfd,
+			      kg_http_body_left(&h->resp))) {
+			h->b2c_splice = true;
+			pump_bodies(c);
+			if (c->state == KG_CONN_FORWARDING && h->resp_done)
+				maybe_finish(c);
+			return;
+		}
+		arm_backend_recv(c); /* no pipe: copy */
+		return;
+	}
+	if (c->bfd < 0 || h->resp_done || c->b_recv_busy ||
 	    h->resp.phase != KG_HTTP_PHASE_BODY || h->bparsed < h->blen)
 		return;
 	/* The client took everything: the buffer is free for more. */
@@ -728,16 +887,26 @@ static void maybe_finish(struct kg_conn *c)
 		 * rest of the client's stream cannot be resynchronised. */
 		h->close_after = true;
 		h->backend_dirty = true;
-		if (c->b_send_busy) {
+		if (h->c2b_splice) {
+			h->c2b_splice = false;
+			kg_hop_stop(&h->pump.c2b);
+		}
+		if (backend_busy(c)) {
 			shutdown(c->bfd, SHUT_RDWR);
-			return; /* back here from the send's completion */
+			return; /* back here from the send's or poll's completion */
 		}
 	}
-	if (c->b_send_busy || c->b_recv_busy)
+	if (backend_busy(c))
 		return;
 	bool reusable = !h->backend_dirty && kg_http_keep_alive(&h->resp) && !w->draining;
+	if (!reusable)
+		log_debug("http.backend_not_kept", KV("listener", c->listener->conf->name),
+			  KV("reason", h->backend_dirty ? "stream not clean"
+				       : w->draining  ? "draining"
+						      : "backend did not keep it"));
 	access_log(c);
 	detach_backend(c, reusable);
+	h->resp_done = false; /* the exchange is over: nothing is left to finish */
 	if (h->close_after) {
 		close_gracefully(c, "response sent, connection not kept");
 		return;
@@ -751,15 +920,20 @@ static void maybe_finish(struct kg_conn *c)
 
 /* ---- lifecycle ---- */
 
-int kg_forward_http_start(struct kg_conn *c)
+int kg_forward_http_start(struct kg_conn *c, const struct kg_client_io *io, const void *early,
+			  size_t early_len)
 {
 	const struct kg_http_conf *hc = conf_of(c);
 	struct kg_http_conn *h = calloc(1, sizeof(*h));
 	if (!h)
 		return -ENOMEM;
 	c->http = h;
+	h->io = io;
+	kg_pump_clear(&h->pump);
 	h->rcap = hc->max_header_bytes > KG_IO_BUF_SIZE ? hc->max_header_bytes : KG_IO_BUF_SIZE;
 	h->bcap = h->rcap;
+	if (early_len > h->rcap)
+		h->rcap = (uint32_t)early_len; /* at most a record and a bit (conn.c) */
 	h->rbuf = malloc(h->rcap);
 	h->bbuf = malloc(h->bcap);
 	if (!h->rbuf || !h->bbuf || kg_http_msg_init(&h->req, true, hc->max_headers) < 0 ||
@@ -777,14 +951,58 @@ int kg_forward_http_start(struct kg_conn *c)
 				     ? ((struct sockaddr_in6 *)&local)->sin6_port
 				     : ((struct sockaddr_in *)&local)->sin_port);
 	kg_sockaddr_format(&peer, h->peer, sizeof(h->peer));
+	/* The identity comes from the handshake: after a kTLS handoff the
+	 * SSL object is gone, so it is taken now. */
 	if (kg_http_identity(&h->ident, hc, c->ssl, &peer, port) < 0)
 		return -ENOMEM;
+	h->subject[0] = '\0';
+	X509 *cert = SSL_get0_peer_certificate(c->ssl);
+	if (cert)
+		X509_NAME_oneline(X509_get_subject_name(cert), h->subject, sizeof(h->subject));
 
+	if (early_len > 0)
+		memcpy(h->rbuf, early, early_len);
+	h->rlen = (uint32_t)early_len;
+	c->worker->stats.forwarded_c2b += early_len;
 	h->rstate = R_IDLE;
 	h->deadline_ms = c->worker->now_ms + hc->request_timeout_ms;
+	return 0;
+}
+
+void kg_forward_http_run(struct kg_conn *c)
+{
 	/* Application data may have come with the client's Finished. */
 	advance(c);
-	return 0;
+}
+
+/* kTLS: a wake-up for the client or the backend socket. */
+static void resume(struct kg_conn *c)
+{
+	struct kg_http_conn *h = c->http;
+	if (h->rstate == R_CLOSING) {
+		if (h->notify_blocked && !h->pump.c_out_armed)
+			send_close_notify(c);
+		return;
+	}
+	pump_bodies(c);
+	/* The request side first: a request body spliced to its end moves
+	 * it to R_WAIT, so a response that ended too is not taken for an
+	 * early one. */
+	advance(c);
+	if (c->state == KG_CONN_FORWARDING && h->resp_done)
+		maybe_finish(c);
+}
+
+void kg_forward_http_on_poll(struct kg_conn *c, int fd, bool out, int res)
+{
+	if (kg_pump_on_poll(c, &c->http->pump, fd, out, res))
+		resume(c);
+}
+
+void kg_forward_http_on_backoff(struct kg_conn *c)
+{
+	if (kg_pump_on_backoff(c, &c->http->pump))
+		resume(c);
 }
 
 void kg_forward_http_check_deadline(struct kg_conn *c)
@@ -842,6 +1060,8 @@ void kg_forward_http_free(struct kg_conn *c)
 	kg_buf_free(&h->ident);
 	kg_buf_free(&h->head);
 	kg_buf_free(&h->out);
+	kg_hop_free(&h->pump.c2b);
+	kg_hop_free(&h->pump.b2c);
 	free(h->rbuf);
 	free(h->bbuf);
 	free(h);

@@ -134,8 +134,9 @@ void kg_http_msg_free(struct kg_http_msg *m)
 void kg_http_next(struct kg_http_msg *m)
 {
 	m->phase = KG_HTTP_PHASE_HEAD;
-	bool mid_body = m->head_only_response;
+	bool mid_body = m->head_only_response || m->skipped;
 	m->head_only_response = false;
+	m->skipped = false;
 	/* After an Upgrade request llhttp would treat the rest as another
 	 * protocol; kgate does not upgrade, so the next message is parsed
 	 * from a fresh state. */
@@ -150,6 +151,7 @@ void kg_http_restart(struct kg_http_msg *m)
 {
 	m->phase = KG_HTTP_PHASE_HEAD;
 	m->head_only_response = false;
+	m->skipped = false;
 	llhttp_reset(&m->parser);
 }
 
@@ -274,8 +276,28 @@ enum kg_http_step kg_http_eof(struct kg_http_msg *m)
 	return KG_HTTP_DONE;
 }
 
+uint64_t kg_http_body_left(const struct kg_http_msg *m)
+{
+	const llhttp_t *p = &m->parser;
+	if (m->phase != KG_HTTP_PHASE_BODY || m->head_only_response || (p->flags & F_CHUNKED) ||
+	    !(p->flags & F_CONTENT_LENGTH))
+		return 0;
+	return p->content_length;
+}
+
+void kg_http_skip_body(struct kg_http_msg *m)
+{
+	/* Mid-body llhttp already knows: the flags and version decide, and a
+	 * Content-Length body never needs the connection's end. */
+	m->skipped_keep_alive = llhttp_should_keep_alive(&m->parser) != 0;
+	m->skipped = true;
+	m->phase = KG_HTTP_PHASE_DONE;
+}
+
 bool kg_http_keep_alive(const struct kg_http_msg *m)
 {
+	if (m->skipped)
+		return m->skipped_keep_alive;
 	return llhttp_should_keep_alive(&m->parser) != 0;
 }
 

@@ -52,6 +52,8 @@ struct kg_http_msg {
 	bool in_value;
 	bool too_many;
 	uint32_t head_len; /* bytes of the head, once known */
+	bool skipped;            /* the body went past the parser (kg_http_skip_body) */
+	bool skipped_keep_alive; /* kg_http_keep_alive, taken before it did */
 };
 
 enum kg_http_step {
@@ -79,6 +81,15 @@ enum kg_http_step kg_http_eof(struct kg_http_msg *m);
 void kg_http_next(struct kg_http_msg *m);
 /* Readies the parser for a first message (another connection). */
 void kg_http_restart(struct kg_http_msg *m);
+
+/* In the body of a message framed by Content-Length, after a feed that
+ * asked for more: the body bytes still to come. 0 for anything else
+ * (chunked, delimited by the connection's end, no body, head only). */
+uint64_t kg_http_body_left(const struct kg_http_msg *m);
+/* Those kg_http_body_left bytes were forwarded without the parser (spliced):
+ * the message is complete. kg_http_next/kg_http_restart start the next
+ * one from a fresh parser state, as the old one stopped mid-body. */
+void kg_http_skip_body(struct kg_http_msg *m);
 
 /* After the head: the peer wants the connection kept (RFC 9112 9.3). */
 bool kg_http_keep_alive(const struct kg_http_msg *m);

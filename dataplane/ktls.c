@@ -428,7 +428,7 @@ int kg_ktls_send_close_notify(int fd)
 	return n < 0 ? -errno : -EAGAIN;
 }
 
-int kg_ktls_recv_control(int fd, unsigned char *type, unsigned char *buf,
+int kg_ktls_recv_record(int fd, unsigned char *type, unsigned char *buf,
 			 size_t len)
 {
 	char cbuf[CMSG_SPACE(sizeof(unsigned char))];

@@ -89,9 +89,11 @@ int kg_ktls_probe(char *why, size_t whylen);
  * 0, or -errno (-EAGAIN when the send buffer is full: retry on POLLOUT). */
 int kg_ktls_send_close_notify(int fd);
 
-/* Reads the non-data record that made splice fail with EINVAL.
- * Returns the record's payload length with *type set, or -errno. */
-int kg_ktls_recv_control(int fd, unsigned char *type, unsigned char *buf,
+/* recvmsg on a kTLS socket, non-blocking, with the record type: the
+ * non-data record that made splice fail with EINVAL, or plaintext (type
+ * 23; the kernel stops at a record of another type). Returns the bytes
+ * read with *type set (0 with type 23: end of stream), or -errno. */
+int kg_ktls_recv_record(int fd, unsigned char *type, unsigned char *buf,
 			 size_t len);
 
 #endif

@@ -49,6 +49,8 @@ static void sum_workers(const struct kg_runtime *rt, struct kg_counters *sum)
 		sum->http_errors += c->http_errors;
 		sum->http_pool_reused += c->http_pool_reused;
 		sum->http_backend_connects += c->http_backend_connects;
+		sum->http_spliced_c2b += c->http_spliced_c2b;
+		sum->http_spliced_b2c += c->http_spliced_b2c;
 	}
 }
 
@@ -122,6 +124,8 @@ json_object *kg_stats_json(struct kg_ops *ops, const char *listener)
 	json_object_object_add(hs, "failed_by_reason", by);
 	add_u64(bytes, "client_to_backend", sum.forwarded_c2b);
 	add_u64(bytes, "backend_to_client", sum.forwarded_b2c);
+	add_u64(bytes, "http_spliced_client_to_backend", sum.http_spliced_c2b);
+	add_u64(bytes, "http_spliced_backend_to_client", sum.http_spliced_b2c);
 	add_u64(be, "connect_failed", sum.backend_connect_failed);
 	add_u64(be, "no_backend", sum.no_backend);
 	add_u64(be, "health_checks", sum.health_checks);
@@ -224,6 +228,12 @@ char *kg_metrics_text(struct kg_ops *ops)
 	       s.forwarded_c2b);
 	metric(&t, "bytes_backend_to_client_total", "counter", "Plaintext bytes sent to clients.",
 	       s.forwarded_b2c);
+	metric(&t, "http_spliced_bytes_client_to_backend_total", "counter",
+	       "Request body bytes spliced on https listeners over kernel TLS (part of the bytes above).",
+	       s.http_spliced_c2b);
+	metric(&t, "http_spliced_bytes_backend_to_client_total", "counter",
+	       "Response body bytes spliced on https listeners over kernel TLS (part of the bytes above).",
+	       s.http_spliced_b2c);
 	metric(&t, "backend_connect_failures_total", "counter", "Failed backend connects.",
 	       s.backend_connect_failed);
 	metric(&t, "no_backend_total", "counter", "Connections closed with no backend left.",

@@ -21,6 +21,7 @@ const char *kg_path_name(enum kg_path p)
 	case KG_PATH_SOCKMAP: return "sockmap";
 	case KG_PATH_COPY: return "userspace-copy";
 	case KG_PATH_HTTP: return "http-userspace-tls";
+	case KG_PATH_HTTP_KTLS: return "http-ktls-splice";
 	case KG_PATH_NONE:
 	case KG_PATH_COUNT:
 		break;
@@ -89,21 +90,32 @@ static int plan_tcp(const struct kg_listener_conf *lc, const struct kg_kernel_ca
 	return -1;
 }
 
-/* Requests are parsed and rewritten in userspace, so the TLS records are
- * too. Splicing bodies after the head on kTLS kernels is a later step. */
-static int plan_https(const struct kg_listener_conf *lc, enum kg_path *plan, bool *forced,
-		      char *err, size_t errlen)
+/* Heads are parsed and rewritten in userspace either way. With kTLS the
+ * kernel holds the record layer and Content-Length bodies are spliced
+ * (http-ktls-splice); without it OpenSSL does the records and every byte
+ * passes through userspace (http-userspace-tls). A connection whose
+ * cipher the kernel cannot take stays on userspace TLS under auto. */
+static int plan_https(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
+		      enum kg_path *plan, bool *forced, char *err, size_t errlen)
 {
 	switch (lc->forwarding) {
 	case KG_FWD_AUTO:
+		*plan = caps->ktls ? KG_PATH_HTTP_KTLS : KG_PATH_HTTP;
+		return 0;
 	case KG_FWD_USERSPACE:
 		*plan = KG_PATH_HTTP;
-		*forced = lc->forwarding == KG_FWD_USERSPACE;
+		*forced = true;
 		return 0;
 	case KG_FWD_SPLICE:
-		snprintf(err, errlen, "forwarding \"splice\" is not available for protocol "
-			 "\"https\" yet: requests are parsed in userspace (use \"auto\")");
-		return -1;
+		if (!caps->ktls) {
+			snprintf(err, errlen, "forwarding \"splice\" (path http-ktls-splice) on an "
+				 "https listener needs kernel TLS, and %s (use \"auto\" or "
+				 "\"userspace\")", caps->ktls_why);
+			return -1;
+		}
+		*plan = KG_PATH_HTTP_KTLS;
+		*forced = true;
+		return 0;
 	case KG_FWD_SOCKMAP:
 		snprintf(err, errlen, "forwarding \"sockmap\" is only for protocol \"tcp\"");
 		return -1;
@@ -123,7 +135,7 @@ int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps 
 	case KG_PROTO_TCP:
 		return plan_tcp(lc, caps, plan, forced, err, errlen);
 	case KG_PROTO_HTTPS:
-		return plan_https(lc, plan, forced, err, errlen);
+		return plan_https(lc, caps, plan, forced, err, errlen);
 	}
 	snprintf(err, errlen, "unknown protocol");
 	return -1;

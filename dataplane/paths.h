@@ -18,8 +18,22 @@ enum kg_path {
 	KG_PATH_SOCKMAP,     /* P: plain tcp, eBPF sockmap redirect */
 	KG_PATH_COPY,        /* plain tcp through a userspace buffer */
 	KG_PATH_HTTP,        /* https: userspace TLS, requests parsed and balanced one by one */
+	KG_PATH_HTTP_KTLS,   /* https: kTLS on the client socket, heads parsed in userspace,
+			      * Content-Length bodies spliced */
 	KG_PATH_COUNT,
 };
+
+/* The path starts with a kTLS handoff after the handshake (conn.c). */
+static inline bool kg_path_hands_off(enum kg_path p)
+{
+	return p == KG_PATH_KTLS_SPLICE || p == KG_PATH_HTTP_KTLS;
+}
+
+/* Requests are parsed and balanced one by one (forward_http.c). */
+static inline bool kg_path_is_http(enum kg_path p)
+{
+	return p == KG_PATH_HTTP || p == KG_PATH_HTTP_KTLS;
+}
 
 struct kg_kernel_caps {
 	bool ktls;

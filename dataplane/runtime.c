@@ -127,7 +127,7 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 			snprintf(err, errlen, "%s: %s", where, why);
 			goto fail;
 		}
-		if (l->plan == KG_PATH_KTLS_SPLICE && kg_ktls_ctx_prepare(l->ssl_ctx) < 0) {
+		if (kg_path_hands_off(l->plan) && kg_ktls_ctx_prepare(l->ssl_ctx) < 0) {
 			snprintf(err, errlen, "%s: cannot set up kTLS tracking", where);
 			goto fail;
 		}
@@ -158,9 +158,9 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 				: lc->protocol == KG_PROTO_TLS ? "tls"
 							       : "https"),
 		 KV("forwarding", kg_path_name(l->plan)),
-		 KV("fallback", l->plan == KG_PATH_KTLS_SPLICE && !l->plan_forced
-					? kg_path_name(KG_PATH_USERSPACE)
-					: "none"));
+		 KV("fallback", !kg_path_hands_off(l->plan) || l->plan_forced ? "none"
+				: l->plan == KG_PATH_HTTP_KTLS ? kg_path_name(KG_PATH_HTTP)
+							       : kg_path_name(KG_PATH_USERSPACE)));
 	return l;
 fail:
 	snapshot_free(l);

@@ -102,6 +102,8 @@ struct kg_counters {
 	uint64_t http_errors;          /* https: responses made by kgate (4xx/5xx) */
 	uint64_t http_pool_reused;     /* https: requests sent on a pooled backend connection */
 	uint64_t http_backend_connects; /* https: backend connects started */
+	uint64_t http_spliced_c2b;     /* https on kTLS: request body bytes spliced */
+	uint64_t http_spliced_b2c;     /* https on kTLS: response body bytes spliced */
 };
 
 struct kg_worker;

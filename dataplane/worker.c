@@ -449,11 +449,16 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_SOCKMAP_RDHUP:
 		if (c->sockmap)
 			kg_forward_sockmap_on_poll(c, op, kg_ud_fd(ud), cqe->res);
+		else if (c->http)
+			kg_forward_http_on_poll(c, kg_ud_fd(ud), op == KG_OP_POLL_OUT, cqe->res);
 		else
 			kg_forward_splice_on_poll(c, kg_ud_fd(ud), op == KG_OP_POLL_OUT, cqe->res);
 		break;
 	case KG_OP_SPLICE_BACKOFF:
-		kg_forward_splice_on_backoff(c);
+		if (c->http)
+			kg_forward_http_on_backoff(c);
+		else
+			kg_forward_splice_on_backoff(c);
 		break;
 	case KG_OP_HTTP_CONNECT:
 		kg_forward_http_on_connect(c, cqe->res);
@@ -610,11 +615,14 @@ static void *worker_main(void *arg)
 		 KV("path_sockmap", s->path[KG_PATH_SOCKMAP]),
 		 KV("path_userspace_copy", s->path[KG_PATH_COPY]),
 		 KV("path_http_userspace_tls", s->path[KG_PATH_HTTP]),
+		 KV("path_http_ktls_splice", s->path[KG_PATH_HTTP_KTLS]),
 		 KV("ktls_fallback", s->ktls_fallback), KV("ktls_failed", s->ktls_failed),
 		 KV("sockmap_fallback", s->sockmap_fallback), KV("http_requests", s->http_requests),
 		 KV("http_errors", s->http_errors),
 		 KV("http_backend_connects", s->http_backend_connects),
-		 KV("http_pool_reused", s->http_pool_reused));
+		 KV("http_pool_reused", s->http_pool_reused),
+		 KV("http_spliced_c2b", s->http_spliced_c2b),
+		 KV("http_spliced_b2c", s->http_spliced_b2c));
 	if (w->bufs.enobufs)
 		log_info("worker.bufring_empty", KV("worker", w->id),
 			 KV("receives", w->bufs.enobufs), KV("ring_buffers", w->bufs.n_ring_bufs));

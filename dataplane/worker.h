@@ -15,6 +15,7 @@
 #include <kgate/log.h>
 
 #include "bufpool.h"
+#include "client_io.h"
 #include "ktls.h"
 #include "paths.h"
 #include "runtime.h"
@@ -291,8 +292,17 @@ void kg_forward_user_on_backend_send(struct kg_conn *c, int res);
 void kg_forward_user_on_client_drained(struct kg_conn *c);
 
 /* forward_http.c: https listeners, per-request forwarding over userspace
- * TLS. start: 0, or -ENOMEM (the caller closes). */
-int kg_forward_http_start(struct kg_conn *c);
+ * TLS or kTLS (io, client_io.h). start takes what it needs from c->ssl
+ * (identity, subject) and early (plaintext the client sent before
+ * forwarding started), without any I/O: 0, or -ENOMEM (the caller
+ * closes). run starts the engine once the caller's hands are off. */
+int kg_forward_http_start(struct kg_conn *c, const struct kg_client_io *io, const void *early,
+			  size_t early_len);
+void kg_forward_http_run(struct kg_conn *c);
+/* kTLS: a readiness poll (spliced bodies, heads, close_notify) or the
+ * splice backoff completed. */
+void kg_forward_http_on_poll(struct kg_conn *c, int fd, bool out, int res);
+void kg_forward_http_on_backoff(struct kg_conn *c);
 void kg_forward_http_on_client_data(struct kg_conn *c);
 void kg_forward_http_on_client_drained(struct kg_conn *c);
 void kg_forward_http_on_connect(struct kg_conn *c, int res);

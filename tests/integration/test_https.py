@@ -621,44 +621,55 @@ def test_backend_closing_connections_are_not_reused(pki, spawn_kgated, backends)
 SIZE = 64 << 20
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_upload_64mib(pki, spawn_kgated, backends, tmp_path, chunked):
-    a, = backends("A")
-    d = start(spawn_kgated, pki, [a])
+def upload(pki, port, tmp_path, chunked, size=SIZE, timeout=300):
+    """POSTs size bytes of the pattern through kgated; the backend answers
+    with the length and SHA-256 it received."""
     path = tmp_path / "up.bin"
-    data = pattern(SIZE)
+    data = pattern(size)
     path.write_bytes(data)
     extra = ["--data-binary", "@%s" % path, "-H", "Content-Type: application/octet-stream"]
     if chunked:
         extra += ["-H", "Transfer-Encoding: chunked"]
-    res = curl_urls(pki, d.port, ["/upload"], extra=extra, timeout=300)
+    res = curl_urls(pki, port, ["/upload"], extra=extra, timeout=timeout)
     assert res.returncode == 0, res.stderr
     body, _, status = parse_curl(res.stdout)[0]
     assert status == 200
     info = json.loads(body)
-    assert info["length"] == SIZE
+    assert info["length"] == size
     assert info["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def download(pki, port, tmp_path, chunked, size=SIZE, timeout=300):
+    """GETs size bytes of the pattern through kgated and checks them."""
+    out = tmp_path / "down.bin"
+    q = "/download?size=%d%s" % (size, "&chunked=1" if chunked else "")
+    cmd = ["curl", "-sS", "--max-time", str(timeout - 100), "--cacert", pki.ca,
+           "--resolve", "localhost:%d:127.0.0.1" % port,
+           "--cert", pki.cert("client"), "--key", pki.key("client"),
+           "-o", str(out), "-w", "%{http_code}", "https://localhost:%d%s" % (port, q)]
+    res = run(cmd, check=False, timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "200"
+    assert out.stat().st_size == size
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    assert h.hexdigest() == hashlib.sha256(pattern(size)).hexdigest()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_upload_64mib(pki, spawn_kgated, backends, tmp_path, chunked):
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    upload(pki, d.port, tmp_path, chunked)
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_download_64mib(pki, spawn_kgated, backends, tmp_path, chunked):
     a, = backends("A")
     d = start(spawn_kgated, pki, [a])
-    out = tmp_path / "down.bin"
-    q = "/download?size=%d%s" % (SIZE, "&chunked=1" if chunked else "")
-    cmd = ["curl", "-sS", "--max-time", "200", "--cacert", pki.ca,
-           "--resolve", "localhost:%d:127.0.0.1" % d.port,
-           "--cert", pki.cert("client"), "--key", pki.key("client"),
-           "-o", str(out), "-w", "%{http_code}", "https://localhost:%d%s" % (d.port, q)]
-    res = run(cmd, check=False, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == "200"
-    assert out.stat().st_size == SIZE
-    h = hashlib.sha256()
-    with open(out, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    assert h.hexdigest() == hashlib.sha256(pattern(SIZE)).hexdigest()
+    download(pki, d.port, tmp_path, chunked)
 
 
 def test_access_log(pki, spawn_kgated, backends):
@@ -678,7 +689,7 @@ def test_access_log(pki, spawn_kgated, backends):
     ({"protocol": "tls", "http": {}}, "only for protocol \"https\""),
     ({"http": {"headers": ["X-Nope"]}}, "unknown header"),
     ({"http": {"fingerprint": "md5"}}, "must be one of"),
-    ({"forwarding": "splice"}, "not available for protocol \"https\""),
+    ({"forwarding": "sockmap"}, "only for protocol \"tcp\""),
     ({"http": {"max_header_bytes": 10}}, "must be 1024-65536"),
 ])
 def test_config_errors(pki, tmp_path, listener, message):
@@ -825,3 +836,56 @@ def test_https_listener_created_and_updated_live(pki, spawn_kgated, backends, tm
     assert stats["connections"]["http_requests"] == 3
     assert stats["connections"]["path_http-userspace-tls"] == 2
     assert stats["connections"]["http_errors"] == 0
+
+
+def kernel_has_ktls():
+    return os.path.exists("/proc/net/tls_stat")
+
+
+def test_auto_picks_the_path_the_kernel_allows(pki, spawn_kgated, backends, tmp_path):
+    """auto: http-ktls-splice with kernel TLS, http-userspace-tls without
+    it (this CI kernel); the plan shows in the start-up log, the stop line,
+    kgatectl stats and kgate_connections_by_path_total."""
+    from conftest import KGATECTL
+    a, b = backends("A", "B")
+    mport = dead_port()  # free now: the metrics endpoint binds it
+    state = str(tmp_path / "state")
+    d = spawn_kgated(base_config(pki, [https_listener(pki, [a, b])]),
+                     args=["--state-dir", state, "--metrics", "127.0.0.1:%d" % mport])
+    want, other = (("http-ktls-splice", "http-userspace-tls") if kernel_has_ktls()
+                   else ("http-userspace-tls", "http-ktls-splice"))
+    assert d.events("listener.plan", listener="web", forwarding=want), d.log()
+    res = curl_urls(pki, d.port, ["/p1", "/p2"])
+    assert res.returncode == 0, res.stderr
+    assert [s for _, _, s in parse_curl(res.stdout)] == [200, 200]
+    stats = json.loads(run([KGATECTL, "--socket", os.path.join(state, "control.sock"),
+                            "-o", "json", "stats"]).stdout)
+    assert stats["connections"]["path_" + want] == 1, stats
+    assert stats["connections"]["path_" + other] == 0, stats
+    import urllib.request
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport,
+                                  timeout=10).read().decode()
+    assert 'kgate_connections_by_path_total{path="%s"} 1' % want in text, text
+    assert 'kgate_connections_by_path_total{path="%s"} 0' % other in text, text
+    if not kernel_has_ktls():
+        # Nothing can be spliced over userspace TLS.
+        assert "kgate_http_spliced_bytes_backend_to_client_total 0" in text, text
+    assert d.terminate() == 0
+    from conftest import path_count
+    assert path_count(d, want) == 1 and path_count(d, other) == 0, d.log()
+
+
+@pytest.mark.skipif(kernel_has_ktls(), reason="this kernel has kTLS: the plan is possible")
+def test_forcing_ktls_splice_without_ktls_is_refused(pki, tmp_path):
+    """forwarding "splice" names http-ktls-splice; without kernel TLS that
+    is a start-up error saying why, never a silent fallback."""
+    from conftest import KGATED
+    lst = https_listener(pki, ["127.0.0.1:9"], forwarding="splice")
+    cfg = tmp_path / "forced.json"
+    cfg.write_text(json.dumps(base_config(pki, [lst])))
+    for args in (["--check"], ["--user", "root"]):
+        res = run([KGATED, *args, "--config", str(cfg)], check=False, timeout=30)
+        assert res.returncode != 0, res.stdout
+        assert "listeners[0].forwarding" in res.stderr, res.stderr
+        assert "http-ktls-splice" in res.stderr and "needs kernel TLS" in res.stderr, res.stderr
+        assert "TLS ULP" in res.stderr, res.stderr

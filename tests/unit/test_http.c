@@ -288,3 +288,58 @@ Test(backend_pool, bounded_lifo_keyed_by_slot_and_address)
 	kg_backend_pool_destroy(p);
 	kg_backend_pool_destroy(NULL);
 }
+
+/* A Content-Length body that bypasses the parser (spliced on kTLS):
+ * body_left says how much is still to come after what was fed, skip_body
+ * ends the message with keep-alive as the head said, and the next message
+ * parses from a fresh state. Chunked and HEAD-response bodies are never
+ * offered for skipping. */
+Test(http, skipped_body_then_next_message)
+{
+	struct kg_http_msg m;
+	cr_assert_eq(kg_http_msg_init(&m, true, 8), 0);
+	const unsigned char *a = (const unsigned char *)
+		"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123";
+	size_t used, len = strlen((const char *)a);
+	int status = 0;
+	const char *why = NULL;
+	cr_assert_eq(kg_http_feed(&m, a, a, len, &used, &status, &why), KG_HTTP_HEAD);
+	cr_expect_eq(kg_http_body_left(&m), 10);
+	size_t at = used;
+	cr_assert_eq(kg_http_feed(&m, a, a + at, len - at, &used, &status, &why), KG_HTTP_MORE);
+	cr_expect_eq(used, 4);
+	cr_expect_eq(kg_http_body_left(&m), 6);
+	kg_http_skip_body(&m);
+	cr_expect(kg_http_keep_alive(&m));
+	kg_http_next(&m);
+
+	const unsigned char *b = (const unsigned char *)
+		"GET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+	len = strlen((const char *)b);
+	cr_assert_eq(kg_http_feed(&m, b, b, len, &used, &status, &why), KG_HTTP_HEAD, "%s",
+		     why ? why : "");
+	cr_expect_eq(m.url.len, 2);
+	cr_expect_eq(kg_http_body_left(&m), 0);
+	cr_expect(!kg_http_keep_alive(&m));
+	at = used;
+	cr_expect_eq(kg_http_feed(&m, b, b + at, len - at, &used, &status, &why), KG_HTTP_DONE);
+
+	/* chunked: nothing to skip */
+	kg_http_restart(&m);
+	const unsigned char *c = (const unsigned char *)
+		"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+	len = strlen((const char *)c);
+	cr_assert_eq(kg_http_feed(&m, c, c, len, &used, &status, &why), KG_HTTP_HEAD);
+	cr_expect_eq(kg_http_body_left(&m), 0);
+	kg_http_msg_free(&m);
+
+	/* a response to HEAD announces a length but has no body */
+	cr_assert_eq(kg_http_msg_init(&m, false, 8), 0);
+	m.head_only_response = true;
+	const unsigned char *r = (const unsigned char *)
+		"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n";
+	len = strlen((const char *)r);
+	cr_assert_eq(kg_http_feed(&m, r, r, len, &used, &status, &why), KG_HTTP_HEAD);
+	cr_expect_eq(kg_http_body_left(&m), 0);
+	kg_http_msg_free(&m);
+}

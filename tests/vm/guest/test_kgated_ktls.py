@@ -94,19 +94,26 @@ def pump_output(stream, out):
         out.extend(chunk)
 
 
-def test_key_update_from_client_does_not_corrupt(ktls, pki, spawn_kgated, echo_backend):
-    """openssl s_client's `k` sends a TLS 1.3 KeyUpdate. kgated does not
-    re-key the kernel: it closes the connection cleanly. What reached the
-    backend is exactly what was sent before the KeyUpdate."""
-    d = ktls_daemon(pki, spawn_kgated, [echo_backend])
-    p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % d.port,
+def start_s_client(pki, port, *extra):
+    """openssl s_client over TLS 1.3 with the client certificate, its
+    output gathered by a thread: (process, output bytearray, thread)."""
+    p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port,
                           "-cert", pki.cert("client"), "-key", pki.key("client"),
-                          "-CAfile", pki.ca, "-tls1_3"],
+                          "-CAfile", pki.ca, "-tls1_3", *extra],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)
     out = bytearray()
     reader = threading.Thread(target=pump_output, args=(p.stdout, out), daemon=True)
     reader.start()
+    return p, out, reader
+
+
+def test_key_update_from_client_does_not_corrupt(ktls, pki, spawn_kgated, echo_backend):
+    """openssl s_client's `k` sends a TLS 1.3 KeyUpdate. kgated does not
+    re-key the kernel: it closes the connection cleanly. What reached the
+    backend is exactly what was sent before the KeyUpdate."""
+    d = ktls_daemon(pki, spawn_kgated, [echo_backend])
+    p, out, reader = start_s_client(pki, d.port)
     try:
         p.stdin.write(b"hello\n")
         p.stdin.flush()

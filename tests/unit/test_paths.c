@@ -1,0 +1,83 @@
+/* paths.c: which path each protocol and `forwarding` setting takes on a
+ * kernel with and without kTLS, and what is refused with which message. */
+#include <stdio.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+
+#include "paths.h"
+
+struct plan_case {
+	const char *name;
+	enum kg_protocol protocol;
+	enum kg_forwarding forwarding;
+	bool ktls;
+	enum kg_path want;   /* KG_PATH_NONE: refused */
+	bool forced;
+	const char *err_has; /* refused: part of the message */
+};
+
+static const struct plan_case cases[] = {
+	{"https auto, kTLS", KG_PROTO_HTTPS, KG_FWD_AUTO, true, KG_PATH_HTTP_KTLS, false, NULL},
+	{"https auto, no kTLS", KG_PROTO_HTTPS, KG_FWD_AUTO, false, KG_PATH_HTTP, false, NULL},
+	{"https userspace, kTLS", KG_PROTO_HTTPS, KG_FWD_USERSPACE, true, KG_PATH_HTTP, true, NULL},
+	{"https splice, kTLS", KG_PROTO_HTTPS, KG_FWD_SPLICE, true, KG_PATH_HTTP_KTLS, true, NULL},
+	{"https splice, no kTLS", KG_PROTO_HTTPS, KG_FWD_SPLICE, false, KG_PATH_NONE, false,
+	 "http-ktls-splice) on an https listener needs kernel TLS, and no ULP here"},
+	{"https sockmap", KG_PROTO_HTTPS, KG_FWD_SOCKMAP, true, KG_PATH_NONE, false,
+	 "only for protocol \"tcp\""},
+	{"tls auto, kTLS", KG_PROTO_TLS, KG_FWD_AUTO, true, KG_PATH_KTLS_SPLICE, false, NULL},
+	{"tls auto, no kTLS", KG_PROTO_TLS, KG_FWD_AUTO, false, KG_PATH_USERSPACE, false, NULL},
+	{"tls splice, no kTLS", KG_PROTO_TLS, KG_FWD_SPLICE, false, KG_PATH_NONE, false,
+	 "needs kernel TLS"},
+	{"tcp auto", KG_PROTO_TCP, KG_FWD_AUTO, true, KG_PATH_SPLICE, false, NULL},
+};
+
+#define N_CASES (sizeof(cases) / sizeof(cases[0]))
+
+TestSuite(paths);
+
+ParameterizedTestParameters(paths, plan)
+{
+	static size_t idx[N_CASES];
+	for (size_t i = 0; i < N_CASES; i++)
+		idx[i] = i;
+	return cr_make_param_array(size_t, idx, N_CASES);
+}
+
+ParameterizedTest(size_t *i, paths, plan)
+{
+	const struct plan_case *c = &cases[*i];
+	struct kg_listener_conf lc;
+	struct kg_kernel_caps caps;
+	memset(&lc, 0, sizeof(lc));
+	memset(&caps, 0, sizeof(caps));
+	lc.protocol = c->protocol;
+	lc.forwarding = c->forwarding;
+	caps.ktls = c->ktls;
+	snprintf(caps.ktls_why, sizeof(caps.ktls_why), "%s", c->ktls ? "TLS ULP available"
+								     : "no ULP here");
+	enum kg_path plan;
+	bool forced;
+	char err[256] = "";
+	int r = kg_path_plan(&lc, &caps, &plan, &forced, err, sizeof(err));
+	if (c->want == KG_PATH_NONE) {
+		cr_assert_eq(r, -1, "%s: accepted as %s", c->name, kg_path_name(plan));
+		cr_expect(strstr(err, c->err_has) != NULL, "%s: message \"%s\"", c->name, err);
+		return;
+	}
+	cr_assert_eq(r, 0, "%s: refused: %s", c->name, err);
+	cr_expect_eq(plan, c->want, "%s: %s", c->name, kg_path_name(plan));
+	cr_expect_eq(forced, c->forced, "%s", c->name);
+}
+
+Test(paths, names_and_families)
+{
+	cr_expect_str_eq(kg_path_name(KG_PATH_HTTP_KTLS), "http-ktls-splice");
+	cr_expect_str_eq(kg_path_name(KG_PATH_HTTP), "http-userspace-tls");
+	cr_expect(kg_path_hands_off(KG_PATH_HTTP_KTLS) && kg_path_hands_off(KG_PATH_KTLS_SPLICE));
+	cr_expect(!kg_path_hands_off(KG_PATH_HTTP) && !kg_path_hands_off(KG_PATH_USERSPACE));
+	cr_expect(kg_path_is_http(KG_PATH_HTTP) && kg_path_is_http(KG_PATH_HTTP_KTLS));
+	cr_expect(!kg_path_is_http(KG_PATH_KTLS_SPLICE));
+}

@@ -151,13 +151,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 }
 
 /* The sockmap relay (path P) is switched off in this version. Pausing a
- * source is now lossless (the verdict passes its bytes to its own queue
- * instead of the source leaving the verdict's map, which dropped an skb in
- * 1 of 12 64 MiB echoes), but on 6.18 a passed skb that queues behind
- * bytes redirected into the same socket is not charged to it, so a
- * bidirectional pair is neither bounded nor always live: 1 to 2 of 30
- * 64 MiB echoes stalled until pacing gave them up (bpf/README.md).
- * "sockmap" is refused at start; the module and its tests stay. */
+ * source no longer drops an skb (the verdict passes its bytes to its own
+ * queue instead of the source leaving the verdict's map), but on 6.18 a
+ * pair with data both ways is neither bounded nor always live (1 to 2 of
+ * 30 64 MiB echoes stalled until pacing reset them) and 2 of 6 one-way
+ * 2 GiB transfers got one skb twice (bpf/README.md). "sockmap" is refused
+ * at start; the module and its tests stay. */
 #define KG_SOCKMAP_ENABLED 0
 
 /* Loads the sockmap programs (needs CAP_BPF/CAP_NET_ADMIN, so before the

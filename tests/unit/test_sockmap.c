@@ -699,6 +699,7 @@ Test(sockmap, peers_that_send_but_never_read_are_given_up, .timeout = 300)
 	rig_close(&r);
 }
 
+
 /* Documents why kg_sockmap_pace exists: without it the kernel keeps
  * accepting for a reader that does not read. If a kernel ever bounds this
  * itself, this test fails and bpf/README.md needs revisiting. */

@@ -67,9 +67,11 @@ struct {
 } kg_sm_drops SEC(".maps");
 
 /* A paused source keeps its bytes: SK_PASS queues the skb on the socket's
- * own psock (ingress_msg), still charged to its receive buffer, so TCP's
- * window closes on the sender and userspace reads the bytes with recv
- * (kg_sockmap_copy_tail), in order. */
+ * own psock (ingress_msg), where userspace reads it with recv
+ * (kg_sockmap_copy_tail), in order. It is charged to the receive buffer,
+ * so TCP's window closes on the sender, only when it goes there at once;
+ * behind bytes redirected into the same socket it waits uncharged
+ * (bpf/README.md). */
 static __always_inline int is_paused(const struct kg_sm_sock *me)
 {
 	__u32 key = me->slot * 2 + (me->side & 1);

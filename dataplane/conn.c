@@ -698,7 +698,7 @@ static void linger_zero(int fd)
 {
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 	if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == -1)
-		log_warn("SO_LINGER on fd %d: %s", fd, strerror(errno));
+		log_warn("conn.linger_failed", KV("fd", fd), KV_ERRNO(errno));
 }
 
 void kg_conn_reset(struct kg_conn *c, const char *reason)

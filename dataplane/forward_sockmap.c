@@ -86,8 +86,9 @@ static bool pace(struct kg_conn *c)
 		snprintf(why, sizeof(why),
 			 "sockmap: a peer sends but reads nothing back (over %u MiB held)",
 			 KG_SM_HOLD_BYTES >> 20);
-		log_notice("connection %u on listener %s: %s: resetting it", c->idx,
-			   c->listener->conf->name, why);
+		log_notice("sockmap.overrun", KV("listener", c->listener->conf->name),
+			   KV("worker", c->worker->id), KV("conn", c->idx),
+			   KV("held_limit_mib", KG_SM_HOLD_BYTES >> 20), KV("action", "reset"));
 		/* Reset, not FIN: removing the pair discards what the sockets
 		 * still hold, and a FIN would make that look like a clean end. */
 		kg_conn_reset(c, why);

@@ -152,20 +152,25 @@ static int relay_sockmap(int cfd, int bfd)
 	if (kg_sockmap_add_pair(sm, &pair, cfd, bfd) != 0)
 		goto out_close;
 	for (;;) {
-		struct pollfd pf = {.fd = cfd, .events = POLLRDHUP};
+		/* A paused client (tail mode) is copied on every round, not only
+		 * after its FIN: its sender waits for that copy to make room. */
+		short events = POLLRDHUP | (pair.tail[KG_SM_CLIENT] ? POLLIN : 0);
+		struct pollfd pf = {.fd = cfd, .events = events};
 		bool was_paused = pair.paused[KG_SM_CLIENT];
 		if (poll(&pf, 1, 10) == -1 || (!no_pace && kg_sockmap_pace(sm, &pair) != 0))
 			goto out_remove;
 		pauses += !was_paused && pair.paused[KG_SM_CLIENT];
 		if (pf.revents & POLLERR)
 			goto out_remove;
-		if (!(pf.revents & POLLRDHUP))
-			continue;
 		if (pair.tail[KG_SM_CLIENT]) {
-			ssize_t n = kg_sockmap_copy_tail(sm, &pair, KG_SM_CLIENT);
+			ssize_t n;
+			while ((n = kg_sockmap_copy_tail(sm, &pair, KG_SM_CLIENT)) > 0)
+				;
 			if (n < 0 && n != -EAGAIN)
 				goto out_remove;
 		}
+		if (!(pf.revents & POLLRDHUP))
+			continue;
 		int f = kg_sockmap_flushed(sm, &pair, KG_SM_BACKEND);
 		if (f < 0)
 			goto out_remove;

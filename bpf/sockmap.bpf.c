@@ -19,16 +19,26 @@ struct {
 } kg_sm_tx SEC(".maps");
 
 /* Relaying sources, same keys: the verdict program is attached to this map,
- * so it runs on whatever arrives on these sockets. Userspace takes a socket
- * out of here (but not out of kg_sm_tx) to pause reading from it when its
- * peer falls behind: its data then waits in its own TCP receive queue and
- * TCP flow control pushes back on the sender. */
+ * so it runs on whatever arrives on these sockets. A socket stays here until
+ * its pair is removed: taking it out while data flows drops an skb the
+ * kernel had already dequeued for the verdict (bpf/README.md). Pausing is
+ * done with kg_sm_paused instead. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 2 * KG_SM_DEFAULT_PAIRS);
 	__type(key, __u32);
 	__type(value, __u64);
 } kg_sm_rx SEC(".maps");
+
+/* Same keys: nonzero when userspace paused reading from that socket (its
+ * peer fell behind). An array, written in place by userspace, so a verdict
+ * never reads an entry recycled for another socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * KG_SM_DEFAULT_PAIRS);
+	__type(key, __u32);
+	__type(value, __u32);
+} kg_sm_paused SEC(".maps");
 
 /* Socket cookie -> (slot, side): how the verdict finds the peer. */
 struct {
@@ -55,6 +65,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } kg_sm_drops SEC(".maps");
+
+/* A paused source keeps its bytes: SK_PASS queues the skb on the socket's
+ * own psock (ingress_msg), where userspace reads it with recv
+ * (kg_sockmap_copy_tail), in order. It is charged to the receive buffer,
+ * so TCP's window closes on the sender, only when it goes there at once;
+ * behind bytes redirected into the same socket it waits uncharged
+ * (bpf/README.md). */
+static __always_inline int is_paused(const struct kg_sm_sock *me)
+{
+	__u32 key = me->slot * 2 + (me->side & 1);
+	__u32 *paused = bpf_map_lookup_elem(&kg_sm_paused, &key);
+
+	return paused && *(volatile __u32 *)paused;
+}
 
 static __always_inline void count_drop(__u32 reason)
 {
@@ -83,12 +107,14 @@ int kg_sm_verdict(struct __sk_buff *skb)
 		count_drop(0);
 		return SK_DROP;
 	}
+	if (is_paused(me))
+		return SK_PASS;
 	pair = bpf_map_lookup_elem(&kg_sm_pairs, &me->slot);
 	if (!pair) {
 		count_drop(1);
 		return SK_DROP;
 	}
-	/* 	peer_side = me->side ^ 1; 1 bounds the index for the verifier (and for a corrupt entry). */
+	/* & 1 bounds the index for the verifier (and for a corrupt entry). */
 	peer_side = (me->side ^ 1) & 1;
 	peer_key = me->slot * 2 + peer_side;
 	/* flags 0: onto the peer's egress (BPF_F_INGRESS would queue it for

@@ -714,16 +714,37 @@ void kg_conn_close(struct kg_conn *c, const char *reason)
 		  KV("worker", c->worker->id), KV("conn", c->idx), KV("reason", reason));
 	if (c->http)
 		kg_forward_http_on_close(c);
-	/* shutdown() completes pending recv/send on these sockets, so the
-	 * in-flight count drains promptly; queued data is still sent. */
-	shutdown(c->cfd, SHUT_RDWR);
+	/* shutdown() completes pending recv/send/poll on these sockets, so
+	 * the in-flight count drains promptly; queued data is still sent.
+	 * SHUT_RD wakes them too but sends no FIN, for kg_conn_reset. */
+	int how = c->reset ? SHUT_RD : SHUT_RDWR;
+	shutdown(c->cfd, how);
 	if (c->bfd >= 0 && was != KG_CONN_CONNECTING)
-		shutdown(c->bfd, SHUT_RDWR);
+		shutdown(c->bfd, how);
 	if (was == KG_CONN_CONNECTING && c->bfd >= 0) {
 		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_BACKEND_CONNECT, c->idx, c->bfd), 0);
 		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, c->idx, -1));
 	}
+}
+
+/* SO_LINGER 0 makes close() send RST. Best effort: if it fails, the
+ * close is a FIN. */
+static void linger_zero(int fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == -1)
+		log_warn("conn.linger_failed", KV("fd", fd), KV_ERRNO(errno));
+}
+
+void kg_conn_reset(struct kg_conn *c, const char *reason)
+{
+	if (c->state == KG_CONN_CLOSING)
+		return;
+	c->reset = true;
+	linger_zero(c->cfd);
+	linger_zero(c->bfd);
+	kg_conn_close(c, reason);
 }
 
 bool kg_conn_release_if_idle(struct kg_conn *c)

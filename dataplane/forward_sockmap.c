@@ -3,7 +3,8 @@
  * each step is there). The worker's part:
  *  - a POLLRDHUP poll per side; POLLERR is a reset;
  *  - kg_sockmap_pace for every pair on a 10 ms worker timer, which bounds
- *    what the kernel queues in front of a slow reader;
+ *    what the kernel queues in front of a slow reader (a pair it gives up
+ *    on, -ENOBUFS, is closed);
  *  - after a side's EOF, shut the other side's write half only once
  *    everything redirected into it reached its TCP (kg_sockmap_flushed);
  *  - a direction the kernel no longer relays (tail mode) is finished with
@@ -59,9 +60,9 @@ static void arm_pace_timer(struct kg_worker *w)
 	w->sockmap_timer_armed = true;
 }
 
-/* The bytes the kernel redirected for this pair so far: progress for the
- * idle deadline, and what the stop line reports. */
-static uint64_t redirected(struct kg_conn *c)
+/* The bytes moved for this pair so far, by the kernel and by the tail
+ * copy: progress for the idle deadline. */
+static uint64_t moved(struct kg_conn *c)
 {
 	uint64_t total = 0;
 	for (int side = 0; side < 2; side++) {
@@ -69,8 +70,37 @@ static uint64_t redirected(struct kg_conn *c)
 		if (kg_sockmap_redirected(c->worker->rt->sockmap, &c->sockmap->pair, side,
 					  &into, NULL) == 0)
 			total += into;
+		total += c->sockmap->pair.tail_bytes[side];
 	}
 	return total;
+}
+
+/* Paces the pair (sockmap.h); false when that closed the connection. */
+static bool pace(struct kg_conn *c)
+{
+	int e = kg_sockmap_pace(c->worker->rt->sockmap, &c->sockmap->pair);
+	if (e == -ENOBUFS) {
+		/* A peer that reads nothing back but keeps sending: the kernel
+		 * cannot stop it on this path (bpf/README.md). */
+		char why[96];
+		snprintf(why, sizeof(why),
+			 "sockmap: a peer sends but reads nothing back (over %u MiB held)",
+			 KG_SM_HOLD_BYTES >> 20);
+		log_notice("sockmap.overrun", KV("listener", c->listener->conf->name),
+			   KV("worker", c->worker->id), KV("conn", c->idx),
+			   KV("held_limit_mib", KG_SM_HOLD_BYTES >> 20), KV("action", "reset"));
+		/* Reset, not FIN: removing the pair discards what the sockets
+		 * still hold, and a FIN would make that look like a clean end. */
+		kg_conn_reset(c, why);
+		return false;
+	}
+	if (e < 0) {
+		char why[96];
+		snprintf(why, sizeof(why), "sockmap pacing: %s", strerror(-e));
+		kg_conn_close(c, why);
+		return false;
+	}
+	return true;
 }
 
 /* Moves what the ends allow: tail copies, shutdowns once flushed, close
@@ -204,7 +234,8 @@ void kg_forward_sockmap_on_poll(struct kg_conn *c, enum kg_op op, int fd, int re
 		 * to the other side, which progress() waits for. */
 		if (!s->pair.tail[side])
 			s->eof[side] = true;
-		kg_sockmap_pace(c->worker->rt->sockmap, &s->pair);
+		if (!pace(c))
+			return;
 	}
 	progress(c);
 }
@@ -217,8 +248,9 @@ void kg_forward_sockmap_pace_all(struct kg_worker *w)
 		struct kg_conn *c = w->conns[i];
 		if (!c || !c->sockmap || c->state != KG_CONN_FORWARDING)
 			continue;
-		kg_sockmap_pace(w->rt->sockmap, &c->sockmap->pair);
-		uint64_t now = redirected(c);
+		if (!pace(c))
+			continue;
+		uint64_t now = moved(c);
 		if (now != c->sockmap->seen_bytes) {
 			c->sockmap->seen_bytes = now;
 			c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;

@@ -36,7 +36,7 @@ enum {
 
 struct kg_sockmap {
 	struct kg_sockmap_bpf *skel;
-	int tx_fd, rx_fd, socks_fd, pairs_fd;
+	int tx_fd, rx_fd, paused_fd, socks_fd, pairs_fd;
 	bool attached;
 	pthread_mutex_t lock; /* guards free_slots / n_free */
 	uint32_t max_pairs;
@@ -84,7 +84,7 @@ struct kg_sockmap *kg_sockmap_open(uint32_t max_pairs, char *err, size_t errlen)
 	struct kg_sockmap *sm = calloc(1, sizeof(*sm));
 	if (!sm)
 		return open_fail(NULL, err, errlen, "allocation", ENOMEM);
-	sm->tx_fd = sm->rx_fd = sm->socks_fd = sm->pairs_fd = -1;
+	sm->tx_fd = sm->rx_fd = sm->paused_fd = sm->socks_fd = sm->pairs_fd = -1;
 	/* Initialised first so that kg_sockmap_close can always destroy it. */
 	pthread_mutex_init(&sm->lock, NULL);
 	sm->max_pairs = max_pairs;
@@ -104,6 +104,8 @@ struct kg_sockmap *kg_sockmap_open(uint32_t max_pairs, char *err, size_t errlen)
 	if (!e)
 		e = -bpf_map__set_max_entries(sm->skel->maps.kg_sm_rx, 2 * max_pairs);
 	if (!e)
+		e = -bpf_map__set_max_entries(sm->skel->maps.kg_sm_paused, 2 * max_pairs);
+	if (!e)
 		e = -bpf_map__set_max_entries(sm->skel->maps.kg_sm_socks, 2 * max_pairs);
 	if (!e)
 		e = -bpf_map__set_max_entries(sm->skel->maps.kg_sm_pairs, max_pairs);
@@ -116,6 +118,7 @@ struct kg_sockmap *kg_sockmap_open(uint32_t max_pairs, char *err, size_t errlen)
 				 e);
 	sm->tx_fd = bpf_map__fd(sm->skel->maps.kg_sm_tx);
 	sm->rx_fd = bpf_map__fd(sm->skel->maps.kg_sm_rx);
+	sm->paused_fd = bpf_map__fd(sm->skel->maps.kg_sm_paused);
 	sm->socks_fd = bpf_map__fd(sm->skel->maps.kg_sm_socks);
 	sm->pairs_fd = bpf_map__fd(sm->skel->maps.kg_sm_pairs);
 	if (bpf_prog_attach(bpf_program__fd(sm->skel->progs.kg_sm_verdict), sm->rx_fd,
@@ -251,6 +254,19 @@ static int map_add_sock(int map_fd, const struct kg_sockmap_pair *pair, int side
 	return 0;
 }
 
+/* Sets the verdict's pause flag for one socket. The array entry is written
+ * in place; from the next skb on, the verdict passes that socket's bytes
+ * to its own receive queue instead of redirecting them. */
+static int set_paused(struct kg_sockmap *sm, const struct kg_sockmap_pair *pair, int side,
+		      uint32_t paused)
+{
+	uint32_t key = sock_key(pair, side);
+
+	if (bpf_map_update_elem(sm->paused_fd, &key, &paused, BPF_ANY) == -1)
+		return -errno;
+	return 0;
+}
+
 /* A source that is (back) in kg_sm_rx relays only what arrives from now
  * on: the kernel does not look at data already queued when a socket is
  * added. Setting SO_RCVLOWAT makes TCP call data_ready once (see
@@ -328,6 +344,12 @@ int kg_sockmap_add_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair,
 		e = -errno;
 		goto out_remove;
 	}
+	/* The slot may have been paused for an earlier pair. */
+	for (int side = 0; side < 2; side++) {
+		e = set_paused(sm, pair, side, 0);
+		if (e)
+			goto out_remove;
+	}
 	for (uint32_t side = 0; side < 2; side++) {
 		struct kg_sm_sock s = {.slot = pair->slot, .side = side};
 		if (bpf_map_update_elem(sm->socks_fd, &pair->cookie[side], &s, BPF_NOEXIST) == -1) {
@@ -353,25 +375,33 @@ int kg_sockmap_add_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair,
 	 * socket is accepted, but the kernel neither runs the verdict on it nor
 	 * delivers redirects into it (they are counted as dropped), so the pair
 	 * would hang or lose bytes. Checked again now that both are in: if
-	 * either side left ESTABLISHED, both sides are paused and finish in
-	 * tail mode (userspace copies, after what the verdict did redirect
-	 * reached its peer). Bytes already dropped cannot be had back: -EIO. */
-	bool late_fin = false;
+	 * either side left ESTABLISHED, both directions are paused and finish
+	 * in tail mode (userspace copies, after what the verdict did redirect
+	 * reached its peer). The pause flags go first, so a verdict still
+	 * running keeps its skb; only a side that got its FIN (nothing more
+	 * arrives on it) then leaves kg_sm_rx, so that plain TCP reads its
+	 * queue. Bytes already dropped cannot be had back: -EIO. */
+	uint8_t states[2] = {0, 0};
 	for (int side = 0; side < 2; side++) {
 		uint64_t received = 0;
-		uint8_t state = 0;
-		e = sock_received(pair->fd[side], &received, &state);
+		e = sock_received(pair->fd[side], &received, &states[side]);
 		if (e)
 			goto out_remove;
-		late_fin |= state != KG_TCP_ESTABLISHED;
 	}
-	if (late_fin) {
+	if (states[0] != KG_TCP_ESTABLISHED || states[1] != KG_TCP_ESTABLISHED) {
+		for (int side = 0; side < 2; side++) {
+			e = set_paused(sm, pair, side, 1);
+			if (e)
+				goto out_remove;
+			pair->paused[side] = pair->tail[side] = true;
+		}
 		for (int side = 0; side < 2; side++) {
 			uint32_t key = sock_key(pair, side);
-			e = map_delete(sm->rx_fd, &key);
-			if (e && e != -ENOENT)
-				goto out_remove;
-			pair->tail[side] = true;
+			if (states[side] != KG_TCP_ESTABLISHED) {
+				e = map_delete(sm->rx_fd, &key);
+				if (e)
+					goto out_remove;
+			}
 		}
 		for (int side = 0; side < 2; side++) {
 			uint64_t into = 0, dropped = 0;
@@ -480,8 +510,18 @@ static ssize_t move_chunk(struct kg_sockmap *sm, struct kg_sockmap_pair *pair, i
 			 MSG_PEEK | MSG_DONTWAIT);
 	if (n == -1)
 		return errno == EAGAIN ? -ENODATA : -errno;
-	if (n == 0)
-		return 0;
+	if (n == 0) {
+		/* recv on a socket in a sockmap reads the psock's queue; it says
+		 * EOF once that is empty and the FIN is in, even while skbs the
+		 * verdict passed still wait in the psock's backlog behind bytes
+		 * redirected into this socket. EOF counts only when every data
+		 * byte src's TCP received has been moved. */
+		uint64_t queued = 0;
+		e = src_queued(sm, pair, src, &queued);
+		if (e)
+			return e;
+		return queued ? -ENODATA : 0;
+	}
 	ssize_t w = send(pair->fd[dst], buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
 	if (w == -1)
 		return -errno;
@@ -498,27 +538,58 @@ int kg_sockmap_pace(struct kg_sockmap *sm, struct kg_sockmap_pair *pair)
 {
 	for (int dst = 0; dst < 2; dst++) {
 		int src = dst ^ 1;
-		uint32_t key = sock_key(pair, src);
 		uint64_t pending = 0;
-		int e;
 
 		if (pair->tail[src])
 			continue;
-		e = pending_into(sm, pair, dst, &pending);
+		int e = pending_into(sm, pair, dst, &pending);
 		if (e)
 			return e;
 		if (pending <= KG_SM_PAUSE_BYTES)
 			continue;
-		/* The reader fell behind: src leaves the kernel relay for good and
-		 * the rest of this direction goes through kg_sockmap_copy_tail,
-		 * which moves bytes only while dst has room. Handing src back to
-		 * the verdict once dst drained (the first design) lost whole skbs
-		 * at the end of 2 GiB transfers on 6.18 (bench/results, 05:26);
-		 * never resuming kept every byte in every run. */
-		e = map_delete(sm->rx_fd, &key);
+		/* dst's reader fell behind: from now on the verdict passes src's
+		 * bytes to src's own receive queue (charged to its fixed
+		 * SO_RCVBUF, so TCP stops the sender) and kg_sockmap_copy_tail
+		 * moves the rest of this direction, only while dst has room. src
+		 * stays in kg_sm_rx: taking it out drops an skb the kernel may
+		 * already have dequeued for the verdict (1 in 12 64 MiB echoes
+		 * lost 64 KiB that way). Never resumed: handing src back to the
+		 * verdict lost whole skbs at the end of 2 GiB transfers on 6.18
+		 * (bench/results, 05:26). */
+		e = set_paused(sm, pair, src, 1);
 		if (e)
 			return e;
+		pair->paused[src] = true;
 		pair->tail[src] = true;
+	}
+	/* What the kernel cannot bound: a peer that reads nothing of what was
+	 * redirected to it, yet keeps sending. A passed skb is charged to its
+	 * socket's receive buffer only if it reaches the socket's queue at
+	 * once; while bytes redirected *into* that socket wait in its psock,
+	 * the kernel queues the passed skb behind them, uncharged, so the
+	 * sender's TCP window never closes. A peer that still reads drains those and its
+	 * passed bytes become charged, so the pair is given up only when src
+	 * holds more than KG_SM_HOLD_BYTES while the bytes waiting for src's
+	 * peer have not shrunk for KG_SM_STUCK_ROUNDS pace calls, or holds
+	 * KG_SM_HOLD_MAX_BYTES whatever the peer does. */
+	for (int src = 0; src < 2; src++) {
+		uint64_t queued = 0, waiting = 0;
+
+		if (!pair->tail[src])
+			continue;
+		int e = src_queued(sm, pair, src, &queued);
+		if (!e)
+			e = pending_into(sm, pair, src, &waiting);
+		if (e)
+			return e;
+		if (waiting == 0 || waiting < pair->waiting[src])
+			pair->stuck[src] = 0;
+		else if (pair->stuck[src] < UINT8_MAX)
+			pair->stuck[src]++;
+		pair->waiting[src] = waiting;
+		if (queued > KG_SM_HOLD_MAX_BYTES ||
+		    (queued > KG_SM_HOLD_BYTES && pair->stuck[src] >= KG_SM_STUCK_ROUNDS))
+			return -ENOBUFS;
 	}
 	return 0;
 }

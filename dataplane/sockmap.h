@@ -21,16 +21,22 @@
  *
  *  - Back-pressure: the kernel queues redirected bytes in front of the
  *    receiving socket without any limit (a stalled reader made the relay
- *    hold 1 GiB and counting). kg_sockmap_pace() takes a source whose
- *    peer has more than KG_SM_PAUSE_BYTES waiting out of the kernel relay
- *    for good (pair->tail[src]): the rest of that direction is copied by
- *    kg_sockmap_copy_tail only while the peer has room, and the source's
- *    fixed receive buffer (KG_SM_RCVBUF) stops its sender through TCP.
- *    Handing the source back to the verdict later lost whole skbs at the
- *    end of 2 GiB transfers on 6.18, so a direction never returns. Call
- *    pace on a timer for every pair (the bound is KG_SM_PAUSE_BYTES plus
- *    what arrives between two calls: a period of 10-20 ms keeps that to
- *    one burst of the sender's window) and whenever a side reports RDHUP.
+ *    hold 1 GiB and counting). Once a receiving side has more than
+ *    KG_SM_PAUSE_BYTES waiting, kg_sockmap_pace() pauses both directions
+ *    for good (pair->tail[]): a flag in a BPF map makes the verdict pass
+ *    each source's bytes to its own receive queue (a source never leaves
+ *    the verdict's map while the pair lives: that dropped skbs), the
+ *    sources' fixed receive buffers (KG_SM_RCVBUF) stop their senders
+ *    through TCP, and kg_sockmap_copy_tail copies the rest of each
+ *    direction only while the other side has room. Handing a source back
+ *    to the verdict later lost whole skbs at the end of 2 GiB transfers
+ *    on 6.18, so the pair never returns. One case the kernel cannot push
+ *    back on: a peer that reads nothing of what was already redirected to
+ *    it yet keeps sending; pace returns -ENOBUFS once that holds more than
+ *    KG_SM_HOLD_BYTES (below), and the worker closes the connection. Call pace on
+ *    a timer for every pair (the bound is KG_SM_PAUSE_BYTES plus what
+ *    arrives between two calls: a period of 10-20 ms keeps that to one
+ *    burst of the sender's window) and whenever a side reports RDHUP.
  *
  *  - Close and half-close (sockmap does not propagate FIN or RST):
  *    1. Side S reports RDHUP: its peer sent FIN. Do NOT shut down the
@@ -45,9 +51,9 @@
  *       kg_sockmap_remove_pair(), then close both fds. Remove before
  *       close. close() with an empty receive queue is graceful: the kernel
  *       keeps sending the unacknowledged tail afterwards.
- *    Tail mode: when pace cannot give a paused source back to the kernel
- *    (it is no longer ESTABLISHED: it got a FIN, or its write side was
- *    shut down), it sets pair->tail[S]; from then on the worker calls
+ *    Tail mode: once pace paused S (or add_pair found a side that left
+ *    ESTABLISHED during the insert), pair->tail[S] is set; from then on
+ *    the worker calls
  *    kg_sockmap_copy_tail(S) whenever S is readable or O writable (poll S
  *    for POLLIN and O for POLLOUT) until it returns 0 (S at EOF).
  *    A flush that never completes (a reader that never reads) ends with
@@ -61,6 +67,17 @@
 #include <sys/types.h>
 
 #include <kgate/sockmap_bpf.h>
+
+/* Bytes a paused source may hold that nobody has moved yet (its receive
+ * queue and psock) before kg_sockmap_pace gives the pair up (-ENOBUFS):
+ * KG_SM_HOLD_BYTES once the bytes waiting for that source's own peer have
+ * not shrunk for KG_SM_STUCK_ROUNDS pace calls (the peer reads nothing
+ * back), KG_SM_HOLD_MAX_BYTES in any case. A paused source's receive
+ * buffer bounds it to KG_SM_RCVBUF-ish except while bytes redirected to
+ * its peer wait unread (see Back-pressure). */
+#define KG_SM_HOLD_BYTES (16u * 1024 * 1024)
+#define KG_SM_HOLD_MAX_BYTES (64u * 1024 * 1024)
+#define KG_SM_STUCK_ROUNDS 100
 
 /* Bytes moved per kg_sockmap_copy_tail call (a stack buffer). */
 #define KG_SM_TAIL_CHUNK 65536
@@ -80,10 +97,15 @@ struct kg_sockmap_pair {
 				 * had read before it was added */
 	uint64_t tail_bytes[2]; /* bytes userspace moved into it (draining a
 				 * paused source, kg_sockmap_copy_tail) */
-	bool paused[2];         /* reading from this side is paused */
-	bool tail[2];           /* this side could not be resumed (it is no
-				 * longer ESTABLISHED): the rest of its data
-				 * goes through kg_sockmap_copy_tail */
+	bool paused[2];         /* the verdict passes this side's bytes to its
+				 * own receive queue (kg_sm_paused) */
+	uint64_t waiting[2];    /* bytes waiting for this side's peer at the
+				 * last pace (kg_sockmap_pace's progress
+				 * check) */
+	uint8_t stuck[2];       /* pace calls since those last shrank */
+	bool tail[2];           /* the rest of this side's data goes through
+				 * kg_sockmap_copy_tail (it was paused, or it
+				 * left ESTABLISHED while being added) */
 };
 
 /* Loads and attaches the verdict program, with room for max_pairs pairs
@@ -116,8 +138,11 @@ int kg_sockmap_add_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair,
  * and always frees the slot. */
 int kg_sockmap_remove_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair);
 
-/* Pauses or resumes each direction from the bytes waiting in front of the
- * receiving side (see Back-pressure above); may set pair->tail[]. */
+/* Once either receiving side has more than KG_SM_PAUSE_BYTES waiting in
+ * front of it, pauses both directions (see Back-pressure above): sets
+ * pair->paused[] and pair->tail[]. -ENOBUFS: a paused side holds more
+ * than the KG_SM_HOLD_BYTES limits (its peer sends but reads nothing
+ * back, which the kernel cannot push back on): close the connection. */
 int kg_sockmap_pace(struct kg_sockmap *sm, struct kg_sockmap_pair *pair);
 
 /* For a side with pair->tail[src] set: once everything the kernel
@@ -144,7 +169,8 @@ int kg_sockmap_flushed(struct kg_sockmap *sm, const struct kg_sockmap_pair *pair
  * for the hot path). */
 struct kg_sockmap_usage {
 	uint32_t socks;      /* kg_sm_tx: sockets added */
-	uint32_t sources;    /* kg_sm_rx: sockets relaying (not paused) */
+	uint32_t sources;    /* kg_sm_rx: sockets the verdict runs on (paused
+			      * ones included) */
 	uint32_t cookies;    /* kg_sm_socks */
 	uint32_t pairs;      /* kg_sm_pairs */
 	uint32_t slots_used; /* the slot allocator's view */

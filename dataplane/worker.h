@@ -80,6 +80,7 @@ struct kg_conn {
 	uint32_t listener_idx;           /* slot index */
 	int cfd; /* client socket */
 	int bfd; /* backend socket, -1 until connecting */
+	bool reset; /* kg_conn_reset: close with RST, never FIN */
 	SSL *ssl;
 	BIO *net_in;  /* ciphertext from the client, read by OpenSSL (owned by ssl) */
 	BIO *net_out; /* client_bio.h: OpenSSL's records into c_out (owned by ssl) */
@@ -241,6 +242,10 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd);
 void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *data);
 void kg_conn_on_client_send(struct kg_conn *c, int res);
 void kg_conn_close(struct kg_conn *c, const char *reason);
+/* kg_conn_close, but both peers get a reset instead of a FIN: for a
+ * connection given up while bytes were still on their way, so that the
+ * early end does not look like a clean one. */
+void kg_conn_reset(struct kg_conn *c, const char *reason);
 /* Frees the connection if nothing is in flight. Returns true if freed. */
 bool kg_conn_release_if_idle(struct kg_conn *c);
 void kg_conn_check_deadline(struct kg_conn *c);

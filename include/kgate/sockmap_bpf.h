@@ -15,12 +15,12 @@
 #define KG_SM_DEFAULT_PAIRS 65536
 
 /* Back-pressure (bpf/README.md): the kernel queues redirected bytes in
- * front of the receiving socket without limit, so userspace stops reading
- * a source when more than KG_SM_PAUSE_BYTES wait in front of its peer's
- * TCP, and resumes below KG_SM_RESUME_BYTES. While paused, the source's
- * own receive buffer (fixed at KG_SM_RCVBUF) bounds what it accepts. */
+ * front of the receiving socket without limit, so userspace pauses a source
+ * (kg_sm_paused) when more than KG_SM_PAUSE_BYTES wait in front of its
+ * peer's TCP; the verdict then passes the source's bytes to its own
+ * receive queue, whose size (fixed at KG_SM_RCVBUF) stops the sender, and
+ * userspace copies the rest of that direction. */
 #define KG_SM_PAUSE_BYTES (4 * 1024 * 1024)
-#define KG_SM_RESUME_BYTES (1024 * 1024)
 #define KG_SM_RCVBUF (256 * 1024)
 
 /* Per-socket entry of kg_sm_socks, keyed by the socket's cookie

@@ -15,7 +15,8 @@ from conftest import ThreadedServer, base_config, closing_factory, path_count, w
 
 MiB = 1 << 20
 # Paths a tcp listener can take on any kernel; sockmap joins when BPF is built.
-# sockmap is refused in this version (pacing can drop an skb): see
+# sockmap is refused in this version (pacing cannot bound a pair that
+# carries data both ways; bpf/README.md): see
 # test_sockmap_forwarding_is_refused_until_pacing_is_fixed.
 TCP_PATHS = ["auto", "splice", "userspace"]
 PATH_COUNTER = {"auto": "splice", "splice": "splice", "userspace": "userspace-copy",
@@ -152,6 +153,8 @@ def test_64mib_each_way_byte_exact(pki, spawn_kgated, servers, forwarding):
         assert not reader.is_alive(), "echo stalled"
     assert got["r"] == (len(data), want)
     assert echo.wait(1) and echo.results[0] == (len(data), want)
+    assert d.terminate() == 0
+    assert path_count(d, PATH_COUNTER[forwarding]) == 1, d.log()
 
 
 @pytest.mark.parametrize("forwarding", TCP_PATHS)

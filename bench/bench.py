@@ -322,6 +322,31 @@ class Haproxy(Proxy):
             wait_port(p, 10, self.proc)
 
 
+def nginx_conf(d, workers, worker_connections, http_body):
+    """nginx.conf for a bench NGINX in folder d: in the foreground, as root,
+    no access log, keep-alive without limits; http_body goes inside http."""
+    return f"""daemon off;
+master_process on;
+user root;
+worker_processes {workers};
+worker_rlimit_nofile 65536;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_timeout 600s;
+  keepalive_requests 1000000;
+{http_body}
+}}
+"""
+
+
 class Nginx(Proxy):
     name = "nginx"
     label = "NGINX http"
@@ -346,29 +371,9 @@ class Nginx(Proxy):
                 "  ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_ecdh_curve X25519:prime256v1;\n"
                 f"  location / {{\n    proxy_pass http://u_{k};\n"
                 "    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n  }\n}")
-        conf = f"""daemon off;
-master_process on;
-user root;
-worker_processes {self.workers};
-worker_rlimit_nofile 65536;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections {2 * e.args.idle + 2000}; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_timeout 600s;
-  keepalive_requests 1000000;
-  proxy_buffers 16 16k;
-  proxy_max_temp_file_size 0;
-{chr(10).join(ups)}
-{chr(10).join(servers)}
-}}
-"""
+        conf = nginx_conf(d, self.workers, 2 * e.args.idle + 2000,
+                          "  proxy_buffers 16 16k;\n  proxy_max_temp_file_size 0;\n" +
+                          "\n".join(ups) + "\n" + "\n".join(servers))
         self.conf_path = os.path.join(d, "nginx.conf")
         with open(self.conf_path, "w") as f:
             f.write(conf)

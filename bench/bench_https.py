@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -49,23 +48,29 @@ def loadavg():
         return [float(x) for x in f.read().split()[:3]]
 
 
-def thread_cpu(pid):
-    """CPU seconds per thread (or per process for NGINX's workers), largest
-    first: how the load spread over the proxy's workers."""
+def tasks(pid):
+    """/proc paths of every thread of pid and its child processes."""
     out = []
     for p in kb.pid_tree(pid):
         try:
-            tids = os.listdir(f"/proc/{p}/task")
+            out += [f"/proc/{p}/task/{t}" for t in os.listdir(f"/proc/{p}/task")]
         except OSError:
             continue
-        for t in tids:
-            try:
-                with open(f"/proc/{p}/task/{t}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            out.append((f"{p}/{t}", (int(rest[11]) + int(rest[12])) / kb.CLK_TCK))
-    return dict(out)
+    return out
+
+
+def thread_cpu(pid):
+    """CPU seconds per thread (or per process for NGINX's workers): how the
+    load spread over the proxy's workers."""
+    out = {}
+    for t in tasks(pid):
+        try:
+            with open(t + "/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[t] = (int(rest[11]) + int(rest[12])) / kb.CLK_TCK
+    return out
 
 
 def sched_stats(pid):
@@ -73,20 +78,15 @@ def sched_stats(pid):
     for a CPU (schedstat run_delay) and voluntary context switches (times a
     thread went to sleep): how much the shared machine delayed the proxy."""
     delay, sleeps = 0.0, 0
-    for p in kb.pid_tree(pid):
+    for t in tasks(pid):
         try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
+            with open(t + "/schedstat") as f:
+                delay += int(f.read().split()[1]) / 1e9
+            with open(t + "/status") as f:
+                m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", f.read(), re.M)
+                sleeps += int(m.group(1)) if m else 0
+        except (OSError, IndexError):
             continue
-        for t in tids:
-            try:
-                with open(f"/proc/{p}/task/{t}/schedstat") as f:
-                    delay += int(f.read().split()[1]) / 1e9
-                with open(f"/proc/{p}/task/{t}/status") as f:
-                    m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", f.read(), re.M)
-                    sleeps += int(m.group(1)) if m else 0
-            except (OSError, IndexError):
-                continue
     return delay, sleeps
 
 
@@ -106,13 +106,8 @@ class StallSampler(threading.Thread):
         self.cpu = {}
 
     def add(self, group, pid):
-        for p in kb.pid_tree(pid):
-            try:
-                tids = os.listdir(f"/proc/{p}/task")
-            except OSError:
-                continue
-            for t in tids:
-                self.group[f"/proc/{p}/task/{t}"] = group
+        for t in tasks(pid):
+            self.group[t] = group
         self.tasks = list(self.group)
 
     def run(self):
@@ -298,26 +293,7 @@ class NginxHttps(kb.Proxy):
         ups = ("upstream u_https {\n" +
                "".join(f"  server 127.0.0.1:{p};\n" for p in e.small_ports) +
                "  keepalive 64;\n  keepalive_requests 1000000;\n  keepalive_timeout 600s;\n}")
-        conf = f"""daemon off;
-master_process on;
-user root;
-worker_processes {self.workers};
-worker_rlimit_nofile 65536;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections {2 * e.args.idle + 2000}; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_timeout 600s;
-  keepalive_requests 1000000;
-{nginx_client_cert_map()}
-{ups}
-server {{
+        server = f"""server {{
   listen 127.0.0.1:{self.ports['small']} ssl;
   ssl_certificate {e.server_cert};
   ssl_certificate_key {e.server_key};
@@ -338,9 +314,9 @@ server {{
     proxy_set_header X-Forwarded-Clientcert-fingerprint $ssl_client_fingerprint;
     proxy_set_header Client-Cert $kg_client_cert;
   }}
-}}
-}}
-"""
+}}"""
+        conf = kb.nginx_conf(d, self.workers, 2 * e.args.idle + 2000,
+                             "\n".join([nginx_client_cert_map(), ups, server]))
         self.conf_path = os.path.join(d, "nginx.conf")
         with open(self.conf_path, "w") as f:
             f.write(conf)

@@ -18,8 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -217,26 +215,17 @@ class KgatedHttps(kb.Proxy):
         kb.wait_for(self.log, r"( event=kgated\.ready |kgated ready \(pid)", 10, self.proc)
 
 
-class HaproxyHttp(kb.Proxy):
-    name = "haproxy-http"
-    label = "HAProxy mode http"
+class HaproxyHttp(kb.Haproxy):
+    """HAProxy mode http with the identity headers; bench.py's start."""
+
+    def __init__(self, env, workers):
+        super().__init__(env, workers, "http")
 
     def prepare(self):
         e = self.env
         self.ports["small"] = kb.free_port()
-        bind = (f"ssl crt {e.haproxy_pem} ca-file {e.ca} verify required "
-                "ssl-min-ver TLSv1.2 curves X25519:P-256")
-        lines = [
-            "global",
-            f"  nbthread {self.workers}",
-            f"  maxconn {e.args.idle + 2000}",
-            "defaults",
-            "  mode http",
-            "  timeout connect 5s",
-            "  timeout client 600s",
-            "  timeout server 600s",
-            "  timeout http-keep-alive 600s",
-            "  option http-keep-alive",
+        bind, lines = self.common_config()
+        lines += [
             "frontend f_https",
             f"  bind 127.0.0.1:{self.ports['small']} {bind}",
             # set-header replaces any copy the client sent, like kgated.
@@ -253,18 +242,7 @@ class HaproxyHttp(kb.Proxy):
             "  http-reuse always",
         ]
         lines += [f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(e.small_ports)]
-        self.conf_path = os.path.join(e.work, f"{self.name}-w{self.workers}.cfg")
-        with open(self.conf_path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        chk = subprocess.run([e.haproxy, "-c", "-f", self.conf_path], capture_output=True,
-                             text=True)
-        if chk.returncode != 0:
-            raise BenchError(f"haproxy -c refused {self.conf_path}: {chk.stdout}{chk.stderr}")
-
-    def start(self):
-        logf = os.path.join(self.env.work, f"{self.name}-w{self.workers}.log")
-        self.proc = self.env.procs.start([self.env.haproxy, "-db", "-f", self.conf_path], logf)
-        kb.wait_port(self.ports["small"], 10, self.proc)
+        self.write_config(lines)
 
 
 # NGINX has no base64-DER variable: the PEM body is the same base64 split in
@@ -281,9 +259,8 @@ def nginx_client_cert_map():
             f"\"{value}\";\n  default \"\";\n}}")
 
 
-class NginxHttps(kb.Proxy):
-    name = "nginx"
-    label = "NGINX http"
+class NginxHttps(kb.Nginx):
+    """NGINX with the identity headers; bench.py's start."""
 
     def prepare(self):
         e = self.env
@@ -317,15 +294,7 @@ class NginxHttps(kb.Proxy):
 }}"""
         conf = kb.nginx_conf(d, self.workers, 2 * e.args.idle + 2000,
                              "\n".join([nginx_client_cert_map(), ups, server]))
-        self.conf_path = os.path.join(d, "nginx.conf")
-        with open(self.conf_path, "w") as f:
-            f.write(conf)
-        chk = subprocess.run([e.nginx, "-t", "-q", "-p", d, "-c", self.conf_path],
-                             capture_output=True, text=True)
-        if chk.returncode != 0:
-            raise BenchError(f"nginx -t refused {self.conf_path}: {chk.stderr.strip()}")
-
-    start = kb.Nginx.start
+        self.write_config(d, conf)
 
 
 # ---- the environment -----------------------------------------------------------
@@ -403,12 +372,7 @@ class Env(kb.Env):
                                      f"want [{v[:60]}]")
             if code != "200":
                 raise BenchError(f"{proxy.name}: /echo status {code}")
-        for what, cert, key in (("without a certificate", None, None),
-                                ("with another CA's certificate", self.stranger_cert,
-                                 self.stranger_key)):
-            rc, code, _ = self.curl(port, cert, key)
-            if rc == 0 and code == "200":
-                raise BenchError(f"{proxy.name}: a client {what} got 200")
+        self.check_refused(proxy, port)
         log(f"{proxy.name} w={proxy.workers}: 6 GETs on one connection alternate "
             f"({' '.join(who)}); identity headers right, client copies replaced; "
             "refused without a certificate and with another CA's")
@@ -539,11 +503,7 @@ def run(args):
                                   for l in f if " event=worker.stopped " in l]
         versions = kb.tool_versions(env)
     finally:
-        env.procs.stop_all()
-        if args.keep:
-            log(f"kept {env.work}")
-        else:
-            shutil.rmtree(env.work, ignore_errors=True)
+        env.cleanup()
     write_results(args, rows, idle_rows, notes, versions, load_start, loadavg())
 
 
@@ -649,15 +609,7 @@ def main():
     args.proxies = args.proxies.split()
     if args.base_kgated and "kgated-base" not in args.proxies:
         args.proxies.insert(0, "kgated-base")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        run(args)
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return kb.run_main(run, args)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ class KgatedHttps(kb.Proxy):
         argv = [self.binary, "--config", self.conf_path, "--workers", str(self.workers)]
         if os.geteuid() == 0:
             argv += ["--user", "root"]  # the bench's private work folder
+        self.logs = getattr(self, "logs", []) + [self.log]
         self.proc = self.env.procs.start(argv, self.log)
         # The second form is the line of kgated builds older than the
         # logfmt logs, which --base-kgated may name.
@@ -416,6 +417,8 @@ class Env(kb.Env):
             res[f"p{m.group(1)}"] = int(m.group(2)) / 1000.0
         m = re.search(r"latency_max (\d+)", text)
         res["max_ms"] = int(m.group(1)) / 1000.0 if m else float("nan")
+        kinds = re.findall(r"(?:Socket errors: (.*)|Non-2xx or 3xx responses: (\d+))", text)
+        res["error_kinds"] = "; ".join(a or f"non-2xx {b}" for a, b in kinds) or "-"
         res["cpu_s"] = c1 - c0
         res["cpu_us"] = res["cpu_s"] * 1e6 / res["requests"]
         res["split"] = split_text(t0, t1, proxy.workers)
@@ -433,7 +436,7 @@ class Env(kb.Env):
 # ---- plan and results --------------------------------------------------------------
 FIELDS = ["workers", "proxy", "round", "load1", "rps", "requests", "cpu_s", "cpu_us",
           "p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms", "errors", "split",
-          "conns_seen", "conn_min", "conn_max", "wait_ms_s", "sleeps_per_req", "stalls"]
+          "conns_seen", "conn_min", "conn_max", "wait_ms_s", "sleeps_per_req", "stalls", "error_kinds"]
 
 
 def run(args):
@@ -475,7 +478,7 @@ def run(args):
                         f"{r['conn_max']:.2f}x mean, runqueue wait {r['wait_ms_s']:.0f} ms/s, "
                         f"sleeps/req {r['sleeps_per_req']:.3f}, gaps >=50 ms without CPU (count/"
                         f"longest ms) {r['stalls']}, load {r['load1']:.2f}, "
-                        f"errors {r['errors']}")
+                        f"errors {r['errors']} ({r['error_kinds']})")
                     rows.append({"workers": w, "proxy": p.name, "round": rnd,
                                  "load1": r["load1"], "rps": r["rps"],
                                  "requests": r["requests"], "cpu_s": r["cpu_s"],
@@ -487,7 +490,7 @@ def run(args):
                                  "conn_min": r["conn_min"], "conn_max": r["conn_max"],
                                  "wait_ms_s": r["wait_ms_s"],
                                  "sleeps_per_req": r["sleeps_per_req"],
-                                 "stalls": r["stalls"]})
+                                 "stalls": r["stalls"], "error_kinds": r["error_kinds"]})
             if args.idle > 0:
                 for p in proxies:
                     before, after, per = env.idle_rss(p)
@@ -498,9 +501,12 @@ def run(args):
             for p in proxies:
                 p.stop()
                 if isinstance(p, KgatedHttps):
-                    with open(p.log) as f:
-                        notes += [f"{p.name} w={w}: {l.split(' event=', 1)[-1].strip()}"
-                                  for l in f if " event=worker.stopped " in l]
+                    # The first instance ran the loads; a later one, the idle test.
+                    for i, path in enumerate(p.logs):
+                        with open(path) as f:
+                            notes += [f"{p.name} w={w} ({'loads' if i == 0 else 'idle'}): "
+                                      f"{l.split(' event=', 1)[-1].strip()}"
+                                      for l in f if " event=worker.stopped " in l]
         versions = kb.tool_versions(env)
     finally:
         env.cleanup()

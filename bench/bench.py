@@ -245,7 +245,7 @@ class Kgated(Proxy):
                 self.stop()
                 lines = open(self.log).read().splitlines()
                 why = [l for l in lines if "sockmap" in l and "error" in l] or \
-                      [l for l in lines if "sockmap" in l and "stopped:" not in l]
+                      [l for l in lines if "sockmap" in l and " event=worker.stopped " not in l]
                 if not why:
                     raise e
                 self.notes.append(f"kgated sockmap relay skipped: {why[-1].strip()}")

@@ -245,7 +245,7 @@ class Kgated(Proxy):
                 self.stop()
                 lines = open(self.log).read().splitlines()
                 why = [l for l in lines if "sockmap" in l and "error" in l] or \
-                      [l for l in lines if "sockmap" in l and "stopped:" not in l]
+                      [l for l in lines if "sockmap" in l and " event=worker.stopped " not in l]
                 if not why:
                     raise e
                 self.notes.append(f"kgated sockmap relay skipped: {why[-1].strip()}")
@@ -285,9 +285,23 @@ class Haproxy(Proxy):
             self.ports[k] = free_port()
         if self.mode == "tcp":
             self.relays["haproxy"] = free_port()
+        bind, lines = self.common_config()
+        for k, ports in (("small", e.small_ports), ("big", e.big_ports)):
+            lines += [f"frontend f_{k}", f"  bind 127.0.0.1:{self.ports[k]} {bind}",
+                      f"  default_backend b_{k}", f"backend b_{k}", "  balance roundrobin"]
+            lines += [f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports)]
+        if self.mode == "tcp":
+            lines += ["frontend f_bulk", f"  bind 127.0.0.1:{self.relays['haproxy']}",
+                      "  default_backend b_bulk", "backend b_bulk",
+                      f"  server s0 127.0.0.1:{e.bulk_port}"]
+        self.write_config(lines)
+
+    def common_config(self):
+        """The mTLS bind options, and the global and defaults sections."""
+        e = self.env
         bind = (f"ssl crt {e.haproxy_pem} ca-file {e.ca} verify required "
                 "ssl-min-ver TLSv1.2 curves X25519:P-256")
-        lines = [
+        return bind, [
             "global",
             f"  nbthread {self.workers}",
             f"  maxconn {e.args.idle + 2000}",
@@ -299,14 +313,10 @@ class Haproxy(Proxy):
             "  timeout server 600s",
             "  timeout http-keep-alive 600s",
         ]
-        for k, ports in (("small", e.small_ports), ("big", e.big_ports)):
-            lines += [f"frontend f_{k}", f"  bind 127.0.0.1:{self.ports[k]} {bind}",
-                      f"  default_backend b_{k}", f"backend b_{k}", "  balance roundrobin"]
-            lines += [f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports)]
-        if self.mode == "tcp":
-            lines += ["frontend f_bulk", f"  bind 127.0.0.1:{self.relays['haproxy']}",
-                      "  default_backend b_bulk", "backend b_bulk",
-                      f"  server s0 127.0.0.1:{e.bulk_port}"]
+
+    def write_config(self, lines):
+        """Writes the configuration lines and has haproxy -c check them."""
+        e = self.env
         self.conf_path = os.path.join(e.work, f"{self.name}-w{self.workers}.cfg")
         with open(self.conf_path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -320,6 +330,31 @@ class Haproxy(Proxy):
         self.proc = self.env.procs.start([self.env.haproxy, "-db", "-f", self.conf_path], logf)
         for p in list(self.ports.values()) + list(self.relays.values()):
             wait_port(p, 10, self.proc)
+
+
+def nginx_conf(d, workers, worker_connections, http_body):
+    """nginx.conf for a bench NGINX in folder d: in the foreground, as root,
+    no access log, keep-alive without limits; http_body goes inside http."""
+    return f"""daemon off;
+master_process on;
+user root;
+worker_processes {workers};
+worker_rlimit_nofile 65536;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_timeout 600s;
+  keepalive_requests 1000000;
+{http_body}
+}}
+"""
 
 
 class Nginx(Proxy):
@@ -346,33 +381,17 @@ class Nginx(Proxy):
                 "  ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_ecdh_curve X25519:prime256v1;\n"
                 f"  location / {{\n    proxy_pass http://u_{k};\n"
                 "    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n  }\n}")
-        conf = f"""daemon off;
-master_process on;
-user root;
-worker_processes {self.workers};
-worker_rlimit_nofile 65536;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections {2 * e.args.idle + 2000}; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_timeout 600s;
-  keepalive_requests 1000000;
-  proxy_buffers 16 16k;
-  proxy_max_temp_file_size 0;
-{chr(10).join(ups)}
-{chr(10).join(servers)}
-}}
-"""
+        conf = nginx_conf(d, self.workers, 2 * e.args.idle + 2000,
+                          "  proxy_buffers 16 16k;\n  proxy_max_temp_file_size 0;\n" +
+                          "\n".join(ups) + "\n" + "\n".join(servers))
+        self.write_config(d, conf)
+
+    def write_config(self, d, conf):
+        """Writes d/nginx.conf and has nginx -t check it."""
         self.conf_path = os.path.join(d, "nginx.conf")
         with open(self.conf_path, "w") as f:
             f.write(conf)
-        chk = subprocess.run([e.nginx, "-t", "-q", "-p", d, "-c", self.conf_path],
+        chk = subprocess.run([self.env.nginx, "-t", "-q", "-p", d, "-c", self.conf_path],
                              capture_output=True, text=True)
         if chk.returncode != 0:
             raise BenchError(f"nginx -t refused {self.conf_path}: {chk.stderr.strip()}")
@@ -453,6 +472,14 @@ class Env:
             if not tool or not os.path.exists(tool):
                 raise BenchError(f"missing tool {tool} (bench/run installs and builds them)")
 
+    def cleanup(self):
+        """Stops every process started; removes the work folder unless --keep."""
+        self.procs.stop_all()
+        if self.args.keep:
+            log(f"kept {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
     # -- certificates: two CAs with kgatectl, the second for the rejection check
     def kgatectl_run(self, *argv):
         r = subprocess.run([self.kgatectl, *argv], capture_output=True, text=True)
@@ -510,6 +537,15 @@ class Env:
         body, _, code = r.stdout.rpartition("\n")
         return r.returncode, code.strip(), body
 
+    def check_refused(self, proxy, port):
+        """No 200 without a client certificate or with another CA's."""
+        for what, cert, key in (("without a certificate", None, None),
+                                ("with another CA's certificate", self.stranger_cert,
+                                 self.stranger_key)):
+            rc, code, _ = self.curl(port, cert, key)
+            if rc == 0 and code == "200":
+                raise BenchError(f"{proxy.name}: a client {what} got 200")
+
     def check(self, proxy):
         port = proxy.ports["small"]
         seen = []
@@ -521,12 +557,7 @@ class Env:
             seen.append(body.split()[1])
         if set(seen) != {"b1", "b2"}:
             raise BenchError(f"{proxy.name}: backends did not alternate: {seen}")
-        for what, cert, key in (("without a certificate", None, None),
-                                ("with another CA's certificate", self.stranger_cert,
-                                 self.stranger_key)):
-            rc, code, _ = self.curl(port, cert, key)
-            if rc == 0 and code == "200":
-                raise BenchError(f"{proxy.name}: a client {what} got 200")
+        self.check_refused(proxy, port)
         rc, code, body = self.curl(proxy.ports["big"], self.client_cert, self.client_key)
         if rc != 0 or code != "200" or len(body) != BIG_BODY:
             raise BenchError(f"{proxy.name}: 1 MiB response: curl {rc}, status {code}, "
@@ -702,11 +733,7 @@ def run(args):
                         notes.append(f"kgated w={w} (last instance) {c}")
         versions = tool_versions(env)
     finally:
-        env.procs.stop_all()
-        if args.keep:
-            log(f"kept {env.work}")
-        else:
-            shutil.rmtree(env.work, ignore_errors=True)
+        env.cleanup()
     load_end = open("/proc/loadavg").read().split()[:3]
     write_results(args, rows, notes, versions, load_start, load_end)
 
@@ -871,6 +898,19 @@ plot for [i=2:{len(proxies) + 1}] "{base}.dat" using i:xtic(1) title columnheade
     os.remove(base + ".dat")
 
 
+def run_main(run_fn, args):
+    """Runs run_fn(args) with SIGTERM as an exit; the process's exit status."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run_fn(args)
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description="kgated vs HAProxy and NGINX (see bench/README.md)")
     p.add_argument("--build", default=os.path.join(ROOT, "build-bench"))
@@ -899,15 +939,7 @@ def main():
     args.proxies = args.proxies.split()
     if "haproxy-tcp" not in args.proxies or "nginx" not in args.proxies:
         log("note: ratios need haproxy-tcp and nginx in --proxies")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        run(args)
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_main(run, args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
  * measures the proxy and not the origin. Requests are assumed bodiless
  * (benchmark GETs); a request asking for "Connection: close" gets its answer
  * with the same header and the socket closed, which is what makes wrk
- * reconnect (it decides on the response's headers).
+ * reconnect (it decides on the response's headers). A request for "/echo"
+ * gets "backend NAME" and its own head back as the body, so a bench can
+ * check which headers a proxy added.
  *
  * Usage: http_backend [--bind ADDR] [--port N] [--name NAME] [--body-bytes N]
  * Prints "http_backend NAME listening on ADDR:PORT" once bound (port 0: the
@@ -43,6 +45,7 @@ struct conn {
 struct server {
 	int epfd;
 	int lfd;
+	const char *name;
 	char *resp_keep;
 	size_t resp_keep_len;
 	char *resp_close;
@@ -203,6 +206,27 @@ static bool wants_close(const char *head, size_t len)
 	return false;
 }
 
+/* A request line "GET /echo ..." (the bench's header check). */
+static bool is_echo(const char *head, size_t len)
+{
+	static const char line[] = "GET /echo ";
+	return len >= sizeof(line) - 1 && memcmp(head, line, sizeof(line) - 1) == 0;
+}
+
+/* 200 with "backend NAME\n" and the request head as the body, kept alive. */
+static int append_echo(struct server *srv, struct conn *c, const char *head, size_t len)
+{
+	char top[160];
+	int n = snprintf(top, sizeof(top),
+			 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n\r\n"
+			 "backend %s\n", strlen("backend \n") + strlen(srv->name) + len, srv->name);
+	if (n < 0 || (size_t)n >= sizeof(top))
+		return -E2BIG;
+	if (out_append(c, top, (size_t)n) != 0 || out_append(c, head, len) != 0)
+		return -ENOMEM;
+	return 0;
+}
+
 /* 1: keep the connection, 0: close it (done or error). */
 static int flush_out(struct server *srv, struct conn *c)
 {
@@ -247,7 +271,10 @@ static int answer_requests(struct server *srv, struct conn *c)
 		if (!end)
 			break;
 		head_len = (size_t)(end - (c->in + off)) + 4;
-		if (wants_close(c->in + off, head_len)) {
+		if (is_echo(c->in + off, head_len)) {
+			if (append_echo(srv, c, c->in + off, head_len) != 0)
+				return -ENOMEM;
+		} else if (wants_close(c->in + off, head_len)) {
 			c->close_after = true;
 			if (out_append(c, srv->resp_close, srv->resp_close_len) != 0)
 				return -ENOMEM;
@@ -375,6 +402,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	srv.name = name;
 	srv.resp_keep = build_response(name, (size_t)body, false, &srv.resp_keep_len);
 	srv.resp_close = build_response(name, (size_t)body, true, &srv.resp_close_len);
 	if (!srv.resp_keep || !srv.resp_close) {

@@ -803,7 +803,8 @@ void kg_conn_check_deadline(struct kg_conn *c)
 void kg_conn_trim_idle(struct kg_conn *c)
 {
 	const struct kg_worker *w = c->worker;
-	if (c->state != KG_CONN_FORWARDING || c->path != KG_PATH_USERSPACE || !c->ssl ||
+	if (c->state != KG_CONN_FORWARDING ||
+	    (c->path != KG_PATH_USERSPACE && c->path != KG_PATH_HTTP) || !c->ssl ||
 	    c->bio_grown < BIO_TRIM_BYTES || c->c_send_busy || c->c_out.data ||
 	    BIO_pending(c->net_in) > 0 || kg_client_spill_pending(c) > 0)
 		return;

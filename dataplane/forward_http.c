@@ -74,7 +74,11 @@ struct kg_http_conn {
 
 	/* Plaintext from the client: [0, rsent) forwarded or skipped,
 	 * [rsent, rparsed) parsed and due to the backend, [rparsed, rlen)
-	 * not parsed yet (pipelined requests wait here). */
+	 * not parsed yet (pipelined requests wait here). Both buffers are
+	 * lent (io_buf_get) only while they hold or await bytes: rbuf from a
+	 * read until the connection is idle and empty again, bbuf while a
+	 * backend connection is attached; an idle keep-alive connection
+	 * holds neither (NULL). */
 	unsigned char *rbuf;
 	uint32_t rcap, rlen, rsent, rparsed;
 	/* From the backend: [0, bparsed) handed to OpenSSL, the rest not yet. */
@@ -122,6 +126,21 @@ struct kg_http_conn {
 static const struct kg_http_conf *conf_of(const struct kg_conn *c)
 {
 	return &c->listener->conf->http;
+}
+
+/* A cap-byte buffer: the worker's send-buffer pool serves the usual size
+ * (max_header_bytes up to 16 KiB), larger ones are allocated. */
+static unsigned char *io_buf_get(struct kg_conn *c, uint32_t cap)
+{
+	return cap <= KG_POOL_BUF_SIZE ? kg_buf_get(&c->worker->bufs) : malloc(cap);
+}
+
+static void io_buf_put(struct kg_conn *c, unsigned char *buf, uint32_t cap)
+{
+	if (cap <= KG_POOL_BUF_SIZE)
+		kg_buf_put(&c->worker->bufs, buf);
+	else
+		free(buf);
 }
 
 static void advance(struct kg_conn *c);
@@ -205,6 +224,9 @@ static void detach_backend(struct kg_conn *c, bool reusable)
 		kg_health_conn_end(c->listener->health, (size_t)c->member);
 	c->member_counted = false;
 	h->reused = false;
+	io_buf_put(c, h->bbuf, h->bcap);
+	h->bbuf = NULL;
+	h->blen = h->bparsed = 0;
 }
 
 /* A response made by kgate: 400, 408, 431, 502, 503, 504. The connection
@@ -264,12 +286,21 @@ static bool read_client(struct kg_conn *c)
 		client_gone(c);
 		return false;
 	}
+	if (!h->rbuf && !(h->rbuf = io_buf_get(c, h->rcap))) {
+		kg_conn_close(c, "out of memory for a request buffer");
+		return false;
+	}
 	int n = h->io->read(c, h->rbuf + h->rlen, h->rcap - h->rlen);
 	if (n > 0) {
 		h->rlen += (uint32_t)n;
 		c->worker->stats.forwarded_c2b += (uint64_t)n;
 		h->pump.spurious = 0;
 		return true;
+	}
+	if (h->rstate == R_IDLE && h->rlen == 0) {
+		/* Nothing between requests: the buffer goes back. */
+		io_buf_put(c, h->rbuf, h->rcap);
+		h->rbuf = NULL;
 	}
 	if (n == KG_CIO_WANT && h->io->kernel) {
 		kg_pump_wait_client_in(c, &h->pump);
@@ -330,6 +361,10 @@ static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
 	h->resp.head_only_response = kg_http_is_head_method(&h->req);
 	h->rstate = R_SEND;
 	h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+	if (!h->bbuf && !(h->bbuf = io_buf_get(c, h->bcap))) {
+		kg_conn_close(c, "out of memory for a response buffer"); /* closes fd too */
+		return;
+	}
 	arm_backend_recv(c);
 }
 
@@ -934,9 +969,7 @@ int kg_forward_http_start(struct kg_conn *c, const struct kg_client_io *io, cons
 	h->bcap = h->rcap;
 	if (early_len > h->rcap)
 		h->rcap = (uint32_t)early_len; /* at most a record and a bit (conn.c) */
-	h->rbuf = malloc(h->rcap);
-	h->bbuf = malloc(h->bcap);
-	if (!h->rbuf || !h->bbuf || kg_http_msg_init(&h->req, true, hc->max_headers) < 0 ||
+	if (kg_http_msg_init(&h->req, true, hc->max_headers) < 0 ||
 	    kg_http_msg_init(&h->resp, false, hc->max_headers) < 0)
 		return -ENOMEM;
 
@@ -960,8 +993,11 @@ int kg_forward_http_start(struct kg_conn *c, const struct kg_client_io *io, cons
 	if (cert)
 		X509_NAME_oneline(X509_get_subject_name(cert), h->subject, sizeof(h->subject));
 
-	if (early_len > 0)
+	if (early_len > 0) {
+		if (!(h->rbuf = io_buf_get(c, h->rcap)))
+			return -ENOMEM;
 		memcpy(h->rbuf, early, early_len);
+	}
 	h->rlen = (uint32_t)early_len;
 	c->worker->stats.forwarded_c2b += early_len;
 	h->rstate = R_IDLE;
@@ -1062,8 +1098,8 @@ void kg_forward_http_free(struct kg_conn *c)
 	kg_buf_free(&h->out);
 	kg_hop_free(&h->pump.c2b);
 	kg_hop_free(&h->pump.b2c);
-	free(h->rbuf);
-	free(h->bbuf);
+	io_buf_put(c, h->rbuf, h->rcap);
+	io_buf_put(c, h->bbuf, h->bcap);
 	free(h);
 	c->http = NULL;
 }

@@ -51,6 +51,7 @@ static void sum_workers(const struct kg_runtime *rt, struct kg_counters *sum)
 		sum->http_backend_connects += c->http_backend_connects;
 		sum->http_spliced_c2b += c->http_spliced_c2b;
 		sum->http_spliced_b2c += c->http_spliced_b2c;
+		sum->handed_over += c->handed_over;
 	}
 }
 
@@ -134,6 +135,7 @@ json_object *kg_stats_json(struct kg_ops *ops, const char *listener)
 	add_u64(be, "http_pooled_reuses", sum.http_pool_reused);
 	add_u64(conns, "http_requests", sum.http_requests);
 	add_u64(conns, "http_errors", sum.http_errors);
+	add_u64(conns, "handed_over", sum.handed_over);
 	json_object_object_add(o, "connections", conns);
 	json_object_object_add(o, "handshakes", hs);
 	json_object_object_add(o, "bytes", bytes);
@@ -209,6 +211,8 @@ char *kg_metrics_text(struct kg_ops *ops)
 	       "Backend connects made for https requests.", s.http_backend_connects);
 	metric(&t, "http_pooled_reuses_total", "counter",
 	       "https requests sent on a pooled keep-alive backend connection.", s.http_pool_reused);
+	metric(&t, "connections_handed_over_total", "counter",
+	       "Connections a worker accepted and gave to a less loaded worker.", s.handed_over);
 	metric(&t, "health_checks_total", "counter", "Active health checks run.", s.health_checks);
 	metric(&t, "health_checks_failed_total", "counter", "Active health checks that failed.",
 	       s.health_checks_failed);
@@ -257,6 +261,12 @@ char *kg_metrics_text(struct kg_ops *ops)
 		put(&t, "kgate_listener_handshakes_total{listener=\"%s\",result=\"failed\"} %llu\n",
 		    l->name, (unsigned long long)atomic_load(&l->counters.handshake_failed));
 	}
+	put(&t, "# HELP kgate_worker_connections Connections each worker owns now (accepted "
+		"connections are spread evenly over the workers).\n"
+		"# TYPE kgate_worker_connections gauge\n");
+	for (unsigned i = 0; i < ops->rt->n_workers; i++)
+		put(&t, "kgate_worker_connections{worker=\"%u\"} %u\n", i,
+		    (unsigned)atomic_load(&ops->rt->workers[i]->n_conns));
 	put(&t, "# HELP kgate_io_uring_ring_info Each worker's io_uring ring: set-up flags, "
 		"whether SINGLE_ISSUER|DEFER_TASKRUN was refused, the kernel's feature flags.\n"
 		"# TYPE kgate_io_uring_ring_info gauge\n");

@@ -104,6 +104,7 @@ struct kg_counters {
 	uint64_t http_backend_connects; /* https: backend connects started */
 	uint64_t http_spliced_c2b;     /* https on kTLS: request body bytes spliced */
 	uint64_t http_spliced_b2c;     /* https on kTLS: response body bytes spliced */
+	uint64_t handed_over;          /* accepted here, given to a less loaded worker */
 };
 
 struct kg_worker;

@@ -14,6 +14,7 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "accept_balance.h"
 #include "backend_pool.h"
 #include "health.h"
 
@@ -82,10 +83,34 @@ static void arm_tick(struct kg_worker *w)
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_TICK, 0, -1));
 }
 
+static void post_cmd(struct kg_worker *w, struct kg_wcmd *cmd);
+
+/* The least loaded worker takes the connection (accept_balance.h). A
+ * hand-over that cannot be allocated keeps it here. */
+static void place_accepted(struct kg_worker *w, uint32_t li, int fd)
+{
+	struct kg_runtime *rt = w->rt;
+	uint32_t loads[KG_MAX_WORKERS];
+	unsigned n = rt->n_workers;
+	for (unsigned i = 0; i < n; i++)
+		loads[i] = atomic_load_explicit(&rt->workers[i]->n_conns, memory_order_relaxed) +
+			   atomic_load_explicit(&rt->workers[i]->incoming, memory_order_relaxed);
+	unsigned to = n > 1 && !w->draining ? kg_accept_owner(loads, n, w->id) : w->id;
+	struct kg_wcmd *cmd = to != w->id ? malloc(sizeof(*cmd)) : NULL;
+	if (!cmd) {
+		kg_conn_accept(w, li, fd);
+		return;
+	}
+	*cmd = (struct kg_wcmd){.op = KG_WCMD_ADOPT, .slot = li, .fd = fd};
+	atomic_fetch_add_explicit(&rt->workers[to]->incoming, 1, memory_order_relaxed);
+	w->stats.handed_over++;
+	post_cmd(rt->workers[to], cmd);
+}
+
 static void on_accept(struct kg_worker *w, uint32_t li, const struct io_uring_cqe *cqe)
 {
 	if (cqe->res >= 0) {
-		kg_conn_accept(w, li, cqe->res);
+		place_accepted(w, li, cqe->res);
 	} else if (cqe->res != -ECANCELED) {
 		/* EMFILE/ENFILE/ENOMEM: the accept is re-armed on the next
 		 * tick rather than at once, so a full fd table cannot spin. */
@@ -179,6 +204,12 @@ static void run_command(struct kg_worker *w, struct kg_wcmd *cmd)
 		replace_checker(w);
 		cmd_done(cmd);
 		return;
+	case KG_WCMD_ADOPT:
+		/* A draining worker or a removed listener closes it there. */
+		kg_conn_accept(w, li, cmd->fd);
+		atomic_fetch_sub_explicit(&w->incoming, 1, memory_order_relaxed);
+		free(cmd);
+		return;
 	}
 }
 
@@ -262,6 +293,20 @@ static void on_wake(struct kg_worker *w, int res)
 	arm_wake(w);
 }
 
+/* Queues cmd for w and wakes it; any thread. */
+static void post_cmd(struct kg_worker *w, struct kg_wcmd *cmd)
+{
+	uint64_t one = 1;
+	pthread_mutex_lock(&w->cmd_lock);
+	cmd->next = w->cmds;
+	w->cmds = cmd;
+	pthread_mutex_unlock(&w->cmd_lock);
+	/* An eventfd write only fails on counter overflow, which a worker
+	 * reading it cannot let happen. */
+	if (write(w->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
+		log_err("worker.wake_failed", KV("worker", w->id), KV_ERRNO(errno));
+}
+
 static void post_and_wait(struct kg_runtime *rt, enum kg_wcmd_op op, uint32_t slot,
 			  int *fds)
 {
@@ -270,18 +315,9 @@ static void post_and_wait(struct kg_runtime *rt, enum kg_wcmd_op op, uint32_t sl
 	pthread_mutex_init(&batch.lock, NULL);
 	pthread_cond_init(&batch.done, NULL);
 	for (unsigned i = 0; i < rt->n_workers; i++) {
-		struct kg_worker *w = rt->workers[i];
-		uint64_t one = 1;
 		cmds[i] = (struct kg_wcmd){.op = op, .slot = slot, .fd = fds ? fds[i] : -1,
 					   .batch = &batch};
-		pthread_mutex_lock(&w->cmd_lock);
-		cmds[i].next = w->cmds;
-		w->cmds = &cmds[i];
-		pthread_mutex_unlock(&w->cmd_lock);
-		/* An eventfd write only fails on counter overflow, which a
-		 * worker reading it cannot let happen. */
-		if (write(w->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
-			log_err("worker.wake_failed", KV("worker", w->id), KV_ERRNO(errno));
+		post_cmd(rt->workers[i], &cmds[i]);
 	}
 	pthread_mutex_lock(&batch.lock);
 	while (batch.pending > 0)
@@ -622,7 +658,8 @@ static void *worker_main(void *arg)
 		 KV("http_backend_connects", s->http_backend_connects),
 		 KV("http_pool_reused", s->http_pool_reused),
 		 KV("http_spliced_c2b", s->http_spliced_c2b),
-		 KV("http_spliced_b2c", s->http_spliced_b2c));
+		 KV("http_spliced_b2c", s->http_spliced_b2c),
+		 KV("handed_over", s->handed_over));
 	if (w->bufs.enobufs)
 		log_info("worker.bufring_empty", KV("worker", w->id),
 			 KV("receives", w->bufs.enobufs), KV("ring_buffers", w->bufs.n_ring_bufs));
@@ -696,6 +733,16 @@ void kg_worker_destroy(struct kg_worker *w)
 		if (w->listen_fds[li] >= 0)
 			close(w->listen_fds[li]);
 	close(w->wake_fd);
+	/* Connections handed over after this worker stopped: nobody waits
+	 * for these commands, so they are closed and freed here. */
+	for (struct kg_wcmd *cmd = w->cmds, *next; cmd; cmd = next) {
+		next = cmd->next;
+		if (cmd->op == KG_WCMD_ADOPT) {
+			close(cmd->fd);
+			free(cmd);
+		}
+	}
+	w->cmds = NULL;
 	kg_backend_pool_destroy(w->pool);
 	kg_health_checker_destroy(w->health);
 	for (size_t i = 0; i < w->n_retired; i++)

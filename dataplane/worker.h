@@ -130,6 +130,8 @@ enum kg_wcmd_op {
 	KG_WCMD_LISTEN,   /* take fd and arm multishot accept on it */
 	KG_WCMD_UNLISTEN, /* cancel accept, close the socket; connections stay */
 	KG_WCMD_HEALTH,   /* rebuild the health checker from the published listeners */
+	KG_WCMD_ADOPT,    /* another worker accepted fd on slot for this one
+			   * (accept_balance.h); nobody waits: the worker frees it */
 };
 
 struct kg_wcmd_batch {
@@ -176,7 +178,11 @@ struct kg_worker {
 	uint32_t *free_slots;   /* stack of free indices */
 	uint32_t n_free;
 	uint32_t capacity;
-	uint32_t n_conns;
+	/* Written by this worker, read by the others when they accept
+	 * (accept_balance.h): connections in the slot table, and connections
+	 * another worker handed over that this one has not adopted yet. */
+	_Atomic uint32_t n_conns;
+	_Atomic uint32_t incoming;
 	uint32_t high_water;    /* slots [0, high_water) may be in use */
 	uint64_t now_ms;
 	struct __kernel_timespec tick_interval;

@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -606,6 +607,45 @@ def test_backend_pool_reuses_connections(pki, spawn_kgated, backends):
         assert res.returncode == 0 and parse_curl(res.stdout)[0][2] == 200
     assert len(a.requests) + len(b.requests) == n
     assert a.conns + b.conns <= 4, (a.conns, b.conns)
+
+
+def _worker_connections(mport):
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport,
+                                  timeout=10).read().decode()
+    return [int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("kgate_worker_connections{")]
+
+
+def test_connections_spread_evenly_over_workers(pki, spawn_kgated, backends, raw_conns):
+    """Each worker has its own SO_REUSEPORT socket and the kernel picks one
+    by a hash of the addresses, which can leave one worker with far more of
+    a few long-lived keep-alive connections: accepted connections are
+    handed to the least loaded worker, so 64 connections opened one after
+    another end up 32/32 (by the hash alone: about 1 chance in 10)."""
+    a, b = backends("A", "B")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    mport = s.getsockname()[1]
+    s.close()
+    d = spawn_kgated(base_config(pki, [https_listener(pki, [a, b])], workers=2),
+                     args=["--metrics", "127.0.0.1:%d" % mport])
+    conns = []
+    for i in range(64):
+        r = raw_conns(pki, d.port)
+        r.send(b"GET /w%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i)
+        status, _, _ = r.response()
+        assert status == 200
+        conns.append(r)
+    assert _worker_connections(mport) == [32, 32]
+    # Still served on both workers after the hand-over, and the counts
+    # fall back as the connections close.
+    for i, r in enumerate(conns):
+        r.send(b"GET /again%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i)
+        assert r.response()[0] == 200
+        r.close()
+    assert wait_until(lambda: _worker_connections(mport) == [0, 0], 10), \
+        _worker_connections(mport)
+    assert len(a.requests) + len(b.requests) == 128
 
 
 def test_backend_closing_connections_are_not_reused(pki, spawn_kgated, backends):

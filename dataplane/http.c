@@ -195,6 +195,14 @@ static int check_head(struct kg_http_msg *m, const char **why)
 		*why = "Transfer-Encoding in an HTTP/1.0 request";
 		return 400;
 	}
+	/* A request whose last transfer coding is not chunked has no length
+	 * anyone can know (RFC 9112 6.3). llhttp says so only once body
+	 * parsing starts, after the head went to the backend (found by
+	 * fuzz_http): refuse it here, before anything is forwarded. */
+	if ((m->parser.flags & F_TRANSFER_ENCODING) && !(m->parser.flags & F_CHUNKED)) {
+		*why = "Transfer-Encoding without chunked as the last coding";
+		return 400;
+	}
 	unsigned hosts = count_fields(m, "host");
 	if (hosts > 1 || (hosts == 0 && llhttp_get_http_minor(&m->parser) == 1)) {
 		*why = hosts ? "more than one Host header" : "HTTP/1.1 request without Host";

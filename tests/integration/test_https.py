@@ -426,6 +426,8 @@ SMUGGLING = [
      b"hello", 400),
     ("TE not chunked last", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip"
      b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("TE without chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked"
+     b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("TE with space before colon", b"POST / HTTP/1.1\r\nHost: x\r\n"
@@ -460,7 +462,9 @@ def test_smuggling_and_garbage_refused(pki, spawn_kgated, backends, raw_conns,
     assert headers.get("connection") == "close"
     assert r.closed()
     assert "/smuggled" not in a.requests
-    assert len(a.requests) <= 1
+    # Only a body error comes after the head went out; a bad head never
+    # reaches the backend.
+    assert len(a.requests) <= (1 if name == "bad chunk size" else 0), a.requests
     assert d.alive()
 
 

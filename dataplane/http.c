@@ -177,8 +177,17 @@ static int check_head(struct kg_http_msg *m, const char **why)
 	const unsigned char *h = m->base;
 	/* obs-fold (RFC 9112 5.2): a line starting with SP or HTAB continues
 	 * the previous field. llhttp joins it; a server must refuse it. */
-	for (uint32_t i = 1; i + 1 < m->head_len; i++) {
-		if (h[i] == '\n' && (h[i + 1] == ' ' || h[i + 1] == '\t')) {
+	for (uint32_t i = 0; i < m->head_len; i++) {
+		/* llhttp's strict mode still takes a bare LF as the empty line
+		 * that ends the head (found by fuzz_http); other parsers may
+		 * not, so a request head that is not all CRLF is refused. (A
+		 * backend's response head is rebuilt whole, so leniency there
+		 * cannot split a message differently.) */
+		if (m->is_request && h[i] == '\n' && (i == 0 || h[i - 1] != '\r')) {
+			*why = "bare LF in the head";
+			return 400;
+		}
+		if (h[i] == '\n' && i + 1 < m->head_len && (h[i + 1] == ' ' || h[i + 1] == '\t')) {
 			*why = "obsolete line folding";
 			return m->is_request ? 400 : 502;
 		}

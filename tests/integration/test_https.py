@@ -436,6 +436,8 @@ SMUGGLING = [
     ("obs-fold TE", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n"
      b"Content-Length: 3\r\n\r\n0\r\n\r\n", 400),
     ("bare LF", b"GET / HTTP/1.1\nHost: x\n\nGET /smuggled HTTP/1.1\nHost: x\n\n", 400),
+    ("bare LF ends the head", b"GET / HTTP/1.1\r\nHost: x\r\n\nGET /smuggled HTTP/1.1\r\n"
+     b"Host: x\r\n\r\n", 400),
     ("bare LF in a header", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", 400),
     ("bare CR", b"GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n", 400),
     ("no Host", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),

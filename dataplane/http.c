@@ -208,7 +208,8 @@ static int check_head(struct kg_http_msg *m, const char **why)
 	 * anyone can know (RFC 9112 6.3). llhttp says so only once body
 	 * parsing starts, after the head went to the backend (found by
 	 * fuzz_http): refuse it here, before anything is forwarded. */
-	if ((m->parser.flags & F_TRANSFER_ENCODING) && !(m->parser.flags & F_CHUNKED)) {
+	/* Counted by name: llhttp sets no flag for an empty value. */
+	if (count_fields(m, "transfer-encoding") > 0 && !(m->parser.flags & F_CHUNKED)) {
 		*why = "Transfer-Encoding without chunked as the last coding";
 		return 400;
 	}

@@ -428,6 +428,8 @@ SMUGGLING = [
      b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("TE without chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked"
      b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("TE empty", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\r\n"
+     b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("TE with space before colon", b"POST / HTTP/1.1\r\nHost: x\r\n"

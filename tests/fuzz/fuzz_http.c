@@ -163,19 +163,29 @@ static bool read_more(struct conn *c)
 	return n > 0;
 }
 
+/* Feeds rbuf[rparsed, rlen) to the parser, accounts for what it used. */
+static enum kg_http_step feed(struct conn *c, struct kg_http_msg *req, int *status,
+			      const char **why)
+{
+	size_t used = 0;
+	*status = 0;
+	*why = NULL;
+	enum kg_http_step st = kg_http_feed(req, c->rbuf, c->rbuf + c->rparsed,
+					    c->rlen - c->rparsed, &used, status, why);
+	KF_FAIL_IF(used > c->rlen - c->rparsed);
+	c->rparsed += used;
+	return st;
+}
+
 /* Parses one request head from offset 0 of rbuf. True with the head
  * accepted; false when the connection ends (refusal, limit, EOF). */
 static bool read_head(struct conn *c, struct kg_http_msg *req)
 {
 	for (;;) {
 		if (c->rlen > c->rparsed) {
-			size_t used = 0;
-			int status = 0;
-			const char *why = NULL;
-			enum kg_http_step st = kg_http_feed(req, c->rbuf, c->rbuf + c->rparsed,
-							    c->rlen - c->rparsed, &used, &status, &why);
-			KF_FAIL_IF(used > c->rlen - c->rparsed);
-			c->rparsed += used;
+			int status;
+			const char *why;
+			enum kg_http_step st = feed(c, req, &status, &why);
 			if (st == KG_HTTP_ERROR) {
 				if (verbose)
 					fprintf(stderr, "refused %d: %s\n", status, why ? why : "?");
@@ -208,13 +218,9 @@ static bool read_body(struct conn *c, struct kg_http_msg *req)
 	for (;;) {
 		if (c->rparsed == c->rlen)
 			c->rlen = c->rparsed = 0;
-		size_t used = 0;
-		int status = 0;
-		const char *why = NULL;
-		enum kg_http_step st = kg_http_feed(req, c->rbuf, c->rbuf + c->rparsed,
-						    c->rlen - c->rparsed, &used, &status, &why);
-		KF_FAIL_IF(used > c->rlen - c->rparsed);
-		c->rparsed += used;
+		int status;
+		const char *why;
+		enum kg_http_step st = feed(c, req, &status, &why);
 		if (st == KG_HTTP_DONE)
 			return true;
 		if (st == KG_HTTP_ERROR)

@@ -26,8 +26,8 @@ import time
 
 import pytest
 
-from conftest import (KGATECTL, _openssl_ca_sign, base_config, client_context, https_get,
-                      run, tls_listener, wait_until)
+from conftest import (KGATECTL, _openssl_ca_sign, base_config, client_context, echo_exchange,
+                      https_get, run, tls_listener, wait_until)
 from test_control import Ctl, gated, port_of  # noqa: F401 (gated is a fixture)
 
 # --------------------------------------------------------------------------
@@ -154,15 +154,7 @@ def tls_conn(ctx, port):
     return ctx.wrap_socket(raw, server_hostname="localhost")
 
 
-def echo(s, msg):
-    s.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        chunk = s.recv(len(msg) - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
+echo = echo_exchange
 
 
 def handshake_refused(ctx, port):

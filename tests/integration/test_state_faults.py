@@ -21,7 +21,7 @@ import pytest
 
 from conftest import (KGATECTL, base_config, client_context, https_get, run, tls_listener,
                       wait_until)
-from test_control import Ctl, create_args, port_of
+from test_control import Ctl, port_of
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),

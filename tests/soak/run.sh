@@ -26,18 +26,9 @@ log() { printf 'soak: %s\n' "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 
 PIDS=()
+# shellcheck source=tests/soak/common.sh
+. tests/soak/common.sh
 WORK=$(mktemp -d /tmp/kgate-soak.XXXXXX)
-stop_pid() { # pid grace-seconds
-	local pid=$1 i
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < ${2:-5} * 10; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-	wait "$pid" 2>/dev/null || true
-}
 cleanup() {
 	local pid
 	for pid in "${PIDS[@]}"; do stop_pid "$pid" 3; done
@@ -69,21 +60,7 @@ done
 "$CTL" ca crl --dir "$P/ca" --out "$P/ca.crl" >/dev/null
 
 # ---- backends and kgated -----------------------------------------------------
-wait_line() { # file regex seconds
-	local i
-	for ((i = 0; i < $3 * 10; i++)); do
-		grep -qE "$2" "$1" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-BPORTS=()
-for name in a b; do
-	"$BACKEND" --port 0 --name "$name" >"$WORK/backend-$name.log" 2>&1 &
-	PIDS+=($!)
-	wait_line "$WORK/backend-$name.log" "listening on" 5 || die "backend $name did not start"
-	BPORTS+=("$(sed -n 's/.*listening on [^ ]*:\([0-9]*\).*/\1/p' "$WORK/backend-$name.log")")
-done
+start_backends a b
 cat >"$WORK/kgated.json" <<JSON
 {"settings": {"workers": 2, "drain_timeout_ms": 3000, "log_level": "notice"},
  "certificates": {"web": {"type": "server", "cert": "$P/server.pem", "key": "$P/server.key"},
@@ -104,8 +81,6 @@ wait_line "$WORK/kgated.log" " event=kgated.ready " 10 || die "kgated not ready:
 PORT=$(sed -n 's/.* event=listener.listening listener=web addr=[^ ]*:\([0-9]*\)$/\1/p' "$WORK/kgated.log")
 log "kgated pid $KG_PID on port $PORT, $DURATION s, warm-up $WARMUP s, work dir $WORK"
 
-fds() { ls "/proc/$KG_PID/fd" | wc -l; }
-rss() { awk '/^VmRSS:/ {print $2}' "/proc/$KG_PID/status"; }
 PRE_FDS=$(fds) PRE_RSS=$(rss)
 
 # ---- load ----------------------------------------------------------------------

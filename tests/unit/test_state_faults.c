@@ -5,7 +5,6 @@
  * temp file is left. The calls are intercepted with the linker's --wrap
  * (this test binary only); a wrapped call that is not armed passes
  * through. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -126,18 +125,6 @@ static void teardown(void)
 
 TestSuite(state_faults, .init = setup, .fini = teardown);
 
-static size_t count_files(const char *path)
-{
-	DIR *d = opendir(path);
-	cr_assert_not_null(d);
-	size_t n = 0;
-	struct dirent *e;
-	while ((e = readdir(d)) != NULL)
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
-}
-
 static json_object *read_state(void)
 {
 	char *text = NULL;
@@ -192,7 +179,7 @@ ParameterizedTest(int *e, state_faults, commit_fails_at_every_step)
 		json_object_put(disk);
 		cr_assert_eq(access(tc_file(&dir, "s/state.json.tmp"), F_OK), -1,
 			     "call %u (%s): temp file left", n, call);
-		cr_assert_eq(count_files(tc_file(&dir, "s")), 2, "call %u (%s): stray file", n,
+		cr_assert_eq(tc_count_files(tc_file(&dir, "s")), 2, "call %u (%s): stray file", n,
 			     call); /* state.json and certs/ */
 		json_object_put(next);
 	}
@@ -227,7 +214,7 @@ ParameterizedTest(int *e, state_faults, store_file_fails_cleanly)
 		cr_assert(strstr(err, strerror(*e)) != NULL, "%s", err);
 		cr_assert(strstr(err, "web") != NULL, "error does not name the certificate: %s",
 			  err);
-		cr_assert_eq(count_files(tc_file(&dir, "s/certs")), 0,
+		cr_assert_eq(tc_count_files(tc_file(&dir, "s/certs")), 0,
 			     "call %u: partial file left", n);
 	}
 	cr_assert_geq(n, 4, "only %u steps seen", n); /* open, write, fsync, close */

@@ -207,8 +207,8 @@ static int check_head(struct kg_http_msg *m, const char **why)
 	/* A request whose last transfer coding is not chunked has no length
 	 * anyone can know (RFC 9112 6.3). llhttp says so only once body
 	 * parsing starts, after the head went to the backend (found by
-	 * fuzz_http): refuse it here, before anything is forwarded. */
-	/* Counted by name: llhttp sets no flag for an empty value. */
+	 * fuzz_http): refuse it here, before anything is forwarded. Counted
+	 * by name: llhttp sets no flag for an empty value. */
 	if (count_fields(m, "transfer-encoding") > 0 && !(m->parser.flags & F_CHUNKED)) {
 		*why = "Transfer-Encoding without chunked as the last coding";
 		return 400;

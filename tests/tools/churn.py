@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import resource
 import selectors
+import signal
 import socket
 import ssl
 import sys
@@ -163,6 +164,9 @@ def main():
     p.add_argument("--hold", type=float, default=120.0)
     p.add_argument("--timeout", type=float, default=20.0)
     a = p.parse_args()
+    # SIGTERM unwinds through the pool's with-block, which terminates the
+    # client processes: none outlives this one.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return churn(a) if a.mode == "churn" else idle(a)
 
 

@@ -187,6 +187,12 @@ static int check_head(struct kg_http_msg *m, const char **why)
 			*why = "bare LF in the head";
 			return 400;
 		}
+		/* Likewise a bare CR, which llhttp skips in the empty lines
+		 * before a request line (found by fuzz_http). */
+		if (m->is_request && h[i] == '\r' && (i + 1 == m->head_len || h[i + 1] != '\n')) {
+			*why = "bare CR in the head";
+			return 400;
+		}
 		if (h[i] == '\n' && i + 1 < m->head_len && (h[i + 1] == ' ' || h[i + 1] == '\t')) {
 			*why = "obsolete line folding";
 			return m->is_request ? 400 : 502;

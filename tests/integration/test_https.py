@@ -442,6 +442,7 @@ SMUGGLING = [
      b"Host: x\r\n\r\n", 400),
     ("bare LF in a header", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", 400),
     ("bare CR", b"GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n", 400),
+    ("bare CR before the request line", b"\r\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("no Host", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
     ("two Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("absolute form", b"GET http://evil/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),

@@ -28,20 +28,9 @@ IDLE=${2:-2000}
 IDLE_MS=30000
 WARMUP=25000
 
-log() { printf 'churn: %s\n' "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-
-PIDS=()
 # shellcheck source=tests/soak/common.sh
 . tests/soak/common.sh
-WORK=$(mktemp -d /tmp/kgate-churn.XXXXXX)
-cleanup() {
-	local pid
-	for pid in "${PIDS[@]}"; do stop_pid "$pid" 3; done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+soak_init churn
 
 build=${KG_SOAK_BUILD_DIR:-build-release}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -62,24 +51,8 @@ mkdir -p "$P"
 TLS=(--ca "$P/ca/ca.pem" --cert "$P/client.pem" --key "$P/client.key")
 
 start_backends a b
-cat >"$WORK/kgated.json" <<JSON
-{"settings": {"workers": 2, "drain_timeout_ms": 3000, "log_level": "notice"},
- "certificates": {"web": {"type": "server", "cert": "$P/server.pem", "key": "$P/server.key"},
-                  "clients": {"type": "ca", "cert": "$P/ca/ca.pem", "crl": "$P/ca.crl"}},
- "listeners": [{"name": "web", "protocol": "tls", "bind": "127.0.0.1", "port": 0,
-   "certificate": "web", "ca": "clients", "mutual_auth": "required",
-   "handshake_timeout_ms": 5000, "idle_timeout_ms": $IDLE_MS,
-   "backends": [{"address": "127.0.0.1:${BPORTS[0]}"}, {"address": "127.0.0.1:${BPORTS[1]}"}]}]}
-JSON
-user_args=()
-(($(id -u) == 0)) && user_args=(--user root)
 ulimit -n 20000
-"$KGATED" --config "$WORK/kgated.json" --state-dir "$WORK/state" "${user_args[@]}" \
-	>"$WORK/kgated.log" 2>&1 &
-KG_PID=$!
-PIDS+=("$KG_PID")
-wait_line "$WORK/kgated.log" "kgated ready" 10 || die "kgated not ready: $(tail -5 "$WORK/kgated.log")"
-PORT=$(sed -n 's/.*listener web listening on [^ ]*:\([0-9]*\).*/\1/p' "$WORK/kgated.log")
+start_kgated 5000 "$IDLE_MS" --state-dir "$WORK/state"
 ctl() { "$CTL" --socket "$WORK/state/control.sock" "$@"; }
 
 hs() { ctl -o json stats | /usr/bin/python3 -c 'import json,sys; h=json.load(sys.stdin)["handshakes"]; print(h["ok"], h["failed"])'; }

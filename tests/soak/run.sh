@@ -22,20 +22,9 @@ KEEP=0
 [[ "${2:-}" == --keep ]] && KEEP=1
 WARMUP=$((DURATION / 10 < 30 ? DURATION / 10 : 30))
 
-log() { printf 'soak: %s\n' "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-
-PIDS=()
 # shellcheck source=tests/soak/common.sh
 . tests/soak/common.sh
-WORK=$(mktemp -d /tmp/kgate-soak.XXXXXX)
-cleanup() {
-	local pid
-	for pid in "${PIDS[@]}"; do stop_pid "$pid" 3; done
-	if ((KEEP)); then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+soak_init soak
 
 tests/install-deps.sh bench
 build=${KG_SOAK_BUILD_DIR:-build-release}
@@ -61,24 +50,7 @@ done
 
 # ---- backends and kgated -----------------------------------------------------
 start_backends a b
-cat >"$WORK/kgated.json" <<JSON
-{"settings": {"workers": 2, "drain_timeout_ms": 3000, "log_level": "notice"},
- "certificates": {"web": {"type": "server", "cert": "$P/server.pem", "key": "$P/server.key"},
-                  "clients": {"type": "ca", "cert": "$P/ca/ca.pem", "crl": "$P/ca.crl"}},
- "listeners": [{"name": "web", "protocol": "tls", "bind": "127.0.0.1", "port": 0,
-   "certificate": "web", "ca": "clients", "mutual_auth": "required",
-   "handshake_timeout_ms": 2000, "idle_timeout_ms": 10000,
-   "backends": [{"address": "127.0.0.1:${BPORTS[0]}"}, {"address": "127.0.0.1:${BPORTS[1]}"}]}]}
-JSON
-# Started as root, kgated switches to --user (default kgate, which a test
-# machine may lack); the soak keeps root, as the integration tests do.
-user_args=()
-(($(id -u) == 0)) && user_args=(--user root)
-"$KGATED" --config "$WORK/kgated.json" "${user_args[@]}" >"$WORK/kgated.log" 2>&1 &
-KG_PID=$!
-PIDS+=("$KG_PID")
-wait_line "$WORK/kgated.log" " event=kgated.ready " 10 || die "kgated not ready: $(tail -5 "$WORK/kgated.log")"
-PORT=$(sed -n 's/.* event=listener.listening listener=web addr=[^ ]*:\([0-9]*\)$/\1/p' "$WORK/kgated.log")
+start_kgated 2000 10000
 log "kgated pid $KG_PID on port $PORT, $DURATION s, warm-up $WARMUP s, work dir $WORK"
 
 PRE_FDS=$(fds) PRE_RSS=$(rss)

@@ -201,8 +201,8 @@ static void restore(const struct kg_state *st, const char *path)
 	if (!text)
 		snprintf(err, sizeof(err), "out of memory");
 	if (!text || write_atomic(path, text, &replaced, err, sizeof(err)) < 0)
-		log_err("state: %s may hold a refused change; restoring the last acknowledged "
-			"state failed: %s", path, err);
+		log_err("state.restore_failed", KV("path", path),
+			KV("effect", "the file may hold the refused change"), KV("reason", err));
 }
 
 int kg_state_commit(struct kg_state *st, json_object *doc, char *err, size_t errlen)

@@ -244,7 +244,7 @@ def test_max_connections_excess_closed_and_counted(pki, gated, echo_backend):
         stats = d.ctl.json("stats", "--listener", "web")
         assert stats["listeners"][0]["rejected_limit"] == 7, stats["listeners"][0]
         assert stats["connections"]["rejected_limit"] == 7
-        assert d.count_log("max_connections (5) reached") >= 1
+        assert d.count_event("conn.limit_reached", listener="web") >= 1
         for i, s in enumerate(held):  # the five are untouched
             s.sendall(b"again %d\n" % i)
             assert s.recv(16) == b"again %d\n" % i

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <kgate/control.h>
@@ -21,6 +22,7 @@
 
 #define REQUEST_TIMEOUT_MS 5000  /* a client has this long to send its request */
 #define DISCARD_LIMIT (64u << 20) /* bytes read past an oversized request, then close */
+#define DISCARD_MS 10000          /* and for at most this long */
 
 struct kg_control {
 	struct kg_ops *ops;
@@ -111,15 +113,22 @@ static char *read_request(int fd, json_object **fail)
 	return NULL;
 }
 
-/* After answering an oversized request early, read what the client still
- * sends (bounded) so it sees the answer instead of a reset. */
-static void discard_input(int fd)
+/* After answering early (an oversized request, a refused peer), read what
+ * the client still sends, up to max bytes and for at most total_ms, so it
+ * sees the answer instead of a reset or a broken pipe. */
+static void discard_input(int fd, size_t max, int total_ms)
 {
 	char sink[65536];
 	size_t total = 0;
-	while (total < DISCARD_LIMIT) {
+	struct timespec t0, now;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (total < max) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long spent = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+		if (spent >= total_ms)
+			return;
 		struct pollfd p = {.fd = fd, .events = POLLIN};
-		if (poll(&p, 1, 1000) <= 0)
+		if (poll(&p, 1, (int)(total_ms - spent)) <= 0)
 			return;
 		ssize_t n = recv(fd, sink, sizeof(sink), 0);
 		if (n <= 0)
@@ -135,6 +144,10 @@ static void serve_one(struct kg_control *c, int fd)
 	if (!peer_allowed(c, fd, who, sizeof(who))) {
 		log_warn("control.peer_refused", KV("peer", who));
 		send_reply(fd, kg_ops_error(KG_ERR_DENIED, "%s may not use this control socket", who));
+		/* Briefly, and no more than a request's worth: this peer may not
+		 * hold the control thread. */
+		shutdown(fd, SHUT_WR);
+		discard_input(fd, KG_CONTROL_MAX_REQUEST, 1000);
 		return;
 	}
 	char *text = read_request(fd, &fail);
@@ -144,7 +157,7 @@ static void serve_one(struct kg_control *c, int fd)
 					      json_object_object_get(fail, "error"), "message"))));
 		send_reply(fd, fail);
 		shutdown(fd, SHUT_WR);
-		discard_input(fd);
+		discard_input(fd, DISCARD_LIMIT, DISCARD_MS);
 		return;
 	}
 	struct json_tokener *tok = json_tokener_new();

@@ -552,7 +552,8 @@ static json_object *store_pems(struct kg_ops *ops, const char *name, json_object
 		char *rel = kg_state_store_file(ops->st, name, *k, pem, strlen(pem),
 						strcmp(*k, "key") == 0, err, sizeof(err));
 		if (!rel)
-			return kg_ops_error(KG_ERR_INTERNAL, "%s", err);
+			return kg_ops_error(KG_ERR_PERSIST, "state not saved, nothing changed: %s",
+					    err);
 		json_object_object_add(entry, *k, json_object_new_string(rel));
 		free(rel);
 	}

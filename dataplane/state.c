@@ -90,9 +90,15 @@ static int write_new_file(const char *path, const char *data, size_t len, mode_t
 	return ret;
 }
 
-int kg_state_write_atomic(const char *path, const char *text, char *err, size_t errlen)
+/* Temp file, fsync, rename, fsync of the folder. On failure *replaced
+ * says whether path already holds the new text (only the folder's fsync
+ * comes after the rename); before that, path is untouched and no temp
+ * file is left, whichever step failed. */
+static int write_atomic(const char *path, const char *text, bool *replaced, char *err,
+			size_t errlen)
 {
 	char tmp[4096], dir[4096];
+	*replaced = false;
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	snprintf(dir, sizeof(dir), "%s", path);
 	/* A leftover temp file from a crash is garbage: start over. */
@@ -110,6 +116,7 @@ int kg_state_write_atomic(const char *path, const char *text, char *err, size_t 
 		unlink(tmp);
 		return -1;
 	}
+	*replaced = true;
 	/* The rename is durable only once the folder is. */
 	ret = fsync_dir(dirname(dir));
 	if (ret < 0) {
@@ -117,6 +124,12 @@ int kg_state_write_atomic(const char *path, const char *text, char *err, size_t 
 		return -1;
 	}
 	return 0;
+}
+
+int kg_state_write_atomic(const char *path, const char *text, char *err, size_t errlen)
+{
+	bool replaced;
+	return write_atomic(path, text, &replaced, err, errlen);
 }
 
 static char *abs_path(const char *base, const char *rel)
@@ -177,6 +190,21 @@ struct kg_config *kg_state_parse(const struct kg_state *st, json_object *doc, ch
 	return kg_config_parse_state(text, st->dir, err, errlen);
 }
 
+/* The new document was renamed into place but the folder's fsync failed:
+ * the change is refused, so the file must say what the daemon runs. */
+static void restore(const struct kg_state *st, const char *path)
+{
+	char err[1024];
+	bool replaced;
+	const char *text = json_object_to_json_string_ext(
+		st->doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+	if (!text)
+		snprintf(err, sizeof(err), "out of memory");
+	if (!text || write_atomic(path, text, &replaced, err, sizeof(err)) < 0)
+		log_err("state.restore_failed", KV("path", path),
+			KV("effect", "the file may hold the refused change"), KV("reason", err));
+}
+
 int kg_state_commit(struct kg_state *st, json_object *doc, char *err, size_t errlen)
 {
 	char path[4096], certs[4096];
@@ -194,8 +222,12 @@ int kg_state_commit(struct kg_state *st, json_object *doc, char *err, size_t err
 		return -1;
 	}
 	snprintf(path, sizeof(path), "%s/" STATE_FILE, st->dir);
-	if (kg_state_write_atomic(path, text, err, errlen) < 0)
+	bool replaced;
+	if (write_atomic(path, text, &replaced, err, errlen) < 0) {
+		if (replaced)
+			restore(st, path);
 		return -1;
+	}
 	json_object_put(st->doc);
 	st->doc = doc;
 	return 0;

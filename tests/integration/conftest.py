@@ -854,6 +854,18 @@ def run_echo_sessions(sessions, timeout):
             s.sock.close()
 
 
+def echo_exchange(sock, msg):
+    """Sends msg and reads as many bytes back; returns what came (short on EOF)."""
+    sock.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        chunk = sock.recv(len(msg) - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
 def tcp_closed_by_peer(sock, timeout):
     """True when the peer closes (EOF or reset) within timeout; the socket
     may receive some bytes (e.g. a TLS alert) before that."""

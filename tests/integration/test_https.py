@@ -427,6 +427,10 @@ SMUGGLING = [
      b"hello", 400),
     ("TE not chunked last", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip"
      b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("TE without chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked"
+     b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("TE empty", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\r\n"
+     b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("TE with space before colon", b"POST / HTTP/1.1\r\nHost: x\r\n"
@@ -435,8 +439,11 @@ SMUGGLING = [
     ("obs-fold TE", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n"
      b"Content-Length: 3\r\n\r\n0\r\n\r\n", 400),
     ("bare LF", b"GET / HTTP/1.1\nHost: x\n\nGET /smuggled HTTP/1.1\nHost: x\n\n", 400),
+    ("bare LF ends the head", b"GET / HTTP/1.1\r\nHost: x\r\n\nGET /smuggled HTTP/1.1\r\n"
+     b"Host: x\r\n\r\n", 400),
     ("bare LF in a header", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", 400),
     ("bare CR", b"GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n", 400),
+    ("bare CR before the request line", b"\r\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("no Host", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
     ("two Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("absolute form", b"GET http://evil/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
@@ -461,7 +468,9 @@ def test_smuggling_and_garbage_refused(pki, spawn_kgated, backends, raw_conns,
     assert headers.get("connection") == "close"
     assert r.closed()
     assert "/smuggled" not in a.requests
-    assert len(a.requests) <= 1
+    # Only a body error comes after the head went out; a bad head never
+    # reaches the backend.
+    assert len(a.requests) <= (1 if name == "bad chunk size" else 0), a.requests
     assert d.alive()
 
 

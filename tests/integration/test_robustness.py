@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import (KGATED, base_config, client_context, curl, log_events, run,
-                      tcp_closed_by_peer, tls_listener, wait_until)
+from conftest import (KGATED, base_config, client_context, curl, echo_exchange, log_events,
+                      run, tcp_closed_by_peer, tls_listener, wait_until)
 
 CLOSE_DEADLINE = 5.0  # handshake_timeout_ms is 1000; generous for ASan
 
@@ -146,14 +146,7 @@ def test_max_connections_excess_gets_clean_close(pki, spawn_kgated, echo_backend
         return ctx.wrap_socket(raw, server_hostname="localhost")
 
     def echo_ok(s, msg):
-        s.sendall(msg)
-        got = b""
-        while len(got) < len(msg):
-            chunk = s.recv(len(msg) - len(got))
-            if not chunk:
-                return False
-            got += chunk
-        return got == msg
+        return echo_exchange(s, msg) == msg
 
     held = []
     try:

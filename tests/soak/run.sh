@@ -22,29 +22,9 @@ KEEP=0
 [[ "${2:-}" == --keep ]] && KEEP=1
 WARMUP=$((DURATION / 10 < 30 ? DURATION / 10 : 30))
 
-log() { printf 'soak: %s\n' "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-
-PIDS=()
-WORK=$(mktemp -d /tmp/kgate-soak.XXXXXX)
-stop_pid() { # pid grace-seconds
-	local pid=$1 i
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < ${2:-5} * 10; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-	wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-	local pid
-	for pid in "${PIDS[@]}"; do stop_pid "$pid" 3; done
-	if ((KEEP)); then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=tests/soak/common.sh
+. tests/soak/common.sh
+soak_init soak
 
 tests/install-deps.sh bench
 build=${KG_SOAK_BUILD_DIR:-build-release}
@@ -69,43 +49,10 @@ done
 "$CTL" ca crl --dir "$P/ca" --out "$P/ca.crl" >/dev/null
 
 # ---- backends and kgated -----------------------------------------------------
-wait_line() { # file regex seconds
-	local i
-	for ((i = 0; i < $3 * 10; i++)); do
-		grep -qE "$2" "$1" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-BPORTS=()
-for name in a b; do
-	"$BACKEND" --port 0 --name "$name" >"$WORK/backend-$name.log" 2>&1 &
-	PIDS+=($!)
-	wait_line "$WORK/backend-$name.log" "listening on" 5 || die "backend $name did not start"
-	BPORTS+=("$(sed -n 's/.*listening on [^ ]*:\([0-9]*\).*/\1/p' "$WORK/backend-$name.log")")
-done
-cat >"$WORK/kgated.json" <<JSON
-{"settings": {"workers": 2, "drain_timeout_ms": 3000, "log_level": "notice"},
- "certificates": {"web": {"type": "server", "cert": "$P/server.pem", "key": "$P/server.key"},
-                  "clients": {"type": "ca", "cert": "$P/ca/ca.pem", "crl": "$P/ca.crl"}},
- "listeners": [{"name": "web", "protocol": "tls", "bind": "127.0.0.1", "port": 0,
-   "certificate": "web", "ca": "clients", "mutual_auth": "required",
-   "handshake_timeout_ms": 2000, "idle_timeout_ms": 10000,
-   "backends": [{"address": "127.0.0.1:${BPORTS[0]}"}, {"address": "127.0.0.1:${BPORTS[1]}"}]}]}
-JSON
-# Started as root, kgated switches to --user (default kgate, which a test
-# machine may lack); the soak keeps root, as the integration tests do.
-user_args=()
-(($(id -u) == 0)) && user_args=(--user root)
-"$KGATED" --config "$WORK/kgated.json" "${user_args[@]}" >"$WORK/kgated.log" 2>&1 &
-KG_PID=$!
-PIDS+=("$KG_PID")
-wait_line "$WORK/kgated.log" " event=kgated.ready " 10 || die "kgated not ready: $(tail -5 "$WORK/kgated.log")"
-PORT=$(sed -n 's/.* event=listener.listening listener=web addr=[^ ]*:\([0-9]*\)$/\1/p' "$WORK/kgated.log")
+start_backends a b
+start_kgated 2000 10000
 log "kgated pid $KG_PID on port $PORT, $DURATION s, warm-up $WARMUP s, work dir $WORK"
 
-fds() { ls "/proc/$KG_PID/fd" | wc -l; }
-rss() { awk '/^VmRSS:/ {print $2}' "/proc/$KG_PID/status"; }
 PRE_FDS=$(fds) PRE_RSS=$(rss)
 
 # ---- load ----------------------------------------------------------------------

@@ -1,5 +1,6 @@
 #include "certgen.h"
 
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,4 +150,16 @@ const char *tc_file(const struct tc_dir *d, const char *name)
 	char *out = slots[next++ % 32];
 	cr_assert_lt(snprintf(out, PATH_MAX, "%s/%s", d->path, name), PATH_MAX);
 	return out;
+}
+
+size_t tc_count_files(const char *path)
+{
+	DIR *d = opendir(path);
+	cr_assert_not_null(d, "cannot open %s", path);
+	size_t n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
 }

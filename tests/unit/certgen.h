@@ -55,5 +55,7 @@ void tc_dir_create(struct tc_dir *d);
 void tc_dir_remove(struct tc_dir *d);
 /* dir/name in a buffer that stays valid for the test (32 rotating slots). */
 const char *tc_file(const struct tc_dir *d, const char *name);
+/* Entries of a folder, dot files aside. */
+size_t tc_count_files(const char *path);
 
 #endif

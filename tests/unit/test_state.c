@@ -1,6 +1,5 @@
 /* state.c: the state folder, atomic persistence, seeding, file store and
  * clean-up; and the name rules every control-plane object follows. */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,18 +40,6 @@ static char *slurp(const char *path)
 	char *text = NULL;
 	cr_assert_eq(kg_read_file(path, &text), 0, "cannot read %s", path);
 	return text;
-}
-
-static size_t count_files(const char *path)
-{
-	DIR *d = opendir(path);
-	cr_assert_not_null(d);
-	size_t n = 0;
-	struct dirent *e;
-	while ((e = readdir(d)) != NULL)
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
 }
 
 static void open_state(struct kg_state *st, const char *name)
@@ -203,9 +190,9 @@ Test(state, seed_imports_files_then_gc_keeps_only_referenced)
 
 	char *stray = kg_state_store_file(&st, "old", "cert", "X", 1, false, err, sizeof(err));
 	cr_assert_not_null(stray);
-	cr_assert_eq(count_files(tc_file(&dir, "s/certs")), 3);
+	cr_assert_eq(tc_count_files(tc_file(&dir, "s/certs")), 3);
 	kg_state_gc(&st);
-	cr_assert_eq(count_files(tc_file(&dir, "s/certs")), 2, "only the stray file goes");
+	cr_assert_eq(tc_count_files(tc_file(&dir, "s/certs")), 2, "only the stray file goes");
 	snprintf(path, sizeof(path), "%s/%s", st.dir, stray);
 	cr_assert_eq(access(path, F_OK), -1);
 	free(stray);

@@ -25,6 +25,7 @@
 #include "client_bio.h"
 #include "health.h"
 #include "listener.h"
+#include "proxy_send.h"
 #include "tls.h"
 
 static void conn_peer(const struct kg_conn *c, char *buf, size_t len)
@@ -597,9 +598,22 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
 	enum kg_path plan = c->listener->plan;
-	char err[128];
+	char err[160];
 
 	c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
+	/* The PROXY header goes first on every path: the backend socket is
+	 * fresh and no client byte has been sent to it yet; on path B the
+	 * SSL still holds the session facts the header reports. */
+	if (c->listener->conf->proxy_protocol == KG_PP_V2 && plan != KG_PATH_HTTP) {
+		if (kg_proxy_send_v2(c->cfd, c->ssl, c->bfd, err, sizeof(err)) < 0) {
+			w->stats.proxy_failed++;
+			kg_worker_warn(w, "listener %s: PROXY v2 header not sent: %s; closing",
+				       c->listener->conf->name, err);
+			kg_conn_close(c, "PROXY v2 header not sent");
+			return;
+		}
+		w->stats.proxy_sent++;
+	}
 	switch (plan) {
 	case KG_PATH_KTLS_SPLICE:
 	case KG_PATH_HTTP_KTLS:

@@ -1,0 +1,244 @@
+/* proxy_v2.c: the PROXY protocol v2 header, byte for byte against the
+ * layout of HAProxy's doc/proxy-protocol.txt (section 2.2): signature,
+ * ver_cmd, fam, big-endian length, addresses then ports, TLVs as type +
+ * 16-bit big-endian length + value. Also the bounds (refusal, never
+ * truncation, nothing written past cap) and proxy_send.c's build on real
+ * loopback sockets. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "certgen.h"
+#include "proxy_send.h"
+#include "proxy_v2.h"
+
+#define SIG 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a
+
+static struct sockaddr_in v4(const char *ip, uint16_t port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+	cr_assert_eq(inet_pton(AF_INET, ip, &a.sin_addr), 1);
+	return a;
+}
+
+static struct sockaddr_in6 v6(const char *ip, uint16_t port)
+{
+	struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port)};
+	cr_assert_eq(inet_pton(AF_INET6, ip, &a.sin6_addr), 1);
+	return a;
+}
+
+#define BYTES(s) ((struct kg_pp2_bytes){.data = (s), .len = sizeof(s) - 1})
+
+static void expect_bytes(const unsigned char *got, ssize_t n, const unsigned char *want,
+			 size_t wlen)
+{
+	cr_assert_eq(n, (ssize_t)wlen, "length %zd, expected %zu", n, wlen);
+	for (size_t i = 0; i < wlen; i++)
+		cr_assert_eq(got[i], want[i], "byte %zu: 0x%02x, expected 0x%02x", i, got[i],
+			     want[i]);
+}
+
+Test(proxy_v2, ipv4_no_tlv)
+{
+	struct sockaddr_in s = v4("192.0.2.1", 56324), d = v4("198.51.100.7", 443);
+	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d};
+	unsigned char out[KG_PP2_MAX];
+	static const unsigned char want[] = {
+		SIG, 0x21, 0x11, 0x00, 0x0c,  /* v2 PROXY, TCP over IPv4, 12 bytes */
+		192, 0, 2, 1, 198, 51, 100, 7, /* source, destination */
+		0xdc, 0x04, 0x01, 0xbb,        /* 56324, 443 */
+	};
+	expect_bytes(out, kg_pp2_write(&in, out, sizeof(out)), want, sizeof(want));
+}
+
+Test(proxy_v2, ipv6_no_tlv)
+{
+	struct sockaddr_in6 s = v6("2001:db8::1", 1), d = v6("2001:db8::ff", 8443);
+	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d};
+	unsigned char out[KG_PP2_MAX];
+	static const unsigned char want[] = {
+		SIG, 0x21, 0x21, 0x00, 0x24, /* v2 PROXY, TCP over IPv6, 36 bytes */
+		0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+		0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff,
+		0x00, 0x01, 0x20, 0xfb,
+	};
+	expect_bytes(out, kg_pp2_write(&in, out, sizeof(out)), want, sizeof(want));
+}
+
+Test(proxy_v2, mixed_families_map_ipv4)
+{
+	struct sockaddr_in s = v4("127.0.0.1", 2);
+	struct sockaddr_in6 d = v6("::1", 3);
+	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d};
+	unsigned char out[KG_PP2_MAX];
+	static const unsigned char want[] = {
+		SIG, 0x21, 0x21, 0x00, 0x24,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1, /* ::ffff:127.0.0.1 */
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+		0x00, 0x02, 0x00, 0x03,
+	};
+	expect_bytes(out, kg_pp2_write(&in, out, sizeof(out)), want, sizeof(want));
+}
+
+Test(proxy_v2, ipv4_ssl_tlvs)
+{
+	struct sockaddr_in s = v4("10.0.0.1", 1000), d = v4("10.0.0.2", 8443);
+	struct kg_pp2_ssl ssl = {
+		.client = KG_PP2_CLIENT_SSL | KG_PP2_CLIENT_CERT_CONN | KG_PP2_CLIENT_CERT_SESS,
+		.verify = 0,
+		.version = BYTES("TLSv1.3"),
+		.cn = BYTES("alice"),
+		.cipher = BYTES("TLS_AES_128_GCM_SHA256"),
+		.sig_alg = BYTES("ecdsa-with-SHA256"),
+		.key_alg = BYTES("EC256"),
+	};
+	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d,
+				 .ssl = &ssl, .authority = BYTES("gw.example")};
+	unsigned char out[KG_PP2_MAX];
+	/* SSL value: 1 + 4 + (3+7) + (3+5) + (3+22) + (3+17) + (3+5) = 76;
+	 * body: 12 + (3+10) + (3+76) = 104 = 0x68. */
+	static const unsigned char want[] = {
+		SIG, 0x21, 0x11, 0x00, 0x68,
+		10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 0x20, 0xfb,
+		0x02, 0x00, 0x0a, 'g', 'w', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
+		0x20, 0x00, 0x4c, 0x07, 0x00, 0x00, 0x00, 0x00,
+		0x21, 0x00, 0x07, 'T', 'L', 'S', 'v', '1', '.', '3',
+		0x22, 0x00, 0x05, 'a', 'l', 'i', 'c', 'e',
+		0x23, 0x00, 0x16, 'T', 'L', 'S', '_', 'A', 'E', 'S', '_', '1', '2', '8', '_', 'G', 'C',
+		'M', '_', 'S', 'H', 'A', '2', '5', '6',
+		0x24, 0x00, 0x11, 'e', 'c', 'd', 's', 'a', '-', 'w', 'i', 't', 'h', '-', 'S', 'H', 'A',
+		'2', '5', '6',
+		0x25, 0x00, 0x05, 'E', 'C', '2', '5', '6',
+	};
+	expect_bytes(out, kg_pp2_write(&in, out, sizeof(out)), want, sizeof(want));
+}
+
+/* No client certificate: verify non-zero, no CN sub-TLV; a CN holding a
+ * NUL byte goes through as it is (explicit lengths). */
+Test(proxy_v2, ipv6_ssl_without_cert_and_unique_id)
+{
+	struct sockaddr_in6 s = v6("::1", 40000), d = v6("::1", 443);
+	struct kg_pp2_ssl ssl = {.client = KG_PP2_CLIENT_SSL, .verify = 0x01020304,
+				 .version = BYTES("TLSv1.2"), .cn = {.data = "a\0b", .len = 3}};
+	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d,
+				 .ssl = &ssl, .unique_id = BYTES("\x01\x02")};
+	unsigned char out[KG_PP2_MAX];
+	static const unsigned char want[] = {
+		SIG, 0x21, 0x21, 0x00, 0x24 + 5 + 3 + 5 + 10 + 6,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+		0x9c, 0x40, 0x01, 0xbb,
+		0x05, 0x00, 0x02, 0x01, 0x02,
+		0x20, 0x00, 0x15, 0x01, 0x01, 0x02, 0x03, 0x04,
+		0x21, 0x00, 0x07, 'T', 'L', 'S', 'v', '1', '.', '2',
+		0x22, 0x00, 0x03, 'a', 0, 'b',
+	};
+	expect_bytes(out, kg_pp2_write(&in, out, sizeof(out)), want, sizeof(want));
+}
+
+/* Bounds: each refusal has its own code and leaves out untouched. */
+struct limit_case {
+	const char *what;
+	size_t cn_len, authority_len, unique_len, cap;
+	int family;
+	bool null_data;
+	int want;
+};
+
+static const struct limit_case limits[] = {
+	{"fits exactly", 64, 0, 0, 16 + 12 + 3 + 5 + 3 + 64, AF_INET, false, 0},
+	{"one byte short of cap", 64, 0, 0, 16 + 12 + 3 + 5 + 3 + 64 - 1, AF_INET, false, -ENOSPC},
+	{"cn over the header bound", KG_PP2_MAX, 0, 0, 70000, AF_INET, false, -EMSGSIZE},
+	{"cn over a TLV length", 65536, 0, 0, 70000, AF_INET, false, -EMSGSIZE},
+	{"ssl value over a TLV length", 65530, 0, 0, 70000, AF_INET, false, -EMSGSIZE},
+	{"authority over the bound", 0, 2000, 0, 70000, AF_INET, false, -EMSGSIZE},
+	{"unique id of 128", 0, 0, 128, KG_PP2_MAX, AF_INET, false, 0},
+	{"unique id of 129", 0, 0, 129, KG_PP2_MAX, AF_INET, false, -EINVAL},
+	{"unix socket", 0, 0, 0, KG_PP2_MAX, AF_UNIX, false, -EAFNOSUPPORT},
+	{"length without data", 5, 0, 0, KG_PP2_MAX, AF_INET, true, -EINVAL},
+	{"cap zero", 0, 0, 0, 0, AF_INET, false, -ENOSPC},
+};
+
+TC_INDEX_PARAMS(proxy_v2, limits, sizeof(limits) / sizeof(limits[0]))
+
+ParameterizedTest(size_t *i, proxy_v2, limits)
+{
+	const struct limit_case *t = &limits[*i];
+	static unsigned char big[70000];
+	static unsigned char out[70000 + 16];
+	memset(big, 'x', sizeof(big));
+	memset(out, 0xa5, sizeof(out));
+	struct sockaddr_in s = v4("127.0.0.1", 1), d = v4("127.0.0.1", 2);
+	struct sockaddr_storage un = {.ss_family = AF_UNIX};
+	struct kg_pp2_ssl ssl = {.client = KG_PP2_CLIENT_SSL,
+				 .cn = {.data = t->null_data ? NULL : big, .len = t->cn_len}};
+	struct kg_pp2_info in = {
+		.src = t->family == AF_UNIX ? (struct sockaddr *)&un : (struct sockaddr *)&s,
+		.dst = (struct sockaddr *)&d,
+		.ssl = &ssl,
+		.authority = {.data = big, .len = t->authority_len},
+		.unique_id = {.data = big, .len = t->unique_len},
+	};
+	ssize_t n = kg_pp2_write(&in, out, t->cap);
+	if (t->want < 0) {
+		cr_assert_eq(n, t->want, "%s: %zd, expected %d", t->what, n, t->want);
+		for (size_t k = 0; k < sizeof(out); k++)
+			cr_assert_eq(out[k], 0xa5, "%s: byte %zu written on a refusal", t->what, k);
+		return;
+	}
+	cr_assert_gt(n, 0, "%s: %zd", t->what, n);
+	cr_assert_leq((size_t)n, t->cap, "%s", t->what);
+	cr_assert_eq(out[n], 0xa5, "%s: byte past the header written", t->what);
+	cr_assert_eq((size_t)(out[14] << 8 | out[15]) + 16, (size_t)n, "%s: length field", t->what);
+}
+
+/* proxy_send.c on a real loopback connection: source is the client's
+ * address and port, destination the address and port it connected to. */
+Test(proxy_v2, build_from_sockets)
+{
+	int l = socket(AF_INET, SOCK_STREAM, 0), c = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert(l >= 0 && c >= 0);
+	struct sockaddr_in a = v4("127.0.0.1", 0);
+	socklen_t alen = sizeof(a);
+	cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(l, 1), 0);
+	cr_assert_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+	cr_assert_eq(connect(c, (struct sockaddr *)&a, sizeof(a)), 0);
+	int s = accept(l, NULL, NULL);
+	cr_assert(s >= 0);
+	struct sockaddr_in cl;
+	socklen_t cllen = sizeof(cl);
+	cr_assert_eq(getsockname(c, (struct sockaddr *)&cl, &cllen), 0);
+
+	unsigned char out[KG_PP2_MAX];
+	char err[160];
+	ssize_t n = kg_proxy_build_v2(s, NULL, out, sizeof(out), err, sizeof(err));
+	cr_assert_eq(n, 28, "%zd: %s", n, err);
+	cr_assert_eq(memcmp(out, KG_PP2_SIG, KG_PP2_SIG_LEN), 0);
+	cr_assert_eq(out[12], 0x21);
+	cr_assert_eq(out[13], 0x11);
+	cr_assert_eq(memcmp(out + 16, &cl.sin_addr, 4), 0);
+	cr_assert_eq(memcmp(out + 20, &a.sin_addr, 4), 0);
+	cr_assert_eq(memcmp(out + 24, &cl.sin_port, 2), 0);
+	cr_assert_eq(memcmp(out + 26, &a.sin_port, 2), 0);
+
+	/* Sent whole to the peer, before anything else. */
+	cr_assert_eq(kg_proxy_send_v2(s, NULL, s, err, sizeof(err)), 0, "%s", err);
+	unsigned char got[64];
+	cr_assert_eq(recv(c, got, sizeof(got), 0), 28);
+	cr_assert_eq(memcmp(got, out, 28), 0);
+	close(s);
+	close(c);
+	close(l);
+
+	/* A socket that is not connected: a clear refusal. */
+	int u = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert_eq(kg_proxy_build_v2(u, NULL, out, sizeof(out), err, sizeof(err)), -1);
+	cr_assert(strstr(err, "client socket address") != NULL, "%s", err);
+	close(u);
+}

@@ -392,3 +392,13 @@ def test_haproxy_accepts_our_header(pki, spawn_kgated, haproxy_backend):
     assert head.startswith(b"HTTP/1.1 200"), data[:300]
     assert body.decode().strip() == "src=%s sport=%d dst=127.0.0.1 dport=%d authority=localhost" % (
         client[0], client[1], d.port)
+
+
+def test_kgatectl_help_and_completion_offer_the_option():
+    from conftest import KGATECTL, REPO
+    script = os.path.join(REPO, "packaging", "kgatectl.bash-completion")
+    for verb in ("create", "update"):
+        out = subprocess.run(["bash", "-c", 'source "$1"; _kgatectl_options "$2" listener "$3"',
+                              "-", script, KGATECTL, verb],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert "--proxy-protocol" in out, (verb, out)

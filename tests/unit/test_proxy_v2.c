@@ -6,11 +6,15 @@
  * loopback sockets. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+#include <openssl/ssl.h>
 
 #include "certgen.h"
 #include "proxy_send.h"
@@ -197,22 +201,32 @@ ParameterizedTest(size_t *i, proxy_v2, limits)
 	cr_assert_eq((size_t)(out[14] << 8 | out[15]) + 16, (size_t)n, "%s: length field", t->what);
 }
 
+/* A connected loopback pair; *srv is the accepted side (kgate's client
+ * socket). */
+static void tcp_pair(int *l, int *c, int *srv)
+{
+	struct sockaddr_in a = v4("127.0.0.1", 0);
+	socklen_t alen = sizeof(a);
+	*l = socket(AF_INET, SOCK_STREAM, 0);
+	*c = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert(*l >= 0 && *c >= 0);
+	cr_assert_eq(bind(*l, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(*l, 1), 0);
+	cr_assert_eq(getsockname(*l, (struct sockaddr *)&a, &alen), 0);
+	cr_assert_eq(connect(*c, (struct sockaddr *)&a, sizeof(a)), 0);
+	*srv = accept(*l, NULL, NULL);
+	cr_assert(*srv >= 0);
+}
+
 /* proxy_send.c on a real loopback connection: source is the client's
  * address and port, destination the address and port it connected to. */
 Test(proxy_v2, build_from_sockets)
 {
-	int l = socket(AF_INET, SOCK_STREAM, 0), c = socket(AF_INET, SOCK_STREAM, 0);
-	cr_assert(l >= 0 && c >= 0);
-	struct sockaddr_in a = v4("127.0.0.1", 0);
-	socklen_t alen = sizeof(a);
-	cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
-	cr_assert_eq(listen(l, 1), 0);
+	int l, c, s;
+	tcp_pair(&l, &c, &s);
+	struct sockaddr_in a, cl;
+	socklen_t alen = sizeof(a), cllen = sizeof(cl);
 	cr_assert_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
-	cr_assert_eq(connect(c, (struct sockaddr *)&a, sizeof(a)), 0);
-	int s = accept(l, NULL, NULL);
-	cr_assert(s >= 0);
-	struct sockaddr_in cl;
-	socklen_t cllen = sizeof(cl);
 	cr_assert_eq(getsockname(c, (struct sockaddr *)&cl, &cllen), 0);
 
 	unsigned char out[KG_PP2_MAX];
@@ -241,4 +255,188 @@ Test(proxy_v2, build_from_sockets)
 	cr_assert_eq(kg_proxy_build_v2(u, NULL, out, sizeof(out), err, sizeof(err)), -1);
 	cr_assert(strstr(err, "client socket address") != NULL, "%s", err);
 	close(u);
+}
+
+/* ---- TLS facts (proxy_send.c) from a real handshake over a BIO pair ---- */
+
+struct tls_env {
+	EVP_PKEY *ca_key, *server_key, *client_key;
+	X509 *ca, *server, *client;
+	SSL_CTX *sctx, *cctx;
+	SSL *s, *c;
+};
+
+/* Replaces the client certificate's subject by one CN of cn_len bytes
+ * set as a UTF8String directly, which skips OpenSSL's 64-character upper
+ * bound for CN: a certificate someone else made can carry anything. */
+static void set_long_cn(struct tls_env *e, size_t cn_len)
+{
+	unsigned char *cn = malloc(cn_len);
+	cr_assert_not_null(cn);
+	memset(cn, 'L', cn_len);
+	X509_NAME *n = X509_NAME_new();
+	cr_assert_not_null(n);
+	cr_assert_eq(X509_NAME_add_entry_by_NID(n, NID_commonName, V_ASN1_UTF8STRING, cn,
+						(int)cn_len, -1, 0), 1);
+	cr_assert_eq(X509_set_subject_name(e->client, n), 1);
+	cr_assert_gt(X509_sign(e->client, e->ca_key, EVP_sha256()), 0);
+	X509_NAME_free(n);
+	free(cn);
+}
+
+/* server_key NULL: EC P-256. */
+static void tls_env_open(struct tls_env *e, EVP_PKEY *server_key, size_t long_cn)
+{
+	memset(e, 0, sizeof(*e));
+	e->ca_key = tc_key();
+	e->server_key = server_key ? server_key : tc_key();
+	e->client_key = tc_key();
+	e->ca = tc_cert(&(struct tc_cert_opts){.cn = "ca", .ca = true}, e->ca_key, NULL, NULL);
+	e->server = tc_cert(&(struct tc_cert_opts){.cn = "gw", .eku = TC_EKU_SERVER},
+			    e->server_key, e->ca, e->ca_key);
+	e->client = tc_cert(&(struct tc_cert_opts){.cn = "alice", .eku = TC_EKU_CLIENT},
+			    e->client_key, e->ca, e->ca_key);
+	if (long_cn)
+		set_long_cn(e, long_cn);
+	e->sctx = SSL_CTX_new(TLS_server_method());
+	e->cctx = SSL_CTX_new(TLS_client_method());
+	cr_assert(e->sctx && e->cctx);
+	cr_assert_eq(SSL_CTX_use_certificate(e->sctx, e->server), 1);
+	cr_assert_eq(SSL_CTX_use_PrivateKey(e->sctx, e->server_key), 1);
+	cr_assert_eq(X509_STORE_add_cert(SSL_CTX_get_cert_store(e->sctx), e->ca), 1);
+	SSL_CTX_set_verify(e->sctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+	cr_assert_eq(SSL_CTX_use_certificate(e->cctx, e->client), 1);
+	cr_assert_eq(SSL_CTX_use_PrivateKey(e->cctx, e->client_key), 1);
+
+	BIO *sb, *cb;
+	e->s = SSL_new(e->sctx);
+	e->c = SSL_new(e->cctx);
+	cr_assert(e->s && e->c);
+	cr_assert_eq(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
+	SSL_set_bio(e->s, sb, sb); /* each SSL owns its end */
+	SSL_set_bio(e->c, cb, cb);
+	SSL_set_accept_state(e->s);
+	SSL_set_connect_state(e->c);
+	cr_assert_eq(SSL_set_tlsext_host_name(e->c, "gw.example"), 1);
+	bool s_done = false, c_done = false;
+	for (int round = 0; round < 16 && !(s_done && c_done); round++) {
+		c_done = c_done || SSL_do_handshake(e->c) == 1;
+		s_done = s_done || SSL_do_handshake(e->s) == 1;
+	}
+	ERR_clear_error();
+	cr_assert(s_done && c_done, "handshake did not finish");
+}
+
+static void tls_env_close(struct tls_env *e)
+{
+	SSL_free(e->s);
+	SSL_free(e->c);
+	SSL_CTX_free(e->sctx);
+	SSL_CTX_free(e->cctx);
+	X509_free(e->ca);
+	X509_free(e->server);
+	X509_free(e->client);
+	EVP_PKEY_free(e->ca_key);
+	EVP_PKEY_free(e->server_key);
+	EVP_PKEY_free(e->client_key);
+}
+
+/* The value of TLV type in buf[0..end), or NULL. */
+static const unsigned char *find_tlv(const unsigned char *buf, size_t end, uint8_t type,
+				     size_t *len)
+{
+	for (size_t pos = 0; pos + 3 <= end;) {
+		size_t l = (size_t)buf[pos + 1] << 8 | buf[pos + 2];
+		cr_assert_leq(pos + 3 + l, end, "TLV past the end");
+		if (buf[pos] == type) {
+			*len = l;
+			return buf + pos + 3;
+		}
+		pos += 3 + l;
+	}
+	return NULL;
+}
+
+static void expect_tlv(const unsigned char *buf, size_t end, uint8_t type, const char *want)
+{
+	size_t len = 0;
+	const unsigned char *v = find_tlv(buf, end, type, &len);
+	cr_assert_not_null(v, "TLV 0x%02x missing", type);
+	cr_assert_eq(len, strlen(want), "TLV 0x%02x: %.*s, expected %s", type, (int)len, v, want);
+	cr_assert_eq(memcmp(v, want, len), 0, "TLV 0x%02x: %.*s, expected %s", type, (int)len, v,
+		     want);
+}
+
+static void check_tls_header(EVP_PKEY *server_key, const char *sig_alg, const char *key_alg)
+{
+	struct tls_env e;
+	int l, c, srv;
+	tls_env_open(&e, server_key, 0);
+	tcp_pair(&l, &c, &srv);
+	unsigned char out[KG_PP2_MAX];
+	char err[160];
+	ssize_t n = kg_proxy_build_v2(srv, e.s, out, sizeof(out), err, sizeof(err));
+	cr_assert_gt(n, 28, "%s", err);
+	const unsigned char *tlvs = out + 28;
+	size_t tlen = (size_t)n - 28, slen = 0;
+	expect_tlv(tlvs, tlen, KG_PP2_TYPE_AUTHORITY, "gw.example");
+	const unsigned char *ssl = find_tlv(tlvs, tlen, KG_PP2_TYPE_SSL, &slen);
+	cr_assert_not_null(ssl);
+	cr_assert_eq(ssl[0], KG_PP2_CLIENT_SSL | KG_PP2_CLIENT_CERT_CONN | KG_PP2_CLIENT_CERT_SESS);
+	cr_assert_eq(memcmp(ssl + 1, "\0\0\0\0", 4), 0, "verify result not 0");
+	expect_tlv(ssl + 5, slen - 5, KG_PP2_SUBTYPE_SSL_VERSION, SSL_get_version(e.c));
+	expect_tlv(ssl + 5, slen - 5, KG_PP2_SUBTYPE_SSL_CN, "alice");
+	expect_tlv(ssl + 5, slen - 5, KG_PP2_SUBTYPE_SSL_CIPHER, SSL_get_cipher_name(e.c));
+	expect_tlv(ssl + 5, slen - 5, KG_PP2_SUBTYPE_SSL_SIG_ALG, sig_alg);
+	expect_tlv(ssl + 5, slen - 5, KG_PP2_SUBTYPE_SSL_KEY_ALG, key_alg);
+	close(srv);
+	close(c);
+	close(l);
+	tls_env_close(&e);
+}
+
+Test(proxy_v2, tls_facts_ec_server)
+{
+	check_tls_header(NULL, "ecdsa-with-SHA256", "EC256");
+}
+
+Test(proxy_v2, tls_facts_rsa_server)
+{
+	EVP_PKEY *rsa = EVP_RSA_gen(2048);
+	cr_assert_not_null(rsa);
+	/* The signature is the issuer's (an EC CA), the key the server's. */
+	check_tls_header(rsa, "ecdsa-with-SHA256", "RSA2048");
+}
+
+/* A CN far past the X.509 bound makes the header too large: the
+ * connection gets a clear refusal, never a cut CN. One of 500 bytes still
+ * fits and goes through whole. */
+Test(proxy_v2, long_cn_refused_not_truncated)
+{
+	size_t sizes[] = {500, 2000};
+	for (size_t i = 0; i < 2; i++) {
+		struct tls_env e;
+		int l, c, srv;
+		tls_env_open(&e, NULL, sizes[i]);
+		tcp_pair(&l, &c, &srv);
+		unsigned char out[KG_PP2_MAX];
+		char err[160] = "";
+		ssize_t n = kg_proxy_build_v2(srv, e.s, out, sizeof(out), err, sizeof(err));
+		if (sizes[i] == 500) {
+			cr_assert_gt(n, 500, "%s", err);
+			size_t slen = 0, cnlen = 0;
+			const unsigned char *ssl = find_tlv(out + 28, (size_t)n - 28,
+							    KG_PP2_TYPE_SSL, &slen);
+			cr_assert_not_null(ssl);
+			cr_assert_not_null(find_tlv(ssl + 5, slen - 5, KG_PP2_SUBTYPE_SSL_CN, &cnlen));
+			cr_assert_eq(cnlen, 500);
+		} else {
+			cr_assert_eq(n, -1);
+			cr_assert(strstr(err, "refused rather than truncated") != NULL, "%s", err);
+		}
+		close(srv);
+		close(c);
+		close(l);
+		tls_env_close(&e);
+	}
 }

@@ -290,3 +290,65 @@ def test_kgatectl_help_and_completion_offer_the_option():
                               "-", script, KGATECTL, verb],
                              capture_output=True, text=True, check=True).stdout.split()
         assert "--proxy-protocol" in out, (verb, out)
+
+
+def issue_long_cn_client(pki, tmp_path, cn_len):
+    """A client certificate from the test CA whose CN is cn_len bytes: past
+    X.509's 64-character bound, which OpenSSL's tools enforce but a
+    certificate made elsewhere need not respect."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    with open(os.path.join(pki.ca_dir, "private", "ca.key"), "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), None)
+    with open(pki.ca, "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "L" * cn_len)]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "long.pem", tmp_path / "long.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki.ca)
+    ctx.load_cert_chain(str(cert_path), str(key_path))
+    return ctx
+
+
+def test_header_too_large_closes_instead_of_truncating(pki, spawn_kgated, pp_backend,
+                                                       tmp_path):
+    """A verified client whose CN cannot fit the header's bound: the
+    connection is closed and counted, the backend never sees a cut CN; a
+    CN of 500 bytes still goes through whole."""
+    state = str(tmp_path / "state")
+    d = spawn_kgated(base_config(pki, [tls_listener(pki, [pp_backend], proxy_protocol="v2")]),
+                     args=["--state-dir", state])
+    pp, _ = tls_exchange(issue_long_cn_client(pki, tmp_path, 500), d.port)
+    assert pp["tlvs"]["ssl"]["cn"] == "L" * 500
+    ctx = issue_long_cn_client(pki, tmp_path, 1500)
+    with socket.create_connection(("127.0.0.1", d.port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            try:
+                s.sendall(b"ping")
+                got = s.recv(100)
+            except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+                got = b""
+    assert got == b""
+    assert d.wait_log("PROXY v2 header not sent: header larger than its bound")
+    ctl = Ctl(os.path.join(state, "control.sock"))
+    stats = ctl.json("stats")["backends"]
+    assert (stats["proxy_headers"], stats["proxy_header_failures"]) == (1, 1)
+    assert len(pp_backend.seen) == 1

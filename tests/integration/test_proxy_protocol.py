@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from conftest import (KGATED, base_config, client_context, run,
+from conftest import (KGATED, base_config, client_context, https_exchange, run,
                       tls_listener, wait_until)
 from pp2_backend import ProxyV2Backend, exchange
 from test_control import Ctl, port_of
@@ -262,20 +262,7 @@ def test_haproxy_accepts_our_header(pki, spawn_kgated, haproxy_backend):
     """HAProxy (accept-proxy) takes the client's address from our header:
     src is the client behind the tls listener, dst the listener."""
     d = spawn_kgated(base_config(pki, [tls_listener(pki, [haproxy_backend], proxy_protocol="v2")]))
-    ctx = client_context(pki)
-    with socket.create_connection(("127.0.0.1", d.port), timeout=20) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                try:
-                    chunk = s.recv(65536)
-                except ssl.SSLEOFError:
-                    break
-                if not chunk:
-                    break
-                data += chunk
-            client = s.getsockname()
+    data, client = https_exchange(client_context(pki), d.port)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), data[:300]
     assert body.decode().strip() == "src=%s sport=%d dst=127.0.0.1 dport=%d authority=localhost" % (

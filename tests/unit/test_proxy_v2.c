@@ -47,46 +47,65 @@ static void expect_bytes(const unsigned char *got, ssize_t n, const unsigned cha
 			     want[i]);
 }
 
+/* The header of a plain tcp connection from sip:sport to dip:dport; an
+ * address with a ':' is IPv6. */
+static ssize_t write_plain(const char *sip, uint16_t sport, const char *dip, uint16_t dport,
+			   unsigned char *out, size_t cap)
+{
+	struct sockaddr_storage s, d;
+	const char *ips[2] = {sip, dip};
+	uint16_t ports[2] = {sport, dport};
+	struct sockaddr_storage *ss[2] = {&s, &d};
+	for (int i = 0; i < 2; i++) {
+		if (strchr(ips[i], ':')) {
+			struct sockaddr_in6 a = v6(ips[i], ports[i]);
+			memcpy(ss[i], &a, sizeof(a));
+		} else {
+			struct sockaddr_in a = v4(ips[i], ports[i]);
+			memcpy(ss[i], &a, sizeof(a));
+		}
+	}
+	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d};
+	return kg_pp2_write(&in, out, cap);
+}
+
 Test(proxy_v2, ipv4_no_tlv)
 {
-	struct sockaddr_in s = v4("192.0.2.1", 56324), d = v4("198.51.100.7", 443);
-	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d};
-	unsigned char out[KG_PP2_MAX];
 	static const unsigned char want[] = {
 		SIG, 0x21, 0x11, 0x00, 0x0c,  /* v2 PROXY, TCP over IPv4, 12 bytes */
 		192, 0, 2, 1, 198, 51, 100, 7, /* source, destination */
 		0xdc, 0x04, 0x01, 0xbb,        /* 56324, 443 */
 	};
-	expect_bytes(out, kg_pp2_write(&in, out, sizeof(out)), want, sizeof(want));
+	unsigned char out[KG_PP2_MAX];
+	expect_bytes(out, write_plain("192.0.2.1", 56324, "198.51.100.7", 443, out, sizeof(out)),
+		     want, sizeof(want));
 }
 
 Test(proxy_v2, ipv6_no_tlv)
 {
-	struct sockaddr_in6 s = v6("2001:db8::1", 1), d = v6("2001:db8::ff", 8443);
-	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d};
-	unsigned char out[KG_PP2_MAX];
 	static const unsigned char want[] = {
 		SIG, 0x21, 0x21, 0x00, 0x24, /* v2 PROXY, TCP over IPv6, 36 bytes */
 		0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
 		0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff,
 		0x00, 0x01, 0x20, 0xfb,
 	};
-	expect_bytes(out, kg_pp2_write(&in, out, sizeof(out)), want, sizeof(want));
+	unsigned char out[KG_PP2_MAX];
+	expect_bytes(out, write_plain("2001:db8::1", 1, "2001:db8::ff", 8443, out, sizeof(out)),
+		     want, sizeof(want));
 }
 
+/* An IPv4 source next to an IPv6 destination: IPv4-mapped, family IPv6. */
 Test(proxy_v2, mixed_families_map_ipv4)
 {
-	struct sockaddr_in s = v4("127.0.0.1", 2);
-	struct sockaddr_in6 d = v6("::1", 3);
-	struct kg_pp2_info in = {.src = (struct sockaddr *)&s, .dst = (struct sockaddr *)&d};
-	unsigned char out[KG_PP2_MAX];
 	static const unsigned char want[] = {
 		SIG, 0x21, 0x21, 0x00, 0x24,
 		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1, /* ::ffff:127.0.0.1 */
 		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
 		0x00, 0x02, 0x00, 0x03,
 	};
-	expect_bytes(out, kg_pp2_write(&in, out, sizeof(out)), want, sizeof(want));
+	unsigned char out[KG_PP2_MAX];
+	expect_bytes(out, write_plain("127.0.0.1", 2, "::1", 3, out, sizeof(out)), want,
+		     sizeof(want));
 }
 
 Test(proxy_v2, ipv4_ssl_tlvs)

@@ -11,24 +11,14 @@ import sys
 
 import pytest
 
-from conftest import base_config, client_context, tls_listener, tls_stat, tls_stat_delta
+from conftest import (base_config, client_context, path_count, tls_listener, tls_stat,
+                      tls_stat_delta)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "..", "integration"))
 from pp2_backend import ProxyV2Backend, exchange  # noqa: E402
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-def path_count(d, name):
-    total = 0
-    for line in d.log().splitlines():
-        if "stopped:" in line and "paths:" in line:
-            for item in line.split("paths:")[1].split(";")[0].split(","):
-                label, _, n = item.strip().rpartition(" ")
-                if label == name:
-                    total += int(n)
-    return total
 
 
 @pytest.fixture

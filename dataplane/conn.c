@@ -605,7 +605,14 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 	 * fresh and no client byte has been sent to it yet; on path B the
 	 * SSL still holds the session facts the header reports. */
 	if (c->listener->conf->proxy_protocol == KG_PP_V2 && plan != KG_PATH_HTTP) {
-		if (kg_proxy_send_v2(c->cfd, c->ssl, c->bfd, err, sizeof(err)) < 0) {
+		int r = kg_proxy_send_v2(c->cfd, c->ssl, c->bfd, err, sizeof(err));
+		if (r == -ENOTCONN) {
+			/* The client reset while the backend was connecting:
+			 * nothing failed on our side. */
+			kg_conn_close(c, "client gone before the backend connected");
+			return;
+		}
+		if (r < 0) {
 			w->stats.proxy_failed++;
 			kg_worker_warn(w, "listener %s: PROXY v2 header not sent: %s; closing",
 				       c->listener->conf->name, err);

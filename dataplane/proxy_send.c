@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/x509.h>
@@ -57,6 +58,40 @@ static int client_cn(X509 *peer, unsigned char **cn, size_t *len)
 	return 0;
 }
 
+/* What the SSL TLV reports about ssl's session, in *s. The CN is copied
+ * into *cn (OPENSSL_free it, also after a failure); key_alg is the buffer
+ * s->key_alg points into. 0, or -EILSEQ with err filled. */
+static int ssl_facts(SSL *ssl, struct kg_pp2_ssl *s, unsigned char **cn, char *key_alg,
+		     size_t key_alg_len, char *err, size_t errlen)
+{
+	X509 *peer = SSL_get0_peer_certificate(ssl);
+	X509 *own = SSL_get_certificate(ssl);
+	s->client = KG_PP2_CLIENT_SSL;
+	/* Spec: 0 only when a certificate was presented and verified. */
+	s->verify = 1;
+	if (peer) {
+		/* A resumed session carries the certificate of the handshake
+		 * that created it. */
+		s->client |= KG_PP2_CLIENT_CERT_SESS;
+		if (!SSL_session_reused(ssl))
+			s->client |= KG_PP2_CLIENT_CERT_CONN;
+		s->verify = (uint32_t)SSL_get_verify_result(ssl);
+		if (client_cn(peer, cn, &s->cn.len) < 0) {
+			ERR_clear_error(); /* the next connection starts clean */
+			snprintf(err, errlen, "client certificate CN is not valid text");
+			return -EILSEQ;
+		}
+		s->cn.data = *cn;
+	}
+	s->version = str_bytes(SSL_get_version(ssl));
+	s->cipher = str_bytes(SSL_get_cipher_name(ssl));
+	int sig = own ? X509_get_signature_nid(own) : NID_undef;
+	s->sig_alg = str_bytes(sig != NID_undef ? OBJ_nid2sn(sig) : NULL);
+	key_alg_name(own, key_alg, key_alg_len);
+	s->key_alg = str_bytes(key_alg);
+	return 0;
+}
+
 ssize_t kg_proxy_build_v2(int cfd, SSL *ssl, unsigned char *out, size_t cap, char *err,
 			  size_t errlen)
 {
@@ -64,50 +99,32 @@ ssize_t kg_proxy_build_v2(int cfd, SSL *ssl, unsigned char *out, size_t cap, cha
 	socklen_t slen = sizeof(src), dlen = sizeof(dst);
 	if (getpeername(cfd, (struct sockaddr *)&src, &slen) == -1 ||
 	    getsockname(cfd, (struct sockaddr *)&dst, &dlen) == -1) {
-		snprintf(err, errlen, "client socket address: %s", strerror(errno));
-		return -1;
+		int e = errno;
+		snprintf(err, errlen, "client socket address: %s", strerror(e));
+		return -e;
 	}
 	struct kg_pp2_info info = {.src = (struct sockaddr *)&src, .dst = (struct sockaddr *)&dst};
 	struct kg_pp2_ssl s = {0};
 	unsigned char *cn = NULL;
-	char key_alg[32];
+	char key_alg[32] = "";
+	ssize_t n;
 	if (ssl) {
-		X509 *peer = SSL_get0_peer_certificate(ssl);
-		X509 *own = SSL_get_certificate(ssl);
-		s.client = KG_PP2_CLIENT_SSL;
-		/* Spec: 0 only when a certificate was presented and verified. */
-		s.verify = 1;
-		if (peer) {
-			/* A resumed session carries the certificate of the
-			 * handshake that created it. */
-			s.client |= KG_PP2_CLIENT_CERT_SESS;
-			if (!SSL_session_reused(ssl))
-				s.client |= KG_PP2_CLIENT_CERT_CONN;
-			s.verify = (uint32_t)SSL_get_verify_result(ssl);
-			if (client_cn(peer, &cn, &s.cn.len) < 0) {
-				snprintf(err, errlen, "client certificate CN is not valid text");
-				return -1;
-			}
-			s.cn.data = cn;
-		}
-		s.version = str_bytes(SSL_get_version(ssl));
-		s.cipher = str_bytes(SSL_get_cipher_name(ssl));
-		int sig = own ? X509_get_signature_nid(own) : NID_undef;
-		s.sig_alg = str_bytes(sig != NID_undef ? OBJ_nid2sn(sig) : NULL);
-		key_alg_name(own, key_alg, sizeof(key_alg));
-		s.key_alg = str_bytes(key_alg);
+		n = ssl_facts(ssl, &s, &cn, key_alg, sizeof(key_alg), err, errlen);
+		if (n < 0)
+			goto free_cn;
 		info.ssl = &s;
 		info.authority = str_bytes(SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name));
 	}
-	ssize_t n = kg_pp2_write(&info, out, cap);
-	OPENSSL_free(cn);
+	n = kg_pp2_write(&info, out, cap);
 	if (n < 0)
 		snprintf(err, errlen, "%s",
 			 n == -EMSGSIZE ? "header larger than its bound (client certificate CN or "
 					  "server name too long); refused rather than truncated"
 			 : n == -EAFNOSUPPORT ? "client address is neither IPv4 nor IPv6"
 					      : strerror((int)-n));
-	return n < 0 ? -1 : n;
+free_cn:
+	OPENSSL_free(cn);
+	return n;
 }
 
 int kg_proxy_send_v2(int cfd, SSL *ssl, int bfd, char *err, size_t errlen)
@@ -115,15 +132,17 @@ int kg_proxy_send_v2(int cfd, SSL *ssl, int bfd, char *err, size_t errlen)
 	unsigned char hdr[KG_PP2_MAX];
 	ssize_t n = kg_proxy_build_v2(cfd, ssl, hdr, sizeof(hdr), err, errlen);
 	if (n < 0)
-		return -1;
+		return (int)n;
 	ssize_t w = send(bfd, hdr, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
 	if (w == -1) {
-		snprintf(err, errlen, "send to backend: %s", strerror(errno));
-		return -1;
+		int e = errno;
+		snprintf(err, errlen, "send to backend: %s", strerror(e));
+		/* The client's ENOTCONN means something else; keep them apart. */
+		return e == ENOTCONN ? -EPIPE : -e;
 	}
 	if (w != n) {
 		snprintf(err, errlen, "backend took %zd of the %zd header bytes", w, n);
-		return -1;
+		return -EAGAIN;
 	}
 	return 0;
 }

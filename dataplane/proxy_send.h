@@ -14,16 +14,19 @@
 #include <openssl/ssl.h>
 
 /* Builds the header for the client socket cfd and its TLS session (ssl,
- * NULL for plain tcp) into out[0..cap). Its length, or -1 with a one-line
- * reason in err. */
+ * NULL for plain tcp) into out[0..cap). Its length, or -errno with a
+ * one-line reason in err: -ENOTCONN when the client is already gone (it
+ * reset the connection), -EMSGSIZE when the header would exceed its bound
+ * (a huge CN or SNI), -EILSEQ for a CN that is not text. */
 ssize_t kg_proxy_build_v2(int cfd, SSL *ssl, unsigned char *out, size_t cap, char *err,
 			  size_t errlen);
 
 /* Builds the header and writes it whole to bfd, a freshly connected
  * non-blocking backend socket. A fresh socket's send buffer always takes
- * a header this small (KG_PP2_MAX); a short write is refused rather than
- * queued, since the spec asks for the header at once and no client byte
- * may overtake it. 0, or -1 with a one-line reason in err. */
+ * a header this small (KG_PP2_MAX); a short write is refused (-EAGAIN)
+ * rather than queued, since the spec asks for the header at once and no
+ * client byte may overtake it. 0, or kg_proxy_build_v2's errors, or the
+ * send's -errno (never -ENOTCONN), with a one-line reason in err. */
 int kg_proxy_send_v2(int cfd, SSL *ssl, int bfd, char *err, size_t errlen);
 
 #endif

@@ -271,9 +271,29 @@ Test(proxy_v2, build_from_sockets)
 
 	/* A socket that is not connected: a clear refusal. */
 	int u = socket(AF_INET, SOCK_STREAM, 0);
-	cr_assert_eq(kg_proxy_build_v2(u, NULL, out, sizeof(out), err, sizeof(err)), -1);
+	cr_assert_eq(kg_proxy_build_v2(u, NULL, out, sizeof(out), err, sizeof(err)), -ENOTCONN);
 	cr_assert(strstr(err, "client socket address") != NULL, "%s", err);
 	close(u);
+}
+
+/* A client that reset before its backend connected: -ENOTCONN, which
+ * conn.c closes quietly instead of counting a header failure. */
+Test(proxy_v2, client_reset_is_enotconn)
+{
+	int l, c, s;
+	tcp_pair(&l, &c, &s);
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	cr_assert_eq(setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+	close(c); /* RST */
+	char err[160];
+	int r = 0;
+	/* The RST is processed synchronously on loopback; a few tries cover
+	 * a scheduler delay without any timing assertion. */
+	for (int i = 0; i < 100 && r != -ENOTCONN; i++)
+		r = kg_proxy_send_v2(s, NULL, l, err, sizeof(err));
+	cr_assert_eq(r, -ENOTCONN, "%d: %s", r, err);
+	close(s);
+	close(l);
 }
 
 /* ---- TLS facts (proxy_send.c) from a real handshake over a BIO pair ---- */
@@ -450,7 +470,7 @@ Test(proxy_v2, long_cn_refused_not_truncated)
 			cr_assert_not_null(find_tlv(ssl + 5, slen - 5, KG_PP2_SUBTYPE_SSL_CN, &cnlen));
 			cr_assert_eq(cnlen, 500);
 		} else {
-			cr_assert_eq(n, -1);
+			cr_assert_eq(n, -EMSGSIZE);
 			cr_assert(strstr(err, "refused rather than truncated") != NULL, "%s", err);
 		}
 		close(srv);

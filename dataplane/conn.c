@@ -594,33 +594,42 @@ void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, enum kg_op op, b
 	c->inflight++;
 }
 
+/* The PROXY header goes first on every path: the backend socket is fresh
+ * and no client byte has been sent to it yet; on path B the SSL still
+ * holds the session facts the header reports. False: the connection is
+ * closing. */
+static bool send_proxy_header(struct kg_conn *c)
+{
+	struct kg_worker *w = c->worker;
+	char err[160];
+	int r = kg_proxy_send_v2(c->cfd, c->ssl, c->bfd, err, sizeof(err));
+	if (r == -ENOTCONN) {
+		/* The client reset while the backend was connecting: nothing
+		 * failed on our side. */
+		kg_conn_close(c, "client gone before the backend connected");
+		return false;
+	}
+	if (r < 0) {
+		w->stats.proxy_failed++;
+		kg_worker_warn(w, "listener %s: PROXY v2 header not sent: %s; closing",
+			       c->listener->conf->name, err);
+		kg_conn_close(c, "PROXY v2 header not sent");
+		return false;
+	}
+	w->stats.proxy_sent++;
+	return true;
+}
+
 void kg_conn_start_forwarding(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
 	enum kg_path plan = c->listener->plan;
-	char err[160];
+	char err[128];
 
 	c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
-	/* The PROXY header goes first on every path: the backend socket is
-	 * fresh and no client byte has been sent to it yet; on path B the
-	 * SSL still holds the session facts the header reports. */
-	if (c->listener->conf->proxy_protocol == KG_PP_V2 && plan != KG_PATH_HTTP) {
-		int r = kg_proxy_send_v2(c->cfd, c->ssl, c->bfd, err, sizeof(err));
-		if (r == -ENOTCONN) {
-			/* The client reset while the backend was connecting:
-			 * nothing failed on our side. */
-			kg_conn_close(c, "client gone before the backend connected");
-			return;
-		}
-		if (r < 0) {
-			w->stats.proxy_failed++;
-			kg_worker_warn(w, "listener %s: PROXY v2 header not sent: %s; closing",
-				       c->listener->conf->name, err);
-			kg_conn_close(c, "PROXY v2 header not sent");
-			return;
-		}
-		w->stats.proxy_sent++;
-	}
+	if (c->listener->conf->proxy_protocol == KG_PP_V2 && plan != KG_PATH_HTTP &&
+	    !send_proxy_header(c))
+		return;
 	switch (plan) {
 	case KG_PATH_KTLS_SPLICE:
 	case KG_PATH_HTTP_KTLS:

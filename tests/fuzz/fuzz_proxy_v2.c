@@ -9,10 +9,12 @@
  * output buffer is exactly cap bytes on the heap).
  *
  * Input: a 45-byte head, zero-padded when shorter —
- *   [0] flags: 1 src IPv6, 2 dst IPv6, 4 SSL TLV, 8 source is AF_UNIX
+ *   [0] flags: 1 src IPv6, 2 dst IPv6, 4 SSL TLV, 8 source is AF_UNIX,
+ *       16 grow the CN
  *   [1..2] cap (big-endian) modulo KG_PP2_MAX + 64
- *   [3] grow: the CN is lengthened by grow * 512 bytes (repeating itself),
- *       so lengths past the 16-bit TLV field are reached
+ *   [3] grow: with flag 16, the CN is lengthened by grow * 512 bytes
+ *       (repeating itself), so lengths past the 16-bit TLV field are
+ *       reached; a flag keeps most inputs small and the harness fast
  *   [4..19] src address, [20..35] dst address (IPv4: first 4 bytes)
  *   [36..37] src port, [38..39] dst port, [40] client flags, [41..44] verify
  * then fields split by "\n--8<--\n": version, CN, cipher, sig_alg, key_alg,
@@ -114,11 +116,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t cap = be16(head + 1) % (KG_PP2_MAX + 64);
 
 	/* The CN, grown to any length by repeating itself. */
-	size_t cn_len = part_len[F_CN] + (size_t)head[3] * 512;
+	size_t cn_len = part_len[F_CN] + (head[0] & 16 ? (size_t)head[3] * 512 : 0);
 	uint8_t *cn = malloc(cn_len ? cn_len : 1);
 	KF_FAIL_IF(!cn);
-	for (size_t i = 0; i < cn_len; i++)
-		cn[i] = part_len[F_CN] ? part[F_CN][i % part_len[F_CN]] : (uint8_t)'A';
+	if (part_len[F_CN] == 0)
+		memset(cn, 'A', cn_len);
+	for (size_t off = 0; part_len[F_CN] > 0 && off < cn_len; off += part_len[F_CN]) {
+		size_t n = cn_len - off < part_len[F_CN] ? cn_len - off : part_len[F_CN];
+		memcpy(cn + off, part[F_CN], n);
+	}
 
 	struct sockaddr_storage src, dst;
 	fill_addr(&src, src6, head + 4, head + 36);

@@ -146,9 +146,9 @@ def proxy_v2_seeds():
                                                       fields=tls + [bytes(range(128))]))
     write("proxy_v2", "cn-utf8-nul", proxy_v2_seed(4, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
                                                    fields=["TLSv1.3", "Jos\u00e9\0x"]))
-    write("proxy_v2", "cn-too-long", proxy_v2_seed(4, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
+    write("proxy_v2", "cn-too-long", proxy_v2_seed(4 | 16, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
                                                    grow=2, fields=["TLSv1.3", "x" * 64]))
-    write("proxy_v2", "cn-over-tlv", proxy_v2_seed(4, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
+    write("proxy_v2", "cn-over-tlv", proxy_v2_seed(4 | 16, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
                                                    grow=200, fields=["", "y"]))
     write("proxy_v2", "unique-id-129", proxy_v2_seed(0, "1.2.3.4", "5.6.7.8", 1, 2,
                                                      fields=[""] * 6 + ["u" * 129]))

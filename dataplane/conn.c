@@ -611,8 +611,8 @@ static bool send_proxy_header(struct kg_conn *c)
 	}
 	if (r < 0) {
 		w->stats.proxy_failed++;
-		kg_worker_warn(w, "listener %s: PROXY v2 header not sent: %s; closing",
-			       c->listener->conf->name, err);
+		kg_worker_warn(w, "proxy.header_failed", KV("listener", c->listener->conf->name),
+			       KV("reason", err), KV("action", "close"));
 		kg_conn_close(c, "PROXY v2 header not sent");
 		return false;
 	}

@@ -334,7 +334,8 @@ def test_header_too_large_closes_instead_of_truncating(pki, spawn_kgated, pp_bac
             except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
                 got = b""
     assert got == b""
-    assert d.wait_log("PROXY v2 header not sent: header larger than its bound")
+    evs = d.wait_event("proxy.header_failed", listener="web", action="close")
+    assert len(evs) == 1 and "refused rather than truncated" in evs[0]["reason"], d.log()
     ctl = Ctl(os.path.join(state, "control.sock"))
     stats = ctl.json("stats")["backends"]
     assert (stats["proxy_headers"], stats["proxy_header_failures"]) == (1, 1)

@@ -627,7 +627,7 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 	char err[128];
 
 	c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
-	if (c->listener->conf->proxy_protocol == KG_PP_V2 && plan != KG_PATH_HTTP &&
+	if (c->listener->conf->proxy_protocol == KG_PP_V2 && !kg_path_is_http(plan) &&
 	    !send_proxy_header(c))
 		return;
 	switch (plan) {

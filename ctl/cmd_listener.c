@@ -22,6 +22,7 @@ static const struct opt_key settable[] = {
 	{"mutual-auth", "mutual_auth", false},
 	{"scheduler", "scheduler", false},
 	{"forwarding", "forwarding", false},
+	{"proxy-protocol", "proxy_protocol", false},
 	{"verify-depth", "verify_depth", true},
 	{"handshake-timeout-ms", "handshake_timeout_ms", true},
 	{"idle-timeout-ms", "idle_timeout_ms", true},
@@ -31,7 +32,7 @@ static const struct opt_key settable[] = {
 	{NULL, NULL, false},
 };
 
-#define SETTABLE_OPTS " cert ca mutual-auth scheduler forwarding verify-depth " \
+#define SETTABLE_OPTS " cert ca mutual-auth scheduler forwarding proxy-protocol verify-depth " \
 	"handshake-timeout-ms idle-timeout-ms connect-timeout-ms max-connections connect-retries " \
 	"health-check http "
 
@@ -213,16 +214,17 @@ static const struct kg_cmd listener_cmds[] = {
 	{"create", listener_create,
 	 "--name NAME --protocol tls|https|tcp --port N [--bind ADDR] [--cert NAME] "
 	 "[--mutual-auth required|optional|off] [--ca NAME] [--verify-depth N] [--scheduler rr|wrr] "
-	 "[--forwarding auto|splice|sockmap|userspace] [--handshake-timeout-ms N] "
-	 "[--idle-timeout-ms N] [--connect-timeout-ms N] [--max-connections N] "
-	 "[--connect-retries N] [--health-check JSON] [--http JSON] --backend HOST:PORT[,weight=W] ...",
+	 "[--forwarding auto|splice|sockmap|userspace] [--proxy-protocol v2|none] "
+	 "[--handshake-timeout-ms N] [--idle-timeout-ms N] [--connect-timeout-ms N] "
+	 "[--max-connections N] [--connect-retries N] [--health-check JSON] [--http JSON] --backend HOST:PORT[,weight=W] ...",
 	 "create and start a listener (bind defaults to 0.0.0.0; port 0 lets the kernel choose)"},
 	{"list", listener_list, "[-o json]", "listeners: address, state, certificates, backends, active connections"},
 	{"show", listener_show, "NAME [-o json]", "settings, counters and each backend's weight and state"},
 	{"update", listener_update,
 	 "NAME [--cert NAME] [--ca NAME|none] [--mutual-auth M] [--verify-depth N] [--scheduler S] "
-	 "[--forwarding F] [--handshake-timeout-ms N] [--idle-timeout-ms N] [--connect-timeout-ms N] "
-	 "[--max-connections N] [--connect-retries N] [--health-check JSON|none] [--http JSON|none]",
+	 "[--forwarding F] [--proxy-protocol v2|none] [--handshake-timeout-ms N] "
+	 "[--idle-timeout-ms N] [--connect-timeout-ms N] [--max-connections N] [--connect-retries N] "
+	 "[--health-check JSON|none] [--http JSON|none]",
 	 "change settings; new connections use them, open ones keep theirs"},
 	{"stop", listener_stop, "NAME", "stop accepting (open connections finish); kept in the state"},
 	{"start", listener_start, "NAME", "accept again"},

@@ -780,8 +780,9 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 		"name", "protocol", "bind", "port", "certificate", "mutual_auth", "ca",
 		"verify_depth", "scheduler", "forwarding", "handshake_timeout_ms",
 		"idle_timeout_ms", "connect_timeout_ms", "max_connections", "connect_retries",
-		"backends", "health_check", "enabled", "http", NULL};
+		"backends", "health_check", "enabled", "http", "proxy_protocol", NULL};
 	static const char *const protocols[] = {"tls", "tcp", "https", NULL};
+	static const char *const proxy_protocols[] = {"none", "v2", NULL};
 	static const char *const forwardings[] = {"auto", "sockmap", "splice", "userspace", NULL};
 	static const char *const schedulers[] = {"rr", NULL};
 	char kp[KG_PATH_MAX];
@@ -831,6 +832,18 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 	if (get_enum(p, lpath, lobj, "forwarding", forwardings, &v) < 0)
 		return -1;
 	l->forwarding = (enum kg_forwarding)v;
+	v = KG_PP_NONE;
+	if (get_enum(p, lpath, lobj, "proxy_protocol", proxy_protocols, &v) < 0)
+		return -1;
+	l->proxy_protocol = (enum kg_proxy_protocol)v;
+	if (l->proxy_protocol != KG_PP_NONE && l->protocol == KG_PROTO_HTTPS) {
+		/* Pooled backend connections carry many clients' requests: a
+		 * per-connection header would name the wrong one. */
+		member_path(kp, lpath, "proxy_protocol");
+		return fail(p, kp, "is for protocol \"tcp\" and \"tls\"; an https listener "
+				   "names the client in X-Forwarded-For and client-certificate "
+				   "headers (\"http\".\"headers\")");
+	}
 
 	if (get_uint(p, lpath, lobj, "handshake_timeout_ms", 1, 3600000, &l->handshake_timeout_ms) < 0 ||
 	    get_uint(p, lpath, lobj, "idle_timeout_ms", 1, 86400000, &l->idle_timeout_ms) < 0 ||

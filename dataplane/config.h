@@ -19,6 +19,9 @@ enum kg_protocol { KG_PROTO_TLS, KG_PROTO_TCP, KG_PROTO_HTTPS };
 enum kg_mutual_auth { KG_MTLS_OFF, KG_MTLS_OPTIONAL, KG_MTLS_REQUIRED };
 enum kg_forwarding { KG_FWD_AUTO, KG_FWD_SOCKMAP, KG_FWD_SPLICE, KG_FWD_USERSPACE };
 enum kg_health_type { KG_HEALTH_NONE, KG_HEALTH_TCP, KG_HEALTH_HTTP };
+/* "proxy_protocol": what a tcp/tls listener writes to the backend before
+ * the client's bytes (proxy_v2.h); https listeners refuse it. */
+enum kg_proxy_protocol { KG_PP_NONE, KG_PP_V2 };
 
 struct kg_cert_conf {
 	char name[KG_NAME_MAX + 1];
@@ -113,6 +116,7 @@ struct kg_listener_conf {
 	enum kg_mutual_auth mutual_auth; /* default required when ca is set, else off */
 	unsigned verify_depth;           /* default 4 */
 	enum kg_forwarding forwarding;   /* default auto */
+	enum kg_proxy_protocol proxy_protocol; /* default none; tcp and tls only */
 	struct kg_backend_conf *backends;
 	size_t n_backends; /* >= 1 */
 	struct kg_health_conf health_check;

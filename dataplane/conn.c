@@ -25,6 +25,7 @@
 #include "client_bio.h"
 #include "health.h"
 #include "listener.h"
+#include "proxy_send.h"
 #include "tls.h"
 
 static void conn_peer(const struct kg_conn *c, char *buf, size_t len)
@@ -593,6 +594,32 @@ void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, enum kg_op op, b
 	c->inflight++;
 }
 
+/* The PROXY header goes first on every path: the backend socket is fresh
+ * and no client byte has been sent to it yet; on path B the SSL still
+ * holds the session facts the header reports. False: the connection is
+ * closing. */
+static bool send_proxy_header(struct kg_conn *c)
+{
+	struct kg_worker *w = c->worker;
+	char err[160];
+	int r = kg_proxy_send_v2(c->cfd, c->ssl, c->bfd, err, sizeof(err));
+	if (r == -ENOTCONN) {
+		/* The client reset while the backend was connecting: nothing
+		 * failed on our side. */
+		kg_conn_close(c, "client gone before the backend connected");
+		return false;
+	}
+	if (r < 0) {
+		w->stats.proxy_failed++;
+		kg_worker_warn(w, "proxy.header_failed", KV("listener", c->listener->conf->name),
+			       KV("reason", err), KV("action", "close"));
+		kg_conn_close(c, "PROXY v2 header not sent");
+		return false;
+	}
+	w->stats.proxy_sent++;
+	return true;
+}
+
 void kg_conn_start_forwarding(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
@@ -600,6 +627,9 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 	char err[128];
 
 	c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
+	if (c->listener->conf->proxy_protocol == KG_PP_V2 && !kg_path_is_http(plan) &&
+	    !send_proxy_header(c))
+		return;
 	switch (plan) {
 	case KG_PATH_KTLS_SPLICE:
 	case KG_PATH_HTTP_KTLS:

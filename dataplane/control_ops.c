@@ -726,6 +726,8 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	if (!detail)
 		return o;
 	json_object_object_add(o, "forwarding", json_object_new_string(fwd_names[l->forwarding]));
+	json_object_object_add(o, "proxy_protocol", json_object_new_string(
+			l->proxy_protocol == KG_PP_V2 ? "v2" : "none"));
 	json_object_object_add(o, "scheduler", json_object_new_string("rr"));
 	json_object_object_add(o, "verify_depth", json_object_new_int((int)l->verify_depth));
 	json_object_object_add(o, "handshake_timeout_ms", json_object_new_int64(l->handshake_timeout_ms));
@@ -852,7 +854,7 @@ static json_object *op_listener_create(struct kg_ops *ops, json_object *args)
 static const char *const updatable[] = {
 	"certificate", "ca", "mutual_auth", "verify_depth", "scheduler", "forwarding",
 	"handshake_timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "max_connections",
-	"connect_retries", "health_check", "http", NULL};
+	"connect_retries", "health_check", "http", "proxy_protocol", NULL};
 
 /* Runs edit on a copy of the listener's document entry, then transacts. */
 static json_object *edit_listener(struct kg_ops *ops, const char *name,

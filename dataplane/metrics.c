@@ -41,6 +41,8 @@ static void sum_workers(const struct kg_runtime *rt, struct kg_counters *sum)
 			sum->path[p] += c->path[p];
 		sum->ktls_fallback += c->ktls_fallback;
 		sum->ktls_failed += c->ktls_failed;
+		sum->proxy_sent += c->proxy_sent;
+		sum->proxy_failed += c->proxy_failed;
 		sum->health_checks += c->health_checks;
 		sum->health_checks_failed += c->health_checks_failed;
 		sum->cut_unhealthy += c->cut_unhealthy;
@@ -129,6 +131,8 @@ json_object *kg_stats_json(struct kg_ops *ops, const char *listener)
 	add_u64(bytes, "http_spliced_backend_to_client", sum.http_spliced_b2c);
 	add_u64(be, "connect_failed", sum.backend_connect_failed);
 	add_u64(be, "no_backend", sum.no_backend);
+	add_u64(be, "proxy_headers", sum.proxy_sent);
+	add_u64(be, "proxy_header_failures", sum.proxy_failed);
 	add_u64(be, "health_checks", sum.health_checks);
 	add_u64(be, "health_checks_failed", sum.health_checks_failed);
 	add_u64(be, "http_connects", sum.http_backend_connects);
@@ -242,6 +246,11 @@ char *kg_metrics_text(struct kg_ops *ops)
 	       s.backend_connect_failed);
 	metric(&t, "no_backend_total", "counter", "Connections closed with no backend left.",
 	       s.no_backend);
+	metric(&t, "proxy_headers_total", "counter", "PROXY v2 headers sent to backends.",
+	       s.proxy_sent);
+	metric(&t, "proxy_header_failures_total", "counter",
+	       "Connections closed because their PROXY v2 header could not be built or sent.",
+	       s.proxy_failed);
 	put(&t, "# HELP kgate_listener_connections_active Open connections per listener.\n"
 		"# TYPE kgate_listener_connections_active gauge\n");
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {

@@ -94,6 +94,8 @@ struct kg_counters {
 	uint64_t ktls_fallback;       /* auto: kTLS handoff impossible, stayed on userspace TLS */
 	uint64_t sockmap_fallback;    /* sockmap refused a pair: spliced instead */
 	uint64_t ktls_failed;         /* forced or past the point of return: closed */
+	uint64_t proxy_sent;          /* PROXY v2 headers written to backends */
+	uint64_t proxy_failed;        /* header could not be built or sent: closed */
 	uint64_t health_checks;        /* active checks run by this worker */
 	uint64_t health_checks_failed;
 	uint64_t cut_unhealthy;        /* connections closed: backend turned unhealthy */

@@ -3,13 +3,16 @@
 handshake/ and tls_record/ (client flights recorded with Python's ssl over
 memory BIOs against a server using data/'s PKI), certs/ (the data/ files in
 the harness's input format), control/ (control sessions carrying data/'s
-certificates inline). Hand-written seeds of the other harnesses are
-committed as they are. Usage: tests/fuzz/gen_seeds.py [handshake|certs|control]...
+certificates inline), proxy_v2/ (headers of tcp and TLS connections and
+each bound). Hand-written seeds of the other harnesses are committed as
+they are. Usage: tests/fuzz/gen_seeds.py [handshake|certs|control|proxy_v2]...
 (default: all)"""
 import base64
 import json
 import os
+import socket
 import ssl
+import struct
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -116,8 +119,48 @@ def control_seeds():
         write("control", name, SEP.join(reqs))
 
 
+def proxy_v2_seed(flags, src, dst, sport, dport, client=0, verify=0, grow=0,
+                  cap=1024, fields=()):
+    """fuzz_proxy_v2's input: the 45-byte head, then the text fields."""
+    def addr(a):
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a)
+        return packed.ljust(16, b"\0")
+    head = (bytes([flags]) + struct.pack(">H", cap) + bytes([grow]) + addr(src) + addr(dst) +
+            struct.pack(">HHBI", sport, dport, client, verify))
+    assert len(head) == 45
+    return head + SEP.join(f.encode() if isinstance(f, str) else f for f in fields)
+
+
+def proxy_v2_seeds():
+    tls = ["TLSv1.3", "client1", "TLS_AES_128_GCM_SHA256", "ecdsa-with-SHA256", "EC256",
+           "localhost"]
+    write("proxy_v2", "tcp4", proxy_v2_seed(0, "127.0.0.1", "127.0.0.1", 40000, 8443))
+    write("proxy_v2", "tcp6", proxy_v2_seed(3, "2001:db8::1", "::1", 40000, 443))
+    write("proxy_v2", "mixed-mapped", proxy_v2_seed(2, "192.0.2.1", "::1", 1, 2))
+    write("proxy_v2", "tls-mtls", proxy_v2_seed(4, "10.0.0.1", "10.0.0.2", 5555, 443,
+                                                client=7, fields=tls))
+    write("proxy_v2", "tls-no-cert", proxy_v2_seed(4, "10.0.0.1", "10.0.0.2", 5555, 443,
+                                                   client=1, verify=1,
+                                                   fields=["TLSv1.2", "", "ECDHE-ECDSA-AES128-GCM-SHA256"]))
+    write("proxy_v2", "tls6-unique-id", proxy_v2_seed(7, "::1", "::1", 1, 2, client=5,
+                                                      fields=tls + [bytes(range(128))]))
+    write("proxy_v2", "cn-utf8-nul", proxy_v2_seed(4, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
+                                                   fields=["TLSv1.3", "Jos\u00e9\0x"]))
+    write("proxy_v2", "cn-too-long", proxy_v2_seed(4 | 16, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
+                                                   grow=2, fields=["TLSv1.3", "x" * 64]))
+    write("proxy_v2", "cn-over-tlv", proxy_v2_seed(4 | 16, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
+                                                   grow=200, fields=["", "y"]))
+    write("proxy_v2", "unique-id-129", proxy_v2_seed(0, "1.2.3.4", "5.6.7.8", 1, 2,
+                                                     fields=[""] * 6 + ["u" * 129]))
+    write("proxy_v2", "cap-short", proxy_v2_seed(4, "1.2.3.4", "5.6.7.8", 1, 2, client=7,
+                                                 cap=40, fields=tls))
+    write("proxy_v2", "unix-source", proxy_v2_seed(8, "1.2.3.4", "5.6.7.8", 1, 2))
+
+
 def main():
-    want = set(sys.argv[1:]) or {"handshake", "certs", "control"}
+    want = set(sys.argv[1:]) or {"handshake", "certs", "control", "proxy_v2"}
+    if "proxy_v2" in want:
+        proxy_v2_seeds()
     if "control" in want:
         control_seeds()
     if "certs" in want:

@@ -667,10 +667,12 @@ def curl(pki, port, cert="client", extra=(), timeout=15):
     return run(cmd, check=False, timeout=timeout)
 
 
-def https_get(ctx, port, timeout=10):
-    """One GET over a fresh Python ssl connection; returns the body text."""
+def https_exchange(ctx, port, timeout=10):
+    """One GET over a fresh Python ssl connection: (the whole response,
+    the client's (address, port))."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            client = s.getsockname()[:2]
             s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n"
                       b"Connection: close\r\n\r\n")
             data = b""
@@ -682,6 +684,12 @@ def https_get(ctx, port, timeout=10):
                 if not chunk:
                     break
                 data += chunk
+    return data, client
+
+
+def https_get(ctx, port, timeout=10):
+    """One GET over a fresh Python ssl connection; returns the body text."""
+    data, _ = https_exchange(ctx, port, timeout)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), data[:200]
     return body.decode()

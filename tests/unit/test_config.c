@@ -118,6 +118,9 @@ static const struct bad_case bad[] = {
 	{DOC(",'scheduler':'wrr'"), "listeners[0].scheduler: must be one of \"rr\""},
 	{DOC(",'scheduler':'lc'"), "listeners[0].scheduler: must be one of \"rr\""},
 	{DOC(",'forwarding':'magic'"), "listeners[0].forwarding: must be one of \"auto\", \"sockmap\", \"splice\", \"userspace\""},
+	{DOC(",'proxy_protocol':'v1'"), "listeners[0].proxy_protocol: must be one of \"none\", \"v2\""},
+	{DOC(",'proxy_protocol':2"), "listeners[0].proxy_protocol: expected a string, got an integer"},
+	{DOC(",'protocol':'https','proxy_protocol':'v2'"), "listeners[0].proxy_protocol: is for protocol \"tcp\" and \"tls\"; an https listener names the client in X-Forwarded-For"},
 	{DOC(",'handshake_timeout_ms':0"), "listeners[0].handshake_timeout_ms: must be 1-"},
 	{DOC(",'idle_timeout_ms':0"), "listeners[0].idle_timeout_ms: must be 1-"},
 	{DOC(",'connect_timeout_ms':0"), "listeners[0].connect_timeout_ms: must be 1-"},
@@ -249,6 +252,7 @@ Test(config, defaults_filled)
 	cr_expect_eq(l->mutual_auth, KG_MTLS_OFF);
 	cr_expect_eq(l->verify_depth, 4);
 	cr_expect_eq(l->forwarding, KG_FWD_AUTO);
+	cr_expect_eq(l->proxy_protocol, KG_PP_NONE);
 	cr_expect_eq(l->handshake_timeout_ms, 10000);
 	cr_expect_eq(l->idle_timeout_ms, 300000);
 	cr_expect_eq(l->connect_timeout_ms, 3000);
@@ -400,10 +404,11 @@ Test(config, full_document)
 		"'certificate':'web','mutual_auth':'required','ca':'clients','verify_depth':2,"
 		"'scheduler':'rr','forwarding':'userspace','handshake_timeout_ms':100,"
 		"'idle_timeout_ms':200,'connect_timeout_ms':300,'max_connections':400,"
-		"'connect_retries':0,'backends':[{'address':'127.0.0.1:9001','weight':3,'disabled':true},"
+		"'connect_retries':0,'proxy_protocol':'v2',"
+		"'backends':[{'address':'127.0.0.1:9001','weight':3,'disabled':true},"
 		"{'address':'[::1]:9002','weight':256,'drained':true,'disabled':false}],'health_check':{'type':'http',"
 		"'interval_ms':100,'timeout_ms':1,'healthy_threshold':10,'unhealthy_threshold':1}},"
-		"{'name':'plain','protocol':'tcp','bind':'127.0.0.1','port':0,"
+		"{'name':'plain','protocol':'tcp','bind':'127.0.0.1','port':0,'proxy_protocol':'v2',"
 		"'backends':[{'address':'127.0.0.1:9003'}]}]}";
 	char err[512];
 	struct kg_config *cfg = parse(doc, err, sizeof(err));
@@ -421,6 +426,8 @@ Test(config, full_document)
 	cr_expect_eq(l->connect_timeout_ms, 300);
 	cr_expect_eq(l->max_connections, 400);
 	cr_expect_eq(l->connect_retries, 0);
+	cr_expect_eq(l->proxy_protocol, KG_PP_V2);
+	cr_expect_eq(cfg->listeners[1].proxy_protocol, KG_PP_V2);
 	cr_assert_eq(l->n_backends, 2);
 	cr_expect_eq(l->backends[0].weight, 3);
 	cr_expect_eq(l->backends[1].weight, 256);

@@ -29,11 +29,13 @@ static const struct opt_key settable[] = {
 	{"connect-timeout-ms", "connect_timeout_ms", true},
 	{"max-connections", "max_connections", true},
 	{"connect-retries", "connect_retries", true},
+	{"tls-session-cache", "tls_session_cache", true},
 	{NULL, NULL, false},
 };
 
 #define SETTABLE_OPTS " cert ca mutual-auth scheduler forwarding proxy-protocol verify-depth " \
 	"handshake-timeout-ms idle-timeout-ms connect-timeout-ms max-connections connect-retries " \
+	"tls-session-cache " \
 	"health-check http "
 
 /* Options whose value is an object of the schema, given as JSON; "none"
@@ -216,7 +218,8 @@ static const struct kg_cmd listener_cmds[] = {
 	 "[--mutual-auth required|optional|off] [--ca NAME] [--verify-depth N] [--scheduler rr|wrr] "
 	 "[--forwarding auto|splice|sockmap|userspace] [--proxy-protocol v2|none] "
 	 "[--handshake-timeout-ms N] [--idle-timeout-ms N] [--connect-timeout-ms N] "
-	 "[--max-connections N] [--connect-retries N] [--health-check JSON] [--http JSON] --backend HOST:PORT[,weight=W] ...",
+	 "[--max-connections N] [--connect-retries N] [--tls-session-cache N] "
+	 "[--health-check JSON] [--http JSON] --backend HOST:PORT[,weight=W] ...",
 	 "create and start a listener (bind defaults to 0.0.0.0; port 0 lets the kernel choose)"},
 	{"list", listener_list, "[-o json]", "listeners: address, state, certificates, backends, active connections"},
 	{"show", listener_show, "NAME [-o json]", "settings, counters and each backend's weight and state"},
@@ -224,7 +227,7 @@ static const struct kg_cmd listener_cmds[] = {
 	 "NAME [--cert NAME] [--ca NAME|none] [--mutual-auth M] [--verify-depth N] [--scheduler S] "
 	 "[--forwarding F] [--proxy-protocol v2|none] [--handshake-timeout-ms N] "
 	 "[--idle-timeout-ms N] [--connect-timeout-ms N] [--max-connections N] [--connect-retries N] "
-	 "[--health-check JSON|none] [--http JSON|none]",
+	 "[--tls-session-cache N] [--health-check JSON|none] [--http JSON|none]",
 	 "change settings; new connections use them, open ones keep theirs"},
 	{"stop", listener_stop, "NAME", "stop accepting (open connections finish); kept in the state"},
 	{"start", listener_start, "NAME", "accept again"},

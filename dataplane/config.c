@@ -780,7 +780,8 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 		"name", "protocol", "bind", "port", "certificate", "mutual_auth", "ca",
 		"verify_depth", "scheduler", "forwarding", "handshake_timeout_ms",
 		"idle_timeout_ms", "connect_timeout_ms", "max_connections", "connect_retries",
-		"backends", "health_check", "enabled", "http", "proxy_protocol", NULL};
+		"backends", "health_check", "enabled", "http", "proxy_protocol", "tls_session_cache",
+		NULL};
 	static const char *const protocols[] = {"tls", "tcp", "https", NULL};
 	static const char *const proxy_protocols[] = {"none", "v2", NULL};
 	static const char *const forwardings[] = {"auto", "sockmap", "splice", "userspace", NULL};
@@ -795,6 +796,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 	l->connect_timeout_ms = 3000;
 	l->max_connections = 10000;
 	l->connect_retries = 2;
+	l->tls_session_cache = KG_TLS_SESSION_CACHE_DEFAULT;
 	l->enabled = true;
 
 	if (expect_type(p, lpath, lobj, json_type_object, "an object") < 0 ||
@@ -851,8 +853,15 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 	    get_uint(p, lpath, lobj, "max_connections", 1, KG_MAX_CONNS_PER_WORKER,
 		     &l->max_connections) < 0 ||
 	    get_uint(p, lpath, lobj, "connect_retries", 0, KG_MAX_BACKENDS - 1,
-		     &l->connect_retries) < 0)
+		     &l->connect_retries) < 0 ||
+	    get_uint(p, lpath, lobj, "tls_session_cache", 0, KG_TLS_SESSION_CACHE_MAX,
+		     &l->tls_session_cache) < 0)
 		return -1;
+	if (l->protocol == KG_PROTO_TCP && json_object_object_get_ex(lobj, "tls_session_cache", NULL)) {
+		member_path(kp, lpath, "tls_session_cache");
+		return fail(p, kp, "is for protocol \"tls\" and \"https\"; a tcp listener "
+				   "has no TLS sessions");
+	}
 	struct json_object *en = NULL;
 	if (get_member(p, lpath, lobj, "enabled", json_type_boolean, "a boolean", &en) < 0)
 		return -1;

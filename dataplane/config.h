@@ -125,6 +125,8 @@ struct kg_listener_conf {
 	unsigned connect_timeout_ms;   /* default 3000 */
 	unsigned max_connections;      /* default 10000 */
 	unsigned connect_retries;      /* extra members tried after a failed connect; default 2 */
+	unsigned tls_session_cache;    /* sessions kept for resumption (id or stateful ticket);
+					* 0 = no resumption; default KG_TLS_SESSION_CACHE_DEFAULT */
 	bool enabled;                  /* "enabled", default true; false = stopped (kgatectl listener stop) */
 	struct kg_http_conf http;      /* protocol https only */
 };

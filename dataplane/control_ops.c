@@ -735,6 +735,7 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	json_object_object_add(o, "connect_timeout_ms", json_object_new_int64(l->connect_timeout_ms));
 	json_object_object_add(o, "max_connections", json_object_new_int64(l->max_connections));
 	json_object_object_add(o, "connect_retries", json_object_new_int64(l->connect_retries));
+	json_object_object_add(o, "tls_session_cache", json_object_new_int64(l->tls_session_cache));
 	/* Member state comes from the running snapshot's health group, so it
 	 * shows what new connections will see; "active" counts the
 	 * connections made since that snapshot was published. */
@@ -854,7 +855,7 @@ static json_object *op_listener_create(struct kg_ops *ops, json_object *args)
 static const char *const updatable[] = {
 	"certificate", "ca", "mutual_auth", "verify_depth", "scheduler", "forwarding",
 	"handshake_timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "max_connections",
-	"connect_retries", "health_check", "http", "proxy_protocol", NULL};
+	"connect_retries", "health_check", "http", "proxy_protocol", "tls_session_cache", NULL};
 
 /* Runs edit on a copy of the listener's document entry, then transacts. */
 static json_object *edit_listener(struct kg_ops *ops, const char *name,

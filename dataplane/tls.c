@@ -25,7 +25,6 @@
 #define KG_TLS13_SUITES                                                        \
 	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 #define KG_TLS_GROUPS "X25519:P-256:P-384"
-#define KG_SESSION_CACHE_SIZE 20000
 #define KG_SESSION_TIMEOUT_S 300
 
 /* SSL ex_data slot holding why the client certificate was refused
@@ -142,17 +141,26 @@ static int apply_policy(SSL_CTX *ctx, char *err, size_t errlen)
  * SSL_OP_NO_TICKET makes OpenSSL issue stateful tickets (an id into the
  * server cache) instead of encrypting the whole session each time; in
  * TLS 1.2 it means session-id resumption from the same cache. */
-static int setup_sessions(SSL_CTX *ctx, const char *listener, char *err, size_t errlen)
+static int setup_sessions(SSL_CTX *ctx, const char *listener, unsigned cache_size, char *err,
+			  size_t errlen)
 {
 	unsigned char sid_ctx[SSL_MAX_SID_CTX_LENGTH];
 	unsigned int sid_len = 0;
 
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+	if (cache_size == 0) {
+		/* No resumption at all: no ticket is sent (a TLS 1.3 ticket
+		 * would name a session nobody keeps) and nothing is cached. */
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+		if (SSL_CTX_set_num_tickets(ctx, 0) != 1)
+			return fail(err, errlen, "cannot set the number of session tickets");
+		return 0;
+	}
 	if (SSL_CTX_set_num_tickets(ctx, 1) != 1)
 		return fail(err, errlen, "cannot set the number of session tickets");
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
 	/* Bounded: the cache must not grow with the number of clients. */
-	SSL_CTX_sess_set_cache_size(ctx, KG_SESSION_CACHE_SIZE);
+	SSL_CTX_sess_set_cache_size(ctx, cache_size);
 	/* Short lifetime bounds how long a revoked client can still resume. */
 	SSL_CTX_set_timeout(ctx, KG_SESSION_TIMEOUT_S);
 	/* Required with client verification, else OpenSSL refuses to resume;
@@ -250,7 +258,7 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, char *err, size_t e
 		fail(err, errlen, "cannot create SSL_CTX");
 		return NULL;
 	}
-	if (apply_policy(ctx, err, errlen) < 0 || setup_sessions(ctx, l->name, err, errlen) < 0 ||
+	if (apply_policy(ctx, err, errlen) < 0 || setup_sessions(ctx, l->name, l->tls_session_cache, err, errlen) < 0 ||
 	    load_server_cert(ctx, l->certificate, err, errlen) < 0 ||
 	    setup_client_auth(ctx, l, err, errlen) < 0) {
 		SSL_CTX_free(ctx);

@@ -7,5 +7,9 @@
 #define KG_MAX_WORKERS 64
 #define KG_IO_BUF_SIZE 16384     /* one TLS record of plaintext */
 #define KG_MAX_CONNS_PER_WORKER (1u << 20)
+/* TLS sessions kept per listener for resumption; OpenSSL's in-memory cache
+ * holds each with its parsed client certificate, about 11 KiB. */
+#define KG_TLS_SESSION_CACHE_DEFAULT 20000
+#define KG_TLS_SESSION_CACHE_MAX 1000000
 
 #endif

@@ -8,6 +8,7 @@ control socket's robustness, and the metrics endpoint.
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -863,7 +864,8 @@ def test_metrics_endpoint(pki, gated, http_backends):
     s.bind(("127.0.0.1", 0))
     mport = s.getsockname()[1]
     s.close()
-    d = gated([tls_listener(pki, [http_backends("a")])],
+    backend = http_backends("a")
+    d = gated([tls_listener(pki, [backend])],
               args=["--metrics", "127.0.0.1:%d" % mport])
     https_get(client_context(pki), port_of(d.ctl, "web"))
     text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read().decode()
@@ -878,6 +880,19 @@ def test_metrics_endpoint(pki, gated, http_backends):
     assert values['kgate_handshake_failures_by_reason_total{reason="revoked"}'] == 0
     assert d.ctl.json("stats")["handshakes"]["ok"] >= 1
     assert d.ctl.json("status")["metrics"] == "127.0.0.1:%d" % mport
+    member = 'listener="web",backend="%s"' % backend.address
+    assert values["kgate_backend_in_rotation{%s}" % member] == 1
+    assert values["kgate_backend_connections_active{%s}" % member] >= 0
+    assert values['kgate_backend_health_checks_total{%s,result="ok"}' % member] == 0
+    # No active checks on this listener: no health gauge for its member.
+    assert "kgate_backend_healthy{%s}" % member not in values
+    # Every family served is documented in kgated(8) METRICS, and every
+    # documented family is served.
+    served = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    man = open(os.path.join(REPO, "doc", "kgated.8.scd")).read()
+    section = man[man.index("\n# METRICS"):man.index("\n# EXIT STATUS")]
+    documented = set(re.findall(r"^\*(kgate_[a-z_]+)\*", section, re.M))
+    assert served == documented, (served - documented, documented - served)
     # Prometheus' own linter: naming, _total counters, HELP/TYPE for each.
     promtool = shutil.which("promtool")
     if promtool:

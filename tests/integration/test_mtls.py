@@ -1,6 +1,7 @@
 """Mutual TLS at kgated's listener: real clients (curl, openssl s_client,
 Python ssl) with kgatectl-issued certificates, the rejection matrix, and
 round robin over two HTTP backends."""
+import os
 import re
 import socket
 import ssl
@@ -178,6 +179,24 @@ def test_s_client_session_resumption(pki, spawn_kgated, http_backends, tmp_path,
     assert "Reused, %s" % name in second.stdout, \
         "session not resumed:\n" + second.stdout
     assert "backend=" in second.stdout
+
+
+@pytest.mark.parametrize("flag,name", [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
+def test_session_cache_off_means_full_handshakes(pki, spawn_kgated, http_backends, tmp_path,
+                                                 flag, name):
+    d, _, _ = two_backend_daemon(pki, spawn_kgated, http_backends, tls_session_cache=0)
+    sess = str(tmp_path / "session.pem")
+    first = s_client(pki, d.port, flag, "-sess_out", sess)
+    assert first.returncode == 0 and "backend=" in first.stdout, first.stdout + first.stderr
+    # s_client saves a session only when the server made one resumable
+    # (a TLS 1.2 session ID, a TLS 1.3 ticket); if it did, using it must
+    # still give a full handshake.
+    if os.path.exists(sess):
+        second = s_client(pki, d.port, flag, "-sess_in", sess)
+        assert second.returncode == 0 and "backend=" in second.stdout, \
+            second.stdout + second.stderr
+        assert "New, %s" % name in second.stdout, "resumed with the cache off:\n" + second.stdout
+    assert "New Session Ticket" not in first.stdout, first.stdout
 
 
 @pytest.mark.parametrize("tls_max", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])

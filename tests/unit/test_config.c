@@ -121,6 +121,9 @@ static const struct bad_case bad[] = {
 	{DOC(",'proxy_protocol':'v1'"), "listeners[0].proxy_protocol: must be one of \"none\", \"v2\""},
 	{DOC(",'proxy_protocol':2"), "listeners[0].proxy_protocol: expected a string, got an integer"},
 	{DOC(",'protocol':'https','proxy_protocol':'v2'"), "listeners[0].proxy_protocol: is for protocol \"tcp\" and \"tls\"; an https listener names the client in X-Forwarded-For"},
+	{DOC(",'tls_session_cache':-1"), "listeners[0].tls_session_cache: must be 0-1000000"},
+	{DOC(",'tls_session_cache':1000001"), "listeners[0].tls_session_cache: must be 0-1000000"},
+	{"{'listeners':[{'name':'t','protocol':'tcp','bind':'::','port':1,'tls_session_cache':0,'backends':[]}]}", "listeners[0].tls_session_cache: is for protocol \"tls\" and \"https\""},
 	{DOC(",'handshake_timeout_ms':0"), "listeners[0].handshake_timeout_ms: must be 1-"},
 	{DOC(",'idle_timeout_ms':0"), "listeners[0].idle_timeout_ms: must be 1-"},
 	{DOC(",'connect_timeout_ms':0"), "listeners[0].connect_timeout_ms: must be 1-"},
@@ -258,6 +261,7 @@ Test(config, defaults_filled)
 	cr_expect_eq(l->connect_timeout_ms, 3000);
 	cr_expect_eq(l->max_connections, 10000);
 	cr_expect_eq(l->connect_retries, 2);
+	cr_expect_eq(l->tls_session_cache, 20000);
 	cr_assert_eq(l->n_backends, 1);
 	cr_expect_str_eq(l->backends[0].address, "127.0.0.1:9001");
 	cr_expect_eq(l->backends[0].weight, 1);
@@ -404,7 +408,7 @@ Test(config, full_document)
 		"'certificate':'web','mutual_auth':'required','ca':'clients','verify_depth':2,"
 		"'scheduler':'rr','forwarding':'userspace','handshake_timeout_ms':100,"
 		"'idle_timeout_ms':200,'connect_timeout_ms':300,'max_connections':400,"
-		"'connect_retries':0,'proxy_protocol':'v2',"
+		"'connect_retries':0,'proxy_protocol':'v2','tls_session_cache':0,"
 		"'backends':[{'address':'127.0.0.1:9001','weight':3,'disabled':true},"
 		"{'address':'[::1]:9002','weight':256,'drained':true,'disabled':false}],'health_check':{'type':'http',"
 		"'interval_ms':100,'timeout_ms':1,'healthy_threshold':10,'unhealthy_threshold':1}},"
@@ -426,6 +430,7 @@ Test(config, full_document)
 	cr_expect_eq(l->connect_timeout_ms, 300);
 	cr_expect_eq(l->max_connections, 400);
 	cr_expect_eq(l->connect_retries, 0);
+	cr_expect_eq(l->tls_session_cache, 0);
 	cr_expect_eq(l->proxy_protocol, KG_PP_V2);
 	cr_expect_eq(cfg->listeners[1].proxy_protocol, KG_PP_V2);
 	cr_assert_eq(l->n_backends, 2);

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <kgate/limits.h>
+
 #define KG_NAME_MAX 80
 
 enum kg_cert_type { KG_CERT_SERVER, KG_CERT_CA };

@@ -31,7 +31,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 					 .crl_path = KF_DATA_DIR "/ca.crl"};
 	struct kg_listener_conf l = {.name = "web", .protocol = KG_PROTO_TLS,
 				     .certificate = &server, .ca = &ca,
-				     .mutual_auth = KG_MTLS_REQUIRED, .verify_depth = 4};
+				     .mutual_auth = KG_MTLS_REQUIRED, .verify_depth = 4,
+				     .tls_session_cache = KG_TLS_SESSION_CACHE_DEFAULT};
 	char err[512] = "";
 	ctx = kg_tls_ctx_create(&l, err, sizeof(err));
 	if (!ctx || kg_ktls_ctx_prepare(ctx) != 0) {

@@ -114,7 +114,8 @@ static SSL_CTX *server_ctx(enum kg_mutual_auth mode, bool with_crl)
 		ca.crl_path = NULL;
 	struct kg_listener_conf l = {.name = "web", .protocol = KG_PROTO_TLS,
 				     .certificate = &server_cert, .mutual_auth = mode,
-				     .ca = mode == KG_MTLS_OFF ? NULL : &ca, .verify_depth = 4};
+				     .ca = mode == KG_MTLS_OFF ? NULL : &ca, .verify_depth = 4,
+				     .tls_session_cache = KG_TLS_SESSION_CACHE_DEFAULT};
 	char err[512] = "";
 	SSL_CTX *ctx = kg_tls_ctx_create(&l, err, sizeof(err));
 	cr_assert_not_null(ctx, "kg_tls_ctx_create: %s", err);

@@ -192,69 +192,64 @@ static void metric(struct text *t, const char *name, const char *type, const cha
 
 /* Per backend: whether it takes new connections, its open connections and
  * its check results, labelled by listener and address, read from each
- * running snapshot's health group (the same source as `listener show`). A
+ * running snapshot's health group (the same source as `listener show`).
+ * Each listener's members are read once, so all families show the same
+ * instant; samples collect per family and follow their HELP/TYPE lines. A
  * listener update starts a new group, so the counters may restart there;
  * Prometheus treats that as a counter reset. */
+enum { BM_ROTATION, BM_HEALTHY, BM_ACTIVE, BM_WEIGHT, BM_CHECKS, BM_PASSIVE, BM_FAMILIES };
+
 static void backend_metrics(struct text *t, struct kg_runtime *rt)
 {
 	static const struct {
 		const char *name, *type, *help;
-	} fams[] = {
-		{"backend_in_rotation", "gauge",
+	} fams[BM_FAMILIES] = {
+		[BM_ROTATION] = {"backend_in_rotation", "gauge",
 		 "1 when the backend takes new connections (healthy, enabled, not drained)."},
-		{"backend_healthy", "gauge",
+		[BM_HEALTHY] = {"backend_healthy", "gauge",
 		 "Active-check state: 1 healthy, 0 unhealthy or not yet known; absent without checks."},
-		{"backend_connections_active", "gauge", "Open connections to the backend."},
-		{"backend_weight_effective", "gauge",
+		[BM_ACTIVE] = {"backend_connections_active", "gauge", "Open connections to the backend."},
+		[BM_WEIGHT] = {"backend_weight_effective", "gauge",
 		 "Weight used by round robin now (lower during slow start, 0 out of rotation)."},
-		{"backend_health_checks_total", "counter", "Active health checks by result."},
-		{"backend_passive_failures_total", "counter",
+		[BM_CHECKS] = {"backend_health_checks_total", "counter", "Active health checks by result."},
+		[BM_PASSIVE] = {"backend_passive_failures_total", "counter",
 		 "Connect or response failures seen on client traffic."},
 	};
+	struct text samples[BM_FAMILIES] = {0};
 	struct kg_health_member_info info[KG_MAX_BACKENDS];
-	for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
-		put(t, "# HELP kgate_%s %s\n# TYPE kgate_%s %s\n", fams[f].name, fams[f].help,
-		    fams[f].name, fams[f].type);
-		for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
-			struct kg_listener_slot *slot = &rt->slots[i];
-			struct kg_listener_rt *snap = slot->used ? kg_listener_acquire(slot) : NULL;
-			if (!snap)
-				continue;
-			size_t n = kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS, kg_now_ms());
-			for (size_t m = 0; m < n && m < KG_MAX_BACKENDS; m++) {
-				const struct kg_health_member_info *h = &info[m];
-				char labels[256];
-				snprintf(labels, sizeof(labels), "listener=\"%s\",backend=\"%s\"",
-					 slot->name, h->address);
-				switch (f) {
-				case 0:
-					put(t, "kgate_%s{%s} %d\n", fams[f].name, labels, h->in_rotation);
-					break;
-				case 1:
-					if (h->checked)
-						put(t, "kgate_%s{%s} %d\n", fams[f].name, labels,
-						    h->state == KG_MEMBER_HEALTHY);
-					break;
-				case 2:
-					put(t, "kgate_%s{%s} %u\n", fams[f].name, labels, h->active);
-					break;
-				case 3:
-					put(t, "kgate_%s{%s} %u\n", fams[f].name, labels,
-					    h->in_rotation ? h->effective_weight : 0);
-					break;
-				case 4:
-					put(t, "kgate_%s{%s,result=\"ok\"} %llu\n", fams[f].name, labels,
-					    (unsigned long long)h->checks_ok);
-					put(t, "kgate_%s{%s,result=\"failed\"} %llu\n", fams[f].name,
-					    labels, (unsigned long long)h->checks_failed);
-					break;
-				default:
-					put(t, "kgate_%s{%s} %llu\n", fams[f].name, labels,
-					    (unsigned long long)h->passive_failures);
-				}
-			}
-			kg_listener_put(snap);
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		struct kg_listener_slot *slot = &rt->slots[i];
+		struct kg_listener_rt *snap = slot->used ? kg_listener_acquire(slot) : NULL;
+		if (!snap)
+			continue;
+		/* The addresses in info belong to the group: held until done. */
+		size_t n = kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS, kg_now_ms());
+		for (size_t m = 0; m < n && m < KG_MAX_BACKENDS; m++) {
+			const struct kg_health_member_info *h = &info[m];
+			char l[256];
+			snprintf(l, sizeof(l), "listener=\"%s\",backend=\"%s\"", slot->name, h->address);
+			put(&samples[BM_ROTATION], "kgate_%s{%s} %d\n", fams[BM_ROTATION].name, l,
+			    h->in_rotation);
+			if (h->checked)
+				put(&samples[BM_HEALTHY], "kgate_%s{%s} %d\n", fams[BM_HEALTHY].name, l,
+				    h->state == KG_MEMBER_HEALTHY);
+			put(&samples[BM_ACTIVE], "kgate_%s{%s} %u\n", fams[BM_ACTIVE].name, l, h->active);
+			put(&samples[BM_WEIGHT], "kgate_%s{%s} %u\n", fams[BM_WEIGHT].name, l,
+			    h->in_rotation ? h->effective_weight : 0);
+			put(&samples[BM_CHECKS], "kgate_%s{%s,result=\"ok\"} %llu\n"
+			    "kgate_%s{%s,result=\"failed\"} %llu\n", fams[BM_CHECKS].name, l,
+			    (unsigned long long)h->checks_ok, fams[BM_CHECKS].name, l,
+			    (unsigned long long)h->checks_failed);
+			put(&samples[BM_PASSIVE], "kgate_%s{%s} %llu\n", fams[BM_PASSIVE].name, l,
+			    (unsigned long long)h->passive_failures);
 		}
+		kg_listener_put(snap);
+	}
+	for (size_t f = 0; f < BM_FAMILIES; f++) {
+		put(t, "# HELP kgate_%s %s\n# TYPE kgate_%s %s\n%s", fams[f].name, fams[f].help,
+		    fams[f].name, fams[f].type, samples[f].buf ? samples[f].buf : "");
+		t->failed |= samples[f].failed;
+		free(samples[f].buf);
 	}
 }
 

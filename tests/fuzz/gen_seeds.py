@@ -137,9 +137,9 @@ def proxy_v2_seeds():
     write("proxy_v2", "tcp4", proxy_v2_seed(0, "127.0.0.1", "127.0.0.1", 40000, 8443))
     write("proxy_v2", "tcp6", proxy_v2_seed(3, "2001:db8::1", "::1", 40000, 443))
     write("proxy_v2", "mixed-mapped", proxy_v2_seed(2, "192.0.2.1", "::1", 1, 2))
-    write("proxy_v2", "tls-mtls", proxy_v2_seed(4, "10.0.0.1", "10.0.0.2", 5555, 443,
+    write("proxy_v2", "tls-mtls", proxy_v2_seed(4, "127.0.0.1", "127.0.0.2", 5555, 443,
                                                 client=7, fields=tls))
-    write("proxy_v2", "tls-no-cert", proxy_v2_seed(4, "10.0.0.1", "10.0.0.2", 5555, 443,
+    write("proxy_v2", "tls-no-cert", proxy_v2_seed(4, "127.0.0.1", "127.0.0.2", 5555, 443,
                                                    client=1, verify=1,
                                                    fields=["TLSv1.2", "", "ECDHE-ECDSA-AES128-GCM-SHA256"]))
     write("proxy_v2", "tls6-unique-id", proxy_v2_seed(7, "::1", "::1", 1, 2, client=5,

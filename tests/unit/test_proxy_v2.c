@@ -110,7 +110,7 @@ Test(proxy_v2, mixed_families_map_ipv4)
 
 Test(proxy_v2, ipv4_ssl_tlvs)
 {
-	struct sockaddr_in s = v4("10.0.0.1", 1000), d = v4("10.0.0.2", 8443);
+	struct sockaddr_in s = v4("127.0.0.1", 1000), d = v4("127.0.0.2", 8443);
 	struct kg_pp2_ssl ssl = {
 		.client = KG_PP2_CLIENT_SSL | KG_PP2_CLIENT_CERT_CONN | KG_PP2_CLIENT_CERT_SESS,
 		.verify = 0,
@@ -127,7 +127,7 @@ Test(proxy_v2, ipv4_ssl_tlvs)
 	 * body: 12 + (3+10) + (3+76) = 104 = 0x68. */
 	static const unsigned char want[] = {
 		SIG, 0x21, 0x11, 0x00, 0x68,
-		10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 0x20, 0xfb,
+		127, 0, 0, 1, 127, 0, 0, 2, 0x03, 0xe8, 0x20, 0xfb,
 		0x02, 0x00, 0x0a, 'g', 'w', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
 		0x20, 0x00, 0x4c, 0x07, 0x00, 0x00, 0x00, 0x00,
 		0x21, 0x00, 0x07, 'T', 'L', 'S', 'v', '1', '.', '3',

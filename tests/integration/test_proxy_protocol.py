@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from conftest import (KGATED, base_config, client_context, https_exchange, run,
+from conftest import (KGATED, base_config, client_context, dead_port, https_exchange, run,
                       tls_listener, wait_until)
 from pp2_backend import ProxyV2Backend, exchange
 from test_control import Ctl, port_of
@@ -220,21 +220,13 @@ frontend fe
 """
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
 def haproxy_backend(tmp_path):
     exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy")
                                       else None)
     if not exe:
         pytest.skip("haproxy not installed (tests/install-deps.sh test)")
-    port = free_port()
+    port = dead_port()  # free now; HAProxy binds it
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(HAPROXY_CFG.format(port=port))
     run([exe, "-c", "-f", str(cfg)])

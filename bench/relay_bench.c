@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loopback.h"
 #include "sockmap.h"
 
 #define CHUNK (64 * 1024)
@@ -63,32 +64,6 @@ static double now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int listen_loopback(struct sockaddr_in *a)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	socklen_t len = sizeof(*a);
-
-	memset(a, 0, sizeof(*a));
-	a->sin_family = AF_INET;
-	a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (fd == -1 || bind(fd, (struct sockaddr *)a, sizeof(*a)) == -1 || listen(fd, 4) == -1 ||
-	    getsockname(fd, (struct sockaddr *)a, &len) == -1) {
-		perror("relay_bench: listen");
-		exit(1);
-	}
-	return fd;
-}
-
-static int connect_to(const struct sockaddr_in *a)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd == -1 || connect(fd, (const struct sockaddr *)a, sizeof(*a)) == -1) {
-		perror("relay_bench: connect");
-		exit(1);
-	}
-	return fd;
 }
 
 /* ---- the three relays, one direction (cfd -> bfd) until EOF ---- */
@@ -213,7 +188,8 @@ static void *send_all(void *arg)
 static int run(const char *mode, unsigned long long bytes)
 {
 	struct sockaddr_in fa, ba;
-	int lf = listen_loopback(&fa), lb = listen_loopback(&ba);
+	int lf = bench_listen_loopback(&fa, "relay_bench", 1);
+	int lb = bench_listen_loopback(&ba, "relay_bench", 1);
 	int rp[2];
 	if (pipe(rp) == -1)
 		return -1;
@@ -224,7 +200,7 @@ static int run(const char *mode, unsigned long long bytes)
 		/* The relay process: accept, connect, relay, report rusage. */
 		close(rp[0]);
 		int cfd = accept4(lf, NULL, NULL, SOCK_CLOEXEC);
-		int bfd = connect_to(&ba);
+		int bfd = bench_connect_to(&ba, "relay_bench", 1);
 		int r = !strcmp(mode, "sockmap") ? relay_sockmap(cfd, bfd)
 			: !strcmp(mode, "splice") ? relay_splice(cfd, bfd)
 						  : relay_copy(cfd, bfd);
@@ -243,7 +219,7 @@ static int run(const char *mode, unsigned long long bytes)
 	}
 	close(rp[1]);
 	struct box_cpu b0, b1;
-	int cl = connect_to(&fa);
+	int cl = bench_connect_to(&fa, "relay_bench", 1);
 	int sink = accept4(lb, NULL, NULL, SOCK_CLOEXEC);
 	read_box_cpu(&b0);
 	double t0 = now_s();

@@ -534,6 +534,18 @@ static ssize_t move_chunk(struct kg_sockmap *sm, struct kg_sockmap_pair *pair, i
 	return w;
 }
 
+int kg_sockmap_pause(struct kg_sockmap *sm, struct kg_sockmap_pair *pair, int src)
+{
+	if (src != KG_SM_CLIENT && src != KG_SM_BACKEND)
+		return -EINVAL;
+	int e = set_paused(sm, pair, src, 1);
+	if (e)
+		return e;
+	pair->paused[src] = true;
+	pair->tail[src] = true;
+	return 0;
+}
+
 int kg_sockmap_pace(struct kg_sockmap *sm, struct kg_sockmap_pair *pair)
 {
 	for (int dst = 0; dst < 2; dst++) {
@@ -556,11 +568,9 @@ int kg_sockmap_pace(struct kg_sockmap *sm, struct kg_sockmap_pair *pair)
 		 * lost 64 KiB that way). Never resumed: handing src back to the
 		 * verdict lost whole skbs at the end of 2 GiB transfers on 6.18
 		 * (bench/results, 05:26). */
-		e = set_paused(sm, pair, src, 1);
+		e = kg_sockmap_pause(sm, pair, src);
 		if (e)
 			return e;
-		pair->paused[src] = true;
-		pair->tail[src] = true;
 	}
 	/* What the kernel cannot bound: a peer that reads nothing of what was
 	 * redirected to it, yet keeps sending. A passed skb is charged to its

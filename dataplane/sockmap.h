@@ -145,6 +145,12 @@ int kg_sockmap_remove_pair(struct kg_sockmap *sm, struct kg_sockmap_pair *pair);
  * back, which the kernel cannot push back on): close the connection. */
 int kg_sockmap_pace(struct kg_sockmap *sm, struct kg_sockmap_pair *pair);
 
+/* Pauses one source at once, as kg_sockmap_pace does when its peer falls
+ * behind: from the next skb on the verdict passes src's bytes to src's own
+ * receive queue, and the rest of that direction goes through
+ * kg_sockmap_copy_tail. Never undone while the pair lives. */
+int kg_sockmap_pause(struct kg_sockmap *sm, struct kg_sockmap_pair *pair, int src);
+
 /* For a side with pair->tail[src] set: once everything the kernel
  * redirected has reached the other side's TCP, moves up to
  * KG_SM_TAIL_CHUNK bytes from src to the other side without blocking.

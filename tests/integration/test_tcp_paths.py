@@ -15,8 +15,8 @@ from conftest import ThreadedServer, base_config, closing_factory, path_count, w
 
 MiB = 1 << 20
 # Paths a tcp listener can take on any kernel; sockmap joins when BPF is built.
-# sockmap is refused in this version (pacing cannot bound a pair that
-# carries data both ways; bpf/README.md): see
+# sockmap is refused in this version (the kernel cannot pause a sockmap
+# source without losing or repeating bytes; bpf/README.md): see
 # test_sockmap_forwarding_is_refused_until_pacing_is_fixed.
 TCP_PATHS = ["auto", "splice", "userspace"]
 PATH_COUNTER = {"auto": "splice", "splice": "splice", "userspace": "userspace-copy",

@@ -83,11 +83,8 @@ void kg_backend_connect_next(struct kg_conn *c)
 	}
 	c->member = m;
 	int r = kg_backend_submit_connect(c, &lc->backends[m], KG_OP_BACKEND_CONNECT);
-	if (r < 0) {
-		char why[64];
-		snprintf(why, sizeof(why), "backend socket: %s", strerror(-r));
-		kg_conn_close(c, why);
-	}
+	if (r < 0)
+		kg_conn_close_err(c, "backend socket", -r);
 }
 
 void kg_backend_connect_failed(struct kg_conn *c, int res)

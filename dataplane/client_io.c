@@ -110,9 +110,7 @@ static int ktls_read(struct kg_conn *c, unsigned char *buf, size_t len)
 	if (n == -EAGAIN || n == -EWOULDBLOCK)
 		return KG_CIO_WANT;
 	if (n < 0) {
-		char why[64];
-		snprintf(why, sizeof(why), "client recv: %s", strerror(-n));
-		kg_conn_close(c, why);
+		kg_conn_close_err(c, "client recv", -n);
 		return KG_CIO_CLOSED;
 	}
 	if (type == TLS_RT_APPDATA)

@@ -347,9 +347,7 @@ void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *dat
 		return;
 	}
 	if (res < 0) {
-		char why[64];
-		snprintf(why, sizeof(why), "client recv: %s", strerror(-res));
-		kg_conn_close(c, why);
+		kg_conn_close_err(c, "client recv", -res);
 		return;
 	}
 	if (res == 0) {
@@ -722,16 +720,20 @@ void kg_conn_on_client_send(struct kg_conn *c, int res)
 	if (c->state == KG_CONN_CLOSING)
 		return;
 	if (res <= 0) {
-		char why[64];
-		snprintf(why, sizeof(why), "client send: %s",
-			 res == 0 ? "no progress" : strerror(-res));
-		kg_conn_close(c, why);
+		kg_conn_close_err(c, "client send", -res);
 		return;
 	}
 	c->c_out.off += (uint32_t)res;
 	if (c->state == KG_CONN_FORWARDING)
 		c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
 	kg_conn_flush_client(c);
+}
+
+void kg_conn_close_err(struct kg_conn *c, const char *what, int err)
+{
+	char why[96];
+	snprintf(why, sizeof(why), "%s: %s", what, err == 0 ? "no progress" : strerror(err));
+	kg_conn_close(c, why);
 }
 
 void kg_conn_close(struct kg_conn *c, const char *reason)

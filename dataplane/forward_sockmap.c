@@ -95,9 +95,7 @@ static bool pace(struct kg_conn *c)
 		return false;
 	}
 	if (e < 0) {
-		char why[96];
-		snprintf(why, sizeof(why), "sockmap pacing: %s", strerror(-e));
-		kg_conn_close(c, why);
+		kg_conn_close_err(c, "sockmap pacing", -e);
 		return false;
 	}
 	return true;
@@ -109,7 +107,6 @@ static void progress(struct kg_conn *c)
 {
 	struct kg_smconn *s = c->sockmap;
 	struct kg_sockmap *sm = c->worker->rt->sockmap;
-	char why[96];
 
 	for (int src = 0; src < 2 && c->state == KG_CONN_FORWARDING; src++) {
 		int dst = 1 - src;
@@ -125,8 +122,7 @@ static void progress(struct kg_conn *c)
 				continue;
 			}
 			if (n < 0) {
-				snprintf(why, sizeof(why), "sockmap tail copy: %s", strerror((int)-n));
-				kg_conn_close(c, why);
+				kg_conn_close_err(c, "sockmap tail copy", (int)-n);
 				return;
 			}
 			s->eof[src] = true; /* n == 0: src ended, all of it moved */
@@ -148,8 +144,7 @@ static void progress(struct kg_conn *c)
 				continue; /* the pace timer looks again */
 			}
 			if (f < 0) {
-				snprintf(why, sizeof(why), "sockmap flush check: %s", strerror(-f));
-				kg_conn_close(c, why);
+				kg_conn_close_err(c, "sockmap flush check", -f);
 				return;
 			}
 		}
@@ -188,10 +183,8 @@ bool kg_forward_sockmap_start(struct kg_conn *c)
 		return false;
 	}
 	if (r < 0) {
-		char why[96];
 		free(s);
-		snprintf(why, sizeof(why), "sockmap: %s", strerror(-r));
-		kg_conn_close(c, why);
+		kg_conn_close_err(c, "sockmap", -r);
 		return true;
 	}
 	c->sockmap = s;
@@ -217,9 +210,7 @@ void kg_forward_sockmap_on_poll(struct kg_conn *c, enum kg_op op, int fd, int re
 	if (c->state != KG_CONN_FORWARDING)
 		return;
 	if (res < 0 && res != -ECANCELED) {
-		char why[64];
-		snprintf(why, sizeof(why), "poll: %s", strerror(-res));
-		kg_conn_close(c, why);
+		kg_conn_close_err(c, "poll", -res);
 		return;
 	}
 	if (res > 0 && (res & POLLERR)) {

@@ -26,14 +26,6 @@ static void touch(struct kg_conn *c)
 	c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
 }
 
-static void close_errno(struct kg_conn *c, const char *what, int res)
-{
-	char why[96];
-	snprintf(why, sizeof(why), "%s: %s", what,
-		 res == 0 ? "no progress" : strerror(-res));
-	kg_conn_close(c, why);
-}
-
 static void arm_backend_recv(struct kg_conn *c)
 {
 	if (c->b_recv_busy || c->backend_eof || c->state != KG_CONN_FORWARDING)
@@ -145,7 +137,7 @@ void kg_forward_user_on_backend_send(struct kg_conn *c, int res)
 	if (c->state != KG_CONN_FORWARDING)
 		return;
 	if (res <= 0) {
-		close_errno(c, "backend send", res);
+		kg_conn_close_err(c, "backend send", -res);
 		return;
 	}
 	c->b_out.off += (uint32_t)res;
@@ -173,7 +165,7 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned 
 		return;
 	}
 	if (res < 0) {
-		close_errno(c, "backend recv", res);
+		kg_conn_close_err(c, "backend recv", -res);
 		return;
 	}
 	if (res == 0) {

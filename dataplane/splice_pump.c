@@ -21,13 +21,6 @@
 #define SPURIOUS_LIMIT 8     /* empty wake-ups in a row before backing off */
 #define TLS_RT_APPDATA 23
 
-static void close_why(struct kg_conn *c, const char *what, int err)
-{
-	char why[96];
-	snprintf(why, sizeof(why), "%s: %s", what, strerror(err));
-	kg_conn_close(c, why);
-}
-
 int kg_hop_init(struct kg_hop *h, bool copy, uint64_t *counter)
 {
 	memset(h, 0, sizeof(*h));
@@ -146,7 +139,7 @@ static int hop_control_record(struct kg_conn *c, struct kg_hop *h)
 	if (n < 0) {
 		if (would_block(n))
 			return 1;
-		close_why(c, "client kTLS record", -n);
+		kg_conn_close_err(c, "client kTLS record", -n);
 		return -1;
 	}
 	if (type == TLS_RT_APPDATA) {
@@ -195,7 +188,7 @@ static bool hop_run(struct kg_conn *c, struct kg_hop *h)
 				return moved;
 			}
 			if (n < 0) {
-				close_why(c, h->dst == c->bfd ? "send to backend" : "send to client",
+				kg_conn_close_err(c, h->dst == c->bfd ? "send to backend" : "send to client",
 					  (int)-n);
 				return moved;
 			}
@@ -232,7 +225,7 @@ static bool hop_run(struct kg_conn *c, struct kg_hop *h)
 				h->src_eof = true;
 			continue;
 		}
-		close_why(c, h->src == c->bfd ? "receive from backend" : "receive from client",
+		kg_conn_close_err(c, h->src == c->bfd ? "receive from backend" : "receive from client",
 			  (int)-n);
 		return moved;
 	}
@@ -328,7 +321,7 @@ bool kg_pump_on_poll(struct kg_conn *c, struct kg_pump *p, int fd, bool out, int
 	if (c->state != KG_CONN_FORWARDING)
 		return false;
 	if (res < 0 && res != -ECANCELED) {
-		close_why(c, "poll", -res);
+		kg_conn_close_err(c, "poll", -res);
 		return false;
 	}
 	return true;

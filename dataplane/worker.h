@@ -248,6 +248,9 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd);
 void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *data);
 void kg_conn_on_client_send(struct kg_conn *c, int res);
 void kg_conn_close(struct kg_conn *c, const char *reason);
+/* kg_conn_close with the reason "<what>: <strerror(err)>"; err is a
+ * positive errno, 0 for a call that made no progress. */
+void kg_conn_close_err(struct kg_conn *c, const char *what, int err);
 /* kg_conn_close, but both peers get a reset instead of a FIN: for a
  * connection given up while bytes were still on their way, so that the
  * early end does not look like a clean one. */

@@ -4,6 +4,8 @@
 # reproducers included). Fails on any crash, leak, sanitizer report or
 # timeout. New inputs go to a temp folder, never into the repository.
 #   tests/fuzz/run-short.sh [seconds-per-harness (default 30)] [harness...]
+# KG_FUZZ_RUNS=N also stops a harness after N executions (the long runs of
+# tests/HARDENING.md: KG_FUZZ_RUNS=10000000 tests/fuzz/run-short.sh 3600 certs).
 # Prints one line per harness: runs, exec/s, coverage, corpus size.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,9 +28,13 @@ failed=()
 for name in "${names[@]}"; do
 	bin="$build/tests/fuzz/fuzz_$name"
 	opts=()
+	if [ -n "${KG_FUZZ_RUNS:-}" ]; then
+		opts+=("-runs=$KG_FUZZ_RUNS")
+	fi
 	# fuzz_<name>.options: extra libFuzzer flags for one harness (dict, max_len).
 	if [ -f "tests/fuzz/fuzz_$name.options" ]; then
-		read -ra opts < "tests/fuzz/fuzz_$name.options"
+		read -ra extra < "tests/fuzz/fuzz_$name.options"
+		opts+=("${extra[@]}")
 	fi
 	mkdir -p "$work/$name"
 	log="$work/$name.log"

@@ -3,6 +3,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -396,6 +397,23 @@ static bool cut_if_needed(struct kg_conn *c, struct tick_snaps *ts)
 	return false;
 }
 
+/* heap_trim.h: RSS goes back down once a wave of connections is over. */
+static void trim_heap_after_wave(struct kg_worker *w)
+{
+	uint32_t conns = atomic_load_explicit(&w->n_conns, memory_order_relaxed);
+	uint32_t peak = w->heap_trim.peak > conns ? w->heap_trim.peak : conns;
+
+	if (!kg_heap_trim_due(&w->heap_trim, conns, w->now_ms))
+		return;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	malloc_trim(0);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	long long took_us = (t1.tv_sec - t0.tv_sec) * 1000000LL + (t1.tv_nsec - t0.tv_nsec) / 1000;
+	log_info("worker.heap_trimmed", KV("worker", w->id), KV("conns", conns), KV("peak", peak),
+		 KV("took_us", took_us));
+}
+
 static void on_tick(struct kg_worker *w)
 {
 	struct tick_snaps ts = {0};
@@ -417,6 +435,7 @@ static void on_tick(struct kg_worker *w)
 		kg_listener_put(ts.snap[li]);
 	kg_health_checker_tick(w->health, w->now_ms);
 	kg_backend_pool_expire(w->pool, w->now_ms);
+	trim_heap_after_wave(w);
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS && !w->draining; li++)
 		arm_accept(w, li);
 	arm_tick(w);

@@ -16,6 +16,7 @@
 
 #include "bufpool.h"
 #include "client_io.h"
+#include "heap_trim.h"
 #include "ktls.h"
 #include "paths.h"
 #include "runtime.h"
@@ -193,6 +194,7 @@ struct kg_worker {
 	uint64_t drain_deadline_ms;
 	struct kg_counters stats;
 	uint32_t n_sockmap;         /* connections on the sockmap path */
+	struct kg_heap_trim heap_trim; /* when to give freed heap back */
 	bool sockmap_timer_armed;
 	struct __kernel_timespec sockmap_pace;
 	struct kg_bufpool bufs; /* I/O buffers lent to connections while data is in flight */

@@ -3,8 +3,8 @@
  * glibc keeps what a thread freed in that thread's arena for reuse, so
  * after a wave of connections (a burst of idle keep-alive clients, a
  * load test) has gone, kgated's RSS stays at the wave's peak for good:
- * 2,000 idle mTLS connections left about 50 MiB behind. HAProxy trims its
- * pools back to the allocator in the same situation. Each worker keeps one
+ * 2,000 idle mTLS connections left about 50 MiB behind (HAProxy, too,
+ * calls malloc_trim when it flushes its pools). Each worker keeps one
  * kg_heap_trim and asks it on every tick whether the time has come to call
  * malloc_trim(0): only after its connection count fell to a quarter of the
  * peak since the last trim, by at least KG_HEAP_TRIM_MIN_DROP connections,

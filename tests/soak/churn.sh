@@ -16,9 +16,9 @@
 #    none before the timeout and none more than 15 s late; fds back; at
 #    least half of what RSS grew by during a round handed back within 10 s
 #    of the last close (the workers give freed heap back to the kernel once
-#    a wave of connections is over: dataplane/heap_trim.h; what stays is
-#    the TLS session cache and the workers' bounded buffer pools), and the
-#    second round leaves no more than the first (within 8 MiB).
+#    a wave of connections is over: dataplane/heap_trim.h; the session
+#    cache and the buffer pools stay), and the second round leaves no more
+#    than the first (within 8 MiB).
 # Prints connections, duration, handshakes/s, fds and RSS (before, peak,
 # after). Exits non-zero on any failed check.
 set -euo pipefail

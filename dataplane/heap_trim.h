@@ -25,7 +25,8 @@ struct kg_heap_trim {
 };
 
 /* Records the worker's connection count at now_ms and returns true when
- * the caller should trim now (the state then starts over from conns). */
-bool kg_heap_trim_due(struct kg_heap_trim *t, uint32_t conns, uint64_t now_ms);
+ * the caller should trim now, with the peak the count fell from in *peak
+ * (may be NULL); the state then starts over from conns. */
+bool kg_heap_trim_due(struct kg_heap_trim *t, uint32_t conns, uint64_t now_ms, uint32_t *peak);
 
 #endif

@@ -401,9 +401,9 @@ static bool cut_if_needed(struct kg_conn *c, struct tick_snaps *ts)
 static void trim_heap_after_wave(struct kg_worker *w)
 {
 	uint32_t conns = atomic_load_explicit(&w->n_conns, memory_order_relaxed);
-	uint32_t peak = w->heap_trim.peak > conns ? w->heap_trim.peak : conns;
+	uint32_t peak = 0;
 
-	if (!kg_heap_trim_due(&w->heap_trim, conns, w->now_ms))
+	if (!kg_heap_trim_due(&w->heap_trim, conns, w->now_ms, &peak))
 		return;
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -189,6 +189,22 @@ static int forward(int fd, const unsigned char *buf, size_t n)
 	return 0;
 }
 
+/* Waits (at most 10 s) until the peer's far end has read everything the
+ * verdict redirected to the peer, and returns that count (0 if the count
+ * cannot be read). */
+static uint64_t wait_far_end(struct kg_sockmap *sm, struct kg_sockmap_pair *pair,
+			     const struct drain *d)
+{
+	uint64_t into = 0;
+
+	if (kg_sockmap_redirected(sm, pair, KG_SM_BACKEND, &into, NULL) != 0)
+		return 0;
+	for (int wait = 0; wait < 100000 && __atomic_load_n(&d->bytes, __ATOMIC_ACQUIRE) < into;
+	     wait++)
+		usleep(100);
+	return into;
+}
+
 /* Waits until the verdict has redirected at least `bytes` to the peer. */
 static int wait_redirected(struct kg_sockmap *sm, struct kg_sockmap_pair *pair, uint64_t bytes)
 {
@@ -290,11 +306,7 @@ static int one_run(struct kg_sockmap *sm, uint64_t bytes, uint64_t before_pause,
 				/* The verdict redirects in order, so once a passed
 				 * byte is here it has redirected all it ever will:
 				 * wait until the peer has it, then forward. */
-				uint64_t into = 0;
-				e = kg_sockmap_redirected(sm, &pair, KG_SM_BACKEND, &into, NULL);
-				while (!e && __atomic_load_n(&d.bytes, __ATOMIC_ACQUIRE) < into)
-					usleep(100);
-				r->paused_at = stream = into;
+				r->paused_at = stream = wait_far_end(sm, &pair, &d);
 			}
 			e = forward(peer, buf, (size_t)n);
 			if (e) {
@@ -321,13 +333,8 @@ static int one_run(struct kg_sockmap *sm, uint64_t bytes, uint64_t before_pause,
 	}
 	pthread_join(th, NULL);
 	/* Everything redirected must reach the far end before the FIN, which
-	 * would drop what the peer's queue still holds (at most 10 s). */
-	uint64_t into = 0;
-	for (int wait = 0;
-	     wait < 100000 && !kg_sockmap_redirected(sm, &pair, KG_SM_BACKEND, &into, NULL) &&
-	     __atomic_load_n(&d.bytes, __ATOMIC_ACQUIRE) < into;
-	     wait++)
-		usleep(100);
+	 * would drop what the peer's queue still holds. */
+	wait_far_end(sm, &pair, &d);
 	shutdown(peer, SHUT_WR);
 	pthread_join(drainer, NULL);
 	r->redirected = d.bytes;
@@ -335,7 +342,7 @@ static int one_run(struct kg_sockmap *sm, uint64_t bytes, uint64_t before_pause,
 		/* The far side's view of the whole stream is the result;
 		 * "redirected" is the verdict's own count at the end, which
 		 * must still be where the pause stopped it. */
-		uint64_t paused_at = r->paused_at;
+		uint64_t paused_at = r->paused_at, into = 0;
 		*r = d.result;
 		r->paused_at = paused_at;
 		r->redirected = kg_sockmap_redirected(sm, &pair, KG_SM_BACKEND, &into, NULL) == 0

@@ -21,8 +21,8 @@ import urllib.request
 
 import pytest
 
-from conftest import (KGATECTL, REPO, base_config, client_context, curl, https_get,
-                      run, tls_listener, wait_until)
+from conftest import (KGATECTL, REPO, base_config, client_context, curl, dead_port,
+                      https_get, run, tls_listener, wait_until)
 
 LOAD_LOOP = os.path.join(REPO, "tests", "tools", "load_loop.py")
 
@@ -173,10 +173,7 @@ def test_status_reports_io_uring_rings(pki, gated, http_backends):
     single_issuer, defer_taskrun = 1 << 12, 1 << 13
     fast, _ = kernel_io_uring(single_issuer | defer_taskrun)
     _, features = kernel_io_uring(0)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    mport = s.getsockname()[1]
-    s.close()
+    mport = dead_port()  # free now; kgated binds it
     d = gated([tls_listener(pki, [http_backends("a")])], workers=2,
               args=["--metrics", "127.0.0.1:%d" % mport])
     rings = d.ctl.json("status")["io_uring"]
@@ -609,12 +606,7 @@ def test_listener_show_reports_health_like_the_console(pki, gated, http_backends
 def test_concurrent_clients_are_serialized(pki, gated, http_backends):
     a = http_backends("a")
     d = gated([tls_listener(pki, [a])])
-    ports = []
-    for _ in range(8):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        ports.append(s.getsockname()[1])
-        s.close()
+    ports = [dead_port() for _ in range(8)]
     procs = [subprocess.Popen([KGATECTL, "--socket", d.ctl.sock, "backend", "add", "web",
                                "127.0.0.1:%d" % p], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for p in ports]
@@ -860,10 +852,7 @@ def test_incomplete_request_times_out_cleanly(pki, gated):
 
 
 def test_metrics_endpoint(pki, gated, http_backends):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    mport = s.getsockname()[1]
-    s.close()
+    mport = dead_port()  # free now; kgated binds it
     backend = http_backends("a")
     d = gated([tls_listener(pki, [backend])],
               args=["--metrics", "127.0.0.1:%d" % mport])

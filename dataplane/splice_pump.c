@@ -188,8 +188,9 @@ static bool hop_run(struct kg_conn *c, struct kg_hop *h)
 				return moved;
 			}
 			if (n < 0) {
-				kg_conn_close_err(c, h->dst == c->bfd ? "send to backend" : "send to client",
-					  (int)-n);
+				kg_conn_close_err(c,
+						  h->dst == c->bfd ? "send to backend" : "send to client",
+						  (int)-n);
 				return moved;
 			}
 			moved = true;
@@ -225,8 +226,9 @@ static bool hop_run(struct kg_conn *c, struct kg_hop *h)
 				h->src_eof = true;
 			continue;
 		}
-		kg_conn_close_err(c, h->src == c->bfd ? "receive from backend" : "receive from client",
-			  (int)-n);
+		kg_conn_close_err(c,
+				  h->src == c->bfd ? "receive from backend" : "receive from client",
+				  (int)-n);
 		return moved;
 	}
 	/* Burst used up: come back through the poll, which fires at once. */

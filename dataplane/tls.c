@@ -258,7 +258,8 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, char *err, size_t e
 		fail(err, errlen, "cannot create SSL_CTX");
 		return NULL;
 	}
-	if (apply_policy(ctx, err, errlen) < 0 || setup_sessions(ctx, l->name, l->tls_session_cache, err, errlen) < 0 ||
+	if (apply_policy(ctx, err, errlen) < 0 ||
+	    setup_sessions(ctx, l->name, l->tls_session_cache, err, errlen) < 0 ||
 	    load_server_cert(ctx, l->certificate, err, errlen) < 0 ||
 	    setup_client_auth(ctx, l, err, errlen) < 0) {
 		SSL_CTX_free(ctx);

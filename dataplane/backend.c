@@ -19,7 +19,7 @@
 static void no_backend(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
-	w->stats.no_backend++;
+	kg_count(w, no_backend);
 	kg_worker_warn(w, "conn.no_backend", KV("listener", c->listener->conf->name),
 		       KV("attempts", c->connect_attempts));
 	if (!c->ssl) {
@@ -91,7 +91,7 @@ void kg_backend_connect_failed(struct kg_conn *c, int res)
 {
 	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];
 	const char *why = res == -ECANCELED ? "timed out" : strerror(-res);
-	c->worker->stats.backend_connect_failed++;
+	kg_count(c->worker, backend_connect_failed);
 	kg_worker_warn(c->worker, "backend.connect_failed", KV("listener", c->listener->conf->name),
 		       KV("backend", b->address), KV("err", why));
 	char reason[80];

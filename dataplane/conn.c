@@ -86,7 +86,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 	struct kg_listener_slot *slot = &w->rt->slots[listener_idx];
 	int one = 1;
 
-	w->stats.accepted++;
+	kg_count(w, accepted);
 	atomic_fetch_add_explicit(&slot->counters.accepted, 1, memory_order_relaxed);
 	/* The connection keeps the snapshot it starts with (runtime.h). */
 	struct kg_listener_rt *l = w->draining ? NULL : kg_listener_acquire(slot);
@@ -97,7 +97,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 	const struct kg_listener_conf *lc = l->conf;
 	if (atomic_fetch_add(&slot->active, 1) >= lc->max_connections) {
 		atomic_fetch_sub(&slot->active, 1);
-		w->stats.rejected_limit++;
+		kg_count(w, rejected_limit);
 		atomic_fetch_add_explicit(&slot->counters.rejected_limit, 1, memory_order_relaxed);
 		kg_worker_warn(w, "conn.limit_reached", KV("listener", lc->name),
 			       KV("max_connections", lc->max_connections));
@@ -170,8 +170,7 @@ free_conn:
 refuse:
 	if (idx >= 0)
 		w->free_slots[w->n_free++] = (uint32_t)idx;
-	w->stats.rejected_limit++;
-	atomic_fetch_add_explicit(&slot->counters.rejected_limit, 1, memory_order_relaxed);
+	kg_count(w, rejected_resources);
 	kg_worker_warn(w, "conn.no_slot", KV("listener", lc->name),
 		       KV("reason", "out of connection slots or memory"));
 	atomic_fetch_sub(&slot->active, 1);
@@ -205,7 +204,7 @@ static void handshake_failed(struct kg_conn *c, const char *reason)
 {
 	char peer[64];
 	conn_peer(c, peer, sizeof(peer));
-	c->worker->stats.handshake_failed++;
+	kg_count(c->worker, handshake_failed);
 	struct kg_listener_counters *lc = &c->listener->slot->counters;
 	atomic_fetch_add_explicit(&lc->handshake_failed, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&lc->failed_by_reason[kg_tls_failure_reason(c->ssl, reason)], 1,
@@ -227,11 +226,11 @@ static enum hs_result handshake_step(struct kg_conn *c)
 
 	if (ret == 1) {
 		struct kg_worker *w = c->worker;
-		w->stats.handshakes++;
+		kg_count(w, handshakes);
 		atomic_fetch_add_explicit(&c->listener->slot->counters.handshakes, 1,
 					  memory_order_relaxed);
 		if (SSL_session_reused(c->ssl))
-			w->stats.resumed++;
+			kg_count(w, resumed);
 		if (c->ktls)
 			kg_ktls_handshake_done(c->ssl, c->ktls);
 		if (kg_log_level >= KG_LOG_DEBUG) {
@@ -379,7 +378,7 @@ static int start_http(struct kg_conn *c, enum kg_path path, const void *early,
 {
 	c->state = KG_CONN_FORWARDING;
 	c->path = path;
-	c->worker->stats.path[path]++;
+	kg_count_add(&c->worker->stats.path[path], 1);
 	const struct kg_client_io *io =
 		path == KG_PATH_HTTP_KTLS ? &kg_client_io_ktls : &kg_client_io_openssl;
 	if (kg_forward_http_start(c, io, early, early_len) < 0) {
@@ -413,10 +412,10 @@ static void start_userspace(struct kg_conn *c)
 			kg_forward_http_run(c);
 		return;
 	}
-	w->stats.forwarded_c2b += c->b_out.len - c->b_out.off;
+	kg_count_add(&w->stats.forwarded_c2b, c->b_out.len - c->b_out.off);
 	c->state = KG_CONN_FORWARDING;
 	c->path = KG_PATH_USERSPACE;
-	w->stats.path[KG_PATH_USERSPACE]++;
+	kg_count_add(&w->stats.path[KG_PATH_USERSPACE], 1);
 	kg_forward_user_start(c);
 }
 
@@ -424,14 +423,14 @@ static void handoff_refused(struct kg_conn *c, const char *why)
 {
 	struct kg_worker *w = c->worker;
 	if (c->listener->plan_forced) {
-		w->stats.ktls_failed++;
+		kg_count(w, ktls_failed);
 		kg_worker_warn(w, "ktls.handoff_impossible", KV("listener", c->listener->conf->name),
 			       KV("reason", why), KV("forwarding", "splice"),
 			       KV("path", kg_path_name(c->listener->plan)), KV("action", "close"));
 		kg_conn_close(c, "kTLS handoff impossible");
 		return;
 	}
-	w->stats.ktls_fallback++;
+	kg_count(w, ktls_fallback);
 	log_debug("ktls.fallback", KV("listener", c->listener->conf->name), KV("worker", w->id),
 		  KV("conn", c->idx), KV("path", "userspace-tls"), KV("reason", why));
 	start_userspace(c);
@@ -546,7 +545,7 @@ static void handoff_step(struct kg_conn *c)
 		return;
 	}
 	if (r < 0) {
-		w->stats.ktls_failed++;
+		kg_count(w, ktls_failed);
 		kg_worker_warn(w, "ktls.setup_failed", KV("listener", c->listener->conf->name),
 			       KV("err", err), KV("action", "close"));
 		kg_conn_close(c, "kTLS setup failed");
@@ -563,7 +562,7 @@ static void handoff_step(struct kg_conn *c)
 	} else {
 		c->state = KG_CONN_FORWARDING;
 		c->path = KG_PATH_KTLS_SPLICE;
-		w->stats.path[KG_PATH_KTLS_SPLICE]++;
+		kg_count_add(&w->stats.path[KG_PATH_KTLS_SPLICE], 1);
 		r = kg_forward_splice_start(c, false, true, early, early_len, err, sizeof(err));
 	}
 	/* The kernel owns the record layer: OpenSSL and our buffers go. Marked
@@ -608,13 +607,13 @@ static bool send_proxy_header(struct kg_conn *c)
 		return false;
 	}
 	if (r < 0) {
-		w->stats.proxy_failed++;
+		kg_count(w, proxy_failed);
 		kg_worker_warn(w, "proxy.header_failed", KV("listener", c->listener->conf->name),
 			       KV("reason", err), KV("action", "close"));
 		kg_conn_close(c, "PROXY v2 header not sent");
 		return false;
 	}
-	w->stats.proxy_sent++;
+	kg_count(w, proxy_sent);
 	return true;
 }
 
@@ -639,7 +638,7 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 		if (kg_forward_sockmap_start(c)) {
 			if (c->sockmap) {
 				c->path = KG_PATH_SOCKMAP;
-				w->stats.path[KG_PATH_SOCKMAP]++;
+				kg_count_add(&w->stats.path[KG_PATH_SOCKMAP], 1);
 			}
 			return;
 		}
@@ -650,7 +649,7 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 	case KG_PATH_COPY:
 		c->state = KG_CONN_FORWARDING;
 		c->path = plan;
-		w->stats.path[c->path]++;
+		kg_count_add(&w->stats.path[c->path], 1);
 		if (kg_forward_splice_start(c, plan == KG_PATH_COPY, false, NULL, 0, err,
 					    sizeof(err)) < 0)
 			kg_conn_close(c, err);
@@ -800,7 +799,7 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	struct kg_listener_slot *slot = c->listener->slot;
 	kg_listener_put(c->listener);
 	atomic_fetch_sub(&slot->active, 1);
-	w->stats.closed++;
+	kg_count(w, closed);
 	w->conns[c->idx] = NULL;
 	w->free_slots[w->n_free++] = c->idx;
 	w->n_conns--;
@@ -822,12 +821,12 @@ void kg_conn_check_deadline(struct kg_conn *c)
 	if (c->state == KG_CONN_HANDSHAKE) {
 		char peer[64];
 		conn_peer(c, peer, sizeof(peer));
-		w->stats.handshake_timeout++;
+		kg_count(w, handshake_timeout);
 		kg_worker_warn(w, "tls.handshake_timeout", KV("listener", c->listener->conf->name),
 			       KV("client", peer));
 		kg_conn_close(c, "handshake timeout");
 	} else if (c->state == KG_CONN_FORWARDING || c->state == KG_CONN_HANDOFF) {
-		w->stats.idle_timeout++;
+		kg_count(w, idle_timeout);
 		kg_conn_close(c, "idle timeout");
 	}
 }

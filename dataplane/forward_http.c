@@ -110,7 +110,7 @@ struct kg_http_conn {
 	bool b2c_splice;      /* the response body is being spliced */
 	bool notify_pending;  /* close_notify goes out once the queue drained */
 	bool notify_blocked;  /* it found the socket's send buffer full: POLLOUT armed */
-	uint64_t spliced_c2b, spliced_b2c; /* the hops' counters */
+	atomic_uint_fast64_t spliced_c2b, spliced_b2c; /* the hops' counters */
 	uint64_t seen_c2b, seen_b2c;       /* what of them went into the stats */
 
 	uint64_t deadline_ms;
@@ -156,7 +156,7 @@ static int client_write(struct kg_conn *c, const void *p, size_t n)
 	if (c->http->io->write(c, p, n) < 0)
 		return -1;
 	c->http->bytes_out += n;
-	c->worker->stats.forwarded_b2c += n;
+	kg_count_add(&c->worker->stats.forwarded_b2c, n);
 	return 0;
 }
 
@@ -195,7 +195,8 @@ static void access_log(struct kg_conn *c)
 	struct kg_http_conn *h = c->http;
 	const struct kg_http_conf *hc = conf_of(c);
 	struct kg_worker *w = c->worker;
-	if (!hc->access_log || w->stats.http_requests % hc->access_log_sample != 0)
+	if (!hc->access_log || atomic_load_explicit(&w->stats.http_requests, memory_order_relaxed) %
+					   hc->access_log_sample != 0)
 		return;
 	const char *backend = c->member >= 0 ? c->listener->conf->backends[c->member].address : "";
 	/* Not level-tested: the operator asked for these lines. */
@@ -248,7 +249,7 @@ static void reply_error(struct kg_conn *c, int status, const char *why)
 		kg_conn_close(c, reason);
 		return;
 	}
-	w->stats.http_errors++;
+	kg_count(w, http_errors);
 	kg_worker_warn(w, "http.error_response", KV("listener", c->listener->conf->name),
 		       KV("client", h->peer), KV("status", status),
 		       KV("status_text", kg_http_reason(status)), KV("reason", why));
@@ -293,7 +294,7 @@ static bool read_client(struct kg_conn *c)
 	int n = h->io->read(c, h->rbuf + h->rlen, h->rcap - h->rlen);
 	if (n > 0) {
 		h->rlen += (uint32_t)n;
-		c->worker->stats.forwarded_c2b += (uint64_t)n;
+		kg_count_add(&c->worker->stats.forwarded_c2b, (uint64_t)n);
 		h->pump.spurious = 0;
 		return true;
 	}
@@ -378,13 +379,13 @@ static void pick_backend(struct kg_conn *c)
 	struct kg_worker *w = c->worker;
 
 	if (c->connect_attempts > lc->connect_retries) {
-		w->stats.no_backend++;
+		kg_count(w, no_backend);
 		reply_error(c, 502, "no backend could be connected");
 		return;
 	}
 	int m = kg_balancer_select(c->listener->balancer, c->tried);
 	if (m < 0) {
-		w->stats.no_backend++;
+		kg_count(w, no_backend);
 		if (c->tried)
 			reply_error(c, 502, "no backend could be connected");
 		else
@@ -394,7 +395,7 @@ static void pick_backend(struct kg_conn *c)
 	int fd = kg_backend_pool_take(w->pool, c->listener_idx, &lc->backends[m].addr,
 				      lc->backends[m].addrlen);
 	if (fd >= 0) {
-		w->stats.http_pool_reused++;
+		kg_count(w, http_pool_reused);
 		attach_backend(c, m, fd, true);
 		advance(c);
 		return;
@@ -407,7 +408,7 @@ static void pick_backend(struct kg_conn *c)
 		reply_error(c, 502, why);
 		return;
 	}
-	w->stats.http_backend_connects++;
+	kg_count(w, http_backend_connects);
 	h->rstate = R_CONNECT;
 }
 
@@ -469,13 +470,15 @@ static void account_spliced(struct kg_conn *c)
 {
 	struct kg_http_conn *h = c->http;
 	struct kg_counters *st = &c->worker->stats;
-	uint64_t in = h->spliced_c2b - h->seen_c2b, out = h->spliced_b2c - h->seen_b2c;
-	h->seen_c2b = h->spliced_c2b;
-	h->seen_b2c = h->spliced_b2c;
-	st->forwarded_c2b += in;
-	st->http_spliced_c2b += in;
-	st->forwarded_b2c += out;
-	st->http_spliced_b2c += out;
+	uint64_t spliced_c2b = atomic_load_explicit(&h->spliced_c2b, memory_order_relaxed);
+	uint64_t spliced_b2c = atomic_load_explicit(&h->spliced_b2c, memory_order_relaxed);
+	uint64_t in = spliced_c2b - h->seen_c2b, out = spliced_b2c - h->seen_b2c;
+	h->seen_c2b = spliced_c2b;
+	h->seen_b2c = spliced_b2c;
+	kg_count_add(&st->forwarded_c2b, in);
+	kg_count_add(&st->http_spliced_c2b, in);
+	kg_count_add(&st->forwarded_b2c, out);
+	kg_count_add(&st->http_spliced_b2c, out);
 	h->bytes_in += in;
 	h->bytes_out += out;
 }
@@ -483,7 +486,7 @@ static void account_spliced(struct kg_conn *c)
 /* Starts hop for left bytes from src to dst; its pipe is made on first
  * use and kept for the connection's life. False when no pipe could be
  * made: the body is copied instead. */
-static bool start_hop(struct kg_conn *c, struct kg_hop *hop, uint64_t *counter, int src,
+static bool start_hop(struct kg_conn *c, struct kg_hop *hop, atomic_uint_fast64_t *counter, int src,
 		      int dst, uint64_t left)
 {
 	if (hop->queued > 0)
@@ -572,7 +575,7 @@ static void start_request(struct kg_conn *c)
 {
 	struct kg_http_conn *h = c->http;
 	struct kg_worker *w = c->worker;
-	w->stats.http_requests++;
+	kg_count(w, http_requests);
 	snprintf(h->method, sizeof(h->method), "%s", kg_http_method(&h->req));
 	snprintf(h->target, sizeof(h->target), "%.*s", (int)h->req.url.len,
 		 (const char *)h->rbuf + h->req.url.off);
@@ -999,7 +1002,7 @@ int kg_forward_http_start(struct kg_conn *c, const struct kg_client_io *io, cons
 		memcpy(h->rbuf, early, early_len);
 	}
 	h->rlen = (uint32_t)early_len;
-	c->worker->stats.forwarded_c2b += early_len;
+	kg_count_add(&c->worker->stats.forwarded_c2b, early_len);
 	h->rstate = R_IDLE;
 	h->deadline_ms = c->worker->now_ms + hc->request_timeout_ms;
 	return 0;
@@ -1055,7 +1058,7 @@ void kg_forward_http_check_deadline(struct kg_conn *c)
 		return;
 	switch (h->rstate) {
 	case R_IDLE:
-		w->stats.idle_timeout++;
+		kg_count(w, idle_timeout);
 		if (h->rlen > 0)
 			reply_error(c, 408, "request not complete in time");
 		else

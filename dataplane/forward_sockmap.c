@@ -176,7 +176,7 @@ bool kg_forward_sockmap_start(struct kg_conn *c)
 	int r = kg_sockmap_add_pair(w->rt->sockmap, &s->pair, c->cfd, c->bfd);
 	if (r == -EOPNOTSUPP || r == -ENOSPC) {
 		free(s);
-		w->stats.sockmap_fallback++;
+		kg_count(w, sockmap_fallback);
 		log_debug("sockmap.fallback", KV("listener", c->listener->conf->name),
 			  KV("worker", w->id), KV("conn", c->idx), KV_ERRNO(-r),
 			  KV("path", "splice"));
@@ -260,8 +260,8 @@ void kg_forward_sockmap_free(struct kg_conn *c)
 	uint64_t bytes[2] = {0, 0};
 	for (int side = 0; side < 2; side++)
 		kg_sockmap_redirected(w->rt->sockmap, &c->sockmap->pair, side, &bytes[side], NULL);
-	w->stats.forwarded_c2b += bytes[KG_SM_BACKEND] + c->sockmap->pair.tail_bytes[KG_SM_BACKEND];
-	w->stats.forwarded_b2c += bytes[KG_SM_CLIENT] + c->sockmap->pair.tail_bytes[KG_SM_CLIENT];
+	kg_count_add(&w->stats.forwarded_c2b, bytes[KG_SM_BACKEND] + c->sockmap->pair.tail_bytes[KG_SM_BACKEND]);
+	kg_count_add(&w->stats.forwarded_b2c, bytes[KG_SM_CLIENT] + c->sockmap->pair.tail_bytes[KG_SM_CLIENT]);
 	int r = kg_sockmap_remove_pair(w->rt->sockmap, &c->sockmap->pair);
 	if (r < 0)
 		log_warn("sockmap.remove_failed", KV("worker", w->id), KV("conn", c->idx),

@@ -88,7 +88,7 @@ static void pump_c2b(struct kg_conn *c)
 	if (n > 0) {
 		c->b_out.off = 0;
 		c->b_out.len = (uint32_t)n;
-		c->worker->stats.forwarded_c2b += (uint64_t)n;
+		kg_count_add(&c->worker->stats.forwarded_c2b, (uint64_t)n);
 		send_backend(c);
 		kg_conn_flush_client(c); /* SSL_read may have queued a reply */
 		return;
@@ -178,7 +178,7 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned 
 		return;
 	}
 	touch(c);
-	c->worker->stats.forwarded_b2c += (uint64_t)res;
+	kg_count_add(&c->worker->stats.forwarded_b2c, (uint64_t)res);
 	/* Memory BIO: SSL_write takes the whole buffer at once, so the
 	 * ring's buffer goes back as soon as this returns. */
 	int n = SSL_write(c->ssl, data, res);

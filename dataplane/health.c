@@ -669,9 +669,9 @@ static void schedule_next(struct kg_health_checker *hc, struct check *c)
 static void verdict(struct kg_health_checker *hc, struct check *c, bool ok, const char *reason)
 {
 	struct kg_worker *w = hc->w;
-	w->stats.health_checks++;
+	kg_count(w, health_checks);
 	if (!ok)
-		w->stats.health_checks_failed++;
+		kg_count(w, health_checks_failed);
 	kg_health_record(c->g, c->member, ok, reason, w->now_ms);
 }
 

@@ -32,6 +32,7 @@
 
 #include "certs.h"
 #include "config.h"
+#include "counters.h"
 #include "ktls.h"
 #include "health.h"
 #include "listener.h"
@@ -80,10 +81,24 @@ static void usage(FILE *out)
 		"                           as root, else the starting user); 'root' keeps uid 0;\n"
 		"                           only CAP_NET_BIND_SERVICE is kept\n"
 		"  -t, --check              validate the configuration and its files, then exit\n"
+		"      --list-counters      print the counter table (stats group and key,\n"
+		"                           Prometheus family and labels, log key), then exit\n"
 		"  -h, --help               this text\n");
 }
 
-enum { OPT_RESEED = 256, OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS };
+/* One line per worker counter, tab-separated: stats group, stats key,
+ * Prometheus family, its labels, worker.stopped key. The tests check JSON,
+ * Prometheus, logs and the man page against it. */
+static void list_counters(void)
+{
+	for (size_t i = 0; i < KG_COUNTER_COUNT; i++) {
+		const struct kg_counter_info *k = &kg_counter_table[i];
+		printf("%s\t%s\tkgate_%s\t%s\t%s\n", kg_counter_group_names[k->group], k->json_key,
+		       k->family, k->labels, k->log_key);
+	}
+}
+
+enum { OPT_RESEED = 256, OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS, OPT_LIST_COUNTERS };
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
@@ -98,6 +113,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{"control", required_argument, NULL, OPT_CONTROL},
 		{"control-group", required_argument, NULL, OPT_CONTROL_GROUP},
 		{"metrics", required_argument, NULL, OPT_METRICS},
+		{"list-counters", no_argument, NULL, OPT_LIST_COUNTERS},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -113,6 +129,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case OPT_CONTROL: o->control_path = optarg; break;
 		case OPT_CONTROL_GROUP: o->control_group = optarg; break;
 		case OPT_METRICS: o->metrics = optarg; break;
+		case OPT_LIST_COUNTERS: list_counters(); exit(0);
 		case 'w': {
 			char *end;
 			unsigned long n = strtoul(optarg, &end, 10);

@@ -18,44 +18,13 @@
 
 #define HTTP_READ_MS 2000
 
-/* Worker counters are plain integers written by their worker only; this
- * reads them without synchronisation, which on the 64-bit targets kgate
- * runs on yields a value that is at most slightly stale, never torn. */
+/* Worker counters are relaxed atomics written by their worker only
+ * (counters.h): the sum is at most slightly stale, never torn. */
 static void sum_workers(const struct kg_runtime *rt, struct kg_counters *sum)
 {
 	memset(sum, 0, sizeof(*sum));
-	for (unsigned i = 0; i < rt->n_workers; i++) {
-		const volatile struct kg_counters *c = &rt->workers[i]->stats;
-		sum->accepted += c->accepted;
-		sum->rejected_limit += c->rejected_limit;
-		sum->handshake_failed += c->handshake_failed;
-		sum->handshake_timeout += c->handshake_timeout;
-		sum->handshakes += c->handshakes;
-		sum->resumed += c->resumed;
-		sum->backend_connect_failed += c->backend_connect_failed;
-		sum->no_backend += c->no_backend;
-		sum->idle_timeout += c->idle_timeout;
-		sum->forwarded_c2b += c->forwarded_c2b;
-		sum->forwarded_b2c += c->forwarded_b2c;
-		sum->closed += c->closed;
-		for (int p = 0; p < KG_PATH_COUNT; p++)
-			sum->path[p] += c->path[p];
-		sum->ktls_fallback += c->ktls_fallback;
-		sum->ktls_failed += c->ktls_failed;
-		sum->proxy_sent += c->proxy_sent;
-		sum->proxy_failed += c->proxy_failed;
-		sum->health_checks += c->health_checks;
-		sum->health_checks_failed += c->health_checks_failed;
-		sum->cut_unhealthy += c->cut_unhealthy;
-		sum->cut_disabled += c->cut_disabled;
-		sum->http_requests += c->http_requests;
-		sum->http_errors += c->http_errors;
-		sum->http_pool_reused += c->http_pool_reused;
-		sum->http_backend_connects += c->http_backend_connects;
-		sum->http_spliced_c2b += c->http_spliced_c2b;
-		sum->http_spliced_b2c += c->http_spliced_b2c;
-		sum->handed_over += c->handed_over;
-	}
+	for (unsigned i = 0; i < rt->n_workers; i++)
+		kg_counters_accumulate(sum, &rt->workers[i]->stats);
 }
 
 /* Per listener slot; listeners deleted meanwhile are no longer counted. */
@@ -104,43 +73,22 @@ json_object *kg_stats_json(struct kg_ops *ops, const char *listener)
 		if (s->used && (!listener || strcmp(listener, s->name) == 0))
 			json_object_array_add(ls, kg_listener_counters_json(s));
 	}
-	add_u64(conns, "total", sum.accepted);
+	json_object *groups[KG_CG_COUNT] = {
+		[KG_CG_CONNECTIONS] = conns, [KG_CG_HANDSHAKES] = hs,
+		[KG_CG_BYTES] = bytes, [KG_CG_BACKENDS] = be};
+	for (size_t i = 0; i < KG_COUNTER_COUNT; i++)
+		add_u64(groups[kg_counter_table[i].group], kg_counter_table[i].json_key,
+			kg_counter_read(&sum, i));
 	add_u64(conns, "active", active);
-	add_u64(conns, "closed", sum.closed);
-	add_u64(conns, "rejected_limit", sum.rejected_limit);
-	add_u64(conns, "idle_timeout", sum.idle_timeout);
 	for (int p = KG_PATH_NONE + 1; p < KG_PATH_COUNT; p++) {
 		char key[48];
 		snprintf(key, sizeof(key), "path_%s", kg_path_name((enum kg_path)p));
-		add_u64(conns, key, sum.path[p]);
+		add_u64(conns, key, atomic_load_explicit(&sum.path[p], memory_order_relaxed));
 	}
-	add_u64(conns, "ktls_fallback", sum.ktls_fallback);
-	add_u64(conns, "ktls_failed", sum.ktls_failed);
-	add_u64(conns, "cut_unhealthy", sum.cut_unhealthy);
-	add_u64(conns, "cut_disabled", sum.cut_disabled);
-	add_u64(hs, "ok", sum.handshakes);
-	add_u64(hs, "resumed", sum.resumed);
-	add_u64(hs, "failed", sum.handshake_failed);
-	add_u64(hs, "timeout", sum.handshake_timeout);
 	json_object *by = json_object_new_object();
 	for (int r = 0; r < KG_HS_REASONS; r++)
 		add_u64(by, kg_hs_reason_names[r], why[r]);
 	json_object_object_add(hs, "failed_by_reason", by);
-	add_u64(bytes, "client_to_backend", sum.forwarded_c2b);
-	add_u64(bytes, "backend_to_client", sum.forwarded_b2c);
-	add_u64(bytes, "http_spliced_client_to_backend", sum.http_spliced_c2b);
-	add_u64(bytes, "http_spliced_backend_to_client", sum.http_spliced_b2c);
-	add_u64(be, "connect_failed", sum.backend_connect_failed);
-	add_u64(be, "no_backend", sum.no_backend);
-	add_u64(be, "proxy_headers", sum.proxy_sent);
-	add_u64(be, "proxy_header_failures", sum.proxy_failed);
-	add_u64(be, "health_checks", sum.health_checks);
-	add_u64(be, "health_checks_failed", sum.health_checks_failed);
-	add_u64(be, "http_connects", sum.http_backend_connects);
-	add_u64(be, "http_pooled_reuses", sum.http_pool_reused);
-	add_u64(conns, "http_requests", sum.http_requests);
-	add_u64(conns, "http_errors", sum.http_errors);
-	add_u64(conns, "handed_over", sum.handed_over);
 	json_object_object_add(o, "connections", conns);
 	json_object_object_add(o, "handshakes", hs);
 	json_object_object_add(o, "bytes", bytes);
@@ -261,34 +209,23 @@ char *kg_metrics_text(struct kg_ops *ops)
 	sum_workers(ops->rt, &s);
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++)
 		active += atomic_load(&ops->rt->slots[i].active);
-	metric(&t, "connections_total", "counter", "Accepted client connections.", s.accepted);
+	/* The worker counters, from their table: rows of one family are
+	 * adjacent, so HELP and TYPE go before the first row of each. */
+	for (size_t i = 0; i < KG_COUNTER_COUNT; i++) {
+		const struct kg_counter_info *k = &kg_counter_table[i];
+		if (i == 0 || strcmp(k->family, kg_counter_table[i - 1].family) != 0)
+			put(&t, "# HELP kgate_%s %s\n# TYPE kgate_%s counter\n", k->family, k->help,
+			    k->family);
+		put(&t, "kgate_%s%s%s%s %llu\n", k->family, *k->labels ? "{" : "", k->labels,
+		    *k->labels ? "}" : "", (unsigned long long)kg_counter_read(&s, i));
+	}
 	metric(&t, "connections_active", "gauge", "Open client connections.", active);
-	metric(&t, "connections_rejected_total", "counter", "Connections refused by max_connections.",
-	       s.rejected_limit);
 	put(&t, "# HELP kgate_connections_by_path_total Connections that started forwarding, per path.\n"
 		"# TYPE kgate_connections_by_path_total counter\n");
 	for (int p = KG_PATH_NONE + 1; p < KG_PATH_COUNT; p++)
 		put(&t, "kgate_connections_by_path_total{path=\"%s\"} %llu\n",
-		    kg_path_name((enum kg_path)p), (unsigned long long)s.path[p]);
-	metric(&t, "http_requests_total", "counter", "Requests parsed on https listeners.",
-	       s.http_requests);
-	metric(&t, "http_errors_total", "counter",
-	       "Error responses made by kgate on https listeners (400, 408, 431, 502, 503, 504).",
-	       s.http_errors);
-	metric(&t, "http_backend_connects_total", "counter",
-	       "Backend connects made for https requests.", s.http_backend_connects);
-	metric(&t, "http_pooled_reuses_total", "counter",
-	       "https requests sent on a pooled keep-alive backend connection.", s.http_pool_reused);
-	metric(&t, "connections_handed_over_total", "counter",
-	       "Connections a worker accepted and gave to a less loaded worker.", s.handed_over);
-	metric(&t, "health_checks_total", "counter", "Active health checks run.", s.health_checks);
-	metric(&t, "health_checks_failed_total", "counter", "Active health checks that failed.",
-	       s.health_checks_failed);
-	metric(&t, "handshakes_total", "counter", "Completed TLS handshakes.", s.handshakes);
-	metric(&t, "handshakes_resumed_total", "counter", "Resumed TLS handshakes.", s.resumed);
-	metric(&t, "handshake_failures_total", "counter", "Failed TLS handshakes.", s.handshake_failed);
-	metric(&t, "handshake_timeouts_total", "counter", "Handshakes that timed out.",
-	       s.handshake_timeout);
+		    kg_path_name((enum kg_path)p),
+		    (unsigned long long)atomic_load_explicit(&s.path[p], memory_order_relaxed));
 	uint64_t why[KG_HS_REASONS];
 	sum_reasons(ops->rt, why);
 	put(&t, "# HELP kgate_handshake_failures_by_reason_total Failed handshakes by reason.\n"
@@ -296,25 +233,6 @@ char *kg_metrics_text(struct kg_ops *ops)
 	for (int r = 0; r < KG_HS_REASONS; r++)
 		put(&t, "kgate_handshake_failures_by_reason_total{reason=\"%s\"} %llu\n",
 		    kg_hs_reason_names[r], (unsigned long long)why[r]);
-	metric(&t, "bytes_client_to_backend_total", "counter", "Plaintext bytes sent to backends.",
-	       s.forwarded_c2b);
-	metric(&t, "bytes_backend_to_client_total", "counter", "Plaintext bytes sent to clients.",
-	       s.forwarded_b2c);
-	metric(&t, "http_spliced_bytes_client_to_backend_total", "counter",
-	       "Request body bytes spliced on https listeners over kernel TLS (part of the bytes above).",
-	       s.http_spliced_c2b);
-	metric(&t, "http_spliced_bytes_backend_to_client_total", "counter",
-	       "Response body bytes spliced on https listeners over kernel TLS (part of the bytes above).",
-	       s.http_spliced_b2c);
-	metric(&t, "backend_connect_failures_total", "counter", "Failed backend connects.",
-	       s.backend_connect_failed);
-	metric(&t, "no_backend_total", "counter", "Connections closed with no backend left.",
-	       s.no_backend);
-	metric(&t, "proxy_headers_total", "counter", "PROXY v2 headers sent to backends.",
-	       s.proxy_sent);
-	metric(&t, "proxy_header_failures_total", "counter",
-	       "Connections closed because their PROXY v2 header could not be built or sent.",
-	       s.proxy_failed);
 	put(&t, "# HELP kgate_listener_connections_active Open connections per listener.\n"
 		"# TYPE kgate_listener_connections_active gauge\n");
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {

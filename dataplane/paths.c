@@ -12,21 +12,29 @@ void kg_kernel_probe(struct kg_kernel_caps *caps)
 	snprintf(caps->sockmap_why, sizeof(caps->sockmap_why), "not probed");
 }
 
+/* The names a user sees (stats, metrics, logs), and the key of each in the
+ * worker.stopped event. */
+static const struct {
+	const char *name, *log_key;
+} path_names[KG_PATH_COUNT] = {
+	[KG_PATH_NONE] = {"none", "path_none"},
+	[KG_PATH_USERSPACE] = {"userspace-tls", "path_userspace_tls"},
+	[KG_PATH_KTLS_SPLICE] = {"ktls-splice", "path_ktls_splice"},
+	[KG_PATH_SPLICE] = {"splice", "path_splice"},
+	[KG_PATH_SOCKMAP] = {"sockmap", "path_sockmap"},
+	[KG_PATH_COPY] = {"userspace-copy", "path_userspace_copy"},
+	[KG_PATH_HTTP] = {"http-userspace-tls", "path_http_userspace_tls"},
+	[KG_PATH_HTTP_KTLS] = {"http-ktls-splice", "path_http_ktls_splice"},
+};
+
 const char *kg_path_name(enum kg_path p)
 {
-	switch (p) {
-	case KG_PATH_USERSPACE: return "userspace-tls";
-	case KG_PATH_KTLS_SPLICE: return "ktls-splice";
-	case KG_PATH_SPLICE: return "splice";
-	case KG_PATH_SOCKMAP: return "sockmap";
-	case KG_PATH_COPY: return "userspace-copy";
-	case KG_PATH_HTTP: return "http-userspace-tls";
-	case KG_PATH_HTTP_KTLS: return "http-ktls-splice";
-	case KG_PATH_NONE:
-	case KG_PATH_COUNT:
-		break;
-	}
-	return "none";
+	return (unsigned)p < KG_PATH_COUNT ? path_names[p].name : "none";
+}
+
+const char *kg_path_log_key(enum kg_path p)
+{
+	return (unsigned)p < KG_PATH_COUNT ? path_names[p].log_key : "path_none";
 }
 
 static int plan_tls(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,

@@ -54,5 +54,7 @@ int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps 
 		 enum kg_path *plan, bool *forced, char *err, size_t errlen);
 
 const char *kg_path_name(enum kg_path p);
+/* "path_ktls_splice": the key of p's count in the worker.stopped event. */
+const char *kg_path_log_key(enum kg_path p);
 
 #endif

@@ -23,6 +23,7 @@
 
 #include "balancer.h"
 #include "config.h"
+#include "counters.h"
 #include "paths.h"
 #include "tls.h"
 
@@ -74,39 +75,6 @@ struct kg_listener_slot {
 	bool listening;                /* workers hold sockets for this slot */
 	struct sockaddr_storage bind;  /* where they listen */
 	char failed[KG_FAILED_MAX];    /* why it could not start ("" = it did or is stopped) */
-};
-
-/* Counters are per worker (no sharing on the hot path) and summed when read. */
-struct kg_counters {
-	uint64_t accepted;
-	uint64_t rejected_limit;    /* max_connections reached */
-	uint64_t handshake_failed;
-	uint64_t handshake_timeout;
-	uint64_t handshakes;
-	uint64_t resumed;
-	uint64_t backend_connect_failed;
-	uint64_t no_backend;        /* every member tried or down */
-	uint64_t idle_timeout;
-	uint64_t forwarded_c2b;     /* plaintext bytes */
-	uint64_t forwarded_b2c;
-	uint64_t closed;
-	uint64_t path[KG_PATH_COUNT]; /* connections that started forwarding, per path */
-	uint64_t ktls_fallback;       /* auto: kTLS handoff impossible, stayed on userspace TLS */
-	uint64_t sockmap_fallback;    /* sockmap refused a pair: spliced instead */
-	uint64_t ktls_failed;         /* forced or past the point of return: closed */
-	uint64_t proxy_sent;          /* PROXY v2 headers written to backends */
-	uint64_t proxy_failed;        /* header could not be built or sent: closed */
-	uint64_t health_checks;        /* active checks run by this worker */
-	uint64_t health_checks_failed;
-	uint64_t cut_unhealthy;        /* connections closed: backend turned unhealthy */
-	uint64_t cut_disabled;         /* connections closed: backend disabled */
-	uint64_t http_requests;        /* https: requests whose head was parsed */
-	uint64_t http_errors;          /* https: responses made by kgate (4xx/5xx) */
-	uint64_t http_pool_reused;     /* https: requests sent on a pooled backend connection */
-	uint64_t http_backend_connects; /* https: backend connects started */
-	uint64_t http_spliced_c2b;     /* https on kTLS: request body bytes spliced */
-	uint64_t http_spliced_b2c;     /* https on kTLS: response body bytes spliced */
-	uint64_t handed_over;          /* accepted here, given to a less loaded worker */
 };
 
 struct kg_worker;

@@ -21,7 +21,7 @@
 #define SPURIOUS_LIMIT 8     /* empty wake-ups in a row before backing off */
 #define TLS_RT_APPDATA 23
 
-int kg_hop_init(struct kg_hop *h, bool copy, uint64_t *counter)
+int kg_hop_init(struct kg_hop *h, bool copy, atomic_uint_fast64_t *counter)
 {
 	memset(h, 0, sizeof(*h));
 	h->src = h->dst = -1;
@@ -121,7 +121,7 @@ static ssize_t hop_drain(struct kg_hop *h)
 		return -errno;
 	h->queued -= (uint32_t)n;
 	h->off += (uint32_t)n;
-	*h->counter += (uint64_t)n;
+	kg_count_add(h->counter, (uint64_t)n);
 	return n;
 }
 

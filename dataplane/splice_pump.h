@@ -21,11 +21,14 @@
 #ifndef KGATE_SPLICE_PUMP_H
 #define KGATE_SPLICE_PUMP_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <linux/time_types.h>
+
+#include "counters.h"
 
 struct kg_conn;
 
@@ -43,7 +46,7 @@ struct kg_hop {
 	bool short_eof;       /* the source ended before `left` bytes came */
 	bool done;            /* everything delivered (and, unbounded, the end sent) */
 	bool want_in, want_out;
-	uint64_t *counter;    /* bytes delivered to dst are added here */
+	atomic_uint_fast64_t *counter; /* bytes delivered to dst are added here (kg_count_add) */
 };
 
 struct kg_pump {
@@ -55,7 +58,7 @@ struct kg_pump {
 };
 
 /* A pipe (or, copy, a buffer) for h, not started. 0 or -errno. */
-int kg_hop_init(struct kg_hop *h, bool copy, uint64_t *counter);
+int kg_hop_init(struct kg_hop *h, bool copy, atomic_uint_fast64_t *counter);
 /* Starts h from src to dst for left bytes (KG_HOP_UNBOUNDED: to the
  * source's end). The pipe must be empty (h->queued == 0). */
 void kg_hop_start(struct kg_hop *h, int src, int dst, uint64_t left);

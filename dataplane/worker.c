@@ -104,7 +104,7 @@ static void place_accepted(struct kg_worker *w, uint32_t li, int fd)
 	}
 	*cmd = (struct kg_wcmd){.op = KG_WCMD_ADOPT, .slot = li, .fd = fd};
 	atomic_fetch_add_explicit(&rt->workers[to]->incoming, 1, memory_order_relaxed);
-	w->stats.handed_over++;
+	kg_count(w, handed_over);
 	post_cmd(rt->workers[to], cmd);
 }
 
@@ -386,11 +386,11 @@ static bool cut_if_needed(struct kg_conn *c, struct tick_snaps *ts)
 	case KG_CUT_NONE:
 		return false;
 	case KG_CUT_UNHEALTHY:
-		c->worker->stats.cut_unhealthy++;
+		kg_count(c->worker, cut_unhealthy);
 		kg_conn_close(c, "backend unhealthy");
 		return true;
 	case KG_CUT_DISABLED:
-		c->worker->stats.cut_disabled++;
+		kg_count(c->worker, cut_disabled);
 		kg_conn_close(c, "backend disabled");
 		return true;
 	}
@@ -604,6 +604,25 @@ static bool finished(const struct kg_worker *w)
 	return true;
 }
 
+/* The worker.stopped event: the worker's counters over its life, one key
+ * per row of the counter table (counters.h) and path_* per forwarding path
+ * (paths.h). */
+static void log_counters(const struct kg_worker *w)
+{
+	if (KG_LOG_INFO > kg_log_level)
+		return;
+	struct kg_log_field f[1 + KG_COUNTER_COUNT + KG_PATH_COUNT + 1];
+	size_t n = 0;
+	f[n++] = KV("worker", w->id);
+	for (size_t i = 0; i < KG_COUNTER_COUNT; i++)
+		f[n++] = kg_lf_uint(kg_counter_table[i].log_key, kg_counter_read(&w->stats, i));
+	for (int p = KG_PATH_NONE + 1; p < KG_PATH_COUNT; p++)
+		f[n++] = kg_lf_uint(kg_path_log_key((enum kg_path)p),
+				    atomic_load_explicit(&w->stats.path[p], memory_order_relaxed));
+	f[n] = KG_LOG_END_;
+	kg_log_emit(KG_LOG_INFO, "worker.stopped", f);
+}
+
 static void *worker_main(void *arg)
 {
 	struct kg_worker *w = arg;
@@ -651,34 +670,7 @@ static void *worker_main(void *arg)
 		}
 		io_uring_cq_advance(&w->ring, seen);
 	}
-	const struct kg_counters *s = &w->stats;
-	/* Counters of this worker's life; path_* count connections by the
-	 * forwarding path they took (paths.h). */
-	log_info("worker.stopped", KV("worker", w->id), KV("accepted", s->accepted),
-		 KV("handshakes", s->handshakes), KV("resumed", s->resumed),
-		 KV("handshake_failed", s->handshake_failed),
-		 KV("handshake_timeout", s->handshake_timeout), KV("no_backend", s->no_backend),
-		 KV("connect_failed", s->backend_connect_failed),
-		 KV("rejected_limit", s->rejected_limit), KV("idle_timeout", s->idle_timeout),
-		 KV("bytes_c2b", s->forwarded_c2b), KV("bytes_b2c", s->forwarded_b2c),
-		 KV("health_checks", s->health_checks),
-		 KV("health_checks_failed", s->health_checks_failed),
-		 KV("cut_unhealthy", s->cut_unhealthy), KV("cut_disabled", s->cut_disabled),
-		 KV("path_userspace_tls", s->path[KG_PATH_USERSPACE]),
-		 KV("path_ktls_splice", s->path[KG_PATH_KTLS_SPLICE]),
-		 KV("path_splice", s->path[KG_PATH_SPLICE]),
-		 KV("path_sockmap", s->path[KG_PATH_SOCKMAP]),
-		 KV("path_userspace_copy", s->path[KG_PATH_COPY]),
-		 KV("path_http_userspace_tls", s->path[KG_PATH_HTTP]),
-		 KV("path_http_ktls_splice", s->path[KG_PATH_HTTP_KTLS]),
-		 KV("ktls_fallback", s->ktls_fallback), KV("ktls_failed", s->ktls_failed),
-		 KV("sockmap_fallback", s->sockmap_fallback), KV("http_requests", s->http_requests),
-		 KV("http_errors", s->http_errors),
-		 KV("http_backend_connects", s->http_backend_connects),
-		 KV("http_pool_reused", s->http_pool_reused),
-		 KV("http_spliced_c2b", s->http_spliced_c2b),
-		 KV("http_spliced_b2c", s->http_spliced_b2c),
-		 KV("handed_over", s->handed_over));
+	log_counters(w);
 	if (w->bufs.enobufs)
 		log_info("worker.bufring_empty", KV("worker", w->id),
 			 KV("receives", w->bufs.enobufs), KV("ring_buffers", w->bufs.n_ring_bufs));

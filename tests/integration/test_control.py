@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from conftest import (KGATECTL, REPO, base_config, client_context, curl, dead_port,
+from conftest import (KGATECTL, KGATED, REPO, base_config, client_context, curl, dead_port,
                       https_get, run, tls_listener, wait_until)
 
 LOAD_LOOP = os.path.join(REPO, "tests", "tools", "load_loop.py")
@@ -730,7 +730,7 @@ def test_certificate_expired_since_upload_fails_only_its_listener(pki, gated,
     a restart its listener is "failed" with the reason, every other one runs;
     `listener start` says why it cannot; --check calls it an error; a
     replaced certificate starts it."""
-    from conftest import KGATED, _openssl_ca_sign
+    from conftest import _openssl_ca_sign
     a = http_backends("a")
     d = gated([tls_listener(pki, [a])], workers=1)
     # openssl ca sets the end to the second; a few seconds are enough to
@@ -890,6 +890,48 @@ def test_metrics_endpoint(pki, gated, http_backends):
         assert res.returncode == 0, res.stdout + res.stderr
     else:
         assert os.environ.get("CI") != "true", "promtool missing in CI (tests/install-deps.sh test)"
+
+
+def counter_table():
+    """kgated's worker counters, one dict per row (kgated --list-counters)."""
+    out = run([KGATED, "--list-counters"]).stdout
+    rows = [dict(zip(("group", "key", "family", "labels", "log_key"), line.split("\t")))
+            for line in out.splitlines()]
+    assert len(rows) >= 30 and all(len(r) == 5 for r in rows), out
+    return rows
+
+
+def test_every_counter_reaches_stats_metrics_log_and_man(pki, gated, http_backends):
+    """The counter table (dataplane/counters.h) generates the stats JSON,
+    the Prometheus text and the worker.stopped event; the man page is
+    written by hand, so it is checked here against the same table."""
+    mport = dead_port()
+    d = gated([tls_listener(pki, [http_backends("a")])], workers=1,
+              args=["--metrics", "127.0.0.1:%d" % mport])
+    https_get(client_context(pki), port_of(d.ctl, "web"))
+    rows = counter_table()
+    stats = d.ctl.json("stats")
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read().decode()
+    samples = {line.rsplit(" ", 1)[0] for line in text.splitlines()
+               if line and not line.startswith("#")}
+    man = open(os.path.join(REPO, "doc", "kgated.8.scd")).read()
+    section = man[man.index("\n# METRICS"):man.index("\n# EXIT STATUS")]
+    stopped_doc = man[man.index("*worker.stopped*"):]
+    stopped_doc = stopped_doc[:stopped_doc.index("\n\n")]
+    for r in rows:
+        assert isinstance(stats[r["group"]][r["key"]], int), r
+        sample = r["family"] + ("{%s}" % r["labels"] if r["labels"] else "")
+        assert sample in samples, r
+        assert re.search(r"^\*%s\*" % re.escape(r["family"]), section, re.M), r
+        assert r["log_key"] in stopped_doc, r
+    # One request through: the rows that must have counted it did.
+    assert stats["connections"]["total"] == 1 and stats["handshakes"]["ok"] == 1
+    d.terminate()
+    stopped = d.events("worker.stopped")
+    assert len(stopped) == 1
+    for r in rows:
+        assert r["log_key"] in stopped[0], r
+    assert int(stopped[0]["accepted"]) == 1 and int(stopped[0]["closed"]) == 1
 
 
 def test_handshake_failures_counted_by_reason(pki, gated, http_backends):

@@ -150,7 +150,7 @@ def test_start_up_error_is_an_event(pki, tmp_path):
 # The catalogue and the code
 
 LOG_CALL = re.compile(r"\b(log_(?:err|warn|notice|info|debug)|kg_worker_warn|kg_log_always|"
-                      r"edit_listener|backend_op)\(")
+                      r"kg_log_emit|edit_listener|backend_op)\(")
 EVENT_ID = re.compile(r'"([a-z0-9_]+(?:\.[a-z0-9_]+)+)"')
 
 

@@ -1,0 +1,165 @@
+/* Worker counters: one table for every place that names them.
+ *
+ * Each row of KG_COUNTERS is one counter; the struct, the sum over
+ * workers, `kgatectl stats` JSON, the Prometheus text and the
+ * worker.stopped log line are all generated from it (metrics.c,
+ * worker.c), so a counter added here shows up in all five and cannot be
+ * forgotten in one. The man page (kgated(8) METRICS) is checked against
+ * the table by `kgated --counters` and test_control.
+ *
+ * Columns: X(field, group, json_key, family, labels, log_key, help)
+ *   field    member of struct kg_counters
+ *   group    KG_CG_*: the object of the stats JSON the counter sits in
+ *   json_key its key there
+ *   family   Prometheus family, without the kgate_ prefix; rows of one
+ *            family are adjacent and share the first row's help
+ *   labels   Prometheus labels of this row's sample ("" for none)
+ *   log_key  key in the worker.stopped log event
+ *   help     Prometheus HELP text
+ *
+ * Per-path connection counts (path[], named by paths.h) and handshake
+ * failures by reason (per listener, runtime.h) have tables of their own. */
+#ifndef KGATE_COUNTERS_H
+#define KGATE_COUNTERS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "paths.h"
+
+enum kg_counter_group {
+	KG_CG_CONNECTIONS,
+	KG_CG_HANDSHAKES,
+	KG_CG_BYTES,
+	KG_CG_BACKENDS,
+	KG_CG_COUNT,
+};
+
+#define KG_COUNTERS(X)                                                                           \
+	X(accepted, KG_CG_CONNECTIONS, "total", "connections_total", "", "accepted",               \
+	  "Client connections accepted.")                                                          \
+	X(closed, KG_CG_CONNECTIONS, "closed", "connections_closed_total", "", "closed",           \
+	  "Client connections closed.")                                                            \
+	X(rejected_limit, KG_CG_CONNECTIONS, "rejected_limit", "connections_rejected_total", "",   \
+	  "rejected_limit", "Connections refused by max_connections.")                             \
+	X(rejected_resources, KG_CG_CONNECTIONS, "rejected_resources",                             \
+	  "connections_rejected_resources_total", "", "rejected_resources",                        \
+	  "Connections refused for lack of memory or connection slots.")                           \
+	X(idle_timeout, KG_CG_CONNECTIONS, "idle_timeout", "connections_idle_timeout_total", "",   \
+	  "idle_timeout", "Connections closed after their idle or keep-alive timeout.")            \
+	X(cut_unhealthy, KG_CG_CONNECTIONS, "cut_unhealthy", "connections_cut_total",              \
+	  "reason=\"unhealthy\"", "cut_unhealthy",                                                 \
+	  "Established connections closed because their backend left the rotation.")              \
+	X(cut_disabled, KG_CG_CONNECTIONS, "cut_disabled", "connections_cut_total",                \
+	  "reason=\"disabled\"", "cut_disabled", "")                                               \
+	X(handed_over, KG_CG_CONNECTIONS, "handed_over", "connections_handed_over_total", "",      \
+	  "handed_over", "Connections a worker accepted and gave to a less loaded worker.")        \
+	X(ktls_fallback, KG_CG_CONNECTIONS, "ktls_fallback", "ktls_fallback_total", "",            \
+	  "ktls_fallback", "Connections that stayed on userspace TLS where auto could not hand "   \
+	  "off to kernel TLS.")                                                                    \
+	X(ktls_failed, KG_CG_CONNECTIONS, "ktls_failed", "ktls_failures_total", "", "ktls_failed", \
+	  "Connections closed because a kernel TLS handoff failed past the point of return.")      \
+	X(sockmap_fallback, KG_CG_CONNECTIONS, "sockmap_fallback", "sockmap_fallback_total", "",   \
+	  "sockmap_fallback", "Connections the sockmap refused, spliced instead.")                 \
+	X(http_requests, KG_CG_CONNECTIONS, "http_requests", "http_requests_total", "",            \
+	  "http_requests", "Requests parsed on https listeners.")                                  \
+	X(http_errors, KG_CG_CONNECTIONS, "http_errors", "http_errors_total", "", "http_errors",   \
+	  "Error responses made by kgate on https listeners (400, 408, 431, 502, 503, 504).")      \
+	X(http_hdr_dropped_reserved, KG_CG_CONNECTIONS, "http_headers_dropped_reserved",           \
+	  "http_headers_dropped_total", "reason=\"reserved\"", "http_headers_dropped_reserved",    \
+	  "Request headers removed by kgate, by reason: reserved (a client's copy of a header "    \
+	  "kgate sets or reserves, in any letter case, _ for -), underscore (another name with "   \
+	  "an underscore, underscores_in_headers drop).")                                          \
+	X(http_hdr_dropped_underscore, KG_CG_CONNECTIONS, "http_headers_dropped_underscore",       \
+	  "http_headers_dropped_total", "reason=\"underscore\"",                                   \
+	  "http_headers_dropped_underscore", "")                                                   \
+	X(http_rejected_underscore, KG_CG_CONNECTIONS, "http_requests_rejected_underscore",        \
+	  "http_requests_rejected_total", "reason=\"underscore\"",                                 \
+	  "http_rejected_underscore",                                                              \
+	  "Requests refused with 400 for a header name (underscores_in_headers reject).")          \
+	X(handshakes, KG_CG_HANDSHAKES, "ok", "handshakes_total", "", "handshakes",                \
+	  "Completed TLS handshakes.")                                                             \
+	X(resumed, KG_CG_HANDSHAKES, "resumed", "handshakes_resumed_total", "", "resumed",         \
+	  "Resumed TLS handshakes.")                                                               \
+	X(handshake_failed, KG_CG_HANDSHAKES, "failed", "handshake_failures_total", "",            \
+	  "handshake_failed", "Failed TLS handshakes.")                                            \
+	X(handshake_timeout, KG_CG_HANDSHAKES, "timeout", "handshake_timeouts_total", "",          \
+	  "handshake_timeout", "Handshakes that timed out.")                                       \
+	X(forwarded_c2b, KG_CG_BYTES, "client_to_backend", "bytes_client_to_backend_total", "",    \
+	  "bytes_c2b", "Plaintext bytes sent to backends.")                                        \
+	X(forwarded_b2c, KG_CG_BYTES, "backend_to_client", "bytes_backend_to_client_total", "",    \
+	  "bytes_b2c", "Plaintext bytes sent to clients.")                                         \
+	X(http_spliced_c2b, KG_CG_BYTES, "http_spliced_client_to_backend",                         \
+	  "http_spliced_bytes_client_to_backend_total", "", "http_spliced_c2b",                    \
+	  "Request body bytes spliced on https listeners over kernel TLS (part of the bytes "      \
+	  "above).")                                                                               \
+	X(http_spliced_b2c, KG_CG_BYTES, "http_spliced_backend_to_client",                         \
+	  "http_spliced_bytes_backend_to_client_total", "", "http_spliced_b2c",                    \
+	  "Response body bytes spliced on https listeners over kernel TLS (part of the bytes "     \
+	  "above).")                                                                               \
+	X(backend_connect_failed, KG_CG_BACKENDS, "connect_failed",                                \
+	  "backend_connect_failures_total", "", "connect_failed", "Failed backend connects.")      \
+	X(no_backend, KG_CG_BACKENDS, "no_backend", "no_backend_total", "", "no_backend",          \
+	  "Connections or requests refused with no backend left.")                                 \
+	X(proxy_sent, KG_CG_BACKENDS, "proxy_headers", "proxy_headers_total", "", "proxy_sent",    \
+	  "PROXY v2 headers sent to backends.")                                                    \
+	X(proxy_failed, KG_CG_BACKENDS, "proxy_header_failures", "proxy_header_failures_total",    \
+	  "", "proxy_failed",                                                                      \
+	  "Connections closed because their PROXY v2 header could not be built or sent.")         \
+	X(health_checks, KG_CG_BACKENDS, "health_checks", "health_checks_total", "",               \
+	  "health_checks", "Active health checks run.")                                            \
+	X(health_checks_failed, KG_CG_BACKENDS, "health_checks_failed",                            \
+	  "health_checks_failed_total", "", "health_checks_failed",                                \
+	  "Active health checks that failed.")                                                     \
+	X(http_backend_connects, KG_CG_BACKENDS, "http_connects", "http_backend_connects_total",   \
+	  "", "http_backend_connects", "Backend connects made for https requests.")                \
+	X(http_pool_reused, KG_CG_BACKENDS, "http_pooled_reuses", "http_pooled_reuses_total", "",  \
+	  "http_pool_reused", "https requests sent on a pooled keep-alive backend connection.")
+
+/* Written by their worker only (kg_count), read by the metrics and
+ * control threads: relaxed atomics, so a reader sees a value that is at
+ * most slightly stale, never torn, and the writer pays no locked
+ * instruction. */
+struct kg_counters {
+#define KG_COUNTER_FIELD(field, ...) atomic_uint_fast64_t field;
+	KG_COUNTERS(KG_COUNTER_FIELD)
+#undef KG_COUNTER_FIELD
+	atomic_uint_fast64_t path[KG_PATH_COUNT]; /* connections that started forwarding, per path */
+};
+
+/* Adds n to a counter of the calling worker's own struct kg_counters. */
+static inline void kg_count_add(atomic_uint_fast64_t *c, uint64_t n)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+
+#define kg_count(w, field) kg_count_add(&(w)->stats.field, 1)
+
+/* One row of the table, for code that walks it (metrics, logs, tests). */
+struct kg_counter_info {
+	const char *field;
+	enum kg_counter_group group;
+	const char *json_key;
+	const char *family;
+	const char *labels;
+	const char *log_key;
+	const char *help;
+	size_t offset; /* of the field in struct kg_counters */
+};
+
+enum {
+#define KG_COUNTER_ONE(field, ...) +1
+	KG_COUNTER_COUNT = 0 KG_COUNTERS(KG_COUNTER_ONE)
+#undef KG_COUNTER_ONE
+};
+
+extern const struct kg_counter_info kg_counter_table[KG_COUNTER_COUNT];
+extern const char *const kg_counter_group_names[KG_CG_COUNT];
+
+/* Relaxed read of row i of c. */
+uint64_t kg_counter_read(const struct kg_counters *c, size_t i);
+/* sum += c, every row and path. */
+void kg_counters_accumulate(struct kg_counters *sum, const struct kg_counters *c);
+
+#endif

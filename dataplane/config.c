@@ -619,16 +619,23 @@ static int parse_health(struct parser *p, const char *lpath, struct json_object 
 }
 
 const char *const kg_ident_header_names[KG_HDR_COUNT] = {
-	[KG_HDR_X_FORWARDED_FOR] = "X-Forwarded-For",
-	[KG_HDR_X_FORWARDED_PROTO] = "X-Forwarded-Proto",
-	[KG_HDR_X_FORWARDED_PORT] = "X-Forwarded-Port",
-	[KG_HDR_XFCC_SUBJECTDN] = "X-Forwarded-Clientcert-subjectdn",
-	[KG_HDR_XFCC_ISSUERDN] = "X-Forwarded-Clientcert-issuerdn",
-	[KG_HDR_XFCC_FINGERPRINT] = "X-Forwarded-Clientcert-fingerprint",
-	[KG_HDR_XFCC_CLIENTVERIFY] = "X-Forwarded-Clientcert-clientverify",
-	[KG_HDR_CLIENT_CERT] = "Client-Cert",
-	[KG_HDR_CLIENT_CERT_CHAIN] = "Client-Cert-Chain",
+#define KG_IDENT_NAME(id, name, on) [KG_HDR_##id] = name,
+	KG_IDENT_HEADERS(KG_IDENT_NAME)
+#undef KG_IDENT_NAME
 };
+
+const char *const kg_reserved_header_prefixes[] = {
+#define KG_RESERVED_PREFIX(prefix) prefix,
+	KG_RESERVED_HEADER_PREFIXES(KG_RESERVED_PREFIX)
+#undef KG_RESERVED_PREFIX
+	NULL,
+};
+
+const unsigned kg_ident_headers_default = 0
+#define KG_IDENT_DEFAULT(id, name, on) | ((on) ? 1u << KG_HDR_##id : 0u)
+	KG_IDENT_HEADERS(KG_IDENT_DEFAULT)
+#undef KG_IDENT_DEFAULT
+	;
 
 /* "headers": names from kg_ident_header_names, any case, each once. */
 static int parse_http_headers(struct parser *p, const char *hpath, struct json_object *obj,
@@ -651,15 +658,118 @@ static int parse_http_headers(struct parser *p, const char *hpath, struct json_o
 		for (int h = 0; h < KG_HDR_COUNT && found < 0; h++)
 			if (strcasecmp(name, kg_ident_header_names[h]) == 0)
 				found = h;
-		if (found < 0)
-			return fail(p, ip, "unknown header \"%.80s\" (known: X-Forwarded-For, "
-				    "X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Clientcert-subjectdn, "
-				    "-issuerdn, -fingerprint, -clientverify, Client-Cert, Client-Cert-Chain)",
-				    name);
+		if (found < 0) {
+			char known[512] = "";
+			for (int h = 0; h < KG_HDR_COUNT; h++) {
+				size_t len = strlen(known);
+				snprintf(known + len, sizeof(known) - len, "%s%s", h ? ", " : "",
+					 kg_ident_header_names[h]);
+			}
+			return fail(p, ip, "unknown header \"%.80s\" (known: %s)", name, known);
+		}
 		if (*out & (1u << found))
 			return fail(p, ip, "\"%s\" is listed twice", kg_ident_header_names[found]);
 		*out |= 1u << found;
 	}
+	return 1;
+}
+
+/* "10.0.0.0/8", "::1", "fd00::/8": an address with an optional prefix
+ * length (the whole address without one). Bits past the prefix must be
+ * zero, as in a route: "10.1.2.3/8" is refused rather than guessed at. */
+static int parse_cidr(const char *text, struct kg_cidr *out)
+{
+	char addr[INET6_ADDRSTRLEN];
+	const char *slash = strchr(text, '/');
+	size_t alen = slash ? (size_t)(slash - text) : strlen(text);
+	if (alen == 0 || alen >= sizeof(addr))
+		return -1;
+	memcpy(addr, text, alen);
+	addr[alen] = '\0';
+	memset(out, 0, sizeof(*out));
+	unsigned max;
+	if (inet_pton(AF_INET, addr, out->addr) == 1) {
+		out->family = AF_INET;
+		max = 32;
+	} else if (inet_pton(AF_INET6, addr, out->addr) == 1) {
+		out->family = AF_INET6;
+		max = 128;
+	} else {
+		return -1;
+	}
+	unsigned bits = max;
+	if (slash) {
+		char *end;
+		unsigned long v = strtoul(slash + 1, &end, 10);
+		if (slash[1] < '0' || slash[1] > '9' || *end != '\0' || v > max)
+			return -1;
+		bits = (unsigned)v;
+	}
+	out->bits = (uint8_t)bits;
+	for (unsigned b = bits; b < max; b++)
+		if (out->addr[b / 8] & (0x80u >> (b % 8)))
+			return -1;
+	return 0;
+}
+
+static bool cidr_has(const struct kg_cidr *c, const uint8_t *addr)
+{
+	unsigned full = c->bits / 8, rest = c->bits % 8;
+	if (memcmp(c->addr, addr, full) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	uint8_t mask = (uint8_t)(0xffu << (8 - rest));
+	return (c->addr[full] & mask) == (addr[full] & mask);
+}
+
+bool kg_cidr_match(const struct kg_cidr *list, size_t n, const struct sockaddr_storage *addr)
+{
+	static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	sa_family_t family = addr->ss_family;
+	const uint8_t *bytes;
+	if (family == AF_INET) {
+		bytes = (const uint8_t *)&((const struct sockaddr_in *)addr)->sin_addr;
+	} else if (family == AF_INET6) {
+		bytes = ((const struct sockaddr_in6 *)addr)->sin6_addr.s6_addr;
+		/* A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d. */
+		if (memcmp(bytes, v4mapped, sizeof(v4mapped)) == 0) {
+			family = AF_INET;
+			bytes += sizeof(v4mapped);
+		}
+	} else {
+		return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (list[i].family == family && cidr_has(&list[i], bytes))
+			return true;
+	return false;
+}
+
+/* "trusted_proxies": addresses or CIDR blocks, at most KG_MAX_TRUSTED_PROXIES. */
+static int parse_trusted_proxies(struct parser *p, const char *hpath, struct json_object *obj,
+				 struct kg_http_conf *h)
+{
+	struct json_object *arr = NULL;
+	char kp[KG_PATH_MAX], ip[KG_PATH_MAX];
+	int r = get_member(p, hpath, obj, "trusted_proxies", json_type_array, "an array", &arr);
+	if (r <= 0)
+		return r;
+	member_path(kp, hpath, "trusted_proxies");
+	size_t n = json_object_array_length(arr);
+	if (n > KG_MAX_TRUSTED_PROXIES)
+		return fail(p, kp, "at most %d entries, got %zu", KG_MAX_TRUSTED_PROXIES, n);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *v = json_object_array_get_idx(arr, i);
+		index_path(ip, kp, i);
+		if (expect_type(p, ip, v, json_type_string, "a string") < 0)
+			return -1;
+		if (parse_cidr(json_object_get_string(v), &h->trusted_proxies[i]) < 0)
+			return fail(p, ip, "\"%.80s\" is not an IP address or CIDR block "
+				    "(\"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"; no host bits "
+				    "past the prefix)", json_object_get_string(v));
+	}
+	h->n_trusted_proxies = n;
 	return 1;
 }
 
@@ -670,14 +780,19 @@ static int parse_http(struct parser *p, const char *lpath, struct json_object *l
 	static const char *const keys[] = {
 		"headers", "fingerprint", "access_log", "access_log_sample", "max_header_bytes",
 		"max_headers", "request_timeout_ms", "keepalive_timeout_ms", "response_timeout_ms",
-		"pool_max_idle", "pool_idle_timeout_ms", NULL};
+		"pool_max_idle", "pool_idle_timeout_ms", "underscores_in_headers", "trusted_proxies",
+		NULL};
 	static const char *const fps[] = {"sha1", "sha256", NULL};
+	static const char *const underscores[] = {
+		[KG_UNDERSCORES_DROP] = "drop", [KG_UNDERSCORES_REJECT] = "reject",
+		[KG_UNDERSCORES_ALLOW] = "allow", NULL};
 	static const char *const onoff[] = {"off", "on", NULL};
 	struct json_object *obj = NULL;
 	char path[KG_PATH_MAX];
 
 	memset(h, 0, sizeof(*h));
-	h->headers = ((1u << KG_HDR_COUNT) - 1) & ~(1u << KG_HDR_CLIENT_CERT_CHAIN);
+	h->headers = kg_ident_headers_default;
+	h->underscores = KG_UNDERSCORES_DROP;
 	h->fingerprint = KG_FP_SHA1;
 	h->access_log_sample = 1;
 	h->max_header_bytes = 16384;
@@ -694,7 +809,7 @@ static int parse_http(struct parser *p, const char *lpath, struct json_object *l
 		return r;
 	if (l->protocol != KG_PROTO_HTTPS)
 		return fail(p, path, "only for protocol \"https\"");
-	int fp = KG_FP_SHA1, log = 0;
+	int fp = KG_FP_SHA1, log = 0, us = KG_UNDERSCORES_DROP;
 	if (check_keys(p, path, obj, keys) < 0 || parse_http_headers(p, path, obj, &h->headers) < 0 ||
 	    get_enum(p, path, obj, "fingerprint", fps, &fp) < 0 ||
 	    get_enum(p, path, obj, "access_log", onoff, &log) < 0 ||
@@ -705,8 +820,11 @@ static int parse_http(struct parser *p, const char *lpath, struct json_object *l
 	    get_uint(p, path, obj, "keepalive_timeout_ms", 1, 3600000, &h->keepalive_timeout_ms) < 0 ||
 	    get_uint(p, path, obj, "response_timeout_ms", 1, 3600000, &h->response_timeout_ms) < 0 ||
 	    get_uint(p, path, obj, "pool_max_idle", 0, 1024, &h->pool_max_idle) < 0 ||
-	    get_uint(p, path, obj, "pool_idle_timeout_ms", 1, 3600000, &h->pool_idle_timeout_ms) < 0)
+	    get_uint(p, path, obj, "pool_idle_timeout_ms", 1, 3600000, &h->pool_idle_timeout_ms) < 0 ||
+	    get_enum(p, path, obj, "underscores_in_headers", underscores, &us) < 0 ||
+	    parse_trusted_proxies(p, path, obj, h) < 0)
 		return -1;
+	h->underscores = (enum kg_underscores)us;
 	h->fingerprint = (enum kg_fingerprint)fp;
 	h->access_log = log == 1;
 	return 0;

@@ -74,28 +74,80 @@ struct kg_health_conf {
 /* True when code (100-599) is in the expected set. */
 bool kg_health_status_expected(const struct kg_health_conf *h, unsigned code);
 
-/* Identity headers an https listener can add to each request; bit i of
- * kg_http_conf.headers is kg_ident_header_names[i]. Client copies of all of
- * them are removed whether they are added or not. */
+/* Identity headers: the one table of what kgate tells backends about the
+ * client, shared by the config ("http.headers" names these), the code that
+ * sets them and the code that removes the client's copies (http.c).
+ *
+ * A client's header is removed when its name equals one of these names or
+ * starts with one of the reserved prefixes, compared case-insensitively
+ * with '_' equal to '-': WSGI, CGI, PHP and Rack servers turn both into
+ * the same variable (HTTP_X_FORWARDED_FOR), so a variant would reach the
+ * backend as kgate's own header. Removal happens whether kgate adds the
+ * header or not.
+ *
+ * X(id, name, on by default) */
+#define KG_IDENT_HEADERS(X)                                                                  \
+	X(X_FORWARDED_FOR, "X-Forwarded-For", true)                                          \
+	X(X_FORWARDED_PROTO, "X-Forwarded-Proto", true)                                      \
+	X(X_FORWARDED_PORT, "X-Forwarded-Port", true)                                        \
+	X(XFCC_SUBJECTDN, "X-Forwarded-Clientcert-subjectdn", true)                          \
+	X(XFCC_ISSUERDN, "X-Forwarded-Clientcert-issuerdn", true)                            \
+	X(XFCC_FINGERPRINT, "X-Forwarded-Clientcert-fingerprint", true)                      \
+	X(XFCC_CLIENTVERIFY, "X-Forwarded-Clientcert-clientverify", true)                    \
+	X(CLIENT_CERT, "Client-Cert", true)              /* RFC 9440 */                      \
+	X(CLIENT_CERT_CHAIN, "Client-Cert-Chain", false) /* RFC 9440 */                      \
+	X(FORWARDED, "Forwarded", false)                 /* RFC 7239: for, proto, by */      \
+	X(X_REAL_IP, "X-Real-IP", false)
+
+/* Name prefixes reserved for kgate beyond the names above: a backend that
+ * reads a field kgate does not set (a serial, a SAN) must not get the
+ * client's value. */
+#define KG_RESERVED_HEADER_PREFIXES(X) X("X-Forwarded-") X("Client-Cert")
+
 enum kg_ident_header {
-	KG_HDR_X_FORWARDED_FOR,
-	KG_HDR_X_FORWARDED_PROTO,
-	KG_HDR_X_FORWARDED_PORT,
-	KG_HDR_XFCC_SUBJECTDN,
-	KG_HDR_XFCC_ISSUERDN,
-	KG_HDR_XFCC_FINGERPRINT,
-	KG_HDR_XFCC_CLIENTVERIFY,
-	KG_HDR_CLIENT_CERT,       /* RFC 9440 */
-	KG_HDR_CLIENT_CERT_CHAIN, /* RFC 9440, off by default */
+#define KG_IDENT_ENUM(id, name, on) KG_HDR_##id,
+	KG_IDENT_HEADERS(KG_IDENT_ENUM)
+#undef KG_IDENT_ENUM
 	KG_HDR_COUNT,
 };
 extern const char *const kg_ident_header_names[KG_HDR_COUNT];
+extern const char *const kg_reserved_header_prefixes[];
+/* Bits of the headers on by default (kg_http_conf.headers). */
+extern const unsigned kg_ident_headers_default;
+
+/* "underscores_in_headers": what an https listener does with a request
+ * header whose name has an underscore (NGINX underscores_in_headers,
+ * Envoy headers_with_underscores_action). Reserved names are removed in
+ * any case. */
+enum kg_underscores {
+	KG_UNDERSCORES_DROP,   /* removed and counted (default) */
+	KG_UNDERSCORES_REJECT, /* the request is answered 400 */
+	KG_UNDERSCORES_ALLOW,  /* passed to the backend */
+};
+
+/* One "trusted_proxies" entry: an address and prefix length. */
+struct kg_cidr {
+	sa_family_t family; /* AF_INET or AF_INET6 */
+	uint8_t bits;
+	uint8_t addr[16];   /* network byte order; 4 bytes for AF_INET */
+};
+
+#define KG_MAX_TRUSTED_PROXIES 64
+
+/* True when addr (an IPv4-mapped IPv6 address counts as IPv4) lies in one
+ * of the n entries. */
+bool kg_cidr_match(const struct kg_cidr *list, size_t n, const struct sockaddr_storage *addr);
 
 enum kg_fingerprint { KG_FP_SHA1, KG_FP_SHA256 };
 
 /* The "http" object of an https listener. */
 struct kg_http_conf {
-	unsigned headers;              /* bit per kg_ident_header; default all but Client-Cert-Chain */
+	unsigned headers;              /* bit per kg_ident_header; default kg_ident_headers_default */
+	enum kg_underscores underscores; /* "underscores_in_headers", default drop */
+	/* Sources whose X-Forwarded-For (and Forwarded, when kgate sets it) is
+	 * appended to instead of replaced: proxies in front of kgate. */
+	struct kg_cidr trusted_proxies[KG_MAX_TRUSTED_PROXIES];
+	size_t n_trusted_proxies;
 	enum kg_fingerprint fingerprint; /* default sha1, as the cloud consoles */
 	bool access_log;               /* default false */
 	unsigned access_log_sample;    /* log 1 request in N; default 1 */

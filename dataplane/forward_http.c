@@ -85,7 +85,8 @@ struct kg_http_conn {
 	unsigned char *bbuf;
 	uint32_t bcap, blen, bparsed;
 
-	struct kg_buf ident;     /* identity headers, made once per connection */
+	struct kg_http_ident ident; /* what kgate adds to requests, made once per connection */
+	bool drop_logged;        /* the connection's first dropped header was logged */
 	struct kg_buf head;      /* the request head for the backend */
 	uint32_t head_sent;
 	struct kg_buf out;       /* response heads and errors for the client */
@@ -571,6 +572,31 @@ static bool start_c2b_splice(struct kg_conn *c)
 
 /* ---- request side ---- */
 
+/* Counts what the request rewrite dropped or refused, and logs the
+ * connection's first such header at debug level: a client that sends them
+ * on every request is told about once, not per request. */
+static void count_screened(struct kg_conn *c, const struct kg_http_screen *sc)
+{
+	struct kg_http_conn *h = c->http;
+	struct kg_worker *w = c->worker;
+	kg_count_add(&w->stats.http_hdr_dropped_reserved, sc->dropped[KG_HTTP_DROP_RESERVED]);
+	kg_count_add(&w->stats.http_hdr_dropped_underscore, sc->dropped[KG_HTTP_DROP_UNDERSCORE]);
+	if (sc->rejected)
+		kg_count(w, http_rejected_underscore);
+	bool any = sc->rejected || sc->dropped[KG_HTTP_DROP_RESERVED] ||
+		   sc->dropped[KG_HTTP_DROP_UNDERSCORE];
+	if (!any || h->drop_logged)
+		return;
+	h->drop_logged = true;
+	char name[80];
+	snprintf(name, sizeof(name), "%.*s", (int)sc->first.len,
+		 (const char *)h->rbuf + sc->first.off);
+	log_debug("http.header_dropped", KV("listener", c->listener->conf->name),
+		  KV("client", h->peer), KV("header", name),
+		  KV("reason", kg_http_drop_names[sc->first_why]),
+		  KV("action", sc->rejected ? "reject" : "drop"));
+}
+
 static void start_request(struct kg_conn *c)
 {
 	struct kg_http_conn *h = c->http;
@@ -580,7 +606,14 @@ static void start_request(struct kg_conn *c)
 	snprintf(h->target, sizeof(h->target), "%.*s", (int)h->req.url.len,
 		 (const char *)h->rbuf + h->req.url.off);
 	h->close_after = !kg_http_keep_alive(&h->req) || w->draining;
-	if (kg_http_build_request(&h->head, &h->req, h->ident.data, h->ident.len) < 0) {
+	struct kg_http_screen screen;
+	int r = kg_http_build_request(&h->head, &h->req, &h->ident, &screen);
+	count_screened(c, &screen);
+	if (r == -EPERM) {
+		reply_error(c, 400, "underscore in a header name");
+		return;
+	}
+	if (r < 0) {
 		reply_error(c, 500, "out of memory");
 		return;
 	}
@@ -978,18 +1011,14 @@ int kg_forward_http_start(struct kg_conn *c, const struct kg_client_io *io, cons
 
 	struct sockaddr_storage peer, local;
 	socklen_t plen = sizeof(peer), llen = sizeof(local);
-	memset(&peer, 0, sizeof(peer));
-	unsigned port = 0;
 	if (getpeername(c->cfd, (struct sockaddr *)&peer, &plen) == -1)
 		memset(&peer, 0, sizeof(peer));
-	if (getsockname(c->cfd, (struct sockaddr *)&local, &llen) == 0)
-		port = ntohs(local.ss_family == AF_INET6
-				     ? ((struct sockaddr_in6 *)&local)->sin6_port
-				     : ((struct sockaddr_in *)&local)->sin_port);
+	if (getsockname(c->cfd, (struct sockaddr *)&local, &llen) == -1)
+		memset(&local, 0, sizeof(local));
 	kg_sockaddr_format(&peer, h->peer, sizeof(h->peer));
 	/* The identity comes from the handshake: after a kTLS handoff the
 	 * SSL object is gone, so it is taken now. */
-	if (kg_http_identity(&h->ident, hc, c->ssl, &peer, port) < 0)
+	if (kg_http_identity(&h->ident, hc, c->ssl, &peer, &local) < 0)
 		return -ENOMEM;
 	h->subject[0] = '\0';
 	X509 *cert = SSL_get0_peer_certificate(c->ssl);
@@ -1096,7 +1125,7 @@ void kg_forward_http_free(struct kg_conn *c)
 		return;
 	kg_http_msg_free(&h->req);
 	kg_http_msg_free(&h->resp);
-	kg_buf_free(&h->ident);
+	kg_http_ident_free(&h->ident);
 	kg_buf_free(&h->head);
 	kg_buf_free(&h->out);
 	kg_hop_free(&h->pump.c2b);

@@ -2,6 +2,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -375,6 +376,8 @@ static int buf_reserve(struct kg_buf *b, size_t more)
 
 int kg_buf_add(struct kg_buf *b, const void *p, size_t n)
 {
+	if (n == 0)
+		return 0; /* p may be an empty buffer's NULL */
 	if (buf_reserve(b, n) < 0)
 		return -ENOMEM;
 	memcpy(b->data + b->len, p, n);
@@ -442,18 +445,14 @@ static bool is_framing(const struct kg_http_msg *m, struct kg_http_span name)
 	       span_is(m, name, "transfer-encoding");
 }
 
-static bool drop_field(const struct kg_http_msg *m, const struct conn_tokens *t,
-		       struct kg_http_span name)
+static bool is_hop_by_hop(const struct kg_http_msg *m, const struct conn_tokens *t,
+			  struct kg_http_span name)
 {
 	static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
 					  "upgrade", "proxy-authenticate", "proxy-authorization"};
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
 		if (span_is(m, name, hop[i]))
 			return true;
-	if (m->is_request)
-		for (int h = 0; h < KG_HDR_COUNT; h++)
-			if (span_is(m, name, kg_ident_header_names[h]))
-				return true;
 	/* A name listed in Connection is hop-by-hop, but framing headers stay:
 	 * "Connection: content-length" must not change how the backend reads
 	 * the body. */
@@ -469,32 +468,179 @@ static bool drop_field(const struct kg_http_msg *m, const struct conn_tokens *t,
 	return false;
 }
 
-static int add_fields(struct kg_buf *out, const struct kg_http_msg *m)
+static unsigned char name_fold(unsigned char c)
+{
+	c = (unsigned char)tolower(c);
+	return c == '_' ? '-' : c;
+}
+
+/* name[0..len) starts with want, folded; *rest gets the length after it. */
+static bool name_starts(const char *name, size_t len, const char *want, size_t *rest)
+{
+	size_t n = strlen(want);
+	if (len < n)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (name_fold((unsigned char)name[i]) != name_fold((unsigned char)want[i]))
+			return false;
+	*rest = len - n;
+	return true;
+}
+
+bool kg_http_name_eq(const char *name, size_t len, const char *want)
+{
+	size_t rest;
+	return name_starts(name, len, want, &rest) && rest == 0;
+}
+
+bool kg_http_name_reserved(const char *name, size_t len)
+{
+	for (int h = 0; h < KG_HDR_COUNT; h++)
+		if (kg_http_name_eq(name, len, kg_ident_header_names[h]))
+			return true;
+	size_t rest;
+	for (size_t i = 0; kg_reserved_header_prefixes[i]; i++)
+		if (name_starts(name, len, kg_reserved_header_prefixes[i], &rest))
+			return true;
+	return false;
+}
+
+const char *const kg_http_drop_names[KG_HTTP_DROP_REASONS] = {
+	[KG_HTTP_DROP_RESERVED] = "reserved",
+	[KG_HTTP_DROP_UNDERSCORE] = "underscore",
+};
+
+enum fate { KEEP, DROP_HOP, DROP_RESERVED, DROP_UNDERSCORE, REJECT };
+
+/* What becomes of one of the client's request headers. Reserved names go
+ * whatever the underscore setting, so "allow" can never let a variant of
+ * kgate's own headers through; "reject" refuses any name with '_'. */
+static enum fate request_fate(const struct kg_http_msg *m, const struct conn_tokens *t,
+			      struct kg_http_span name, enum kg_underscores underscores)
+{
+	const char *text = (const char *)m->base + name.off;
+	bool underscore = memchr(text, '_', name.len) != NULL;
+	if (underscore && underscores == KG_UNDERSCORES_REJECT)
+		return REJECT;
+	if (kg_http_name_reserved(text, name.len))
+		return DROP_RESERVED;
+	if (is_hop_by_hop(m, t, name))
+		return DROP_HOP;
+	if (underscore && underscores == KG_UNDERSCORES_DROP)
+		return DROP_UNDERSCORE;
+	return KEEP;
+}
+
+static int add_field(struct kg_buf *out, const struct kg_http_msg *m,
+		     const struct kg_http_field *f)
+{
+	if (kg_buf_add(out, m->base + f->name.off, f->name.len) < 0 ||
+	    kg_buf_add(out, ": ", 2) < 0 ||
+	    kg_buf_add(out, m->base + f->value.off, f->value.len) < 0 ||
+	    kg_buf_add(out, "\r\n", 2) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+static void note_drop(struct kg_http_screen *sc, struct kg_http_span name, enum kg_http_drop why)
+{
+	if (sc->dropped[KG_HTTP_DROP_RESERVED] + sc->dropped[KG_HTTP_DROP_UNDERSCORE] == 0 &&
+	    !sc->rejected) {
+		sc->first = name;
+		sc->first_why = why;
+	}
+	sc->dropped[why]++;
+}
+
+/* The client's request headers that stay, screened by request_fate. -EPERM
+ * on a refusal. */
+static int add_request_fields(struct kg_buf *out, const struct kg_http_msg *m,
+			      enum kg_underscores underscores, struct kg_http_screen *sc)
 {
 	struct conn_tokens t;
 	connection_tokens(m, &t);
 	for (unsigned i = 0; i < m->n_fields; i++) {
 		const struct kg_http_field *f = &m->fields[i];
-		if (drop_field(m, &t, f->name))
-			continue;
-		if (kg_buf_add(out, m->base + f->name.off, f->name.len) < 0 ||
-		    kg_buf_add(out, ": ", 2) < 0 ||
-		    kg_buf_add(out, m->base + f->value.off, f->value.len) < 0 ||
-		    kg_buf_add(out, "\r\n", 2) < 0)
-			return -ENOMEM;
+		switch (request_fate(m, &t, f->name, underscores)) {
+		case KEEP:
+			if (add_field(out, m, f) < 0)
+				return -ENOMEM;
+			break;
+		case DROP_HOP:
+			break;
+		case DROP_RESERVED:
+			note_drop(sc, f->name, KG_HTTP_DROP_RESERVED);
+			break;
+		case DROP_UNDERSCORE:
+			note_drop(sc, f->name, KG_HTTP_DROP_UNDERSCORE);
+			break;
+		case REJECT:
+			sc->first = f->name;
+			sc->first_why = KG_HTTP_DROP_UNDERSCORE;
+			sc->rejected = true;
+			return -EPERM;
+		}
 	}
 	return 0;
 }
 
-int kg_http_build_request(struct kg_buf *out, const struct kg_http_msg *m,
-			  const char *extra, size_t extra_len)
+/* One of this hop's address headers: "Name: " then, from a trusted proxy,
+ * the values it sent under exactly that name (its own hops, kept in
+ * order), then this hop's element. Variants of the name were dropped as
+ * reserved: only the spelling a proxy writes is taken from it. */
+static int add_hop_header(struct kg_buf *out, const struct kg_http_msg *m, bool trusted,
+			  const char *name, const char *element)
 {
+	if (kg_buf_printf(out, "%s: ", name) < 0)
+		return -ENOMEM;
+	for (unsigned i = 0; trusted && i < m->n_fields; i++) {
+		const struct kg_http_field *f = &m->fields[i];
+		if (f->value.len == 0 || !span_is(m, f->name, name))
+			continue;
+		if (kg_buf_add(out, m->base + f->value.off, f->value.len) < 0 ||
+		    kg_buf_add(out, ", ", 2) < 0)
+			return -ENOMEM;
+	}
+	return kg_buf_printf(out, "%s\r\n", element);
+}
+
+static bool want(unsigned headers, enum kg_ident_header h)
+{
+	return headers & (1u << h);
+}
+
+int kg_http_build_request(struct kg_buf *out, const struct kg_http_msg *m,
+			  const struct kg_http_ident *id, struct kg_http_screen *screen)
+{
+	memset(screen, 0, sizeof(*screen));
 	out->len = 0;
 	if (kg_buf_printf(out, "%s %.*s HTTP/1.%u\r\n", kg_http_method(m), (int)m->url.len,
-			  (const char *)m->base + m->url.off, kg_http_minor(m)) < 0 ||
-	    add_fields(out, m) < 0 || kg_buf_add(out, extra, extra_len) < 0 ||
-	    kg_buf_add(out, "\r\n", 2) < 0)
+			  (const char *)m->base + m->url.off, kg_http_minor(m)) < 0)
 		return -ENOMEM;
+	int r = add_request_fields(out, m, id->underscores, screen);
+	if (r < 0)
+		return r;
+	if (want(id->headers, KG_HDR_X_FORWARDED_FOR) &&
+	    add_hop_header(out, m, id->trusted, kg_ident_header_names[KG_HDR_X_FORWARDED_FOR],
+			   id->xff) < 0)
+		return -ENOMEM;
+	if (want(id->headers, KG_HDR_FORWARDED) &&
+	    add_hop_header(out, m, id->trusted, kg_ident_header_names[KG_HDR_FORWARDED],
+			   id->forwarded) < 0)
+		return -ENOMEM;
+	if (kg_buf_add(out, id->lines.data, id->lines.len) < 0 || kg_buf_add(out, "\r\n", 2) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* A backend's response headers minus hop-by-hop ones. */
+static int add_response_fields(struct kg_buf *out, const struct kg_http_msg *m)
+{
+	struct conn_tokens t;
+	connection_tokens(m, &t);
+	for (unsigned i = 0; i < m->n_fields; i++)
+		if (!is_hop_by_hop(m, &t, m->fields[i].name) && add_field(out, m, &m->fields[i]) < 0)
+			return -ENOMEM;
 	return 0;
 }
 
@@ -504,7 +650,7 @@ int kg_http_build_response(struct kg_buf *out, const struct kg_http_msg *m, bool
 	out->len = 0;
 	if (kg_buf_printf(out, "HTTP/1.1 %d %.*s\r\n", kg_http_status(m), (int)m->reason.len,
 			  (const char *)m->base + m->reason.off) < 0 ||
-	    add_fields(out, m) < 0)
+	    add_response_fields(out, m) < 0)
 		return -ENOMEM;
 	if (close && kg_buf_printf(out, "Connection: close\r\n") < 0)
 		return -ENOMEM;
@@ -538,11 +684,6 @@ int kg_http_build_error(struct kg_buf *out, int status)
 }
 
 /* ---- identity headers ---- */
-
-static bool want(const struct kg_http_conf *hc, enum kg_ident_header h)
-{
-	return hc->headers & (1u << h);
-}
 
 /* A distinguished name as RFC 2253 text; controls and bytes above 0x7e are
  * escaped by OpenSSL, and anything else unfit for a header becomes '?'. */
@@ -599,24 +740,24 @@ static int add_fingerprint(struct kg_buf *out, const struct kg_http_conf *hc, X5
 static int add_cert_headers(struct kg_buf *out, const struct kg_http_conf *hc, SSL *ssl,
 			    X509 *cert)
 {
-	if (want(hc, KG_HDR_XFCC_SUBJECTDN) &&
+	if (want(hc->headers, KG_HDR_XFCC_SUBJECTDN) &&
 	    add_dn(out, kg_ident_header_names[KG_HDR_XFCC_SUBJECTDN],
 		   X509_get_subject_name(cert)) < 0)
 		return -ENOMEM;
-	if (want(hc, KG_HDR_XFCC_ISSUERDN) &&
+	if (want(hc->headers, KG_HDR_XFCC_ISSUERDN) &&
 	    add_dn(out, kg_ident_header_names[KG_HDR_XFCC_ISSUERDN],
 		   X509_get_issuer_name(cert)) < 0)
 		return -ENOMEM;
-	if (want(hc, KG_HDR_XFCC_FINGERPRINT) && add_fingerprint(out, hc, cert) < 0)
+	if (want(hc->headers, KG_HDR_XFCC_FINGERPRINT) && add_fingerprint(out, hc, cert) < 0)
 		return -ENOMEM;
-	if (want(hc, KG_HDR_CLIENT_CERT) &&
+	if (want(hc->headers, KG_HDR_CLIENT_CERT) &&
 	    (kg_buf_printf(out, "%s: ", kg_ident_header_names[KG_HDR_CLIENT_CERT]) < 0 ||
 	     add_cert_sf(out, cert) < 0 || kg_buf_add(out, "\r\n", 2) < 0))
 		return -ENOMEM;
 	/* On the server side OpenSSL's peer chain leaves the leaf out; after
 	 * a resumption it may be absent altogether, and so is the header. */
 	STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
-	if (want(hc, KG_HDR_CLIENT_CERT_CHAIN) && chain && sk_X509_num(chain) > 0) {
+	if (want(hc->headers, KG_HDR_CLIENT_CERT_CHAIN) && chain && sk_X509_num(chain) > 0) {
 		if (kg_buf_printf(out, "%s: ", kg_ident_header_names[KG_HDR_CLIENT_CERT_CHAIN]) < 0)
 			return -ENOMEM;
 		for (int i = 0; i < sk_X509_num(chain); i++)
@@ -629,31 +770,86 @@ static int add_cert_headers(struct kg_buf *out, const struct kg_http_conf *hc, S
 	return 0;
 }
 
-int kg_http_identity(struct kg_buf *out, const struct kg_http_conf *hc, SSL *ssl,
-		     const struct sockaddr_storage *peer, unsigned local_port)
+/* addr, with an IPv4-mapped IPv6 address (a dual-stack listener's IPv4
+ * client) as the IPv4 address it is. */
+static void unmap(const struct sockaddr_storage *addr, struct sockaddr_storage *out)
 {
-	char ip[INET6_ADDRSTRLEN] = "unknown";
-	if (peer->ss_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, ip, sizeof(ip));
-	else if (peer->ss_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, ip, sizeof(ip));
+	const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)addr;
+	*out = *addr;
+	if (addr->ss_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr))
+		return;
+	struct sockaddr_in *a4 = (struct sockaddr_in *)out;
+	memset(out, 0, sizeof(*out));
+	a4->sin_family = AF_INET;
+	a4->sin_port = a6->sin6_port;
+	memcpy(&a4->sin_addr, &a6->sin6_addr.s6_addr[12], 4);
+}
 
+/* The text of addr's IP (IPv4-mapped IPv6 as IPv4) in ip; true for IPv6. */
+static bool ip_text(const struct sockaddr_storage *addr, char *ip, size_t len)
+{
+	struct sockaddr_storage plain;
+	unmap(addr, &plain);
+	snprintf(ip, len, "unknown");
+	if (plain.ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)&plain)->sin_addr, ip, (socklen_t)len);
+	else if (plain.ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&plain)->sin6_addr, ip,
+			  (socklen_t)len);
+	return plain.ss_family == AF_INET6;
+}
+
+static unsigned port_of(const struct sockaddr_storage *a)
+{
+	if (a->ss_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+	if (a->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)a)->sin_port);
+	return 0;
+}
+
+/* RFC 7239 node names: an IPv4 address bare, an IPv6 address bracketed and
+ * quoted, and a node with a port quoted (':' is not a token character). */
+static void forwarded_element(char *out, size_t len, const struct sockaddr_storage *peer,
+			      const struct sockaddr_storage *local)
+{
+	char pip[INET6_ADDRSTRLEN], lip[INET6_ADDRSTRLEN];
+	bool p6 = ip_text(peer, pip, sizeof(pip));
+	bool l6 = ip_text(local, lip, sizeof(lip));
+	snprintf(out, len, "for=%s%s%s%s;proto=https;by=\"%s%s%s:%u\"", p6 ? "\"[" : "", pip,
+		 p6 ? "]" : "", p6 ? "\"" : "", l6 ? "[" : "", lip, l6 ? "]" : "", port_of(local));
+}
+
+void kg_http_ident_free(struct kg_http_ident *id)
+{
+	kg_buf_free(&id->lines);
+}
+
+int kg_http_identity(struct kg_http_ident *id, const struct kg_http_conf *hc, SSL *ssl,
+		     const struct sockaddr_storage *peer, const struct sockaddr_storage *local)
+{
+	id->headers = hc->headers;
+	id->underscores = hc->underscores;
+	id->trusted = kg_cidr_match(hc->trusted_proxies, hc->n_trusted_proxies, peer);
+	ip_text(peer, id->xff, sizeof(id->xff));
+	forwarded_element(id->forwarded, sizeof(id->forwarded), peer, local);
+
+	struct kg_buf *out = &id->lines;
 	out->len = 0;
-	if (want(hc, KG_HDR_X_FORWARDED_FOR) &&
-	    kg_buf_printf(out, "%s: %s\r\n", kg_ident_header_names[KG_HDR_X_FORWARDED_FOR], ip) < 0)
+	if (want(hc->headers, KG_HDR_X_REAL_IP) &&
+	    kg_buf_printf(out, "%s: %s\r\n", kg_ident_header_names[KG_HDR_X_REAL_IP], id->xff) < 0)
 		return -ENOMEM;
-	if (want(hc, KG_HDR_X_FORWARDED_PROTO) &&
+	if (want(hc->headers, KG_HDR_X_FORWARDED_PROTO) &&
 	    kg_buf_printf(out, "%s: https\r\n", kg_ident_header_names[KG_HDR_X_FORWARDED_PROTO]) < 0)
 		return -ENOMEM;
-	if (want(hc, KG_HDR_X_FORWARDED_PORT) &&
+	if (want(hc->headers, KG_HDR_X_FORWARDED_PORT) &&
 	    kg_buf_printf(out, "%s: %u\r\n", kg_ident_header_names[KG_HDR_X_FORWARDED_PORT],
-			  local_port) < 0)
+			  port_of(local)) < 0)
 		return -ENOMEM;
-
 	X509 *cert = SSL_get0_peer_certificate(ssl);
 	const char *verify = !cert ? "NONE"
 			     : SSL_get_verify_result(ssl) == X509_V_OK ? "SUCCESS" : "FAILED";
-	if (want(hc, KG_HDR_XFCC_CLIENTVERIFY) &&
+	if (want(hc->headers, KG_HDR_XFCC_CLIENTVERIFY) &&
 	    kg_buf_printf(out, "%s: %s\r\n", kg_ident_header_names[KG_HDR_XFCC_CLIENTVERIFY],
 			  verify) < 0)
 		return -ENOMEM;

@@ -112,13 +112,55 @@ int kg_buf_add(struct kg_buf *b, const void *p, size_t n);
 int kg_buf_printf(struct kg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void kg_buf_free(struct kg_buf *b);
 
+/* Header names compare case-insensitively with '_' equal to '-' (the way
+ * CGI-style servers merge them): true when name[0..len) equals `want`. */
+bool kg_http_name_eq(const char *name, size_t len, const char *want);
+/* True when a client's header of this name is removed as kgate's own: it
+ * equals an identity header's name or starts with a reserved prefix
+ * (config.h KG_IDENT_HEADERS, KG_RESERVED_HEADER_PREFIXES), compared as
+ * kg_http_name_eq does. */
+bool kg_http_name_reserved(const char *name, size_t len);
+
+/* What kgate adds to every request of one connection. */
+struct kg_http_ident {
+	struct kg_buf lines;     /* complete "Name: value\r\n" lines, fixed per
+				  * connection: all but the two below */
+	unsigned headers;        /* kg_ident_header bits: which to add */
+	bool trusted;            /* the client is a trusted proxy: the two below
+				  * are appended to its own values, not replacing them */
+	char xff[64];            /* this hop's X-Forwarded-For element (the client's IP) */
+	char forwarded[160];     /* this hop's Forwarded element: for=..;proto=https;by=.. */
+	enum kg_underscores underscores;
+};
+void kg_http_ident_free(struct kg_http_ident *id);
+
+/* Why a client's request header was removed or refused. */
+enum kg_http_drop {
+	KG_HTTP_DROP_RESERVED,   /* a name kgate sets or reserves, in any variant */
+	KG_HTTP_DROP_UNDERSCORE, /* another name with '_' (underscores_in_headers) */
+	KG_HTTP_DROP_REASONS,
+};
+extern const char *const kg_http_drop_names[KG_HTTP_DROP_REASONS];
+
+/* What kg_http_build_request did to the client's headers. */
+struct kg_http_screen {
+	unsigned dropped[KG_HTTP_DROP_REASONS];
+	bool rejected;                /* a name with '_' under "reject": nothing was built */
+	struct kg_http_span first;    /* the first header dropped or refused */
+	enum kg_http_drop first_why;
+};
+
 /* The request head to send to the backend: the client's request line and
  * headers minus hop-by-hop ones (Connection, the names it lists, Keep-Alive,
- * Proxy-Connection, TE, Upgrade) and minus every identity header kgate
- * sets, then `extra` (complete "Name: value\r\n" lines). Framing headers
- * (Host, Content-Length, Transfer-Encoding) are never dropped. 0/-ENOMEM. */
+ * Proxy-Connection, TE, Upgrade), minus every reserved name
+ * (kg_http_name_reserved), minus or refusing names with '_' as
+ * id->underscores says; then X-Forwarded-For and Forwarded for this hop
+ * (after a trusted proxy's own values of the same names), then id->lines.
+ * Framing headers (Host, Content-Length, Transfer-Encoding) are never
+ * dropped. 0, -ENOMEM, or -EPERM when the request must be refused (400:
+ * screen->rejected). screen is filled either way. */
 int kg_http_build_request(struct kg_buf *out, const struct kg_http_msg *m,
-			  const char *extra, size_t extra_len);
+			  const struct kg_http_ident *id, struct kg_http_screen *screen);
 /* The response head for the client: status line as HTTP/1.1, hop-by-hop
  * headers removed, then "Connection: close" when close is true, or
  * "Connection: keep-alive" for an HTTP/1.0 client that keeps it. */
@@ -130,11 +172,13 @@ int kg_http_build_response(struct kg_buf *out, const struct kg_http_msg *m,
 int kg_http_build_error(struct kg_buf *out, int status);
 const char *kg_http_reason(int status);
 
-/* The identity headers for a connection, as "Name: value\r\n" lines, from
- * the listener's settings: client address and port, the listener's port,
- * and the client certificate (subject, issuer, fingerprint, verify result,
- * RFC 9440 Client-Cert and Client-Cert-Chain). 0/-ENOMEM. */
-int kg_http_identity(struct kg_buf *out, const struct kg_http_conf *hc, SSL *ssl,
-		     const struct sockaddr_storage *peer, unsigned local_port);
+/* The identity kgate tells backends for a connection, from the listener's
+ * settings: the client's address (X-Forwarded-For, Forwarded, X-Real-IP),
+ * scheme and the listener's port, and the client certificate (subject,
+ * issuer, fingerprint, verify result, RFC 9440 Client-Cert and
+ * Client-Cert-Chain). local is the listener's address as the client
+ * reached it. 0/-ENOMEM (free with kg_http_ident_free either way). */
+int kg_http_identity(struct kg_http_ident *id, const struct kg_http_conf *hc, SSL *ssl,
+		     const struct sockaddr_storage *peer, const struct sockaddr_storage *local);
 
 #endif

@@ -6,7 +6,9 @@
  *
  * Input: one control byte, then the client's bytes. The control byte's low
  * four bits + 1 is the size of each read (bit 7 set: one read takes all
- * that fits), so heads and bodies arrive split at every point.
+ * that fits), so heads and bodies arrive split at every point; bits 4-5
+ * pick underscores_in_headers (drop, reject, allow, drop) and bit 6 makes
+ * the client a trusted proxy.
  *
  * Besides "no crash" it checks what a backend relies on:
  * - an accepted head has no smuggling shape: CRLF line ends only (no bare
@@ -16,10 +18,14 @@
  * - the forwarded head re-parses cleanly as one whole head, with the same
  *   method, target, version and body framing;
  * - it carries each identity header exactly once, with kgate's value
- *   (never a client's X-Forwarded-* / X-Forwarded-Clientcert-* /
- *   Client-Cert copy), and no hop-by-hop header;
+ *   (after a trusted proxy's own values for X-Forwarded-For and
+ *   Forwarded), no other name that kgate reserves in any case or with '_'
+ *   for '-', no name with '_' unless underscores are allowed, and no
+ *   hop-by-hop header; a refusal for an underscore names a header that
+ *   has one;
  * - a refusal is 400 or 431 with a reason; byte accounting stays within
  *   what was read. */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,19 +42,26 @@
 #define MAX_FIELDS 100
 #define MAX_REQUESTS 8         /* pipelined requests followed per input */
 
-static char extra[2048];
-static size_t extra_len;
+static struct kg_http_ident ident;
+static size_t extra_len; /* at most what kgate adds to a head */
 static bool verbose; /* KF_HTTP_VERBOSE=1: one line per head, accepted or why not */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
-	/* kgate's values: "kgate-<n>", never something a client could know. */
-	for (int h = 0; h < KG_HDR_COUNT; h++)
-		extra_len += (size_t)snprintf(extra + extra_len, sizeof(extra) - extra_len,
-					      "%s: kgate-%d\r\n", kg_ident_header_names[h], h);
-	KF_FAIL_IF(extra_len >= sizeof(extra));
+	/* kgate's values: "kgate-<n>", never something a client could know;
+	 * every header on. */
+	ident.headers = (1u << KG_HDR_COUNT) - 1;
+	for (int h = 0; h < KG_HDR_COUNT; h++) {
+		if (h == KG_HDR_X_FORWARDED_FOR || h == KG_HDR_FORWARDED)
+			continue;
+		KF_FAIL_IF(kg_buf_printf(&ident.lines, "%s: kgate-%d\r\n", kg_ident_header_names[h],
+					 h) < 0);
+	}
+	snprintf(ident.xff, sizeof(ident.xff), "kgate-%d", KG_HDR_X_FORWARDED_FOR);
+	snprintf(ident.forwarded, sizeof(ident.forwarded), "kgate-%d", KG_HDR_FORWARDED);
+	extra_len = ident.lines.len + 2 * 64;
 	verbose = getenv("KF_HTTP_VERBOSE") != NULL;
 	return 0;
 }
@@ -95,7 +108,8 @@ static void check_head_shape(const struct kg_http_msg *m, size_t max)
 }
 
 /* What the backend receives, parsed the way a backend would. */
-static void check_forwarded(const struct kg_http_msg *orig, const struct kg_buf *out)
+static void check_forwarded(const struct kg_http_msg *orig, const struct kg_buf *out,
+			    size_t max_len)
 {
 	static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
 					  "upgrade", "proxy-authenticate", "proxy-authorization"};
@@ -111,7 +125,7 @@ static void check_forwarded(const struct kg_http_msg *orig, const struct kg_buf 
 			(int)out->len, out->data);
 	KF_FAIL_IF(st != KG_HTTP_HEAD);
 	KF_FAIL_IF(used != out->len || re.head_len != out->len);
-	check_head_shape(&re, MAX_HEADER_BYTES + extra_len);
+	check_head_shape(&re, max_len);
 	KF_FAIL_IF(strcmp(kg_http_method(&re), kg_http_method(orig)) != 0);
 	KF_FAIL_IF(kg_http_minor(&re) != kg_http_minor(orig));
 	KF_FAIL_IF(re.url.len != orig->url.len ||
@@ -124,17 +138,34 @@ static void check_forwarded(const struct kg_http_msg *orig, const struct kg_buf 
 		   re.parser.content_length != orig->parser.content_length);
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
 		KF_FAIL_IF(count(&re, hop[i]) != 0);
+	unsigned reserved = 0;
+	for (unsigned i = 0; i < re.n_fields; i++) {
+		const struct kg_http_field *f = &re.fields[i];
+		const char *name = (const char *)re.base + f->name.off;
+		reserved += kg_http_name_reserved(name, f->name.len);
+		KF_FAIL_IF(ident.underscores != KG_UNDERSCORES_ALLOW &&
+			   memchr(name, '_', f->name.len) != NULL);
+	}
+	/* Only kgate's own, in kgate's spelling: */
+	KF_FAIL_IF(reserved != KG_HDR_COUNT);
 	for (int h = 0; h < KG_HDR_COUNT; h++) {
 		char want[32];
 		int n = snprintf(want, sizeof(want), "kgate-%d", h);
+		bool appended = ident.trusted && (h == KG_HDR_X_FORWARDED_FOR || h == KG_HDR_FORWARDED);
 		unsigned seen = 0;
 		for (unsigned i = 0; i < re.n_fields; i++) {
 			const struct kg_http_field *f = &re.fields[i];
 			if (!name_is(&re, f, kg_ident_header_names[h]))
 				continue;
 			seen++;
-			KF_FAIL_IF(f->value.len != (uint32_t)n ||
-				   memcmp(re.base + f->value.off, want, (size_t)n) != 0);
+			/* kgate's value last, after a trusted proxy's ", "-joined ones */
+			const unsigned char *v = re.base + f->value.off;
+			uint32_t len = f->value.len;
+			KF_FAIL_IF(len < (uint32_t)n ||
+				   memcmp(v + len - (uint32_t)n, want, (size_t)n) != 0);
+			KF_FAIL_IF(!appended && len != (uint32_t)n);
+			KF_FAIL_IF(appended && len != (uint32_t)n &&
+				   (len < (uint32_t)n + 2 || memcmp(v + len - n - 2, ", ", 2) != 0));
 		}
 		KF_FAIL_IF(seen != 1);
 	}
@@ -246,11 +277,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct kg_http_msg req;
 	struct kg_buf out = {0};
 	KF_FAIL_IF(!c.rbuf || kg_http_msg_init(&req, true, MAX_FIELDS) < 0);
+	static const enum kg_underscores settings[] = {KG_UNDERSCORES_DROP, KG_UNDERSCORES_REJECT,
+						       KG_UNDERSCORES_ALLOW, KG_UNDERSCORES_DROP};
+	ident.underscores = settings[(data[0] >> 4) & 3];
+	ident.trusted = (data[0] & 0x40) != 0;
 	for (int r = 0; r < MAX_REQUESTS && read_head(&c, &req); r++) {
 		KF_FAIL_IF(req.head_len != c.rparsed);
 		check_head_shape(&req, MAX_HEADER_BYTES);
-		KF_FAIL_IF(kg_http_build_request(&out, &req, extra, extra_len) < 0);
-		check_forwarded(&req, &out);
+		struct kg_http_screen sc;
+		int built = kg_http_build_request(&out, &req, &ident, &sc);
+		if (built == -EPERM) {
+			/* refused: only for a name with '_' under "reject" */
+			KF_FAIL_IF(ident.underscores != KG_UNDERSCORES_REJECT || !sc.rejected);
+			KF_FAIL_IF(!memchr(req.base + sc.first.off, '_', sc.first.len));
+			break;
+		}
+		KF_FAIL_IF(built < 0);
+		/* A trusted proxy's values are carried over: the head may grow by them. */
+		check_forwarded(&req, &out,
+				(ident.trusted ? 2 : 1) * MAX_HEADER_BYTES + extra_len);
 		if (!read_body(&c, &req))
 			break;
 		/* Pipelined bytes move to the front for the next head. */

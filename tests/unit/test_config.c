@@ -193,6 +193,14 @@ static const struct bad_case bad[] = {
 	{DOC(",'protocol':'https','http':{'headers':['client-cert','Client-Cert']}"), "listeners[0].http.headers[1]: \"Client-Cert\" is listed twice"},
 	{DOC(",'protocol':'https','http':{'headers':[1]}"), "listeners[0].http.headers[0]: expected a string"},
 	{DOC(",'protocol':'https','http':{'fingerprint':'md5'}"), "listeners[0].http.fingerprint: must be one of \"sha1\", \"sha256\""},
+	{DOC(",'protocol':'https','http':{'underscores_in_headers':'off'}"), "listeners[0].http.underscores_in_headers: must be one of \"drop\", \"reject\", \"allow\""},
+	{DOC(",'protocol':'https','http':{'headers':['X-Forwarded-Host']}"), "listeners[0].http.headers[0]: unknown header \"X-Forwarded-Host\" (known: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Clientcert-subjectdn, X-Forwarded-Clientcert-issuerdn, X-Forwarded-Clientcert-fingerprint, X-Forwarded-Clientcert-clientverify, Client-Cert, Client-Cert-Chain, Forwarded, X-Real-IP)"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':'10.0.0.0/8'}"), "listeners[0].http.trusted_proxies: expected an array"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':['10.1.2.3/8']}"), "listeners[0].http.trusted_proxies[0]: \"10.1.2.3/8\" is not an IP address or CIDR block"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':['127.0.0.1','::1/129']}"), "listeners[0].http.trusted_proxies[1]: \"::1/129\" is not an IP address or CIDR block"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':['host.example']}"), "listeners[0].http.trusted_proxies[0]: \"host.example\" is not"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':['10.0.0.0/']}"), "listeners[0].http.trusted_proxies[0]: \"10.0.0.0/\" is not"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':[3]}"), "listeners[0].http.trusted_proxies[0]: expected a string"},
 	{DOC(",'protocol':'https','http':{'access_log':true}"), "listeners[0].http.access_log: expected a string"},
 	{DOC(",'protocol':'https','http':{'max_header_bytes':100}"), "listeners[0].http.max_header_bytes: must be 1024-65536"},
 	{DOC(",'protocol':'https','http':{'pool_max_idle':2000}"), "listeners[0].http.pool_max_idle: must be 0-1024"},
@@ -318,7 +326,12 @@ Test(config, https_http_keys)
 	struct kg_config *cfg = parse(DOC(",'protocol':'https'"), err, sizeof(err));
 	cr_assert_not_null(cfg, "%s", err);
 	const struct kg_http_conf *h = &cfg->listeners[0].http;
-	cr_expect_eq(h->headers, ((1u << KG_HDR_COUNT) - 1) & ~(1u << KG_HDR_CLIENT_CERT_CHAIN));
+	/* Off by default: Client-Cert-Chain (large), Forwarded and X-Real-IP
+	 * (a backend that reads them should be configured to). */
+	cr_expect_eq(h->headers, ((1u << KG_HDR_COUNT) - 1) & ~(1u << KG_HDR_CLIENT_CERT_CHAIN) &
+				 ~(1u << KG_HDR_FORWARDED) & ~(1u << KG_HDR_X_REAL_IP));
+	cr_expect_eq(h->underscores, KG_UNDERSCORES_DROP);
+	cr_expect_eq(h->n_trusted_proxies, 0);
 	cr_expect_eq(h->fingerprint, KG_FP_SHA1);
 	cr_expect_not(h->access_log);
 	cr_expect_eq(h->max_header_bytes, 16384);
@@ -344,6 +357,52 @@ Test(config, https_http_keys)
 	cr_expect_eq(h->response_timeout_ms, 3);
 	cr_expect_eq(h->pool_max_idle, 0);
 	cr_expect_eq(h->pool_idle_timeout_ms, 4);
+	kg_config_free(cfg);
+
+	cfg = parse(DOC(",'protocol':'https','http':{'underscores_in_headers':'reject',"
+			"'headers':['forwarded','x-real-ip'],"
+			"'trusted_proxies':['192.0.2.0/24','10.1.2.3','2001:db8::/32','::1']}"),
+		    err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	h = &cfg->listeners[0].http;
+	cr_expect_eq(h->underscores, KG_UNDERSCORES_REJECT);
+	cr_expect_eq(h->headers, (1u << KG_HDR_FORWARDED) | (1u << KG_HDR_X_REAL_IP));
+	cr_expect_eq(h->n_trusted_proxies, 4);
+	kg_config_free(cfg);
+}
+
+struct cidr_case {
+	const char *addr;
+	bool trusted;
+};
+
+/* trusted_proxies: 192.0.2.0/24, 10.1.2.3, 2001:db8::/32, ::1, 172.16.0.0/12 */
+Test(config, trusted_proxies_match)
+{
+	static const struct cidr_case cases[] = {
+		{"192.0.2.0", true}, {"192.0.2.255", true}, {"192.0.3.0", false},
+		{"10.1.2.3", true}, {"10.1.2.4", false}, {"2001:db8:ffff::1", true},
+		{"2001:db9::1", false}, {"::1", true}, {"::2", false},
+		{"::ffff:192.0.2.9", true},  /* an IPv4 client of a dual-stack listener */
+		{"::ffff:10.1.2.4", false}, {"172.31.255.255", true}, {"172.32.0.0", false},
+		{"127.0.0.1", false},
+	};
+	char err[512];
+	struct kg_config *cfg = parse(DOC(",'protocol':'https','http':{'trusted_proxies':"
+					  "['192.0.2.0/24','10.1.2.3','2001:db8::/32','::1',"
+					  "'172.16.0.0/12']}"), err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	const struct kg_http_conf *h = &cfg->listeners[0].http;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct sockaddr_storage ss;
+		socklen_t len;
+		char text[64];
+		snprintf(text, sizeof(text), strchr(cases[i].addr, ':') ? "[%s]:1" : "%s:1",
+			 cases[i].addr);
+		cr_assert_eq(kg_parse_hostport(text, &ss, &len), 0, "%s", text);
+		cr_expect_eq(kg_cidr_match(h->trusted_proxies, h->n_trusted_proxies, &ss),
+			     cases[i].trusted, "%s", cases[i].addr);
+	}
 	kg_config_free(cfg);
 }
 

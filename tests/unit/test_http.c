@@ -1,7 +1,9 @@
 /* http.c: llhttp glue (what is refused with which status, where heads and
  * messages end, fed in one piece and byte by byte), head rewriting, and
  * backend_pool.c's bounds. */
+#include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -136,40 +138,267 @@ Test(http, pipelined_messages_end_exactly)
 	kg_http_msg_free(&m);
 }
 
-static char *rebuild(const char *text, bool request, const char *extra)
+/* Parses text (one head) into m; the caller frees m. */
+static void parse_one(struct kg_http_msg *m, const char *text, bool request)
 {
-	struct kg_http_msg m;
-	struct kg_buf out = {0};
 	size_t used;
 	int status = 0;
 	const char *why;
 	const unsigned char *p = (const unsigned char *)text;
-	cr_assert_eq(kg_http_msg_init(&m, request, 32), 0);
-	cr_assert_eq(kg_http_feed(&m, p, p, strlen(text), &used, &status, &why), KG_HTTP_HEAD,
+	cr_assert_eq(kg_http_msg_init(m, request, 32), 0);
+	cr_assert_eq(kg_http_feed(m, p, p, strlen(text), &used, &status, &why), KG_HTTP_HEAD,
 		     "%s", text);
-	if (request)
-		cr_assert_eq(kg_http_build_request(&out, &m, extra, strlen(extra)), 0);
-	else
-		cr_assert_eq(kg_http_build_response(&out, &m, extra[0] == 'c', extra[0] == 'k'), 0);
+}
+
+static char *rebuild(const char *text, bool request, const char *extra)
+{
+	struct kg_http_msg m;
+	struct kg_buf out = {0};
+	parse_one(&m, text, request);
+	cr_assert_not(request);
+	cr_assert_eq(kg_http_build_response(&out, &m, extra[0] == 'c', extra[0] == 'k'), 0);
 	cr_assert_eq(kg_buf_add(&out, "", 1), 0);
 	kg_http_msg_free(&m);
 	return out.data;
 }
 
+/* An identity as kg_http_identity makes one, with fixed values: the client
+ * is 1.2.3.4, and the fixed lines are one X-Forwarded-Proto. */
+static void make_ident(struct kg_http_ident *id, unsigned headers, enum kg_underscores us,
+		       bool trusted)
+{
+	memset(id, 0, sizeof(*id));
+	id->headers = headers;
+	id->underscores = us;
+	id->trusted = trusted;
+	snprintf(id->xff, sizeof(id->xff), "1.2.3.4");
+	snprintf(id->forwarded, sizeof(id->forwarded), "for=1.2.3.4;proto=https;by=\"127.0.0.1:443\"");
+	if (headers & (1u << KG_HDR_X_FORWARDED_PROTO))
+		cr_assert_eq(kg_buf_printf(&id->lines, "X-Forwarded-Proto: https\r\n"), 0);
+}
+
+/* The request head kgate would send for text, NUL-terminated (NULL when
+ * the build refused it: -EPERM), and what the screening saw. */
+static char *rebuild_request(const char *text, const struct kg_http_ident *id,
+			     struct kg_http_screen *sc)
+{
+	struct kg_http_msg m;
+	struct kg_buf out = {0};
+	parse_one(&m, text, true);
+	int r = kg_http_build_request(&out, &m, id, sc);
+	kg_http_msg_free(&m);
+	if (r == -EPERM) {
+		kg_buf_free(&out);
+		return NULL;
+	}
+	cr_assert_eq(r, 0);
+	cr_assert_eq(kg_buf_add(&out, "", 1), 0);
+	return out.data;
+}
+
+static char *rewrite(const char *text, unsigned headers)
+{
+	struct kg_http_ident id;
+	struct kg_http_screen sc;
+	make_ident(&id, headers, KG_UNDERSCORES_DROP, false);
+	char *s = rebuild_request(text, &id, &sc);
+	kg_http_ident_free(&id);
+	return s;
+}
+
 Test(http, request_head_rewritten)
 {
-	char *s = rebuild("POST /p?q=1 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Hop, "
+	char *s = rewrite("POST /p?q=1 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Hop, "
 			  "Content-Length\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
 			  "Upgrade: websocket\r\nx-forwarded-for: 6.6.6.6\r\nCLIENT-CERT: :AA:\r\n"
 			  "X-Forwarded-Clientcert-subjectdn: CN=x\r\nContent-Length: 2\r\n"
 			  "X-Keep: yes\r\n\r\nhi",
-			  true, "X-Forwarded-For: 1.2.3.4\r\n");
+			  1u << KG_HDR_X_FORWARDED_FOR);
 	cr_expect_str_eq(s, "POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
 			    "X-Keep: yes\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
 	free(s);
-	s = rebuild("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true, "");
+	s = rewrite("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 0);
 	cr_expect_str_eq(s, "GET / HTTP/1.0\r\n\r\n");
 	free(s);
+}
+
+Test(http, header_names_fold_case_and_underscore)
+{
+	cr_expect(kg_http_name_eq("x_forwarded_FOR", 15, "X-Forwarded-For"));
+	cr_expect(kg_http_name_eq("X-Forwarded-For", 15, "x_forwarded_for"));
+	cr_expect_not(kg_http_name_eq("X-Forwarded-Fo", 14, "X-Forwarded-For"));
+	cr_expect_not(kg_http_name_eq("X-Forwarded-Forx", 16, "X-Forwarded-For"));
+	cr_expect_not(kg_http_name_eq("X.Forwarded-For", 15, "X-Forwarded-For"));
+	cr_expect(kg_http_name_reserved("X_FORWARDED_CLIENTCERT_SERIAL", 29));
+	cr_expect(kg_http_name_reserved("client_certificate", 18));
+	cr_expect(kg_http_name_reserved("forwarded", 9));
+	cr_expect(kg_http_name_reserved("X_Real_Ip", 9));
+	cr_expect_not(kg_http_name_reserved("Forwarded-Host", 14));
+	cr_expect_not(kg_http_name_reserved("X-Forwarded", 11)); /* the prefix is "X-Forwarded-" */
+	cr_expect_not(kg_http_name_reserved("X-Real-IPs", 10));
+	cr_expect_not(kg_http_name_reserved("Client-Cer", 10));
+	cr_expect_not(kg_http_name_reserved("Host", 4));
+}
+
+/* The spoofing variants of one reserved name: as kgate writes it, upper
+ * case, lower case, '-' as '_', and both mixed. */
+enum { VARIANTS = 5 };
+
+static void variant(char *out, size_t len, const char *name, int v)
+{
+	snprintf(out, len, "%s", name);
+	for (char *p = out; *p; p++) {
+		switch (v) {
+		case 1: *p = (char)toupper((unsigned char)*p); break;
+		case 2: *p = (char)tolower((unsigned char)*p); break;
+		case 3: if (*p == '-') *p = '_'; break;
+		case 4:
+			if (*p == '-' && (p - out) % 2)
+				*p = '_';
+			else if ((p - out) % 3 == 0)
+				*p = (char)tolower((unsigned char)*p);
+			break;
+		}
+	}
+}
+
+/* Each reserved name: every name kgate sets, and each reserved prefix
+ * with a suffix kgate never sets. */
+static size_t reserved_names(char names[][64], size_t max)
+{
+	size_t n = 0;
+	for (int h = 0; h < KG_HDR_COUNT && n < max; h++)
+		snprintf(names[n++], 64, "%s", kg_ident_header_names[h]);
+	for (size_t i = 0; kg_reserved_header_prefixes[i] && n < max; i++)
+		snprintf(names[n++], 64, "%sWhatever-Serial", kg_reserved_header_prefixes[i]);
+	return n;
+}
+
+/* Generated from the reserved-header table: each name in each variant,
+ * before and after Host, under each underscores_in_headers setting, with
+ * every header kgate sets on. What reaches the backend carries none of the
+ * client's values, each of kgate's names once, and the count says why. */
+Test(http, reserved_headers_never_pass)
+{
+	char names[KG_HDR_COUNT + 8][64];
+	size_t n = reserved_names(names, KG_HDR_COUNT + 8);
+	cr_assert_gt(n, (size_t)KG_HDR_COUNT);
+	const unsigned all = (1u << KG_HDR_COUNT) - 1;
+	for (size_t i = 0; i < n; i++) {
+		for (int v = 0; v < VARIANTS; v++) {
+			char name[64], req[512];
+			variant(name, sizeof(name), names[i], v);
+			bool underscore = strchr(name, '_') != NULL;
+			for (int after_host = 0; after_host < 2; after_host++) {
+				snprintf(req, sizeof(req), "GET / HTTP/1.1\r\n%s%s: spoofed\r\n%s\r\n",
+					 after_host ? "Host: h\r\n" : "", name,
+					 after_host ? "" : "Host: h\r\n");
+				for (int us = KG_UNDERSCORES_DROP; us <= KG_UNDERSCORES_ALLOW; us++) {
+					struct kg_http_ident id;
+					struct kg_http_screen sc;
+					make_ident(&id, all, (enum kg_underscores)us, false);
+					char *out = rebuild_request(req, &id, &sc);
+					kg_http_ident_free(&id);
+					if (underscore && us == KG_UNDERSCORES_REJECT) {
+						cr_expect_null(out, "%s", req);
+						cr_expect(sc.rejected);
+						continue;
+					}
+					cr_assert_not_null(out, "%s", req);
+					cr_expect_null(strstr(out, "spoofed"), "%s (%d) -> %s", req, us,
+						       out);
+					cr_expect_not_null(strstr(out, "\r\nHost: h\r\n"), "%s", out);
+					cr_expect_not_null(strstr(out, "\r\nX-Forwarded-For: 1.2.3.4\r\n"));
+					cr_expect_not_null(strstr(out, "\r\nForwarded: for=1.2.3.4;"));
+					cr_expect_eq(sc.dropped[KG_HTTP_DROP_RESERVED], 1, "%s", req);
+					cr_expect_eq(sc.dropped[KG_HTTP_DROP_UNDERSCORE], 0);
+					cr_expect_eq(sc.first_why, KG_HTTP_DROP_RESERVED);
+					cr_expect_eq(sc.first.len, strlen(name));
+					free(out);
+				}
+			}
+		}
+	}
+}
+
+struct underscore_case {
+	enum kg_underscores setting;
+	bool refused;
+	const char *out; /* the head sent, when not refused */
+	unsigned dropped;
+};
+
+Test(http, underscores_in_headers)
+{
+	static const struct underscore_case cases[] = {
+		{KG_UNDERSCORES_DROP, false, "GET / HTTP/1.1\r\nHost: h\r\nX-Ok: 1\r\n\r\n", 1},
+		{KG_UNDERSCORES_ALLOW, false,
+		 "GET / HTTP/1.1\r\nHost: h\r\nX_Custom: 2\r\nX-Ok: 1\r\n\r\n", 0},
+		{KG_UNDERSCORES_REJECT, true, NULL, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct kg_http_ident id;
+		struct kg_http_screen sc;
+		make_ident(&id, 0, cases[i].setting, false);
+		char *out = rebuild_request("GET / HTTP/1.1\r\nHost: h\r\nX_Custom: 2\r\nX-Ok: 1\r\n\r\n",
+					    &id, &sc);
+		kg_http_ident_free(&id);
+		cr_expect_eq(sc.rejected, cases[i].refused, "case %zu", i);
+		cr_expect_eq(sc.dropped[KG_HTTP_DROP_UNDERSCORE], cases[i].dropped, "case %zu", i);
+		if (cases[i].refused) {
+			cr_expect_null(out);
+			cr_expect_eq(sc.first_why, KG_HTTP_DROP_UNDERSCORE);
+			continue;
+		}
+		cr_assert_not_null(out);
+		cr_expect_str_eq(out, cases[i].out, "case %zu", i);
+		free(out);
+	}
+}
+
+#define XFF (1u << KG_HDR_X_FORWARDED_FOR)
+#define FWD (1u << KG_HDR_FORWARDED)
+#define FWD_HOP "for=1.2.3.4;proto=https;by=\"127.0.0.1:443\""
+
+struct hop_case {
+	const char *name;
+	unsigned headers;
+	bool trusted;
+	const char *in;   /* client headers after Host */
+	const char *want; /* what follows Host in the head sent */
+};
+
+Test(http, address_headers_replaced_or_appended_for_trusted_proxies)
+{
+	static const struct hop_case cases[] = {
+		{"untrusted: replaced", XFF, false, "X-Forwarded-For: 9.9.9.9\r\n",
+		 "X-Forwarded-For: 1.2.3.4\r\n"},
+		{"trusted: appended", XFF, true,
+		 "X-Forwarded-For: 9.9.9.9\r\nx-forwarded-for: 8.8.8.8\r\n",
+		 "X-Forwarded-For: 9.9.9.9, 8.8.8.8, 1.2.3.4\r\n"},
+		{"trusted: variants still dropped", XFF, true,
+		 "X_Forwarded_For: 7.7.7.7\r\nX-Forwarded-For: 9.9.9.9\r\n",
+		 "X-Forwarded-For: 9.9.9.9, 1.2.3.4\r\n"},
+		{"trusted: Forwarded appended", XFF | FWD, true, "Forwarded: for=9.9.9.9\r\n",
+		 "X-Forwarded-For: 1.2.3.4\r\nForwarded: for=9.9.9.9, " FWD_HOP "\r\n"},
+		{"untrusted: Forwarded replaced", XFF | FWD, false, "Forwarded: for=9.9.9.9\r\n",
+		 "X-Forwarded-For: 1.2.3.4\r\nForwarded: " FWD_HOP "\r\n"},
+		{"Forwarded off: removed", XFF, true, "Forwarded: for=9.9.9.9\r\n",
+		 "X-Forwarded-For: 1.2.3.4\r\n"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct kg_http_ident id;
+		struct kg_http_screen sc;
+		char req[256], expect[512];
+		make_ident(&id, cases[i].headers, KG_UNDERSCORES_ALLOW, cases[i].trusted);
+		snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: h\r\n%s\r\n", cases[i].in);
+		snprintf(expect, sizeof(expect), "GET / HTTP/1.1\r\nHost: h\r\n%s\r\n", cases[i].want);
+		char *out = rebuild_request(req, &id, &sc);
+		kg_http_ident_free(&id);
+		cr_assert_not_null(out);
+		cr_expect_str_eq(out, expect, "%s", cases[i].name);
+		free(out);
+	}
 }
 
 Test(http, response_head_rewritten)

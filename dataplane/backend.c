@@ -1,8 +1,5 @@
-/* Backend selection and connect: ask the balancer for a member that is up
- * and not yet tried, connect through io_uring with a linked timeout, and on
- * refusal or timeout move on to the next member, at most connect_retries
- * times. Runs on the connection's worker thread. */
-#include "worker.h"
+/* Backend selection and connect (backend.h). */
+#include "backend.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -14,7 +11,10 @@
 
 #include <kgate/log.h>
 
+#include "conn.h"
 #include "health.h"
+#include "runtime.h"
+#include "worker.h"
 
 static void no_backend(struct kg_conn *c)
 {
@@ -33,8 +33,7 @@ static void no_backend(struct kg_conn *c)
 	kg_conn_flush_client(c);
 }
 
-int kg_backend_submit_connect(struct kg_conn *c, const struct kg_backend_conf *b,
-			      enum kg_op op)
+int kg_backend_submit_connect(struct kg_conn *c, const struct kg_backend_conf *b, int op)
 {
 	const struct kg_listener_conf *lc = c->listener->conf;
 	int one = 1;
@@ -49,19 +48,11 @@ int kg_backend_submit_connect(struct kg_conn *c, const struct kg_backend_conf *b
 	c->connect_timeout.tv_sec = lc->connect_timeout_ms / 1000;
 	c->connect_timeout.tv_nsec = (long long)(lc->connect_timeout_ms % 1000) * 1000000;
 
-	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	struct io_uring_sqe *sqe, *tsqe;
+	kg_worker_sqe_timed(c->worker, &sqe, &tsqe);
 	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&b->addr, b->addrlen);
-	io_uring_sqe_set_data64(sqe, kg_ud_pack(op, c->idx, fd));
+	io_uring_sqe_set_data64(sqe, kg_ud_pack((enum kg_op)op, c->idx, fd));
 	sqe->flags |= IOSQE_IO_LINK;
-	/* The pair must reach the kernel together: take the second SQE
-	 * without an intermediate submit. */
-	struct io_uring_sqe *tsqe = io_uring_get_sqe(&c->worker->ring);
-	if (!tsqe) {
-		sqe->flags &= ~IOSQE_IO_LINK;
-		c->inflight++;
-		log_warn("backend.connect_untimed", KV("reason", "submission queue full"));
-		return 0;
-	}
 	io_uring_prep_link_timeout(tsqe, &c->connect_timeout, 0);
 	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_LINK_TIMEOUT, c->idx, fd));
 	c->inflight += 2;

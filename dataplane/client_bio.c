@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "conn.h"
 #include "worker.h"
 
 static pthread_once_t method_once = PTHREAD_ONCE_INIT;

@@ -10,6 +10,7 @@
 #include "client_bio.h"
 #include "ktls.h"
 #include "tls.h"
+#include "conn.h"
 #include "worker.h"
 
 #define TLS_RT_ALERT 21

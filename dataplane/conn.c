@@ -1,11 +1,7 @@
-/* Connection lifecycle on a worker: accept, the non-blocking TLS handshake
- * over memory BIOs, ciphertext I/O with the client, deadlines and close.
- *
- * Ownership: the worker's slot table owns each kg_conn. kg_conn_close()
- * only marks the connection and kicks its in-flight operations; the worker
- * frees it (kg_conn_release_if_idle) once the last completion has arrived,
- * so no handler ever touches freed memory. */
-#include "worker.h"
+/* Connection lifecycle on a worker (conn.h): accept, the non-blocking TLS
+ * handshake over memory BIOs, ciphertext I/O with the client, the start of
+ * a forwarding path through its ops (fwd.h), deadlines and close. */
+#include "conn.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -22,11 +18,16 @@
 
 #include <openssl/err.h>
 
+#include "backend.h"
 #include "client_bio.h"
+#include "fwd.h"
 #include "health.h"
+#include "ktls.h"
 #include "listener.h"
 #include "proxy_send.h"
+#include "runtime.h"
 #include "tls.h"
+#include "worker.h"
 
 static void conn_peer(const struct kg_conn *c, char *buf, size_t len)
 {
@@ -52,10 +53,6 @@ static int slot_alloc(struct kg_worker *w)
  * replaces them: a handshake or a burst leaves their buffers grown. */
 #define BIO_TRIM_BYTES 512
 
-/* Plaintext a client may pipeline behind its Finished, decrypted before a
- * kTLS handoff: one record and a bit, with room to spare. */
-#define KTLS_EARLY_CAP (3 * KG_IO_BUF_SIZE)
-
 /* Only a connection that may hand off to kTLS owns a receive buffer: it
  * reads the handshake record by record, so the buffer holds the largest
  * record, and behind it the early-data scratch of the handoff. Every other
@@ -63,7 +60,7 @@ static int slot_alloc(struct kg_worker *w)
 static int conn_alloc_c_in(struct kg_conn *c)
 {
 	c->c_in_cap = KG_TLS_RECORD_MAX;
-	c->c_in.data = malloc(c->c_in_cap + KTLS_EARLY_CAP);
+	c->c_in.data = malloc(c->c_in_cap + KG_KTLS_EARLY_CAP);
 	return c->c_in.data ? 0 : -1;
 }
 
@@ -72,13 +69,28 @@ static void conn_release_buffers(struct kg_conn *c)
 {
 	struct kg_bufpool *pool = &c->worker->bufs;
 	kg_buf_put(pool, c->c_out.data);
-	kg_buf_put(pool, c->b_out.data);
 	free(c->c_in.data);
 	BIO_free(c->out_spill);
 	c->out_spill = NULL;
 	memset(&c->c_in, 0, sizeof(c->c_in));
 	memset(&c->c_out, 0, sizeof(c->c_out));
-	memset(&c->b_out, 0, sizeof(c->b_out));
+}
+
+void kg_conn_drop_tls(struct kg_conn *c)
+{
+	/* Marked shut down first, or OpenSSL would drop the session from the
+	 * cache as if the connection had failed. */
+	SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+	SSL_free(c->ssl);
+	c->ssl = NULL;
+	free(c->ktls);
+	c->ktls = NULL;
+	conn_release_buffers(c);
+}
+
+void kg_conn_touch(struct kg_conn *c)
+{
+	c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
 }
 
 void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
@@ -262,7 +274,7 @@ static enum hs_result handshake_step(struct kg_conn *c)
 	return HS_FAILED;
 }
 
-static int feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n)
+int kg_conn_feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n)
 {
 	if (n > 0 && BIO_write(c->net_in, p, (int)n) != (int)n) {
 		kg_conn_close(c, "out of memory buffering client data");
@@ -272,7 +284,7 @@ static int feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n)
 	return 0;
 }
 
-static void compact_c_in(struct kg_conn *c)
+void kg_conn_compact_c_in(struct kg_conn *c)
 {
 	uint32_t rest = c->c_in.len - c->c_in.off;
 	if (c->c_in.off > 0 && rest > 0)
@@ -294,13 +306,13 @@ static enum hs_result handshake_records(struct kg_conn *c)
 			break;
 		if (rec == SIZE_MAX)
 			rec = avail;
-		if (feed_openssl(c, c->c_in.data + c->c_in.off, rec) < 0)
+		if (kg_conn_feed_openssl(c, c->c_in.data + c->c_in.off, rec) < 0)
 			return HS_FAILED;
 		c->c_in.off += (uint32_t)rec;
 		r = handshake_step(c);
 	}
 	if (r == HS_MORE)
-		compact_c_in(c);
+		kg_conn_compact_c_in(c);
 	return r;
 }
 
@@ -324,8 +336,6 @@ static void handshake_input(struct kg_conn *c)
 		kg_conn_arm_client_recv(c);
 	}
 }
-
-static void handoff_step(struct kg_conn *c);
 
 void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *data)
 {
@@ -354,233 +364,51 @@ void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *dat
 	} else if (c->ktls) {
 		c->c_in.len += (uint32_t)res; /* records are fed by the handshake/handoff */
 	} else {
-		if (feed_openssl(c, data ? data : c->c_in.data, (size_t)res) < 0)
+		if (kg_conn_feed_openssl(c, data ? data : c->c_in.data, (size_t)res) < 0)
 			return;
 		if (c->state == KG_CONN_FORWARDING)
-			c->deadline_ms = c->worker->now_ms +
-					 c->listener->conf->idle_timeout_ms;
+			kg_conn_touch(c);
 	}
 	if (c->state == KG_CONN_HANDSHAKE)
 		handshake_input(c);
-	else if (c->state == KG_CONN_HANDOFF)
-		handoff_step(c);
-	else if (c->state == KG_CONN_FORWARDING && c->http)
-		kg_forward_http_on_client_data(c);
-	else if (c->state == KG_CONN_FORWARDING)
-		kg_forward_user_on_client_data(c);
+	else if (c->fwd && c->fwd->on_client_data)
+		c->fwd->on_client_data(c); /* forwarding, or the kTLS handoff */
 }
 
-/* An https connection's engine starts on path (http-userspace-tls or
- * http-ktls-splice) with early plaintext; then run it. Returns -1 after
- * closing c. */
-static int start_http(struct kg_conn *c, enum kg_path path, const void *early,
-		      size_t early_len)
+int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
+		       size_t early_len)
 {
-	c->state = KG_CONN_FORWARDING;
-	c->path = path;
-	kg_count_add(&c->worker->stats.path[path], 1);
-	const struct kg_client_io *io =
-		path == KG_PATH_HTTP_KTLS ? &kg_client_io_ktls : &kg_client_io_openssl;
-	if (kg_forward_http_start(c, io, early, early_len) < 0) {
-		kg_conn_close(c, "out of memory for HTTP state");
-		return -1;
-	}
-	return 0;
-}
-
-/* Userspace TLS from here on: path C, or http-userspace-tls for an https
- * listener. What a would-be kTLS connection holds (unfed ciphertext,
- * plaintext already decrypted into b_out) carries over. */
-static void start_userspace(struct kg_conn *c)
-{
-	struct kg_worker *w = c->worker;
-	if (c->ktls) {
-		kg_ktls_track_detach(c->ssl);
-		free(c->ktls);
-		c->ktls = NULL;
-	}
-	if (feed_openssl(c, c->c_in.data + c->c_in.off, c->c_in.len - c->c_in.off) < 0)
-		return;
-	c->c_in.off = c->c_in.len = 0;
-	if (kg_path_is_http(c->listener->plan)) {
-		/* The engine takes the early plaintext into its own buffer. */
-		const unsigned char *early = c->b_out.data ? c->b_out.data + c->b_out.off : NULL;
-		int r = start_http(c, KG_PATH_HTTP, early, c->b_out.len - c->b_out.off);
-		kg_buf_put(&w->bufs, c->b_out.data);
-		memset(&c->b_out, 0, sizeof(c->b_out));
-		if (r == 0)
-			kg_forward_http_run(c);
-		return;
-	}
-	kg_count_add(&w->stats.forwarded_c2b, c->b_out.len - c->b_out.off);
-	c->state = KG_CONN_FORWARDING;
-	c->path = KG_PATH_USERSPACE;
-	kg_count_add(&w->stats.path[KG_PATH_USERSPACE], 1);
-	kg_forward_user_start(c);
-}
-
-static void handoff_refused(struct kg_conn *c, const char *why)
-{
-	struct kg_worker *w = c->worker;
-	if (c->listener->plan_forced) {
-		kg_count(w, ktls_failed);
-		kg_worker_warn(w, "ktls.handoff_impossible", KV("listener", c->listener->conf->name),
-			       KV("reason", why), KV("forwarding", "splice"),
-			       KV("path", kg_path_name(c->listener->plan)), KV("action", "close"));
-		kg_conn_close(c, "kTLS handoff impossible");
-		return;
-	}
-	kg_count(w, ktls_fallback);
-	log_debug("ktls.fallback", KV("listener", c->listener->conf->name), KV("worker", w->id),
-		  KV("conn", c->idx), KV("path", "userspace-tls"), KV("reason", why));
-	start_userspace(c);
-}
-
-/* Whole records at the start of c_in, and whether a partial one follows
- * (*need: bytes still missing). SIZE_MAX when the bytes are not TLS. */
-static size_t whole_records(const struct kg_conn *c, uint32_t *need)
-{
-	const unsigned char *p = c->c_in.data + c->c_in.off;
-	size_t avail = c->c_in.len - c->c_in.off, pos = 0;
-	*need = 0;
-	while (pos < avail) {
-		size_t rec = kg_tls_record_len(p + pos, avail - pos);
-		if (rec == SIZE_MAX)
-			return SIZE_MAX;
-		if (rec == 0) {
-			size_t have = avail - pos;
-			*need = have < 5 ? (uint32_t)(5 - have)
-					 : (uint32_t)(5 + ((size_t)p[pos + 3] << 8 | p[pos + 4]) - have);
-			break;
-		}
-		pos += rec;
-	}
-	return pos;
-}
-
-/* Backend connected: give the client socket's record layer to the kernel.
- * Steps, each of which may wait for I/O and come back here: OpenSSL's
- * last records (session ticket) sent; a partial record completed; what
- * the client pipelined behind its Finished decrypted in userspace; keys
- * derived and installed; OpenSSL and the buffers released. */
-static void handoff_step(struct kg_conn *c)
-{
-	struct kg_worker *w = c->worker;
 	char err[160];
-
-	if (c->c_send_busy || c->c_out.off < c->c_out.len || kg_client_spill_pending(c) > 0) {
-		c->handoff_wait_flush = true;
-		kg_conn_flush_client(c);
-		return;
-	}
-	c->handoff_wait_flush = false;
-	compact_c_in(c);
-	uint32_t need;
-	size_t whole = whole_records(c, &need);
-	if (whole == SIZE_MAX) {
-		handoff_refused(c, "client sent bytes that are not TLS records");
-		return;
-	}
-	if (need > 0) {
-		if (c->client_eof) {
-			handoff_refused(c, "client closed mid-record");
-			return;
+	for (;;) {
+		const struct kg_fwd_ops *ops = kg_fwd_for(path);
+		if (!ops) {
+			kg_conn_close(c, "no forwarder for the path");
+			return -1;
 		}
-		c->handoff_need = need;
-		kg_conn_arm_client_recv(c);
-		return;
-	}
-	if (c->client_eof) {
-		handoff_refused(c, "client already closed");
-		return;
-	}
-	/* Early application data: decrypt in userspace, send ahead. It is at
-	 * most what c_in held (one record and a bit), so it fits the scratch
-	 * allocated behind c_in for this (conn_alloc_c_in). */
-	unsigned char *early = c->c_in.data + c->c_in_cap;
-	size_t early_cap = KTLS_EARLY_CAP, early_len = 0;
-	if (whole > 0) {
-		if (feed_openssl(c, c->c_in.data, whole) < 0)
-			return;
-		c->c_in.off = c->c_in.len = 0;
-		while (early_len < early_cap) {
-			int n = SSL_read(c->ssl, early + early_len, (int)(early_cap - early_len));
-			if (n <= 0)
-				break;
-			early_len += (size_t)n;
-		}
-		ERR_clear_error();
-		if (BIO_pending(c->net_in) > 0 || SSL_has_pending(c->ssl) ||
-		    c->c_out.off < c->c_out.len || kg_client_spill_pending(c) > 0 ||
-		    SSL_get_shutdown(c->ssl) != 0) {
-			/* An alert, close_notify or KeyUpdate among them: path C
-			 * takes over, sending what was decrypted first. */
-			if (early_len > KG_IO_BUF_SIZE) {
-				kg_conn_close(c, "early data and a control record before the kTLS handoff");
-				return;
-			}
-			if (early_len > 0 && !c->b_out.data &&
-			    !(c->b_out.data = kg_buf_get(&w->bufs))) {
-				kg_conn_close(c, "out of memory for early data");
-				return;
-			}
-			if (early_len > 0)
-				memcpy(c->b_out.data, early, early_len);
-			c->b_out.off = 0;
-			c->b_out.len = (uint32_t)early_len;
-			handoff_refused(c, "a control record arrived with the early data");
-			return;
-		}
-	}
-	struct kg_ktls_keys keys;
-	if (kg_ktls_derive(c->ssl, c->ktls, &keys, err, sizeof(err)) < 0) {
-		handoff_refused(c, err);
-		return;
-	}
-	bool ulp_set;
-	int r = kg_ktls_install(c->cfd, &keys, &ulp_set, err, sizeof(err));
-	OPENSSL_cleanse(&keys, sizeof(keys));
-	if (r < 0 && !ulp_set) {
-		handoff_refused(c, err);
-		return;
-	}
-	if (r < 0) {
-		kg_count(w, ktls_failed);
-		kg_worker_warn(w, "ktls.setup_failed", KV("listener", c->listener->conf->name),
-			       KV("err", err), KV("action", "close"));
-		kg_conn_close(c, "kTLS setup failed");
-		return;
-	}
-	bool http = c->listener->plan == KG_PATH_HTTP_KTLS;
-	log_debug("ktls.started", KV("listener", c->listener->conf->name), KV("worker", w->id),
-		  KV("conn", c->idx), KV("version", SSL_get_version(c->ssl)),
-		  KV("cipher", SSL_get_cipher_name(c->ssl)),
-		  KV("path", kg_path_name(c->listener->plan)));
-	if (http) {
-		/* Takes the identity from c->ssl and copies early; runs below. */
-		r = start_http(c, KG_PATH_HTTP_KTLS, early, early_len);
-	} else {
 		c->state = KG_CONN_FORWARDING;
-		c->path = KG_PATH_KTLS_SPLICE;
-		kg_count_add(&w->stats.path[KG_PATH_KTLS_SPLICE], 1);
-		r = kg_forward_splice_start(c, false, true, early, early_len, err, sizeof(err));
+		c->path = path;
+		c->fwd = ops;
+		snprintf(err, sizeof(err), "%s: cannot start", ops->name);
+		int r = ops->start(c, early, early_len, err, sizeof(err));
+		if (r == 0) {
+			kg_count_add(&c->worker->stats.path[path], 1);
+			return 0;
+		}
+		if (r != -EOPNOTSUPP || ops->fallback == KG_PATH_NONE || ops->fallback == path) {
+			kg_conn_close(c, err);
+			return -1;
+		}
+		path = ops->fallback;
 	}
-	/* The kernel owns the record layer: OpenSSL and our buffers go. Marked
-	 * shut down first, or OpenSSL would drop the session from the cache
-	 * as if the connection had failed. */
-	SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-	SSL_free(c->ssl);
-	c->ssl = NULL;
-	free(c->ktls);
-	c->ktls = NULL;
-	conn_release_buffers(c);
-	if (r < 0 && !http)
-		kg_conn_close(c, err);
-	else if (r == 0 && http)
-		kg_forward_http_run(c);
 }
 
-void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, enum kg_op op, bool *armed)
+void kg_conn_run_path(struct kg_conn *c)
+{
+	if (c->state == KG_CONN_FORWARDING && c->fwd->run)
+		c->fwd->run(c);
+}
+
+void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, int op, bool *armed)
 {
 	if (*armed)
 		return;
@@ -592,8 +420,8 @@ void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, enum kg_op op, b
 }
 
 /* The PROXY header goes first on every path: the backend socket is fresh
- * and no client byte has been sent to it yet; on path B the SSL still
- * holds the session facts the header reports. False: the connection is
+ * and no client byte has been sent to it yet; before a kTLS handoff the
+ * SSL still holds the session facts the header reports. False: the connection is
  * closing. */
 static bool send_proxy_header(struct kg_conn *c)
 {
@@ -619,63 +447,28 @@ static bool send_proxy_header(struct kg_conn *c)
 
 void kg_conn_start_forwarding(struct kg_conn *c)
 {
-	struct kg_worker *w = c->worker;
 	enum kg_path plan = c->listener->plan;
-	char err[128];
 
-	c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
+	kg_conn_touch(c);
 	if (c->listener->conf->proxy_protocol == KG_PP_V2 && !kg_path_is_http(plan) &&
 	    !send_proxy_header(c))
 		return;
-	switch (plan) {
-	case KG_PATH_KTLS_SPLICE:
-	case KG_PATH_HTTP_KTLS:
+	if (kg_path_hands_off(plan)) {
 		c->state = KG_CONN_HANDOFF;
-		handoff_step(c);
+		c->fwd = kg_fwd_handoff();
+		c->fwd->run(c);
 		return;
-	case KG_PATH_SOCKMAP:
-		c->state = KG_CONN_FORWARDING;
-		if (kg_forward_sockmap_start(c)) {
-			if (c->sockmap) {
-				c->path = KG_PATH_SOCKMAP;
-				kg_count_add(&w->stats.path[KG_PATH_SOCKMAP], 1);
-			}
-			return;
-		}
-		plan = KG_PATH_SPLICE;
-		/* A pair sockmap refused is spliced. */
-		__attribute__((fallthrough));
-	case KG_PATH_SPLICE:
-	case KG_PATH_COPY:
-		c->state = KG_CONN_FORWARDING;
-		c->path = plan;
-		kg_count_add(&w->stats.path[c->path], 1);
-		if (kg_forward_splice_start(c, plan == KG_PATH_COPY, false, NULL, 0, err,
-					    sizeof(err)) < 0)
-			kg_conn_close(c, err);
-		return;
-	case KG_PATH_HTTP:
-		if (start_http(c, KG_PATH_HTTP, NULL, 0) == 0)
-			kg_forward_http_run(c);
-		return;
-	case KG_PATH_USERSPACE:
-	case KG_PATH_NONE:
-	case KG_PATH_COUNT:
-		break;
 	}
-	start_userspace(c);
+	if (kg_conn_begin_path(c, plan, NULL, 0) == 0)
+		kg_conn_run_path(c);
 }
 
 static void client_drained(struct kg_conn *c)
 {
 	if (c->close_after_flush)
 		kg_conn_close(c, c->close_reason);
-	else if (c->state == KG_CONN_FORWARDING && c->http)
-		kg_forward_http_on_client_drained(c);
-	else if (c->state == KG_CONN_FORWARDING)
-		kg_forward_user_on_client_drained(c);
-	else if (c->state == KG_CONN_HANDOFF && c->handoff_wait_flush)
-		handoff_step(c);
+	else if (c->fwd && c->fwd->on_client_drained)
+		c->fwd->on_client_drained(c); /* forwarding, or the kTLS handoff */
 }
 
 void kg_conn_flush_client(struct kg_conn *c)
@@ -724,7 +517,7 @@ void kg_conn_on_client_send(struct kg_conn *c, int res)
 	}
 	c->c_out.off += (uint32_t)res;
 	if (c->state == KG_CONN_FORWARDING)
-		c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
+		kg_conn_touch(c);
 	kg_conn_flush_client(c);
 }
 
@@ -743,8 +536,8 @@ void kg_conn_close(struct kg_conn *c, const char *reason)
 	c->state = KG_CONN_CLOSING;
 	log_debug("conn.closed", KV("listener", c->listener->conf->name),
 		  KV("worker", c->worker->id), KV("conn", c->idx), KV("reason", reason));
-	if (c->http)
-		kg_forward_http_on_close(c);
+	if (c->fwd && c->fwd->on_close)
+		c->fwd->on_close(c);
 	/* shutdown() completes pending recv/send/poll on these sockets, so
 	 * the in-flight count drains promptly; queued data is still sent.
 	 * SHUT_RD wakes them too but sends no FIN, for kg_conn_reset. */
@@ -783,9 +576,8 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	if (c->inflight > 0)
 		return false;
 	struct kg_worker *w = c->worker;
-	kg_forward_splice_free(c);
-	kg_forward_sockmap_free(c);
-	kg_forward_http_free(c);
+	if (c->fwd && c->fwd->release)
+		c->fwd->release(c);
 	SSL_free(c->ssl);
 	free(c->ktls);
 	close(c->cfd);
@@ -812,8 +604,8 @@ void kg_conn_check_deadline(struct kg_conn *c)
 	struct kg_worker *w = c->worker;
 	if (c->state == KG_CONN_CLOSING)
 		return;
-	if (c->http) {
-		kg_forward_http_check_deadline(c); /* request, keep-alive and response timeouts */
+	if (c->fwd && c->fwd->check_deadline) {
+		c->fwd->check_deadline(c); /* https: request, keep-alive and response timeouts */
 		return;
 	}
 	if (w->now_ms < c->deadline_ms)

@@ -34,7 +34,7 @@
  * (kg_http_skip_body) and starts the next message fresh. Chunked bodies,
  * bodies delimited by the connection's end, and bytes already buffered
  * keep the copy through userspace (plaintext, no userspace crypto). */
-#include "worker.h"
+#include "forward_http.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -49,13 +49,17 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "backend.h"
 #include "backend_pool.h"
 #include "client_io.h"
+#include "conn.h"
 #include "health.h"
 #include "http.h"
 #include "ktls.h"
 #include "listener.h"
+#include "runtime.h"
 #include "splice_pump.h"
+#include "worker.h"
 
 enum req_state {
 	R_IDLE,    /* between requests */
@@ -102,6 +106,7 @@ struct kg_http_conn {
 	bool backend_dirty; /* the backend sent bytes past the response */
 	bool backend_failed;
 	int backend_fail_res;
+	bool b_recv_busy, b_send_busy; /* a receive or send on the backend socket in flight */
 
 	/* kTLS only: Content-Length bodies spliced, and the readiness polls
 	 * of both sockets (the client's also for reading heads). */
@@ -123,6 +128,11 @@ struct kg_http_conn {
 	char peer[64];
 	char subject[160]; /* the client certificate's, for the access log */
 };
+
+static struct kg_http_conn *http_of(const struct kg_conn *c)
+{
+	return c->fwd_ctx;
+}
 
 static const struct kg_http_conf *conf_of(const struct kg_conn *c)
 {
@@ -154,9 +164,9 @@ static int client_write(struct kg_conn *c, const void *p, size_t n)
 {
 	if (n == 0)
 		return 0;
-	if (c->http->io->write(c, p, n) < 0)
+	if (http_of(c)->io->write(c, p, n) < 0)
 		return -1;
-	c->http->bytes_out += n;
+	http_of(c)->bytes_out += n;
 	kg_count_add(&c->worker->stats.forwarded_b2c, n);
 	return 0;
 }
@@ -164,7 +174,7 @@ static int client_write(struct kg_conn *c, const void *p, size_t n)
 /* close_notify after what is queued, then close. */
 static void close_gracefully(struct kg_conn *c, const char *reason)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	h->rstate = R_CLOSING;
 	h->deadline_ms = c->worker->now_ms + conf_of(c)->request_timeout_ms;
 	h->io->end(c);
@@ -179,7 +189,7 @@ static void close_gracefully(struct kg_conn *c, const char *reason)
 /* kTLS: everything queued went out; close_notify follows, then close. */
 static void send_close_notify(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	int r = kg_ktls_send_close_notify(c->cfd);
 	if (r == -EAGAIN || r == -EWOULDBLOCK) {
 		h->notify_blocked = true;
@@ -193,7 +203,7 @@ static void send_close_notify(struct kg_conn *c)
 
 static void access_log(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	const struct kg_http_conf *hc = conf_of(c);
 	struct kg_worker *w = c->worker;
 	if (!hc->access_log || atomic_load_explicit(&w->stats.http_requests, memory_order_relaxed) %
@@ -212,7 +222,7 @@ static void access_log(struct kg_conn *c)
  * in flight on it. */
 static void detach_backend(struct kg_conn *c, bool reusable)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (c->bfd < 0)
 		return;
 	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];
@@ -236,7 +246,7 @@ static void detach_backend(struct kg_conn *c, bool reusable)
  * After a response has started, the only honest signal is to close. */
 static void reply_error(struct kg_conn *c, int status, const char *why)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	struct kg_worker *w = c->worker;
 	char reason[96];
 	snprintf(reason, sizeof(reason), "HTTP %d: %s", status, why);
@@ -271,7 +281,7 @@ static void reply_error(struct kg_conn *c, int status, const char *why)
 /* The client closed its side: fine between requests, an abort otherwise. */
 static void client_gone(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (h->rstate == R_IDLE && h->rlen == h->rparsed)
 		close_gracefully(c, "client closed");
 	else
@@ -283,7 +293,7 @@ static void client_gone(struct kg_conn *c)
  * closing. */
 static bool read_client(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (h->client_done) {
 		client_gone(c);
 		return false;
@@ -317,14 +327,14 @@ static bool read_client(struct kg_conn *c)
 
 static void arm_backend_recv(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
-	if (c->b_recv_busy || h->resp_done || c->bfd < 0 || h->rstate == R_CLOSING ||
+	struct kg_http_conn *h = http_of(c);
+	if (h->b_recv_busy || h->resp_done || c->bfd < 0 || h->rstate == R_CLOSING ||
 	    h->blen == h->bcap || h->b2c_wait || h->b2c_splice)
 		return;
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 	io_uring_prep_recv(sqe, c->bfd, h->bbuf + h->blen, h->bcap - h->blen, 0);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_RECV, c->idx, c->bfd));
-	c->b_recv_busy = true;
+	h->b_recv_busy = true;
 	c->inflight++;
 }
 
@@ -333,8 +343,9 @@ static void send_backend(struct kg_conn *c, const void *p, size_t n, bool head)
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 	io_uring_prep_send(sqe, c->bfd, p, n, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, c->bfd));
-	c->b_send_busy = true;
-	c->http->sending_head = head;
+	struct kg_http_conn *h = http_of(c);
+	h->b_send_busy = true;
+	h->sending_head = head;
 	c->inflight++;
 }
 
@@ -342,14 +353,14 @@ static void send_backend(struct kg_conn *c, const void *p, size_t n, bool head)
  * readiness poll of a spliced body. */
 static bool backend_busy(const struct kg_conn *c)
 {
-	const struct kg_http_conn *h = c->http;
-	return c->b_send_busy || c->b_recv_busy || h->pump.b_in_armed || h->pump.b_out_armed;
+	const struct kg_http_conn *h = http_of(c);
+	return h->b_send_busy || h->b_recv_busy || h->pump.b_in_armed || h->pump.b_out_armed;
 }
 
 /* The request goes to member m over fd. */
 static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	c->bfd = fd;
 	c->member = m;
 	kg_health_conn_start(c->listener->health, (size_t)m);
@@ -375,7 +386,7 @@ static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
  * new connect (failed ones are skipped, up to connect_retries more). */
 static void pick_backend(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	const struct kg_listener_conf *lc = c->listener->conf;
 	struct kg_worker *w = c->worker;
 
@@ -413,9 +424,9 @@ static void pick_backend(struct kg_conn *c)
 	h->rstate = R_CONNECT;
 }
 
-void kg_forward_http_on_connect(struct kg_conn *c, int res)
+static void on_connect(struct kg_conn *c, int res)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	c->inflight--;
 	if (c->state != KG_CONN_FORWARDING || h->rstate != R_CONNECT)
 		return;
@@ -437,7 +448,7 @@ void kg_forward_http_on_connect(struct kg_conn *c, int res)
  * otherwise 502, or a close if the response had started. */
 static void backend_broke(struct kg_conn *c, int res)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (!h->backend_failed) {
 		h->backend_failed = true;
 		h->backend_fail_res = res;
@@ -469,7 +480,7 @@ static void backend_broke(struct kg_conn *c, int res)
 /* The hops' byte counters into the worker's stats and the access log. */
 static void account_spliced(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	struct kg_counters *st = &c->worker->stats;
 	uint64_t spliced_c2b = atomic_load_explicit(&h->spliced_c2b, memory_order_relaxed);
 	uint64_t spliced_b2c = atomic_load_explicit(&h->spliced_b2c, memory_order_relaxed);
@@ -529,7 +540,7 @@ static int body_end(struct kg_conn *c, struct kg_hop *hop, bool *running, const 
  * caller goes on with advance/maybe_finish. */
 static void pump_bodies(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (!h->c2b_splice && !h->b2c_splice)
 		return; /* the wake-up was for a head or close_notify */
 	bool moved = kg_pump_move(c, &h->pump);
@@ -560,7 +571,7 @@ static void pump_bodies(struct kg_conn *c)
  * started (it may have ended already: body_done). */
 static bool start_c2b_splice(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	uint64_t left = h->io->kernel ? kg_http_body_left(&h->req) : 0;
 	if (left == 0 || h->rparsed != h->rlen || h->client_done ||
 	    !start_hop(c, &h->pump.c2b, &h->spliced_c2b, c->cfd, c->bfd, left))
@@ -577,7 +588,7 @@ static bool start_c2b_splice(struct kg_conn *c)
  * on every request is told about once, not per request. */
 static void count_screened(struct kg_conn *c, const struct kg_http_screen *sc)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	struct kg_worker *w = c->worker;
 	kg_count_add(&w->stats.http_hdr_dropped_reserved, sc->dropped[KG_HTTP_DROP_RESERVED]);
 	kg_count_add(&w->stats.http_hdr_dropped_underscore, sc->dropped[KG_HTTP_DROP_UNDERSCORE]);
@@ -599,7 +610,7 @@ static void count_screened(struct kg_conn *c, const struct kg_http_screen *sc)
 
 static void start_request(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	struct kg_worker *w = c->worker;
 	kg_count(w, http_requests);
 	snprintf(h->method, sizeof(h->method), "%s", kg_http_method(&h->req));
@@ -629,7 +640,7 @@ static void start_request(struct kg_conn *c)
 /* Parses the request head from rbuf. False when more bytes are needed. */
 static bool parse_head(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	const struct kg_http_conf *hc = conf_of(c);
 	size_t used;
 	int status = 0;
@@ -673,7 +684,7 @@ static bool parse_head(struct kg_conn *c)
 /* Parses body bytes [rparsed, rlen); they are sent as they are. */
 static void parse_body(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	size_t used;
 	int status = 0;
 	const char *why = "";
@@ -700,7 +711,7 @@ static void compact_request(struct kg_http_conn *h)
 /* Does whatever the request side can do now, until it has to wait. */
 static void advance(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	for (;;) {
 		if (c->state != KG_CONN_FORWARDING)
 			return;
@@ -717,7 +728,7 @@ static void advance(struct kg_conn *c)
 				return;
 			continue;
 		case R_SEND:
-			if (c->b_send_busy || h->c2b_splice)
+			if (h->b_send_busy || h->c2b_splice)
 				return;
 			if (h->head_sent < h->head.len) {
 				send_backend(c, h->head.data + h->head_sent,
@@ -756,16 +767,16 @@ static void advance(struct kg_conn *c)
 	}
 }
 
-void kg_forward_http_on_client_data(struct kg_conn *c)
+static void on_client_data(struct kg_conn *c)
 {
 	advance(c);
 }
 
-void kg_forward_http_on_backend_send(struct kg_conn *c, int res)
+static void on_backend_send(struct kg_conn *c, int res)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	c->inflight--;
-	c->b_send_busy = false;
+	h->b_send_busy = false;
 	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
 		return;
 	if (h->resp_done) {
@@ -795,7 +806,7 @@ void kg_forward_http_on_backend_send(struct kg_conn *c, int res)
  * body bytes as they are. */
 static void process_response(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	while (!h->resp_done && h->bparsed < h->blen + (h->resp.phase == KG_HTTP_PHASE_BODY)) {
 		size_t used;
 		int status = 0;
@@ -881,11 +892,11 @@ out:
 		arm_backend_recv(c); /* nothing went to the client: read on */
 }
 
-void kg_forward_http_on_backend_recv(struct kg_conn *c, int res)
+static void on_backend_recv(struct kg_conn *c, int res)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	c->inflight--;
-	c->b_recv_busy = false;
+	h->b_recv_busy = false;
 	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
 		return;
 	if (h->backend_failed) {
@@ -914,9 +925,9 @@ void kg_forward_http_on_backend_recv(struct kg_conn *c, int res)
 	process_response(c);
 }
 
-void kg_forward_http_on_client_drained(struct kg_conn *c)
+static void on_client_drained(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (h->rstate == R_CLOSING) {
 		if (h->notify_pending)
 			send_close_notify(c);
@@ -936,7 +947,7 @@ void kg_forward_http_on_client_drained(struct kg_conn *c)
 		arm_backend_recv(c); /* no pipe: copy */
 		return;
 	}
-	if (c->bfd < 0 || h->resp_done || c->b_recv_busy ||
+	if (c->bfd < 0 || h->resp_done || h->b_recv_busy ||
 	    h->resp.phase != KG_HTTP_PHASE_BODY || h->bparsed < h->blen)
 		return;
 	/* The client took everything: the buffer is free for more. */
@@ -949,7 +960,7 @@ void kg_forward_http_on_client_drained(struct kg_conn *c)
  * backend connection, and go on with the next request or close. */
 static void maybe_finish(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	struct kg_worker *w = c->worker;
 	if (!h->resp_done || h->rstate == R_CLOSING)
 		return;
@@ -991,15 +1002,18 @@ static void maybe_finish(struct kg_conn *c)
 
 /* ---- lifecycle ---- */
 
-int kg_forward_http_start(struct kg_conn *c, const struct kg_client_io *io, const void *early,
-			  size_t early_len)
+/* Takes what it needs from c->ssl (identity, subject) and early (plaintext
+ * the client sent before forwarding started), without any I/O. */
+static int http_start(struct kg_conn *c, const void *early, size_t early_len, char *err,
+		      size_t errlen)
 {
 	const struct kg_http_conf *hc = conf_of(c);
 	struct kg_http_conn *h = calloc(1, sizeof(*h));
+	snprintf(err, errlen, "out of memory for HTTP state");
 	if (!h)
 		return -ENOMEM;
-	c->http = h;
-	h->io = io;
+	c->fwd_ctx = h;
+	h->io = c->path == KG_PATH_HTTP_KTLS ? &kg_client_io_ktls : &kg_client_io_openssl;
 	kg_pump_clear(&h->pump);
 	h->rcap = hc->max_header_bytes > KG_IO_BUF_SIZE ? hc->max_header_bytes : KG_IO_BUF_SIZE;
 	h->bcap = h->rcap;
@@ -1037,7 +1051,7 @@ int kg_forward_http_start(struct kg_conn *c, const struct kg_client_io *io, cons
 	return 0;
 }
 
-void kg_forward_http_run(struct kg_conn *c)
+static void http_run(struct kg_conn *c)
 {
 	/* Application data may have come with the client's Finished. */
 	advance(c);
@@ -1046,7 +1060,7 @@ void kg_forward_http_run(struct kg_conn *c)
 /* kTLS: a wake-up for the client or the backend socket. */
 static void resume(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (h->rstate == R_CLOSING) {
 		if (h->notify_blocked && !h->pump.c_out_armed)
 			send_close_notify(c);
@@ -1061,21 +1075,21 @@ static void resume(struct kg_conn *c)
 		maybe_finish(c);
 }
 
-void kg_forward_http_on_poll(struct kg_conn *c, int fd, bool out, int res)
+/* kTLS: a readiness poll (spliced bodies, heads, close_notify) or the
+ * splice backoff completed. */
+static void http_on_poll(struct kg_conn *c, int op, int fd, int res)
 {
-	if (kg_pump_on_poll(c, &c->http->pump, fd, out, res))
+	struct kg_pump *p = &http_of(c)->pump;
+	bool go = op == KG_OP_SPLICE_BACKOFF ? kg_pump_on_backoff(c, p)
+					     : kg_pump_on_poll(c, p, fd, op == KG_OP_POLL_OUT, res);
+	if (go)
 		resume(c);
 }
 
-void kg_forward_http_on_backoff(struct kg_conn *c)
+/* Deadlines: request, keep-alive and response. */
+static void http_check_deadline(struct kg_conn *c)
 {
-	if (kg_pump_on_backoff(c, &c->http->pump))
-		resume(c);
-}
-
-void kg_forward_http_check_deadline(struct kg_conn *c)
-{
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	struct kg_worker *w = c->worker;
 	if (c->state != KG_CONN_FORWARDING)
 		return;
@@ -1108,9 +1122,9 @@ void kg_forward_http_check_deadline(struct kg_conn *c)
 	}
 }
 
-void kg_forward_http_on_close(struct kg_conn *c)
+static void http_on_close(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (h->rstate == R_CONNECT && c->bfd >= 0) {
 		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HTTP_CONNECT, c->idx, c->bfd), 0);
@@ -1118,9 +1132,9 @@ void kg_forward_http_on_close(struct kg_conn *c)
 	}
 }
 
-void kg_forward_http_free(struct kg_conn *c)
+static void http_release(struct kg_conn *c)
 {
-	struct kg_http_conn *h = c->http;
+	struct kg_http_conn *h = http_of(c);
 	if (!h)
 		return;
 	kg_http_msg_free(&h->req);
@@ -1133,5 +1147,28 @@ void kg_forward_http_free(struct kg_conn *c)
 	io_buf_put(c, h->rbuf, h->rcap);
 	io_buf_put(c, h->bbuf, h->bcap);
 	free(h);
-	c->http = NULL;
+	c->fwd_ctx = NULL;
 }
+
+static void http_on_backend_io(struct kg_conn *c, int op, int res, const unsigned char *data)
+{
+	(void)data; /* the engine receives into its own buffer */
+	if (op == KG_OP_HTTP_BACKEND_SEND)
+		on_backend_send(c, res);
+	else
+		on_backend_recv(c, res);
+}
+
+const struct kg_fwd_ops kg_fwd_http_ops = {
+	.name = "http",
+	.start = http_start,
+	.run = http_run,
+	.on_client_data = on_client_data,
+	.on_client_drained = on_client_drained,
+	.on_poll = http_on_poll,
+	.on_backend_io = http_on_backend_io,
+	.on_connect = on_connect,
+	.check_deadline = http_check_deadline,
+	.on_close = http_on_close,
+	.release = http_release,
+};

@@ -1,4 +1,4 @@
-/* Path P through the eBPF sockmap: the kernel relays both ways and the
+/* Path sockmap (plain tcp listeners) through the eBPF sockmap: the kernel relays both ways and the
  * worker only watches for the ends (sockmap.h has the protocol and why
  * each step is there). The worker's part:
  *  - a POLLRDHUP poll per side; POLLERR is a reset;
@@ -12,7 +12,7 @@
  *  - remove the pair before the fds are closed.
  * A pair that cannot be added (a socket already past ESTABLISHED, no free
  * slot) is relayed with splice instead, and counted. */
-#include "worker.h"
+#include "forward_sockmap.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -23,7 +23,10 @@
 
 #include <kgate/log.h>
 
+#include "conn.h"
+#include "runtime.h"
 #include "sockmap.h"
+#include "worker.h"
 
 #define PACE_MS 10
 #define TAIL_ROUNDS 16
@@ -38,12 +41,17 @@ struct kg_smconn {
 	unsigned waits;      /* pace rounds spent waiting for a flush */
 };
 
+static struct kg_smconn *sm_of(const struct kg_conn *c)
+{
+	return c->fwd_ctx;
+}
+
 static int side_of(const struct kg_conn *c, int fd)
 {
 	return fd == c->cfd ? KG_SM_CLIENT : KG_SM_BACKEND;
 }
 
-static void arm(struct kg_conn *c, int side, unsigned mask, enum kg_op op, bool *armed)
+static void arm(struct kg_conn *c, int side, unsigned mask, int op, bool *armed)
 {
 	kg_conn_arm_poll(c, side == KG_SM_CLIENT ? c->cfd : c->bfd, mask, op, armed);
 }
@@ -56,7 +64,7 @@ static void arm_pace_timer(struct kg_worker *w)
 	w->sockmap_pace.tv_nsec = PACE_MS * 1000000LL;
 	struct io_uring_sqe *sqe = kg_worker_sqe(w);
 	io_uring_prep_timeout(sqe, &w->sockmap_pace, 0, 0);
-	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_SOCKMAP_PACE, 0, -1));
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_FWD_TIMER, KG_PATH_SOCKMAP, -1));
 	w->sockmap_timer_armed = true;
 }
 
@@ -67,10 +75,10 @@ static uint64_t moved(struct kg_conn *c)
 	uint64_t total = 0;
 	for (int side = 0; side < 2; side++) {
 		uint64_t into = 0;
-		if (kg_sockmap_redirected(c->worker->rt->sockmap, &c->sockmap->pair, side,
+		if (kg_sockmap_redirected(c->worker->rt->sockmap, &sm_of(c)->pair, side,
 					  &into, NULL) == 0)
 			total += into;
-		total += c->sockmap->pair.tail_bytes[side];
+		total += sm_of(c)->pair.tail_bytes[side];
 	}
 	return total;
 }
@@ -78,7 +86,7 @@ static uint64_t moved(struct kg_conn *c)
 /* Paces the pair (sockmap.h); false when that closed the connection. */
 static bool pace(struct kg_conn *c)
 {
-	int e = kg_sockmap_pace(c->worker->rt->sockmap, &c->sockmap->pair);
+	int e = kg_sockmap_pace(c->worker->rt->sockmap, &sm_of(c)->pair);
 	if (e == -ENOBUFS) {
 		/* A peer that reads nothing back but keeps sending: the kernel
 		 * cannot stop it on this path (bpf/README.md). */
@@ -105,7 +113,7 @@ static bool pace(struct kg_conn *c)
  * when both write halves are shut. */
 static void progress(struct kg_conn *c)
 {
-	struct kg_smconn *s = c->sockmap;
+	struct kg_smconn *s = sm_of(c);
 	struct kg_sockmap *sm = c->worker->rt->sockmap;
 
 	for (int src = 0; src < 2 && c->state == KG_CONN_FORWARDING; src++) {
@@ -165,13 +173,21 @@ static void progress(struct kg_conn *c)
 			arm(c, side, POLLRDHUP, KG_OP_SOCKMAP_RDHUP, &s->rdhup_armed[side]);
 }
 
-bool kg_forward_sockmap_start(struct kg_conn *c)
+/* A pair the sockmap cannot take is declined (-EOPNOTSUPP): the caller
+ * splices it instead. */
+static int sockmap_start(struct kg_conn *c, const void *early, size_t early_len, char *err,
+			 size_t errlen)
 {
 	struct kg_worker *w = c->worker;
+	(void)early;
+	if (early_len > 0) {
+		snprintf(err, errlen, "sockmap takes no early data");
+		return -EINVAL; /* plain tcp listeners have none */
+	}
 	struct kg_smconn *s = calloc(1, sizeof(*s));
 	if (!s) {
-		kg_conn_close(c, "out of memory");
-		return true;
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
 	}
 	int r = kg_sockmap_add_pair(w->rt->sockmap, &s->pair, c->cfd, c->bfd);
 	if (r == -EOPNOTSUPP || r == -ENOSPC) {
@@ -180,25 +196,29 @@ bool kg_forward_sockmap_start(struct kg_conn *c)
 		log_debug("sockmap.fallback", KV("listener", c->listener->conf->name),
 			  KV("worker", w->id), KV("conn", c->idx), KV_ERRNO(-r),
 			  KV("path", "splice"));
-		return false;
+		return -EOPNOTSUPP;
 	}
 	if (r < 0) {
 		free(s);
-		kg_conn_close_err(c, "sockmap", -r);
-		return true;
+		snprintf(err, errlen, "sockmap: %s", strerror(-r));
+		return r;
 	}
-	c->sockmap = s;
+	c->fwd_ctx = s;
 	w->n_sockmap++;
 	log_debug("sockmap.paired", KV("listener", c->listener->conf->name), KV("worker", w->id),
 		  KV("conn", c->idx), KV("slot", s->pair.slot));
-	arm_pace_timer(w);
-	progress(c);
-	return true;
+	return 0;
 }
 
-void kg_forward_sockmap_on_poll(struct kg_conn *c, enum kg_op op, int fd, int res)
+static void sockmap_run(struct kg_conn *c)
 {
-	struct kg_smconn *s = c->sockmap;
+	arm_pace_timer(c->worker);
+	progress(c);
+}
+
+static void sockmap_on_poll(struct kg_conn *c, int op, int fd, int res)
+{
+	struct kg_smconn *s = sm_of(c);
 	int side = side_of(c, fd);
 	c->inflight--;
 	if (op == KG_OP_POLL_OUT)
@@ -232,19 +252,20 @@ void kg_forward_sockmap_on_poll(struct kg_conn *c, enum kg_op op, int fd, int re
 }
 
 /* Every PACE_MS while the worker has sockmap pairs. */
-void kg_forward_sockmap_pace_all(struct kg_worker *w)
+static void sockmap_pace_all(struct kg_worker *w)
 {
 	w->sockmap_timer_armed = false;
 	for (uint32_t i = 0; i < w->high_water; i++) {
 		struct kg_conn *c = w->conns[i];
-		if (!c || !c->sockmap || c->state != KG_CONN_FORWARDING)
+		if (!c || c->fwd != &kg_fwd_sockmap_ops || !c->fwd_ctx ||
+		    c->state != KG_CONN_FORWARDING)
 			continue;
 		if (!pace(c))
 			continue;
 		uint64_t now = moved(c);
-		if (now != c->sockmap->seen_bytes) {
-			c->sockmap->seen_bytes = now;
-			c->deadline_ms = w->now_ms + c->listener->conf->idle_timeout_ms;
+		if (now != sm_of(c)->seen_bytes) {
+			sm_of(c)->seen_bytes = now;
+			kg_conn_touch(c);
 		}
 		progress(c);
 	}
@@ -252,21 +273,32 @@ void kg_forward_sockmap_pace_all(struct kg_worker *w)
 		arm_pace_timer(w);
 }
 
-void kg_forward_sockmap_free(struct kg_conn *c)
+static void sockmap_release(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
-	if (!c->sockmap)
+	struct kg_smconn *s = sm_of(c);
+	if (!s)
 		return;
 	uint64_t bytes[2] = {0, 0};
 	for (int side = 0; side < 2; side++)
-		kg_sockmap_redirected(w->rt->sockmap, &c->sockmap->pair, side, &bytes[side], NULL);
-	kg_count_add(&w->stats.forwarded_c2b, bytes[KG_SM_BACKEND] + c->sockmap->pair.tail_bytes[KG_SM_BACKEND]);
-	kg_count_add(&w->stats.forwarded_b2c, bytes[KG_SM_CLIENT] + c->sockmap->pair.tail_bytes[KG_SM_CLIENT]);
-	int r = kg_sockmap_remove_pair(w->rt->sockmap, &c->sockmap->pair);
+		kg_sockmap_redirected(w->rt->sockmap, &s->pair, side, &bytes[side], NULL);
+	kg_count_add(&w->stats.forwarded_c2b, bytes[KG_SM_BACKEND] + s->pair.tail_bytes[KG_SM_BACKEND]);
+	kg_count_add(&w->stats.forwarded_b2c, bytes[KG_SM_CLIENT] + s->pair.tail_bytes[KG_SM_CLIENT]);
+	int r = kg_sockmap_remove_pair(w->rt->sockmap, &s->pair);
 	if (r < 0)
 		log_warn("sockmap.remove_failed", KV("worker", w->id), KV("conn", c->idx),
 			 KV_ERRNO(-r));
-	free(c->sockmap);
-	c->sockmap = NULL;
+	free(s);
+	c->fwd_ctx = NULL;
 	w->n_sockmap--;
 }
+
+const struct kg_fwd_ops kg_fwd_sockmap_ops = {
+	.name = "sockmap",
+	.start = sockmap_start,
+	.run = sockmap_run,
+	.on_poll = sockmap_on_poll,
+	.release = sockmap_release,
+	.on_worker_timer = sockmap_pace_all,
+	.fallback = KG_PATH_SPLICE,
+};

@@ -1,28 +1,37 @@
-/* Paths B and P (splice) and the plain copy loop: both directions of a
- * connection, each a whole stream, through splice_pump.h (socket → pipe →
- * socket, or a buffer in copy mode), until both ended.
+/* Paths ktls-splice and splice, and the plain copy loop (userspace-copy):
+ * both directions of a connection, each a whole stream, through
+ * splice_pump.h (socket → pipe → socket, or a buffer in copy mode), until
+ * both ended.
  *
- * On path B the client socket has kTLS: close_notify ends the direction
+ * On ktls-splice the client socket has kTLS: close_notify ends the direction
  * like a FIN; any other alert, and a TLS 1.3 KeyUpdate (this loop does
  * not re-key the kernel), close the connection without corrupting the
  * stream (client_io.h). kTLS sends no close_notify by itself: it is sent
  * before our FIN. */
-#include "worker.h"
+#include "forward_splice.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "conn.h"
+#include "runtime.h"
 #include "splice_pump.h"
+#include "worker.h"
 
 struct kg_splice {
 	struct kg_pump pump;
 };
 
+static struct kg_splice *splice_of(const struct kg_conn *c)
+{
+	return c->fwd_ctx;
+}
+
 static void pump(struct kg_conn *c)
 {
-	struct kg_pump *p = &c->splice->pump;
+	struct kg_pump *p = &splice_of(c)->pump;
 	bool moved = kg_pump_move(c, p);
 	if (c->state != KG_CONN_FORWARDING)
 		return;
@@ -31,14 +40,17 @@ static void pump(struct kg_conn *c)
 		return;
 	}
 	if (moved)
-		c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
+		kg_conn_touch(c);
 	kg_pump_wait(c, p, moved);
 }
 
-int kg_forward_splice_start(struct kg_conn *c, bool copy, bool client_ktls,
-			    const void *head, size_t head_len, char *err, size_t errlen)
+/* head: plaintext the client sent before a kTLS handoff, decrypted in
+ * userspace; it goes out first. */
+static int splice_start(struct kg_conn *c, const void *head, size_t head_len, char *err,
+			size_t errlen)
 {
 	struct kg_worker *w = c->worker;
+	bool copy = c->path == KG_PATH_COPY, client_ktls = c->path == KG_PATH_KTLS_SPLICE;
 	struct kg_splice *s = calloc(1, sizeof(*s));
 	if (!s) {
 		snprintf(err, errlen, "out of memory");
@@ -60,36 +72,40 @@ int kg_forward_splice_start(struct kg_conn *c, bool copy, bool client_ktls,
 	kg_hop_start(&p->b2c, c->bfd, c->cfd, KG_HOP_UNBOUNDED);
 	p->c2b.src_ktls = client_ktls;
 	p->b2c.dst_ktls = client_ktls;
-	c->splice = s;
+	c->fwd_ctx = s;
 
-	/* Plaintext the client sent before the handoff, already decrypted
-	 * in userspace, goes out first. The pipe is empty and larger. */
+	/* The pipe is empty and larger than the early data. */
 	if (head_len > 0 && kg_hop_preload(&p->c2b, head, head_len) < 0) {
 		snprintf(err, errlen, "cannot queue %zu bytes of early data", head_len);
-		return -ENOBUFS; /* c->splice is freed with the connection */
+		return -ENOBUFS; /* the context is freed with the connection */
 	}
-	pump(c);
 	return 0;
 }
 
-void kg_forward_splice_on_poll(struct kg_conn *c, int fd, bool out, int res)
+static void splice_on_poll(struct kg_conn *c, int op, int fd, int res)
 {
-	if (kg_pump_on_poll(c, &c->splice->pump, fd, out, res))
+	struct kg_pump *p = &splice_of(c)->pump;
+	bool go = op == KG_OP_SPLICE_BACKOFF ? kg_pump_on_backoff(c, p)
+					     : kg_pump_on_poll(c, p, fd, op == KG_OP_POLL_OUT, res);
+	if (go)
 		pump(c);
 }
 
-void kg_forward_splice_on_backoff(struct kg_conn *c)
+static void splice_release(struct kg_conn *c)
 {
-	if (kg_pump_on_backoff(c, &c->splice->pump))
-		pump(c);
-}
-
-void kg_forward_splice_free(struct kg_conn *c)
-{
-	if (!c->splice)
+	struct kg_splice *s = splice_of(c);
+	if (!s)
 		return;
-	kg_hop_free(&c->splice->pump.c2b);
-	kg_hop_free(&c->splice->pump.b2c);
-	free(c->splice);
-	c->splice = NULL;
+	kg_hop_free(&s->pump.c2b);
+	kg_hop_free(&s->pump.b2c);
+	free(s);
+	c->fwd_ctx = NULL;
 }
+
+const struct kg_fwd_ops kg_fwd_splice_ops = {
+	.name = "splice",
+	.start = splice_start,
+	.run = pump,
+	.on_poll = splice_on_poll,
+	.release = splice_release,
+};

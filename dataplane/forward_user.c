@@ -7,10 +7,11 @@
  * Half-close: client close_notify or FIN → shutdown(backend, SHUT_WR) once
  * everything before it was sent; backend FIN → close_notify to the client,
  * then shutdown(client, SHUT_WR). Both directions done → close. */
-#include "worker.h"
+#include "forward_user.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -19,46 +20,61 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "conn.h"
+#include "runtime.h"
 #include "tls.h"
+#include "worker.h"
 
-static void touch(struct kg_conn *c)
+/* What only this path keeps per connection (c->fwd_ctx). */
+struct kg_user {
+	struct kg_span b_out; /* plaintext from SSL_read to send to backend, pool buffer */
+	bool b_recv_busy, b_send_busy;
+	bool backend_eof; /* the backend sent FIN */
+	bool c2b_done;    /* backend's write side shut */
+	bool b2c_done;    /* client's write side shut after close_notify */
+};
+
+static struct kg_user *user_of(const struct kg_conn *c)
 {
-	c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
+	return c->fwd_ctx;
 }
 
 static void arm_backend_recv(struct kg_conn *c)
 {
-	if (c->b_recv_busy || c->backend_eof || c->state != KG_CONN_FORWARDING)
+	struct kg_user *u = user_of(c);
+	if (u->b_recv_busy || u->backend_eof || c->state != KG_CONN_FORWARDING)
 		return;
 	/* No buffer while waiting: the worker's ring lends one on arrival. */
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 	kg_bufpool_prep_recv(sqe, c->bfd);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_BACKEND_RECV, c->idx, c->bfd));
-	c->b_recv_busy = true;
+	u->b_recv_busy = true;
 	c->inflight++;
 }
 
 static void send_backend(struct kg_conn *c)
 {
+	struct kg_user *u = user_of(c);
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	io_uring_prep_send(sqe, c->bfd, c->b_out.data + c->b_out.off,
-			   c->b_out.len - c->b_out.off, MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, c->bfd, u->b_out.data + u->b_out.off,
+			   u->b_out.len - u->b_out.off, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_BACKEND_SEND, c->idx, c->bfd));
-	c->b_send_busy = true;
+	u->b_send_busy = true;
 	c->inflight++;
 }
 
 static void finish_direction_check(struct kg_conn *c)
 {
-	if (c->c2b_done && c->b2c_done)
+	if (user_of(c)->c2b_done && user_of(c)->b2c_done)
 		kg_conn_close(c, "both directions finished");
 }
 
 static void finish_c2b(struct kg_conn *c)
 {
-	if (c->c2b_done)
+	struct kg_user *u = user_of(c);
+	if (u->c2b_done)
 		return;
-	c->c2b_done = true;
+	u->c2b_done = true;
 	shutdown(c->bfd, SHUT_WR);
 	finish_direction_check(c);
 }
@@ -67,27 +83,28 @@ static void finish_c2b(struct kg_conn *c)
 static void pump_c2b(struct kg_conn *c)
 {
 	char reason[256];
+	struct kg_user *u = user_of(c);
 
-	if (c->c2b_done || c->b_send_busy || c->state != KG_CONN_FORWARDING)
+	if (u->c2b_done || u->b_send_busy || c->state != KG_CONN_FORWARDING)
 		return;
-	if (c->b_out.off < c->b_out.len) {
+	if (u->b_out.off < u->b_out.len) {
 		send_backend(c);
 		return;
 	}
 	/* A pool buffer only while there is plaintext to send. */
-	c->b_out.off = c->b_out.len = 0;
-	if (!c->b_out.data && !(c->b_out.data = kg_buf_get(&c->worker->bufs))) {
+	u->b_out.off = u->b_out.len = 0;
+	if (!u->b_out.data && !(u->b_out.data = kg_buf_get(&c->worker->bufs))) {
 		kg_conn_close(c, "out of memory for a send buffer");
 		return;
 	}
-	int n = SSL_read(c->ssl, c->b_out.data, KG_IO_BUF_SIZE);
+	int n = SSL_read(c->ssl, u->b_out.data, KG_IO_BUF_SIZE);
 	if (n <= 0) {
-		kg_buf_put(&c->worker->bufs, c->b_out.data);
-		c->b_out.data = NULL;
+		kg_buf_put(&c->worker->bufs, u->b_out.data);
+		u->b_out.data = NULL;
 	}
 	if (n > 0) {
-		c->b_out.off = 0;
-		c->b_out.len = (uint32_t)n;
+		u->b_out.off = 0;
+		u->b_out.len = (uint32_t)n;
 		kg_count_add(&c->worker->stats.forwarded_c2b, (uint64_t)n);
 		send_backend(c);
 		kg_conn_flush_client(c); /* SSL_read may have queued a reply */
@@ -117,7 +134,30 @@ static void pump_c2b(struct kg_conn *c)
 	}
 }
 
-void kg_forward_user_start(struct kg_conn *c)
+/* Early plaintext (decrypted before a kTLS handoff that fell back here)
+ * goes to the backend first, in the send buffer. */
+static int user_start(struct kg_conn *c, const void *early, size_t early_len, char *err,
+		      size_t errlen)
+{
+	struct kg_user *u = calloc(1, sizeof(*u));
+	if (!u) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	c->fwd_ctx = u;
+	if (early_len == 0)
+		return 0;
+	if (early_len > KG_IO_BUF_SIZE || !(u->b_out.data = kg_buf_get(&c->worker->bufs))) {
+		snprintf(err, errlen, "no room for %zu bytes of early data", early_len);
+		return -ENOBUFS;
+	}
+	memcpy(u->b_out.data, early, early_len);
+	u->b_out.len = (uint32_t)early_len;
+	kg_count_add(&c->worker->stats.forwarded_c2b, early_len);
+	return 0;
+}
+
+static void user_run(struct kg_conn *c)
 {
 	arm_backend_recv(c);
 	/* The client may have sent application data in the same flight as
@@ -125,32 +165,34 @@ void kg_forward_user_start(struct kg_conn *c)
 	pump_c2b(c);
 }
 
-void kg_forward_user_on_client_data(struct kg_conn *c)
+static void user_on_client_data(struct kg_conn *c)
 {
 	pump_c2b(c);
 }
 
-void kg_forward_user_on_backend_send(struct kg_conn *c, int res)
+static void on_backend_send(struct kg_conn *c, int res)
 {
+	struct kg_user *u = user_of(c);
 	c->inflight--;
-	c->b_send_busy = false;
+	u->b_send_busy = false;
 	if (c->state != KG_CONN_FORWARDING)
 		return;
 	if (res <= 0) {
 		kg_conn_close_err(c, "backend send", -res);
 		return;
 	}
-	c->b_out.off += (uint32_t)res;
-	touch(c);
+	u->b_out.off += (uint32_t)res;
+	kg_conn_touch(c);
 	pump_c2b(c);
 }
 
-void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned char *data)
+static void on_backend_recv(struct kg_conn *c, int res, const unsigned char *data)
 {
 	char reason[256];
+	struct kg_user *u = user_of(c);
 
 	c->inflight--;
-	c->b_recv_busy = false;
+	u->b_recv_busy = false;
 	if (c->state != KG_CONN_FORWARDING)
 		return;
 	if (res == -ENOBUFS) {
@@ -169,7 +211,7 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned 
 		return;
 	}
 	if (res == 0) {
-		c->backend_eof = true;
+		u->backend_eof = true;
 		/* Queue close_notify; the client's write side is shut once
 		 * it and everything before it has been sent. */
 		SSL_shutdown(c->ssl);
@@ -177,7 +219,7 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned 
 		kg_conn_flush_client(c);
 		return;
 	}
-	touch(c);
+	kg_conn_touch(c);
 	kg_count_add(&c->worker->stats.forwarded_b2c, (uint64_t)res);
 	/* Memory BIO: SSL_write takes the whole buffer at once, so the
 	 * ring's buffer goes back as soon as this returns. */
@@ -192,15 +234,44 @@ void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned 
 	kg_conn_flush_client(c);
 }
 
-void kg_forward_user_on_client_drained(struct kg_conn *c)
+static void user_on_backend_io(struct kg_conn *c, int op, int res, const unsigned char *data)
 {
-	if (!c->backend_eof) {
+	if (op == KG_OP_BACKEND_SEND)
+		on_backend_send(c, res);
+	else
+		on_backend_recv(c, res, data);
+}
+
+static void user_on_client_drained(struct kg_conn *c)
+{
+	struct kg_user *u = user_of(c);
+	if (!u->backend_eof) {
 		arm_backend_recv(c);
 		return;
 	}
-	if (!c->b2c_done) {
-		c->b2c_done = true;
+	if (!u->b2c_done) {
+		u->b2c_done = true;
 		shutdown(c->cfd, SHUT_WR);
 		finish_direction_check(c);
 	}
 }
+
+static void user_release(struct kg_conn *c)
+{
+	struct kg_user *u = user_of(c);
+	if (!u)
+		return;
+	kg_buf_put(&c->worker->bufs, u->b_out.data);
+	free(u);
+	c->fwd_ctx = NULL;
+}
+
+const struct kg_fwd_ops kg_fwd_user_ops = {
+	.name = "userspace-tls",
+	.start = user_start,
+	.run = user_run,
+	.on_client_data = user_on_client_data,
+	.on_client_drained = user_on_client_drained,
+	.on_backend_io = user_on_backend_io,
+	.release = user_release,
+};

@@ -619,13 +619,8 @@ static void arm_io(struct kg_health_checker *hc, struct check *c)
 	uint32_t idx = ck_idx(hc, c);
 	int op;
 
-	/* The pair must reach the kernel together. */
-	while (io_uring_sq_space_left(&w->ring) < 2) {
-		int ret = io_uring_submit(&w->ring);
-		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
-			log_err("worker.submit_failed", KV("worker", w->id), KV_ERRNO(-ret));
-	}
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	struct io_uring_sqe *sqe, *tsqe;
+	kg_worker_sqe_timed(w, &sqe, &tsqe);
 	switch (c->phase) {
 	case PH_CONNECT:
 		io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&c->addr, c->addrlen);
@@ -646,7 +641,6 @@ static void arm_io(struct kg_health_checker *hc, struct check *c)
 	sqe->flags |= IOSQE_IO_LINK;
 	uint64_t left = c->deadline_ms > w->now_ms ? c->deadline_ms - w->now_ms : 1;
 	ms_to_ts(left, &c->link_ts);
-	struct io_uring_sqe *tsqe = io_uring_get_sqe(&w->ring);
 	io_uring_prep_link_timeout(tsqe, &c->link_ts, 0);
 	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_HEALTH_LINK_TIMEOUT, idx, c->fd));
 	c->inflight += 2;

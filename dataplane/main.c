@@ -39,6 +39,7 @@
 #include "paths.h"
 #include "control.h"
 #include "control_ops.h"
+#include "forwarders.h"
 #include "metrics.h"
 #include "privdrop.h"
 #include "sockmap.h"
@@ -406,6 +407,7 @@ int main(int argc, char **argv)
 
 	if (parse_args(argc, argv, &opt) < 0)
 		return 2;
+	kg_forwarders_register();
 	if (opt.control_group) {
 		struct group *g = getgrnam(opt.control_group);
 		if (!g) {

@@ -14,6 +14,7 @@
 
 #include "client_io.h"
 #include "ktls.h"
+#include "conn.h"
 #include "worker.h"
 
 #define HOP_PIPE_SIZE (64 * 1024)

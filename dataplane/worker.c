@@ -16,7 +16,10 @@
 #include <kgate/log.h>
 
 #include "accept_balance.h"
+#include "backend.h"
 #include "backend_pool.h"
+#include "conn.h"
+#include "fwd.h"
 #include "health.h"
 
 #define RING_ENTRIES 4096
@@ -51,16 +54,28 @@ bool kg_worker_warn_allowed(struct kg_worker *w)
 	return true;
 }
 
-struct io_uring_sqe *kg_worker_sqe(struct kg_worker *w)
+/* Submits until n SQEs are free. */
+static void make_room(struct kg_worker *w, unsigned n)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-	while (!sqe) {
+	while (io_uring_sq_space_left(&w->ring) < n) {
 		int ret = io_uring_submit(&w->ring);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 			log_err("worker.submit_failed", KV("worker", w->id), KV_ERRNO(-ret));
-		sqe = io_uring_get_sqe(&w->ring);
 	}
-	return sqe;
+}
+
+struct io_uring_sqe *kg_worker_sqe(struct kg_worker *w)
+{
+	make_room(w, 1);
+	return io_uring_get_sqe(&w->ring);
+}
+
+void kg_worker_sqe_timed(struct kg_worker *w, struct io_uring_sqe **op,
+			 struct io_uring_sqe **timeout)
+{
+	make_room(w, 2);
+	*op = io_uring_get_sqe(&w->ring);
+	*timeout = io_uring_get_sqe(&w->ring);
 }
 
 static void cmd_done(struct kg_wcmd *cmd);
@@ -454,9 +469,12 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_TICK:
 		on_tick(w);
 		return;
-	case KG_OP_SOCKMAP_PACE:
-		kg_forward_sockmap_pace_all(w);
+	case KG_OP_FWD_TIMER: {
+		const struct kg_fwd_ops *ops = kg_fwd_for((enum kg_path)idx);
+		if (ops && ops->on_worker_timer)
+			ops->on_worker_timer(w);
 		return;
+	}
 	case KG_OP_CANCEL:
 		return;
 	case KG_OP_HEALTH_TIMER:
@@ -493,41 +511,38 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 		c->inflight--;
 		break;
 	case KG_OP_BACKEND_RECV:
-		kg_forward_user_on_backend_recv(c, cqe->res,
-						kg_bufpool_recv_data(&w->bufs, cqe->flags));
-		break;
 	case KG_OP_BACKEND_SEND:
-		kg_forward_user_on_backend_send(c, cqe->res);
+	case KG_OP_HTTP_BACKEND_RECV:
+	case KG_OP_HTTP_BACKEND_SEND:
+		if (!c->fwd || !c->fwd->on_backend_io)
+			goto stray;
+		c->fwd->on_backend_io(c, op, cqe->res, kg_bufpool_recv_data(&w->bufs, cqe->flags));
 		break;
 	case KG_OP_POLL_IN:
 	case KG_OP_POLL_OUT:
 	case KG_OP_SOCKMAP_RDHUP:
-		if (c->sockmap)
-			kg_forward_sockmap_on_poll(c, op, kg_ud_fd(ud), cqe->res);
-		else if (c->http)
-			kg_forward_http_on_poll(c, kg_ud_fd(ud), op == KG_OP_POLL_OUT, cqe->res);
-		else
-			kg_forward_splice_on_poll(c, kg_ud_fd(ud), op == KG_OP_POLL_OUT, cqe->res);
-		break;
 	case KG_OP_SPLICE_BACKOFF:
-		if (c->http)
-			kg_forward_http_on_backoff(c);
-		else
-			kg_forward_splice_on_backoff(c);
+		if (!c->fwd || !c->fwd->on_poll)
+			goto stray;
+		c->fwd->on_poll(c, op, kg_ud_fd(ud), cqe->res);
 		break;
 	case KG_OP_HTTP_CONNECT:
-		kg_forward_http_on_connect(c, cqe->res);
-		break;
-	case KG_OP_HTTP_BACKEND_RECV:
-		kg_forward_http_on_backend_recv(c, cqe->res);
-		break;
-	case KG_OP_HTTP_BACKEND_SEND:
-		kg_forward_http_on_backend_send(c, cqe->res);
+		if (!c->fwd || !c->fwd->on_connect)
+			goto stray;
+		c->fwd->on_connect(c, cqe->res);
 		break;
 	default:
 		log_err("worker.unknown_op", KV("worker", w->id), KV("op", (int)op));
 		return;
 	}
+	release_closed(w, idx);
+	return;
+stray:
+	/* A completion no forwarder of c asked for: accounted, so the
+	 * connection can still be freed. */
+	log_err("worker.stray_completion", KV("worker", w->id), KV("op", (int)op), KV("conn", idx),
+		KV("path", kg_path_name(c->path)));
+	c->inflight--;
 	release_closed(w, idx);
 }
 

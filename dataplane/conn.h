@@ -1,0 +1,142 @@
+/* A client connection on its worker: accept, the TLS handshake over memory
+ * BIOs, ciphertext I/O with the client, the backend connect, then a
+ * forwarding path (fwd.h) chosen once; deadlines and close.
+ *
+ * Ownership: the worker's slot table owns each kg_conn. kg_conn_close()
+ * only marks the connection and kicks its in-flight operations; the worker
+ * frees it (kg_conn_release_if_idle) once the last completion has arrived,
+ * so no handler ever touches freed memory. */
+#ifndef KGATE_CONN_H
+#define KGATE_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <linux/time_types.h>
+#include <openssl/ssl.h>
+
+#include <kgate/limits.h>
+
+#include "paths.h"
+
+struct kg_worker;
+struct kg_listener_rt;
+struct kg_fwd_ops;
+struct kg_ktls_track;
+
+enum kg_conn_state {
+	KG_CONN_HANDSHAKE,
+	KG_CONN_CONNECTING,
+	KG_CONN_HANDOFF,    /* backend connected, moving the client to kTLS (handoff.h) */
+	KG_CONN_FORWARDING,
+	KG_CONN_CLOSING, /* waiting for in-flight operations before free */
+};
+
+/* A byte span inside a fixed buffer: [off, len) still to be consumed. */
+struct kg_span {
+	unsigned char *data;
+	uint32_t off;
+	uint32_t len;
+};
+
+struct kg_conn {
+	uint32_t idx;
+	enum kg_conn_state state;
+	struct kg_worker *worker;
+	struct kg_listener_rt *listener; /* snapshot reference held until free */
+	uint32_t listener_idx;           /* slot index */
+	int cfd; /* client socket */
+	int bfd; /* backend socket, -1 until connecting */
+	bool reset; /* kg_conn_reset: close with RST, never FIN */
+	SSL *ssl;
+	BIO *net_in;  /* ciphertext from the client, read by OpenSSL (owned by ssl) */
+	BIO *net_out; /* client_bio.h: OpenSSL's records into c_out (owned by ssl) */
+	BIO *out_spill; /* client_bio.h: records behind a full c_out; NULL when unused */
+	uint64_t deadline_ms; /* handshake, then idle deadline */
+	uint32_t inflight;    /* io_uring operations not yet completed */
+
+	int member;          /* chosen backend, -1 before */
+	bool member_counted; /* counted in the member's active connections */
+	uint64_t tried;      /* members whose connect failed */
+	unsigned connect_attempts;
+	struct __kernel_timespec connect_timeout; /* read by the kernel at submit */
+
+	enum kg_path path;   /* the path forwarding took, KG_PATH_NONE before */
+	const struct kg_fwd_ops *fwd; /* that path's forwarder, NULL before */
+	void *fwd_ctx;                /* the forwarder's own state (fwd.h start/release) */
+	struct kg_ktls_track *ktls;   /* while a kTLS handoff is possible */
+	bool handoff_wait_flush;      /* handoff waits for OpenSSL's last records to be sent */
+	uint32_t handoff_need;        /* handoff reads exactly the rest of a partial record */
+
+	/* Buffers are held only while data is in flight (bufpool.h): receives
+	 * on userspace TLS use the worker's provided-buffer ring, the send span
+	 * borrows a pool buffer (data NULL when empty). Only a connection that
+	 * may hand off to kTLS owns c_in, for its whole life: it reads the
+	 * handshake record by record and keeps unfed bytes. */
+	uint32_t c_in_cap;
+	struct kg_span c_in;  /* recv from client (ciphertext); kTLS plan only */
+	struct kg_span c_out; /* to send to client (ciphertext), pool buffer, written by net_out */
+	uint32_t bio_grown;   /* bytes through net_in and out_spill since the last trim */
+
+	bool c_recv_busy, c_send_busy;
+	bool client_eof;     /* client sent FIN (with or without close_notify) */
+	bool close_after_flush; /* send what is queued (an alert), then close */
+	char close_reason[96];
+};
+
+/* An idle connection's memory BIOs are trimmed once no byte has moved
+ * for this long (checked on the worker's 100 ms tick). */
+#define KG_TRIM_IDLE_MS 100
+
+/* Plaintext a client may pipeline behind its Finished, decrypted before a
+ * kTLS handoff: one record and a bit, with room to spare. It sits in a
+ * scratch area behind c_in (handoff.c). */
+#define KG_KTLS_EARLY_CAP (3 * KG_IO_BUF_SIZE)
+
+void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd);
+/* data: the bytes of a buffer-select receive (the ring's buffer, valid
+ * during the call only), NULL when the receive went into c_in. */
+void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *data);
+void kg_conn_on_client_send(struct kg_conn *c, int res);
+void kg_conn_close(struct kg_conn *c, const char *reason);
+/* kg_conn_close with the reason "<what>: <strerror(err)>"; err is a
+ * positive errno, 0 for a call that made no progress. */
+void kg_conn_close_err(struct kg_conn *c, const char *what, int err);
+/* kg_conn_close, but both peers get a reset instead of a FIN: for a
+ * connection given up while bytes were still on their way, so that the
+ * early end does not look like a clean one. */
+void kg_conn_reset(struct kg_conn *c, const char *reason);
+/* Frees the connection if nothing is in flight. Returns true if freed. */
+bool kg_conn_release_if_idle(struct kg_conn *c);
+void kg_conn_check_deadline(struct kg_conn *c);
+void kg_conn_arm_client_recv(struct kg_conn *c);
+void kg_conn_flush_client(struct kg_conn *c);
+/* Pushes the idle deadline to now + the listener's idle timeout (bytes
+ * moved). */
+void kg_conn_touch(struct kg_conn *c);
+/* Hands n bytes of ciphertext from the client to OpenSSL. 0, or -1 after
+ * closing c. */
+int kg_conn_feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n);
+/* Moves c_in's unconsumed bytes to its start. */
+void kg_conn_compact_c_in(struct kg_conn *c);
+/* The kernel owns the client's record layer now (handoff.h): OpenSSL, the
+ * handoff's tracking and the TLS buffers go; the session stays resumable. */
+void kg_conn_drop_tls(struct kg_conn *c);
+/* On the tick: an idle connection's memory BIOs, grown by a burst, are
+ * replaced by empty ones (OpenSSL's memory BIOs never shrink). */
+void kg_conn_trim_idle(struct kg_conn *c);
+/* One readiness poll on fd (one of the connection's sockets), completing
+ * as op; no-op while *armed. */
+void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, int op, bool *armed);
+/* The backend is connected (or, on https, the handshake is done): start
+ * the listener's path, through a kTLS handoff where the plan has one. */
+void kg_conn_start_forwarding(struct kg_conn *c);
+/* Forwarding on path from now: its forwarder takes c and early (fwd.h
+ * start). A path that declines hands over to its fallback. 0, or -1 after
+ * closing c. Then kg_conn_run_path starts the bytes moving. */
+int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
+		       size_t early_len);
+void kg_conn_run_path(struct kg_conn *c);
+
+#endif

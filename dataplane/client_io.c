@@ -7,7 +7,6 @@
 
 #include <openssl/err.h>
 
-#include "client_bio.h"
 #include "ktls.h"
 #include "tls.h"
 #include "conn.h"

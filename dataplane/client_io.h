@@ -1,7 +1,7 @@
 /* Where an https connection's plaintext comes from and goes to.
  *
  * Userspace TLS: OpenSSL decrypts what conn.c fed into the memory BIO and
- * encrypts into the connection's send queue (client_bio.h). Kernel TLS
+ * encrypts into the connection's send queue (kg_client_out_write, conn.h). Kernel TLS
  * (after the handoff of conn.c/ktls.c): the client socket itself carries
  * plaintext; the kernel decrypts on recvmsg and encrypts on send, and
  * records that are not data come back with their type

@@ -18,6 +18,7 @@
 
 #include <kgate/limits.h>
 
+#include "backend.h"
 #include "paths.h"
 
 struct kg_worker;
@@ -51,16 +52,14 @@ struct kg_conn {
 	bool reset; /* kg_conn_reset: close with RST, never FIN */
 	SSL *ssl;
 	BIO *net_in;  /* ciphertext from the client, read by OpenSSL (owned by ssl) */
-	BIO *net_out; /* client_bio.h: OpenSSL's records into c_out (owned by ssl) */
-	BIO *out_spill; /* client_bio.h: records behind a full c_out; NULL when unused */
+	BIO *net_out; /* kg_client_bio_new: OpenSSL's records into c_out (owned by ssl) */
+	BIO *out_spill; /* records behind a full c_out; NULL when unused */
 	uint64_t deadline_ms; /* handshake, then idle deadline */
 	uint32_t inflight;    /* io_uring operations not yet completed */
 
 	int member;          /* chosen backend, -1 before */
 	bool member_counted; /* counted in the member's active connections */
-	uint64_t tried;      /* members whose connect failed */
-	unsigned connect_attempts;
-	struct __kernel_timespec connect_timeout; /* read by the kernel at submit */
+	struct kg_backend_walk walk; /* the members tried so far (backend.h) */
 
 	enum kg_path path;   /* the path forwarding took, KG_PATH_NONE before */
 	const struct kg_fwd_ops *fwd; /* that path's forwarder, NULL before */
@@ -126,9 +125,28 @@ void kg_conn_drop_tls(struct kg_conn *c);
 /* On the tick: an idle connection's memory BIOs, grown by a burst, are
  * replaced by empty ones (OpenSSL's memory BIOs never shrink). */
 void kg_conn_trim_idle(struct kg_conn *c);
+/* A new BIO for OpenSSL's outgoing records: they go straight into c's send
+ * span (c_out, a pool buffer), copied once between OpenSSL and the socket
+ * rather than twice through a memory BIO; what does not fit behind the
+ * bytes already there waits in a "spill" memory BIO that exists only then,
+ * and bytes never overtake each other. NULL when out of memory. The SSL it
+ * is given to owns it; c outlives it. */
+BIO *kg_client_bio_new(struct kg_conn *c);
+/* Appends len bytes to the connection's outgoing queue (c_out, then the
+ * spill BIO), as the BIO does for OpenSSL's records; on a kTLS socket the
+ * https listener queues plaintext here and the kernel encrypts it when
+ * kg_conn_flush_client sends. 0, or -1 when out of memory. */
+int kg_client_out_write(struct kg_conn *c, const void *data, size_t len);
+/* Bytes OpenSSL wrote that wait in the spill BIO (not yet in c_out). */
+size_t kg_client_spill_pending(const struct kg_conn *c);
 /* One readiness poll on fd (one of the connection's sockets), completing
  * as op; no-op while *armed. */
 void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, int op, bool *armed);
+/* Connects to the next member (backend.h), or ends the connection when
+ * none is left. */
+void kg_conn_connect_backend(struct kg_conn *c);
+/* KG_OP_BACKEND_CONNECT completed with res. */
+void kg_conn_on_backend_connect(struct kg_conn *c, int res);
 /* The backend is connected (or, on https, the handshake is done): start
  * the listener's path, through a kTLS handoff where the plan has one. */
 void kg_conn_start_forwarding(struct kg_conn *c);

@@ -235,7 +235,7 @@ static void *control_main(void *arg)
 			if (i == 1)
 				serve_one(c, fd);
 			else
-				kg_metrics_serve(c->ops, fd);
+				kg_metrics_serve(c->ops->rt, fd);
 			close(fd);
 		}
 	}

@@ -1139,7 +1139,7 @@ static json_object *op_status(struct kg_ops *ops, json_object *args)
 	json_object_object_add(k, "sockmap", json_object_new_boolean(ops->rt->caps.sockmap));
 	json_object_object_add(o, "kernel", k);
 	json_object_object_add(o, "io_uring", rings_json(ops->rt));
-	json_object *stats = kg_stats_json(ops, NULL), *conns = NULL;
+	json_object *stats = kg_stats_json(ops->rt, NULL), *conns = NULL;
 	if (stats && json_object_object_get_ex(stats, "connections", &conns))
 		json_object_object_add(o, "connections", json_object_get(conns));
 	json_object_put(stats);
@@ -1154,7 +1154,7 @@ static json_object *op_stats(struct kg_ops *ops, json_object *args)
 		return fail;
 	if (name && !find_conf(ops->cur->cfg, name))
 		return kg_ops_error(KG_ERR_NOT_FOUND, "listener %s: no such listener", name);
-	return ok(kg_stats_json(ops, name));
+	return ok(kg_stats_json(ops->rt, name));
 }
 
 /* ---- dispatch -------------------------------------------------------------- */

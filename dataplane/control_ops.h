@@ -38,6 +38,5 @@ json_object *kg_ops_error(const char *code, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
 /* Writes stats for the Prometheus endpoint and the stats op (metrics.c). */
-json_object *kg_stats_json(struct kg_ops *ops, const char *listener);
 
 #endif

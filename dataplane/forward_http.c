@@ -390,15 +390,10 @@ static void pick_backend(struct kg_conn *c)
 	const struct kg_listener_conf *lc = c->listener->conf;
 	struct kg_worker *w = c->worker;
 
-	if (c->connect_attempts > lc->connect_retries) {
-		kg_count(w, no_backend);
-		reply_error(c, 502, "no backend could be connected");
-		return;
-	}
-	int m = kg_balancer_select(c->listener->balancer, c->tried);
+	int m = kg_backend_pick(c->listener, &c->walk);
 	if (m < 0) {
 		kg_count(w, no_backend);
-		if (c->tried)
+		if (c->walk.tried || c->walk.attempts > lc->connect_retries)
 			reply_error(c, 502, "no backend could be connected");
 		else
 			reply_error(c, 503, "no backend in rotation");
@@ -413,13 +408,15 @@ static void pick_backend(struct kg_conn *c)
 		return;
 	}
 	c->member = m;
-	int r = kg_backend_submit_connect(c, &lc->backends[m], KG_OP_HTTP_CONNECT);
-	if (r < 0) {
+	fd = kg_backend_submit_connect(w, c->listener, &c->walk, m, KG_OP_HTTP_CONNECT, c->idx);
+	if (fd < 0) {
 		char why[64];
-		snprintf(why, sizeof(why), "backend socket: %s", strerror(-r));
+		snprintf(why, sizeof(why), "backend socket: %s", strerror(-fd));
 		reply_error(c, 502, why);
 		return;
 	}
+	c->bfd = fd;
+	c->inflight += 2; /* the connect and its linked timeout */
 	kg_count(w, http_backend_connects);
 	h->rstate = R_CONNECT;
 }
@@ -437,7 +434,9 @@ static void on_connect(struct kg_conn *c, int res)
 		advance(c);
 		return;
 	}
-	kg_backend_connect_failed(c, res);
+	kg_backend_connect_failed(c->worker, c->listener, &c->walk, c->member, res);
+	close(c->bfd);
+	c->bfd = -1;
 	pick_backend(c);
 }
 
@@ -463,7 +462,7 @@ static void backend_broke(struct kg_conn *c, int res)
 	if (may_retry) {
 		h->retried = true;
 		h->head_sent = 0;
-		c->connect_attempts = 0;
+		c->walk.attempts = 0;
 		log_debug("http.pool_retry", KV("listener", c->listener->conf->name),
 			  KV("reason", "pooled backend connection was closed; request sent again"));
 		pick_backend(c);
@@ -632,8 +631,8 @@ static void start_request(struct kg_conn *c)
 	h->rsent = h->rparsed; /* the client's own head is replaced by h->head */
 	h->bytes_in = h->req.head_len;
 	h->retried = false;
-	c->tried = 0;
-	c->connect_attempts = 0;
+	c->walk.tried = 0;
+	c->walk.attempts = 0;
 	pick_backend(c);
 }
 

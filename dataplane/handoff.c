@@ -11,7 +11,6 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
-#include "client_bio.h"
 #include "conn.h"
 #include "ktls.h"
 #include "runtime.h"

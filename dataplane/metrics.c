@@ -58,17 +58,17 @@ json_object *kg_listener_counters_json(const struct kg_listener_slot *s)
 	return o;
 }
 
-json_object *kg_stats_json(struct kg_ops *ops, const char *listener)
+json_object *kg_stats_json(struct kg_runtime *rt, const char *listener)
 {
 	struct kg_counters sum;
 	uint64_t active = 0, why[KG_HS_REASONS];
-	sum_workers(ops->rt, &sum);
-	sum_reasons(ops->rt, why);
+	sum_workers(rt, &sum);
+	sum_reasons(rt, why);
 	json_object *o = json_object_new_object(), *conns = json_object_new_object(),
 		    *hs = json_object_new_object(), *bytes = json_object_new_object(),
 		    *be = json_object_new_object(), *ls = json_object_new_array();
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
-		const struct kg_listener_slot *s = &ops->rt->slots[i];
+		const struct kg_listener_slot *s = &rt->slots[i];
 		active += atomic_load(&s->active);
 		if (s->used && (!listener || strcmp(listener, s->name) == 0))
 			json_object_array_add(ls, kg_listener_counters_json(s));
@@ -201,14 +201,14 @@ static void backend_metrics(struct text *t, struct kg_runtime *rt)
 	}
 }
 
-char *kg_metrics_text(struct kg_ops *ops)
+char *kg_metrics_text(struct kg_runtime *rt)
 {
 	struct kg_counters s;
 	struct text t = {0};
 	uint64_t active = 0;
-	sum_workers(ops->rt, &s);
+	sum_workers(rt, &s);
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++)
-		active += atomic_load(&ops->rt->slots[i].active);
+		active += atomic_load(&rt->slots[i].active);
 	/* The worker counters, from their table: rows of one family are
 	 * adjacent, so HELP and TYPE go before the first row of each. */
 	for (size_t i = 0; i < KG_COUNTER_COUNT; i++) {
@@ -227,7 +227,7 @@ char *kg_metrics_text(struct kg_ops *ops)
 		    kg_path_name((enum kg_path)p),
 		    (unsigned long long)atomic_load_explicit(&s.path[p], memory_order_relaxed));
 	uint64_t why[KG_HS_REASONS];
-	sum_reasons(ops->rt, why);
+	sum_reasons(rt, why);
 	put(&t, "# HELP kgate_handshake_failures_by_reason_total Failed handshakes by reason.\n"
 		"# TYPE kgate_handshake_failures_by_reason_total counter\n");
 	for (int r = 0; r < KG_HS_REASONS; r++)
@@ -236,7 +236,7 @@ char *kg_metrics_text(struct kg_ops *ops)
 	put(&t, "# HELP kgate_listener_connections_active Open connections per listener.\n"
 		"# TYPE kgate_listener_connections_active gauge\n");
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
-		const struct kg_listener_slot *l = &ops->rt->slots[i];
+		const struct kg_listener_slot *l = &rt->slots[i];
 		if (l->used)
 			put(&t, "kgate_listener_connections_active{listener=\"%s\"} %u\n", l->name,
 			    atomic_load(&l->active));
@@ -244,7 +244,7 @@ char *kg_metrics_text(struct kg_ops *ops)
 	put(&t, "# HELP kgate_listener_handshakes_total Handshakes per listener and result.\n"
 		"# TYPE kgate_listener_handshakes_total counter\n");
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
-		const struct kg_listener_slot *l = &ops->rt->slots[i];
+		const struct kg_listener_slot *l = &rt->slots[i];
 		if (!l->used)
 			continue;
 		put(&t, "kgate_listener_handshakes_total{listener=\"%s\",result=\"ok\"} %llu\n",
@@ -252,18 +252,18 @@ char *kg_metrics_text(struct kg_ops *ops)
 		put(&t, "kgate_listener_handshakes_total{listener=\"%s\",result=\"failed\"} %llu\n",
 		    l->name, (unsigned long long)atomic_load(&l->counters.handshake_failed));
 	}
-	backend_metrics(&t, ops->rt);
+	backend_metrics(&t, rt);
 	put(&t, "# HELP kgate_worker_connections Connections each worker owns now (accepted "
 		"connections are spread evenly over the workers).\n"
 		"# TYPE kgate_worker_connections gauge\n");
-	for (unsigned i = 0; i < ops->rt->n_workers; i++)
+	for (unsigned i = 0; i < rt->n_workers; i++)
 		put(&t, "kgate_worker_connections{worker=\"%u\"} %u\n", i,
-		    (unsigned)atomic_load(&ops->rt->workers[i]->n_conns));
+		    (unsigned)atomic_load(&rt->workers[i]->n_conns));
 	put(&t, "# HELP kgate_io_uring_ring_info Each worker's io_uring ring: set-up flags, "
 		"whether SINGLE_ISSUER|DEFER_TASKRUN was refused, the kernel's feature flags.\n"
 		"# TYPE kgate_io_uring_ring_info gauge\n");
-	for (unsigned i = 0; i < ops->rt->n_workers; i++) {
-		const struct kg_ring_info *ri = &ops->rt->workers[i]->ring_info;
+	for (unsigned i = 0; i < rt->n_workers; i++) {
+		const struct kg_ring_info *ri = &rt->workers[i]->ring_info;
 		char features[512];
 		kg_ring_features_format(ri->features, features, sizeof(features));
 		put(&t, "kgate_io_uring_ring_info{worker=\"%u\",setup=\"%s\",fallback=\"%s\","
@@ -294,7 +294,7 @@ int kg_metrics_open(const char *hostport, char *err, size_t errlen)
 	return fd;
 }
 
-void kg_metrics_serve(struct kg_ops *ops, int client)
+void kg_metrics_serve(struct kg_runtime *rt, int client)
 {
 	char req[2048];
 	size_t got = 0;
@@ -313,7 +313,7 @@ void kg_metrics_serve(struct kg_ops *ops, int client)
 	const char *status = "200 OK";
 	char *body = NULL;
 	if (strncmp(req, "GET /metrics ", 13) == 0 || strncmp(req, "GET / ", 6) == 0)
-		body = kg_metrics_text(ops);
+		body = kg_metrics_text(rt);
 	else
 		status = "404 Not Found";
 	char head[256];

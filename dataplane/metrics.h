@@ -4,20 +4,26 @@
 #ifndef KGATE_METRICS_H
 #define KGATE_METRICS_H
 
-#include "control_ops.h"
+#include <json-c/json.h>
+
+#include "runtime.h"
 
 /* Opens the metrics listening socket (blocking accept on the control
  * thread's poll loop). fd or -1 with err. */
 int kg_metrics_open(const char *hostport, char *err, size_t errlen);
 
 /* Answers one HTTP request on client (GET /metrics) and closes nothing. */
-void kg_metrics_serve(struct kg_ops *ops, int client);
+void kg_metrics_serve(struct kg_runtime *rt, int client);
 
 /* {"name", "active", "accepted", "handshakes", "handshake_failed",
  * "rejected_limit"} of one listener slot. */
 json_object *kg_listener_counters_json(const struct kg_listener_slot *s);
 
+/* `kgatectl stats`: the counters summed over workers, and per listener
+ * (only the one named listener when not NULL). */
+json_object *kg_stats_json(struct kg_runtime *rt, const char *listener);
+
 /* Prometheus text exposition of everything kg_stats_json reports. */
-char *kg_metrics_text(struct kg_ops *ops);
+char *kg_metrics_text(struct kg_runtime *rt);
 
 #endif

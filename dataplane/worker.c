@@ -16,7 +16,6 @@
 #include <kgate/log.h>
 
 #include "accept_balance.h"
-#include "backend.h"
 #include "backend_pool.h"
 #include "conn.h"
 #include "fwd.h"
@@ -505,7 +504,7 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 		kg_conn_on_client_send(c, cqe->res);
 		break;
 	case KG_OP_BACKEND_CONNECT:
-		kg_backend_on_connect(c, cqe->res);
+		kg_conn_on_backend_connect(c, cqe->res);
 		break;
 	case KG_OP_LINK_TIMEOUT:
 		c->inflight--;

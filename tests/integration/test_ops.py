@@ -223,16 +223,8 @@ def test_bad_user_name_is_refused(pki, shared_dir):
         res.stderr
 
 
-def _has_listener_verbs():
-    res = run([KGATECTL, "listener", "--help"], check=False)
-    return res.returncode == 0 and "create" in res.stdout
-
-
 def test_listener_on_443_added_at_run_time_after_the_drop(pki, daemons, shared_dir,
                                                           http_backends):
-    """Needs the control plane (kgatectl listener create, issue 5)."""
-    if not _has_listener_verbs():
-        pytest.skip("kgatectl has no 'listener create' yet (control plane, issue 5)")
     nobody = pwd.getpwnam("nobody")
     be = http_backends("a")
     port = free_low_port()

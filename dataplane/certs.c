@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <kgate/log.h>
 
@@ -409,6 +410,25 @@ int kg_config_validate_files(const struct kg_config *cfg, bool dates_fatal, char
 		} else if (ret < 0) {
 			snprintf(err, errlen, "certificates.%s.%s: %s", c->name, field, msg);
 			return ret;
+		}
+	}
+	return 0;
+}
+
+int kg_config_files_readable(const struct kg_config *cfg, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < cfg->n_certs; i++) {
+		const struct kg_cert_conf *c = &cfg->certs[i];
+		const struct {
+			const char *field, *path;
+		} files[] = {{"cert", c->cert_path}, {"key", c->key_path}, {"crl", c->crl_path}};
+		for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
+			if (files[f].path && access(files[f].path, R_OK) == -1) {
+				int e = errno;
+				snprintf(err, errlen, "certificates.%s.%s: cannot open %s: %s",
+					 c->name, files[f].field, files[f].path, strerror(e));
+				return -e;
+			}
 		}
 	}
 	return 0;

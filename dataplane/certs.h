@@ -29,6 +29,12 @@ int kg_cert_validate(const struct kg_cert_conf *cert, char *err, size_t errlen);
 int kg_config_validate_files(const struct kg_config *cfg, bool dates_fatal, char *err,
 			     size_t errlen);
 
+/* Checks that the process can still read every file of cfg's certificate
+ * entries (access(2) with the real uid: call it after the privilege drop,
+ * where kg_config_validate_files ran as the starting user). 0, or -errno
+ * with err naming the entry ("certificates.web.key: ..."). */
+int kg_config_files_readable(const struct kg_config *cfg, char *err, size_t errlen);
+
 /* Checks the certificate entries listener l uses (server certificate, CA)
  * again, right before it starts listening: a stored certificate may have
  * expired since it was uploaded. 0 or negative as above; err names the

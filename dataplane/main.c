@@ -1,13 +1,15 @@
 /* kgated: arguments, start-up order, signals, drain.
  *
- * Start-up order: load and validate the configuration (files included),
- * build every listener's SSL_CTX and balancer (key files are read here, as
- * the starting user), resolve the user to run as, load BPF objects, drop
- * privileges (privdrop.h: everything that needs root or CAP_BPF/
- * CAP_NET_ADMIN happens before this point, and no thread exists yet), bind
- * every listening socket with the kept CAP_NET_BIND_SERVICE (so a bind
- * error is reported before anything runs), start the workers, then
- * announce readiness (log line + sd_notify). SIGTERM/SIGINT drain. */
+ * Start-up order: load and validate the configuration (files included, as
+ * the starting user, so a bad configuration is reported before a missing
+ * user), resolve the user to run as, load BPF objects, drop privileges
+ * (privdrop.h: everything that needs root or CAP_BPF/CAP_NET_ADMIN happens
+ * before this point, and no thread exists yet), check that the new user can
+ * read the certificate files, start the workers, build every listener's
+ * SSL_CTX and balancer (key files are read here, as the new user) and bind
+ * its sockets with the kept CAP_NET_BIND_SERVICE (so a bind error is
+ * reported before anything runs), then announce readiness (log line +
+ * sd_notify). SIGTERM/SIGINT drain. */
 #include <errno.h>
 #include <ftw.h>
 #include <getopt.h>
@@ -430,13 +432,6 @@ int main(int argc, char **argv)
 		}
 		return check_config(&opt, cfg);
 	}
-	struct kg_priv_plan priv;
-	if (kg_priv_plan(opt.user, &priv, err, sizeof(err)) < 0) {
-		log_err("privileges.plan_failed", KV("reason", err));
-		return 1;
-	}
-	/* The control socket's group must stay usable without CAP_CHOWN. */
-	priv.extra_gid = group;
 	if (kg_runtime_init(&rt) < 0) {
 		log_err("kgated.start_failed", KV("reason", "out of memory"));
 		return 1;
@@ -452,18 +447,8 @@ int main(int argc, char **argv)
 		kg_config_free(cfg);
 		goto free_runtime;
 	}
-	/* BPF objects (sockmap programs and maps) load before the drop removes
-	 * CAP_BPF and CAP_NET_ADMIN: what the workers need later must be an fd
-	 * by then. The drop runs while this is the only thread, after the
-	 * state was read (and seeded) as the starting user. */
-	kg_kernel_probe(&rt.caps);
-	rt.sockmap = sockmap_load(&rt.caps);
-	log_info("kernel.features", KV("ktls", rt.caps.ktls), KV("ktls_detail", rt.caps.ktls_why),
-		 KV("sockmap", rt.caps.sockmap), KV("sockmap_detail", rt.caps.sockmap_why));
-	if (opt.state_dir && state_dir_give(opt.state_dir, &priv) < 0)
-		goto free_runtime;
-	if (drop_privileges(&priv, opt.state_dir) < 0)
-		goto free_runtime;
+	/* The configuration is checked before the user is looked up, so a
+	 * bad configuration is reported first, whatever the user. */
 	const char *level = opt.log_level ? opt.log_level : cfg->log_level;
 	if (level) {
 		int lvl = kg_log_level_parse(level);
@@ -478,6 +463,30 @@ int main(int argc, char **argv)
 	 * listeners using it (kg_ops_apply_initial), not the whole daemon. */
 	if (kg_config_validate_files(cfg, false, err, sizeof(err)) < 0) {
 		log_err("config.invalid", KV("reason", err));
+		goto free_runtime;
+	}
+	struct kg_priv_plan priv;
+	if (kg_priv_plan(opt.user, &priv, err, sizeof(err)) < 0) {
+		log_err("privileges.plan_failed", KV("reason", err));
+		goto free_runtime;
+	}
+	/* The control socket's group must stay usable without CAP_CHOWN. */
+	priv.extra_gid = group;
+	/* BPF objects (sockmap programs and maps) load before the drop removes
+	 * CAP_BPF and CAP_NET_ADMIN: what the workers need later must be an fd
+	 * by then. The drop runs while this is the only thread, after the
+	 * state was read (and seeded) as the starting user. */
+	kg_kernel_probe(&rt.caps);
+	rt.sockmap = sockmap_load(&rt.caps);
+	log_info("kernel.features", KV("ktls", rt.caps.ktls), KV("ktls_detail", rt.caps.ktls_why),
+		 KV("sockmap", rt.caps.sockmap), KV("sockmap_detail", rt.caps.sockmap_why));
+	if (opt.state_dir && state_dir_give(opt.state_dir, &priv) < 0)
+		goto free_runtime;
+	if (drop_privileges(&priv, opt.state_dir) < 0)
+		goto free_runtime;
+	/* Listeners read their files from here on, as the new user. */
+	if (priv.switch_user && kg_config_files_readable(cfg, err, sizeof(err)) < 0) {
+		log_err("config.invalid", KV("reason", err), KV("user", priv.user));
 		goto free_runtime;
 	}
 	ops->st = opt.state_dir ? &st : NULL;

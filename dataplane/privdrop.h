@@ -42,11 +42,12 @@ struct kg_priv_plan {
 };
 
 /* Resolves the target user. user: from --user, NULL for the default. It
- * is a command-line option, not a setting: the user is fixed before the
- * configuration or state document is read, since with a state directory
- * that document lives in a folder the user must own. Returns 0, or -errno
- * with a one-line reason in err. Call before binding so a wrong user is
- * reported before anything runs. */
+ * is a command-line option, not a setting: no configuration or state
+ * document can change it, since with a state directory that document lives
+ * in a folder the user must own. Returns 0, or -errno with a one-line
+ * reason in err. Call before binding so a wrong user is reported before
+ * anything runs (kgated calls it once the configuration is validated, so a
+ * bad configuration is reported first). */
 int kg_priv_plan(const char *user, struct kg_priv_plan *plan, char *err, size_t errlen);
 
 /* What kg_priv_drop left the process with, for the log. */

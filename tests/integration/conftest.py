@@ -653,6 +653,24 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append(("kgated pid %d log" % d.pid, _tail(d.log())))
 
 
+# ctest's SKIP_RETURN_CODE (tests/integration/CMakeLists.txt).
+SKIP_EXIT = 77
+_ran = []  # node ids of tests that ran: passed or failed in a phase
+
+
+def pytest_runtest_logreport(report):
+    if report.failed or (report.when == "call" and report.passed):
+        _ran.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run in which no test ran (every one skipped, or none collected)
+    exits 77, so ctest shows the suite as skipped, never as passed. Skips
+    inside a suite that ran show in pytest's -rs summary."""
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) and not _ran:
+        session.exitstatus = SKIP_EXIT
+
+
 # --------------------------------------------------------------------------
 # Clients
 # --------------------------------------------------------------------------

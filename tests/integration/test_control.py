@@ -58,6 +58,17 @@ def port_of(ctl, name):
     return int(ctl.json("listener", "show", name)["address"].rsplit(":", 1)[1])
 
 
+def scrape_metrics(mport):
+    """GET /metrics: (the text, {series: int value})."""
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            values[k] = int(v)
+    return text, values
+
+
 @pytest.fixture
 def gated(pki, spawn_kgated, tmp_path):
     """gated(listeners=[], state=None, args=()) -> Daemon with .ctl and .state."""
@@ -188,8 +199,7 @@ def test_status_reports_io_uring_rings(pki, gated, http_backends):
     assert "IO_URING SETUP" in table and "IO_URING FEATURES" in table, table
     rows = [line for line in table.splitlines() if "SINGLE_MMAP" in line]
     assert len(rows) == 2, table
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport,
-                                  timeout=10).read().decode()
+    text = scrape_metrics(mport)[0]
     info = [line for line in text.splitlines()
             if line.startswith("kgate_io_uring_ring_info{")]
     assert len(info) == 2, text
@@ -587,6 +597,7 @@ def test_listener_show_reports_health_like_the_console(pki, gated, http_backends
     dead = "127.0.0.1:%d" % dead_port()
     check = {"type": "tcp", "interval_ms": 100, "timeout_ms": 500,
              "healthy_threshold": 1, "unhealthy_threshold": 1}
+    started = time.monotonic()
     d = gated([tls_listener(pki, [a, dead], health_check=check)], workers=1)
 
     def members():
@@ -596,7 +607,12 @@ def test_listener_show_reports_health_like_the_console(pki, gated, http_backends
     m = members()
     assert m[dead]["state"] == "down" and m[a.address]["state"] == "up"
     assert "refused" in m[dead]["last_check"], m[dead]
-    assert isinstance(m[dead]["in_state_s"], int) and m[dead]["in_state_s"] >= 0
+    # Whole seconds since the member went down, which was after the start.
+    down_for = m[dead]["in_state_s"]
+    assert isinstance(down_for, int) and 0 <= down_for <= time.monotonic() - started, m[dead]
+    # It counts on while the member stays down.
+    time.sleep(1.0)
+    assert members()[dead]["in_state_s"] >= down_for + 1, members()[dead]
     table = d.ctl("listener", "show", "web").stdout
     assert "HEALTH" in table and "LAST CHECK" in table, table
     rows = {line.split()[0]: line for line in table.splitlines() if line.startswith("127.0.0.1:")}
@@ -856,22 +872,28 @@ def test_metrics_endpoint(pki, gated, http_backends):
     backend = http_backends("a")
     d = gated([tls_listener(pki, [backend])],
               args=["--metrics", "127.0.0.1:%d" % mport])
-    https_get(client_context(pki), port_of(d.ctl, "web"))
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            values[k] = int(v)
+    port = port_of(d.ctl, "web")
+    https_get(client_context(pki), port)
+    member = 'listener="web",backend="%s"' % backend.address
+    active = "kgate_backend_connections_active{%s}" % member
+
+    def active_now():
+        return scrape_metrics(mport)[1][active]
+    # The request is over once the client has read the response (the
+    # backend closes); kgated may take a moment more to close its side.
+    assert wait_until(lambda: active_now() == 0, 5), active_now()
+    with client_context(pki).wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                         server_hostname="localhost"):
+        assert wait_until(lambda: active_now() == 1, 5), active_now()
+    assert wait_until(lambda: active_now() == 0, 5), active_now()
+    text, values = scrape_metrics(mport)
     assert values["kgate_connections_total"] >= 1
     assert values["kgate_handshakes_total"] >= 1
     assert values['kgate_listener_handshakes_total{listener="web",result="ok"}'] >= 1
     assert values['kgate_handshake_failures_by_reason_total{reason="revoked"}'] == 0
     assert d.ctl.json("stats")["handshakes"]["ok"] >= 1
     assert d.ctl.json("status")["metrics"] == "127.0.0.1:%d" % mport
-    member = 'listener="web",backend="%s"' % backend.address
     assert values["kgate_backend_in_rotation{%s}" % member] == 1
-    assert values["kgate_backend_connections_active{%s}" % member] >= 0
     assert values['kgate_backend_health_checks_total{%s,result="ok"}' % member] == 0
     # No active checks on this listener: no health gauge for its member.
     assert "kgate_backend_healthy{%s}" % member not in values

@@ -197,6 +197,23 @@ def test_unprivileged_start_cannot_switch_to_another_user(pki, shared_dir):
         res.stderr
 
 
+def test_key_the_user_cannot_read_is_a_clear_error(pki, shared_dir):
+    """Root validates the files before the switch; the user must read them
+    after it, or kgated stops instead of starting with the listener failed."""
+    cfg = readable_config(pki, shared_dir, [tls_listener(pki, ["127.0.0.1:9"])])
+    key = cfg["certificates"]["web"]["key"]
+    os.chmod(key, 0o600)
+    res = run([KGATED, "--config", _write(shared_dir, cfg), "--user", "nobody"],
+              check=False, timeout=30)
+    assert res.returncode == 1, res
+    assert log_events(res.stderr, "privileges.dropped"), res.stderr
+    last = log_events(res.stderr)[-1]
+    assert last["event"] == "config.invalid" and last["user"] == "nobody", res.stderr
+    assert last["reason"] == "certificates.web.key: cannot open %s: Permission denied" % key, \
+        res.stderr
+    assert not log_events(res.stderr, "listener.listening"), res.stderr
+
+
 def test_bad_user_name_is_refused(pki, shared_dir):
     cfg = readable_config(pki, shared_dir, [tls_listener(pki, ["127.0.0.1:9"])])
     res = run([KGATED, "--config", _write(shared_dir, cfg), "--user", "-rf"],
@@ -206,16 +223,8 @@ def test_bad_user_name_is_refused(pki, shared_dir):
         res.stderr
 
 
-def _has_listener_verbs():
-    res = run([KGATECTL, "listener", "--help"], check=False)
-    return res.returncode == 0 and "create" in res.stdout
-
-
 def test_listener_on_443_added_at_run_time_after_the_drop(pki, daemons, shared_dir,
                                                           http_backends):
-    """Needs the control plane (kgatectl listener create, issue 5)."""
-    if not _has_listener_verbs():
-        pytest.skip("kgatectl has no 'listener create' yet (control plane, issue 5)")
     nobody = pwd.getpwnam("nobody")
     be = http_backends("a")
     port = free_low_port()

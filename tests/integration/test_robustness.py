@@ -336,9 +336,16 @@ def test_check_refuses_bad_json(tmp_path):
     assert "kgated: config error:" in res.stderr, res.stderr
 
 
-def test_start_with_bad_config_exits_1(pki, tmp_path):
+@pytest.mark.parametrize("user_args", [(), ("--user", "kgate-no-such-user")],
+                         ids=["default_user", "missing_user"])
+def test_start_with_bad_config_exits_1(pki, tmp_path, user_args):
+    """The configuration is checked before the user is looked up: the
+    default user (kgate) may not exist here, and a missing one must not
+    hide the configuration's error."""
     cfg = _set(valid_config(pki), ["certificates", "web", "cert"], "/nonexistent/x.pem")
-    res = run([KGATED, "--config", write_config(tmp_path, cfg)], check=False, timeout=15)
+    res = run([KGATED, "--config", write_config(tmp_path, cfg), *user_args], check=False,
+              timeout=15)
     assert res.returncode == 1, res.stderr
-    evs = log_events(res.stderr, "config.invalid")
-    assert evs and evs[0]["reason"].startswith("certificates.web"), res.stderr
+    evs = log_events(res.stderr)
+    assert [e["event"] for e in evs] == ["config.invalid"], res.stderr
+    assert evs[0]["reason"].startswith("certificates.web"), res.stderr

@@ -208,6 +208,31 @@ Test(certs, validate_files_stops_at_first_bad_entry, .init = make_pki, .fini = d
 	}
 }
 
+/* Read access only (as root here every file is readable): the first file
+ * missing is named by entry, field and path. */
+Test(certs, files_readable_names_the_first_missing_file, .init = make_pki, .fini = drop_pki)
+{
+	struct kg_cert_conf c[2] = {
+		{.name = "clients", .type = KG_CERT_CA, .cert_path = maybe_path("ca.pem"),
+		 .crl_path = maybe_path("ca.crl")},
+		{.name = "web", .type = KG_CERT_SERVER, .cert_path = maybe_path("server.pem"),
+		 .key_path = maybe_path("gone.key")},
+	};
+	struct kg_config cfg = {.certs = c, .n_certs = 2};
+	char err[600] = "", want[600];
+	cr_expect_eq(kg_config_files_readable(&cfg, err, sizeof(err)), -ENOENT);
+	snprintf(want, sizeof(want), "certificates.web.key: cannot open %s: %s", c[1].key_path,
+		 strerror(ENOENT));
+	cr_expect_str_eq(err, want);
+	cfg.n_certs = 1;
+	cr_expect_eq(kg_config_files_readable(&cfg, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 2; i++) {
+		free(c[i].cert_path);
+		free(c[i].key_path);
+		free(c[i].crl_path);
+	}
+}
+
 Test(certs, name_rules)
 {
 	static const struct {

@@ -35,20 +35,6 @@ __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
 	return -1;
 }
 
-int kg_cert_name_valid(const char *name)
-{
-	size_t len = strlen(name);
-	if (len < 1 || len > KG_NAME_MAX)
-		return 0;
-	for (const char *c = name; *c; c++) {
-		bool ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-			  (*c >= '0' && *c <= '9') || strchr("-/._*", *c);
-		if (!ok)
-			return 0;
-	}
-	return 1;
-}
-
 void kg_cert_subject(const X509 *x, char *out, size_t outlen)
 {
 	BIO *b = BIO_new(BIO_s_mem());

@@ -41,10 +41,6 @@ int kg_config_files_readable(const struct kg_config *cfg, char *err, size_t errl
  * entry ("certificate web: the certificate expired on ..."). */
 int kg_listener_certs_check(const struct kg_listener_conf *l, char *err, size_t errlen);
 
-/* Certificate names: 1-80 characters of letters, digits, - / . _ *
- * Returns 1 when valid, 0 otherwise. */
-int kg_cert_name_valid(const char *name);
-
 /* The subject as one RFC 2253 line ("CN=alice,O=Example") for messages;
  * never fails (writes a placeholder instead). */
 void kg_cert_subject(const X509 *x, char *out, size_t outlen);

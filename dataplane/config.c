@@ -16,7 +16,6 @@
 
 #include <json-c/json.h>
 
-#include "certs.h"
 #include "kgate/limits.h"
 #include "kgate/log.h"
 
@@ -1199,6 +1198,20 @@ void kg_config_free(struct kg_config *cfg)
 	free(cfg->listeners);
 	free(cfg->log_level);
 	free(cfg);
+}
+
+int kg_cert_name_valid(const char *name)
+{
+	size_t len = strlen(name);
+	if (len < 1 || len > KG_NAME_MAX)
+		return 0;
+	for (const char *c = name; *c; c++) {
+		bool ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+			  (*c >= '0' && *c <= '9') || strchr("-/._*", *c);
+		if (!ok)
+			return 0;
+	}
+	return 1;
 }
 
 const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg, const char *name)

@@ -210,6 +210,10 @@ void kg_config_free(struct kg_config *cfg);
  * 0, or -errno (-EINVAL: not a regular file, -EFBIG: too large). */
 int kg_read_file(const char *path, char **out);
 
+/* Certificate names (the schema's rule, as the cloud console's): 1-80
+ * characters of letters, digits, - / . _ *. 1 when valid, 0 otherwise. */
+int kg_cert_name_valid(const char *name);
+
 const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg,
 					       const char *name);
 /* "127.0.0.1:80", "[::1]:80" → sockaddr; 0 or -EINVAL. */

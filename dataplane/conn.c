@@ -501,15 +501,38 @@ void kg_conn_connect_backend(struct kg_conn *c)
 		no_backend(c);
 		return;
 	}
+	int r = kg_conn_submit_connect(c, m, KG_OP_BACKEND_CONNECT);
+	if (r < 0)
+		kg_conn_close_err(c, "backend socket", -r);
+}
+
+int kg_conn_submit_connect(struct kg_conn *c, int m, int op)
+{
+	int fd = kg_backend_socket(c->listener, m);
+	if (fd < 0)
+		return fd;
+	struct io_uring_sqe *sqe, *tsqe;
+	kg_worker_sqe_timed(c->worker, &sqe, &tsqe);
+	kg_backend_prep_connect(c->listener, &c->walk, m, fd, sqe, tsqe);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack((enum kg_op)op, c->idx, fd));
+	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_LINK_TIMEOUT, c->idx, fd));
 	c->member = m;
-	int fd = kg_backend_submit_connect(c->worker, c->listener, &c->walk, m,
-					   KG_OP_BACKEND_CONNECT, c->idx);
-	if (fd < 0) {
-		kg_conn_close_err(c, "backend socket", -fd);
-		return;
-	}
 	c->bfd = fd;
 	c->inflight += 2; /* the connect and its linked timeout */
+	return 0;
+}
+
+void kg_conn_connect_failed(struct kg_conn *c, int res)
+{
+	struct kg_worker *w = c->worker;
+	const char *why = kg_backend_connect_failed(c->listener, &c->walk, c->member, res,
+						    w->now_ms);
+	kg_count(w, backend_connect_failed);
+	kg_worker_warn(w, "backend.connect_failed", KV("listener", c->listener->conf->name),
+		       KV("backend", c->listener->conf->backends[c->member].address),
+		       KV("err", why));
+	close(c->bfd);
+	c->bfd = -1;
 }
 
 void kg_conn_on_backend_connect(struct kg_conn *c, int res)
@@ -523,9 +546,7 @@ void kg_conn_on_backend_connect(struct kg_conn *c, int res)
 		kg_conn_start_forwarding(c);
 		return;
 	}
-	kg_backend_connect_failed(c->worker, c->listener, &c->walk, c->member, res);
-	close(c->bfd);
-	c->bfd = -1;
+	kg_conn_connect_failed(c, res);
 	kg_conn_connect_backend(c);
 }
 

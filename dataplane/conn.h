@@ -145,6 +145,13 @@ void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, int op, bool *ar
 /* Connects to the next member (backend.h), or ends the connection when
  * none is left. */
 void kg_conn_connect_backend(struct kg_conn *c);
+/* Connects c to member m (backend.h) with the listener's connect timeout
+ * linked; the completion comes as op. 0, or -errno when no socket could be
+ * made. */
+int kg_conn_submit_connect(struct kg_conn *c, int m, int op);
+/* The connect to c->member failed with res: counted, logged, a passive
+ * health failure, the member marked tried, c->bfd closed. */
+void kg_conn_connect_failed(struct kg_conn *c, int res);
 /* KG_OP_BACKEND_CONNECT completed with res. */
 void kg_conn_on_backend_connect(struct kg_conn *c, int res);
 /* The backend is connected (or, on https, the handshake is done): start

@@ -407,16 +407,13 @@ static void pick_backend(struct kg_conn *c)
 		advance(c);
 		return;
 	}
-	c->member = m;
-	fd = kg_backend_submit_connect(w, c->listener, &c->walk, m, KG_OP_HTTP_CONNECT, c->idx);
-	if (fd < 0) {
+	int r = kg_conn_submit_connect(c, m, KG_OP_HTTP_CONNECT);
+	if (r < 0) {
 		char why[64];
-		snprintf(why, sizeof(why), "backend socket: %s", strerror(-fd));
+		snprintf(why, sizeof(why), "backend socket: %s", strerror(-r));
 		reply_error(c, 502, why);
 		return;
 	}
-	c->bfd = fd;
-	c->inflight += 2; /* the connect and its linked timeout */
 	kg_count(w, http_backend_connects);
 	h->rstate = R_CONNECT;
 }
@@ -434,9 +431,7 @@ static void on_connect(struct kg_conn *c, int res)
 		advance(c);
 		return;
 	}
-	kg_backend_connect_failed(c->worker, c->listener, &c->walk, c->member, res);
-	close(c->bfd);
-	c->bfd = -1;
+	kg_conn_connect_failed(c, res);
 	pick_backend(c);
 }
 

@@ -1,6 +1,7 @@
 /* Backend health: per-member state shared by all workers (kg_health_group,
- * one per listener) and the active checkers that feed it (kg_health_checker,
- * one per worker, running on that worker's io_uring ring).
+ * one per listener), fed by the active checks (health_check.h, one checker
+ * per worker, on that worker's io_uring ring) and by failures the data path
+ * sees.
  *
  * Who checks what: member m of the listener's group gets the global index
  * g = (sum of members of earlier listeners) + m, and worker g % n_workers
@@ -123,37 +124,5 @@ size_t kg_health_members(const struct kg_health_group *g);
 /* The index of the member whose configured address is exactly `address`
  * ("127.0.0.1:9001"), or -ENOENT. */
 int kg_health_member_index(const struct kg_health_group *g, const char *address);
-
-/* ---- active checks, one checker per worker, worker thread only ---- */
-
-struct kg_worker;
-struct kg_health_checker;
-
-/* Completion idx of a check: its number in the low KG_HEALTH_CHECK_BITS,
- * the checker's generation (masked) above, so a worker that replaced its
- * checker (the listeners changed) routes late completions to the old one. */
-#define KG_HEALTH_CHECK_BITS 16
-#define KG_HEALTH_GEN_MASK 0xffu
-
-/* Picks the members this worker owns (see above) among the listeners
- * published in the worker's runtime now, holding a reference to each
- * listener snapshot until destroyed. NULL on ENOMEM; a checker with nothing
- * to check is valid and does nothing. */
-struct kg_health_checker *kg_health_checker_create(struct kg_worker *w,
-						   unsigned n_workers, unsigned gen);
-unsigned kg_health_checker_gen(const struct kg_health_checker *hc);
-/* Arms the first check of every owned member, each after a random part of
- * its interval so members are not probed in lockstep. */
-void kg_health_checker_start(struct kg_health_checker *hc);
-/* Routes a completion (op is one of the KG_OP_HEALTH_* values). */
-void kg_health_checker_on_cqe(struct kg_health_checker *hc, int op,
-			      uint32_t idx, int res);
-/* Cancels pending timers and checks; completions still arrive. */
-void kg_health_checker_stop(struct kg_health_checker *hc);
-/* True when no operation of the checker is in flight. */
-bool kg_health_checker_idle(const struct kg_health_checker *hc);
-/* Slow-start steps for the members this worker owns. */
-void kg_health_checker_tick(struct kg_health_checker *hc, uint64_t now_ms);
-void kg_health_checker_destroy(struct kg_health_checker *hc);
 
 #endif

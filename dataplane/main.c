@@ -37,6 +37,7 @@
 #include "counters.h"
 #include "ktls.h"
 #include "health.h"
+#include "health_check.h"
 #include "listener.h"
 #include "paths.h"
 #include "control.h"
@@ -410,6 +411,7 @@ int main(int argc, char **argv)
 	if (parse_args(argc, argv, &opt) < 0)
 		return 2;
 	kg_forwarders_register();
+	kg_worker_set_service(&kg_health_checks_service);
 	if (opt.control_group) {
 		struct group *g = getgrnam(opt.control_group);
 		if (!g) {

@@ -28,13 +28,6 @@
 #define TICK_MS 100
 #define WARN_LINES_PER_SEC 10
 
-uint64_t kg_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 bool kg_worker_warn_allowed(struct kg_worker *w)
 {
 	if (w->now_ms - w->log_window_ms >= 1000) {
@@ -78,7 +71,14 @@ void kg_worker_sqe_timed(struct kg_worker *w, struct io_uring_sqe **op,
 }
 
 static void cmd_done(struct kg_wcmd *cmd);
-static void replace_checker(struct kg_worker *w);
+
+/* Set once by main before the first worker is created (worker.h). */
+static const struct kg_worker_service *service;
+
+void kg_worker_set_service(const struct kg_worker_service *svc)
+{
+	service = svc;
+}
 
 static void arm_accept(struct kg_worker *w, uint32_t li)
 {
@@ -173,7 +173,8 @@ static void begin_drain(struct kg_worker *w)
 	w->drain_deadline_ms = w->now_ms + drain_ms;
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		stop_accept(w, li);
-	kg_health_checker_stop(w->health);
+	if (service)
+		service->stop(w->service);
 	log_info("worker.draining", KV("worker", w->id), KV("conns", w->n_conns),
 		 KV("timeout_ms", drain_ms));
 }
@@ -216,7 +217,8 @@ static void run_command(struct kg_worker *w, struct kg_wcmd *cmd)
 			w->unlisten[li] = cmd;
 		return;
 	case KG_WCMD_HEALTH:
-		replace_checker(w);
+		if (service && !w->draining)
+			service->on_listeners_changed(w->service);
 		cmd_done(cmd);
 		return;
 	case KG_WCMD_ADOPT:
@@ -226,62 +228,6 @@ static void run_command(struct kg_worker *w, struct kg_wcmd *cmd)
 		free(cmd);
 		return;
 	}
-}
-
-/* The listeners changed: check what is published now. The old checker
- * stops (its in-flight completions still arrive, told apart by the
- * generation in their idx) and is destroyed once idle. */
-static void replace_checker(struct kg_worker *w)
-{
-	if (w->draining)
-		return;
-	if (w->n_retired == KG_WORKER_RETIRED_MAX) {
-		log_err("health.checker_busy", KV("worker", w->id),
-			KV("reason", "too many health checkers still finishing; listener changes "
-				     "wait for the next one"));
-		return;
-	}
-	unsigned gen = (kg_health_checker_gen(w->health) + 1) & KG_HEALTH_GEN_MASK;
-	for (size_t i = 0; i < w->n_retired; i++)
-		if (kg_health_checker_gen(w->retired[i]) == gen) {
-			log_err("health.generation_busy", KV("worker", w->id),
-				KV("generation", gen));
-			return;
-		}
-	struct kg_health_checker *hc = kg_health_checker_create(w, w->rt->n_workers, gen);
-	if (!hc) {
-		log_err("health.checker_failed", KV("worker", w->id),
-			KV("reason", "out of memory; keeping the old checks"));
-		return;
-	}
-	kg_health_checker_stop(w->health);
-	if (kg_health_checker_idle(w->health))
-		kg_health_checker_destroy(w->health);
-	else
-		w->retired[w->n_retired++] = w->health;
-	w->health = hc;
-	kg_health_checker_start(hc);
-}
-
-static void on_health_cqe(struct kg_worker *w, enum kg_op op, uint32_t idx, int res)
-{
-	unsigned gen = (idx >> KG_HEALTH_CHECK_BITS) & KG_HEALTH_GEN_MASK;
-	if (kg_health_checker_gen(w->health) == gen) {
-		kg_health_checker_on_cqe(w->health, op, idx, res);
-		return;
-	}
-	for (size_t i = 0; i < w->n_retired; i++) {
-		struct kg_health_checker *hc = w->retired[i];
-		if (kg_health_checker_gen(hc) != gen)
-			continue;
-		kg_health_checker_on_cqe(hc, op, idx, res);
-		if (kg_health_checker_idle(hc)) {
-			kg_health_checker_destroy(hc);
-			w->retired[i] = w->retired[--w->n_retired];
-		}
-		return;
-	}
-	log_err("health.unknown_generation", KV("worker", w->id), KV("generation", gen));
 }
 
 static void on_wake(struct kg_worker *w, int res)
@@ -447,7 +393,8 @@ static void on_tick(struct kg_worker *w)
 	}
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		kg_listener_put(ts.snap[li]);
-	kg_health_checker_tick(w->health, w->now_ms);
+	if (service)
+		service->on_tick(w->service, w->now_ms);
 	kg_backend_pool_expire(w->pool, w->now_ms);
 	trim_heap_after_wave(w);
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS && !w->draining; li++)
@@ -481,7 +428,8 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_HEALTH_SEND:
 	case KG_OP_HEALTH_RECV:
 	case KG_OP_HEALTH_LINK_TIMEOUT:
-		on_health_cqe(w, op, idx, cqe->res);
+		if (service)
+			service->on_cqe(w->service, op, idx, cqe->res);
 		return;
 	case KG_OP_WAKE:
 		on_wake(w, cqe->res);
@@ -609,8 +557,7 @@ static int ring_init(struct kg_worker *w)
 
 static bool finished(const struct kg_worker *w)
 {
-	if (!w->draining || w->n_conns > 0 || !kg_health_checker_idle(w->health) ||
-	    w->n_retired > 0)
+	if (!w->draining || w->n_conns > 0 || (service && !service->idle(w->service)))
 		return false;
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		if (w->listen_fds[li] >= 0)
@@ -663,7 +610,8 @@ static void *worker_main(void *arg)
 	w->now_ms = kg_now_ms();
 	arm_wake(w);
 	arm_tick(w);
-	kg_health_checker_start(w->health);
+	if (service)
+		service->start(w->service);
 
 	while (!finished(w)) {
 		int ret = io_uring_submit_and_wait(&w->ring, 1);
@@ -707,9 +655,10 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	w->conns = calloc(w->capacity, sizeof(*w->conns));
 	w->free_slots = calloc(w->capacity, sizeof(*w->free_slots));
-	w->health = kg_health_checker_create(w, rt->n_workers, 0);
+	w->service = service ? service->create(w) : NULL;
 	w->pool = kg_backend_pool_create();
-	if (w->wake_fd == -1 || !w->conns || !w->free_slots || !w->health || !w->pool ||
+	if (w->wake_fd == -1 || !w->conns || !w->free_slots || (service && !w->service) ||
+	    !w->pool ||
 	    pthread_mutex_init(&w->cmd_lock, NULL) != 0)
 		goto fail;
 	if (sem_init(&w->init_done, 0, 0) != 0) {
@@ -723,7 +672,8 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	return w;
 fail:
 	kg_backend_pool_destroy(w->pool);
-	kg_health_checker_destroy(w->health);
+	if (service)
+		service->destroy(w->service);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
 	free(w->conns);
@@ -769,9 +719,8 @@ void kg_worker_destroy(struct kg_worker *w)
 	}
 	w->cmds = NULL;
 	kg_backend_pool_destroy(w->pool);
-	kg_health_checker_destroy(w->health);
-	for (size_t i = 0; i < w->n_retired; i++)
-		kg_health_checker_destroy(w->retired[i]);
+	if (service)
+		service->destroy(w->service);
 	free(w->conns);
 	free(w->free_slots);
 	pthread_mutex_destroy(&w->cmd_lock);

@@ -15,6 +15,7 @@
 #include <kgate/log.h>
 
 #include "bufpool.h"
+#include "clock.h"
 #include "counters.h"
 #include "heap_trim.h"
 #include "runtime.h"
@@ -133,15 +134,35 @@ struct kg_worker {
 	bool sockmap_timer_armed;
 	struct __kernel_timespec sockmap_pace;
 	struct kg_bufpool bufs; /* I/O buffers lent to connections while data is in flight */
-	struct kg_health_checker *health; /* this worker's share of the checks */
-#define KG_WORKER_RETIRED_MAX 16
-	struct kg_health_checker *retired[KG_WORKER_RETIRED_MAX]; /* stopped, completions due */
-	size_t n_retired;
+	void *service; /* the worker service's state (its share of the health checks) */
 	struct kg_backend_pool *pool;     /* idle backend connections of https listeners */
 	uint64_t log_window_ms; /* rate limit of per-connection warnings */
 	unsigned log_in_window;
 	unsigned log_suppressed;
 };
+
+/* Work besides connections on every worker's ring, told apart by its ops
+ * (KG_OP_HEALTH_*): the active health checks (health_check.h). main
+ * registers it before the first worker is created; the worker knows it by
+ * this table only. Every member but create runs on the worker thread. */
+struct kg_worker_service {
+	const char *name;
+	/* The worker's state, or NULL when out of memory. */
+	void *(*create)(struct kg_worker *w);
+	/* The ring is ready: arm the first operations. */
+	void (*start)(void *state);
+	void (*on_cqe)(void *state, enum kg_op op, uint32_t idx, int res);
+	void (*on_tick)(void *state, uint64_t now_ms);
+	/* The published listeners changed (kg_workers_recheck). */
+	void (*on_listeners_changed)(void *state);
+	/* Draining: nothing new starts; completions still arrive. */
+	void (*stop)(void *state);
+	/* Nothing in flight: the worker may exit. */
+	bool (*idle)(const void *state);
+	/* Tolerates NULL and a state that never started. */
+	void (*destroy)(void *state);
+};
+void kg_worker_set_service(const struct kg_worker_service *svc);
 
 /* Creates a worker without listening sockets; listeners arrive through
  * kg_workers_listen once it runs. NULL on failure. */
@@ -168,7 +189,6 @@ struct io_uring_sqe *kg_worker_sqe(struct kg_worker *w);
  * reach the kernel together, so the timeout is always armed. */
 void kg_worker_sqe_timed(struct kg_worker *w, struct io_uring_sqe **op,
 			 struct io_uring_sqe **timeout);
-uint64_t kg_now_ms(void);
 /* Rate-limited warning for per-connection events (10 lines/s per worker):
  * kg_worker_warn(w, "event.id", KV(...), ...) like log_warn. The worker's
  * own key (worker=) is added by the caller when it matters. */

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -191,7 +192,7 @@ class Kgated(Proxy):
         small = [{"address": f"127.0.0.1:{p}"} for p in e.small_ports]
         big = [{"address": f"127.0.0.1:{p}"} for p in e.big_ports]
         bulk = [{"address": f"127.0.0.1:{e.bulk_port}"}]
-        common = {"bind": "127.0.0.1", "max_connections": e.args.idle + 10000,
+        common = {"bind": "127.0.0.1", "max_connections": e.max_idle + 10000,
                   "idle_timeout_ms": 600000}
 
         def tls(name, port, backends):
@@ -304,7 +305,7 @@ class Haproxy(Proxy):
         return bind, [
             "global",
             f"  nbthread {self.workers}",
-            f"  maxconn {e.args.idle + 2000}",
+            f"  maxconn {e.max_idle + 2000}",
             "  tune.ssl.default-dh-param 2048",
             "defaults",
             f"  mode {self.mode}",
@@ -339,7 +340,7 @@ def nginx_conf(d, workers, worker_connections, http_body):
 master_process on;
 user root;
 worker_processes {workers};
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile {max(65536, 2 * worker_connections + 1024)};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections {worker_connections}; }}
@@ -381,7 +382,7 @@ class Nginx(Proxy):
                 "  ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_ecdh_curve X25519:prime256v1;\n"
                 f"  location / {{\n    proxy_pass http://u_{k};\n"
                 "    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n  }\n}")
-        conf = nginx_conf(d, self.workers, 2 * e.args.idle + 2000,
+        conf = nginx_conf(d, self.workers, 2 * e.max_idle + 2000,
                           "  proxy_buffers 16 16k;\n  proxy_max_temp_file_size 0;\n" +
                           "\n".join(ups) + "\n" + "\n".join(servers))
         self.write_config(d, conf)
@@ -457,6 +458,8 @@ WORKLOADS = {
 class Env:
     def __init__(self, args):
         self.args = args
+        # The most connections any proxy holds at once (idle workloads).
+        self.max_idle = max([args.idle] + args.idle_cpu)
         self.procs = Procs()
         self.work = tempfile.mkdtemp(prefix="kgate-bench.")
         b = args.build
@@ -611,6 +614,50 @@ class Env:
             return None
         return float(m.group(2)), float(m.group(3))
 
+    def hold_idle(self, proxy, n, tag):
+        """Opens n idle mTLS connections to proxy (handshake + one GET
+        each) from as many idle_conns.py processes as it takes, each from
+        its own loopback source address (one address has 28k ephemeral
+        ports); returns them once all are ready."""
+        per = 20000
+        holders = []
+        for i in range((n + per - 1) // per):
+            count = min(per, n - i * per)
+            logf = f"{self.work}/idle-{tag}-{i}-{time.monotonic_ns()}.log"
+            holders.append((self.procs.start(
+                [PY, f"{ROOT}/bench/idle_conns.py", "--port", str(proxy.ports["small"]),
+                 "--cert", self.client_cert, "--key", self.client_key, "--ca", self.ca,
+                 "--count", str(count), "--source", f"127.0.0.{2 + i}", "--hold", "900"],
+                logf), logf))
+        try:
+            for p, logf in holders:
+                wait_for(logf, r"^ready", 900, p)
+        except BaseException:
+            for p, _ in holders:
+                self.procs.stop(p, 10)
+            raise
+        return [p for p, _ in holders]
+
+    # -- idle connections: CPU while holding them, a fresh proxy each
+    def idle_cpu(self, proxy, n):
+        proxy.stop()
+        proxy.start()
+        rc, code, _ = self.curl(proxy.ports["small"], self.client_cert, self.client_key)
+        if code != "200":
+            raise BenchError(f"{proxy.name}: warm-up request failed (curl {rc}, {code})")
+        holders = self.hold_idle(proxy, n, f"cpu-{proxy.name}")
+        try:
+            time.sleep(3.0)  # handshakes' aftermath (session tickets, trims) settles
+            secs = self.args.idle_cpu_seconds
+            c0, t0 = cpu_seconds(proxy.pid), time.monotonic()
+            time.sleep(secs)
+            c1, t1 = cpu_seconds(proxy.pid), time.monotonic()
+            rss = rss_kib(proxy.pid)
+        finally:
+            for p in holders:
+                self.procs.stop(p, 30)
+        return (c1 - c0) * 1000 / (t1 - t0), rss
+
     # -- idle connections: RSS delta on a freshly started proxy
     def idle_rss(self, proxy):
         n = self.args.idle
@@ -726,6 +773,18 @@ def run(args):
                                          unit="connection", cpu_s=float("nan"),
                                          cpu_per_unit=per, errors=0, hs_full=0, hs_resumed=0,
                                          rss_before=before, rss_after=after))
+            # (f): CPU while holding idle connections, a fresh proxy each
+            if "idlecpu" in args.workloads:
+                for n in args.idle_cpu:
+                    for p in proxies:
+                        ms_s, rss = env.idle_cpu(p, n)
+                        log(f"w={w} idlecpu {n} {p.name}: {ms_s:.2f} ms of CPU per second "
+                            f"holding {n} idle connections (RSS {rss} KiB)")
+                        rows.append(dict(workers=w, workload=f"idlecpu{n}", proxy=p.name,
+                                         round=1, rate=float("nan"), p50_ms=float("nan"),
+                                         p99_ms=float("nan"), units=n, unit="second",
+                                         cpu_s=ms_s / 1000, cpu_per_unit=ms_s, errors=0,
+                                         hs_full=0, hs_resumed=0, rss_after=rss))
             for p in proxies:
                 p.stop()
                 if isinstance(p, Kgated):
@@ -757,12 +816,18 @@ def tool_versions(env):
 
 # ---- results ---------------------------------------------------------------------
 UNIT_TEXT = {"request": "µs/request", "handshake": "µs/handshake", "MiB": "ms/MiB",
-             "GiB": "s/GiB", "connection": "KiB/connection"}
+             "GiB": "s/GiB", "connection": "KiB/connection", "second": "ms CPU/s"}
 WL_TEXT = {"keepalive": "(a) keep-alive GET 64 B",
            "handshake": "(b) Connection: close, full mTLS handshake",
            "bulk1m": "(c) 1 MiB responses", "idle": "(d) idle mTLS connection",
            "tcp": "(e) tcp relay, bulk one way"}
 ANCHORS = ("haproxy-tcp", "nginx")
+
+
+def wl_text(workload):
+    if workload.startswith("idlecpu"):
+        return f"(f) CPU holding {int(workload[7:]):,} idle mTLS connections"
+    return WL_TEXT.get(workload, workload)
 
 
 def summarise(rows):
@@ -841,9 +906,9 @@ def write_results(args, rows, notes, versions, load_start, load_end):
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         rate = fmt(s["rate"], 2) + " Gbit/s" if s["unit"] == "GiB" else fmt(s["rate"], 0) + "/s"
-        if s["unit"] == "connection":
+        if s["unit"] in ("connection", "second"):
             rate = "–"
-        md.append(f"| {s['workers']} | {WL_TEXT[s['workload']]} | {s['proxy']} | {rate} | "
+        md.append(f"| {s['workers']} | {wl_text(s['workload'])} | {s['proxy']} | {rate} | "
                   f"{fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} | "
                   f"**{fmt(s['cpu_per_unit'], 3 if s['unit'] in ('MiB', 'GiB') else 1)}** "
                   f"{UNIT_TEXT[s['unit']]} | {fmt(s['vs_haproxy-tcp'], 2)} | "
@@ -869,7 +934,9 @@ def plot(base, summary):
     w0 = min(s["workers"] for s in summary) if summary else 1
     proxies = ["kgated", "haproxy-tcp", "haproxy-http", "nginx"]
     lines = ["workload " + " ".join(proxies)]
-    for wl in ("keepalive", "handshake", "bulk1m", "idle"):
+    idlecpu = sorted({x["workload"] for x in summary if x["workload"].startswith("idlecpu")},
+                     key=lambda wl: int(wl[7:]))
+    for wl in ("keepalive", "handshake", "bulk1m", "idle", *idlecpu):
         vals = []
         for p in proxies:
             s = next((x for x in summary if x["workers"] == w0 and x["workload"] == wl and
@@ -921,6 +988,10 @@ def main():
     p.add_argument("--idle-rounds", type=int, default=1)
     p.add_argument("--workers", default="1 2")
     p.add_argument("--idle", type=int, default=2000)
+    p.add_argument("--idle-cpu", default="7000 50000",
+                   help="idlecpu workload: connection counts held, one fresh proxy each")
+    p.add_argument("--idle-cpu-seconds", type=float, default=20.0,
+                   help="idlecpu workload: how long CPU is measured while holding them")
     p.add_argument("--conns", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bulk-mib", type=int, default=2048)
@@ -936,6 +1007,12 @@ def main():
             args.workers = "1"
     args.workers = [int(x) for x in args.workers.split()]
     args.workloads = args.workloads.split()
+    args.idle_cpu = [int(x) for x in args.idle_cpu.split()] if "idlecpu" in args.workloads else []
+    if os.geteuid() == 0:
+        # Tens of thousands of held connections: the proxies, backends and
+        # holders (children) need more descriptors than a login shell has.
+        want = max(65536, 4 * max([args.idle] + args.idle_cpu) + 4096)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
     args.proxies = args.proxies.split()
     if "haproxy-tcp" not in args.proxies or "nginx" not in args.proxies:
         log("note: ratios need haproxy-tcp and nginx in --proxies")

@@ -26,6 +26,8 @@ def parse_args():
     p.add_argument("--key", required=True, help="client key (PEM)")
     p.add_argument("--ca", required=True, help="CA that signed the server certificate")
     p.add_argument("--server-name", default="localhost")
+    p.add_argument("--source", default=None,
+                   help="local address to connect from (one address has ~28k ephemeral ports)")
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--no-request", action="store_true",
                    help="handshake only, no HTTP request before going idle")
@@ -86,13 +88,15 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    source = (args.source, 0) if args.source else None
     request = (f"GET / HTTP/1.1\r\nHost: {args.server_name}\r\n\r\n").encode()
     conns = []
     try:
         for i in range(args.count):
             if stop:
                 break
-            raw = socket.create_connection((args.host, args.port), timeout=args.timeout)
+            raw = socket.create_connection((args.host, args.port), timeout=args.timeout,
+                                           source_address=source)
             try:
                 conn = ctx.wrap_socket(raw, server_hostname=args.server_name)
             except Exception:

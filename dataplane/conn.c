@@ -54,6 +54,20 @@ static void conn_peer(const struct kg_conn *c, char *buf, size_t len)
  * spilled too until the flush has moved it into c_out.
  * Runs on the connection's worker thread only. */
 
+/* Bytes through a connection's memory BIOs after which an idle visit
+ * replaces them: a handshake or a burst leaves their buffers grown. */
+#define BIO_TRIM_BYTES 512
+
+/* n more bytes went through the memory BIOs: once they pass the trim
+ * threshold, the timer looks soon (kg_conn_on_timer trims when idle). */
+static void grew(struct kg_conn *c, size_t n)
+{
+	bool was_below = c->bio_grown < BIO_TRIM_BYTES;
+	c->bio_grown += (uint32_t)n;
+	if (was_below && c->bio_grown >= BIO_TRIM_BYTES)
+		kg_conn_timer_at(c, c->worker->now_ms + KG_TRIM_IDLE_MS);
+}
+
 static pthread_once_t method_once = PTHREAD_ONCE_INIT;
 static BIO_METHOD *method; /* process lifetime, built once */
 
@@ -83,7 +97,7 @@ int kg_client_out_write(struct kg_conn *c, const void *data, size_t len)
 	}
 	if (len > INT_MAX || (!c->out_spill && !(c->out_spill = BIO_new(BIO_s_mem()))))
 		return -1;
-	c->bio_grown += (uint32_t)len;
+	grew(c, len);
 	return BIO_write(c->out_spill, data, (int)len) == (int)len ? 0 : -1;
 }
 
@@ -150,10 +164,6 @@ static int slot_alloc(struct kg_worker *w)
 		w->high_water = idx + 1;
 	return (int)idx;
 }
-
-/* Bytes through a connection's memory BIOs after which an idle tick
- * replaces them: a handshake or a burst leaves their buffers grown. */
-#define BIO_TRIM_BYTES 512
 
 /* Only a connection that may hand off to kTLS owns a receive buffer: it
  * reads the handshake record by record, so the buffer holds the largest
@@ -273,6 +283,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 
 	w->conns[idx] = c;
 	w->n_conns++;
+	kg_wheel_arm(&w->timers, &c->timer, c->deadline_ms);
 	kg_conn_arm_client_recv(c);
 	return;
 
@@ -382,7 +393,7 @@ int kg_conn_feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n)
 		kg_conn_close(c, "out of memory buffering client data");
 		return -1;
 	}
-	c->bio_grown += (uint32_t)n;
+	grew(c, n);
 	return 0;
 }
 
@@ -543,6 +554,12 @@ void kg_conn_on_backend_connect(struct kg_conn *c, int res)
 	if (res == 0) {
 		kg_health_conn_start(c->listener->health, (size_t)c->member);
 		c->member_counted = true;
+		/* Disabled (or cut as unhealthy) while the connect was on its
+		 * way: the workers' cut scan has already run for that change. */
+		if (kg_health_should_cut(c->listener->health, (size_t)c->member) != KG_CUT_NONE) {
+			kg_conn_close(c, "backend left the rotation while connecting");
+			return;
+		}
 		kg_conn_start_forwarding(c);
 		return;
 	}
@@ -625,6 +642,7 @@ void kg_conn_start_forwarding(struct kg_conn *c)
 	enum kg_path plan = c->listener->plan;
 
 	kg_conn_touch(c);
+	kg_conn_timer_at(c, c->deadline_ms);
 	if (c->listener->conf->proxy_protocol == KG_PP_V2 && !kg_path_is_http(plan) &&
 	    !send_proxy_header(c))
 		return;
@@ -709,6 +727,8 @@ void kg_conn_close(struct kg_conn *c, const char *reason)
 		return;
 	enum kg_conn_state was = c->state;
 	c->state = KG_CONN_CLOSING;
+	/* The next tick frees it if no completion does first. */
+	kg_conn_timer_at(c, c->worker->now_ms);
 	log_debug("conn.closed", KV("listener", c->listener->conf->name),
 		  KV("worker", c->worker->id), KV("conn", c->idx), KV("reason", reason));
 	if (c->fwd && c->fwd->on_close)
@@ -751,6 +771,7 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	if (c->inflight > 0)
 		return false;
 	struct kg_worker *w = c->worker;
+	kg_wheel_cancel(&w->timers, &c->timer);
 	if (c->fwd && c->fwd->release)
 		c->fwd->release(c);
 	SSL_free(c->ssl);
@@ -770,21 +791,23 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	w->conns[c->idx] = NULL;
 	w->free_slots[w->n_free++] = c->idx;
 	w->n_conns--;
+	/* Scans (drain, cuts) look at [0, high_water): it comes down as the
+	 * highest slots empty (free slots are reused lowest first). */
+	while (w->high_water > 0 && !w->conns[w->high_water - 1])
+		w->high_water--;
 	free(c);
 	return true;
 }
 
-void kg_conn_check_deadline(struct kg_conn *c)
+uint64_t kg_conn_check_deadline(struct kg_conn *c)
 {
 	struct kg_worker *w = c->worker;
 	if (c->state == KG_CONN_CLOSING)
-		return;
-	if (c->fwd && c->fwd->check_deadline) {
-		c->fwd->check_deadline(c); /* https: request, keep-alive and response timeouts */
-		return;
-	}
+		return 0;
+	if (c->fwd && c->fwd->check_deadline)
+		return c->fwd->check_deadline(c); /* https: request, keep-alive and response timeouts */
 	if (w->now_ms < c->deadline_ms)
-		return;
+		return c->deadline_ms;
 	if (c->state == KG_CONN_HANDSHAKE) {
 		char peer[64];
 		conn_peer(c, peer, sizeof(peer));
@@ -796,27 +819,52 @@ void kg_conn_check_deadline(struct kg_conn *c)
 		kg_count(w, idle_timeout);
 		kg_conn_close(c, "idle timeout");
 	}
+	/* CONNECTING: the connect's linked timeout ends it. */
+	return c->state == KG_CONN_CLOSING ? 0 : c->deadline_ms;
 }
 
-void kg_conn_trim_idle(struct kg_conn *c)
+/* An idle connection's memory BIOs, grown by a burst, are replaced by
+ * empty ones (OpenSSL's memory BIOs never shrink). True when that is still
+ * to do: the connection was not idle long enough yet. */
+static bool trim_idle(struct kg_conn *c)
 {
 	const struct kg_worker *w = c->worker;
-	if (c->state != KG_CONN_FORWARDING ||
-	    (c->path != KG_PATH_USERSPACE && c->path != KG_PATH_HTTP) || !c->ssl ||
-	    c->bio_grown < BIO_TRIM_BYTES || c->c_send_busy || c->c_out.data ||
+	bool userspace = c->path == KG_PATH_USERSPACE || c->path == KG_PATH_HTTP;
+	if (!c->ssl || c->bio_grown < BIO_TRIM_BYTES || c->state == KG_CONN_CLOSING ||
+	    (c->state == KG_CONN_FORWARDING && !userspace))
+		return false;
+	if (c->state != KG_CONN_FORWARDING || c->c_send_busy || c->c_out.data ||
 	    BIO_pending(c->net_in) > 0 || kg_client_spill_pending(c) > 0)
-		return;
-	/* Idle: no byte moved for a tick (touch() pushes the deadline). */
+		return true;
+	/* Idle: no byte moved for KG_TRIM_IDLE_MS (kg_conn_touch pushes the
+	 * deadline on every byte). */
 	uint64_t idle_ms = c->listener->conf->idle_timeout_ms;
 	if (c->deadline_ms > w->now_ms + idle_ms - KG_TRIM_IDLE_MS)
-		return;
+		return true;
 	BIO_free(c->out_spill);
 	c->out_spill = NULL;
 	BIO *in = BIO_new(BIO_s_mem());
 	if (!in)
-		return; /* keep the grown one; the next tick tries again */
+		return true; /* keep the grown one; try again */
 	/* The SSL frees the old one and owns the new one. */
 	SSL_set0_rbio(c->ssl, in);
 	c->net_in = in;
 	c->bio_grown = 0;
+	return false;
+}
+
+uint64_t kg_conn_on_timer(struct kg_conn *c)
+{
+	bool trim_later = trim_idle(c);
+	uint64_t next = kg_conn_check_deadline(c);
+	if (next == 0)
+		return 0;
+	uint64_t trim_at = c->worker->now_ms + KG_TRIM_IDLE_MS;
+	return trim_later && trim_at < next ? trim_at : next;
+}
+
+void kg_conn_timer_at(struct kg_conn *c, uint64_t at)
+{
+	if (!kg_timer_armed(&c->timer) || at < c->timer.at)
+		kg_wheel_arm(&c->worker->timers, &c->timer, at);
 }

@@ -20,6 +20,7 @@
 
 #include "backend.h"
 #include "paths.h"
+#include "timer_wheel.h"
 
 struct kg_worker;
 struct kg_listener_rt;
@@ -54,7 +55,8 @@ struct kg_conn {
 	BIO *net_in;  /* ciphertext from the client, read by OpenSSL (owned by ssl) */
 	BIO *net_out; /* kg_client_bio_new: OpenSSL's records into c_out (owned by ssl) */
 	BIO *out_spill; /* records behind a full c_out; NULL when unused */
-	uint64_t deadline_ms; /* handshake, then idle deadline */
+	uint64_t deadline_ms; /* handshake, then idle deadline (pushed by I/O: kg_conn_touch) */
+	struct kg_timer timer; /* on the worker's wheel: the next visit (kg_conn_on_timer) */
 	uint32_t inflight;    /* io_uring operations not yet completed */
 
 	int member;          /* chosen backend, -1 before */
@@ -85,7 +87,7 @@ struct kg_conn {
 };
 
 /* An idle connection's memory BIOs are trimmed once no byte has moved
- * for this long (checked on the worker's 100 ms tick). */
+ * for this long (its timer looks when a burst has grown them). */
 #define KG_TRIM_IDLE_MS 100
 
 /* Plaintext a client may pipeline behind its Finished, decrypted before a
@@ -108,7 +110,17 @@ void kg_conn_close_err(struct kg_conn *c, const char *what, int err);
 void kg_conn_reset(struct kg_conn *c, const char *reason);
 /* Frees the connection if nothing is in flight. Returns true if freed. */
 bool kg_conn_release_if_idle(struct kg_conn *c);
-void kg_conn_check_deadline(struct kg_conn *c);
+/* Acts on a deadline that passed (handshake, idle, or the forwarder's):
+ * closes c, or returns when the next one is due (0 once c is closing). */
+uint64_t kg_conn_check_deadline(struct kg_conn *c);
+/* c's timer fired: deadlines, and the memory BIOs' trim once idle. Returns
+ * when to look again (0 once c is closing). Nothing calls it between, so
+ * an idle connection costs nothing until then. */
+uint64_t kg_conn_on_timer(struct kg_conn *c);
+/* c must be looked at no later than at: moves its timer earlier when it
+ * is set later (a deadline that moves later needs no call: the timer
+ * finds it when it fires). */
+void kg_conn_timer_at(struct kg_conn *c, uint64_t at);
 void kg_conn_arm_client_recv(struct kg_conn *c);
 void kg_conn_flush_client(struct kg_conn *c);
 /* Pushes the idle deadline to now + the listener's idle timeout (bytes
@@ -122,9 +134,6 @@ void kg_conn_compact_c_in(struct kg_conn *c);
 /* The kernel owns the client's record layer now (handoff.h): OpenSSL, the
  * handoff's tracking and the TLS buffers go; the session stays resumable. */
 void kg_conn_drop_tls(struct kg_conn *c);
-/* On the tick: an idle connection's memory BIOs, grown by a burst, are
- * replaced by empty ones (OpenSSL's memory BIOs never shrink). */
-void kg_conn_trim_idle(struct kg_conn *c);
 /* A new BIO for OpenSSL's outgoing records: they go straight into c's send
  * span (c_out, a pool buffer), copied once between OpenSSL and the socket
  * rather than twice through a memory BIO; what does not fit behind the

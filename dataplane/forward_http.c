@@ -134,6 +134,15 @@ static struct kg_http_conn *http_of(const struct kg_conn *c)
 	return c->fwd_ctx;
 }
 
+/* The request, keep-alive or response deadline: the connection's timer
+ * fires by then (a deadline set later than the timer is found when it
+ * fires; an earlier one moves it). */
+static void set_deadline(struct kg_conn *c, uint64_t at)
+{
+	http_of(c)->deadline_ms = at;
+	kg_conn_timer_at(c, at);
+}
+
 static const struct kg_http_conf *conf_of(const struct kg_conn *c)
 {
 	return &c->listener->conf->http;
@@ -176,7 +185,7 @@ static void close_gracefully(struct kg_conn *c, const char *reason)
 {
 	struct kg_http_conn *h = http_of(c);
 	h->rstate = R_CLOSING;
-	h->deadline_ms = c->worker->now_ms + conf_of(c)->request_timeout_ms;
+	set_deadline(c, c->worker->now_ms + conf_of(c)->request_timeout_ms);
 	h->io->end(c);
 	if (h->io->kernel)
 		h->notify_pending = true; /* on_client_drained sends it */
@@ -373,7 +382,7 @@ static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
 	kg_http_restart(&h->resp);
 	h->resp.head_only_response = kg_http_is_head_method(&h->req);
 	h->rstate = R_SEND;
-	h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+	set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
 	if (!h->bbuf && !(h->bbuf = io_buf_get(c, h->bcap))) {
 		kg_conn_close(c, "out of memory for a response buffer"); /* closes fd too */
 		return;
@@ -542,7 +551,7 @@ static void pump_bodies(struct kg_conn *c)
 	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
 		return;
 	if (moved)
-		h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+		set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
 	int r = body_end(c, &h->pump.c2b, &h->c2b_splice, "client closed mid-request");
 	if (r < 0)
 		return;
@@ -643,7 +652,7 @@ static bool parse_head(struct kg_conn *c)
 	if (h->rstate == R_IDLE) {
 		h->rstate = R_HEAD;
 		h->req_start_ms = c->worker->now_ms;
-		h->deadline_ms = c->worker->now_ms + hc->request_timeout_ms;
+		set_deadline(c, c->worker->now_ms + hc->request_timeout_ms);
 		h->status = 0;
 		h->method[0] = h->target[0] = '\0';
 		h->resp_started = false;
@@ -787,7 +796,7 @@ static void on_backend_send(struct kg_conn *c, int res)
 		h->head_sent += (uint32_t)res;
 	else
 		h->rsent += (uint32_t)res;
-	h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+	set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
 	if (h->resp_done)
 		maybe_finish(c);
 	else
@@ -915,7 +924,7 @@ static void on_backend_recv(struct kg_conn *c, int res)
 		return;
 	}
 	h->blen += (uint32_t)res;
-	h->deadline_ms = c->worker->now_ms + conf_of(c)->response_timeout_ms;
+	set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
 	process_response(c);
 }
 
@@ -988,7 +997,7 @@ static void maybe_finish(struct kg_conn *c)
 		return;
 	}
 	h->rstate = R_IDLE;
-	h->deadline_ms = w->now_ms + conf_of(c)->keepalive_timeout_ms;
+	set_deadline(c, w->now_ms + conf_of(c)->keepalive_timeout_ms);
 	compact_request(h);
 	kg_http_next(&h->req);
 	advance(c);
@@ -1041,7 +1050,7 @@ static int http_start(struct kg_conn *c, const void *early, size_t early_len, ch
 	h->rlen = (uint32_t)early_len;
 	kg_count_add(&c->worker->stats.forwarded_c2b, early_len);
 	h->rstate = R_IDLE;
-	h->deadline_ms = c->worker->now_ms + hc->request_timeout_ms;
+	set_deadline(c, c->worker->now_ms + hc->request_timeout_ms);
 	return 0;
 }
 
@@ -1081,12 +1090,10 @@ static void http_on_poll(struct kg_conn *c, int op, int fd, int res)
 }
 
 /* Deadlines: request, keep-alive and response. */
-static void http_check_deadline(struct kg_conn *c)
+static void http_deadline_passed(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
 	struct kg_worker *w = c->worker;
-	if (c->state != KG_CONN_FORWARDING)
-		return;
 	if (w->draining && h->rstate == R_IDLE && h->rlen == 0) {
 		close_gracefully(c, "draining");
 		return;
@@ -1114,6 +1121,13 @@ static void http_check_deadline(struct kg_conn *c)
 		kg_conn_close(c, "client did not take the last response in time");
 		return;
 	}
+}
+
+static uint64_t http_check_deadline(struct kg_conn *c)
+{
+	if (c->state == KG_CONN_FORWARDING)
+		http_deadline_passed(c);
+	return c->state == KG_CONN_FORWARDING ? http_of(c)->deadline_ms : 0;
 }
 
 static void http_on_close(struct kg_conn *c)

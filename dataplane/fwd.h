@@ -49,9 +49,11 @@ struct kg_fwd_ops {
 	 * connects per request); NULL for paths that connect once, before
 	 * start. */
 	void (*on_connect)(struct kg_conn *c, int res);
-	/* The connection's deadline passed (deadline_ms): close it or set the
-	 * next one. NULL: the core's idle timeout applies. */
-	void (*check_deadline)(struct kg_conn *c);
+	/* The connection's timer fired (conn.h kg_conn_on_timer): act on a
+	 * deadline that passed, and return when to look again (0 once the
+	 * connection is closing). A forwarder that moves a deadline earlier
+	 * calls kg_conn_timer_at. NULL: the core's idle timeout applies. */
+	uint64_t (*check_deadline)(struct kg_conn *c);
 	/* kg_conn_close is closing c: cancel what only the forwarder knows of. */
 	void (*on_close)(struct kg_conn *c);
 	/* Nothing is in flight any more: free c->fwd_ctx. */

@@ -43,6 +43,7 @@ struct kg_health_group {
 	bool checked;
 	pthread_mutex_t weights_lock; /* serialises slow-start weight updates */
 	_Atomic unsigned ramping;     /* members ramping up */
+	_Atomic unsigned cut_gen;     /* bumped when a member may have become one to cut */
 	size_t n;
 	struct member m[];
 };
@@ -198,6 +199,7 @@ static void transition(struct kg_health_group *g, size_t i, enum kg_member_state
 	m->state = to;
 	m->since_ms = now_ms;
 	atomic_store(&m->state_pub, (int)to);
+	atomic_fetch_add(&g->cut_gen, 1);
 	bool ramp = to == KG_MEMBER_HEALTHY && from == KG_MEMBER_UNHEALTHY &&
 		    g->hc->slow_start_s > 0;
 	if (ramp) {
@@ -288,6 +290,11 @@ bool kg_health_cuts(const struct kg_health_group *g)
 	return g->checked && g->hc->cut_on_unhealthy;
 }
 
+unsigned kg_health_cut_gen(const struct kg_health_group *g)
+{
+	return atomic_load(&g->cut_gen);
+}
+
 enum kg_health_cut kg_health_should_cut(const struct kg_health_group *g, size_t member)
 {
 	if (member >= g->n)
@@ -306,6 +313,7 @@ int kg_health_set_admin(struct kg_health_group *g, size_t member, enum kg_admin_
 	struct member *m = &g->m[member];
 	pthread_mutex_lock(&m->lock);
 	int was = atomic_exchange(&m->admin, (int)admin);
+	atomic_fetch_add(&g->cut_gen, 1);
 	update_rotation(g, member);
 	unsigned active = atomic_load(&m->active);
 	pthread_mutex_unlock(&m->lock);

@@ -78,6 +78,10 @@ void kg_health_conn_end(struct kg_health_group *g, size_t member);
  * and the listener has cut_on_unhealthy. Lock-free: the workers ask for
  * each forwarding connection on their tick. */
 enum kg_health_cut { KG_CUT_NONE, KG_CUT_UNHEALTHY, KG_CUT_DISABLED };
+/* Changes whenever kg_health_should_cut may have changed for a member
+ * (a state transition, an administrative change): the workers look for
+ * connections to cut only then, not on every tick. */
+unsigned kg_health_cut_gen(const struct kg_health_group *g);
 enum kg_health_cut kg_health_should_cut(const struct kg_health_group *g, size_t member);
 /* True when the listener cuts connections of unhealthy members at all. */
 bool kg_health_cuts(const struct kg_health_group *g);

@@ -374,25 +374,77 @@ static void trim_heap_after_wave(struct kg_worker *w)
 		 KV("took_us", took_us));
 }
 
-static void on_tick(struct kg_worker *w)
+/* Established connections to a member that was disabled, or that turned
+ * unhealthy under cut_on_unhealthy, are looked for only when a listener's
+ * health group says a member's state changed (its cut generation), or its
+ * snapshot changed: not on every tick. */
+static bool cuts_changed(struct kg_worker *w)
+{
+	bool changed = false;
+	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++) {
+		struct kg_listener_slot *slot = &w->rt->slots[li];
+		if (atomic_load_explicit(&slot->active, memory_order_relaxed) == 0) {
+			w->cut_snap[li] = NULL;
+			continue;
+		}
+		struct kg_listener_rt *snap = kg_listener_acquire(slot);
+		unsigned gen = snap ? kg_health_cut_gen(snap->health) : 0;
+		if (snap != w->cut_snap[li] || gen != w->cut_gen[li])
+			changed = true;
+		w->cut_snap[li] = snap; /* compared only, never dereferenced later */
+		w->cut_gen[li] = gen;
+		kg_listener_put(snap);
+	}
+	return changed;
+}
+
+/* Visits every connection: while draining (each tick, for the drain
+ * timeout and https' idle keep-alive connections), and when cuts may be
+ * due. */
+static void scan(struct kg_worker *w, bool drain_expired, bool cuts)
 {
 	struct tick_snaps ts = {0};
-	if (!w->draining && atomic_load(&w->rt->stopping))
-		begin_drain(w);
-	bool drain_expired = w->draining && w->now_ms >= w->drain_deadline_ms;
 	for (uint32_t i = 0; i < w->high_water; i++) {
 		struct kg_conn *c = w->conns[i];
 		if (!c)
 			continue;
 		if (drain_expired)
 			kg_conn_close(c, "drain timeout");
-		else if (!cut_if_needed(c, &ts))
+		else if (!(cuts && cut_if_needed(c, &ts)) && w->draining)
 			kg_conn_check_deadline(c);
-		kg_conn_trim_idle(c);
 		release_closed(w, i);
 	}
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		kg_listener_put(ts.snap[li]);
+}
+
+/* Connections whose timer is due: deadlines, idle trims, and closing ones
+ * to free. Each is re-armed for its next visit. */
+static void expire_timers(struct kg_worker *w)
+{
+	struct kg_timer *t;
+	while ((t = kg_wheel_expire(&w->timers, w->now_ms))) {
+		struct kg_conn *c = (struct kg_conn *)((char *)t - offsetof(struct kg_conn, timer));
+		uint64_t next = kg_conn_on_timer(c);
+		if (c->state == KG_CONN_CLOSING) {
+			release_closed(w, c->idx);
+			continue;
+		}
+		/* A deadline that stays in the past (a connect in progress
+		 * past the https response deadline) is looked at each tick. */
+		kg_wheel_arm(&w->timers, t, next > w->now_ms ? next : w->now_ms + KG_WHEEL_GRANULE_MS);
+	}
+}
+
+static void on_tick(struct kg_worker *w)
+{
+	if (!w->draining && atomic_load(&w->rt->stopping))
+		begin_drain(w);
+	expire_timers(w);
+	bool drain_expired = w->draining && w->now_ms >= w->drain_deadline_ms;
+	bool cuts = cuts_changed(w);
+	if (w->draining || cuts)
+		scan(w, drain_expired, cuts);
 	if (service)
 		service->on_tick(w->service, w->now_ms);
 	kg_backend_pool_expire(w->pool, w->now_ms);
@@ -608,6 +660,7 @@ static void *worker_main(void *arg)
 		 KV("features", features));
 
 	w->now_ms = kg_now_ms();
+	kg_wheel_init(&w->timers, w->now_ms);
 	arm_wake(w);
 	arm_tick(w);
 	if (service)

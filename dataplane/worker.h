@@ -19,6 +19,7 @@
 #include "counters.h"
 #include "heap_trim.h"
 #include "runtime.h"
+#include "timer_wheel.h"
 
 struct kg_conn;
 
@@ -120,7 +121,12 @@ struct kg_worker {
 	 * another worker handed over that this one has not adopted yet. */
 	_Atomic uint32_t n_conns;
 	_Atomic uint32_t incoming;
-	uint32_t high_water;    /* slots [0, high_water) may be in use */
+	uint32_t high_water;    /* slots [0, high_water) may be in use (drain and cut scans) */
+	struct kg_wheel timers; /* connections' deadlines (timer_wheel.h) */
+	/* Per listener slot: the snapshot and its health group's cut
+	 * generation the last cut scan saw (kg_health_cut_gen). */
+	const struct kg_listener_rt *cut_snap[KG_MAX_LISTENERS];
+	unsigned cut_gen[KG_MAX_LISTENERS];
 	uint64_t now_ms;
 	struct __kernel_timespec tick_interval;
 	int init_result;   /* 0 or -errno from ring set-up, read by main */

@@ -938,7 +938,7 @@ def test_every_counter_reaches_stats_metrics_log_and_man(pki, gated, http_backen
                if line and not line.startswith("#")}
     man = open(os.path.join(REPO, "doc", "kgated.8.scd")).read()
     section = man[man.index("\n# METRICS"):man.index("\n# EXIT STATUS")]
-    stopped_doc = man[man.index("*worker.stopped*"):]
+    stopped_doc = man[man.index("*worker.stopped* info:"):]
     stopped_doc = stopped_doc[:stopped_doc.index("\n\n")]
     for r in rows:
         assert isinstance(stats[r["group"]][r["key"]], int), r

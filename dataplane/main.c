@@ -173,9 +173,10 @@ static int parse_args(int argc, char **argv, struct options *o)
  * back the bytes the verdict passed to its own queue returns whole TCP
  * segments twice while the relay forwards them (bench/sockmap_pass_check,
  * bpf/README.md). "sockmap" is refused at start; the module and its tests
- * stay. Build with -DKG_SOCKMAP_ENABLED=1 to experiment. */
+ * stay. KG_SOCKMAP_ENABLED is 0 or 1 from the build's KG_SOCKMAP option
+ * (default OFF; cmake -DKG_SOCKMAP=ON to experiment). */
 #ifndef KG_SOCKMAP_ENABLED
-#define KG_SOCKMAP_ENABLED 0
+#error "KG_SOCKMAP_ENABLED is set by the build (CMake option KG_SOCKMAP)"
 #endif
 
 /* Loads the sockmap programs (needs CAP_BPF/CAP_NET_ADMIN, so before the

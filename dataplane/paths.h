@@ -1,4 +1,4 @@
-/* Forwarding paths (DESIGN.md "Data path") and how a listener's
+/* Forwarding paths (README.md, "Forwarding paths") and how a listener's
  * `forwarding` setting maps onto what the running kernel offers. Decided
  * once per listener at start; a forced path the kernel cannot run is a
  * start-up error, never a silent fallback. */

@@ -104,10 +104,10 @@ struct kg_conn {
 	uint32_t handoff_need;      /* handoff reads exactly the rest of a partial record */
 
 	/* Buffers are held only while data is in flight (bufpool.h): receives
-	 * on path C use the worker's provided-buffer ring, the two send spans
-	 * borrow a pool buffer (data NULL when empty). Only a connection that
-	 * may hand off to kTLS owns c_in, for its whole life: it reads the
-	 * handshake record by record and keeps unfed bytes. */
+	 * on the userspace-tls path use the worker's provided-buffer ring, the
+	 * two send spans borrow a pool buffer (data NULL when empty). Only a
+	 * connection that may hand off to kTLS owns c_in, for its whole life:
+	 * it reads the handshake record by record and keeps unfed bytes. */
 	uint32_t c_in_cap;
 	struct kg_span c_in;  /* recv from client (ciphertext); kTLS plan only */
 	struct kg_span c_out; /* to send to client (ciphertext), pool buffer, written by net_out */
@@ -284,23 +284,24 @@ void kg_conn_arm_poll(struct kg_conn *c, int fd, unsigned mask, enum kg_op op, b
 /* conn.c: the backend is connected; start the listener's path. */
 void kg_conn_start_forwarding(struct kg_conn *c);
 
-/* forward_splice.c: paths B and P (splice) and the plain copy loop. head
- * is plaintext to send to the backend first (decrypted before a kTLS
- * handoff). 0, or -errno with err filled: the caller closes. */
+/* forward_splice.c: the ktls-splice and splice paths, and the plain copy
+ * loop (userspace-copy). head is plaintext to send to the backend first
+ * (decrypted before a kTLS handoff). 0, or -errno with err filled: the
+ * caller closes. */
 int kg_forward_splice_start(struct kg_conn *c, bool copy, bool client_ktls,
 			    const void *head, size_t head_len, char *err, size_t errlen);
 void kg_forward_splice_on_poll(struct kg_conn *c, int fd, bool out, int res);
 void kg_forward_splice_on_backoff(struct kg_conn *c);
 void kg_forward_splice_free(struct kg_conn *c);
 
-/* forward_sockmap.c: path P through the eBPF sockmap. start returns false
+/* forward_sockmap.c: the sockmap path. start returns false
  * when the pair could not be added and the caller should splice instead. */
 bool kg_forward_sockmap_start(struct kg_conn *c);
 void kg_forward_sockmap_on_poll(struct kg_conn *c, enum kg_op op, int fd, int res);
 void kg_forward_sockmap_pace_all(struct kg_worker *w);
 void kg_forward_sockmap_free(struct kg_conn *c);
 
-/* forward_user.c: path C, userspace TLS */
+/* forward_user.c: userspace-tls, OpenSSL in userspace */
 void kg_forward_user_start(struct kg_conn *c);
 void kg_forward_user_on_client_data(struct kg_conn *c);
 void kg_forward_user_on_backend_recv(struct kg_conn *c, int res, const unsigned char *data);

@@ -1,4 +1,4 @@
-/* Path P relay throughput on loopback, three ways side by side: the eBPF
+/* Plain-tcp relay throughput on loopback, three ways side by side: the eBPF
  * sockmap relay (dataplane/sockmap.c), splice(2) through a pipe, and a
  * read/write copy loop. One flow client -> relay -> sink per mode; the
  * relay runs in its own process so its CPU time is its own (getrusage of

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Path P relay: every byte a relayed socket receives is redirected to its
+/* The sockmap path's relay: every byte a relayed socket receives goes to its
  * peer's egress, in the kernel, without waking userspace. Userspace
  * (dataplane/sockmap.c) inserts both sockets of a pair and tears the pair
  * down itself: sockmap does not propagate FIN. */

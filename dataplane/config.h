@@ -1,4 +1,4 @@
-/* The configuration document (../shared DESIGN "Control model"), parsed with
+/* The configuration document (doc/kgate.json.5.scd), parsed with
  * json-c into plain structs. Parsing validates shape and values (unknown
  * keys, wrong types, ranges, references between objects); it does not open
  * certificate files — that is certs.c's job, run by the caller afterwards.

@@ -1,7 +1,8 @@
-/* Kernel TLS handoff (path B). After OpenSSL finished the handshake over
- * memory BIOs, kgate derives the traffic keys itself and gives them to the
- * kernel with setsockopt(SOL_TLS, TLS_TX/TLS_RX), so that the kernel
- * encrypts and decrypts records and payload can be spliced.
+/* Kernel TLS handoff (the ktls-splice and http-ktls-splice paths). After
+ * OpenSSL finished the handshake over memory BIOs, kgate derives the
+ * traffic keys itself and gives them to the kernel with setsockopt(SOL_TLS,
+ * TLS_TX/TLS_RX), so that the kernel encrypts and decrypts records and
+ * payload can be spliced.
  *
  * Why kgate derives keys for both directions: the handshake runs over
  * memory BIOs (io_uring does the socket I/O), so OpenSSL's own kTLS, which

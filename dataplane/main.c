@@ -171,19 +171,21 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
-/* The sockmap relay (path P) is switched off in this version: the kernel
- * gives it no back-pressure, and both ways of pausing a source fail on
- * 6.18 — taking it out of the verdict's map drops an skb, and reading
+/* The sockmap relay (path "sockmap") is switched off in this version: the
+ * kernel gives it no back-pressure, and both ways of pausing a source fail
+ * on 6.18 — taking it out of the verdict's map drops an skb, and reading
  * back the bytes the verdict passed to its own queue returns whole TCP
  * segments twice while the relay forwards them (bench/sockmap_pass_check,
  * bpf/README.md). "sockmap" is refused at start; the module and its tests
- * stay. Build with -DKG_SOCKMAP_ENABLED=1 to experiment. */
+ * stay. KG_SOCKMAP_ENABLED is 0 or 1 from the build's KG_SOCKMAP option
+ * (default OFF; cmake -DKG_SOCKMAP=ON to experiment). */
 #ifndef KG_SOCKMAP_ENABLED
-#define KG_SOCKMAP_ENABLED 0
+#error "KG_SOCKMAP_ENABLED is set by the build (CMake option KG_SOCKMAP)"
 #endif
 
 /* Loads the sockmap programs (needs CAP_BPF/CAP_NET_ADMIN, so before the
- * privilege drop) and records in caps whether path P can use them. */
+ * privilege drop) and records in caps whether the sockmap path can use
+ * them. */
 static struct kg_sockmap *sockmap_load(struct kg_kernel_caps *caps)
 {
 	char err[160];

@@ -68,7 +68,7 @@ static int plan_tls(const struct kg_listener_conf *lc, const struct kg_kernel_ca
 
 /* auto picks splice over sockmap for tcp: on loopback splice moved twice
  * the bytes at half the whole-box CPU per GiB, and it keeps TCP's
- * back-pressure (bench/README.md has the numbers). */
+ * back-pressure (bpf/README.md, "Numbers" and "Back-pressure"). */
 static int plan_tcp(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
 		    enum kg_path *plan, bool *forced, char *err, size_t errlen)
 {

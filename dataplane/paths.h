@@ -1,4 +1,4 @@
-/* Forwarding paths (DESIGN.md "Data path") and how a listener's
+/* Forwarding paths (README.md, "Forwarding paths") and how a listener's
  * `forwarding` setting maps onto what the running kernel offers. Decided
  * once per listener at start; a forced path the kernel cannot run is a
  * start-up error, never a silent fallback. */
@@ -10,16 +10,18 @@
 
 #include "config.h"
 
+/* Each comment starts with the name a user sees (kg_path_name). */
 enum kg_path {
 	KG_PATH_NONE,
-	KG_PATH_USERSPACE,   /* C: OpenSSL encrypts, io_uring send/recv */
-	KG_PATH_KTLS_SPLICE, /* B: kTLS on the client socket, splice both ways */
-	KG_PATH_SPLICE,      /* P: plain tcp, splice both ways */
-	KG_PATH_SOCKMAP,     /* P: plain tcp, eBPF sockmap redirect */
-	KG_PATH_COPY,        /* plain tcp through a userspace buffer */
-	KG_PATH_HTTP,        /* https: userspace TLS, requests parsed and balanced one by one */
-	KG_PATH_HTTP_KTLS,   /* https: kTLS on the client socket, heads parsed in userspace,
-			      * Content-Length bodies spliced */
+	KG_PATH_USERSPACE,   /* userspace-tls: OpenSSL encrypts, io_uring send/recv */
+	KG_PATH_KTLS_SPLICE, /* ktls-splice: kTLS on the client socket, splice both ways */
+	KG_PATH_SPLICE,      /* splice: plain tcp, splice both ways */
+	KG_PATH_SOCKMAP,     /* sockmap: plain tcp, eBPF sockmap redirect */
+	KG_PATH_COPY,        /* userspace-copy: plain tcp through a userspace buffer */
+	KG_PATH_HTTP,        /* http-userspace-tls: https, userspace TLS, requests parsed
+			      * and balanced one by one */
+	KG_PATH_HTTP_KTLS,   /* http-ktls-splice: https, kTLS on the client socket, heads
+			      * parsed in userspace, Content-Length bodies spliced */
 	KG_PATH_COUNT,
 };
 

@@ -1,6 +1,7 @@
-/* Path P relay through the eBPF sockmap (bpf/sockmap.bpf.c): once both
- * sockets of a pair are added, every byte one receives is sent out of the
- * other by the kernel; userspace copies nothing and is not woken for data.
+/* The sockmap path's relay through the eBPF sockmap (bpf/sockmap.bpf.c):
+ * once both sockets of a pair are added, every byte one receives is sent
+ * out of the other by the kernel; userspace copies nothing and is not woken
+ * for data.
  *
  * One struct kg_sockmap per process, shared by all workers: every function
  * is thread-safe (map updates are syscalls; the slot allocator has a lock).

@@ -1,6 +1,6 @@
 /* The listener's SSL_CTX, configured once at load so that handshakes do no
- * avoidable work (../shared/PERF-NOTES.md), and the mapping of OpenSSL's
- * results to what the event loop does next. */
+ * avoidable work (each setting says what it saves), and the mapping of
+ * OpenSSL's results to what the event loop does next. */
 #include "tls.h"
 
 #include <pthread.h>

@@ -14,7 +14,7 @@
  * bool); a value of any other type is a compile error, which keeps "%s of a
  * pointer" mistakes out. Arguments are not evaluated below the configured
  * level, so hot paths can call log_debug. The catalogue of events and keys
- * is doc/kgated-logging.7.scd.
+ * is the LOGGING section of doc/kgated.8.scd.
  *
  * Output: stderr. When stderr is the journal (systemd sets JOURNAL_STREAM to
  * its device:inode), lines start with the "<N>" syslog priority prefix that

@@ -2,7 +2,7 @@
 doc/proxy-protocol.txt) with its own parser, independent of kgate's
 writer, answers one JSON line with the fields it found, then echoes.
 Shared by tests/integration/test_proxy_protocol.py and the VM lane's
-path B test (tests/vm/guest/test_kgated_proxy_v2.py)."""
+`ktls-splice` test (tests/vm/guest/test_kgated_proxy_v2.py)."""
 import json
 import socket
 import struct

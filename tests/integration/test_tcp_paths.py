@@ -1,8 +1,8 @@
-"""Plain `tcp` listeners (path P): per-connection round robin, and bytes
-moved by splice or by the userspace copy loop — byte-exact both ways,
-half-close, nothing lost when a side closes right after sending, bounded
-memory under a stalled reader, no fd leak. Also the refusals of forwarding
-modes the kernel or the protocol cannot run."""
+"""Plain `tcp` listeners: per-connection round robin, and bytes moved by
+splice or by the userspace copy loop (paths `splice`, `userspace-copy`) —
+byte-exact both ways, half-close, nothing lost when a side closes right
+after sending, bounded memory under a stalled reader, no fd leak. Also the
+refusals of forwarding modes the kernel or the protocol cannot run."""
 import hashlib
 import os
 import socket

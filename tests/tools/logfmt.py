@@ -1,4 +1,4 @@
-"""A strict parser for kgated's log lines (doc/kgated-logging.7.scd).
+"""A strict parser for kgated's log lines (doc/kgated.8.scd, LOGGING).
 
 A line is an optional "<N>" syslog priority prefix (journald mode), then
 space-separated key=value pairs: keys [A-Za-z0-9_.-]+, values either bare

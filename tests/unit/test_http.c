@@ -246,7 +246,8 @@ enum { VARIANTS = 5 };
 
 static void variant(char *out, size_t len, const char *name, int v)
 {
-	snprintf(out, len, "%s", name);
+	int w = snprintf(out, len, "%s", name);
+	cr_assert_lt((size_t)w, len, "name %s does not fit", name);
 	for (char *p = out; *p; p++) {
 		switch (v) {
 		case 1: *p = (char)toupper((unsigned char)*p); break;

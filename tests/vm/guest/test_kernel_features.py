@@ -1,8 +1,8 @@
 """The lane's kernel offers what kgate's kernel paths need — kTLS, io_uring,
 sockmap/sockhash — probed with raw syscalls (ctypes), and refuses to mix
 kTLS and sockmap on one socket in either order, the reason kgate has no
-kTLS+sockmap path (DESIGN.md). A missing feature skips outside the VM and
-fails inside it."""
+kTLS+sockmap path (README.md, "Forwarding paths"). A missing feature skips
+outside the VM and fails inside it."""
 import ctypes
 import errno
 import os

@@ -1,8 +1,8 @@
-"""Path B for real: kgated hands mutual-TLS connections to kernel TLS
-(keys derived by kgate, TLS 1.3 receive included) and splices. Proven by
-/proc/net/tls_stat moving, byte-exact transfers both ways, the rejection
-matrix unchanged, a KeyUpdate that does not corrupt data, and the path
-counters in kgated's worker.stopped events."""
+"""The `ktls-splice` path for real: kgated hands mutual-TLS connections to
+kernel TLS (keys derived by kgate, TLS 1.3 receive included) and splices.
+Proven by /proc/net/tls_stat moving, byte-exact transfers both ways, the
+rejection matrix unchanged, a KeyUpdate that does not corrupt data, and the
+path counters in kgated's worker.stopped events."""
 import hashlib
 import os
 import socket

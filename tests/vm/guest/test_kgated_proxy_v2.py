@@ -1,9 +1,9 @@
-"""Path B with "proxy_protocol": "v2": the PROXY header reaches the backend
-before the client's first byte (sent right after the handshake, so it is
-pipelined behind the client's Finished and decrypted in userspace before
-the handoff), with the TLS facts captured before the SSL is freed, and
-then kernel TLS + splice carries the rest byte-exact. The backend parses
-the header with tests/integration/pp2_backend.py."""
+"""The `ktls-splice` path with "proxy_protocol": "v2": the PROXY header
+reaches the backend before the client's first byte (sent right after the
+handshake, so it is pipelined behind the client's Finished and decrypted in
+userspace before the handoff), with the TLS facts captured before the SSL
+is freed, and then kernel TLS + splice carries the rest byte-exact. The
+backend parses the header with tests/integration/pp2_backend.py."""
 import os
 import socket
 import ssl

@@ -311,12 +311,12 @@ void kg_conn_arm_client_recv(struct kg_conn *c)
 	if (c->c_in.data) {
 		/* A connection heading for kTLS keeps unfed bytes in c_in,
 		 * and during the handoff reads no byte past the record it
-		 * needs (after a fallback to path C, c_in.len stays 0). */
+		 * needs (after a fallback to userspace-tls, c_in.len stays 0). */
 		uint32_t room = c->state == KG_CONN_HANDOFF ? c->handoff_need
 							    : c->c_in_cap - c->c_in.len;
 		io_uring_prep_recv(sqe, c->cfd, c->c_in.data + c->c_in.len, room, 0);
 	} else {
-		/* Path C: no buffer while waiting, every byte fed to OpenSSL
+		/* userspace-tls: no buffer while waiting, every byte fed to OpenSSL
 		 * on completion. */
 		kg_bufpool_prep_recv(sqe, c->cfd);
 	}

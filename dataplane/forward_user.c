@@ -1,4 +1,4 @@
-/* Path C: userspace TLS. OpenSSL decrypts what the client sends and
+/* Path userspace-tls: OpenSSL decrypts what the client sends and
  * encrypts what the backend answers; io_uring moves the bytes. Each
  * direction holds at most one buffer of plaintext plus what OpenSSL has
  * queued for one record, and re-arms its receive only when that has been

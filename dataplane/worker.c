@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,13 +47,33 @@ bool kg_worker_warn_allowed(struct kg_worker *w)
 	return true;
 }
 
-/* Submits until n SQEs are free. */
+/* Submits until n SQEs are free.
+ *
+ * -EBUSY: the kernel holds completions it cannot post until the ring's
+ * completion queue has room. The loop reaps each completion as soon as it
+ * is handled and the queue is 8 times the submission queue, so this needs
+ * thousands of completions waiting behind the one being handled; a handler
+ * cannot reap them itself (it is in the middle of one). Retrying cannot
+ * clear that, so the retries are bounded: past SUBMIT_RETRIES the worker
+ * stops with a clear line (systemd restarts the daemon) rather than spin. */
+#define SUBMIT_RETRIES 1000
+
 static void make_room(struct kg_worker *w, unsigned n)
 {
-	while (io_uring_sq_space_left(&w->ring) < n) {
+	for (unsigned tries = 0; io_uring_sq_space_left(&w->ring) < n; tries++) {
 		int ret = io_uring_submit(&w->ring);
-		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+		if (ret >= 0 || ret == -EINTR)
+			continue;
+		if (ret != -EAGAIN && ret != -EBUSY)
 			log_err("worker.submit_failed", KV("worker", w->id), KV_ERRNO(-ret));
+		if (tries == SUBMIT_RETRIES) {
+			log_err("worker.submit_stuck", KV("worker", w->id), KV_ERRNO(-ret),
+				KV("tries", tries),
+				KV("reason", "the kernel refuses submissions until completions are "
+					     "reaped; stopping instead of spinning"));
+			abort();
+		}
+		sched_yield();
 	}
 }
 
@@ -591,13 +612,18 @@ static int ring_init(struct kg_worker *w)
 	struct io_uring_params p;
 	/* Only this thread submits, and task work may wait until we ask for
 	 * completions: fewer interrupts and context switches per operation. */
+	/* Completions outnumber submissions (multishot accept, provided-
+	 * buffer receives): a completion queue 8 times the submission queue. */
 	memset(&p, 0, sizeof(p));
-	p.flags = RING_FAST_FLAGS;
+	p.flags = RING_FAST_FLAGS | IORING_SETUP_CQSIZE;
+	p.cq_entries = 8 * RING_ENTRIES;
 	int ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
 	if (ret == -EINVAL) {
 		/* Kernels before 6.1 know neither flag: a plain ring works. */
 		w->ring_info.fallback_err = ret;
 		memset(&p, 0, sizeof(p));
+		p.flags = IORING_SETUP_CQSIZE;
+		p.cq_entries = 8 * RING_ENTRIES;
 		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
 	}
 	if (ret == 0) {
@@ -675,15 +701,16 @@ static void *worker_main(void *arg)
 		}
 		w->now_ms = kg_now_ms();
 		struct io_uring_cqe *cqe;
-		unsigned head, seen = 0;
+		unsigned head;
 		io_uring_for_each_cqe(&w->ring, head, cqe) {
 			dispatch(w, cqe);
 			/* Handlers copy what they need: the buffer goes back to
 			 * the kernel here, whatever became of the connection. */
 			kg_bufpool_recycle(&w->bufs, cqe->flags);
-			seen++;
+			/* Reaped at once, not per batch: a handler that must
+			 * submit finds room for the kernel's held completions. */
+			io_uring_cq_advance(&w->ring, 1);
 		}
-		io_uring_cq_advance(&w->ring, seen);
 	}
 	log_counters(w);
 	if (w->bufs.enobufs)

@@ -143,6 +143,26 @@ def cpu_seconds(pid):
     return total / CLK_TCK
 
 
+def cpu_ns(pid):
+    """Time on CPU of the process tree's live threads, in nanoseconds
+    (/proc/PID/task/TID/schedstat): fine enough to tell an idle proxy's
+    few ms per second apart, where utime+stime counts 10 ms ticks. Threads
+    that exit meanwhile are not counted: for idle proxies, none do."""
+    total = 0
+    for p in pid_tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
 def rss_kib(pid):
     total = 0
     for p in pid_tree(pid):
@@ -187,6 +207,13 @@ class Kgated(Proxy):
     name = "kgated"
     label = "kgated (userspace TLS)"
 
+    def __init__(self, env, workers, binary=None, name=None):
+        super().__init__(env, workers)
+        self.binary = binary or env.kgated
+        if name:
+            self.name = name
+            self.label = f"kgated ({binary})"
+
     def config(self, sockmap):
         e = self.env
         small = [{"address": f"127.0.0.1:{p}"} for p in e.small_ports]
@@ -215,7 +242,7 @@ class Kgated(Proxy):
                 "listeners": listeners}
 
     def write_config(self, sockmap):
-        path = os.path.join(self.env.work, f"kgated-w{self.workers}{'-sockmap' if sockmap else ''}.json")
+        path = os.path.join(self.env.work, f"{self.name}-w{self.workers}{'-sockmap' if sockmap else ''}.json")
         with open(path, "w") as f:
             json.dump(self.config(sockmap), f, indent=1)
         return path
@@ -228,7 +255,7 @@ class Kgated(Proxy):
         # The sockmap relay is tried at the first start: whether the kernel
         # and this kgated offer it is only known once it probes.
         self.conf_path = self.write_config(False)
-        chk = subprocess.run([self.env.kgated, "--config", self.conf_path, "--check"],
+        chk = subprocess.run([self.binary, "--config", self.conf_path, "--check"],
                              capture_output=True, text=True)
         if chk.returncode != 0:
             raise BenchError(f"kgated --check refused the bench config: {chk.stderr.strip()}")
@@ -257,7 +284,7 @@ class Kgated(Proxy):
     def start_with(self, conf):
         logf = os.path.join(self.env.work, f"kgated-w{self.workers}-{time.monotonic_ns()}.log")
         self.log = logf
-        argv = [self.env.kgated, "--config", conf, "--workers", str(self.workers)]
+        argv = [self.binary, "--config", conf, "--workers", str(self.workers)]
         if os.geteuid() == 0:
             # Started as root kgated switches to the "kgate" user, which
             # cannot read the bench's private work folder; root keeps it.
@@ -305,7 +332,7 @@ class Haproxy(Proxy):
         return bind, [
             "global",
             f"  nbthread {self.workers}",
-            f"  maxconn {e.max_idle + 2000}",
+            f"  maxconn {e.max_idle + 500}",
             "  tune.ssl.default-dh-param 2048",
             "defaults",
             f"  mode {self.mode}",
@@ -649,14 +676,14 @@ class Env:
         try:
             time.sleep(3.0)  # handshakes' aftermath (session tickets, trims) settles
             secs = self.args.idle_cpu_seconds
-            c0, t0 = cpu_seconds(proxy.pid), time.monotonic()
+            c0, t0 = cpu_ns(proxy.pid), time.monotonic()
             time.sleep(secs)
-            c1, t1 = cpu_seconds(proxy.pid), time.monotonic()
+            c1, t1 = cpu_ns(proxy.pid), time.monotonic()
             rss = rss_kib(proxy.pid)
         finally:
             for p in holders:
                 self.procs.stop(p, 30)
-        return (c1 - c0) * 1000 / (t1 - t0), rss
+        return (c1 - c0) / 1e6 / (t1 - t0), rss
 
     # -- idle connections: RSS delta on a freshly started proxy
     def idle_rss(self, proxy):
@@ -701,6 +728,10 @@ def run(args):
             proxies = [Kgated(env, w), Haproxy(env, w, "tcp"), Haproxy(env, w, "http"),
                        Nginx(env, w)]
             proxies = [p for p in proxies if p.name in args.proxies]
+            if args.compare_kgated:
+                # Another kgated build (before a change) measured in the
+                # same rounds, right after this one.
+                proxies.insert(1, Kgated(env, w, args.compare_kgated, "kgated-compare"))
             for p in proxies:
                 p.prepare()
                 p.start()
@@ -778,7 +809,7 @@ def run(args):
                 for n in args.idle_cpu:
                     for p in proxies:
                         ms_s, rss = env.idle_cpu(p, n)
-                        log(f"w={w} idlecpu {n} {p.name}: {ms_s:.2f} ms of CPU per second "
+                        log(f"w={w} idlecpu {n} {p.name}: {ms_s:.3f} ms of CPU per second "
                             f"holding {n} idle connections (RSS {rss} KiB)")
                         rows.append(dict(workers=w, workload=f"idlecpu{n}", proxy=p.name,
                                          round=1, rate=float("nan"), p50_ms=float("nan"),
@@ -910,7 +941,7 @@ def write_results(args, rows, notes, versions, load_start, load_end):
             rate = "–"
         md.append(f"| {s['workers']} | {wl_text(s['workload'])} | {s['proxy']} | {rate} | "
                   f"{fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} | "
-                  f"**{fmt(s['cpu_per_unit'], 3 if s['unit'] in ('MiB', 'GiB') else 1)}** "
+                  f"**{fmt(s['cpu_per_unit'], 3 if s['unit'] in ('MiB', 'GiB', 'second') else 1)}** "
                   f"{UNIT_TEXT[s['unit']]} | {fmt(s['vs_haproxy-tcp'], 2)} | "
                   f"{fmt(s['vs_nginx'], 2)} | {s['errors']} | {s['hs_full']} / {s['hs_resumed']} |")
     if notes:
@@ -999,6 +1030,8 @@ def main():
     p.add_argument("--proxies", default="kgated haproxy-tcp haproxy-http nginx")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
     p.add_argument("--label", default="")
+    p.add_argument("--compare-kgated", default=None, metavar="PATH",
+                   help="also measure this kgated binary (another build) as kgated-compare")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -1008,11 +1041,25 @@ def main():
     args.workers = [int(x) for x in args.workers.split()]
     args.workloads = args.workloads.split()
     args.idle_cpu = [int(x) for x in args.idle_cpu.split()] if "idlecpu" in args.workloads else []
-    if os.geteuid() == 0:
-        # Tens of thousands of held connections: the proxies, backends and
-        # holders (children) need more descriptors than a login shell has.
-        want = max(65536, 4 * max([args.idle] + args.idle_cpu) + 4096)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    # Thousands of held connections: the proxies, backends and holders
+    # (children) need more descriptors than a login shell has. A proxy
+    # holds two per connection, so the hard limit caps what can be held.
+    want = max(65536, 4 * max([args.idle] + args.idle_cpu) + 4096)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want and os.geteuid() == 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            soft, hard = want, want
+        except (ValueError, OSError):
+            pass  # no CAP_SYS_RESOURCE: the hard limit stays
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    too_many = [n for n in args.idle_cpu if 2 * n + 1024 > target]
+    if too_many:
+        log(f"error: --idle-cpu {too_many}: a proxy needs two descriptors per connection and "
+            f"the open-file limit here is {target} (raising it needs CAP_SYS_RESOURCE)")
+        return 2
     args.proxies = args.proxies.split()
     if "haproxy-tcp" not in args.proxies or "nginx" not in args.proxies:
         log("note: ratios need haproxy-tcp and nginx in --proxies")

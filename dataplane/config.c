@@ -247,7 +247,7 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 		      struct json_object *obj, struct kg_cert_conf *c)
 {
 	static const char *const keys[] = {"type", "cert", "key", "crl", NULL};
-	static const char *const types[] = {"server", "ca", NULL};
+	static const char *const types[] = {[KG_CERT_SERVER] = "server", [KG_CERT_CA] = "ca", NULL};
 	int type = 0;
 
 	if (get_name(p, path, name, c->name) < 0 ||

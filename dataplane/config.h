@@ -12,11 +12,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <kgate/cert_type.h>
 #include <kgate/limits.h>
 
 #define KG_NAME_MAX 80
 
-enum kg_cert_type { KG_CERT_SERVER, KG_CERT_CA };
 enum kg_protocol { KG_PROTO_TLS, KG_PROTO_TCP, KG_PROTO_HTTPS };
 enum kg_mutual_auth { KG_MTLS_OFF, KG_MTLS_OPTIONAL, KG_MTLS_REQUIRED };
 enum kg_forwarding { KG_FWD_AUTO, KG_FWD_SOCKMAP, KG_FWD_SPLICE, KG_FWD_USERSPACE };

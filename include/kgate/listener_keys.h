@@ -4,10 +4,10 @@
  * From it come config.c's list of known keys, its defaults and its
  * parsing of the scalar keys (bounds, enum names) and the refusal of keys
  * that do not belong to the listener's protocol; control_ops.c's keys that
- * `listener update` may change and the settings `listener show` prints.
- * test_config checks the table against itself and against the man pages,
- * which are written by hand. The option, metavar and help columns are for
- * kgatectl's listener options.
+ * `listener update` may change and the settings `listener show` prints;
+ * and kgatectl's listener options, usage lines and --help. test_config
+ * checks the table against itself, against `kgatectl listener create
+ * --help` and against the man pages, which are written by hand.
  *
  * KG_LISTENER_KEYS(F, H) calls F for the keys config.c parses from the
  * table alone (struct kg_listener_conf has a member of the key's name) and

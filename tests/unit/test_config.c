@@ -771,6 +771,43 @@ static char *read_all(FILE *f)
 	return buf;
 }
 
+static char *run_ctl(const char *args)
+{
+	char cmd[PATH_MAX + 128];
+	snprintf(cmd, sizeof(cmd), "%s %s 2>&1", KG_KGATECTL, args);
+	FILE *f = popen(cmd, "r");
+	cr_assert_not_null(f, "%s", cmd);
+	char *out = read_all(f);
+	cr_assert_eq(pclose(f), 0, "%s:\n%s", cmd, out);
+	return out;
+}
+
+/* The option as its --help line starts: "  --verify-depth N". */
+static bool lists_option(const char *help, const struct kg_listener_key *k)
+{
+	char line[96];
+	snprintf(line, sizeof(line), "\n  --%s ", k->option);
+	return strstr(help, line) != NULL;
+}
+
+Test(listener_keys, kgatectl_help_lists_every_option)
+{
+	char *create = run_ctl("listener create --help"), *update = run_ctl("listener update --help");
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		char usage[96];
+		if (!k->option)
+			continue;
+		snprintf(usage, sizeof(usage), "--%s ", k->option);
+		cr_expect(lists_option(create, k) && strstr(create, usage), "create --help: --%s\n%s",
+			  k->option, create);
+		cr_expect_eq(lists_option(update, k), (k->flags & KG_LKF_UPDATE) != 0,
+			     "update --help: --%s\n%s", k->option, update);
+	}
+	free(create);
+	free(update);
+}
+
 /* Text of a man page from the line starting with `from` to the next one
  * starting with `to`. */
 static char *man_section(const char *page, const char *from, const char *to)

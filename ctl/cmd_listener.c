@@ -1,84 +1,175 @@
 /* kgatectl listener VERB: listeners of kgated (control socket). The
- * options map one to one onto the listener keys of the state document. */
+ * options map one to one onto the listener keys of the state document;
+ * their names, values and help come from the key table
+ * (include/kgate/listener_keys.h). kgatectl checks that a number is a
+ * number; kgated judges the ranges, as it does for every client. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <kgate/listener_keys.h>
 
 #include "client.h"
 
 static const struct kg_cmd listener_cmds[];
 #define SELF(i) (&listener_cmds[i])
+enum { CREATE = 0, UPDATE = 3 }; /* their places in listener_cmds */
 
-/* --option → document key, for the options shared by create and update. */
-struct opt_key {
-	const char *opt;
-	const char *key;
-	bool number;
+static const struct kg_listener_key keys[KG_LK_COUNT] = KG_LISTENER_KEY_TABLE;
+
+/* A verb's usage line and its options for kg_flags_parse (" name
+ * protocol ... "), written from the table by write_usage() before any
+ * verb runs. */
+struct verb_text {
+	bool update;
+	char usage[1024];
+	char allowed[512];
 };
+static struct verb_text create_text = {.update = false}, update_text = {.update = true};
 
-static const struct opt_key settable[] = {
-	{"cert", "certificate", false},
-	{"ca", "ca", false},
-	{"mutual-auth", "mutual_auth", false},
-	{"scheduler", "scheduler", false},
-	{"forwarding", "forwarding", false},
-	{"proxy-protocol", "proxy_protocol", false},
-	{"verify-depth", "verify_depth", true},
-	{"handshake-timeout-ms", "handshake_timeout_ms", true},
-	{"idle-timeout-ms", "idle_timeout_ms", true},
-	{"connect-timeout-ms", "connect_timeout_ms", true},
-	{"max-connections", "max_connections", true},
-	{"connect-retries", "connect_retries", true},
-	{"tls-session-cache", "tls_session_cache", true},
-	{NULL, NULL, false},
-};
+/* Appends to a fixed buffer; a full one keeps what fit (test_config
+ * checks that --help lists every option). */
+__attribute__((format(printf, 3, 4))) static void add(char *buf, size_t size, const char *fmt, ...)
+{
+	size_t len = strlen(buf);
+	va_list ap;
+	va_start(ap, fmt);
+	if (len < size)
+		vsnprintf(buf + len, size - len, fmt, ap);
+	va_end(ap);
+}
 
-#define SETTABLE_OPTS " cert ca mutual-auth scheduler forwarding proxy-protocol verify-depth " \
-	"handshake-timeout-ms idle-timeout-ms connect-timeout-ms max-connections connect-retries " \
-	"tls-session-cache " \
-	"health-check http "
+/* What an option takes: its metavar, or an enum's names "a|b|c". */
+static void add_value(char *buf, size_t size, const struct kg_listener_key *k, bool update)
+{
+	if (k->metavar)
+		add(buf, size, "%s", k->metavar);
+	for (size_t i = 0; !k->metavar && k->names[i]; i++)
+		add(buf, size, "%s%s", i ? "|" : "", k->names[i]);
+	if (update && k->flags & KG_LKF_NONE_REMOVES)
+		add(buf, size, "|none");
+}
 
-/* Options whose value is an object of the schema, given as JSON; "none"
- * removes it. */
-static const struct {
-	const char *opt, *key, *example;
-} json_opts[] = {
-	{"health-check", "health_check", "'{\"type\": \"tcp\", \"interval_ms\": 2000}'"}, /* README "Health checks" */
-	{"http", "http", "'{\"access_log\": \"on\"}'"}, /* README "https listeners" */
-};
+/* The options of create (every row with an option) or update (the rows
+ * KG_LKF_UPDATE). */
+static bool offered(const struct kg_listener_key *k, bool update)
+{
+	return k->option && (!update || k->flags & KG_LKF_UPDATE);
+}
 
-/* Copies the settable options present in f into obj. -1 after an error. */
+static void write_verb(struct verb_text *v)
+{
+	if (v->update)
+		add(v->usage, sizeof(v->usage), "NAME");
+	for (const struct kg_listener_key *k = keys; k < keys + KG_LK_COUNT; k++) {
+		if (!offered(k, v->update))
+			continue;
+		bool required = !v->update && k->flags & KG_LKF_OPTION_REQUIRED;
+		add(v->usage, sizeof(v->usage), "%s%s--%s ", v->usage[0] ? " " : "",
+		    required ? "" : "[", k->option);
+		add_value(v->usage, sizeof(v->usage), k, v->update);
+		add(v->usage, sizeof(v->usage), "%s",
+		    k->type == KG_KEY_ARRAY ? " ..." : required ? "" : "]");
+		/* The repeated option (backend) is kg_flags_parse's multi. */
+		if (k->type != KG_KEY_ARRAY)
+			add(v->allowed, sizeof(v->allowed), " %s ", k->option);
+	}
+}
+
+static void write_usage(void)
+{
+	if (!create_text.usage[0]) {
+		write_verb(&create_text);
+		write_verb(&update_text);
+	}
+}
+
+/* "tls and https only: " for a key of some protocols. */
+static void add_protocols(char *buf, size_t size, const struct kg_listener_key *k)
+{
+	const char *const *names = keys[KG_LK_protocol].names;
+	if (k->protocols == KG_PROTOS_ALL)
+		return;
+	for (unsigned p = 0, n = 0; names[p]; p++)
+		if (k->protocols & (1u << p))
+			add(buf, size, "%s%s", n++ ? " and " : "", names[p]);
+	add(buf, size, " only: ");
+}
+
+/* `listener create|update --help` after the usage line: each option
+ * with its help, range, default and protocols. */
+static void print_options(bool update)
+{
+	printf("\nOptions:\n");
+	for (const struct kg_listener_key *k = keys; k < keys + KG_LK_COUNT; k++) {
+		char value[256] = "", text[512] = "";
+		if (!offered(k, update))
+			continue;
+		add_value(value, sizeof(value), k, update);
+		add_protocols(text, sizeof(text), k);
+		add(text, sizeof(text), "%s", k->help);
+		if (k->type == KG_KEY_UINT)
+			add(text, sizeof(text), "; %u-%u", k->min, k->max);
+		if (!(k->flags & KG_LKF_NO_DEFAULT) && k->type == KG_KEY_UINT)
+			add(text, sizeof(text), ", default %u", k->def);
+		if (!(k->flags & KG_LKF_NO_DEFAULT) && k->type == KG_KEY_ENUM)
+			add(text, sizeof(text), "; default %s", k->names[k->def]);
+		if (update && k->flags & KG_LKF_NONE_REMOVES)
+			add(text, sizeof(text), "; none removes it");
+		if (!update && k->flags & KG_LKF_OPTION_REQUIRED)
+			add(text, sizeof(text), "; required");
+		printf("  --%s %s\n      %s\n", k->option, value, text);
+	}
+}
+
+/* kg_flags_parse with the table's options: 0 to go on, -1 after --help
+ * (exit 0), or an exit status after an error. */
+static int parse_flags(struct kg_cli *cli, int argc, char **argv, bool update, struct kg_flags *f)
+{
+	int st = kg_flags_parse("listener", SELF(update ? UPDATE : CREATE), cli, argc, argv,
+				update ? update_text.allowed : create_text.allowed,
+				update ? NULL : keys[KG_LK_backends].option, update, update, f);
+	if (st < 0)
+		print_options(update);
+	return st;
+}
+
+/* Copies the options present in f that `listener update` may also set
+ * into obj. -1 after an error. */
 static int put_settable(const char *verb, const struct kg_flags *f, json_object *obj)
 {
-	for (size_t i = 0; i < sizeof(json_opts) / sizeof(json_opts[0]); i++) {
-		const char *text = kg_flag(f, json_opts[i].opt);
-		if (!text)
-			continue;
-		json_object *v = strcmp(text, "none") == 0 ? NULL : json_tokener_parse(text);
-		if (strcmp(text, "none") != 0 && !json_object_is_type(v, json_type_object)) {
-			json_object_put(v);
-			kg_fail(KG_EXIT_USAGE, "listener %s: --%s: expected a JSON object such as %s "
-				"or none", verb, json_opts[i].opt, json_opts[i].example);
-			return -1;
-		}
-		json_object_object_add(obj, json_opts[i].key, v);
-	}
-	for (const struct opt_key *o = settable; o->opt; o++) {
-		const char *v = kg_flag(f, o->opt);
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &keys[i];
+		const char *v = offered(k, true) ? kg_flag(f, k->option) : NULL;
 		if (!v)
 			continue;
-		if (strcmp(o->opt, "scheduler") == 0 && strcmp(v, "wrr") == 0)
-			v = "rr"; /* weighted round robin is rr with member weights */
-		if (o->number) {
-			unsigned long n;
-			if (kg_flag_uint("listener", verb, o->opt, v, 0xffffffffUL, &n) < 0)
-				return -1;
-			json_object_object_add(obj, o->key, json_object_new_int64((int64_t)n));
-		} else if (strcmp(v, "none") == 0 && strcmp(o->opt, "ca") == 0) {
-			json_object_object_add(obj, o->key, NULL); /* update: remove the CA */
-		} else {
-			json_object_object_add(obj, o->key, json_object_new_string(v));
+		if (k->flags & KG_LKF_NONE_REMOVES && strcmp(v, "none") == 0) {
+			json_object_object_add(obj, k->key, NULL); /* update: remove the key */
+			continue;
 		}
+		if (i == KG_LK_scheduler && strcmp(v, "wrr") == 0)
+			v = "rr"; /* weighted round robin is rr with member weights */
+		json_object *j = NULL;
+		char name[64];
+		snprintf(name, sizeof(name), "--%s", k->option);
+		if (k->type == KG_KEY_OBJECT) {
+			j = json_tokener_parse(v);
+			if (!json_object_is_type(j, json_type_object)) {
+				json_object_put(j);
+				kg_fail(KG_EXIT_USAGE, "listener %s: %s: expected a JSON object or none (see "
+					"'kgatectl listener %s --help')", verb, name, verb);
+				return -1;
+			}
+		} else if (k->type == KG_KEY_UINT) {
+			unsigned long n;
+			if (kg_flag_uint("listener", verb, name, v, 0xffffffffUL, &n) < 0)
+				return -1;
+			j = json_object_new_int64((int64_t)n);
+		} else {
+			j = json_object_new_string(v);
+		}
+		json_object_object_add(obj, k->key, j);
 	}
 	return 0;
 }
@@ -106,24 +197,48 @@ static json_object *backend_spec(const char *text)
 	return m;
 }
 
+static const char *opt(const struct kg_flags *f, enum kg_listener_key_id id)
+{
+	return kg_flag(f, keys[id].option);
+}
+
+/* "--name, --protocol, --port and at least one --backend are required":
+ * the KG_LKF_OPTION_REQUIRED rows, if one is missing. */
+static int need_required(const struct kg_flags *f)
+{
+	char list[256] = "";
+	bool missing = false;
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &keys[i];
+		if (!(k->flags & KG_LKF_OPTION_REQUIRED))
+			continue;
+		bool many = k->type == KG_KEY_ARRAY;
+		missing |= many ? f->nmulti == 0 : !opt(f, i);
+		add(list, sizeof(list), "%s%s--%s", !list[0] ? "" : many ? " and " : ", ",
+		    many ? "at least one " : "", k->option);
+	}
+	return missing ? kg_fail(KG_EXIT_USAGE, "listener create: %s are required", list) : 0;
+}
+
 static int listener_create(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
-	KG_FLAGS_OR_RETURN("listener", SELF(0), cli, argc, argv,
-			   " name protocol port bind " SETTABLE_OPTS, "backend", 0, 0, &f);
-	const char *name = kg_flag(&f, "name"), *proto = kg_flag(&f, "protocol"),
-		   *port = kg_flag(&f, "port");
-	if (!name || !proto || !port || f.nmulti == 0)
-		return kg_fail(KG_EXIT_USAGE, "listener create: --name, --protocol, --port and at "
-			       "least one --backend are required");
+	int st = parse_flags(cli, argc, argv, false, &f);
+	if (st)
+		return st < 0 ? KG_EXIT_OK : st;
+	if ((st = need_required(&f)))
+		return st;
+	/* name, protocol, port, bind and the backends: hand-written, as
+	 * update cannot change them. */
 	unsigned long p;
-	if (kg_flag_uint("listener", "create", "--port", port, 65535, &p) < 0)
+	if (kg_flag_uint("listener", "create", "--port", opt(&f, KG_LK_port), keys[KG_LK_port].max,
+			 &p) < 0)
 		return KG_EXIT_USAGE;
 	json_object *l = json_object_new_object(), *backends = json_object_new_array();
-	json_object_object_add(l, "name", json_object_new_string(name));
-	json_object_object_add(l, "protocol", json_object_new_string(proto));
+	json_object_object_add(l, "name", json_object_new_string(opt(&f, KG_LK_name)));
+	json_object_object_add(l, "protocol", json_object_new_string(opt(&f, KG_LK_protocol)));
 	json_object_object_add(l, "bind", json_object_new_string(
-			kg_flag(&f, "bind") ? kg_flag(&f, "bind") : "0.0.0.0"));
+			opt(&f, KG_LK_bind) ? opt(&f, KG_LK_bind) : KG_CTL_DEFAULT_BIND));
 	json_object_object_add(l, "port", json_object_new_int64((int64_t)p));
 	json_object_object_add(l, "backends", backends);
 	if (put_settable("create", &f, l) < 0)
@@ -174,7 +289,9 @@ static int listener_show(struct kg_cli *cli, int argc, char **argv)
 static int listener_update(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
-	KG_FLAGS_OR_RETURN("listener", SELF(3), cli, argc, argv, SETTABLE_OPTS, NULL, 1, 1, &f);
+	int st = parse_flags(cli, argc, argv, true, &f);
+	if (st)
+		return st < 0 ? KG_EXIT_OK : st;
 	json_object *set = json_object_new_object();
 	if (put_settable("update", &f, set) < 0) {
 		json_object_put(set);
@@ -213,22 +330,11 @@ static int listener_delete(struct kg_cli *cli, int argc, char **argv)
 }
 
 static const struct kg_cmd listener_cmds[] = {
-	{"create", listener_create,
-	 "--name NAME --protocol tls|https|tcp --port N [--bind ADDR] [--cert NAME] "
-	 "[--mutual-auth required|optional|off] [--ca NAME] [--verify-depth N] [--scheduler rr|wrr] "
-	 "[--forwarding auto|splice|sockmap|userspace] [--proxy-protocol v2|none] "
-	 "[--handshake-timeout-ms N] [--idle-timeout-ms N] [--connect-timeout-ms N] "
-	 "[--max-connections N] [--connect-retries N] [--tls-session-cache N] "
-	 "[--health-check JSON] [--http JSON] --backend HOST:PORT[,weight=W] ...",
-	 "create and start a listener (bind defaults to 0.0.0.0; port 0 lets the kernel choose)"},
+	[CREATE] = {"create", listener_create, create_text.usage, "create and start a listener"},
 	{"list", listener_list, "[-o json]", "listeners: address, state, certificates, backends, active connections"},
 	{"show", listener_show, "NAME [-o json]", "settings, counters and each backend's weight and state"},
-	{"update", listener_update,
-	 "NAME [--cert NAME] [--ca NAME|none] [--mutual-auth M] [--verify-depth N] [--scheduler S] "
-	 "[--forwarding F] [--proxy-protocol v2|none] [--handshake-timeout-ms N] "
-	 "[--idle-timeout-ms N] [--connect-timeout-ms N] [--max-connections N] [--connect-retries N] "
-	 "[--tls-session-cache N] [--health-check JSON|none] [--http JSON|none]",
-	 "change settings; new connections use them, open ones keep theirs"},
+	[UPDATE] = {"update", listener_update, update_text.usage,
+		    "change settings; new connections use them, open ones keep theirs"},
 	{"stop", listener_stop, "NAME", "stop accepting (open connections finish); kept in the state"},
 	{"start", listener_start, "NAME", "accept again"},
 	{"delete", listener_delete, "NAME", "stop accepting and remove; open connections finish"},
@@ -237,5 +343,6 @@ static const struct kg_cmd listener_cmds[] = {
 
 int kg_cmd_listener(struct kg_cli *cli, int argc, char **argv)
 {
+	write_usage();
 	return kg_cmd_select("listener", listener_cmds, cli, argc, argv);
 }

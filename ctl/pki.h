@@ -13,6 +13,8 @@
 
 #include <openssl/evp.h>
 
+#include <kgate/cert_type.h>
+
 #include "fileio.h"
 #include "index.h"
 
@@ -54,11 +56,9 @@ struct kg_ca_init_opts {
 	bool force;           /* replace an existing CA (and empty its database) */
 };
 
-enum kg_cert_type { KG_CERT_CLIENT, KG_CERT_SERVER };
-
 struct kg_issue_opts {
 	const char *dir;
-	enum kg_cert_type type;
+	enum kg_cert_type type; /* KG_CERT_CLIENT or KG_CERT_SERVER */
 	const char *subject;
 	const char *san;      /* "DNS:a,IP:1.2.3.4,email:..,URI:.." or NULL */
 	int days;

@@ -247,7 +247,7 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 		      struct json_object *obj, struct kg_cert_conf *c)
 {
 	static const char *const keys[] = {"type", "cert", "key", "crl", NULL};
-	static const char *const types[] = {"server", "ca", NULL};
+	static const char *const types[] = {[KG_CERT_SERVER] = "server", [KG_CERT_CA] = "ca", NULL};
 	int type = 0;
 
 	if (get_name(p, path, name, c->name) < 0 ||
@@ -772,9 +772,10 @@ static int parse_trusted_proxies(struct parser *p, const char *hpath, struct jso
 	return 1;
 }
 
-/* The "http" object: only for protocol https. */
+/* The "http" object (only for protocol https: the table refuses it on
+ * other listeners before this runs). */
 static int parse_http(struct parser *p, const char *lpath, struct json_object *lobj,
-		      const struct kg_listener_conf *l, struct kg_http_conf *h)
+		      struct kg_http_conf *h)
 {
 	static const char *const keys[] = {
 		"headers", "fingerprint", "access_log", "access_log_sample", "max_header_bytes",
@@ -806,8 +807,6 @@ static int parse_http(struct parser *p, const char *lpath, struct json_object *l
 	int r = get_member(p, lpath, lobj, "http", json_type_object, "an object", &obj);
 	if (r <= 0)
 		return r;
-	if (l->protocol != KG_PROTO_HTTPS)
-		return fail(p, path, "only for protocol \"https\"");
 	int fp = KG_FP_SHA1, log = 0, us = KG_UNDERSCORES_DROP;
 	if (check_keys(p, path, obj, keys) < 0 || parse_http_headers(p, path, obj, &h->headers) < 0 ||
 	    get_enum(p, path, obj, "fingerprint", fps, &fp) < 0 ||
@@ -829,36 +828,111 @@ static int parse_http(struct parser *p, const char *lpath, struct json_object *l
 	return 0;
 }
 
-static int refuse_for_tcp(struct parser *p, const char *lpath, struct json_object *lobj)
+const struct kg_listener_key kg_listener_keys[KG_LK_COUNT] = KG_LISTENER_KEY_TABLE;
+
+const struct kg_listener_key *kg_listener_key_find(const char *key)
 {
-	static const char *const tls_only[] = {"certificate", "ca", "mutual_auth", "verify_depth",
-					       "handshake_timeout_ms", NULL};
-	for (size_t i = 0; tls_only[i]; i++) {
-		if (json_object_object_get_ex(lobj, tls_only[i], NULL)) {
+	for (size_t i = 0; i < KG_LK_COUNT; i++)
+		if (strcmp(kg_listener_keys[i].key, key) == 0)
+			return &kg_listener_keys[i];
+	return NULL;
+}
+
+/* The F rows' members, by row: generated, so a row added to the table
+ * without a member of its name does not compile. */
+#define KG_LK_NOTHING(...)
+unsigned kg_listener_key_value(const struct kg_listener_conf *l, enum kg_listener_key_id id)
+{
+	switch (id) {
+#define KG_LK_GET(key, ...) case KG_LK_##key: return (unsigned)l->key;
+	KG_LISTENER_KEYS(KG_LK_GET, KG_LK_NOTHING)
+#undef KG_LK_GET
+	default:
+		return 0;
+	}
+}
+
+static void listener_key_set(struct kg_listener_conf *l, enum kg_listener_key_id id, unsigned v)
+{
+	switch (id) {
+#define KG_LK_SET(key, ...) case KG_LK_##key: l->key = v; break;
+	KG_LISTENER_KEYS(KG_LK_SET, KG_LK_NOTHING)
+#undef KG_LK_SET
+	default:
+		break;
+	}
+}
+
+/* A uint, enum or bool key of a listener with the table's bounds and
+ * names, "is required" when the table says so: 1 found (*out set), 0
+ * absent, -1 after an error. */
+static int get_listener_key(struct parser *p, const char *lpath, struct json_object *lobj,
+			    enum kg_listener_key_id id, unsigned *out)
+{
+	const struct kg_listener_key *k = &kg_listener_keys[id];
+	int r = 0, v = 0;
+	bool b = false;
+
+	switch (k->type) {
+	case KG_KEY_UINT:
+		r = get_uint(p, lpath, lobj, k->key, k->min, k->max, out);
+		break;
+	case KG_KEY_ENUM:
+		r = get_enum(p, lpath, lobj, k->key, k->names, &v);
+		if (r > 0)
+			*out = (unsigned)v;
+		break;
+	case KG_KEY_BOOL:
+		r = get_bool(p, lpath, lobj, k->key, &b);
+		if (r > 0)
+			*out = b;
+		break;
+	default: /* strings, objects and arrays have their own parsers */
+		return fail(p, lpath, "%s: internal error: not a scalar key", k->key);
+	}
+	return k->flags & KG_LKF_REQUIRED ? require(p, lpath, k->key, r) : r;
+}
+
+/* A string key of a listener, "is required" when the table says so. */
+static int get_listener_string(struct parser *p, const char *lpath, struct json_object *lobj,
+			       enum kg_listener_key_id id, const char **out)
+{
+	const struct kg_listener_key *k = &kg_listener_keys[id];
+	int r = get_string(p, lpath, lobj, k->key, out);
+	return k->flags & KG_LKF_REQUIRED ? require(p, lpath, k->key, r) : r;
+}
+
+/* Keys the table gives to other protocols than this listener's. */
+static int refuse_for_protocol(struct parser *p, const char *lpath, struct json_object *lobj,
+			       enum kg_protocol protocol)
+{
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		if (!(k->protocols & (1u << protocol)) &&
+		    json_object_object_get_ex(lobj, k->key, NULL)) {
 			char kp[KG_PATH_MAX];
-			member_path(kp, lpath, tls_only[i]);
-			return fail(p, kp, "not allowed with protocol \"tcp\" (no TLS)");
+			member_path(kp, lpath, k->key);
+			return fail(p, kp, "%s", k->refusal);
 		}
 	}
 	return 0;
 }
 
-/* Certificates, CA, mutual_auth and verify depth of a tls/https listener. */
+/* Certificates, CA and mutual_auth of a tls/https listener. */
 static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, const char *lpath,
 			      struct json_object *lobj, struct kg_listener_conf *l)
 {
-	static const char *const auth[] = {"off", "optional", "required", NULL};
 	char kp[KG_PATH_MAX];
 	const char *ref;
 	int r;
 
 	member_path(kp, lpath, "certificate");
-	r = get_string(p, lpath, lobj, "certificate", &ref);
+	r = get_listener_string(p, lpath, lobj, KG_LK_certificate, &ref);
 	if (r < 0)
 		return -1;
 	if (r == 0)
 		return fail(p, kp, "is required for protocol \"%s\"",
-			    l->protocol == KG_PROTO_TLS ? "tls" : "https");
+			    kg_listener_keys[KG_LK_protocol].names[l->protocol]);
 	l->certificate = kg_config_find_cert(cfg, ref);
 	if (!l->certificate)
 		return fail(p, kp, "no certificate named \"%s\" in certificates", ref);
@@ -866,7 +940,7 @@ static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, con
 		return fail(p, kp, "\"%s\" is a \"ca\" entry; a listener needs a \"server\" one", ref);
 
 	member_path(kp, lpath, "ca");
-	r = get_string(p, lpath, lobj, "ca", &ref);
+	r = get_listener_string(p, lpath, lobj, KG_LK_ca, &ref);
 	if (r < 0)
 		return -1;
 	if (r > 0) {
@@ -877,59 +951,49 @@ static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, con
 			return fail(p, kp, "\"%s\" is a \"server\" entry; \"ca\" needs a \"ca\" one", ref);
 	}
 
-	int mode = l->ca ? KG_MTLS_REQUIRED : KG_MTLS_OFF;
-	r = get_enum(p, lpath, lobj, "mutual_auth", auth, &mode);
-	if (r < 0)
+	/* The table's default (off) is the one without a CA. */
+	unsigned mode = l->ca ? KG_MTLS_REQUIRED : kg_listener_keys[KG_LK_mutual_auth].def;
+	if (get_listener_key(p, lpath, lobj, KG_LK_mutual_auth, &mode) < 0)
 		return -1;
 	l->mutual_auth = (enum kg_mutual_auth)mode;
 	if (l->mutual_auth != KG_MTLS_OFF && !l->ca) {
 		member_path(kp, lpath, "mutual_auth");
 		return fail(p, kp, "\"%s\" needs \"ca\" (the CA that issues client certificates)",
-			    auth[mode]);
+			    kg_listener_keys[KG_LK_mutual_auth].names[mode]);
 	}
-	return get_uint(p, lpath, lobj, "verify_depth", 1, 16, &l->verify_depth) < 0 ? -1 : 0;
+	return 0;
 }
 
 static int parse_listener(struct parser *p, const struct kg_config *cfg, const char *lpath,
 			  struct json_object *lobj, struct kg_listener_conf *l)
 {
 	static const char *const keys[] = {
-		"name", "protocol", "bind", "port", "certificate", "mutual_auth", "ca",
-		"verify_depth", "scheduler", "forwarding", "handshake_timeout_ms",
-		"idle_timeout_ms", "connect_timeout_ms", "max_connections", "connect_retries",
-		"backends", "health_check", "enabled", "http", "proxy_protocol", "tls_session_cache",
+#define KG_LK_KEY(key, ...) #key,
+		KG_LISTENER_KEYS(KG_LK_KEY, KG_LK_KEY)
+#undef KG_LK_KEY
 		NULL};
-	static const char *const protocols[] = {"tls", "tcp", "https", NULL};
-	static const char *const proxy_protocols[] = {"none", "v2", NULL};
-	static const char *const forwardings[] = {"auto", "sockmap", "splice", "userspace", NULL};
-	static const char *const schedulers[] = {"rr", NULL};
 	char kp[KG_PATH_MAX];
 	const char *s;
-	int v = 0;
+	unsigned v = 0;
 
-	l->verify_depth = 4;
-	l->handshake_timeout_ms = 10000;
-	l->idle_timeout_ms = 300000;
-	l->connect_timeout_ms = 3000;
-	l->max_connections = 10000;
-	l->connect_retries = 2;
-	l->tls_session_cache = KG_TLS_SESSION_CACHE_DEFAULT;
-	l->enabled = true;
+	for (size_t i = 0; i < KG_LK_COUNT; i++)
+		if (kg_listener_keys[i].field)
+			listener_key_set(l, (enum kg_listener_key_id)i, kg_listener_keys[i].def);
 
 	if (expect_type(p, lpath, lobj, json_type_object, "an object") < 0 ||
 	    check_keys(p, lpath, lobj, keys) < 0 ||
-	    require(p, lpath, "name", get_string(p, lpath, lobj, "name", &s)) < 0)
+	    get_listener_string(p, lpath, lobj, KG_LK_name, &s) < 0)
 		return -1;
 	member_path(kp, lpath, "name");
 	if (get_name(p, kp, s, l->name) < 0)
 		return -1;
-	if (require(p, lpath, "protocol", get_enum(p, lpath, lobj, "protocol", protocols, &v)) < 0)
+	if (get_listener_key(p, lpath, lobj, KG_LK_protocol, &v) < 0)
 		return -1;
 	l->protocol = (enum kg_protocol)v;
 
 	unsigned port = 0;
-	if (require(p, lpath, "bind", get_string(p, lpath, lobj, "bind", &s)) < 0 ||
-	    require(p, lpath, "port", get_uint(p, lpath, lobj, "port", 0, 65535, &port)) < 0)
+	if (get_listener_string(p, lpath, lobj, KG_LK_bind, &s) < 0 ||
+	    get_listener_key(p, lpath, lobj, KG_LK_port, &port) < 0)
 		return -1;
 	if (parse_ip(s, (uint16_t)port, &l->bind, &l->bind_len) < 0) {
 		member_path(kp, lpath, "bind");
@@ -937,24 +1001,21 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 				   "(\"127.0.0.1\", \"0.0.0.0\", \"::1\", \"::\")");
 	}
 
-	if (l->protocol == KG_PROTO_TCP) {
-		if (refuse_for_tcp(p, lpath, lobj) < 0)
-			return -1;
-	} else if (parse_listener_tls(p, cfg, lpath, lobj, l) < 0) {
+	if (refuse_for_protocol(p, lpath, lobj, l->protocol) < 0)
 		return -1;
-	}
+	if (l->protocol != KG_PROTO_TCP && parse_listener_tls(p, cfg, lpath, lobj, l) < 0)
+		return -1;
 
-	v = 0;
-	if (get_enum(p, lpath, lobj, "scheduler", schedulers, &v) < 0)
-		return -1; /* weighted RR is "rr" with weights on the backends */
-	v = KG_FWD_AUTO;
-	if (get_enum(p, lpath, lobj, "forwarding", forwardings, &v) < 0)
-		return -1;
-	l->forwarding = (enum kg_forwarding)v;
-	v = KG_PP_NONE;
-	if (get_enum(p, lpath, lobj, "proxy_protocol", proxy_protocols, &v) < 0)
-		return -1;
-	l->proxy_protocol = (enum kg_proxy_protocol)v;
+	/* The rest of the scalar keys: bounds, names and defaults are the table's. */
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		if (!kg_listener_keys[i].field)
+			continue;
+		int r = get_listener_key(p, lpath, lobj, (enum kg_listener_key_id)i, &v);
+		if (r < 0)
+			return -1;
+		if (r > 0)
+			listener_key_set(l, (enum kg_listener_key_id)i, v);
+	}
 	if (l->proxy_protocol != KG_PP_NONE && l->protocol == KG_PROTO_HTTPS) {
 		/* Pooled backend connections carry many clients' requests: a
 		 * per-connection header would name the wrong one. */
@@ -963,28 +1024,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 				   "names the client in X-Forwarded-For and client-certificate "
 				   "headers (\"http\".\"headers\")");
 	}
-
-	if (get_uint(p, lpath, lobj, "handshake_timeout_ms", 1, 3600000, &l->handshake_timeout_ms) < 0 ||
-	    get_uint(p, lpath, lobj, "idle_timeout_ms", 1, 86400000, &l->idle_timeout_ms) < 0 ||
-	    get_uint(p, lpath, lobj, "connect_timeout_ms", 1, 600000, &l->connect_timeout_ms) < 0 ||
-	    get_uint(p, lpath, lobj, "max_connections", 1, KG_MAX_CONNS_PER_WORKER,
-		     &l->max_connections) < 0 ||
-	    get_uint(p, lpath, lobj, "connect_retries", 0, KG_MAX_BACKENDS - 1,
-		     &l->connect_retries) < 0 ||
-	    get_uint(p, lpath, lobj, "tls_session_cache", 0, KG_TLS_SESSION_CACHE_MAX,
-		     &l->tls_session_cache) < 0)
-		return -1;
-	if (l->protocol == KG_PROTO_TCP && json_object_object_get_ex(lobj, "tls_session_cache", NULL)) {
-		member_path(kp, lpath, "tls_session_cache");
-		return fail(p, kp, "is for protocol \"tls\" and \"https\"; a tcp listener "
-				   "has no TLS sessions");
-	}
-	struct json_object *en = NULL;
-	if (get_member(p, lpath, lobj, "enabled", json_type_boolean, "a boolean", &en) < 0)
-		return -1;
-	if (en)
-		l->enabled = json_object_get_boolean(en);
-	if (parse_backends(p, lpath, lobj, l) < 0 || parse_http(p, lpath, lobj, l, &l->http) < 0)
+	if (parse_backends(p, lpath, lobj, l) < 0 || parse_http(p, lpath, lobj, &l->http) < 0)
 		return -1;
 	return parse_health(p, lpath, lobj, &l->health_check);
 }

@@ -12,18 +12,13 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <kgate/cert_type.h>
 #include <kgate/limits.h>
+#include <kgate/listener_keys.h>
 
 #define KG_NAME_MAX 80
 
-enum kg_cert_type { KG_CERT_SERVER, KG_CERT_CA };
-enum kg_protocol { KG_PROTO_TLS, KG_PROTO_TCP, KG_PROTO_HTTPS };
-enum kg_mutual_auth { KG_MTLS_OFF, KG_MTLS_OPTIONAL, KG_MTLS_REQUIRED };
-enum kg_forwarding { KG_FWD_AUTO, KG_FWD_SOCKMAP, KG_FWD_SPLICE, KG_FWD_USERSPACE };
 enum kg_health_type { KG_HEALTH_NONE, KG_HEALTH_TCP, KG_HEALTH_HTTP };
-/* "proxy_protocol": what a tcp/tls listener writes to the backend before
- * the client's bytes (proxy_v2.h); https listeners refuse it. */
-enum kg_proxy_protocol { KG_PP_NONE, KG_PP_V2 };
 
 struct kg_cert_conf {
 	char name[KG_NAME_MAX + 1];
@@ -160,6 +155,9 @@ struct kg_http_conf {
 	unsigned pool_idle_timeout_ms; /* default 10000 */
 };
 
+/* A listener; the keys, ranges and defaults of its settings are the table
+ * of include/kgate/listener_keys.h, and each key of an F row there is a
+ * member of the same name here. */
 struct kg_listener_conf {
 	char name[KG_NAME_MAX + 1];
 	enum kg_protocol protocol;
@@ -168,22 +166,31 @@ struct kg_listener_conf {
 	const struct kg_cert_conf *certificate; /* server cert; NULL for tcp */
 	const struct kg_cert_conf *ca;          /* NULL when absent */
 	enum kg_mutual_auth mutual_auth; /* default required when ca is set, else off */
-	unsigned verify_depth;           /* default 4 */
-	enum kg_forwarding forwarding;   /* default auto */
-	enum kg_proxy_protocol proxy_protocol; /* default none; tcp and tls only */
+	unsigned verify_depth;
+	enum kg_scheduler scheduler;
+	enum kg_forwarding forwarding;
+	enum kg_proxy_protocol proxy_protocol; /* tcp and tls only */
 	struct kg_backend_conf *backends;
 	size_t n_backends; /* >= 1 */
 	struct kg_health_conf health_check;
-	unsigned handshake_timeout_ms; /* default 10000 */
-	unsigned idle_timeout_ms;      /* default 300000 */
-	unsigned connect_timeout_ms;   /* default 3000 */
-	unsigned max_connections;      /* default 10000 */
-	unsigned connect_retries;      /* extra members tried after a failed connect; default 2 */
+	unsigned handshake_timeout_ms;
+	unsigned idle_timeout_ms;
+	unsigned connect_timeout_ms;
+	unsigned max_connections;      /* per worker */
+	unsigned connect_retries;      /* extra members tried after a failed connect */
 	unsigned tls_session_cache;    /* sessions kept for resumption (id or stateful ticket);
-					* 0 = no resumption; default KG_TLS_SESSION_CACHE_DEFAULT */
-	bool enabled;                  /* "enabled", default true; false = stopped (kgatectl listener stop) */
+					* 0 = no resumption */
+	bool enabled;                  /* false = stopped (kgatectl listener stop) */
 	struct kg_http_conf http;      /* protocol https only */
 };
+
+/* The rows of KG_LISTENER_KEYS, indexed by KG_LK_<key>. */
+extern const struct kg_listener_key kg_listener_keys[KG_LK_COUNT];
+/* The row of a JSON key, or NULL. */
+const struct kg_listener_key *kg_listener_key_find(const char *key);
+/* The value of an F row's member (kg_listener_keys[id].field): the
+ * number, enum value or bool. */
+unsigned kg_listener_key_value(const struct kg_listener_conf *l, enum kg_listener_key_id id);
 
 struct kg_config {
 	struct kg_cert_conf *certs;

@@ -698,10 +698,6 @@ static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
 
 /* ---- listeners ----------------------------------------------------------- */
 
-static const char *const protocol_names[] = {"tls", "tcp", "https"};
-static const char *const auth_names[] = {"off", "optional", "required"};
-static const char *const fwd_names[] = {"auto", "sockmap", "splice", "userspace"};
-
 static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_conf *l,
 				  bool detail)
 {
@@ -710,7 +706,8 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	struct kg_listener_slot *slot = kg_runtime_find(ops->rt, l->name);
 	kg_sockaddr_format(&l->bind, addr, sizeof(addr));
 	json_object_object_add(o, "name", json_object_new_string(l->name));
-	json_object_object_add(o, "protocol", json_object_new_string(protocol_names[l->protocol]));
+	json_object_object_add(o, "protocol", json_object_new_string(
+			kg_listener_keys[KG_LK_protocol].names[l->protocol]));
 	json_object_object_add(o, "address", json_object_new_string(addr));
 	bool failed = slot && slot->failed[0];
 	json_object_object_add(o, "state", json_object_new_string(
@@ -719,23 +716,25 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	json_object_object_add(o, "certificate",
 			       l->certificate ? json_object_new_string(l->certificate->name) : NULL);
 	json_object_object_add(o, "ca", l->ca ? json_object_new_string(l->ca->name) : NULL);
-	json_object_object_add(o, "mutual_auth", json_object_new_string(auth_names[l->mutual_auth]));
+	json_object_object_add(o, "mutual_auth", json_object_new_string(
+			kg_listener_keys[KG_LK_mutual_auth].names[l->mutual_auth]));
 	json_object_object_add(o, "backends", json_object_new_int((int)l->n_backends));
 	json_object_object_add(o, "active", json_object_new_int64(
 			slot ? (int64_t)atomic_load(&slot->active) : 0));
 	if (!detail)
 		return o;
-	json_object_object_add(o, "forwarding", json_object_new_string(fwd_names[l->forwarding]));
-	json_object_object_add(o, "proxy_protocol", json_object_new_string(
-			l->proxy_protocol == KG_PP_V2 ? "v2" : "none"));
-	json_object_object_add(o, "scheduler", json_object_new_string("rr"));
-	json_object_object_add(o, "verify_depth", json_object_new_int((int)l->verify_depth));
-	json_object_object_add(o, "handshake_timeout_ms", json_object_new_int64(l->handshake_timeout_ms));
-	json_object_object_add(o, "idle_timeout_ms", json_object_new_int64(l->idle_timeout_ms));
-	json_object_object_add(o, "connect_timeout_ms", json_object_new_int64(l->connect_timeout_ms));
-	json_object_object_add(o, "max_connections", json_object_new_int64(l->max_connections));
-	json_object_object_add(o, "connect_retries", json_object_new_int64(l->connect_retries));
-	json_object_object_add(o, "tls_session_cache", json_object_new_int64(l->tls_session_cache));
+	/* Every setting the table stores in kg_listener_conf, as the document
+	 * writes it. */
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		if (!k->field)
+			continue;
+		unsigned v = kg_listener_key_value(l, (enum kg_listener_key_id)i);
+		json_object *j = k->type == KG_KEY_ENUM   ? json_object_new_string(k->names[v])
+				 : k->type == KG_KEY_BOOL ? json_object_new_boolean(v)
+							  : json_object_new_int64(v);
+		json_object_object_add(o, k->key, j);
+	}
 	/* Member state comes from the running snapshot's health group, so it
 	 * shows what new connections will see; "active" counts the
 	 * connections made since that snapshot was published. */
@@ -850,13 +849,6 @@ static json_object *op_listener_create(struct kg_ops *ops, json_object *args)
 	return listener_result(ops, keep);
 }
 
-/* Keys `listener update` may change; the rest (name, protocol, address,
- * backends) need delete + create or the backend verbs. */
-static const char *const updatable[] = {
-	"certificate", "ca", "mutual_auth", "verify_depth", "scheduler", "forwarding",
-	"handshake_timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "max_connections",
-	"connect_retries", "health_check", "http", "proxy_protocol", "tls_session_cache", NULL};
-
 /* Runs edit on a copy of the listener's document entry, then transacts. */
 static json_object *edit_listener(struct kg_ops *ops, const char *name,
 				  json_object *(*edit)(json_object *l, void *arg), void *arg,
@@ -892,10 +884,11 @@ static json_object *edit_update(json_object *l, void *arg)
 {
 	json_object *set = arg;
 	json_object_object_foreach(set, key, val) {
-		bool allowed = false;
-		for (const char *const *u = updatable; *u; u++)
-			allowed |= strcmp(*u, key) == 0;
-		if (!allowed)
+		/* The table's KG_LKF_UPDATE keys; the rest (name, protocol,
+		 * address, backends, enabled) need delete + create or their
+		 * own verbs. */
+		const struct kg_listener_key *k = kg_listener_key_find(key);
+		if (!k || !(k->flags & KG_LKF_UPDATE))
 			return kg_ops_error(KG_ERR_INVALID, "%.60s: cannot be changed by update "
 					    "(name, protocol, bind and port need delete and create; "
 					    "backends have their own verbs)", key);

@@ -160,6 +160,9 @@ def test_every_config_key_is_documented():
     keys = set()
     for m in re.finditer(r"keys\[\] = \{(.*?)\}", src, re.S):
         keys |= set(re.findall(r'"([a-z_]+)"', m.group(1)))
+    # A listener's keys are the rows of KG_LISTENER_KEYS, F(key, ...) and H(key, ...).
+    table = open(os.path.join(REPO, "include", "kgate", "listener_keys.h")).read()
+    keys |= set(re.findall(r"^\t[FH]\(([a-z_]+),", table, re.M))
     assert {"listeners", "health_check", "log_level", "expected_status"} <= keys
     man = scd("kgate.json.5.scd")
     missing = sorted(k for k in keys if "*%s*" % k not in man)

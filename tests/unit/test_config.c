@@ -596,3 +596,278 @@ Test(config, example_in_the_repo_parses)
 	cr_expect_eq(cfg->listeners[0].mutual_auth, KG_MTLS_REQUIRED);
 	kg_config_free(cfg);
 }
+
+/* ---- the listener key table (include/kgate/listener_keys.h) ------------ */
+
+static size_t n_names(const struct kg_listener_key *k)
+{
+	size_t n = 0;
+	while (k->names && k->names[n])
+		n++;
+	return n;
+}
+
+Test(listener_keys, table_is_consistent)
+{
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		cr_assert_not_null(k->key, "row %zu is empty", i);
+		cr_expect_eq(kg_listener_key_find(k->key), k, "%s: found elsewhere", k->key);
+		cr_expect(k->help && k->help[0], "%s: no help", k->key);
+		for (size_t j = 0; j < i; j++)
+			cr_expect(!k->option || !kg_listener_keys[j].option ||
+				  strcmp(k->option, kg_listener_keys[j].option) != 0,
+				  "%s and %s: one option", k->key, kg_listener_keys[j].key);
+		if (k->type == KG_KEY_UINT) {
+			cr_expect_leq(k->min, k->max, "%s", k->key);
+			cr_expect(k->def >= k->min && k->def <= k->max, "%s: default %u outside %u-%u",
+				  k->key, k->def, k->min, k->max);
+		}
+		if (k->type == KG_KEY_ENUM) {
+			size_t n = n_names(k);
+			cr_expect_gt(n, 0, "%s: no names", k->key);
+			cr_expect_lt(k->def, n, "%s: default is not one of its names", k->key);
+			for (size_t a = 0; a < n; a++)
+				for (size_t b = 0; b < a; b++)
+					cr_expect_str_neq(k->names[a], k->names[b], "%s", k->key);
+		} else {
+			cr_expect_null(k->names, "%s: names for a non-enum", k->key);
+		}
+		if (k->type == KG_KEY_BOOL)
+			cr_expect_leq(k->def, 1, "%s", k->key);
+		/* F rows are the scalars config.c parses from the table alone. */
+		if (k->field)
+			cr_expect(k->type == KG_KEY_UINT || k->type == KG_KEY_ENUM ||
+				  k->type == KG_KEY_BOOL, "%s: a field row must be a scalar", k->key);
+		cr_expect(k->protocols && (k->protocols & ~KG_PROTOS_ALL) == 0, "%s", k->key);
+		cr_expect_eq(k->refusal != NULL, k->protocols != KG_PROTOS_ALL,
+			     "%s: a key for some protocols needs a refusal, and only it", k->key);
+		if (k->flags & (KG_LKF_UPDATE | KG_LKF_OPTION_REQUIRED | KG_LKF_NONE_REMOVES))
+			cr_expect_not_null(k->option, "%s: no kgatectl option", k->key);
+		if (k->option)
+			cr_expect(k->metavar || k->type == KG_KEY_ENUM, "%s: no metavar", k->key);
+		if (k->flags & KG_LKF_NONE_REMOVES)
+			cr_expect(k->type == KG_KEY_STRING || k->type == KG_KEY_OBJECT,
+				  "%s: \"none\" removes only strings and objects", k->key);
+		if (k->flags & KG_LKF_OPTION_REQUIRED)
+			cr_expect(k->flags & KG_LKF_REQUIRED, "%s", k->key);
+		cr_expect(!(k->flags & KG_LKF_UPDATE) || !(k->flags & KG_LKF_REQUIRED),
+			  "%s: update would be able to remove a required key", k->key);
+	}
+	cr_expect_null(kg_listener_key_find("nope"));
+	/* The enums of config.h are the names' positions. */
+	cr_expect_str_eq(kg_listener_keys[KG_LK_protocol].names[KG_PROTO_HTTPS], "https");
+	cr_expect_str_eq(kg_listener_keys[KG_LK_forwarding].names[KG_FWD_USERSPACE], "userspace");
+	cr_expect_str_eq(kg_listener_keys[KG_LK_mutual_auth].names[KG_MTLS_REQUIRED], "required");
+	cr_expect_str_eq(kg_listener_keys[KG_LK_proxy_protocol].names[KG_PP_V2], "v2");
+}
+
+/* A tls listener, or a tcp one (no certificate), with extra keys. */
+static struct kg_config *parse_listener_with(const char *protocol, const char *extra, char *err,
+					     size_t errlen)
+{
+	char doc[1024];
+	bool tcp = strcmp(protocol, "tcp") == 0;
+	snprintf(doc, sizeof(doc),
+		 "{" CERTS ",'listeners':[{'name':'web','protocol':'%s','bind':'127.0.0.1',"
+		 "'port':8443%s,'backends':[{'address':'127.0.0.1:9001'}]%s}]}",
+		 protocol, tcp ? "" : ",'certificate':'web'", extra);
+	return parse(doc, err, errlen);
+}
+
+Test(listener_keys, defaults_are_the_tables)
+{
+	for (int p = 0; kg_listener_keys[KG_LK_protocol].names[p]; p++) {
+		char err[512];
+		const char *protocol = kg_listener_keys[KG_LK_protocol].names[p];
+		struct kg_config *cfg = parse_listener_with(protocol, "", err, sizeof(err));
+		cr_assert_not_null(cfg, "%s: %s", protocol, err);
+		for (size_t i = 0; i < KG_LK_COUNT; i++)
+			if (kg_listener_keys[i].field)
+				cr_expect_eq(kg_listener_key_value(&cfg->listeners[0], i),
+					     kg_listener_keys[i].def, "%s %s", protocol,
+					     kg_listener_keys[i].key);
+		kg_config_free(cfg);
+	}
+}
+
+/* Each scalar row: its bounds and names are the ones config.c applies,
+ * with the messages test_config's table expects. */
+Test(listener_keys, bounds_and_names_are_the_tables)
+{
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		char extra[256], err[512], want[256];
+		struct kg_config *cfg;
+		if (!k->field)
+			continue;
+		if (k->type == KG_KEY_UINT) {
+			unsigned long long outside[] = {(unsigned long long)k->min - 1, k->max + 1ull};
+			for (size_t o = k->min == 0; o < 2; o++) {
+				snprintf(extra, sizeof(extra), ",'%s':%llu", k->key, outside[o]);
+				cr_expect_null(cfg = parse_listener_with("tls", extra, err, sizeof(err)),
+					       "%s", extra);
+				kg_config_free(cfg);
+				snprintf(want, sizeof(want), "listeners[0].%s: must be %u-%u", k->key,
+					 k->min, k->max);
+				cr_expect_str_eq(err, want);
+			}
+			unsigned edges[] = {k->min, k->max};
+			for (size_t g = 0; g < 2; g++) {
+				snprintf(extra, sizeof(extra), ",'%s':%u", k->key, edges[g]);
+				cfg = parse_listener_with("tls", extra, err, sizeof(err));
+				cr_assert_not_null(cfg, "%s: %s", extra, err);
+				cr_expect_eq(kg_listener_key_value(&cfg->listeners[0], i), edges[g], "%s",
+					     extra);
+				kg_config_free(cfg);
+			}
+		}
+		for (size_t n = 0; k->type == KG_KEY_ENUM && k->names[n]; n++) {
+			snprintf(extra, sizeof(extra), ",'%s':'%s'", k->key, k->names[n]);
+			cfg = parse_listener_with("tls", extra, err, sizeof(err));
+			cr_assert_not_null(cfg, "%s: %s", extra, err);
+			cr_expect_eq(kg_listener_key_value(&cfg->listeners[0], i), n, "%s", extra);
+			kg_config_free(cfg);
+		}
+		if (k->type == KG_KEY_ENUM) {
+			snprintf(extra, sizeof(extra), ",'%s':'no-such-value'", k->key);
+			cr_expect_null(cfg = parse_listener_with("tls", extra, err, sizeof(err)));
+			kg_config_free(cfg);
+			snprintf(want, sizeof(want), "listeners[0].%s: must be one of \"%s\"", k->key,
+				 k->names[0]);
+			cr_expect(strncmp(err, want, strlen(want)) == 0, "%s", err);
+		}
+	}
+}
+
+Test(listener_keys, keys_of_other_protocols_are_refused)
+{
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		for (int p = 0; kg_listener_keys[KG_LK_protocol].names[p]; p++) {
+			char extra[128], err[512], want[256];
+			const char *protocol = kg_listener_keys[KG_LK_protocol].names[p];
+			if (k->protocols & (1u << p))
+				continue;
+			snprintf(extra, sizeof(extra), ",'%s':1", k->key);
+			struct kg_config *cfg = parse_listener_with(protocol, extra, err, sizeof(err));
+			cr_expect_null(cfg, "%s %s", protocol, extra);
+			kg_config_free(cfg);
+			snprintf(want, sizeof(want), "listeners[0].%s: %s", k->key, k->refusal);
+			cr_expect_str_eq(err, want);
+		}
+	}
+}
+
+static char *read_all(FILE *f)
+{
+	size_t len = 0, cap = 1 << 16;
+	char *buf = malloc(cap);
+	cr_assert_not_null(buf);
+	size_t n;
+	while ((n = fread(buf + len, 1, cap - 1 - len, f)) > 0)
+		len += n;
+	buf[len] = '\0';
+	return buf;
+}
+
+static char *run_ctl(const char *args)
+{
+	char cmd[PATH_MAX + 128];
+	snprintf(cmd, sizeof(cmd), "%s %s 2>&1", KG_KGATECTL, args);
+	FILE *f = popen(cmd, "r");
+	cr_assert_not_null(f, "%s", cmd);
+	char *out = read_all(f);
+	cr_assert_eq(pclose(f), 0, "%s:\n%s", cmd, out);
+	return out;
+}
+
+/* The option as its --help line starts: "  --verify-depth N". */
+static bool lists_option(const char *help, const struct kg_listener_key *k)
+{
+	char line[96];
+	snprintf(line, sizeof(line), "\n  --%s ", k->option);
+	return strstr(help, line) != NULL;
+}
+
+Test(listener_keys, kgatectl_help_lists_every_option)
+{
+	char *create = run_ctl("listener create --help"), *update = run_ctl("listener update --help");
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		char usage[96];
+		if (!k->option)
+			continue;
+		snprintf(usage, sizeof(usage), "--%s ", k->option);
+		cr_expect(lists_option(create, k) && strstr(create, usage), "create --help: --%s\n%s",
+			  k->option, create);
+		cr_expect_eq(lists_option(update, k), (k->flags & KG_LKF_UPDATE) != 0,
+			     "update --help: --%s\n%s", k->option, update);
+	}
+	free(create);
+	free(update);
+}
+
+/* Text of a man page from the line starting with `from` to the next one
+ * starting with `to`. */
+static char *man_section(const char *page, const char *from, const char *to)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/doc/%s", KG_SOURCE_DIR, page);
+	FILE *f = fopen(path, "re");
+	cr_assert_not_null(f, "%s", path);
+	char *text = read_all(f);
+	fclose(f);
+	char *start = strstr(text, from);
+	cr_assert_not_null(start, "%s: %s", page, from);
+	char *end = strstr(start + strlen(from), to);
+	cr_assert_not_null(end, "%s: %s", page, to);
+	*end = '\0';
+	memmove(text, start, strlen(start) + 1);
+	return text;
+}
+
+/* The man pages are written by hand: every option and key is in them,
+ * with the table's ranges and defaults. */
+Test(listener_keys, man_pages_name_every_key)
+{
+	char *create = man_section("kgatectl.8.scd", "\n## listener create", "\n## ");
+	char *update = man_section("kgatectl.8.scd", "\n## listener update", "\n## ");
+	char *listeners = man_section("kgate.json.5.scd", "\n# LISTENERS", "\n# ");
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		char word[96];
+		if (k->option) {
+			snprintf(word, sizeof(word), "*--%s*", k->option);
+			cr_expect(strstr(create, word), "kgatectl(8) listener create: %s", word);
+			cr_expect_eq(strstr(update, word) != NULL, (k->flags & KG_LKF_UPDATE) != 0,
+				     "kgatectl(8) listener update: %s", word);
+		}
+		/* The key's paragraph of kgate.json(5), spaces made single. */
+		snprintf(word, sizeof(word), "*%s*", k->key);
+		char *at = strstr(listeners, word), para[2048] = "";
+		cr_assert_not_null(at, "kgate.json(5) LISTENERS: %s", word);
+		char *end = strstr(at, "\n\n");
+		size_t n = 0;
+		for (const char *c = at; c < (end ? end : at + strlen(at)) && n + 1 < sizeof(para); c++)
+			if (!(strchr(" \t\n", *c) && n && para[n - 1] == ' '))
+				para[n++] = strchr(" \t\n", *c) ? ' ' : *c;
+		para[n] = '\0';
+		char want[96];
+		if (k->type == KG_KEY_UINT) {
+			snprintf(want, sizeof(want), "%u to %u", k->min, k->max);
+			cr_expect(strstr(para, want), "kgate.json(5) %s: \"%s\"\n%s", k->key, want, para);
+		}
+		if (k->type == KG_KEY_UINT && !(k->flags & KG_LKF_NO_DEFAULT)) {
+			snprintf(want, sizeof(want), "(default %u)", k->def);
+			cr_expect(strstr(para, want), "kgate.json(5) %s: \"%s\"\n%s", k->key, want, para);
+		}
+		for (size_t v = 0; k->type == KG_KEY_ENUM && k->names[v]; v++) {
+			snprintf(want, sizeof(want), "*%s*", k->names[v]);
+			cr_expect(strstr(para, want), "kgate.json(5) %s: %s\n%s", k->key, want, para);
+		}
+	}
+	free(create);
+	free(update);
+	free(listeners);
+}

@@ -1,0 +1,15 @@
+/* What a certificate is for: one enum for kgated and kgatectl. kgated's
+ * certificate entries (kgate.json "certificates", `kgatectl cert upload
+ * --type`) are server or ca; `kgatectl ca issue --type` makes client or
+ * server leaves. The values are fixed: config.c parses "type" by index
+ * (server 0, ca 1). */
+#ifndef KGATE_CERT_TYPE_H
+#define KGATE_CERT_TYPE_H
+
+enum kg_cert_type {
+	KG_CERT_SERVER, /* a chain with its key; extendedKeyUsage serverAuth */
+	KG_CERT_CA,     /* CA certificates that client certificates chain to */
+	KG_CERT_CLIENT, /* a leaf with extendedKeyUsage clientAuth (kgatectl ca issue only) */
+};
+
+#endif

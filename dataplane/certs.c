@@ -32,7 +32,7 @@ __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
 	va_end(ap);
 	kg_text_one_line(err);
 	ERR_clear_error();
-	return -1;
+	return -EINVAL; /* what the file holds is unusable: err says why */
 }
 
 void kg_cert_subject(const X509 *x, char *out, size_t outlen)
@@ -259,15 +259,15 @@ static EVP_PKEY *read_key(const char *path, char *err, size_t errlen)
 static int validate_server(const struct kg_cert_conf *c, const char **field, char *err,
 			   size_t errlen)
 {
-	int ret = -1;
+	int ret = -EINVAL;
 	*field = "cert";
 	STACK_OF(X509) *chain = read_certs(c->cert_path, err, errlen);
 	if (!chain)
-		return -1;
+		return -EINVAL; /* err says why */
 	ret = check_server_chain(c->cert_path, chain, err, errlen);
 	if (ret < 0)
 		goto free_chain;
-	ret = -1;
+	ret = -EINVAL;
 	*field = "key";
 	EVP_PKEY *key = read_key(c->key_path, err, errlen);
 	if (!key)
@@ -286,10 +286,10 @@ free_chain:
 static int check_crl(const char *path, STACK_OF(X509) *cas, char *err, size_t errlen)
 {
 	char when[64], issuer[256] = "(unknown)";
-	int ret = -1;
+	int ret = -EINVAL;
 	BIO *b = open_pem(path, err, errlen);
 	if (!b)
-		return -1;
+		return -EINVAL; /* err says why */
 	X509_CRL *crl = PEM_read_bio_X509_CRL(b, NULL, no_passphrase_cb, NULL);
 	BIO_free(b);
 	if (!crl) {
@@ -339,18 +339,18 @@ static int validate_ca(const struct kg_cert_conf *c, const char **field, char *e
 		       size_t errlen)
 {
 	char what[300];
-	int ret = -1;
+	int ret = -EINVAL;
 	*field = "cert";
 	STACK_OF(X509) *cas = read_certs(c->cert_path, err, errlen);
 	if (!cas)
-		return -1;
+		return -EINVAL; /* err says why */
 	for (int i = 0; i < sk_X509_num(cas); i++) {
 		X509 *x = sk_X509_value(cas, i);
 		describe(x, i + 1, what, sizeof(what));
 		if (!is_ca(x)) {
 			fail(err, errlen, "%s in %s is not a CA certificate (no basicConstraints "
 					  "CA:TRUE)", what, c->cert_path);
-			ret = -1;
+			ret = -EINVAL;
 			goto free_cas;
 		}
 		ret = check_dates(x, what, err, errlen);

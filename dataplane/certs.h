@@ -7,7 +7,7 @@
  * human message in err (without the JSON path; callers prefix it):
  * -EKEYEXPIRED when only a date is wrong (a certificate or CRL expired or
  * not yet valid), which can happen to a stored entry that was valid when
- * uploaded; -1 for everything else. */
+ * uploaded; -EINVAL for everything else. */
 #ifndef KGATE_CERTS_H
 #define KGATE_CERTS_H
 

@@ -26,7 +26,7 @@ int kg_client_ktls_control(struct kg_conn *c, unsigned char type, const unsigned
 	if (type == TLS_RT_ALERT) {
 		snprintf(why, sizeof(why), "client sent TLS alert %u", n >= 2 ? rec[1] : 0);
 		kg_conn_close(c, why);
-		return -1;
+		return -ECONNABORTED;
 	}
 	if (type == TLS_RT_HANDSHAKE && n >= 1 && rec[0] == TLS_HS_KEY_UPDATE) {
 		kg_worker_warn(c->worker, "ktls.key_update", KV("listener", c->listener->conf->name),
@@ -36,11 +36,11 @@ int kg_client_ktls_control(struct kg_conn *c, unsigned char type, const unsigned
 		/* Best effort: a full send buffer only loses the courtesy. */
 		kg_ktls_send_close_notify(c->cfd);
 		kg_conn_close(c, "KeyUpdate on a kTLS connection");
-		return -1;
+		return -EOPNOTSUPP;
 	}
 	snprintf(why, sizeof(why), "unexpected TLS record type %u", type);
 	kg_conn_close(c, why);
-	return -1;
+	return -EPROTO;
 }
 
 /* ---- userspace TLS ---- */
@@ -84,7 +84,7 @@ static int openssl_write(struct kg_conn *c, const void *p, size_t n)
 	kg_worker_warn(c->worker, "tls.write_failed", KV("listener", c->listener->conf->name),
 		       KV("reason", reason));
 	kg_conn_close(c, "TLS write failed");
-	return -1;
+	return -EIO;
 }
 
 static void openssl_end(struct kg_conn *c)
@@ -123,7 +123,7 @@ static int ktls_write(struct kg_conn *c, const void *p, size_t n)
 	if (kg_client_out_write(c, p, n) == 0)
 		return 0;
 	kg_conn_close(c, "out of memory for a response");
-	return -1;
+	return -ENOMEM;
 }
 
 static void ktls_end(struct kg_conn *c)

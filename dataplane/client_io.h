@@ -34,7 +34,7 @@ struct kg_client_io {
 	/* Up to len bytes of plaintext into buf: > 0 bytes, or KG_CIO_*. */
 	int (*read)(struct kg_conn *c, unsigned char *buf, size_t len);
 	/* Queues plaintext for the client; kg_conn_flush_client sends it.
-	 * 0, or -1 after closing c. */
+	 * 0, or -errno after closing c. */
 	int (*write)(struct kg_conn *c, const void *p, size_t n);
 	/* Queues close_notify behind what was written, where the TLS
 	 * library does so (OpenSSL); a no-op for the kernel. */
@@ -48,7 +48,7 @@ extern const struct kg_client_io kg_client_io_ktls;
  * socket (read with kg_ktls_recv_record): close_notify returns 0 (end of
  * the client's stream); an alert, a TLS 1.3 KeyUpdate (kgate does not
  * re-key the kernel: close_notify, then close) or anything else closes c
- * and returns -1. Shared by the splice paths and the https listener. */
+ * and returns -errno. Shared by the splice paths and the https listener. */
 int kg_client_ktls_control(struct kg_conn *c, unsigned char type, const unsigned char *rec,
 			   size_t n);
 

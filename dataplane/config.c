@@ -40,7 +40,7 @@ __attribute__((format(printf, 3, 4))) static int fail(struct parser *p, const ch
 		va_end(ap);
 	}
 	kg_text_one_line(p->err);
-	return -1;
+	return -EINVAL;
 }
 
 /* Paths only feed messages: a (theoretical) truncation is acceptable. */
@@ -109,7 +109,7 @@ static int get_member(struct parser *p, const char *parent, struct json_object *
 	char kp[KG_PATH_MAX];
 	member_path(kp, parent, key);
 	if (expect_type(p, kp, v, type, what) < 0)
-		return -1;
+		return -EINVAL;
 	*out = v;
 	return 1;
 }
@@ -227,11 +227,11 @@ static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_o
 	if (check_keys(p, path, s, keys) < 0 ||
 	    get_uint(p, path, s, "workers", 0, KG_MAX_WORKERS, &cfg->workers) < 0 ||
 	    get_uint(p, path, s, "drain_timeout_ms", 0, 3600000, &cfg->drain_timeout_ms) < 0)
-		return -1;
+		return -EINVAL;
 	const char *level;
 	r = get_string(p, path, s, "log_level", &level);
 	if (r < 0)
-		return -1;
+		return -EINVAL;
 	if (r > 0) {
 		if (kg_log_level_parse(level) < 0)
 			return fail(p, "settings.log_level",
@@ -254,10 +254,10 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 	    expect_type(p, path, obj, json_type_object, "an object") < 0 ||
 	    check_keys(p, path, obj, keys) < 0 ||
 	    require(p, path, "type", get_enum(p, path, obj, "type", types, &type)) < 0)
-		return -1;
+		return -EINVAL;
 	c->type = (enum kg_cert_type)type;
 	if (require(p, path, "cert", get_path(p, path, obj, "cert", &c->cert_path)) < 0)
-		return -1;
+		return -EINVAL;
 	char kp[KG_PATH_MAX];
 	if (c->type == KG_CERT_SERVER) {
 		if (json_object_object_get_ex(obj, "crl", NULL)) {
@@ -290,7 +290,7 @@ static int parse_certificates(struct parser *p, struct kg_config *cfg, struct js
 		char path[KG_PATH_MAX];
 		member_path(path, "certificates", name);
 		if (parse_cert(p, path, name, val, &cfg->certs[cfg->n_certs++]) < 0)
-			return -1;
+			return -EINVAL;
 	}
 	return 0;
 }
@@ -415,7 +415,7 @@ static int parse_backends(struct parser *p, const char *lpath, struct json_objec
 	member_path(path, lpath, "backends");
 	if (require(p, lpath, "backends",
 		    get_member(p, lpath, lobj, "backends", json_type_array, "an array", &arr)) < 0)
-		return -1;
+		return -EINVAL;
 	size_t n = json_object_array_length(arr);
 	if (n == 0)
 		return fail(p, path, "at least one backend is required");
@@ -435,7 +435,7 @@ static int parse_backends(struct parser *p, const char *lpath, struct json_objec
 		if (expect_type(p, bpath, b, json_type_object, "an object") < 0 ||
 		    check_keys(p, bpath, b, keys) < 0 ||
 		    require(p, bpath, "address", get_string(p, bpath, b, "address", &addr)) < 0)
-			return -1;
+			return -EINVAL;
 		if (kg_parse_hostport(addr, &bc->addr, &bc->addrlen) < 0)
 			return fail(p, apath, "expected host:port with an IP address "
 					      "(\"192.0.2.1:80\" or \"[2001:db8::1]:80\"), port 1-65535");
@@ -445,11 +445,11 @@ static int parse_backends(struct parser *p, const char *lpath, struct json_objec
 		l->n_backends++;
 		bc->weight = 1;
 		if (get_uint(p, bpath, b, "weight", 1, KG_MAX_WEIGHT, &bc->weight) < 0)
-			return -1;
+			return -EINVAL;
 		bool drained = false, disabled = false;
 		if (get_bool(p, bpath, b, "drained", &drained) < 0 ||
 		    get_bool(p, bpath, b, "disabled", &disabled) < 0)
-			return -1;
+			return -EINVAL;
 		if (drained && disabled)
 			return fail(p, bpath, "\"drained\" and \"disabled\" exclude each other "
 					      "(kgatectl backend drain|disable|enable sets one)");
@@ -555,7 +555,7 @@ static int parse_health_http(struct parser *p, const char *path, struct json_obj
 	if (get_http_string(p, path, obj, "method", h->method, sizeof(h->method)) < 0 ||
 	    get_http_string(p, path, obj, "path", h->path, sizeof(h->path)) < 0 ||
 	    get_http_string(p, path, obj, "host", h->host, sizeof(h->host)) < 0)
-		return -1;
+		return -EINVAL;
 	for (const char *c = h->method; *c; c++) {
 		if (*c < 'A' || *c > 'Z') {
 			member_path(kp, path, "method");
@@ -568,7 +568,7 @@ static int parse_health_http(struct parser *p, const char *path, struct json_obj
 	}
 	int r = get_string(p, path, obj, "expected_status", &s);
 	if (r < 0)
-		return -1;
+		return -EINVAL;
 	member_path(kp, path, "expected_status");
 	return r > 0 ? parse_expected_status(p, kp, s, h) : 0;
 }
@@ -612,7 +612,7 @@ static int parse_health(struct parser *p, const char *lpath, struct json_object 
 	    get_bool(p, path, obj, "unknown_is_up", &h->unknown_is_up) < 0 ||
 	    get_bool(p, path, obj, "cut_on_unhealthy", &h->cut_on_unhealthy) < 0 ||
 	    get_uint(p, path, obj, "slow_start_s", 0, 3600, &h->slow_start_s) < 0)
-		return -1;
+		return -EINVAL;
 	h->type = (enum kg_health_type)type;
 	return parse_health_http(p, path, obj, h);
 }
@@ -651,7 +651,7 @@ static int parse_http_headers(struct parser *p, const char *hpath, struct json_o
 		struct json_object *v = json_object_array_get_idx(arr, i);
 		index_path(ip, kp, i);
 		if (expect_type(p, ip, v, json_type_string, "a string") < 0)
-			return -1;
+			return -EINVAL;
 		const char *name = json_object_get_string(v);
 		int found = -1;
 		for (int h = 0; h < KG_HDR_COUNT && found < 0; h++)
@@ -682,7 +682,7 @@ static int parse_cidr(const char *text, struct kg_cidr *out)
 	const char *slash = strchr(text, '/');
 	size_t alen = slash ? (size_t)(slash - text) : strlen(text);
 	if (alen == 0 || alen >= sizeof(addr))
-		return -1;
+		return -EINVAL;
 	memcpy(addr, text, alen);
 	addr[alen] = '\0';
 	memset(out, 0, sizeof(*out));
@@ -694,20 +694,20 @@ static int parse_cidr(const char *text, struct kg_cidr *out)
 		out->family = AF_INET6;
 		max = 128;
 	} else {
-		return -1;
+		return -EINVAL;
 	}
 	unsigned bits = max;
 	if (slash) {
 		char *end;
 		unsigned long v = strtoul(slash + 1, &end, 10);
 		if (slash[1] < '0' || slash[1] > '9' || *end != '\0' || v > max)
-			return -1;
+			return -EINVAL;
 		bits = (unsigned)v;
 	}
 	out->bits = (uint8_t)bits;
 	for (unsigned b = bits; b < max; b++)
 		if (out->addr[b / 8] & (0x80u >> (b % 8)))
-			return -1;
+			return -EINVAL;
 	return 0;
 }
 
@@ -762,7 +762,7 @@ static int parse_trusted_proxies(struct parser *p, const char *hpath, struct jso
 		struct json_object *v = json_object_array_get_idx(arr, i);
 		index_path(ip, kp, i);
 		if (expect_type(p, ip, v, json_type_string, "a string") < 0)
-			return -1;
+			return -EINVAL;
 		if (parse_cidr(json_object_get_string(v), &h->trusted_proxies[i]) < 0)
 			return fail(p, ip, "\"%.80s\" is not an IP address or CIDR block "
 				    "(\"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"; no host bits "
@@ -821,7 +821,7 @@ static int parse_http(struct parser *p, const char *lpath, struct json_object *l
 	    get_uint(p, path, obj, "pool_idle_timeout_ms", 1, 3600000, &h->pool_idle_timeout_ms) < 0 ||
 	    get_enum(p, path, obj, "underscores_in_headers", underscores, &us) < 0 ||
 	    parse_trusted_proxies(p, path, obj, h) < 0)
-		return -1;
+		return -EINVAL;
 	h->underscores = (enum kg_underscores)us;
 	h->fingerprint = (enum kg_fingerprint)fp;
 	h->access_log = log == 1;
@@ -929,7 +929,7 @@ static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, con
 	member_path(kp, lpath, "certificate");
 	r = get_listener_string(p, lpath, lobj, KG_LK_certificate, &ref);
 	if (r < 0)
-		return -1;
+		return -EINVAL;
 	if (r == 0)
 		return fail(p, kp, "is required for protocol \"%s\"",
 			    kg_listener_keys[KG_LK_protocol].names[l->protocol]);
@@ -942,7 +942,7 @@ static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, con
 	member_path(kp, lpath, "ca");
 	r = get_listener_string(p, lpath, lobj, KG_LK_ca, &ref);
 	if (r < 0)
-		return -1;
+		return -EINVAL;
 	if (r > 0) {
 		l->ca = kg_config_find_cert(cfg, ref);
 		if (!l->ca)
@@ -954,7 +954,7 @@ static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, con
 	/* The table's default (off) is the one without a CA. */
 	unsigned mode = l->ca ? KG_MTLS_REQUIRED : kg_listener_keys[KG_LK_mutual_auth].def;
 	if (get_listener_key(p, lpath, lobj, KG_LK_mutual_auth, &mode) < 0)
-		return -1;
+		return -EINVAL;
 	l->mutual_auth = (enum kg_mutual_auth)mode;
 	if (l->mutual_auth != KG_MTLS_OFF && !l->ca) {
 		member_path(kp, lpath, "mutual_auth");
@@ -983,18 +983,18 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 	if (expect_type(p, lpath, lobj, json_type_object, "an object") < 0 ||
 	    check_keys(p, lpath, lobj, keys) < 0 ||
 	    get_listener_string(p, lpath, lobj, KG_LK_name, &s) < 0)
-		return -1;
+		return -EINVAL;
 	member_path(kp, lpath, "name");
 	if (get_name(p, kp, s, l->name) < 0)
-		return -1;
+		return -EINVAL;
 	if (get_listener_key(p, lpath, lobj, KG_LK_protocol, &v) < 0)
-		return -1;
+		return -EINVAL;
 	l->protocol = (enum kg_protocol)v;
 
 	unsigned port = 0;
 	if (get_listener_string(p, lpath, lobj, KG_LK_bind, &s) < 0 ||
 	    get_listener_key(p, lpath, lobj, KG_LK_port, &port) < 0)
-		return -1;
+		return -EINVAL;
 	if (parse_ip(s, (uint16_t)port, &l->bind, &l->bind_len) < 0) {
 		member_path(kp, lpath, "bind");
 		return fail(p, kp, "expected an IPv4 or IPv6 address literal "
@@ -1002,9 +1002,9 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 	}
 
 	if (refuse_for_protocol(p, lpath, lobj, l->protocol) < 0)
-		return -1;
+		return -EINVAL;
 	if (l->protocol != KG_PROTO_TCP && parse_listener_tls(p, cfg, lpath, lobj, l) < 0)
-		return -1;
+		return -EINVAL;
 
 	/* The rest of the scalar keys: bounds, names and defaults are the table's. */
 	for (size_t i = 0; i < KG_LK_COUNT; i++) {
@@ -1012,7 +1012,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 			continue;
 		int r = get_listener_key(p, lpath, lobj, (enum kg_listener_key_id)i, &v);
 		if (r < 0)
-			return -1;
+			return -EINVAL;
 		if (r > 0)
 			listener_key_set(l, (enum kg_listener_key_id)i, v);
 	}
@@ -1025,7 +1025,7 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 				   "headers (\"http\".\"headers\")");
 	}
 	if (parse_backends(p, lpath, lobj, l) < 0 || parse_http(p, lpath, lobj, &l->http) < 0)
-		return -1;
+		return -EINVAL;
 	return parse_health(p, lpath, lobj, &l->health_check);
 }
 
@@ -1036,7 +1036,7 @@ static int parse_listeners(struct parser *p, struct kg_config *cfg, struct json_
 	if (found == 0 && p->allow_empty)
 		return 0;
 	if (require(p, "", "listeners", found) < 0)
-		return -1;
+		return -EINVAL;
 	size_t n = json_object_array_length(arr);
 	if (n == 0 && p->allow_empty)
 		return 0;
@@ -1052,7 +1052,7 @@ static int parse_listeners(struct parser *p, struct kg_config *cfg, struct json_
 		index_path(lpath, "listeners", i);
 		cfg->n_listeners++;
 		if (parse_listener(p, cfg, lpath, json_object_array_get_idx(arr, i), l) < 0)
-			return -1;
+			return -EINVAL;
 		for (size_t j = 0; j < i; j++) {
 			if (strcmp(cfg->listeners[j].name, l->name) == 0) {
 				member_path(kp, lpath, "name");

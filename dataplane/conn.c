@@ -87,7 +87,7 @@ int kg_client_out_write(struct kg_conn *c, const void *data, size_t len)
 		if (!c->c_send_busy && c->c_out.off >= c->c_out.len)
 			c->c_out.off = c->c_out.len = 0;
 		if (!c->c_out.data && !(c->c_out.data = kg_buf_get(&c->worker->bufs)))
-			return -1;
+			return -ENOMEM;
 		if (len <= KG_POOL_BUF_SIZE - c->c_out.len) {
 			/* Past c_out.len: a send in flight never reads there. */
 			memcpy(c->c_out.data + c->c_out.len, data, len);
@@ -95,10 +95,12 @@ int kg_client_out_write(struct kg_conn *c, const void *data, size_t len)
 			return 0;
 		}
 	}
-	if (len > INT_MAX || (!c->out_spill && !(c->out_spill = BIO_new(BIO_s_mem()))))
-		return -1;
+	if (len > INT_MAX)
+		return -EMSGSIZE;
+	if (!c->out_spill && !(c->out_spill = BIO_new(BIO_s_mem())))
+		return -ENOMEM;
 	grew(c, len);
-	return BIO_write(c->out_spill, data, (int)len) == (int)len ? 0 : -1;
+	return BIO_write(c->out_spill, data, (int)len) == (int)len ? 0 : -ENOMEM;
 }
 
 static int out_write(BIO *b, const char *data, int len)
@@ -391,7 +393,7 @@ int kg_conn_feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n)
 {
 	if (n > 0 && BIO_write(c->net_in, p, (int)n) != (int)n) {
 		kg_conn_close(c, "out of memory buffering client data");
-		return -1;
+		return -ENOMEM;
 	}
 	grew(c, n);
 	return 0;
@@ -575,7 +577,7 @@ int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
 		const struct kg_fwd_ops *ops = kg_fwd_for(path);
 		if (!ops) {
 			kg_conn_close(c, "no forwarder for the path");
-			return -1;
+			return -ENOPROTOOPT;
 		}
 		c->state = KG_CONN_FORWARDING;
 		c->path = path;
@@ -588,7 +590,7 @@ int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
 		}
 		if (r != -EOPNOTSUPP || ops->fallback == KG_PATH_NONE || ops->fallback == path) {
 			kg_conn_close(c, err);
-			return -1;
+			return r;
 		}
 		path = ops->fallback;
 	}

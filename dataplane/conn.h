@@ -126,8 +126,8 @@ void kg_conn_flush_client(struct kg_conn *c);
 /* Pushes the idle deadline to now + the listener's idle timeout (bytes
  * moved). */
 void kg_conn_touch(struct kg_conn *c);
-/* Hands n bytes of ciphertext from the client to OpenSSL. 0, or -1 after
- * closing c. */
+/* Hands n bytes of ciphertext from the client to OpenSSL. 0, or -ENOMEM
+ * after closing c. */
 int kg_conn_feed_openssl(struct kg_conn *c, const unsigned char *p, size_t n);
 /* Moves c_in's unconsumed bytes to its start. */
 void kg_conn_compact_c_in(struct kg_conn *c);
@@ -144,7 +144,7 @@ BIO *kg_client_bio_new(struct kg_conn *c);
 /* Appends len bytes to the connection's outgoing queue (c_out, then the
  * spill BIO), as the BIO does for OpenSSL's records; on a kTLS socket the
  * https listener queues plaintext here and the kernel encrypts it when
- * kg_conn_flush_client sends. 0, or -1 when out of memory. */
+ * kg_conn_flush_client sends. 0, or -ENOMEM (-EMSGSIZE past INT_MAX). */
 int kg_client_out_write(struct kg_conn *c, const void *data, size_t len);
 /* Bytes OpenSSL wrote that wait in the spill BIO (not yet in c_out). */
 size_t kg_client_spill_pending(const struct kg_conn *c);
@@ -167,7 +167,7 @@ void kg_conn_on_backend_connect(struct kg_conn *c, int res);
  * the listener's path, through a kTLS handoff where the plan has one. */
 void kg_conn_start_forwarding(struct kg_conn *c);
 /* Forwarding on path from now: its forwarder takes c and early (fwd.h
- * start). A path that declines hands over to its fallback. 0, or -1 after
+ * start). A path that declines hands over to its fallback. 0, or -errno after
  * closing c. Then kg_conn_run_path starts the bytes moving. */
 int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
 		       size_t early_len);

@@ -19,6 +19,7 @@
 #include <kgate/sockio.h>
 
 #include "metrics.h"
+#include "errors.h"
 
 #define REQUEST_TIMEOUT_MS 5000  /* a client has this long to send its request */
 #define DISCARD_LIMIT (64u << 20) /* bytes read past an oversized request, then close */
@@ -246,39 +247,37 @@ static void *control_main(void *arg)
 static int bind_socket(const char *path, char *err, size_t errlen)
 {
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
-	if (strlen(path) >= sizeof(sun.sun_path)) {
-		snprintf(err, errlen, "control socket path %s: longer than %zu bytes", path,
-			 sizeof(sun.sun_path) - 1);
-		return -1;
-	}
+	if (strlen(path) >= sizeof(sun.sun_path))
+		return kg_fail(err, errlen, ENAMETOOLONG,
+			       "control socket path %s: longer than %zu bytes", path,
+			       sizeof(sun.sun_path) - 1);
 	strcpy(sun.sun_path, path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd == -1) {
-		snprintf(err, errlen, "control socket: %s", strerror(errno));
-		return -1;
+		return kg_fail_errno(err, errlen, errno, "control socket");
 	}
 	int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
 		close(probe);
 		close(fd);
-		snprintf(err, errlen, "control socket %s: another kgated is answering there", path);
-		return -1;
+		return kg_fail(err, errlen, EADDRINUSE,
+			       "control socket %s: another kgated is answering there", path);
 	}
 	if (probe >= 0)
 		close(probe);
 	if (unlink(path) == -1 && errno != ENOENT) {
-		snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
+		int r = kg_fail_errno(err, errlen, errno, "control socket %s", path);
 		close(fd);
-		return -1;
+		return r;
 	}
 	/* Created 0600 from the start: no window with a wider mode. */
 	mode_t old = umask(0177);
 	int r = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
 	umask(old);
 	if (r == -1 || listen(fd, 64) == -1) {
-		snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
+		r = kg_fail_errno(err, errlen, errno, "control socket %s", path);
 		close(fd);
-		return -1;
+		return r;
 	}
 	return fd;
 }

@@ -23,6 +23,7 @@
 #include <kgate/log.h>
 
 #include "certs.h"
+#include "errors.h"
 #include "health.h"
 #include "listener.h"
 #include "metrics.h"
@@ -199,10 +200,11 @@ static int validate_new_certs(json_object *old_doc, json_object *new_doc,
 		char msg[512];
 		if (!cert_entry_changed(old_doc, new_doc, c->name))
 			continue;
-		if (kg_cert_validate(c, msg, sizeof(msg)) < 0) {
+		int r = kg_cert_validate(c, msg, sizeof(msg));
+		if (r < 0) {
 			name_fields(msg, sizeof(msg), c);
 			snprintf(err, errlen, "certificate %s: %s", c->name, msg);
-			return -1;
+			return r;
 		}
 	}
 	return 0;
@@ -358,14 +360,13 @@ int kg_ops_apply_initial(struct kg_ops *ops, char *err, size_t errlen)
 {
 	bool changed[KG_MAX_LISTENERS + 1];
 	const struct kg_config *cfg = ops->cur->cfg;
-	if (cfg->n_listeners > KG_MAX_LISTENERS) {
-		snprintf(err, errlen, "listeners: at most %d", KG_MAX_LISTENERS);
-		return -1;
-	}
+	if (cfg->n_listeners > KG_MAX_LISTENERS)
+		return kg_fail(err, errlen, E2BIG, "listeners: at most %d", KG_MAX_LISTENERS);
 	for (size_t i = 0; i < cfg->n_listeners; i++)
 		changed[i] = true;
-	if (kg_apply_prepare(ops->rt, ops->cur, changed, true, NULL, &ops->plan, err, errlen) < 0)
-		return -1;
+	int r = kg_apply_prepare(ops->rt, ops->cur, changed, true, NULL, &ops->plan, err, errlen);
+	if (r < 0)
+		return r;
 	kg_apply_commit(ops->rt, &ops->plan);
 	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
 	if (ops->st)

@@ -168,13 +168,14 @@ static void maybe_finish(struct kg_conn *c);
 
 /* ---- client side ---- */
 
-/* Queues plaintext for the client. 0, or -1 after closing. */
+/* Queues plaintext for the client. 0, or -errno after closing. */
 static int client_write(struct kg_conn *c, const void *p, size_t n)
 {
 	if (n == 0)
 		return 0;
-	if (http_of(c)->io->write(c, p, n) < 0)
-		return -1;
+	int r = http_of(c)->io->write(c, p, n);
+	if (r < 0)
+		return r;
 	http_of(c)->bytes_out += n;
 	kg_count_add(&c->worker->stats.forwarded_b2c, n);
 	return 0;

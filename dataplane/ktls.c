@@ -13,6 +13,8 @@
 #include <openssl/core_names.h>
 #include <openssl/kdf.h>
 
+#include "errors.h"
+
 #ifndef SOL_TLS
 #define SOL_TLS 282
 #endif
@@ -116,7 +118,7 @@ static void msg_cb(int write_p, int version, int content_type, const void *buf,
 int kg_ktls_ctx_prepare(SSL_CTX *ctx)
 {
 	if (pthread_once(&track_once, track_index_init) != 0 || track_index < 0)
-		return -1;
+		return -ENOMEM;
 	SSL_CTX_set_keylog_callback(ctx, keylog_cb);
 	return 0;
 }
@@ -124,7 +126,7 @@ int kg_ktls_ctx_prepare(SSL_CTX *ctx)
 int kg_ktls_track_attach(SSL *ssl, struct kg_ktls_track *t)
 {
 	if (track_index < 0 || SSL_set_ex_data(ssl, track_index, t) != 1)
-		return -1;
+		return -ENOMEM;
 	memset(t, 0, sizeof(*t));
 	SSL_set_msg_callback(ssl, msg_cb);
 	SSL_set_msg_callback_arg(ssl, t);
@@ -145,7 +147,7 @@ void kg_ktls_handshake_done(SSL *ssl, struct kg_ktls_track *t)
 		t->rd_seq = 0;
 }
 
-/* Runs OpenSSL KDF `name` with params into out. 0 or -1. */
+/* Runs OpenSSL KDF `name` with params into out. 0 or -EINVAL. */
 static int kdf_run(const char *name, const OSSL_PARAM *params, unsigned char *out,
 		   size_t outlen)
 {
@@ -153,10 +155,10 @@ static int kdf_run(const char *name, const OSSL_PARAM *params, unsigned char *ou
 	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
 	EVP_KDF_free(kdf);
 	if (!kctx)
-		return -1;
+		return -EINVAL;
 	int ok = EVP_KDF_derive(kctx, out, outlen, params);
 	EVP_KDF_CTX_free(kctx);
-	return ok == 1 ? 0 : -1;
+	return ok == 1 ? 0 : -EINVAL;
 }
 
 /* TLS 1.3 HKDF-Expand-Label(secret, label, "", outlen) (RFC 8446 7.1). */
@@ -167,7 +169,7 @@ static int hkdf_expand_label(const EVP_MD *md, const unsigned char *secret,
 	unsigned char info[2 + 1 + 255 + 1];
 	size_t label_len = strlen("tls13 ") + strlen(label);
 	if (label_len > 255)
-		return -1;
+		return -EINVAL;
 	size_t n = 0;
 	info[n++] = (unsigned char)(outlen >> 8);
 	info[n++] = (unsigned char)outlen;
@@ -201,12 +203,12 @@ static int tls12_key_block(SSL *ssl, const EVP_MD *md, unsigned char *out,
 	size_t mlen = SSL_SESSION_get_master_key(SSL_get_session(ssl), master,
 						 sizeof(master));
 	if (mlen == 0)
-		return -1;
+		return -EINVAL;
 	memcpy(seed, "key expansion", 13);
 	if (SSL_get_server_random(ssl, seed + 13, SSL3_RANDOM_SIZE) != SSL3_RANDOM_SIZE ||
 	    SSL_get_client_random(ssl, seed + 13 + SSL3_RANDOM_SIZE, SSL3_RANDOM_SIZE) !=
 		    SSL3_RANDOM_SIZE)
-		return -1;
+		return -EINVAL;
 
 	OSSL_PARAM params[] = {
 		OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
@@ -276,12 +278,10 @@ int kg_ktls_derive(SSL *ssl, const struct kg_ktls_track *t,
 	const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
 	int version = SSL_version(ssl);
 	if (t->rekeyed) {
-		snprintf(err, errlen, "KeyUpdate during the handshake window");
-		return -1;
+		return kg_fail(err, errlen, EPROTO, "KeyUpdate during the handshake window");
 	}
 	if (!cipher || (version != TLS1_2_VERSION && version != TLS1_3_VERSION)) {
-		snprintf(err, errlen, "no TLS 1.2/1.3 session");
-		return -1;
+		return kg_fail(err, errlen, EPROTO, "no TLS 1.2/1.3 session");
 	}
 	int nid = SSL_CIPHER_get_cipher_nid(cipher);
 	const EVP_MD *md = SSL_CIPHER_get_handshake_digest(cipher);
@@ -301,34 +301,31 @@ int kg_ktls_derive(SSL *ssl, const struct kg_ktls_track *t,
 		infolen = sizeof(struct tls12_crypto_info_chacha20_poly1305);
 		break;
 	default:
-		snprintf(err, errlen, "cipher %s has no kernel TLS support",
-			 SSL_CIPHER_get_name(cipher));
-		return -1;
+		return kg_fail(err, errlen, EOPNOTSUPP, "cipher %s has no kernel TLS support",
+			       SSL_CIPHER_get_name(cipher));
 	}
 	if (!md) {
-		snprintf(err, errlen, "no handshake digest for %s", SSL_CIPHER_get_name(cipher));
-		return -1;
+		return kg_fail(err, errlen, EOPNOTSUPP, "no handshake digest for %s",
+			       SSL_CIPHER_get_name(cipher));
 	}
 
 	unsigned char ckey[32], skey[32], civ[12], siv[12];
-	int ret = -1;
+	int ret = -EINVAL;
 	if (version == TLS1_3_VERSION) {
-		if (t->client_secret_len == 0 || t->server_secret_len == 0) {
-			snprintf(err, errlen, "TLS 1.3 traffic secrets were not captured");
-			return -1;
-		}
+		if (t->client_secret_len == 0 || t->server_secret_len == 0)
+			return kg_fail(err, errlen, EPROTO, "TLS 1.3 traffic secrets were not captured");
 		if (hkdf_expand_label(md, t->client_secret, t->client_secret_len, "key", ckey, keylen) ||
 		    hkdf_expand_label(md, t->client_secret, t->client_secret_len, "iv", civ, 12) ||
 		    hkdf_expand_label(md, t->server_secret, t->server_secret_len, "key", skey, keylen) ||
 		    hkdf_expand_label(md, t->server_secret, t->server_secret_len, "iv", siv, 12)) {
-			snprintf(err, errlen, "HKDF-Expand-Label failed");
+			ret = kg_fail(err, errlen, EINVAL, "HKDF-Expand-Label failed");
 			goto out;
 		}
 	} else {
 		size_t ivlen = nid == NID_chacha20_poly1305 ? 12 : 4;
 		unsigned char block[2 * 32 + 2 * 12];
 		if (tls12_key_block(ssl, md, block, 2 * keylen + 2 * ivlen) < 0) {
-			snprintf(err, errlen, "TLS 1.2 key expansion failed");
+			ret = kg_fail(err, errlen, EINVAL, "TLS 1.2 key expansion failed");
 			goto out;
 		}
 		memcpy(ckey, block, keylen);

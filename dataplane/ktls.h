@@ -70,8 +70,9 @@ void kg_ktls_track_detach(SSL *ssl);
 void kg_ktls_handshake_done(SSL *ssl, struct kg_ktls_track *t);
 
 /* Derives kernel crypto_info for both directions from the finished
- * handshake and the tracked sequence numbers. 0, or -1 with err filled
- * (unsupported version or cipher, missing secret, KeyUpdate seen). */
+ * handshake and the tracked sequence numbers. 0, or -errno with err filled
+ * (-EOPNOTSUPP: a cipher the kernel cannot take; -EPROTO: no TLS 1.2/1.3
+ * session, a missing secret, a KeyUpdate seen). */
 int kg_ktls_derive(SSL *ssl, const struct kg_ktls_track *t,
 		   struct kg_ktls_keys *keys, char *err, size_t errlen);
 

@@ -15,6 +15,7 @@
 #include "health.h"
 #include "listener.h"
 #include "worker.h"
+#include "errors.h"
 
 #define HTTP_READ_MS 2000
 
@@ -283,13 +284,12 @@ int kg_metrics_open(const char *hostport, char *err, size_t errlen)
 	struct sockaddr_storage addr;
 	socklen_t len;
 	if (kg_parse_hostport(hostport, &addr, &len) < 0) {
-		snprintf(err, errlen, "--metrics %s: expected IP:PORT (\"127.0.0.1:9100\")", hostport);
-		return -1;
+		return kg_fail(err, errlen, EINVAL, "--metrics %s: expected IP:PORT (\"127.0.0.1:9100\")",
+			       hostport);
 	}
 	int fd = kg_listener_open(&addr, len, NULL);
 	if (fd < 0) {
-		snprintf(err, errlen, "--metrics %s: %s", hostport, strerror(-fd));
-		return -1;
+		return kg_fail_errno(err, errlen, -fd, "--metrics %s", hostport);
 	}
 	return fd;
 }

@@ -9,7 +9,7 @@
 #include "runtime.h"
 
 /* Opens the metrics listening socket (blocking accept on the control
- * thread's poll loop). fd or -1 with err. */
+ * thread's poll loop). fd or -errno with err. */
 int kg_metrics_open(const char *hostport, char *err, size_t errlen);
 
 /* Answers one HTTP request on client (GET /metrics) and closes nothing. */

@@ -1,9 +1,11 @@
 #include "paths.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "ktls.h"
+#include "errors.h"
 
 void kg_kernel_probe(struct kg_kernel_caps *caps)
 {
@@ -49,21 +51,19 @@ static int plan_tls(const struct kg_listener_conf *lc, const struct kg_kernel_ca
 		*forced = true;
 		return 0;
 	case KG_FWD_SPLICE:
-		if (!caps->ktls) {
-			snprintf(err, errlen, "forwarding \"splice\" on a TLS listener needs "
-				 "kernel TLS, and %s", caps->ktls_why);
-			return -1;
-		}
+		if (!caps->ktls)
+			return kg_fail(err, errlen, EOPNOTSUPP,
+				       "forwarding \"splice\" on a TLS listener needs kernel TLS, "
+				       "and %s", caps->ktls_why);
 		*plan = KG_PATH_KTLS_SPLICE;
 		*forced = true;
 		return 0;
 	case KG_FWD_SOCKMAP:
-		snprintf(err, errlen, "forwarding \"sockmap\" is only for protocol \"tcp\": "
-			 "kernels refuse kernel TLS on sockets in a sockmap (use \"splice\" or \"auto\")");
-		return -1;
+		return kg_fail(err, errlen, EOPNOTSUPP,
+			       "forwarding \"sockmap\" is only for protocol \"tcp\": kernels refuse "
+			       "kernel TLS on sockets in a sockmap (use \"splice\" or \"auto\")");
 	}
-	snprintf(err, errlen, "unknown forwarding mode");
-	return -1;
+	return kg_fail(err, errlen, EOPNOTSUPP, "unknown forwarding mode");
 }
 
 /* auto picks splice over sockmap for tcp: on loopback splice moved twice
@@ -85,17 +85,14 @@ static int plan_tcp(const struct kg_listener_conf *lc, const struct kg_kernel_ca
 		*forced = true;
 		return 0;
 	case KG_FWD_SOCKMAP:
-		if (!caps->sockmap) {
-			snprintf(err, errlen, "forwarding \"sockmap\" is not available: %s",
-				 caps->sockmap_why);
-			return -1;
-		}
+		if (!caps->sockmap)
+			return kg_fail(err, errlen, EOPNOTSUPP,
+				       "forwarding \"sockmap\" is not available: %s", caps->sockmap_why);
 		*plan = KG_PATH_SOCKMAP;
 		*forced = true;
 		return 0;
 	}
-	snprintf(err, errlen, "unknown forwarding mode");
-	return -1;
+	return kg_fail(err, errlen, EOPNOTSUPP, "unknown forwarding mode");
 }
 
 /* Heads are parsed and rewritten in userspace either way. With kTLS the
@@ -115,21 +112,19 @@ static int plan_https(const struct kg_listener_conf *lc, const struct kg_kernel_
 		*forced = true;
 		return 0;
 	case KG_FWD_SPLICE:
-		if (!caps->ktls) {
-			snprintf(err, errlen, "forwarding \"splice\" (path http-ktls-splice) on an "
-				 "https listener needs kernel TLS, and %s (use \"auto\" or "
-				 "\"userspace\")", caps->ktls_why);
-			return -1;
-		}
+		if (!caps->ktls)
+			return kg_fail(err, errlen, EOPNOTSUPP,
+				       "forwarding \"splice\" (path http-ktls-splice) on an https "
+				       "listener needs kernel TLS, and %s (use \"auto\" or "
+				       "\"userspace\")", caps->ktls_why);
 		*plan = KG_PATH_HTTP_KTLS;
 		*forced = true;
 		return 0;
 	case KG_FWD_SOCKMAP:
-		snprintf(err, errlen, "forwarding \"sockmap\" is only for protocol \"tcp\"");
-		return -1;
+		return kg_fail(err, errlen, EOPNOTSUPP,
+			       "forwarding \"sockmap\" is only for protocol \"tcp\"");
 	}
-	snprintf(err, errlen, "unknown forwarding mode");
-	return -1;
+	return kg_fail(err, errlen, EOPNOTSUPP, "unknown forwarding mode");
 }
 
 int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
@@ -145,6 +140,5 @@ int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps 
 	case KG_PROTO_HTTPS:
 		return plan_https(lc, caps, plan, forced, err, errlen);
 	}
-	snprintf(err, errlen, "unknown protocol");
-	return -1;
+	return kg_fail(err, errlen, EOPNOTSUPP, "unknown protocol");
 }

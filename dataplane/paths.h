@@ -50,7 +50,7 @@ void kg_kernel_probe(struct kg_kernel_caps *caps);
 
 /* The path a listener's connections take. forced is true when the config
  * named the path: a connection that cannot take it is closed rather than
- * moved to another path. Returns 0, or -1 with err saying why the
+ * moved to another path. Returns 0, or -EOPNOTSUPP with err saying why the
  * configured path cannot run here. */
 int kg_path_plan(const struct kg_listener_conf *lc, const struct kg_kernel_caps *caps,
 		 enum kg_path *plan, bool *forced, char *err, size_t errlen);

@@ -53,7 +53,7 @@ static int client_cn(X509 *peer, unsigned char **cn, size_t *len)
 	const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, idx));
 	int n = ASN1_STRING_to_UTF8(cn, v);
 	if (n < 0)
-		return -1;
+		return -EINVAL;
 	*len = (size_t)n;
 	return 0;
 }

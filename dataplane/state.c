@@ -14,6 +14,8 @@
 
 #include <kgate/log.h>
 
+#include "errors.h"
+
 #define STATE_FILE "state.json"
 #define CERTS_DIR "certs"
 
@@ -23,20 +25,16 @@ int kg_state_open(struct kg_state *st, const char *dir, char *err, size_t errlen
 {
 	char sub[4096];
 	memset(st, 0, sizeof(*st));
-	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
-		snprintf(err, errlen, "state directory %s: %s", dir, strerror(errno));
-		return -1;
-	}
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST)
+		return kg_fail_errno(err, errlen, errno, "state directory %s", dir);
 	st->dir = realpath(dir, NULL);
-	if (!st->dir) {
-		snprintf(err, errlen, "state directory %s: %s", dir, strerror(errno));
-		return -1;
-	}
+	if (!st->dir)
+		return kg_fail_errno(err, errlen, errno, "state directory %s", dir);
 	snprintf(sub, sizeof(sub), "%s/" CERTS_DIR, st->dir);
 	if (mkdir(sub, 0700) == -1 && errno != EEXIST) {
-		snprintf(err, errlen, "%s: %s", sub, strerror(errno));
+		int r = kg_fail_errno(err, errlen, errno, "%s", sub);
 		kg_state_close(st);
-		return -1;
+		return r;
 	}
 	return 0;
 }
@@ -102,27 +100,21 @@ static int write_atomic(const char *path, const char *text, bool *replaced, char
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	snprintf(dir, sizeof(dir), "%s", path);
 	/* A leftover temp file from a crash is garbage: start over. */
-	if (unlink(tmp) == -1 && errno != ENOENT) {
-		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-		return -1;
-	}
+	if (unlink(tmp) == -1 && errno != ENOENT)
+		return kg_fail_errno(err, errlen, errno, "%s", tmp);
 	int ret = write_new_file(tmp, text, strlen(text), 0600);
-	if (ret < 0) {
-		snprintf(err, errlen, "%s: %s", tmp, strerror(-ret));
-		return -1;
-	}
+	if (ret < 0)
+		return kg_fail_errno(err, errlen, -ret, "%s", tmp);
 	if (rename(tmp, path) == -1) {
-		snprintf(err, errlen, "%s: rename: %s", path, strerror(errno));
+		ret = kg_fail_errno(err, errlen, errno, "%s: rename", path);
 		unlink(tmp);
-		return -1;
+		return ret;
 	}
 	*replaced = true;
 	/* The rename is durable only once the folder is. */
 	ret = fsync_dir(dirname(dir));
-	if (ret < 0) {
-		snprintf(err, errlen, "%s: fsync of folder: %s", path, strerror(-ret));
-		return -1;
-	}
+	if (ret < 0)
+		return kg_fail_errno(err, errlen, -ret, "%s: fsync of folder", path);
 	return 0;
 }
 
@@ -210,23 +202,20 @@ int kg_state_commit(struct kg_state *st, json_object *doc, char *err, size_t err
 	char path[4096], certs[4096];
 	const char *text = json_object_to_json_string_ext(
 		doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
-	if (!text) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
+	if (!text)
+		return kg_fail_errno(err, errlen, ENOMEM, "state document");
 	/* New certificate files must be durable before a document names them. */
 	snprintf(certs, sizeof(certs), "%s/" CERTS_DIR, st->dir);
 	int ret = fsync_dir(certs);
-	if (ret < 0) {
-		snprintf(err, errlen, "%s: fsync: %s", certs, strerror(-ret));
-		return -1;
-	}
+	if (ret < 0)
+		return kg_fail_errno(err, errlen, -ret, "%s: fsync", certs);
 	snprintf(path, sizeof(path), "%s/" STATE_FILE, st->dir);
 	bool replaced;
-	if (write_atomic(path, text, &replaced, err, errlen) < 0) {
+	ret = write_atomic(path, text, &replaced, err, errlen);
+	if (ret < 0) {
 		if (replaced)
 			restore(st, path);
-		return -1;
+		return ret;
 	}
 	json_object_put(st->doc);
 	st->doc = doc;
@@ -251,23 +240,20 @@ static int import_files(struct kg_state *st, json_object *doc, const char *base,
 			    !json_object_is_type(v, json_type_string))
 				continue;
 			char *src = abs_path(base, json_object_get_string(v)), *data = NULL;
-			if (!src) {
-				snprintf(err, errlen, "out of memory");
-				return -1;
-			}
+			if (!src)
+				return kg_fail_errno(err, errlen, ENOMEM, "certificates.%s.%s", name, *k);
 			int r = kg_read_file(src, &data);
 			if (r < 0) {
-				snprintf(err, errlen, "certificates.%s.%s: %s: %s", name, *k, src,
-					 strerror(-r));
+				r = kg_fail_errno(err, errlen, -r, "certificates.%s.%s: %s", name, *k, src);
 				free(src);
-				return -1;
+				return r;
 			}
 			free(src);
 			char *rel = kg_state_store_file(st, name, *k, data, strlen(data),
 							strcmp(*k, "key") == 0, err, errlen);
 			free(data);
 			if (!rel)
-				return -1;
+				return -EIO; /* err says why */
 			json_object_object_add(entry, *k, json_object_new_string(rel));
 			free(rel);
 		}
@@ -303,33 +289,31 @@ int kg_state_load(struct kg_state *st, const char *seed_path, bool reseed,
 	if (!reseed && access(path, F_OK) == 0) {
 		st->doc = read_doc(path, err, errlen);
 		*source = KG_STATE_FROM_DIR;
-		return st->doc ? 0 : -1;
+		return st->doc ? 0 : -EINVAL; /* err says why */
 	}
 	json_object *doc;
 	if (seed_path) {
 		doc = read_doc(seed_path, err, errlen);
 		if (!doc)
-			return -1;
+			return -EINVAL; /* err says why */
 		char *copy = strdup(seed_path), *base = copy ? realpath(dirname(copy), NULL) : NULL;
 		free(copy);
 		if (!base) {
-			snprintf(err, errlen, "%s: %s", seed_path, strerror(errno));
+			int r = kg_fail_errno(err, errlen, errno, "%s", seed_path);
 			json_object_put(doc);
-			return -1;
+			return r;
 		}
 		int r = import_files(st, doc, base, err, errlen);
 		free(base);
 		if (r < 0) {
 			json_object_put(doc);
-			return -1;
+			return r;
 		}
 		*source = KG_STATE_FROM_CONFIG;
 	} else {
 		doc = json_object_new_object();
-		if (!doc) {
-			snprintf(err, errlen, "out of memory");
-			return -1;
-		}
+		if (!doc)
+			return kg_fail_errno(err, errlen, ENOMEM, "state document");
 		json_object_object_add(doc, "certificates", json_object_new_object());
 		json_object_object_add(doc, "listeners", json_object_new_array());
 		*source = KG_STATE_EMPTY;
@@ -355,7 +339,7 @@ static int collect_names(json_object *doc, char ***names, size_t *n)
 				continue;
 			char **grown = realloc(*names, (*n + 1) * sizeof(**names));
 			if (!grown)
-				return -1;
+				return -ENOMEM;
 			*names = grown;
 			(*names)[(*n)++] = (char *)s + strlen(CERTS_DIR "/");
 		}

@@ -21,7 +21,7 @@ struct kg_state {
 	json_object *doc;   /* the last acknowledged document; file paths relative to dir */
 };
 
-/* Creates dir (0700) and dir/certs if missing. 0 or -1 with err. */
+/* Creates dir (0700) and dir/certs if missing. 0 or -errno with err. */
 int kg_state_open(struct kg_state *st, const char *dir, char *err, size_t errlen);
 void kg_state_close(struct kg_state *st);
 
@@ -46,7 +46,8 @@ struct kg_config *kg_state_parse(const struct kg_state *st, json_object *doc, ch
 				 size_t errlen);
 
 /* Persists doc atomically, then makes it st->doc (taking the caller's
- * reference; the old one is released). 0, or -1 with err and st unchanged. */
+ * reference; the old one is released). 0, or -errno with err and st
+ * unchanged. */
 int kg_state_commit(struct kg_state *st, json_object *doc, char *err, size_t errlen);
 
 /* Removes files under certs/ that the document no longer names (left by

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,7 +59,7 @@ __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
 		snprintf(err + n, errlen - (size_t)n, ": %s", r ? r : "unknown OpenSSL error");
 	}
 	ERR_clear_error();
-	return -1;
+	return -EINVAL; /* what OpenSSL refused: err says why */
 }
 
 static bool has_client_auth_eku(X509 *cert)
@@ -223,8 +224,11 @@ static int setup_client_auth(SSL_CTX *ctx, const struct kg_listener_conf *l, cha
 	const struct kg_cert_conf *ca = l->ca;
 	if (SSL_CTX_load_verify_file(ctx, ca->cert_path) != 1)
 		return fail(err, errlen, "ca \"%s\": cannot load %s", ca->name, ca->cert_path);
-	if (ca->crl_path && load_crl(ctx, ca->crl_path, err, errlen) < 0)
-		return -1;
+	if (ca->crl_path) {
+		int r = load_crl(ctx, ca->crl_path, err, errlen);
+		if (r < 0)
+			return r;
+	}
 	/* The CA list in CertificateRequest lets browsers offer the right cert. */
 	STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca->cert_path);
 	if (!names)

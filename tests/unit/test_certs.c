@@ -175,12 +175,12 @@ ParameterizedTest(size_t *i, certs, validate, .init = make_pki, .fini = drop_pki
 		cr_expect_eq(rf, 0, "%s: unexpected error: %s", tc->desc, full);
 		cr_expect_eq(rs, 0, "%s: unexpected error: %s", tc->desc, at_start);
 	} else {
-		int want = dated ? -EKEYEXPIRED : -1;
+		int want = dated ? -EKEYEXPIRED : -EINVAL;
 		cr_expect_eq(r, want, "%s: returned %d", tc->desc, r);
 		cr_expect(strstr(err, tc->want), "%s: \"%s\" lacks \"%s\"", tc->desc, err, tc->want);
 		snprintf(prefix, sizeof(prefix), "certificates.web.%s: ", tc->field);
 		cr_expect_eq(rf, want);
-		cr_expect_eq(rs, dated ? 0 : -1, "%s: at start %d", tc->desc, rs);
+		cr_expect_eq(rs, dated ? 0 : -EINVAL, "%s: at start %d", tc->desc, rs);
 		cr_expect(strncmp(full, prefix, strlen(prefix)) == 0 && strstr(full, err),
 			  "%s: \"%s\" should be \"%s%s\"", tc->desc, full, prefix, err);
 	}
@@ -198,7 +198,7 @@ Test(certs, validate_files_stops_at_first_bad_entry, .init = make_pki, .fini = d
 	};
 	struct kg_config cfg = {.certs = c, .n_certs = 2};
 	char err[512];
-	cr_expect_eq(kg_config_validate_files(&cfg, true, err, sizeof(err)), -1);
+	cr_expect_eq(kg_config_validate_files(&cfg, true, err, sizeof(err)), -EINVAL);
 	cr_expect(strstr(err, "certificates.bad.key: key does not match the certificate"), "%s", err);
 	cfg.n_certs = 1;
 	cr_expect_eq(kg_config_validate_files(&cfg, true, err, sizeof(err)), 0, "%s", err);

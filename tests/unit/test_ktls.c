@@ -365,7 +365,7 @@ Test(ktls, key_update_voids_the_handoff)
 	cr_assert_eq(SSL_read(s.ssl, buf, sizeof(buf)), 1);
 	struct kg_ktls_keys keys;
 	char err[128];
-	cr_assert_eq(kg_ktls_derive(s.ssl, &t, &keys, err, sizeof(err)), -1);
+	cr_assert_eq(kg_ktls_derive(s.ssl, &t, &keys, err, sizeof(err)), -EPROTO);
 	cr_assert(strstr(err, "KeyUpdate"), "%s", err);
 	SSL_free(c.ssl);
 	SSL_free(s.ssl);

@@ -168,7 +168,8 @@ ParameterizedTest(int *e, state_faults, commit_fails_at_every_step)
 			cr_assert_eq(st.doc, next);
 			break;
 		}
-		cr_assert_eq(r, -1, "commit acknowledged although its %s (call %u) failed", call, n);
+		cr_assert_eq(r, -*e, "commit returned %d although its %s (call %u) failed with %d",
+			     r, call, n, *e);
 		cr_assert(strstr(err, strerror(*e)) != NULL, "call %u (%s): error does not say "
 			  "\"%s\": %s", n, call, strerror(*e), err);
 		cr_assert_eq(st.doc, acked, "call %u (%s): the acknowledged document changed", n,

@@ -673,9 +673,9 @@ static int parse_http_headers(struct parser *p, const char *hpath, struct json_o
 	return 1;
 }
 
-/* "10.0.0.0/8", "::1", "fd00::/8": an address with an optional prefix
+/* "192.0.2.0/24", "::1", "2001:db8::/32": an address with an optional prefix
  * length (the whole address without one). Bits past the prefix must be
- * zero, as in a route: "10.1.2.3/8" is refused rather than guessed at. */
+ * zero, as in a route: "192.0.2.7/8" is refused rather than guessed at. */
 static int parse_cidr(const char *text, struct kg_cidr *out)
 {
 	char addr[INET6_ADDRSTRLEN];
@@ -765,7 +765,7 @@ static int parse_trusted_proxies(struct parser *p, const char *hpath, struct jso
 			return -EINVAL;
 		if (parse_cidr(json_object_get_string(v), &h->trusted_proxies[i]) < 0)
 			return fail(p, ip, "\"%.80s\" is not an IP address or CIDR block "
-				    "(\"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"; no host bits "
+				    "(\"192.0.2.7\", \"198.51.100.0/24\", \"2001:db8::/32\"; no host bits "
 				    "past the prefix)", json_object_get_string(v));
 	}
 	h->n_trusted_proxies = n;

@@ -195,11 +195,11 @@ static const struct bad_case bad[] = {
 	{DOC(",'protocol':'https','http':{'fingerprint':'md5'}"), "listeners[0].http.fingerprint: must be one of \"sha1\", \"sha256\""},
 	{DOC(",'protocol':'https','http':{'underscores_in_headers':'off'}"), "listeners[0].http.underscores_in_headers: must be one of \"drop\", \"reject\", \"allow\""},
 	{DOC(",'protocol':'https','http':{'headers':['X-Forwarded-Host']}"), "listeners[0].http.headers[0]: unknown header \"X-Forwarded-Host\" (known: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Clientcert-subjectdn, X-Forwarded-Clientcert-issuerdn, X-Forwarded-Clientcert-fingerprint, X-Forwarded-Clientcert-clientverify, Client-Cert, Client-Cert-Chain, Forwarded, X-Real-IP)"},
-	{DOC(",'protocol':'https','http':{'trusted_proxies':'10.0.0.0/8'}"), "listeners[0].http.trusted_proxies: expected an array"},
-	{DOC(",'protocol':'https','http':{'trusted_proxies':['10.1.2.3/8']}"), "listeners[0].http.trusted_proxies[0]: \"10.1.2.3/8\" is not an IP address or CIDR block"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':'192.0.2.0/24'}"), "listeners[0].http.trusted_proxies: expected an array"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':['198.51.100.7/8']}"), "listeners[0].http.trusted_proxies[0]: \"198.51.100.7/8\" is not an IP address or CIDR block"},
 	{DOC(",'protocol':'https','http':{'trusted_proxies':['127.0.0.1','::1/129']}"), "listeners[0].http.trusted_proxies[1]: \"::1/129\" is not an IP address or CIDR block"},
 	{DOC(",'protocol':'https','http':{'trusted_proxies':['host.example']}"), "listeners[0].http.trusted_proxies[0]: \"host.example\" is not"},
-	{DOC(",'protocol':'https','http':{'trusted_proxies':['10.0.0.0/']}"), "listeners[0].http.trusted_proxies[0]: \"10.0.0.0/\" is not"},
+	{DOC(",'protocol':'https','http':{'trusted_proxies':['192.0.2.0/']}"), "listeners[0].http.trusted_proxies[0]: \"192.0.2.0/\" is not"},
 	{DOC(",'protocol':'https','http':{'trusted_proxies':[3]}"), "listeners[0].http.trusted_proxies[0]: expected a string"},
 	{DOC(",'protocol':'https','http':{'access_log':true}"), "listeners[0].http.access_log: expected a string"},
 	{DOC(",'protocol':'https','http':{'max_header_bytes':100}"), "listeners[0].http.max_header_bytes: must be 1024-65536"},
@@ -361,7 +361,7 @@ Test(config, https_http_keys)
 
 	cfg = parse(DOC(",'protocol':'https','http':{'underscores_in_headers':'reject',"
 			"'headers':['forwarded','x-real-ip'],"
-			"'trusted_proxies':['192.0.2.0/24','10.1.2.3','2001:db8::/32','::1']}"),
+			"'trusted_proxies':['192.0.2.0/24','198.51.100.7','2001:db8::/32','::1']}"),
 		    err, sizeof(err));
 	cr_assert_not_null(cfg, "%s", err);
 	h = &cfg->listeners[0].http;
@@ -376,21 +376,22 @@ struct cidr_case {
 	bool trusted;
 };
 
-/* trusted_proxies: 192.0.2.0/24, 10.1.2.3, 2001:db8::/32, ::1, 172.16.0.0/12 */
+/* trusted_proxies: 192.0.2.0/24, 198.51.100.7, 2001:db8::/32, ::1, 203.0.112.0/20
+ * (documentation ranges: addresses are parsed and compared, never dialled) */
 Test(config, trusted_proxies_match)
 {
 	static const struct cidr_case cases[] = {
 		{"192.0.2.0", true}, {"192.0.2.255", true}, {"192.0.3.0", false},
-		{"10.1.2.3", true}, {"10.1.2.4", false}, {"2001:db8:ffff::1", true},
+		{"198.51.100.7", true}, {"198.51.100.8", false}, {"2001:db8:ffff::1", true},
 		{"2001:db9::1", false}, {"::1", true}, {"::2", false},
 		{"::ffff:192.0.2.9", true},  /* an IPv4 client of a dual-stack listener */
-		{"::ffff:10.1.2.4", false}, {"172.31.255.255", true}, {"172.32.0.0", false},
+		{"::ffff:198.51.100.8", false}, {"203.0.127.255", true}, {"203.0.128.0", false},
 		{"127.0.0.1", false},
 	};
 	char err[512];
 	struct kg_config *cfg = parse(DOC(",'protocol':'https','http':{'trusted_proxies':"
-					  "['192.0.2.0/24','10.1.2.3','2001:db8::/32','::1',"
-					  "'172.16.0.0/12']}"), err, sizeof(err));
+					  "['192.0.2.0/24','198.51.100.7','2001:db8::/32','::1',"
+					  "'203.0.112.0/20']}"), err, sizeof(err));
 	cr_assert_not_null(cfg, "%s", err);
 	const struct kg_http_conf *h = &cfg->listeners[0].http;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -556,17 +556,50 @@ void kg_conn_on_backend_connect(struct kg_conn *c, int res)
 	if (res == 0) {
 		kg_health_conn_start(c->listener->health, (size_t)c->member);
 		c->member_counted = true;
-		/* Disabled (or cut as unhealthy) while the connect was on its
-		 * way: the workers' cut scan has already run for that change. */
-		if (kg_health_should_cut(c->listener->health, (size_t)c->member) != KG_CUT_NONE) {
-			kg_conn_close(c, "backend left the rotation while connecting");
-			return;
-		}
 		kg_conn_start_forwarding(c);
 		return;
 	}
 	kg_conn_connect_failed(c, res);
 	kg_conn_connect_backend(c);
+}
+
+/* Where a connection's member state lives now: a connection keeps the
+ * snapshot it started with, but the control plane (disable) and the
+ * checkers change the members of the published one only. A member the
+ * published snapshot no longer has was removed: its connections finish. */
+static enum kg_health_cut cut_reason(const struct kg_conn *c,
+				     const struct kg_listener_rt *published)
+{
+	if (!published || published == c->listener)
+		return kg_health_should_cut(c->listener->health, (size_t)c->member);
+	int m = kg_health_member_index(published->health,
+				       c->listener->conf->backends[c->member].address);
+	return m < 0 ? KG_CUT_NONE : kg_health_should_cut(published->health, (size_t)m);
+}
+
+bool kg_conn_cut_if_needed(struct kg_conn *c, const struct kg_listener_rt *published)
+{
+	switch (cut_reason(c, published)) {
+	case KG_CUT_NONE:
+		return false;
+	case KG_CUT_UNHEALTHY:
+		kg_count(c->worker, cut_unhealthy);
+		kg_conn_close(c, "backend unhealthy");
+		return true;
+	case KG_CUT_DISABLED:
+		kg_count(c->worker, cut_disabled);
+		kg_conn_close(c, "backend disabled");
+		return true;
+	}
+	return false;
+}
+
+bool kg_conn_cut_now(struct kg_conn *c)
+{
+	struct kg_listener_rt *published = kg_listener_acquire(c->listener->slot);
+	bool cut = kg_conn_cut_if_needed(c, published);
+	kg_listener_put(published);
+	return cut;
 }
 
 int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
@@ -586,6 +619,11 @@ int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
 		int r = ops->start(c, early, early_len, err, sizeof(err));
 		if (r == 0) {
 			kg_count_add(&c->worker->stats.path[path], 1);
+			/* The workers' cut scan runs once per change, and skipped
+			 * c while it connected or handed off: a member that left
+			 * the rotation meanwhile is caught here. */
+			if (c->member_counted && kg_conn_cut_now(c))
+				return -ECONNABORTED;
 			return 0;
 		}
 		if (r != -EOPNOTSUPP || ops->fallback == KG_PATH_NONE || ops->fallback == path) {

@@ -163,6 +163,12 @@ int kg_conn_submit_connect(struct kg_conn *c, int m, int op);
 void kg_conn_connect_failed(struct kg_conn *c, int res);
 /* KG_OP_BACKEND_CONNECT completed with res. */
 void kg_conn_on_backend_connect(struct kg_conn *c, int res);
+/* c forwards to a member that must leave (disabled, or unhealthy under
+ * cut_on_unhealthy) as the listener's published snapshot says (NULL: c's
+ * own): closes c, counts it, returns true. kg_conn_cut_now takes the
+ * published snapshot itself. */
+bool kg_conn_cut_if_needed(struct kg_conn *c, const struct kg_listener_rt *published);
+bool kg_conn_cut_now(struct kg_conn *c);
 /* The backend is connected (or, on https, the handshake is done): start
  * the listener's path, through a kTLS handoff where the plan has one. */
 void kg_conn_start_forwarding(struct kg_conn *c);

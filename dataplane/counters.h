@@ -76,7 +76,12 @@ enum kg_counter_group {
 	X(http_rejected_underscore, KG_CG_CONNECTIONS, "http_requests_rejected_underscore",        \
 	  "http_requests_rejected_total", "reason=\"underscore\"",                                 \
 	  "http_rejected_underscore",                                                              \
-	  "Requests refused with 400 for a header name (underscores_in_headers reject).")          \
+	  "Requests refused with 400: reason underscore (a header name, underscores_in_headers "  \
+	  "reject), reserved_trailer (a chunked request's trailer named like an identity "         \
+	  "header).")                                                                              \
+	X(http_rejected_trailer, KG_CG_CONNECTIONS, "http_requests_rejected_reserved_trailer",     \
+	  "http_requests_rejected_total", "reason=\"reserved_trailer\"", "http_rejected_trailer",  \
+	  "")                                                                                      \
 	X(handshakes, KG_CG_HANDSHAKES, "ok", "handshakes_total", "", "handshakes",                \
 	  "Completed TLS handshakes.")                                                             \
 	X(resumed, KG_CG_HANDSHAKES, "resumed", "handshakes_resumed_total", "", "resumed",         \

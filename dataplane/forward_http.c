@@ -375,6 +375,10 @@ static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
 	c->member = m;
 	kg_health_conn_start(c->listener->health, (size_t)m);
 	c->member_counted = true;
+	/* A member disabled while this connect was on its way: the workers'
+	 * cut scan has run for that change already. */
+	if (kg_conn_cut_now(c))
+		return;
 	h->reused = reused;
 	h->backend_dirty = false;
 	h->backend_failed = false;
@@ -696,10 +700,13 @@ static void parse_body(struct kg_conn *c)
 					    h->rlen - h->rparsed, &used, &status, &why);
 	h->rparsed += (uint32_t)used;
 	h->bytes_in += used;
-	if (st == KG_HTTP_DONE)
+	if (st == KG_HTTP_DONE) {
 		h->body_done = true;
-	else if (st == KG_HTTP_ERROR)
+	} else if (st == KG_HTTP_ERROR) {
+		if (h->req.reserved_trailer)
+			kg_count(c->worker, http_rejected_trailer);
 		reply_error(c, 400, why);
+	}
 }
 
 /* Moves pipelined bytes to the front: a head is parsed from offset 0. */
@@ -1134,6 +1141,8 @@ static uint64_t http_check_deadline(struct kg_conn *c)
 static void http_on_close(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
+	if (!h)
+		return; /* http_start ran out of memory before its context existed */
 	if (h->rstate == R_CONNECT && c->bfd >= 0) {
 		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HTTP_CONNECT, c->idx, c->bfd), 0);

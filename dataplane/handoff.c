@@ -50,6 +50,19 @@ static void refused(struct kg_conn *c, const char *why, const void *early, size_
 	fall_back(c, early, early_len);
 }
 
+/* The handoff cannot happen after early data was decrypted: userspace TLS
+ * takes it over with what was decrypted, at most one buffer of it (more
+ * cannot be carried over, so the connection closes rather than lose it). */
+static void refused_with_early(struct kg_conn *c, const char *why, const void *early,
+			       size_t early_len)
+{
+	if (early_len > KG_IO_BUF_SIZE) {
+		kg_conn_close(c, "early data past one buffer when the kTLS handoff failed");
+		return;
+	}
+	refused(c, why, early, early_len);
+}
+
 /* Whole records at the start of c_in, and whether a partial one follows
  * (*need: bytes still missing). SIZE_MAX when the bytes are not TLS. */
 static size_t whole_records(const struct kg_conn *c, uint32_t *need)
@@ -131,25 +144,24 @@ static void step(struct kg_conn *c)
 		    SSL_get_shutdown(c->ssl) != 0) {
 			/* An alert, close_notify or KeyUpdate among them:
 			 * userspace TLS takes over, sending what was decrypted
-			 * first (one buffer of it). */
-			if (early_len > KG_IO_BUF_SIZE) {
-				kg_conn_close(c, "early data and a control record before the kTLS handoff");
-				return;
-			}
-			refused(c, "a control record arrived with the early data", early, early_len);
+			 * first. */
+			refused_with_early(c, "a control record arrived with the early data", early,
+					   early_len);
 			return;
 		}
 	}
+	/* From here a refusal carries what was decrypted over to userspace
+	 * TLS, which takes one buffer of it. */
 	struct kg_ktls_keys keys;
 	if (kg_ktls_derive(c->ssl, c->ktls, &keys, err, sizeof(err)) < 0) {
-		refused(c, err, NULL, 0);
+		refused_with_early(c, err, early, early_len);
 		return;
 	}
 	bool ulp_set;
 	int r = kg_ktls_install(c->cfd, &keys, &ulp_set, err, sizeof(err));
 	OPENSSL_cleanse(&keys, sizeof(keys));
 	if (r < 0 && !ulp_set) {
-		refused(c, err, NULL, 0);
+		refused_with_early(c, err, early, early_len);
 		return;
 	}
 	if (r < 0) {

@@ -40,6 +40,8 @@ static int on_message_begin(llhttp_t *p)
 	m->n_fields = 0;
 	m->in_value = false;
 	m->too_many = false;
+	m->trailer_len = 0;
+	m->reserved_trailer = false;
 	m->head_len = 0;
 	return 0;
 }
@@ -61,6 +63,13 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
 	struct kg_http_msg *m = msg_of(p);
+	if (m->phase != KG_HTTP_PHASE_HEAD) {
+		/* A trailer: its name is screened when complete; the bytes go
+		 * on as the body does. */
+		for (size_t i = 0; i < len && m->trailer_len < sizeof(m->trailer_name); i++)
+			m->trailer_name[m->trailer_len++] = at[i];
+		return 0;
+	}
 	if (m->in_value || m->n_fields == 0) {
 		/* A new field starts. */
 		if (m->n_fields == m->max_fields) {
@@ -78,8 +87,28 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
 	struct kg_http_msg *m = msg_of(p);
+	if (m->phase != KG_HTTP_PHASE_HEAD)
+		return 0; /* a trailer's value: passed through with the body */
 	m->in_value = true;
 	span_extend(&m->fields[m->n_fields - 1].value, m, at, len);
+	return 0;
+}
+
+/* A request trailer named like one of kgate's identity headers: a backend
+ * that merges trailers into the header set (older Apache did) would take it
+ * for kgate's. Trailers go through with the body, unparsed, so the request
+ * is refused instead; the backend never sees it complete. */
+static int on_header_field_complete(llhttp_t *p)
+{
+	struct kg_http_msg *m = msg_of(p);
+	if (m->phase == KG_HTTP_PHASE_HEAD)
+		return 0;
+	size_t len = m->trailer_len;
+	m->trailer_len = 0;
+	if (m->is_request && kg_http_name_reserved(m->trailer_name, len)) {
+		m->reserved_trailer = true;
+		return -1; /* kg_http_feed says why */
+	}
 	return 0;
 }
 
@@ -108,6 +137,7 @@ static const llhttp_settings_t settings = {
 	.on_status = on_status,
 	.on_header_field = on_header_field,
 	.on_header_value = on_header_value,
+	.on_header_field_complete = on_header_field_complete,
 	.on_header_value_complete = on_header_value_complete,
 	.on_headers_complete = on_headers_complete,
 	.on_message_complete = on_message_complete,
@@ -277,6 +307,9 @@ enum kg_http_step kg_http_feed(struct kg_http_msg *m, const unsigned char *base,
 	if (m->too_many) {
 		*status = m->is_request ? 431 : 502;
 		*why = "too many header fields";
+	} else if (m->reserved_trailer) {
+		*status = 400;
+		*why = "a trailer named like a reserved identity header";
 	} else {
 		*status = m->is_request ? 400 : 502;
 		*why = llhttp_get_error_reason(&m->parser);

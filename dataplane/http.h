@@ -53,6 +53,12 @@ struct kg_http_msg {
 	bool too_many;
 	uint32_t head_len; /* bytes of the head, once known */
 	bool skipped;            /* the body went past the parser (kg_http_skip_body) */
+	/* A request's trailer field name being read (chunked bodies pass
+	 * through as they are, so a reserved name there is refused, not
+	 * removed): its first bytes and its length. */
+	char trailer_name[64];
+	uint32_t trailer_len;
+	bool reserved_trailer;   /* the message was refused for one (counted) */
 	bool skipped_keep_alive; /* kg_http_keep_alive, taken before it did */
 };
 

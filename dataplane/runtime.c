@@ -113,6 +113,9 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 		return NULL;
 	}
 	atomic_init(&l->refs, 1);
+	/* Starts at 1: 0 means "no snapshot" to whoever compares serials. */
+	static atomic_uint_fast64_t next_serial = 1;
+	l->serial = atomic_fetch_add(&next_serial, 1);
 	l->slot = slot;
 	l->conf = lc;
 	atomic_fetch_add(&doc->refs, 1);

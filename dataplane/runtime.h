@@ -43,6 +43,7 @@ struct kg_listener_slot;
 /* One immutable snapshot of a listener. Only refs changes after publish. */
 struct kg_listener_rt {
 	atomic_uint refs;
+	uint64_t serial;    /* unique per snapshot built: tells snapshots apart after free */
 	struct kg_listener_slot *slot;
 	struct kg_config_ref *doc;          /* keeps conf alive */
 	const struct kg_listener_conf *conf;

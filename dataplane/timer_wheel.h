@@ -3,7 +3,8 @@
  * nothing between arming and firing, however many connections wait.
  *
  * Timers are intrusive (struct kg_timer sits in its owner) and fire at
- * most one granule late, never early: a timer for `at` goes to the slot of
+ * most one granule late when kg_wheel_expire runs on every granule
+ * boundary (the worker's tick is armed on them), never early: a timer for `at` goes to the slot of
  * the first granule boundary at or after it. A timer further away than the
  * wheel spans waits in the last slot and is put back when that comes up,
  * once per turn. Arming never allocates; arm, cancel and re-arm are O(1).

@@ -26,7 +26,6 @@
 /* Connection slots per worker: listeners come and go at run time, so the
  * table is sized once for the largest load one worker is meant to carry. */
 #define CONNS_PER_WORKER 65536
-#define TICK_MS 100
 #define WARN_LINES_PER_SEC 10
 
 bool kg_worker_warn_allowed(struct kg_worker *w)
@@ -115,7 +114,14 @@ static void arm_accept(struct kg_worker *w, uint32_t li)
 static void arm_tick(struct kg_worker *w)
 {
 	struct io_uring_sqe *sqe = kg_worker_sqe(w);
-	io_uring_prep_timeout(sqe, &w->tick_interval, 0, 0);
+	/* On the wheel's granule boundaries, absolute (CLOCK_MONOTONIC, as
+	 * kg_now_ms): a deadline, rounded up to a boundary by the wheel, is
+	 * expired when that boundary's tick runs, at most one granule late.
+	 * A relative timeout would drift to any phase and add a granule. */
+	uint64_t next = (kg_now_ms() / KG_WHEEL_GRANULE_MS + 1) * KG_WHEEL_GRANULE_MS;
+	w->tick_at.tv_sec = (long long)(next / 1000);
+	w->tick_at.tv_nsec = (long long)(next % 1000) * 1000000;
+	io_uring_prep_timeout(sqe, &w->tick_at, 0, IORING_TIMEOUT_ABS);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_TICK, 0, -1));
 }
 
@@ -338,44 +344,19 @@ struct tick_snaps {
 	bool taken[KG_MAX_LISTENERS];
 };
 
-/* Where a connection's member state lives now: a connection keeps the
- * snapshot it started with, but the control plane (disable) and the
- * checkers change the members of the published one only. A member the
- * published snapshot no longer has was removed: its connections finish. */
-static enum kg_health_cut cut_reason(struct kg_conn *c, struct tick_snaps *ts)
+/* Established connections to a member that was disabled, or that turned
+ * unhealthy under cut_on_unhealthy, are closed by the scan that follows
+ * the change (conn.h kg_conn_cut_if_needed). */
+static bool cut_if_needed(struct kg_conn *c, struct tick_snaps *ts)
 {
+	if (!c->member_counted || c->state != KG_CONN_FORWARDING)
+		return false;
 	uint32_t li = c->listener_idx;
 	if (!ts->taken[li]) {
 		ts->snap[li] = kg_listener_acquire(c->listener->slot);
 		ts->taken[li] = true;
 	}
-	struct kg_listener_rt *cur = ts->snap[li];
-	if (!cur || cur == c->listener)
-		return kg_health_should_cut(c->listener->health, (size_t)c->member);
-	int m = kg_health_member_index(cur->health,
-				       c->listener->conf->backends[c->member].address);
-	return m < 0 ? KG_CUT_NONE : kg_health_should_cut(cur->health, (size_t)m);
-}
-
-/* Established connections to a member that was disabled, or that turned
- * unhealthy under cut_on_unhealthy, are closed on the next tick. */
-static bool cut_if_needed(struct kg_conn *c, struct tick_snaps *ts)
-{
-	if (!c->member_counted || c->state != KG_CONN_FORWARDING)
-		return false;
-	switch (cut_reason(c, ts)) {
-	case KG_CUT_NONE:
-		return false;
-	case KG_CUT_UNHEALTHY:
-		kg_count(c->worker, cut_unhealthy);
-		kg_conn_close(c, "backend unhealthy");
-		return true;
-	case KG_CUT_DISABLED:
-		kg_count(c->worker, cut_disabled);
-		kg_conn_close(c, "backend disabled");
-		return true;
-	}
-	return false;
+	return kg_conn_cut_if_needed(c, ts->snap[li]);
 }
 
 /* heap_trim.h: RSS goes back down once a wave of connections is over. */
@@ -386,9 +367,17 @@ static void trim_heap_after_wave(struct kg_worker *w)
 
 	if (!kg_heap_trim_due(&w->heap_trim, conns, w->now_ms, &peak))
 		return;
+	/* One trim at a time in the process: workers whose ticks share the
+	 * wheel's boundaries see a wave end together, and glibc sets its
+	 * arenas up lazily on the first malloc_trim when another allocator
+	 * serves malloc (AddressSanitizer's): two first calls at once crashed
+	 * there. Trims are seconds apart per worker; waiting costs nothing. */
+	static pthread_mutex_t trim_lock = PTHREAD_MUTEX_INITIALIZER;
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	pthread_mutex_lock(&trim_lock);
 	malloc_trim(0);
+	pthread_mutex_unlock(&trim_lock);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	long long took_us = (t1.tv_sec - t0.tv_sec) * 1000000LL + (t1.tv_nsec - t0.tv_nsec) / 1000;
 	log_info("worker.heap_trimmed", KV("worker", w->id), KV("conns", conns), KV("peak", peak),
@@ -405,14 +394,15 @@ static bool cuts_changed(struct kg_worker *w)
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++) {
 		struct kg_listener_slot *slot = &w->rt->slots[li];
 		if (atomic_load_explicit(&slot->active, memory_order_relaxed) == 0) {
-			w->cut_snap[li] = NULL;
+			w->cut_snap[li] = 0;
 			continue;
 		}
 		struct kg_listener_rt *snap = kg_listener_acquire(slot);
+		uint64_t serial = snap ? snap->serial : 0;
 		unsigned gen = snap ? kg_health_cut_gen(snap->health) : 0;
-		if (snap != w->cut_snap[li] || gen != w->cut_gen[li])
+		if (serial != w->cut_snap[li] || gen != w->cut_gen[li])
 			changed = true;
-		w->cut_snap[li] = snap; /* compared only, never dereferenced later */
+		w->cut_snap[li] = serial;
 		w->cut_gen[li] = gen;
 		kg_listener_put(snap);
 	}
@@ -729,7 +719,6 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->id = id;
 	w->rt = rt;
 	w->capacity = CONNS_PER_WORKER;
-	w->tick_interval.tv_nsec = TICK_MS * 1000000LL;
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		w->listen_fds[li] = -1;
 	w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

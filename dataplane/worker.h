@@ -123,12 +123,12 @@ struct kg_worker {
 	_Atomic uint32_t incoming;
 	uint32_t high_water;    /* slots [0, high_water) may be in use (drain and cut scans) */
 	struct kg_wheel timers; /* connections' deadlines (timer_wheel.h) */
-	/* Per listener slot: the snapshot and its health group's cut
-	 * generation the last cut scan saw (kg_health_cut_gen). */
-	const struct kg_listener_rt *cut_snap[KG_MAX_LISTENERS];
+	/* Per listener slot: the snapshot (its serial) and its health group's
+	 * cut generation the last cut scan saw (kg_health_cut_gen). */
+	uint64_t cut_snap[KG_MAX_LISTENERS];
 	unsigned cut_gen[KG_MAX_LISTENERS];
 	uint64_t now_ms;
-	struct __kernel_timespec tick_interval;
+	struct __kernel_timespec tick_at; /* the next tick, absolute (read at submit) */
 	int init_result;   /* 0 or -errno from ring set-up, read by main */
 	struct kg_ring_info ring_info;
 	sem_t init_done;

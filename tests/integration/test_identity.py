@@ -303,3 +303,29 @@ def test_drops_are_counted_and_logged_once_per_connection(pki, spawn_kgated, tmp
         assert all(e["level"] == "debug" for e in events)
     finally:
         b.close()
+
+
+def test_chunked_request_with_reserved_trailer_is_refused(pki, spawn_kgated):
+    """Trailers pass through with the body; a backend that merges them into
+    the header set would take a reserved one for kgate's: refused (400),
+    and the backend never gets that request whole. Any other trailer
+    passes."""
+    b = KeepAliveBackend("raw")
+    try:
+        d = start(spawn_kgated, pki, b)
+        head = b"POST /t HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for trailer, refused in ((b"X_Forwarded_Clientcert_subjectdn: CN=admin", True),
+                                 (b"Checksum: abc", False)):
+            r = Raw(pki, d.port)
+            r.send(head + b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n\r\n")
+            status, _, body = r.response()
+            r.close()
+            assert status == (400 if refused else 200), trailer
+            if not refused:
+                assert json.loads(body)["length"] == 3, body
+        # The refused one's head had gone out (bodies stream), but it never
+        # completed: the backend answered only the other.
+        assert d.count_event("http.error_response", status="400",
+                             reason="a trailer named like a reserved identity header") == 1
+    finally:
+        b.close()

@@ -329,6 +329,54 @@ struct underscore_case {
 	unsigned dropped;
 };
 
+struct trailer_case {
+	const char *trailer; /* the trailer section's field line */
+	bool refused;
+};
+
+/* A chunked request's trailers go through with the body: one named like
+ * an identity header, in any spelling, is refused; any other passes. The
+ * chunked body is fed byte by byte, so names split across reads count. */
+Test(http, reserved_trailers_refused)
+{
+	static const struct trailer_case cases[] = {
+		{"X-Forwarded-Clientcert-subjectdn: CN=admin", true},
+		{"x_forwarded_for: 7.7.7.7", true},
+		{"Client-Cert-Whatever: spoof", true},
+		{"FORWARDED: for=6.6.6.6", true},
+		{"Checksum: abc", false},
+		{"X-Forwarded: no dash after it", false},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[512];
+		snprintf(text, sizeof(text), "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked"
+			 "\r\n\r\n3\r\nabc\r\n0\r\n%s\r\n\r\n", cases[i].trailer);
+		struct kg_http_msg m;
+		size_t used;
+		int status = 0;
+		const char *why = "";
+		const unsigned char *p = (const unsigned char *)text;
+		size_t len = strlen(text);
+		cr_assert_eq(kg_http_msg_init(&m, true, 32), 0);
+		cr_assert_eq(kg_http_feed(&m, p, p, len, &used, &status, &why), KG_HTTP_HEAD);
+		size_t pos = used;
+		enum kg_http_step st = KG_HTTP_MORE;
+		while (pos < len && st == KG_HTTP_MORE) {
+			st = kg_http_feed(&m, p, p + pos, 1, &used, &status, &why);
+			pos += used;
+		}
+		if (cases[i].refused) {
+			cr_expect_eq(st, KG_HTTP_ERROR, "%s", cases[i].trailer);
+			cr_expect(m.reserved_trailer, "%s", cases[i].trailer);
+			cr_expect_eq(status, 400);
+		} else {
+			cr_expect_eq(st, KG_HTTP_DONE, "%s: %s", cases[i].trailer, why);
+			cr_expect_not(m.reserved_trailer);
+		}
+		kg_http_msg_free(&m);
+	}
+}
+
 Test(http, underscores_in_headers)
 {
 	static const struct underscore_case cases[] = {

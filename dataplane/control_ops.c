@@ -892,7 +892,8 @@ static json_object *edit_update(json_object *l, void *arg)
 		if (!k || !(k->flags & KG_LKF_UPDATE))
 			return kg_ops_error(KG_ERR_INVALID, "%.60s: cannot be changed by update "
 					    "(name, protocol, bind and port need delete and create; "
-					    "backends have their own verbs)", key);
+					    "backends have their own verbs; enabled is listener "
+					    "stop and start)", key);
 		if (json_object_is_type(val, json_type_null)) {
 			json_object_object_del(l, key);
 		} else {

@@ -10,6 +10,7 @@
 
 #include <kgate/log.h>
 
+#include "clock.h"
 #include "health.h"
 #include "runtime.h"
 
@@ -40,8 +41,7 @@ void kg_backend_prep_connect(const struct kg_listener_rt *l, struct kg_backend_w
 	const struct kg_listener_conf *lc = l->conf;
 	const struct kg_backend_conf *b = &lc->backends[m];
 	walk->attempts++;
-	walk->timeout.tv_sec = lc->connect_timeout_ms / 1000;
-	walk->timeout.tv_nsec = (long long)(lc->connect_timeout_ms % 1000) * 1000000;
+	kg_ms_to_ts(lc->connect_timeout_ms, &walk->timeout);
 	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&b->addr, b->addrlen);
 	sqe->flags |= IOSQE_IO_LINK;
 	io_uring_prep_link_timeout(tsqe, &walk->timeout, 0);

@@ -195,15 +195,9 @@ static void kg_health_checker_destroy(struct kg_health_checker *hc)
 	free(hc);
 }
 
-static void ms_to_ts(uint64_t ms, struct __kernel_timespec *ts)
-{
-	ts->tv_sec = (long long)(ms / 1000);
-	ts->tv_nsec = (long long)(ms % 1000) * 1000000;
-}
-
 static void arm_timer(struct kg_health_checker *hc, struct check *c, uint64_t delay_ms)
 {
-	ms_to_ts(delay_ms ? delay_ms : 1, &c->wait_ts);
+	kg_ms_to_ts(delay_ms ? delay_ms : 1, &c->wait_ts);
 	struct io_uring_sqe *sqe = kg_worker_sqe(hc->w);
 	io_uring_prep_timeout(sqe, &c->wait_ts, 0, 0);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HEALTH_TIMER, ck_idx(hc, c), -1));
@@ -248,7 +242,7 @@ static void arm_io(struct kg_health_checker *hc, struct check *c)
 	io_uring_sqe_set_data64(sqe, kg_ud_pack((enum kg_op)op, idx, c->fd));
 	sqe->flags |= IOSQE_IO_LINK;
 	uint64_t left = c->deadline_ms > w->now_ms ? c->deadline_ms - w->now_ms : 1;
-	ms_to_ts(left, &c->link_ts);
+	kg_ms_to_ts(left, &c->link_ts);
 	io_uring_prep_link_timeout(tsqe, &c->link_ts, 0);
 	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_HEALTH_LINK_TIMEOUT, idx, c->fd));
 	c->inflight += 2;

@@ -119,8 +119,7 @@ static void arm_tick(struct kg_worker *w)
 	 * expired when that boundary's tick runs, at most one granule late.
 	 * A relative timeout would drift to any phase and add a granule. */
 	uint64_t next = (kg_now_ms() / KG_WHEEL_GRANULE_MS + 1) * KG_WHEEL_GRANULE_MS;
-	w->tick_at.tv_sec = (long long)(next / 1000);
-	w->tick_at.tv_nsec = (long long)(next % 1000) * 1000000;
+	kg_ms_to_ts(next, &w->tick_at);
 	io_uring_prep_timeout(sqe, &w->tick_at, 0, IORING_TIMEOUT_ABS);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_TICK, 0, -1));
 }

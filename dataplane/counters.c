@@ -12,7 +12,7 @@ const char *const kg_counter_group_names[KG_CG_COUNT] = {
 
 const struct kg_counter_info kg_counter_table[KG_COUNTER_COUNT] = {
 #define KG_COUNTER_ROW(field, group, json_key, family, labels, log_key, help)                    \
-	{#field, group, json_key, family, labels, log_key, help, offsetof(struct kg_counters, field)},
+	{group, json_key, family, labels, log_key, help, offsetof(struct kg_counters, field)},
 	KG_COUNTERS(KG_COUNTER_ROW)
 #undef KG_COUNTER_ROW
 };

@@ -143,7 +143,6 @@ static inline void kg_count_add(atomic_uint_fast64_t *c, uint64_t n)
 
 /* One row of the table, for code that walks it (metrics, logs, tests). */
 struct kg_counter_info {
-	const char *field;
 	enum kg_counter_group group;
 	const char *json_key;
 	const char *family;

@@ -607,6 +607,8 @@ static void count_screened(struct kg_conn *c, const struct kg_http_screen *sc)
 	if (!any || h->drop_logged)
 		return;
 	h->drop_logged = true;
+	if (kg_log_level < KG_LOG_DEBUG)
+		return; /* the name is copied only for a line that is written */
 	char name[80];
 	snprintf(name, sizeof(name), "%.*s", (int)sc->first.len,
 		 (const char *)h->rbuf + sc->first.off);

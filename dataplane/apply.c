@@ -124,7 +124,7 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 		if (is_new || changed[i] || it->listen) {
 			char where[32];
 			snprintf(where, sizeof(where), "listeners[%zu]", i);
-			it->snap = kg_listener_build(slot, &rt->caps, doc, lc, where, err, errlen);
+			it->snap = kg_listener_build(slot, &rt->caps, rt->tickets, doc, lc, where, err, errlen);
 			if (!it->snap)
 				goto abort;
 		}

@@ -218,7 +218,8 @@ static int get_name(struct parser *p, const char *path, const char *name, char o
 
 static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_object *root)
 {
-	static const char *const keys[] = {"workers", "drain_timeout_ms", "log_level", NULL};
+	static const char *const keys[] = {"workers", "drain_timeout_ms", "log_level",
+					   "ticket_key_rotation_s", NULL};
 	struct json_object *s = NULL;
 	const char *path = "settings";
 	int r = get_member(p, "", root, "settings", json_type_object, "an object", &s);
@@ -226,7 +227,9 @@ static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_o
 		return r;
 	if (check_keys(p, path, s, keys) < 0 ||
 	    get_uint(p, path, s, "workers", 0, KG_MAX_WORKERS, &cfg->workers) < 0 ||
-	    get_uint(p, path, s, "drain_timeout_ms", 0, 3600000, &cfg->drain_timeout_ms) < 0)
+	    get_uint(p, path, s, "drain_timeout_ms", 0, 3600000, &cfg->drain_timeout_ms) < 0 ||
+	    get_uint(p, path, s, "ticket_key_rotation_s", KG_TICKET_ROTATION_MIN_S,
+		     KG_TICKET_ROTATION_MAX_S, &cfg->ticket_key_rotation_s) < 0)
 		return -EINVAL;
 	const char *level;
 	r = get_string(p, path, s, "log_level", &level);
@@ -1120,6 +1123,7 @@ static struct kg_config *parse_doc(const char *json_text, const char *base_dir,
 		goto free_root;
 	}
 	cfg->drain_timeout_ms = 10000;
+	cfg->ticket_key_rotation_s = KG_TICKET_ROTATION_DEFAULT_S;
 	if (parse_settings(&p, cfg, root) < 0 || parse_certificates(&p, cfg, root) < 0 ||
 	    parse_listeners(&p, cfg, root) < 0) {
 		kg_config_free(cfg);

@@ -180,6 +180,7 @@ struct kg_listener_conf {
 	unsigned connect_retries;      /* extra members tried after a failed connect */
 	unsigned tls_session_cache;    /* sessions kept for resumption (id or stateful ticket);
 					* 0 = no resumption */
+	enum kg_session_tickets tls_session_tickets; /* stateless (ticket keys) or stateful (cache) */
 	bool enabled;                  /* false = stopped (kgatectl listener stop) */
 	struct kg_http_conf http;      /* protocol https only */
 };
@@ -200,6 +201,7 @@ struct kg_config {
 	unsigned workers;          /* "settings.workers"; 0 = one per core */
 	unsigned drain_timeout_ms; /* "settings.drain_timeout_ms"; default 10000 */
 	char *log_level;           /* "settings.log_level"; NULL = default */
+	unsigned ticket_key_rotation_s; /* "settings.ticket_key_rotation_s"; ticket_keys.h */
 };
 
 /* Parses JSON text. Relative file paths resolve against base_dir (the

@@ -2,6 +2,7 @@
 #include "control.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 
 #include "metrics.h"
 #include "errors.h"
+#include "ticket_keys.h"
 
 #define REQUEST_TIMEOUT_MS 5000  /* a client has this long to send its request */
 #define DISCARD_LIMIT (64u << 20) /* bytes read past an oversized request, then close */
@@ -202,6 +204,22 @@ static void serve_one(struct kg_control *c, int fd)
 	send_reply(fd, reply);
 }
 
+/* The session-ticket keys rotate here: this thread may block on the
+ * state directory's fsync (it does for every change), the workers may not.
+ * Returns how long poll may sleep until the next rotation is due. */
+static int rotate_ticket_keys(struct kg_control *c)
+{
+	struct kg_ticket_keys *tk = c->ops->rt->tickets;
+	char err[600];
+	if (!tk)
+		return -1;
+	if (kg_ticket_keys_rotate(tk, time(NULL), false, err, sizeof(err)) < 0)
+		log_warn("tls.ticket_key_rotation_failed", KV("reason", err),
+			 KV("effect", "tickets stay under the current key; retried in a minute"));
+	int64_t ms = kg_ticket_keys_due_ms(tk, time(NULL));
+	return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
 static void *control_main(void *arg)
 {
 	struct kg_control *c = arg;
@@ -211,7 +229,7 @@ static void *control_main(void *arg)
 			{.fd = c->fd, .events = POLLIN},
 			{.fd = c->metrics_fd, .events = POLLIN},
 		};
-		int r = poll(p, c->metrics_fd >= 0 ? 3 : 2, -1);
+		int r = poll(p, c->metrics_fd >= 0 ? 3 : 2, rotate_ticket_keys(c));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {

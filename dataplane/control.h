@@ -1,6 +1,7 @@
 /* The control socket server: one thread, one request at a time (so
  * concurrent kgatectl clients are serialized), also serving the metrics
- * endpoint. See include/kgate/control.h for the protocol. */
+ * endpoint and rotating the session-ticket keys (ops->rt->tickets) when
+ * they are due. See include/kgate/control.h for the protocol. */
 #ifndef KGATE_CONTROL_H
 #define KGATE_CONTROL_H
 
@@ -13,8 +14,9 @@ struct kg_control;
 
 /* Binds path (replacing a stale socket; refusing if a live daemon answers
  * there), mode 0600, or 0660 owned by group when group != (gid_t)-1;
- * metrics_fd (or -1) is served too; path NULL serves only metrics. Starts
- * the thread. NULL with err. */
+ * metrics_fd (or -1) is served too; path NULL serves only metrics (and
+ * neither: the thread only rotates ticket keys). Starts the thread. NULL
+ * with err. */
 struct kg_control *kg_control_start(struct kg_ops *ops, const char *path, gid_t group,
 				    int metrics_fd, char *err, size_t errlen);
 /* Stops the thread (after the request in progress) and removes the socket. */

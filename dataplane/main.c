@@ -48,6 +48,7 @@
 #include "sockmap.h"
 #include "runtime.h"
 #include "state.h"
+#include "ticket_keys.h"
 #include "worker.h"
 
 #ifndef KG_VERSION
@@ -220,7 +221,7 @@ static int check_config(const struct options *opt, struct kg_config *cfg)
 	for (size_t i = 0; i < cfg->n_listeners && status == 0; i++) {
 		char where[32];
 		snprintf(where, sizeof(where), "listeners[%zu]", i);
-		struct kg_listener_rt *l = kg_listener_build(NULL, &caps, ref, &cfg->listeners[i],
+		struct kg_listener_rt *l = kg_listener_build(NULL, &caps, NULL, ref, &cfg->listeners[i],
 							     where, err, sizeof(err));
 		if (!l) {
 			fprintf(stderr, "kgated: config error: %s\n", err);
@@ -484,6 +485,18 @@ int main(int argc, char **argv)
 	rt.sockmap = sockmap_load(&rt.caps);
 	log_info("kernel.features", KV("ktls", rt.caps.ktls), KV("ktls_detail", rt.caps.ktls_why),
 		 KV("sockmap", rt.caps.sockmap), KV("sockmap_detail", rt.caps.sockmap_why));
+	/* Before the state directory is given to the user, so a key file
+	 * made here goes with it. A file that cannot be used stops the start:
+	 * it may hold keys shared with other instances, never replaced
+	 * behind the operator's back. */
+	rt.tickets = kg_ticket_keys_open(opt.state_dir ? st.dir : NULL, cfg->ticket_key_rotation_s,
+					 time(NULL), err, sizeof(err));
+	if (!rt.tickets) {
+		log_err("tls.ticket_keys_invalid", KV("reason", err),
+			KV("hint", "restore the file, or remove it to start with new keys "
+				   "(tickets issued under the old ones then make full handshakes)"));
+		goto free_runtime;
+	}
 	if (opt.state_dir && state_dir_give(opt.state_dir, &priv) < 0)
 		goto free_runtime;
 	if (drop_privileges(&priv, opt.state_dir) < 0)
@@ -564,8 +577,9 @@ int main(int argc, char **argv)
 		log_notice("metrics.listening", KV("addr", opt.metrics), KV("path", "/metrics"));
 	}
 	/* Without a state dir there is no control socket, but the control
-	 * thread still serves metrics when asked to. */
-	if (opt.state_dir || metrics_fd >= 0) {
+	 * thread still serves metrics when asked to, and rotates the ticket
+	 * keys in any case. */
+	{
 		control = kg_control_start(ops, opt.state_dir ? control_path : NULL, group,
 					   metrics_fd, err, sizeof(err));
 		if (!control) {

@@ -11,6 +11,7 @@
 
 #include "health.h"
 #include "ktls.h"
+#include "ticket_keys.h"
 #include "tls.h"
 
 int kg_runtime_init(struct kg_runtime *rt)
@@ -36,6 +37,9 @@ void kg_runtime_destroy(struct kg_runtime *rt)
 		kg_listener_publish(&rt->slots[i], NULL);
 		pthread_mutex_destroy(&rt->slots[i].lock);
 	}
+	/* After the snapshots: their SSL_CTXs point at the keys. */
+	kg_ticket_keys_close(rt->tickets);
+	rt->tickets = NULL;
 }
 
 struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg)
@@ -96,6 +100,7 @@ void kg_listener_publish(struct kg_listener_slot *s, struct kg_listener_rt *snap
 
 struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 					 const struct kg_kernel_caps *caps,
+					 struct kg_ticket_keys *tickets,
 					 struct kg_config_ref *doc,
 					 const struct kg_listener_conf *lc, const char *where,
 					 char *err, size_t errlen)
@@ -125,7 +130,7 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 		goto fail;
 	}
 	if (lc->protocol != KG_PROTO_TCP) {
-		l->ssl_ctx = kg_tls_ctx_create(lc, why, sizeof(why));
+		l->ssl_ctx = kg_tls_ctx_create(lc, tickets, why, sizeof(why));
 		if (!l->ssl_ctx) {
 			snprintf(err, errlen, "%s: %s", where, why);
 			goto fail;

@@ -28,6 +28,7 @@
 #include "tls.h"
 
 struct kg_health_group;
+struct kg_ticket_keys;
 
 #define KG_MAX_LISTENERS 64
 #define KG_FAILED_MAX 512
@@ -86,6 +87,8 @@ struct kg_runtime {
 	unsigned n_workers;            /* health checks are spread over them */
 	struct kg_kernel_caps caps;    /* probed once at start */
 	struct kg_sockmap *sockmap;    /* loaded before the privilege drop; NULL without BPF */
+	struct kg_ticket_keys *tickets; /* session-ticket keys of stateless listeners; set by
+					 * main before the first apply, rotated by the control thread */
 	atomic_uint drain_timeout_ms;
 	atomic_bool stopping; /* set by the signal thread: drain and exit */
 	uint64_t started_ms;  /* monotonic, for uptime */
@@ -93,7 +96,7 @@ struct kg_runtime {
 
 /* Initialises the slots (rt->caps is the caller's: kg_kernel_probe); 0 or
  * -errno. kg_runtime_destroy drops every
- * published snapshot (workers must have stopped). */
+ * published snapshot (workers must have stopped), then closes rt->tickets. */
 int kg_runtime_init(struct kg_runtime *rt);
 void kg_runtime_destroy(struct kg_runtime *rt);
 
@@ -103,12 +106,14 @@ struct kg_listener_rt *kg_listener_acquire(struct kg_listener_slot *s);
 void kg_listener_put(struct kg_listener_rt *l);
 
 /* Builds a snapshot for lc (which must belong to doc->cfg): forwarding
- * plan, SSL_CTX, balancer and health group (member states carried over
- * from the slot's current snapshot by address). NULL with err filled on
- * failure; messages start with where ("listeners[0]"), the listener's
- * JSON path. Takes its own doc reference. */
+ * plan, SSL_CTX (stateless tickets under tickets, see kg_tls_ctx_create),
+ * balancer and health group (member states carried over from the slot's
+ * current snapshot by address). NULL with err filled on failure; messages
+ * start with where ("listeners[0]"), the listener's JSON path. Takes its
+ * own doc reference. */
 struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 					 const struct kg_kernel_caps *caps,
+					 struct kg_ticket_keys *tickets,
 					 struct kg_config_ref *doc,
 					 const struct kg_listener_conf *lc, const char *where,
 					 char *err, size_t errlen);

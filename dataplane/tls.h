@@ -9,13 +9,17 @@
 
 #include "config.h"
 
+struct kg_ticket_keys;
+
 /* Builds the SSL_CTX for a listener from its (already validated)
  * certificate entries: TLS 1.2-1.3, AEAD-only, X25519 first, renegotiation
- * off, stateful TLS 1.3 tickets with a bounded server cache, chain built
+ * off, one session ticket per handshake, stateless (encrypted under
+ * tickets, which must outlive the SSL_CTX; NULL: OpenSSL's own keys of
+ * this SSL_CTX) or stateful with a bounded server cache, chain built
  * once, client verification per mutual_auth with CRL and clientAuth EKU.
  * Returns NULL and fills err on failure. */
-SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, char *err,
-			   size_t errlen);
+SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_keys *tickets,
+			   char *err, size_t errlen);
 
 enum kg_tls_status {
 	KG_TLS_OK,         /* the call made progress / completed */

@@ -11,5 +11,14 @@
  * holds each with its parsed client certificate, about 11 KiB. */
 #define KG_TLS_SESSION_CACHE_DEFAULT 20000
 #define KG_TLS_SESSION_CACHE_MAX 1000000
+/* A TLS session's lifetime, cached or in a ticket: it bounds how long a
+ * revoked client can still resume. */
+#define KG_TLS_SESSION_TIMEOUT_S 300
+/* settings.ticket_key_rotation_s (dataplane/ticket_keys.h). The minimum is
+ * the session lifetime: a ticket issued just before a rotation is then
+ * still accepted, under the previous key, until it expires. */
+#define KG_TICKET_ROTATION_MIN_S KG_TLS_SESSION_TIMEOUT_S
+#define KG_TICKET_ROTATION_MAX_S 604800
+#define KG_TICKET_ROTATION_DEFAULT_S 43200
 
 #endif

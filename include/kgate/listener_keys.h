@@ -47,17 +47,28 @@
 /* "proxy_protocol": what a tcp/tls listener writes to the backend before
  * the client's bytes (proxy_v2.h); https listeners refuse it. */
 #define KG_PROXY_PROTOCOLS(X) X(NONE, "none") X(V2, "v2")
+/* "tls_session_tickets": what a TLS session ticket holds. stateless: the
+ * whole session, encrypted with the process's ticket keys
+ * (dataplane/ticket_keys.h), so resumption survives restarts, upgrades and
+ * listener changes; stateful: an id into the listener's own cache. */
+#define KG_SESSION_TICKETS(X) X(STATELESS, "stateless") X(STATEFUL, "stateful")
 
 #define KG_LK_ENUM_PROTO(id, name) KG_PROTO_##id,
 #define KG_LK_ENUM_MTLS(id, name) KG_MTLS_##id,
 #define KG_LK_ENUM_SCHED(id, name) KG_SCHED_##id,
 #define KG_LK_ENUM_FWD(id, name) KG_FWD_##id,
 #define KG_LK_ENUM_PP(id, name) KG_PP_##id,
+#define KG_LK_ENUM_TICKETS(id, name) KG_TICKETS_##id,
 enum kg_protocol { KG_PROTOCOLS(KG_LK_ENUM_PROTO) };
 enum kg_mutual_auth { KG_MUTUAL_AUTHS(KG_LK_ENUM_MTLS) };
 enum kg_scheduler { KG_SCHEDULERS(KG_LK_ENUM_SCHED) };
 enum kg_forwarding { KG_FORWARDINGS(KG_LK_ENUM_FWD) };
 enum kg_proxy_protocol { KG_PROXY_PROTOCOLS(KG_LK_ENUM_PP) };
+enum kg_session_tickets { KG_SESSION_TICKETS(KG_LK_ENUM_TICKETS) };
+
+/* The one default of tls_session_tickets (bench/results/, the "tickets" run,
+ * measures both modes). */
+#define KG_SESSION_TICKETS_DEFAULT KG_TICKETS_STATELESS
 
 #define KG_PROTO_BIT(id) (1u << KG_PROTO_##id)
 #define KG_PROTOS_ALL (KG_PROTO_BIT(TLS) | KG_PROTO_BIT(TCP) | KG_PROTO_BIT(HTTPS))
@@ -102,7 +113,14 @@ enum kg_proxy_protocol { KG_PROXY_PROTOCOLS(KG_LK_ENUM_PP) };
 	  KG_LK_FOR(KG_PROTOS_TLS, "is for protocol \"tls\" and \"https\"; a tcp listener has no " \
 		    "TLS sessions"),                                                               \
 	  KG_LKF_UPDATE, "tls-session-cache", "N",                                                 \
-	  "TLS sessions kept for resumption (about 11 KiB each); 0 turns resumption off")          \
+	  "TLS sessions kept for resumption (about 11 KiB each) when stateful; 0 turns "           \
+	  "resumption off")                                                                        \
+	F(tls_session_tickets, KG_LK_ENUM(KG_SESSION_TICKETS, KG_SESSION_TICKETS_DEFAULT),         \
+	  KG_LK_FOR(KG_PROTOS_TLS, "is for protocol \"tls\" and \"https\"; a tcp listener has "  \
+		    "no TLS sessions"),                                                            \
+	  KG_LKF_UPDATE, "tls-session-tickets", NULL,                                              \
+	  "stateless: tickets under the state dir's ticket keys, resumption survives restarts; "  \
+	  "stateful: sessions in the listener's cache")                                            \
 	F(scheduler, KG_LK_ENUM(KG_SCHEDULERS, KG_SCHED_RR), KG_LK_FOR_ALL, KG_LKF_UPDATE,         \
 	  "scheduler", NULL, "smooth weighted round robin over the member weights (kgatectl "      \
 	  "also takes wrr)")                                                                       \

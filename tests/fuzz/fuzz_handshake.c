@@ -34,7 +34,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 				     .mutual_auth = KG_MTLS_REQUIRED, .verify_depth = 4,
 				     .tls_session_cache = KG_TLS_SESSION_CACHE_DEFAULT};
 	char err[512] = "";
-	ctx = kg_tls_ctx_create(&l, err, sizeof(err));
+	ctx = kg_tls_ctx_create(&l, NULL, err, sizeof(err));
 	if (!ctx || kg_ktls_ctx_prepare(ctx) != 0) {
 		fprintf(stderr, "fuzz_handshake: cannot build the SSL_CTX: %s\n", err);
 		abort();

@@ -72,6 +72,8 @@ static const struct bad_case bad[] = {
 	{"{'settings':{'workers':null}}", "settings.workers: expected an integer, got null"},
 	{"{'settings':{'drain_timeout_ms':true}}", "settings.drain_timeout_ms: expected an integer, got a boolean"},
 	{"{'settings':{'log_level':'loud'}}", "settings.log_level: must be one of"},
+	{"{'settings':{'ticket_key_rotation_s':299}}", "settings.ticket_key_rotation_s: must be 300-604800"},
+	{"{'settings':{'ticket_key_rotation_s':604801}}", "settings.ticket_key_rotation_s: must be 300-604800"},
 	{"{'settings':{'threads':1}}", "settings.threads: unknown key"},
 	/* certificates */
 	{"{'certificates':[]}", "certificates: expected an object"},
@@ -123,6 +125,8 @@ static const struct bad_case bad[] = {
 	{DOC(",'protocol':'https','proxy_protocol':'v2'"), "listeners[0].proxy_protocol: is for protocol \"tcp\" and \"tls\"; an https listener names the client in X-Forwarded-For"},
 	{DOC(",'tls_session_cache':-1"), "listeners[0].tls_session_cache: must be 0-1000000"},
 	{DOC(",'tls_session_cache':1000001"), "listeners[0].tls_session_cache: must be 0-1000000"},
+	{DOC(",'tls_session_tickets':'none'"), "listeners[0].tls_session_tickets: must be one of \"stateless\", \"stateful\""},
+	{"{'listeners':[{'name':'t','protocol':'tcp','bind':'::','port':1,'tls_session_tickets':'stateful','backends':[]}]}", "listeners[0].tls_session_tickets: is for protocol \"tls\" and \"https\""},
 	{"{'listeners':[{'name':'t','protocol':'tcp','bind':'::','port':1,'tls_session_cache':0,'backends':[]}]}", "listeners[0].tls_session_cache: is for protocol \"tls\" and \"https\""},
 	{DOC(",'handshake_timeout_ms':0"), "listeners[0].handshake_timeout_ms: must be 1-"},
 	{DOC(",'idle_timeout_ms':0"), "listeners[0].idle_timeout_ms: must be 1-"},
@@ -237,6 +241,7 @@ Test(config, defaults_filled)
 	cr_assert_not_null(cfg, "%s", err);
 	cr_expect_eq(cfg->workers, 0);
 	cr_expect_eq(cfg->drain_timeout_ms, 10000);
+	cr_expect_eq(cfg->ticket_key_rotation_s, 43200);
 	cr_expect_null(cfg->log_level);
 	cr_assert_eq(cfg->n_certs, 2);
 	const struct kg_cert_conf *web = kg_config_find_cert(cfg, "web");
@@ -270,6 +275,7 @@ Test(config, defaults_filled)
 	cr_expect_eq(l->max_connections, 10000);
 	cr_expect_eq(l->connect_retries, 2);
 	cr_expect_eq(l->tls_session_cache, 20000);
+	cr_expect_eq(l->tls_session_tickets, KG_TICKETS_STATELESS);
 	cr_assert_eq(l->n_backends, 1);
 	cr_expect_str_eq(l->backends[0].address, "127.0.0.1:9001");
 	cr_expect_eq(l->backends[0].weight, 1);
@@ -461,7 +467,8 @@ ParameterizedTest(size_t *i, config, accepts)
 Test(config, full_document)
 {
 	static const char doc[] =
-		"{'settings':{'workers':2,'drain_timeout_ms':5000,'log_level':'debug'},"
+		"{'settings':{'workers':2,'drain_timeout_ms':5000,'log_level':'debug',"
+		"'ticket_key_rotation_s':300},"
 		"'certificates':{'web':{'type':'server','cert':'server.pem','key':'server.key'},"
 		"'clients':{'type':'ca','cert':'ca.pem','crl':'ca.crl'}},"
 		"'listeners':[{'name':'web','protocol':'tls','bind':'127.0.0.1','port':0,"
@@ -469,6 +476,7 @@ Test(config, full_document)
 		"'scheduler':'rr','forwarding':'userspace','handshake_timeout_ms':100,"
 		"'idle_timeout_ms':200,'connect_timeout_ms':300,'max_connections':400,"
 		"'connect_retries':0,'proxy_protocol':'v2','tls_session_cache':0,"
+		"'tls_session_tickets':'stateful',"
 		"'backends':[{'address':'127.0.0.1:9001','weight':3,'disabled':true},"
 		"{'address':'[::1]:9002','weight':256,'drained':true,'disabled':false}],'health_check':{'type':'http',"
 		"'interval_ms':100,'timeout_ms':1,'healthy_threshold':10,'unhealthy_threshold':1}},"
@@ -480,6 +488,7 @@ Test(config, full_document)
 	cr_expect_eq(cfg->workers, 2);
 	cr_expect_eq(cfg->drain_timeout_ms, 5000);
 	cr_expect_str_eq(cfg->log_level, "debug");
+	cr_expect_eq(cfg->ticket_key_rotation_s, 300);
 	cr_expect_str_eq(kg_config_find_cert(cfg, "clients")->crl_path, "/base/ca.crl");
 	const struct kg_listener_conf *l = &cfg->listeners[0];
 	cr_expect_eq(l->ca, kg_config_find_cert(cfg, "clients"));
@@ -491,6 +500,7 @@ Test(config, full_document)
 	cr_expect_eq(l->max_connections, 400);
 	cr_expect_eq(l->connect_retries, 0);
 	cr_expect_eq(l->tls_session_cache, 0);
+	cr_expect_eq(l->tls_session_tickets, KG_TICKETS_STATEFUL);
 	cr_expect_eq(l->proxy_protocol, KG_PP_V2);
 	cr_expect_eq(cfg->listeners[1].proxy_protocol, KG_PP_V2);
 	cr_assert_eq(l->n_backends, 2);

@@ -57,7 +57,7 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 {
 	struct kg_listener_slot *slot = &rt.slots[3];
 	struct kg_config_ref *d1 = doc("{\"address\": \"127.0.0.1:9001\"}", "auto");
-	struct kg_listener_rt *s1 = kg_listener_build(slot, &rt.caps, d1, &d1->cfg->listeners[0], "listeners[0]", err,
+	struct kg_listener_rt *s1 = kg_listener_build(slot, &rt.caps, NULL, d1, &d1->cfg->listeners[0], "listeners[0]", err,
 						      sizeof(err));
 	cr_assert_not_null(s1, "%s", err);
 	kg_config_ref_put(d1); /* the snapshot holds the document now */
@@ -71,7 +71,7 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 	struct kg_config_ref *d2 = doc("{\"address\": \"127.0.0.1:9001\"}, "
 				       "{\"address\": \"127.0.0.1:9002\", \"weight\": 2}, "
 				       "{\"address\": \"127.0.0.1:9003\", \"drained\": true}", "auto");
-	struct kg_listener_rt *s2 = kg_listener_build(slot, &rt.caps, d2, &d2->cfg->listeners[0], "listeners[0]", err,
+	struct kg_listener_rt *s2 = kg_listener_build(slot, &rt.caps, NULL, d2, &d2->cfg->listeners[0], "listeners[0]", err,
 						      sizeof(err));
 	cr_assert_not_null(s2, "%s", err);
 	kg_config_ref_put(d2);
@@ -106,7 +106,7 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 Test(runtime, build_refuses_what_this_version_cannot_run)
 {
 	struct kg_config_ref *d = doc("{\"address\": \"127.0.0.1:9001\"}", "sockmap");
-	cr_assert_null(kg_listener_build(&rt.slots[0], &rt.caps, d, &d->cfg->listeners[0], "listeners[0]", err,
+	cr_assert_null(kg_listener_build(&rt.slots[0], &rt.caps, NULL, d, &d->cfg->listeners[0], "listeners[0]", err,
 					 sizeof(err)));
 	cr_assert(strstr(err, "listeners[0].forwarding") != NULL, "%s", err);
 	kg_config_ref_put(d);

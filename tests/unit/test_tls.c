@@ -9,6 +9,7 @@
 #include <openssl/ssl.h>
 
 #include "certgen.h"
+#include "ticket_keys.h"
 #include "tls.h"
 
 enum client_cert {
@@ -107,7 +108,8 @@ static void drop_pki(void)
 	tc_dir_remove(&dir);
 }
 
-static SSL_CTX *server_ctx(enum kg_mutual_auth mode, bool with_crl)
+static SSL_CTX *server_ctx_tickets(enum kg_mutual_auth mode, bool with_crl,
+				   enum kg_session_tickets tickets, struct kg_ticket_keys *tk)
 {
 	struct kg_cert_conf ca = client_ca;
 	if (!with_crl)
@@ -115,11 +117,17 @@ static SSL_CTX *server_ctx(enum kg_mutual_auth mode, bool with_crl)
 	struct kg_listener_conf l = {.name = "web", .protocol = KG_PROTO_TLS,
 				     .certificate = &server_cert, .mutual_auth = mode,
 				     .ca = mode == KG_MTLS_OFF ? NULL : &ca, .verify_depth = 4,
-				     .tls_session_cache = KG_TLS_SESSION_CACHE_DEFAULT};
+				     .tls_session_cache = KG_TLS_SESSION_CACHE_DEFAULT,
+				     .tls_session_tickets = tickets};
 	char err[512] = "";
-	SSL_CTX *ctx = kg_tls_ctx_create(&l, err, sizeof(err));
+	SSL_CTX *ctx = kg_tls_ctx_create(&l, tk, err, sizeof(err));
 	cr_assert_not_null(ctx, "kg_tls_ctx_create: %s", err);
 	return ctx;
+}
+
+static SSL_CTX *server_ctx(enum kg_mutual_auth mode, bool with_crl)
+{
+	return server_ctx_tickets(mode, with_crl, KG_SESSION_TICKETS_DEFAULT, NULL);
 }
 
 /* A client that verifies the server against the server root only. */
@@ -297,10 +305,9 @@ ParameterizedTest(size_t *i, tls, handshake, .init = make_pki, .fini = drop_pki)
 	SSL_CTX_free(sctx);
 }
 
-static void resume(int version)
+/* A full handshake on a fresh pair; returns the client's session. */
+static SSL_SESSION *first_session(SSL_CTX *sctx, SSL_CTX *cctx)
 {
-	SSL_CTX *sctx = server_ctx(KG_MTLS_REQUIRED, true);
-	SSL_CTX *cctx = client_ctx(CC_GOOD, version, version);
 	struct pair p;
 	pair_open(&p, sctx, cctx, NULL);
 	handshake(&p);
@@ -310,41 +317,122 @@ static void resume(int version)
 	SSL_SESSION *sess = SSL_get1_session(p.c);
 	cr_assert_not_null(sess);
 	cr_assert(SSL_SESSION_is_resumable(sess), "client got a resumable session");
-	if (version == TLS1_3_VERSION) {
-		/* A stateful ticket is an id into the server cache, not the
-		 * encrypted session with the client certificate inside. */
-		const unsigned char *tick;
-		size_t len = 0;
-		SSL_SESSION_get0_ticket(sess, &tick, &len);
-		cr_expect(len > 0 && len <= 64, "ticket of %zu bytes is not stateful", len);
-	}
-	cr_expect_eq(SSL_CTX_sess_number(sctx), 1, "server cache holds the session");
 	SSL_shutdown(p.c);
 	SSL_shutdown(p.s);
 	pair_close(&p);
+	return sess;
+}
 
-	pair_open(&p, sctx, cctx, sess);
+/* Offers a copy of sess to sctx: true when the server resumed it (then
+ * with the client's identity kept). A copy, because an OpenSSL client
+ * marks a session it resumed not resumable once a new ticket arrives. */
+static bool offer_session(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *sess)
+{
+	struct pair p;
+	SSL_SESSION *copy = SSL_SESSION_dup(sess);
+	cr_assert_not_null(copy);
+	pair_open(&p, sctx, cctx, copy);
+	SSL_SESSION_free(copy);
 	handshake(&p);
-	cr_assert(p.s_done && p.c_done, "resumed handshake: %s", p.reason);
+	cr_assert(p.s_done && p.c_done, "second handshake: %s", p.reason);
 	cr_expect(exchange(&p));
-	cr_expect(SSL_session_reused(p.s), "server resumed");
-	cr_expect(SSL_session_reused(p.c), "client resumed");
+	bool reused = SSL_session_reused(p.s);
+	cr_expect_eq(SSL_session_reused(p.c), reused, "client and server agree");
 	cr_expect_not_null(SSL_get0_peer_certificate(p.s), "client identity kept");
 	cr_expect_eq(SSL_get_verify_result(p.s), X509_V_OK);
 	pair_close(&p);
+	return reused;
+}
+
+static size_t ticket_len(const SSL_SESSION *sess)
+{
+	const unsigned char *tick;
+	size_t len = 0;
+	SSL_SESSION_get0_ticket(sess, &tick, &len);
+	return len;
+}
+
+static void resume_stateful(int version)
+{
+	SSL_CTX *sctx = server_ctx_tickets(KG_MTLS_REQUIRED, true, KG_TICKETS_STATEFUL, NULL);
+	SSL_CTX *cctx = client_ctx(CC_GOOD, version, version);
+	SSL_SESSION *sess = first_session(sctx, cctx);
+	if (version == TLS1_3_VERSION) {
+		/* A stateful ticket is an id into the server cache, not the
+		 * encrypted session with the client certificate inside. */
+		size_t len = ticket_len(sess);
+		cr_expect(len > 0 && len <= 64, "ticket of %zu bytes is not stateful", len);
+	}
+	cr_expect_eq(SSL_CTX_sess_number(sctx), 1, "server cache holds the session");
+	cr_expect(offer_session(sctx, cctx, sess), "server resumed");
+	/* The session lives in that SSL_CTX only: a rebuilt one (a listener
+	 * change, a restart) makes a full handshake. */
+	SSL_CTX *rebuilt = server_ctx_tickets(KG_MTLS_REQUIRED, true, KG_TICKETS_STATEFUL, NULL);
+	cr_expect_not(offer_session(rebuilt, cctx, sess), "rebuilt SSL_CTX resumed");
+	SSL_CTX_free(rebuilt);
 	SSL_SESSION_free(sess);
 	SSL_CTX_free(cctx);
 	SSL_CTX_free(sctx);
 }
 
-Test(tls, resumption_tls13, .init = make_pki, .fini = drop_pki)
+/* Stateless tickets under one key set: any SSL_CTX built with it resumes
+ * (a listener change, a restart that reloads the keys), until the key
+ * that made the ticket is rotated out. */
+static void resume_stateless(int version)
 {
-	resume(TLS1_3_VERSION);
+	char err[512];
+	struct kg_ticket_keys *tk = kg_ticket_keys_open(NULL, 3600, 1000000, err, sizeof(err));
+	cr_assert_not_null(tk, "%s", err);
+	SSL_CTX *sctx = server_ctx_tickets(KG_MTLS_REQUIRED, true, KG_TICKETS_STATELESS, tk);
+	SSL_CTX *cctx = client_ctx(CC_GOOD, version, version);
+	SSL_SESSION *sess = first_session(sctx, cctx);
+	/* The ticket carries the session, the client certificate inside. */
+	cr_expect_gt(ticket_len(sess), 256, "ticket of %zu bytes is not stateless",
+		     ticket_len(sess));
+	cr_expect_eq(SSL_CTX_sess_number(sctx), 0, "no server cache");
+	cr_expect(offer_session(sctx, cctx, sess), "server resumed");
+	SSL_CTX *rebuilt = server_ctx_tickets(KG_MTLS_REQUIRED, true, KG_TICKETS_STATELESS, tk);
+	cr_expect(offer_session(rebuilt, cctx, sess), "rebuilt SSL_CTX resumed");
+	/* Another listener's SSL_CTX (another session id context) does not. */
+	struct kg_listener_conf other = {.name = "other", .protocol = KG_PROTO_TLS,
+					 .certificate = &server_cert, .mutual_auth = KG_MTLS_REQUIRED,
+					 .ca = &client_ca, .verify_depth = 4,
+					 .tls_session_cache = KG_TLS_SESSION_CACHE_DEFAULT,
+					 .tls_session_tickets = KG_TICKETS_STATELESS};
+	SSL_CTX *octx = kg_tls_ctx_create(&other, tk, err, sizeof(err));
+	cr_assert_not_null(octx, "%s", err);
+	cr_expect_not(offer_session(octx, cctx, sess), "another listener resumed");
+	SSL_CTX_free(octx);
+	cr_assert_eq(kg_ticket_keys_rotate(tk, 1000000, true, err, sizeof(err)), 1, "%s", err);
+	cr_expect(offer_session(rebuilt, cctx, sess), "resumed under the previous key");
+	cr_expect_eq(kg_ticket_keys_take_previous_hits(tk), 1);
+	cr_assert_eq(kg_ticket_keys_rotate(tk, 1000000, true, err, sizeof(err)), 1, "%s", err);
+	cr_expect_not(offer_session(rebuilt, cctx, sess), "resumed after two rotations");
+	SSL_CTX_free(rebuilt);
+	SSL_SESSION_free(sess);
+	SSL_CTX_free(cctx);
+	SSL_CTX_free(sctx);
+	kg_ticket_keys_close(tk);
 }
 
-Test(tls, resumption_tls12, .init = make_pki, .fini = drop_pki)
+Test(tls, resumption_stateful_tls13, .init = make_pki, .fini = drop_pki)
 {
-	resume(TLS1_2_VERSION);
+	resume_stateful(TLS1_3_VERSION);
+}
+
+Test(tls, resumption_stateful_tls12, .init = make_pki, .fini = drop_pki)
+{
+	resume_stateful(TLS1_2_VERSION);
+}
+
+Test(tls, resumption_stateless_tls13, .init = make_pki, .fini = drop_pki)
+{
+	resume_stateless(TLS1_3_VERSION);
+}
+
+Test(tls, resumption_stateless_tls12, .init = make_pki, .fini = drop_pki)
+{
+	resume_stateless(TLS1_2_VERSION);
 }
 
 /* The negotiation policy seen from clients that want something else. */
@@ -451,13 +539,13 @@ Test(tls, ctx_errors_are_reported, .init = make_pki, .fini = drop_pki)
 	struct kg_cert_conf bad = server_cert;
 	bad.key_path = strdup(tc_file(&dir, "client.key")); /* another key */
 	struct kg_listener_conf l = {.name = "web", .certificate = &bad, .verify_depth = 4};
-	cr_expect_null(kg_tls_ctx_create(&l, err, sizeof(err)));
+	cr_expect_null(kg_tls_ctx_create(&l, NULL, err, sizeof(err)));
 	cr_expect(strstr(err, "certificate \"web\""), "%s", err);
 	free(bad.key_path);
 
 	bad = server_cert;
 	bad.cert_path = strdup(tc_file(&dir, "missing.pem"));
-	cr_expect_null(kg_tls_ctx_create(&l, err, sizeof(err)));
+	cr_expect_null(kg_tls_ctx_create(&l, NULL, err, sizeof(err)));
 	cr_expect(strstr(err, "cannot load"), "%s", err);
 	free(bad.cert_path);
 
@@ -465,7 +553,7 @@ Test(tls, ctx_errors_are_reported, .init = make_pki, .fini = drop_pki)
 	ca.crl_path = strdup(tc_file(&dir, "missing.crl"));
 	l = (struct kg_listener_conf){.name = "web", .certificate = &server_cert, .ca = &ca,
 				      .mutual_auth = KG_MTLS_REQUIRED, .verify_depth = 4};
-	cr_expect_null(kg_tls_ctx_create(&l, err, sizeof(err)));
+	cr_expect_null(kg_tls_ctx_create(&l, NULL, err, sizeof(err)));
 	cr_expect(strstr(err, "CRL"), "%s", err);
 	free(ca.crl_path);
 	cr_expect_eq(ERR_peek_error(), 0, "error queue left clean");

@@ -579,16 +579,14 @@ int main(int argc, char **argv)
 	/* Without a state dir there is no control socket, but the control
 	 * thread still serves metrics when asked to, and rotates the ticket
 	 * keys in any case. */
-	{
-		control = kg_control_start(ops, opt.state_dir ? control_path : NULL, group,
-					   metrics_fd, err, sizeof(err));
-		if (!control) {
-			log_err("control.start_failed", KV("reason", err));
-			goto stop_workers;
-		}
-		if (opt.state_dir)
-			log_notice("control.listening", KV("path", control_path));
+	control = kg_control_start(ops, opt.state_dir ? control_path : NULL, group, metrics_fd,
+				   err, sizeof(err));
+	if (!control) {
+		log_err("control.start_failed", KV("reason", err));
+		goto stop_workers;
 	}
+	if (opt.state_dir)
+		log_notice("control.listening", KV("path", control_path));
 
 	log_notice("kgated.ready", KV("pid", getpid()), KV("workers", n_workers),
 		   KV("version", KG_VERSION));

@@ -145,7 +145,13 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_
 		     EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, int enc)
 {
 	struct kg_ticket_keys *tk = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tickets_idx);
-	return tk ? kg_ticket_keys_crypt(tk, key_name, iv, ctx, hctx, enc) : -1;
+	int r = tk ? kg_ticket_keys_crypt(tk, key_name, iv, ctx, hctx, enc) : -1;
+	/* A TLS 1.3 client uses a ticket once (RFC 8446 C.4), and OpenSSL
+	 * sends no new one after a resumption unless told to renew: the
+	 * client's next connection would be a full handshake. */
+	if (!enc && r == 1 && SSL_version(ssl) >= TLS1_3_VERSION)
+		r = 2;
+	return r;
 }
 
 /* Resumption, in one of two ways (tls_session_tickets):

@@ -323,10 +323,29 @@ static SSL_SESSION *first_session(SSL_CTX *sctx, SSL_CTX *cctx)
 	return sess;
 }
 
+static size_t ticket_len(const SSL_SESSION *sess)
+{
+	const unsigned char *tick;
+	size_t len = 0;
+	SSL_SESSION_get0_ticket(sess, &tick, &len);
+	return len;
+}
+
+static bool same_ticket(const SSL_SESSION *a, const SSL_SESSION *b)
+{
+	const unsigned char *ta, *tb;
+	size_t la = 0, lb = 0;
+	SSL_SESSION_get0_ticket(a, &ta, &la);
+	SSL_SESSION_get0_ticket(b, &tb, &lb);
+	return la == lb && (la == 0 || memcmp(ta, tb, la) == 0);
+}
+
 /* Offers a copy of sess to sctx: true when the server resumed it (then
  * with the client's identity kept). A copy, because an OpenSSL client
- * marks a session it resumed not resumable once a new ticket arrives. */
-static bool offer_session(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *sess)
+ * marks a session it resumed not resumable once a new ticket arrives.
+ * renewed: whether the client holds another ticket afterwards. */
+static bool offer_session_renewed(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *sess,
+				  bool *renewed)
 {
 	struct pair p;
 	SSL_SESSION *copy = SSL_SESSION_dup(sess);
@@ -340,16 +359,15 @@ static bool offer_session(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *sess)
 	cr_expect_eq(SSL_session_reused(p.c), reused, "client and server agree");
 	cr_expect_not_null(SSL_get0_peer_certificate(p.s), "client identity kept");
 	cr_expect_eq(SSL_get_verify_result(p.s), X509_V_OK);
+	*renewed = !same_ticket(SSL_get0_session(p.c), sess);
 	pair_close(&p);
 	return reused;
 }
 
-static size_t ticket_len(const SSL_SESSION *sess)
+static bool offer_session(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *sess)
 {
-	const unsigned char *tick;
-	size_t len = 0;
-	SSL_SESSION_get0_ticket(sess, &tick, &len);
-	return len;
+	bool renewed;
+	return offer_session_renewed(sctx, cctx, sess, &renewed);
 }
 
 static void resume_stateful(int version)
@@ -390,7 +408,11 @@ static void resume_stateless(int version)
 	cr_expect_gt(ticket_len(sess), 256, "ticket of %zu bytes is not stateless",
 		     ticket_len(sess));
 	cr_expect_eq(SSL_CTX_sess_number(sctx), 0, "no server cache");
-	cr_expect(offer_session(sctx, cctx, sess), "server resumed");
+	bool renewed;
+	cr_expect(offer_session_renewed(sctx, cctx, sess, &renewed), "server resumed");
+	/* TLS 1.3 tickets are for one use: a resumption brings a new one. */
+	if (version == TLS1_3_VERSION)
+		cr_expect(renewed, "no new ticket after a TLS 1.3 resumption");
 	SSL_CTX *rebuilt = server_ctx_tickets(KG_MTLS_REQUIRED, true, KG_TICKETS_STATELESS, tk);
 	cr_expect(offer_session(rebuilt, cctx, sess), "rebuilt SSL_CTX resumed");
 	/* Another listener's SSL_CTX (another session id context) does not. */

@@ -207,12 +207,18 @@ class Kgated(Proxy):
     name = "kgated"
     label = "kgated (userspace TLS)"
 
-    def __init__(self, env, workers, binary=None, name=None):
+    def __init__(self, env, workers, binary=None, name=None, tickets=None):
+        """tickets: the listeners' tls_session_tickets ("stateless" or
+        "stateful"; None: kgated's default); named kgated-<tickets>."""
         super().__init__(env, workers)
         self.binary = binary or env.kgated
+        self.tickets = tickets
         if name:
             self.name = name
             self.label = f"kgated ({binary})"
+        if tickets:
+            self.name = f"kgated-{tickets}"
+            self.label = f"kgated (userspace TLS, {tickets} tickets)"
 
     def config(self, sockmap):
         e = self.env
@@ -223,9 +229,12 @@ class Kgated(Proxy):
                   "idle_timeout_ms": 600000}
 
         def tls(name, port, backends):
-            return dict(common, name=name, protocol="tls", port=port, certificate="web",
-                        mutual_auth="required", ca="clients", forwarding="userspace",
-                        backends=backends)
+            lst = dict(common, name=name, protocol="tls", port=port, certificate="web",
+                       mutual_auth="required", ca="clients", forwarding="userspace",
+                       backends=backends)
+            if self.tickets:
+                lst["tls_session_tickets"] = self.tickets
+            return lst
 
         listeners = [tls("small", self.ports["small"], small),
                      tls("big", self.ports["big"], big)]
@@ -479,6 +488,10 @@ WORKLOADS = {
     "handshake": ("small", ["-H", "Connection: close"], {"KG_FULL_HANDSHAKE": "1"},
                   "handshake", "(b) Connection: close, full mTLS handshake (TLS 1.3)"),
     "bulk1m": ("big", [], {}, "MiB", "(c) keep-alive GET, 1 MiB responses"),
+    # Not in the default set: wrk's SSL_clear keeps each connection's last
+    # session, so every reconnect offers it; CPU is per resumed handshake.
+    "resume": ("small", ["-H", "Connection: close"], {}, "resumed",
+               "(g) Connection: close, resumed mTLS handshake (TLS 1.3)"),
 }
 
 
@@ -622,6 +635,8 @@ class Env:
             units = res["requests"]
         elif unit == "handshake":
             units = res["full"]
+        elif unit == "resumed":
+            units = res["resumed"]
         else:
             units = res["bytes"] / (1 << 20)
         res["units"] = units
@@ -725,8 +740,9 @@ def run(args):
         env.make_certs()
         env.start_backends()
         for w in args.workers:
-            proxies = [Kgated(env, w), Haproxy(env, w, "tcp"), Haproxy(env, w, "http"),
-                       Nginx(env, w)]
+            proxies = [Kgated(env, w), Kgated(env, w, tickets="stateless"),
+                       Kgated(env, w, tickets="stateful"), Haproxy(env, w, "tcp"),
+                       Haproxy(env, w, "http"), Nginx(env, w)]
             proxies = [p for p in proxies if p.name in args.proxies]
             if args.compare_kgated:
                 # Another kgated build (before a change) measured in the
@@ -846,12 +862,14 @@ def tool_versions(env):
 
 
 # ---- results ---------------------------------------------------------------------
-UNIT_TEXT = {"request": "µs/request", "handshake": "µs/handshake", "MiB": "ms/MiB",
+UNIT_TEXT = {"request": "µs/request", "handshake": "µs/handshake",
+             "resumed": "µs/resumed handshake", "MiB": "ms/MiB",
              "GiB": "s/GiB", "connection": "KiB/connection", "second": "ms CPU/s"}
 WL_TEXT = {"keepalive": "(a) keep-alive GET 64 B",
            "handshake": "(b) Connection: close, full mTLS handshake",
            "bulk1m": "(c) 1 MiB responses", "idle": "(d) idle mTLS connection",
-           "tcp": "(e) tcp relay, bulk one way"}
+           "tcp": "(e) tcp relay, bulk one way",
+           "resume": "(g) Connection: close, resumed mTLS handshake"}
 ANCHORS = ("haproxy-tcp", "nginx")
 
 
@@ -1027,7 +1045,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bulk-mib", type=int, default=2048)
     p.add_argument("--workloads", default="keepalive handshake bulk1m tcp idle")
-    p.add_argument("--proxies", default="kgated haproxy-tcp haproxy-http nginx")
+    p.add_argument("--proxies", default="kgated haproxy-tcp haproxy-http nginx",
+                   help="also kgated-stateless, kgated-stateful: kgated with that "
+                   "tls_session_tickets on its tls listeners")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
     p.add_argument("--label", default="")
     p.add_argument("--compare-kgated", default=None, metavar="PATH",

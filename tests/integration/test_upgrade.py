@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 
 from conftest import (KGATECTL, KGATED, REPO, PidProc, base_config, become_subreaper,
-                      client_context, run, tls_listener, wait_until)
+                      client_context, dead_port, run, tls_listener, wait_until)
 
 LOAD = os.path.join(REPO, "tests", "tools", "upgrade_load.py")
 
@@ -100,8 +100,11 @@ def test_upgrade_hands_everything_over(spawn_kgated, pki, http_backends, echo_ba
               extra_args=("--metrics", metrics))
     ports = dict(d.ports)
     old = d.pid
+    fds = d.fd_count()
     before = os.stat(d.sock)
     ev = d.upgrade()
+    # Nothing but what it was meant to inherit came along.
+    assert d.fd_count() <= fds, (fds, os.listdir("/proc/%d/fd" % d.pid))
     assert d.pid != old
     assert ctl_json(d, "status")["pid"] == d.pid
     assert int(ev["from_pid"]) == old
@@ -279,3 +282,36 @@ def test_change_during_upgrade_is_refused_then_kept(spawn_kgated, pki, http_back
     members = [m["address"] for m in ctl_json(d, "listener", "show", "web")["members"]]
     assert before.address in members and during.address not in members, members
     assert add_backend(d, during.address).returncode == 0
+
+
+def test_upgrade_without_state_dir_rereads_the_configuration(spawn_kgated, pki, http_backends,
+                                                             echo_backend, tmp_path):
+    """Without --state-dir the new process reads --config again (as NGINX's
+    binary upgrade does): a listener added to the file starts, the others
+    keep their sockets (same ports, nothing refused on them)."""
+    http_b = http_backends("a")
+    lst = listeners(pki, http_b, echo_backend)
+    for l in lst:
+        l["port"] = dead_port()
+    cfg = base_config(pki, lst, workers=2)
+    d = spawn_kgated(cfg)
+    load = Load(pki, tmp_path, d, rate=100, tcp_rate=100)
+    try:
+        time.sleep(0.5)
+        extra = tls_listener(pki, [echo_backend], name="extra", port=dead_port())
+        cfg["listeners"].append(extra)
+        with open(d.config_path, "w") as f:
+            json.dump(cfg, f)
+        d.upgrade()
+        time.sleep(0.5)
+    finally:
+        summary = load.stop()
+    assert_clean(summary, ["new", "https_keepalive", "tls_keepalive", "tcp"])
+    assert d.count_event("upgrade.sockets_closed") == 0
+    listening = d.events("listener.listening")
+    assert [e["listener"] for e in listening[-4:]] == ["web", "raw", "plain", "extra"]
+    ctx = client_context(pki)
+    with socket.create_connection(("127.0.0.1", extra["port"]), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"extra\n")
+            assert s.recv(6) == b"extra\n"

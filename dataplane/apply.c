@@ -10,6 +10,7 @@
 #include <kgate/log.h>
 
 #include "certs.h"
+#include "health.h"
 #include "listener.h"
 #include "upgrade.h"
 #include "worker.h"
@@ -52,6 +53,21 @@ size_t kg_apply_listen_fds(const struct kg_runtime *rt, int *fds, size_t max)
 				fds[n++] = s->fds[w];
 	}
 	return n;
+}
+
+int kg_apply_export_health(struct kg_runtime *rt, FILE *f)
+{
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		struct kg_listener_slot *s = &rt->slots[i];
+		if (!s->used)
+			continue;
+		struct kg_listener_rt *snap = kg_listener_acquire(s);
+		int r = snap && snap->health ? kg_health_export(snap->health, s->name, f) : 0;
+		kg_listener_put(snap);
+		if (r < 0)
+			return r;
+	}
+	return 0;
 }
 
 void kg_apply_unlisten_all(struct kg_runtime *rt)
@@ -161,6 +177,10 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 			it->snap = kg_listener_build(slot, &rt->caps, doc, lc, where, err, errlen);
 			if (!it->snap)
 				goto abort;
+			/* At an upgrade, the old process's verdicts: a member it
+			 * knows to be down is not tried again as "unknown". */
+			if (rt->inherit && rt->inherit->health && it->snap->health)
+				kg_health_import(it->snap->health, lc->name, rt->inherit->health);
 		}
 	}
 	for (size_t s = 0; s < KG_MAX_LISTENERS; s++) {

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include <kgate/limits.h>
 
@@ -55,6 +56,9 @@ void kg_apply_abort(struct kg_apply_plan *plan);
 /* The workers' listening sockets (still theirs), for an upgrade to pass
  * on; how many were written. */
 size_t kg_apply_listen_fds(const struct kg_runtime *rt, int *fds, size_t max);
+/* Writes every listener's health verdicts (kg_health_export) to f, for
+ * an upgrade to pass on. 0 or -errno. */
+int kg_apply_export_health(struct kg_runtime *rt, FILE *f);
 /* Every worker stops accepting and closes its listening sockets (an
  * upgraded process holds them now): what the workers had accepted is
  * served; what waits in the queues is the new process's. */

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -388,6 +389,30 @@ static unsigned queued_connections(const struct kg_runtime *rt)
 	return queued;
 }
 
+/* The health verdicts for the new process, in a memfd it inherits; -1 when
+ * they cannot be written (the upgrade goes on: they are a hint). */
+static int health_memfd(struct kg_runtime *rt)
+{
+	int fd = memfd_create("kgated-health", MFD_CLOEXEC);
+	if (fd == -1) {
+		log_warn("upgrade.health_not_passed", KV_ERRNO(errno));
+		return -1;
+	}
+	int w = dup(fd);
+	FILE *f = w >= 0 ? fdopen(w, "w") : NULL;
+	int r = f ? kg_apply_export_health(rt, f) : -errno;
+	if (f && fclose(f) != 0 && r == 0)
+		r = -errno;
+	else if (!f && w >= 0)
+		close(w);
+	if (r < 0) {
+		log_warn("upgrade.health_not_passed", KV_ERRNO(-r));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 struct daemon {
 	struct kg_ops *ops;
 	struct kg_state *st;
@@ -417,6 +442,7 @@ static bool upgrade(struct daemon *d)
 	/* What the child loads must be what was last acknowledged. */
 	kg_ops_freeze(d->ops);
 	fds.n_listen = kg_apply_listen_fds(d->ops->rt, fds.listen, KG_INHERIT_MAX_LISTEN);
+	fds.health_fd = health_memfd(d->ops->rt);
 	char **args = upgrade_args(d->argc, d->argv);
 	int r = args ? kg_priv_exec_caps_raise() : -ENOMEM;
 	if (r < 0 && r != -ENOMEM)
@@ -427,6 +453,8 @@ static bool upgrade(struct daemon *d)
 		 : kg_fail(err, sizeof(err), ENOMEM, "out of memory");
 	kg_priv_exec_caps_clear();
 	free(args);
+	if (fds.health_fd >= 0)
+		close(fds.health_fd); /* the child has its own copy, or failed */
 	if (r < 0) {
 		kg_ops_thaw(d->ops);
 		log_err("upgrade.failed", KV("reason", err), KV("action", "still serving"));
@@ -586,7 +614,9 @@ int main(int argc, char **argv)
 	if (inherit.active)
 		log_notice("upgrade.inherited", KV("from_pid", (int)inherit.parent),
 			   KV("listen_sockets", inherit.n_listen),
-			   KV("control", inherit.control_fd >= 0), KV("metrics", inherit.metrics_fd >= 0));
+			   KV("control", (bool)(inherit.control_fd >= 0)),
+			   KV("metrics", (bool)(inherit.metrics_fd >= 0)),
+			   KV("health", (bool)(inherit.health != NULL)));
 	struct kg_config *cfg = load_document(&opt, &st, &inherit, &seeded);
 	if (!cfg)
 		goto free_runtime;

@@ -28,11 +28,12 @@ extern char **environ;
 
 /* ---- old side -------------------------------------------------------------- */
 
-/* "parent=P;chan=N;lock=N;control=N;metrics=N;listen=A,B,..." */
+/* "parent=P;chan=N;lock=N;control=N;metrics=N;health=N;listen=A,B,..." */
 static int format_env(char *buf, size_t len, int chan, const struct kg_upgrade_fds *fds)
 {
-	int n = snprintf(buf, len, KG_UPGRADE_ENV "=parent=%d;chan=%d;lock=%d;control=%d;metrics=%d;listen=",
-			 (int)getpid(), chan, fds->lock_fd, fds->control_fd, fds->metrics_fd);
+	int n = snprintf(buf, len, KG_UPGRADE_ENV "=parent=%d;chan=%d;lock=%d;control=%d;metrics=%d;"
+			 "health=%d;listen=", (int)getpid(), chan, fds->lock_fd, fds->control_fd,
+			 fds->metrics_fd, fds->health_fd);
 	for (size_t i = 0; i < fds->n_listen && n > 0 && (size_t)n < len; i++)
 		n += snprintf(buf + n, len - (size_t)n, "%s%d", i ? "," : "", fds->listen[i]);
 	return n > 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
@@ -151,7 +152,7 @@ int kg_upgrade_spawn(const char *exe, char *const argv[], const struct kg_upgrad
 	int sv[2];
 	char *entry = NULL;
 	char **env = NULL;
-	int keep[KG_INHERIT_MAX_LISTEN + 4];
+	int keep[KG_INHERIT_MAX_LISTEN + 5];
 	size_t n_keep = 0;
 	int ret;
 
@@ -168,6 +169,7 @@ int kg_upgrade_spawn(const char *exe, char *const argv[], const struct kg_upgrad
 	keep[n_keep++] = fds->lock_fd;
 	keep[n_keep++] = fds->control_fd;
 	keep[n_keep++] = fds->metrics_fd;
+	keep[n_keep++] = fds->health_fd;
 	for (size_t i = 0; i < fds->n_listen; i++)
 		keep[n_keep++] = fds->listen[i];
 
@@ -244,6 +246,27 @@ static bool is_dir(int fd)
 	return fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
+/* The health memfd's text, NUL-terminated, or NULL (then nothing is
+ * carried over: a hint lost, never a failed start). Closes fd. */
+static char *read_health(int fd)
+{
+	enum { MAX = 16 << 20 };
+	struct stat sb;
+	char *text = NULL;
+	if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size < MAX &&
+	    (text = malloc((size_t)sb.st_size + 1))) {
+		ssize_t n = pread(fd, text, (size_t)sb.st_size, 0);
+		if (n == sb.st_size) {
+			text[n] = '\0';
+		} else {
+			free(text);
+			text = NULL;
+		}
+	}
+	close(fd);
+	return text;
+}
+
 static int parse_fd(const char *s, const char **end, int *fd)
 {
 	char *e;
@@ -263,20 +286,21 @@ static void inherit_reset(struct kg_inherit *in)
 }
 
 /* Parses the variable's value into in (fds not yet checked). */
-static int parse_value(const char *v, struct kg_inherit *in)
+static int parse_value(const char *v, struct kg_inherit *in, int *health_fd)
 {
 	static const char *const keys[] = {"parent=", ";chan=", ";lock=", ";control=", ";metrics=",
-					   ";listen="};
-	int vals[5];
+					   ";health=", ";listen="};
+	enum { N_FDS = 6 };
+	int vals[N_FDS];
 	const char *p = v;
-	for (size_t k = 0; k < 5; k++) {
+	for (size_t k = 0; k < N_FDS; k++) {
 		size_t kl = strlen(keys[k]);
 		if (strncmp(p, keys[k], kl) != 0 || parse_fd(p + kl, &p, &vals[k]) < 0)
 			return -1;
 	}
-	if (strncmp(p, keys[5], strlen(keys[5])) != 0)
+	if (strncmp(p, keys[N_FDS], strlen(keys[N_FDS])) != 0)
 		return -1;
-	p += strlen(keys[5]);
+	p += strlen(keys[N_FDS]);
 	while (*p) {
 		int fd;
 		if (in->n_listen == KG_INHERIT_MAX_LISTEN || parse_fd(p, &p, &fd) < 0 || fd < 0)
@@ -292,6 +316,7 @@ static int parse_value(const char *v, struct kg_inherit *in)
 	in->lock_fd = vals[2];
 	in->control_fd = vals[3];
 	in->metrics_fd = vals[4];
+	*health_fd = vals[5];
 	return in->parent > 1 && in->chan >= 0 ? 0 : -1;
 }
 
@@ -346,7 +371,8 @@ int kg_inherit_from_env(struct kg_inherit *in, char *err, size_t errlen)
 	unsetenv(KG_UPGRADE_ENV);
 	if (!copy)
 		return kg_fail(err, errlen, ENOMEM, "%s: out of memory", KG_UPGRADE_ENV);
-	int r = parse_value(copy, in);
+	int health_fd = -1;
+	int r = parse_value(copy, in, &health_fd);
 	free(copy);
 	if (r < 0) {
 		inherit_reset(in);
@@ -356,8 +382,12 @@ int kg_inherit_from_env(struct kg_inherit *in, char *err, size_t errlen)
 	r = check_fds(in, err, errlen);
 	if (r < 0) {
 		kg_inherit_close(in);
+		if (health_fd > 2)
+			close(health_fd);
 		return r;
 	}
+	if (health_fd > 2)
+		in->health = read_health(health_fd);
 	in->active = true;
 	return 0;
 }
@@ -434,5 +464,7 @@ void kg_inherit_close(struct kg_inherit *in)
 		*one[i] = -1;
 	}
 	kg_inherit_close_unused(in);
+	free(in->health);
+	in->health = NULL;
 	in->active = false;
 }

@@ -38,6 +38,7 @@ struct kg_upgrade_fds {
 	int lock_fd;
 	int control_fd;
 	int metrics_fd;
+	int health_fd;   /* a memfd with the health verdicts (kg_health_export) */
 	int listen[KG_INHERIT_MAX_LISTEN];
 	size_t n_listen;
 };
@@ -67,6 +68,7 @@ struct kg_inherit {
 	int lock_fd;
 	int control_fd;
 	int metrics_fd;
+	char *health;    /* the old process's health verdicts (kg_health_import), or NULL */
 	int listen[KG_INHERIT_MAX_LISTEN];
 	size_t n_listen;
 };

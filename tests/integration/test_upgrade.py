@@ -315,3 +315,32 @@ def test_upgrade_without_state_dir_rereads_the_configuration(spawn_kgated, pki, 
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
             s.sendall(b"extra\n")
             assert s.recv(6) == b"extra\n"
+
+
+def test_health_verdicts_carry_over(spawn_kgated, pki, http_backends, echo_backend, tmp_path):
+    """A member the old process found down is down in the new one at once
+    (not "unknown", which would be in rotation), and a healthy one healthy,
+    with the time in that state going on."""
+    http_b = http_backends("a")
+    dead = "127.0.0.1:%d" % dead_port()
+    hc = {"type": "tcp", "interval_ms": 200, "timeout_ms": 200,
+          "healthy_threshold": 1, "unhealthy_threshold": 1}
+    web = tls_listener(pki, [http_b.address, dead], name="web", protocol="https",
+                       health_check=hc)
+    cfg = base_config(pki, [web], workers=2)
+    d = spawn_kgated(cfg, args=("--state-dir", str(tmp_path / "state")))
+    d.sock = str(tmp_path / "state" / "control.sock")
+
+    def health():
+        return {m["address"]: (m["health"], m["state"])
+                for m in ctl_json(d, "listener", "show", "web")["members"]}
+    want = {http_b.address: ("healthy", "up"), dead: ("unhealthy", "down")}
+    assert wait_until(lambda: health() == want, 10), health()
+    time.sleep(1.2)
+    ev = d.upgrade()
+    assert d.events("upgrade.inherited")[-1]["health"] == "true"
+    assert int(ev["from_pid"]) != d.pid
+    # Asked at once: a fresh start would show both "unknown" until checked.
+    assert health() == want
+    members = ctl_json(d, "listener", "show", "web")["members"]
+    assert all(m["in_state_s"] >= 1 for m in members), members

@@ -461,6 +461,12 @@ static bool upgrade(struct daemon *d)
 		kg_ops_upgrade_done(d->ops, false, 0, err);
 		return false;
 	}
+	/* systemd hears of the new main process before kgatectl (ExecReload=)
+	 * gets its answer: when "systemctl reload" returns, MainPID is the
+	 * new one (systemd reads notifications before exit statuses). */
+	char msg[64];
+	snprintf(msg, sizeof(msg), "MAINPID=%d", (int)child.pid);
+	sd_notify_send(msg);
 	/* Answered before the control thread is stopped: it is the one
 	 * waiting for this, to reply. */
 	kg_ops_upgrade_done(d->ops, true, (int)child.pid, NULL);
@@ -473,9 +479,6 @@ static bool upgrade(struct daemon *d)
 		close(d->metrics_fd);
 	d->metrics_fd = -1;
 	kg_state_unlock(d->st);
-	char msg[64];
-	snprintf(msg, sizeof(msg), "MAINPID=%d", (int)child.pid);
-	sd_notify_send(msg);
 	kg_upgrade_release(&child);
 	log_notice("upgrade.handed_over", KV("pid", (int)child.pid));
 	return true;

@@ -14,8 +14,9 @@ bench=("${test[@]}" wrk nginx-light gnuplot-nox)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;
 # the guest runs the host's own tools, so it needs the test group too.
 vm=("${test[@]}" qemu-system-x86 busybox-static)
-# tests/package/test_deb.py: cpack's dpkg-shlibdeps, systemd-analyze, setpriv.
-package=("${build[@]}" dpkg-dev systemd util-linux curl python3 man-db)
+# tests/package/test_deb.py: cpack's dpkg-shlibdeps, systemd-analyze, setpriv;
+# systemd-nspawn for its systemd stage where systemd is not PID 1.
+package=("${build[@]}" dpkg-dev systemd util-linux curl python3 man-db systemd-container)
 # libFuzzer harnesses: clang and its runtime (libFuzzer, ASan, UBSan).
 fuzz=("${build[@]}" clang libclang-rt-14-dev)
 

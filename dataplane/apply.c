@@ -11,6 +11,8 @@
 
 #include "certs.h"
 #include "health.h"
+#include "tls.h"
+#include "tls_carry.h"
 #include "listener.h"
 #include "upgrade.h"
 #include "worker.h"
@@ -55,19 +57,42 @@ size_t kg_apply_listen_fds(const struct kg_runtime *rt, int *fds, size_t max)
 	return n;
 }
 
-int kg_apply_export_health(struct kg_runtime *rt, FILE *f)
+/* Calls fn for every listener's published snapshot; stops at an error. */
+static int each_snapshot(struct kg_runtime *rt,
+			 int (*fn)(struct kg_listener_rt *snap, const char *name, FILE *f), FILE *f)
 {
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
 		struct kg_listener_slot *s = &rt->slots[i];
 		if (!s->used)
 			continue;
 		struct kg_listener_rt *snap = kg_listener_acquire(s);
-		int r = snap && snap->health ? kg_health_export(snap->health, s->name, f) : 0;
+		int r = snap ? fn(snap, s->name, f) : 0;
 		kg_listener_put(snap);
 		if (r < 0)
 			return r;
 	}
 	return 0;
+}
+
+static int export_health(struct kg_listener_rt *snap, const char *name, FILE *f)
+{
+	return snap->health ? kg_health_export(snap->health, name, f) : 0;
+}
+
+static int export_sessions(struct kg_listener_rt *snap, const char *name, FILE *f)
+{
+	return snap->ssl_ctx && kg_tls_carries_sessions(snap->conf)
+		       ? kg_tls_carry_export(snap->ssl_ctx, name, f) : 0;
+}
+
+int kg_apply_export_health(struct kg_runtime *rt, FILE *f)
+{
+	return each_snapshot(rt, export_health, f);
+}
+
+int kg_apply_export_sessions(struct kg_runtime *rt, FILE *f)
+{
+	return each_snapshot(rt, export_sessions, f);
 }
 
 void kg_apply_unlisten_all(struct kg_runtime *rt)
@@ -181,6 +206,13 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 			 * knows to be down is not tried again as "unknown". */
 			if (rt->inherit && rt->inherit->health && it->snap->health)
 				kg_health_import(it->snap->health, lc->name, rt->inherit->health);
+			/* And its TLS sessions: a client resumes across it. */
+			if (rt->inherit && rt->inherit->sessions && it->snap->ssl_ctx &&
+			    kg_tls_carries_sessions(lc) &&
+			    kg_tls_carry_import(it->snap->ssl_ctx, lc->name,
+						rt->inherit->sessions) < 0)
+				log_warn("upgrade.sessions_not_taken", KV("listener", lc->name),
+					 KV("reason", "out of memory"));
 		}
 	}
 	for (size_t s = 0; s < KG_MAX_LISTENERS; s++) {

@@ -59,6 +59,8 @@ size_t kg_apply_listen_fds(const struct kg_runtime *rt, int *fds, size_t max);
 /* Writes every listener's health verdicts (kg_health_export) to f, for
  * an upgrade to pass on. 0 or -errno. */
 int kg_apply_export_health(struct kg_runtime *rt, FILE *f);
+/* Moves every listener's cached TLS sessions to f (kg_tls_carry_export). */
+int kg_apply_export_sessions(struct kg_runtime *rt, FILE *f);
 /* Every worker stops accepting and closes its listening sockets (an
  * upgraded process holds them now): what the workers had accepted is
  * served; what waits in the queues is the new process's. */

@@ -389,24 +389,26 @@ static unsigned queued_connections(const struct kg_runtime *rt)
 	return queued;
 }
 
-/* The health verdicts for the new process, in a memfd it inherits; -1 when
- * they cannot be written (the upgrade goes on: they are a hint). */
-static int health_memfd(struct kg_runtime *rt)
+/* What export writes, in a memfd the new process inherits (health
+ * verdicts, TLS sessions); -1 when it cannot be written (the upgrade goes
+ * on: the new process starts without it). */
+static int export_memfd(struct kg_runtime *rt, const char *what,
+			int (*export)(struct kg_runtime *rt, FILE *f))
 {
-	int fd = memfd_create("kgated-health", MFD_CLOEXEC);
+	int fd = memfd_create(what, MFD_CLOEXEC);
 	if (fd == -1) {
-		log_warn("upgrade.health_not_passed", KV_ERRNO(errno));
+		log_warn("upgrade.state_not_passed", KV("what", what), KV_ERRNO(errno));
 		return -1;
 	}
 	int w = dup(fd);
 	FILE *f = w >= 0 ? fdopen(w, "w") : NULL;
-	int r = f ? kg_apply_export_health(rt, f) : -errno;
-	if (f && fclose(f) != 0 && r == 0)
+	int r = f ? export(rt, f) : -errno;
+	if (f && fclose(f) != 0 && r >= 0)
 		r = -errno;
 	else if (!f && w >= 0)
 		close(w);
 	if (r < 0) {
-		log_warn("upgrade.health_not_passed", KV_ERRNO(-r));
+		log_warn("upgrade.state_not_passed", KV("what", what), KV_ERRNO(-r));
 		close(fd);
 		return -1;
 	}
@@ -442,7 +444,9 @@ static bool upgrade(struct daemon *d)
 	/* What the child loads must be what was last acknowledged. */
 	kg_ops_freeze(d->ops);
 	fds.n_listen = kg_apply_listen_fds(d->ops->rt, fds.listen, KG_INHERIT_MAX_LISTEN);
-	fds.health_fd = health_memfd(d->ops->rt);
+	fds.health_fd = export_memfd(d->ops->rt, "health", kg_apply_export_health);
+	/* Last: the sessions leave this process's caches. */
+	fds.sessions_fd = export_memfd(d->ops->rt, "tls-sessions", kg_apply_export_sessions);
 	char **args = upgrade_args(d->argc, d->argv);
 	int r = args ? kg_priv_exec_caps_raise() : -ENOMEM;
 	if (r < 0 && r != -ENOMEM)
@@ -453,8 +457,11 @@ static bool upgrade(struct daemon *d)
 		 : kg_fail(err, sizeof(err), ENOMEM, "out of memory");
 	kg_priv_exec_caps_clear();
 	free(args);
+	/* The child has its own copies, or failed. */
 	if (fds.health_fd >= 0)
-		close(fds.health_fd); /* the child has its own copy, or failed */
+		close(fds.health_fd);
+	if (fds.sessions_fd >= 0)
+		close(fds.sessions_fd);
 	if (r < 0) {
 		kg_ops_thaw(d->ops);
 		log_err("upgrade.failed", KV("reason", err), KV("action", "still serving"));
@@ -619,7 +626,8 @@ int main(int argc, char **argv)
 			   KV("listen_sockets", inherit.n_listen),
 			   KV("control", (bool)(inherit.control_fd >= 0)),
 			   KV("metrics", (bool)(inherit.metrics_fd >= 0)),
-			   KV("health", (bool)(inherit.health != NULL)));
+			   KV("health", (bool)(inherit.health != NULL)),
+			   KV("tls_sessions", (bool)(inherit.sessions != NULL)));
 	struct kg_config *cfg = load_document(&opt, &st, &inherit, &seeded);
 	if (!cfg)
 		goto free_runtime;

@@ -3,6 +3,7 @@
 #ifndef KGATE_TLS_H
 #define KGATE_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <openssl/ssl.h>
@@ -16,6 +17,10 @@
  * Returns NULL and fills err on failure. */
 SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, char *err,
 			   size_t errlen);
+
+/* Whether l's sessions live in its SSL_CTX's cache (resumption on, stateful),
+ * which an upgrade carries over (tls_carry.h). */
+bool kg_tls_carries_sessions(const struct kg_listener_conf *l);
 
 enum kg_tls_status {
 	KG_TLS_OK,         /* the call made progress / completed */

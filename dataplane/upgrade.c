@@ -28,12 +28,12 @@ extern char **environ;
 
 /* ---- old side -------------------------------------------------------------- */
 
-/* "parent=P;chan=N;lock=N;control=N;metrics=N;health=N;listen=A,B,..." */
+/* "parent=P;chan=N;lock=N;control=N;metrics=N;health=N;sessions=N;listen=A,B,..." */
 static int format_env(char *buf, size_t len, int chan, const struct kg_upgrade_fds *fds)
 {
 	int n = snprintf(buf, len, KG_UPGRADE_ENV "=parent=%d;chan=%d;lock=%d;control=%d;metrics=%d;"
-			 "health=%d;listen=", (int)getpid(), chan, fds->lock_fd, fds->control_fd,
-			 fds->metrics_fd, fds->health_fd);
+			 "health=%d;sessions=%d;listen=", (int)getpid(), chan, fds->lock_fd,
+			 fds->control_fd, fds->metrics_fd, fds->health_fd, fds->sessions_fd);
 	for (size_t i = 0; i < fds->n_listen && n > 0 && (size_t)n < len; i++)
 		n += snprintf(buf + n, len - (size_t)n, "%s%d", i ? "," : "", fds->listen[i]);
 	return n > 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
@@ -152,7 +152,7 @@ int kg_upgrade_spawn(const char *exe, char *const argv[], const struct kg_upgrad
 	int sv[2];
 	char *entry = NULL;
 	char **env = NULL;
-	int keep[KG_INHERIT_MAX_LISTEN + 5];
+	int keep[KG_INHERIT_MAX_LISTEN + 6];
 	size_t n_keep = 0;
 	int ret;
 
@@ -170,6 +170,7 @@ int kg_upgrade_spawn(const char *exe, char *const argv[], const struct kg_upgrad
 	keep[n_keep++] = fds->control_fd;
 	keep[n_keep++] = fds->metrics_fd;
 	keep[n_keep++] = fds->health_fd;
+	keep[n_keep++] = fds->sessions_fd;
 	for (size_t i = 0; i < fds->n_listen; i++)
 		keep[n_keep++] = fds->listen[i];
 
@@ -246,11 +247,11 @@ static bool is_dir(int fd)
 	return fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
-/* The health memfd's text, NUL-terminated, or NULL (then nothing is
- * carried over: a hint lost, never a failed start). Closes fd. */
-static char *read_health(int fd)
+/* A memfd's text (health verdicts, TLS sessions), NUL-terminated, or NULL
+ * (then nothing is carried over: lost, never a failed start). Closes fd. */
+static char *read_text(int fd)
 {
-	enum { MAX = 16 << 20 };
+	enum { MAX = 256 << 20 };
 	struct stat sb;
 	char *text = NULL;
 	if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size < MAX &&
@@ -286,11 +287,11 @@ static void inherit_reset(struct kg_inherit *in)
 }
 
 /* Parses the variable's value into in (fds not yet checked). */
-static int parse_value(const char *v, struct kg_inherit *in, int *health_fd)
+static int parse_value(const char *v, struct kg_inherit *in, int texts[2])
 {
 	static const char *const keys[] = {"parent=", ";chan=", ";lock=", ";control=", ";metrics=",
-					   ";health=", ";listen="};
-	enum { N_FDS = 6 };
+					   ";health=", ";sessions=", ";listen="};
+	enum { N_FDS = 7 };
 	int vals[N_FDS];
 	const char *p = v;
 	for (size_t k = 0; k < N_FDS; k++) {
@@ -316,7 +317,8 @@ static int parse_value(const char *v, struct kg_inherit *in, int *health_fd)
 	in->lock_fd = vals[2];
 	in->control_fd = vals[3];
 	in->metrics_fd = vals[4];
-	*health_fd = vals[5];
+	texts[0] = vals[5];
+	texts[1] = vals[6];
 	return in->parent > 1 && in->chan >= 0 ? 0 : -1;
 }
 
@@ -371,8 +373,8 @@ int kg_inherit_from_env(struct kg_inherit *in, char *err, size_t errlen)
 	unsetenv(KG_UPGRADE_ENV);
 	if (!copy)
 		return kg_fail(err, errlen, ENOMEM, "%s: out of memory", KG_UPGRADE_ENV);
-	int health_fd = -1;
-	int r = parse_value(copy, in, &health_fd);
+	int texts[2] = {-1, -1};
+	int r = parse_value(copy, in, texts);
 	free(copy);
 	if (r < 0) {
 		inherit_reset(in);
@@ -382,12 +384,13 @@ int kg_inherit_from_env(struct kg_inherit *in, char *err, size_t errlen)
 	r = check_fds(in, err, errlen);
 	if (r < 0) {
 		kg_inherit_close(in);
-		if (health_fd > 2)
-			close(health_fd);
+		for (size_t i = 0; i < 2; i++)
+			if (texts[i] > 2)
+				close(texts[i]);
 		return r;
 	}
-	if (health_fd > 2)
-		in->health = read_health(health_fd);
+	in->health = texts[0] > 2 ? read_text(texts[0]) : NULL;
+	in->sessions = texts[1] > 2 ? read_text(texts[1]) : NULL;
 	in->active = true;
 	return 0;
 }
@@ -466,5 +469,7 @@ void kg_inherit_close(struct kg_inherit *in)
 	kg_inherit_close_unused(in);
 	free(in->health);
 	in->health = NULL;
+	free(in->sessions);
+	in->sessions = NULL;
 	in->active = false;
 }

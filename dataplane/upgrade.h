@@ -39,6 +39,7 @@ struct kg_upgrade_fds {
 	int control_fd;
 	int metrics_fd;
 	int health_fd;   /* a memfd with the health verdicts (kg_health_export) */
+	int sessions_fd; /* a memfd with the TLS sessions (kg_tls_carry_export) */
 	int listen[KG_INHERIT_MAX_LISTEN];
 	size_t n_listen;
 };
@@ -69,6 +70,7 @@ struct kg_inherit {
 	int control_fd;
 	int metrics_fd;
 	char *health;    /* the old process's health verdicts (kg_health_import), or NULL */
+	char *sessions;  /* its TLS sessions (kg_tls_carry_import), or NULL */
 	int listen[KG_INHERIT_MAX_LISTEN];
 	size_t n_listen;
 };

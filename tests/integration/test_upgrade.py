@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -344,3 +345,39 @@ def test_health_verdicts_carry_over(spawn_kgated, pki, http_backends, echo_backe
     assert health() == want
     members = ctl_json(d, "listener", "show", "web")["members"]
     assert all(m["in_state_s"] >= 1 for m in members), members
+
+
+def echo_once(ctx, port, session=None):
+    """One echo exchange over a new TLS connection: (reused?, the session
+    to offer next; in TLS 1.3 it arrives after the handshake, with data)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"resume?\n")
+            assert s.recv(8) == b"resume?\n"
+            return s.session_reused, s.session
+
+
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_resumption_survives_the_upgrade(spawn_kgated, pki, http_backends, echo_backend,
+                                         tmp_path, version):
+    """A client that resumed before an upgrade resumes after it: the old
+    process hands its session cache over (tls_carry.h), the new one
+    decodes a session when its client comes back."""
+    tls = getattr(ssl.TLSVersion, version)
+    ctx = client_context(pki, tls_min=tls, tls_max=tls)
+    d = start(spawn_kgated, pki, http_backends("a"), echo_backend, tmp_path)
+    port = d.ports["raw"]
+    reused, sess = echo_once(ctx, port)
+    assert not reused
+    reused, sess = echo_once(ctx, port, sess)
+    assert reused, "no resumption before the upgrade"
+    d.upgrade()
+    assert d.events("upgrade.inherited")[-1]["tls_sessions"] == "true"
+    reused, sess = echo_once(ctx, port, sess)
+    assert reused, "the session did not survive the upgrade"
+    reused, sess = echo_once(ctx, port, sess)
+    assert reused
+    # A session that never existed is not resumed (a full handshake).
+    other = client_context(pki, tls_min=tls, tls_max=tls)
+    reused, _ = echo_once(other, port)
+    assert not reused

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc
-	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp)
+	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp libcurl4-openssl-dev)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db
 	chromium libnss3-tools util-linux sslscan testssl.sh prometheus haproxy
 	python3-cryptography gunicorn)

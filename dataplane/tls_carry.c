@@ -9,6 +9,8 @@
 
 #include <openssl/evp.h>
 
+#include "b64.h"
+
 struct carried_session {
 	unsigned char id[SSL_MAX_SSL_SESSION_ID_LENGTH];
 	unsigned idlen;
@@ -76,13 +78,12 @@ static void write_session(struct sink *k, SSL_SESSION *sess)
 	if (len <= 0 || idlen == 0 || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
 		return; /* nothing resumable to carry */
 	unsigned char *der = malloc((size_t)len);
-	char *b64 = malloc(4 * (((size_t)len + 2) / 3) + 1);
+	char *b64 = NULL;
 	unsigned char *p = der;
-	if (!der || !b64 || i2d_SSL_SESSION(sess, &p) != len) {
+	if (!der || i2d_SSL_SESSION(sess, &p) != len || kg_b64_encode(der, (size_t)len, &b64) < 0) {
 		k->err = ENOMEM;
 		goto free_buffers;
 	}
-	EVP_EncodeBlock((unsigned char *)b64, der, len);
 	if (fprintf(k->f, "%s\t", k->listener) < 0)
 		k->err = EIO;
 	for (unsigned i = 0; i < idlen && !k->err; i++)
@@ -185,21 +186,9 @@ static bool parse_session(char *line, struct carried_session *s)
 	s->idlen = (unsigned)(hexlen / 2);
 	const char *b64 = tab + 1;
 	size_t blen = strlen(b64);
-	if (blen == 0 || blen % 4 || blen > (1u << 20))
+	if (blen == 0 || blen > (1u << 20))
 		return false;
-	s->der = malloc(blen / 4 * 3);
-	if (!s->der)
-		return false;
-	int n = EVP_DecodeBlock(s->der, (const unsigned char *)b64, (int)blen);
-	/* EVP_DecodeBlock counts the bytes '=' padding stands for. */
-	size_t pad = (b64[blen - 1] == '=') + (b64[blen - 2] == '=');
-	if (n < 0 || (size_t)n < pad) {
-		free(s->der);
-		s->der = NULL;
-		return false;
-	}
-	s->len = (size_t)n - pad;
-	return true;
+	return kg_b64_decode(b64, blen, &s->der, &s->len) == 0 && s->len > 0;
 }
 
 /* The line's listener field equals listener: the rest of the line, or NULL. */

@@ -1,5 +1,5 @@
-/* kgatectl status / stats: what kgated runs and what it has done. Both are
- * objects without verbs. */
+/* kgatectl status / stats / upgrade: what kgated runs, what it has done,
+ * and its binary upgrade. All three are objects without verbs. */
 #include <stdio.h>
 #include <string.h>
 
@@ -11,6 +11,11 @@ static const struct kg_cmd status_cmd = {
 static const struct kg_cmd stats_cmd = {
 	"stats", NULL, "[--listener NAME] [-o json]",
 	"connections (total, active, per path), handshakes, bytes, backend failures, per listener"};
+
+static const struct kg_cmd upgrade_cmd = {
+	"upgrade", NULL, "[-o json]",
+	"start the kgated binary now on disk in place of the running one, with the same "
+	"sockets and state; returns once it serves (what systemctl reload runs)"};
 
 static int print_json_or_text(const struct kg_cli *cli, json_object *res)
 {
@@ -76,4 +81,26 @@ int kg_cmd_stats(struct kg_cli *cli, int argc, char **argv)
 		json_object_object_add(args, "listener", json_object_new_string(kg_flag(&f, "listener")));
 	st = kg_client_call(cli, "stats", args, &res);
 	return st ? st : print_json_or_text(cli, res);
+}
+
+int kg_cmd_upgrade(struct kg_cli *cli, int argc, char **argv)
+{
+	struct kg_flags f;
+	json_object *res;
+	if (asks_help(argc, argv))
+		return kg_verb_help("upgrade", &upgrade_cmd, KG_EXIT_OK);
+	int st = kg_flags_parse("upgrade", &upgrade_cmd, cli, argc + 1, argv - 1, " ", NULL, 0, 0,
+				&f);
+	if (st)
+		return st < 0 ? KG_EXIT_OK : st;
+	st = kg_client_call(cli, "upgrade", NULL, &res);
+	if (st)
+		return st;
+	if (cli->out == KG_OUT_JSON)
+		return kg_print_object(cli, res);
+	printf("kgated upgraded: pid %d took over from pid %d\n",
+	       json_object_get_int(json_object_object_get(res, "pid")),
+	       json_object_get_int(json_object_object_get(res, "from_pid")));
+	json_object_put(res);
+	return KG_EXIT_OK;
 }

@@ -1,5 +1,5 @@
 /* kgatectl: the command-line tool for kgate. Objects ("ca" runs locally;
- * "cert", "listener", "backend", "status", "stats" talk to kgated over its
+ * "cert", "listener", "backend", "status", "stats", "upgrade" talk to kgated over its
  * control socket) each bring a verb table; this file routes the first word
  * to them and handles the global options. */
 #include <getopt.h>
@@ -30,6 +30,7 @@ static const struct object objects[] = {
 	{"backend", kg_cmd_backend, "backend members of a listener: add, remove, set-weight, drain, enable"},
 	{"status", kg_cmd_status, "kgated version, uptime, workers, kernel features, connections"},
 	{"stats", kg_cmd_stats, "counters: connections, handshakes, bytes, backends [--listener NAME]"},
+	{"upgrade", kg_cmd_upgrade, "run the kgated binary now on disk in place of this one, refusing nothing"},
 	{NULL, NULL, NULL},
 };
 

@@ -10,7 +10,11 @@
 #include <kgate/log.h>
 
 #include "certs.h"
+#include "health.h"
+#include "tls.h"
+#include "tls_carry.h"
 #include "listener.h"
+#include "upgrade.h"
 #include "worker.h"
 
 struct kg_listener_slot *kg_runtime_find(struct kg_runtime *rt, const char *name)
@@ -33,6 +37,71 @@ static struct kg_listener_slot *free_slot(struct kg_runtime *rt, const bool *tak
 	return NULL;
 }
 
+static void unlisten(struct kg_runtime *rt, struct kg_listener_slot *slot)
+{
+	kg_workers_unlisten(rt, slot->index);
+	slot->listening = false;
+	for (size_t w = 0; w < KG_MAX_WORKERS; w++)
+		slot->fds[w] = -1;
+}
+
+size_t kg_apply_listen_fds(const struct kg_runtime *rt, int *fds, size_t max)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		const struct kg_listener_slot *s = &rt->slots[i];
+		for (size_t w = 0; s->listening && w < rt->n_workers && n < max; w++)
+			if (s->fds[w] >= 0)
+				fds[n++] = s->fds[w];
+	}
+	return n;
+}
+
+/* Calls fn for every listener's published snapshot; stops at an error. */
+static int each_snapshot(struct kg_runtime *rt,
+			 int (*fn)(struct kg_listener_rt *snap, const char *name, FILE *f), FILE *f)
+{
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		struct kg_listener_slot *s = &rt->slots[i];
+		if (!s->used)
+			continue;
+		struct kg_listener_rt *snap = kg_listener_acquire(s);
+		int r = snap ? fn(snap, s->name, f) : 0;
+		kg_listener_put(snap);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int export_health(struct kg_listener_rt *snap, const char *name, FILE *f)
+{
+	return snap->health ? kg_health_export(snap->health, name, f) : 0;
+}
+
+static int export_sessions(struct kg_listener_rt *snap, const char *name, FILE *f)
+{
+	return snap->ssl_ctx && kg_tls_carries_sessions(snap->conf)
+		       ? kg_tls_carry_export(snap->ssl_ctx, name, f) : 0;
+}
+
+int kg_apply_export_health(struct kg_runtime *rt, FILE *f)
+{
+	return each_snapshot(rt, export_health, f);
+}
+
+int kg_apply_export_sessions(struct kg_runtime *rt, FILE *f)
+{
+	return each_snapshot(rt, export_sessions, f);
+}
+
+void kg_apply_unlisten_all(struct kg_runtime *rt)
+{
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++)
+		if (rt->slots[i].listening)
+			unlisten(rt, &rt->slots[i]);
+}
+
 static void item_init(struct kg_apply_item *it, struct kg_listener_slot *slot)
 {
 	memset(it, 0, sizeof(*it));
@@ -49,7 +118,13 @@ static int open_sockets(struct kg_runtime *rt, struct kg_listener_conf *lc,
 	char addr[80];
 	for (unsigned w = 0; w < rt->n_workers; w++) {
 		struct sockaddr_storage bound = {0};
-		int fd = kg_listener_open(&lc->bind, lc->bind_len, &bound);
+		/* At an upgrade the old process's sockets are taken over: the
+		 * same accept queues, so nothing waiting in them is lost. */
+		int fd = rt->inherit ? kg_inherit_take_listener(rt->inherit, &lc->bind) : -1;
+		if (fd >= 0)
+			bound = lc->bind;
+		else
+			fd = kg_listener_open(&lc->bind, lc->bind_len, &bound);
 		if (fd < 0) {
 			kg_sockaddr_format(&lc->bind, addr, sizeof(addr));
 			snprintf(err, errlen, "listener %s: cannot listen on %s: %s", lc->name,
@@ -127,6 +202,17 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 			it->snap = kg_listener_build(slot, &rt->caps, rt->tickets, doc, lc, where, err, errlen);
 			if (!it->snap)
 				goto abort;
+			/* At an upgrade, the old process's verdicts: a member it
+			 * knows to be down is not tried again as "unknown". */
+			if (rt->inherit && rt->inherit->health && it->snap->health)
+				kg_health_import(it->snap->health, lc->name, rt->inherit->health);
+			/* And its TLS sessions: a client resumes across it. */
+			if (rt->inherit && rt->inherit->sessions && it->snap->ssl_ctx &&
+			    kg_tls_carries_sessions(lc) &&
+			    kg_tls_carry_import(it->snap->ssl_ctx, lc->name,
+						rt->inherit->sessions) < 0)
+				log_warn("upgrade.sessions_not_taken", KV("listener", lc->name),
+					 KV("reason", "out of memory"));
 		}
 	}
 	for (size_t s = 0; s < KG_MAX_LISTENERS; s++) {
@@ -178,10 +264,8 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 			continue;
 		}
 		slot->failed[0] = '\0';
-		if (it->unlisten) {
-			kg_workers_unlisten(rt, slot->index);
-			slot->listening = false;
-		}
+		if (it->unlisten)
+			unlisten(rt, slot);
 		republished |= it->release || it->snap || it->unlisten;
 		if (it->release || (it->conf && !it->conf->enabled)) {
 			kg_listener_publish(slot, NULL);
@@ -202,8 +286,10 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 		snprintf(slot->name, sizeof(slot->name), "%s", it->conf->name);
 		if (it->listen) {
 			kg_workers_listen(rt, slot->index, it->fds);
-			for (size_t w = 0; w < KG_MAX_WORKERS; w++)
+			for (size_t w = 0; w < KG_MAX_WORKERS; w++) {
+				slot->fds[w] = it->fds[w];
 				it->fds[w] = -1;
+			}
 			slot->listening = true;
 			slot->bind = it->conf->bind;
 			kg_sockaddr_format(&slot->bind, addr, sizeof(addr));

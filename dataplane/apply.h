@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include <kgate/limits.h>
 
@@ -51,6 +52,19 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 		     struct kg_apply_plan *plan, char *err, size_t errlen);
 void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan);
 void kg_apply_abort(struct kg_apply_plan *plan);
+
+/* The workers' listening sockets (still theirs), for an upgrade to pass
+ * on; how many were written. */
+size_t kg_apply_listen_fds(const struct kg_runtime *rt, int *fds, size_t max);
+/* Writes every listener's health verdicts (kg_health_export) to f, for
+ * an upgrade to pass on. 0 or -errno. */
+int kg_apply_export_health(struct kg_runtime *rt, FILE *f);
+/* Moves every listener's cached TLS sessions to f (kg_tls_carry_export). */
+int kg_apply_export_sessions(struct kg_runtime *rt, FILE *f);
+/* Every worker stops accepting and closes its listening sockets (an
+ * upgraded process holds them now): what the workers had accepted is
+ * served; what waits in the queues is the new process's. */
+void kg_apply_unlisten_all(struct kg_runtime *rt);
 
 /* The used slot of the listener called name, or NULL. */
 struct kg_listener_slot *kg_runtime_find(struct kg_runtime *rt, const char *name);

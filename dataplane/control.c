@@ -301,11 +301,13 @@ static int bind_socket(const char *path, char *err, size_t errlen)
 }
 
 struct kg_control *kg_control_start(struct kg_ops *ops, const char *path, gid_t group,
-				    int metrics_fd, char *err, size_t errlen)
+				    int inherited_fd, int metrics_fd, char *err, size_t errlen)
 {
 	struct kg_control *c = calloc(1, sizeof(*c));
 	if (!c) {
 		snprintf(err, errlen, "out of memory");
+		if (inherited_fd >= 0)
+			close(inherited_fd);
 		return NULL;
 	}
 	c->ops = ops;
@@ -313,13 +315,21 @@ struct kg_control *kg_control_start(struct kg_ops *ops, const char *path, gid_t 
 	c->metrics_fd = metrics_fd;
 	c->stop_fd = -1;
 	c->fd = -1;
-	if (path) {
+	if (path && inherited_fd >= 0) {
+		/* The file, its mode and group are the old process's: kept. */
+		c->fd = inherited_fd;
+		c->path = strdup(path);
+		if (!c->path) {
+			snprintf(err, errlen, "out of memory");
+			goto fail;
+		}
+	} else if (path) {
 		c->path = strdup(path);
 		c->fd = c->path ? bind_socket(path, err, errlen) : -1;
 		if (c->fd < 0)
 			goto fail;
 	}
-	if (path && group != (gid_t)-1 && (chown(path, (uid_t)-1, group) == -1 || chmod(path, 0660) == -1)) {
+	if (path && inherited_fd < 0 && group != (gid_t)-1 && (chown(path, (uid_t)-1, group) == -1 || chmod(path, 0660) == -1)) {
 		snprintf(err, errlen, "control socket %s: group access: %s", path, strerror(errno));
 		goto fail_unlink;
 	}
@@ -335,7 +345,7 @@ struct kg_control *kg_control_start(struct kg_ops *ops, const char *path, gid_t 
 	}
 	return c;
 fail_unlink:
-	if (path)
+	if (path && inherited_fd < 0) /* an inherited file is the old process's */
 		unlink(path);
 fail:
 	if (c->fd >= 0)
@@ -347,19 +357,35 @@ fail:
 	return NULL;
 }
 
-void kg_control_stop(struct kg_control *c)
+static void stop(struct kg_control *c, bool remove_file)
 {
-	if (!c)
-		return;
 	uint64_t one = 1;
 	if (write(c->stop_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
 		log_err("control.stop_failed", KV_ERRNO(errno));
 	pthread_join(c->thread, NULL);
 	if (c->fd >= 0) {
 		close(c->fd);
-		unlink(c->path);
+		if (remove_file)
+			unlink(c->path);
 	}
 	close(c->stop_fd);
 	free(c->path);
 	free(c);
+}
+
+void kg_control_stop(struct kg_control *c)
+{
+	if (c)
+		stop(c, true);
+}
+
+void kg_control_hand_over(struct kg_control *c)
+{
+	if (c)
+		stop(c, false);
+}
+
+int kg_control_fd(const struct kg_control *c)
+{
+	return c ? c->fd : -1;
 }

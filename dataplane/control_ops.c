@@ -8,10 +8,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -1152,37 +1154,156 @@ static json_object *op_stats(struct kg_ops *ops, json_object *args)
 	return ok(kg_stats_json(ops->rt, name));
 }
 
+/* ---- upgrade ------------------------------------------------------------- */
+
+int kg_ops_init(struct kg_ops *ops)
+{
+	int r = pthread_mutex_init(&ops->change_lock, NULL);
+	if (r != 0)
+		return -r;
+	r = pthread_mutex_init(&ops->upgrade.lock, NULL);
+	if (r != 0)
+		goto destroy_change_lock;
+	pthread_condattr_t attr;
+	r = pthread_condattr_init(&attr);
+	if (r != 0)
+		goto destroy_upgrade_lock;
+	/* Waits are measured on the monotonic clock, like every deadline. */
+	r = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	if (r == 0)
+		r = pthread_cond_init(&ops->upgrade.done, &attr);
+	pthread_condattr_destroy(&attr);
+	if (r == 0)
+		return 0;
+destroy_upgrade_lock:
+	pthread_mutex_destroy(&ops->upgrade.lock);
+destroy_change_lock:
+	pthread_mutex_destroy(&ops->change_lock);
+	return -r;
+}
+
+void kg_ops_destroy(struct kg_ops *ops)
+{
+	pthread_cond_destroy(&ops->upgrade.done);
+	pthread_mutex_destroy(&ops->upgrade.lock);
+	pthread_mutex_destroy(&ops->change_lock);
+}
+
+void kg_ops_upgrade_done(struct kg_ops *ops, bool ok, int pid, const char *reason)
+{
+	pthread_mutex_lock(&ops->upgrade.lock);
+	ops->upgrade.ok = ok;
+	ops->upgrade.pid = pid;
+	snprintf(ops->upgrade.reason, sizeof(ops->upgrade.reason), "%s", reason ? reason : "");
+	ops->upgrade.answered = ops->upgrade.asked;
+	pthread_cond_broadcast(&ops->upgrade.done);
+	pthread_mutex_unlock(&ops->upgrade.lock);
+}
+
+/* The same as SIGUSR2, with the outcome as the reply: what systemd's
+ * ExecReload= runs, so "systemctl reload" succeeds only once the new
+ * process serves, and fails with the reason when it could not. */
+static json_object *op_upgrade(struct kg_ops *ops, json_object *args)
+{
+	(void)args;
+	struct timespec until;
+	/* Only kgated's main thread answers (a harness driving these
+	 * operations has none). */
+	if (ops->upgrade_wait_ms == 0)
+		return kg_ops_error(KG_ERR_UNKNOWN_OP, "upgrade: not available in this process");
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += ops->upgrade_wait_ms / 1000;
+	pthread_mutex_lock(&ops->upgrade.lock);
+	unsigned ticket = ++ops->upgrade.asked;
+	pthread_mutex_unlock(&ops->upgrade.lock);
+	/* The main thread waits for it in sigwait; every other thread blocks it. */
+	if (kill(getpid(), SIGUSR2) == -1)
+		return kg_ops_error(KG_ERR_INTERNAL, "upgrade: cannot signal kgated: %s",
+				    strerror(errno));
+	pthread_mutex_lock(&ops->upgrade.lock);
+	int r = 0;
+	while ((int)(ops->upgrade.answered - ticket) < 0 && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&ops->upgrade.done, &ops->upgrade.lock, &until);
+	bool answered = (int)(ops->upgrade.answered - ticket) >= 0;
+	bool up = answered && ops->upgrade.ok;
+	int pid = ops->upgrade.pid;
+	char reason[sizeof(ops->upgrade.reason)];
+	snprintf(reason, sizeof(reason), "%s", ops->upgrade.reason);
+	pthread_mutex_unlock(&ops->upgrade.lock);
+	if (!answered)
+		return kg_ops_error(KG_ERR_TIMEOUT, "upgrade: no outcome within %u ms (see kgated's "
+				    "log)", ops->upgrade_wait_ms);
+	if (!up)
+		return kg_ops_error(KG_ERR_UPGRADE_FAILED, "upgrade failed, still serving from pid "
+				    "%d: %s", (int)getpid(), reason);
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "pid", json_object_new_int(pid));
+	json_object_object_add(o, "from_pid", json_object_new_int((int)getpid()));
+	return ok(o);
+}
+
 /* ---- dispatch -------------------------------------------------------------- */
 
 struct op {
 	const char *name;
 	json_object *(*run)(struct kg_ops *ops, json_object *args);
+	bool changes;   /* changes the state: refused while an upgrade hands over */
 };
 
 static const struct op ops_table[] = {
-	{"status", op_status},
-	{"stats", op_stats},
-	{"cert.list", op_cert_list},
-	{"cert.show", op_cert_show},
-	{"cert.upload", op_cert_upload},
-	{"cert.replace", op_cert_replace},
-	{"cert.set_crl", op_cert_set_crl},
-	{"cert.delete", op_cert_delete},
-	{"listener.list", op_listener_list},
-	{"listener.show", op_listener_show},
-	{"listener.create", op_listener_create},
-	{"listener.update", op_listener_update},
-	{"listener.stop", op_listener_stop},
-	{"listener.start", op_listener_start},
-	{"listener.delete", op_listener_delete},
-	{"backend.add", op_backend_add},
-	{"backend.remove", op_backend_remove},
-	{"backend.set_weight", op_backend_set_weight},
-	{"backend.drain", op_backend_drain},
-	{"backend.disable", op_backend_disable},
-	{"backend.enable", op_backend_enable},
-	{NULL, NULL},
+	{"status", op_status, false},
+	{"stats", op_stats, false},
+	{"cert.list", op_cert_list, false},
+	{"cert.show", op_cert_show, false},
+	{"cert.upload", op_cert_upload, true},
+	{"cert.replace", op_cert_replace, true},
+	{"cert.set_crl", op_cert_set_crl, true},
+	{"cert.delete", op_cert_delete, true},
+	{"listener.list", op_listener_list, false},
+	{"listener.show", op_listener_show, false},
+	{"listener.create", op_listener_create, true},
+	{"listener.update", op_listener_update, true},
+	{"listener.stop", op_listener_stop, true},
+	{"listener.start", op_listener_start, true},
+	{"listener.delete", op_listener_delete, true},
+	{"backend.add", op_backend_add, true},
+	{"backend.remove", op_backend_remove, true},
+	{"backend.set_weight", op_backend_set_weight, true},
+	{"backend.drain", op_backend_drain, true},
+	{"backend.disable", op_backend_disable, true},
+	{"backend.enable", op_backend_enable, true},
+	{"upgrade", op_upgrade, false},
+	{NULL, NULL, false},
 };
+
+/* A change runs under change_lock, so freezing waits for the one in
+ * progress: once kg_ops_freeze returns, the persisted state is final. */
+static json_object *run_op(struct kg_ops *ops, const struct op *o, json_object *args)
+{
+	if (!o->changes)
+		return o->run(ops, args);
+	pthread_mutex_lock(&ops->change_lock);
+	json_object *r = ops->frozen
+		? kg_ops_error(KG_ERR_BUSY, "upgrade in progress: kgated is handing over to a "
+			       "new process; nothing was changed, retry in a moment")
+		: o->run(ops, args);
+	pthread_mutex_unlock(&ops->change_lock);
+	return r;
+}
+
+void kg_ops_freeze(struct kg_ops *ops)
+{
+	pthread_mutex_lock(&ops->change_lock);
+	ops->frozen = true;
+	pthread_mutex_unlock(&ops->change_lock);
+}
+
+void kg_ops_thaw(struct kg_ops *ops)
+{
+	pthread_mutex_lock(&ops->change_lock);
+	ops->frozen = false;
+	pthread_mutex_unlock(&ops->change_lock);
+}
 
 json_object *kg_ops_handle(struct kg_ops *ops, json_object *req)
 {
@@ -1202,7 +1323,7 @@ json_object *kg_ops_handle(struct kg_ops *ops, json_object *req)
 	json_object *empty = args ? NULL : json_object_new_object();
 	for (const struct op *o = ops_table; o->name; o++) {
 		if (strcmp(o->name, name) == 0) {
-			json_object *r = o->run(ops, args ? args : empty);
+			json_object *r = run_op(ops, o, args ? args : empty);
 			json_object_put(empty);
 			return r;
 		}

@@ -4,6 +4,7 @@
 #ifndef KGATE_CONTROL_OPS_H
 #define KGATE_CONTROL_OPS_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -23,7 +24,33 @@ struct kg_ops {
 	const char *control_path;
 	const char *metrics_addr;
 	const char *retry;           /* during listener.start: this listener is changed and must start */
+	pthread_mutex_t change_lock; /* held while a change runs (control_ops.c run_op) */
+	bool frozen;                 /* changes refused: an upgrade is handing over */
+	/* "upgrade" requests: the control thread raises SIGUSR2 and waits for
+	 * the main thread's kg_ops_upgrade_done. */
+	struct {
+		pthread_mutex_t lock;
+		pthread_cond_t done;
+		unsigned asked, answered;
+		bool ok;
+		int pid;                 /* the new process */
+		char reason[600];        /* why it failed */
+	} upgrade;
+	unsigned upgrade_wait_ms;    /* how long a request waits for the outcome; 0: no upgrades */
 };
+
+/* 0 or -errno: ops's locks and condition (kg_ops_destroy releases them). */
+int kg_ops_init(struct kg_ops *ops);
+void kg_ops_destroy(struct kg_ops *ops);
+
+/* Main thread, after each upgrade attempt: answers every upgrade request
+ * made before it. pid: the new process when ok; reason when not. */
+void kg_ops_upgrade_done(struct kg_ops *ops, bool ok, int pid, const char *reason);
+
+/* Refuses changes from now on (KG_ERR_BUSY), after the one in progress
+ * is applied and persisted; thaw undoes it. Any thread. */
+void kg_ops_freeze(struct kg_ops *ops);
+void kg_ops_thaw(struct kg_ops *ops);
 
 /* Applies the document in ops->cur to the (empty) runtime at start-up.
  * 0, or -1 with err. Patches kernel-chosen ports into st->doc. */

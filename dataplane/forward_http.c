@@ -1104,7 +1104,8 @@ static void http_deadline_passed(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
 	struct kg_worker *w = c->worker;
-	if (w->draining && h->rstate == R_IDLE && h->rlen == 0) {
+	if (w->draining && h->rstate == R_IDLE && h->rlen == 0 &&
+	    !atomic_load_explicit(&w->rt->handed_over, memory_order_relaxed)) {
 		close_gracefully(c, "draining");
 		return;
 	}

@@ -156,6 +156,68 @@ void kg_health_group_inherit(struct kg_health_group *dst, struct kg_health_group
 	}
 }
 
+int kg_health_export(struct kg_health_group *g, const char *listener, FILE *f)
+{
+	for (size_t i = 0; g->checked && i < g->n; i++) {
+		struct member *m = &g->m[i];
+		pthread_mutex_lock(&m->lock);
+		int r = fprintf(f, "%s\t%s\t%d\t%d\t%u\t%u\t%llu\n", listener, m->conf->address,
+				(int)g->hc->type, (int)m->state, m->ok_streak, m->fail_streak,
+				(unsigned long long)m->since_ms);
+		pthread_mutex_unlock(&m->lock);
+		if (r < 0)
+			return -EIO;
+	}
+	return 0;
+}
+
+/* One exported line (without its newline) into its fields; false when
+ * it is not one. */
+static bool parse_verdict(char *line, char **listener, char **address, int *type, int *state,
+			  unsigned *ok, unsigned *fail, unsigned long long *since)
+{
+	char *save = NULL;
+	*listener = strtok_r(line, "\t", &save);
+	*address = strtok_r(NULL, "\t", &save);
+	char *rest = strtok_r(NULL, "", &save);
+	int used = 0;
+	return *listener && *address && rest &&
+	       sscanf(rest, "%d\t%d\t%u\t%u\t%llu%n", type, state, ok, fail, since, &used) == 5 &&
+	       rest[used] == '\0' && *state >= KG_MEMBER_UNKNOWN && *state <= KG_MEMBER_UNHEALTHY;
+}
+
+size_t kg_health_import(struct kg_health_group *g, const char *listener, const char *text)
+{
+	size_t taken = 0;
+	char *copy = g->checked ? strdup(text) : NULL;
+	char *save = NULL;
+	for (char *line = copy ? strtok_r(copy, "\n", &save) : NULL; line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *lname, *address;
+		int type, state;
+		unsigned ok, fail;
+		unsigned long long since;
+		if (!parse_verdict(line, &lname, &address, &type, &state, &ok, &fail, &since) ||
+		    strcmp(lname, listener) != 0 || type != (int)g->hc->type)
+			continue;
+		int i = kg_health_member_index(g, address);
+		if (i < 0)
+			continue;
+		struct member *m = &g->m[i];
+		pthread_mutex_lock(&m->lock);
+		m->state = (enum kg_member_state)state;
+		m->ok_streak = ok;
+		m->fail_streak = fail;
+		m->since_ms = since;
+		atomic_store(&m->state_pub, state);
+		update_rotation(g, (size_t)i);
+		pthread_mutex_unlock(&m->lock);
+		taken++;
+	}
+	free(copy);
+	return taken;
+}
+
 size_t kg_health_members(const struct kg_health_group *g)
 {
 	return g->n;

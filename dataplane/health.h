@@ -29,6 +29,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "balancer.h"
 #include "config.h"
@@ -125,6 +126,19 @@ size_t kg_health_snapshot(struct kg_health_group *g,
 			  struct kg_health_member_info *out, size_t n,
 			  uint64_t now_ms);
 size_t kg_health_members(const struct kg_health_group *g);
+
+/* Health verdicts across an upgrade (upgrade.h), so a member the old
+ * process knows to be down is not tried again as "unknown". One line per
+ * checked member: listener, address, check type, state, ok streak, fail
+ * streak, since (monotonic ms: the clock is the machine's, shared by both
+ * processes). Export writes g's members to f (nothing for an unchecked
+ * group); 0 or -errno. */
+int kg_health_export(struct kg_health_group *g, const char *listener, FILE *f);
+/* Takes the verdicts of text's lines that name listener, for members with
+ * the same address and the same kind of check; other or malformed lines
+ * are skipped (the text is the old process's, but a verdict is a hint,
+ * never worth a failed start). Returns how many members took one. */
+size_t kg_health_import(struct kg_health_group *g, const char *listener, const char *text);
 /* The index of the member whose configured address is exactly `address`
  * ("127.0.0.1:9001"), or -ENOENT. */
 int kg_health_member_index(const struct kg_health_group *g, const char *address);

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -40,6 +41,16 @@ close_fd:;
 	int err = errno;
 	close(fd);
 	return -err;
+}
+
+unsigned kg_listener_queued(int fd)
+{
+	struct tcp_info ti = {0};
+	socklen_t len = sizeof(ti);
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1 ||
+	    ti.tcpi_state != TCP_LISTEN)
+		return 0;
+	return ti.tcpi_unacked;
 }
 
 void kg_sockaddr_format(const struct sockaddr_storage *addr, char *buf,

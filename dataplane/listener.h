@@ -13,6 +13,11 @@
 int kg_listener_open(const struct sockaddr_storage *addr, socklen_t addrlen,
 		     struct sockaddr_storage *bound);
 
+/* Connections waiting in fd's accept queue (TCP_INFO: for a listening
+ * socket the kernel reports the queue's length as tcpi_unacked); 0 when it
+ * cannot tell. */
+unsigned kg_listener_queued(int fd);
+
 /* "127.0.0.1:8443" or "[::1]:8443". */
 void kg_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
 			size_t len);

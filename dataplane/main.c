@@ -9,7 +9,9 @@
  * SSL_CTX and balancer (key files are read here, as the new user) and bind
  * its sockets with the kept CAP_NET_BIND_SERVICE (so a bind error is
  * reported before anything runs), then announce readiness (log line +
- * sd_notify). SIGTERM/SIGINT drain. */
+ * sd_notify). SIGTERM/SIGINT drain. SIGUSR2 upgrades (upgrade.h): the
+ * binary on disk starts as a child with the sockets, becomes ready, and
+ * this process then stops accepting and drains. */
 #include <errno.h>
 #include <ftw.h>
 #include <getopt.h>
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -34,6 +37,7 @@
 
 #include "certs.h"
 #include "config.h"
+#include "errors.h"
 #include "counters.h"
 #include "ktls.h"
 #include "health.h"
@@ -45,10 +49,12 @@
 #include "forwarders.h"
 #include "metrics.h"
 #include "privdrop.h"
+#include "apply.h"
 #include "sockmap.h"
 #include "runtime.h"
 #include "state.h"
 #include "ticket_keys.h"
+#include "upgrade.h"
 #include "worker.h"
 
 #ifndef KG_VERSION
@@ -317,31 +323,179 @@ static void raise_fd_limit(void)
 	}
 }
 
-static int wait_for_stop(void)
+/* The signals the main thread takes with sigwait. */
+static void wait_set(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+	sigaddset(set, SIGUSR2);
+}
+
+/* SIGTERM, SIGINT or SIGUSR2 (upgrade); -1 when sigwait fails. */
+static int wait_for_signal(void)
 {
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
+	wait_set(&set);
 	for (;;) {
 		int sig;
 		if (sigwait(&set, &sig) != 0)
 			return -1;
 		if (sig == SIGHUP) {
 			log_notice("signal.ignored", KV("signal", "SIGHUP"),
-				   KV("reason", "configuration reload is not implemented yet"));
+				   KV("reason", "configuration reload is not implemented: kgatectl "
+				      "changes apply at once; SIGUSR2 upgrades the binary"));
 			continue;
 		}
-		log_notice("kgated.draining", KV("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
 		return sig;
 	}
+}
+
+/* The binary an upgrade starts: where this one was started from, resolved
+ * now, so a package upgrade that replaces the file is what runs next. */
+static char self_exe[4096];
+
+static void find_self_exe(void)
+{
+	ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+	self_exe[n > 0 ? n : 0] = '\0';
+}
+
+/* Our arguments for the new process, without --reseed: the state folder
+ * is what it must load. NULL when out of memory. */
+static char **upgrade_args(int argc, char **argv)
+{
+	char **args = calloc((size_t)argc + 1, sizeof(*args));
+	int n = 0;
+	for (int i = 0; args && i < argc; i++)
+		if (strcmp(argv[i], "--reseed") != 0)
+			args[n++] = argv[i];
+	return args;
+}
+
+/* How long a new process may take to be ready; a kgated with hundreds of
+ * certificates loads in well under a second. */
+#define UPGRADE_READY_TIMEOUT_MS 30000
+/* How long the new process waits for this one to let go. */
+#define UPGRADE_RELEASE_TIMEOUT_MS 10000
+
+static unsigned queued_connections(const struct kg_runtime *rt)
+{
+	static int fds[KG_INHERIT_MAX_LISTEN];
+	size_t n = kg_apply_listen_fds(rt, fds, KG_INHERIT_MAX_LISTEN);
+	unsigned queued = 0;
+	for (size_t i = 0; i < n; i++)
+		queued += kg_listener_queued(fds[i]);
+	return queued;
+}
+
+/* What export writes, in a memfd the new process inherits (health
+ * verdicts, TLS sessions); -1 when it cannot be written (the upgrade goes
+ * on: the new process starts without it). */
+static int export_memfd(struct kg_runtime *rt, const char *what,
+			int (*export)(struct kg_runtime *rt, FILE *f))
+{
+	int fd = memfd_create(what, MFD_CLOEXEC);
+	if (fd == -1) {
+		log_warn("upgrade.state_not_passed", KV("what", what), KV_ERRNO(errno));
+		return -1;
+	}
+	int w = dup(fd);
+	FILE *f = w >= 0 ? fdopen(w, "w") : NULL;
+	int r = f ? export(rt, f) : -errno;
+	if (f && fclose(f) != 0 && r >= 0)
+		r = -errno;
+	else if (!f && w >= 0)
+		close(w);
+	if (r < 0) {
+		log_warn("upgrade.state_not_passed", KV("what", what), KV_ERRNO(-r));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+struct daemon {
+	struct kg_ops *ops;
+	struct kg_state *st;
+	struct kg_control *control;
+	int metrics_fd;
+	int argc;
+	char **argv;
+};
+
+/* SIGUSR2: hands everything to a new process. true when it took over
+ * (this process then only drains); false when it failed, with the reason
+ * logged and this process serving as before. */
+static bool upgrade(struct daemon *d)
+{
+	char err[600];
+	struct kg_upgrade_child child;
+	struct kg_upgrade_fds fds = {.lock_fd = d->st->locked ? d->st->lock_fd : -1,
+				     .control_fd = kg_control_fd(d->control),
+				     .metrics_fd = d->metrics_fd};
+	log_notice("upgrade.requested", KV("binary", self_exe));
+	if (!self_exe[0]) {
+		static const char why[] = "the path of the running binary is unknown";
+		log_err("upgrade.failed", KV("reason", why), KV("action", "still serving"));
+		kg_ops_upgrade_done(d->ops, false, 0, why);
+		return false;
+	}
+	/* What the child loads must be what was last acknowledged. */
+	kg_ops_freeze(d->ops);
+	fds.n_listen = kg_apply_listen_fds(d->ops->rt, fds.listen, KG_INHERIT_MAX_LISTEN);
+	fds.health_fd = export_memfd(d->ops->rt, "health", kg_apply_export_health);
+	/* Last: the sessions leave this process's caches. */
+	fds.sessions_fd = export_memfd(d->ops->rt, "tls-sessions", kg_apply_export_sessions);
+	char **args = upgrade_args(d->argc, d->argv);
+	int r = args ? kg_priv_exec_caps_raise() : -ENOMEM;
+	if (r < 0 && r != -ENOMEM)
+		log_warn("upgrade.caps_not_passed", KV_ERRNO(-r),
+			 KV("effect", "the new process may not bind ports below 1024"));
+	r = args ? kg_upgrade_spawn(self_exe, args, &fds, UPGRADE_READY_TIMEOUT_MS, &child, err,
+				    sizeof(err))
+		 : kg_fail(err, sizeof(err), ENOMEM, "out of memory");
+	kg_priv_exec_caps_clear();
+	free(args);
+	/* The child has its own copies, or failed. */
+	if (fds.health_fd >= 0)
+		close(fds.health_fd);
+	if (fds.sessions_fd >= 0)
+		close(fds.sessions_fd);
+	if (r < 0) {
+		kg_ops_thaw(d->ops);
+		log_err("upgrade.failed", KV("reason", err), KV("action", "still serving"));
+		kg_ops_upgrade_done(d->ops, false, 0, err);
+		return false;
+	}
+	/* systemd hears of the new main process before kgatectl (ExecReload=)
+	 * gets its answer: when "systemctl reload" returns, MainPID is the
+	 * new one (systemd reads notifications before exit statuses). */
+	char msg[64];
+	snprintf(msg, sizeof(msg), "MAINPID=%d", (int)child.pid);
+	sd_notify_send(msg);
+	/* Answered before the control thread is stopped: it is the one
+	 * waiting for this, to reply. */
+	kg_ops_upgrade_done(d->ops, true, (int)child.pid, NULL);
+	/* The new process accepts on the same sockets already: this one lets
+	 * go of them, then of what only one process may hold. */
+	kg_control_hand_over(d->control);
+	d->control = NULL;
+	kg_apply_unlisten_all(d->ops->rt);
+	if (d->metrics_fd >= 0)
+		close(d->metrics_fd);
+	d->metrics_fd = -1;
+	kg_state_unlock(d->st);
+	kg_upgrade_release(&child);
+	log_notice("upgrade.handed_over", KV("pid", (int)child.pid));
+	return true;
 }
 
 /* The document to run: the state folder's (or a seed imported into it),
  * else the configuration file alone (no control socket then). */
 static struct kg_config *load_document(const struct options *opt, struct kg_state *st,
-				       bool *seeded)
+				       struct kg_inherit *inherit, bool *seeded)
 {
 	char err[600];
 	*seeded = false;
@@ -352,7 +506,10 @@ static struct kg_config *load_document(const struct options *opt, struct kg_stat
 		return cfg;
 	}
 	enum kg_state_source source;
+	int lock = inherit->lock_fd;
+	inherit->lock_fd = -1; /* kg_state_lock owns it from here */
 	if (kg_state_open(st, opt->state_dir, err, sizeof(err)) < 0 ||
+	    kg_state_lock(st, lock, err, sizeof(err)) < 0 ||
 	    kg_state_load(st, opt->config_path, opt->reseed, &source, err, sizeof(err)) < 0) {
 		log_err("state.invalid", KV("reason", err));
 		return NULL;
@@ -402,6 +559,7 @@ int main(int argc, char **argv)
 {
 	struct options opt = {0};
 	struct kg_state st = {0};
+	struct kg_inherit inherit;
 	struct kg_runtime rt;
 	struct kg_ops *ops = NULL;
 	struct kg_control *control = NULL;
@@ -411,8 +569,20 @@ int main(int argc, char **argv)
 	gid_t group = (gid_t)-1;
 	bool seeded;
 
+	/* Until the main thread waits for them, SIGUSR2 and SIGHUP stay
+	 * pending rather than ending a process that is still starting. */
+	sigset_t early;
+	sigemptyset(&early);
+	sigaddset(&early, SIGUSR2);
+	sigaddset(&early, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &early, NULL);
 	if (parse_args(argc, argv, &opt) < 0)
 		return 2;
+	find_self_exe();
+	if (kg_inherit_from_env(&inherit, err, sizeof(err)) < 0) {
+		log_err("upgrade.inherit_failed", KV("reason", err));
+		return 1;
+	}
 	kg_forwarders_register();
 	kg_worker_set_service(&kg_health_checks_service);
 	if (opt.control_group) {
@@ -439,12 +609,27 @@ int main(int argc, char **argv)
 	}
 	if (kg_runtime_init(&rt) < 0) {
 		log_err("kgated.start_failed", KV("reason", "out of memory"));
+		kg_inherit_close(&inherit);
 		return 1;
 	}
 	ops = calloc(1, sizeof(*ops));
-	if (!ops)
+	if (!ops || kg_ops_init(ops) < 0) {
+		free(ops);
+		ops = NULL;
 		goto free_runtime;
-	struct kg_config *cfg = load_document(&opt, &st, &seeded);
+	}
+	ops->upgrade_wait_ms = UPGRADE_READY_TIMEOUT_MS + 10000;
+	/* Until the old process has let go, a change could be made in both. */
+	if (inherit.active)
+		kg_ops_freeze(ops);
+	if (inherit.active)
+		log_notice("upgrade.inherited", KV("from_pid", (int)inherit.parent),
+			   KV("listen_sockets", inherit.n_listen),
+			   KV("control", (bool)(inherit.control_fd >= 0)),
+			   KV("metrics", (bool)(inherit.metrics_fd >= 0)),
+			   KV("health", (bool)(inherit.health != NULL)),
+			   KV("tls_sessions", (bool)(inherit.sessions != NULL)));
+	struct kg_config *cfg = load_document(&opt, &st, &inherit, &seeded);
 	if (!cfg)
 		goto free_runtime;
 	ops->cur = kg_config_ref_new(cfg);
@@ -529,10 +714,7 @@ int main(int argc, char **argv)
 	/* Signals go to the main thread's sigwait only: block them before any
 	 * worker exists so the workers inherit the mask. */
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
+	wait_set(&set);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit();
@@ -562,25 +744,42 @@ int main(int argc, char **argv)
 
 	/* Listeners go to running workers the same way as at run time, so
 	 * there is one path for both; a bind error still stops start-up. */
-	if (kg_ops_apply_initial(ops, err, sizeof(err)) < 0) {
+	rt.inherit = inherit.active ? &inherit : NULL;
+	atomic_store(&rt.accept_held, inherit.active);
+	int applied = kg_ops_apply_initial(ops, err, sizeof(err));
+	rt.inherit = NULL;
+	if (applied < 0) {
 		log_err("config.invalid", KV("reason", err));
 		goto stop_workers;
 	}
+	size_t unused = kg_inherit_close_unused(&inherit);
+	if (unused > 0)
+		log_warn("upgrade.sockets_closed", KV("count", unused),
+			 KV("reason", "the new state or worker count has no place for them; "
+			    "connections waiting in them may be reset"));
 	if (opt.state_dir && seeded && persist_initial(&st) < 0)
 		goto stop_workers;
-	if (opt.metrics) {
+	if (opt.metrics && inherit.metrics_fd >= 0) {
+		metrics_fd = inherit.metrics_fd;
+		inherit.metrics_fd = -1;
+	} else if (opt.metrics) {
 		metrics_fd = kg_metrics_open(opt.metrics, err, sizeof(err));
 		if (metrics_fd < 0) {
 			log_err("metrics.start_failed", KV("reason", err));
 			goto stop_workers;
 		}
-		log_notice("metrics.listening", KV("addr", opt.metrics), KV("path", "/metrics"));
 	}
+	if (metrics_fd >= 0)
+		log_notice("metrics.listening", KV("addr", opt.metrics), KV("path", "/metrics"),
+			   KV("inherited", inherit.active));
 	/* Without a state dir there is no control socket, but the control
 	 * thread still serves metrics when asked to, and rotates the ticket
 	 * keys in any case. */
-	control = kg_control_start(ops, opt.state_dir ? control_path : NULL, group, metrics_fd,
-				   err, sizeof(err));
+	int inherited = opt.state_dir ? inherit.control_fd : -1;
+	if (inherited >= 0)
+		inherit.control_fd = -1; /* kg_control_start owns it now */
+	control = kg_control_start(ops, opt.state_dir ? control_path : NULL, group, inherited,
+				   metrics_fd, err, sizeof(err));
 	if (!control) {
 		log_err("control.start_failed", KV("reason", err));
 		goto stop_workers;
@@ -588,12 +787,48 @@ int main(int argc, char **argv)
 	if (opt.state_dir)
 		log_notice("control.listening", KV("path", control_path));
 
+	if (inherit.active) {
+		/* Ready: the old process stops accepting only now. */
+		pid_t from = inherit.parent;
+		bool released = kg_inherit_report_ready(&inherit, UPGRADE_RELEASE_TIMEOUT_MS);
+		kg_inherit_close(&inherit);
+		/* Connections that arrived since the old process stopped
+		 * accepting wait in the queues: this process accepts them. */
+		unsigned queued = queued_connections(&rt);
+		kg_workers_accept(&rt);
+		kg_ops_thaw(ops);
+		if (released)
+			log_notice("upgrade.took_over", KV("from_pid", (int)from), KV("queued", queued));
+		else
+			log_warn("upgrade.release_timeout", KV("from_pid", (int)from),
+				 KV("timeout_ms", UPGRADE_RELEASE_TIMEOUT_MS),
+				 KV("effect", "both processes accept until the old one stops"));
+	}
 	log_notice("kgated.ready", KV("pid", getpid()), KV("workers", n_workers),
 		   KV("version", KG_VERSION));
-	sd_notify_send("READY=1");
-	if (wait_for_stop() > 0)
+	char ready[64];
+	/* After an upgrade this process is the service's main one; saying so
+	 * here too covers an old process that exited before it could. */
+	snprintf(ready, sizeof(ready), "MAINPID=%d\nREADY=1", (int)getpid());
+	sd_notify_send(ready);
+	struct daemon d = {.ops = ops, .st = &st, .control = control, .metrics_fd = metrics_fd,
+			   .argc = argc, .argv = argv};
+	int sig;
+	bool handed_over = false;
+	while ((sig = wait_for_signal()) == SIGUSR2 && !(handed_over = upgrade(&d)))
+		;
+	control = d.control;
+	metrics_fd = d.metrics_fd;
+	if (sig > 0)
 		status = 0;
-	sd_notify_send("STOPPING=1");
+	if (handed_over) {
+		/* No STOPPING=1: the service goes on, in the new process. */
+		atomic_store(&rt.handed_over, true);
+		log_notice("kgated.draining", KV("signal", "SIGUSR2"), KV("reason", "upgraded"));
+	} else {
+		log_notice("kgated.draining", KV("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
+		sd_notify_send("STOPPING=1");
+	}
 	kg_control_stop(control);
 
 stop_workers:
@@ -610,12 +845,15 @@ free_workers:
 	rt.workers = NULL;
 	rt.n_workers = 0;
 free_runtime:
+	kg_inherit_close(&inherit);
 	if (metrics_fd >= 0)
 		close(metrics_fd);
 	kg_runtime_destroy(&rt);
 	kg_sockmap_close(rt.sockmap);
-	if (ops)
+	if (ops) {
 		kg_config_ref_put(ops->cur);
+		kg_ops_destroy(ops);
+	}
 	free(ops);
 	kg_state_close(&st);
 	return status;

@@ -12,6 +12,8 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <kgate/log.h>
+
 /* The capabilities kgated keeps for its whole life. CAP_NET_BIND_SERVICE:
  * the control plane can add a listener on a port below 1024 after start.
  * Not kept: CAP_BPF/CAP_NET_ADMIN — BPF objects are loaded before the drop
@@ -279,4 +281,44 @@ int kg_priv_drop(const struct kg_priv_plan *plan, struct kg_priv_result *res, ch
 	cap_free(text);
 	cap_free(now);
 	return 0;
+}
+
+int kg_priv_exec_caps_raise(void)
+{
+	cap_t cur = cap_get_proc();
+	int ret = 0;
+	if (!cur)
+		return -errno;
+	for (size_t i = 0; i < N_KEPT; i++) {
+		cap_flag_value_t have = CAP_CLEAR;
+		if (cap_get_flag(cur, kg_priv_kept[i], CAP_PERMITTED, &have) == -1 || have != CAP_SET)
+			continue;
+		if (cap_set_flag(cur, CAP_INHERITABLE, 1, &kg_priv_kept[i], CAP_SET) == -1) {
+			ret = -errno;
+			goto free_caps;
+		}
+	}
+	if (cap_set_proc(cur) == -1) {
+		ret = -errno;
+		goto free_caps;
+	}
+	for (size_t i = 0; i < N_KEPT; i++) {
+		cap_flag_value_t have = CAP_CLEAR;
+		if (cap_get_flag(cur, kg_priv_kept[i], CAP_INHERITABLE, &have) == 0 && have == CAP_SET &&
+		    cap_set_ambient(kg_priv_kept[i], CAP_SET) == -1) {
+			ret = -errno;
+			goto free_caps;
+		}
+	}
+free_caps:
+	cap_free(cur);
+	return ret;
+}
+
+void kg_priv_exec_caps_clear(void)
+{
+	char err[160];
+	/* narrow_sets empties inheritable and ambient and keeps the rest. */
+	if (narrow_sets(err, sizeof(err)) < 0)
+		log_warn("privileges.exec_caps_not_cleared", KV("reason", err));
 }

@@ -66,4 +66,13 @@ struct kg_priv_result {
 int kg_priv_drop(const struct kg_priv_plan *plan, struct kg_priv_result *res, char *err,
 		 size_t errlen);
 
+/* Before kgated executes itself (an upgrade, upgrade.h): the kept
+ * capabilities the calling thread has go into its inheritable and ambient
+ * sets, so the new process starts with them as a non-root user too (an
+ * exec would drop them; the new process narrows its sets again). Only the
+ * calling thread changes: capability sets are per thread. 0 or -errno. */
+int kg_priv_exec_caps_raise(void);
+/* Undoes it once the child is forked. */
+void kg_priv_exec_caps_clear(void);
+
 #endif

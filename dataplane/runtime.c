@@ -20,6 +20,8 @@ int kg_runtime_init(struct kg_runtime *rt)
 	for (uint32_t i = 0; i < KG_MAX_LISTENERS; i++) {
 		struct kg_listener_slot *s = &rt->slots[i];
 		s->index = i;
+		for (size_t w = 0; w < KG_MAX_WORKERS; w++)
+			s->fds[w] = -1;
 		int ret = pthread_mutex_init(&s->lock, NULL);
 		if (ret != 0) {
 			while (i-- > 0)

@@ -75,11 +75,13 @@ struct kg_listener_slot {
 	bool used;
 	char name[KG_NAME_MAX + 1];
 	bool listening;                /* workers hold sockets for this slot */
+	int fds[KG_MAX_WORKERS];       /* theirs while listening (an upgrade passes them on) */
 	struct sockaddr_storage bind;  /* where they listen */
 	char failed[KG_FAILED_MAX];    /* why it could not start ("" = it did or is stopped) */
 };
 
 struct kg_worker;
+struct kg_inherit;
 
 struct kg_runtime {
 	struct kg_listener_slot slots[KG_MAX_LISTENERS];
@@ -91,7 +93,17 @@ struct kg_runtime {
 					 * main before the first apply, rotated by the control thread */
 	atomic_uint drain_timeout_ms;
 	atomic_bool stopping; /* set by the signal thread: drain and exit */
+	/* Set with stopping when the listeners went to an upgraded process:
+	 * idle https connections then wait for their next request, answered
+	 * with "Connection: close", rather than being closed under a client
+	 * that may be sending one (until the drain timeout). */
+	atomic_bool handed_over;
+	/* At an upgrade the new process holds the listening sockets without
+	 * accepting until the old one has stopped (kg_workers_accept): a new
+	 * process that fails before then has taken no connection. */
+	atomic_bool accept_held;
 	uint64_t started_ms;  /* monotonic, for uptime */
+	struct kg_inherit *inherit;    /* sockets inherited at an upgrade; start-up only */
 };
 
 /* Initialises the slots (rt->caps is the caller's: kg_kernel_probe); 0 or

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,8 +40,43 @@ int kg_state_open(struct kg_state *st, const char *dir, char *err, size_t errlen
 	return 0;
 }
 
+int kg_state_lock(struct kg_state *st, int inherited_fd, char *err, size_t errlen)
+{
+	if (inherited_fd >= 0) {
+		st->lock_fd = inherited_fd;
+		st->locked = true;
+		return 0;
+	}
+	int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return kg_fail_errno(err, errlen, errno, "state directory %s", st->dir);
+	/* flock, not fcntl locks: it belongs to the open file, so it passes
+	 * to an upgraded process with the fd, and no thread's close of
+	 * another fd on the folder drops it. */
+	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+		int e = errno;
+		close(fd);
+		if (e == EWOULDBLOCK)
+			return kg_fail(err, errlen, e, "state directory %s is in use by another "
+				       "kgated (one daemon per state directory)", st->dir);
+		return kg_fail_errno(err, errlen, e, "state directory %s: lock", st->dir);
+	}
+	st->lock_fd = fd;
+	st->locked = true;
+	return 0;
+}
+
+void kg_state_unlock(struct kg_state *st)
+{
+	if (!st->locked)
+		return;
+	close(st->lock_fd);
+	st->locked = false;
+}
+
 void kg_state_close(struct kg_state *st)
 {
+	kg_state_unlock(st);
 	json_object_put(st->doc);
 	st->doc = NULL;
 	free(st->dir);

@@ -19,11 +19,22 @@
 struct kg_state {
 	char *dir;          /* absolute */
 	json_object *doc;   /* the last acknowledged document; file paths relative to dir */
+	int lock_fd;        /* the folder, flock()ed; valid when locked */
+	bool locked;
 };
 
 /* Creates dir (0700) and dir/certs if missing. 0 or -errno with err. */
 int kg_state_open(struct kg_state *st, const char *dir, char *err, size_t errlen);
 void kg_state_close(struct kg_state *st);
+
+/* One kgated per state folder: an exclusive flock on the folder itself,
+ * held for the process's life. inherited_fd >= 0 is the folder's fd that
+ * an upgrading kgated passed on (upgrade.h), already locked: the lock
+ * comes with it. 0, or -EWOULDBLOCK (another kgated holds it) / -errno
+ * with err. */
+int kg_state_lock(struct kg_state *st, int inherited_fd, char *err, size_t errlen);
+/* Gives the lock up (the process it was handed to holds it now). */
+void kg_state_unlock(struct kg_state *st);
 
 enum kg_state_source { KG_STATE_FROM_DIR, KG_STATE_FROM_CONFIG, KG_STATE_EMPTY };
 

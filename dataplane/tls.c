@@ -19,6 +19,7 @@
 
 #include "certs.h"
 #include "ticket_keys.h"
+#include "tls_carry.h"
 
 #define KG_TLS12_CIPHERS                                                       \
 	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"           \
@@ -195,6 +196,9 @@ static int setup_sessions(SSL_CTX *ctx, const struct kg_listener_conf *l,
 			return fail(err, errlen, "cannot set the session ticket keys");
 	} else {
 		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+		/* The cache is handed to the next process at an upgrade. */
+		if (kg_tls_carry_setup(ctx) < 0)
+			return fail(err, errlen, "cannot set the session cache callbacks");
 		/* Bounded: the cache must not grow with the number of clients. */
 		SSL_CTX_sess_set_cache_size(ctx, l->tls_session_cache);
 	}
@@ -283,6 +287,13 @@ static int setup_client_auth(SSL_CTX *ctx, const struct kg_listener_conf *l, cha
 		mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
 	SSL_CTX_set_verify(ctx, mode, verify_cb);
 	return 0;
+}
+
+bool kg_tls_carries_sessions(const struct kg_listener_conf *l)
+{
+	/* Stateless tickets carry themselves: the keys are in the state dir. */
+	return l->protocol != KG_PROTO_TCP && l->tls_session_cache > 0 &&
+	       l->tls_session_tickets == KG_TICKETS_STATEFUL;
 }
 
 SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_keys *tickets,

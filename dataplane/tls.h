@@ -3,6 +3,7 @@
 #ifndef KGATE_TLS_H
 #define KGATE_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <openssl/ssl.h>
@@ -20,6 +21,10 @@ struct kg_ticket_keys;
  * Returns NULL and fills err on failure. */
 SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_keys *tickets,
 			   char *err, size_t errlen);
+
+/* Whether l's sessions live in its SSL_CTX's cache (resumption on, stateful),
+ * which an upgrade carries over (tls_carry.h). */
+bool kg_tls_carries_sessions(const struct kg_listener_conf *l);
 
 enum kg_tls_status {
 	KG_TLS_OK,         /* the call made progress / completed */

@@ -102,7 +102,8 @@ void kg_worker_set_service(const struct kg_worker_service *svc)
 
 static void arm_accept(struct kg_worker *w, uint32_t li)
 {
-	if (w->listen_fds[li] < 0 || w->accept_armed[li] || w->unlisten[li])
+	if (w->listen_fds[li] < 0 || w->accept_armed[li] || w->unlisten[li] ||
+	    atomic_load_explicit(&w->rt->accept_held, memory_order_relaxed))
 		return;
 	struct io_uring_sqe *sqe = kg_worker_sqe(w);
 	io_uring_prep_multishot_accept(sqe, w->listen_fds[li], NULL, NULL,
@@ -247,6 +248,11 @@ static void run_command(struct kg_worker *w, struct kg_wcmd *cmd)
 			service->on_listeners_changed(w->service);
 		cmd_done(cmd);
 		return;
+	case KG_WCMD_ACCEPT:
+		for (uint32_t i = 0; i < KG_MAX_LISTENERS && !w->draining; i++)
+			arm_accept(w, i);
+		cmd_done(cmd);
+		return;
 	case KG_WCMD_ADOPT:
 		/* A draining worker or a removed listener closes it there. */
 		kg_conn_accept(w, li, cmd->fd);
@@ -327,6 +333,12 @@ void kg_workers_unlisten(struct kg_runtime *rt, uint32_t slot)
 void kg_workers_recheck(struct kg_runtime *rt)
 {
 	post_and_wait(rt, KG_WCMD_HEALTH, 0, NULL);
+}
+
+void kg_workers_accept(struct kg_runtime *rt)
+{
+	atomic_store(&rt->accept_held, false);
+	post_and_wait(rt, KG_WCMD_ACCEPT, 0, NULL);
 }
 
 static void release_closed(struct kg_worker *w, uint32_t idx)

@@ -68,6 +68,7 @@ enum kg_wcmd_op {
 	KG_WCMD_LISTEN,   /* take fd and arm multishot accept on it */
 	KG_WCMD_UNLISTEN, /* cancel accept, close the socket; connections stay */
 	KG_WCMD_HEALTH,   /* rebuild the health checker from the published listeners */
+	KG_WCMD_ACCEPT,   /* arm accept on every socket held (rt->accept_held cleared) */
 	KG_WCMD_ADOPT,    /* another worker accepted fd on slot for this one
 			   * (accept_balance.h); nobody waits: the worker frees it */
 };
@@ -185,6 +186,9 @@ void kg_workers_unlisten(struct kg_runtime *rt, uint32_t slot);
 /* Every worker rebuilds its health checker from the listeners published
  * now (after snapshots changed). */
 void kg_workers_recheck(struct kg_runtime *rt);
+/* Clears rt->accept_held and has every worker accept on what it holds;
+ * returns once all have armed. */
+void kg_workers_accept(struct kg_runtime *rt);
 
 /* Helpers for whatever runs on the worker's own thread (connections,
  * forwarders, health checks). kg_worker_sqe never returns NULL: when the SQ ring is full it

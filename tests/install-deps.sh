@@ -5,17 +5,18 @@
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc
-	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp)
+	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp libcurl4-openssl-dev)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db
 	chromium libnss3-tools util-linux sslscan testssl.sh prometheus haproxy
-	python3-cryptography gunicorn)
+	python3-cryptography gunicorn etcd-server etcd-client)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk nginx-light gnuplot-nox)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;
 # the guest runs the host's own tools, so it needs the test group too.
 vm=("${test[@]}" qemu-system-x86 busybox-static)
-# tests/package/test_deb.py: cpack's dpkg-shlibdeps, systemd-analyze, setpriv.
-package=("${build[@]}" dpkg-dev systemd util-linux curl python3 man-db)
+# tests/package/test_deb.py: cpack's dpkg-shlibdeps, systemd-analyze, setpriv;
+# systemd-nspawn for its systemd stage where systemd is not PID 1.
+package=("${build[@]}" dpkg-dev systemd util-linux curl python3 man-db systemd-container)
 # libFuzzer harnesses: clang and its runtime (libFuzzer, ASan, UBSan).
 fuzz=("${build[@]}" clang libclang-rt-14-dev)
 

@@ -32,5 +32,7 @@
 #define KG_ERR_PERSIST "persist_failed"         /* nothing changed: the state could not be saved */
 #define KG_ERR_DENIED "permission_denied"      /* peer credentials not allowed */
 #define KG_ERR_INTERNAL "internal"
+#define KG_ERR_BUSY "busy"                      /* an upgrade is handing over: retry */
+#define KG_ERR_UPGRADE_FAILED "upgrade_failed"  /* the new process did not take over */
 
 #endif

@@ -459,8 +459,57 @@ def base_config(pki, listeners, workers=1, **settings):
             "listeners": listeners}
 
 
+class PidProc:
+    """The Popen-like handle of a kgated that an upgrade started: a child of
+    the kgated it replaced, adopted by this process (a child subreaper,
+    become_subreaper) once that one exits, and waited for by PID."""
+
+    REAPED_ELSEWHERE = -999  # gone, its status collected by its parent
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                # Not ours yet (its parent still runs) or reaped by it.
+                if not os.path.exists("/proc/%d" % self.pid):
+                    self.returncode = self.REAPED_ELSEWHERE
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("kgated pid %d" % self.pid, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+
+def become_subreaper():
+    """Orphaned descendants (an upgraded kgated whose parent exited) become
+    this process's children, so tests can wait for them by PID."""
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, ctypes.get_errno()
+
+
 class Daemon:
-    def __init__(self, config, workdir, extra_args=(), prefix=(), journal=False):
+    def __init__(self, config, workdir, extra_args=(), prefix=(), journal=False, exe=KGATED):
         """prefix: a command that execs kgated (e.g. setpriv ... --).
         journal: JOURNAL_STREAM names the log file, as systemd names the
         journal's stream, so kgated writes journald's form."""
@@ -493,10 +542,46 @@ class Daemon:
         if os.geteuid() == 0 and not prefix and "--user" not in extra_args:
             extra_args = ("--user", "root", *extra_args)
         self.proc = subprocess.Popen(
-            [*prefix, KGATED, "--config", self.config_path, *extra_args],
+            [*prefix, exe, "--config", self.config_path, *extra_args],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
             env=env)
         self.pid = self.proc.pid
+        self.retired = []  # processes an upgrade replaced (they drain and exit)
+
+    def upgrade(self, timeout=READY_TIMEOUT * 3):
+        """SIGUSR2; returns once the new process took over (self.pid is
+        then the new one) — the old one drains in the background and
+        check_retired() waits for it. Needs become_subreaper()."""
+        before = self.count_event("upgrade.took_over")
+        failed = self.count_event("upgrade.failed")
+        old = self.proc
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            evs = self.events("upgrade.took_over")
+            if len(evs) > before:
+                new = int(self.events("upgrade.handed_over")[-1]["pid"])
+                self.retired.append(old)
+                self.proc = PidProc(new)
+                self.pid = new
+                return evs[-1]
+            if self.count_event("upgrade.failed") > failed:
+                raise AssertionError("upgrade failed: %s"
+                                     % self.events("upgrade.failed")[-1])
+            time.sleep(0.02)
+        raise AssertionError("no upgrade within %.0f s; log:\n%s" % (timeout, self.log()))
+
+    def check_retired(self, timeout=STOP_TIMEOUT + 5):
+        """Every replaced process exited 0 (after its drain)."""
+        for p in self.retired:
+            try:
+                rc = p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+                raise AssertionError("replaced kgated pid %d still ran %.0f s later"
+                                     % (p.pid, timeout))
+            assert rc in (0, PidProc.REAPED_ELSEWHERE), "replaced kgated pid %d exited %s" % (p.pid, rc)
 
     def log(self):
         with open(self.log_path, errors="replace") as f:
@@ -616,14 +701,15 @@ def _tail(text, lines=150):
 
 @pytest.fixture
 def spawn_kgated(request, tmp_path):
-    """spawn_kgated(config_dict, args=(), prefix=()) -> Daemon, ready, ports
-    parsed; prefix is a command that execs kgated (Daemon)."""
+    """spawn_kgated(config_dict, args=(), prefix=(), exe=KGATED) -> Daemon,
+    ready, ports parsed; prefix is a command that execs kgated (Daemon);
+    exe the kgated binary to run."""
     daemons = []
     request.node.kg_daemons = daemons
 
-    def spawn(config, args=(), wait=True, prefix=(), journal=False):
+    def spawn(config, args=(), wait=True, prefix=(), journal=False, exe=KGATED):
         d = Daemon(config, str(tmp_path / ("kgated%d" % len(daemons))), args, prefix=prefix,
-                   journal=journal)
+                   journal=journal, exe=exe)
         daemons.append(d)
         if wait:
             d.wait_ready()
@@ -635,6 +721,7 @@ def spawn_kgated(request, tmp_path):
             rc = d.terminate()
             if rc not in (0, None) and not d.killed:
                 errors.append("kgated pid %d exited %d after SIGTERM" % (d.pid, rc))
+            d.check_retired()
         except AssertionError as e:
             errors.append(str(e))
         errors += ["kgated pid %d: %s" % (d.pid, p) for p in d.problems()]

@@ -45,7 +45,7 @@ def unit_service_keys():
 def test_unit_has_the_least_privilege_settings():
     svc = unit_service_keys()
     expect = {
-        "Type": ["notify"], "User": ["kgate"], "Group": ["kgate"],
+        "Type": ["notify"], "NotifyAccess": ["all"], "User": ["kgate"], "Group": ["kgate"],
         "AmbientCapabilities": ["CAP_NET_BIND_SERVICE"],
         "CapabilityBoundingSet": ["CAP_NET_BIND_SERVICE"],
         "NoNewPrivileges": ["yes"], "ProtectSystem": ["strict"],
@@ -54,8 +54,9 @@ def test_unit_has_the_least_privilege_settings():
     }
     for key, val in expect.items():
         assert svc.get(key) == val, (key, svc.get(key))
-    # SIGHUP reloads nothing, so there is no reload to offer.
-    assert "ExecReload" not in svc
+    # Reload is the upgrade (kgated(8), UPGRADE), waiting for its outcome.
+    assert svc["ExecReload"] == ["%s --socket /var/lib/kgate/control.sock upgrade"
+                                 % os.path.join(_installed_bindir(), "kgatectl")]
     assert svc["ExecStart"][0].split()[:3] == [
         os.path.join(_installed_sbindir(), "kgated"), "--config",
         os.path.join(_installed_confdir(), "kgate.json")]
@@ -75,6 +76,12 @@ def _installed_sbindir():
     return sbin if sbin.startswith("/") else os.path.join(prefix, sbin)
 
 
+def _installed_bindir():
+    prefix = _cache("CMAKE_INSTALL_PREFIX")
+    bindir = _cache("CMAKE_INSTALL_BINDIR")
+    return bindir if bindir.startswith("/") else os.path.join(prefix, bindir)
+
+
 def _installed_confdir():
     prefix = _cache("CMAKE_INSTALL_PREFIX")
     etc = "/etc" if prefix == "/usr" else os.path.join(prefix, _cache("CMAKE_INSTALL_SYSCONFDIR"))
@@ -87,6 +94,7 @@ def test_unit_verifies(tmp_path):
     # The unit names installed paths; point them at this build to verify it
     # before anything is installed (man pages: checked by the package lane).
     text = open(UNIT).read().replace(os.path.join(_installed_sbindir(), "kgated"), KGATED)
+    text = text.replace(os.path.join(_installed_bindir(), "kgatectl"), KGATECTL)
     unit = tmp_path / "kgate.service"
     unit.write_text(text)
     res = run(["systemd-analyze", "verify", "--man=no", str(unit)], check=False)

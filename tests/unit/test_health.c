@@ -297,3 +297,57 @@ Test(health, state_names)
 	cr_expect_str_eq(kg_member_state_name(KG_MEMBER_HEALTHY), "healthy");
 	cr_expect_str_eq(kg_member_state_name(KG_MEMBER_UNHEALTHY), "unhealthy");
 }
+
+/* Verdicts handed to an upgraded process: what is exported comes back,
+ * for the same listener, address and kind of check only; lines that are
+ * not verdicts change nothing. */
+Test(health, verdicts_export_and_import)
+{
+	struct fixture f, g;
+	setup(&f, "{'healthy_threshold':1,'unhealthy_threshold':1}", 1);
+	kg_health_record(f.g, 0, true, "connected", f.t0 + 1);
+	kg_health_record(f.g, 1, false, "connect refused", f.t0 + 1);
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	cr_assert_not_null(out);
+	cr_assert_eq(kg_health_export(f.g, "web", out), 0);
+	cr_assert_eq(fclose(out), 0);
+
+	setup(&g, "{'healthy_threshold':3,'unhealthy_threshold':3}", 1);
+	cr_expect_eq(kg_health_import(g.g, "other", text), 0, "another listener's lines");
+	cr_expect(kg_balancer_is_up(g.b, 1), "unknown is up");
+	cr_expect_eq(kg_health_import(g.g, "web", text), 2);
+	cr_expect_eq(info(&g, 0, g.t0).state, KG_MEMBER_HEALTHY);
+	cr_expect_eq(info(&g, 1, g.t0).state, KG_MEMBER_UNHEALTHY);
+	cr_expect_not(kg_balancer_is_up(g.b, 1));
+	free(text);
+	teardown(&g);
+
+	/* An http check does not take a tcp check's verdicts. */
+	setup(&g, "{'type':'http','path':'/'}", 1);
+	cr_expect_eq(kg_health_import(g.g, "web", "web\t127.0.0.1:9002\t1\t2\t0\t1\t5\n"), 0);
+	teardown(&g);
+
+	static const char *const garbage[] = {
+		"", "\n\n", "web", "web\t127.0.0.1:9002",
+		"web\t127.0.0.1:9002\t1\t2\t0\t1",         /* a field short */
+		"web\t127.0.0.1:9002\t1\t7\t0\t1\t5",       /* no such state */
+		"web\t127.0.0.1:9002\t1\t-1\t0\t1\t5",
+		"web\t127.0.0.1:9002\t1\t2\t0\t1\t5 extra",
+		"web\t127.0.0.1:9009\t1\t2\t0\t1\t5",       /* no such member */
+		"web\t127.0.0.1:9002\tx\t2\t0\t1\t5",
+	};
+	setup(&g, NULL, 1);
+	cr_expect_eq(kg_health_import(g.g, "web", "web\t127.0.0.1:9002\t0\t2\t0\t1\t5\n"), 0,
+		     "an unchecked group takes nothing");
+	teardown(&g);
+	setup(&g, "{'healthy_threshold':1}", 1);
+	for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
+		cr_expect_eq(kg_health_import(g.g, "web", garbage[i]), 0, "line %zu: %s", i,
+			     garbage[i]);
+		cr_expect_eq(info(&g, 1, g.t0).state, KG_MEMBER_UNKNOWN, "line %zu", i);
+	}
+	teardown(&g);
+	teardown(&f);
+}

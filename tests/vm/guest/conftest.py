@@ -44,6 +44,18 @@ _harness = _load_harness()
 globals().update({k: v for k, v in vars(_harness).items()
                   if not k.startswith("_")})
 
+def load_host_tests(name):
+    """tests/integration/NAME.py as a module (its helpers and fixtures),
+    for a guest test that replays host tests against a kTLS kgated."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "..", "..", "integration", name + ".py")
+    spec = importlib.util.spec_from_file_location("kg_host_" + name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 TLS_STAT = "/proc/net/tls_stat"
 IN_VM = bool(os.environ.get("KG_VM_KERNEL"))
 

@@ -7,35 +7,21 @@ spliced-byte counters (kgatectl stats), /proc/net/tls_stat, byte-exact
 identity headers, pipelining, Expect: 100-continue, smuggling refused)
 replayed against the kTLS variant."""
 import hashlib
-import importlib.util
 import inspect
 import json
 import os
-import sys
 import time
 
 import pytest
 
-from conftest import (KGATECTL, base_config, path_count, run, tls_stat,
+from conftest import (KGATECTL, base_config, load_host_tests, path_count, run, tls_stat,
                       tls_stat_delta, wait_until)
 from test_kgated_ktls import start_s_client
 
-_HTTPS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "..", "..", "integration", "test_https.py")
-
-
-def _load_https():
-    # The host's https tests, as a module: their backends, raw client and
-    # request cases are reused; their test functions are called below with
-    # a kgated that must take the kTLS path.
-    spec = importlib.util.spec_from_file_location("kg_host_https_tests", _HTTPS)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-https = _load_https()
+# The host's https tests, as a module: their backends, raw client and
+# request cases are reused; their test functions are called below with a
+# kgated that must take the kTLS path.
+https = load_host_tests("test_https")
 backends = https.backends    # fixtures, registered here under their names
 raw_conns = https.raw_conns
 raw_backend = https.raw_backend

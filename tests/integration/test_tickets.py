@@ -12,7 +12,6 @@ was. Resumption is checked on both sides: SSLSocket.session_reused and
 kgated's handshakes.resumed counter."""
 import json
 import os
-import socket
 import ssl
 import stat
 import subprocess
@@ -21,28 +20,16 @@ import pytest
 
 from conftest import KGATED, base_config, client_context, log_events, tls_listener
 from test_control import Ctl
+from test_upgrade import echo_once
 
 VERSIONS = {"tls13": ssl.TLSVersion.TLSv1_3, "tls12": ssl.TLSVersion.TLSv1_2}
 
 
 def exchange(ctx, port, session=None):
-    """One GET over a fresh connection offering session: (the session to
-    offer next, whether this one was resumed). The response is read to
-    its end first: a TLS 1.3 ticket comes after the handshake."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                try:
-                    chunk = s.recv(65536)
-                except ssl.SSLEOFError:
-                    break
-                if not chunk:
-                    break
-                data += chunk
-            assert data.startswith(b"HTTP/1.1 200"), data[:200]
-            return s.session, s.session_reused
+    """One echo over a fresh connection offering session: (the session to
+    offer next, whether this one was resumed)."""
+    reused, session = echo_once(ctx, port, session)
+    return session, reused
 
 
 def start(spawn_kgated, pki, backend, state, mode):
@@ -58,8 +45,8 @@ def resumed_count(d):
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))
 @pytest.mark.parametrize("mode", ["stateless", "stateful"])
-def test_resumption_across_restart(pki, spawn_kgated, http_backends, tmp_path, mode, version):
-    be = http_backends("a")
+def test_resumption_across_restart(pki, spawn_kgated, echo_backend, tmp_path, mode, version):
+    be = echo_backend
     state = str(tmp_path / "state")
     ctx = client_context(pki, tls_min=VERSIONS[version], tls_max=VERSIONS[version])
     d = start(spawn_kgated, pki, be, state, mode)
@@ -87,10 +74,10 @@ def test_resumption_across_restart(pki, spawn_kgated, http_backends, tmp_path, m
 
 
 @pytest.mark.parametrize("mode", ["stateless", "stateful"])
-def test_resumption_across_listener_change(pki, spawn_kgated, http_backends, tmp_path, mode):
+def test_resumption_across_listener_change(pki, spawn_kgated, echo_backend, tmp_path, mode):
     """listener update of an unrelated setting builds a new snapshot, with a
     new SSL_CTX."""
-    be = http_backends("a")
+    be = echo_backend
     d = start(spawn_kgated, pki, be, str(tmp_path / "state"), mode)
     ctx = client_context(pki)
     session, reused = exchange(ctx, d.port)
@@ -102,9 +89,9 @@ def test_resumption_across_listener_change(pki, spawn_kgated, http_backends, tmp
     assert resumed_count(d) == (1 if mode == "stateless" else 0)
 
 
-def test_mode_change_at_run_time(pki, spawn_kgated, http_backends, tmp_path):
+def test_mode_change_at_run_time(pki, spawn_kgated, echo_backend, tmp_path):
     """tls_session_tickets is changed by listener update, and shown."""
-    be = http_backends("a")
+    be = echo_backend
     d = start(spawn_kgated, pki, be, str(tmp_path / "state"), "stateful")
     assert d.ctl.json("listener", "show", "web")["tls_session_tickets"] == "stateful"
     d.ctl("listener", "update", "web", "--tls-session-tickets", "stateless")
@@ -115,8 +102,8 @@ def test_mode_change_at_run_time(pki, spawn_kgated, http_backends, tmp_path):
     assert reused
 
 
-def test_without_state_dir_keys_stay_in_memory(pki, spawn_kgated, http_backends, tmp_path):
-    be = http_backends("a")
+def test_without_state_dir_keys_stay_in_memory(pki, spawn_kgated, echo_backend, tmp_path):
+    be = echo_backend
     d = spawn_kgated(base_config(pki, [tls_listener(pki, [be])]))
     ctx = client_context(pki)
     session, _ = exchange(ctx, d.port)
@@ -135,8 +122,8 @@ GOOD_KEY = {"name": "00" * 16, "aes": "11" * 32, "hmac": "22" * 32, "created": 1
      "keys[0].aes: expected 64 hex digits"),
     (json.dumps({"version": 1, "keys": [GOOD_KEY]}), 0o644, "mode 0644"),
 ], ids=["garbage", "truncated", "short-key", "mode-0644"])
-def test_unusable_key_file_stops_start(pki, http_backends, tmp_path, text, mode, want):
-    be = http_backends("a")
+def test_unusable_key_file_stops_start(pki, echo_backend, tmp_path, text, mode, want):
+    be = echo_backend
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     keys = state / "ticket-keys"

@@ -213,9 +213,16 @@ static int rotate_ticket_keys(struct kg_control *c)
 	char err[600];
 	if (!tk)
 		return -1;
-	if (kg_ticket_keys_rotate(tk, time(NULL), false, err, sizeof(err)) < 0)
+	/* Like a change, a rotation waits while an upgrade hands over: the
+	 * new process has read the key file, and both must hold the same keys. */
+	pthread_mutex_lock(&c->ops->change_lock);
+	bool frozen = c->ops->frozen;
+	if (!frozen && kg_ticket_keys_rotate(tk, time(NULL), false, err, sizeof(err)) < 0)
 		log_warn("tls.ticket_key_rotation_failed", KV("reason", err),
 			 KV("effect", "tickets stay under the current key; retried in a minute"));
+	pthread_mutex_unlock(&c->ops->change_lock);
+	if (frozen)
+		return 1000;
 	int64_t ms = kg_ticket_keys_due_ms(tk, time(NULL));
 	return ms > INT_MAX ? INT_MAX : (int)ms;
 }

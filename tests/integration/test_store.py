@@ -6,6 +6,7 @@ stopped by PID); two kgated instances with separate state dirs and the same
 KEK per test. A missing etcd binary is a skip (77)."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import (KGATECTL, KGATED, base_config, log_events, client_context, dead_port, https_get, run,
+from conftest import (KGATECTL, KGATED, REPO, base_config, log_events, client_context, dead_port, https_get, run,
                       tls_listener, wait_until)
 
 ETCD = shutil.which("etcd")
@@ -264,6 +265,12 @@ def test_metrics(fresh, pki, kek, spawn_kgated, http_backends, tmp_path):
     assert "kgate_store_applied_revision %d" % rev in text
     assert "kgate_store_documents_refused_total 0" in text
     assert "kgate_store_seconds_since_contact " in text
+    # Served in store mode = the kgate_store_ families of kgated(8) METRICS.
+    served = {line.split()[2] for line in text.splitlines()
+              if line.startswith("# TYPE kgate_store_")}
+    man = open(os.path.join(REPO, "doc", "kgated.8.scd")).read()
+    section = man[man.index("\n# METRICS"):man.index("\n# EXIT STATUS")]
+    assert served == set(re.findall(r"^\*(kgate_store_[a-z_]+)\*", section, re.M))
     d.terminate()
 
 

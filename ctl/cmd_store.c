@@ -17,6 +17,7 @@
 #include "etcd.h"
 #include "runtime.h"
 #include "seal.h"
+#include "state.h"
 #include "store_doc.h"
 #include "store_url.h"
 
@@ -87,7 +88,7 @@ static int64_t state_revision(const struct kg_etcd_range *rg)
 static json_object *load_source(const char *src, char **base, char *err, size_t errlen)
 {
 	struct stat sb;
-	char path[PATH_MAX], *text = NULL;
+	char path[PATH_MAX];
 	*base = NULL;
 	if (stat(src, &sb) == -1) {
 		snprintf(err, errlen, "%s: %s", src, strerror(errno));
@@ -102,21 +103,11 @@ static json_object *load_source(const char *src, char **base, char *err, size_t 
 		*base = copy ? realpath(dirname(copy), NULL) : NULL;
 		free(copy);
 	}
-	int r = *base ? kg_read_file(path, &text) : -errno;
-	if (r < 0) {
-		snprintf(err, errlen, "%.900s: %s", path, strerror(-r));
+	if (!*base) {
+		snprintf(err, errlen, "%.900s: %s", src, strerror(errno));
 		return NULL;
 	}
-	enum json_tokener_error jerr = json_tokener_success;
-	json_object *doc = json_tokener_parse_verbose(text, &jerr);
-	free(text);
-	if (!doc || !json_object_is_type(doc, json_type_object)) {
-		snprintf(err, errlen, "%.900s: not a JSON object (%s)", path,
-			 json_tokener_error_desc(jerr));
-		json_object_put(doc);
-		return NULL;
-	}
-	return doc;
+	return kg_state_read_doc(path, err, errlen);
 }
 
 /* kgated --check's rules: the schema, the certificate files (dates

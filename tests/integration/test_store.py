@@ -245,7 +245,6 @@ def test_garbage_refused(fresh, pki, kek, instances, http_backends, tmp_path, ga
         assert i.store()["documents_refused"] == 1
         assert i.applied() == rev
         assert serves(pki, i, "backend=a")
-        _, metrics = None, i.ctl("-o", "json", "stats")
     # A good push after garbage applies again.
     rev2 = push(fresh, kek, write_config(tmp_path, pki, [a], "again.json"))
     for i in insts:

@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <kgate/log.h>
+
 #include "client.h"
 #include "config.h"
 #include "certs.h"
@@ -131,6 +133,9 @@ static int validate(json_object *doc, const char *base, char *err, size_t errlen
 		return -ENOMEM;
 	}
 	struct kg_kernel_caps caps = {.ktls = true, .sockmap = true};
+	/* The daemon's code logs its plans (listener.plan) at info: not
+	 * kgatectl's output; a refusal comes back in err. */
+	kg_log_level = KG_LOG_WARN;
 	int r = kg_config_check_build(ref, &caps, err, errlen);
 	kg_config_ref_put(ref);
 	return r;

@@ -172,7 +172,9 @@ def wait_applied(inst, rev, timeout=10):
 def test_push_converges_on_both(fresh, pki, kek, instances, http_backends, tmp_path):
     a, b = http_backends("a", "b")
     insts = instances(fresh)
-    rev = push(fresh, kek, write_config(tmp_path, pki, [a]))
+    r = store_ctl(fresh, kek, "store", "push", write_config(tmp_path, pki, [a]))
+    assert r.stderr == "" and r.stdout.startswith("revision "), (r.stdout, r.stderr)
+    rev = int(r.stdout.split()[1])
     for i in insts:
         assert wait_applied(i, rev), i.d.log()
         assert serves(pki, i, "backend=a")
@@ -289,7 +291,9 @@ def test_etcd_outage(fresh, pki, kek, instances, http_backends, tmp_path):
         r = push(fresh, kek, write_config(tmp_path, pki, [b], "b.json"), check=False)
         took = time.monotonic() - t0
         assert r.returncode == 1 and took < 10, (took, r.stderr)
-        assert "store push: store %s:" % fresh.url in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("kgatectl: store push: store %s:"
+                                                       % fresh.url), r.stderr
         print("store push against a stopped etcd failed after %.2f s: %s"
               % (took, r.stderr.strip()))
     finally:

@@ -62,14 +62,14 @@ int kg_client_call(const struct kg_cli *cli, const char *op, json_object *args,
 	*result = NULL;
 	if (!req) {
 		json_object_put(args);
-		return kg_fail(KG_EXIT_ERROR, "out of memory");
+		return kg_ctl_fail(KG_EXIT_ERROR, "out of memory");
 	}
 	json_object_object_add(req, "version", json_object_new_int(KG_CONTROL_VERSION));
 	json_object_object_add(req, "op", json_object_new_string(op));
 	json_object_object_add(req, "args", args ? args : json_object_new_object());
 	if (strlen(path) >= sizeof(sun.sun_path)) {
 		json_object_put(req);
-		return kg_fail(KG_EXIT_ERROR, "socket %s: path too long", path);
+		return kg_ctl_fail(KG_EXIT_ERROR, "socket %s: path too long", path);
 	}
 	strcpy(sun.sun_path, path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -78,31 +78,31 @@ int kg_client_call(const struct kg_cli *cli, const char *op, json_object *args,
 		if (fd >= 0)
 			close(fd);
 		json_object_put(req);
-		return kg_fail(KG_EXIT_ERROR, "cannot reach kgated at %s: %s (is it running with "
+		return kg_ctl_fail(KG_EXIT_ERROR, "cannot reach kgated at %s: %s (is it running with "
 			       "--state-dir? use --socket PATH)", path, strerror(e));
 	}
 	const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
 	size_t len = 0;
 	char *reply_text = NULL;
 	if (kg_send_all(fd, text, strlen(text)) < 0 || shutdown(fd, SHUT_WR) == -1) {
-		kg_fail(KG_EXIT_ERROR, "sending to kgated at %s: %s", path, strerror(errno));
+		kg_ctl_fail(KG_EXIT_ERROR, "sending to kgated at %s: %s", path, strerror(errno));
 		goto out;
 	}
 	reply_text = recv_all(fd, &len);
 	if (!reply_text) {
-		kg_fail(KG_EXIT_ERROR, "reading kgated's reply: %s", strerror(errno));
+		kg_ctl_fail(KG_EXIT_ERROR, "reading kgated's reply: %s", strerror(errno));
 		goto out;
 	}
 	json_object *reply = json_tokener_parse(reply_text), *v = NULL;
 	if (!reply || !json_object_object_get_ex(reply, "ok", &v)) {
-		kg_fail(KG_EXIT_ERROR, "kgated sent a reply that is not a control-protocol object");
+		kg_ctl_fail(KG_EXIT_ERROR, "kgated sent a reply that is not a control-protocol object");
 	} else if (json_object_get_boolean(v)) {
 		if (json_object_object_get_ex(reply, "result", &v))
 			*result = json_object_get(v);
 		status = KG_EXIT_OK;
 	} else {
 		json_object *e = json_object_object_get(reply, "error");
-		kg_fail(KG_EXIT_ERROR, "%s [%s]",
+		kg_ctl_fail(KG_EXIT_ERROR, "%s [%s]",
 			json_object_get_string(json_object_object_get(e, "message")),
 			json_object_get_string(json_object_object_get(e, "code")));
 	}
@@ -139,13 +139,13 @@ int kg_flags_parse(const char *object, const struct kg_cmd *cmd, struct kg_cli *
 			return kg_verb_help(what, cmd, KG_EXIT_OK) - 1;
 		if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) {
 			if (i + 1 >= argc || kg_output_parse(argv[i + 1], &cli->out) != 0)
-				return kg_fail(KG_EXIT_USAGE, "%s: -o: expected text, table or json", what);
+				return kg_ctl_fail(KG_EXIT_USAGE, "%s: -o: expected text, table or json", what);
 			i++;
 			continue;
 		}
 		if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
 			if (f->npos >= max_pos || f->npos >= 8)
-				return kg_fail(KG_EXIT_USAGE, "%s: '%s': unexpected argument "
+				return kg_ctl_fail(KG_EXIT_USAGE, "%s: '%s': unexpected argument "
 					       "(see 'kgatectl %s --help')", what, a, what);
 			f->pos[f->npos++] = a;
 			continue;
@@ -160,27 +160,27 @@ int kg_flags_parse(const char *object, const struct kg_cmd *cmd, struct kg_cli *
 		snprintf(want, sizeof(want), " %s ", name);
 		bool is_multi = multi && strcmp(name, multi) == 0;
 		if (!is_multi && !strstr(allowed, want))
-			return kg_fail(KG_EXIT_USAGE, "%s: --%s: not an option of this verb "
+			return kg_ctl_fail(KG_EXIT_USAGE, "%s: --%s: not an option of this verb "
 				       "(see 'kgatectl %s --help')", what, name, what);
 		const char *value = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
 		if (!value)
-			return kg_fail(KG_EXIT_USAGE, "%s: --%s: missing value", what, name);
+			return kg_ctl_fail(KG_EXIT_USAGE, "%s: --%s: missing value", what, name);
 		if (is_multi) {
 			if (f->nmulti >= 64)
-				return kg_fail(KG_EXIT_USAGE, "%s: too many --%s", what, name);
+				return kg_ctl_fail(KG_EXIT_USAGE, "%s: too many --%s", what, name);
 			f->multi[f->nmulti++] = value;
 			continue;
 		}
 		if (kg_flag(f, name))
-			return kg_fail(KG_EXIT_USAGE, "%s: --%s given twice", what, name);
+			return kg_ctl_fail(KG_EXIT_USAGE, "%s: --%s given twice", what, name);
 		if (f->n >= KG_FLAGS_MAX)
-			return kg_fail(KG_EXIT_USAGE, "%s: too many options", what);
+			return kg_ctl_fail(KG_EXIT_USAGE, "%s: too many options", what);
 		/* Point at the option's own text so the name outlives this loop. */
 		f->name[f->n] = a + 2;
 		f->value[f->n++] = value;
 	}
 	if (f->npos < min_pos)
-		return kg_fail(KG_EXIT_USAGE, "%s: missing argument (usage: kgatectl %s %s)", what,
+		return kg_ctl_fail(KG_EXIT_USAGE, "%s: missing argument (usage: kgatectl %s %s)", what,
 			       what, cmd->usage);
 	return 0;
 }
@@ -202,7 +202,7 @@ int kg_flag_uint(const char *object, const char *verb, const char *name, const c
 	errno = 0;
 	unsigned long v = strtoul(text, &end, 10);
 	if (!*text || *end || errno || text[0] == '-' || v > max) {
-		kg_fail(KG_EXIT_USAGE, "%s %s: %s '%s': expected a number 0-%lu", object, verb, name,
+		kg_ctl_fail(KG_EXIT_USAGE, "%s %s: %s '%s': expected a number 0-%lu", object, verb, name,
 			text, max);
 		return -1;
 	}
@@ -216,12 +216,12 @@ json_object *kg_pem_arg(const char *object, const char *verb, const char *path)
 	size_t len;
 	char *text = kg_file_read(path, KG_CONTROL_MAX_REQUEST / 4, &len, &err);
 	if (!text) {
-		kg_fail(KG_EXIT_ERROR, "%s %s: %s", object, verb, err.msg);
+		kg_ctl_fail(KG_EXIT_ERROR, "%s %s: %s", object, verb, err.msg);
 		return NULL;
 	}
 	if (strlen(text) != len) {
 		free(text);
-		kg_fail(KG_EXIT_ERROR, "%s %s: %s: not a PEM text file (NUL byte)", object, verb, path);
+		kg_ctl_fail(KG_EXIT_ERROR, "%s %s: %s: not a PEM text file (NUL byte)", object, verb, path);
 		return NULL;
 	}
 	json_object *s = json_object_new_string_len(text, (int)len);

@@ -15,6 +15,11 @@ enum { KG_EXIT_OK = 0, KG_EXIT_ERROR = 1, KG_EXIT_USAGE = 2 };
 struct kg_cli {
 	enum kg_output_mode out;
 	const char *socket; /* control socket; NULL = $KGATE_SOCKET or the default */
+	struct {
+		const char *url;           /* --store etcd://HOST:PORT[,...]/PREFIX */
+		const char *cert, *key, *ca; /* etcd client TLS */
+		const char *kek;           /* --store-kek */
+	} store;
 };
 
 struct kg_cmd {
@@ -36,8 +41,8 @@ void kg_cmd_help(FILE *f, const char *object, const struct kg_cmd *cmds);
 int kg_getopt(int argc, char **argv, const char *shortopts, const struct option *lopts,
 	      const char **bad);
 
-/* "kgatectl: fmt\n" on stderr; returns status for `return kg_fail(...)`. */
-int kg_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "kgatectl: fmt\n" on stderr; returns status for `return kg_ctl_fail(...)`. */
+int kg_ctl_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Objects. */
 int kg_cmd_ca(struct kg_cli *cli, int argc, char **argv);
@@ -47,5 +52,7 @@ int kg_cmd_backend(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_status(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_upgrade(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_stats(struct kg_cli *cli, int argc, char **argv);
+int kg_cmd_store(struct kg_cli *cli, int argc, char **argv);
+int kg_cmd_fleet(struct kg_cli *cli, int argc, char **argv);
 
 #endif

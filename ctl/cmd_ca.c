@@ -68,12 +68,12 @@ static int ca_parse(const struct kg_cmd *cmd, const char *allowed, struct kg_cli
 		else if (c == 'h')
 			c = OPT_HELP;
 		if (c == '?')
-			return kg_fail(KG_EXIT_USAGE, "ca %s: %s: unknown option or missing value (see 'kgatectl ca %s --help')",
+			return kg_ctl_fail(KG_EXIT_USAGE, "ca %s: %s: unknown option or missing value (see 'kgatectl ca %s --help')",
 				       cmd->name, bad, cmd->name);
 		name = c == OPT_FORCE ? "force" : c == OPT_HELP ? "help" : ca_opts[c].name;
 		snprintf(want, sizeof(want), " %s ", name);
 		if (c != OPT_HELP && (c == (int)NOPTS - 1 ? false : !strstr(allowed, want)))
-			return kg_fail(KG_EXIT_USAGE, "ca %s: --%s: not an option of this verb (see 'kgatectl ca %s --help')",
+			return kg_ctl_fail(KG_EXIT_USAGE, "ca %s: --%s: not an option of this verb (see 'kgatectl ca %s --help')",
 				       cmd->name, name, cmd->name);
 		if (c == OPT_FORCE)
 			a->force = true;
@@ -85,9 +85,9 @@ static int ca_parse(const struct kg_cmd *cmd, const char *allowed, struct kg_cli
 	if (a->help)
 		return verb_usage(cmd->name, cmd->usage, cmd->summary, KG_EXIT_OK) - 1;
 	if (optind < argc)
-		return kg_fail(KG_EXIT_USAGE, "ca %s: '%s': unexpected argument", cmd->name, argv[optind]);
+		return kg_ctl_fail(KG_EXIT_USAGE, "ca %s: '%s': unexpected argument", cmd->name, argv[optind]);
 	if (a->output && kg_output_parse(a->output, &cli->out) != 0)
-		return kg_fail(KG_EXIT_USAGE, "ca %s: -o %s: unknown output mode (text, json)",
+		return kg_ctl_fail(KG_EXIT_USAGE, "ca %s: -o %s: unknown output mode (text, json)",
 			       cmd->name, a->output);
 	return 0;
 }
@@ -104,13 +104,13 @@ static int need(const char *verb, const char *value, const char *flag)
 {
 	if (value)
 		return 0;
-	return kg_fail(KG_EXIT_USAGE, "ca %s: %s is required (see 'kgatectl ca %s --help')", verb,
+	return kg_ctl_fail(KG_EXIT_USAGE, "ca %s: %s is required (see 'kgatectl ca %s --help')", verb,
 		       flag, verb);
 }
 
 static int fail_err(const struct kg_err *err)
 {
-	return kg_fail(KG_EXIT_ERROR, "%s", err->msg);
+	return kg_ctl_fail(KG_EXIT_ERROR, "%s", err->msg);
 }
 
 static int print_object(struct kg_cli *cli, json_object *obj)
@@ -118,7 +118,7 @@ static int print_object(struct kg_cli *cli, json_object *obj)
 	int ret = kg_output_object(stdout, cli->out, obj);
 
 	json_object_put(obj);
-	return ret ? kg_fail(KG_EXIT_ERROR, "stdout: write failed") : KG_EXIT_OK;
+	return ret ? kg_ctl_fail(KG_EXIT_ERROR, "stdout: write failed") : KG_EXIT_OK;
 }
 
 static json_object *json_str(const char *s)
@@ -216,9 +216,9 @@ static int ca_issue(struct kg_cli *cli, int argc, char **argv)
 	else if (strcmp(a.type, "server") == 0)
 		o.type = KG_CERT_SERVER;
 	else
-		return kg_fail(KG_EXIT_USAGE, "ca issue: --type %s: must be client or server", a.type);
+		return kg_ctl_fail(KG_EXIT_USAGE, "ca issue: --type %s: must be client or server", a.type);
 	if (!a.p12 != !a.p12_pass_file)
-		return kg_fail(KG_EXIT_USAGE, "ca issue: --p12 and --p12-pass-file go together");
+		return kg_ctl_fail(KG_EXIT_USAGE, "ca issue: --p12 and --p12-pass-file go together");
 	o.key = (struct kg_key_spec){EVP_PKEY_EC, NID_X9_62_prime256v1};
 	if ((a.key && kg_key_spec_parse(a.key, &o.key, &err)) ||
 	    (a.digest && kg_digest_parse(a.digest, &o.md, &err)) ||
@@ -311,12 +311,12 @@ static int ca_revoke(struct kg_cli *cli, int argc, char **argv)
 	if ((st = need("revoke", a.dir, "--dir")))
 		return st;
 	if (!a.serial == !a.cert)
-		return kg_fail(KG_EXIT_USAGE, "ca revoke: give exactly one of --serial HEX and --cert FILE");
+		return kg_ctl_fail(KG_EXIT_USAGE, "ca revoke: give exactly one of --serial HEX and --cert FILE");
 	if (a.reason) {
 		reason = kg_reason_parse(a.reason);
 		/* removeFromCRL only makes sense in delta CRLs. */
 		if (reason < 0 || reason > KG_REASON_CERTIFICATE_HOLD)
-			return kg_fail(KG_EXIT_USAGE,
+			return kg_ctl_fail(KG_EXIT_USAGE,
 				       "ca revoke: --reason %s: unknown (unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold)",
 				       a.reason);
 	}
@@ -395,7 +395,7 @@ static int ca_list(struct kg_cli *cli, int argc, char **argv)
 	st = kg_output_rows(stdout, cli->out, rows, cols, sizeof(cols) / sizeof(cols[0]));
 	json_object_put(rows);
 	kg_ca_list_destroy(list);
-	return st ? kg_fail(KG_EXIT_ERROR, "stdout: write failed") : KG_EXIT_OK;
+	return st ? kg_ctl_fail(KG_EXIT_ERROR, "stdout: write failed") : KG_EXIT_OK;
 }
 
 static const struct kg_cmd ca_cmds[] = {

@@ -25,7 +25,7 @@ static int cert_upload(struct kg_cli *cli, int argc, char **argv)
 	KG_FLAGS_OR_RETURN("cert", SELF(0), cli, argc, argv, " name type cert key crl ", NULL, 0, 0, &f);
 	const char *name = kg_flag(&f, "name"), *type = kg_flag(&f, "type");
 	if (!name || !type || !kg_flag(&f, "cert"))
-		return kg_fail(KG_EXIT_USAGE, "cert upload: --name, --type and --cert are required");
+		return kg_ctl_fail(KG_EXIT_USAGE, "cert upload: --name, --type and --cert are required");
 	json_object *args = json_object_new_object();
 	json_object_object_add(args, "name", json_object_new_string(name));
 	json_object_object_add(args, "type", json_object_new_string(type));
@@ -84,7 +84,7 @@ static int cert_replace(struct kg_cli *cli, int argc, char **argv)
 	struct kg_flags f;
 	KG_FLAGS_OR_RETURN("cert", SELF(4), cli, argc, argv, " cert key crl ", NULL, 1, 1, &f);
 	if (!kg_flag(&f, "cert"))
-		return kg_fail(KG_EXIT_USAGE, "cert replace: --cert is required");
+		return kg_ctl_fail(KG_EXIT_USAGE, "cert replace: --cert is required");
 	json_object *args = kg_name_args(f.pos[0]);
 	if (add_pem("replace", args, "cert", kg_flag(&f, "cert")) < 0 ||
 	    add_pem("replace", args, "key", kg_flag(&f, "key")) < 0 ||
@@ -100,7 +100,7 @@ static int cert_set_crl(struct kg_cli *cli, int argc, char **argv)
 	struct kg_flags f;
 	KG_FLAGS_OR_RETURN("cert", SELF(5), cli, argc, argv, " crl ", NULL, 1, 1, &f);
 	if (!kg_flag(&f, "crl"))
-		return kg_fail(KG_EXIT_USAGE, "cert set-crl: --crl is required");
+		return kg_ctl_fail(KG_EXIT_USAGE, "cert set-crl: --crl is required");
 	json_object *args = kg_name_args(f.pos[0]);
 	if (add_pem("set-crl", args, "crl", kg_flag(&f, "crl")) < 0) {
 		json_object_put(args);

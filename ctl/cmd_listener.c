@@ -157,7 +157,7 @@ static int put_settable(const char *verb, const struct kg_flags *f, json_object 
 			j = json_tokener_parse(v);
 			if (!json_object_is_type(j, json_type_object)) {
 				json_object_put(j);
-				kg_fail(KG_EXIT_USAGE, "listener %s: %s: expected a JSON object or none (see "
+				kg_ctl_fail(KG_EXIT_USAGE, "listener %s: %s: expected a JSON object or none (see "
 					"'kgatectl listener %s --help')", verb, name, verb);
 				return -1;
 			}
@@ -188,7 +188,7 @@ static json_object *backend_spec(const char *text)
 	unsigned long w;
 	if (strncmp(comma + 1, "weight=", 7) != 0 ||
 	    kg_flag_uint("listener", "create", "--backend weight", comma + 8, 1000000, &w) < 0) {
-		kg_fail(KG_EXIT_USAGE, "listener create: --backend %s: expected HOST:PORT[,weight=W]",
+		kg_ctl_fail(KG_EXIT_USAGE, "listener create: --backend %s: expected HOST:PORT[,weight=W]",
 			text);
 		json_object_put(m);
 		return NULL;
@@ -217,7 +217,7 @@ static int need_required(const struct kg_flags *f)
 		add(list, sizeof(list), "%s%s--%s", !list[0] ? "" : many ? " and " : ", ",
 		    many ? "at least one " : "", k->option);
 	}
-	return missing ? kg_fail(KG_EXIT_USAGE, "listener create: %s are required", list) : 0;
+	return missing ? kg_ctl_fail(KG_EXIT_USAGE, "listener create: %s are required", list) : 0;
 }
 
 static int listener_create(struct kg_cli *cli, int argc, char **argv)
@@ -299,7 +299,7 @@ static int listener_update(struct kg_cli *cli, int argc, char **argv)
 	}
 	if (json_object_object_length(set) == 0) {
 		json_object_put(set);
-		return kg_fail(KG_EXIT_USAGE, "listener update: nothing to change (see 'kgatectl "
+		return kg_ctl_fail(KG_EXIT_USAGE, "listener update: nothing to change (see 'kgatectl "
 			       "listener update --help')");
 	}
 	json_object *args = kg_name_args(f.pos[0]);

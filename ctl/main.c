@@ -31,10 +31,12 @@ static const struct object objects[] = {
 	{"status", kg_cmd_status, "kgated version, uptime, workers, kernel features, connections"},
 	{"stats", kg_cmd_stats, "counters: connections, handshakes, bytes, backends [--listener NAME]"},
 	{"upgrade", kg_cmd_upgrade, "run the kgated binary now on disk in place of this one, refusing nothing"},
+	{"store", kg_cmd_store, "the desired state in etcd (--store): push, show"},
+	{"fleet", kg_cmd_fleet, "the instances that follow the store (--store): status"},
 	{NULL, NULL, NULL},
 };
 
-int kg_fail(int status, const char *fmt, ...)
+int kg_ctl_fail(int status, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -87,7 +89,7 @@ int kg_cmd_select(const char *object, const struct kg_cmd *cmds, struct kg_cli *
 	for (const struct kg_cmd *c = cmds; c->name; c++)
 		if (strcmp(argv[0], c->name) == 0)
 			return c->run(cli, argc, argv);
-	return kg_fail(KG_EXIT_USAGE, "%s %s: unknown verb (see 'kgatectl %s help')", object,
+	return kg_ctl_fail(KG_EXIT_USAGE, "%s %s: unknown verb (see 'kgatectl %s help')", object,
 		       argv[0], object);
 }
 
@@ -95,8 +97,12 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"Usage: kgatectl [--socket PATH] [-o text|json] OBJECT VERB [OPTIONS]\n"
+		"       kgatectl --store URL [--store-kek FILE] [--store-cert FILE --store-key FILE]\n"
+		"                [--store-ca FILE] store|fleet VERB [OPTIONS]\n"
 		"       kgatectl --help | --version\n\n"
-		"--socket: kgated's control socket (default $KGATE_SOCKET, else %s)\n\nObjects:\n",
+		"--socket: kgated's control socket (default $KGATE_SOCKET, else %s)\n"
+		"--store: the store, etcd://HOST:PORT[,HOST:PORT...]/PREFIX (https with\n"
+		"  --store-ca/--store-cert/--store-key); --store-kek: the key-encryption key\n\nObjects:\n",
 		KG_DEFAULT_SOCKET);
 	for (const struct object *o = objects; o->name; o++)
 		fprintf(f, "  %-10s %s\n", o->name, o->summary);
@@ -109,6 +115,11 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{"output", required_argument, NULL, 'o'},
 		{"socket", required_argument, NULL, 'S'},
+		{"store", required_argument, NULL, 's'},
+		{"store-kek", required_argument, NULL, 'K'},
+		{"store-cert", required_argument, NULL, 'C'},
+		{"store-key", required_argument, NULL, 'k'},
+		{"store-ca", required_argument, NULL, 'A'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -119,14 +130,31 @@ int main(int argc, char **argv)
 
 	opterr = 0;
 	/* "+": stop at the object name; verbs parse their own options. */
+	/* The store options have no short forms: the letters below are only
+	 * getopt's return values ("+o:S:hV" accepts none of them). */
 	while ((c = kg_getopt(argc, argv, "+o:S:hV", opts, &bad)) != -1) {
 		switch (c) {
+		case 's':
+			cli.store.url = optarg;
+			break;
+		case 'K':
+			cli.store.kek = optarg;
+			break;
+		case 'C':
+			cli.store.cert = optarg;
+			break;
+		case 'k':
+			cli.store.key = optarg;
+			break;
+		case 'A':
+			cli.store.ca = optarg;
+			break;
 		case 'S':
 			cli.socket = optarg;
 			break;
 		case 'o':
 			if (kg_output_parse(optarg, &cli.out) != 0)
-				return kg_fail(KG_EXIT_USAGE, "-o %s: unknown output mode (text, json)",
+				return kg_ctl_fail(KG_EXIT_USAGE, "-o %s: unknown output mode (text, json)",
 					       optarg);
 			break;
 		case 'h':
@@ -136,7 +164,7 @@ int main(int argc, char **argv)
 			printf("kgatectl %s\n", KG_VERSION);
 			return KG_EXIT_OK;
 		default:
-			return kg_fail(KG_EXIT_USAGE, "%s: unknown option or missing value (see 'kgatectl --help')",
+			return kg_ctl_fail(KG_EXIT_USAGE, "%s: unknown option or missing value (see 'kgatectl --help')",
 				       bad);
 		}
 	}
@@ -154,7 +182,7 @@ int main(int argc, char **argv)
 		if (strcmp(name, o->name) == 0)
 			status = o->run(&cli, argc - optind - 1, argv + optind + 1);
 	if (status == -1)
-		status = kg_fail(KG_EXIT_USAGE, "%s: unknown object (see 'kgatectl --help')", name);
+		status = kg_ctl_fail(KG_EXIT_USAGE, "%s: unknown object (see 'kgatectl --help')", name);
 	ERR_clear_error();
 	return status;
 }

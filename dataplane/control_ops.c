@@ -1140,6 +1140,22 @@ static json_object *op_status(struct kg_ops *ops, json_object *args)
 	if (stats && json_object_object_get_ex(stats, "connections", &conns))
 		json_object_object_add(o, "connections", json_object_get(conns));
 	json_object_put(stats);
+	if (ops->store) {
+		const struct kg_store_status *ss = ops->store;
+		uint64_t contact = atomic_load(&ss->last_contact_ms);
+		json_object *so = json_object_new_object();
+		json_object_object_add(so, "url", json_object_new_string(ss->url));
+		json_object_object_add(so, "reachable",
+				       json_object_new_boolean(atomic_load(&ss->reachable)));
+		json_object_object_add(so, "applied_revision",
+				       json_object_new_int64(atomic_load(&ss->applied_revision)));
+		json_object_object_add(so, "seconds_since_contact", contact ?
+				       json_object_new_int64((int64_t)((kg_now_ms() - contact) / 1000)) :
+				       NULL);
+		json_object_object_add(so, "documents_refused", json_object_new_int64(
+				(int64_t)atomic_load(&ss->documents_refused)));
+		json_object_object_add(o, "store", so);
+	}
 	return ok(o);
 }
 
@@ -1277,18 +1293,103 @@ static const struct op ops_table[] = {
 };
 
 /* A change runs under change_lock, so freezing waits for the one in
- * progress: once kg_ops_freeze returns, the persisted state is final. */
+ * progress: once kg_ops_freeze returns, the persisted state is final. In
+ * store mode the store thread changes the document, so reads take the
+ * lock too (but "upgrade", which waits for the main thread's freeze). */
 static json_object *run_op(struct kg_ops *ops, const struct op *o, json_object *args)
 {
-	if (!o->changes)
+	if (o->changes && ops->store)
+		return kg_ops_error(KG_ERR_STORE_MODE, "this kgated follows the store %s: change "
+				    "it with kgatectl --store ...; nothing was changed",
+				    ops->store->url);
+	bool lock = o->changes || (ops->store && o->run != op_upgrade);
+	if (!lock)
 		return o->run(ops, args);
 	pthread_mutex_lock(&ops->change_lock);
-	json_object *r = ops->frozen
+	json_object *r = o->changes && ops->frozen
 		? kg_ops_error(KG_ERR_BUSY, "upgrade in progress: kgated is handing over to a "
 			       "new process; nothing was changed, retry in a moment")
 		: o->run(ops, args);
 	pthread_mutex_unlock(&ops->change_lock);
 	return r;
+}
+
+/* The message of an error reply, for a caller that is not a client. */
+static void reply_message(json_object *reply, char *err, size_t errlen)
+{
+	json_object *e = NULL, *m = NULL;
+	if (json_object_object_get_ex(reply, "error", &e) &&
+	    json_object_object_get_ex(e, "message", &m))
+		snprintf(err, errlen, "%s", json_object_get_string(m));
+	else
+		snprintf(err, errlen, "refused (out of memory)");
+}
+
+int kg_ops_apply_document(struct kg_ops *ops, kg_ops_doc_fn make, void *arg, char *err,
+			  size_t errlen)
+{
+	int r = 0;
+	pthread_mutex_lock(&ops->change_lock);
+	if (ops->frozen) {
+		snprintf(err, errlen, "an upgrade is handing over");
+		r = -EBUSY;
+		goto unlock;
+	}
+	json_object *doc = make(arg, ops->st, err, errlen);
+	if (!doc) {
+		kg_state_gc(ops->st); /* files written for the refused document */
+		r = -EINVAL;
+		goto unlock;
+	}
+	json_object *fail = transact(ops, doc);
+	if (fail) {
+		reply_message(fail, err, errlen);
+		json_object_put(fail);
+		r = -EINVAL;
+	}
+unlock:
+	pthread_mutex_unlock(&ops->change_lock);
+	return r;
+}
+
+json_object *kg_ops_instance_status(struct kg_ops *ops)
+{
+	json_object *o = json_object_new_object(), *ls = json_object_new_array();
+	unsigned counts[3] = {0};
+	struct kg_health_member_info info[KG_MAX_BACKENDS];
+	if (!o || !ls) {
+		json_object_put(o);
+		json_object_put(ls);
+		return NULL;
+	}
+	pthread_mutex_lock(&ops->change_lock);
+	const struct kg_config *cfg = ops->cur->cfg;
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		const struct kg_listener_conf *lc = &cfg->listeners[i];
+		struct kg_listener_slot *slot = kg_runtime_find(ops->rt, lc->name);
+		struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
+		const char *state = snap ? "serving" : lc->enabled ? "failed" : "stopped";
+		if (snap) {
+			size_t n = kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS, kg_now_ms());
+			for (size_t m = 0; m < n && m < KG_MAX_BACKENDS; m++)
+				counts[info[m].state == KG_MEMBER_HEALTHY ? 0 :
+				       info[m].state == KG_MEMBER_UNHEALTHY ? 1 : 2]++;
+			kg_listener_put(snap);
+		}
+		json_object *l = json_object_new_object();
+		json_object_object_add(l, "name", json_object_new_string(lc->name));
+		json_object_object_add(l, "state", json_object_new_string(state));
+		json_object_array_add(ls, l);
+	}
+	pthread_mutex_unlock(&ops->change_lock);
+	json_object *m = json_object_new_object();
+	json_object_object_add(m, "healthy", json_object_new_int((int)counts[0]));
+	json_object_object_add(m, "unhealthy", json_object_new_int((int)counts[1]));
+	json_object_object_add(m, "unknown", json_object_new_int((int)counts[2]));
+	json_object_object_add(o, "ready", json_object_new_boolean(true));
+	json_object_object_add(o, "listeners", ls);
+	json_object_object_add(o, "members", m);
+	return o;
 }
 
 void kg_ops_freeze(struct kg_ops *ops)

@@ -13,6 +13,7 @@
 #include "apply.h"
 #include "runtime.h"
 #include "state.h"
+#include "store_status.h"
 
 struct kg_ops {
 	struct kg_state *st;         /* NULL: no state folder, read-only control */
@@ -37,6 +38,10 @@ struct kg_ops {
 		char reason[600];        /* why it failed */
 	} upgrade;
 	unsigned upgrade_wait_ms;    /* how long a request waits for the outcome; 0: no upgrades */
+	/* Store mode (store.h): the store is the one source of truth, so the
+	 * control socket refuses changes, and the store thread changes the
+	 * state: reads then take change_lock too. NULL: single-box mode. */
+	struct kg_store_status *store;
 };
 
 /* 0 or -errno: ops's locks and condition (kg_ops_destroy releases them). */
@@ -59,6 +64,22 @@ int kg_ops_apply_initial(struct kg_ops *ops, char *err, size_t errlen);
 /* Handles one parsed request and returns the reply (never NULL unless out
  * of memory). */
 json_object *kg_ops_handle(struct kg_ops *ops, json_object *req);
+
+/* Store mode: makes the document make() returns (from ops->st, under
+ * change_lock, so the control thread and the store thread never race) the
+ * running state through the same validate → apply → persist path as a
+ * control change. make returns NULL with err to refuse. 0, -EBUSY (an
+ * upgrade is handing over: try again later, nothing was refused), or
+ * -EINVAL with err (the document was refused; the last good state keeps
+ * serving). */
+typedef json_object *(*kg_ops_doc_fn)(void *arg, struct kg_state *st, char *err, size_t errlen);
+int kg_ops_apply_document(struct kg_ops *ops, kg_ops_doc_fn make, void *arg, char *err,
+			  size_t errlen);
+
+/* Store mode: this instance's status for the store, {"ready", "listeners":
+ * [{"name", "state"}], "members": {"healthy", "unhealthy", "unknown"}}
+ * (taken under change_lock). NULL when out of memory. */
+json_object *kg_ops_instance_status(struct kg_ops *ops);
 
 /* A reply for an error found before a request could be parsed. */
 json_object *kg_ops_error(const char *code, const char *fmt, ...)

@@ -54,6 +54,7 @@
 #include "runtime.h"
 #include "state.h"
 #include "ticket_keys.h"
+#include "store.h"
 #include "upgrade.h"
 #include "worker.h"
 
@@ -72,6 +73,7 @@ struct options {
 	unsigned workers;
 	bool check_only;
 	bool reseed;
+	struct kg_store_opts store;
 };
 
 static void usage(FILE *out)
@@ -91,6 +93,14 @@ static void usage(FILE *out)
 		"  -u, --user NAME          run as NAME once started (default: kgate when started\n"
 		"                           as root, else the starting user); 'root' keeps uid 0;\n"
 		"                           only CAP_NET_BIND_SERVICE is kept\n"
+		"      --store URL          follow the desired state in etcd:\n"
+		"                           etcd://HOST:PORT[,HOST:PORT...]/PREFIX (needs\n"
+		"                           --state-dir, the cache, and --store-kek)\n"
+		"      --store-kek FILE     key-encryption key that opens the store's private keys\n"
+		"      --store-cert FILE    client certificate for etcd (https)\n"
+		"      --store-key FILE     its private key\n"
+		"      --store-ca FILE      CA that signed etcd's certificate (https)\n"
+		"      --instance-id ID     this instance's name in the store (default: host name)\n"
 		"  -t, --check              validate the configuration and its files, then exit\n"
 		"      --list-counters      print the counter table (stats group and key,\n"
 		"                           Prometheus family and labels, log key), then exit\n"
@@ -109,7 +119,8 @@ static void list_counters(void)
 	}
 }
 
-enum { OPT_RESEED = 256, OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS, OPT_LIST_COUNTERS };
+enum { OPT_RESEED = 256, OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS, OPT_LIST_COUNTERS,
+       OPT_STORE, OPT_STORE_KEK, OPT_STORE_CERT, OPT_STORE_KEY, OPT_STORE_CA, OPT_INSTANCE_ID };
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
@@ -125,6 +136,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{"control-group", required_argument, NULL, OPT_CONTROL_GROUP},
 		{"metrics", required_argument, NULL, OPT_METRICS},
 		{"list-counters", no_argument, NULL, OPT_LIST_COUNTERS},
+		{"store", required_argument, NULL, OPT_STORE},
+		{"store-kek", required_argument, NULL, OPT_STORE_KEK},
+		{"store-cert", required_argument, NULL, OPT_STORE_CERT},
+		{"store-key", required_argument, NULL, OPT_STORE_KEY},
+		{"store-ca", required_argument, NULL, OPT_STORE_CA},
+		{"instance-id", required_argument, NULL, OPT_INSTANCE_ID},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -141,6 +158,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case OPT_CONTROL_GROUP: o->control_group = optarg; break;
 		case OPT_METRICS: o->metrics = optarg; break;
 		case OPT_LIST_COUNTERS: list_counters(); exit(0);
+		case OPT_STORE: o->store.url = optarg; break;
+		case OPT_STORE_KEK: o->store.kek = optarg; break;
+		case OPT_STORE_CERT: o->store.cert = optarg; break;
+		case OPT_STORE_KEY: o->store.key = optarg; break;
+		case OPT_STORE_CA: o->store.ca = optarg; break;
+		case OPT_INSTANCE_ID: o->store.instance_id = optarg; break;
 		case 'w': {
 			char *end;
 			unsigned long n = strtoul(optarg, &end, 10);
@@ -168,6 +191,17 @@ static int parse_args(int argc, char **argv, struct options *o)
 	}
 	if (o->reseed && (!o->state_dir || !o->config_path)) {
 		fprintf(stderr, "kgated: --reseed needs --state-dir and --config\n");
+		return -1;
+	}
+	if (o->store.url && (!o->state_dir || o->check_only)) {
+		fprintf(stderr, "kgated: --store needs --state-dir (the cache of the last applied "
+			"state) and cannot be used with --check\n");
+		return -1;
+	}
+	if (!o->store.url && (o->store.kek || o->store.cert || o->store.key || o->store.ca ||
+			      o->store.instance_id)) {
+		fprintf(stderr, "kgated: --store-kek, --store-cert, --store-key, --store-ca and "
+			"--instance-id need --store\n");
 		return -1;
 	}
 	if ((o->control_path || o->control_group) && !o->state_dir) {
@@ -224,16 +258,9 @@ static int check_config(const struct options *opt, struct kg_config *cfg)
 	int status = 0;
 	kg_kernel_probe(&caps);
 	kg_sockmap_close(sockmap_load(&caps));
-	for (size_t i = 0; i < cfg->n_listeners && status == 0; i++) {
-		char where[32];
-		snprintf(where, sizeof(where), "listeners[%zu]", i);
-		struct kg_listener_rt *l = kg_listener_build(NULL, &caps, NULL, ref, &cfg->listeners[i],
-							     where, err, sizeof(err));
-		if (!l) {
-			fprintf(stderr, "kgated: config error: %s\n", err);
-			status = 1;
-		}
-		kg_listener_put(l);
+	if (kg_config_check_build(ref, &caps, err, sizeof(err)) < 0) {
+		fprintf(stderr, "kgated: config error: %s\n", err);
+		status = 1;
 	}
 	if (status == 0)
 		printf("kgated: configuration %s is valid (%zu listener(s), %zu certificate(s))\n",
@@ -418,6 +445,7 @@ static int export_memfd(struct kg_runtime *rt, const char *what,
 
 struct daemon {
 	struct kg_ops *ops;
+	struct kg_store *store;
 	struct kg_state *st;
 	struct kg_control *control;
 	int metrics_fd;
@@ -482,6 +510,9 @@ static bool upgrade(struct daemon *d)
 	 * go of them, then of what only one process may hold. */
 	kg_control_hand_over(d->control);
 	d->control = NULL;
+	/* The new process follows the store now; its status has the same
+	 * id, so the lease is left to expire rather than revoked. */
+	kg_store_stop(d->store, false);
 	kg_apply_unlisten_all(d->ops->rt);
 	if (d->metrics_fd >= 0)
 		close(d->metrics_fd);
@@ -495,7 +526,8 @@ static bool upgrade(struct daemon *d)
 /* The document to run: the state folder's (or a seed imported into it),
  * else the configuration file alone (no control socket then). */
 static struct kg_config *load_document(const struct options *opt, struct kg_state *st,
-				       struct kg_inherit *inherit, bool *seeded)
+				       struct kg_inherit *inherit, struct kg_store *store,
+				       bool *seeded)
 {
 	char err[600];
 	*seeded = false;
@@ -512,6 +544,13 @@ static struct kg_config *load_document(const struct options *opt, struct kg_stat
 	    kg_state_lock(st, lock, err, sizeof(err)) < 0 ||
 	    kg_state_load(st, opt->config_path, opt->reseed, &source, err, sizeof(err)) < 0) {
 		log_err("state.invalid", KV("reason", err));
+		return NULL;
+	}
+	/* Store mode: the store's document, when newer and valid, replaces
+	 * the cache before anything is parsed. */
+	if (store && kg_store_sync_initial(store, st, source != KG_STATE_EMPTY, err,
+					   sizeof(err)) < 0) {
+		log_err("store.start_failed", KV("reason", err));
 		return NULL;
 	}
 	struct kg_config *cfg = kg_state_parse(st, st->doc, err, sizeof(err));
@@ -563,6 +602,7 @@ int main(int argc, char **argv)
 	struct kg_runtime rt;
 	struct kg_ops *ops = NULL;
 	struct kg_control *control = NULL;
+	struct kg_store *store = NULL;
 	char err[600];
 	char control_path[4096] = "";
 	int status = 1, metrics_fd = -1;
@@ -629,7 +669,17 @@ int main(int argc, char **argv)
 			   KV("metrics", (bool)(inherit.metrics_fd >= 0)),
 			   KV("health", (bool)(inherit.health != NULL)),
 			   KV("tls_sessions", (bool)(inherit.sessions != NULL)));
-	struct kg_config *cfg = load_document(&opt, &st, &inherit, &seeded);
+	if (opt.store.url) {
+		/* The KEK is read as the starting user, like every key file. */
+		store = kg_store_create(&opt.store, err, sizeof(err));
+		if (!store) {
+			log_err("store.start_failed", KV("reason", err));
+			goto free_runtime;
+		}
+		ops->store = kg_store_status(store);
+		rt.store = ops->store;
+	}
+	struct kg_config *cfg = load_document(&opt, &st, &inherit, store, &seeded);
 	if (!cfg)
 		goto free_runtime;
 	ops->cur = kg_config_ref_new(cfg);
@@ -804,6 +854,13 @@ int main(int argc, char **argv)
 				 KV("timeout_ms", UPGRADE_RELEASE_TIMEOUT_MS),
 				 KV("effect", "both processes accept until the old one stops"));
 	}
+	if (store) {
+		int r = kg_store_start(store, ops);
+		if (r < 0) {
+			log_err("store.start_failed", KV_ERRNO(-r));
+			goto stop_control;
+		}
+	}
 	log_notice("kgated.ready", KV("pid", getpid()), KV("workers", n_workers),
 		   KV("version", KG_VERSION));
 	char ready[64];
@@ -811,8 +868,8 @@ int main(int argc, char **argv)
 	 * here too covers an old process that exited before it could. */
 	snprintf(ready, sizeof(ready), "MAINPID=%d\nREADY=1", (int)getpid());
 	sd_notify_send(ready);
-	struct daemon d = {.ops = ops, .st = &st, .control = control, .metrics_fd = metrics_fd,
-			   .argc = argc, .argv = argv};
+	struct daemon d = {.ops = ops, .store = store, .st = &st, .control = control,
+			   .metrics_fd = metrics_fd, .argc = argc, .argv = argv};
 	int sig;
 	bool handed_over = false;
 	while ((sig = wait_for_signal()) == SIGUSR2 && !(handed_over = upgrade(&d)))
@@ -828,7 +885,11 @@ int main(int argc, char **argv)
 	} else {
 		log_notice("kgated.draining", KV("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
 		sd_notify_send("STOPPING=1");
+		/* Gone from the fleet at once, not when the lease runs out. */
+		kg_store_stop(store, true);
 	}
+stop_control:
+	kg_store_stop(store, false);
 	kg_control_stop(control);
 
 stop_workers:
@@ -856,5 +917,6 @@ free_runtime:
 	}
 	free(ops);
 	kg_state_close(&st);
+	kg_store_destroy(store);
 	return status;
 }

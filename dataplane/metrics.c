@@ -16,6 +16,7 @@
 #include "listener.h"
 #include "worker.h"
 #include "errors.h"
+#include "store_status.h"
 
 #define HTTP_READ_MS 2000
 
@@ -254,6 +255,23 @@ char *kg_metrics_text(struct kg_runtime *rt)
 		    l->name, (unsigned long long)atomic_load(&l->counters.handshake_failed));
 	}
 	backend_metrics(&t, rt);
+	if (rt->store) {
+		const struct kg_store_status *ss = rt->store;
+		uint64_t contact = atomic_load(&ss->last_contact_ms);
+		metric(&t, "store_reachable", "gauge",
+		       "1 when the store (--store) answered the last request.",
+		       atomic_load(&ss->reachable));
+		metric(&t, "store_applied_revision", "gauge",
+		       "The store revision of the state this instance runs (0: none applied).",
+		       (uint64_t)atomic_load(&ss->applied_revision));
+		/* No contact yet reads as the time since start. */
+		metric(&t, "store_seconds_since_contact", "gauge",
+		       "Seconds since the store last answered.",
+		       (kg_now_ms() - (contact ? contact : rt->started_ms)) / 1000);
+		metric(&t, "store_documents_refused_total", "counter",
+		       "Store documents that did not validate and were not applied.",
+		       atomic_load(&ss->documents_refused));
+	}
 	put(&t, "# HELP kgate_worker_connections Connections each worker owns now (accepted "
 		"connections are spread evenly over the workers).\n"
 		"# TYPE kgate_worker_connections gauge\n");

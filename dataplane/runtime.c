@@ -176,3 +176,19 @@ fail:
 	snapshot_free(l);
 	return NULL;
 }
+
+int kg_config_check_build(struct kg_config_ref *doc, const struct kg_kernel_caps *caps,
+			  char *err, size_t errlen)
+{
+	const struct kg_config *cfg = doc->cfg;
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		char where[32];
+		snprintf(where, sizeof(where), "listeners[%zu]", i);
+		struct kg_listener_rt *l = kg_listener_build(NULL, caps, NULL, doc, &cfg->listeners[i],
+							     where, err, errlen);
+		if (!l)
+			return -EINVAL;
+		kg_listener_put(l);
+	}
+	return 0;
+}

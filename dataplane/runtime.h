@@ -29,6 +29,7 @@
 
 struct kg_health_group;
 struct kg_ticket_keys;
+struct kg_store_status;
 
 #define KG_MAX_LISTENERS 64
 #define KG_FAILED_MAX 512
@@ -104,6 +105,7 @@ struct kg_runtime {
 	atomic_bool accept_held;
 	uint64_t started_ms;  /* monotonic, for uptime */
 	struct kg_inherit *inherit;    /* sockets inherited at an upgrade; start-up only */
+	struct kg_store_status *store; /* store mode's status (store.h); NULL: single box */
 };
 
 /* Initialises the slots (rt->caps is the caller's: kg_kernel_probe); 0 or
@@ -129,6 +131,12 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 					 struct kg_config_ref *doc,
 					 const struct kg_listener_conf *lc, const char *where,
 					 char *err, size_t errlen);
+
+/* What --check and kgatectl store push validate beyond parsing: every
+ * listener's snapshot (SSL_CTX, balancer, forwarding plan) can be built
+ * under caps; nothing is bound. 0, or -EINVAL with err. */
+int kg_config_check_build(struct kg_config_ref *doc, const struct kg_kernel_caps *caps,
+			  char *err, size_t errlen);
 /* Publishes snap (may be NULL) in the slot and drops the old one's slot
  * reference. Consumes the caller's reference to snap. */
 void kg_listener_publish(struct kg_listener_slot *s, struct kg_listener_rt *snap);

@@ -297,7 +297,7 @@ static int import_files(struct kg_state *st, json_object *doc, const char *base,
 	return 0;
 }
 
-static json_object *read_doc(const char *path, char *err, size_t errlen)
+json_object *kg_state_read_doc(const char *path, char *err, size_t errlen)
 {
 	char *text = NULL;
 	int r = kg_read_file(path, &text);
@@ -323,13 +323,13 @@ int kg_state_load(struct kg_state *st, const char *seed_path, bool reseed,
 	char path[4096];
 	snprintf(path, sizeof(path), "%s/" STATE_FILE, st->dir);
 	if (!reseed && access(path, F_OK) == 0) {
-		st->doc = read_doc(path, err, errlen);
+		st->doc = kg_state_read_doc(path, err, errlen);
 		*source = KG_STATE_FROM_DIR;
 		return st->doc ? 0 : -EINVAL; /* err says why */
 	}
 	json_object *doc;
 	if (seed_path) {
-		doc = read_doc(seed_path, err, errlen);
+		doc = kg_state_read_doc(seed_path, err, errlen);
 		if (!doc)
 			return -EINVAL; /* err says why */
 		char *copy = strdup(seed_path), *base = copy ? realpath(dirname(copy), NULL) : NULL;

@@ -45,6 +45,10 @@ enum kg_state_source { KG_STATE_FROM_DIR, KG_STATE_FROM_CONFIG, KG_STATE_EMPTY }
 int kg_state_load(struct kg_state *st, const char *seed_path, bool reseed,
 		  enum kg_state_source *source, char *err, size_t errlen);
 
+/* Reads a JSON document (a state.json or a configuration file): NULL with
+ * err naming path when unreadable or not a JSON object. */
+json_object *kg_state_read_doc(const char *path, char *err, size_t errlen);
+
 /* Writes data as a new file under certs/ (fsynced, mode 0600 when secret,
  * else 0644) named after the certificate; returns its path relative to
  * the state folder (free it), or NULL with err. */

@@ -34,5 +34,6 @@
 #define KG_ERR_INTERNAL "internal"
 #define KG_ERR_BUSY "busy"                      /* an upgrade is handing over: retry */
 #define KG_ERR_UPGRADE_FAILED "upgrade_failed"  /* the new process did not take over */
+#define KG_ERR_STORE_MODE "store_mode"          /* kgated follows a store: change it there */
 
 #endif

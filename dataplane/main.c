@@ -889,6 +889,12 @@ int main(int argc, char **argv)
 			sd_notify_send("STOPPING=1");
 	}
 	kg_control_stop(control);
+	/* Nothing answers on the metrics port from here: closed, it refuses
+	 * at once, where an unserved backlog would leave a readiness checker
+	 * waiting for its timeout through the whole drain. */
+	if (metrics_fd >= 0)
+		close(metrics_fd);
+	metrics_fd = -1;
 
 stop_workers:
 	atomic_store(&rt.stopping, true);

@@ -200,6 +200,7 @@ struct kg_config {
 	size_t n_listeners;
 	unsigned workers;          /* "settings.workers"; 0 = one per core */
 	unsigned drain_timeout_ms; /* "settings.drain_timeout_ms"; default 10000 */
+	unsigned withdraw_delay_ms; /* "settings.withdraw_delay_ms"; default 0 */
 	char *log_level;           /* "settings.log_level"; NULL = default */
 	unsigned ticket_key_rotation_s; /* "settings.ticket_key_rotation_s"; ticket_keys.h */
 };

@@ -346,6 +346,7 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 	kg_apply_commit(ops->rt, &ops->plan);
 	sync_admin(ops, cfg);
 	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
+	atomic_store(&ops->rt->withdraw_delay_ms, cfg->withdraw_delay_ms);
 	kg_config_ref_put(ops->cur);
 	ops->cur = ref;
 	ref = NULL;
@@ -371,6 +372,7 @@ int kg_ops_apply_initial(struct kg_ops *ops, char *err, size_t errlen)
 		return r;
 	kg_apply_commit(ops->rt, &ops->plan);
 	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
+	atomic_store(&ops->rt->withdraw_delay_ms, cfg->withdraw_delay_ms);
 	if (ops->st)
 		patch_ports(ops->st->doc, cfg);
 	return 0;

@@ -9,7 +9,9 @@
  * SSL_CTX and balancer (key files are read here, as the new user) and bind
  * its sockets with the kept CAP_NET_BIND_SERVICE (so a bind error is
  * reported before anything runs), then announce readiness (log line +
- * sd_notify). SIGTERM/SIGINT drain. SIGUSR2 upgrades (upgrade.h): the
+ * sd_notify). SIGTERM/SIGINT withdraw (settings.withdraw_delay_ms: GET
+ * /ready answers 503 while kgated still serves, so routers move traffic
+ * away first), then drain. SIGUSR2 upgrades (upgrade.h): the
  * binary on disk starts as a child with the sockets, becomes ready, and
  * this process then stops accepting and drains. */
 #include <errno.h>
@@ -377,6 +379,66 @@ static int wait_for_signal(void)
 		}
 		return sig;
 	}
+}
+
+static const char *signal_name(int sig)
+{
+	switch (sig) {
+	case SIGTERM: return "SIGTERM";
+	case SIGINT: return "SIGINT";
+	case SIGHUP: return "SIGHUP";
+	case SIGUSR2: return "SIGUSR2";
+	default: return "other";
+	}
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* SIGTERM/SIGINT, before the drain: GET /ready turns 503 at once, so the
+ * announcer (kgate-anycast) withdraws the service address and the routers
+ * converge away from this instance, while it keeps accepting and serving
+ * what still arrives for settings.withdraw_delay_ms. A second SIGTERM or
+ * SIGINT ends the wait early (an operator in a hurry, systemd's stop
+ * timeout nearing); SIGHUP and SIGUSR2 are ignored: an upgrade now would
+ * start a process that serves again. true when it withdrew (and sent
+ * STOPPING=1 to systemd at its start); false with a delay of 0. */
+static bool withdraw(struct kg_runtime *rt, int sig)
+{
+	unsigned delay = atomic_load(&rt->withdraw_delay_ms);
+	atomic_store(&rt->readiness, KG_READINESS_STOPPING);
+	if (delay == 0)
+		return false;
+	sd_notify_send("STOPPING=1");
+	log_notice("kgated.withdrawing", KV("signal", signal_name(sig)), KV("delay_ms", delay));
+	sigset_t set;
+	wait_set(&set);
+	int64_t start = mono_ms(), end = start + delay;
+	for (int64_t now = start; now < end; now = mono_ms()) {
+		int64_t left = end - now;
+		struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000};
+		int got = sigtimedwait(&set, NULL, &ts);
+		if (got == -1 && errno == EINTR)
+			continue;
+		if (got == -1) {
+			if (errno != EAGAIN)
+				log_warn("kgated.withdraw_cut", KV("signal", "none"),
+					 KV("after_ms", mono_ms() - start), KV_ERRNO(errno));
+			return true;
+		}
+		if (got == SIGTERM || got == SIGINT) {
+			log_notice("kgated.withdraw_cut", KV("signal", signal_name(got)),
+				   KV("after_ms", mono_ms() - start));
+			return true;
+		}
+		log_notice("signal.ignored", KV("signal", signal_name(got)),
+			   KV("reason", "withdrawing: kgated drains and stops next"));
+	}
+	return true;
 }
 
 /* The binary an upgrade starts: where this one was started from, resolved
@@ -822,6 +884,12 @@ int main(int argc, char **argv)
 	if (metrics_fd >= 0)
 		log_notice("metrics.listening", KV("addr", opt.metrics), KV("path", "/metrics"),
 			   KV("inherited", inherit.active));
+	/* Every listener that could start is bound (an upgrade's inherited
+	 * sockets included: until this process accepts, the old one does),
+	 * so /ready says so from the first request the control thread
+	 * answers. After a hand-over the old process stops answering on the
+	 * metrics socket before it drains: it never says "draining" there. */
+	atomic_store(&rt.readiness, KG_READINESS_SERVING);
 	/* Without a state dir there is no control socket, but the control
 	 * thread still serves metrics when asked to, and rotates the ticket
 	 * keys in any case. */
@@ -883,14 +951,23 @@ int main(int argc, char **argv)
 		atomic_store(&rt.handed_over, true);
 		log_notice("kgated.draining", KV("signal", "SIGUSR2"), KV("reason", "upgraded"));
 	} else {
-		log_notice("kgated.draining", KV("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
-		sd_notify_send("STOPPING=1");
+		/* With a withdraw delay, STOPPING=1 went out when it began. */
+		bool withdrew = withdraw(&rt, sig);
+		log_notice("kgated.draining", KV("signal", signal_name(sig)));
+		if (!withdrew)
+			sd_notify_send("STOPPING=1");
 		/* Gone from the fleet at once, not when the lease runs out. */
 		kg_store_stop(store, true);
 	}
 stop_control:
 	kg_store_stop(store, false);
 	kg_control_stop(control);
+	/* Nothing answers on the metrics port from here: closed, it refuses
+	 * at once, where an unserved backlog would leave a readiness checker
+	 * waiting for its timeout through the whole drain. */
+	if (metrics_fd >= 0)
+		close(metrics_fd);
+	metrics_fd = -1;
 
 stop_workers:
 	atomic_store(&rt.stopping, true);

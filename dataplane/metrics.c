@@ -330,10 +330,20 @@ void kg_metrics_serve(struct kg_runtime *rt, int client)
 	req[got] = '\0';
 	const char *status = "200 OK";
 	char *body = NULL;
-	if (strncmp(req, "GET /metrics ", 13) == 0 || strncmp(req, "GET / ", 6) == 0)
+	if (strncmp(req, "GET /metrics ", 13) == 0 || strncmp(req, "GET / ", 6) == 0) {
 		body = kg_metrics_text(rt);
-	else
+	} else if (strncmp(req, "GET /ready ", 11) == 0) {
+		/* For routing (kgate-anycast): the answer is a status code, the
+		 * body only says why to a person. */
+		int r = atomic_load(&rt->readiness);
+		status = r == KG_READINESS_SERVING ? "200 OK" : "503 Service Unavailable";
+		body = strdup(r == KG_READINESS_SERVING ? "ready\n"
+			      : r == KG_READINESS_STARTING ? "starting\n" : "draining\n");
+		if (!body)
+			status = "500 Internal Server Error";
+	} else {
 		status = "404 Not Found";
+	}
 	char head[256];
 	size_t blen = body ? strlen(body) : 0;
 	snprintf(head, sizeof(head),

@@ -12,7 +12,9 @@
  * thread's poll loop). fd or -errno with err. */
 int kg_metrics_open(const char *hostport, char *err, size_t errlen);
 
-/* Answers one HTTP request on client (GET /metrics) and closes nothing. */
+/* Answers one HTTP request on client and closes nothing: GET /metrics
+ * (and /) the Prometheus text, GET /ready 200 "ready" while rt->readiness
+ * is KG_READINESS_SERVING, else 503 "starting" or "draining". */
 void kg_metrics_serve(struct kg_runtime *rt, int client);
 
 /* {"name", "active", "accepted", "handshakes", "handshake_failed",

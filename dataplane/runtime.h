@@ -84,6 +84,15 @@ struct kg_listener_slot {
 struct kg_worker;
 struct kg_inherit;
 
+/* What GET /ready on the metrics port answers (metrics.c), for whatever
+ * steers traffic here (kgate-anycast announces the service address only
+ * on 200). */
+enum kg_readiness {
+	KG_READINESS_STARTING,  /* 503 "starting": listeners not in place yet */
+	KG_READINESS_SERVING,   /* 200 "ready" */
+	KG_READINESS_STOPPING,  /* 503 "draining": withdrawing, then draining */
+};
+
 struct kg_runtime {
 	struct kg_listener_slot slots[KG_MAX_LISTENERS];
 	struct kg_worker **workers;    /* set by main before the first apply */
@@ -93,6 +102,8 @@ struct kg_runtime {
 	struct kg_ticket_keys *tickets; /* session-ticket keys of stateless listeners; set by
 					 * main before the first apply, rotated by the control thread */
 	atomic_uint drain_timeout_ms;
+	atomic_uint withdraw_delay_ms; /* settings.withdraw_delay_ms, read at SIGTERM */
+	atomic_int readiness;          /* enum kg_readiness; written by the main thread */
 	atomic_bool stopping; /* set by the signal thread: drain and exit */
 	/* Set with stopping when the listeners went to an upgraded process:
 	 * idle https connections then wait for their next request, answered

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kgate needs, when missing. Usage:
-#   tests/install-deps.sh build|test|demo|bench|vm|package|fuzz
+#   tests/install-deps.sh build|test|demo|bench|vm|package|fuzz|fleet
 # Idempotent; needs root (apt-get) only when something is missing.
 set -euo pipefail
 
@@ -8,7 +8,7 @@ build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-de
 	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp libcurl4-openssl-dev)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db
 	chromium libnss3-tools util-linux sslscan testssl.sh prometheus haproxy
-	python3-cryptography gunicorn etcd-server etcd-client)
+	python3-cryptography gunicorn etcd-server etcd-client bird2)
 demo=("${build[@]}" openssl curl python3)
 bench=("${test[@]}" wrk nginx-light gnuplot-nox)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;
@@ -19,6 +19,9 @@ vm=("${test[@]}" qemu-system-x86 busybox-static)
 package=("${build[@]}" dpkg-dev systemd util-linux curl python3 man-db systemd-container)
 # libFuzzer harnesses: clang and its runtime (libFuzzer, ASan, UBSan).
 fuzz=("${build[@]}" clang libclang-rt-14-dev)
+# tests/fleet/run: network namespaces with BIRD 2 (router and instances),
+# ip(8) and curl for packaging/kgate-anycast.
+fleet=("${test[@]}" bird2 iproute2 curl)
 
 case "${1:-test}" in
 build) want=("${build[@]}") ;;
@@ -28,7 +31,8 @@ bench) want=("${bench[@]}") ;;
 vm) want=("${vm[@]}") ;;
 package) want=("${package[@]}") ;;
 fuzz) want=("${fuzz[@]}") ;;
-*) echo "usage: $0 build|test|demo|bench|vm|package|fuzz" >&2; exit 2 ;;
+fleet) want=("${fleet[@]}") ;;
+*) echo "usage: $0 build|test|demo|bench|vm|package|fuzz|fleet" >&2; exit 2 ;;
 esac
 
 missing=()

@@ -101,6 +101,42 @@ def test_unit_verifies(tmp_path):
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
 
 
+def test_anycast_unit_verifies_and_follows_kgate(tmp_path):
+    """kgate-anycast.service: stopped with kgate (BindsTo=), CAP_NET_ADMIN
+    only, and systemd accepts it."""
+    path = os.path.join(BUILD_DIR, "packaging", "kgate-anycast.service")
+    text = open(path).read()
+    for line in ("BindsTo=kgate.service", "After=kgate.service", "Type=simple",
+                 "CapabilityBoundingSet=CAP_NET_ADMIN", "WantedBy=kgate.service",
+                 "ExecStart=%s" % os.path.join(_installed_sbindir(), "kgate-anycast")):
+        assert line in text.splitlines(), line
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze not installed")
+    script = os.path.join(REPO, "packaging", "kgate-anycast")
+    text = text.replace(os.path.join(_installed_sbindir(), "kgate-anycast"), script)
+    env = tmp_path / "anycast.env"
+    env.write_text(open(os.path.join(REPO, "packaging", "anycast.env")).read())
+    text = text.replace("/etc/kgate/anycast.env", str(env))
+    # BindsTo= names kgate.service: verify the two side by side.
+    kgate = open(UNIT).read().replace(os.path.join(_installed_sbindir(), "kgated"), KGATED)
+    kgate = kgate.replace(os.path.join(_installed_bindir(), "kgatectl"), KGATECTL)
+    (tmp_path / "kgate.service").write_text(kgate)
+    unit = tmp_path / "kgate-anycast.service"
+    unit.write_text(text)
+    res = run(["systemd-analyze", "verify", "--man=no", str(unit), str(tmp_path / "kgate.service")],
+              check=False)
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+
+
+def test_bird_examples_parse():
+    if not shutil.which("bird"):
+        pytest.skip("bird2 not installed (tests/install-deps.sh fleet)")
+    for name in ("instance.conf", "router.conf"):
+        res = run(["bird", "-p", "-c", os.path.join(REPO, "packaging", "bird", name)],
+                  check=False)
+        assert res.returncode == 0, (name, res.stderr)
+
+
 def test_unit_exposure_stays_low():
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze not installed")
@@ -208,6 +244,10 @@ def test_cmake_install_layout(tmp_path):
     prefix = _cache("CMAKE_INSTALL_PREFIX").lstrip("/")
     root = dest / prefix
     for rel in ("sbin/kgated", "bin/kgatectl", "lib/systemd/system/kgate.service",
+                "sbin/kgate-anycast", "lib/systemd/system/kgate-anycast.service",
+                "share/doc/kgate/examples/anycast.env",
+                "share/doc/kgate/examples/bird/instance.conf",
+                "share/doc/kgate/examples/bird/router.conf",
                 "share/man/man8/kgated.8.gz", "share/man/man8/kgatectl.8.gz",
                 "share/man/man5/kgate.json.5.gz",
                 "share/bash-completion/completions/kgatectl"):

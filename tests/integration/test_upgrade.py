@@ -14,12 +14,14 @@ import socket
 import ssl
 import stat
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import (KGATECTL, KGATED, REPO, PidProc, base_config, become_subreaper,
+from conftest import (KGATECTL, KGATED, REPO, PidProc, base_config, become_subreaper, https_get,
                       client_context, dead_port, run, tls_listener, wait_until)
 
 LOAD = os.path.join(REPO, "tests", "tools", "upgrade_load.py")
@@ -387,3 +389,139 @@ def test_resumption_survives_the_upgrade(spawn_kgated, pki, http_backends, echo_
     other = client_context(pki, tls_min=tls, tls_max=tls)
     reused, _ = echo_once(other, port)
     assert not reused
+
+
+# --------------------------------------------------------------------------
+# Readiness (kgated(8), READINESS): GET /ready on the metrics port, and the
+# withdraw before the drain that routing follows.
+# --------------------------------------------------------------------------
+
+def metrics_addr():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    addr = "127.0.0.1:%d" % s.getsockname()[1]
+    s.close()
+    return addr
+
+
+def ready(addr):
+    """(status, body) of GET /ready, or (None, error kind) when nothing
+    answers."""
+    try:
+        with urllib.request.urlopen("http://%s/ready" % addr, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError) as e:
+        return None, type(getattr(e, "reason", e)).__name__
+
+
+def ts_ms(ev):
+    """Milliseconds of a logfmt ts= (2026-11-27T07:31:34.335Z) since midnight."""
+    h, m, s = ev["ts"][11:-1].split(":")
+    return round((int(h) * 3600 + int(m) * 60 + float(s)) * 1000)
+
+
+def test_ready_then_withdraw_serves_on_then_drains(spawn_kgated, pki, http_backends,
+                                                   echo_backend, tmp_path):
+    """SIGTERM with withdraw_delay_ms: /ready turns 503 at once, new
+    connections are still served for the delay, then the drain as before."""
+    addr = metrics_addr()
+    d = start(spawn_kgated, pki, http_backends("a"), echo_backend, tmp_path,
+              extra_args=("--metrics", addr), withdraw_delay_ms=1500)
+    assert ready(addr) == (200, "ready\n")
+    # /metrics and unknown paths are unchanged.
+    assert urllib.request.urlopen("http://%s/metrics" % addr, timeout=5).status == 200
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen("http://%s/readyz" % addr, timeout=5)
+    assert e.value.code == 404
+    ctx = client_context(pki)
+    os.kill(d.pid, signal.SIGTERM)
+    assert d.wait_event("kgated.withdrawing", timeout=2, delay_ms=1500, signal="SIGTERM")
+    assert ready(addr) == (503, "draining\n")
+    # Served during the withdraw: new connections, as many as fit in ~1 s.
+    served, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        assert "backend=a" in https_get(ctx, d.ports["web"])
+        served += 1
+    assert not d.events("kgated.draining"), "drained before the delay ran out"
+    assert d.proc.wait(10) == 0
+    w, dr = d.events("kgated.withdrawing")[0], d.events("kgated.draining")[0]
+    assert 1450 <= ts_ms(dr) - ts_ms(w) <= 2500, (w, dr)
+    assert served >= 5
+    assert not d.events("kgated.withdraw_cut")
+    assert ready(addr)[0] is None  # gone with the process
+
+
+def test_second_sigterm_cuts_the_withdraw(spawn_kgated, pki, http_backends, echo_backend,
+                                          tmp_path):
+    addr = metrics_addr()
+    d = start(spawn_kgated, pki, http_backends("a"), echo_backend, tmp_path,
+              extra_args=("--metrics", addr), withdraw_delay_ms=60000)
+    os.kill(d.pid, signal.SIGTERM)
+    assert d.wait_event("kgated.withdrawing", timeout=2)
+    os.kill(d.pid, signal.SIGHUP)  # ignored, the wait goes on
+    assert d.wait_event("signal.ignored", timeout=2, signal="SIGHUP")
+    assert d.alive() and ready(addr)[0] == 503
+    t0 = time.monotonic()
+    os.kill(d.pid, signal.SIGTERM)
+    assert d.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 5
+    cut = d.events("kgated.withdraw_cut")
+    assert len(cut) == 1 and cut[0]["signal"] == "SIGTERM", cut
+    assert d.count_event("kgated.draining") == 1
+
+
+def test_no_withdraw_delay_drains_at_once(spawn_kgated, pki, http_backends, echo_backend,
+                                          tmp_path):
+    """The default (0) is the behaviour from before: straight to the drain."""
+    addr = metrics_addr()
+    d = start(spawn_kgated, pki, http_backends("a"), echo_backend, tmp_path,
+              extra_args=("--metrics", addr))
+    assert ready(addr) == (200, "ready\n")
+    # An open connection keeps the drain going (up to drain_timeout_ms,
+    # 2 s here); the metrics port refuses at once meanwhile, so a checker
+    # does not wait for its timeout.
+    raw = socket.create_connection(("127.0.0.1", d.ports["raw"]), timeout=5)
+    with client_context(pki).wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"ping\n")
+        assert s.recv(16) == b"ping\n"
+        os.kill(d.pid, signal.SIGTERM)
+        assert d.wait_event("kgated.draining", timeout=2, signal="SIGTERM")
+        assert wait_until(lambda: ready(addr) == (None, "ConnectionRefusedError"), 1.0)
+        assert d.alive()
+    assert d.proc.wait(10) == 0
+    assert not d.events("kgated.withdrawing")
+
+
+def test_upgrade_does_not_withdraw(spawn_kgated, pki, http_backends, echo_backend, tmp_path):
+    """Polled throughout two upgrades, /ready answers 200 every time: the
+    new process answers on the inherited metrics socket itself, and the
+    old one lets go of it before draining, so an announcer never sees a
+    503 or a refused connection."""
+    addr = metrics_addr()
+    d = start(spawn_kgated, pki, http_backends("a"), echo_backend, tmp_path,
+              extra_args=("--metrics", addr), withdraw_delay_ms=60000)
+    answers, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            answers.append(ready(addr))
+            time.sleep(0.005)
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        for _ in range(2):
+            d.upgrade()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        t.join(10)
+    bad = [a for a in answers if a != (200, "ready\n")]
+    assert len(answers) > 20 and not bad, (len(answers), bad[:5])
+    # The replaced processes drained without a withdraw (60 s here).
+    d.check_retired()
+    assert not d.events("kgated.withdrawing")
+    os.kill(d.pid, signal.SIGTERM)
+    assert d.wait_event("kgated.withdrawing", timeout=2)
+    os.kill(d.pid, signal.SIGTERM)

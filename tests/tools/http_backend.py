@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """A tiny HTTP/1.1 backend for the demo and the health-check tests: answers
 every GET with "backend=NAME" (status --status, after --delay-ms), plus
-"client=DN" when an https listener sent the client's subject. Prints
-"listening on PORT" once bound (port 0 = any)."""
+"client=DN" when an https listener sent the client's subject, and with
+--peer "peer=IP" (the address the request came from: in the fleet lane,
+which kgated instance forwarded it). Prints "listening on PORT" once bound
+(port 0 = any) on --bind (default 127.0.0.1)."""
 import argparse
 import http.server
 import sys
@@ -15,6 +17,8 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--status", type=int, default=200)
     ap.add_argument("--delay-ms", type=int, default=0)
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--peer", action="store_true")
     args = ap.parse_args()
     body = f"backend={args.name}\n".encode()
 
@@ -29,6 +33,8 @@ def main():
             client = self.headers.get("X-Forwarded-Clientcert-subjectdn")
             if client:
                 out = body[:-1] + f" client={client}\n".encode()
+            if args.peer:
+                out = out[:-1] + f" peer={self.client_address[0]}\n".encode()
             self.send_response(args.status)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(out)))
@@ -38,7 +44,7 @@ def main():
         def log_message(self, *a):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    srv = http.server.ThreadingHTTPServer((args.bind, args.port), Handler)
     srv.daemon_threads = True
     print(f"listening on {srv.server_address[1]}", flush=True)
     try:

@@ -86,6 +86,13 @@ def recv_exact(s, n):
 def read_response(s, buf):
     """One HTTP/1.1 response with Content-Length: (status line, keep-alive?,
     leftover bytes)."""
+    status, alive, _, rest = read_response_body(s, buf)
+    return status, alive, rest
+
+
+def read_response_body(s, buf):
+    """read_response, with the body: (status line, keep-alive?, body,
+    leftover bytes)."""
     while b"\r\n\r\n" not in buf:
         chunk = s.recv(65536)
         if not chunk:
@@ -108,7 +115,7 @@ def read_response(s, buf):
         if not chunk:
             raise EOFError("connection closed in a response body")
         rest += chunk
-    return lines[0], headers.get(b"connection") != b"close", rest[length:]
+    return lines[0], headers.get(b"connection") != b"close", rest[:length], rest[length:]
 
 
 def connect(ctx, port):

@@ -74,6 +74,8 @@ static const struct bad_case bad[] = {
 	{"{'settings':{'log_level':'loud'}}", "settings.log_level: must be one of"},
 	{"{'settings':{'ticket_key_rotation_s':299}}", "settings.ticket_key_rotation_s: must be 300-604800"},
 	{"{'settings':{'ticket_key_rotation_s':604801}}", "settings.ticket_key_rotation_s: must be 300-604800"},
+	{"{'settings':{'withdraw_delay_ms':300001}}", "settings.withdraw_delay_ms: must be 0-300000"},
+	{"{'settings':{'withdraw_delay_ms':'2s'}}", "settings.withdraw_delay_ms: expected an integer, got a string"},
 	{"{'settings':{'threads':1}}", "settings.threads: unknown key"},
 	/* certificates */
 	{"{'certificates':[]}", "certificates: expected an object"},
@@ -242,6 +244,7 @@ Test(config, defaults_filled)
 	cr_expect_eq(cfg->workers, 0);
 	cr_expect_eq(cfg->drain_timeout_ms, 10000);
 	cr_expect_eq(cfg->ticket_key_rotation_s, 43200);
+	cr_expect_eq(cfg->withdraw_delay_ms, 0);
 	cr_expect_null(cfg->log_level);
 	cr_assert_eq(cfg->n_certs, 2);
 	const struct kg_cert_conf *web = kg_config_find_cert(cfg, "web");
@@ -467,8 +470,8 @@ ParameterizedTest(size_t *i, config, accepts)
 Test(config, full_document)
 {
 	static const char doc[] =
-		"{'settings':{'workers':2,'drain_timeout_ms':5000,'log_level':'debug',"
-		"'ticket_key_rotation_s':300},"
+		"{'settings':{'workers':2,'drain_timeout_ms':5000,'withdraw_delay_ms':1500,"
+		"'log_level':'debug','ticket_key_rotation_s':300},"
 		"'certificates':{'web':{'type':'server','cert':'server.pem','key':'server.key'},"
 		"'clients':{'type':'ca','cert':'ca.pem','crl':'ca.crl'}},"
 		"'listeners':[{'name':'web','protocol':'tls','bind':'127.0.0.1','port':0,"
@@ -487,6 +490,7 @@ Test(config, full_document)
 	cr_assert_not_null(cfg, "%s", err);
 	cr_expect_eq(cfg->workers, 2);
 	cr_expect_eq(cfg->drain_timeout_ms, 5000);
+	cr_expect_eq(cfg->withdraw_delay_ms, 1500);
 	cr_expect_str_eq(cfg->log_level, "debug");
 	cr_expect_eq(cfg->ticket_key_rotation_s, 300);
 	cr_expect_str_eq(kg_config_find_cert(cfg, "clients")->crl_path, "/base/ca.crl");

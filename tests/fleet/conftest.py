@@ -42,6 +42,10 @@ PORT = 8443
 ROUTER = "10.77.0.1"
 INSTANCES = {"inst1": "10.77.0.11", "inst2": "10.77.0.12", "inst3": "10.77.0.13"}
 BACKENDS = {"back1": "10.77.0.21", "back2": "10.77.0.22"}
+# The store (test_store_fleet.py): an etcd cluster of three members.
+ETCDS = {"etcd1": "10.77.0.31", "etcd2": "10.77.0.32", "etcd3": "10.77.0.33"}
+PREFIX = "/kgate"
+STORE_URL = "etcd://" + ",".join("%s:2379" % a for a in ETCDS.values()) + PREFIX
 CLIENT_ADDR, CLIENT_GW = "10.77.1.2", "10.77.1.1"
 METRICS = "127.0.0.1:9190"
 WITHDRAW_DELAY_MS = 2000
@@ -150,6 +154,8 @@ class Fleet:
         self.kgated = {}
         self.announcers = {}
         self.birds = {}
+        self.etcds = {}
+        self.kek = None
 
     def ns(self, role):
         return self.prefix + role
@@ -175,7 +181,7 @@ class Fleet:
         sh("ip", "-n", r, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", r, "addr", "add", ROUTER + "/24", "dev", "br0")
         sh("ip", "-n", r, "link", "set", "br0", "up")
-        for role, addr in {**INSTANCES, **BACKENDS}.items():
+        for role, addr in {**INSTANCES, **BACKENDS, **ETCDS}.items():
             self.netns_add(role)
             sh("ip", "-n", r, "link", "add", "v-" + role, "type", "veth", "peer", "name", "eth0",
                "netns", self.ns(role))
@@ -283,6 +289,65 @@ class Fleet:
                 ('"eth0"', '"br0"'), ("192.0.2.10/32", VIP + "/32")]
         subs += [("198.51.100.1%d" % (n + 1), a) for n, a in enumerate(INSTANCES.values())]
         self.start_bird("router", self.bird_conf("router", "router.conf", subs))
+
+    # ---- the store -----------------------------------------------------
+
+    def start_etcd(self, role):
+        """One member of the three-member cluster, with its data kept across
+        a stop and start (an outage, not a new member)."""
+        addr = ETCDS[role]
+        cluster = ",".join("%s=http://%s:2380" % (r, a) for r, a in ETCDS.items())
+        self.etcds[role] = self.start(role, [
+            "etcd", "--name", role, "--data-dir", os.path.join(self.tmp, role + "-data"),
+            "--listen-client-urls", "http://%s:2379" % addr,
+            "--advertise-client-urls", "http://%s:2379" % addr,
+            "--listen-peer-urls", "http://%s:2380" % addr,
+            "--initial-advertise-peer-urls", "http://%s:2380" % addr,
+            "--initial-cluster", cluster, "--initial-cluster-token", self.prefix + "etcd",
+            "--initial-cluster-state", "new"], role + ".log")
+
+    def etcd_healthy(self, role):
+        res = self.nsexec(role, "curl", "-s", "--max-time", "1",
+                          "http://%s:2379/health" % ETCDS[role], check=False)
+        return '"health":"true"' in res.stdout
+
+    def stop_etcd(self, role):
+        self.etcds[role].stop()
+
+    def make_kek(self):
+        self.kek = os.path.join(self.tmp, "kek")
+        with open(self.kek, "w") as f:
+            f.write(sh("openssl", "rand", "-hex", "32").stdout)
+        os.chmod(self.kek, 0o600)
+
+    def ctl_store(self, *args, check=True, timeout=30):
+        """kgatectl --store from the client's namespace (an operator's
+        machine, reaching etcd through the router)."""
+        return sh("ip", "netns", "exec", self.ns("client"), KGATECTL, "--store", STORE_URL,
+                  "--store-kek", self.kek, *args, check=check, timeout=timeout)
+
+    def start_kgated_store(self, role, kek=None, state="store-state"):
+        """kgated in store mode: its state is the store's, cached in its
+        own state dir (kept across restarts: the cache)."""
+        if kek is None and role in self.kgated and self.kgated[role].alive():
+            self.kgated[role].stop(again_after=0.2)
+        d = os.path.join(self.tmp, role)
+        os.makedirs(d, exist_ok=True)
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:quarantine_size_mb=16")
+        p = self.start(role, [KGATED, "--store", STORE_URL, "--store-kek", kek or self.kek,
+                              "--state-dir", os.path.join(d, state), "--instance-id", role,
+                              "--user", "root", "--metrics", METRICS],
+                       "%s-kgated-%s.log" % (role, state), env=env)
+        p.withdraw_ms = WITHDRAW_DELAY_MS
+        p.sock = os.path.join(d, state, "control.sock")
+        if kek is None:
+            self.kgated[role] = p
+        return p
+
+    def instance_status(self, role):
+        res = sh(KGATECTL, "--socket", self.kgated[role].sock, "-o", "json", "status",
+                 check=False)
+        return json.loads(res.stdout) if res.returncode == 0 else None
 
     # ---- state ---------------------------------------------------------
 

@@ -8,6 +8,9 @@ fleet_client.py --vip IP --port P --ca CA --cert CERT --key KEY --out FILE
                 (--count N | --stop FILE [--rate R] [--held H]) [--threads T]
 
 --count N: exactly N new connections over T threads, then exit.
+--resume V (TLSv1_2 or TLSv1_3): one connection, then new ones offering its
+session until one reaches another instance (at most 200): writes {"first",
+"other", "reused", "tries"}.
 --stop FILE: new connections at about R per second until FILE exists (at
 most --seconds), and H held connections sending a GET every 100 ms.
 Writes JSON to FILE (atomically): {"new": [[t0, t1, ok, kind, instance],
@@ -67,6 +70,24 @@ class Client:
             rec = [t0, time.monotonic(), False, classify(e), ""]
         with self.lock:
             self.new.append(rec)
+
+    def resume_elsewhere(self, version):
+        """A session from one instance, offered to another one."""
+        v = getattr(ssl.TLSVersion, version)
+        self.ctx.minimum_version = self.ctx.maximum_version = v
+
+        def get(session=None):
+            raw = socket.create_connection((self.a.vip, self.a.port), timeout=TIMEOUT)
+            with self.ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                inst, _, _ = read_response(s, b"")
+                return inst, s.session_reused, s.session
+        first, _, sess = get()
+        for tries in range(1, 201):
+            inst, reused, _ = get(sess)
+            if inst != first:
+                return {"first": first, "other": inst, "reused": reused, "tries": tries}
+        return {"first": first, "other": None, "reused": False, "tries": 200}
 
     def counted(self, n):
         left = [n]
@@ -141,8 +162,15 @@ def main():
     ap.add_argument("--held", type=int, default=0)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--resume")
     a = ap.parse_args()
     c = Client(a)
+    if a.resume:
+        result = c.resume_elsewhere(a.resume)
+        with open(a.out + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.rename(a.out + ".tmp", a.out)
+        return 0
     if a.count:
         c.counted(a.count)
     else:

@@ -215,8 +215,11 @@ static int ca_issue(struct kg_cli *cli, int argc, char **argv)
 		o.type = KG_CERT_CLIENT;
 	else if (strcmp(a.type, "server") == 0)
 		o.type = KG_CERT_SERVER;
+	else if (strcmp(a.type, "peer") == 0)
+		o.type = KG_CERT_PEER;
 	else
-		return kg_ctl_fail(KG_EXIT_USAGE, "ca issue: --type %s: must be client or server", a.type);
+		return kg_ctl_fail(KG_EXIT_USAGE, "ca issue: --type %s: must be client, server or peer",
+				   a.type);
 	if (!a.p12 != !a.p12_pass_file)
 		return kg_ctl_fail(KG_EXIT_USAGE, "ca issue: --p12 and --p12-pass-file go together");
 	o.key = (struct kg_key_spec){EVP_PKEY_EC, NID_X9_62_prime256v1};
@@ -403,7 +406,7 @@ static const struct kg_cmd ca_cmds[] = {
 	 "--dir DIR --subject '/C=../ST=../O=../OU=../CN=..' [--key ec-p256|ec-p384|rsa-2048|rsa-3072|rsa-4096] [--days 3650] [--serial HEX] [--digest sha256|sha384|sha512] [--key-pass-file F] [--force]",
 	 "create a CA folder (also usable by 'openssl ca'); --force replaces an existing CA"},
 	{"issue", ca_issue,
-	 "--dir DIR --type client|server --subject '/O=../CN=NAME' [--san DNS:a,IP:1.2.3.4] [--days 365] [--key TYPE] [--digest D] --out PREFIX [--key-pass-file F] [--p12 FILE --p12-pass-file F] [--ca-pass-file F] [--force]",
+	 "--dir DIR --type client|server|peer --subject '/O=../CN=NAME' [--san DNS:a,IP:1.2.3.4] [--days 365] [--key TYPE] [--digest D] --out PREFIX [--key-pass-file F] [--p12 FILE --p12-pass-file F] [--ca-pass-file F] [--force]",
 	 "new key + certificate: PREFIX.pem, PREFIX.key (0600), optional PKCS#12; C/ST/O/OU must match the CA"},
 	{"export-p12", ca_export_p12,
 	 "--cert F --key F [--key-pass-file F] --ca F --out FILE --pass-file F [--force]",

@@ -666,7 +666,8 @@ static int leaf_extensions(X509 *cert, X509 *ca, const struct kg_issue_opts *o,
 		ret = add_ext(cert, ca, NID_key_usage, ku, err);
 	if (!ret)
 		ret = add_ext(cert, ca, NID_ext_key_usage,
-			      o->type == KG_CERT_SERVER ? "serverAuth" : "clientAuth", err);
+			      o->type == KG_CERT_SERVER ? "serverAuth"
+			      : o->type == KG_CERT_PEER ? "serverAuth,clientAuth" : "clientAuth", err);
 	if (!ret)
 		ret = add_ext(cert, ca, NID_subject_key_identifier, "hash", err);
 	if (!ret)
@@ -675,7 +676,7 @@ static int leaf_extensions(X509 *cert, X509 *ca, const struct kg_issue_opts *o,
 		return ret;
 	if (o->san)
 		san = kg_san_build(o->san, err);
-	else if (o->type == KG_CERT_SERVER)
+	else if (o->type == KG_CERT_SERVER || o->type == KG_CERT_PEER)
 		san = san_default(name, err);
 	else
 		return 0;

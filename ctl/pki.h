@@ -58,7 +58,7 @@ struct kg_ca_init_opts {
 
 struct kg_issue_opts {
 	const char *dir;
-	enum kg_cert_type type; /* KG_CERT_CLIENT or KG_CERT_SERVER */
+	enum kg_cert_type type; /* KG_CERT_CLIENT, KG_CERT_SERVER or KG_CERT_PEER */
 	const char *subject;
 	const char *san;      /* "DNS:a,IP:1.2.3.4,email:..,URI:.." or NULL */
 	int days;

@@ -160,6 +160,23 @@ static int verify(X509 *leaf, X509_CRL *crl, int purpose)
 	return err;
 }
 
+/* An etcd member under --client-cert-auth presents one certificate both
+ * ways: a peer certificate passes as server and as client, with the
+ * server's subjectAltName. */
+Test(pki, peer_certificate_serves_both_purposes, .init = make_ca, .fini = drop_ca)
+{
+	struct kg_issue_result res;
+	struct kg_err err = {""};
+	struct kg_issue_opts p = issue_opts(KG_CERT_PEER, "/C=DE/CN=etcd1", "etcd1");
+	p.san = "IP:10.77.0.31";
+	cr_assert_eq(kg_ca_issue(&p, &res, &err), 0, "issue peer: %s", err.msg);
+	X509 *peer = read_cert(tc_file(&dir, "etcd1.pem"));
+	cr_expect_eq(verify(peer, NULL, X509_PURPOSE_SSL_SERVER), X509_V_OK);
+	cr_expect_eq(verify(peer, NULL, X509_PURPOSE_SSL_CLIENT), X509_V_OK);
+	cr_expect_eq(X509_check_ip_asc(peer, "10.77.0.31", 0), 1);
+	X509_free(peer);
+}
+
 Test(pki, round_trip, .init = make_ca, .fini = drop_ca)
 {
 	struct kg_issue_result res;

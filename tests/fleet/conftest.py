@@ -216,6 +216,17 @@ class Fleet:
            "--out", os.path.join(d, "server"))
         sh(KGATECTL, "ca", "issue", "--dir", ca, "--type", "client", "--subject",
            "/O=kgate fleet/CN=client", "--days", "2", "--out", os.path.join(d, "client"))
+        # etcd runs with client-certificate auth: each member gets a peer
+        # certificate (server and client use), kgated and kgatectl a client one.
+        for role, addr in ETCDS.items():
+            sh(KGATECTL, "ca", "issue", "--dir", ca, "--type", "peer", "--subject",
+               "/O=kgate fleet/CN=" + role, "--san", "IP:" + addr, "--days", "2",
+               "--out", os.path.join(d, role))
+        sh(KGATECTL, "ca", "issue", "--dir", ca, "--type", "client", "--subject",
+           "/O=kgate fleet/CN=store client", "--days", "2", "--out", os.path.join(d, "store"))
+        self.store_tls = ["--store-ca", os.path.join(ca, "ca.pem"),
+                          "--store-cert", os.path.join(d, "store.pem"),
+                          "--store-key", os.path.join(d, "store.key")]
         self.pki = {"ca": os.path.join(ca, "ca.pem"),
                     "server": os.path.join(d, "server.pem"), "server_key": os.path.join(d, "server.key"),
                     "client": os.path.join(d, "client.pem"), "client_key": os.path.join(d, "client.key")}
@@ -294,21 +305,29 @@ class Fleet:
 
     def start_etcd(self, role):
         """One member of the three-member cluster, with its data kept across
-        a stop and start (an outage, not a new member)."""
+        a stop and start (an outage, not a new member). Clients must show a
+        certificate from the fleet's CA (kgatectl ca issue)."""
         addr = ETCDS[role]
+        d = os.path.join(self.tmp, "pki")
         cluster = ",".join("%s=http://%s:2380" % (r, a) for r, a in ETCDS.items())
         self.etcds[role] = self.start(role, [
             "etcd", "--name", role, "--data-dir", os.path.join(self.tmp, role + "-data"),
-            "--listen-client-urls", "http://%s:2379" % addr,
-            "--advertise-client-urls", "http://%s:2379" % addr,
+            "--listen-client-urls", "https://%s:2379" % addr,
+            "--advertise-client-urls", "https://%s:2379" % addr,
+            "--cert-file", os.path.join(d, role + ".pem"),
+            "--key-file", os.path.join(d, role + ".key"),
+            "--trusted-ca-file", self.pki["ca"], "--client-cert-auth",
             "--listen-peer-urls", "http://%s:2380" % addr,
             "--initial-advertise-peer-urls", "http://%s:2380" % addr,
             "--initial-cluster", cluster, "--initial-cluster-token", self.prefix + "etcd",
             "--initial-cluster-state", "new"], role + ".log")
 
     def etcd_healthy(self, role):
-        res = self.nsexec(role, "curl", "-s", "--max-time", "1",
-                          "http://%s:2379/health" % ETCDS[role], check=False)
+        d = os.path.join(self.tmp, "pki")
+        res = self.nsexec(role, "curl", "-s", "--max-time", "1", "--cacert", self.pki["ca"],
+                          "--cert", os.path.join(d, "store.pem"), "--key",
+                          os.path.join(d, "store.key"), "https://%s:2379/health" % ETCDS[role],
+                          check=False)
         return '"health":"true"' in res.stdout
 
     def stop_etcd(self, role):
@@ -324,7 +343,7 @@ class Fleet:
         """kgatectl --store from the client's namespace (an operator's
         machine, reaching etcd through the router)."""
         return sh("ip", "netns", "exec", self.ns("client"), KGATECTL, "--store", STORE_URL,
-                  "--store-kek", self.kek, *args, check=check, timeout=timeout)
+                  "--store-kek", self.kek, *self.store_tls, *args, check=check, timeout=timeout)
 
     def start_kgated_store(self, role, kek=None, state="store-state"):
         """kgated in store mode: its state is the store's, cached in its
@@ -335,7 +354,7 @@ class Fleet:
         os.makedirs(d, exist_ok=True)
         env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:quarantine_size_mb=16")
         p = self.start(role, [KGATED, "--store", STORE_URL, "--store-kek", kek or self.kek,
-                              "--state-dir", os.path.join(d, state), "--instance-id", role,
+                              *self.store_tls, "--state-dir", os.path.join(d, state), "--instance-id", role,
                               "--user", "root", "--metrics", METRICS],
                        "%s-kgated-%s.log" % (role, state), env=env)
         p.withdraw_ms = WITHDRAW_DELAY_MS

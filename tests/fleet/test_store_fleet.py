@@ -132,8 +132,11 @@ def test_garbage_in_the_store_is_refused_everywhere(store_fleet):
     fleet = store_fleet
     before = {r: fleet.instance_status(r)["store"]["documents_refused"] for r in INSTANCES}
     rev = applied(fleet, "inst1")
+    pki = os.path.join(fleet.tmp, "pki")
     fleet.nsexec("etcd1", "env", "ETCDCTL_API=3", "etcdctl", "--endpoints",
-                 "http://%s:2379" % ETCDS["etcd1"], "put", PREFIX + "/state", "not a document")
+                 "https://%s:2379" % ETCDS["etcd1"], "--cacert", fleet.pki["ca"], "--cert",
+                 os.path.join(pki, "store.pem"), "--key", os.path.join(pki, "store.key"),
+                 "put", PREFIX + "/state", "not a document")
     assert wait_until(lambda: all(fleet.instance_status(r)["store"]["documents_refused"] >
                                   before[r] for r in INSTANCES), 10, 0.05)
     for role in INSTANCES:

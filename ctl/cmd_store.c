@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include <kgate/log.h>
+#include <openssl/crypto.h>
 
 #include "client.h"
 #include "config.h"
@@ -21,7 +22,9 @@
 #include "seal.h"
 #include "state.h"
 #include "store_doc.h"
+#include "store_tickets.h"
 #include "store_url.h"
+#include "ticket_keys.h"
 
 #define ERRLEN 1024
 /* Per request; one member that does not answer costs this much, so a
@@ -262,6 +265,84 @@ close:
 	return st;
 }
 
+/* ---- store rotate-ticket-keys ----------------------------------------------------- */
+
+/* A rotation now, for an operator who will not wait for the schedule (a
+ * key leaked): a new current key, the current one becomes the previous, by
+ * the same compare-and-swap the instances use; they install it through
+ * their watch. A value this KEK cannot open is left alone: it may be the
+ * fleet's under another KEK (etcdctl del it to have the instances write
+ * their keys again). */
+static int store_rotate_tickets(struct kg_cli *cli, int argc, char **argv)
+{
+	struct kg_flags f;
+	char err[ERRLEN];
+	struct store_conn c;
+	struct kg_etcd_range rg = {0};
+	struct kg_kek *kek = NULL;
+	struct kg_ticket_key keys[2], next[2];
+	size_t n = 0;
+	int64_t rev = 0, read_rev = 0;
+	KG_FLAGS_OR_RETURN("store", &store_cmds[2], cli, argc, argv, " ", NULL, 0, 0, &f);
+	if (!cli->store.kek)
+		return kg_ctl_fail(KG_EXIT_USAGE, "store rotate-ticket-keys: needs --store-kek FILE "
+				   "(the keys are sealed under it)");
+	int st = store_open(cli, "store rotate-ticket-keys", &c);
+	if (st)
+		return st;
+	st = KG_EXIT_ERROR;
+	kek = kg_kek_load(cli->store.kek, err, sizeof(err));
+	if (!kek) {
+		kg_ctl_fail(st, "store rotate-ticket-keys: --store-kek: %s", err);
+		goto close;
+	}
+	if (kg_etcd_range(c.etcd, c.url.tickets_key, false, &rg, err, sizeof(err)) < 0) {
+		kg_ctl_fail(st, "store rotate-ticket-keys: store %s: %s", c.url.text, err);
+		goto close;
+	}
+	time_t now = time(NULL);
+	int r;
+	if (rg.n == 0) {
+		/* No set yet: a first key, which the instances then adopt. */
+		r = kg_ticket_key_new(&next[0], now, err, sizeof(err));
+		n = 1;
+	} else {
+		read_rev = rg.kvs[0].mod_revision;
+		r = kg_store_tickets_open(kek, c.url.tickets_key, &rg.kvs[0], keys, &n, err,
+					  sizeof(err));
+		if (r == 0)
+			r = kg_ticket_keys_next(&keys[0], now, next, err, sizeof(err));
+		n = 2;
+	}
+	if (r == 0)
+		r = kg_store_tickets_write(c.etcd, kek, c.url.tickets_key, read_rev, next, n, &rev,
+					   err, sizeof(err));
+	if (r == -ECANCELED) {
+		kg_ctl_fail(st, "%s changed since it was read (revision %lld): an instance rotated "
+			    "it meanwhile; run this again for one more rotation",
+			    c.url.tickets_key, (long long)read_rev);
+		goto wipe;
+	}
+	if (r < 0) {
+		kg_ctl_fail(st, "store rotate-ticket-keys: %s", err);
+		goto wipe;
+	}
+	if (cli->out == KG_OUT_JSON)
+		printf("{\"revision\": %lld, \"previous_revision\": %lld, \"keys\": %zu}\n",
+		       (long long)rev, (long long)read_rev, n);
+	else
+		printf("revision %lld\n", (long long)rev);
+	st = KG_EXIT_OK;
+wipe:
+	OPENSSL_cleanse(keys, sizeof(keys));
+	OPENSSL_cleanse(next, sizeof(next));
+close:
+	kg_etcd_range_free(&rg);
+	kg_kek_destroy(kek);
+	store_close(&c);
+	return st;
+}
+
 static const struct kg_cmd store_cmds[] = {
 	{"push", store_push, "FILE|DIR [--expect-revision N]",
 	 "write a configuration (FILE, paths relative to its folder) or a state dir (DIR) "
@@ -269,6 +350,10 @@ static const struct kg_cmd store_cmds[] = {
 	 "compare-and-swap on the revision read first (or N)"},
 	{"show", store_show, "[-o json]",
 	 "the document in the store and its revision (private keys shown as \"(sealed)\")"},
+	{"rotate-ticket-keys", store_rotate_tickets, "[-o json]",
+	 "rotate the fleet's session-ticket keys now (a new current key; the current one "
+	 "becomes the previous and still resumes; run twice to drop it); compare-and-swap, "
+	 "sealed with --store-kek"},
 	{NULL, NULL, NULL, NULL},
 };
 

@@ -18,6 +18,7 @@
 #include <json-c/json.h>
 
 #include "b64.h"
+#include "clock.h"
 
 /* A reply or one stream message larger than this is refused rather than
  * buffered: etcd's own request limit is 1.5 MiB, and a whole prefix of
@@ -1092,11 +1093,12 @@ static json_object *watch_request(const struct kg_etcd_watch_req *req)
 	return wrap;
 }
 
-/* Runs the transfer on a multi handle so that the stop flag is looked at
- * every KG_ETCD_STOP_POLL_MS however quiet the stream is. Returns 1 when
- * stopped by the flag, 0 when the transfer ended (*rc says how), -errno
- * when libcurl's multi interface failed. */
-static int watch_run(CURL *h, const atomic_bool *stop, CURLcode *rc)
+/* Runs the transfer on a multi handle so that the stop flag (and the
+ * deadline, kg_now_ms() time or 0) is looked at every KG_ETCD_STOP_POLL_MS
+ * however quiet the stream is. Returns 1 when stopped by the flag, 2 at
+ * the deadline, 0 when the transfer ended (*rc says how), -errno when
+ * libcurl's multi interface failed. */
+static int watch_run(CURL *h, const atomic_bool *stop, uint64_t until_ms, CURLcode *rc)
 {
 	CURLM *m = curl_multi_init();
 	if (!m)
@@ -1112,6 +1114,10 @@ static int watch_run(CURL *h, const atomic_bool *stop, CURLcode *rc)
 			break;
 		if (stop && atomic_load(stop)) {
 			r = 1;
+			goto remove_handle;
+		}
+		if (until_ms && kg_now_ms() >= until_ms) {
+			r = 2;
 			goto remove_handle;
 		}
 		if (curl_multi_poll(m, NULL, 0, KG_ETCD_STOP_POLL_MS, NULL) != CURLM_OK)
@@ -1170,7 +1176,7 @@ int kg_etcd_watch(struct kg_etcd *c, const struct kg_etcd_watch_req *req,
 		if (setup_easy(c, h, url, text, true, curl_err) == 0 &&
 		    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_watch_data) == CURLE_OK &&
 		    curl_easy_setopt(h, CURLOPT_WRITEDATA, &io) == CURLE_OK)
-			run = watch_run(h, req->stop, &rc);
+			run = watch_run(h, req->stop, req->until_ms, &rc);
 		long status = 0;
 		if (curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
 			status = 0;
@@ -1180,6 +1186,9 @@ int kg_etcd_watch(struct kg_etcd *c, const struct kg_etcd_watch_req *req,
 		kg_etcd_stream_destroy(io.s);
 		if (run == 1) {
 			r = 0; /* stopped */
+		} else if (run == 2) {
+			errf(err, errlen, "etcd %s%s: the watch reached its deadline", ep, path);
+			r = -ETIME;
 		} else if (run < 0) {
 			errf(err, errlen, "%s: libcurl's multi interface failed", path);
 			r = run;

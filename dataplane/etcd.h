@@ -140,6 +140,9 @@ struct kg_etcd_watch_req {
 	void *arg;
 	/* Set by any thread to end the watch; seen within about 100 ms. */
 	const atomic_bool *stop;
+	/* 0, or a kg_now_ms() time at which the watch ends (-ETIME): for a
+	 * caller that has work due then, such as a ticket-key rotation. */
+	uint64_t until_ms;
 };
 
 /* Watches every key under req->prefix and blocks until the watch ends:
@@ -148,6 +151,7 @@ struct kg_etcd_watch_req {
  *              gets the oldest revision still kept;
  *   -EPIPE     etcd ended the stream or canceled the watch (watch again from
  *              the last revision seen + 1);
+ *   -ETIME     req->until_ms has come (watch again when done);
  *   fn's -errno, or an error as for any request. */
 int kg_etcd_watch(struct kg_etcd *c, const struct kg_etcd_watch_req *req,
 		  int64_t *compact_revision, char *err, size_t errlen);

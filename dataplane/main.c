@@ -786,7 +786,10 @@ int main(int argc, char **argv)
 	 * made here goes with it. A file that cannot be used stops the start:
 	 * it may hold keys shared with other instances, never replaced
 	 * behind the operator's back. */
-	rt.tickets = kg_ticket_keys_open(opt.state_dir ? st.dir : NULL, cfg->ticket_key_rotation_s,
+	/* In store mode the store rotates the keys (store.h) and the file is
+	 * the cache of the fleet's set: never rotated here. */
+	unsigned rotation_s = cfg->ticket_key_rotation_s;
+	rt.tickets = kg_ticket_keys_open(opt.state_dir ? st.dir : NULL, store ? 0 : rotation_s,
 					 time(NULL), err, sizeof(err));
 	if (!rt.tickets) {
 		log_err("tls.ticket_keys_invalid", KV("reason", err),
@@ -923,6 +926,7 @@ int main(int argc, char **argv)
 				 KV("effect", "both processes accept until the old one stops"));
 	}
 	if (store) {
+		kg_store_follow_tickets(store, rt.tickets, rotation_s);
 		int r = kg_store_start(store, ops);
 		if (r < 0) {
 			log_err("store.start_failed", KV_ERRNO(-r));

@@ -269,7 +269,8 @@ char *kg_metrics_text(struct kg_runtime *rt)
 		       "Seconds since the store last answered.",
 		       (kg_now_ms() - (contact ? contact : rt->started_ms)) / 1000);
 		metric(&t, "store_documents_refused_total", "counter",
-		       "Store documents that did not validate and were not applied.",
+		       "Store documents that did not validate and were not applied, and "
+		       "ticket key sets that did not open.",
 		       atomic_load(&ss->documents_refused));
 	}
 	put(&t, "# HELP kgate_worker_connections Connections each worker owns now (accepted "

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <kgate/log.h>
+#include <openssl/crypto.h>
 
 #include "certs.h"
 #include "clock.h"
@@ -19,7 +20,9 @@
 #include "etcd.h"
 #include "seal.h"
 #include "store_doc.h"
+#include "store_tickets.h"
 #include "store_url.h"
+#include "ticket_keys.h"
 
 #define ERRLEN 1024
 #define REVISION_FILE "store.json"
@@ -36,6 +39,11 @@ struct kg_store {
 	struct kg_kek *kek;
 	struct kg_etcd *follow_etcd; /* the follower's range and watch */
 	struct kg_etcd *status_etcd; /* the status thread's lease and puts */
+	struct kg_etcd *tickets_etcd; /* the ticket thread's range, watch and CAS */
+	struct kg_ticket_keys *tickets; /* NULL: no ticket thread */
+	unsigned rotation_s;            /* settings.ticket_key_rotation_s at start */
+	int64_t tickets_refused;        /* the last refused key set's mod_revision */
+	int64_t tickets_applied;        /* the mod_revision of the set in use; 0: none yet */
 	char id[256];
 	char host[256];
 	struct kg_store_status status;
@@ -43,8 +51,8 @@ struct kg_store {
 	struct kg_state *st;
 	int64_t refused_revision; /* the last refused document's, not tried again */
 	atomic_bool stop;
-	pthread_t follower, publisher;
-	bool follower_started, publisher_started;
+	pthread_t follower, publisher, ticketer;
+	bool follower_started, publisher_started, ticketer_started;
 	int64_t lease;
 };
 
@@ -81,7 +89,9 @@ struct kg_store *kg_store_create(const struct kg_store_opts *o, char *err, size_
 	s->follow_etcd = client(o, &s->url, INITIAL_TIMEOUT_MS, why, sizeof(why));
 	s->status_etcd = s->follow_etcd ? client(o, &s->url, REQUEST_TIMEOUT_MS, why, sizeof(why))
 					: NULL;
-	if (!s->status_etcd) {
+	s->tickets_etcd = s->status_etcd ? client(o, &s->url, REQUEST_TIMEOUT_MS, why, sizeof(why))
+					 : NULL;
+	if (!s->tickets_etcd) {
 		snprintf(err, errlen, "--store %s: %s", o->url, why);
 		goto destroy;
 	}
@@ -113,6 +123,7 @@ void kg_store_destroy(struct kg_store *s)
 		return;
 	kg_etcd_destroy(s->follow_etcd);
 	kg_etcd_destroy(s->status_etcd);
+	kg_etcd_destroy(s->tickets_etcd);
 	kg_kek_destroy(s->kek);
 	kg_store_url_free(&s->url);
 	free(s);
@@ -365,6 +376,152 @@ static void *follow(void *arg)
 	return NULL;
 }
 
+/* ---- the session-ticket keys (PREFIX/ticket-keys) --------------------------------- */
+
+void kg_store_follow_tickets(struct kg_store *s, struct kg_ticket_keys *tk, unsigned rotation_s)
+{
+	s->tickets = tk;
+	s->rotation_s = rotation_s;
+}
+
+static void tickets_refused(struct kg_store *s, int64_t rev, const char *why)
+{
+	s->tickets_refused = rev;
+	atomic_fetch_add(&s->status.documents_refused, 1);
+	log_err("store.ticket_keys_refused", KV("store", s->url.text),
+		KV("key", s->url.tickets_key), KV("revision", (long long)rev), KV("reason", why),
+		KV("effect", "the ticket keys in use stay"));
+}
+
+/* Writes keys at PREFIX/ticket-keys if it is still at revision expect
+ * (0: absent). 0, -ECANCELED (another instance came first: read its set),
+ * or an etcd error with err. The set is installed when read back, like
+ * anyone else's. */
+static int tickets_write(struct kg_store *s, int64_t expect, const struct kg_ticket_key *keys,
+			 size_t n, const char *why, char *err, size_t errlen)
+{
+	int64_t rev = 0;
+	int r = kg_store_tickets_write(s->tickets_etcd, s->kek, s->url.tickets_key, expect, keys, n,
+				       &rev, err, errlen);
+	if (r == 0)
+		log_notice("store.ticket_keys_written", KV("store", s->url.text),
+			   KV("key", s->url.tickets_key), KV("revision", (long long)rev),
+			   KV("previous_revision", (long long)expect), KV("why", why));
+	return r;
+}
+
+/* PREFIX/ticket-keys is absent: the keys this instance uses (from its
+ * cache, or new) become the fleet's, if no other instance is first. */
+static int tickets_create(struct kg_store *s, char *err, size_t errlen)
+{
+	struct kg_ticket_key keys[2];
+	size_t n = kg_ticket_keys_get(s->tickets, &keys[0], &keys[1]) ? 2 : 1;
+	int r = tickets_write(s, 0, keys, n, "absent from the store", err, errlen);
+	OPENSSL_cleanse(keys, sizeof(keys));
+	return r;
+}
+
+/* Installs the stored set kv, or refuses it; then rotates it when its
+ * current key is rotation_s old. *due_ms: kg_now_ms() time of the next
+ * rotation, 0 when none is to be made (the value was refused: a value
+ * this instance cannot open is never overwritten, it may be the fleet's
+ * under another KEK). 0, -ECANCELED (another instance rotated first),
+ * -EAGAIN (rotated: read it back), or an etcd error with err. */
+static int tickets_take(struct kg_store *s, const struct kg_etcd_kv *kv, uint64_t *due_ms,
+			char *err, size_t errlen)
+{
+	struct kg_ticket_key keys[2], next[2];
+	size_t n = 0;
+	char why[ERRLEN];
+	*due_ms = 0;
+	if (kv->mod_revision == s->tickets_refused)
+		return 0; /* refused already: logged and counted once */
+	int r = kg_store_tickets_open(s->kek, s->url.tickets_key, kv, keys, &n, why, sizeof(why));
+	if (r < 0) {
+		tickets_refused(s, kv->mod_revision, why);
+		r = 0;
+		goto wipe;
+	}
+	r = kg_ticket_keys_install(s->tickets, keys, n, why, sizeof(why));
+	/* Per revision, also when the set is the one in use (this instance
+	 * wrote it, or read it before): which revision each instance holds. */
+	if (r >= 0 && kv->mod_revision != s->tickets_applied)
+		log_notice("store.ticket_keys_applied", KV("store", s->url.text),
+			   KV("revision", (long long)kv->mod_revision), KV("keys", n),
+			   KV("current_created", (long long)keys[0].created));
+	else if (r < 0)
+		log_warn("store.ticket_keys_not_cached", KV("reason", why),
+			 KV("revision", (long long)kv->mod_revision),
+			 KV("effect", "in use, but a start without the store would use older keys"));
+	s->tickets_applied = kv->mod_revision;
+	int64_t now = (int64_t)time(NULL), due = keys[0].created + (int64_t)s->rotation_s;
+	if (now < due) {
+		*due_ms = kg_now_ms() + (uint64_t)(due - now) * 1000;
+		r = 0;
+		goto wipe;
+	}
+	char age[64];
+	snprintf(age, sizeof(age), "the current key is %lld s old", (long long)(now - keys[0].created));
+	r = kg_ticket_keys_next(&keys[0], (time_t)now, next, err, errlen);
+	if (r == 0)
+		r = tickets_write(s, kv->mod_revision, next, 2, age, err, errlen);
+	OPENSSL_cleanse(next, sizeof(next));
+	if (r == 0)
+		r = -EAGAIN;
+wipe:
+	OPENSSL_cleanse(keys, sizeof(keys));
+	return r;
+}
+
+/* Any change to PREFIX/ticket-keys ends the watch: the loop reads the key
+ * again, so a set from the watch and one from a read take one path. */
+static int on_tickets_event(void *arg, const struct kg_etcd_event *ev)
+{
+	struct kg_store *s = arg;
+	contact(s);
+	if (ev->type == KG_ETCD_EV_CREATED || strcmp(ev->kv.key, s->url.tickets_key) != 0)
+		return 0;
+	return -EAGAIN;
+}
+
+static void *tickets_loop(void *arg)
+{
+	struct kg_store *s = arg;
+	char why[ERRLEN];
+	unsigned backoff = BACKOFF_MIN_MS;
+	while (!atomic_load(&s->stop)) {
+		struct kg_etcd_range rg = {0};
+		uint64_t due_ms = 0;
+		int r = kg_etcd_range(s->tickets_etcd, s->url.tickets_key, false, &rg, why,
+				      sizeof(why));
+		if (r == 0) {
+			contact(s);
+			backoff = BACKOFF_MIN_MS;
+			r = rg.n > 0 ? tickets_take(s, &rg.kvs[0], &due_ms, why, sizeof(why))
+				     : tickets_create(s, why, sizeof(why));
+		}
+		int64_t from = rg.revision + 1;
+		kg_etcd_range_free(&rg);
+		if (r == -ECANCELED || r == -EAGAIN)
+			continue; /* someone (maybe this instance) wrote a set: read it */
+		if (r == 0) {
+			struct kg_etcd_watch_req req = {.prefix = s->url.tickets_key,
+							.start_revision = from,
+							.fn = on_tickets_event, .arg = s,
+							.stop = &s->stop, .until_ms = due_ms};
+			r = kg_etcd_watch(s->tickets_etcd, &req, NULL, why, sizeof(why));
+			if (r == 0)
+				break;
+			if (r == -EAGAIN || r == -ETIME || r == -ERANGE || r == -EPIPE)
+				continue;
+		}
+		no_contact(s, why, false);
+		nap(s, backoff);
+		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+	}
+	return NULL;
+}
+
 /* ---- the status publisher ------------------------------------------------------ */
 
 static char *status_text(struct kg_store *s)
@@ -452,6 +609,14 @@ int kg_store_start(struct kg_store *s, struct kg_ops *ops)
 		return -r;
 	}
 	s->publisher_started = true;
+	if (s->tickets) {
+		r = pthread_create(&s->ticketer, NULL, tickets_loop, s);
+		if (r != 0) {
+			kg_store_stop(s, false);
+			return -r;
+		}
+		s->ticketer_started = true;
+	}
 	return 0;
 }
 
@@ -465,7 +630,9 @@ void kg_store_stop(struct kg_store *s, bool revoke)
 		pthread_join(s->follower, NULL);
 	if (s->publisher_started)
 		pthread_join(s->publisher, NULL);
-	s->follower_started = s->publisher_started = false;
+	if (s->ticketer_started)
+		pthread_join(s->ticketer, NULL);
+	s->follower_started = s->publisher_started = s->ticketer_started = false;
 	if (revoke && s->lease != 0) {
 		if (kg_etcd_lease_revoke(s->status_etcd, s->lease, why, sizeof(why)) < 0)
 			log_warn("store.lease_not_revoked", KV("reason", why),

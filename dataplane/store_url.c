@@ -96,9 +96,11 @@ int kg_store_url_parse(const char *text, bool tls, struct kg_store_url *out, cha
 	}
 	out->prefix = strdup(slash);
 	out->state_key = joined(slash, "/state");
+	out->tickets_key = joined(slash, "/ticket-keys");
 	out->instances = joined(slash, "/instances/");
 	out->members = joined(slash, "/members/");
-	if (!out->prefix || !out->state_key || !out->instances || !out->members)
+	if (!out->prefix || !out->state_key || !out->tickets_key || !out->instances ||
+	    !out->members)
 		goto nomem;
 	return 0;
 nomem:
@@ -113,6 +115,7 @@ void kg_store_url_free(struct kg_store_url *u)
 		free(u->endpoints[i]);
 	free(u->prefix);
 	free(u->state_key);
+	free(u->tickets_key);
 	free(u->instances);
 	free(u->members);
 	memset(u, 0, sizeof(*u));

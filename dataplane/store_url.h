@@ -4,6 +4,7 @@
  * https:// when TLS files are given); PREFIX (letters, digits, - . _ and
  * inner /) roots every key kgate writes:
  *   /PREFIX/state          the desired state (store_doc.h)
+ *   /PREFIX/ticket-keys    the session-ticket keys, sealed (store_tickets.h)
  *   /PREFIX/instances/ID   each kgated's status, under a lease
  *   /PREFIX/members/ID     the same without a lease (who ever ran) */
 #ifndef KGATE_STORE_URL_H
@@ -20,6 +21,7 @@ struct kg_store_url {
 	size_t n_endpoints;
 	char *prefix;                                /* "/kgate": leading slash, none after */
 	char *state_key;                             /* prefix + "/state" */
+	char *tickets_key;                           /* prefix + "/ticket-keys" */
 	char *instances;                             /* prefix + "/instances/" */
 	char *members;                               /* prefix + "/members/" */
 };

@@ -41,7 +41,7 @@ struct kg_ticket_keys {
 	EVP_CIPHER *cipher; /* AES-256-CBC, fetched once rather than per ticket */
 };
 
-static int new_key(struct kg_ticket_key *k, time_t now, char *err, size_t errlen)
+int kg_ticket_key_new(struct kg_ticket_key *k, time_t now, char *err, size_t errlen)
 {
 	/* The secret parts come from the private DRBG, kept apart from the
 	 * one whose output goes on the wire (IVs, the key name). */
@@ -70,29 +70,39 @@ static void hex_encode(char *out, size_t outlen, const unsigned char *in, size_t
 		out[0] = '\0'; /* cannot happen: outlen is 2 * len + 1 */
 }
 
-/* The file's text for keys[0..n): written by hand rather than through
- * json-c so that every copy of the key bytes can be wiped afterwards. */
-static int persist(const char *path, const struct kg_ticket_key *keys, size_t n, char *err,
-		   size_t errlen)
+int kg_ticket_keys_format(const struct kg_ticket_key *keys, size_t n, char *text, size_t len)
 {
-	char text[1024], name[2 * KG_TICKET_NAME_LEN + 1], aes[2 * KG_TICKET_AES_LEN + 1],
+	char name[2 * KG_TICKET_NAME_LEN + 1], aes[2 * KG_TICKET_AES_LEN + 1],
 		hmac[2 * KG_TICKET_HMAC_LEN + 1];
-	size_t len = (size_t)snprintf(text, sizeof(text), "{\n  \"version\": %d,\n  \"keys\": [",
-				      FILE_VERSION);
+	if (n < 1 || n > 2 || len < KG_TICKET_KEYS_TEXT_MAX)
+		return -EINVAL;
+	size_t used = (size_t)snprintf(text, len, "{\n  \"version\": %d,\n  \"keys\": [",
+				       FILE_VERSION);
 	for (size_t i = 0; i < n; i++) {
 		hex_encode(name, sizeof(name), keys[i].name, sizeof(keys[i].name));
 		hex_encode(aes, sizeof(aes), keys[i].aes, sizeof(keys[i].aes));
 		hex_encode(hmac, sizeof(hmac), keys[i].hmac, sizeof(keys[i].hmac));
-		len += (size_t)snprintf(text + len, sizeof(text) - len,
-					"%s\n    {\"name\": \"%s\", \"aes\": \"%s\", "
-					"\"hmac\": \"%s\", \"created\": %lld}",
-					i ? "," : "", name, aes, hmac, (long long)keys[i].created);
+		used += (size_t)snprintf(text + used, len - used,
+					 "%s\n    {\"name\": \"%s\", \"aes\": \"%s\", "
+					 "\"hmac\": \"%s\", \"created\": %lld}",
+					 i ? "," : "", name, aes, hmac, (long long)keys[i].created);
 	}
-	snprintf(text + len, sizeof(text) - len, "\n  ]\n}\n");
-	int ret = kg_state_write_atomic(path, text, err, errlen);
-	OPENSSL_cleanse(text, sizeof(text));
+	snprintf(text + used, len - used, "\n  ]\n}\n");
 	OPENSSL_cleanse(aes, sizeof(aes));
 	OPENSSL_cleanse(hmac, sizeof(hmac));
+	return 0;
+}
+
+/* The file's text for keys[0..n), written atomically. */
+static int persist(const char *path, const struct kg_ticket_key *keys, size_t n, char *err,
+		   size_t errlen)
+{
+	char text[KG_TICKET_KEYS_TEXT_MAX];
+	int ret = kg_ticket_keys_format(keys, n, text, sizeof(text));
+	if (ret < 0)
+		return kg_fail(err, errlen, -ret, "%s: cannot format %zu keys", path, n);
+	ret = kg_state_write_atomic(path, text, err, errlen);
+	OPENSSL_cleanse(text, sizeof(text));
 	return ret;
 }
 
@@ -128,12 +138,12 @@ static int parse_key(const char *path, size_t i, json_object *o, struct kg_ticke
 	return 0;
 }
 
-/* The file's keys into tk (current, then previous if any). */
-static int parse_file(struct kg_ticket_keys *tk, const char *text, char *err, size_t errlen)
+int kg_ticket_keys_parse(const char *what, const char *text, struct kg_ticket_key keys[2],
+			 size_t *n_out, char *err, size_t errlen)
 {
-	const char *path = tk->path;
+	const char *path = what;
 	enum json_tokener_error jerr = json_tokener_success;
-	json_object *doc = json_tokener_parse_verbose(text, &jerr), *v = NULL, *keys = NULL;
+	json_object *doc = json_tokener_parse_verbose(text, &jerr), *v = NULL, *keys_arr = NULL;
 	struct kg_ticket_key k[2];
 	int ret;
 	size_t n = 0;
@@ -148,15 +158,15 @@ static int parse_file(struct kg_ticket_keys *tk, const char *text, char *err, si
 		ret = kg_fail(err, errlen, EINVAL, "%s: version: expected %d", path, FILE_VERSION);
 		goto put_doc;
 	}
-	if (!json_object_object_get_ex(doc, "keys", &keys) ||
-	    !json_object_is_type(keys, json_type_array) ||
-	    (n = json_object_array_length(keys)) < 1 || n > 2) {
+	if (!json_object_object_get_ex(doc, "keys", &keys_arr) ||
+	    !json_object_is_type(keys_arr, json_type_array) ||
+	    (n = json_object_array_length(keys_arr)) < 1 || n > 2) {
 		ret = kg_fail(err, errlen, EINVAL,
 			      "%s: keys: expected an array of 1 or 2 keys (current, previous)", path);
 		goto put_doc;
 	}
 	for (size_t i = 0; i < n; i++) {
-		ret = parse_key(path, i, json_object_array_get_idx(keys, i), &k[i], err, errlen);
+		ret = parse_key(path, i, json_object_array_get_idx(keys_arr, i), &k[i], err, errlen);
 		if (ret < 0)
 			goto wipe_keys;
 	}
@@ -164,15 +174,29 @@ static int parse_file(struct kg_ticket_keys *tk, const char *text, char *err, si
 		ret = kg_fail(err, errlen, EINVAL, "%s: keys[1].name: the same as keys[0].name", path);
 		goto wipe_keys;
 	}
-	tk->cur = k[0];
-	tk->has_prev = n == 2;
-	if (n == 2)
-		tk->prev = k[1];
+	memcpy(keys, k, n * sizeof(k[0]));
+	*n_out = n;
 	ret = 0;
 wipe_keys:
 	OPENSSL_cleanse(k, sizeof(k));
 put_doc:
 	json_object_put(doc);
+	return ret;
+}
+
+/* The file's keys into tk (current, then previous if any). */
+static int parse_file(struct kg_ticket_keys *tk, const char *text, char *err, size_t errlen)
+{
+	struct kg_ticket_key k[2];
+	size_t n = 0;
+	int ret = kg_ticket_keys_parse(tk->path, text, k, &n, err, errlen);
+	if (ret == 0) {
+		tk->cur = k[0];
+		tk->has_prev = n == 2;
+		if (n == 2)
+			tk->prev = k[1];
+	}
+	OPENSSL_cleanse(k, sizeof(k));
 	return ret;
 }
 
@@ -185,7 +209,7 @@ static int load(struct kg_ticket_keys *tk, time_t now, char *err, size_t errlen)
 	if (stat(tk->path, &sb) == -1) {
 		if (errno != ENOENT)
 			return kg_fail_errno(err, errlen, errno, "%s", tk->path);
-		int ret = new_key(&tk->cur, now, err, errlen);
+		int ret = kg_ticket_key_new(&tk->cur, now, err, errlen);
 		return ret < 0 ? ret : persist(tk->path, &tk->cur, 1, err, errlen);
 	}
 	if (!S_ISREG(sb.st_mode))
@@ -229,7 +253,7 @@ struct kg_ticket_keys *kg_ticket_keys_open(const char *dir, unsigned rotation_s,
 		kg_fail(err, errlen, ENOMEM, "ticket keys: out of memory");
 		goto close;
 	}
-	if ((tk->path ? load(tk, now, err, errlen) : new_key(&tk->cur, now, err, errlen)) < 0 ||
+	if ((tk->path ? load(tk, now, err, errlen) : kg_ticket_key_new(&tk->cur, now, err, errlen)) < 0 ||
 	    kg_ticket_keys_rotate(tk, now, false, err, errlen) < 0)
 		goto close;
 	return tk;
@@ -254,18 +278,47 @@ const char *kg_ticket_keys_path(const struct kg_ticket_keys *tk)
 	return tk->path;
 }
 
-/* When the next rotation is due, Unix time; the rotating thread only (it
- * is the only writer, so it reads without the lock). */
+/* When the next rotation is due, Unix time (INT64_MAX: never, the keys
+ * are rotated elsewhere); the rotating thread only (it is the only
+ * writer, so it reads without the lock). */
 static int64_t due_at(const struct kg_ticket_keys *tk)
 {
+	if (tk->rotation_s == 0)
+		return INT64_MAX;
 	int64_t at = tk->cur.created + (int64_t)tk->rotation_s;
 	return tk->retry_at > at ? tk->retry_at : at;
 }
 
 int64_t kg_ticket_keys_due_ms(const struct kg_ticket_keys *tk, time_t now)
 {
-	int64_t s = due_at(tk) - (int64_t)now;
+	int64_t at = due_at(tk);
+	if (at == INT64_MAX)
+		return INT64_MAX;
+	int64_t s = at - (int64_t)now;
 	return s > 0 ? s * 1000 : 0;
+}
+
+int kg_ticket_keys_next(const struct kg_ticket_key *cur, time_t now, struct kg_ticket_key next[2],
+			char *err, size_t errlen)
+{
+	int ret = kg_ticket_key_new(&next[0], now, err, errlen);
+	if (ret == 0)
+		next[1] = *cur;
+	return ret;
+}
+
+/* Replaces the set in use by keys[0..n) under the write lock: a worker
+ * sees the old set or the new one, never half of each. */
+static void swap_in(struct kg_ticket_keys *tk, const struct kg_ticket_key *keys, size_t n)
+{
+	pthread_rwlock_wrlock(&tk->lock);
+	tk->cur = keys[0];
+	tk->has_prev = n == 2;
+	if (n == 2)
+		tk->prev = keys[1];
+	else
+		OPENSSL_cleanse(&tk->prev, sizeof(tk->prev));
+	pthread_rwlock_unlock(&tk->lock);
 }
 
 int kg_ticket_keys_rotate(struct kg_ticket_keys *tk, time_t now, bool force, char *err,
@@ -276,18 +329,13 @@ int kg_ticket_keys_rotate(struct kg_ticket_keys *tk, time_t now, bool force, cha
 
 	if (!force && (int64_t)now < due_at(tk))
 		return 0;
-	next[1] = tk->cur;
-	ret = new_key(&next[0], now, err, errlen);
+	ret = kg_ticket_keys_next(&tk->cur, now, next, err, errlen);
 	/* Keys are persisted before they are used: a ticket issued with a key
 	 * that a restart would not find is a resumption lost. */
 	if (ret == 0 && tk->path)
 		ret = persist(tk->path, next, 2, err, errlen);
 	if (ret == 0) {
-		pthread_rwlock_wrlock(&tk->lock);
-		tk->prev = next[1];
-		tk->cur = next[0];
-		tk->has_prev = true;
-		pthread_rwlock_unlock(&tk->lock);
+		swap_in(tk, next, 2);
 		tk->retry_at = 0;
 		/* How many clients the last key still served: each renewed its
 		 * ticket under the key that was current. */
@@ -299,6 +347,26 @@ int kg_ticket_keys_rotate(struct kg_ticket_keys *tk, time_t now, bool force, cha
 	}
 	OPENSSL_cleanse(next, sizeof(next));
 	return ret < 0 ? ret : 1;
+}
+
+int kg_ticket_keys_install(struct kg_ticket_keys *tk, const struct kg_ticket_key *keys, size_t n,
+			   char *err, size_t errlen)
+{
+	if (n < 1 || n > 2)
+		return kg_fail(err, errlen, EINVAL, "ticket keys: %zu keys, expected 1 or 2", n);
+	/* The rotating thread is the only writer: it reads without the lock. */
+	bool same = memcmp(&tk->cur, &keys[0], sizeof(keys[0])) == 0 &&
+		    tk->has_prev == (n == 2) &&
+		    (n == 1 || memcmp(&tk->prev, &keys[1], sizeof(keys[1])) == 0);
+	if (same)
+		return 0;
+	/* In use first, cached second: the fleet issues tickets under these
+	 * keys already, so a cache that cannot be written (a full disk) must
+	 * not keep this instance from reading them. */
+	swap_in(tk, keys, n);
+	if (tk->path && persist(tk->path, keys, n, err, errlen) < 0)
+		return -EIO;
+	return 1;
 }
 
 uint64_t kg_ticket_keys_take_previous_hits(struct kg_ticket_keys *tk)

@@ -28,6 +28,8 @@
 #define KG_TICKET_NAME_LEN 16
 #define KG_TICKET_AES_LEN 32  /* AES-256-CBC */
 #define KG_TICKET_HMAC_LEN 32 /* HMAC-SHA256 */
+/* Room for the text of two keys (kg_ticket_keys_format), about 500 bytes. */
+#define KG_TICKET_KEYS_TEXT_MAX 1024
 
 struct kg_ticket_key {
 	unsigned char name[KG_TICKET_NAME_LEN];
@@ -40,7 +42,9 @@ struct kg_ticket_keys;
 
 /* Loads dir/ticket-keys, or generates a key and persists it there when the
  * file is missing; dir NULL: a random key in memory. A key older than
- * rotation_s is rotated at once (and persisted). A file that cannot be
+ * rotation_s is rotated at once (and persisted). rotation_s 0: never
+ * rotated here (store mode, where the store decides; the file is then the
+ * cache of the fleet's keys, see kg_ticket_keys_install). A file that cannot be
  * used (not a regular file, readable by others, not JSON, a key of the
  * wrong size) is an error naming the file: it is never replaced, since
  * it may hold an operator's shared keys. NULL with err on failure. */
@@ -60,8 +64,38 @@ const char *kg_ticket_keys_path(const struct kg_ticket_keys *tk);
 int kg_ticket_keys_rotate(struct kg_ticket_keys *tk, time_t now, bool force, char *err,
 			  size_t errlen);
 
-/* Milliseconds from now until the next rotation is due (0 when due). */
+/* Milliseconds from now until the next rotation is due (0 when due,
+ * INT64_MAX with rotation_s 0). */
 int64_t kg_ticket_keys_due_ms(const struct kg_ticket_keys *tk, time_t now);
+
+/* Replaces the whole set with keys[0..n) (current, then previous if n is
+ * 2), as one change for the workers, then writes it to the key file (the
+ * cache: an instance that starts while the store is away uses it).
+ * Returns 1 when the set changed, 0 when it is the set in use already
+ * (nothing written), -EIO with err when the file could not be written (the
+ * set is in use all the same: other instances issue tickets under it),
+ * -EINVAL for n not 1 or 2. Called by one thread at a time, like rotate. */
+int kg_ticket_keys_install(struct kg_ticket_keys *tk, const struct kg_ticket_key *keys, size_t n,
+			   char *err, size_t errlen);
+
+/* A new key made from the private random generator, created at now. */
+int kg_ticket_key_new(struct kg_ticket_key *k, time_t now, char *err, size_t errlen);
+
+/* The set a rotation makes of cur: next[0] a new key created at now, next[1]
+ * cur (now the previous). 0 or -EIO (the random generator failed). */
+int kg_ticket_keys_next(const struct kg_ticket_key *cur, time_t now, struct kg_ticket_key next[2],
+			char *err, size_t errlen);
+
+/* The key file's text for keys[0..n) (n 1 or 2) into text (len at least
+ * KG_TICKET_KEYS_TEXT_MAX); the caller wipes it. 0 or -EINVAL. Written by
+ * hand rather than through json-c so that every copy of the key bytes can
+ * be wiped afterwards. */
+int kg_ticket_keys_format(const struct kg_ticket_key *keys, size_t n, char *text, size_t len);
+
+/* Parses the key file's text: keys[0] current, keys[1] previous, *n 1 or
+ * 2. -EINVAL with err starting with what (a path or a store key). */
+int kg_ticket_keys_parse(const char *what, const char *text, struct kg_ticket_key keys[2],
+			 size_t *n, char *err, size_t errlen);
 
 /* Tickets decrypted with the previous key since the last call (read and
  * reset): how many clients the last rotation made renew their ticket. */

@@ -772,11 +772,12 @@ def curl(pki, port, cert="client", extra=(), timeout=15):
     return run(cmd, check=False, timeout=timeout)
 
 
-def https_exchange(ctx, port, timeout=10):
-    """One GET over a fresh Python ssl connection: (the whole response,
-    the client's (address, port))."""
+def https_resume(ctx, port, session=None, timeout=10):
+    """One GET over a fresh Python ssl connection offering session: (the
+    whole response, the client's (address, port), whether the session was
+    reused, the session to offer next; in TLS 1.3 it comes with the data)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
             client = s.getsockname()[:2]
             s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n"
                       b"Connection: close\r\n\r\n")
@@ -789,6 +790,13 @@ def https_exchange(ctx, port, timeout=10):
                 if not chunk:
                     break
                 data += chunk
+            return data, client, s.session_reused, s.session
+
+
+def https_exchange(ctx, port, timeout=10):
+    """One GET over a fresh Python ssl connection: (the whole response,
+    the client's (address, port))."""
+    data, client, _, _ = https_resume(ctx, port, timeout=timeout)
     return data, client
 
 

@@ -324,3 +324,44 @@ Test(ticket_keys, ticket_accepted_until_its_key_is_rotated_out)
 	cr_expect_eq(open_ticket(tk, &forged), 0, "unknown key name");
 	kg_ticket_keys_close(tk);
 }
+
+/* Store mode: another instance's set, installed whole, opens its tickets
+ * and is cached in the key file; the text round-trips; rotation_s 0 never
+ * rotates here (the store does). */
+Test(ticket_keys, installed_set_opens_the_other_instances_tickets)
+{
+	struct kg_ticket_keys *other = kg_ticket_keys_open(NULL, HOUR, T0, err, sizeof(err));
+	cr_assert_not_null(other, "%s", err);
+	cr_assert_eq(kg_ticket_keys_rotate(other, T0, true, err, sizeof(err)), 1, "%s", err);
+	struct ticket t;
+	make_ticket(other, &t);
+
+	struct kg_ticket_keys *tk = kg_ticket_keys_open(dir.path, 0, T0, err, sizeof(err));
+	cr_assert_not_null(tk, "%s", err);
+	cr_expect_eq(kg_ticket_keys_due_ms(tk, T0 + 100 * HOUR), INT64_MAX);
+	cr_expect_eq(kg_ticket_keys_rotate(tk, T0 + 100 * HOUR, false, err, sizeof(err)), 0);
+	cr_expect_eq(open_ticket(tk, &t), 0, "not yet the other's keys");
+
+	struct kg_ticket_key keys[2], parsed[2];
+	size_t n = 0;
+	cr_assert(kg_ticket_keys_get(other, &keys[0], &keys[1]));
+	char text[KG_TICKET_KEYS_TEXT_MAX];
+	cr_assert_eq(kg_ticket_keys_format(keys, 2, text, sizeof(text)), 0);
+	cr_assert_eq(kg_ticket_keys_parse("x", text, parsed, &n, err, sizeof(err)), 0, "%s", err);
+	cr_expect_eq(n, 2);
+	cr_expect(same_key(&parsed[0], &keys[0]) && same_key(&parsed[1], &keys[1]));
+
+	cr_expect_eq(kg_ticket_keys_install(tk, parsed, n, err, sizeof(err)), 1, "%s", err);
+	cr_expect_eq(kg_ticket_keys_install(tk, parsed, n, err, sizeof(err)), 0, "the same set");
+	cr_expect_eq(open_ticket(tk, &t), 1, "the other's current key");
+	char *cached = slurp(key_file());
+	cr_expect_str_eq(cached, text, "cached as the key file");
+	free(cached);
+
+	/* One key: the previous one is gone. */
+	cr_expect_eq(kg_ticket_keys_install(tk, &parsed[1], 1, err, sizeof(err)), 1, "%s", err);
+	cr_expect_eq(open_ticket(tk, &t), 0);
+	cr_expect_eq(kg_ticket_keys_install(tk, parsed, 3, err, sizeof(err)), -EINVAL);
+	kg_ticket_keys_close(tk);
+	kg_ticket_keys_close(other);
+}

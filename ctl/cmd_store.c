@@ -127,7 +127,9 @@ static int store_push(struct kg_cli *cli, int argc, char **argv)
 	}
 	if (kg_store_conn_read(&c, "store push", &rg))
 		goto close;
-	int64_t rev = 0, want = ex ? (int64_t)expect : kg_store_revision(&rg);
+	int64_t rev = 0, want = ex ? (int64_t)expect
+			    : cli->store.expect_revision >= 0 ? cli->store.expect_revision
+							      : kg_store_revision(&rg);
 	if (kg_store_conn_write(&c, "store push", sdoc, want, &rev))
 		goto close;
 	if (cli->out == KG_OUT_JSON)

@@ -13,6 +13,7 @@
 #include <kgate/sockio.h>
 
 #include "fileio.h"
+#include "store_verbs.h"
 
 static char *recv_all(int fd, size_t *len)
 {
@@ -52,32 +53,22 @@ static char *recv_all(int fd, size_t *len)
 	return NULL;
 }
 
-int kg_client_call(const struct kg_cli *cli, const char *op, json_object *args,
-		   json_object **result)
+/* Sends req to kgated's control socket; the reply in *reply. Prints the
+ * error and returns an exit status when there is no reply. */
+static int socket_request(const struct kg_cli *cli, json_object *req, json_object **reply)
 {
 	const char *path = cli->socket ? cli->socket : KG_DEFAULT_SOCKET;
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
-	json_object *req = json_object_new_object();
 	int status = KG_EXIT_ERROR;
-	*result = NULL;
-	if (!req) {
-		json_object_put(args);
-		return kg_ctl_fail(KG_EXIT_ERROR, "out of memory");
-	}
-	json_object_object_add(req, "version", json_object_new_int(KG_CONTROL_VERSION));
-	json_object_object_add(req, "op", json_object_new_string(op));
-	json_object_object_add(req, "args", args ? args : json_object_new_object());
-	if (strlen(path) >= sizeof(sun.sun_path)) {
-		json_object_put(req);
+	*reply = NULL;
+	if (strlen(path) >= sizeof(sun.sun_path))
 		return kg_ctl_fail(KG_EXIT_ERROR, "socket %s: path too long", path);
-	}
 	strcpy(sun.sun_path, path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd == -1 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
 		int e = errno;
 		if (fd >= 0)
 			close(fd);
-		json_object_put(req);
 		return kg_ctl_fail(KG_EXIT_ERROR, "cannot reach kgated at %s: %s (is it running with "
 			       "--state-dir? use --socket PATH)", path, strerror(e));
 	}
@@ -93,24 +84,48 @@ int kg_client_call(const struct kg_cli *cli, const char *op, json_object *args,
 		kg_ctl_fail(KG_EXIT_ERROR, "reading kgated's reply: %s", strerror(errno));
 		goto out;
 	}
-	json_object *reply = json_tokener_parse(reply_text), *v = NULL;
+	*reply = json_tokener_parse(reply_text);
+	status = KG_EXIT_OK;
+out:
+	free(reply_text);
+	close(fd);
+	return status;
+}
+
+/* With --store, the request runs on the document in the store
+ * (store_verbs.h) instead: every verb's own code stays as it is. */
+int kg_client_call(const struct kg_cli *cli, const char *op, json_object *args,
+		   json_object **result)
+{
+	json_object *req = json_object_new_object(), *reply = NULL, *v = NULL;
+	int status;
+	*result = NULL;
+	if (!req) {
+		json_object_put(args);
+		return kg_ctl_fail(KG_EXIT_ERROR, "out of memory");
+	}
+	json_object_object_add(req, "version", json_object_new_int(KG_CONTROL_VERSION));
+	json_object_object_add(req, "op", json_object_new_string(op));
+	json_object_object_add(req, "args", args ? args : json_object_new_object());
+	status = cli->store.url ? kg_store_request(cli, req, &reply)
+				: socket_request(cli, req, &reply);
+	json_object_put(req);
+	if (status)
+		return status;
+	status = KG_EXIT_ERROR;
 	if (!reply || !json_object_object_get_ex(reply, "ok", &v)) {
-		kg_ctl_fail(KG_EXIT_ERROR, "kgated sent a reply that is not a control-protocol object");
+		kg_ctl_fail(status, "kgated sent a reply that is not a control-protocol object");
 	} else if (json_object_get_boolean(v)) {
 		if (json_object_object_get_ex(reply, "result", &v))
 			*result = json_object_get(v);
 		status = KG_EXIT_OK;
 	} else {
 		json_object *e = json_object_object_get(reply, "error");
-		kg_ctl_fail(KG_EXIT_ERROR, "%s [%s]",
-			json_object_get_string(json_object_object_get(e, "message")),
-			json_object_get_string(json_object_object_get(e, "code")));
+		kg_ctl_fail(status, "%s [%s]",
+			    json_object_get_string(json_object_object_get(e, "message")),
+			    json_object_get_string(json_object_object_get(e, "code")));
 	}
 	json_object_put(reply);
-out:
-	free(reply_text);
-	close(fd);
-	json_object_put(req);
 	return status;
 }
 

@@ -9,7 +9,9 @@
 
 #define KG_DEFAULT_SOCKET "/var/lib/kgate/" "control.sock"
 
-/* Sends one request (args consumed; NULL = none) and waits for the reply.
+/* Sends one request (args consumed; NULL = none) and waits for the reply;
+ * with --store (cli->store.url) the request runs on the document in the
+ * store instead (store_verbs.h), with the same replies.
  * On success returns KG_EXIT_OK with the reply's result in *result (a new
  * reference); otherwise prints "kgatectl: <message> [<code>]" and returns
  * KG_EXIT_ERROR. */

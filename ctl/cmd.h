@@ -19,6 +19,9 @@ struct kg_cli {
 		const char *url;           /* --store etcd://HOST:PORT[,...]/PREFIX */
 		const char *cert, *key, *ca; /* etcd client TLS */
 		const char *kek;           /* --store-kek */
+		/* --expect-revision: a write happens only if PREFIX/state is
+		 * still at this revision; -1: the revision read first. */
+		long long expect_revision;
 	} store;
 };
 

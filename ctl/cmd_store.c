@@ -23,68 +23,14 @@
 #include "state.h"
 #include "store_doc.h"
 #include "store_tickets.h"
+#include "store_conn.h"
 #include "store_url.h"
 #include "ticket_keys.h"
 
 #define ERRLEN 1024
-/* Per request; one member that does not answer costs this much, so a
- * push against a stopped etcd fails well within 10 s. */
-#define STORE_TIMEOUT_MS 4000
 
 static const struct kg_cmd store_cmds[];
 static const struct kg_cmd fleet_cmds[];
-
-struct store_conn {
-	struct kg_store_url url;
-	struct kg_etcd *etcd;
-};
-
-static void store_close(struct store_conn *c)
-{
-	kg_etcd_destroy(c->etcd);
-	kg_store_url_free(&c->url);
-}
-
-/* Prints the error and returns an exit status, or 0 when connected (no
- * request made yet). */
-static int store_open(const struct kg_cli *cli, const char *what, struct store_conn *c)
-{
-	char err[ERRLEN];
-	memset(c, 0, sizeof(*c));
-	if (!cli->store.url)
-		return kg_ctl_fail(KG_EXIT_USAGE, "%s: needs --store etcd://HOST:PORT/PREFIX "
-				   "(before the object: kgatectl --store URL %s ...)", what, what);
-	bool tls = cli->store.cert || cli->store.key || cli->store.ca;
-	if (kg_store_url_parse(cli->store.url, tls, &c->url, err, sizeof(err)) < 0) {
-		store_close(c);
-		return kg_ctl_fail(KG_EXIT_USAGE, "%s", err);
-	}
-	struct kg_etcd_opts eo = {.endpoints = (const char *const *)c->url.endpoints,
-				  .n_endpoints = c->url.n_endpoints, .cert = cli->store.cert,
-				  .key = cli->store.key, .ca = cli->store.ca,
-				  .timeout_ms = STORE_TIMEOUT_MS};
-	c->etcd = kg_etcd_create(&eo, err, sizeof(err));
-	if (!c->etcd) {
-		store_close(c);
-		return kg_ctl_fail(KG_EXIT_ERROR, "%s: %s", what, err);
-	}
-	return 0;
-}
-
-/* The document at state_key and its mod_revision (0 and NULL when the
- * key is absent). Prints the error and returns an exit status. */
-static int read_state(struct store_conn *c, const char *what, struct kg_etcd_range *rg)
-{
-	char err[ERRLEN];
-	if (kg_etcd_range(c->etcd, c->url.state_key, false, rg, err, sizeof(err)) < 0)
-		return kg_ctl_fail(KG_EXIT_ERROR, "%s: store %s: %s", what, c->url.text, err);
-	return 0;
-}
-
-static int64_t state_revision(const struct kg_etcd_range *rg)
-{
-	return rg->n > 0 ? rg->kvs[0].mod_revision : 0;
-}
 
 /* ---- store push ------------------------------------------------------------ */
 
@@ -148,7 +94,7 @@ static int store_push(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
 	char err[ERRLEN], *base = NULL;
-	struct store_conn c;
+	struct kg_store_conn c;
 	struct kg_etcd_range rg = {0};
 	struct kg_kek *kek = NULL;
 	json_object *doc = NULL, *sdoc = NULL;
@@ -163,7 +109,7 @@ static int store_push(struct kg_cli *cli, int argc, char **argv)
 	if (!cli->store.kek)
 		return kg_ctl_fail(KG_EXIT_USAGE, "store push: needs --store-kek FILE (private keys "
 				   "are sealed under it before they leave this machine)");
-	st = store_open(cli, "store push", &c);
+	st = kg_store_conn_open(cli, "store push", &c);
 	if (st)
 		return st;
 	st = KG_EXIT_ERROR;
@@ -182,26 +128,13 @@ static int store_push(struct kg_cli *cli, int argc, char **argv)
 		kg_ctl_fail(st, "store push: %s", err);
 		goto close;
 	}
-	if (read_state(&c, "store push", &rg))
+	if (kg_store_conn_read(&c, "store push", &rg))
 		goto close;
-	int64_t read_rev = state_revision(&rg), rev = 0;
-	int64_t want = ex ? (int64_t)expect : read_rev;
-	const char *text = json_object_to_json_string_ext(sdoc, JSON_C_TO_STRING_PRETTY |
-								JSON_C_TO_STRING_NOSLASHESCAPE);
-	struct kg_etcd_op op = {.type = KG_ETCD_OP_PUT, .key = c.url.state_key, .value = text,
-				.value_len = strlen(text)};
-	int r = kg_etcd_txn(c.etcd, c.url.state_key, want, &op, 1, &rev, err, sizeof(err));
-	if (r == -ECANCELED) {
-		kg_etcd_range_free(&rg);
-		int64_t now = read_state(&c, "store push", &rg) ? -1 : state_revision(&rg);
-		kg_ctl_fail(st, "%s changed since it was read (revision %lld, now %lld): read it "
-			    "again and retry", c.url.state_key, (long long)want, (long long)now);
+	int64_t rev = 0, want = ex ? (int64_t)expect
+			    : cli->store.expect_revision >= 0 ? cli->store.expect_revision
+							      : kg_store_revision(&rg);
+	if (kg_store_conn_write(&c, "store push", sdoc, want, &rev))
 		goto close;
-	}
-	if (r < 0) {
-		kg_ctl_fail(st, "store push: store %s: %s", c.url.text, err);
-		goto close;
-	}
 	if (cli->out == KG_OUT_JSON)
 		printf("{\"revision\": %lld, \"previous_revision\": %lld}\n", (long long)rev,
 		       (long long)want);
@@ -214,7 +147,7 @@ close:
 	json_object_put(doc);
 	free(base);
 	kg_kek_destroy(kek);
-	store_close(&c);
+	kg_store_conn_close(&c);
 	return st;
 }
 
@@ -223,13 +156,13 @@ close:
 static int store_show(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
-	struct store_conn c;
+	struct kg_store_conn c;
 	struct kg_etcd_range rg = {0};
 	KG_FLAGS_OR_RETURN("store", &store_cmds[1], cli, argc, argv, " ", NULL, 0, 0, &f);
-	int st = store_open(cli, "store show", &c);
+	int st = kg_store_conn_open(cli, "store show", &c);
 	if (st)
 		return st;
-	st = read_state(&c, "store show", &rg);
+	st = kg_store_conn_read(&c, "store show", &rg);
 	if (st)
 		goto close;
 	st = KG_EXIT_ERROR;
@@ -261,7 +194,7 @@ static int store_show(struct kg_cli *cli, int argc, char **argv)
 	st = KG_EXIT_OK;
 close:
 	kg_etcd_range_free(&rg);
-	store_close(&c);
+	kg_store_conn_close(&c);
 	return st;
 }
 
@@ -277,7 +210,7 @@ static int store_rotate_tickets(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
 	char err[ERRLEN];
-	struct store_conn c;
+	struct kg_store_conn c;
 	struct kg_etcd_range rg = {0};
 	struct kg_kek *kek = NULL;
 	struct kg_ticket_key keys[2], next[2];
@@ -287,7 +220,7 @@ static int store_rotate_tickets(struct kg_cli *cli, int argc, char **argv)
 	if (!cli->store.kek)
 		return kg_ctl_fail(KG_EXIT_USAGE, "store rotate-ticket-keys: needs --store-kek FILE "
 				   "(the keys are sealed under it)");
-	int st = store_open(cli, "store rotate-ticket-keys", &c);
+	int st = kg_store_conn_open(cli, "store rotate-ticket-keys", &c);
 	if (st)
 		return st;
 	st = KG_EXIT_ERROR;
@@ -339,7 +272,7 @@ wipe:
 close:
 	kg_etcd_range_free(&rg);
 	kg_kek_destroy(kek);
-	store_close(&c);
+	kg_store_conn_close(&c);
 	return st;
 }
 
@@ -431,10 +364,10 @@ static int fleet_status(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
 	char err[ERRLEN];
-	struct store_conn c;
+	struct kg_store_conn c;
 	struct kg_etcd_range state = {0}, members = {0}, alive = {0};
 	KG_FLAGS_OR_RETURN("fleet", &fleet_cmds[0], cli, argc, argv, " ", NULL, 0, 0, &f);
-	int st = store_open(cli, "fleet status", &c);
+	int st = kg_store_conn_open(cli, "fleet status", &c);
 	if (st)
 		return st;
 	st = KG_EXIT_ERROR;
@@ -444,7 +377,7 @@ static int fleet_status(struct kg_cli *cli, int argc, char **argv)
 		kg_ctl_fail(st, "fleet status: store %s: %s", c.url.text, err);
 		goto close;
 	}
-	int64_t store_rev = state_revision(&state);
+	int64_t store_rev = kg_store_revision(&state);
 	size_t mskip = strlen(c.url.members), iskip = strlen(c.url.instances);
 	time_t now = time(NULL);
 	json_object *rows = json_object_new_array();
@@ -482,7 +415,7 @@ close:
 	kg_etcd_range_free(&state);
 	kg_etcd_range_free(&members);
 	kg_etcd_range_free(&alive);
-	store_close(&c);
+	kg_store_conn_close(&c);
 	return st;
 }
 

@@ -2,6 +2,7 @@
  * "cert", "listener", "backend", "status", "stats", "upgrade" talk to kgated over its
  * control socket) each bring a verb table; this file routes the first word
  * to them and handles the global options. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -98,11 +99,15 @@ static void usage(FILE *f)
 	fprintf(f,
 		"Usage: kgatectl [--socket PATH] [-o text|json] OBJECT VERB [OPTIONS]\n"
 		"       kgatectl --store URL [--store-kek FILE] [--store-cert FILE --store-key FILE]\n"
-		"                [--store-ca FILE] store|fleet VERB [OPTIONS]\n"
+		"                [--store-ca FILE] [--expect-revision N] [-o text|json]\n"
+		"                cert|listener|backend|store|fleet VERB [OPTIONS]\n"
 		"       kgatectl --help | --version\n\n"
 		"--socket: kgated's control socket (default $KGATE_SOCKET, else %s)\n"
 		"--store: the store, etcd://HOST:PORT[,HOST:PORT...]/PREFIX (https with\n"
-		"  --store-ca/--store-cert/--store-key); --store-kek: the key-encryption key\n\nObjects:\n",
+		"  --store-ca/--store-cert/--store-key); --store-kek: the key-encryption key;\n"
+		"  cert, listener and backend verbs then change the document in the store,\n"
+		"  validated as kgated does; --expect-revision: write only if the document\n"
+		"  is still at revision N\n\nObjects:\n",
 		KG_DEFAULT_SOCKET);
 	for (const struct object *o = objects; o->name; o++)
 		fprintf(f, "  %-10s %s\n", o->name, o->summary);
@@ -120,11 +125,14 @@ int main(int argc, char **argv)
 		{"store-cert", required_argument, NULL, 'C'},
 		{"store-key", required_argument, NULL, 'k'},
 		{"store-ca", required_argument, NULL, 'A'},
+		{"expect-revision", required_argument, NULL, 'E'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
-	struct kg_cli cli = {.out = KG_OUT_TEXT, .socket = getenv("KGATE_SOCKET")};
+	struct kg_cli cli = {.out = KG_OUT_TEXT, .socket = getenv("KGATE_SOCKET"),
+			     .store.expect_revision = -1};
+	char *end;
 	const char *bad = NULL;
 	int c, status;
 
@@ -149,6 +157,14 @@ int main(int argc, char **argv)
 		case 'A':
 			cli.store.ca = optarg;
 			break;
+		case 'E':
+			errno = 0;
+			cli.store.expect_revision = strtoll(optarg, &end, 10);
+			if (!*optarg || *end || errno || cli.store.expect_revision < 0)
+				return kg_ctl_fail(KG_EXIT_USAGE, "--expect-revision %s: expected a "
+						   "revision (0: PREFIX/state must not exist yet)",
+						   optarg);
+			break;
 		case 'S':
 			cli.socket = optarg;
 			break;
@@ -168,6 +184,8 @@ int main(int argc, char **argv)
 				       bad);
 		}
 	}
+	if (cli.store.expect_revision >= 0 && !cli.store.url)
+		return kg_ctl_fail(KG_EXIT_USAGE, "--expect-revision: only with --store");
 	if (optind >= argc) {
 		usage(stderr);
 		return KG_EXIT_USAGE;

@@ -286,8 +286,61 @@ static void sync_admin(struct kg_ops *ops, const struct kg_config *cfg)
 	}
 }
 
+/* Whether the listener called name is enabled in doc (absent: false). */
+static bool enabled_in(json_object *doc, const char *name)
+{
+	int i = find_listener(doc, name);
+	json_object *v = NULL;
+	if (i < 0)
+		return false;
+	if (!json_object_object_get_ex(json_object_array_get_idx(doc_listeners(doc), (size_t)i),
+				       "enabled", &v))
+		return true;
+	return json_object_get_boolean(v);
+}
+
+/* Document-only mode (ops->rt NULL, kgatectl --store): what
+ * kg_apply_prepare would refuse, short of binding sockets, judged for the
+ * instances rather than this machine. A changed listener's snapshot
+ * (SSL_CTX, balancer, forwarding plan) must build with every kernel
+ * feature available (the instances probe their own kernels; this one is
+ * not theirs). A listener the change starts (new, stopped before, or
+ * must_start) must pass kg_listener_certs_check, as kgated refuses to
+ * start one whose certificate has expired since it was stored; one that
+ * stays enabled is tolerated as apply.c tolerates a failed one. */
+static int check_document(struct kg_ops *ops, struct kg_config_ref *ref, const bool *changed,
+			  char *err, size_t errlen)
+{
+	static const struct kg_kernel_caps all = {.ktls = true, .sockmap = true};
+	const struct kg_config *cfg = ref->cfg;
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		const struct kg_listener_conf *lc = &cfg->listeners[i];
+		bool starts = lc->enabled && (!enabled_in(ops->st->doc, lc->name) ||
+					      (ops->retry && strcmp(ops->retry, lc->name) == 0));
+		if (starts) {
+			char why[KG_FAILED_MAX];
+			if (kg_listener_certs_check(lc, why, sizeof(why)) < 0) {
+				snprintf(err, errlen, "listener %s cannot start: %s", lc->name, why);
+				return -EINVAL;
+			}
+		}
+		if (!changed[i] && !starts)
+			continue;
+		char where[32];
+		snprintf(where, sizeof(where), "listeners[%zu]", i);
+		struct kg_listener_rt *snap = kg_listener_build(NULL, &all, NULL, ref, lc, where, err,
+							       errlen);
+		if (!snap)
+			return -EINVAL;
+		kg_listener_put(snap);
+	}
+	return 0;
+}
+
 /* Takes ownership of new_doc. Returns NULL on success (the caller builds
- * its own result) or an error reply; either way the state is consistent. */
+ * its own result) or an error reply; either way the state is consistent.
+ * Without a runtime (document-only mode) the document is validated and
+ * persisted, and nothing is applied. */
 static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 {
 	char err[ERRLEN];
@@ -329,24 +382,28 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "ca")) ||
 			     (ops->retry && strcmp(ops->retry, cfg->listeners[i].name) == 0);
 	}
-	int ret = kg_apply_prepare(ops->rt, ref, changed, false, ops->retry, &ops->plan, err,
-				   sizeof(err));
+	int ret = ops->rt ? kg_apply_prepare(ops->rt, ref, changed, false, ops->retry, &ops->plan,
+					     err, sizeof(err))
+			  : check_document(ops, ref, changed, err, sizeof(err));
 	if (ret < 0) {
 		fail = kg_ops_error(apply_code(ret), "%s", err);
 		goto out;
 	}
 	patch_ports(new_doc, cfg);
 	if (kg_state_commit(ops->st, new_doc, err, sizeof(err)) < 0) {
-		kg_apply_abort(&ops->plan);
+		if (ops->rt)
+			kg_apply_abort(&ops->plan);
 		log_err("state.commit_failed", KV("reason", err));
 		fail = kg_ops_error(KG_ERR_PERSIST, "state not saved, nothing changed: %s", err);
 		goto out;
 	}
 	new_doc = NULL; /* owned by the state now */
-	kg_apply_commit(ops->rt, &ops->plan);
-	sync_admin(ops, cfg);
-	atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
-	atomic_store(&ops->rt->withdraw_delay_ms, cfg->withdraw_delay_ms);
+	if (ops->rt) {
+		kg_apply_commit(ops->rt, &ops->plan);
+		sync_admin(ops, cfg);
+		atomic_store(&ops->rt->drain_timeout_ms, cfg->drain_timeout_ms);
+		atomic_store(&ops->rt->withdraw_delay_ms, cfg->withdraw_delay_ms);
+	}
 	kg_config_ref_put(ops->cur);
 	ops->cur = ref;
 	ref = NULL;
@@ -703,19 +760,40 @@ static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
 
 /* ---- listeners ----------------------------------------------------------- */
 
+/* A member's fields in document-only mode, the same keys as a running
+ * kgated's: the administrative state comes from the document, the rest
+ * (health, connections, effective weight) is null. */
+static void doc_member(json_object *m, enum kg_admin_state admin)
+{
+	json_object_object_add(m, "state", admin == KG_ADMIN_DISABLED ?
+			       json_object_new_string("disabled") : NULL);
+	json_object_object_add(m, "health", NULL);
+	json_object_object_add(m, "status", NULL);
+	json_object_object_add(m, "in_state_s", NULL);
+	json_object_object_add(m, "drained", json_object_new_boolean(admin == KG_ADMIN_DRAINED));
+	json_object_object_add(m, "disabled", json_object_new_boolean(admin == KG_ADMIN_DISABLED));
+	json_object_object_add(m, "active", NULL);
+	json_object_object_add(m, "effective_weight", NULL);
+	json_object_object_add(m, "last_check", NULL);
+}
+
 static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_conf *l,
 				  bool detail)
 {
 	char addr[80];
 	json_object *o = json_object_new_object();
-	struct kg_listener_slot *slot = kg_runtime_find(ops->rt, l->name);
+	/* Document-only mode (no runtime): what only a running kgated knows
+	 * (listening or failed, health, connections, counters) is null,
+	 * printed as "-"; a stopped listener is known from the document. */
+	bool live = ops->rt != NULL;
+	struct kg_listener_slot *slot = live ? kg_runtime_find(ops->rt, l->name) : NULL;
 	kg_sockaddr_format(&l->bind, addr, sizeof(addr));
 	json_object_object_add(o, "name", json_object_new_string(l->name));
 	json_object_object_add(o, "protocol", json_object_new_string(
 			kg_listener_keys[KG_LK_protocol].names[l->protocol]));
 	json_object_object_add(o, "address", json_object_new_string(addr));
 	bool failed = slot && slot->failed[0];
-	json_object_object_add(o, "state", json_object_new_string(
+	json_object_object_add(o, "state", !live && l->enabled ? NULL : json_object_new_string(
 			slot && slot->listening ? "running" : failed ? "failed" : "stopped"));
 	json_object_object_add(o, "reason", failed ? json_object_new_string(slot->failed) : NULL);
 	json_object_object_add(o, "certificate",
@@ -724,7 +802,7 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	json_object_object_add(o, "mutual_auth", json_object_new_string(
 			kg_listener_keys[KG_LK_mutual_auth].names[l->mutual_auth]));
 	json_object_object_add(o, "backends", json_object_new_int((int)l->n_backends));
-	json_object_object_add(o, "active", json_object_new_int64(
+	json_object_object_add(o, "active", !live ? NULL : json_object_new_int64(
 			slot ? (int64_t)atomic_load(&slot->active) : 0));
 	if (!detail)
 		return o;
@@ -756,6 +834,11 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 				h = &info[i];
 		json_object_object_add(m, "address", json_object_new_string(l->backends[b].address));
 		json_object_object_add(m, "weight", json_object_new_int((int)l->backends[b].weight));
+		if (!live) {
+			doc_member(m, l->backends[b].admin);
+			json_object_array_add(members, m);
+			continue;
+		}
 		json_object_object_add(m, "state", json_object_new_string(
 				!h ? "-" : h->admin == KG_ADMIN_DISABLED ? "disabled" :
 				h->in_rotation ? "up" : "down"));
@@ -783,6 +866,8 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	json_object_object_add(o, "members", members);
 	if (slot)
 		json_object_object_add(o, "counters", kg_listener_counters_json(slot));
+	else if (!live)
+		json_object_object_add(o, "counters", NULL); /* the same keys as kgated's */
 	return o;
 }
 
@@ -1116,9 +1201,22 @@ static json_object *rings_json(const struct kg_runtime *rt)
 	return arr;
 }
 
+/* status, stats and upgrade are about a running kgated: refused in
+ * document-only mode (NULL when there is a runtime). */
+static json_object *need_runtime(struct kg_ops *ops, const char *what)
+{
+	if (ops->rt)
+		return NULL;
+	return kg_ops_error(KG_ERR_UNKNOWN_OP, "%s: a document has no running state; ask a "
+			    "kgated (its control socket)", what);
+}
+
 static json_object *op_status(struct kg_ops *ops, json_object *args)
 {
 	(void)args;
+	json_object *fail = need_runtime(ops, "status");
+	if (fail)
+		return fail;
 	json_object *o = json_object_new_object(), *k = json_object_new_object();
 	json_object_object_add(o, "version", json_object_new_string(ops->version));
 	json_object_object_add(o, "pid", json_object_new_int((int)getpid()));
@@ -1163,7 +1261,7 @@ static json_object *op_status(struct kg_ops *ops, json_object *args)
 
 static json_object *op_stats(struct kg_ops *ops, json_object *args)
 {
-	json_object *fail = NULL;
+	json_object *fail = need_runtime(ops, "stats");
 	const char *name = arg_str(args, "listener", false, &fail);
 	if (fail)
 		return fail;
@@ -1225,6 +1323,9 @@ static json_object *op_upgrade(struct kg_ops *ops, json_object *args)
 {
 	(void)args;
 	struct timespec until;
+	json_object *fail = need_runtime(ops, "upgrade");
+	if (fail)
+		return fail;
 	/* Only kgated's main thread answers (a harness driving these
 	 * operations has none). */
 	if (ops->upgrade_wait_ms == 0)

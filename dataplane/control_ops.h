@@ -17,6 +17,12 @@
 
 struct kg_ops {
 	struct kg_state *st;         /* NULL: no state folder, read-only control */
+	/* NULL: document-only mode (kgatectl --store): a change is validated
+	 * as kgated would (every kernel feature counted as available, no
+	 * socket bound) and persisted in st, and nothing is applied; reads
+	 * answer from the document, with what only a running kgated knows
+	 * (listening state, health, connections) null; status, stats and
+	 * upgrade are refused. */
 	struct kg_runtime *rt;
 	struct kg_config_ref *cur;   /* the running document, parsed */
 	struct kg_apply_plan plan;   /* scratch, large */

@@ -394,6 +394,9 @@ class Fleet:
         after a case stopped one."""
         for role in INSTANCES:
             self.nsexec(role, "ip", "link", "set", "eth0", "up")
+            # A link that went down took its routes with it (IPv4 flushes
+            # them): without the default route the host cannot answer.
+            self.nsexec(role, "ip", "route", "replace", "default", "via", ROUTER)
             if self.kgated[role].alive() and self.kgated[role].withdraw_ms != withdraw_ms:
                 self.kgated[role].stop(again_after=0.2)
             if not self.kgated[role].alive():

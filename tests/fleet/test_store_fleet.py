@@ -35,12 +35,16 @@ def wait_converged(fleet, rev, timeout=10):
 
 def requests_ok(fleet, n=30):
     """n mTLS requests to the anycast address from the client namespace:
-    how many succeeded."""
+    how many succeeded (the failures' kinds are printed)."""
     out = os.path.join(fleet.tmp, "req-%d.json" % time.monotonic_ns())
     p = fleet.client(out, "--count", str(n), "--threads", "2")
     p.p.wait(60)
     with open(out) as f:
-        return sum(1 for rec in json.load(f)["new"] if rec[2])
+        recs = json.load(f)["new"]
+    bad = [(rec[3], rec[4]) for rec in recs if not rec[2]]
+    if bad:
+        print("failed requests (kind, instance):", bad)
+    return len(recs) - len(bad)
 
 
 @pytest.fixture(scope="module")

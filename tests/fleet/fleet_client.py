@@ -8,9 +8,10 @@ fleet_client.py --vip IP --port P --ca CA --cert CERT --key KEY --out FILE
                 (--count N | --stop FILE [--rate R] [--held H]) [--threads T]
 
 --count N: exactly N new connections over T threads, then exit.
---resume V (TLSv1_2 or TLSv1_3): one connection, then new ones offering its
-session until one reaches another instance (at most 200): writes {"first",
-"other", "reused", "tries"}.
+--resume V (TLSv1_2 or TLSv1_3) [--trials K]: K times (default 1), one
+connection, then new ones offering its session until one reaches another
+instance (at most 200): writes {"trials": [{"first", "other", "reused",
+"tries"}, ...], "resumed": how many of them resumed}.
 --stop FILE: new connections at about R per second until FILE exists (at
 most --seconds), and H held connections sending a GET every 100 ms.
 Writes JSON to FILE (atomically): {"new": [[t0, t1, ok, kind, instance],
@@ -163,10 +164,12 @@ def main():
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--resume")
+    ap.add_argument("--trials", type=int, default=1)
     a = ap.parse_args()
     c = Client(a)
     if a.resume:
-        result = c.resume_elsewhere(a.resume)
+        trials = [c.resume_elsewhere(a.resume) for _ in range(a.trials)]
+        result = {"trials": trials, "resumed": sum(1 for t in trials if t["reused"])}
         with open(a.out + ".tmp", "w") as f:
             json.dump(result, f)
         os.rename(a.out + ".tmp", a.out)

@@ -481,7 +481,7 @@ REFUSALS = [
     ("existing output", ["issue", "--dir", "{ca}", "--type", "client", "--subject",
                          "/CN=x", "--out", "{alice}"], "alice.pem: exists (use --force"),
     ("bad type", ["issue", "--dir", "{ca}", "--type", "both", "--subject", "/CN=x",
-                  "--out", "{out}"], "--type both: must be client or server"),
+                  "--out", "{out}"], "--type both: must be client, server or peer"),
     ("bad SAN", ["issue", "--dir", "{ca}", "--type", "server", "--subject", "/CN=x",
                  "--san", "DNS:a,FTP:b", "--out", "{out}"], "--san FTP:b: unknown type"),
     ("p12 without pass", ["issue", "--dir", "{ca}", "--type", "client", "--subject",

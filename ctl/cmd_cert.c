@@ -42,6 +42,7 @@ static int cert_list(struct kg_cli *cli, int argc, char **argv)
 {
 	static const struct kg_column cols[] = {
 		{"name", "NAME"}, {"type", "TYPE"}, {"not_after", "NOT AFTER"},
+		{"days_left", "DAYS LEFT"}, {"crl_days_left", "CRL DAYS LEFT"},
 		{"used_by", "USED BY"}, {"subject", "SUBJECT"}};
 	struct kg_flags f;
 	json_object *res;
@@ -113,7 +114,7 @@ static const struct kg_cmd cert_cmds[] = {
 	{"upload", cert_upload,
 	 "--name NAME --type server --cert FILE --key FILE | --name NAME --type ca --cert FILE [--crl FILE]",
 	 "store a certificate in kgated (names: 1-80 of letters, digits, - / . _ *); PEM checked"},
-	{"list", cert_list, "[-o json]", "certificates: name, type, not-after, listeners using it"},
+	{"list", cert_list, "[-o json]", "certificates: name, type, not-after, days left (and to the CRL's next update), listeners using it"},
 	{"show", cert_show, "NAME [-o json]", "subject, issuer, SANs, validity, SHA-256 fingerprint, CRL, users"},
 	{"delete", cert_delete, "NAME", "remove a certificate no listener uses"},
 	{"replace", cert_replace, "NAME --cert FILE [--key FILE] [--crl FILE]",

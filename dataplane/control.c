@@ -19,6 +19,8 @@
 #include <kgate/log.h>
 #include <kgate/sockio.h>
 
+#include "cert_expiry.h"
+#include "clock.h"
 #include "metrics.h"
 #include "errors.h"
 #include "ticket_keys.h"
@@ -35,6 +37,9 @@ struct kg_control {
 	int stop_fd; /* eventfd */
 	gid_t group;
 	pthread_t thread;
+	struct kg_expiry *expiry;     /* what cert.expires_soon already said */
+	uint64_t expiry_due_ms;       /* next hourly check (kg_now_ms); 0: at start */
+	unsigned long expiry_generation; /* ops->generation at the last check */
 };
 
 static void send_reply(int fd, json_object *reply)
@@ -228,6 +233,52 @@ static int rotate_ticket_keys(struct kg_control *c)
 	return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
+/* Certificate expiry warnings (cert_expiry.h): at start, after each change
+ * of the running document, and hourly so a threshold crossed while running
+ * is logged within the hour. Under change_lock: in store mode the store
+ * thread replaces ops->cur. Returns how long poll may sleep until the next
+ * check is due. */
+static int check_expiry(struct kg_control *c)
+{
+	uint64_t now = kg_now_ms();
+	pthread_mutex_lock(&c->ops->change_lock);
+	if (c->expiry_due_ms == 0 || now >= c->expiry_due_ms ||
+	    c->ops->generation != c->expiry_generation) {
+		if (kg_expiry_check(c->expiry, c->ops->cur->cfg, time(NULL)) < 0)
+			log_err("cert.expiry_check_failed", KV_ERRNO(ENOMEM),
+				 KV("effect", "expiry warnings wait for the next check"));
+		c->expiry_generation = c->ops->generation;
+		c->expiry_due_ms = now + KG_EXPIRY_CHECK_MS;
+	}
+	pthread_mutex_unlock(&c->ops->change_lock);
+	uint64_t ms = c->expiry_due_ms - now;
+	/* A change the store thread applies wakes nobody here: look for one
+	 * every minute (a comparison; the files are read only on a change). */
+	if (c->ops->store && ms > 60000)
+		ms = 60000;
+	return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+/* The sooner of two poll timeouts, -1 meaning none. */
+static int sooner(int a, int b)
+{
+	if (a < 0)
+		return b;
+	return b < 0 || a < b ? a : b;
+}
+
+/* Serves one metrics request with the running document held, so the
+ * certificate files it names stay those of one document. */
+static void serve_metrics(struct kg_control *c, int fd)
+{
+	pthread_mutex_lock(&c->ops->change_lock);
+	struct kg_config_ref *doc = c->ops->cur;
+	atomic_fetch_add(&doc->refs, 1);
+	pthread_mutex_unlock(&c->ops->change_lock);
+	kg_metrics_serve(c->ops->rt, doc->cfg, fd);
+	kg_config_ref_put(doc);
+}
+
 static void *control_main(void *arg)
 {
 	struct kg_control *c = arg;
@@ -237,7 +288,8 @@ static void *control_main(void *arg)
 			{.fd = c->fd, .events = POLLIN},
 			{.fd = c->metrics_fd, .events = POLLIN},
 		};
-		int r = poll(p, c->metrics_fd >= 0 ? 3 : 2, rotate_ticket_keys(c));
+		int timeout = sooner(rotate_ticket_keys(c), check_expiry(c));
+		int r = poll(p, c->metrics_fd >= 0 ? 3 : 2, timeout);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
@@ -262,7 +314,7 @@ static void *control_main(void *arg)
 			if (i == 1)
 				serve_one(c, fd);
 			else
-				kg_metrics_serve(c->ops->rt, fd);
+				serve_metrics(c, fd);
 			close(fd);
 		}
 	}
@@ -341,6 +393,11 @@ struct kg_control *kg_control_start(struct kg_ops *ops, const char *path, gid_t 
 		snprintf(err, errlen, "control socket %s: group access: %s", path, strerror(errno));
 		goto fail_unlink;
 	}
+	c->expiry = kg_expiry_create();
+	if (!c->expiry) {
+		snprintf(err, errlen, "out of memory");
+		goto fail_unlink;
+	}
 	c->stop_fd = eventfd(0, EFD_CLOEXEC);
 	if (c->stop_fd == -1) {
 		snprintf(err, errlen, "control: eventfd: %s", strerror(errno));
@@ -360,6 +417,7 @@ fail:
 		close(c->fd);
 	if (c->stop_fd >= 0)
 		close(c->stop_fd);
+	kg_expiry_destroy(c->expiry);
 	free(c->path);
 	free(c);
 	return NULL;
@@ -377,6 +435,7 @@ static void stop(struct kg_control *c, bool remove_file)
 			unlink(c->path);
 	}
 	close(c->stop_fd);
+	kg_expiry_destroy(c->expiry);
 	free(c->path);
 	free(c);
 }

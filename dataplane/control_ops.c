@@ -24,6 +24,7 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "cert_expiry.h"
 #include "certs.h"
 #include "errors.h"
 #include "health.h"
@@ -406,6 +407,7 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 	}
 	kg_config_ref_put(ops->cur);
 	ops->cur = ref;
+	ops->generation++;
 	ref = NULL;
 out:
 	kg_config_ref_put(ref);
@@ -547,6 +549,20 @@ static json_object *used_by(const struct kg_config *cfg, const char *name)
 	return arr;
 }
 
+/* days_left: whole days until the first certificate's notAfter (negative
+ * once expired); crl_days_left: until the CRL's nextUpdate, null without a
+ * CRL or a nextUpdate. Both null when the files cannot be read. */
+static void add_days_left(json_object *o, const struct kg_cert_conf *c)
+{
+	struct kg_cert_dates d;
+	time_t now = time(NULL);
+	bool read = kg_cert_dates_read(c, &d) == 0;
+	json_object_object_add(o, "days_left", read ? json_object_new_int64(
+				       kg_expiry_days_left(d.not_after, now)) : NULL);
+	json_object_object_add(o, "crl_days_left", read && d.has_next_update ?
+			       json_object_new_int64(kg_expiry_days_left(d.next_update, now)) : NULL);
+}
+
 static json_object *cert_json(const struct kg_config *cfg, const struct kg_cert_conf *c,
 			      bool detail)
 {
@@ -555,6 +571,7 @@ static json_object *cert_json(const struct kg_config *cfg, const struct kg_cert_
 	json_object_object_add(o, "type",
 			       json_object_new_string(c->type == KG_CERT_SERVER ? "server" : "ca"));
 	describe_file(o, c->cert_path);
+	add_days_left(o, c);
 	if (c->type == KG_CERT_CA && c->crl_path && detail)
 		describe_crl(o, c->crl_path);
 	if (c->type == KG_CERT_CA)

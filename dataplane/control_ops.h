@@ -25,6 +25,9 @@ struct kg_ops {
 	 * upgrade are refused. */
 	struct kg_runtime *rt;
 	struct kg_config_ref *cur;   /* the running document, parsed */
+	/* Bumped (under change_lock) each time cur is replaced, so the
+	 * control thread sees a change made by the store thread too. */
+	unsigned long generation;
 	struct kg_apply_plan plan;   /* scratch, large */
 	const char *version;
 	time_t started_wall;

@@ -12,6 +12,7 @@
 #include <kgate/log.h>
 #include <kgate/sockio.h>
 
+#include "cert_expiry.h"
 #include "health.h"
 #include "listener.h"
 #include "worker.h"
@@ -203,7 +204,38 @@ static void backend_metrics(struct text *t, struct kg_runtime *rt)
 	}
 }
 
-char *kg_metrics_text(struct kg_runtime *rt)
+/* Per certificate entry of the running document: its first certificate's
+ * notAfter and its CRL's nextUpdate as Unix time, read from the files at
+ * each scrape (a few small files; the same ones `cert list` reads), so a
+ * replaced certificate shows at once. An entry whose files cannot be read
+ * has no sample. */
+static void cert_metrics(struct text *t, const struct kg_config *cfg)
+{
+	struct text after = {0}, next = {0};
+	for (size_t i = 0; cfg && i < cfg->n_certs; i++) {
+		const struct kg_cert_conf *c = &cfg->certs[i];
+		struct kg_cert_dates d;
+		if (kg_cert_dates_read(c, &d) < 0)
+			continue;
+		put(&after, "kgate_certificate_not_after_seconds{cert=\"%s\",type=\"%s\"} %lld\n",
+		    c->name, c->type == KG_CERT_SERVER ? "server" : "ca", (long long)d.not_after);
+		if (d.has_next_update)
+			put(&next, "kgate_crl_next_update_seconds{cert=\"%s\"} %lld\n", c->name,
+			    (long long)d.next_update);
+	}
+	put(t, "# HELP kgate_certificate_not_after_seconds notAfter of each certificate entry's "
+	       "first certificate (a server chain's leaf), Unix time.\n"
+	       "# TYPE kgate_certificate_not_after_seconds gauge\n%s",
+	    after.buf ? after.buf : "");
+	put(t, "# HELP kgate_crl_next_update_seconds nextUpdate of each CA entry's CRL, Unix "
+	       "time; absent when the CRL has none.\n"
+	       "# TYPE kgate_crl_next_update_seconds gauge\n%s", next.buf ? next.buf : "");
+	t->failed |= after.failed || next.failed;
+	free(after.buf);
+	free(next.buf);
+}
+
+char *kg_metrics_text(struct kg_runtime *rt, const struct kg_config *cfg)
 {
 	struct kg_counters s;
 	struct text t = {0};
@@ -255,6 +287,7 @@ char *kg_metrics_text(struct kg_runtime *rt)
 		    l->name, (unsigned long long)atomic_load(&l->counters.handshake_failed));
 	}
 	backend_metrics(&t, rt);
+	cert_metrics(&t, cfg);
 	if (rt->store) {
 		const struct kg_store_status *ss = rt->store;
 		uint64_t contact = atomic_load(&ss->last_contact_ms);
@@ -313,7 +346,7 @@ int kg_metrics_open(const char *hostport, char *err, size_t errlen)
 	return fd;
 }
 
-void kg_metrics_serve(struct kg_runtime *rt, int client)
+void kg_metrics_serve(struct kg_runtime *rt, const struct kg_config *cfg, int client)
 {
 	char req[2048];
 	size_t got = 0;
@@ -332,7 +365,7 @@ void kg_metrics_serve(struct kg_runtime *rt, int client)
 	const char *status = "200 OK";
 	char *body = NULL;
 	if (strncmp(req, "GET /metrics ", 13) == 0 || strncmp(req, "GET / ", 6) == 0) {
-		body = kg_metrics_text(rt);
+		body = kg_metrics_text(rt, cfg);
 	} else if (strncmp(req, "GET /ready ", 11) == 0) {
 		/* For routing (kgate-anycast): the answer is a status code, the
 		 * body only says why to a person. */

@@ -170,7 +170,7 @@ static void check_one(struct mark *m, const struct mark *prev, const struct kg_c
 	const char *what = crl ? "crl" : "certificate";
 	long long days = (long long)kg_expiry_days_left(when, now);
 	if (due == 0)
-		log_err("cert.expired", KV("cert", c->name), KV("what", what),
+		log_err("cert.past_due", KV("cert", c->name), KV("what", what),
 			KV("days_left", days), KV("not_after", at));
 	else
 		log_warn("cert.expires_soon", KV("cert", c->name), KV("what", what),

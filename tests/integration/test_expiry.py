@@ -109,7 +109,7 @@ def test_metrics_list_and_warnings(pki, spawn_kgated, tmp_path):
     assert len(soon("ca5", "crl")) == 1, log
     assert int(soon("ca5", "crl")[0]["days_left"]) in (4, 5), log
     assert soon("ca5", "crl")[0]["not_after"] == show["crl"]["next_update"]
-    expired = [e for e in d.events("cert.expired", cert="gone") if e.get("what")]
+    expired = [e for e in d.events("cert.past_due", cert="gone")]
     assert len(expired) == 1 and expired[0]["level"] == "error", log
     assert expired[0]["what"] == "certificate" and int(expired[0]["days_left"]) < -365
 
@@ -129,5 +129,5 @@ def test_metrics_list_and_warnings(pki, spawn_kgated, tmp_path):
     time.sleep(0.5)
     assert len(soon("soon5")) == 1 and len(soon("ca5", "crl")) == 1, d.log()
     assert soon("far") == [] and soon("extra") == [], d.log()
-    assert len([e for e in d.events("cert.expired", cert="gone") if e.get("what")]) == 1
+    assert len([e for e in d.events("cert.past_due", cert="gone")]) == 1
     assert d.terminate() == 0

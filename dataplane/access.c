@@ -226,6 +226,25 @@ static int parse_matcher(struct json_object *v, enum field f, const char *path,
 	return 0;
 }
 
+/* The names of enum kg_access_action, by value. */
+static const char *const action_names[] = {
+#define KG_ACCESS_ACTION_NAME(id, name) name,
+	KG_ACCESS_ACTIONS(KG_ACCESS_ACTION_NAME)
+#undef KG_ACCESS_ACTION_NAME
+	NULL};
+
+/* r's required member key of the given type; kp gets its path. */
+static int member(struct json_object *r, const char *path, const char *key, enum json_type type,
+		  const char *what, char *kp, struct json_object **out, char *err, size_t errlen)
+{
+	subpath(kp, path, key);
+	if (!json_object_object_get_ex(r, key, out))
+		return fail(err, errlen, kp, "is required");
+	if (!json_object_is_type(*out, type))
+		return fail(err, errlen, kp, "expected %s", what);
+	return 0;
+}
+
 static bool name_valid(const char *s)
 {
 	size_t len = strlen(s);
@@ -254,11 +273,8 @@ static int parse_rule(struct json_object *r, const char *path, struct kg_access 
 			return fail(err, errlen, kp, "unknown key");
 		}
 	}
-	subpath(kp, path, "name");
-	if (!json_object_object_get_ex(r, "name", &v))
-		return fail(err, errlen, kp, "is required");
-	if (!json_object_is_type(v, json_type_string))
-		return fail(err, errlen, kp, "expected a string");
+	if (member(r, path, "name", json_type_string, "a string", kp, &v, err, errlen) < 0)
+		return -EINVAL;
 	const char *name = json_object_get_string(v);
 	/* Names go into log lines: a plain alphabet keeps them unambiguous. */
 	if (strlen(name) != (size_t)json_object_get_string_len(v) || !name_valid(name))
@@ -271,22 +287,17 @@ static int parse_rule(struct json_object *r, const char *path, struct kg_access 
 		return fail(err, errlen, kp, "out of memory");
 	a->n++;
 
-	subpath(kp, path, "action");
-	if (!json_object_object_get_ex(r, "action", &v))
-		return fail(err, errlen, kp, "is required");
-	const char *act = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
-	if (strcmp(act, "allow") == 0)
-		rule->action = KG_ACCESS_ALLOW;
-	else if (strcmp(act, "deny") == 0)
-		rule->action = KG_ACCESS_DENY;
-	else
+	if (member(r, path, "action", json_type_string, "a string", kp, &v, err, errlen) < 0)
+		return -EINVAL;
+	size_t act = 0;
+	while (action_names[act] && strcmp(action_names[act], json_object_get_string(v)) != 0)
+		act++;
+	if (!action_names[act])
 		return fail(err, errlen, kp, "must be one of \"allow\", \"deny\"");
+	rule->action = (enum kg_access_action)act;
 
-	subpath(kp, path, "match");
-	if (!json_object_object_get_ex(r, "match", &match))
-		return fail(err, errlen, kp, "is required");
-	if (!json_object_is_type(match, json_type_object))
-		return fail(err, errlen, kp, "expected an object");
+	if (member(r, path, "match", json_type_object, "an object", kp, &match, err, errlen) < 0)
+		return -EINVAL;
 	json_object_object_foreach(match, mkey, mval) {
 		char fp[PATH_MAX_];
 		size_t f = 0;

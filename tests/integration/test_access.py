@@ -11,8 +11,8 @@ import ssl
 
 import pytest
 
-from conftest import (KGATED, base_config, dead_port, https_exchange, kgatectl, run,
-                      tls_listener)
+from conftest import (KGATED, base_config, dead_port, https_exchange, https_resume, kgatectl,
+                      run, tls_listener)
 from test_control import gated, port_of, scrape_metrics  # noqa: F401 (gated is a fixture)
 
 ALICE_SAN = ("DNS:alice.example.org,email:alice@example.org,IP:10.9.8.7,"
@@ -197,6 +197,32 @@ def test_live_update_applies_to_new_connections_only(pki, people, gated, echo_ba
         if os.path.exists(os.path.join(d.state, "state.json")) else None
     if stored is not None:
         assert "access_rules" not in stored and stored["access_default"] == "allow"
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_session_from_other_rules_does_not_resume(pki, people, gated, http_backends, version):
+    """A resumed handshake skips certificate verification: a session made
+    under rules that let alice in must not resume once they deny her."""
+    backend = http_backends("a")
+    rules = [{"name": "ops", "action": "allow", "match": {"ou": "ops"}}]
+    d = gated(config=config(pki, people, [listener(pki, backend, rules)], workers=1))
+    port = port_of(d.ctl, "web")
+    ctx = context(pki, people["alice"])
+    ctx.maximum_version = ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_2 if version == "tls12" else ssl.TLSVersion.TLSv1_3)
+    data, _, reused, session = https_resume(ctx, port)
+    assert data.startswith(b"HTTP/1.0 200") or data.startswith(b"HTTP/1.1 200"), data[:100]
+    data, _, reused, session = https_resume(ctx, port, session)
+    assert reused, "no resumption under unchanged rules"
+    d.ctl("listener", "update", "web", "--access-rules", json.dumps(
+        [{"name": "no-ops", "action": "deny", "match": {"ou": "ops"}}]))
+    try:
+        data, _, reused, _ = https_resume(ctx, port, session)
+    except (ssl.SSLError, OSError) as e:
+        data, reused = str(e).encode(), False
+    assert not reused and b"200" not in data, data[:200]
+    reasons = [e["reason"] for e in d.events("tls.handshake_failed")]
+    assert any('rule "no-ops"' in r for r in reasons), reasons
 
 
 def test_https_403_mode(pki, people, spawn_kgated, http_backends):

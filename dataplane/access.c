@@ -378,6 +378,11 @@ size_t kg_access_count(const struct kg_access *a)
 	return a ? a->n : 0;
 }
 
+const char *kg_access_rule_name(const struct kg_access *a, size_t i)
+{
+	return a->rules[i].name;
+}
+
 /* Each string with its terminating NUL, so that ("ab","c") and ("a","bc")
  * differ. */
 static int digest_str(EVP_MD_CTX *md, const char *s)

@@ -34,6 +34,8 @@ struct kg_access *kg_access_parse(struct json_object *rules, const char *path, c
 /* Tolerates NULL. */
 void kg_access_free(struct kg_access *a);
 size_t kg_access_count(const struct kg_access *a);
+/* The name of rule i (< kg_access_count), in evaluation order. */
+const char *kg_access_rule_name(const struct kg_access *a, size_t i);
 
 /* The action for cert (verified by the caller; NULL: no certificate,
  * which matches no rule): the first matching rule's, else def. *rule is

@@ -165,7 +165,8 @@ def test_counters_and_metrics(pki, people, gated, echo_backend):
     assert values['kgate_listener_access_decisions_total{listener="web",decision="deny"}'] == 1
     assert values['kgate_handshake_failures_by_reason_total{reason="access_denied"}'] == 1
     show = d.ctl.json("listener", "show", "web")
-    assert show["access_default"] == "deny"
+    assert show["access_default"] == "deny" and show["access_rules"] == ["ops"], show
+    assert re.search(r"access_rules.*ops", d.ctl("listener", "show", "web").stdout)
 
 
 def test_live_update_applies_to_new_connections_only(pki, people, gated, echo_backend):

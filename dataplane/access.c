@@ -71,6 +71,9 @@ __attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, 
 		vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
 		va_end(ap);
 	}
+	/* Keys come from the document: a newline in one must not split the
+	 * log line or the reply that carries the message. */
+	kg_text_one_line(err);
 	return -EINVAL;
 }
 

@@ -938,10 +938,8 @@ static int parse_access(struct parser *p, const char *lpath, struct json_object 
 	member_path(kp, lpath, "access_rules");
 	if (json_object_object_get_ex(lobj, "access_rules", &rules)) {
 		l->access_rules = kg_access_parse(rules, kp, p->err, p->errlen);
-		if (!l->access_rules) {
-			kg_text_one_line(p->err);
-			return -EINVAL;
-		}
+		if (!l->access_rules)
+			return -EINVAL; /* access.c wrote "<path>: reason", one line */
 	}
 	if (get_listener_key(p, lpath, lobj, KG_LK_access_default, &def) < 0)
 		return -EINVAL;

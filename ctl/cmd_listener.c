@@ -153,12 +153,14 @@ static int put_settable(const char *verb, const struct kg_flags *f, json_object 
 		json_object *j = NULL;
 		char name[64];
 		snprintf(name, sizeof(name), "--%s", k->option);
-		if (k->type == KG_KEY_OBJECT) {
+		if (k->type == KG_KEY_OBJECT || k->type == KG_KEY_LIST) {
+			bool list = k->type == KG_KEY_LIST;
 			j = json_tokener_parse(v);
-			if (!json_object_is_type(j, json_type_object)) {
+			if (!json_object_is_type(j, list ? json_type_array : json_type_object)) {
 				json_object_put(j);
-				kg_ctl_fail(KG_EXIT_USAGE, "listener %s: %s: expected a JSON object or none (see "
-					"'kgatectl listener %s --help')", verb, name, verb);
+				kg_ctl_fail(KG_EXIT_USAGE, "listener %s: %s: expected a JSON %s or none (see "
+					"'kgatectl listener %s --help')", verb, name,
+					list ? "array" : "object", verb);
 				return -1;
 			}
 		} else if (k->type == KG_KEY_UINT) {

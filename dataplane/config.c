@@ -19,6 +19,8 @@
 #include "kgate/limits.h"
 #include "kgate/log.h"
 
+#include "access.h"
+
 #define KG_CONFIG_MAX_BYTES (16u << 20) /* a config is kilobytes; refuse absurd input */
 #define KG_PATH_MAX 256                 /* JSON paths in messages */
 
@@ -922,6 +924,34 @@ static int refuse_for_protocol(struct parser *p, const char *lpath, struct json_
 	return 0;
 }
 
+/* "access_rules" (access.c parses and compiles them) and the keys that
+ * depend on them. The rules run in certificate verification, which
+ * happens only when a certificate is required: with optional client
+ * certificates a client without one would pass every rule. */
+static int parse_access(struct parser *p, const char *lpath, struct json_object *lobj,
+			struct kg_listener_conf *l)
+{
+	struct json_object *rules = NULL;
+	char kp[KG_PATH_MAX];
+	unsigned def = kg_listener_keys[KG_LK_access_default].def;
+
+	member_path(kp, lpath, "access_rules");
+	if (json_object_object_get_ex(lobj, "access_rules", &rules)) {
+		l->access_rules = kg_access_parse(rules, kp, p->err, p->errlen);
+		if (!l->access_rules)
+			return -EINVAL; /* access.c wrote "<path>: reason", one line */
+	}
+	if (get_listener_key(p, lpath, lobj, KG_LK_access_default, &def) < 0)
+		return -EINVAL;
+	if ((l->access_rules || def == KG_ACCESS_DENY) && l->mutual_auth != KG_MTLS_REQUIRED) {
+		if (!l->access_rules)
+			member_path(kp, lpath, "access_default");
+		return fail(p, kp, "needs mutual_auth \"required\" (rules match client "
+				   "certificates, and a client without one would pass them)");
+	}
+	return 0;
+}
+
 /* Certificates, CA and mutual_auth of a tls/https listener. */
 static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, const char *lpath,
 			      struct json_object *lobj, struct kg_listener_conf *l)
@@ -965,7 +995,7 @@ static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, con
 		return fail(p, kp, "\"%s\" needs \"ca\" (the CA that issues client certificates)",
 			    kg_listener_keys[KG_LK_mutual_auth].names[mode]);
 	}
-	return 0;
+	return parse_access(p, lpath, lobj, l);
 }
 
 static int parse_listener(struct parser *p, const struct kg_config *cfg, const char *lpath,
@@ -1239,6 +1269,7 @@ void kg_config_free(struct kg_config *cfg)
 		for (size_t b = 0; b < cfg->listeners[i].n_backends; b++)
 			free(cfg->listeners[i].backends[b].address);
 		free(cfg->listeners[i].backends);
+		kg_access_free(cfg->listeners[i].access_rules);
 	}
 	free(cfg->listeners);
 	free(cfg->log_level);

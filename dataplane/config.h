@@ -158,6 +158,8 @@ struct kg_http_conf {
 /* A listener; the keys, ranges and defaults of its settings are the table
  * of include/kgate/listener_keys.h, and each key of an F row there is a
  * member of the same name here. */
+struct kg_access;
+
 struct kg_listener_conf {
 	char name[KG_NAME_MAX + 1];
 	enum kg_protocol protocol;
@@ -181,6 +183,9 @@ struct kg_listener_conf {
 	unsigned tls_session_cache;    /* sessions kept for resumption (id or stateful ticket);
 					* 0 = no resumption */
 	enum kg_session_tickets tls_session_tickets; /* stateless (ticket keys) or stateful (cache) */
+	struct kg_access *access_rules; /* access.h; NULL: none (access_default decides) */
+	enum kg_access_action access_default;           /* default allow */
+	enum kg_access_response access_denied_response; /* https only; default alert */
 	bool enabled;                  /* false = stopped (kgatectl listener stop) */
 	struct kg_http_conf http;      /* protocol https only */
 };

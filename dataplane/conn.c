@@ -20,7 +20,9 @@
 
 #include <openssl/err.h>
 
+#include "access.h"
 #include "backend.h"
+#include "certs.h"
 #include "fwd.h"
 #include "health.h"
 #include "ktls.h"
@@ -334,8 +336,10 @@ static void handshake_failed(struct kg_conn *c, const char *reason)
 	kg_count(c->worker, handshake_failed);
 	struct kg_listener_counters *lc = &c->listener->slot->counters;
 	atomic_fetch_add_explicit(&lc->handshake_failed, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&lc->failed_by_reason[kg_tls_failure_reason(c->ssl, reason)], 1,
-				  memory_order_relaxed);
+	enum kg_hs_reason why = kg_tls_failure_reason(c->ssl, reason);
+	atomic_fetch_add_explicit(&lc->failed_by_reason[why], 1, memory_order_relaxed);
+	if (why == KG_HS_ACCESS_DENIED)
+		atomic_fetch_add_explicit(&lc->access_denied, 1, memory_order_relaxed);
 	kg_worker_warn(c->worker, "tls.handshake_failed", KV("listener", c->listener->conf->name),
 		       KV("client", peer), KV("reason", reason));
 	/* Send the alert OpenSSL queued, then close. */
@@ -345,6 +349,37 @@ static void handshake_failed(struct kg_conn *c, const char *reason)
 }
 
 enum hs_result { HS_MORE, HS_DONE, HS_FAILED };
+
+/* The access rules once the handshake is done. In the handshake mode the
+ * verify callback already refused a denied certificate, and a resumed
+ * session was made under the same rules (the session id context digests
+ * them, tls.c): what completes was allowed. In the 403 mode the rules are
+ * evaluated here, for full and resumed handshakes alike, and a denied
+ * connection is marked for the https forwarder. */
+static void access_after_handshake(struct kg_conn *c)
+{
+	const struct kg_listener_conf *l = c->listener->conf;
+	struct kg_listener_counters *lc = &c->listener->slot->counters;
+	const char *rule = NULL;
+
+	if (!kg_tls_access_on(l))
+		return;
+	if (kg_tls_access_in_handshake(l) ||
+	    kg_access_eval(l->access_rules, SSL_get0_peer_certificate(c->ssl), l->access_default,
+			   &rule) == KG_ACCESS_ALLOW) {
+		atomic_fetch_add_explicit(&lc->access_allowed, 1, memory_order_relaxed);
+		return;
+	}
+	atomic_fetch_add_explicit(&lc->access_denied, 1, memory_order_relaxed);
+	c->access_denied_rule = rule;
+	char peer[64], subject[256] = "(none)";
+	X509 *cert = SSL_get0_peer_certificate(c->ssl);
+	conn_peer(c, peer, sizeof(peer));
+	if (cert)
+		kg_cert_subject(cert, subject, sizeof(subject));
+	kg_worker_warn(c->worker, "tls.access_denied", KV("listener", l->name), KV("client", peer),
+		       KV("rule", rule), KV("subject", subject), KV("response", "403"));
+}
 
 static enum hs_result handshake_step(struct kg_conn *c)
 {
@@ -360,6 +395,7 @@ static enum hs_result handshake_step(struct kg_conn *c)
 			kg_count(w, resumed);
 		if (c->ktls)
 			kg_ktls_handshake_done(c->ssl, c->ktls);
+		access_after_handshake(c);
 		if (kg_log_level >= KG_LOG_DEBUG) {
 			X509 *peer = SSL_get0_peer_certificate(c->ssl);
 			char subject[256] = "";

@@ -51,6 +51,10 @@ struct kg_conn {
 	int cfd; /* client socket */
 	int bfd; /* backend socket, -1 until connecting */
 	bool reset; /* kg_conn_reset: close with RST, never FIN */
+	/* https with access_denied_response 403: the rule that denied the
+	 * client's certificate (it lives in the snapshot's document), NULL
+	 * when allowed; every request is answered 403. */
+	const char *access_denied_rule;
 	SSL *ssl;
 	BIO *net_in;  /* ciphertext from the client, read by OpenSSL (owned by ssl) */
 	BIO *net_out; /* kg_client_bio_new: OpenSSL's records into c_out (owned by ssl) */

@@ -24,6 +24,7 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "access.h"
 #include "cert_expiry.h"
 #include "certs.h"
 #include "errors.h"
@@ -835,6 +836,12 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 							  : json_object_new_int64(v);
 		json_object_object_add(o, k->key, j);
 	}
+	/* The access rules by name, in order (the document has the rest). */
+	json_object *rules = l->access_rules ? json_object_new_array() : NULL;
+	for (size_t i = 0; i < kg_access_count(l->access_rules); i++)
+		json_object_array_add(rules, json_object_new_string(
+				kg_access_rule_name(l->access_rules, i)));
+	json_object_object_add(o, "access_rules", rules);
 	/* Member state comes from the running snapshot's health group, so it
 	 * shows what new connections will see; "active" counts the
 	 * connections made since that snapshot was published. */

@@ -251,7 +251,7 @@ static void detach_backend(struct kg_conn *c, bool reusable)
 	h->blen = h->bparsed = 0;
 }
 
-/* A response made by kgate: 400, 408, 431, 502, 503, 504. The connection
+/* A response made by kgate: 400, 403, 408, 431, 502, 503, 504. The connection
  * closes after it, since the request stream cannot be trusted to resume.
  * After a response has started, the only honest signal is to close. */
 static void reply_error(struct kg_conn *c, int status, const char *why)
@@ -627,6 +627,14 @@ static void start_request(struct kg_conn *c)
 	snprintf(h->target, sizeof(h->target), "%.*s", (int)h->req.url.len,
 		 (const char *)h->rbuf + h->req.url.off);
 	h->close_after = !kg_http_keep_alive(&h->req) || w->draining;
+	if (c->access_denied_rule) {
+		/* access_denied_response 403: nothing reaches a backend, and the
+		 * connection closes after the answer. */
+		char why[128];
+		snprintf(why, sizeof(why), "access denied by rule \"%.80s\"", c->access_denied_rule);
+		reply_error(c, 403, why);
+		return;
+	}
 	struct kg_http_screen screen;
 	int r = kg_http_build_request(&h->head, &h->req, &h->ident, &screen);
 	count_screened(c, &screen);

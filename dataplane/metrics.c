@@ -58,6 +58,8 @@ json_object *kg_listener_counters_json(const struct kg_listener_slot *s)
 	for (int r = 0; r < KG_HS_REASONS; r++)
 		add_u64(why, kg_hs_reason_names[r], atomic_load(&s->counters.failed_by_reason[r]));
 	json_object_object_add(o, "handshake_failed_by_reason", why);
+	add_u64(o, "access_allowed", atomic_load(&s->counters.access_allowed));
+	add_u64(o, "access_denied", atomic_load(&s->counters.access_denied));
 	return o;
 }
 
@@ -285,6 +287,18 @@ char *kg_metrics_text(struct kg_runtime *rt, const struct kg_config *cfg)
 		    l->name, (unsigned long long)atomic_load(&l->counters.handshakes));
 		put(&t, "kgate_listener_handshakes_total{listener=\"%s\",result=\"failed\"} %llu\n",
 		    l->name, (unsigned long long)atomic_load(&l->counters.handshake_failed));
+	}
+	put(&t, "# HELP kgate_listener_access_decisions_total Access rule decisions on client "
+		"certificates per listener.\n"
+		"# TYPE kgate_listener_access_decisions_total counter\n");
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		const struct kg_listener_slot *l = &rt->slots[i];
+		if (!l->used)
+			continue;
+		put(&t, "kgate_listener_access_decisions_total{listener=\"%s\",decision=\"allow\"} "
+			"%llu\n", l->name, (unsigned long long)atomic_load(&l->counters.access_allowed));
+		put(&t, "kgate_listener_access_decisions_total{listener=\"%s\",decision=\"deny\"} "
+			"%llu\n", l->name, (unsigned long long)atomic_load(&l->counters.access_denied));
 	}
 	backend_metrics(&t, rt);
 	cert_metrics(&t, cfg);

@@ -64,6 +64,10 @@ struct kg_listener_counters {
 	atomic_uint_fast64_t handshake_failed;
 	atomic_uint_fast64_t rejected_limit;
 	atomic_uint_fast64_t failed_by_reason[KG_HS_REASONS];
+	/* Access rule decisions (listeners with rules or access_default
+	 * deny): the rule's name is in the log line of a denial. */
+	atomic_uint_fast64_t access_allowed;
+	atomic_uint_fast64_t access_denied;
 };
 
 struct kg_listener_slot {

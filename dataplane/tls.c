@@ -17,6 +17,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "access.h"
 #include "certs.h"
 #include "ticket_keys.h"
 #include "tls_carry.h"
@@ -35,7 +36,7 @@
  * listener's ticket key set (OpenSSL's ticket callback has no argument of
  * its own); the key set outlives every SSL_CTX. */
 static pthread_once_t note_once = PTHREAD_ONCE_INIT;
-static int note_idx = -1, tickets_idx = -1;
+static int note_idx = -1, tickets_idx = -1, access_idx = -1;
 
 static void note_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
 		      void *argp)
@@ -47,6 +48,7 @@ static void note_init(void)
 {
 	note_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, note_free);
 	tickets_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	access_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
@@ -87,11 +89,51 @@ static void record_note(X509_STORE_CTX *xs, int depth, X509 *cert, const char *e
 		free(note);
 }
 
+/* The access rules of the listener whose SSL_CTX verifies xs, when they
+ * refuse inside the handshake; NULL otherwise. */
+static const struct kg_listener_conf *access_in_handshake(X509_STORE_CTX *xs, SSL **ssl)
+{
+	*ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+	const struct kg_listener_conf *l =
+		*ssl && access_idx >= 0 ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(*ssl), access_idx)
+					: NULL;
+	return l && kg_tls_access_in_handshake(l) ? l : NULL;
+}
+
+/* The access rules, at depth 0 once the whole chain has verified (OpenSSL
+ * calls depth 0 last): a denied certificate fails verification, so the
+ * handshake ends before any application data, and the reason names the
+ * rule and the subject. */
+static int check_access(X509_STORE_CTX *xs, X509 *cert)
+{
+	SSL *ssl = NULL;
+	const struct kg_listener_conf *l = access_in_handshake(xs, &ssl);
+	const char *rule = KG_ACCESS_DEFAULT_RULE;
+	char subject[256] = "(none)", *note = NULL;
+
+	if (!l || kg_access_eval(l->access_rules, cert, l->access_default, &rule) ==
+			  KG_ACCESS_ALLOW)
+		return 1;
+	/* OpenSSL 3.0 maps this error to the handshake_failure alert: no
+	 * verify error maps to access_denied, and it has no public call to
+	 * send another alert. */
+	X509_STORE_CTX_set_error(xs, X509_V_ERR_APPLICATION_VERIFICATION);
+	kg_cert_subject(cert, subject, sizeof(subject));
+	if (note_idx >= 0 &&
+	    asprintf(&note, "access denied by rule \"%s\" (subject %s)", rule, subject) >= 0) {
+		free(SSL_get_ex_data(ssl, note_idx));
+		if (SSL_set_ex_data(ssl, note_idx, note) != 1)
+			free(note);
+	}
+	return 0;
+}
+
 /* Runs inside OpenSSL's chain verification, once per certificate and per
  * problem. On top of the full chain check (CA, CRL, depth, purpose), the
  * client's own certificate must say it is meant for client authentication:
  * OpenSSL's purpose check lets a certificate without any extendedKeyUsage
- * through, and a CA's server certificate must not open the door. */
+ * through, and a CA's server certificate must not open the door. Then the
+ * listener's access rules decide. */
 static int verify_cb(int ok, X509_STORE_CTX *xs)
 {
 	int depth = X509_STORE_CTX_get_error_depth(xs);
@@ -103,8 +145,14 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 		extra = ", no extendedKeyUsage clientAuth";
 		ok = 0;
 	}
-	if (!ok)
+	if (!ok) {
 		record_note(xs, depth, cert, extra);
+		return ok;
+	}
+	/* Rules look at verified certificates only: never at one whose
+	 * chain, dates or revocation failed. */
+	if (depth == 0 && cert && X509_STORE_CTX_get_error(xs) == X509_V_OK)
+		return check_access(xs, cert);
 	return ok;
 }
 
@@ -152,6 +200,35 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_
 	 * client's next connection would be a full handshake. */
 	if (!enc && r == 1 && SSL_version(ssl) >= TLS1_3_VERSION)
 		r = 2;
+	return r;
+}
+
+/* The session id context: the listener's name, and with access rules the
+ * rules too. A resumed handshake skips certificate verification, so a
+ * session (or a stateless ticket, valid across snapshots and restarts)
+ * made under other rules must not resume: it gets a full handshake and
+ * the rules in force now. Without rules the context is the name alone, so
+ * sessions survive listener updates as before. */
+static int access_digest(const struct kg_listener_conf *l, unsigned char *out, unsigned *len)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	int r = -ENOMEM;
+	if (!md)
+		return -ENOMEM;
+	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(md, l->name, strlen(l->name)) != 1)
+		goto free_md;
+	if (l->access_rules || l->access_default != KG_ACCESS_ALLOW) {
+		unsigned char tag[3] = {0, (unsigned char)l->access_default,
+					(unsigned char)l->access_denied_response};
+		if (EVP_DigestUpdate(md, tag, sizeof(tag)) != 1 ||
+		    kg_access_digest(l->access_rules, md) < 0)
+			goto free_md;
+	}
+	if (EVP_DigestFinal_ex(md, out, len) == 1)
+		r = 0;
+free_md:
+	EVP_MD_CTX_free(md);
 	return r;
 }
 
@@ -208,7 +285,7 @@ static int setup_sessions(SSL_CTX *ctx, const struct kg_listener_conf *l,
 	/* Required with client verification, else OpenSSL refuses to resume;
 	 * per listener so a session never crosses to another listener's CA
 	 * (a stateless ticket, whose keys all listeners share, included). */
-	if (EVP_Digest(l->name, strlen(l->name), sid_ctx, &sid_len, EVP_sha256(), NULL) != 1 ||
+	if (access_digest(l, sid_ctx, &sid_len) < 0 ||
 	    SSL_CTX_set_session_id_context(ctx, sid_ctx, sid_len) != 1)
 		return fail(err, errlen, "cannot set the session id context");
 	return 0;
@@ -286,7 +363,23 @@ static int setup_client_auth(SSL_CTX *ctx, const struct kg_listener_conf *l, cha
 	if (l->mutual_auth == KG_MTLS_REQUIRED)
 		mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
 	SSL_CTX_set_verify(ctx, mode, verify_cb);
+	/* The verify callback's access rules: l lives in the document the
+	 * snapshot holds, as long as this SSL_CTX (tls.h). */
+	if (kg_tls_access_on(l) && SSL_CTX_set_ex_data(ctx, access_idx, (void *)l) != 1)
+		return fail(err, errlen, "cannot attach the access rules");
 	return 0;
+}
+
+bool kg_tls_access_on(const struct kg_listener_conf *l)
+{
+	return l->protocol != KG_PROTO_TCP &&
+	       (l->access_rules || l->access_default != KG_ACCESS_ALLOW);
+}
+
+bool kg_tls_access_in_handshake(const struct kg_listener_conf *l)
+{
+	return kg_tls_access_on(l) && (l->protocol == KG_PROTO_TLS ||
+				       l->access_denied_response == KG_DENIED_ALERT);
 }
 
 bool kg_tls_carries_sessions(const struct kg_listener_conf *l)
@@ -299,7 +392,8 @@ bool kg_tls_carries_sessions(const struct kg_listener_conf *l)
 SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_keys *tickets,
 			   char *err, size_t errlen)
 {
-	if (pthread_once(&note_once, note_init) != 0 || note_idx < 0 || tickets_idx < 0) {
+	if (pthread_once(&note_once, note_init) != 0 || note_idx < 0 || tickets_idx < 0 ||
+	    access_idx < 0) {
 		fail(err, errlen, "cannot allocate an SSL ex_data index");
 		return NULL;
 	}
@@ -325,7 +419,7 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 #define NO_CERT_TEXT "client certificate required"
 
 const char *const kg_hs_reason_names[KG_HS_REASONS] = {
-	"no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "protocol"};
+	"no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "protocol", "access_denied"};
 
 enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason)
 {
@@ -342,6 +436,8 @@ enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason)
 		return KG_HS_EXPIRED;
 	case X509_V_ERR_INVALID_PURPOSE:
 		return KG_HS_BAD_EKU;
+	case X509_V_ERR_APPLICATION_VERIFICATION: /* only the access rules set it */
+		return KG_HS_ACCESS_DENIED;
 	default:
 		return KG_HS_UNKNOWN_CA;
 	}
@@ -352,7 +448,10 @@ static void describe_error(SSL *ssl, int ssl_err, char *reason, size_t len)
 	long vr = SSL_get_verify_result(ssl);
 	unsigned long e = ERR_peek_error();
 
-	if (vr != X509_V_OK) {
+	if (vr == X509_V_ERR_APPLICATION_VERIFICATION && note_idx >= 0 &&
+	    SSL_get_ex_data(ssl, note_idx)) {
+		snprintf(reason, len, "%s", (const char *)SSL_get_ex_data(ssl, note_idx));
+	} else if (vr != X509_V_OK) {
 		const char *note = note_idx >= 0 ? SSL_get_ex_data(ssl, note_idx) : NULL;
 		snprintf(reason, len, "client certificate rejected: %s (%s)",
 			 X509_verify_cert_error_string(vr), note ? note : "no details");

@@ -17,14 +17,22 @@ struct kg_ticket_keys;
  * off, one session ticket per handshake, stateless (encrypted under
  * tickets, which must outlive the SSL_CTX; NULL: OpenSSL's own keys of
  * this SSL_CTX) or stateful with a bounded server cache, chain built
- * once, client verification per mutual_auth with CRL and clientAuth EKU.
- * Returns NULL and fills err on failure. */
+ * once, client verification per mutual_auth with CRL and clientAuth EKU,
+ * then l's access rules (with rules, l must outlive the SSL_CTX: a
+ * snapshot holds its document). Returns NULL and fills err on failure. */
 SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_keys *tickets,
 			   char *err, size_t errlen);
 
 /* Whether l's sessions live in its SSL_CTX's cache (resumption on, stateful),
  * which an upgrade carries over (tls_carry.h). */
 bool kg_tls_carries_sessions(const struct kg_listener_conf *l);
+
+/* Whether l has access rules to enforce (rules, or access_default deny). */
+bool kg_tls_access_on(const struct kg_listener_conf *l);
+/* Whether they refuse inside the handshake (tls, or https with
+ * access_denied_response alert); otherwise the https forwarder answers
+ * 403 (conn.c evaluates them once the handshake is done). */
+bool kg_tls_access_in_handshake(const struct kg_listener_conf *l);
 
 enum kg_tls_status {
 	KG_TLS_OK,         /* the call made progress / completed */
@@ -49,6 +57,7 @@ enum kg_hs_reason {
 	KG_HS_REVOKED,    /* listed in the CRL */
 	KG_HS_BAD_EKU,    /* no extendedKeyUsage clientAuth / wrong purpose */
 	KG_HS_PROTOCOL,   /* everything else: versions, ciphers, garbage, EOF */
+	KG_HS_ACCESS_DENIED, /* verified, then refused by the listener's access rules */
 	KG_HS_REASONS
 };
 

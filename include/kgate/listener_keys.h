@@ -18,7 +18,8 @@
  *   X(key, kind, for, flags, option, metavar, help)
  *   key      the JSON key, a C identifier: KG_LK_<key> is its row
  *   kind     KG_LK_UINT(min, max, default), KG_LK_ENUM(names, default),
- *            KG_LK_BOOL(default), KG_LK_STRING, KG_LK_OBJECT, KG_LK_ARRAY
+ *            KG_LK_BOOL(default), KG_LK_STRING, KG_LK_OBJECT, KG_LK_ARRAY,
+ *            KG_LK_LIST (an array kgatectl takes as one JSON value)
  *   for      KG_LK_FOR_ALL, or KG_LK_FOR(protocol bits, message): the key
  *            is refused on other protocols with "<path>: <message>"
  *   flags    KG_LKF_* below
@@ -52,6 +53,11 @@
  * (dataplane/ticket_keys.h), so resumption survives restarts, upgrades and
  * listener changes; stateful: an id into the listener's own cache. */
 #define KG_SESSION_TICKETS(X) X(STATELESS, "stateless") X(STATEFUL, "stateful")
+/* "access_default" and a rule's "action" (dataplane/access.h). */
+#define KG_ACCESS_ACTIONS(X) X(ALLOW, "allow") X(DENY, "deny")
+/* "access_denied_response": how an https listener refuses a certificate
+ * the rules deny: the handshake fails, or every request gets 403. */
+#define KG_ACCESS_RESPONSES(X) X(ALERT, "alert") X(FORBIDDEN, "403")
 
 #define KG_LK_ENUM_PROTO(id, name) KG_PROTO_##id,
 #define KG_LK_ENUM_MTLS(id, name) KG_MTLS_##id,
@@ -59,12 +65,16 @@
 #define KG_LK_ENUM_FWD(id, name) KG_FWD_##id,
 #define KG_LK_ENUM_PP(id, name) KG_PP_##id,
 #define KG_LK_ENUM_TICKETS(id, name) KG_TICKETS_##id,
+#define KG_LK_ENUM_ACCESS(id, name) KG_ACCESS_##id,
+#define KG_LK_ENUM_DENIED(id, name) KG_DENIED_##id,
 enum kg_protocol { KG_PROTOCOLS(KG_LK_ENUM_PROTO) };
 enum kg_mutual_auth { KG_MUTUAL_AUTHS(KG_LK_ENUM_MTLS) };
 enum kg_scheduler { KG_SCHEDULERS(KG_LK_ENUM_SCHED) };
 enum kg_forwarding { KG_FORWARDINGS(KG_LK_ENUM_FWD) };
 enum kg_proxy_protocol { KG_PROXY_PROTOCOLS(KG_LK_ENUM_PP) };
 enum kg_session_tickets { KG_SESSION_TICKETS(KG_LK_ENUM_TICKETS) };
+enum kg_access_action { KG_ACCESS_ACTIONS(KG_LK_ENUM_ACCESS) };
+enum kg_access_response { KG_ACCESS_RESPONSES(KG_LK_ENUM_DENIED) };
 
 /* The one default of tls_session_tickets (bench/results/, the "tickets" run,
  * measures both modes). */
@@ -121,6 +131,17 @@ enum kg_session_tickets { KG_SESSION_TICKETS(KG_LK_ENUM_TICKETS) };
 	  KG_LKF_UPDATE, "tls-session-tickets", NULL,                                              \
 	  "stateless: tickets under the state dir's ticket keys, resumption survives restarts; "  \
 	  "stateful: sessions in the listener's cache")                                            \
+	H(access_rules, KG_LK_LIST, KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS),                         \
+	  KG_LKF_UPDATE | KG_LKF_NONE_REMOVES, "access-rules", "JSON",                             \
+	  "client certificate rules, first match wins, e.g. '[{\"name\": \"ops\", \"action\": "    \
+	  "\"allow\", \"match\": {\"ou\": \"ops\"}}]'; needs mutual-auth required")                  \
+	F(access_default, KG_LK_ENUM(KG_ACCESS_ACTIONS, KG_ACCESS_ALLOW),                          \
+	  KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS), KG_LKF_UPDATE, "access-default", NULL,           \
+	  "the action for a client certificate no access rule matches")                            \
+	F(access_denied_response, KG_LK_ENUM(KG_ACCESS_RESPONSES, KG_DENIED_ALERT),                \
+	  KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\""), KG_LKF_UPDATE,             \
+	  "access-denied-response", NULL,                                                          \
+	  "alert: a denied certificate fails the handshake; 403: each request gets 403")           \
 	F(scheduler, KG_LK_ENUM(KG_SCHEDULERS, KG_SCHED_RR), KG_LK_FOR_ALL, KG_LKF_UPDATE,         \
 	  "scheduler", NULL, "smooth weighted round robin over the member weights (kgatectl "      \
 	  "also takes wrr)")                                                                       \
@@ -164,7 +185,8 @@ enum kg_key_type {
 	KG_KEY_BOOL,
 	KG_KEY_STRING, /* non-empty */
 	KG_KEY_OBJECT,
-	KG_KEY_ARRAY,
+	KG_KEY_ARRAY,  /* kgatectl: an option given once per element */
+	KG_KEY_LIST,   /* an array; kgatectl: the whole array as one JSON option */
 };
 
 struct kg_listener_key {
@@ -194,6 +216,7 @@ enum kg_listener_key_id { KG_LISTENER_KEYS(KG_LK_ID, KG_LK_ID) KG_LK_COUNT };
 #define KG_LK_STRING .type = KG_KEY_STRING
 #define KG_LK_OBJECT .type = KG_KEY_OBJECT
 #define KG_LK_ARRAY .type = KG_KEY_ARRAY
+#define KG_LK_LIST .type = KG_KEY_LIST
 #define KG_LK_FOR_ALL .protocols = KG_PROTOS_ALL
 #define KG_LK_FOR(bits, message) .protocols = (bits), .refusal = (message)
 

@@ -40,6 +40,9 @@ X509 *tc_cert(const struct tc_cert_opts *o, EVP_PKEY *key, X509 *issuer, EVP_PKE
 	X509_NAME *name = X509_get_subject_name(x);
 	cr_assert_eq(X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
 						(const unsigned char *)"kgate test", -1, -1, 0), 1);
+	if (o->ou)
+		cr_assert_eq(X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_ASC,
+							(const unsigned char *)o->ou, -1, -1, 0), 1);
 	cr_assert_eq(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
 						(const unsigned char *)o->cn, -1, -1, 0), 1);
 	cr_assert_eq(X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name), 1);
@@ -53,6 +56,8 @@ X509 *tc_cert(const struct tc_cert_opts *o, EVP_PKEY *key, X509 *issuer, EVP_PKE
 		add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE");
 		add_ext(x, issuer, NID_key_usage, "critical,digitalSignature");
 	}
+	if (o->san)
+		add_ext(x, issuer, NID_subject_alt_name, o->san);
 	if (o->eku == TC_EKU_CLIENT)
 		add_ext(x, issuer, NID_ext_key_usage, "clientAuth");
 	else if (o->eku == TC_EKU_SERVER)

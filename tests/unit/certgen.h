@@ -34,6 +34,9 @@ struct tc_cert_opts {
 	long not_before; /* seconds relative to now */
 	long not_after;  /* seconds relative to now; 0 means +1 day */
 	long serial;     /* 0 picks a fresh one */
+	const char *ou;  /* subject OU after O, NULL for none */
+	const char *san; /* subjectAltName as OpenSSL's config text
+			  * ("DNS:a.example,URI:spiffe://x/y"), NULL for none */
 };
 
 EVP_PKEY *tc_key(void); /* EC P-256 */

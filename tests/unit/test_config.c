@@ -662,8 +662,9 @@ Test(listener_keys, table_is_consistent)
 		if (k->option)
 			cr_expect(k->metavar || k->type == KG_KEY_ENUM, "%s: no metavar", k->key);
 		if (k->flags & KG_LKF_NONE_REMOVES)
-			cr_expect(k->type == KG_KEY_STRING || k->type == KG_KEY_OBJECT,
-				  "%s: \"none\" removes only strings and objects", k->key);
+			cr_expect(k->type == KG_KEY_STRING || k->type == KG_KEY_OBJECT ||
+					  k->type == KG_KEY_LIST,
+				  "%s: \"none\" removes only strings, objects and lists", k->key);
 		if (k->flags & KG_LKF_OPTION_REQUIRED)
 			cr_expect(k->flags & KG_LKF_REQUIRED, "%s", k->key);
 		cr_expect(!(k->flags & KG_LKF_UPDATE) || !(k->flags & KG_LKF_REQUIRED),
@@ -737,16 +738,20 @@ Test(listener_keys, bounds_and_names_are_the_tables)
 				kg_config_free(cfg);
 			}
 		}
+		/* A key only for https is tried there; access_default deny
+		 * needs required client certificates. */
+		const char *proto = k->protocols & KG_PROTO_BIT(TLS) ? "tls" : "https";
+		const char *mtls = i == KG_LK_access_default ? ",'ca':'clients'" : "";
 		for (size_t n = 0; k->type == KG_KEY_ENUM && k->names[n]; n++) {
-			snprintf(extra, sizeof(extra), ",'%s':'%s'", k->key, k->names[n]);
-			cfg = parse_listener_with("tls", extra, err, sizeof(err));
+			snprintf(extra, sizeof(extra), ",'%s':'%s'%s", k->key, k->names[n], mtls);
+			cfg = parse_listener_with(proto, extra, err, sizeof(err));
 			cr_assert_not_null(cfg, "%s: %s", extra, err);
 			cr_expect_eq(kg_listener_key_value(&cfg->listeners[0], i), n, "%s", extra);
 			kg_config_free(cfg);
 		}
 		if (k->type == KG_KEY_ENUM) {
 			snprintf(extra, sizeof(extra), ",'%s':'no-such-value'", k->key);
-			cr_expect_null(cfg = parse_listener_with("tls", extra, err, sizeof(err)));
+			cr_expect_null(cfg = parse_listener_with(proto, extra, err, sizeof(err)));
 			kg_config_free(cfg);
 			snprintf(want, sizeof(want), "listeners[0].%s: must be one of \"%s\"", k->key,
 				 k->names[0]);

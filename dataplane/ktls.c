@@ -14,6 +14,7 @@
 #include <openssl/kdf.h>
 
 #include "errors.h"
+#include "hex.h"
 
 #ifndef SOL_TLS
 #define SOL_TLS 282
@@ -41,17 +42,6 @@ static struct kg_ktls_track *track_of(const SSL *ssl)
 	return SSL_get_ex_data(ssl, track_index);
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 size_t kg_ktls_keylog_secret(const char *line, unsigned char *out, size_t outlen)
 {
 	const char *sp = strrchr(line, ' ');
@@ -59,14 +49,8 @@ size_t kg_ktls_keylog_secret(const char *line, unsigned char *out, size_t outlen
 		return 0;
 	const char *hex = sp + 1;
 	size_t n = strlen(hex);
-	if (n % 2 != 0 || n / 2 > outlen)
+	if (n % 2 != 0 || n / 2 > outlen || kg_hex_decode(out, n / 2, hex, n) < 0)
 		return 0;
-	for (size_t i = 0; i < n / 2; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return 0;
-		out[i] = (unsigned char)(hi << 4 | lo);
-	}
 	return n / 2;
 }
 

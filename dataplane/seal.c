@@ -17,6 +17,7 @@
 #include <openssl/sha.h>
 
 #include "b64.h"
+#include "hex.h"
 
 #define KEK_LEN 32
 #define KEY_ID_LEN 8
@@ -37,17 +38,6 @@ static void hex8(const unsigned char *id, char *out)
 		snprintf(out + 2 * i, 3, "%02x", id[i]);
 }
 
-static int hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* 64 hex digits, then nothing or one line end ("\n" or "\r\n"). */
 static int parse_kek(const unsigned char *text, size_t n, unsigned char *key)
 {
@@ -56,15 +46,7 @@ static int parse_kek(const unsigned char *text, size_t n, unsigned char *key)
 		digits--;
 	if (digits > 0 && text[digits - 1] == '\r')
 		digits--;
-	if (digits != 2 * KEK_LEN)
-		return -EINVAL;
-	for (size_t i = 0; i < KEK_LEN; i++) {
-		int hi = hexval(text[2 * i]), lo = hexval(text[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return -EINVAL;
-		key[i] = (unsigned char)(hi << 4 | lo);
-	}
-	return 0;
+	return kg_hex_decode(key, KEK_LEN, (const char *)text, digits);
 }
 
 struct kg_kek *kg_kek_load(const char *path, char *err, size_t errlen)

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "errors.h"
+#include "hex.h"
 #include "state.h"
 
 #define FILE_VERSION 1
@@ -53,17 +54,7 @@ int kg_ticket_key_new(struct kg_ticket_key *k, time_t now, char *err, size_t err
 	return 0;
 }
 
-/* Exactly len bytes as 2*len hex digits, or -EINVAL. */
-static int hex_decode(unsigned char *out, size_t len, const char *in)
-{
-	size_t got = 0;
-	if (strlen(in) != 2 * len || OPENSSL_hexstr2buf_ex(out, len, &got, in, '\0') != 1 ||
-	    got != len)
-		return -EINVAL;
-	return 0;
-}
-
-/* OpenSSL writes upper-case digits and a NUL; hex_decode takes either case. */
+/* OpenSSL writes upper-case digits and a NUL; kg_hex_decode takes either case. */
 static void hex_encode(char *out, size_t outlen, const unsigned char *in, size_t len)
 {
 	if (OPENSSL_buf2hexstr_ex(out, outlen, NULL, in, len, '\0') != 1)
@@ -125,8 +116,8 @@ static int parse_key(const char *path, size_t i, json_object *o, struct kg_ticke
 	for (size_t h = 0; h < sizeof(hex) / sizeof(hex[0]); h++) {
 		if (!json_object_object_get_ex(o, hex[h].key, &v) ||
 		    !json_object_is_type(v, json_type_string) ||
-		    hex_decode((unsigned char *)k + hex[h].off, hex[h].len,
-			       json_object_get_string(v)) < 0)
+		    kg_hex_decode((unsigned char *)k + hex[h].off, hex[h].len,
+				  json_object_get_string(v), strlen(json_object_get_string(v))) < 0)
 			return kg_fail(err, errlen, EINVAL, "%s: keys[%zu].%s: expected %zu hex digits",
 				       path, i, hex[h].key, 2 * hex[h].len);
 	}

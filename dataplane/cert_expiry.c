@@ -12,6 +12,8 @@
 
 #include <kgate/log.h>
 
+#include "certs.h"
+
 #define DAY_SECONDS 86400
 
 static const int thresholds_days[] = {1, 7, 30}; /* closest first */
@@ -59,11 +61,7 @@ static int asn1_to_time(const ASN1_TIME *t, time_t *out)
 static int read_cert_dates(const char *path, struct kg_cert_dates *d)
 {
 	unsigned int len = 0;
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return -errno;
-	X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
-	fclose(f);
+	X509 *x = kg_pem_read_cert(path);
 	if (!x)
 		return -EINVAL;
 	int ret = asn1_to_time(X509_get0_notAfter(x), &d->not_after);
@@ -77,11 +75,7 @@ static int read_cert_dates(const char *path, struct kg_cert_dates *d)
 static int read_crl_dates(const char *path, struct kg_cert_dates *d)
 {
 	unsigned int len = 0;
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return -errno;
-	X509_CRL *crl = PEM_read_X509_CRL(f, NULL, NULL, NULL);
-	fclose(f);
+	X509_CRL *crl = kg_pem_read_crl(path);
 	if (!crl)
 		return -EINVAL;
 	int ret = 0;

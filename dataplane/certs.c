@@ -61,6 +61,24 @@ static void format_time(const ASN1_TIME *t, char *out, size_t outlen)
 
 /* Never prompt on a terminal: kgated runs unattended. Records that a
  * passphrase was wanted so the message can say the key is encrypted. */
+X509 *kg_pem_read_cert(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+	if (f)
+		fclose(f);
+	return x;
+}
+
+X509_CRL *kg_pem_read_crl(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	X509_CRL *crl = f ? PEM_read_X509_CRL(f, NULL, NULL, NULL) : NULL;
+	if (f)
+		fclose(f);
+	return crl;
+}
+
 static int no_passphrase_cb(char *buf, int size, int rwflag, void *asked)
 {
 	if (asked)

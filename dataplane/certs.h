@@ -45,4 +45,10 @@ int kg_listener_certs_check(const struct kg_listener_conf *l, char *err, size_t 
  * never fails (writes a placeholder instead). */
 void kg_cert_subject(const X509 *x, char *out, size_t outlen);
 
+/* The first certificate, or the CRL, of the PEM file at path, for what
+ * reports on a stored file (cert show, expiry dates); NULL when the file
+ * cannot be opened or holds none. Validation uses its own readers. */
+X509 *kg_pem_read_cert(const char *path);
+X509_CRL *kg_pem_read_crl(const char *path);
+
 #endif

@@ -504,10 +504,7 @@ static void add_fingerprint(json_object *o, X509 *x)
 /* Facts about the first certificate in a PEM file. */
 static void describe_file(json_object *o, const char *path)
 {
-	FILE *f = fopen(path, "re");
-	X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-	if (f)
-		fclose(f);
+	X509 *x = kg_pem_read_cert(path);
 	if (!x) {
 		json_object_object_add(o, "error", json_object_new_string("cannot read certificate"));
 		return;
@@ -523,10 +520,7 @@ static void describe_file(json_object *o, const char *path)
 
 static void describe_crl(json_object *o, const char *path)
 {
-	FILE *f = fopen(path, "re");
-	X509_CRL *crl = f ? PEM_read_X509_CRL(f, NULL, NULL, NULL) : NULL;
-	if (f)
-		fclose(f);
+	X509_CRL *crl = kg_pem_read_crl(path);
 	json_object *c = json_object_new_object();
 	if (crl) {
 		STACK_OF(X509_REVOKED) *rev = X509_CRL_get_REVOKED(crl);

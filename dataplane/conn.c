@@ -216,8 +216,12 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 
 	kg_count(w, accepted);
 	atomic_fetch_add_explicit(&slot->counters.accepted, 1, memory_order_relaxed);
-	/* The connection keeps the snapshot it starts with (runtime.h). */
-	struct kg_listener_rt *l = w->draining ? NULL : kg_listener_acquire(slot);
+	/* The connection keeps the snapshot it starts with (runtime.h). One
+	 * accepted before a drain began (a multishot accept's last completion,
+	 * or one another worker handed over) is served like the rest: closing
+	 * it would reset a client the kernel had already accepted. A deleted
+	 * listener has no snapshot any more. */
+	struct kg_listener_rt *l = kg_listener_acquire(slot);
 	if (!l) {
 		close(fd);
 		return;

@@ -254,7 +254,7 @@ static void run_command(struct kg_worker *w, struct kg_wcmd *cmd)
 		cmd_done(cmd);
 		return;
 	case KG_WCMD_ADOPT:
-		/* A draining worker or a removed listener closes it there. */
+		/* Served even while draining; a removed listener closes it there. */
 		kg_conn_accept(w, li, cmd->fd);
 		atomic_fetch_sub_explicit(&w->incoming, 1, memory_order_relaxed);
 		free(cmd);
@@ -636,7 +636,11 @@ static int ring_init(struct kg_worker *w)
 
 static bool finished(const struct kg_worker *w)
 {
-	if (!w->draining || w->n_conns > 0 || (service && !service->idle(w->service)))
+	/* incoming: connections another worker handed over and this one has
+	 * not taken yet; it serves them before it stops. */
+	if (!w->draining || w->n_conns > 0 ||
+	    atomic_load_explicit(&w->incoming, memory_order_relaxed) > 0 ||
+	    (service && !service->idle(w->service)))
 		return false;
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		if (w->listen_fds[li] >= 0)

@@ -72,7 +72,7 @@ STABLE = ("address", "weight", "state", "drained", "disabled")
 def running(d):
     """What kgated runs, minus what moves by itself (times, counters)."""
     members = [{k: m[k] for k in STABLE} for m in d.ctl.json("listener", "show", "web")["members"]]
-    return d.ctl.json("cert", "list"), members
+    return d.ctl.certs(), members
 
 
 def fill(d):

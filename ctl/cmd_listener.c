@@ -163,6 +163,13 @@ static int put_settable(const char *verb, const struct kg_flags *f, json_object 
 					list ? "array" : "object", verb);
 				return -1;
 			}
+		} else if (k->type == KG_KEY_BOOL) {
+			if (strcmp(v, "true") != 0 && strcmp(v, "false") != 0) {
+				kg_ctl_fail(KG_EXIT_USAGE, "listener %s: %s: expected true or false",
+					    verb, name);
+				return -1;
+			}
+			j = json_object_new_boolean(strcmp(v, "true") == 0);
 		} else if (k->type == KG_KEY_UINT) {
 			unsigned long n;
 			if (kg_flag_uint("listener", verb, name, v, 0xffffffffUL, &n) < 0)

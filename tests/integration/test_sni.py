@@ -341,7 +341,10 @@ def test_live_update(pki, sni_pki, gated, echo_backend):
     d.ctl("listener", "update", "web", "--strict-sni", "true")
     assert re.search(r"unrecognized name|alert number 112", s_client(port, "unknown.test"))
     show = d.ctl("listener", "show", "web").stdout
-    assert API in show and "strict_sni" in show, show
+    assert "strict_sni: true" in show, show
+    assert ("sni[0]: %s certificate=api ca=clients mutual_auth=required "
+            "access_default=allow policy=own\n" % API) in show, show
+    assert "sni[1]: %s certificate=wild mutual_auth=off" % WILD in show, show
     stored = json.load(open(os.path.join(d.state, "state.json")))["listeners"][0]
     assert stored["sni"][0]["ca"] == "clients" and stored["strict_sni"] is True, stored
     # The entries cannot go while strict_sni needs them; then both go.

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import KGATED, base_config, dead_port, kgatectl, run, tls_listener
 from test_control import gated, port_of, scrape_metrics  # noqa: F401 (gated is a fixture)
+from test_store import ETCD, ETCDCTL, etcd, fresh, instances, kek  # noqa: F401 (fixtures)
+from test_store_verbs import converge, pair, show  # noqa: F401 (pair is a fixture)
 
 API = "api.example.com"
 WILD = "*.example.org"
@@ -412,3 +414,36 @@ def test_config_refusals(pki, sni_pki, tmp_path, echo_backend, change, message):
     res = run([KGATED, "--check", "--config", str(path)], check=False)
     assert res.returncode != 0
     assert message in res.stderr + res.stdout, res.stderr + res.stdout
+
+
+@pytest.mark.skipif(not ETCD or not ETCDCTL, reason="etcd-server/etcd-client not installed")
+def test_through_the_store(pair, pki, sni_pki, instances, http_backends):
+    """kgatectl --store: the entries go into etcd's document with the
+    same checks and answers as the control socket's, and both instances
+    serve them."""
+    store = pair.store
+    insts = instances(store.etcd)
+    for name, kind, files in (("web", "server", (pki.cert("server"), pki.key("server"))),
+                              ("api", "server", sni_pki["api"]),
+                              ("clients", "ca", (pki.ca,)),
+                              ("partners", "ca", (sni_pki["partners"],))):
+        pair.run("cert", "upload", "--name", name, "--type", kind, "--cert", files[0],
+                 *(("--key", files[1]) if kind == "server" else ()))
+    sni = [{"names": [API], "certificate": "api", "ca": "partners"}]
+    res = pair.run("listener", "create", "--name", "web", "--protocol", "tls", "--port", "0",
+                   "--bind", "127.0.0.1", "--cert", "web", "--ca", "clients", "--sni",
+                   json.dumps(sni), "--strict-sni", "true",
+                   "--backend", http_backends("a").address)
+    assert res["sni"][0]["names"] == [API] and res["strict_sni"] is True, res
+    assert "in use" in pair.run("cert", "delete", "partners", fails=True)
+    converge(store, insts)
+    for i in insts:
+        port = int(show(i)["address"].rsplit(":", 1)[1])
+        out = s_client(port, API)
+        assert served_cn(out) == API and ca_names(out) == ["partners CA"], out[-2000:]
+        assert re.search(r"unrecognized name|alert number 112", s_client(port, "other.test"))
+    pair.run("listener", "update", "web", "--sni", "none", "--strict-sni", "false")
+    converge(store, insts)
+    for i in insts:
+        port = int(show(i)["address"].rsplit(":", 1)[1])
+        assert served_cn(s_client(port, API)) == "localhost"

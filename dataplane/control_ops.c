@@ -176,6 +176,24 @@ static bool cert_entry_changed(json_object *old_doc, json_object *new_doc, const
 	return !json_object_equal(a, b);
 }
 
+static bool tls_certs_changed(json_object *old_doc, json_object *new_doc,
+			      const struct kg_listener_conf *t)
+{
+	return (t->certificate && cert_entry_changed(old_doc, new_doc, t->certificate->name)) ||
+	       (t->ca && cert_entry_changed(old_doc, new_doc, t->ca->name));
+}
+
+/* Whether a certificate entry l uses changed: its own certificate and CA,
+ * or one of its sni entries'. */
+static bool certs_changed(json_object *old_doc, json_object *new_doc,
+			  const struct kg_listener_conf *l)
+{
+	bool changed = tls_certs_changed(old_doc, new_doc, l);
+	for (size_t e = 0; e < l->n_sni && !changed; e++)
+		changed = tls_certs_changed(old_doc, new_doc, l->sni[e].tls);
+	return changed;
+}
+
 /* Messages from certs.c name files; for a change made through the socket
  * those are kgated's own copies, so say which upload field instead. */
 static void name_fields(char *msg, size_t len, const struct kg_cert_conf *c)
@@ -380,8 +398,7 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 		int oi = find_listener(ops->st->doc, cfg->listeners[i].name);
 		json_object *ol = oi >= 0 ? json_object_array_get_idx(old_arr, (size_t)oi) : NULL;
 		changed[i] = listener_changed(ol, nl) ||
-			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "certificate")) ||
-			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "ca")) ||
+			     certs_changed(ops->st->doc, new_doc, &cfg->listeners[i]) ||
 			     (ops->retry && strcmp(ops->retry, cfg->listeners[i].name) == 0);
 	}
 	int ret = ops->rt ? kg_apply_prepare(ops->rt, ref, changed, false, ops->retry, &ops->plan,

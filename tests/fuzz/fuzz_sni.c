@@ -1,8 +1,7 @@
 /* SNI entries (dataplane/sni.c and config.c's "sni" parsing). The first
  * byte chooses:
  *   'j' the rest is the JSON of a listener's "sni" array, parsed inside a
- *       fixed document; a refusal names a path under listeners[0] on one
- *       line; an accepted document has only checked, lower-case names,
+ *       fixed document; a refusal is one line; an accepted document has only checked, lower-case names,
  *       each found (kg_sni_find) in an entry that matches it, and an
  *       entry without a policy of its own has the listener's;
  *   'm' the rest is "pattern\nname": kg_sni_match against a plain
@@ -60,9 +59,9 @@ static void check_doc(const uint8_t *data, size_t size)
 	}
 	struct kg_config *cfg = kg_config_parse(doc, "/", err, sizeof(err));
 	if (!cfg) {
-		KF_FAIL_IF(strchr(err, '\n'));
-		KF_FAIL_IF(strncmp(err, "listeners[0]", 12) != 0 &&
-			   strncmp(err, "invalid JSON", 12) != 0);
+		/* The input may close the listener and write other keys, so
+		 * the path may be anywhere: one line, saying something. */
+		KF_FAIL_IF(strchr(err, '\n') || !err[0]);
 		free(doc);
 		return;
 	}

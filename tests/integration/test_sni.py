@@ -286,14 +286,19 @@ def test_https_421_when_host_has_another_policy(pki, sni_pki, gated, http_backen
     assert stats["connections"]["http_requests_misdirected"] == 7, stats["connections"]
 
 
-def test_resumption_does_not_cross_policies(pki, sni_pki, gated, http_backends):
+@pytest.mark.parametrize("version,tickets", [("tls13", "stateless"), ("tls12", "stateful")])
+def test_resumption_does_not_cross_policies(pki, sni_pki, gated, http_backends, version,
+                                            tickets):
     """A session made under *.example.org (no client certificate) must not
     resume under api.example.com, which requires one: a resumed handshake
-    verifies nothing."""
-    d = gated(config=config(pki, sni_pki, http_backends("a"), protocol="https"))
+    verifies nothing. Stateless tickets (keys shared by every entry) and
+    the stateful cache (the listener's, shared too) alike."""
+    d = gated(config=config(pki, sni_pki, http_backends("a"), protocol="https",
+                            tls_session_tickets=tickets))
     port = port_of(d.ctl, "web")
     ctx = context(pki)
-    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.minimum_version = ctx.maximum_version = (
+        ssl.TLSVersion.TLSv1_3 if version == "tls13" else ssl.TLSVersion.TLSv1_2)
 
     def get(name, session=None):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
@@ -367,6 +372,14 @@ def test_certificates_used_only_by_entries(pki, sni_pki, gated, echo_backend):
         assert isinstance(certs[name]["days_left"], int), certs[name]
     res = d.ctl("cert", "delete", "wild", check=False)
     assert res.returncode != 0 and "in use" in res.stderr, res
+    # A certificate only an entry uses is replaced for new handshakes.
+    port = port_of(d.ctl, "web")
+    out = os.path.join(pki.root, "sni-wild2")
+    kgatectl("ca", "issue", "--dir", pki.ca_dir, "--type", "server", "--subject",
+             "/O=kgate test/CN=wild2.example.org", "--san", "DNS:" + WILD, "--days", "30",
+             "--out", out)
+    d.ctl("cert", "replace", "wild", "--cert", out + ".pem", "--key", out + ".key")
+    assert served_cn(s_client(port, "x.example.org")) == "wild2.example.org"
     _, values = scrape_metrics(mport)
     for name, kind in (("api", "server"), ("wild", "server"), ("partners", "ca")):
         key = 'kgate_certificate_not_after_seconds{cert="%s",type="%s"}' % (name, kind)

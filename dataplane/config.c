@@ -1106,6 +1106,9 @@ static int parse_sni_entry(struct parser *p, const struct kg_config *cfg, const 
 	if (expect_type(p, epath, eobj, json_type_object, "an object") < 0 ||
 	    check_keys(p, epath, eobj, keys) < 0 || parse_sni_names(p, epath, eobj, l, idx, e) < 0)
 		return -EINVAL;
+	bool own = false;
+	for (size_t k = 0; policy_keys[k]; k++)
+		own |= json_object_object_get_ex(eobj, policy_keys[k], NULL);
 	e->tls = malloc(sizeof(*e->tls));
 	if (!e->tls)
 		return fail(p, epath, "out of memory");
@@ -1116,10 +1119,11 @@ static int parse_sni_entry(struct parser *p, const struct kg_config *cfg, const 
 	e->tls->n_sni = 0;
 	e->tls->strict_sni = false;
 	e->tls->sni_index = (unsigned)idx + 1;
-	bool own = false;
-	for (size_t k = 0; policy_keys[k]; k++)
-		own |= json_object_object_get_ex(eobj, policy_keys[k], NULL);
+	/* From here kg_config_free frees the entry's own rules, never the
+	 * listener's. */
 	e->own_policy = own;
+	if (own)
+		e->tls->access_rules = NULL;
 	if (parse_server_cert(p, cfg, epath, eobj, NULL, e->tls) < 0)
 		return -EINVAL;
 	if (!own)
@@ -1469,6 +1473,20 @@ int kg_cert_name_valid(const char *name)
 			return 0;
 	}
 	return 1;
+}
+
+int kg_config_sni_find(const struct kg_listener_conf *l, const char *name, size_t len)
+{
+	/* Exact names win over wildcards whatever the order, as a browser's
+	 * certificate choice and every other server do. */
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t e = 0; e < l->n_sni; e++)
+			for (size_t n = 0; n < l->sni[e].n_names; n++) {
+				const char *p = l->sni[e].names[n];
+				if ((p[0] == '*') == (pass == 1) && kg_sni_match(p, name, len))
+					return (int)e;
+			}
+	return -1;
 }
 
 const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg, const char *name)

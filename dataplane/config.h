@@ -258,6 +258,11 @@ int kg_cert_name_valid(const char *name);
 
 const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg,
 					       const char *name);
+/* The sni entry of l that serves name[0..len) (as a client sent it, any
+ * case, not NUL-terminated; sni.h kg_sni_match): an exact name first,
+ * whatever the order of the entries, then the first entry with a
+ * matching wildcard. -1 when none does. */
+int kg_config_sni_find(const struct kg_listener_conf *l, const char *name, size_t len);
 /* "127.0.0.1:80", "[::1]:80" → sockaddr; 0 or -EINVAL. */
 int kg_parse_hostport(const char *text, struct sockaddr_storage *out,
 		      socklen_t *outlen);

@@ -634,7 +634,7 @@ static bool host_allowed(struct kg_conn *c, const char *value, size_t len)
 	const char *host;
 	size_t hlen;
 	if (kg_sni_host_of(value, len, &host, &hlen)) {
-		int e = kg_sni_find(l, host, hlen);
+		int e = kg_config_sni_find(l, host, hlen);
 		if (e >= 0)
 			serves = l->sni[e].tls;
 	}

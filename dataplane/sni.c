@@ -6,8 +6,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "config.h"
-
 static bool is_ldh(char ch)
 {
 	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
@@ -91,20 +89,6 @@ bool kg_sni_match(const char *pattern, const char *name, size_t len)
 	if (memchr(name, '.', first) || memchr(name, '\0', first))
 		return false;
 	return strncasecmp(pattern + 1, name + first, rest) == 0;
-}
-
-int kg_sni_find(const struct kg_listener_conf *l, const char *name, size_t len)
-{
-	/* Exact names win over wildcards whatever the order, as a browser's
-	 * certificate choice and every other server do. */
-	for (int pass = 0; pass < 2; pass++)
-		for (size_t e = 0; e < l->n_sni; e++)
-			for (size_t n = 0; n < l->sni[e].n_names; n++) {
-				const char *p = l->sni[e].names[n];
-				if ((p[0] == '*') == (pass == 1) && kg_sni_match(p, name, len))
-					return (int)e;
-			}
-	return -1;
 }
 
 bool kg_sni_host_of(const char *v, size_t len, const char **host, size_t *hlen)

@@ -1,15 +1,14 @@
 /* Server names of a listener's SNI entries (kgate.json(5) "sni"): the rule
  * a name in the document must follow, how a name the client sent (in the
  * ClientHello's server_name extension, or in an https request's Host)
- * finds its entry, and reading that extension. Pure functions over bytes:
- * tls.c, config.c and forward_http.c call them, the fuzzer too. */
+ * matches an entry's name (config.h's kg_config_sni_find picks the
+ * entry), and reading that extension. Pure functions over bytes: tls.c,
+ * config.c and forward_http.c call them, the fuzzer too. */
 #ifndef KGATE_SNI_H
 #define KGATE_SNI_H
 
 #include <stdbool.h>
 #include <stddef.h>
-
-struct kg_listener_conf;
 
 /* Bounds a listener's entries and the names of one entry: the ClientHello
  * callback walks them for every handshake. */
@@ -29,11 +28,6 @@ int kg_sni_name_check(const char *name, char *why, size_t whylen);
  * NUL-terminated) matches pattern (a checked name, lower case): equal, or
  * for "*.rest" one non-empty label without a dot followed by ".rest". */
 bool kg_sni_match(const char *pattern, const char *name, size_t len);
-
-/* The entry of l that serves name[0..len): an exact name first, whatever
- * the order of the entries, then the first entry with a matching
- * wildcard. -1 when none does. */
-int kg_sni_find(const struct kg_listener_conf *l, const char *name, size_t len);
 
 /* The host of an https request's Host value (RFC 9110 7.2): without the
  * port and a trailing dot, brackets kept for an IPv6 literal. Sets

@@ -458,7 +458,7 @@ static int client_hello_cb(SSL *ssl, int *al, void *arg)
 		*al = SSL_AD_DECODE_ERROR;
 		return SSL_CLIENT_HELLO_ERROR;
 	}
-	int e = r == 0 ? kg_sni_find(sc->l, name, nlen) : -1;
+	int e = r == 0 ? kg_config_sni_find(sc->l, name, nlen) : -1;
 	if (e >= 0) {
 		if (use_entry_ctx(ssl, sc->ctx[e]) == 0)
 			return SSL_CLIENT_HELLO_SUCCESS;

@@ -1,8 +1,9 @@
-/* SNI entries (dataplane/sni.c and config.c's "sni" parsing). The first
+/* SNI entries (dataplane/sni.c and config.c's "sni" parsing; the
+ * listener has access rules of its own, which entries share or not). The first
  * byte chooses:
  *   'j' the rest is the JSON of a listener's "sni" array, parsed inside a
  *       fixed document; a refusal is one line; an accepted document has only checked, lower-case names,
- *       each found (kg_sni_find) in an entry that matches it, and an
+ *       each found (kg_config_sni_find) in an entry that matches it, and an
  *       entry without a policy of its own has the listener's;
  *   'm' the rest is "pattern\nname": kg_sni_match against a plain
  *       reference for a pattern kg_sni_name_check accepts, and
@@ -27,7 +28,8 @@
 	"\"/a.key\"}, \"partners\": {\"type\": \"ca\", \"cert\": \"/p.pem\"}}, \"listeners\": "  \
 	"[{\"name\": \"web\", \"protocol\": \"https\", \"bind\": \"127.0.0.1\", \"port\": 8443, " \
 	"\"certificate\": \"web\", \"ca\": \"partners\", \"backends\": [{\"address\": "          \
-	"\"127.0.0.1:9001\"}], \"sni\": "
+	"\"127.0.0.1:9001\"}], \"access_rules\": [{\"name\": \"l\", \"action\": \"allow\", "    \
+	"\"match\": {\"cn\": \"x\"}}], \"sni\": "
 #define DOC_TAIL "}]}"
 
 /* The rule as sni.h states it, written the long way. */
@@ -81,7 +83,7 @@ static void check_doc(const uint8_t *data, size_t size)
 			/* A client's name for it: itself, or a label for the '*'. */
 			snprintf(probe, sizeof(probe), "%s%s", name[0] == '*' ? "X" : "",
 				 name[0] == '*' ? name + 1 : name);
-			int found = kg_sni_find(l, probe, strlen(probe));
+			int found = kg_config_sni_find(l, probe, strlen(probe));
 			KF_FAIL_IF(found < 0);
 			bool matches = false;
 			for (size_t k = 0; k < l->sni[found].n_names; k++)

@@ -408,6 +408,10 @@ def test_certificates_used_only_by_entries(pki, sni_pki, gated, echo_backend):
      "listeners[0].sni[0].names[1]: \"exa_mple.org\" has '_'"),
     (lambda l: l["sni"][0].update(names=[]), "listeners[0].sni[0].names: must have 1-64"),
     (lambda l: l["sni"][0].update(nope=1), "listeners[0].sni[0].nope: unknown key"),
+    # The listener's rules are not the entry's to free when it is refused.
+    (lambda l: (l.update(access_rules=[{"name": "a", "action": "allow", "match": {"cn": "x"}}]),
+                l["sni"][0].update(certificate="nope")),
+     'listeners[0].sni[0].certificate: no certificate named "nope"'),
     (lambda l: l["sni"][0].update(mutual_auth="optional", access_rules=[
         {"name": "a", "action": "allow", "match": {"cn": "x"}}]),
      'listeners[0].sni[0].access_rules: needs mutual_auth "required"'),

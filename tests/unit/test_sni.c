@@ -95,11 +95,11 @@ Test(sni, find_prefers_exact_names)
 				   {.names = exact, .n_names = 1},
 				   {.names = other, .n_names = 1}};
 	struct kg_listener_conf l = {.sni = e, .n_sni = 3};
-	cr_expect_eq(kg_sni_find(&l, "a.example.org", 13), 1);
-	cr_expect_eq(kg_sni_find(&l, "c.example.org", 13), 0);
-	cr_expect_eq(kg_sni_find(&l, "B.TEST", 6), 2);
-	cr_expect_eq(kg_sni_find(&l, "c.test", 6), -1);
-	cr_expect_eq(kg_sni_find(&l, "", 0), -1);
+	cr_expect_eq(kg_config_sni_find(&l, "a.example.org", 13), 1);
+	cr_expect_eq(kg_config_sni_find(&l, "c.example.org", 13), 0);
+	cr_expect_eq(kg_config_sni_find(&l, "B.TEST", 6), 2);
+	cr_expect_eq(kg_config_sni_find(&l, "c.test", 6), -1);
+	cr_expect_eq(kg_config_sni_find(&l, "", 0), -1);
 }
 
 Test(sni, host_of)

@@ -286,6 +286,21 @@ def test_https_421_when_host_has_another_policy(pki, sni_pki, gated, http_backen
     assert stats["connections"]["http_requests_misdirected"] == 7, stats["connections"]
 
 
+def test_https_421_strict(pki, sni_pki, gated, http_backends):
+    """With strict_sni no name is the listener's own: a Host no entry has
+    is refused, whatever the connection's entry."""
+    backend = http_backends("a")
+    d = gated(config=config(pki, sni_pki, backend, protocol="https", strict=True))
+    port = port_of(d.ctl, "web")
+    for host, want in (("x.example.org", 200), ("unknown.test", 421)):
+        s = http_conn(context(pki), port, "x.example.org")
+        try:
+            assert http_request(s, host)[0] == want, host
+        finally:
+            s.close()
+    assert backend.hits == 1
+
+
 @pytest.mark.parametrize("version,tickets", [("tls13", "stateless"), ("tls12", "stateful")])
 def test_resumption_does_not_cross_policies(pki, sni_pki, gated, http_backends, version,
                                             tickets):

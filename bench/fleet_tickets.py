@@ -70,10 +70,11 @@ def start(name, work, args):
     return proc, wait_port(log, proc), log
 
 
-def handshakes(ctx, port, n):
+def handshakes(ctx, port, n, name="localhost"):
+    """n full handshakes (server name name), one 8-byte echo each."""
     for _ in range(n):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            with ctx.wrap_socket(raw, server_hostname=name) as s:
                 s.sendall(b"ticket?\n")
                 assert s.recv(8) == b"ticket?\n"
                 assert not s.session_reused

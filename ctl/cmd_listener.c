@@ -163,6 +163,13 @@ static int put_settable(const char *verb, const struct kg_flags *f, json_object 
 					list ? "array" : "object", verb);
 				return -1;
 			}
+		} else if (k->type == KG_KEY_BOOL) {
+			if (strcmp(v, "true") != 0 && strcmp(v, "false") != 0) {
+				kg_ctl_fail(KG_EXIT_USAGE, "listener %s: %s: expected true or false",
+					    verb, name);
+				return -1;
+			}
+			j = json_object_new_boolean(strcmp(v, "true") == 0);
 		} else if (k->type == KG_KEY_UINT) {
 			unsigned long n;
 			if (kg_flag_uint("listener", verb, name, v, 0xffffffffUL, &n) < 0)
@@ -273,6 +280,42 @@ static int listener_list(struct kg_cli *cli, int argc, char **argv)
 	return st ? st : kg_print_rows(cli, res, cols, sizeof(cols) / sizeof(cols[0]));
 }
 
+/* An sni entry as one line: "NAMES certificate=C ca=A mutual_auth=M
+ * access_rules=R,.. access_default=D policy=own|listener". */
+static void print_sni_entry(size_t i, json_object *e)
+{
+	json_object *v;
+	printf("sni[%zu]:", i);
+	json_object_object_foreach(e, key, val) {
+		if (!val)
+			continue;
+		bool list = json_object_is_type(val, json_type_array);
+		printf(strcmp(key, "names") == 0 ? " " : " %s=", key);
+		for (size_t n = 0; list && n < json_object_array_length(val); n++) {
+			v = json_object_array_get_idx(val, n);
+			printf("%s%s", n ? "," : "", json_object_get_string(v));
+		}
+		if (!list)
+			printf("%s", json_object_get_string(val));
+	}
+	printf("\n");
+}
+
+/* listener show's settings, with the sni entries one per line. */
+static int print_listener(const struct kg_cli *cli, json_object *obj)
+{
+	json_object *sni = NULL;
+	if (cli->out == KG_OUT_JSON || !json_object_object_get_ex(obj, "sni", &sni) || !sni)
+		return kg_print_object(cli, obj);
+	json_object_get(sni);
+	json_object_object_del(obj, "sni");
+	int st = kg_print_object(cli, obj);
+	for (size_t i = 0; i < json_object_array_length(sni); i++)
+		print_sni_entry(i, json_object_array_get_idx(sni, i));
+	json_object_put(sni);
+	return st;
+}
+
 static int listener_show(struct kg_cli *cli, int argc, char **argv)
 {
 	static const struct kg_column cols[] = {
@@ -285,7 +328,7 @@ static int listener_show(struct kg_cli *cli, int argc, char **argv)
 	int st = kg_client_call(cli, "listener.show", kg_name_args(f.pos[0]), &res);
 	/* Text: the settings as lines, then the members as a table. */
 	return st ? st : kg_print_object_and_table(cli, res, "members", cols,
-						   sizeof(cols) / sizeof(cols[0]), kg_print_object);
+						   sizeof(cols) / sizeof(cols[0]), print_listener);
 }
 
 static int listener_update(struct kg_cli *cli, int argc, char **argv)

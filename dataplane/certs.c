@@ -438,7 +438,7 @@ int kg_config_files_readable(const struct kg_config *cfg, char *err, size_t errl
 	return 0;
 }
 
-int kg_listener_certs_check(const struct kg_listener_conf *l, char *err, size_t errlen)
+static int tls_certs_check(const struct kg_listener_conf *l, char *err, size_t errlen)
 {
 	const struct kg_cert_conf *used[] = {l->certificate, l->ca};
 	for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
@@ -452,4 +452,13 @@ int kg_listener_certs_check(const struct kg_listener_conf *l, char *err, size_t 
 		}
 	}
 	return 0;
+}
+
+int kg_listener_certs_check(const struct kg_listener_conf *l, char *err, size_t errlen)
+{
+	int ret = tls_certs_check(l, err, errlen);
+	/* An sni entry's certificate and CA are the listener's to serve. */
+	for (size_t e = 0; ret == 0 && e < l->n_sni; e++)
+		ret = tls_certs_check(l->sni[e].tls, err, errlen);
+	return ret;
 }

@@ -35,9 +35,9 @@ int kg_config_validate_files(const struct kg_config *cfg, bool dates_fatal, char
  * with err naming the entry ("certificates.web.key: ..."). */
 int kg_config_files_readable(const struct kg_config *cfg, char *err, size_t errlen);
 
-/* Checks the certificate entries listener l uses (server certificate, CA)
- * again, right before it starts listening: a stored certificate may have
- * expired since it was uploaded. 0 or negative as above; err names the
+/* Checks the certificate entries listener l uses (server certificate, CA,
+ * and those of its sni entries) again, right before it starts listening:
+ * a stored certificate may have expired since it was uploaded. 0 or negative as above; err names the
  * entry ("certificate web: the certificate expired on ..."). */
 int kg_listener_certs_check(const struct kg_listener_conf *l, char *err, size_t errlen);
 

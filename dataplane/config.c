@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -15,11 +16,13 @@
 #include <sys/stat.h>
 
 #include <json-c/json.h>
+#include <openssl/evp.h>
 
 #include "kgate/limits.h"
 #include "kgate/log.h"
 
 #include "access.h"
+#include "sni.h"
 
 #define KG_CONFIG_MAX_BYTES (16u << 20) /* a config is kilobytes; refuse absurd input */
 #define KG_PATH_MAX 256                 /* JSON paths in messages */
@@ -943,6 +946,7 @@ static int parse_access(struct parser *p, const char *lpath, struct json_object 
 	}
 	if (get_listener_key(p, lpath, lobj, KG_LK_access_default, &def) < 0)
 		return -EINVAL;
+	l->access_default = (enum kg_access_action)def;
 	if ((l->access_rules || def == KG_ACCESS_DENY) && l->mutual_auth != KG_MTLS_REQUIRED) {
 		if (!l->access_rules)
 			member_path(kp, lpath, "access_default");
@@ -952,31 +956,44 @@ static int parse_access(struct parser *p, const char *lpath, struct json_object 
 	return 0;
 }
 
-/* Certificates, CA and mutual_auth of a tls/https listener. */
-static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, const char *lpath,
-			      struct json_object *lobj, struct kg_listener_conf *l)
+/* "certificate": a server entry, required for protocol (a listener's) or
+ * for an sni entry (protocol NULL). */
+static int parse_server_cert(struct parser *p, const struct kg_config *cfg, const char *path,
+			     struct json_object *obj, const char *protocol,
+			     struct kg_listener_conf *l)
 {
 	char kp[KG_PATH_MAX];
 	const char *ref;
-	int r;
 
-	member_path(kp, lpath, "certificate");
-	r = get_listener_string(p, lpath, lobj, KG_LK_certificate, &ref);
+	member_path(kp, path, "certificate");
+	int r = get_listener_string(p, path, obj, KG_LK_certificate, &ref);
 	if (r < 0)
 		return -EINVAL;
+	if (r == 0 && protocol)
+		return fail(p, kp, "is required for protocol \"%s\"", protocol);
 	if (r == 0)
-		return fail(p, kp, "is required for protocol \"%s\"",
-			    kg_listener_keys[KG_LK_protocol].names[l->protocol]);
+		return fail(p, kp, "is required (the server certificate for these names)");
 	l->certificate = kg_config_find_cert(cfg, ref);
 	if (!l->certificate)
 		return fail(p, kp, "no certificate named \"%s\" in certificates", ref);
 	if (l->certificate->type != KG_CERT_SERVER)
 		return fail(p, kp, "\"%s\" is a \"ca\" entry; a listener needs a \"server\" one", ref);
+	return 0;
+}
 
-	member_path(kp, lpath, "ca");
-	r = get_listener_string(p, lpath, lobj, KG_LK_ca, &ref);
+/* "ca", "mutual_auth" and the access rules: who may connect, of a
+ * listener or of an sni entry (obj at path). */
+static int parse_client_policy(struct parser *p, const struct kg_config *cfg, const char *path,
+			       struct json_object *obj, struct kg_listener_conf *l)
+{
+	char kp[KG_PATH_MAX];
+	const char *ref;
+
+	member_path(kp, path, "ca");
+	int r = get_listener_string(p, path, obj, KG_LK_ca, &ref);
 	if (r < 0)
 		return -EINVAL;
+	l->ca = NULL;
 	if (r > 0) {
 		l->ca = kg_config_find_cert(cfg, ref);
 		if (!l->ca)
@@ -987,15 +1004,163 @@ static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, con
 
 	/* The table's default (off) is the one without a CA. */
 	unsigned mode = l->ca ? KG_MTLS_REQUIRED : kg_listener_keys[KG_LK_mutual_auth].def;
-	if (get_listener_key(p, lpath, lobj, KG_LK_mutual_auth, &mode) < 0)
+	if (get_listener_key(p, path, obj, KG_LK_mutual_auth, &mode) < 0)
 		return -EINVAL;
 	l->mutual_auth = (enum kg_mutual_auth)mode;
 	if (l->mutual_auth != KG_MTLS_OFF && !l->ca) {
-		member_path(kp, lpath, "mutual_auth");
+		member_path(kp, path, "mutual_auth");
 		return fail(p, kp, "\"%s\" needs \"ca\" (the CA that issues client certificates)",
 			    kg_listener_keys[KG_LK_mutual_auth].names[mode]);
 	}
-	return parse_access(p, lpath, lobj, l);
+	l->access_rules = NULL;
+	l->access_default = (enum kg_access_action)kg_listener_keys[KG_LK_access_default].def;
+	return parse_access(p, path, obj, l);
+}
+
+/* Certificates, CA and mutual_auth of a tls/https listener. */
+static int parse_listener_tls(struct parser *p, const struct kg_config *cfg, const char *lpath,
+			      struct json_object *lobj, struct kg_listener_conf *l)
+{
+	if (parse_server_cert(p, cfg, lpath, lobj,
+			      kg_listener_keys[KG_LK_protocol].names[l->protocol], l) < 0)
+		return -EINVAL;
+	return parse_client_policy(p, cfg, lpath, lobj, l);
+}
+
+/* l->client_policy: everything that decides which clients a handshake
+ * lets in, so that two settings with one digest decide alike. */
+static int policy_digest(struct parser *p, const char *path, struct kg_listener_conf *l)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned len = 0;
+	int r = -EINVAL;
+	unsigned char tag[5] = {(unsigned char)l->mutual_auth, (unsigned char)l->verify_depth,
+				(unsigned char)l->access_default,
+				(unsigned char)l->access_denied_response, l->ca != NULL};
+	if (md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+	    EVP_DigestUpdate(md, tag, sizeof(tag)) == 1 &&
+	    (!l->ca || EVP_DigestUpdate(md, l->ca->name, strlen(l->ca->name) + 1) == 1) &&
+	    kg_access_digest(l->access_rules, md) == 0 &&
+	    EVP_DigestFinal_ex(md, l->client_policy, &len) == 1 && len == KG_POLICY_MD_LEN)
+		r = 0;
+	EVP_MD_CTX_free(md);
+	return r < 0 ? fail(p, path, "cannot digest the client policy") : 0;
+}
+
+/* An sni entry's "names": 1-KG_SNI_NAMES_MAX checked names, stored in
+ * lower case, none in an earlier entry or twice in this one. */
+static int parse_sni_names(struct parser *p, const char *epath, struct json_object *eobj,
+			   const struct kg_listener_conf *l, size_t idx, struct kg_sni_conf *e)
+{
+	struct json_object *arr = NULL;
+	char kp[KG_PATH_MAX], ip[KG_PATH_MAX], why[160];
+	int r = get_member(p, epath, eobj, "names", json_type_array, "an array of server names",
+			   &arr);
+	if (require(p, epath, "names", r) <= 0)
+		return -EINVAL;
+	member_path(kp, epath, "names");
+	size_t n = json_object_array_length(arr);
+	if (n == 0 || n > KG_SNI_NAMES_MAX)
+		return fail(p, kp, "must have 1-%d names, got %zu", KG_SNI_NAMES_MAX, n);
+	e->names = calloc(n, sizeof(*e->names));
+	if (!e->names)
+		return fail(p, kp, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *v = json_object_array_get_idx(arr, i);
+		index_path(ip, kp, i);
+		if (expect_type(p, ip, v, json_type_string, "a string") < 0)
+			return -EINVAL;
+		const char *name = json_object_get_string(v);
+		if ((size_t)json_object_get_string_len(v) != strlen(name))
+			return fail(p, ip, "must not contain NUL characters");
+		if (kg_sni_name_check(name, why, sizeof(why)) < 0)
+			return fail(p, ip, "\"%.80s\" %s", name, why);
+		if (!(e->names[i] = strdup(name)))
+			return fail(p, ip, "out of memory");
+		e->n_names++;
+		for (char *c = e->names[i]; *c; c++)
+			*c = (char)tolower((unsigned char)*c);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(e->names[j], e->names[i]) == 0)
+				return fail(p, ip, "\"%s\" is listed twice", e->names[i]);
+		for (size_t o = 0; o < idx; o++)
+			for (size_t j = 0; j < l->sni[o].n_names; j++)
+				if (strcmp(l->sni[o].names[j], e->names[i]) == 0)
+					return fail(p, ip, "\"%s\" is also in sni[%zu]: a name "
+						    "belongs to one entry", e->names[i], o);
+	}
+	return 0;
+}
+
+/* One sni entry: its names and certificate, and its own client policy
+ * when it has any of its keys (else the listener's, shared). */
+static int parse_sni_entry(struct parser *p, const struct kg_config *cfg, const char *epath,
+			   struct json_object *eobj, struct kg_listener_conf *l, size_t idx)
+{
+	static const char *const keys[] = {"names", "certificate", "ca", "mutual_auth",
+					   "access_rules", "access_default", NULL};
+	static const char *const policy_keys[] = {"ca", "mutual_auth", "access_rules",
+						  "access_default", NULL};
+	struct kg_sni_conf *e = &l->sni[idx];
+
+	if (expect_type(p, epath, eobj, json_type_object, "an object") < 0 ||
+	    check_keys(p, epath, eobj, keys) < 0 || parse_sni_names(p, epath, eobj, l, idx, e) < 0)
+		return -EINVAL;
+	bool own = false;
+	for (size_t k = 0; policy_keys[k]; k++)
+		own |= json_object_object_get_ex(eobj, policy_keys[k], NULL);
+	e->tls = malloc(sizeof(*e->tls));
+	if (!e->tls)
+		return fail(p, epath, "out of memory");
+	*e->tls = *l;
+	e->tls->backends = NULL;
+	e->tls->n_backends = 0;
+	e->tls->sni = NULL;
+	e->tls->n_sni = 0;
+	e->tls->strict_sni = false;
+	e->tls->sni_index = (unsigned)idx + 1;
+	/* From here kg_config_free frees the entry's own rules, never the
+	 * listener's. */
+	e->own_policy = own;
+	if (own)
+		e->tls->access_rules = NULL;
+	if (parse_server_cert(p, cfg, epath, eobj, NULL, e->tls) < 0)
+		return -EINVAL;
+	if (!own)
+		return 0;
+	return parse_client_policy(p, cfg, epath, eobj, e->tls);
+}
+
+/* "sni" and "strict_sni", once the listener's own TLS settings are known
+ * (entries copy them). */
+static int parse_sni(struct parser *p, const struct kg_config *cfg, const char *lpath,
+		     struct json_object *lobj, struct kg_listener_conf *l)
+{
+	struct json_object *arr = NULL;
+	char kp[KG_PATH_MAX], ep[KG_PATH_MAX];
+	int r = get_member(p, lpath, lobj, "sni", json_type_array, "an array of sni entries",
+			   &arr);
+	if (r < 0)
+		return -EINVAL;
+	size_t n = r > 0 ? json_object_array_length(arr) : 0;
+	member_path(kp, lpath, "sni");
+	if (n > KG_SNI_ENTRIES_MAX)
+		return fail(p, kp, "at most %d entries, got %zu", KG_SNI_ENTRIES_MAX, n);
+	if (l->strict_sni && n == 0) {
+		member_path(kp, lpath, "strict_sni");
+		return fail(p, kp, "needs \"sni\" entries (with none, every handshake would be "
+				   "refused)");
+	}
+	if (n > 0 && !(l->sni = calloc(n, sizeof(*l->sni))))
+		return fail(p, kp, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		index_path(ep, kp, i);
+		l->n_sni++;
+		if (parse_sni_entry(p, cfg, ep, json_object_array_get_idx(arr, i), l, i) < 0 ||
+		    policy_digest(p, ep, l->sni[i].tls) < 0)
+			return -EINVAL;
+	}
+	return 0;
 }
 
 static int parse_listener(struct parser *p, const struct kg_config *cfg, const char *lpath,
@@ -1059,6 +1224,9 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 				   "headers (\"http\".\"headers\")");
 	}
 	if (parse_backends(p, lpath, lobj, l) < 0 || parse_http(p, lpath, lobj, &l->http) < 0)
+		return -EINVAL;
+	if (l->protocol != KG_PROTO_TCP &&
+	    (policy_digest(p, lpath, l) < 0 || parse_sni(p, cfg, lpath, lobj, l) < 0))
 		return -EINVAL;
 	return parse_health(p, lpath, lobj, &l->health_check);
 }
@@ -1255,6 +1423,22 @@ free_text:
 	return cfg;
 }
 
+static void sni_free(struct kg_listener_conf *l)
+{
+	for (size_t i = 0; i < l->n_sni; i++) {
+		struct kg_sni_conf *e = &l->sni[i];
+		for (size_t n = 0; n < e->n_names; n++)
+			free(e->names[n]);
+		free(e->names);
+		if (e->tls && e->own_policy)
+			kg_access_free(e->tls->access_rules);
+		free(e->tls);
+	}
+	free(l->sni);
+	l->sni = NULL;
+	l->n_sni = 0;
+}
+
 void kg_config_free(struct kg_config *cfg)
 {
 	if (!cfg)
@@ -1270,6 +1454,7 @@ void kg_config_free(struct kg_config *cfg)
 			free(cfg->listeners[i].backends[b].address);
 		free(cfg->listeners[i].backends);
 		kg_access_free(cfg->listeners[i].access_rules);
+		sni_free(&cfg->listeners[i]);
 	}
 	free(cfg->listeners);
 	free(cfg->log_level);
@@ -1288,6 +1473,20 @@ int kg_cert_name_valid(const char *name)
 			return 0;
 	}
 	return 1;
+}
+
+int kg_config_sni_find(const struct kg_listener_conf *l, const char *name, size_t len)
+{
+	/* Exact names win over wildcards whatever the order, as a browser's
+	 * certificate choice and every other server do. */
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t e = 0; e < l->n_sni; e++)
+			for (size_t n = 0; n < l->sni[e].n_names; n++) {
+				const char *p = l->sni[e].names[n];
+				if ((p[0] == '*') == (pass == 1) && kg_sni_match(p, name, len))
+					return (int)e;
+			}
+	return -1;
 }
 
 const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg, const char *name)

@@ -159,6 +159,10 @@ struct kg_http_conf {
  * of include/kgate/listener_keys.h, and each key of an F row there is a
  * member of the same name here. */
 struct kg_access;
+struct kg_sni_conf;
+
+/* Digest of a client policy (kg_listener_conf.client_policy). */
+#define KG_POLICY_MD_LEN 32
 
 struct kg_listener_conf {
 	char name[KG_NAME_MAX + 1];
@@ -188,6 +192,29 @@ struct kg_listener_conf {
 	enum kg_access_response access_denied_response; /* https only; default alert */
 	bool enabled;                  /* false = stopped (kgatectl listener stop) */
 	struct kg_http_conf http;      /* protocol https only */
+	struct kg_sni_conf *sni;       /* "sni" entries (tls, https); NULL: none */
+	size_t n_sni;
+	bool strict_sni;               /* refuse a ClientHello no entry serves */
+	/* 0 for a listener; i + 1 for the settings of its sni[i] entry. */
+	unsigned sni_index;
+	/* What decides which clients get in: CA, mutual_auth, verify_depth,
+	 * access rules, access_default and access_denied_response, digested
+	 * (SHA-256) so that equal digests decide alike. An https request for
+	 * a Host under another policy than its connection's gets 421. */
+	unsigned char client_policy[KG_POLICY_MD_LEN];
+};
+
+/* One "sni" entry of a tls/https listener. */
+struct kg_sni_conf {
+	char **names;   /* lower case, checked (sni.h): "api.example.com", "*.example.org" */
+	size_t n_names;
+	/* The entry's TLS settings, as a listener's for tls.c: a copy of the
+	 * listener's with the entry's certificate, and its own ca,
+	 * mutual_auth and access rules when it has any of them (else the
+	 * listener's). It has no backends, sni entries or http object of its
+	 * own; it lives as long as the listener. */
+	struct kg_listener_conf *tls;
+	bool own_policy; /* tls->access_rules are the entry's (else the listener's) */
 };
 
 /* The rows of KG_LISTENER_KEYS, indexed by KG_LK_<key>. */
@@ -231,6 +258,11 @@ int kg_cert_name_valid(const char *name);
 
 const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg,
 					       const char *name);
+/* The sni entry of l that serves name[0..len) (as a client sent it, any
+ * case, not NUL-terminated; sni.h kg_sni_match): an exact name first,
+ * whatever the order of the entries, then the first entry with a
+ * matching wildcard. -1 when none does. */
+int kg_config_sni_find(const struct kg_listener_conf *l, const char *name, size_t len);
 /* "127.0.0.1:80", "[::1]:80" → sockaddr; 0 or -EINVAL. */
 int kg_parse_hostport(const char *text, struct sockaddr_storage *out,
 		      socklen_t *outlen);

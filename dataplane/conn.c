@@ -362,7 +362,9 @@ enum hs_result { HS_MORE, HS_DONE, HS_FAILED };
  * connection is marked for the https forwarder. */
 static void access_after_handshake(struct kg_conn *c)
 {
-	const struct kg_listener_conf *l = c->listener->conf;
+	/* The rules of the sni entry the ClientHello chose, if one did. */
+	const struct kg_listener_conf *l =
+		kg_tls_conf_of(c->ssl) ? kg_tls_conf_of(c->ssl) : c->listener->conf;
 	struct kg_listener_counters *lc = &c->listener->slot->counters;
 	const char *rule = NULL;
 

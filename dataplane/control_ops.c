@@ -176,6 +176,24 @@ static bool cert_entry_changed(json_object *old_doc, json_object *new_doc, const
 	return !json_object_equal(a, b);
 }
 
+static bool tls_certs_changed(json_object *old_doc, json_object *new_doc,
+			      const struct kg_listener_conf *t)
+{
+	return (t->certificate && cert_entry_changed(old_doc, new_doc, t->certificate->name)) ||
+	       (t->ca && cert_entry_changed(old_doc, new_doc, t->ca->name));
+}
+
+/* Whether a certificate entry l uses changed: its own certificate and CA,
+ * or one of its sni entries'. */
+static bool certs_changed(json_object *old_doc, json_object *new_doc,
+			  const struct kg_listener_conf *l)
+{
+	bool changed = tls_certs_changed(old_doc, new_doc, l);
+	for (size_t e = 0; e < l->n_sni && !changed; e++)
+		changed = tls_certs_changed(old_doc, new_doc, l->sni[e].tls);
+	return changed;
+}
+
 /* Messages from certs.c name files; for a change made through the socket
  * those are kgated's own copies, so say which upload field instead. */
 static void name_fields(char *msg, size_t len, const struct kg_cert_conf *c)
@@ -380,8 +398,7 @@ static json_object *transact(struct kg_ops *ops, json_object *new_doc)
 		int oi = find_listener(ops->st->doc, cfg->listeners[i].name);
 		json_object *ol = oi >= 0 ? json_object_array_get_idx(old_arr, (size_t)oi) : NULL;
 		changed[i] = listener_changed(ol, nl) ||
-			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "certificate")) ||
-			     cert_entry_changed(ops->st->doc, new_doc, obj_str(nl, "ca")) ||
+			     certs_changed(ops->st->doc, new_doc, &cfg->listeners[i]) ||
 			     (ops->retry && strcmp(ops->retry, cfg->listeners[i].name) == 0);
 	}
 	int ret = ops->rt ? kg_apply_prepare(ops->rt, ref, changed, false, ops->retry, &ops->plan,
@@ -532,13 +549,22 @@ static void describe_crl(json_object *o, const char *path)
 	json_object_object_add(o, "crl", c);
 }
 
+static bool tls_uses(const struct kg_listener_conf *l, const char *name)
+{
+	return (l->certificate && strcmp(l->certificate->name, name) == 0) ||
+	       (l->ca && strcmp(l->ca->name, name) == 0);
+}
+
+/* The listeners whose settings or sni entries name the certificate. */
 static json_object *used_by(const struct kg_config *cfg, const char *name)
 {
 	json_object *arr = json_object_new_array();
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		const struct kg_listener_conf *l = &cfg->listeners[i];
-		if ((l->certificate && strcmp(l->certificate->name, name) == 0) ||
-		    (l->ca && strcmp(l->ca->name, name) == 0))
+		bool uses = tls_uses(l, name);
+		for (size_t e = 0; e < l->n_sni && !uses; e++)
+			uses = tls_uses(l->sni[e].tls, name);
+		if (uses)
 			json_object_array_add(arr, json_object_new_string(l->name));
 	}
 	return arr;
@@ -789,6 +815,40 @@ static void doc_member(json_object *m, enum kg_admin_state admin)
 	json_object_object_add(m, "last_check", NULL);
 }
 
+/* The access rules by name, in order (the document has the rest). */
+static json_object *rule_names(const struct kg_access *a)
+{
+	json_object *rules = a ? json_object_new_array() : NULL;
+	for (size_t i = 0; i < kg_access_count(a); i++)
+		json_object_array_add(rules, json_object_new_string(kg_access_rule_name(a, i)));
+	return rules;
+}
+
+/* The sni entries: names, certificate and client policy of each; null
+ * without entries. */
+static json_object *sni_json(const struct kg_listener_conf *l)
+{
+	json_object *arr = l->n_sni ? json_object_new_array() : NULL;
+	for (size_t i = 0; i < l->n_sni; i++) {
+		const struct kg_listener_conf *t = l->sni[i].tls;
+		json_object *e = json_object_new_object(), *names = json_object_new_array();
+		for (size_t n = 0; n < l->sni[i].n_names; n++)
+			json_object_array_add(names, json_object_new_string(l->sni[i].names[n]));
+		json_object_object_add(e, "names", names);
+		json_object_object_add(e, "certificate", json_object_new_string(t->certificate->name));
+		json_object_object_add(e, "ca", t->ca ? json_object_new_string(t->ca->name) : NULL);
+		json_object_object_add(e, "mutual_auth", json_object_new_string(
+				kg_listener_keys[KG_LK_mutual_auth].names[t->mutual_auth]));
+		json_object_object_add(e, "access_rules", rule_names(t->access_rules));
+		json_object_object_add(e, "access_default", json_object_new_string(
+				kg_listener_keys[KG_LK_access_default].names[t->access_default]));
+		json_object_object_add(e, "policy", json_object_new_string(
+				l->sni[i].own_policy ? "own" : "listener"));
+		json_object_array_add(arr, e);
+	}
+	return arr;
+}
+
 static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_conf *l,
 				  bool detail)
 {
@@ -830,12 +890,8 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 							  : json_object_new_int64(v);
 		json_object_object_add(o, k->key, j);
 	}
-	/* The access rules by name, in order (the document has the rest). */
-	json_object *rules = l->access_rules ? json_object_new_array() : NULL;
-	for (size_t i = 0; i < kg_access_count(l->access_rules); i++)
-		json_object_array_add(rules, json_object_new_string(
-				kg_access_rule_name(l->access_rules, i)));
-	json_object_object_add(o, "access_rules", rules);
+	json_object_object_add(o, "access_rules", rule_names(l->access_rules));
+	json_object_object_add(o, "sni", sni_json(l));
 	/* Member state comes from the running snapshot's health group, so it
 	 * shows what new connections will see; "active" counts the
 	 * connections made since that snapshot was published. */

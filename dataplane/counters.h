@@ -64,7 +64,7 @@ enum kg_counter_group {
 	X(http_requests, KG_CG_CONNECTIONS, "http_requests", "http_requests_total", "",            \
 	  "http_requests", "Requests parsed on https listeners.")                                  \
 	X(http_errors, KG_CG_CONNECTIONS, "http_errors", "http_errors_total", "", "http_errors",   \
-	  "Error responses made by kgate on https listeners (400, 403, 408, 431, 502, 503, 504).")      \
+	  "Error responses made by kgate on https listeners (400, 403, 408, 421, 431, 502, 503, 504).")      \
 	X(http_hdr_dropped_reserved, KG_CG_CONNECTIONS, "http_headers_dropped_reserved",           \
 	  "http_headers_dropped_total", "reason=\"reserved\"", "http_headers_dropped_reserved",    \
 	  "Request headers removed by kgate, by reason: reserved (a client's copy of a header "    \
@@ -82,6 +82,10 @@ enum kg_counter_group {
 	X(http_rejected_trailer, KG_CG_CONNECTIONS, "http_requests_rejected_reserved_trailer",     \
 	  "http_requests_rejected_total", "reason=\"reserved_trailer\"", "http_rejected_trailer",  \
 	  "")                                                                                      \
+	X(http_misdirected, KG_CG_CONNECTIONS, "http_requests_misdirected",                        \
+	  "http_requests_misdirected_total", "", "http_misdirected",                               \
+	  "Requests answered 421 on https listeners with sni entries: their Host is served "      \
+	  "under another client policy than the one their connection's handshake used.")          \
 	X(handshakes, KG_CG_HANDSHAKES, "ok", "handshakes_total", "", "handshakes",                \
 	  "Completed TLS handshakes.")                                                             \
 	X(resumed, KG_CG_HANDSHAKES, "resumed", "handshakes_resumed_total", "", "resumed",         \

@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,6 +59,7 @@
 #include "ktls.h"
 #include "listener.h"
 #include "runtime.h"
+#include "sni.h"
 #include "splice_pump.h"
 #include "worker.h"
 
@@ -91,6 +93,10 @@ struct kg_http_conn {
 
 	struct kg_http_ident ident; /* what kgate adds to requests, made once per connection */
 	bool drop_logged;        /* the connection's first dropped header was logged */
+	/* The settings the handshake ran under (kg_tls_conf_of): the
+	 * listener's, or an sni entry's; taken before a kTLS handoff frees
+	 * the SSL. */
+	const struct kg_listener_conf *policy;
 	struct kg_buf head;      /* the request head for the backend */
 	uint32_t head_sent;
 	struct kg_buf out;       /* response heads and errors for the client */
@@ -618,6 +624,49 @@ static void count_screened(struct kg_conn *c, const struct kg_http_screen *sc)
 		  KV("action", sc->rejected ? "reject" : "drop"));
 }
 
+/* Whether the host named by value[0..len) (a Host value) is served under the client policy of
+ * the connection's handshake: by the sni entry with that name, else by
+ * the listener's own settings, which strict_sni gives no name. */
+static bool host_allowed(struct kg_conn *c, const char *value, size_t len)
+{
+	const struct kg_listener_conf *l = c->listener->conf, *serves = l->strict_sni ? NULL : l;
+	const struct kg_listener_conf *got = http_of(c)->policy;
+	const char *host;
+	size_t hlen;
+	if (kg_sni_host_of(value, len, &host, &hlen)) {
+		int e = kg_config_sni_find(l, host, hlen);
+		if (e >= 0)
+			serves = l->sni[e].tls;
+	}
+	return serves && memcmp(serves->client_policy, got->client_policy,
+				sizeof(got->client_policy)) == 0;
+}
+
+/* On a listener with sni entries: true when the request is for a host
+ * that another client policy serves (RFC 9110 15.5.20 421). A client that
+ * connected under a name without client certificates must not reach,
+ * on the same connection, a name that requires them. Every Host field
+ * counts (an absolute-form target, which could name another host, is
+ * refused by http.c); a request without one is for the listener's own
+ * settings. */
+static bool misdirected(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	const char *base = (const char *)h->rbuf;
+	bool named = false;
+	if (c->listener->conf->n_sni == 0)
+		return false;
+	for (unsigned i = 0; i < h->req.n_fields; i++) {
+		const struct kg_http_field *f = &h->req.fields[i];
+		if (!kg_http_name_eq(base + f->name.off, f->name.len, "host"))
+			continue;
+		named = true;
+		if (!host_allowed(c, base + f->value.off, f->value.len))
+			return true;
+	}
+	return !named && !host_allowed(c, "", 0);
+}
+
 static void start_request(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
@@ -633,6 +682,12 @@ static void start_request(struct kg_conn *c)
 		char why[128];
 		snprintf(why, sizeof(why), "access denied by rule \"%.80s\"", c->access_denied_rule);
 		reply_error(c, 403, why);
+		return;
+	}
+	if (misdirected(c)) {
+		kg_count(w, http_misdirected);
+		reply_error(c, 421, "the Host is served under another client policy than this "
+				    "connection's server name");
 		return;
 	}
 	struct kg_http_screen screen;
@@ -1055,6 +1110,7 @@ static int http_start(struct kg_conn *c, const void *early, size_t early_len, ch
 	 * SSL object is gone, so it is taken now. */
 	if (kg_http_identity(&h->ident, hc, c->ssl, &peer, &local) < 0)
 		return -ENOMEM;
+	h->policy = kg_tls_conf_of(c->ssl) ? kg_tls_conf_of(c->ssl) : c->listener->conf;
 	h->subject[0] = '\0';
 	X509 *cert = SSL_get0_peer_certificate(c->ssl);
 	if (cert)

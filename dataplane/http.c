@@ -698,6 +698,7 @@ const char *kg_http_reason(int status)
 	case 400: return "Bad Request";
 	case 403: return "Forbidden";
 	case 408: return "Request Timeout";
+	case 421: return "Misdirected Request";
 	case 431: return "Request Header Fields Too Large";
 	case 500: return "Internal Server Error";
 	case 502: return "Bad Gateway";

@@ -137,7 +137,11 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 			snprintf(err, errlen, "%s: %s", where, why);
 			goto fail;
 		}
-		if (kg_path_hands_off(l->plan) && kg_ktls_ctx_prepare(l->ssl_ctx) < 0) {
+		/* An sni entry's SSL_CTX takes over the handshake: it logs the
+		 * secrets kTLS needs. */
+		if (kg_path_hands_off(l->plan) &&
+		    (kg_ktls_ctx_prepare(l->ssl_ctx) < 0 ||
+		     kg_tls_ctx_for_each_sni(l->ssl_ctx, kg_ktls_ctx_prepare) < 0)) {
 			snprintf(err, errlen, "%s: cannot set up kTLS tracking", where);
 			goto fail;
 		}

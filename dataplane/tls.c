@@ -19,6 +19,7 @@
 
 #include "access.h"
 #include "certs.h"
+#include "sni.h"
 #include "ticket_keys.h"
 #include "tls_carry.h"
 
@@ -37,6 +38,17 @@
  * its own); the key set outlives every SSL_CTX. */
 static pthread_once_t note_once = PTHREAD_ONCE_INIT;
 static int note_idx = -1, tickets_idx = -1, access_idx = -1;
+/* SSL_CTX ex_data: the settings it was built from (kg_tls_conf_of), and a
+ * listener's per-entry SSL_CTXs (struct sni_ctxs, freed with it). */
+static int conf_idx = -1, sni_idx = -1;
+
+/* The SSL_CTX of each sni entry of a listener, in the listener's order;
+ * the ClientHello callback's argument. */
+struct sni_ctxs {
+	const struct kg_listener_conf *l;
+	size_t n;
+	SSL_CTX *ctx[];
+};
 
 static void note_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
 		      void *argp)
@@ -44,11 +56,32 @@ static void note_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
 	free(ptr);
 }
 
+static void sni_ctxs_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+			  void *argp)
+{
+	struct sni_ctxs *sc = ptr;
+	for (size_t i = 0; sc && i < sc->n; i++)
+		SSL_CTX_free(sc->ctx[i]);
+	free(sc);
+}
+
 static void note_init(void)
 {
 	note_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, note_free);
 	tickets_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	access_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	conf_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	sni_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_ctxs_free);
+}
+
+/* Replaces the SSL's note (why its handshake failed); takes text. */
+static void set_note(SSL *ssl, char *text)
+{
+	if (!text)
+		return;
+	free(SSL_get_ex_data(ssl, note_idx));
+	if (SSL_set_ex_data(ssl, note_idx, text) != 1)
+		free(text);
 }
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
@@ -84,9 +117,7 @@ static void record_note(X509_STORE_CTX *xs, int depth, X509 *cert, const char *e
 		kg_cert_subject(cert, subject, sizeof(subject));
 	if (asprintf(&note, "depth %d, subject %s%s", depth, subject, extra) < 0)
 		return;
-	free(SSL_get_ex_data(ssl, note_idx));
-	if (SSL_set_ex_data(ssl, note_idx, note) != 1)
-		free(note);
+	set_note(ssl, note);
 }
 
 /* The access rules of the listener whose SSL_CTX verifies xs, when they
@@ -120,11 +151,8 @@ static int check_access(X509_STORE_CTX *xs, X509 *cert)
 	X509_STORE_CTX_set_error(xs, X509_V_ERR_APPLICATION_VERIFICATION);
 	kg_cert_subject(cert, subject, sizeof(subject));
 	if (note_idx >= 0 &&
-	    asprintf(&note, "access denied by rule \"%s\" (subject %s)", rule, subject) >= 0) {
-		free(SSL_get_ex_data(ssl, note_idx));
-		if (SSL_set_ex_data(ssl, note_idx, note) != 1)
-			free(note);
-	}
+	    asprintf(&note, "access denied by rule \"%s\" (subject %s)", rule, subject) >= 0)
+		set_note(ssl, note);
 	return 0;
 }
 
@@ -218,7 +246,15 @@ static int access_digest(const struct kg_listener_conf *l, unsigned char *out, u
 	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
 	    EVP_DigestUpdate(md, l->name, strlen(l->name)) != 1)
 		goto free_md;
-	if (l->access_rules || l->access_default != KG_ACCESS_ALLOW) {
+	if (l->sni_index > 0) {
+		/* An sni entry: its whole client policy (CA, mutual_auth,
+		 * rules), so a session resumes only where the same clients
+		 * would get in by a full handshake. */
+		unsigned char tag[1] = {1};
+		if (EVP_DigestUpdate(md, tag, sizeof(tag)) != 1 ||
+		    EVP_DigestUpdate(md, l->client_policy, sizeof(l->client_policy)) != 1)
+			goto free_md;
+	} else if (l->access_rules || l->access_default != KG_ACCESS_ALLOW) {
 		unsigned char tag[3] = {0, (unsigned char)l->access_default,
 					(unsigned char)l->access_denied_response};
 		if (EVP_DigestUpdate(md, tag, sizeof(tag)) != 1 ||
@@ -370,6 +406,120 @@ static int setup_client_auth(SSL_CTX *ctx, const struct kg_listener_conf *l, cha
 	return 0;
 }
 
+/* Makes ctx (an sni entry's) the SSL's for the rest of the handshake.
+ * SSL_set_SSL_CTX takes the certificate, key and chain, the session id
+ * context and, as ssl->ctx, the CA store and the callbacks the handshake
+ * reads from there (verify store, client CA names, key log, ticket keys);
+ * but the verify mode, depth and parameters (CRL check, purpose) were
+ * copied into the SSL at SSL_new, so they are set again here. */
+static int use_entry_ctx(SSL *ssl, SSL_CTX *ctx)
+{
+	if (SSL_set_SSL_CTX(ssl, ctx) != ctx)
+		return -ENOMEM;
+	SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), SSL_CTX_get_verify_callback(ctx));
+	/* set1 ORs the flags: clear the listener's (its CRL check) first. */
+	X509_VERIFY_PARAM *pm = SSL_get0_param(ssl);
+	if (X509_VERIFY_PARAM_clear_flags(pm, X509_VERIFY_PARAM_get_flags(pm)) != 1 ||
+	    SSL_set1_param(ssl, SSL_CTX_get0_param(ctx)) != 1)
+		return -ENOMEM;
+	SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(ctx));
+	/* The CertificateRequest's CA names need nothing: the SSL has no list
+	 * of its own, so OpenSSL takes ssl->ctx's (test_sni checks them). */
+	return 0;
+}
+
+/* A server name for a log line: printable bytes, at most 80 of them. */
+static void printable_name(const char *name, size_t len, char *out, size_t outlen)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < len && n + 1 < outlen && i < 80; i++)
+		out[n++] = name[i] > 0x20 && name[i] < 0x7f && name[i] != '"' ? name[i] : '?';
+	out[n] = '\0';
+}
+
+/* Runs first in the handshake, before any answer and before session
+ * resumption is considered: picks the sni entry for the ClientHello's
+ * server name, so that the certificate, the CertificateRequest's CA names,
+ * the verification and the session id context are all the entry's. A
+ * name no entry has gets the listener's own settings, or with strict_sni
+ * the unrecognized_name alert. */
+static int client_hello_cb(SSL *ssl, int *al, void *arg)
+{
+	const struct sni_ctxs *sc = arg;
+	const unsigned char *ext = NULL;
+	const char *name = NULL;
+	size_t len = 0, nlen = 0;
+	char shown[96], *note = NULL;
+
+	int r = SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &len) == 1
+			? kg_sni_from_ext(ext, len, &name, &nlen)
+			: -ENOENT;
+	if (r == -EINVAL) {
+		*al = SSL_AD_DECODE_ERROR;
+		return SSL_CLIENT_HELLO_ERROR;
+	}
+	int e = r == 0 ? kg_config_sni_find(sc->l, name, nlen) : -1;
+	if (e >= 0) {
+		if (use_entry_ctx(ssl, sc->ctx[e]) == 0)
+			return SSL_CLIENT_HELLO_SUCCESS;
+		*al = SSL_AD_INTERNAL_ERROR;
+		return SSL_CLIENT_HELLO_ERROR;
+	}
+	if (!sc->l->strict_sni)
+		return SSL_CLIENT_HELLO_SUCCESS;
+	if (r == 0) {
+		printable_name(name, nlen, shown, sizeof(shown));
+		if (asprintf(&note, KG_TLS_SNI_REFUSED ": unknown server name \"%s\"", shown) < 0)
+			note = NULL;
+	} else if (asprintf(&note, KG_TLS_SNI_REFUSED ": no server name") < 0) {
+		note = NULL;
+	}
+	set_note(ssl, note);
+	*al = SSL_AD_UNRECOGNIZED_NAME;
+	return SSL_CLIENT_HELLO_ERROR;
+}
+
+/* The SSL_CTX of each of l's sni entries, made by kg_tls_ctx_create from
+ * the entry's settings, and the ClientHello callback that switches to
+ * them. The entries' contexts are freed with ctx. */
+static int setup_sni(SSL_CTX *ctx, const struct kg_listener_conf *l,
+		     struct kg_ticket_keys *tickets, char *err, size_t errlen)
+{
+	char why[512];
+	struct sni_ctxs *sc = calloc(1, sizeof(*sc) + l->n_sni * sizeof(sc->ctx[0]));
+	if (!sc)
+		return fail(err, errlen, "out of memory");
+	sc->l = l;
+	if (SSL_CTX_set_ex_data(ctx, sni_idx, sc) != 1) {
+		free(sc);
+		return fail(err, errlen, "cannot attach the sni entries");
+	}
+	for (size_t i = 0; i < l->n_sni; i++) {
+		sc->ctx[i] = kg_tls_ctx_create(l->sni[i].tls, tickets, why, sizeof(why));
+		if (!sc->ctx[i])
+			return fail(err, errlen, "sni[%zu]: %s", i, why);
+		sc->n++;
+	}
+	SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, sc);
+	return 0;
+}
+
+int kg_tls_ctx_for_each_sni(SSL_CTX *ctx, int (*fn)(SSL_CTX *ctx))
+{
+	const struct sni_ctxs *sc = sni_idx >= 0 ? SSL_CTX_get_ex_data(ctx, sni_idx) : NULL;
+	for (size_t i = 0; sc && i < sc->n; i++) {
+		int r = fn(sc->ctx[i]);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+const struct kg_listener_conf *kg_tls_conf_of(const SSL *ssl)
+{
+	return conf_idx >= 0 ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), conf_idx) : NULL;
+}
+
 bool kg_tls_access_on(const struct kg_listener_conf *l)
 {
 	return l->protocol != KG_PROTO_TCP &&
@@ -393,7 +543,7 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 			   char *err, size_t errlen)
 {
 	if (pthread_once(&note_once, note_init) != 0 || note_idx < 0 || tickets_idx < 0 ||
-	    access_idx < 0) {
+	    access_idx < 0 || conf_idx < 0 || sni_idx < 0) {
 		fail(err, errlen, "cannot allocate an SSL ex_data index");
 		return NULL;
 	}
@@ -409,7 +559,14 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 	if (apply_policy(ctx, err, errlen) < 0 ||
 	    setup_sessions(ctx, l, tickets, err, errlen) < 0 ||
 	    load_server_cert(ctx, l->certificate, err, errlen) < 0 ||
-	    setup_client_auth(ctx, l, err, errlen) < 0) {
+	    setup_client_auth(ctx, l, err, errlen) < 0 ||
+	    (l->n_sni > 0 && setup_sni(ctx, l, tickets, err, errlen) < 0)) {
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	/* l lives in the document the snapshot holds, as long as ctx. */
+	if (SSL_CTX_set_ex_data(ctx, conf_idx, (void *)l) != 1) {
+		fail(err, errlen, "cannot attach the listener settings");
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
@@ -419,12 +576,15 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 #define NO_CERT_TEXT "client certificate required"
 
 const char *const kg_hs_reason_names[KG_HS_REASONS] = {
-	"no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "protocol", "access_denied"};
+	"no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "protocol", "access_denied",
+	"unknown_sni"};
 
 enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason)
 {
 	switch (SSL_get_verify_result(ssl)) {
 	case X509_V_OK:
+		if (strncmp(reason, KG_TLS_SNI_REFUSED, strlen(KG_TLS_SNI_REFUSED)) == 0)
+			return KG_HS_UNKNOWN_SNI;
 		return strncmp(reason, NO_CERT_TEXT, strlen(NO_CERT_TEXT)) == 0 ? KG_HS_NO_CERT
 										: KG_HS_PROTOCOL;
 	case X509_V_ERR_CERT_REVOKED:
@@ -448,7 +608,9 @@ static void describe_error(SSL *ssl, int ssl_err, char *reason, size_t len)
 	long vr = SSL_get_verify_result(ssl);
 	unsigned long e = ERR_peek_error();
 
-	if (vr == X509_V_ERR_APPLICATION_VERIFICATION && note_idx >= 0 &&
+	/* With a verify result of OK, only the ClientHello callback writes
+	 * a note (strict_sni). */
+	if ((vr == X509_V_ERR_APPLICATION_VERIFICATION || vr == X509_V_OK) && note_idx >= 0 &&
 	    SSL_get_ex_data(ssl, note_idx)) {
 		snprintf(reason, len, "%s", (const char *)SSL_get_ex_data(ssl, note_idx));
 	} else if (vr != X509_V_OK) {

@@ -22,6 +22,23 @@ struct kg_ticket_keys;
  * snapshot holds its document). Returns NULL and fills err on failure. */
 SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_keys *tickets,
 			   char *err, size_t errlen);
+/* With sni entries (l->sni), the SSL_CTX also holds one SSL_CTX per entry,
+ * built the same way from the entry's settings, and switches a
+ * handshake to the entry of the ClientHello's server name before it
+ * answers (certificate, client CA names, verification, session id
+ * context); strict_sni refuses other names with unrecognized_name. */
+
+/* Calls fn on each sni entry's SSL_CTX of a listener's ctx (what the
+ * listener's own SSL_CTX needs, e.g. kTLS key tracking, they need too);
+ * stops at and returns the first negative result, else 0. */
+int kg_tls_ctx_for_each_sni(SSL_CTX *ctx, int (*fn)(SSL_CTX *ctx));
+
+/* The settings (a listener's, or one of its sni entries') under which
+ * ssl's handshake runs or ran: after the ClientHello, the entry's. */
+const struct kg_listener_conf *kg_tls_conf_of(const SSL *ssl);
+
+/* The start of the reason of a handshake strict_sni refused. */
+#define KG_TLS_SNI_REFUSED "strict_sni"
 
 /* Whether l's sessions live in its SSL_CTX's cache (resumption on, stateful),
  * which an upgrade carries over (tls_carry.h). */
@@ -58,6 +75,7 @@ enum kg_hs_reason {
 	KG_HS_BAD_EKU,    /* no extendedKeyUsage clientAuth / wrong purpose */
 	KG_HS_PROTOCOL,   /* everything else: versions, ciphers, garbage, EOF */
 	KG_HS_ACCESS_DENIED, /* verified, then refused by the listener's access rules */
+	KG_HS_UNKNOWN_SNI, /* strict_sni: no server name, or one no sni entry has */
 	KG_HS_REASONS
 };
 

@@ -142,6 +142,15 @@ enum kg_access_response { KG_ACCESS_RESPONSES(KG_LK_ENUM_DENIED) };
 	  KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\""), KG_LKF_UPDATE,             \
 	  "access-denied-response", NULL,                                                          \
 	  "alert: a denied certificate fails the handshake; 403: each request gets 403")           \
+	H(sni, KG_LK_LIST, KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS),                                  \
+	  KG_LKF_UPDATE | KG_LKF_NONE_REMOVES, "sni", "JSON",                                      \
+	  "certificates and client policies by server name, e.g. '[{\"names\": "                   \
+	  "[\"api.example.com\", \"*.example.org\"], \"certificate\": \"api\", \"ca\": "          \
+	  "\"partners\"}]'")                                                                       \
+	F(strict_sni, KG_LK_BOOL(false), KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS), KG_LKF_UPDATE,    \
+	  "strict-sni", "true|false",                                                              \
+	  "true: a ClientHello without a server name, or with one no sni entry has, is refused "  \
+	  "(unrecognized_name); default false: the listener's certificate serves it")              \
 	F(scheduler, KG_LK_ENUM(KG_SCHEDULERS, KG_SCHED_RR), KG_LK_FOR_ALL, KG_LKF_UPDATE,         \
 	  "scheduler", NULL, "smooth weighted round robin over the member weights (kgatectl "      \
 	  "also takes wrr)")                                                                       \

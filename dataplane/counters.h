@@ -123,7 +123,11 @@ enum kg_counter_group {
 	X(http_backend_connects, KG_CG_BACKENDS, "http_connects", "http_backend_connects_total",   \
 	  "", "http_backend_connects", "Backend connects made for https requests.")                \
 	X(http_pool_reused, KG_CG_BACKENDS, "http_pooled_reuses", "http_pooled_reuses_total", "",  \
-	  "http_pool_reused", "https requests sent on a pooled keep-alive backend connection.")
+	  "http_pool_reused", "https requests sent on a pooled keep-alive backend connection.")  \
+	X(http_quickack, KG_CG_BACKENDS, "http_quickacks", "http_backend_quickacks_total", "",      \
+	  "http_quickack",                                                                         \
+	  "https responses that arrived in parts and were acknowledged to the backend at once "   \
+	  "(TCP_QUICKACK), sparing a two-send backend the 40 ms delayed-ACK wait.")
 
 /* Written by their worker only (kg_count), read by the metrics and
  * control threads: relaxed atomics, so a reader sees a value that is at

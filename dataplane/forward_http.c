@@ -38,6 +38,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +114,7 @@ struct kg_http_conn {
 	bool backend_failed;
 	int backend_fail_res;
 	bool b_recv_busy, b_send_busy; /* a receive or send on the backend socket in flight */
+	bool quickacked;    /* this response's partial arrival was acknowledged at once */
 
 	/* kTLS only: Content-Length bodies spliced, and the readiness polls
 	 * of both sockets (the client's also for reading heads). */
@@ -702,6 +704,7 @@ static void start_request(struct kg_conn *c)
 		return;
 	}
 	h->head_sent = 0;
+	h->quickacked = false;
 	h->rsent = h->rparsed; /* the client's own head is replaced by h->head */
 	h->bytes_in = h->req.head_len;
 	h->retried = false;
@@ -968,6 +971,22 @@ out:
 		arm_backend_recv(c); /* nothing went to the client: read on */
 }
 
+/* A response came in part (typically its head) and the rest is due.
+ * Many backends (Python's http.server, small servers) write the head and
+ * the body in two sends with Nagle on: the body waits until the head is
+ * acknowledged, and this socket, in delayed-ACK ("ping-pong") mode after
+ * the request it sent, would acknowledge 40 ms later. TCP_QUICKACK sends
+ * the pending ACK now and leaves ping-pong mode for the rest of this
+ * response. Once per response: a response that arrives in one read costs
+ * nothing. A refused setsockopt only means the 40 ms stay: not an error. */
+static void ack_partial_response(struct kg_conn *c)
+{
+	static const int one = 1;
+	http_of(c)->quickacked = true;
+	if (setsockopt(c->bfd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one)) == 0)
+		kg_count(c->worker, http_quickack);
+}
+
 static void on_backend_recv(struct kg_conn *c, int res)
 {
 	struct kg_http_conn *h = http_of(c);
@@ -999,6 +1018,8 @@ static void on_backend_recv(struct kg_conn *c, int res)
 	h->blen += (uint32_t)res;
 	set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
 	process_response(c);
+	if (c->state == KG_CONN_FORWARDING && c->bfd >= 0 && !h->resp_done && !h->quickacked)
+		ack_partial_response(c);
 }
 
 static void on_client_drained(struct kg_conn *c)

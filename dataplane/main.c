@@ -352,6 +352,47 @@ static void raise_fd_limit(void)
 	}
 }
 
+/* io_uring charges each ring (about 0.8 MiB per worker here) and its
+ * provided-buffer ring to the user's locked memory, checked against
+ * RLIMIT_MEMLOCK, unless the ring was made with CAP_IPC_LOCK. The charge is
+ * per user, shared by every process of that user: the usual 8 MiB stops a
+ * 10-worker kgated, or an upgrade's second process. Rings made as root
+ * before privileges go are spared (kg_worker_ring_create); for a start
+ * without CAP_IPC_LOCK (the systemd unit, an upgrade's new process) the
+ * limit is raised: to unlimited when kgated may raise the hard limit,
+ * else the soft limit up to the hard one. */
+static void raise_memlock_limit(void)
+{
+	struct rlimit rl = {.rlim_cur = RLIM_INFINITY, .rlim_max = RLIM_INFINITY};
+	if (setrlimit(RLIMIT_MEMLOCK, &rl) == 0)
+		return;
+	if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_MEMLOCK, &rl) == -1)
+			log_warn("rlimit.memlock_failed", KV_ERRNO(errno));
+	}
+}
+
+/* worker.start_failed for a ring the kernel refused; ENOMEM there is
+ * almost always RLIMIT_MEMLOCK (raise_memlock_limit), so say so. */
+static void log_worker_start_failed(unsigned worker, int err)
+{
+	if (err != ENOMEM) {
+		log_err("worker.start_failed", KV("worker", worker), KV_ERRNO(err));
+		return;
+	}
+	struct rlimit rl;
+	unsigned long long kib = 0;
+	if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		kib = (unsigned long long)rl.rlim_cur / 1024;
+	log_err("worker.start_failed", KV("worker", worker), KV_ERRNO(err),
+		KV("memlock_kib", kib),
+		KV("hint", "io_uring rings count against the user's locked-memory limit "
+			   "(RLIMIT_MEMLOCK, shared by all its processes): raise it "
+			   "(systemd LimitMEMLOCK=, ulimit -l), or start kgated as root: "
+			   "rings made before it drops privileges are not charged"));
+}
+
 /* The signals the main thread takes with sigwait. */
 static void wait_set(sigset_t *set)
 {
@@ -799,12 +840,41 @@ int main(int argc, char **argv)
 	}
 	if (opt.state_dir && state_dir_give(opt.state_dir, &priv) < 0)
 		goto free_runtime;
-	if (drop_privileges(&priv, opt.state_dir) < 0)
+
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned n_workers = opt.workers ? opt.workers
+			     : cfg->workers ? cfg->workers
+			     : (unsigned)(cores > 0 ? cores : 1);
+	if (n_workers > KG_MAX_WORKERS)
+		n_workers = KG_MAX_WORKERS;
+	rt.n_workers = n_workers;
+	/* The workers and their rings exist before privileges go: rings made
+	 * with CAP_IPC_LOCK cost no locked memory (kg_worker_ring_create);
+	 * their threads start later. */
+	raise_memlock_limit();
+	struct kg_worker **workers = calloc(n_workers, sizeof(*workers));
+	unsigned started = 0;
+	if (!workers)
 		goto free_runtime;
+	for (unsigned w = 0; w < n_workers; w++) {
+		workers[w] = kg_worker_create(w, &rt);
+		if (!workers[w]) {
+			log_err("worker.start_failed", KV("worker", w),
+				KV("reason", "out of memory"));
+			goto free_workers;
+		}
+		int ret = kg_worker_ring_create(workers[w]);
+		if (ret < 0) {
+			log_worker_start_failed(w, -ret);
+			goto free_workers;
+		}
+	}
+	if (drop_privileges(&priv, opt.state_dir) < 0)
+		goto free_workers;
 	/* Listeners read their files from here on, as the new user. */
 	if (priv.switch_user && kg_config_files_readable(cfg, err, sizeof(err)) < 0) {
 		log_err("config.invalid", KV("reason", err), KV("user", priv.user));
-		goto free_runtime;
+		goto free_workers;
 	}
 	ops->st = opt.state_dir ? &st : NULL;
 	ops->rt = &rt;
@@ -818,14 +888,6 @@ int main(int argc, char **argv)
 		snprintf(control_path, sizeof(control_path), "%s/%s", st.dir, KG_CONTROL_SOCKET_NAME);
 	ops->control_path = control_path;
 
-	long cores = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned n_workers = opt.workers ? opt.workers
-			     : cfg->workers ? cfg->workers
-			     : (unsigned)(cores > 0 ? cores : 1);
-	if (n_workers > KG_MAX_WORKERS)
-		n_workers = KG_MAX_WORKERS;
-	rt.n_workers = n_workers;
-
 	/* Signals go to the main thread's sigwait only: block them before any
 	 * worker exists so the workers inherit the mask. */
 	sigset_t set;
@@ -834,22 +896,10 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit();
 
-	struct kg_worker **workers = calloc(n_workers, sizeof(*workers));
-	unsigned started = 0;
-	if (!workers)
-		goto free_runtime;
-	for (unsigned w = 0; w < n_workers; w++) {
-		workers[w] = kg_worker_create(w, &rt);
-		if (!workers[w]) {
-			log_err("worker.start_failed", KV("worker", w),
-				KV("reason", "out of memory"));
-			goto free_workers;
-		}
-	}
 	for (; started < n_workers; started++) {
 		int ret = kg_worker_start(workers[started]);
 		if (ret < 0) {
-			log_err("worker.start_failed", KV("worker", started), KV_ERRNO(-ret));
+			log_worker_start_failed(started, -ret);
 			goto stop_workers;
 		}
 	}

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -615,23 +616,41 @@ static int ring_init(struct kg_worker *w)
 	 * completions: fewer interrupts and context switches per operation. */
 	/* Completions outnumber submissions (multishot accept, provided-
 	 * buffer receives): a completion queue 8 times the submission queue. */
+	/* Disabled until the worker thread enables it (kg_worker_ring_create). */
 	memset(&p, 0, sizeof(p));
-	p.flags = RING_FAST_FLAGS | IORING_SETUP_CQSIZE;
+	p.flags = RING_FAST_FLAGS | IORING_SETUP_CQSIZE | IORING_SETUP_R_DISABLED;
 	p.cq_entries = 8 * RING_ENTRIES;
 	int ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
 	if (ret == -EINVAL) {
 		/* Kernels before 6.1 know neither flag: a plain ring works. */
 		w->ring_info.fallback_err = ret;
 		memset(&p, 0, sizeof(p));
-		p.flags = IORING_SETUP_CQSIZE;
+		p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_R_DISABLED;
 		p.cq_entries = 8 * RING_ENTRIES;
 		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
 	}
 	if (ret == 0) {
-		w->ring_info.setup_flags = p.flags;
+		w->ring_info.setup_flags = p.flags & ~(unsigned)IORING_SETUP_R_DISABLED;
 		w->ring_info.features = p.features;
 	}
 	return ret;
+}
+
+int kg_worker_ring_create(struct kg_worker *w)
+{
+	int ret = ring_init(w);
+	w->ring_open = ret == 0;
+	return ret;
+}
+
+/* The worker's last use of its ring; also kg_worker_destroy's for a
+ * ring whose thread never ran. */
+static void ring_exit(struct kg_worker *w)
+{
+	if (!w->ring_open)
+		return;
+	io_uring_queue_exit(&w->ring);
+	w->ring_open = false;
 }
 
 static bool finished(const struct kg_worker *w)
@@ -671,15 +690,19 @@ static void *worker_main(void *arg)
 {
 	struct kg_worker *w = arg;
 
-	w->init_result = ring_init(w);
+	/* The thread that enables the ring is its single issuer. (Debian
+	 * 12's liburing declares io_uring_enable_rings but does not export
+	 * it: the register call itself.) */
+	w->init_result = syscall(__NR_io_uring_register, w->ring.ring_fd,
+				 IORING_REGISTER_ENABLE_RINGS, NULL, 0) == -1 ? -errno : 0;
 	if (w->init_result == 0) {
 		w->init_result = kg_bufpool_init(&w->bufs, &w->ring);
-		if (w->init_result < 0) {
+		if (w->init_result < 0)
 			log_err("worker.bufring_failed", KV("worker", w->id),
 				KV_ERRNO(-w->init_result));
-			io_uring_queue_exit(&w->ring);
-		}
 	}
+	if (w->init_result < 0)
+		ring_exit(w);
 	sem_post(&w->init_done);
 	if (w->init_result < 0)
 		return NULL;
@@ -722,7 +745,7 @@ static void *worker_main(void *arg)
 		log_info("worker.bufring_empty", KV("worker", w->id),
 			 KV("receives", w->bufs.enobufs), KV("ring_buffers", w->bufs.n_ring_bufs));
 	kg_bufpool_destroy(&w->bufs, &w->ring);
-	io_uring_queue_exit(&w->ring);
+	ring_exit(w);
 	return NULL;
 }
 
@@ -788,6 +811,7 @@ void kg_worker_destroy(struct kg_worker *w)
 {
 	if (!w)
 		return;
+	ring_exit(w);
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		if (w->listen_fds[li] >= 0)
 			close(w->listen_fds[li]);

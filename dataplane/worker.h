@@ -131,6 +131,7 @@ struct kg_worker {
 	uint64_t now_ms;
 	struct __kernel_timespec tick_at; /* the next tick, absolute (read at submit) */
 	int init_result;   /* 0 or -errno from ring set-up, read by main */
+	bool ring_open;    /* ring created (kg_worker_ring_create), not yet exited */
 	struct kg_ring_info ring_info;
 	sem_t init_done;
 	bool draining;
@@ -174,6 +175,13 @@ void kg_worker_set_service(const struct kg_worker_service *svc);
 /* Creates a worker without listening sockets; listeners arrive through
  * kg_workers_listen once it runs. NULL on failure. */
 struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt);
+/* Creates w's io_uring ring, disabled, on the calling (main) thread; 0 or
+ * -errno. Called before privileges are dropped: a ring created while
+ * kgated still holds CAP_IPC_LOCK is not charged to the user's locked
+ * memory (RLIMIT_MEMLOCK, shared by all the user's processes). The worker
+ * thread enables it (kg_worker_start) and so becomes its single issuer. */
+int kg_worker_ring_create(struct kg_worker *w);
+/* Starts the thread of a worker whose ring exists; 0 or -errno. */
 int kg_worker_start(struct kg_worker *w);
 void kg_worker_join(struct kg_worker *w);
 void kg_worker_destroy(struct kg_worker *w);

@@ -56,10 +56,14 @@ def log_events(text, event=None):
             if event is None or e["event"] == event]
 
 
+def worker_counter(d, key):
+    """A counter summed over the workers' stop events (once d stopped)."""
+    return sum(int(e[key]) for e in d.events("worker.stopped"))
+
+
 def path_count(d, name):
     """Connections that took path `name`, from the workers' stop events."""
-    key = "path_" + name.replace("-", "_")
-    return sum(int(e[key]) for e in d.events("worker.stopped"))
+    return worker_counter(d, "path_" + name.replace("-", "_"))
 
 
 def wait_until(pred, timeout, interval=0.02):

@@ -6,6 +6,7 @@ acknowledged, keeps serving, and returns its fds. Timeouts bound hangs;
 they do not measure speed."""
 import errno
 import hashlib
+import json
 import os
 import select
 import socket
@@ -16,8 +17,8 @@ import time
 
 import pytest
 
-from conftest import (ThreadedServer, base_config, client_context, closing_factory, curl,
-                      tcp_closed_by_peer, tls_listener, wait_until)
+from conftest import (KGATED, ThreadedServer, base_config, client_context, closing_factory,
+                      curl, log_events, run, tcp_closed_by_peer, tls_listener, wait_until)
 
 MiB = 1 << 20
 CLOSE_DEADLINE = 8.0  # above every timeout configured here, generous for ASan
@@ -349,6 +350,34 @@ def test_fd_exhaustion_then_recovery(pki, spawn_kgated, http_backends):
     assert served, "not serving after the fd table emptied:\n" + d.log()[-2000:]
     good_request(pki, d)
     assert d.alive()
+
+
+def test_locked_memory_limit_spared_or_named(pki, spawn_kgated, http_backends, tmp_path):
+    """Each worker's io_uring ring (~0.8 MiB) counts against the user's
+    RLIMIT_MEMLOCK unless it is made with CAP_IPC_LOCK. Under a 1 MiB
+    limit, kgated started as root makes its rings before it drops
+    privileges and runs 8 workers. Without CAP_IPC_LOCK and
+    CAP_SYS_RESOURCE (out of the bounding set) it can neither spare nor
+    raise the limit: it exits 1, and worker.start_failed names the limit
+    and the way out."""
+    a = http_backends("a")
+    cfg = base_config(pki, [tls_listener(pki, [a])], workers=8)
+    d = spawn_kgated(cfg, args=("--user", "root"),
+                     prefix=("prlimit", "--memlock=1048576:1048576", "--"))
+    good_request(pki, d)
+    assert d.count_event("worker.ring") == 8
+
+    path = tmp_path / "eight.json"
+    path.write_text(json.dumps(cfg))
+    r = run(["prlimit", "--memlock=1048576:1048576", "--", "setpriv",
+             "--bounding-set=-ipc_lock,-sys_resource", "--", KGATED, "--config", str(path),
+             "--user", "root"], check=False, timeout=30)
+    assert r.returncode == 1, r.stderr[-2000:]
+    failed = log_events(r.stderr, "worker.start_failed")
+    assert len(failed) == 1, r.stderr[-2000:]
+    assert failed[0]["err"] == "Cannot allocate memory", failed[0]
+    assert failed[0]["memlock_kib"] == "1024", failed[0]
+    assert "LimitMEMLOCK" in failed[0]["hint"], failed[0]
 
 
 def proc_cpu_ticks(pid):

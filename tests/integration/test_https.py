@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from conftest import (base_config, client_context, dead_port, run, tls_listener,
-                      wait_until)
+                      wait_until, worker_counter)
 
 BLOCK = random.Random(7).randbytes(65521)  # prime length: never aligned to records
 
@@ -616,6 +616,41 @@ def test_backend_pool_reuses_connections(pki, spawn_kgated, backends):
         assert res.returncode == 0 and parse_curl(res.stdout)[0][2] == 200
     assert len(a.requests) + len(b.requests) == n
     assert a.conns + b.conns <= 4, (a.conns, b.conns)
+
+
+def test_two_send_responses_are_acknowledged_at_once(pki, spawn_kgated, backends, raw_conns):
+    """These backends (Python's http.server) write a response's head and
+    body in two sends with Nagle on: the body waits for the head's ACK.
+    kgated acknowledges a response that arrived in part at once
+    (TCP_QUICKACK) instead of after its 40 ms delayed ACK; the counter says
+    it did, for each such response and no other (bench/slow_ack.py
+    measures the latency)."""
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    r = raw_conns(pki, d.port)
+    n = 20
+    for i in range(n):
+        r.send(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = r.response()
+        assert (status, body) == (200, b"backend=A")
+    d.terminate()
+    acked = worker_counter(d, "http_quickack")
+    # A response whose body caught up with its head in one read needs none.
+    assert 1 <= acked <= n, acked
+
+
+def test_one_send_responses_cost_no_quickack(pki, spawn_kgated, raw_backend, raw_conns):
+    body = b"x" * 300
+    be = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    d = start(spawn_kgated, pki, [be])
+    r = raw_conns(pki, d.port)
+    for _ in range(5):
+        r.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, got = r.response()
+        assert (status, got) == (200, body)
+    d.terminate()
+    assert worker_counter(d, "http_requests") == 5
+    assert worker_counter(d, "http_quickack") == 0
 
 
 def _worker_connections(mport):

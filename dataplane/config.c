@@ -252,9 +252,11 @@ static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_o
 static int parse_cert(struct parser *p, const char *path, const char *name,
 		      struct json_object *obj, struct kg_cert_conf *c)
 {
-	static const char *const keys[] = {"type", "cert", "key", "crl", NULL};
+	static const char *const keys[] = {"type", "cert", "key", "crl", "crl_expired", NULL};
 	static const char *const types[] = {[KG_CERT_SERVER] = "server", [KG_CERT_CA] = "ca", NULL};
-	int type = 0;
+	static const char *const expired[] = {[KG_CRL_EXPIRED_REJECT] = "reject",
+					      [KG_CRL_EXPIRED_WARN] = "warn", NULL};
+	int type = 0, crl_expired = KG_CRL_EXPIRED_REJECT;
 
 	if (get_name(p, path, name, c->name) < 0 ||
 	    expect_type(p, path, obj, json_type_object, "an object") < 0 ||
@@ -266,9 +268,11 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 		return -EINVAL;
 	char kp[KG_PATH_MAX];
 	if (c->type == KG_CERT_SERVER) {
-		if (json_object_object_get_ex(obj, "crl", NULL)) {
-			member_path(kp, path, "crl");
-			return fail(p, kp, "only \"ca\" entries have a CRL");
+		for (const char *const *k = (const char *const[]){"crl", "crl_expired", NULL}; *k; k++) {
+			if (json_object_object_get_ex(obj, *k, NULL)) {
+				member_path(kp, path, *k);
+				return fail(p, kp, "only \"ca\" entries have a CRL");
+			}
 		}
 		return require(p, path, "key", get_path(p, path, obj, "key", &c->key_path)) < 0 ? -1 : 0;
 	}
@@ -276,6 +280,9 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 		member_path(kp, path, "key");
 		return fail(p, kp, "a \"ca\" entry takes no private key");
 	}
+	if (get_enum(p, path, obj, "crl_expired", expired, &crl_expired) < 0)
+		return -EINVAL;
+	c->crl_expired = (enum kg_crl_expired)crl_expired;
 	return get_path(p, path, obj, "crl", &c->crl_path) < 0 ? -1 : 0;
 }
 

@@ -20,12 +20,19 @@
 
 enum kg_health_type { KG_HEALTH_NONE, KG_HEALTH_TCP, KG_HEALTH_HTTP };
 
+/* "crl_expired": reject (default: every client is refused, as OpenSSL
+ * does) or warn (X509_V_ERR_CRL_HAS_EXPIRED is ignored, the CRL is still
+ * used and everything else checked; a warning is logged). */
+enum kg_crl_expired { KG_CRL_EXPIRED_REJECT, KG_CRL_EXPIRED_WARN };
+
 struct kg_cert_conf {
 	char name[KG_NAME_MAX + 1];
 	enum kg_cert_type type;
 	char *cert_path; /* absolute or resolved against the config's folder */
 	char *key_path;  /* server only */
 	char *crl_path;  /* ca only, optional (NULL) */
+	/* ca only: what an expired CRL in force (past its nextUpdate) means. */
+	enum kg_crl_expired crl_expired;
 };
 
 /* A member's administrative state, set by kgatectl backend drain|disable|

@@ -19,6 +19,7 @@
 
 #include "access.h"
 #include "certs.h"
+#include "crl.h"
 #include "ticket_keys.h"
 #include "tls_carry.h"
 
@@ -36,7 +37,7 @@
  * listener's ticket key set (OpenSSL's ticket callback has no argument of
  * its own); the key set outlives every SSL_CTX. */
 static pthread_once_t note_once = PTHREAD_ONCE_INIT;
-static int note_idx = -1, tickets_idx = -1, access_idx = -1;
+static int note_idx = -1, tickets_idx = -1, access_idx = -1, crl_warn_idx = -1;
 
 static void note_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
 		      void *argp)
@@ -49,6 +50,7 @@ static void note_init(void)
 	note_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, note_free);
 	tickets_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	access_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	crl_warn_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen,
@@ -128,6 +130,21 @@ static int check_access(X509_STORE_CTX *xs, X509 *cert)
 	return 0;
 }
 
+/* crl_expired warn: an expired CRL is still used (a revoked certificate
+ * is still refused) but its age is not a reason to refuse. The error is
+ * cleared, not only ignored: it would otherwise stay the verify result,
+ * and the access rules run only on a clean one. OpenSSL checks
+ * revocation before the signatures' depth-0 callback, so this comes first. */
+static bool crl_expired_tolerated(X509_STORE_CTX *xs)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+	if (X509_STORE_CTX_get_error(xs) != X509_V_ERR_CRL_HAS_EXPIRED || !ssl ||
+	    crl_warn_idx < 0 || !SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), crl_warn_idx))
+		return false;
+	X509_STORE_CTX_set_error(xs, X509_V_OK);
+	return true;
+}
+
 /* Runs inside OpenSSL's chain verification, once per certificate and per
  * problem. On top of the full chain check (CA, CRL, depth, purpose), the
  * client's own certificate must say it is meant for client authentication:
@@ -139,6 +156,9 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 	int depth = X509_STORE_CTX_get_error_depth(xs);
 	X509 *cert = X509_STORE_CTX_get_current_cert(xs);
 	const char *extra = "";
+
+	if (!ok && crl_expired_tolerated(xs))
+		return 1;
 
 	if (ok && depth == 0 && cert && !has_client_auth_eku(cert)) {
 		X509_STORE_CTX_set_error(xs, X509_V_ERR_INVALID_PURPOSE);
@@ -314,22 +334,26 @@ static int load_server_cert(SSL_CTX *ctx, const struct kg_cert_conf *c, char *er
 	return 0;
 }
 
-static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
+/* The CRL in force for ca (crl.h): shared with the other listeners of
+ * the same CA, never re-read here, so a CRL file replaced by garbage
+ * cannot reach a rebuilt listener. */
+static int load_crl(SSL_CTX *ctx, const struct kg_cert_conf *ca, char *err, size_t errlen)
 {
-	BIO *b = BIO_new_file(path, "r");
-	if (!b)
-		return fail(err, errlen, "cannot open CRL %s", path);
-	X509_CRL *crl = PEM_read_bio_X509_CRL(b, NULL, no_passphrase_cb, NULL);
-	BIO_free(b);
+	char why[600];
+	X509_CRL *crl = kg_crl_acquire(ca, why, sizeof(why));
 	if (!crl)
-		return fail(err, errlen, "cannot read CRL %s", path);
+		return fail(err, errlen, "ca \"%s\": %s", ca->name, why);
 	int ok = X509_STORE_add_crl(SSL_CTX_get_cert_store(ctx), crl);
 	X509_CRL_free(crl);
 	if (ok != 1)
-		return fail(err, errlen, "cannot use CRL %s", path);
+		return fail(err, errlen, "ca \"%s\": cannot use CRL %s", ca->name, ca->crl_path);
 	/* Revocation is checked for the client's certificate (the CRL is
-	 * the issuing CA's); a missing or stale CRL then fails closed. */
+	 * the issuing CA's); a missing or stale CRL then fails closed,
+	 * unless crl_expired is warn (verify_cb). */
 	X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), X509_V_FLAG_CRL_CHECK);
+	if (ca->crl_expired == KG_CRL_EXPIRED_WARN &&
+	    SSL_CTX_set_ex_data(ctx, crl_warn_idx, (void *)ca) != 1)
+		return fail(err, errlen, "cannot attach the CRL policy");
 	return 0;
 }
 
@@ -344,7 +368,7 @@ static int setup_client_auth(SSL_CTX *ctx, const struct kg_listener_conf *l, cha
 	if (SSL_CTX_load_verify_file(ctx, ca->cert_path) != 1)
 		return fail(err, errlen, "ca \"%s\": cannot load %s", ca->name, ca->cert_path);
 	if (ca->crl_path) {
-		int r = load_crl(ctx, ca->crl_path, err, errlen);
+		int r = load_crl(ctx, ca, err, errlen);
 		if (r < 0)
 			return r;
 	}
@@ -393,7 +417,7 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 			   char *err, size_t errlen)
 {
 	if (pthread_once(&note_once, note_init) != 0 || note_idx < 0 || tickets_idx < 0 ||
-	    access_idx < 0) {
+	    access_idx < 0 || crl_warn_idx < 0) {
 		fail(err, errlen, "cannot allocate an SSL ex_data index");
 		return NULL;
 	}

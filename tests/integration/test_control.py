@@ -71,7 +71,8 @@ def scrape_metrics(mport):
     for line in text.splitlines():
         if line and not line.startswith("#"):
             k, v = line.rsplit(" ", 1)
-            values[k] = int(v)
+            # Counters and dates are integers; durations are seconds.
+            values[k] = int(v) if v.lstrip("-").isdigit() else float(v)
     return text, values
 
 

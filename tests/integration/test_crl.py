@@ -1,0 +1,257 @@
+"""CRL lifecycle (issue 16 section 4, kgated(8) CRLS): CRL files watched and
+re-read when written in place or renamed over; a CRL that does not parse,
+is signed by another key or is another issuer's leaves the previous one in
+force (logged crl.refused, counted in kgate_crl_reloads_total); an expired
+CRL in force refuses every client (crl_expired reject, the default) or is
+tolerated while revoked certificates stay refused (warn); and a CRL
+replaced under load costs no good request.
+
+Each test has its own CA (kgatectl ca init), so revoking here never touches
+the session PKI other tests use.
+"""
+import datetime
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from conftest import (KGATECTL, dead_port, echo_exchange, run, tls_listener, wait_until)
+
+REVOKE_WITHIN_S = 1.0
+
+
+class CaEnv:
+    """A CA folder, a server certificate, a good client and a victim to revoke."""
+
+    def __init__(self, root, name="crltest"):
+        self.root = root
+        self.dir = os.path.join(root, "ca")
+        self.ca = os.path.join(self.dir, "ca.pem")
+        self.crl = os.path.join(root, "crls", "ca.crl")
+        os.makedirs(os.path.dirname(self.crl))
+        self.kgatectl("ca", "init", "--dir", self.dir, "--subject",
+                      "/C=DE/O=kgate crl/CN=%s CA" % name, "--days", "30")
+        self.kgatectl("ca", "issue", "--dir", self.dir, "--type", "server", "--subject",
+                      "/O=kgate crl/CN=localhost", "--san", "DNS:localhost,IP:127.0.0.1",
+                      "--days", "30", "--out", os.path.join(root, "server"))
+        for who in ("good", "victim"):
+            self.kgatectl("ca", "issue", "--dir", self.dir, "--type", "client", "--subject",
+                          "/O=kgate crl/CN=" + who, "--days", "30",
+                          "--out", os.path.join(root, who))
+        self.write_crl(self.crl)
+
+    @staticmethod
+    def kgatectl(*args):
+        return run([KGATECTL, *args])
+
+    def path(self, name, ext):
+        return os.path.join(self.root, name + "." + ext)
+
+    def write_crl(self, out):
+        self.kgatectl("ca", "crl", "--dir", self.dir, "--out", out)
+        return out
+
+    def revoke(self, who="victim"):
+        self.kgatectl("ca", "revoke", "--dir", self.dir, "--cert", self.path(who, "pem"))
+
+    def client(self, who):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(self.ca)
+        ctx.load_cert_chain(self.path(who, "pem"), self.path(who, "key"))
+        return ctx
+
+    def config(self, backend, crl_expired=None, workers=1):
+        ca = {"type": "ca", "cert": self.ca, "crl": self.crl}
+        if crl_expired:
+            ca["crl_expired"] = crl_expired
+        return {"settings": {"workers": workers, "drain_timeout_ms": 2000,
+                             "log_level": "info"},
+                "certificates": {
+                    "web": {"type": "server", "cert": self.path("server", "pem"),
+                            "key": self.path("server", "key")},
+                    "clients": ca},
+                "listeners": [tls_listener(None, [backend])]}
+
+    def ca_key(self):
+        with open(os.path.join(self.dir, "private", "ca.key"), "rb") as f:
+            return serialization.load_pem_private_key(f.read(), None)
+
+    def ca_cert(self):
+        with open(self.ca, "rb") as f:
+            return x509.load_pem_x509_certificate(f.read())
+
+    def crafted_crl(self, out, next_update_s=3600, key=None, revoke=()):
+        """A CRL named as this CA's, signed with key (default the CA's own),
+        valid for next_update_s seconds, listing the serials of revoke."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        b = (x509.CertificateRevocationListBuilder()
+             .issuer_name(self.ca_cert().subject)
+             .last_update(now - datetime.timedelta(seconds=60))
+             .next_update(now + datetime.timedelta(seconds=next_update_s)))
+        for who in revoke:
+            with open(self.path(who, "pem"), "rb") as f:
+                serial = x509.load_pem_x509_certificate(f.read()).serial_number
+            b = b.add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                          .serial_number(serial).revocation_date(now).build())
+        crl = b.sign(key or self.ca_key(), hashes.SHA256())
+        with open(out, "wb") as f:
+            f.write(crl.public_bytes(serialization.Encoding.PEM))
+        return out
+
+
+@pytest.fixture
+def ca_env(tmp_path):
+    return CaEnv(str(tmp_path / "pki"))
+
+
+def accepted(ctx, port):
+    """A full exchange through the echo backend works."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                return echo_exchange(s, b"ping\n") == b"ping\n"
+    except (ssl.SSLError, OSError):
+        return False
+
+
+def metrics(mport):
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read()
+    out = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def reloads(mport, result):
+    return metrics(mport)['kgate_crl_reloads_total{cert="clients",result="%s"}' % result]
+
+
+def start(spawn_kgated, ca_env, echo_backend, **kw):
+    mport = dead_port()
+    d = spawn_kgated(ca_env.config(echo_backend, **kw), args=["--metrics", "127.0.0.1:%d" % mport])
+    return d, mport
+
+
+def rejected_within(ctx, port, seconds):
+    """Seconds until ctx is refused, or None when it is still accepted."""
+    t0 = time.monotonic()
+    refused = wait_until(lambda: not accepted(ctx, port), seconds + 4)
+    return time.monotonic() - t0 if refused else None
+
+
+@pytest.mark.parametrize("how", ["in_place", "rename"])
+def test_replaced_crl_file_revokes_within_a_second(spawn_kgated, ca_env, echo_backend, how):
+    d, mport = start(spawn_kgated, ca_env, echo_backend)
+    good, victim = ca_env.client("good"), ca_env.client("victim")
+    assert accepted(good, d.port) and accepted(victim, d.port)
+    ca_env.revoke()
+    if how == "rename":
+        # What `kgatectl ca crl --out` and editors do: a new file renamed over.
+        ca_env.write_crl(ca_env.crl)
+    else:
+        fresh = ca_env.write_crl(os.path.join(ca_env.root, "fresh.crl"))
+        with open(fresh, "rb") as src, open(ca_env.crl, "r+b") as dst:
+            dst.truncate(0)
+            dst.write(src.read())
+    took = rejected_within(victim, d.port, REVOKE_WITHIN_S)
+    assert took is not None, d.log()[-3000:]
+    assert took <= REVOKE_WITHIN_S + 0.5, took
+    assert d.wait_event("crl.reloaded", cert="clients", source="file")
+    assert accepted(good, d.port)
+    assert reloads(mport, "applied") == 1
+    assert metrics(mport)['kgate_crl_revoked_entries{cert="clients"}'] == 1
+    assert any(e["reason"].find("revoked") >= 0 for e in d.events("tls.handshake_failed"))
+
+
+@pytest.mark.parametrize("bad", ["garbage", "wrong_signer", "other_issuer", "expired"])
+def test_bad_crl_keeps_the_previous_one(spawn_kgated, ca_env, echo_backend, bad, pki):
+    ca_env.revoke()
+    ca_env.write_crl(ca_env.crl)
+    d, mport = start(spawn_kgated, ca_env, echo_backend)
+    good, victim = ca_env.client("good"), ca_env.client("victim")
+    assert accepted(good, d.port) and not accepted(victim, d.port)
+    tmp = os.path.join(ca_env.root, "candidate.crl")
+    if bad == "garbage":
+        with open(tmp, "w") as f:
+            f.write("-----BEGIN X509 CRL-----\nnot base64 at all\n-----END X509 CRL-----\n")
+    elif bad == "wrong_signer":
+        # This CA's name, another key: an empty CRL that would revoke nobody.
+        with open(os.path.join(pki.other_ca_dir, "private", "ca.key"), "rb") as f:
+            other = serialization.load_pem_private_key(f.read(), None)
+        ca_env.crafted_crl(tmp, key=other)
+    elif bad == "other_issuer":
+        run([KGATECTL, "ca", "crl", "--dir", pki.other_ca_dir, "--out", tmp])
+    else:
+        ca_env.crafted_crl(tmp, next_update_s=-10)
+    os.rename(tmp, ca_env.crl)
+    ev = d.wait_event("crl.refused", cert="clients", timeout=5)
+    assert ev, d.log()[-3000:]
+    want = {"garbage": "not a CRL", "wrong_signer": "signature does not verify",
+            "other_issuer": "not in the CA bundle", "expired": "expired on"}[bad]
+    assert want in ev[0]["reason"], ev
+    assert ev[0]["effect"] == "the previous CRL stays in force"
+    assert reloads(mport, "refused") == 1 and reloads(mport, "applied") == 0
+    # The CRL in force still revokes the victim; good clients come in.
+    assert accepted(good, d.port) and not accepted(victim, d.port)
+    assert metrics(mport)['kgate_crl_revoked_entries{cert="clients"}'] == 1
+    # A good CRL after the bad one is applied.
+    ca_env.write_crl(ca_env.crl)
+    assert d.wait_event("crl.reloaded", cert="clients")
+    assert reloads(mport, "applied") == 1
+
+
+@pytest.mark.parametrize("mode", ["reject", "warn"])
+def test_expired_crl_reject_or_warn(spawn_kgated, ca_env, echo_backend, mode):
+    ca_env.crafted_crl(ca_env.crl, next_update_s=3, revoke=["victim"])
+    d, mport = start(spawn_kgated, ca_env, echo_backend, crl_expired=mode)
+    good, victim = ca_env.client("good"), ca_env.client("victim")
+    assert accepted(good, d.port) and not accepted(victim, d.port)
+    time.sleep(4)
+    if mode == "reject":
+        assert not accepted(good, d.port)
+        fails = d.events("tls.handshake_failed")
+        assert any("CRL has expired" in e["reason"] for e in fails), fails
+    else:
+        assert accepted(good, d.port)
+    # Revocation still counts in either mode.
+    assert not accepted(victim, d.port)
+    assert metrics(mport)['kgate_crl_next_update_seconds{cert="clients"}'] < time.time()
+
+
+def test_crl_expired_key_through_the_control_socket(spawn_kgated, ca_env, echo_backend,
+                                                    tmp_path):
+    """crl_expired is kept in state.json and shown by cert show / list; a
+    server entry refuses it."""
+    state = str(tmp_path / "state")
+    d = spawn_kgated(ca_env.config(echo_backend, crl_expired="warn"),
+                     args=["--state-dir", state])
+    sock = os.path.join(state, "control.sock")
+
+    def ctl(*args, check=True):
+        return run([KGATECTL, "--socket", sock, *args], check=check)
+    import json
+    show = json.loads(ctl("-o", "json", "cert", "show", "clients").stdout)
+    assert show["crl_expired"] == "warn" and show["crl_state"] == "ok"
+    assert show["crl"]["state"] == "ok" and show["crl"]["revoked"] == 0
+    listed = {c["name"]: c for c in json.loads(ctl("-o", "json", "cert", "list").stdout)}
+    assert listed["clients"]["crl_state"] == "ok"
+    assert "CRL" in ctl("cert", "list").stdout
+    ctl("cert", "set-crl", "clients", "--crl", ca_env.crl, "--crl-expired", "reject")
+    show = json.loads(ctl("-o", "json", "cert", "show", "clients").stdout)
+    assert show["crl_expired"] == "reject"
+    with open(os.path.join(state, "state.json")) as f:
+        assert json.load(f)["certificates"]["clients"]["crl_expired"] == "reject"
+    r = ctl("cert", "replace", "web", "--cert", ca_env.path("server", "pem"), "--key",
+            ca_env.path("server", "key"), "--crl-expired", "warn", check=False)
+    assert r.returncode != 0 and "only \"ca\" entries have a CRL" in r.stderr, r.stderr

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from conftest import (KGATECTL, dead_port, echo_exchange, run, tls_listener, wait_until)
+from test_store import ETCD, ETCDCTL, etcd, fresh, instances, kek  # noqa: F401 (fixtures)
 
 REVOKE_WITHIN_S = 1.0
 
@@ -255,3 +256,72 @@ def test_crl_expired_key_through_the_control_socket(spawn_kgated, ca_env, echo_b
     r = ctl("cert", "replace", "web", "--cert", ca_env.path("server", "pem"), "--key",
             ca_env.path("server", "key"), "--crl-expired", "warn", check=False)
     assert r.returncode != 0 and "only \"ca\" entries have a CRL" in r.stderr, r.stderr
+
+
+def ctl_json(sock, *args):
+    import json
+    return json.loads(run([KGATECTL, "--socket", sock, "-o", "json", *args]).stdout)
+
+
+def test_push_over_the_control_socket(spawn_kgated, ca_env, echo_backend, pki, tmp_path):
+    """ca crl --push goes to every ca certificate whose certificate is the
+    CA's (two names here), not to another CA's; a CA kgated does not use
+    is refused with nothing sent."""
+    cfg = ca_env.config(echo_backend)
+    cfg["certificates"]["same-ca"] = {"type": "ca", "cert": ca_env.ca, "crl": ca_env.crl}
+    cfg["certificates"]["session-ca"] = {"type": "ca", "cert": pki.ca, "crl": pki.crl}
+    state = str(tmp_path / "state")
+    d = spawn_kgated(cfg, args=["--state-dir", state])
+    sock = os.path.join(state, "control.sock")
+    port = ctl_json(sock, "listener", "show", "web")["address"].rsplit(":", 1)[1]
+    port = int(port)
+    victim = ca_env.client("victim")
+    assert accepted(victim, port)
+    session_before = ctl_json(sock, "cert", "show", "session-ca")["crl"]
+    ca_env.revoke()
+    out = run([KGATECTL, "--socket", sock, "-o", "json", "ca", "crl", "--dir", ca_env.dir,
+               "--out", str(tmp_path / "pushed.crl"), "--push"])
+    import json
+    res = json.loads(out.stdout)
+    assert sorted(res["pushed_to"]) == ["clients", "same-ca"], res
+    t0 = time.monotonic()
+    assert wait_until(lambda: not accepted(victim, port), 5)
+    assert time.monotonic() - t0 <= REVOKE_WITHIN_S, time.monotonic() - t0
+    assert accepted(ca_env.client("good"), port)
+    for name in ("clients", "same-ca"):
+        assert ctl_json(sock, "cert", "show", name)["crl"]["revoked"] == 1
+    assert ctl_json(sock, "cert", "show", "session-ca")["crl"] == session_before
+    assert d.count_event("cert.crl_updated") == 2
+
+    third = CaEnv(str(tmp_path / "third"), name="third")
+    r = run([KGATECTL, "--socket", sock, "ca", "crl", "--dir", third.dir, "--out",
+             str(tmp_path / "third.crl"), "--push"], check=False)
+    assert r.returncode == 1 and "no ca certificate in kgated is the CA in" in r.stderr, r.stderr
+    assert os.path.exists(str(tmp_path / "third.crl"))
+    assert d.count_event("cert.crl_updated") == 2
+
+
+@pytest.mark.skipif(not ETCD or not ETCDCTL, reason="etcd-server/etcd-client not installed")
+def test_push_to_the_store(ca_env, echo_backend, instances, fresh, kek, tmp_path):
+    """ca crl --store URL --push changes the store's document; the instance
+    following it applies the new CRL."""
+    import json
+    from test_store import push as store_push, wait_applied
+    cfg = ca_env.config(echo_backend)
+    cfg["listeners"][0]["port"] = 0
+    path = str(tmp_path / "store.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    rev = store_push(fresh, kek, path)
+    inst = instances(fresh, n=1)[0]
+    assert wait_applied(inst, rev), inst.d.log()[-3000:]
+    victim = ca_env.client("victim")
+    assert accepted(victim, inst.port())
+    ca_env.revoke()
+    out = run([KGATECTL, "--store", fresh.url, "--store-kek", kek, "-o", "json", "ca", "crl",
+               "--dir", ca_env.dir, "--out", str(tmp_path / "pushed.crl"), "--push"])
+    assert json.loads(out.stdout)["pushed_to"] == ["clients"]
+    assert wait_until(lambda: not accepted(victim, inst.port()), 10), inst.d.log()[-3000:]
+    assert accepted(ca_env.client("good"), inst.port())
+    assert json.loads(inst.ctl("-o", "json", "cert", "show", "clients").stdout)[
+        "crl"]["revoked"] == 1

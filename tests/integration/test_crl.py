@@ -325,3 +325,70 @@ def test_push_to_the_store(ca_env, echo_backend, instances, fresh, kek, tmp_path
     assert accepted(ca_env.client("good"), inst.port())
     assert json.loads(inst.ctl("-o", "json", "cert", "show", "clients").stdout)[
         "crl"]["revoked"] == 1
+
+
+LOAD_CLIENTS = 50
+LOAD_SECONDS = 8.0
+
+
+def test_crl_replaced_under_load(spawn_kgated, ca_env, http_backends):
+    """Issue 16: 50 good clients running (a new handshake per request), the
+    CRL file replaced: 0 failed good requests, and the newly revoked
+    certificate refused within a second. Bounded: 8 s of load."""
+    from conftest import https_get
+    backend = http_backends("a")
+    d = spawn_kgated(ca_env.config(backend, workers=2))
+    port = d.port
+    good, victim = ca_env.client("good"), ca_env.client("victim")
+    assert accepted_http(victim, port)
+    stop = threading.Event()
+    lock = threading.Lock()
+    stats = {"ok": 0, "failed": 0, "errors": []}
+
+    def client():
+        while not stop.is_set():
+            try:
+                assert https_get(good, port, timeout=10).strip() == "backend=a"
+                with lock:
+                    stats["ok"] += 1
+            except Exception as e:  # every failure counts
+                with lock:
+                    stats["failed"] += 1
+                    if len(stats["errors"]) < 10:
+                        stats["errors"].append(repr(e))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(LOAD_CLIENTS)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2.0)
+        ok_before = stats["ok"]
+        ca_env.revoke()
+        t0 = time.monotonic()
+        ca_env.write_crl(ca_env.crl)
+        refused_at = None
+        while time.monotonic() - t0 < LOAD_SECONDS - 2:
+            if refused_at is None and not accepted_http(victim, port):
+                refused_at = time.monotonic() - t0
+            if refused_at is not None and time.monotonic() - t0 > 3:
+                break
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads)
+    assert stats["failed"] == 0, stats
+    assert stats["ok"] > ok_before > 0, stats
+    assert refused_at is not None and refused_at <= REVOKE_WITHIN_S, refused_at
+    assert d.count_event("crl.reloaded") == 1
+    print("load: %d good requests, 0 failed; victim refused %.3f s after the CRL was written"
+          % (stats["ok"], refused_at))
+
+
+def accepted_http(ctx, port):
+    from conftest import https_get
+    try:
+        return https_get(ctx, port, timeout=10).strip() == "backend=a"
+    except (ssl.SSLError, OSError):
+        return False

@@ -249,10 +249,37 @@ static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_o
 	return 0;
 }
 
+/* crl_url and crl_refresh_s of a ca entry: an http(s) URL, and only with
+ * a crl file (the CRL in force until the first good download, and at
+ * every start). */
+static int parse_crl_url(struct parser *p, const char *path, struct json_object *obj,
+			 struct kg_cert_conf *c)
+{
+	const char *url;
+	char kp[KG_PATH_MAX];
+	c->crl_refresh_s = KG_CRL_REFRESH_DEFAULT_S;
+	if (get_uint(p, path, obj, "crl_refresh_s", 1, KG_CRL_REFRESH_MAX_S,
+		     &c->crl_refresh_s) < 0)
+		return -EINVAL;
+	int r = get_string(p, path, obj, "crl_url", &url);
+	if (r <= 0)
+		return r;
+	member_path(kp, path, "crl_url");
+	if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+		return fail(p, kp, "must be an http:// or https:// URL");
+	if (!c->crl_path)
+		return fail(p, kp, "needs \"crl\": the CRL in force until the first download");
+	c->crl_url = strdup(url);
+	if (!c->crl_url)
+		return fail(p, kp, "out of memory");
+	return 0;
+}
+
 static int parse_cert(struct parser *p, const char *path, const char *name,
 		      struct json_object *obj, struct kg_cert_conf *c)
 {
-	static const char *const keys[] = {"type", "cert", "key", "crl", "crl_expired", NULL};
+	static const char *const keys[] = {"type", "cert", "key", "crl", "crl_expired",
+					   "crl_url", "crl_refresh_s", NULL};
 	static const char *const types[] = {[KG_CERT_SERVER] = "server", [KG_CERT_CA] = "ca", NULL};
 	static const char *const expired[] = {[KG_CRL_EXPIRED_REJECT] = "reject",
 					      [KG_CRL_EXPIRED_WARN] = "warn", NULL};
@@ -268,7 +295,9 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 		return -EINVAL;
 	char kp[KG_PATH_MAX];
 	if (c->type == KG_CERT_SERVER) {
-		for (const char *const *k = (const char *const[]){"crl", "crl_expired", NULL}; *k; k++) {
+		for (const char *const *k = (const char *const[]){"crl", "crl_expired", "crl_url",
+								   "crl_refresh_s", NULL};
+		     *k; k++) {
 			if (json_object_object_get_ex(obj, *k, NULL)) {
 				member_path(kp, path, *k);
 				return fail(p, kp, "only \"ca\" entries have a CRL");
@@ -283,7 +312,9 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 	if (get_enum(p, path, obj, "crl_expired", expired, &crl_expired) < 0)
 		return -EINVAL;
 	c->crl_expired = (enum kg_crl_expired)crl_expired;
-	return get_path(p, path, obj, "crl", &c->crl_path) < 0 ? -1 : 0;
+	if (get_path(p, path, obj, "crl", &c->crl_path) < 0)
+		return -EINVAL;
+	return parse_crl_url(p, path, obj, c);
 }
 
 static int parse_certificates(struct parser *p, struct kg_config *cfg, struct json_object *root)
@@ -1270,6 +1301,7 @@ void kg_config_free(struct kg_config *cfg)
 		free(cfg->certs[i].cert_path);
 		free(cfg->certs[i].key_path);
 		free(cfg->certs[i].crl_path);
+		free(cfg->certs[i].crl_url);
 	}
 	free(cfg->certs);
 	for (size_t i = 0; i < cfg->n_listeners; i++) {

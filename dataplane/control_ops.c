@@ -601,6 +601,10 @@ static json_object *cert_json(const struct kg_config *cfg, const struct kg_cert_
 			kg_crl_info(c, &ci) ? kg_crl_state(&ci, time(NULL)) : "not loaded"));
 		json_object_object_add(o, "crl_expired", json_object_new_string(
 			c->crl_expired == KG_CRL_EXPIRED_WARN ? "warn" : "reject"));
+		json_object_object_add(o, "crl_url", c->crl_url ? json_object_new_string(c->crl_url)
+								 : NULL);
+		json_object_object_add(o, "crl_refresh_s", c->crl_url ?
+				       json_object_new_int64(c->crl_refresh_s) : NULL);
 	}
 	json_object_object_add(o, "used_by", used_by(cfg, c->name));
 	return o;
@@ -665,14 +669,24 @@ static json_object *store_pems(struct kg_ops *ops, const char *name, json_object
 	return NULL;
 }
 
-/* "crl_expired" of args, when given, into entry (the parse that follows
- * checks the value and that entry is a ca). */
-static json_object *set_crl_expired(json_object *args, json_object *entry)
+/* The CRL settings of args (crl_expired, crl_url, crl_refresh_s), when
+ * given, into entry (the parse that follows checks the values and that
+ * entry is a ca). */
+static json_object *set_crl_options(json_object *args, json_object *entry)
 {
-	json_object *fail = NULL;
-	const char *v = arg_str(args, "crl_expired", false, &fail);
-	if (v)
-		json_object_object_add(entry, "crl_expired", json_object_new_string(v));
+	static const char *const keys[] = {"crl_expired", "crl_url", NULL};
+	json_object *fail = NULL, *v = NULL;
+	for (const char *const *k = keys; *k && !fail; k++) {
+		const char *s = arg_str(args, *k, false, &fail);
+		if (s)
+			json_object_object_add(entry, *k, json_object_new_string(s));
+	}
+	if (!fail && json_object_object_get_ex(args, "crl_refresh_s", &v)) {
+		if (!json_object_is_type(v, json_type_int))
+			return kg_ops_error(KG_ERR_INVALID, "args.crl_refresh_s: expected an integer");
+		json_object_object_add(entry, "crl_refresh_s",
+				       json_object_new_int64(json_object_get_int64(v)));
+	}
 	return fail;
 }
 
@@ -715,7 +729,7 @@ static json_object *op_cert_upload(struct kg_ops *ops, json_object *args)
 	json_object_object_add(doc_certs(doc), name, entry);
 	fail = store_pems(ops, name, args, entry, server ? server_keys : ca_keys);
 	if (!fail)
-		fail = set_crl_expired(args, entry);
+		fail = set_crl_options(args, entry);
 	if (fail) {
 		json_object_put(doc);
 		kg_state_gc(ops->st);
@@ -763,7 +777,7 @@ static json_object *change_cert(struct kg_ops *ops, json_object *args, bool crl_
 	fail = store_pems(ops, name, args, entry,
 			  crl_only ? crl_keys : server ? server_keys : ca_keys);
 	if (!fail)
-		fail = set_crl_expired(args, entry);
+		fail = set_crl_options(args, entry);
 	if (fail) {
 		json_object_put(doc);
 		kg_state_gc(ops->st);

@@ -325,6 +325,16 @@ enum kg_crl_outcome kg_crl_offer(const struct kg_cert_conf *c, const void *data,
 		out = KG_CRL_UNCHANGED;
 		goto unlock;
 	}
+	/* A CRL older than the one in force would forget revocations made
+	 * since (a stale mirror, a file and a URL out of step). */
+	if (e->crl && e->path && strcmp(e->path, c->crl_path) == 0 &&
+	    ASN1_TIME_compare(X509_CRL_get0_lastUpdate(crl), X509_CRL_get0_lastUpdate(e->crl)) < 0) {
+		X509_CRL_free(crl);
+		snprintf(err, errlen, "older than the CRL in force (an earlier lastUpdate)");
+		e->info.refused++;
+		snprintf(e->info.last_refusal, sizeof(e->info.last_refusal), "%s", err);
+		goto unlock;
+	}
 	if (install(e, c->crl_path, crl, source, us) < 0) {
 		X509_CRL_free(crl);
 		snprintf(err, errlen, "out of memory");

@@ -21,6 +21,7 @@
 #include "clock.h"
 #include "control_ops.h"
 #include "crl.h"
+#include "crl_fetch.h"
 
 /* The events that mean "the file at this name may hold new content":
  * written and closed in place, renamed over, created (a hard link, or a
@@ -40,6 +41,8 @@ struct target {
 	int wd;          /* of its folder; -1 when it could not be watched */
 	uint64_t due_ms; /* act at this kg_now_ms(); 0: nothing pending */
 	bool rebuild;    /* a new CRL is in force, its listeners are not rebuilt yet */
+	char *url;       /* crl_url, NULL without */
+	uint64_t refresh_ms, fetch_ms; /* its period, and the next download's kg_now_ms() */
 };
 
 struct kg_crl_watch {
@@ -61,6 +64,7 @@ static void drop_targets(struct kg_crl_watch *w)
 		if (w->targets[i].wd >= 0)
 			inotify_rm_watch(w->ino, w->targets[i].wd);
 		free(w->targets[i].path);
+		free(w->targets[i].url);
 	}
 	free(w->targets);
 	w->targets = NULL;
@@ -99,6 +103,10 @@ static void refresh_targets(struct kg_crl_watch *w)
 		}
 		n++;
 		snprintf(nt->name, sizeof(nt->name), "%s", c->name);
+		/* A download at once: the URL is the fresher source. */
+		nt->url = c->crl_url ? strdup(c->crl_url) : NULL;
+		nt->refresh_ms = (uint64_t)c->crl_refresh_s * 1000;
+		nt->fetch_ms = kg_now_ms();
 		const char *slash = strrchr(nt->path, '/');
 		nt->base = slash ? slash + 1 : nt->path;
 		nt->wd = inotify_add_watch(w->ino, dirname(dir), WATCH_MASK | IN_ONLYDIR);
@@ -111,6 +119,10 @@ static void refresh_targets(struct kg_crl_watch *w)
 			    strcmp(w->targets[o].path, nt->path) == 0) {
 				nt->due_ms = w->targets[o].due_ms;
 				nt->rebuild = w->targets[o].rebuild;
+				/* The same URL keeps its schedule. */
+				if (nt->url && w->targets[o].url &&
+				    strcmp(nt->url, w->targets[o].url) == 0)
+					nt->fetch_ms = w->targets[o].fetch_ms;
 			}
 		}
 	}
@@ -152,11 +164,41 @@ static void rebuild(struct kg_crl_watch *w, struct target *t)
 		log_err("crl.apply_failed", KV("cert", t->name), KV("reason", err));
 }
 
-/* Reads target t's file and offers it; on a new CRL in force, has its
- * listeners rebuilt. */
-static void reload(struct kg_crl_watch *w, struct target *t)
+/* Offers data (from source: "file" or "url", at where) as t's new CRL,
+ * logs what came of it, and has the listeners rebuilt for a new one. */
+static void offer(struct kg_crl_watch *w, struct target *t, const struct kg_cert_conf *c,
+		  const unsigned char *data, size_t len, const char *source, const char *where,
+		  const char *read_err)
 {
 	char err[600], next[32] = "";
+	enum kg_crl_outcome out = KG_CRL_REFUSED;
+	if (data)
+		out = kg_crl_offer(c, data, len, source, err, sizeof(err));
+	else
+		kg_crl_refused(c->name, read_err); /* gone, unreadable, not downloaded */
+	if (out == KG_CRL_UNCHANGED)
+		return;
+	if (out == KG_CRL_REFUSED) {
+		log_warn("crl.refused", KV("cert", t->name), KV("source", source),
+			 KV("path", where), KV("reason", data ? err : read_err),
+			 KV("effect", "the previous CRL stays in force"));
+		return;
+	}
+	struct kg_crl_info info;
+	kg_crl_info(c, &info);
+	if (info.has_next_update)
+		kg_format_rfc3339(info.next_update, next, sizeof(next));
+	log_notice("crl.reloaded", KV("cert", t->name), KV("source", source),
+		   KV("revoked", (unsigned long long)info.revoked), KV("next_update", next),
+		   KV("load_ms", (unsigned long long)(info.load_us / 1000)));
+	t->rebuild = true;
+	rebuild(w, t);
+}
+
+/* Reads target t's file and offers it. */
+static void reload(struct kg_crl_watch *w, struct target *t)
+{
+	char err[600];
 	unsigned char *data = NULL;
 	size_t len = 0;
 	const struct kg_cert_conf *c = kg_config_find_cert(w->doc->cfg, t->name);
@@ -168,29 +210,27 @@ static void reload(struct kg_crl_watch *w, struct target *t)
 	}
 	if (!c || !c->crl_path)
 		return;
-	enum kg_crl_outcome out = KG_CRL_REFUSED;
-	if (kg_crl_read_file(t->path, &data, &len, err, sizeof(err)) == 0)
-		out = kg_crl_offer(c, data, len, "file", err, sizeof(err));
-	else
-		kg_crl_refused(c->name, err); /* gone or unreadable: counted too */
+	if (kg_crl_read_file(t->path, &data, &len, err, sizeof(err)) < 0)
+		data = NULL;
+	offer(w, t, c, data, len, "file", t->path, err);
 	free(data);
-	if (out == KG_CRL_UNCHANGED)
+}
+
+/* Downloads target t's crl_url and offers it. A failed download, like a
+ * refused CRL, leaves the CRL in force; the next try is a period later. */
+static void fetch(struct kg_crl_watch *w, struct target *t)
+{
+	char err[600];
+	unsigned char *data = NULL;
+	size_t len = 0;
+	const struct kg_cert_conf *c = kg_config_find_cert(w->doc->cfg, t->name);
+	t->fetch_ms = kg_now_ms() + t->refresh_ms;
+	if (!c || !c->crl_path)
 		return;
-	if (out == KG_CRL_REFUSED) {
-		log_warn("crl.refused", KV("cert", t->name), KV("source", "file"),
-			 KV("path", t->path), KV("reason", err),
-			 KV("effect", "the previous CRL stays in force"));
-		return;
-	}
-	struct kg_crl_info info;
-	kg_crl_info(c, &info);
-	if (info.has_next_update)
-		kg_format_rfc3339(info.next_update, next, sizeof(next));
-	log_notice("crl.reloaded", KV("cert", t->name), KV("source", "file"),
-		   KV("revoked", (unsigned long long)info.revoked), KV("next_update", next),
-		   KV("load_ms", (unsigned long long)(info.load_us / 1000)));
-	t->rebuild = true;
-	rebuild(w, t);
+	if (kg_crl_fetch(t->url, &data, &len, err, sizeof(err)) < 0)
+		data = NULL;
+	offer(w, t, c, data, len, "url", t->url, err);
+	free(data);
 }
 
 static void read_events(struct kg_crl_watch *w)
@@ -225,6 +265,13 @@ static void *watch_main(void *arg)
 		refresh_targets(w);
 		uint64_t now = kg_now_ms(), wait = IDLE_MS;
 		for (size_t i = 0; i < w->n; i++) {
+			struct target *t = &w->targets[i];
+			if (t->url && t->fetch_ms <= now) {
+				fetch(w, t);
+				now = kg_now_ms();
+			}
+			if (t->url && t->fetch_ms - now < wait)
+				wait = t->fetch_ms - now;
 			if (!w->targets[i].due_ms)
 				continue;
 			if (w->targets[i].due_ms <= now)

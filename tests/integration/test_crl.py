@@ -253,6 +253,20 @@ def test_crl_expired_key_through_the_control_socket(spawn_kgated, ca_env, echo_b
     assert show["crl_expired"] == "reject"
     with open(os.path.join(state, "state.json")) as f:
         assert json.load(f)["certificates"]["clients"]["crl_expired"] == "reject"
+    # crl_url and crl_refresh_s the same way (nothing serves the URL: the
+    # download is refused and the CRL in force stays).
+    ctl("cert", "set-crl", "clients", "--crl", ca_env.crl, "--crl-url",
+        "http://127.0.0.1:%d/ca.crl" % dead_port(), "--crl-refresh-s", "600")
+    show = json.loads(ctl("-o", "json", "cert", "show", "clients").stdout)
+    assert show["crl_url"].startswith("http://127.0.0.1:") and show["crl_refresh_s"] == 600
+    with open(os.path.join(state, "state.json")) as f:
+        entry = json.load(f)["certificates"]["clients"]
+    assert entry["crl_refresh_s"] == 600 and entry["crl_url"] == show["crl_url"]
+    assert d.wait_event("crl.refused", cert="clients", source="url")
+    assert json.loads(ctl("-o", "json", "cert", "show", "clients").stdout)["crl"]["state"] == "ok"
+    r = ctl("cert", "set-crl", "clients", "--crl", ca_env.crl, "--crl-url", "ftp://x/y",
+            check=False)
+    assert r.returncode != 0 and "crl_url: must be an http:// or https:// URL" in r.stderr
     r = ctl("cert", "replace", "web", "--cert", ca_env.path("server", "pem"), "--key",
             ca_env.path("server", "key"), "--crl-expired", "warn", check=False)
     assert r.returncode != 0 and "only \"ca\" entries have a CRL" in r.stderr, r.stderr
@@ -392,3 +406,84 @@ def accepted_http(ctx, port):
         return https_get(ctx, port, timeout=10).strip() == "backend=a"
     except (ssl.SSLError, OSError):
         return False
+
+
+class CrlServer:
+    """A local HTTP server (Python's http.server) serving files of one folder."""
+
+    def __init__(self, folder):
+        import functools
+        import http.server
+        handler = functools.partial(_QuietHandler, directory=folder)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _quiet_handler_base():
+    import http.server
+    return http.server.SimpleHTTPRequestHandler
+
+
+class _QuietHandler(_quiet_handler_base()):
+    def log_message(self, *args):
+        pass
+
+
+def test_crl_fetched_from_url_then_broken_server(spawn_kgated, ca_env, echo_backend, tmp_path):
+    """crl_url, every crl_refresh_s: a fresh CRL from the server is applied;
+    garbage, a 404 and a server that is gone are refused (logged, counted)
+    and the CRL in force stays."""
+    served = tmp_path / "www"
+    served.mkdir()
+    shutil.copy(ca_env.crl, str(served / "ca.crl"))
+    srv = CrlServer(str(served))
+    try:
+        cfg = ca_env.config(echo_backend)
+        cfg["certificates"]["clients"].update(
+            {"crl_url": "http://127.0.0.1:%d/ca.crl" % srv.port, "crl_refresh_s": 1})
+        mport = dead_port()
+        d = spawn_kgated(cfg, args=["--metrics", "127.0.0.1:%d" % mport])
+        good, victim = ca_env.client("good"), ca_env.client("victim")
+        assert accepted(victim, d.port)
+        # DER, as distribution points serve it, written by rename.
+        ca_env.revoke()
+        pem = ca_env.write_crl(os.path.join(ca_env.root, "next.crl"))
+        der = x509.load_pem_x509_crl(open(pem, "rb").read()).public_bytes(
+            serialization.Encoding.DER)
+        with open(str(served / "tmp"), "wb") as f:
+            f.write(der)
+        os.rename(str(served / "tmp"), str(served / "ca.crl"))
+        assert d.wait_event("crl.reloaded", cert="clients", source="url", timeout=5), \
+            d.log()[-3000:]
+        assert wait_until(lambda: not accepted(victim, d.port), 3)
+        assert accepted(good, d.port)
+        assert reloads(mport, "applied") == 1
+
+        # Garbage, then nothing there (404), then no server at all.
+        with open(str(served / "ca.crl"), "w") as f:
+            f.write("<html>maintenance</html>\n")
+        ev = d.wait_event("crl.refused", source="url", timeout=5)
+        assert ev and "not a CRL" in ev[0]["reason"], d.log()[-3000:]
+        os.unlink(str(served / "ca.crl"))
+        assert wait_until(lambda: any("HTTP 404" in e["reason"]
+                                      for e in d.events("crl.refused", source="url")), 5)
+        srv.close()
+        srv = None
+        assert wait_until(lambda: any("HTTP" not in e["reason"] and "not a CRL" not in e["reason"]
+                                      for e in d.events("crl.refused", source="url")), 5), \
+            d.log()[-3000:]
+        assert reloads(mport, "refused") >= 3
+        assert all(e["effect"] == "the previous CRL stays in force"
+                   for e in d.events("crl.refused"))
+        assert accepted(good, d.port) and not accepted(victim, d.port)
+        assert metrics(mport)['kgate_crl_revoked_entries{cert="clients"}'] == 1
+    finally:
+        if srv:
+            srv.close()

@@ -10,12 +10,13 @@ Each test has its own CA (kgatectl ca init), so revoking here never touches
 the session PKI other tests use.
 """
 import datetime
+import functools
+import http.server
+import json
 import os
 import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,8 +25,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from conftest import (KGATECTL, dead_port, echo_exchange, run, tls_listener, wait_until)
-from test_store import ETCD, ETCDCTL, etcd, fresh, instances, kek  # noqa: F401 (fixtures)
+from conftest import (KGATECTL, dead_port, echo_exchange, https_get, run, tls_listener,
+                      wait_until)
+from test_store import (ETCD, ETCDCTL, etcd, fresh, instances, kek,  # noqa: F401 (fixtures)
+                        wait_applied)
+from test_store import push as store_push
 
 REVOKE_WITHIN_S = 1.0
 
@@ -161,8 +165,8 @@ def test_replaced_crl_file_revokes_within_a_second(spawn_kgated, ca_env, echo_ba
         # What `kgatectl ca crl --out` and editors do: a new file renamed over.
         ca_env.write_crl(ca_env.crl)
     else:
-        fresh = ca_env.write_crl(os.path.join(ca_env.root, "fresh.crl"))
-        with open(fresh, "rb") as src, open(ca_env.crl, "r+b") as dst:
+        new = ca_env.write_crl(os.path.join(ca_env.root, "new.crl"))
+        with open(new, "rb") as src, open(ca_env.crl, "r+b") as dst:
             dst.truncate(0)
             dst.write(src.read())
     took = rejected_within(victim, d.port, REVOKE_WITHIN_S)
@@ -241,7 +245,6 @@ def test_crl_expired_key_through_the_control_socket(spawn_kgated, ca_env, echo_b
 
     def ctl(*args, check=True):
         return run([KGATECTL, "--socket", sock, *args], check=check)
-    import json
     show = json.loads(ctl("-o", "json", "cert", "show", "clients").stdout)
     assert show["crl_expired"] == "warn" and show["crl_state"] == "ok"
     assert show["crl"]["state"] == "ok" and show["crl"]["revoked"] == 0
@@ -273,7 +276,6 @@ def test_crl_expired_key_through_the_control_socket(spawn_kgated, ca_env, echo_b
 
 
 def ctl_json(sock, *args):
-    import json
     return json.loads(run([KGATECTL, "--socket", sock, "-o", "json", *args]).stdout)
 
 
@@ -295,7 +297,6 @@ def test_push_over_the_control_socket(spawn_kgated, ca_env, echo_backend, pki, t
     ca_env.revoke()
     out = run([KGATECTL, "--socket", sock, "-o", "json", "ca", "crl", "--dir", ca_env.dir,
                "--out", str(tmp_path / "pushed.crl"), "--push"])
-    import json
     res = json.loads(out.stdout)
     assert sorted(res["pushed_to"]) == ["clients", "same-ca"], res
     t0 = time.monotonic()
@@ -319,8 +320,6 @@ def test_push_over_the_control_socket(spawn_kgated, ca_env, echo_backend, pki, t
 def test_push_to_the_store(ca_env, echo_backend, instances, fresh, kek, tmp_path):
     """ca crl --store URL --push changes the store's document; the instance
     following it applies the new CRL."""
-    import json
-    from test_store import push as store_push, wait_applied
     cfg = ca_env.config(echo_backend)
     cfg["listeners"][0]["port"] = 0
     path = str(tmp_path / "store.json")
@@ -349,7 +348,6 @@ def test_crl_replaced_under_load(spawn_kgated, ca_env, http_backends):
     """Issue 16: 50 good clients running (a new handshake per request), the
     CRL file replaced: 0 failed good requests, and the newly revoked
     certificate refused within a second. Bounded: 8 s of load."""
-    from conftest import https_get
     backend = http_backends("a")
     d = spawn_kgated(ca_env.config(backend, workers=2))
     port = d.port
@@ -401,7 +399,6 @@ def test_crl_replaced_under_load(spawn_kgated, ca_env, http_backends):
 
 
 def accepted_http(ctx, port):
-    from conftest import https_get
     try:
         return https_get(ctx, port, timeout=10).strip() == "backend=a"
     except (ssl.SSLError, OSError):
@@ -412,8 +409,6 @@ class CrlServer:
     """A local HTTP server (Python's http.server) serving files of one folder."""
 
     def __init__(self, folder):
-        import functools
-        import http.server
         handler = functools.partial(_QuietHandler, directory=folder)
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
@@ -426,12 +421,7 @@ class CrlServer:
         self.server.server_close()
 
 
-def _quiet_handler_base():
-    import http.server
-    return http.server.SimpleHTTPRequestHandler
-
-
-class _QuietHandler(_quiet_handler_base()):
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 

@@ -326,7 +326,7 @@ static int check_crl(const struct kg_cert_conf *c, STACK_OF(X509) *cas, char *er
 	free(data);
 	if (!crl)
 		return fail(err, errlen, "the CRL in %s is malformed: %s", c->crl_path, why);
-	int ret = kg_crl_verify(crl, cas, c->crl_expired, time(NULL), why, sizeof(why));
+	int ret = kg_crl_verify(crl, cas, c->crl_expired, time(NULL), NULL, why, sizeof(why));
 	X509_CRL_free(crl);
 	if (ret < 0) {
 		/* "the CRL ..." becomes "the CRL in FILE ...". */

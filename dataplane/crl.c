@@ -14,6 +14,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 #include <kgate/log.h>
 
@@ -133,10 +134,19 @@ static void format_time(const ASN1_TIME *t, char *out, size_t outlen)
 }
 
 int kg_crl_verify(X509_CRL *crl, STACK_OF(X509) *cas, enum kg_crl_expired mode, time_t now,
-		  char *err, size_t errlen)
+		  X509 **signer_out, char *err, size_t errlen)
 {
 	char when[64], issuer[256] = "(unknown)";
 	X509 *signer = NULL;
+	if (signer_out)
+		*signer_out = NULL;
+	/* Partitioned, indirect and delta CRLs change what a CRL covers;
+	 * kgate's handshake check (tls.c) relies on full CRLs of one CA. */
+	if (X509_CRL_get_ext_by_NID(crl, NID_issuing_distribution_point, -1) >= 0 ||
+	    X509_CRL_get_ext_by_NID(crl, NID_delta_crl, -1) >= 0)
+		return fail(err, errlen, "the CRL is a delta or partitioned CRL "
+					 "(deltaCRLIndicator or issuingDistributionPoint): kgated uses "
+					 "full CRLs only");
 	for (int i = 0; i < sk_X509_num(cas) && !signer; i++) {
 		X509 *ca = sk_X509_value(cas, i);
 		if (X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(ca)) == 0)
@@ -147,6 +157,10 @@ int kg_crl_verify(X509_CRL *crl, STACK_OF(X509) *cas, enum kg_crl_expired mode, 
 		return fail(err, errlen, "the CRL is issued by %s, which is not in the CA bundle",
 			    issuer);
 	}
+	if ((X509_get_extension_flags(signer) & EXFLAG_KUSAGE) &&
+	    !(X509_get_key_usage(signer) & KU_CRL_SIGN))
+		return fail(err, errlen, "the CRL's issuer may not sign CRLs (its keyUsage lacks "
+					 "cRLSign)");
 	if (X509_CRL_verify(crl, X509_get0_pubkey(signer)) != 1)
 		return fail(err, errlen, "the CRL names a CA of the bundle as issuer, but its "
 					 "signature does not verify with that CA's key");
@@ -163,6 +177,8 @@ int kg_crl_verify(X509_CRL *crl, STACK_OF(X509) *cas, enum kg_crl_expired mode, 
 		fail(err, errlen, "the CRL is not valid until %s", when);
 		return -EKEYEXPIRED;
 	}
+	if (signer_out)
+		*signer_out = signer;
 	ERR_clear_error();
 	return 0;
 }
@@ -173,6 +189,7 @@ struct entry {
 	char name[KG_NAME_MAX + 1];
 	char *path;          /* the file it was loaded for */
 	X509_CRL *crl;       /* in force; NULL before the first load */
+	EVP_PKEY *signer;    /* the key crl's signature verified with */
 	struct kg_crl_info info;
 	struct entry *next;
 };
@@ -233,10 +250,14 @@ fail:
 	return NULL;
 }
 
-/* Parses and checks a candidate for entry c: the CRL, or NULL with err. */
+/* Parses and checks a candidate for entry c: the CRL with *key the
+ * public key that verified it (a new reference), or NULL with err. */
 static X509_CRL *check_candidate(const struct kg_cert_conf *c, const void *data, size_t len,
-				 enum kg_crl_expired mode, char *err, size_t errlen)
+				 enum kg_crl_expired mode, EVP_PKEY **key, char *err,
+				 size_t errlen)
 {
+	X509 *signer = NULL;
+	*key = NULL;
 	char why[400];
 	X509_CRL *crl = kg_crl_parse(data, len, why, sizeof(why));
 	if (!crl) {
@@ -244,11 +265,20 @@ static X509_CRL *check_candidate(const struct kg_cert_conf *c, const void *data,
 		return NULL;
 	}
 	STACK_OF(X509) *cas = read_cas(c->cert_path, err, errlen);
-	if (!cas || kg_crl_verify(crl, cas, mode, time(NULL), err, errlen) < 0) {
+	if (!cas || kg_crl_verify(crl, cas, mode, time(NULL), &signer, err, errlen) < 0 ||
+	    EVP_PKEY_up_ref(X509_get0_pubkey(signer)) != 1) {
 		X509_CRL_free(crl);
 		crl = NULL;
+	} else {
+		*key = X509_get0_pubkey(signer);
 	}
 	sk_X509_pop_free(cas, X509_free);
+	/* OpenSSL sorts the entries at the first lookup, under the CRL's
+	 * write lock: with 100,000 entries that would be tens of ms on the
+	 * worker whose handshake comes first. Sorted here, off the workers. */
+	STACK_OF(X509_REVOKED) *rev = crl ? X509_CRL_get_REVOKED(crl) : NULL;
+	if (rev)
+		sk_X509_REVOKED_sort(rev);
 	return crl;
 }
 
@@ -271,10 +301,10 @@ static void fill_info(struct kg_crl_info *i, X509_CRL *crl, const char *source, 
 	ERR_clear_error();
 }
 
-/* table_lock held: makes crl (owned by the table from here) entry e's CRL
- * in force for path. */
-static int install(struct entry *e, const char *path, X509_CRL *crl, const char *source,
-		   uint64_t us)
+/* table_lock held: makes crl and key (owned by the table from here, unless
+ * this fails) entry e's CRL in force for path. */
+static int install(struct entry *e, const char *path, X509_CRL *crl, EVP_PKEY *key,
+		   const char *source, uint64_t us)
 {
 	if (!e->path || strcmp(e->path, path) != 0) {
 		char *copy = strdup(path);
@@ -284,7 +314,9 @@ static int install(struct entry *e, const char *path, X509_CRL *crl, const char 
 		e->path = copy;
 	}
 	X509_CRL_free(e->crl);
+	EVP_PKEY_free(e->signer);
 	e->crl = crl;
+	e->signer = key;
 	fill_info(&e->info, crl, source, us);
 	return 0;
 }
@@ -293,7 +325,9 @@ enum kg_crl_outcome kg_crl_offer(const struct kg_cert_conf *c, const void *data,
 				 const char *source, char *err, size_t errlen)
 {
 	uint64_t t0 = kg_now_us();
-	X509_CRL *crl = c->crl_path ? check_candidate(c, data, len, c->crl_expired, err, errlen)
+	EVP_PKEY *key = NULL;
+	X509_CRL *crl = c->crl_path ? check_candidate(c, data, len, c->crl_expired, &key, err,
+						      errlen)
 				    : NULL;
 	uint64_t us = kg_now_us() - t0;
 	unsigned char md[32];
@@ -305,12 +339,14 @@ enum kg_crl_outcome kg_crl_offer(const struct kg_cert_conf *c, const void *data,
 	if (crl && X509_CRL_digest(crl, EVP_sha256(), md, &mdlen) != 1) {
 		snprintf(err, errlen, "out of memory");
 		X509_CRL_free(crl);
+		EVP_PKEY_free(key);
 		crl = NULL;
 	}
 	pthread_mutex_lock(&table_lock);
 	struct entry *e = find_or_add(c->name);
 	if (!e) {
 		X509_CRL_free(crl);
+		EVP_PKEY_free(key);
 		snprintf(err, errlen, "out of memory");
 		goto unlock;
 	}
@@ -322,6 +358,7 @@ enum kg_crl_outcome kg_crl_offer(const struct kg_cert_conf *c, const void *data,
 	if (e->crl && e->path && strcmp(e->path, c->crl_path) == 0 &&
 	    memcmp(e->info.md, md, sizeof(md)) == 0) {
 		X509_CRL_free(crl);
+		EVP_PKEY_free(key);
 		out = KG_CRL_UNCHANGED;
 		goto unlock;
 	}
@@ -330,13 +367,15 @@ enum kg_crl_outcome kg_crl_offer(const struct kg_cert_conf *c, const void *data,
 	if (e->crl && e->path && strcmp(e->path, c->crl_path) == 0 &&
 	    ASN1_TIME_compare(X509_CRL_get0_lastUpdate(crl), X509_CRL_get0_lastUpdate(e->crl)) < 0) {
 		X509_CRL_free(crl);
+		EVP_PKEY_free(key);
 		snprintf(err, errlen, "older than the CRL in force (an earlier lastUpdate)");
 		e->info.refused++;
 		snprintf(e->info.last_refusal, sizeof(e->info.last_refusal), "%s", err);
 		goto unlock;
 	}
-	if (install(e, c->crl_path, crl, source, us) < 0) {
+	if (install(e, c->crl_path, crl, key, source, us) < 0) {
 		X509_CRL_free(crl);
+		EVP_PKEY_free(key);
 		snprintf(err, errlen, "out of memory");
 		e->info.refused++;
 		goto unlock;
@@ -360,17 +399,26 @@ void kg_crl_refused(const char *name, const char *reason)
 	pthread_mutex_unlock(&table_lock);
 }
 
-X509_CRL *kg_crl_acquire(const struct kg_cert_conf *c, char *err, size_t errlen)
+X509_CRL *kg_crl_acquire(const struct kg_cert_conf *c, EVP_PKEY **signer, char *err,
+			 size_t errlen)
 {
 	X509_CRL *crl = NULL;
+	EVP_PKEY *key = NULL;
+	if (signer)
+		*signer = NULL;
 	pthread_mutex_lock(&table_lock);
 	struct entry *e = find(c->name);
 	if (e && e->crl && e->path && strcmp(e->path, c->crl_path) == 0 &&
-	    X509_CRL_up_ref(e->crl) == 1)
+	    X509_CRL_up_ref(e->crl) == 1) {
 		crl = e->crl;
+		if (signer && EVP_PKEY_up_ref(e->signer) == 1)
+			*signer = e->signer;
+	}
 	pthread_mutex_unlock(&table_lock);
-	if (crl)
+	if (crl && (!signer || *signer))
 		return crl;
+	X509_CRL_free(crl);
+	crl = NULL;
 
 	/* First use of this file: read and check it outside the lock (a
 	 * large CRL takes a while), then install it unless a concurrent
@@ -384,7 +432,7 @@ X509_CRL *kg_crl_acquire(const struct kg_cert_conf *c, char *err, size_t errlen)
 		snprintf(err, errlen, "CRL: %s", why);
 		return NULL;
 	}
-	crl = check_candidate(c, data, len, KG_CRL_EXPIRED_WARN, why, sizeof(why));
+	crl = check_candidate(c, data, len, KG_CRL_EXPIRED_WARN, &key, why, sizeof(why));
 	free(data);
 	if (!crl) {
 		snprintf(err, errlen, "CRL %s: %s", c->crl_path, why);
@@ -395,13 +443,24 @@ X509_CRL *kg_crl_acquire(const struct kg_cert_conf *c, char *err, size_t errlen)
 	e = find_or_add(c->name);
 	if (e && e->crl && e->path && strcmp(e->path, c->crl_path) == 0) {
 		X509_CRL_free(crl); /* loaded meanwhile: use that one */
+		EVP_PKEY_free(key);
 		crl = e->crl;
-	} else if (!e || install(e, c->crl_path, crl, "file", us) < 0) {
+		key = e->signer;
+	} else if (!e || install(e, c->crl_path, crl, key, "file", us) < 0) {
 		X509_CRL_free(crl);
+		EVP_PKEY_free(key);
 		crl = NULL;
 	}
 	if (crl && X509_CRL_up_ref(crl) != 1)
 		crl = NULL;
+	if (crl && signer) {
+		if (EVP_PKEY_up_ref(key) == 1) {
+			*signer = key;
+		} else {
+			X509_CRL_free(crl);
+			crl = NULL;
+		}
+	}
 	pthread_mutex_unlock(&table_lock);
 	if (!crl)
 		snprintf(err, errlen, "out of memory");
@@ -441,6 +500,7 @@ void kg_crl_prune(const struct kg_config *cfg)
 		}
 		*pe = e->next;
 		X509_CRL_free(e->crl);
+		EVP_PKEY_free(e->signer);
 		free(e->path);
 		free(e);
 	}

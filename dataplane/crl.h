@@ -32,12 +32,16 @@ X509_CRL *kg_crl_parse(const void *data, size_t len, char *err, size_t errlen);
 int kg_crl_read_file(const char *path, unsigned char **out, size_t *len, char *err,
 		     size_t errlen);
 
-/* Checks crl against the CA certificates cas: issued by one of them (by
- * name), signature verifying with that CA's key, lastUpdate not in the
- * future, and nextUpdate not past unless mode is warn. 0, -EINVAL (not
- * this CA's CRL) or -EKEYEXPIRED (dates), with err saying why. */
+/* Checks crl against the CA certificates cas: a full CRL (no delta, no
+ * issuingDistributionPoint: kgate checks what OpenSSL would for those at
+ * load, see tls.c), issued by one of them (by name), that CA allowed to
+ * sign CRLs (keyUsage cRLSign when it has a keyUsage), signature verifying
+ * with its key, lastUpdate not in the future, and nextUpdate not past
+ * unless mode is warn. 0 with *signer (may be NULL) that CA, borrowed
+ * from cas; -EINVAL (not this CA's CRL, or not supported) or -EKEYEXPIRED
+ * (dates), with err saying why. */
 int kg_crl_verify(X509_CRL *crl, STACK_OF(X509) *cas, enum kg_crl_expired mode, time_t now,
-		  char *err, size_t errlen);
+		  X509 **signer, char *err, size_t errlen);
 
 /* What a candidate CRL did (kg_crl_offer). */
 enum kg_crl_outcome {
@@ -60,9 +64,11 @@ void kg_crl_refused(const char *name, const char *reason);
 
 /* The CRL in force for c (a new reference: X509_CRL_free it), loading and
  * checking c->crl_path the first time, or when the entry's file is
- * another one now (a new CRL stored by the control socket). NULL with err
- * when that first load fails. */
-X509_CRL *kg_crl_acquire(const struct kg_cert_conf *c, char *err, size_t errlen);
+ * another one now (a new CRL stored by the control socket). With signer,
+ * also the public key its signature was verified with (a new reference:
+ * EVP_PKEY_free it). NULL with err when that first load fails. */
+X509_CRL *kg_crl_acquire(const struct kg_cert_conf *c, EVP_PKEY **signer, char *err,
+			 size_t errlen);
 
 struct kg_crl_info {
 	bool loaded;            /* a CRL is in force for this entry */

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +30,8 @@
  * writer that creates the name itself). Folders are watched, not files:
  * a rename replaces the inode a file watch would follow. */
 #define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE)
+/* The watcher thread's nice value (workers keep 0). */
+#define KG_CRL_WATCH_NICE 10
 /* How long to wait before trying again when an upgrade holds the changes. */
 #define BUSY_RETRY_MS 500
 /* How often the document is looked at for new or changed CRL entries
@@ -261,6 +265,12 @@ static void read_events(struct kg_crl_watch *w)
 static void *watch_main(void *arg)
 {
 	struct kg_crl_watch *w = arg;
+	/* Parsing a large CRL takes a core for tens of ms: on a busy box the
+	 * workers go first (Linux nice values are per thread; raising one
+	 * needs no privilege). */
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), KG_CRL_WATCH_NICE) == -1)
+		log_warn("crl.watch_failed", KV("reason", "cannot lower the thread's priority"),
+			 KV_ERRNO(errno), KV("effect", "CRLs are loaded at normal priority"));
 	for (;;) {
 		refresh_targets(w);
 		uint64_t now = kg_now_ms(), wait = IDLE_MS;

@@ -122,7 +122,9 @@ ParameterizedTest(size_t *i, crl, verify, .init = make_pki, .fini = drop_pki)
 			       NULL, 0, tc->next_update);
 	STACK_OF(X509) *cas = sk_X509_new_null();
 	cr_assert(cas && sk_X509_push(cas, ca));
-	int r = kg_crl_verify(crl, cas, tc->mode, time(NULL), err, sizeof(err));
+	X509 *signer = NULL;
+	int r = kg_crl_verify(crl, cas, tc->mode, time(NULL), &signer, err, sizeof(err));
+	cr_expect(r == 0 ? signer == ca : signer == NULL, "%s: signer", tc->desc);
 	cr_expect_eq(r, tc->want, "%s: %d (%s)", tc->desc, r, err);
 	if (tc->msg)
 		cr_expect(strstr(err, tc->msg), "%s: \"%s\"", tc->desc, err);
@@ -142,7 +144,7 @@ Test(crl, offer_keeps_previous_on_refusal, .init = make_pki, .fini = drop_pki)
 	X509_CRL *forged = tc_crl(ca, other_key, NULL, 0, 3600);
 	tc_write_crl(c.crl_path, first);
 
-	X509_CRL *got = kg_crl_acquire(&c, err, sizeof(err));
+	X509_CRL *got = kg_crl_acquire(&c, NULL, err, sizeof(err));
 	cr_assert_not_null(got, "%s", err);
 	cr_expect_eq(X509_CRL_cmp(got, first), 0);
 	X509_CRL_free(got);
@@ -156,7 +158,7 @@ Test(crl, offer_keeps_previous_on_refusal, .init = make_pki, .fini = drop_pki)
 	cr_expect(strstr(err, "signature does not verify"), "%s", err);
 	free(pem);
 	cr_expect_eq(kg_crl_offer(&c, "junk", 4, "file", err, sizeof(err)), KG_CRL_REFUSED);
-	got = kg_crl_acquire(&c, err, sizeof(err));
+	got = kg_crl_acquire(&c, NULL, err, sizeof(err));
 	cr_expect_eq(X509_CRL_cmp(got, first), 0, "a refused CRL replaced the one in force");
 	X509_CRL_free(got);
 	cr_assert(kg_crl_info(&c, &info));

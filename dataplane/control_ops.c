@@ -527,7 +527,8 @@ static void add_unix_time(json_object *o, const char *key, time_t t)
 }
 
 /* The CRL in force (crl.h), or the file's before anything loaded it, and
- * what the reloads did. */
+ * what the reloads did. The same keys either way (null when unknown): a
+ * document-only answer (kgatectl --store) has nothing in force. */
 static void describe_crl(json_object *o, const struct kg_cert_conf *c)
 {
 	struct kg_crl_info ci;
@@ -538,18 +539,23 @@ static void describe_crl(json_object *o, const struct kg_cert_conf *c)
 		add_unix_time(j, "last_update", ci.last_update);
 		add_unix_time(j, "next_update", ci.has_next_update ? ci.next_update : 0);
 		json_object_object_add(j, "revoked", json_object_new_int64((int64_t)ci.revoked));
-		json_object_object_add(j, "state", json_object_new_string(kg_crl_state(&ci, time(NULL))));
-		json_object_object_add(j, "source", json_object_new_string(ci.source));
-		add_unix_time(j, "applied_at", ci.applied_at);
-		json_object_object_add(j, "load_ms", json_object_new_double((double)ci.load_us / 1000.0));
 	} else if (crl) {
 		STACK_OF(X509_REVOKED) *rev = X509_CRL_get_REVOKED(crl);
 		add_time(j, "last_update", X509_CRL_get0_lastUpdate(crl));
 		add_time(j, "next_update", X509_CRL_get0_nextUpdate(crl));
 		json_object_object_add(j, "revoked", json_object_new_int(rev ? sk_X509_REVOKED_num(rev) : 0));
-		json_object_object_add(j, "state", json_object_new_string("not loaded"));
 		X509_CRL_free(crl);
+	} else {
+		json_object_object_add(j, "last_update", NULL);
+		json_object_object_add(j, "next_update", NULL);
+		json_object_object_add(j, "revoked", NULL);
 	}
+	json_object_object_add(j, "state", json_object_new_string(
+		in_force ? kg_crl_state(&ci, time(NULL)) : "not loaded"));
+	json_object_object_add(j, "source", in_force ? json_object_new_string(ci.source) : NULL);
+	add_unix_time(j, "applied_at", in_force ? ci.applied_at : 0);
+	json_object_object_add(j, "load_ms", in_force ?
+			       json_object_new_double((double)ci.load_us / 1000.0) : NULL);
 	json_object_object_add(j, "reloads_applied", json_object_new_int64((int64_t)ci.applied));
 	json_object_object_add(j, "reloads_refused", json_object_new_int64((int64_t)ci.refused));
 	json_object_object_add(j, "last_refusal", ci.last_refusal[0] ?

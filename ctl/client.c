@@ -229,7 +229,8 @@ json_object *kg_pem_arg(const char *object, const char *verb, const char *path)
 {
 	struct kg_err err;
 	size_t len;
-	char *text = kg_file_read(path, KG_CONTROL_MAX_REQUEST / 4, &len, &err);
+	/* Half the request: JSON escapes each newline and slash of the PEM. */
+	char *text = kg_file_read(path, KG_CONTROL_MAX_REQUEST / 2, &len, &err);
 	if (!text) {
 		kg_ctl_fail(KG_EXIT_ERROR, "%s %s: %s", object, verb, err.msg);
 		return NULL;

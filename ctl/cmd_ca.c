@@ -6,6 +6,10 @@
 
 #include <json-c/json.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "client.h"
 #include "cmd.h"
 #include "pki.h"
 #include "subject.h"
@@ -14,7 +18,7 @@ struct ca_args {
 	const char *dir, *subject, *key, *days, *serial, *digest, *type, *san, *out;
 	const char *key_pass_file, *p12, *p12_pass_file, *ca_pass_file;
 	const char *cert, *ca, *pass_file, *reason, *output;
-	bool force, help;
+	bool force, help, push;
 };
 
 struct ca_opt {
@@ -34,6 +38,7 @@ static const struct ca_opt ca_opts[] = {
 #define NOPTS (sizeof(ca_opts) / sizeof(ca_opts[0]))
 #define OPT_FORCE ((int)NOPTS)
 #define OPT_HELP ((int)NOPTS + 1)
+#define OPT_PUSH ((int)NOPTS + 2)
 
 static int verb_usage(const char *verb, const char *usage, const char *summary, int status)
 {
@@ -48,7 +53,7 @@ static int verb_usage(const char *verb, const char *usage, const char *summary, 
 static int ca_parse(const struct kg_cmd *cmd, const char *allowed, struct kg_cli *cli,
 		    int argc, char **argv, struct ca_args *a)
 {
-	struct option lopts[NOPTS + 3];
+	struct option lopts[NOPTS + 4];
 	const char *bad = NULL;
 	char want[32];
 	int c;
@@ -58,7 +63,8 @@ static int ca_parse(const struct kg_cmd *cmd, const char *allowed, struct kg_cli
 		lopts[i] = (struct option){ca_opts[i].name, required_argument, NULL, (int)i};
 	lopts[NOPTS] = (struct option){"force", no_argument, NULL, OPT_FORCE};
 	lopts[NOPTS + 1] = (struct option){"help", no_argument, NULL, OPT_HELP};
-	lopts[NOPTS + 2] = (struct option){NULL, 0, NULL, 0};
+	lopts[NOPTS + 2] = (struct option){"push", no_argument, NULL, OPT_PUSH};
+	lopts[NOPTS + 3] = (struct option){NULL, 0, NULL, 0};
 	optind = 0; /* GNU getopt: full reset for a second parse */
 	opterr = 0;
 	while ((c = kg_getopt(argc, argv, "+o:h", lopts, &bad)) != -1) {
@@ -70,13 +76,16 @@ static int ca_parse(const struct kg_cmd *cmd, const char *allowed, struct kg_cli
 		if (c == '?')
 			return kg_ctl_fail(KG_EXIT_USAGE, "ca %s: %s: unknown option or missing value (see 'kgatectl ca %s --help')",
 				       cmd->name, bad, cmd->name);
-		name = c == OPT_FORCE ? "force" : c == OPT_HELP ? "help" : ca_opts[c].name;
+		name = c == OPT_FORCE ? "force" : c == OPT_HELP ? "help" : c == OPT_PUSH ? "push"
+										: ca_opts[c].name;
 		snprintf(want, sizeof(want), " %s ", name);
 		if (c != OPT_HELP && (c == (int)NOPTS - 1 ? false : !strstr(allowed, want)))
 			return kg_ctl_fail(KG_EXIT_USAGE, "ca %s: --%s: not an option of this verb (see 'kgatectl ca %s --help')",
 				       cmd->name, name, cmd->name);
 		if (c == OPT_FORCE)
 			a->force = true;
+		else if (c == OPT_PUSH)
+			a->push = true;
 		else if (c == OPT_HELP)
 			a->help = true;
 		else
@@ -333,6 +342,81 @@ static int ca_revoke(struct kg_cli *cli, int argc, char **argv)
 	return print_object(cli, obj);
 }
 
+/* "AA:BB:..." SHA-256 of DIR/ca.pem's certificate, as `cert list` shows
+ * a certificate entry's first certificate. 0, or an exit status after
+ * saying why. */
+static int ca_fingerprint(const char *dir, char *hex, size_t hexlen)
+{
+	char path[4096];
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+	snprintf(path, sizeof(path), "%s/ca.pem", dir);
+	FILE *f = fopen(path, "re");
+	X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+	if (f)
+		fclose(f);
+	if (!x || X509_digest(x, EVP_sha256(), md, &len) != 1 || hexlen < 3 * (size_t)len) {
+		X509_free(x);
+		return kg_ctl_fail(KG_EXIT_ERROR, "ca crl: --push: cannot read the CA certificate "
+				   "%s", path);
+	}
+	X509_free(x);
+	for (unsigned i = 0; i < len; i++)
+		snprintf(hex + 3 * i, 4, "%02X%s", md[i], i + 1 < len ? ":" : "");
+	return 0;
+}
+
+static const char *row_str(json_object *row, const char *key)
+{
+	json_object *v = NULL;
+	return json_object_object_get_ex(row, key, &v) && json_object_is_type(v, json_type_string)
+		       ? json_object_get_string(v) : NULL;
+}
+
+/* --push: the CRL at crl_path goes, as cert.set_crl, to every ca
+ * certificate of kgated (the control socket, or with --store the store
+ * document) whose certificate is this CA's: matched by fingerprint, not
+ * by name. Adds "pushed_to" (names) to out. 0, or an exit status after
+ * saying why (no certificate uses the CA: nothing was sent). */
+static int push_crl(struct kg_cli *cli, const char *dir, const char *crl_path, json_object *out)
+{
+	char fp[3 * EVP_MAX_MD_SIZE + 1];
+	json_object *list = NULL;
+	int st = ca_fingerprint(dir, fp, sizeof(fp));
+	if (st || (st = kg_client_call(cli, "cert.list", NULL, &list)))
+		return st;
+	json_object *names = json_object_new_array();
+	for (size_t i = 0; i < json_object_array_length(list); i++) {
+		json_object *row = json_object_array_get_idx(list, i);
+		const char *type = row_str(row, "type"), *sha = row_str(row, "sha256");
+		if (type && strcmp(type, "ca") == 0 && sha && strcmp(sha, fp) == 0)
+			json_object_array_add(names, json_object_new_string(row_str(row, "name")));
+	}
+	json_object_put(list);
+	if (json_object_array_length(names) == 0) {
+		json_object_put(names);
+		return kg_ctl_fail(KG_EXIT_ERROR, "ca crl: --push: no ca certificate in kgated is the "
+				   "CA in %s (SHA-256 %s); the CRL was written to %s, nothing was "
+				   "sent (upload the CA with kgatectl cert upload --type ca)",
+				   dir, fp, crl_path);
+	}
+	json_object_object_add(out, "pushed_to", names);
+	for (size_t i = 0; i < json_object_array_length(names); i++) {
+		json_object *args = kg_name_args(json_object_get_string(
+			json_object_array_get_idx(names, i)));
+		json_object *pem = kg_pem_arg("ca", "crl", crl_path), *res = NULL;
+		if (!pem) {
+			json_object_put(args);
+			return KG_EXIT_ERROR;
+		}
+		json_object_object_add(args, "crl", pem);
+		if ((st = kg_client_call(cli, "cert.set_crl", args, &res)))
+			return st; /* said which; the ones before it have the CRL */
+		json_object_put(res);
+	}
+	return 0;
+}
+
 static int ca_crl(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_crl_opts o = {.md = EVP_sha256(), .days = 30};
@@ -342,7 +426,7 @@ static int ca_crl(struct kg_cli *cli, int argc, char **argv)
 	struct ca_args a;
 	int st;
 
-	PARSE_OR_RETURN(self("crl"), " dir out days digest ca-pass-file ", cli, argc, argv, &a);
+	PARSE_OR_RETURN(self("crl"), " dir out days digest ca-pass-file push ", cli, argc, argv, &a);
 	if ((st = need("crl", a.dir, "--dir")) || (st = need("crl", a.out, "--out")))
 		return st;
 	if ((a.digest && kg_digest_parse(a.digest, &o.md, &err)) ||
@@ -360,6 +444,10 @@ static int ca_crl(struct kg_cli *cli, int argc, char **argv)
 	json_object_object_add(obj, "crl_number", json_str(res.number));
 	json_object_object_add(obj, "revoked", json_object_new_int64((int64_t)res.revoked));
 	json_object_object_add(obj, "next_update", kg_json_time(time(NULL) + (time_t)o.days * 86400));
+	if (a.push && (st = push_crl(cli, a.dir, a.out, obj))) {
+		json_object_put(obj);
+		return st;
+	}
 	return print_object(cli, obj);
 }
 
@@ -414,8 +502,8 @@ static const struct kg_cmd ca_cmds[] = {
 	{"revoke", ca_revoke,
 	 "--dir DIR (--serial HEX | --cert FILE) [--reason unspecified|keyCompromise|cACompromise|affiliationChanged|superseded|cessationOfOperation|certificateHold]",
 	 "record a revocation in index.txt (then publish a CRL)"},
-	{"crl", ca_crl, "--dir DIR --out FILE [--days 30] [--digest D] [--ca-pass-file F]",
-	 "write a v2 CRL signed by the CA (crlNumber, authorityKeyIdentifier)"},
+	{"crl", ca_crl, "--dir DIR --out FILE [--days 30] [--digest D] [--ca-pass-file F] [--push]",
+	 "write a v2 CRL signed by the CA (crlNumber, authorityKeyIdentifier); --push: send it to kgated's ca certificates of this CA (--socket, or --store)"},
 	{"list", ca_list, "--dir DIR [-o json]",
 	 "issued certificates: serial, type, status (valid/revoked/expired), not-after, subject"},
 	{NULL, NULL, NULL, NULL},

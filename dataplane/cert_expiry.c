@@ -1,6 +1,8 @@
 /* Certificate and CRL expiry dates and warnings (cert_expiry.h). */
 #include "cert_expiry.h"
 
+#include "crl.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,10 +74,20 @@ static int read_cert_dates(const char *path, struct kg_cert_dates *d)
 	return ret;
 }
 
-static int read_crl_dates(const char *path, struct kg_cert_dates *d)
+/* The CRL in force (crl.h) when there is one: what handshakes use, and
+ * no parse of a large file; else the file's. */
+static int read_crl_dates(const struct kg_cert_conf *c, struct kg_cert_dates *d)
 {
 	unsigned int len = 0;
-	X509_CRL *crl = kg_pem_read_crl(path);
+	struct kg_crl_info ci;
+	if (kg_crl_info(c, &ci)) {
+		d->has_next_update = ci.has_next_update;
+		d->next_update = ci.next_update;
+		memcpy(d->crl_md, ci.md, KG_EXPIRY_MD_LEN);
+		d->has_crl = true;
+		return 0;
+	}
+	X509_CRL *crl = kg_pem_read_crl(c->crl_path);
 	if (!crl)
 		return -EINVAL;
 	int ret = 0;
@@ -98,7 +110,7 @@ int kg_cert_dates_read(const struct kg_cert_conf *c, struct kg_cert_dates *d)
 	memset(d, 0, sizeof(*d));
 	int ret = read_cert_dates(c->cert_path, d);
 	if (ret == 0 && c->type == KG_CERT_CA && c->crl_path)
-		ret = read_crl_dates(c->crl_path, d);
+		ret = read_crl_dates(c, d);
 	/* A file replaced under us must not leave errors for the next caller. */
 	ERR_clear_error();
 	return ret;
@@ -138,7 +150,7 @@ static const struct mark *find_mark(const struct kg_expiry *e, const char *name,
 	return NULL;
 }
 
-static void format_rfc3339(time_t t, char *out, size_t outlen)
+void kg_format_rfc3339(time_t t, char *out, size_t outlen)
 {
 	struct tm tm;
 	if (!gmtime_r(&t, &tm) || strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
@@ -160,7 +172,7 @@ static void check_one(struct mark *m, const struct mark *prev, const struct kg_c
 	if (due == KG_EXPIRY_NONE)
 		return;
 	m->logged = due;
-	format_rfc3339(when, at, sizeof(at));
+	kg_format_rfc3339(when, at, sizeof(at));
 	const char *what = crl ? "crl" : "certificate";
 	long long days = (long long)kg_expiry_days_left(when, now);
 	if (due == 0)

@@ -33,6 +33,10 @@ struct kg_cert_dates {
  * file is gone, -EINVAL when it holds no readable certificate or CRL). */
 int kg_cert_dates_read(const struct kg_cert_conf *c, struct kg_cert_dates *d);
 
+/* t as RFC 3339 UTC ("2026-12-07T10:00:00Z"; the number when it cannot
+ * be formatted). */
+void kg_format_rfc3339(time_t t, char *out, size_t outlen);
+
 /* Whole days from now until when, rounded down: negative once when is past. */
 int64_t kg_expiry_days_left(time_t when, time_t now);
 

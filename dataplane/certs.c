@@ -3,6 +3,8 @@
  * operator can act on. */
 #include "certs.h"
 
+#include "crl.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -301,56 +303,38 @@ free_chain:
 	return ret;
 }
 
-static int check_crl(const char *path, STACK_OF(X509) *cas, char *err, size_t errlen)
+/* The CRL file of a ca entry, checked as kg_crl_offer checks a new one
+ * (crl.c), so a file accepted here is one the watcher would accept. */
+static int check_crl(const struct kg_cert_conf *c, STACK_OF(X509) *cas, char *err,
+		     size_t errlen)
 {
-	char when[64], issuer[256] = "(unknown)";
-	int ret = -EINVAL;
-	BIO *b = open_pem(path, err, errlen);
-	if (!b)
-		return -EINVAL; /* err says why */
-	X509_CRL *crl = PEM_read_bio_X509_CRL(b, NULL, no_passphrase_cb, NULL);
-	BIO_free(b);
-	if (!crl) {
-		if (pem_ran_out())
-			return fail(err, errlen, "no PEM CRL (-----BEGIN X509 CRL-----) in %s", path);
-		return fail(err, errlen, "the CRL in %s is malformed: %s", path, last_reason());
+	char why[400];
+	unsigned char *data = NULL;
+	size_t len = 0;
+	if (kg_crl_read_file(c->crl_path, &data, &len, why, sizeof(why)) < 0)
+		return fail(err, errlen, "%s", why);
+	if (len == 0) {
+		free(data);
+		return fail(err, errlen, "%s is empty", c->crl_path);
 	}
-	X509 *signer = NULL;
-	for (int i = 0; i < sk_X509_num(cas) && !signer; i++) {
-		X509 *ca = sk_X509_value(cas, i);
-		if (X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(ca)) == 0)
-			signer = ca;
+	/* A file must be PEM (a download may be DER: crl.c). */
+	if (!memmem(data, len, "-----BEGIN X509 CRL-----", 24)) {
+		free(data);
+		return fail(err, errlen, "no PEM CRL (-----BEGIN X509 CRL-----) in %s", c->crl_path);
 	}
-	if (!signer) {
-		X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof(issuer));
-		fail(err, errlen, "the CRL in %s is issued by %s, which is not in the CA bundle",
-		     path, issuer);
-		goto free_crl;
-	}
-	if (X509_CRL_verify(crl, X509_get0_pubkey(signer)) != 1) {
-		fail(err, errlen, "the CRL in %s names a CA of the bundle as issuer, but its "
-				  "signature does not verify with that CA's key", path);
-		goto free_crl;
-	}
-	/* OpenSSL rejects every client while the CRL is stale or premature. */
-	const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
-	ret = -EKEYEXPIRED;
-	if (next && X509_cmp_current_time(next) < 0) {
-		format_time(next, when, sizeof(when));
-		fail(err, errlen, "the CRL in %s expired on %s (next update); issue a fresh one",
-		     path, when);
-		goto free_crl;
-	}
-	if (X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) > 0) {
-		format_time(X509_CRL_get0_lastUpdate(crl), when, sizeof(when));
-		fail(err, errlen, "the CRL in %s is not valid until %s", path, when);
-		goto free_crl;
-	}
-	ret = 0;
-free_crl:
+	X509_CRL *crl = kg_crl_parse(data, len, why, sizeof(why));
+	free(data);
+	if (!crl)
+		return fail(err, errlen, "the CRL in %s is malformed: %s", c->crl_path, why);
+	int ret = kg_crl_verify(crl, cas, c->crl_expired, time(NULL), NULL, why, sizeof(why));
 	X509_CRL_free(crl);
-	ERR_clear_error();
-	return ret;
+	if (ret < 0) {
+		/* "the CRL ..." becomes "the CRL in FILE ...". */
+		fail(err, errlen, "the CRL in %s%s", c->crl_path,
+		     strncmp(why, "the CRL", 7) == 0 ? why + 7 : why);
+		return ret;
+	}
+	return 0;
 }
 
 static int validate_ca(const struct kg_cert_conf *c, const char **field, char *err,
@@ -377,7 +361,7 @@ static int validate_ca(const struct kg_cert_conf *c, const char **field, char *e
 	}
 	if (c->crl_path) {
 		*field = "crl";
-		ret = check_crl(c->crl_path, cas, err, errlen);
+		ret = check_crl(c, cas, err, errlen);
 		if (ret < 0)
 			goto free_cas;
 	}

@@ -252,12 +252,41 @@ static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_o
 	return 0;
 }
 
+/* crl_url and crl_refresh_s of a ca entry: an http(s) URL, and only with
+ * a crl file (the CRL in force until the first good download, and at
+ * every start). */
+static int parse_crl_url(struct parser *p, const char *path, struct json_object *obj,
+			 struct kg_cert_conf *c)
+{
+	const char *url;
+	char kp[KG_PATH_MAX];
+	c->crl_refresh_s = KG_CRL_REFRESH_DEFAULT_S;
+	if (get_uint(p, path, obj, "crl_refresh_s", 1, KG_CRL_REFRESH_MAX_S,
+		     &c->crl_refresh_s) < 0)
+		return -EINVAL;
+	int r = get_string(p, path, obj, "crl_url", &url);
+	if (r <= 0)
+		return r;
+	member_path(kp, path, "crl_url");
+	if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+		return fail(p, kp, "must be an http:// or https:// URL");
+	if (!c->crl_path)
+		return fail(p, kp, "needs \"crl\": the CRL in force until the first download");
+	c->crl_url = strdup(url);
+	if (!c->crl_url)
+		return fail(p, kp, "out of memory");
+	return 0;
+}
+
 static int parse_cert(struct parser *p, const char *path, const char *name,
 		      struct json_object *obj, struct kg_cert_conf *c)
 {
-	static const char *const keys[] = {"type", "cert", "key", "crl", NULL};
+	static const char *const keys[] = {"type", "cert", "key", "crl", "crl_expired",
+					   "crl_url", "crl_refresh_s", NULL};
 	static const char *const types[] = {[KG_CERT_SERVER] = "server", [KG_CERT_CA] = "ca", NULL};
-	int type = 0;
+	static const char *const expired[] = {[KG_CRL_EXPIRED_REJECT] = "reject",
+					      [KG_CRL_EXPIRED_WARN] = "warn", NULL};
+	int type = 0, crl_expired = KG_CRL_EXPIRED_REJECT;
 
 	if (get_name(p, path, name, c->name) < 0 ||
 	    expect_type(p, path, obj, json_type_object, "an object") < 0 ||
@@ -269,9 +298,13 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 		return -EINVAL;
 	char kp[KG_PATH_MAX];
 	if (c->type == KG_CERT_SERVER) {
-		if (json_object_object_get_ex(obj, "crl", NULL)) {
-			member_path(kp, path, "crl");
-			return fail(p, kp, "only \"ca\" entries have a CRL");
+		for (const char *const *k = (const char *const[]){"crl", "crl_expired", "crl_url",
+								   "crl_refresh_s", NULL};
+		     *k; k++) {
+			if (json_object_object_get_ex(obj, *k, NULL)) {
+				member_path(kp, path, *k);
+				return fail(p, kp, "only \"ca\" entries have a CRL");
+			}
 		}
 		return require(p, path, "key", get_path(p, path, obj, "key", &c->key_path)) < 0 ? -1 : 0;
 	}
@@ -279,7 +312,12 @@ static int parse_cert(struct parser *p, const char *path, const char *name,
 		member_path(kp, path, "key");
 		return fail(p, kp, "a \"ca\" entry takes no private key");
 	}
-	return get_path(p, path, obj, "crl", &c->crl_path) < 0 ? -1 : 0;
+	if (get_enum(p, path, obj, "crl_expired", expired, &crl_expired) < 0)
+		return -EINVAL;
+	c->crl_expired = (enum kg_crl_expired)crl_expired;
+	if (get_path(p, path, obj, "crl", &c->crl_path) < 0)
+		return -EINVAL;
+	return parse_crl_url(p, path, obj, c);
 }
 
 static int parse_certificates(struct parser *p, struct kg_config *cfg, struct json_object *root)
@@ -1447,6 +1485,7 @@ void kg_config_free(struct kg_config *cfg)
 		free(cfg->certs[i].cert_path);
 		free(cfg->certs[i].key_path);
 		free(cfg->certs[i].crl_path);
+		free(cfg->certs[i].crl_url);
 	}
 	free(cfg->certs);
 	for (size_t i = 0; i < cfg->n_listeners; i++) {

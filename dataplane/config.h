@@ -20,12 +20,26 @@
 
 enum kg_health_type { KG_HEALTH_NONE, KG_HEALTH_TCP, KG_HEALTH_HTTP };
 
+/* "crl_expired": reject (default: every client is refused, as OpenSSL
+ * does) or warn (X509_V_ERR_CRL_HAS_EXPIRED is ignored, the CRL is still
+ * used and everything else checked; a warning is logged). */
+enum kg_crl_expired { KG_CRL_EXPIRED_REJECT, KG_CRL_EXPIRED_WARN };
+
+#define KG_CRL_REFRESH_DEFAULT_S 3600
+#define KG_CRL_REFRESH_MAX_S 604800
+
 struct kg_cert_conf {
 	char name[KG_NAME_MAX + 1];
 	enum kg_cert_type type;
 	char *cert_path; /* absolute or resolved against the config's folder */
 	char *key_path;  /* server only */
 	char *crl_path;  /* ca only, optional (NULL) */
+	/* ca only: what an expired CRL in force (past its nextUpdate) means. */
+	enum kg_crl_expired crl_expired;
+	/* ca only, optional (NULL): where fresh CRLs are downloaded from,
+	 * every crl_refresh_s seconds (crl_watch.h); needs crl_path. */
+	char *crl_url;
+	unsigned crl_refresh_s;
 };
 
 /* A member's administrative state, set by kgatectl backend drain|disable|

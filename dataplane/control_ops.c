@@ -27,6 +27,7 @@
 #include "access.h"
 #include "cert_expiry.h"
 #include "certs.h"
+#include "crl.h"
 #include "errors.h"
 #include "health.h"
 #include "listener.h"
@@ -535,18 +536,48 @@ static void describe_file(json_object *o, const char *path)
 	X509_free(x);
 }
 
-static void describe_crl(json_object *o, const char *path)
+static void add_unix_time(json_object *o, const char *key, time_t t)
 {
-	X509_CRL *crl = kg_pem_read_crl(path);
-	json_object *c = json_object_new_object();
-	if (crl) {
+	char buf[32];
+	kg_format_rfc3339(t, buf, sizeof(buf));
+	json_object_object_add(o, key, t ? json_object_new_string(buf) : NULL);
+}
+
+/* The CRL in force (crl.h), or the file's before anything loaded it, and
+ * what the reloads did. The same keys either way (null when unknown): a
+ * document-only answer (kgatectl --store) has nothing in force. */
+static void describe_crl(json_object *o, const struct kg_cert_conf *c)
+{
+	struct kg_crl_info ci;
+	json_object *j = json_object_new_object();
+	bool in_force = kg_crl_info(c, &ci);
+	X509_CRL *crl = in_force ? NULL : kg_pem_read_crl(c->crl_path);
+	if (in_force) {
+		add_unix_time(j, "last_update", ci.last_update);
+		add_unix_time(j, "next_update", ci.has_next_update ? ci.next_update : 0);
+		json_object_object_add(j, "revoked", json_object_new_int64((int64_t)ci.revoked));
+	} else if (crl) {
 		STACK_OF(X509_REVOKED) *rev = X509_CRL_get_REVOKED(crl);
-		add_time(c, "last_update", X509_CRL_get0_lastUpdate(crl));
-		add_time(c, "next_update", X509_CRL_get0_nextUpdate(crl));
-		json_object_object_add(c, "revoked", json_object_new_int(rev ? sk_X509_REVOKED_num(rev) : 0));
+		add_time(j, "last_update", X509_CRL_get0_lastUpdate(crl));
+		add_time(j, "next_update", X509_CRL_get0_nextUpdate(crl));
+		json_object_object_add(j, "revoked", json_object_new_int(rev ? sk_X509_REVOKED_num(rev) : 0));
 		X509_CRL_free(crl);
+	} else {
+		json_object_object_add(j, "last_update", NULL);
+		json_object_object_add(j, "next_update", NULL);
+		json_object_object_add(j, "revoked", NULL);
 	}
-	json_object_object_add(o, "crl", c);
+	json_object_object_add(j, "state", json_object_new_string(
+		in_force ? kg_crl_state(&ci, time(NULL)) : "not loaded"));
+	json_object_object_add(j, "source", in_force ? json_object_new_string(ci.source) : NULL);
+	add_unix_time(j, "applied_at", in_force ? ci.applied_at : 0);
+	json_object_object_add(j, "load_ms", in_force ?
+			       json_object_new_double((double)ci.load_us / 1000.0) : NULL);
+	json_object_object_add(j, "reloads_applied", json_object_new_int64((int64_t)ci.applied));
+	json_object_object_add(j, "reloads_refused", json_object_new_int64((int64_t)ci.refused));
+	json_object_object_add(j, "last_refusal", ci.last_refusal[0] ?
+			       json_object_new_string(ci.last_refusal) : NULL);
+	json_object_object_add(o, "crl", j);
 }
 
 static bool tls_uses(const struct kg_listener_conf *l, const char *name)
@@ -594,9 +625,19 @@ static json_object *cert_json(const struct kg_config *cfg, const struct kg_cert_
 	describe_file(o, c->cert_path);
 	add_days_left(o, c);
 	if (c->type == KG_CERT_CA && c->crl_path && detail)
-		describe_crl(o, c->crl_path);
-	if (c->type == KG_CERT_CA)
+		describe_crl(o, c);
+	if (c->type == KG_CERT_CA) {
+		struct kg_crl_info ci;
 		json_object_object_add(o, "has_crl", json_object_new_boolean(c->crl_path != NULL));
+		json_object_object_add(o, "crl_state", !c->crl_path ? NULL : json_object_new_string(
+			kg_crl_info(c, &ci) ? kg_crl_state(&ci, time(NULL)) : "not loaded"));
+		json_object_object_add(o, "crl_expired", json_object_new_string(
+			c->crl_expired == KG_CRL_EXPIRED_WARN ? "warn" : "reject"));
+		json_object_object_add(o, "crl_url", c->crl_url ? json_object_new_string(c->crl_url)
+								 : NULL);
+		json_object_object_add(o, "crl_refresh_s", c->crl_url ?
+				       json_object_new_int64(c->crl_refresh_s) : NULL);
+	}
 	json_object_object_add(o, "used_by", used_by(cfg, c->name));
 	return o;
 }
@@ -660,6 +701,27 @@ static json_object *store_pems(struct kg_ops *ops, const char *name, json_object
 	return NULL;
 }
 
+/* The CRL settings of args (crl_expired, crl_url, crl_refresh_s), when
+ * given, into entry (the parse that follows checks the values and that
+ * entry is a ca). */
+static json_object *set_crl_options(json_object *args, json_object *entry)
+{
+	static const char *const keys[] = {"crl_expired", "crl_url", NULL};
+	json_object *fail = NULL, *v = NULL;
+	for (const char *const *k = keys; *k && !fail; k++) {
+		const char *s = arg_str(args, *k, false, &fail);
+		if (s)
+			json_object_object_add(entry, *k, json_object_new_string(s));
+	}
+	if (!fail && json_object_object_get_ex(args, "crl_refresh_s", &v)) {
+		if (!json_object_is_type(v, json_type_int))
+			return kg_ops_error(KG_ERR_INVALID, "args.crl_refresh_s: expected an integer");
+		json_object_object_add(entry, "crl_refresh_s",
+				       json_object_new_int64(json_object_get_int64(v)));
+	}
+	return fail;
+}
+
 static json_object *need_state(struct kg_ops *ops)
 {
 	if (ops->st)
@@ -698,6 +760,8 @@ static json_object *op_cert_upload(struct kg_ops *ops, json_object *args)
 	json_object_object_add(entry, "type", json_object_new_string(type));
 	json_object_object_add(doc_certs(doc), name, entry);
 	fail = store_pems(ops, name, args, entry, server ? server_keys : ca_keys);
+	if (!fail)
+		fail = set_crl_options(args, entry);
 	if (fail) {
 		json_object_put(doc);
 		kg_state_gc(ops->st);
@@ -744,6 +808,8 @@ static json_object *change_cert(struct kg_ops *ops, json_object *args, bool crl_
 		json_object_object_del(entry, "crl"); /* a new CA without a new CRL has none */
 	fail = store_pems(ops, name, args, entry,
 			  crl_only ? crl_keys : server ? server_keys : ca_keys);
+	if (!fail)
+		fail = set_crl_options(args, entry);
 	if (fail) {
 		json_object_put(doc);
 		kg_state_gc(ops->st);
@@ -1502,16 +1568,24 @@ static void reply_message(json_object *reply, char *err, size_t errlen)
 		snprintf(err, errlen, "refused (out of memory)");
 }
 
+/* Takes change_lock for a change not made by a client: 0 with the lock
+ * held, or -EBUSY (not held) while an upgrade hands over. */
+static int lock_changes(struct kg_ops *ops, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&ops->change_lock);
+	if (!ops->frozen)
+		return 0;
+	pthread_mutex_unlock(&ops->change_lock);
+	snprintf(err, errlen, "an upgrade is handing over");
+	return -EBUSY;
+}
+
 int kg_ops_apply_document(struct kg_ops *ops, kg_ops_doc_fn make, void *arg, char *err,
 			  size_t errlen)
 {
-	int r = 0;
-	pthread_mutex_lock(&ops->change_lock);
-	if (ops->frozen) {
-		snprintf(err, errlen, "an upgrade is handing over");
-		r = -EBUSY;
-		goto unlock;
-	}
+	int r = lock_changes(ops, err, errlen);
+	if (r < 0)
+		return r;
 	json_object *doc = make(arg, ops->st, err, errlen);
 	if (!doc) {
 		kg_state_gc(ops->st); /* files written for the refused document */
@@ -1524,6 +1598,52 @@ int kg_ops_apply_document(struct kg_ops *ops, kg_ops_doc_fn make, void *arg, cha
 		json_object_put(fail);
 		r = -EINVAL;
 	}
+unlock:
+	pthread_mutex_unlock(&ops->change_lock);
+	return r;
+}
+
+struct kg_config_ref *kg_ops_current(struct kg_ops *ops, unsigned long *generation)
+{
+	pthread_mutex_lock(&ops->change_lock);
+	struct kg_config_ref *ref = ops->cur;
+	atomic_fetch_add(&ref->refs, 1);
+	*generation = ops->generation;
+	pthread_mutex_unlock(&ops->change_lock);
+	return ref;
+}
+
+/* Whether l (a listener's settings or an sni entry's) verifies client
+ * certificates against the ca certificate named ca_name. */
+static bool verifies_with(const struct kg_listener_conf *l, const char *ca_name)
+{
+	return l->ca && l->mutual_auth != KG_MTLS_OFF && strcmp(l->ca->name, ca_name) == 0;
+}
+
+int kg_ops_crl_changed(struct kg_ops *ops, const char *ca_name, size_t *rebuilt, char *err,
+		       size_t errlen)
+{
+	bool changed[KG_MAX_LISTENERS + 1] = {false};
+	*rebuilt = 0;
+	int r = lock_changes(ops, err, errlen);
+	if (r < 0)
+		return r;
+	const struct kg_config *cfg = ops->cur->cfg;
+	for (size_t i = 0; i < cfg->n_listeners && i < KG_MAX_LISTENERS; i++) {
+		const struct kg_listener_conf *l = &cfg->listeners[i];
+		changed[i] = verifies_with(l, ca_name);
+		for (size_t e = 0; e < l->n_sni && !changed[i]; e++)
+			changed[i] = verifies_with(l->sni[e].tls, ca_name);
+		*rebuilt += changed[i];
+	}
+	if (!ops->rt || *rebuilt == 0)
+		goto unlock;
+	/* The same document: only the listeners of this CA get new
+	 * snapshots (SSL_CTXs taking the CRL now in force); connections
+	 * keep the ones they were accepted with. */
+	r = kg_apply_prepare(ops->rt, ops->cur, changed, false, NULL, &ops->plan, err, errlen);
+	if (r == 0)
+		kg_apply_commit(ops->rt, &ops->plan);
 unlock:
 	pthread_mutex_unlock(&ops->change_lock);
 	return r;

@@ -90,6 +90,18 @@ int kg_ops_apply_document(struct kg_ops *ops, kg_ops_doc_fn make, void *arg, cha
  * (taken under change_lock). NULL when out of memory. */
 json_object *kg_ops_instance_status(struct kg_ops *ops);
 
+/* The running document (a new reference: kg_config_ref_put it) and the
+ * generation it belongs to. Any thread. */
+struct kg_config_ref *kg_ops_current(struct kg_ops *ops, unsigned long *generation);
+
+/* The CRL in force for the ca entry ca_name changed (crl.h, from the CRL
+ * watcher's thread): rebuilds the snapshots of the listeners verifying
+ * clients with it, under change_lock, without changing the document.
+ * *rebuilt: how many. 0, -EBUSY (an upgrade is handing over: retry
+ * later), or the -errno of kg_apply_prepare with err. */
+int kg_ops_crl_changed(struct kg_ops *ops, const char *ca_name, size_t *rebuilt, char *err,
+		       size_t errlen);
+
 /* A reply for an error found before a request could be parsed. */
 json_object *kg_ops_error(const char *code, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

@@ -134,13 +134,19 @@ static int check_file(const char *what, const char *path, char *err, size_t errl
 	return 0;
 }
 
-struct kg_etcd *kg_etcd_create(const struct kg_etcd_opts *o, char *err, size_t errlen)
+int kg_curl_init(char *err, size_t errlen)
 {
 	pthread_once(&curl_once, curl_init_once);
-	if (curl_init_result != CURLE_OK) {
-		errf(err, errlen, "libcurl: %s", curl_easy_strerror(curl_init_result));
+	if (curl_init_result == CURLE_OK)
+		return 0;
+	errf(err, errlen, "libcurl: %s", curl_easy_strerror(curl_init_result));
+	return -EIO;
+}
+
+struct kg_etcd *kg_etcd_create(const struct kg_etcd_opts *o, char *err, size_t errlen)
+{
+	if (kg_curl_init(err, errlen) < 0)
 		return NULL;
-	}
 	if (!o->endpoints || o->n_endpoints == 0) {
 		errf(err, errlen, "etcd: no endpoint given");
 		return NULL;

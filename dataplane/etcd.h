@@ -32,6 +32,10 @@
 
 struct kg_etcd;
 
+/* libcurl's global initialisation, once per process whichever thread asks
+ * first (it must not race with itself). 0, or -EIO with err. */
+int kg_curl_init(char *err, size_t errlen);
+
 struct kg_etcd_opts {
 	/* "http://HOST:PORT" or "https://HOST:PORT", tried in order: a request
 	 * that cannot reach one endpoint goes to the next, and the one that

@@ -48,6 +48,7 @@
 #include "paths.h"
 #include "control.h"
 #include "control_ops.h"
+#include "crl_watch.h"
 #include "forwarders.h"
 #include "metrics.h"
 #include "privdrop.h"
@@ -706,6 +707,7 @@ int main(int argc, char **argv)
 	struct kg_ops *ops = NULL;
 	struct kg_control *control = NULL;
 	struct kg_store *store = NULL;
+	struct kg_crl_watch *crl_watch = NULL;
 	char err[600];
 	char control_path[4096] = "";
 	int status = 1, metrics_fd = -1;
@@ -957,6 +959,13 @@ int main(int argc, char **argv)
 	}
 	if (opt.state_dir)
 		log_notice("control.listening", KV("path", control_path));
+	/* CRL files changed on disk are read by their own thread, never by a
+	 * worker; kgated serves without it (CRLs then change only through
+	 * the control socket or the store). */
+	crl_watch = kg_crl_watch_start(ops, err, sizeof(err));
+	if (!crl_watch)
+		log_warn("crl.watch_failed", KV("reason", err),
+			 KV("effect", "CRL files are not watched"));
 
 	if (inherit.active) {
 		/* Ready: the old process stops accepting only now. */
@@ -1014,6 +1023,8 @@ int main(int argc, char **argv)
 		kg_store_stop(store, true);
 	}
 stop_control:
+	kg_crl_watch_stop(crl_watch);
+	crl_watch = NULL;
 	kg_store_stop(store, false);
 	kg_control_stop(control);
 	/* Nothing answers on the metrics port from here: closed, it refuses

@@ -13,6 +13,7 @@
 #include <kgate/sockio.h>
 
 #include "cert_expiry.h"
+#include "crl.h"
 #include "health.h"
 #include "listener.h"
 #include "worker.h"
@@ -207,21 +208,37 @@ static void backend_metrics(struct text *t, struct kg_runtime *rt)
 }
 
 /* Per certificate entry of the running document: its first certificate's
- * notAfter and its CRL's nextUpdate as Unix time, read from the files at
- * each scrape (a few small files; the same ones `cert list` reads), so a
- * replaced certificate shows at once. An entry whose files cannot be read
- * has no sample. */
+ * notAfter, read from the file at each scrape (a small file; the same one
+ * `cert list` reads), so a replaced certificate shows at once. An entry
+ * whose file cannot be read has no sample. For a ca entry's CRL: the one
+ * in force (crl.h: what handshakes use, which a broken file on disk does
+ * not change), or the file's before anything loaded it. */
 static void cert_metrics(struct text *t, const struct kg_config *cfg)
 {
-	struct text after = {0}, next = {0};
+	struct text after = {0}, next = {0}, reloads = {0}, revoked = {0}, load = {0};
 	for (size_t i = 0; cfg && i < cfg->n_certs; i++) {
 		const struct kg_cert_conf *c = &cfg->certs[i];
 		struct kg_cert_dates d;
-		if (kg_cert_dates_read(c, &d) < 0)
-			continue;
-		put(&after, "kgate_certificate_not_after_seconds{cert=\"%s\",type=\"%s\"} %lld\n",
-		    c->name, c->type == KG_CERT_SERVER ? "server" : "ca", (long long)d.not_after);
-		if (d.has_next_update)
+		struct kg_crl_info ci = {0};
+		bool in_force = c->type == KG_CERT_CA && c->crl_path && kg_crl_info(c, &ci);
+		bool dated = kg_cert_dates_read(c, &d) == 0;
+		if (dated)
+			put(&after, "kgate_certificate_not_after_seconds{cert=\"%s\",type=\"%s\"} "
+			    "%lld\n", c->name, c->type == KG_CERT_SERVER ? "server" : "ca",
+			    (long long)d.not_after);
+		if (in_force) {
+			put(&revoked, "kgate_crl_revoked_entries{cert=\"%s\"} %zu\n", c->name,
+			    ci.revoked);
+			put(&load, "kgate_crl_load_seconds{cert=\"%s\"} %.6f\n", c->name,
+			    (double)ci.load_us / 1e6);
+		}
+		if (c->type == KG_CERT_CA && c->crl_path) {
+			put(&reloads, "kgate_crl_reloads_total{cert=\"%s\",result=\"applied\"} %llu\n"
+			    "kgate_crl_reloads_total{cert=\"%s\",result=\"refused\"} %llu\n",
+			    c->name, (unsigned long long)ci.applied, c->name,
+			    (unsigned long long)ci.refused);
+		}
+		if (dated && d.has_next_update)
 			put(&next, "kgate_crl_next_update_seconds{cert=\"%s\"} %lld\n", c->name,
 			    (long long)d.next_update);
 	}
@@ -229,12 +246,24 @@ static void cert_metrics(struct text *t, const struct kg_config *cfg)
 	       "first certificate (a server chain's leaf), Unix time.\n"
 	       "# TYPE kgate_certificate_not_after_seconds gauge\n%s",
 	    after.buf ? after.buf : "");
-	put(t, "# HELP kgate_crl_next_update_seconds nextUpdate of each CA entry's CRL, Unix "
-	       "time; absent when the CRL has none.\n"
+	put(t, "# HELP kgate_crl_next_update_seconds nextUpdate of each CA entry's CRL in force, "
+	       "Unix time; absent when the CRL has none.\n"
 	       "# TYPE kgate_crl_next_update_seconds gauge\n%s", next.buf ? next.buf : "");
-	t->failed |= after.failed || next.failed;
+	put(t, "# HELP kgate_crl_reloads_total New CRLs offered for each CA entry (file watch, "
+	       "fetch), by result: applied, or refused (the previous CRL stays in force).\n"
+	       "# TYPE kgate_crl_reloads_total counter\n%s", reloads.buf ? reloads.buf : "");
+	put(t, "# HELP kgate_crl_revoked_entries Revoked certificates listed in each CA entry's "
+	       "CRL in force.\n"
+	       "# TYPE kgate_crl_revoked_entries gauge\n%s", revoked.buf ? revoked.buf : "");
+	put(t, "# HELP kgate_crl_load_seconds How long reading, parsing and checking the CRL in "
+	       "force took (off the workers).\n"
+	       "# TYPE kgate_crl_load_seconds gauge\n%s", load.buf ? load.buf : "");
+	t->failed |= after.failed || next.failed || reloads.failed || revoked.failed || load.failed;
 	free(after.buf);
 	free(next.buf);
+	free(reloads.buf);
+	free(revoked.buf);
+	free(load.buf);
 }
 
 char *kg_metrics_text(struct kg_runtime *rt, const struct kg_config *cfg)

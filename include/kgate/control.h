@@ -14,7 +14,9 @@
 #define KGATE_CONTROL_PROTO_H
 
 #define KG_CONTROL_VERSION 1
-#define KG_CONTROL_MAX_REQUEST (1u << 20)  /* certificates travel inline */
+/* Certificates and CRLs travel inline: a 100,000-entry CRL is about 5 MB
+ * of PEM (bench/crl_bench.py); the socket is the operator's (0600/group). */
+#define KG_CONTROL_MAX_REQUEST (32u << 20)
 #define KG_CONTROL_MAX_REPLY (16u << 20)
 #define KG_CONTROL_SOCKET_NAME "control.sock" /* in the state directory */
 

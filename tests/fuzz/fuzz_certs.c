@@ -5,6 +5,7 @@
  *   's' server entry: chain KF_SEP key
  *   'c' CA entry:     cert
  *   'C' CA entry:     cert KF_SEP crl
+ *   'd' a CRL as a download brings it, PEM or DER (crl.c's parser)
  * Any other selector feeds the bytes to the DER certificate decoder and
  * the subject formatter, and to the name rule. */
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <openssl/x509.h>
 
 #include "certs.h"
+#include "crl.h"
 #include "fuzz_util.h"
 
 static void check_entry(enum kg_cert_type type, const uint8_t **part, size_t *len, size_t n)
@@ -54,6 +56,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (n == 2)
 			check_entry(KG_CERT_CA, part, len, 2);
 		break;
+	case 'd': {
+		char err[512] = "";
+		X509_CRL *crl = kg_crl_parse(data + 1, size - 1, err, sizeof(err));
+		KF_FAIL_IF(!crl && (err[0] == '\0' || strchr(err, '\n')));
+		X509_CRL_free(crl);
+		break;
+	}
 	default: {
 		const unsigned char *p = data + 1;
 		X509 *x = d2i_X509(NULL, &p, (long)(size - 1));

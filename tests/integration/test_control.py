@@ -71,7 +71,8 @@ def scrape_metrics(mport):
     for line in text.splitlines():
         if line and not line.startswith("#"):
             k, v = line.rsplit(" ", 1)
-            values[k] = int(v)
+            # Counters and dates are integers; durations are seconds.
+            values[k] = int(v) if v.lstrip("-").isdigit() else float(v)
     return text, values
 
 
@@ -847,7 +848,7 @@ BAD_REQUESTS = {
     "wrong version": (lambda: b'{"version": 99, "op": "status"}', "unsupported_version"),
     "unknown op": (lambda: b'{"version": 1, "op": "listener.explode"}', "unknown_op"),
     "args not object": (lambda: b'{"version": 1, "op": "status", "args": 3}', "bad_request"),
-    "10 MB": (lambda: b"{" + b" " * (10 << 20), "too_large"),
+    "40 MB": (lambda: b"{" + b" " * (40 << 20), "too_large"),
 }
 
 

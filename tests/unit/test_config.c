@@ -90,6 +90,11 @@ static const struct bad_case bad[] = {
 	{"{'certificates':{'web':{'type':'server','cert':'a'}}}", "certificates.web.key: is required"},
 	{"{'certificates':{'web':{'type':'ca','cert':'a','key':'k'}}}", "certificates.web.key: a \"ca\" entry takes no private key"},
 	{"{'certificates':{'web':{'type':'server','cert':'a','key':'k','crl':'c'}}}", "certificates.web.crl: only \"ca\" entries"},
+	{"{'certificates':{'web':{'type':'server','cert':'a','key':'k','crl_expired':'warn'}}}", "certificates.web.crl_expired: only \"ca\" entries"},
+	{"{'certificates':{'c':{'type':'ca','cert':'a','crl':'c','crl_expired':'maybe'}}}", "certificates.c.crl_expired: must be one of \"reject\", \"warn\""},
+	{"{'certificates':{'c':{'type':'ca','cert':'a','crl':'c','crl_url':'ftp://x/c.crl'}}}", "certificates.c.crl_url: must be an http:// or https:// URL"},
+	{"{'certificates':{'c':{'type':'ca','cert':'a','crl_url':'http://x/c.crl'}}}", "certificates.c.crl_url: needs \"crl\""},
+	{"{'certificates':{'c':{'type':'ca','cert':'a','crl':'c','crl_url':'http://x/c.crl','crl_refresh_s':0}}}", "certificates.c.crl_refresh_s: must be 1-604800"},
 	{"{'certificates':{'web':{'type':'ca','cert':'a','password':'x'}}}", "certificates.web.password: unknown key"},
 	/* listener shape */
 	{"{'listeners':['web']}", "listeners[0]: expected an object, got a string"},

@@ -89,10 +89,13 @@ def test_metrics_list_and_warnings(pki, spawn_kgated, tmp_path):
     table = d.ctl("cert", "list").stdout.splitlines()
     head = table[0].split()
     assert "DAYS" in head and "CRL" in head, table[0]
+    # The table comes a moment after the JSON: a count may have gone down by one.
+    def shown(row, days):
+        return str(days) in row or str(days - 1) in row
     row = next(line.split() for line in table if line.startswith("soon20 "))
-    assert str(listed["soon20"]["days_left"]) in row and "-" in row, row
+    assert shown(row, listed["soon20"]["days_left"]) and "-" in row, row
     row = next(line.split() for line in table if line.startswith("ca5 "))
-    assert str(listed["ca5"]["crl_days_left"]) in row, row
+    assert shown(row, listed["ca5"]["crl_days_left"]), row
     show = d.ctl.json("cert", "show", "ca5")
     assert show["crl"]["next_update"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next5))
 

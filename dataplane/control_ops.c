@@ -836,6 +836,8 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 		json_object_array_add(rules, json_object_new_string(
 				kg_access_rule_name(l->access_rules, i)));
 	json_object_object_add(o, "access_rules", rules);
+	json_object_object_add(o, "ocsp_url",
+			       l->ocsp_url ? json_object_new_string(l->ocsp_url) : NULL);
 	/* Member state comes from the running snapshot's health group, so it
 	 * shows what new connections will see; "active" counts the
 	 * connections made since that snapshot was published. */

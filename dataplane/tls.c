@@ -19,6 +19,7 @@
 
 #include "access.h"
 #include "certs.h"
+#include "ocsp.h"
 #include "ticket_keys.h"
 #include "tls_carry.h"
 
@@ -150,9 +151,21 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 		return ok;
 	}
 	/* Rules look at verified certificates only: never at one whose
-	 * chain, dates or revocation failed. */
-	if (depth == 0 && cert && X509_STORE_CTX_get_error(xs) == X509_V_OK)
-		return check_access(xs, cert);
+	 * chain, dates or revocation failed. OCSP asks the responder about
+	 * the certificates the rules let in only. */
+	if (depth == 0 && cert && X509_STORE_CTX_get_error(xs) == X509_V_OK) {
+		char why[192];
+		if (!check_access(xs, cert))
+			return 0;
+		SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+		why[0] = '\0';
+		if (!kg_ocsp_check(xs, ssl, cert, why, sizeof(why))) {
+			char note[200];
+			snprintf(note, sizeof(note), ", %s", why);
+			record_note(xs, depth, cert, note);
+			return 0;
+		}
+	}
 	return ok;
 }
 
@@ -419,7 +432,8 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 #define NO_CERT_TEXT "client certificate required"
 
 const char *const kg_hs_reason_names[KG_HS_REASONS] = {
-	"no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "protocol", "access_denied"};
+	"no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "protocol", "access_denied",
+	"ocsp"};
 
 enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason)
 {
@@ -438,6 +452,9 @@ enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason)
 		return KG_HS_BAD_EKU;
 	case X509_V_ERR_APPLICATION_VERIFICATION: /* only the access rules set it */
 		return KG_HS_ACCESS_DENIED;
+	case X509_V_ERR_OCSP_VERIFY_FAILED: /* only ocsp.c sets these */
+	case X509_V_ERR_OCSP_CERT_UNKNOWN:
+		return KG_HS_OCSP;
 	default:
 		return KG_HS_UNKNOWN_CA;
 	}
@@ -481,6 +498,7 @@ enum kg_tls_status kg_tls_status(SSL *ssl, int ret, char *reason, size_t reason_
 	case SSL_ERROR_ZERO_RETURN: st = KG_TLS_CLOSED; break;
 	case SSL_ERROR_WANT_READ: st = KG_TLS_WANT_READ; break;
 	case SSL_ERROR_WANT_WRITE: st = KG_TLS_WANT_WRITE; break;
+	case SSL_ERROR_WANT_ASYNC: st = KG_TLS_WANT_ASYNC; break;
 	/* SYSCALL (EOF or socket error) and a zero return are fatal: retrying
 	 * them spins or reads from a dead connection. */
 	default: st = KG_TLS_ERROR; break;

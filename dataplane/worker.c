@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/async.h>
+
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
@@ -21,6 +23,7 @@
 #include "conn.h"
 #include "fwd.h"
 #include "health.h"
+#include "ocsp.h"
 
 #define RING_ENTRIES 4096
 /* Connection slots per worker: listeners come and go at run time, so the
@@ -508,6 +511,12 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_WAKE:
 		on_wake(w, cqe->res);
 		return;
+	case KG_OP_OCSP_CONNECT:
+	case KG_OP_OCSP_SEND:
+	case KG_OP_OCSP_RECV:
+	case KG_OP_OCSP_LINK_TIMEOUT:
+		kg_ocsp_on_cqe(w->ocsp, op, idx, cqe->res);
+		return;
 	default:
 		break;
 	}
@@ -640,7 +649,7 @@ static bool finished(const struct kg_worker *w)
 	 * not taken yet; it serves them before it stops. */
 	if (!w->draining || w->n_conns > 0 ||
 	    atomic_load_explicit(&w->incoming, memory_order_relaxed) > 0 ||
-	    (service && !service->idle(w->service)))
+	    (service && !service->idle(w->service)) || !kg_ocsp_idle(w->ocsp))
 		return false;
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		if (w->listen_fds[li] >= 0)
@@ -723,6 +732,9 @@ static void *worker_main(void *arg)
 			 KV("receives", w->bufs.enobufs), KV("ring_buffers", w->bufs.n_ring_bufs));
 	kg_bufpool_destroy(&w->bufs, &w->ring);
 	io_uring_queue_exit(&w->ring);
+	/* The async jobs OCSP checks ran handshakes in (ocsp.h): their
+	 * stacks are pooled per thread. */
+	ASYNC_cleanup_thread();
 	return NULL;
 }
 
@@ -741,8 +753,9 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->free_slots = calloc(w->capacity, sizeof(*w->free_slots));
 	w->service = service ? service->create(w) : NULL;
 	w->pool = kg_backend_pool_create();
+	w->ocsp = kg_ocsp_create(w);
 	if (w->wake_fd == -1 || !w->conns || !w->free_slots || (service && !w->service) ||
-	    !w->pool ||
+	    !w->pool || !w->ocsp ||
 	    pthread_mutex_init(&w->cmd_lock, NULL) != 0)
 		goto fail;
 	if (sem_init(&w->init_done, 0, 0) != 0) {
@@ -755,6 +768,7 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->n_free = w->capacity;
 	return w;
 fail:
+	kg_ocsp_destroy(w->ocsp);
 	kg_backend_pool_destroy(w->pool);
 	if (service)
 		service->destroy(w->service);
@@ -802,6 +816,7 @@ void kg_worker_destroy(struct kg_worker *w)
 		}
 	}
 	w->cmds = NULL;
+	kg_ocsp_destroy(w->ocsp);
 	kg_backend_pool_destroy(w->pool);
 	if (service)
 		service->destroy(w->service);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -510,6 +511,26 @@ static void on_response(struct kg_ocsp *o, struct kg_ocsp_query *q)
 	finish(o, q, false, status, NULL);
 }
 
+/* Whether the response holds its head and a body of its Content-Length
+ * (case-insensitive name); without one the body ends at EOF. */
+static bool response_complete(const struct kg_ocsp_query *q)
+{
+	const char *p = (const char *)q->resp;
+	size_t n = q->resp_len;
+	const char *end = memmem(p, n, "\r\n\r\n", 4);
+	if (!end)
+		return false;
+	size_t head = (size_t)(end - p) + 4;
+	static const char name[] = "\r\ncontent-length:";
+	for (size_t i = 0; i + sizeof(name) - 1 < head; i++) {
+		if (strncasecmp(p + i, name, sizeof(name) - 1) != 0)
+			continue;
+		unsigned long len = strtoul(p + i + sizeof(name) - 1, NULL, 10);
+		return n - head >= len;
+	}
+	return false;
+}
+
 void kg_ocsp_on_cqe(struct kg_ocsp *o, int op, uint32_t idx, int res)
 {
 	if (idx >= KG_OCSP_QUERIES_MAX) {
@@ -550,6 +571,11 @@ void kg_ocsp_on_cqe(struct kg_ocsp *o, int op, uint32_t idx, int res)
 			return;
 		}
 		q->resp_len += (size_t)res;
+		if (res > 0 && response_complete(q)) {
+			on_response(o, q); /* Content-Length reached: responders may keep the
+					    * connection open */
+			return;
+		}
 		if (res > 0 && q->resp_len < KG_OCSP_RESPONSE_MAX) {
 			arm_io(o, q);
 			return;

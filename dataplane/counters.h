@@ -111,9 +111,16 @@ enum kg_counter_group {
 	X(ocsp_query_timeouts, KG_CG_HANDSHAKES, "ocsp_query_timeouts",                            \
 	  "ocsp_query_timeouts_total", "", "ocsp_query_timeouts",                                  \
 	  "OCSP queries that ran out of ocsp_timeout_ms.")                                         \
-	X(ocsp_query_ms, KG_CG_HANDSHAKES, "ocsp_query_ms", "ocsp_query_milliseconds_total", "",   \
-	  "ocsp_query_ms",                                                                         \
-	  "Time OCSP queries took, summed (divided by ocsp_queries_total: the mean latency).")     \
+	X(ocsp_lat_10ms, KG_CG_HANDSHAKES, "ocsp_queries_under_10ms", "ocsp_queries_by_latency_total", \
+	  "within=\"10ms\"", "ocsp_under_10ms",                                                     \
+	  "OCSP queries that ended (answer, error or timeout) by how long they took: within "      \
+	  "10ms, 100ms, 1s, or longer.")                                                           \
+	X(ocsp_lat_100ms, KG_CG_HANDSHAKES, "ocsp_queries_under_100ms",                            \
+	  "ocsp_queries_by_latency_total", "within=\"100ms\"", "ocsp_under_100ms", "")              \
+	X(ocsp_lat_1s, KG_CG_HANDSHAKES, "ocsp_queries_under_1s", "ocsp_queries_by_latency_total",  \
+	  "within=\"1s\"", "ocsp_under_1s", "")                                                     \
+	X(ocsp_lat_more, KG_CG_HANDSHAKES, "ocsp_queries_over_1s", "ocsp_queries_by_latency_total", \
+	  "within=\"longer\"", "ocsp_over_1s", "")                                                  \
 	X(forwarded_c2b, KG_CG_BYTES, "client_to_backend", "bytes_client_to_backend_total", "",    \
 	  "bytes_c2b", "Plaintext bytes sent to backends.")                                        \
 	X(forwarded_b2c, KG_CG_BYTES, "backend_to_client", "bytes_backend_to_client_total", "",    \

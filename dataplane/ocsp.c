@@ -330,7 +330,15 @@ static void finish(struct kg_ocsp *o, struct kg_ocsp_query *q, bool failed,
 		   enum kg_ocsp_status status, const char *why)
 {
 	struct kg_worker *w = o->w;
-	kg_count_add(&w->stats.ocsp_query_ms, w->now_ms - q->started_ms);
+	uint64_t took = w->now_ms - q->started_ms;
+	if (took < 10)
+		kg_count(w, ocsp_lat_10ms);
+	else if (took < 100)
+		kg_count(w, ocsp_lat_100ms);
+	else if (took < 1000)
+		kg_count(w, ocsp_lat_1s);
+	else
+		kg_count(w, ocsp_lat_more);
 	if (failed)
 		kg_worker_warn(w, "ocsp.query_failed", KV("worker", w->id),
 			       KV("responder", q->target.host), KV("reason", why));

@@ -312,6 +312,8 @@ def test_handshake_suspended_others_served(server_pki, pki, gated, http_backends
         assert len(results) == 3 and all(served(r) for r in results), results
         assert slow.requests == 1, "three handshakes for one certificate made %d queries" % \
             slow.requests
+        s = stats(d)
+        assert '"ocsp_queries_over_1s": 1' in s and '"ocsp_good": 3' in s, s
     finally:
         slow.close()
 

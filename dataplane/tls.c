@@ -216,8 +216,8 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_
 	return r;
 }
 
-/* The session id context: the listener's name, and with access rules the
- * rules too. A resumed handshake skips certificate verification, so a
+/* The session id context: the listener's name, with access rules the
+ * rules too, and with OCSP on its mode. A resumed handshake skips certificate verification, so a
  * session (or a stateless ticket, valid across snapshots and restarts)
  * made under other rules must not resume: it gets a full handshake and
  * the rules in force now. Without rules the context is the name alone, so
@@ -236,6 +236,13 @@ static int access_digest(const struct kg_listener_conf *l, unsigned char *out, u
 					(unsigned char)l->access_denied_response};
 		if (EVP_DigestUpdate(md, tag, sizeof(tag)) != 1 ||
 		    kg_access_digest(l->access_rules, md) < 0)
+			goto free_md;
+	}
+	/* A session made before OCSP was turned on (or made softer) must not
+	 * skip the check: resumption skips certificate verification. */
+	if (l->ocsp != KG_OCSP_OFF) {
+		unsigned char tag[2] = {1, (unsigned char)l->ocsp};
+		if (EVP_DigestUpdate(md, tag, sizeof(tag)) != 1)
 			goto free_md;
 	}
 	if (EVP_DigestFinal_ex(md, out, len) == 1)

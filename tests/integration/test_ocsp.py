@@ -343,3 +343,51 @@ def test_aia_url_from_kgatectl(server_pki, gated, http_backends):
     assert any(port in e["responder"] for e in d.events("ocsp.query_failed"))
     # A certificate without AIA and no ocsp_url: no responder, refused.
     assert not served(get(server_pki, d.port, "good"))
+
+
+def test_https_listener(server_pki, gated, http_backends, responder):
+    be = http_backends("a")
+    d = gated(config(server_pki, [be], "hard", responder.url, protocol="https"))
+    assert served(get(server_pki, d.port, "good"))
+    assert not served(get(server_pki, d.port, "revoked"))
+    assert d.wait_event("tls.handshake_failed", 1)
+    assert any("revoked" in x for x in failed_reasons(d)), failed_reasons(d)
+
+
+def test_turned_on_live_and_shown(server_pki, gated, http_backends, responder):
+    """listener update turns OCSP on for new handshakes; listener show
+    and the state document carry the keys; a session from before does not
+    resume past the check."""
+    import json
+    be = http_backends("a")
+    d = gated(config(server_pki, [be], "off"))
+    ctl = [KGATECTL, "--socket", os.path.join(d.state, "control.sock")]
+    assert served(get(server_pki, d.port, "revoked")), "ocsp off: the index is not asked"
+    run([*ctl, "listener", "update", "web", "--ocsp", "hard", "--ocsp-url", responder.url,
+         "--ocsp-timeout-ms", "2000"])
+    show = json.loads(run([*ctl, "-o", "json", "listener", "show", "web"]).stdout)
+    show = show.get("listener", show)
+    assert (show["ocsp"], show["ocsp_url"], show["ocsp_timeout_ms"]) == \
+        ("hard", responder.url, 2000), show
+    state = json.load(open(os.path.join(d.state, "state.json")))
+    lst = next(x for x in state["listeners"] if x["name"] == "web")
+    assert (lst["ocsp"], lst["ocsp_url"]) == ("hard", responder.url), lst
+    assert not served(get(server_pki, d.port, "revoked"))
+    assert served(get(server_pki, d.port, "good"))
+    run([*ctl, "listener", "update", "web", "--ocsp-url", "none", "--ocsp", "off"])
+    assert served(get(server_pki, d.port, "revoked"))
+
+
+def test_bad_ocsp_url_refused(server_pki, gated, http_backends):
+    import json
+    be = http_backends("a")
+    d = gated(config(server_pki, [be], "off"))
+    ctl = [KGATECTL, "--socket", os.path.join(d.state, "control.sock")]
+    for url, why in (("https://127.0.0.1/", "not an http:// URL"),
+                     ("http://ocsp.example.com/", "IP address or localhost"),
+                     ("http://127.0.0.1:99999/", "bad port")):
+        r = run([*ctl, "listener", "update", "web", "--ocsp-url", url], check=False)
+        assert r.returncode != 0 and "listeners[0].ocsp_url" in r.stderr and why in r.stderr, \
+            r.stderr
+    show = json.loads(run([*ctl, "-o", "json", "listener", "show", "web"]).stdout)
+    assert show.get("listener", show)["ocsp_url"] is None

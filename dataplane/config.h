@@ -189,6 +189,7 @@ struct kg_listener_conf {
 	enum kg_ocsp_mode ocsp;        /* client certificates' OCSP check; default off */
 	char *ocsp_url;                /* responder instead of the AIA's (ocsp.h); NULL: none */
 	unsigned ocsp_timeout_ms;
+	bool ocsp_stapling;            /* staple the server certificate's OCSP response (staple.h) */
 	bool enabled;                  /* false = stopped (kgatectl listener stop) */
 	struct kg_http_conf http;      /* protocol https only */
 };

@@ -31,6 +31,7 @@
 #include "health.h"
 #include "listener.h"
 #include "metrics.h"
+#include "staple.h"
 #include "worker.h"
 
 #define ERRLEN 1024
@@ -452,6 +453,35 @@ static void add_time(json_object *o, const char *key, const ASN1_TIME *t)
 	json_object_object_add(o, key, json_object_new_string(buf));
 }
 
+static void add_unix_time(json_object *o, const char *key, time_t t)
+{
+	struct tm tm;
+	char buf[32];
+	if (t <= 0 || !gmtime_r(&t, &tm)) {
+		json_object_object_add(o, key, NULL);
+		return;
+	}
+	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	json_object_object_add(o, key, json_object_new_string(buf));
+}
+
+/* The running SSL_CTX's OCSP staple (staple.h); null without stapling. */
+static json_object *staple_json(SSL_CTX *ctx)
+{
+	struct kg_staple_info si;
+	kg_staple_info(ctx, &si);
+	if (!si.on)
+		return NULL;
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "responder", json_object_new_string(si.url));
+	json_object_object_add(o, "stapled", json_object_new_boolean(si.have));
+	json_object_object_add(o, "status", si.status ? json_object_new_string(si.status) : NULL);
+	add_unix_time(o, "next_update", si.next_update);
+	add_unix_time(o, "refresh_at", si.refresh_at);
+	json_object_object_add(o, "error", si.error[0] ? json_object_new_string(si.error) : NULL);
+	return o;
+}
+
 static void add_name(json_object *o, const char *key, const X509_NAME *n)
 {
 	char buf[512] = "";
@@ -842,6 +872,7 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	 * shows what new connections will see; "active" counts the
 	 * connections made since that snapshot was published. */
 	struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
+	json_object_object_add(o, "ocsp_staple", staple_json(snap ? snap->ssl_ctx : NULL));
 	json_object *members = json_object_new_array();
 	struct kg_health_member_info info[KG_MAX_BACKENDS];
 	size_t n_info = snap ? kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS,

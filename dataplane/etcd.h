@@ -171,4 +171,8 @@ int kg_etcd_stream_feed(struct kg_etcd_stream *s, const char *data, size_t len, 
 			size_t errlen);
 int64_t kg_etcd_stream_compact_revision(const struct kg_etcd_stream *s);
 
+/* libcurl's global set-up, run once whichever thread asks first (etcd
+ * clients, the OCSP stapler). 0, or -EIO with the reason in err. */
+int kg_curl_init(char *err, size_t errlen);
+
 #endif

@@ -248,6 +248,59 @@ static time_t asn1_to_time(const ASN1_GENERALIZEDTIME *t)
 	return timegm(&tm);
 }
 
+int kg_ocsp_response_check(const unsigned char *der, size_t len, OCSP_CERTID *id,
+			   STACK_OF(X509) *certs, X509_STORE *store, unsigned long flags,
+			   enum kg_ocsp_status *status, time_t *this_update, time_t *next_update,
+			   char *why, size_t whylen)
+{
+	int r = -1, st = -1, reason = -1;
+	const unsigned char *p = der;
+	OCSP_RESPONSE *resp = d2i_OCSP_RESPONSE(NULL, &p, (long)len);
+	OCSP_BASICRESP *bs = NULL;
+	ASN1_GENERALIZEDTIME *rev = NULL, *thisupd = NULL, *nextupd = NULL;
+	if (!resp) {
+		snprintf(why, whylen, "not an OCSP response");
+		goto out;
+	}
+	if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+		snprintf(why, whylen, "responder says %s",
+			 OCSP_response_status_str(OCSP_response_status(resp)));
+		goto out;
+	}
+	bs = OCSP_response_get1_basic(resp);
+	if (!bs) {
+		snprintf(why, whylen, "no basic OCSP response");
+		goto out;
+	}
+	/* Signed by the issuing CA itself, or by a responder it delegated
+	 * (id-kp-OCSPSigning) that chains to the store. */
+	if (OCSP_basic_verify(bs, certs, store, flags) <= 0) {
+		snprintf(why, whylen, "response signature does not verify against the CA");
+		goto out;
+	}
+	if (OCSP_resp_find_status(bs, id, &st, &reason, &rev, &thisupd, &nextupd) != 1) {
+		snprintf(why, whylen, "response does not name the certificate");
+		goto out;
+	}
+	/* A stale answer (nextUpdate past) or one from the future is not
+	 * trusted: whoever replays an old "good" must not get in. */
+	if (OCSP_check_validity(thisupd, nextupd, KG_OCSP_CLOCK_SKEW_S, -1) != 1) {
+		snprintf(why, whylen, "stale response (outside thisUpdate..nextUpdate)");
+		goto out;
+	}
+	*this_update = asn1_to_time(thisupd);
+	*next_update = nextupd ? asn1_to_time(nextupd) : 0;
+	*status = st == V_OCSP_CERTSTATUS_GOOD      ? KG_OCSP_GOOD
+		  : st == V_OCSP_CERTSTATUS_REVOKED ? KG_OCSP_REVOKED
+						    : KG_OCSP_UNKNOWN;
+	r = 0;
+out:
+	OCSP_BASICRESP_free(bs);
+	OCSP_RESPONSE_free(resp);
+	ERR_clear_error();
+	return r;
+}
+
 /* Judges a complete HTTP response: 0 and *status (with *expires), or
  * -1 with why. */
 static int judge(struct kg_ocsp_query *q, enum kg_ocsp_status *status, time_t *expires,
@@ -263,64 +316,23 @@ static int judge(struct kg_ocsp_query *q, enum kg_ocsp_status *status, time_t *e
 		snprintf(why, whylen, "HTTP status %.3s", (const char *)p + 9);
 		return -1;
 	}
-	const unsigned char *body = NULL;
-	for (const unsigned char *s = p; s + 4 <= end; s++)
-		if (memcmp(s, "\r\n\r\n", 4) == 0) {
-			body = s + 4;
-			break;
-		}
-	if (!body || body == end) {
+	const unsigned char *body = memmem(p, q->resp_len, "\r\n\r\n", 4);
+	if (!body || body + 4 == end) {
 		snprintf(why, whylen, "HTTP response without a body");
 		return -1;
 	}
-	int r = -1;
-	const unsigned char *der = body;
-	OCSP_RESPONSE *resp = d2i_OCSP_RESPONSE(NULL, &der, end - body);
-	OCSP_BASICRESP *bs = NULL;
+	body += 4;
 	STACK_OF(X509) *chain = sk_X509_new_null();
-	int st = -1, reason = -1;
-	ASN1_GENERALIZEDTIME *rev = NULL, *thisupd = NULL, *nextupd = NULL;
-	if (!resp) {
-		snprintf(why, whylen, "not an OCSP response");
-		goto out;
+	time_t this_update = 0, next_update = 0;
+	if (!chain || sk_X509_push(chain, q->issuer) <= 0) {
+		sk_X509_free(chain);
+		snprintf(why, whylen, "out of memory");
+		return -1;
 	}
-	if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
-		snprintf(why, whylen, "responder says %s",
-			 OCSP_response_status_str(OCSP_response_status(resp)));
-		goto out;
-	}
-	bs = OCSP_response_get1_basic(resp);
-	if (!bs || !chain || sk_X509_push(chain, q->issuer) <= 0) {
-		snprintf(why, whylen, "no basic OCSP response");
-		goto out;
-	}
-	/* Signed by the issuing CA itself, or by a responder it delegated
-	 * (id-kp-OCSPSigning) that chains to the listener's CA. */
-	if (OCSP_basic_verify(bs, chain, q->store, 0) <= 0) {
-		snprintf(why, whylen, "response signature does not verify against the CA");
-		goto out;
-	}
-	if (OCSP_resp_find_status(bs, q->id, &st, &reason, &rev, &thisupd, &nextupd) != 1) {
-		snprintf(why, whylen, "response does not name the certificate");
-		goto out;
-	}
-	/* A stale answer (nextUpdate past) or one from the future is not
-	 * trusted: whoever replays an old "good" must not get in. */
-	if (OCSP_check_validity(thisupd, nextupd, KG_OCSP_CLOCK_SKEW_S, -1) != 1) {
-		snprintf(why, whylen, "stale response (outside thisUpdate..nextUpdate)");
-		goto out;
-	}
-	time_t now = time(NULL);
-	*expires = nextupd ? asn1_to_time(nextupd) : now + KG_OCSP_DEFAULT_MAX_AGE_S;
-	*status = st == V_OCSP_CERTSTATUS_GOOD      ? KG_OCSP_GOOD
-		  : st == V_OCSP_CERTSTATUS_REVOKED ? KG_OCSP_REVOKED
-						    : KG_OCSP_UNKNOWN;
-	r = 0;
-out:
+	int r = kg_ocsp_response_check(body, (size_t)(end - body), q->id, chain, q->store, 0,
+				       status, &this_update, &next_update, why, whylen);
 	sk_X509_free(chain); /* the issuer stays the query's */
-	OCSP_BASICRESP_free(bs);
-	OCSP_RESPONSE_free(resp);
-	ERR_clear_error();
+	*expires = next_update ? next_update : time(NULL) + KG_OCSP_DEFAULT_MAX_AGE_S;
 	return r;
 }
 

@@ -22,6 +22,7 @@
 
 #include <sys/socket.h>
 
+#include <openssl/ocsp.h>
 #include <openssl/ssl.h>
 
 #include <kgate/listener_keys.h>
@@ -108,6 +109,16 @@ void kg_ocsp_abandon(SSL *ssl, struct kg_ocsp_wait *wait);
  * X509_V_ERR_OCSP_VERIFY_FAILED) and a reason in why. Returns 1 at once
  * when ssl has no wait attached (ocsp off). May pause the async job. */
 int kg_ocsp_check(X509_STORE_CTX *xs, SSL *ssl, X509 *cert, char *why, size_t whylen);
+
+/* Checks an OCSP response (DER) about id: successful, signed by the
+ * issuer or its delegated responder (OCSP_basic_verify with certs, store
+ * and flags), within thisUpdate..nextUpdate with KG_OCSP_CLOCK_SKEW_S.
+ * 0 with the status and the window (next_update 0: none), or -1 with
+ * why. */
+int kg_ocsp_response_check(const unsigned char *der, size_t len, OCSP_CERTID *id,
+			   STACK_OF(X509) *certs, X509_STORE *store, unsigned long flags,
+			   enum kg_ocsp_status *status, time_t *this_update, time_t *next_update,
+			   char *why, size_t whylen);
 
 /* The names of the outcomes counted and logged ("good", "revoked",
  * "unknown"). */

@@ -20,6 +20,7 @@
 #include "access.h"
 #include "certs.h"
 #include "ocsp.h"
+#include "staple.h"
 #include "ticket_keys.h"
 #include "tls_carry.h"
 
@@ -429,7 +430,9 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 	if (apply_policy(ctx, err, errlen) < 0 ||
 	    setup_sessions(ctx, l, tickets, err, errlen) < 0 ||
 	    load_server_cert(ctx, l->certificate, err, errlen) < 0 ||
-	    setup_client_auth(ctx, l, err, errlen) < 0) {
+	    setup_client_auth(ctx, l, err, errlen) < 0 ||
+	    (l->ocsp_stapling &&
+	     kg_staple_setup(ctx, l->ca ? l->ca->cert_path : NULL, err, errlen) < 0)) {
 		SSL_CTX_free(ctx);
 		return NULL;
 	}

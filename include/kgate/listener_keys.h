@@ -160,6 +160,10 @@ enum kg_ocsp_mode { KG_OCSP_MODES(KG_LK_ENUM_OCSP) };
 	F(ocsp_timeout_ms, KG_LK_UINT(1, 60000, 3000), KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS),     \
 	  KG_LKF_UPDATE, "ocsp-timeout-ms", "N",                                                   \
 	  "time an OCSP query has for its answer (connect, send, receive)")                        \
+	F(ocsp_stapling, KG_LK_BOOL(false), KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS), KG_LKF_UPDATE, \
+	  "ocsp-stapling", "true|false",                                                           \
+	  "staple the server certificate's OCSP response (from the responder its AIA names, "     \
+	  "refreshed before it expires)")                                                          \
 	F(scheduler, KG_LK_ENUM(KG_SCHEDULERS, KG_SCHED_RR), KG_LK_FOR_ALL, KG_LKF_UPDATE,         \
 	  "scheduler", NULL, "smooth weighted round robin over the member weights (kgatectl "      \
 	  "also takes wrr)")                                                                       \

@@ -391,3 +391,69 @@ def test_bad_ocsp_url_refused(server_pki, gated, http_backends):
             r.stderr
     show = json.loads(run([*ctl, "-o", "json", "listener", "show", "web"]).stdout)
     assert show.get("listener", show)["ocsp_url"] is None
+
+
+def staple_status(port):
+    """openssl s_client -status against the listener: its stdout."""
+    r = run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-status",
+             "-servername", "localhost"], check=False, timeout=TIMEOUT, input="")
+    return r.stdout
+
+
+def test_stapling(opki, gated, http_backends, tmp_path):
+    """A server certificate naming its responder (kgatectl ca issue
+    --ocsp-url): kgated fetches the response off the workers and staples
+    it; listener show says so. Stopping the responder keeps the staple
+    (it is still valid); a certificate without AIA is refused for
+    stapling with the reason."""
+    import json
+    port = dead_port()
+    out = str(tmp_path / "stapled")
+    run([KGATECTL, "ca", "issue", "--dir", opki.dir, "--type", "server",
+         "--subject", "/O=ocsp test/CN=localhost", "--san", "DNS:localhost,IP:127.0.0.1",
+         "--days", "30", "--ocsp-url", "http://127.0.0.1:%d/" % port, "--out", out])
+    # The CA's own index: it lists the server certificate just issued.
+    opki_live = OcspPki(opki.root)
+    opki_live.index = os.path.join(opki.dir, "index.txt")
+    resp = Responder.__new__(Responder)
+    resp.port = port
+    resp.log = str(tmp_path / "responder.log")
+    resp.proc = subprocess.Popen(
+        ["openssl", "ocsp", "-index", opki_live.index, "-port", str(port), "-rsigner", opki.ca,
+         "-rkey", opki.ca_key, "-CA", opki.ca, "-nmin", "10"],
+        stdout=subprocess.DEVNULL, stderr=open(resp.log, "w"))
+    try:
+        assert wait_until(lambda: "waiting for OCSP client" in open(resp.log).read(), TIMEOUT)
+        be = http_backends("a")
+        opki.server_cert, opki.server_key = out + ".pem", out + ".key"
+        cfg = config(opki, [be], "off", ocsp_stapling=True, mutual_auth="optional")
+        d = gated(cfg)
+        assert d.wait_event("ocsp.staple_updated", 1, timeout=TIMEOUT)
+        text = staple_status(d.port)
+        assert "OCSP Response Status: successful" in text and "Cert Status: good" in text, text
+        ctl = [KGATECTL, "--socket", os.path.join(d.state, "control.sock")]
+        show = json.loads(run([*ctl, "-o", "json", "listener", "show", "web"]).stdout)
+        show = show.get("listener", show)
+        assert show["ocsp_stapling"] is True
+        st = show["ocsp_staple"]
+        assert st["stapled"] and st["status"] == "good" and st["error"] is None, st
+        assert st["responder"] == "http://127.0.0.1:%d/" % port, st
+        resp.close()
+        assert "Cert Status: good" in staple_status(d.port), "the staple went with the responder"
+        # Without --status no staple is sent (the client did not ask).
+        r = run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % d.port], check=False,
+                timeout=TIMEOUT, input="")
+        assert "OCSP response" not in r.stdout
+        # Off again: no staple.
+        run([*ctl, "listener", "update", "web", "--ocsp-stapling", "false"])
+        assert "OCSP response: no response sent" in staple_status(d.port)
+    finally:
+        resp.close()
+
+
+def test_stapling_needs_an_aia(server_pki, gated, http_backends):
+    be = http_backends("a")
+    d = gated(config(server_pki, [be], "off"))
+    ctl = [KGATECTL, "--socket", os.path.join(d.state, "control.sock")]
+    r = run([*ctl, "listener", "update", "web", "--ocsp-stapling", "true"], check=False)
+    assert r.returncode != 0 and "names no http OCSP responder" in r.stderr, r.stderr

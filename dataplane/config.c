@@ -20,7 +20,7 @@
 #include "kgate/log.h"
 
 #include "access.h"
-#include "ocsp.h"
+#include "ocsp_resp.h"
 
 #define KG_CONFIG_MAX_BYTES (16u << 20) /* a config is kilobytes; refuse absurd input */
 #define KG_PATH_MAX 256                 /* JSON paths in messages */

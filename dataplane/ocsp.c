@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <liburing.h>
 #include <openssl/async.h>
 #include <openssl/err.h>
 #include <openssl/ocsp.h>
@@ -19,7 +20,8 @@
 
 #include <kgate/log.h>
 
-#include "worker.h"
+#include "clock.h"
+#include "counters.h"
 
 /* A query's steps; PH_DONE: decided, waiting for its last completions
  * before the slot is reused. */
@@ -45,7 +47,7 @@ struct kg_ocsp_query {
 };
 
 struct kg_ocsp {
-	struct kg_worker *w;
+	struct kg_ocsp_host h;  /* the worker's ring, clock and counters */
 	struct kg_ocsp_cache cache;
 	struct kg_ocsp_query q[KG_OCSP_QUERIES_MAX];
 };
@@ -58,99 +60,26 @@ static void idx_init(void)
 	wait_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
-const char *kg_ocsp_status_name(enum kg_ocsp_status s)
-{
-	switch (s) {
-	case KG_OCSP_GOOD: return "good";
-	case KG_OCSP_REVOKED: return "revoked";
-	default: return "unknown";
-	}
-}
-
-/* ------------------------------------------------------------------ URL */
-
-int kg_ocsp_url_parse(const char *url, struct kg_ocsp_target *t, char *err, size_t errlen)
-{
-	static const char scheme[] = "http://";
-	char host[KG_OCSP_URL_MAX + 1];
-	unsigned port = 80;
-
-	memset(t, 0, sizeof(*t));
-	if (strlen(url) > KG_OCSP_URL_MAX) {
-		snprintf(err, errlen, "longer than %d characters", KG_OCSP_URL_MAX);
-		return -EINVAL;
-	}
-	if (strncmp(url, scheme, sizeof(scheme) - 1) != 0) {
-		snprintf(err, errlen, "\"%s\" is not an http:// URL (OCSP answers are signed; "
-				      "kgate asks over plain HTTP)", url);
-		return -EINVAL;
-	}
-	const char *h = url + sizeof(scheme) - 1;
-	const char *slash = strchr(h, '/');
-	size_t hostport = slash ? (size_t)(slash - h) : strlen(h);
-	const char *hend = h + hostport;
-	const char *colon = NULL;
-	if (*h == '[') {
-		const char *rb = memchr(h, ']', hostport);
-		if (!rb) {
-			snprintf(err, errlen, "\"%s\": IPv6 address without ']'", url);
-			return -EINVAL;
-		}
-		memcpy(host, h + 1, (size_t)(rb - h - 1));
-		host[rb - h - 1] = '\0';
-		if (rb + 1 < hend && rb[1] != ':') {
-			snprintf(err, errlen, "\"%s\": junk after the IPv6 address", url);
-			return -EINVAL;
-		}
-		colon = rb + 1 < hend ? rb + 1 : NULL;
-	} else {
-		colon = memchr(h, ':', hostport);
-		size_t hl = colon ? (size_t)(colon - h) : hostport;
-		memcpy(host, h, hl);
-		host[hl] = '\0';
-	}
-	if (colon) {
-		char *end = NULL;
-		unsigned long p = strtoul(colon + 1, &end, 10);
-		if (end != hend || colon + 1 == hend || p == 0 || p > 65535) {
-			snprintf(err, errlen, "\"%s\": bad port", url);
-			return -EINVAL;
-		}
-		port = (unsigned)p;
-	}
-	struct sockaddr_in *a4 = (struct sockaddr_in *)&t->addr;
-	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&t->addr;
-	if (strcmp(host, "localhost") == 0 || inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-		if (strcmp(host, "localhost") == 0)
-			a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		a4->sin_family = AF_INET;
-		a4->sin_port = htons((uint16_t)port);
-		t->addr_len = sizeof(*a4);
-	} else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-		a6->sin6_family = AF_INET6;
-		a6->sin6_port = htons((uint16_t)port);
-		t->addr_len = sizeof(*a6);
-	} else {
-		snprintf(err, errlen, "\"%s\": the host must be an IP address or localhost (a "
-				      "worker never waits for DNS)", url);
-		return -EINVAL;
-	}
-	memcpy(t->host, h, hostport);
-	t->host[hostport] = '\0';
-	snprintf(t->path, sizeof(t->path), "%s", slash ? slash : "/");
-	return 0;
-}
-
 /* ---------------------------------------------------------- life cycle */
 
-struct kg_ocsp *kg_ocsp_create(struct kg_worker *w)
+/* Counted in the worker's own counters (counters.h). */
+#define ocsp_count(o, field) kg_count_add(&(o)->h.stats->field, 1)
+#define ocsp_now(o) (*(o)->h.now_ms)
+/* kg_worker_warn's rate limit, through the host. */
+#define ocsp_warn(o, ...)                                                       \
+	do {                                                                   \
+		if (KG_LOG_WARN <= kg_log_level && (o)->h.warn_allowed((o)->h.worker)) \
+			kg_log_always(KG_LOG_WARN, __VA_ARGS__);               \
+	} while (0)
+
+struct kg_ocsp *kg_ocsp_create(const struct kg_ocsp_host *h)
 {
 	if (pthread_once(&idx_once, idx_init) != 0 || wait_idx < 0)
 		return NULL;
 	struct kg_ocsp *o = calloc(1, sizeof(*o));
 	if (!o)
 		return NULL;
-	o->w = w;
+	o->h = *h;
 	if (kg_ocsp_cache_init(&o->cache, KG_OCSP_CACHE_ENTRIES) < 0) {
 		free(o);
 		return NULL;
@@ -193,6 +122,18 @@ bool kg_ocsp_idle(const struct kg_ocsp *o)
 		if (o->q[i].inflight > 0)
 			return false;
 	return true;
+}
+
+void kg_ocsp_cancel_all(struct kg_ocsp *o)
+{
+	for (size_t i = 0; o && i < KG_OCSP_QUERIES_MAX; i++) {
+		struct kg_ocsp_query *q = &o->q[i];
+		if (q->phase == PH_FREE || q->phase == PH_DONE || q->fd < 0)
+			continue;
+		struct io_uring_sqe *sqe = o->h.sqe(o->h.worker);
+		io_uring_prep_cancel_fd(sqe, q->fd, IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data64(sqe, o->h.user_data(KG_OCSP_OP_CANCEL, (uint32_t)i, -1));
+	}
 }
 
 int kg_ocsp_attach(SSL *ssl, struct kg_ocsp_wait *wait)
@@ -240,67 +181,6 @@ void kg_ocsp_abandon(SSL *ssl, struct kg_ocsp_wait *wait)
 
 /* ------------------------------------------------------------ answers */
 
-static time_t asn1_to_time(const ASN1_GENERALIZEDTIME *t)
-{
-	struct tm tm;
-	if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
-		return 0;
-	return timegm(&tm);
-}
-
-int kg_ocsp_response_check(const unsigned char *der, size_t len, OCSP_CERTID *id,
-			   STACK_OF(X509) *certs, X509_STORE *store, unsigned long flags,
-			   enum kg_ocsp_status *status, time_t *this_update, time_t *next_update,
-			   char *why, size_t whylen)
-{
-	int r = -1, st = -1, reason = -1;
-	const unsigned char *p = der;
-	OCSP_RESPONSE *resp = d2i_OCSP_RESPONSE(NULL, &p, (long)len);
-	OCSP_BASICRESP *bs = NULL;
-	ASN1_GENERALIZEDTIME *rev = NULL, *thisupd = NULL, *nextupd = NULL;
-	if (!resp) {
-		snprintf(why, whylen, "not an OCSP response");
-		goto out;
-	}
-	if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
-		snprintf(why, whylen, "responder says %s",
-			 OCSP_response_status_str(OCSP_response_status(resp)));
-		goto out;
-	}
-	bs = OCSP_response_get1_basic(resp);
-	if (!bs) {
-		snprintf(why, whylen, "no basic OCSP response");
-		goto out;
-	}
-	/* Signed by the issuing CA itself, or by a responder it delegated
-	 * (id-kp-OCSPSigning) that chains to the store. */
-	if (OCSP_basic_verify(bs, certs, store, flags) <= 0) {
-		snprintf(why, whylen, "response signature does not verify against the CA");
-		goto out;
-	}
-	if (OCSP_resp_find_status(bs, id, &st, &reason, &rev, &thisupd, &nextupd) != 1) {
-		snprintf(why, whylen, "response does not name the certificate");
-		goto out;
-	}
-	/* A stale answer (nextUpdate past) or one from the future is not
-	 * trusted: whoever replays an old "good" must not get in. */
-	if (OCSP_check_validity(thisupd, nextupd, KG_OCSP_CLOCK_SKEW_S, -1) != 1) {
-		snprintf(why, whylen, "stale response (outside thisUpdate..nextUpdate)");
-		goto out;
-	}
-	*this_update = asn1_to_time(thisupd);
-	*next_update = nextupd ? asn1_to_time(nextupd) : 0;
-	*status = st == V_OCSP_CERTSTATUS_GOOD      ? KG_OCSP_GOOD
-		  : st == V_OCSP_CERTSTATUS_REVOKED ? KG_OCSP_REVOKED
-						    : KG_OCSP_UNKNOWN;
-	r = 0;
-out:
-	OCSP_BASICRESP_free(bs);
-	OCSP_RESPONSE_free(resp);
-	ERR_clear_error();
-	return r;
-}
-
 /* Judges a complete HTTP response: 0 and *status (with *expires), or
  * -1 with why. */
 static int judge(struct kg_ocsp_query *q, enum kg_ocsp_status *status, time_t *expires,
@@ -341,23 +221,22 @@ static int judge(struct kg_ocsp_query *q, enum kg_ocsp_status *status, time_t *e
 static void finish(struct kg_ocsp *o, struct kg_ocsp_query *q, bool failed,
 		   enum kg_ocsp_status status, const char *why)
 {
-	struct kg_worker *w = o->w;
-	uint64_t took = w->now_ms - q->started_ms;
+	uint64_t took = ocsp_now(o) - q->started_ms;
 	if (took < 10)
-		kg_count(w, ocsp_lat_10ms);
+		ocsp_count(o, ocsp_lat_10ms);
 	else if (took < 100)
-		kg_count(w, ocsp_lat_100ms);
+		ocsp_count(o, ocsp_lat_100ms);
 	else if (took < 1000)
-		kg_count(w, ocsp_lat_1s);
+		ocsp_count(o, ocsp_lat_1s);
 	else
-		kg_count(w, ocsp_lat_more);
+		ocsp_count(o, ocsp_lat_more);
 	if (failed)
-		kg_worker_warn(w, "ocsp.query_failed", KV("worker", w->id),
+		ocsp_warn(o, "ocsp.query_failed", KV("worker", o->h.id),
 			       KV("responder", q->target.host), KV("reason", why));
 	else
-		log_debug("ocsp.answer", KV("worker", w->id), KV("responder", q->target.host),
+		log_debug("ocsp.answer", KV("worker", o->h.id), KV("responder", q->target.host),
 			  KV("status", kg_ocsp_status_name(status)),
-			  KV("ms", w->now_ms - q->started_ms));
+			  KV("ms", took));
 	if (q->fd >= 0)
 		close(q->fd);
 	q->fd = -1;
@@ -383,35 +262,35 @@ static void finish(struct kg_ocsp *o, struct kg_ocsp_query *q, bool failed,
 
 static void arm_io(struct kg_ocsp *o, struct kg_ocsp_query *q)
 {
-	struct kg_worker *w = o->w;
 	uint32_t idx = (uint32_t)(q - o->q);
 	struct io_uring_sqe *sqe, *tsqe;
-	int op;
+	enum kg_ocsp_op op;
 
-	kg_worker_sqe_timed(w, &sqe, &tsqe);
+	o->h.sqe_timed(o->h.worker, &sqe, &tsqe);
 	switch (q->phase) {
 	case PH_CONNECT:
 		io_uring_prep_connect(sqe, q->fd, (const struct sockaddr *)&q->target.addr,
 				      q->target.addr_len);
-		op = KG_OP_OCSP_CONNECT;
+		op = KG_OCSP_OP_CONNECT;
 		break;
 	case PH_SEND:
 		io_uring_prep_send(sqe, q->fd, q->req + q->req_off, q->req_len - q->req_off,
 				   MSG_NOSIGNAL);
-		op = KG_OP_OCSP_SEND;
+		op = KG_OCSP_OP_SEND;
 		break;
 	default:
 		io_uring_prep_recv(sqe, q->fd, q->resp + q->resp_len,
 				   KG_OCSP_RESPONSE_MAX - q->resp_len, 0);
-		op = KG_OP_OCSP_RECV;
+		op = KG_OCSP_OP_RECV;
 		break;
 	}
-	io_uring_sqe_set_data64(sqe, kg_ud_pack((enum kg_op)op, idx, q->fd));
+	io_uring_sqe_set_data64(sqe, o->h.user_data(op, idx, q->fd));
 	sqe->flags |= IOSQE_IO_LINK;
-	uint64_t left = q->deadline_ms > w->now_ms ? q->deadline_ms - w->now_ms : 1;
+	uint64_t now = ocsp_now(o);
+	uint64_t left = q->deadline_ms > now ? q->deadline_ms - now : 1;
 	kg_ms_to_ts(left, &q->link_ts);
 	io_uring_prep_link_timeout(tsqe, &q->link_ts, 0);
-	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_OCSP_LINK_TIMEOUT, idx, q->fd));
+	io_uring_sqe_set_data64(tsqe, o->h.user_data(KG_OCSP_OP_LINK_TIMEOUT, idx, q->fd));
 	q->inflight += 2;
 }
 
@@ -455,7 +334,6 @@ static struct kg_ocsp_query *query_start(struct kg_ocsp *o, const unsigned char 
 					 X509_STORE *store, const struct kg_ocsp_target *t,
 					 unsigned timeout_ms, char *why, size_t whylen)
 {
-	struct kg_worker *w = o->w;
 	struct kg_ocsp_query *q = NULL;
 	for (size_t i = 0; i < KG_OCSP_QUERIES_MAX && !q; i++)
 		if (o->q[i].phase == PH_FREE)
@@ -493,9 +371,9 @@ static struct kg_ocsp_query *query_start(struct kg_ocsp *o, const unsigned char 
 		query_clear(q);
 		return NULL;
 	}
-	kg_count(w, ocsp_queries);
-	q->started_ms = w->now_ms;
-	q->deadline_ms = w->now_ms + timeout_ms;
+	ocsp_count(o, ocsp_queries);
+	q->started_ms = ocsp_now(o);
+	q->deadline_ms = q->started_ms + timeout_ms;
 	q->phase = PH_CONNECT;
 	arm_io(o, q);
 	return q;
@@ -505,7 +383,7 @@ static void io_failed(struct kg_ocsp *o, struct kg_ocsp_query *q, const char *wh
 {
 	char why[128];
 	if (res == -ECANCELED) {
-		kg_count(o->w, ocsp_query_timeouts);
+		ocsp_count(o, ocsp_query_timeouts);
 		snprintf(why, sizeof(why), "%s: timeout after %llu ms", what,
 			 (unsigned long long)(q->deadline_ms - q->started_ms));
 	} else if (res == 0) {
@@ -551,15 +429,15 @@ static bool response_complete(const struct kg_ocsp_query *q)
 	return false;
 }
 
-void kg_ocsp_on_cqe(struct kg_ocsp *o, int op, uint32_t idx, int res)
+void kg_ocsp_on_cqe(struct kg_ocsp *o, enum kg_ocsp_op op, uint32_t idx, int res)
 {
 	if (idx >= KG_OCSP_QUERIES_MAX) {
-		log_err("ocsp.bad_completion", KV("worker", o->w->id), KV("query", idx));
+		log_err("ocsp.bad_completion", KV("worker", o->h.id), KV("query", idx));
 		return;
 	}
 	struct kg_ocsp_query *q = &o->q[idx];
 	q->inflight--;
-	if (op == KG_OP_OCSP_LINK_TIMEOUT || q->phase == PH_DONE) {
+	if (op == KG_OCSP_OP_LINK_TIMEOUT || q->phase == PH_DONE) {
 		if (q->phase == PH_DONE && q->inflight == 0) {
 			query_clear(q);
 			q->phase = PH_FREE;
@@ -567,7 +445,7 @@ void kg_ocsp_on_cqe(struct kg_ocsp *o, int op, uint32_t idx, int res)
 		return;
 	}
 	switch (op) {
-	case KG_OP_OCSP_CONNECT:
+	case KG_OCSP_OP_CONNECT:
 		if (res < 0) {
 			io_failed(o, q, "connect", res);
 			return;
@@ -575,7 +453,7 @@ void kg_ocsp_on_cqe(struct kg_ocsp *o, int op, uint32_t idx, int res)
 		q->phase = PH_SEND;
 		arm_io(o, q);
 		return;
-	case KG_OP_OCSP_SEND:
+	case KG_OCSP_OP_SEND:
 		if (res <= 0) {
 			io_failed(o, q, "send", res);
 			return;
@@ -585,7 +463,7 @@ void kg_ocsp_on_cqe(struct kg_ocsp *o, int op, uint32_t idx, int res)
 			q->phase = PH_RECV;
 		arm_io(o, q);
 		return;
-	case KG_OP_OCSP_RECV:
+	case KG_OCSP_OP_RECV:
 		if (res < 0) {
 			io_failed(o, q, "receive", res);
 			return;
@@ -610,7 +488,7 @@ void kg_ocsp_on_cqe(struct kg_ocsp *o, int op, uint32_t idx, int res)
 		on_response(o, q); /* the responder closed: the answer is whole */
 		return;
 	default:
-		log_err("ocsp.unknown_op", KV("worker", o->w->id), KV("op", op));
+		log_err("ocsp.unknown_op", KV("worker", o->h.id), KV("op", (int)op));
 	}
 }
 
@@ -646,7 +524,7 @@ static int responder(const struct kg_ocsp_wait *wait, X509 *cert, struct kg_ocsp
 /* The outcome of wait, as the verify callback's verdict. */
 static int decide(X509_STORE_CTX *xs, struct kg_ocsp_wait *wait, char *why, size_t whylen)
 {
-	struct kg_worker *w = wait->o->w;
+	struct kg_ocsp *o = wait->o;
 	bool hard = wait->mode == KG_OCSP_HARD;
 	if (wait->aborted) {
 		X509_STORE_CTX_set_error(xs, X509_V_ERR_OCSP_VERIFY_FAILED);
@@ -654,9 +532,9 @@ static int decide(X509_STORE_CTX *xs, struct kg_ocsp_wait *wait, char *why, size
 		return 0;
 	}
 	if (wait->failed) {
-		kg_count(w, ocsp_error);
+		ocsp_count(o, ocsp_error);
 		if (!hard) {
-			kg_count(w, ocsp_soft_allowed);
+			ocsp_count(o, ocsp_soft_allowed);
 			wait->soft_allowed = true;
 			return 1;
 		}
@@ -666,17 +544,17 @@ static int decide(X509_STORE_CTX *xs, struct kg_ocsp_wait *wait, char *why, size
 	}
 	switch (wait->status) {
 	case KG_OCSP_GOOD:
-		kg_count(w, ocsp_good);
+		ocsp_count(o, ocsp_good);
 		return 1;
 	case KG_OCSP_REVOKED:
-		kg_count(w, ocsp_revoked);
+		ocsp_count(o, ocsp_revoked);
 		X509_STORE_CTX_set_error(xs, X509_V_ERR_CERT_REVOKED);
 		snprintf(why, whylen, "OCSP: revoked");
 		return 0;
 	default:
-		kg_count(w, ocsp_unknown);
+		ocsp_count(o, ocsp_unknown);
 		if (!hard) {
-			kg_count(w, ocsp_soft_allowed);
+			ocsp_count(o, ocsp_soft_allowed);
 			snprintf(wait->why, sizeof(wait->why), "responder does not know the certificate");
 			wait->soft_allowed = true;
 			return 1;
@@ -715,7 +593,7 @@ int kg_ocsp_check(X509_STORE_CTX *xs, SSL *ssl, X509 *cert, char *why, size_t wh
 		fail_wait(wait, "cannot make the certificate's OCSP id");
 	} else if (kg_ocsp_cache_get(&o->cache, der, (size_t)der_len, time(NULL),
 				     &wait->status)) {
-		kg_count(o->w, ocsp_cache_hits);
+		ocsp_count(o, ocsp_cache_hits);
 		wait->done = true;
 		wait->failed = false;
 	} else if (responder(wait, cert, &t, err, sizeof(err)) < 0) {

@@ -28,10 +28,39 @@
 #include <kgate/listener_keys.h>
 
 #include "ocsp_cache.h"
+#include "ocsp_resp.h"
 
-struct kg_worker;
+struct io_uring_sqe;
+struct kg_counters;
 struct kg_ocsp;
 struct kg_ocsp_query;
+
+/* A query's operations on the ring, as the host routes them back. */
+enum kg_ocsp_op {
+	KG_OCSP_OP_CONNECT,
+	KG_OCSP_OP_SEND,
+	KG_OCSP_OP_RECV,
+	KG_OCSP_OP_LINK_TIMEOUT,
+	KG_OCSP_OP_CANCEL, /* never comes back: the host ignores cancels */
+};
+
+/* What the worker lends its OCSP client (filled by worker.c, which owns
+ * all of it; this module names no worker type, so the worker, the
+ * connection and tls.c may call it): SQEs on its ring (never NULL, as
+ * kg_worker_sqe promises; sqe_timed: an operation and its linked
+ * timeout), its clock and counters, its rate limit of per-connection
+ * warnings, and the user_data that routes a completion of op on query
+ * slot back to kg_ocsp_on_cqe. */
+struct kg_ocsp_host {
+	void *worker;
+	unsigned id;
+	const uint64_t *now_ms;
+	struct kg_counters *stats;
+	struct io_uring_sqe *(*sqe)(void *worker);
+	void (*sqe_timed)(void *worker, struct io_uring_sqe **op, struct io_uring_sqe **timeout);
+	bool (*warn_allowed)(void *worker);
+	uint64_t (*user_data)(enum kg_ocsp_op op, uint32_t slot, int fd);
+};
 
 /* Answers one worker caches, and queries it runs at once (more
  * certificates waiting at the same moment are checked as errors). */
@@ -39,25 +68,6 @@ struct kg_ocsp_query;
 #define KG_OCSP_QUERIES_MAX 64
 /* Largest response read; a real one is one or two KiB. */
 #define KG_OCSP_RESPONSE_MAX (64 * 1024)
-/* How long an answer without nextUpdate is trusted (RFC 6960 leaves it
- * to the client), and how far the responder's clock may be off. */
-#define KG_OCSP_DEFAULT_MAX_AGE_S 3600
-#define KG_OCSP_CLOCK_SKEW_S 300
-#define KG_OCSP_URL_MAX 255
-
-/* Where a responder URL points: http only (the answer is signed, RFC 6960
- * A.1), with an IP address or "localhost", because a worker must never
- * block in a DNS lookup. */
-struct kg_ocsp_target {
-	struct sockaddr_storage addr;
-	socklen_t addr_len;
-	char host[KG_OCSP_URL_MAX + 1]; /* for the Host header, as written */
-	char path[KG_OCSP_URL_MAX + 1]; /* "/" when the URL has none */
-};
-
-/* Parses "http://ADDRESS[:PORT][/PATH]" (ADDRESS an IPv4 address, [IPv6]
- * or localhost). 0, or -EINVAL with the reason in err. Pure. */
-int kg_ocsp_url_parse(const char *url, struct kg_ocsp_target *t, char *err, size_t errlen);
 
 /* A connection's part in OCSP, embedded in it; set up at accept for a
  * listener with ocsp on and attached to its SSL (kg_ocsp_attach). */
@@ -83,13 +93,18 @@ struct kg_ocsp_wait {
 	char why[128];
 };
 
-struct kg_ocsp *kg_ocsp_create(struct kg_worker *w);
+/* NULL when out of memory. h is copied. */
+struct kg_ocsp *kg_ocsp_create(const struct kg_ocsp_host *h);
 /* Tolerates NULL; nothing may be in flight (kg_ocsp_idle). */
 void kg_ocsp_destroy(struct kg_ocsp *o);
 /* No query has an operation on the ring. */
 bool kg_ocsp_idle(const struct kg_ocsp *o);
-/* A completion of one of the KG_OP_OCSP_* operations. */
-void kg_ocsp_on_cqe(struct kg_ocsp *o, int op, uint32_t idx, int res);
+/* The drain is over: queries still running are cancelled (their
+ * handshakes are being closed), so the worker need not wait out their
+ * timeouts before it exits. */
+void kg_ocsp_cancel_all(struct kg_ocsp *o);
+/* A completion of one of the query operations (idx: the slot). */
+void kg_ocsp_on_cqe(struct kg_ocsp *o, enum kg_ocsp_op op, uint32_t idx, int res);
 
 /* Makes ssl's handshake check its client certificate with OCSP through
  * wait (which must outlive ssl's handshake): ssl runs in async mode. 0 or
@@ -109,19 +124,5 @@ void kg_ocsp_abandon(SSL *ssl, struct kg_ocsp_wait *wait);
  * X509_V_ERR_OCSP_VERIFY_FAILED) and a reason in why. Returns 1 at once
  * when ssl has no wait attached (ocsp off). May pause the async job. */
 int kg_ocsp_check(X509_STORE_CTX *xs, SSL *ssl, X509 *cert, char *why, size_t whylen);
-
-/* Checks an OCSP response (DER) about id: successful, signed by the
- * issuer or its delegated responder (OCSP_basic_verify with certs, store
- * and flags), within thisUpdate..nextUpdate with KG_OCSP_CLOCK_SKEW_S.
- * 0 with the status and the window (next_update 0: none), or -1 with
- * why. */
-int kg_ocsp_response_check(const unsigned char *der, size_t len, OCSP_CERTID *id,
-			   STACK_OF(X509) *certs, X509_STORE *store, unsigned long flags,
-			   enum kg_ocsp_status *status, time_t *this_update, time_t *next_update,
-			   char *why, size_t whylen);
-
-/* The names of the outcomes counted and logged ("good", "revoked",
- * "unknown"). */
-const char *kg_ocsp_status_name(enum kg_ocsp_status s);
 
 #endif

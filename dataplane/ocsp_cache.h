@@ -13,12 +13,7 @@
 #include <stdint.h>
 #include <time.h>
 
-/* What a responder said about one certificate. */
-enum kg_ocsp_status {
-	KG_OCSP_GOOD,
-	KG_OCSP_REVOKED,
-	KG_OCSP_UNKNOWN,
-};
+#include "ocsp_resp.h"
 
 /* Longest CertID DER kept: SHA-1 (or SHA-256) hashes and a serial of up
  * to 20 octets fit in well under this. */

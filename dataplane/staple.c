@@ -19,7 +19,7 @@
 
 #include "certs.h"
 #include "etcd.h"
-#include "ocsp.h"
+#include "ocsp_resp.h"
 
 /* One server certificate and its responder, shared by every SSL_CTX that
  * staples it. Fields below lock are guarded by reg.lock. */

@@ -470,6 +470,8 @@ static void on_tick(struct kg_worker *w)
 	bool cuts = cuts_changed(w);
 	if (w->draining || cuts)
 		scan(w, drain_expired, cuts);
+	if (drain_expired)
+		kg_ocsp_cancel_all(w->ocsp);
 	if (service)
 		service->on_tick(w->service, w->now_ms);
 	kg_backend_pool_expire(w->pool, w->now_ms);
@@ -515,7 +517,7 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_OCSP_SEND:
 	case KG_OP_OCSP_RECV:
 	case KG_OP_OCSP_LINK_TIMEOUT:
-		kg_ocsp_on_cqe(w->ocsp, op, idx, cqe->res);
+		kg_ocsp_on_cqe(w->ocsp, (enum kg_ocsp_op)(op - KG_OP_OCSP_CONNECT), idx, cqe->res);
 		return;
 	default:
 		break;
@@ -738,6 +740,31 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+/* The OCSP client's view of its worker (ocsp.h kg_ocsp_host). */
+static struct io_uring_sqe *ocsp_sqe(void *worker)
+{
+	return kg_worker_sqe(worker);
+}
+
+static void ocsp_sqe_timed(void *worker, struct io_uring_sqe **op, struct io_uring_sqe **timeout)
+{
+	kg_worker_sqe_timed(worker, op, timeout);
+}
+
+static bool ocsp_warn_allowed(void *worker)
+{
+	return kg_worker_warn_allowed(worker);
+}
+
+/* The query ops sit in enum kg_op in kg_ocsp_op's order; a cancel's own
+ * completion is ignored like every KG_OP_CANCEL. */
+static uint64_t ocsp_user_data(enum kg_ocsp_op op, uint32_t slot, int fd)
+{
+	if (op == KG_OCSP_OP_CANCEL)
+		return kg_ud_pack(KG_OP_CANCEL, slot, fd);
+	return kg_ud_pack((enum kg_op)(KG_OP_OCSP_CONNECT + (int)op), slot, fd);
+}
+
 struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 {
 	struct kg_worker *w = calloc(1, sizeof(*w));
@@ -753,7 +780,10 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->free_slots = calloc(w->capacity, sizeof(*w->free_slots));
 	w->service = service ? service->create(w) : NULL;
 	w->pool = kg_backend_pool_create();
-	w->ocsp = kg_ocsp_create(w);
+	struct kg_ocsp_host oh = {.worker = w, .id = id, .now_ms = &w->now_ms,
+				  .stats = &w->stats, .sqe = ocsp_sqe, .sqe_timed = ocsp_sqe_timed,
+				  .warn_allowed = ocsp_warn_allowed, .user_data = ocsp_user_data};
+	w->ocsp = kg_ocsp_create(&oh);
 	if (w->wake_fd == -1 || !w->conns || !w->free_slots || (service && !w->service) ||
 	    !w->pool || !w->ocsp ||
 	    pthread_mutex_init(&w->cmd_lock, NULL) != 0)

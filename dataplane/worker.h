@@ -49,7 +49,8 @@ enum kg_op {
 	KG_OP_HTTP_CONNECT,
 	KG_OP_HTTP_BACKEND_RECV,
 	KG_OP_HTTP_BACKEND_SEND,
-	/* ocsp.c: a responder query; idx = the query's slot */
+	/* ocsp.c: a responder query; idx = the query's slot; in the order
+	 * of enum kg_ocsp_op (ocsp.h) */
 	KG_OP_OCSP_CONNECT,
 	KG_OP_OCSP_SEND,
 	KG_OP_OCSP_RECV,

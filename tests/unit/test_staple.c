@@ -3,7 +3,7 @@
  * nextUpdate and a minute from now, soon after a failure. */
 #include <criterion/criterion.h>
 
-#include "ocsp.h"
+#include "ocsp_resp.h"
 #include "staple.h"
 
 struct refresh_case {

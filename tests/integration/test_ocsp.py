@@ -457,3 +457,23 @@ def test_stapling_needs_an_aia(server_pki, gated, http_backends):
     ctl = [KGATECTL, "--socket", os.path.join(d.state, "control.sock")]
     r = run([*ctl, "listener", "update", "web", "--ocsp-stapling", "true"], check=False)
     assert r.returncode != 0 and "names no http OCSP responder" in r.stderr, r.stderr
+
+
+def test_handshake_timeout_while_waiting(server_pki, gated, http_backends, responder):
+    """The handshake deadline passes while the answer is pending: the
+    connection is closed, its paused handshake is wound up (no leak: the
+    sanitizer build checks at exit), and the late answer harms nothing."""
+    slow = CannedResponder(proxy_to(responder), delay=2.0)
+    try:
+        be = http_backends("a")
+        d = gated(config(server_pki, [be], "hard", slow.url, handshake_timeout_ms=300,
+                         ocsp_timeout_ms=10000))
+        assert not served(get(server_pki, d.port, "slow"))
+        assert d.wait_event("tls.handshake_timeout", 1, timeout=TIMEOUT)
+        assert wait_until(lambda: slow.requests == 1, TIMEOUT)
+        time.sleep(2.5)  # the answer arrives for nobody
+        # The answer was cached all the same: the next handshake is quick.
+        assert served(get(server_pki, d.port, "slow"))
+        assert '"ocsp_cache_hits": 1' in stats(d)
+    finally:
+        slow.close()

@@ -65,12 +65,11 @@ static void idx_init(void)
 /* Counted in the worker's own counters (counters.h). */
 #define ocsp_count(o, field) kg_count_add(&(o)->h.stats->field, 1)
 #define ocsp_now(o) (*(o)->h.now_ms)
-/* kg_worker_warn's rate limit, through the host. */
-#define ocsp_warn(o, ...)                                                       \
-	do {                                                                   \
-		if (KG_LOG_WARN <= kg_log_level && (o)->h.warn_allowed((o)->h.worker)) \
-			kg_log_always(KG_LOG_WARN, __VA_ARGS__);               \
-	} while (0)
+/* kg_worker_warn's level test and rate limit, through the host. */
+static bool ocsp_warn_allowed(const struct kg_ocsp *o)
+{
+	return KG_LOG_WARN <= kg_log_level && o->h.warn_allowed(o->h.worker);
+}
 
 struct kg_ocsp *kg_ocsp_create(const struct kg_ocsp_host *h)
 {
@@ -230,10 +229,10 @@ static void finish(struct kg_ocsp *o, struct kg_ocsp_query *q, bool failed,
 		ocsp_count(o, ocsp_lat_1s);
 	else
 		ocsp_count(o, ocsp_lat_more);
-	if (failed)
-		ocsp_warn(o, "ocsp.query_failed", KV("worker", o->h.id),
-			       KV("responder", q->target.host), KV("reason", why));
-	else
+	if (failed && ocsp_warn_allowed(o))
+		kg_log_always(KG_LOG_WARN, "ocsp.query_failed", KV("worker", o->h.id),
+			      KV("responder", q->target.host), KV("reason", why));
+	else if (!failed)
 		log_debug("ocsp.answer", KV("worker", o->h.id), KV("responder", q->target.host),
 			  KV("status", kg_ocsp_status_name(status)),
 			  KV("ms", took));

@@ -477,3 +477,43 @@ def test_handshake_timeout_while_waiting(server_pki, gated, http_backends, respo
         assert '"ocsp_cache_hits": 1' in stats(d)
     finally:
         slow.close()
+
+
+def test_fifty_waiting_handshakes_share_one_query(server_pki, gated, http_backends, responder):
+    """50 clients with one certificate arrive while its answer is pending
+    (the responder takes 1 s): one query, all 50 served, on 2 workers."""
+    import ssl
+    slow = CannedResponder(proxy_to(responder), delay=1.0)
+    try:
+        be = http_backends("a")
+        d = gated(config(server_pki, [be], "hard", slow.url, workers=2))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.load_cert_chain(server_pki.cert("shared"), server_pki.key("shared"))
+        results = []
+
+        def client():
+            try:
+                with socket.create_connection(("127.0.0.1", d.port), timeout=TIMEOUT) as raw:
+                    with ctx.wrap_socket(raw) as s:
+                        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                        data = b""
+                        while True:
+                            chunk = s.recv(4096)
+                            if not chunk:
+                                break
+                            data += chunk
+                results.append(b"backend=a" in data)
+            except (OSError, ssl.SSLError) as e:
+                results.append(repr(e))
+        threads = [threading.Thread(target=client) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        assert results.count(True) == 50, results
+        # One query per worker at most (each worker has its own cache).
+        assert 1 <= slow.requests <= 2, slow.requests
+    finally:
+        slow.close()

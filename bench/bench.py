@@ -207,12 +207,20 @@ class Kgated(Proxy):
     name = "kgated"
     label = "kgated (userspace TLS)"
 
-    def __init__(self, env, workers, binary=None, name=None, tickets=None):
+    def __init__(self, env, workers, binary=None, name=None, tickets=None, ocsp=False):
         """tickets: the listeners' tls_session_tickets ("stateless" or
-        "stateful"; None: kgated's default); named kgated-<tickets>."""
+        "stateful"; None: kgated's default); named kgated-<tickets>.
+        ocsp: the tls listeners check client certificates with OCSP (hard,
+        env's responder; after the first query answers come from the
+        worker's cache, so this measures what the check costs a handshake);
+        named kgated-ocsp."""
         super().__init__(env, workers)
         self.binary = binary or env.kgated
         self.tickets = tickets
+        self.ocsp = ocsp
+        if ocsp:
+            self.name = "kgated-ocsp"
+            self.label = "kgated (userspace TLS, OCSP hard, cached)"
         if name:
             self.name = name
             self.label = f"kgated ({binary})"
@@ -234,6 +242,9 @@ class Kgated(Proxy):
                        backends=backends)
             if self.tickets:
                 lst["tls_session_tickets"] = self.tickets
+            if self.ocsp:
+                lst["ocsp"] = "hard"
+                lst["ocsp_url"] = e.ocsp_url()
             return lst
 
         listeners = [tls("small", self.ports["small"], small),
@@ -554,6 +565,20 @@ class Env:
                 with open(f) as src:
                     out.write(src.read())
 
+    def ocsp_url(self):
+        """`openssl ocsp` over the bench CA's index, started on first use
+        (kgated-ocsp only)."""
+        if not getattr(self, "ocsp_port", None):
+            self.ocsp_port = free_port()
+            logf = f"{self.work}/ocsp-responder.log"
+            w = self.work
+            p = self.procs.start(["openssl", "ocsp", "-index", f"{w}/ca/index.txt", "-port",
+                                  str(self.ocsp_port), "-rsigner", f"{w}/ca/ca.pem", "-rkey",
+                                  f"{w}/ca/private/ca.key", "-CA", f"{w}/ca/ca.pem",
+                                  "-nmin", "60"], logf)
+            wait_for(logf, r"waiting for OCSP client connections", 5, p)
+        return f"http://127.0.0.1:{self.ocsp_port}/"
+
     def start_backends(self):
         self.small_ports, self.big_ports = [], []
         for name, body, ports in (("b1", 64, self.small_ports), ("b2", 64, self.small_ports),
@@ -741,7 +766,8 @@ def run(args):
         env.start_backends()
         for w in args.workers:
             proxies = [Kgated(env, w), Kgated(env, w, tickets="stateless"),
-                       Kgated(env, w, tickets="stateful"), Haproxy(env, w, "tcp"),
+                       Kgated(env, w, tickets="stateful"), Kgated(env, w, ocsp=True),
+                       Haproxy(env, w, "tcp"),
                        Haproxy(env, w, "http"), Nginx(env, w)]
             proxies = [p for p in proxies if p.name in args.proxies]
             if args.compare_kgated:
@@ -1047,7 +1073,8 @@ def main():
     p.add_argument("--workloads", default="keepalive handshake bulk1m tcp idle")
     p.add_argument("--proxies", default="kgated haproxy-tcp haproxy-http nginx",
                    help="also kgated-stateless, kgated-stateful: kgated with that "
-                   "tls_session_tickets on its tls listeners")
+                   "tls_session_tickets on its tls listeners; kgated-ocsp: OCSP hard on "
+                   "them (openssl ocsp as the responder, answers cached)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
     p.add_argument("--label", default="")
     p.add_argument("--compare-kgated", default=None, metavar="PATH",

@@ -175,6 +175,13 @@ static int put_settable(const char *verb, const struct kg_flags *f, json_object 
 			if (kg_flag_uint("listener", verb, name, v, 0xffffffffUL, &n) < 0)
 				return -1;
 			j = json_object_new_int64((int64_t)n);
+		} else if (k->type == KG_KEY_BOOL) {
+			if (strcmp(v, "true") != 0 && strcmp(v, "false") != 0) {
+				kg_ctl_fail(KG_EXIT_USAGE, "listener %s: %s: expected true or false",
+					    verb, name);
+				return -1;
+			}
+			j = json_object_new_boolean(strcmp(v, "true") == 0);
 		} else {
 			j = json_object_new_string(v);
 		}

@@ -623,6 +623,22 @@ char *kg_san_build(const char *san, struct kg_err *err)
 	return out;
 }
 
+/* The Authority Information Access extension naming an OCSP responder
+ * (RFC 5280 4.2.2.1), where kgated and other relying parties ask. Only
+ * http: OCSP answers are signed, and RFC 6960 A.1 is HTTP. */
+static int add_ocsp_url(X509 *cert, X509 *ca, const char *url, struct kg_err *err)
+{
+	char *value = NULL;
+	if (strncmp(url, "http://", 7) != 0 || !url[7] || strpbrk(url, ", \t\r\n"))
+		return kg_errf(err, EINVAL, "--ocsp-url %s: expected an http:// URL without "
+					    "spaces or commas", url);
+	if (asprintf(&value, "OCSP;URI:%s", url) == -1)
+		return kg_errf(err, ENOMEM, "--ocsp-url: out of memory");
+	int ret = add_ext(cert, ca, NID_info_access, value, err);
+	free(value);
+	return ret;
+}
+
 /* The SAN for a server certificate given no --san: its CN. */
 static char *san_default(const X509_NAME *name, struct kg_err *err)
 {
@@ -672,6 +688,8 @@ static int leaf_extensions(X509 *cert, X509 *ca, const struct kg_issue_opts *o,
 		ret = add_ext(cert, ca, NID_subject_key_identifier, "hash", err);
 	if (!ret)
 		ret = add_ext(cert, ca, NID_authority_key_identifier, "keyid:always", err);
+	if (!ret && o->ocsp_url)
+		ret = add_ocsp_url(cert, ca, o->ocsp_url, err);
 	if (ret)
 		return ret;
 	if (o->san)

@@ -61,6 +61,7 @@ struct kg_issue_opts {
 	enum kg_cert_type type; /* KG_CERT_CLIENT, KG_CERT_SERVER or KG_CERT_PEER */
 	const char *subject;
 	const char *san;      /* "DNS:a,IP:1.2.3.4,email:..,URI:.." or NULL */
+	const char *ocsp_url; /* an http:// OCSP responder for the AIA extension, or NULL */
 	int days;
 	struct kg_key_spec key;
 	const EVP_MD *md;

@@ -65,6 +65,7 @@ static int openssl_read(struct kg_conn *c, unsigned char *buf, size_t len)
 	case KG_TLS_CLOSED:
 		return KG_CIO_EOF;
 	case KG_TLS_OK:
+	case KG_TLS_WANT_ASYNC: /* async mode ends with the handshake (ocsp.h) */
 	case KG_TLS_ERROR:
 		break;
 	}

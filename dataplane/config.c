@@ -23,6 +23,7 @@
 
 #include "access.h"
 #include "sni.h"
+#include "ocsp_resp.h"
 
 #define KG_CONFIG_MAX_BYTES (16u << 20) /* a config is kilobytes; refuse absurd input */
 #define KG_PATH_MAX 256                 /* JSON paths in messages */
@@ -994,6 +995,30 @@ static int parse_access(struct parser *p, const char *lpath, struct json_object 
 	return 0;
 }
 
+/* "ocsp_url" (checked as a worker will use it: http, an IP address) and
+ * what "ocsp" needs: client certificates to check. */
+static int parse_ocsp(struct parser *p, const char *lpath, struct json_object *lobj,
+		      struct kg_listener_conf *l)
+{
+	char kp[KG_PATH_MAX], why[192];
+	const char *url = NULL;
+	struct kg_ocsp_target t;
+	int r = get_listener_string(p, lpath, lobj, KG_LK_ocsp_url, &url);
+	if (r < 0)
+		return -EINVAL;
+	member_path(kp, lpath, "ocsp_url");
+	if (r > 0 && kg_ocsp_url_parse(url, &t, why, sizeof(why)) < 0)
+		return fail(p, kp, "%s", why);
+	if (r > 0 && !(l->ocsp_url = strdup(url)))
+		return fail(p, kp, "out of memory");
+	if (l->ocsp != KG_OCSP_OFF && l->mutual_auth == KG_MTLS_OFF) {
+		member_path(kp, lpath, "ocsp");
+		return fail(p, kp, "needs mutual_auth \"optional\" or \"required\" (OCSP checks "
+				   "client certificates)");
+	}
+	return 0;
+}
+
 /* "certificate": a server entry, required for protocol (a listener's) or
  * for an sni entry (protocol NULL). */
 static int parse_server_cert(struct parser *p, const struct kg_config *cfg, const char *path,
@@ -1261,6 +1286,8 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 				   "names the client in X-Forwarded-For and client-certificate "
 				   "headers (\"http\".\"headers\")");
 	}
+	if (l->protocol != KG_PROTO_TCP && parse_ocsp(p, lpath, lobj, l) < 0)
+		return -EINVAL;
 	if (parse_backends(p, lpath, lobj, l) < 0 || parse_http(p, lpath, lobj, &l->http) < 0)
 		return -EINVAL;
 	if (l->protocol != KG_PROTO_TCP &&
@@ -1494,6 +1521,7 @@ void kg_config_free(struct kg_config *cfg)
 		free(cfg->listeners[i].backends);
 		kg_access_free(cfg->listeners[i].access_rules);
 		sni_free(&cfg->listeners[i]);
+		free(cfg->listeners[i].ocsp_url);
 	}
 	free(cfg->listeners);
 	free(cfg->log_level);

@@ -204,6 +204,10 @@ struct kg_listener_conf {
 	struct kg_access *access_rules; /* access.h; NULL: none (access_default decides) */
 	enum kg_access_action access_default;           /* default allow */
 	enum kg_access_response access_denied_response; /* https only; default alert */
+	enum kg_ocsp_mode ocsp;        /* client certificates' OCSP check; default off */
+	char *ocsp_url;                /* responder instead of the AIA's (ocsp.h); NULL: none */
+	unsigned ocsp_timeout_ms;
+	bool ocsp_stapling;            /* staple the server certificate's OCSP response (staple.h) */
 	bool enabled;                  /* false = stopped (kgatectl listener stop) */
 	struct kg_http_conf http;      /* protocol https only */
 	struct kg_sni_conf *sni;       /* "sni" entries (tls, https); NULL: none */

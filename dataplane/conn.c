@@ -4,6 +4,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -209,6 +210,8 @@ void kg_conn_touch(struct kg_conn *c)
 	c->deadline_ms = c->worker->now_ms + c->listener->conf->idle_timeout_ms;
 }
 
+static void ocsp_resume(struct kg_ocsp_wait *wait);
+
 void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 {
 	struct kg_listener_slot *slot = &w->rt->slots[listener_idx];
@@ -280,6 +283,19 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 	/* From here the SSL owns both BIOs and frees them with itself. */
 	SSL_set_bio(c->ssl, c->net_in, c->net_out);
 	SSL_set_accept_state(c->ssl);
+	if (lc->ocsp != KG_OCSP_OFF && lc->mutual_auth != KG_MTLS_OFF) {
+		c->ocsp.o = w->ocsp;
+		c->ocsp.mode = lc->ocsp;
+		c->ocsp.timeout_ms = lc->ocsp_timeout_ms;
+		c->ocsp.url = lc->ocsp_url; /* the snapshot c holds keeps lc */
+		c->ocsp.resume = ocsp_resume;
+		c->ocsp_on = true;
+		if (kg_ocsp_attach(c->ssl, &c->ocsp) < 0) {
+			SSL_free(c->ssl);
+			c->ssl = NULL;
+			goto free_buf;
+		}
+	}
 	if (kg_path_hands_off(l->plan)) {
 		c->ktls = malloc(sizeof(*c->ktls));
 		if (!c->ktls || kg_ktls_track_attach(c->ssl, c->ktls) < 0) {
@@ -352,7 +368,21 @@ static void handshake_failed(struct kg_conn *c, const char *reason)
 	kg_conn_flush_client(c);
 }
 
-enum hs_result { HS_MORE, HS_DONE, HS_FAILED };
+/* HS_WAIT: the handshake is suspended until its OCSP answer is in. */
+enum hs_result { HS_MORE, HS_DONE, HS_FAILED, HS_WAIT };
+
+/* ocsp soft let a certificate in without a good answer: said once, after
+ * the handshake (the check itself runs on the async job's small stack). */
+static void log_ocsp_soft(struct kg_conn *c)
+{
+	char peer[64], subject[256] = "(none)";
+	X509 *cert = SSL_get0_peer_certificate(c->ssl);
+	conn_peer(c, peer, sizeof(peer));
+	if (cert)
+		kg_cert_subject(cert, subject, sizeof(subject));
+	kg_worker_warn(c->worker, "ocsp.soft_allowed", KV("listener", c->listener->conf->name),
+		       KV("client", peer), KV("subject", subject), KV("reason", c->ocsp.why));
+}
 
 /* The access rules once the handshake is done. In the handshake mode the
  * verify callback already refused a denied certificate, and a resumed
@@ -392,8 +422,14 @@ static enum hs_result handshake_step(struct kg_conn *c)
 	char reason[256];
 	int ret = SSL_do_handshake(c->ssl);
 
+	c->ocsp_paused = false;
 	if (ret == 1) {
 		struct kg_worker *w = c->worker;
+		if (c->ocsp_on) {
+			kg_ocsp_handshake_done(c->ssl);
+			if (c->ocsp.soft_allowed)
+				log_ocsp_soft(c);
+		}
 		kg_count(w, handshakes);
 		atomic_fetch_add_explicit(&c->listener->slot->counters.handshakes, 1,
 					  memory_order_relaxed);
@@ -420,6 +456,9 @@ static enum hs_result handshake_step(struct kg_conn *c)
 	case KG_TLS_WANT_READ:
 	case KG_TLS_WANT_WRITE:
 		return HS_MORE;
+	case KG_TLS_WANT_ASYNC:
+		c->ocsp_paused = true;
+		return HS_WAIT;
 	case KG_TLS_CLOSED:
 		handshake_failed(c, "client sent close_notify during handshake");
 		return HS_FAILED;
@@ -468,17 +507,22 @@ static enum hs_result handshake_records(struct kg_conn *c)
 		c->c_in.off += (uint32_t)rec;
 		r = handshake_step(c);
 	}
-	if (r == HS_MORE)
+	if (r == HS_MORE || r == HS_WAIT)
 		kg_conn_compact_c_in(c);
 	return r;
 }
 
-static void handshake_input(struct kg_conn *c)
+/* After a handshake step: forwarding once done, else more input. While
+ * the handshake waits for OCSP nothing more is read: the client waits
+ * for the server's answer (TLS 1.2) or its data stays in the socket
+ * (TLS 1.3) until the handshake has decided. */
+static void handshake_after(struct kg_conn *c, enum hs_result r)
 {
-	enum hs_result r = c->ktls ? handshake_records(c) : handshake_step(c);
 	if (r == HS_FAILED)
 		return;
 	kg_conn_flush_client(c);
+	if (r == HS_WAIT || c->state == KG_CONN_CLOSING)
+		return;
 	if (c->state == KG_CONN_CLOSING)
 		return;
 	if (r == HS_DONE && kg_path_is_http(c->listener->plan)) {
@@ -492,6 +536,24 @@ static void handshake_input(struct kg_conn *c)
 	} else {
 		kg_conn_arm_client_recv(c);
 	}
+}
+
+static void handshake_input(struct kg_conn *c)
+{
+	handshake_after(c, c->ktls ? handshake_records(c) : handshake_step(c));
+}
+
+/* The OCSP answer c's handshake waited for is in (ocsp.h): the handshake
+ * goes on from where it paused, then with the records that are left. */
+static void ocsp_resume(struct kg_ocsp_wait *wait)
+{
+	struct kg_conn *c = (struct kg_conn *)((char *)wait - offsetof(struct kg_conn, ocsp));
+	if (c->state != KG_CONN_HANDSHAKE)
+		return; /* closing: kg_ocsp_abandon ends the paused job */
+	enum hs_result r = handshake_step(c);
+	if (r == HS_MORE && c->ktls)
+		r = handshake_records(c);
+	handshake_after(c, r);
 }
 
 void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *data)
@@ -856,6 +918,8 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	kg_wheel_cancel(&w->timers, &c->timer);
 	if (c->fwd && c->fwd->release)
 		c->fwd->release(c);
+	if (c->ocsp_on)
+		kg_ocsp_abandon(c->ssl, &c->ocsp);
 	SSL_free(c->ssl);
 	free(c->ktls);
 	close(c->cfd);

@@ -19,6 +19,7 @@
 #include <kgate/limits.h>
 
 #include "backend.h"
+#include "ocsp.h"
 #include "paths.h"
 #include "timer_wheel.h"
 
@@ -55,6 +56,10 @@ struct kg_conn {
 	 * client's certificate (it lives in the snapshot's document), NULL
 	 * when allowed; every request is answered 403. */
 	const char *access_denied_rule;
+	/* Listeners with ocsp on: the handshake's wait for its client
+	 * certificate's OCSP answer (ocsp.h); ocsp_paused while it waits. */
+	struct kg_ocsp_wait ocsp;
+	bool ocsp_on, ocsp_paused;
 	SSL *ssl;
 	BIO *net_in;  /* ciphertext from the client, read by OpenSSL (owned by ssl) */
 	BIO *net_out; /* kg_client_bio_new: OpenSSL's records into c_out (owned by ssl) */

@@ -32,6 +32,7 @@
 #include "health.h"
 #include "listener.h"
 #include "metrics.h"
+#include "staple.h"
 #include "worker.h"
 
 #define ERRLEN 1024
@@ -470,6 +471,31 @@ static void add_time(json_object *o, const char *key, const ASN1_TIME *t)
 	json_object_object_add(o, key, json_object_new_string(buf));
 }
 
+/* An RFC 3339 UTC time; null for 0 (unknown) or an earlier time. */
+static void add_unix_time(json_object *o, const char *key, time_t t)
+{
+	char buf[32];
+	kg_format_rfc3339(t, buf, sizeof(buf));
+	json_object_object_add(o, key, t > 0 ? json_object_new_string(buf) : NULL);
+}
+
+/* The running SSL_CTX's OCSP staple (staple.h); null without stapling. */
+static json_object *staple_json(SSL_CTX *ctx)
+{
+	struct kg_staple_info si;
+	kg_staple_info(ctx, &si);
+	if (!si.on)
+		return NULL;
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "responder", json_object_new_string(si.url));
+	json_object_object_add(o, "stapled", json_object_new_boolean(si.have));
+	json_object_object_add(o, "status", si.status ? json_object_new_string(si.status) : NULL);
+	add_unix_time(o, "next_update", si.next_update);
+	add_unix_time(o, "refresh_at", si.refresh_at);
+	json_object_object_add(o, "error", si.error[0] ? json_object_new_string(si.error) : NULL);
+	return o;
+}
+
 static void add_name(json_object *o, const char *key, const X509_NAME *n)
 {
 	char buf[512] = "";
@@ -536,12 +562,6 @@ static void describe_file(json_object *o, const char *path)
 	X509_free(x);
 }
 
-static void add_unix_time(json_object *o, const char *key, time_t t)
-{
-	char buf[32];
-	kg_format_rfc3339(t, buf, sizeof(buf));
-	json_object_object_add(o, key, t ? json_object_new_string(buf) : NULL);
-}
 
 /* The CRL in force (crl.h), or the file's before anything loaded it, and
  * what the reloads did. The same keys either way (null when unknown): a
@@ -958,10 +978,13 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 	}
 	json_object_object_add(o, "access_rules", rule_names(l->access_rules));
 	json_object_object_add(o, "sni", sni_json(l));
+	json_object_object_add(o, "ocsp_url",
+			       l->ocsp_url ? json_object_new_string(l->ocsp_url) : NULL);
 	/* Member state comes from the running snapshot's health group, so it
 	 * shows what new connections will see; "active" counts the
 	 * connections made since that snapshot was published. */
 	struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
+	json_object_object_add(o, "ocsp_staple", staple_json(snap ? snap->ssl_ctx : NULL));
 	json_object *members = json_object_new_array();
 	struct kg_health_member_info info[KG_MAX_BACKENDS];
 	size_t n_info = snap ? kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS,

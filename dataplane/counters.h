@@ -94,6 +94,37 @@ enum kg_counter_group {
 	  "handshake_failed", "Failed TLS handshakes.")                                            \
 	X(handshake_timeout, KG_CG_HANDSHAKES, "timeout", "handshake_timeouts_total", "",          \
 	  "handshake_timeout", "Handshakes that timed out.")                                       \
+	X(ocsp_good, KG_CG_HANDSHAKES, "ocsp_good", "ocsp_checks_total", "result=\"good\"",         \
+	  "ocsp_good",                                                                             \
+	  "Client certificates checked with OCSP (listener ocsp soft or hard), by outcome: good, " \
+	  "revoked, unknown (the responder does not know it), error (no usable answer).")         \
+	X(ocsp_revoked, KG_CG_HANDSHAKES, "ocsp_revoked", "ocsp_checks_total",                     \
+	  "result=\"revoked\"", "ocsp_revoked", "")                                                \
+	X(ocsp_unknown, KG_CG_HANDSHAKES, "ocsp_unknown", "ocsp_checks_total",                     \
+	  "result=\"unknown\"", "ocsp_unknown", "")                                                \
+	X(ocsp_error, KG_CG_HANDSHAKES, "ocsp_error", "ocsp_checks_total", "result=\"error\"",      \
+	  "ocsp_error", "")                                                                        \
+	X(ocsp_soft_allowed, KG_CG_HANDSHAKES, "ocsp_soft_allowed", "ocsp_soft_allowed_total", "", \
+	  "ocsp_soft_allowed",                                                                     \
+	  "Client certificates let in by ocsp soft without a good answer (error or unknown).")     \
+	X(ocsp_cache_hits, KG_CG_HANDSHAKES, "ocsp_cache_hits", "ocsp_cache_hits_total", "",       \
+	  "ocsp_cache_hits", "OCSP checks answered from the worker's cache.")                     \
+	X(ocsp_queries, KG_CG_HANDSHAKES, "ocsp_queries", "ocsp_queries_total", "",                \
+	  "ocsp_queries", "Queries sent to OCSP responders (one per certificate, shared by the "   \
+	  "handshakes waiting for it).")                                                           \
+	X(ocsp_query_timeouts, KG_CG_HANDSHAKES, "ocsp_query_timeouts",                            \
+	  "ocsp_query_timeouts_total", "", "ocsp_query_timeouts",                                  \
+	  "OCSP queries that ran out of ocsp_timeout_ms.")                                         \
+	X(ocsp_lat_10ms, KG_CG_HANDSHAKES, "ocsp_queries_under_10ms", "ocsp_queries_by_latency_total", \
+	  "within=\"10ms\"", "ocsp_under_10ms",                                                     \
+	  "OCSP queries that ended (answer, error or timeout) by how long they took: within "      \
+	  "10ms, 100ms, 1s, or longer.")                                                           \
+	X(ocsp_lat_100ms, KG_CG_HANDSHAKES, "ocsp_queries_under_100ms",                            \
+	  "ocsp_queries_by_latency_total", "within=\"100ms\"", "ocsp_under_100ms", "")              \
+	X(ocsp_lat_1s, KG_CG_HANDSHAKES, "ocsp_queries_under_1s", "ocsp_queries_by_latency_total",  \
+	  "within=\"1s\"", "ocsp_under_1s", "")                                                     \
+	X(ocsp_lat_more, KG_CG_HANDSHAKES, "ocsp_queries_over_1s", "ocsp_queries_by_latency_total", \
+	  "within=\"longer\"", "ocsp_over_1s", "")                                                  \
 	X(forwarded_c2b, KG_CG_BYTES, "client_to_backend", "bytes_client_to_backend_total", "",    \
 	  "bytes_c2b", "Plaintext bytes sent to backends.")                                        \
 	X(forwarded_b2c, KG_CG_BYTES, "backend_to_client", "bytes_backend_to_client_total", "",    \

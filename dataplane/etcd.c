@@ -64,6 +64,15 @@ static void curl_init_once(void)
 	curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+int kg_curl_init(char *err, size_t errlen)
+{
+	pthread_once(&curl_once, curl_init_once);
+	if (curl_init_result == CURLE_OK)
+		return 0;
+	errf(err, errlen, "libcurl: %s", curl_easy_strerror(curl_init_result));
+	return -EIO;
+}
+
 /* ---- small buffers ---- */
 
 struct kg_buf {
@@ -132,15 +141,6 @@ static int check_file(const char *what, const char *path, char *err, size_t errl
 		return -errno;
 	}
 	return 0;
-}
-
-int kg_curl_init(char *err, size_t errlen)
-{
-	pthread_once(&curl_once, curl_init_once);
-	if (curl_init_result == CURLE_OK)
-		return 0;
-	errf(err, errlen, "libcurl: %s", curl_easy_strerror(curl_init_result));
-	return -EIO;
 }
 
 struct kg_etcd *kg_etcd_create(const struct kg_etcd_opts *o, char *err, size_t errlen)

@@ -33,7 +33,8 @@
 struct kg_etcd;
 
 /* libcurl's global initialisation, once per process whichever thread asks
- * first (it must not race with itself). 0, or -EIO with err. */
+ * first (it must not race with itself): etcd clients, CRL downloads, the
+ * OCSP stapler. 0, or -EIO with err. */
 int kg_curl_init(char *err, size_t errlen);
 
 struct kg_etcd_opts {

@@ -126,6 +126,7 @@ static void pump_c2b(struct kg_conn *c)
 		finish_c2b(c);
 		return;
 	case KG_TLS_OK:
+	case KG_TLS_WANT_ASYNC: /* async mode ends with the handshake (ocsp.h) */
 	case KG_TLS_ERROR:
 		kg_worker_warn(c->worker, "tls.client_error",
 			       KV("listener", c->listener->conf->name), KV("reason", reason));

@@ -54,6 +54,7 @@
 #include "privdrop.h"
 #include "apply.h"
 #include "sockmap.h"
+#include "staple.h"
 #include "runtime.h"
 #include "state.h"
 #include "ticket_keys.h"
@@ -951,6 +952,10 @@ int main(int argc, char **argv)
 	int inherited = opt.state_dir ? inherit.control_fd : -1;
 	if (inherited >= 0)
 		inherit.control_fd = -1; /* kg_control_start owns it now */
+	/* Server certificates' OCSP responses: fetched from now on (their
+	 * SSL_CTXs registered them when the listeners were built). */
+	if (kg_staple_start() < 0)
+		goto stop_workers;
 	control = kg_control_start(ops, opt.state_dir ? control_path : NULL, group, inherited,
 				   metrics_fd, err, sizeof(err));
 	if (!control) {
@@ -1048,6 +1053,7 @@ free_workers:
 	rt.workers = NULL;
 	rt.n_workers = 0;
 free_runtime:
+	kg_staple_shutdown();
 	kg_inherit_close(&inherit);
 	if (metrics_fd >= 0)
 		close(metrics_fd);

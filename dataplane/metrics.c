@@ -19,6 +19,7 @@
 #include "worker.h"
 #include "errors.h"
 #include "store_status.h"
+#include "staple.h"
 
 #define HTTP_READ_MS 2000
 
@@ -298,6 +299,14 @@ char *kg_metrics_text(struct kg_runtime *rt, const struct kg_config *cfg)
 	for (int r = 0; r < KG_HS_REASONS; r++)
 		put(&t, "kgate_handshake_failures_by_reason_total{reason=\"%s\"} %llu\n",
 		    kg_hs_reason_names[r], (unsigned long long)why[r]);
+	unsigned long long staple_ok, staple_failed;
+	kg_staple_counts(&staple_ok, &staple_failed);
+	put(&t, "# HELP kgate_ocsp_staple_fetches_total Fetches of server certificates' OCSP "
+		"responses for stapling, by result.\n"
+		"# TYPE kgate_ocsp_staple_fetches_total counter\n"
+		"kgate_ocsp_staple_fetches_total{result=\"ok\"} %llu\n"
+		"kgate_ocsp_staple_fetches_total{result=\"failed\"} %llu\n",
+	    staple_ok, staple_failed);
 	put(&t, "# HELP kgate_listener_connections_active Open connections per listener.\n"
 		"# TYPE kgate_listener_connections_active gauge\n");
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {

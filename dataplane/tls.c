@@ -21,6 +21,8 @@
 #include "certs.h"
 #include "sni.h"
 #include "crl.h"
+#include "ocsp.h"
+#include "staple.h"
 #include "ticket_keys.h"
 #include "tls_carry.h"
 
@@ -218,9 +220,21 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 		return ok;
 	}
 	/* Rules look at verified certificates only: never at one whose
-	 * chain, dates or revocation failed. */
-	if (depth == 0 && cert && X509_STORE_CTX_get_error(xs) == X509_V_OK)
-		return check_access(xs, cert);
+	 * chain, dates or revocation failed. OCSP asks the responder about
+	 * the certificates the rules let in only. */
+	if (depth == 0 && cert && X509_STORE_CTX_get_error(xs) == X509_V_OK) {
+		char why[192];
+		if (!check_access(xs, cert))
+			return 0;
+		SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+		why[0] = '\0';
+		if (!kg_ocsp_check(xs, ssl, cert, why, sizeof(why))) {
+			char note[200];
+			snprintf(note, sizeof(note), ", %s", why);
+			record_note(xs, depth, cert, note);
+			return 0;
+		}
+	}
 	return ok;
 }
 
@@ -271,8 +285,8 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_
 	return r;
 }
 
-/* The session id context: the listener's name, and with access rules the
- * rules too. A resumed handshake skips certificate verification, so a
+/* The session id context: the listener's name, with access rules the
+ * rules too, and with OCSP on its mode. A resumed handshake skips certificate verification, so a
  * session (or a stateless ticket, valid across snapshots and restarts)
  * made under other rules must not resume: it gets a full handshake and
  * the rules in force now. Without rules the context is the name alone, so
@@ -299,6 +313,13 @@ static int access_digest(const struct kg_listener_conf *l, unsigned char *out, u
 					(unsigned char)l->access_denied_response};
 		if (EVP_DigestUpdate(md, tag, sizeof(tag)) != 1 ||
 		    kg_access_digest(l->access_rules, md) < 0)
+			goto free_md;
+	}
+	/* A session made before OCSP was turned on (or made softer) must not
+	 * skip the check: resumption skips certificate verification. */
+	if (l->ocsp != KG_OCSP_OFF) {
+		unsigned char tag[2] = {1, (unsigned char)l->ocsp};
+		if (EVP_DigestUpdate(md, tag, sizeof(tag)) != 1)
 			goto free_md;
 	}
 	if (EVP_DigestFinal_ex(md, out, len) == 1)
@@ -668,7 +689,9 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 	    setup_sessions(ctx, l, tickets, err, errlen) < 0 ||
 	    load_server_cert(ctx, l->certificate, err, errlen) < 0 ||
 	    setup_client_auth(ctx, l, err, errlen) < 0 ||
-	    (l->n_sni > 0 && setup_sni(ctx, l, tickets, err, errlen) < 0)) {
+	    (l->n_sni > 0 && setup_sni(ctx, l, tickets, err, errlen) < 0) ||
+	    (l->ocsp_stapling &&
+	     kg_staple_setup(ctx, l->ca ? l->ca->cert_path : NULL, err, errlen) < 0)) {
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
@@ -685,7 +708,7 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 
 const char *const kg_hs_reason_names[KG_HS_REASONS] = {
 	"no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "protocol", "access_denied",
-	"unknown_sni"};
+	"unknown_sni", "ocsp"};
 
 enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason)
 {
@@ -706,6 +729,9 @@ enum kg_hs_reason kg_tls_failure_reason(const SSL *ssl, const char *reason)
 		return KG_HS_BAD_EKU;
 	case X509_V_ERR_APPLICATION_VERIFICATION: /* only the access rules set it */
 		return KG_HS_ACCESS_DENIED;
+	case X509_V_ERR_OCSP_VERIFY_FAILED: /* only ocsp.c sets these */
+	case X509_V_ERR_OCSP_CERT_UNKNOWN:
+		return KG_HS_OCSP;
 	default:
 		return KG_HS_UNKNOWN_CA;
 	}
@@ -751,6 +777,7 @@ enum kg_tls_status kg_tls_status(SSL *ssl, int ret, char *reason, size_t reason_
 	case SSL_ERROR_ZERO_RETURN: st = KG_TLS_CLOSED; break;
 	case SSL_ERROR_WANT_READ: st = KG_TLS_WANT_READ; break;
 	case SSL_ERROR_WANT_WRITE: st = KG_TLS_WANT_WRITE; break;
+	case SSL_ERROR_WANT_ASYNC: st = KG_TLS_WANT_ASYNC; break;
 	/* SYSCALL (EOF or socket error) and a zero return are fatal: retrying
 	 * them spins or reads from a dead connection. */
 	default: st = KG_TLS_ERROR; break;

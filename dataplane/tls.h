@@ -55,6 +55,7 @@ enum kg_tls_status {
 	KG_TLS_OK,         /* the call made progress / completed */
 	KG_TLS_WANT_READ,  /* needs more ciphertext from the peer */
 	KG_TLS_WANT_WRITE, /* cannot happen with memory BIOs; treated as read */
+	KG_TLS_WANT_ASYNC, /* the handshake waits in its async job for an OCSP answer (ocsp.h) */
 	KG_TLS_CLOSED,     /* clean close_notify from the peer */
 	KG_TLS_ERROR,      /* fatal: protocol error, verify failure, EOF without close_notify */
 };
@@ -76,6 +77,7 @@ enum kg_hs_reason {
 	KG_HS_PROTOCOL,   /* everything else: versions, ciphers, garbage, EOF */
 	KG_HS_ACCESS_DENIED, /* verified, then refused by the listener's access rules */
 	KG_HS_UNKNOWN_SNI, /* strict_sni: no server name, or one no sni entry has */
+	KG_HS_OCSP,       /* ocsp hard: the responder gave no usable answer or does not know it */
 	KG_HS_REASONS
 };
 

@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/async.h>
+
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
@@ -22,6 +24,7 @@
 #include "conn.h"
 #include "fwd.h"
 #include "health.h"
+#include "ocsp.h"
 
 #define RING_ENTRIES 4096
 /* Connection slots per worker: listeners come and go at run time, so the
@@ -468,6 +471,8 @@ static void on_tick(struct kg_worker *w)
 	bool cuts = cuts_changed(w);
 	if (w->draining || cuts)
 		scan(w, drain_expired, cuts);
+	if (drain_expired)
+		kg_ocsp_cancel_all(w->ocsp);
 	if (service)
 		service->on_tick(w->service, w->now_ms);
 	kg_backend_pool_expire(w->pool, w->now_ms);
@@ -508,6 +513,12 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 		return;
 	case KG_OP_WAKE:
 		on_wake(w, cqe->res);
+		return;
+	case KG_OP_OCSP_CONNECT:
+	case KG_OP_OCSP_SEND:
+	case KG_OP_OCSP_RECV:
+	case KG_OP_OCSP_LINK_TIMEOUT:
+		kg_ocsp_on_cqe(w->ocsp, (enum kg_ocsp_op)(op - KG_OP_OCSP_CONNECT), idx, cqe->res);
 		return;
 	default:
 		break;
@@ -659,7 +670,7 @@ static bool finished(const struct kg_worker *w)
 	 * not taken yet; it serves them before it stops. */
 	if (!w->draining || w->n_conns > 0 ||
 	    atomic_load_explicit(&w->incoming, memory_order_relaxed) > 0 ||
-	    (service && !service->idle(w->service)))
+	    (service && !service->idle(w->service)) || !kg_ocsp_idle(w->ocsp))
 		return false;
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		if (w->listen_fds[li] >= 0)
@@ -746,7 +757,35 @@ static void *worker_main(void *arg)
 			 KV("receives", w->bufs.enobufs), KV("ring_buffers", w->bufs.n_ring_bufs));
 	kg_bufpool_destroy(&w->bufs, &w->ring);
 	ring_exit(w);
+	/* The async jobs OCSP checks ran handshakes in (ocsp.h): their
+	 * stacks are pooled per thread. */
+	ASYNC_cleanup_thread();
 	return NULL;
+}
+
+/* The OCSP client's view of its worker (ocsp.h kg_ocsp_host). */
+static struct io_uring_sqe *ocsp_sqe(void *worker)
+{
+	return kg_worker_sqe(worker);
+}
+
+static void ocsp_sqe_timed(void *worker, struct io_uring_sqe **op, struct io_uring_sqe **timeout)
+{
+	kg_worker_sqe_timed(worker, op, timeout);
+}
+
+static bool ocsp_warn_allowed(void *worker)
+{
+	return kg_worker_warn_allowed(worker);
+}
+
+/* The query ops sit in enum kg_op in kg_ocsp_op's order; a cancel's own
+ * completion is ignored like every KG_OP_CANCEL. */
+static uint64_t ocsp_user_data(enum kg_ocsp_op op, uint32_t slot, int fd)
+{
+	if (op == KG_OCSP_OP_CANCEL)
+		return kg_ud_pack(KG_OP_CANCEL, slot, fd);
+	return kg_ud_pack((enum kg_op)(KG_OP_OCSP_CONNECT + (int)op), slot, fd);
 }
 
 struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
@@ -764,8 +803,12 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->free_slots = calloc(w->capacity, sizeof(*w->free_slots));
 	w->service = service ? service->create(w) : NULL;
 	w->pool = kg_backend_pool_create();
+	struct kg_ocsp_host oh = {.worker = w, .id = id, .now_ms = &w->now_ms,
+				  .stats = &w->stats, .sqe = ocsp_sqe, .sqe_timed = ocsp_sqe_timed,
+				  .warn_allowed = ocsp_warn_allowed, .user_data = ocsp_user_data};
+	w->ocsp = kg_ocsp_create(&oh);
 	if (w->wake_fd == -1 || !w->conns || !w->free_slots || (service && !w->service) ||
-	    !w->pool ||
+	    !w->pool || !w->ocsp ||
 	    pthread_mutex_init(&w->cmd_lock, NULL) != 0)
 		goto fail;
 	if (sem_init(&w->init_done, 0, 0) != 0) {
@@ -778,6 +821,7 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	w->n_free = w->capacity;
 	return w;
 fail:
+	kg_ocsp_destroy(w->ocsp);
 	kg_backend_pool_destroy(w->pool);
 	if (service)
 		service->destroy(w->service);
@@ -826,6 +870,7 @@ void kg_worker_destroy(struct kg_worker *w)
 		}
 	}
 	w->cmds = NULL;
+	kg_ocsp_destroy(w->ocsp);
 	kg_backend_pool_destroy(w->pool);
 	if (service)
 		service->destroy(w->service);

@@ -49,6 +49,12 @@ enum kg_op {
 	KG_OP_HTTP_CONNECT,
 	KG_OP_HTTP_BACKEND_RECV,
 	KG_OP_HTTP_BACKEND_SEND,
+	/* ocsp.c: a responder query; idx = the query's slot; in the order
+	 * of enum kg_ocsp_op (ocsp.h) */
+	KG_OP_OCSP_CONNECT,
+	KG_OP_OCSP_SEND,
+	KG_OP_OCSP_RECV,
+	KG_OP_OCSP_LINK_TIMEOUT,
 };
 
 static inline uint64_t kg_ud_pack(enum kg_op op, uint32_t idx, int fd)
@@ -144,6 +150,7 @@ struct kg_worker {
 	struct kg_bufpool bufs; /* I/O buffers lent to connections while data is in flight */
 	void *service; /* the worker service's state (its share of the health checks) */
 	struct kg_backend_pool *pool;     /* idle backend connections of https listeners */
+	struct kg_ocsp *ocsp;   /* OCSP queries and answers of client certificates (ocsp.h) */
 	uint64_t log_window_ms; /* rate limit of per-connection warnings */
 	unsigned log_in_window;
 	unsigned log_suppressed;

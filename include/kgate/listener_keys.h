@@ -58,6 +58,11 @@
 /* "access_denied_response": how an https listener refuses a certificate
  * the rules deny: the handshake fails, or every request gets 403. */
 #define KG_ACCESS_RESPONSES(X) X(ALERT, "alert") X(FORBIDDEN, "403")
+/* "ocsp": whether client certificates are checked with their OCSP
+ * responder (dataplane/ocsp.h), and what a responder that cannot answer
+ * (unreachable, error, stale or badly signed answer) or that does not
+ * know the certificate means: soft lets the client in, hard refuses it. */
+#define KG_OCSP_MODES(X) X(OFF, "off") X(SOFT, "soft") X(HARD, "hard")
 
 #define KG_LK_ENUM_PROTO(id, name) KG_PROTO_##id,
 #define KG_LK_ENUM_MTLS(id, name) KG_MTLS_##id,
@@ -67,6 +72,7 @@
 #define KG_LK_ENUM_TICKETS(id, name) KG_TICKETS_##id,
 #define KG_LK_ENUM_ACCESS(id, name) KG_ACCESS_##id,
 #define KG_LK_ENUM_DENIED(id, name) KG_DENIED_##id,
+#define KG_LK_ENUM_OCSP(id, name) KG_OCSP_##id,
 enum kg_protocol { KG_PROTOCOLS(KG_LK_ENUM_PROTO) };
 enum kg_mutual_auth { KG_MUTUAL_AUTHS(KG_LK_ENUM_MTLS) };
 enum kg_scheduler { KG_SCHEDULERS(KG_LK_ENUM_SCHED) };
@@ -75,6 +81,7 @@ enum kg_proxy_protocol { KG_PROXY_PROTOCOLS(KG_LK_ENUM_PP) };
 enum kg_session_tickets { KG_SESSION_TICKETS(KG_LK_ENUM_TICKETS) };
 enum kg_access_action { KG_ACCESS_ACTIONS(KG_LK_ENUM_ACCESS) };
 enum kg_access_response { KG_ACCESS_RESPONSES(KG_LK_ENUM_DENIED) };
+enum kg_ocsp_mode { KG_OCSP_MODES(KG_LK_ENUM_OCSP) };
 
 /* The one default of tls_session_tickets (bench/results/, the "tickets" run,
  * measures both modes). */
@@ -151,6 +158,21 @@ enum kg_access_response { KG_ACCESS_RESPONSES(KG_LK_ENUM_DENIED) };
 	  "strict-sni", "true|false",                                                              \
 	  "true: a ClientHello without a server name, or with one no sni entry has, is refused "  \
 	  "(unrecognized_name); default false: the listener's certificate serves it")              \
+	F(ocsp, KG_LK_ENUM(KG_OCSP_MODES, KG_OCSP_OFF), KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS),    \
+	  KG_LKF_UPDATE, "ocsp", NULL,                                                             \
+	  "check client certificates with their OCSP responder; soft: a responder that cannot "   \
+	  "answer lets the client in, hard: refuses it; needs mutual-auth")                        \
+	H(ocsp_url, KG_LK_STRING, KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS),                          \
+	  KG_LKF_UPDATE | KG_LKF_NONE_REMOVES, "ocsp-url", "URL",                                  \
+	  "the OCSP responder, http://ADDRESS[:PORT]/PATH with an IP address, instead of the "    \
+	  "one each certificate names (AIA)")                                                      \
+	F(ocsp_timeout_ms, KG_LK_UINT(1, 60000, 3000), KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS),     \
+	  KG_LKF_UPDATE, "ocsp-timeout-ms", "N",                                                   \
+	  "time an OCSP query has for its answer (connect, send, receive)")                        \
+	F(ocsp_stapling, KG_LK_BOOL(false), KG_LK_FOR(KG_PROTOS_TLS, KG_LK_NO_TLS), KG_LKF_UPDATE, \
+	  "ocsp-stapling", "true|false",                                                           \
+	  "staple the server certificate's OCSP response (from the responder its AIA names, "     \
+	  "refreshed before it expires)")                                                          \
 	F(scheduler, KG_LK_ENUM(KG_SCHEDULERS, KG_SCHED_RR), KG_LK_FOR_ALL, KG_LKF_UPDATE,         \
 	  "scheduler", NULL, "smooth weighted round robin over the member weights (kgatectl "      \
 	  "also takes wrr)")                                                                       \

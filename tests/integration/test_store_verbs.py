@@ -186,6 +186,20 @@ def test_every_verb_through_the_store(pair, pki, kek, instances, http_backends, 
     converge(store, insts)
     for i in insts:
         assert show(i)["idle_timeout_ms"] == 61000
+    # The OCSP keys through the store (soft, and nothing answers there:
+    # clients still get in).
+    pair.run("listener", "update", "web", "--ocsp", "soft", "--ocsp-url",
+             "http://127.0.0.1:9/", "--ocsp-timeout-ms", "500")
+    converge(store, insts)
+    for i in insts:
+        s = show(i)
+        assert (s["ocsp"], s["ocsp_url"], s["ocsp_timeout_ms"]) == \
+            ("soft", "http://127.0.0.1:9/", 500), s
+        assert serves(pki, i, "backend=a")
+    pair.run("listener", "update", "web", "--ocsp", "off", "--ocsp-url", "none")
+    converge(store, insts)
+    for i in insts:
+        assert show(i)["ocsp"] == "off" and show(i)["ocsp_url"] is None
     res = pair.run("listener", "stop", "web")
     assert res["state"] == "stopped"
     converge(store, insts)

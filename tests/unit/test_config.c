@@ -744,9 +744,9 @@ Test(listener_keys, bounds_and_names_are_the_tables)
 			}
 		}
 		/* A key only for https is tried there; access_default deny
-		 * needs required client certificates. */
+		 * and ocsp need client certificates. */
 		const char *proto = k->protocols & KG_PROTO_BIT(TLS) ? "tls" : "https";
-		const char *mtls = i == KG_LK_access_default ? ",'ca':'clients'" : "";
+		const char *mtls = i == KG_LK_access_default || i == KG_LK_ocsp ? ",'ca':'clients'" : "";
 		for (size_t n = 0; k->type == KG_KEY_ENUM && k->names[n]; n++) {
 			snprintf(extra, sizeof(extra), ",'%s':'%s'%s", k->key, k->names[n], mtls);
 			cfg = parse_listener_with(proto, extra, err, sizeof(err));

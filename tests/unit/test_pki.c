@@ -500,3 +500,34 @@ Test(pki, revoke_refuses_a_foreign_certificate, .init = make_ca, .fini = drop_ca
 	cr_assert_eq(kg_ca_revoke(ca_dir, "ABCD", NULL, KG_REASON_NONE, NULL, &err), -ENOENT);
 	cr_assert(strstr(err.msg, "serial ABCD: not in"), "%s", err.msg);
 }
+
+/* --ocsp-url: the responder goes into Authority Information Access, where
+ * kgated (and every relying party) looks; anything but an http URL is
+ * refused before the CA folder changes. */
+Test(pki, ocsp_url_in_aia, .init = make_ca, .fini = drop_ca)
+{
+	struct kg_err err = {""};
+	struct kg_issue_opts c = issue_opts(KG_CERT_CLIENT, "/CN=ocsp", "ocsp");
+	c.ocsp_url = "http://127.0.0.1:8888/ocsp";
+	cr_assert_eq(kg_ca_issue(&c, NULL, &err), 0, "%s", err.msg);
+	X509 *cert = read_cert(tc_file(&dir, "ocsp.pem"));
+	STACK_OF(OPENSSL_STRING) *urls = X509_get1_ocsp(cert);
+	cr_assert_eq(sk_OPENSSL_STRING_num(urls), 1);
+	cr_expect_str_eq(sk_OPENSSL_STRING_value(urls, 0), "http://127.0.0.1:8888/ocsp");
+	X509_email_free(urls);
+	X509_free(cert);
+
+	static const char *const bad[] = {"https://127.0.0.1/", "http://", "http://a b/",
+					  "http://a,URI:http://b/"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *before = snapshot();
+		struct kg_issue_opts o = issue_opts(KG_CERT_CLIENT, "/CN=x", "x");
+		o.ocsp_url = bad[i];
+		cr_expect_eq(kg_ca_issue(&o, NULL, &err), -EINVAL, "%s", bad[i]);
+		cr_expect(strstr(err.msg, "--ocsp-url") != NULL, "%s: %s", bad[i], err.msg);
+		char *after = snapshot();
+		cr_expect_str_eq(after, before, "%s: the folder changed", bad[i]);
+		free(before);
+		free(after);
+	}
+}

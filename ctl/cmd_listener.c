@@ -69,8 +69,8 @@ static void write_verb(struct verb_text *v)
 		add(v->usage, sizeof(v->usage), "%s%s--%s ", v->usage[0] ? " " : "",
 		    required ? "" : "[", k->option);
 		add_value(v->usage, sizeof(v->usage), k, v->update);
-		add(v->usage, sizeof(v->usage), "%s",
-		    k->type == KG_KEY_ARRAY ? " ..." : required ? "" : "]");
+		add(v->usage, sizeof(v->usage), "%s%s", k->type == KG_KEY_ARRAY ? " ..." : "",
+		    required ? "" : "]");
 		/* The repeated option (backend) is kg_flags_parse's multi. */
 		if (k->type != KG_KEY_ARRAY)
 			add(v->allowed, sizeof(v->allowed), " %s ", k->option);
@@ -176,36 +176,14 @@ static int put_settable(const char *verb, const struct kg_flags *f, json_object 
 	return 0;
 }
 
-/* "HOST:PORT[,weight=W]" → {"address": ..., "weight": W}. */
-static json_object *backend_spec(const char *text)
-{
-	json_object *m = json_object_new_object();
-	const char *comma = strchr(text, ',');
-	if (!comma) {
-		json_object_object_add(m, "address", json_object_new_string(text));
-		return m;
-	}
-	json_object_object_add(m, "address",
-			       json_object_new_string_len(text, (int)(comma - text)));
-	unsigned long w;
-	if (strncmp(comma + 1, "weight=", 7) != 0 ||
-	    kg_flag_uint("listener", "create", "--backend weight", comma + 8, 1000000, &w) < 0) {
-		kg_ctl_fail(KG_EXIT_USAGE, "listener create: --backend %s: expected HOST:PORT[,weight=W]",
-			text);
-		json_object_put(m);
-		return NULL;
-	}
-	json_object_object_add(m, "weight", json_object_new_int64((int64_t)w));
-	return m;
-}
-
 static const char *opt(const struct kg_flags *f, enum kg_listener_key_id id)
 {
 	return kg_flag(f, keys[id].option);
 }
 
-/* "--name, --protocol, --port and at least one --backend are required":
- * the KG_LKF_OPTION_REQUIRED rows, if one is missing. */
+/* "--name, --protocol, --port are required": the KG_LKF_OPTION_REQUIRED
+ * rows, if one is missing (where traffic goes, --backend, --backend-group
+ * or --routes, is kgated's to judge). */
 static int need_required(const struct kg_flags *f)
 {
 	char list[256] = "";
@@ -236,17 +214,22 @@ static int listener_create(struct kg_cli *cli, int argc, char **argv)
 	if (kg_flag_uint("listener", "create", "--port", opt(&f, KG_LK_port), keys[KG_LK_port].max,
 			 &p) < 0)
 		return KG_EXIT_USAGE;
-	json_object *l = json_object_new_object(), *backends = json_object_new_array();
+	json_object *l = json_object_new_object(), *backends = NULL;
 	json_object_object_add(l, "name", json_object_new_string(opt(&f, KG_LK_name)));
 	json_object_object_add(l, "protocol", json_object_new_string(opt(&f, KG_LK_protocol)));
 	json_object_object_add(l, "bind", json_object_new_string(
 			opt(&f, KG_LK_bind) ? opt(&f, KG_LK_bind) : KG_CTL_DEFAULT_BIND));
 	json_object_object_add(l, "port", json_object_new_int64((int64_t)p));
-	json_object_object_add(l, "backends", backends);
+	/* No --backend: the listener names a group (--backend-group,
+	 * --default-group with --routes); kgated says what is missing. */
+	if (f.nmulti > 0) {
+		backends = json_object_new_array();
+		json_object_object_add(l, "backends", backends);
+	}
 	if (put_settable("create", &f, l) < 0)
 		goto fail;
 	for (int i = 0; i < f.nmulti; i++) {
-		json_object *m = backend_spec(f.multi[i]);
+		json_object *m = kg_backend_spec("listener", "create", f.multi[i]);
 		if (!m)
 			goto fail;
 		json_object_array_add(backends, m);

@@ -266,9 +266,27 @@ static int listener_show(struct kg_cli *cli, int argc, char **argv)
 	json_object *res;
 	KG_FLAGS_OR_RETURN("listener", SELF(2), cli, argc, argv, " ", NULL, 1, 1, &f);
 	int st = kg_client_call(cli, "listener.show", kg_name_args(f.pos[0]), &res);
-	/* Text: the settings as lines, then the members as a table. */
-	return st ? st : kg_print_object_and_table(cli, res, "members", cols,
-						   sizeof(cols) / sizeof(cols[0]), kg_print_object);
+	if (st)
+		return st;
+	/* Text: the settings as lines, then the members as a table, then
+	 * each backend group the listener sends to with its members. */
+	json_object *groups = NULL;
+	if (cli->out != KG_OUT_JSON && json_object_object_get_ex(res, "groups", &groups)) {
+		json_object_get(groups);
+		json_object_object_del(res, "groups");
+	}
+	st = kg_print_object_and_table(cli, res, "members", cols, sizeof(cols) / sizeof(cols[0]),
+				       kg_print_object);
+	size_t n_groups = groups ? json_object_array_length(groups) : 0;
+	for (size_t i = 0; st == KG_EXIT_OK && i < n_groups; i++) {
+		json_object *g = json_object_array_get_idx(groups, i), *name = NULL, *members = NULL;
+		json_object_object_get_ex(g, "name", &name);
+		json_object_object_get_ex(g, "members", &members);
+		printf("\ngroup %s:\n", json_object_get_string(name));
+		st = kg_print_rows(cli, json_object_get(members), cols, sizeof(cols) / sizeof(cols[0]));
+	}
+	json_object_put(groups);
+	return st;
 }
 
 static int listener_update(struct kg_cli *cli, int argc, char **argv)

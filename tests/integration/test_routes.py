@@ -243,6 +243,9 @@ def test_health_per_group(pki, people, gated, backends):
     groups = {g["name"]: g for g in d.ctl.json("listener", "show", "web")["groups"]}
     assert set(groups) == {"api", "w"}
     assert {m["address"]: m["status"] for m in groups["api"]["members"]} == status
+    text = d.ctl("listener", "show", "web").stdout
+    part = text[text.index("\ngroup api:\n"):]
+    assert "abnormal" in part.split("\ngroup w:\n")[0] and "normal" in part, text
     assert not d.events("backend.health_changed", group="w", to="unhealthy")
 
 
@@ -415,3 +418,67 @@ def test_routes_refused_on_tls(pki, people, gated, backends):
                         "--bind", "127.0.0.1", "--cert", "web", "--backend-group", "api",
                         "--routes", json.dumps(ROUTES[1:2]), code="invalid_argument")
     assert "listeners[0].routes: only for protocol \"https\"" in msg, msg
+
+
+# --------------------------------------------------------------------------
+# Through the store: kgatectl --store runs the same group and listener
+# operations on the document in etcd (test_store_verbs.py's Pair: each verb
+# against the store and against a reference kgated, same answers), and
+# the instances that follow the store serve the result.
+
+from test_store import ETCD, ETCDCTL, etcd, fresh, instances, kek  # noqa: F401,E402
+from test_store_verbs import converge, pair, serves, show  # noqa: F401,E402
+
+
+@pytest.mark.skipif(not ETCD or not ETCDCTL, reason="etcd-server/etcd-client not installed")
+def test_group_verbs_through_the_store(pair, pki, instances, http_backends):  # noqa: F811
+    a, b = http_backends("a", "b")
+    store = pair.store
+    insts = instances(store.etcd)
+    pair.run("cert", "upload", "--name", "web", "--type", "server",
+             "--cert", pki.cert("server"), "--key", pki.key("server"))
+    pair.run("cert", "upload", "--name", "clients", "--type", "ca", "--cert", pki.ca)
+    res = pair.run("group", "create", "api", "--backend", a.address,
+                   "--health-check", '{"type": "tcp", "interval_ms": 500}')
+    assert res["used_by"] == [] and res["members"][0]["address"] == a.address
+    # What only a running kgated knows is null, never invented.
+    assert res["members"][0]["health"] is None
+    pair.run("listener", "create", "--name", "web", "--protocol", "https", "--port", "0",
+             "--bind", "127.0.0.1", "--cert", "web", "--ca", "clients",
+             "--mutual-auth", "required", "--backend-group", "api")
+    converge(store, insts)
+    for i in insts:
+        assert show(i)["backend_group"] == "api" and serves(pki, i, "backend=a")
+    # Members of the group, by the group.
+    pair.run("backend", "add", "--group", "api", b.address, "--weight", "2")
+    pair.run("backend", "drain", "--group", "api", a.address)
+    converge(store, insts)
+    for i in insts:
+        m = {x["address"]: x for x in show(i)["members"]}
+        assert m[b.address]["weight"] == 2 and m[a.address]["drained"]
+        assert serves(pki, i, "backend=b")
+    pair.run("backend", "enable", "--group", "api", a.address)
+    # Routes and the default group, live.
+    pair.run("group", "create", "v1", "--backend", b.address)
+    routes = [{"name": "v1", "match": {"path_prefix": "/v1/"}, "group": "v1"}]
+    res = pair.run("listener", "update", "web", "--routes", json.dumps(routes))
+    assert res["routes"] == [{"name": "v1", "group": "v1"}]
+    converge(store, insts)
+    for i in insts:
+        assert show(i)["routes"] == [{"name": "v1", "group": "v1"}]
+        assert {g["name"] for g in show(i)["groups"]} == {"api", "v1"}
+    # Refusals are the same through both: a group in use, an unknown one.
+    msg = pair.run("group", "delete", "v1", fails=True)
+    assert "in use by listener(s)" in msg and "web (routes[0])" in msg, msg
+    msg = pair.run("listener", "update", "web", "--default-group", "nope", fails=True)
+    assert "no backend group named" in msg, msg
+    assert {g["name"] for g in pair.run("group", "list")} == {"api", "v1"}
+    pair.run("group", "update", "v1", "--health-check", '{"type": "tcp"}')
+    pair.run("listener", "update", "web", "--routes", "none")
+    assert pair.run("group", "delete", "v1") == {"deleted": "v1"}
+    doc = json.loads(store.raw())
+    assert set(doc["backend_groups"]) == {"api"}
+    assert doc["backend_groups"]["api"]["backends"][1] == {"address": b.address, "weight": 2}
+    converge(store, insts)
+    for i in insts:
+        assert show(i)["routes"] is None and serves(pki, i, "backend=")

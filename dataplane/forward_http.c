@@ -688,6 +688,11 @@ static void start_request(struct kg_conn *c)
 	snprintf(h->target, sizeof(h->target), "%.*s", (int)h->req.url.len,
 		 (const char *)h->rbuf + h->req.url.off);
 	h->close_after = !kg_http_keep_alive(&h->req) || w->draining;
+	/* The last request's member (and group) are not this one's: the
+	 * access log and errors must not name them (the backend socket went
+	 * back to the pool when that exchange ended). */
+	c->member = -1;
+	c->group = NULL;
 	if (c->access_denied_rule) {
 		/* access_denied_response 403: nothing reaches a backend, and the
 		 * connection closes after the answer. */
@@ -735,6 +740,7 @@ static bool parse_head(struct kg_conn *c)
 		set_deadline(c, c->worker->now_ms + hc->request_timeout_ms);
 		h->status = 0;
 		h->method[0] = h->target[0] = '\0';
+		h->route = "";
 		h->resp_started = false;
 		h->body_done = false;
 		h->bytes_in = h->bytes_out = 0;

@@ -177,16 +177,30 @@ def test_routes_by_host_path_method_and_certificate(pki, people, routed):
 
 
 def test_no_default_group_answers_404(pki, people, gated, backends):
-    api = backends("api")
-    d = gated(config=config(pki, people, [https_listener(routes=ROUTES[1:2])],
-                            {"api": group(api)}))
+    a1, a2 = backends("a1", "a2")
+    d = gated(config=config(pki, people, [https_listener(routes=ROUTES[1:2],
+                                                         http={"access_log": "on"})],
+                            {"api": group(a1, a2)}))
     ctx = context(pki, people["alice"])
-    assert request(ctx, d.port, host="api.example.com") == (200, "api")
+    assert request(ctx, d.port, host="api.example.com")[0] == 200
     status, body = request(ctx, d.port, host="other.example.com")
     assert status == 404, body
     assert d.wait_event("http.error_response", status="404")
+    # On one keep-alive connection: the second member of the group, then a
+    # request no route takes. Its 404 names no backend of the one before.
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            send(s, host="api.example.com", close=False)
+            assert read_response(s)[0] == 200
+            send(s, host="other.example.com", close=False)
+            assert read_response(s)[0] == 404
+    logged = d.events("http.access")
+    assert [(e["route"], e["status"]) for e in logged] == [
+        ("api-host", "200"), ("(none)", "404"), ("api-host", "200"), ("(none)", "404")]
+    assert logged[2]["backend"] != logged[0]["backend"]
+    assert [e["backend"] for e in logged if e["status"] == "404"] == ["", ""]
     show = d.ctl.json("listener", "show", "web")
-    assert show["counters"]["routes"] == {"api-host": 1, "(default)": 0, "(none)": 1}
+    assert show["counters"]["routes"] == {"api-host": 2, "(default)": 0, "(none)": 2}
     assert show["routes"] == [{"name": "api-host", "group": "api"}]
     assert show["default_group"] is None and show["members"] == []
 

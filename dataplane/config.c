@@ -1423,6 +1423,24 @@ static void group_free(struct kg_group_conf *g)
 	free(g->backends);
 }
 
+struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg)
+{
+	struct kg_config_ref *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	atomic_init(&r->refs, 1);
+	r->cfg = cfg;
+	return r;
+}
+
+void kg_config_ref_put(struct kg_config_ref *r)
+{
+	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
+		return;
+	kg_config_free(r->cfg);
+	free(r);
+}
+
 void kg_config_free(struct kg_config *cfg)
 {
 	if (!cfg)

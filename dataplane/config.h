@@ -7,6 +7,7 @@
 #ifndef KGATE_CONFIG_H
 #define KGATE_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -247,6 +248,18 @@ struct kg_config *kg_config_parse(const char *json_text, const char *base_dir,
  * hold no listeners yet ("listeners" absent or empty). */
 struct kg_config *kg_config_parse_state(const char *json_text, const char *base_dir,
 					char *err, size_t errlen);
+/* A parsed state document shared by what is built from it (listener
+ * snapshots and backend groups, runtime.h and group.h): freed with the
+ * last reference. */
+struct kg_config_ref {
+	atomic_uint refs;
+	struct kg_config *cfg;
+};
+/* Takes cfg (freed with the last reference); NULL on ENOMEM. */
+struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg);
+/* Tolerates NULL. */
+void kg_config_ref_put(struct kg_config_ref *r);
+
 /* Reads and parses a file; base_dir is the file's folder. */
 struct kg_config *kg_config_load(const char *path, char *err, size_t errlen);
 void kg_config_free(struct kg_config *cfg);

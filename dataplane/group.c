@@ -8,7 +8,6 @@
 
 #include "balancer.h"
 #include "health.h"
-#include "runtime.h"
 
 struct kg_group_rt *kg_group_get(struct kg_group_rt *g)
 {

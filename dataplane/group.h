@@ -19,7 +19,6 @@
 
 struct kg_balancer;
 struct kg_health_group;
-struct kg_config_ref;
 
 struct kg_group_rt {
 	atomic_uint refs;

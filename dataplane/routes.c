@@ -16,12 +16,11 @@
 #include "jpath.h"
 
 #include "access.h"
-#include "config.h"
 
 
 struct route {
 	char *name;
-	char group[KG_NAME_MAX + 1];
+	char *group;
 	char *host;       /* lower case, without "*."; NULL: any host */
 	bool host_wild;   /* "*.host": any name below host */
 	char *path_prefix; /* NULL: any path */
@@ -216,7 +215,7 @@ static int parse_route(struct kg_routes *rs, struct json_object *o, const char *
 	if (r < 0)
 		return r;
 	if (!kg_access_name_valid(s))
-		return kg_jpath_fail(err, errlen, kp, "use 1-%d letters, digits or - / . _", KG_NAME_MAX);
+		return kg_jpath_fail(err, errlen, kp, "use 1-80 letters, digits or - / . _");
 	for (size_t i = 0; i < rs->n; i++)
 		if (strcmp(rs->r[i].name, s) == 0)
 			return kg_jpath_fail(err, errlen, kp, "duplicate route name \"%s\" (also %.*s[%zu])",
@@ -231,9 +230,10 @@ static int parse_route(struct kg_routes *rs, struct json_object *o, const char *
 		return kg_jpath_fail(err, errlen, kp, "is required (the backend group the route sends to)");
 	if (r < 0)
 		return r;
-	if (!kg_cert_name_valid(s))
-		return kg_jpath_fail(err, errlen, kp, "invalid group name \"%.100s\"", s);
-	snprintf(rt->group, sizeof(rt->group), "%s", s);
+	/* Whether a group of that name exists is config.c's to say. */
+	rt->group = strdup(s);
+	if (!rt->group)
+		return kg_jpath_fail(err, errlen, kp, "out of memory");
 
 	kg_jpath_member(mp, path, "match");
 	if (!json_object_object_get_ex(o, "match", &match))
@@ -317,6 +317,7 @@ void kg_routes_free(struct kg_routes *rs)
 	for (size_t i = 0; i < rs->n; i++) {
 		struct route *rt = &rs->r[i];
 		free(rt->name);
+		free(rt->group);
 		free(rt->host);
 		free(rt->path_prefix);
 		for (size_t m = 0; m < rt->n_methods; m++)

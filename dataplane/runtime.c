@@ -47,24 +47,6 @@ void kg_runtime_destroy(struct kg_runtime *rt)
 	rt->tickets = NULL;
 }
 
-struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg)
-{
-	struct kg_config_ref *r = calloc(1, sizeof(*r));
-	if (!r)
-		return NULL;
-	atomic_init(&r->refs, 1);
-	r->cfg = cfg;
-	return r;
-}
-
-void kg_config_ref_put(struct kg_config_ref *r)
-{
-	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
-		return;
-	kg_config_free(r->cfg);
-	free(r);
-}
-
 static void snapshot_free(struct kg_listener_rt *l)
 {
 	kg_groups_put(l->groups, l->n_groups);

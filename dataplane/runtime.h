@@ -36,12 +36,6 @@ struct kg_store_status;
 #define KG_MAX_LISTENERS 64
 #define KG_FAILED_MAX 512
 
-/* A parsed state document shared by the snapshots built from it. */
-struct kg_config_ref {
-	atomic_uint refs;
-	struct kg_config *cfg;
-};
-
 struct kg_listener_slot;
 
 /* One immutable snapshot of a listener. Only refs changes after publish. */
@@ -195,8 +189,5 @@ int kg_config_check_build(struct kg_config_ref *doc, const struct kg_kernel_caps
 /* Publishes snap (may be NULL) in the slot and drops the old one's slot
  * reference. Consumes the caller's reference to snap. */
 void kg_listener_publish(struct kg_listener_slot *s, struct kg_listener_rt *snap);
-
-struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg);
-void kg_config_ref_put(struct kg_config_ref *r);
 
 #endif

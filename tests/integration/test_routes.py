@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import base_config, dead_port, wait_until
+from conftest import base_config, become_subreaper, dead_port, wait_until
 from test_access import context, people  # noqa: F401 (people is a fixture)
 from test_control import gated, port_of, scrape_metrics  # noqa: F401 (gated is a fixture)
 from test_https import backends as keepalive_backends  # noqa: F401 (a fixture)
@@ -302,6 +302,31 @@ def test_group_shared_by_two_listeners(pki, people, gated, backends):
     assert sorted(used) == ["raw (backend_group)", "web (backend_group)"]
     msg = d.ctl.refused("group", "delete", "api", code="in_use")
     assert "raw (backend_group)" in msg and "web (backend_group)" in msg, msg
+
+
+def test_group_health_carries_over_an_upgrade(pki, people, gated, backends):
+    """A named group's verdicts go to the upgraded process (as "@name"):
+    its dead member is down at once, with its time in that state going on,
+    not "unknown" (which would be in rotation)."""
+    become_subreaper()  # the upgraded kgated is adopted by this process
+    a1 = backends("a1")
+    dead = "127.0.0.1:%d" % dead_port()
+    check = {"type": "tcp", "interval_ms": 200, "timeout_ms": 200, "healthy_threshold": 1,
+             "unhealthy_threshold": 1}
+    d = gated(config=config(pki, people, [https_listener(backend_group="api")],
+                            {"api": group(a1, dead, check=check)}))
+
+    def health():
+        return {m["address"]: (m["health"], m["state"])
+                for m in d.ctl.json("group", "show", "api")["members"]}
+    want = {a1.address: ("healthy", "up"), dead: ("unhealthy", "down")}
+    assert wait_until(lambda: health() == want, 10), health()
+    time.sleep(1.2)
+    d.upgrade()
+    assert d.events("upgrade.inherited")[-1]["health"] == "true"
+    assert health() == want
+    members = d.ctl.json("group", "show", "api")["members"]
+    assert all(m["in_state_s"] >= 1 for m in members), members
 
 
 def test_live_route_change_keeps_connections(pki, people, gated, backends):

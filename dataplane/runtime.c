@@ -136,9 +136,7 @@ static int build_groups(struct kg_listener_rt *l, struct kg_listener_slot *slot,
 	if (lc->group == &lc->own) {
 		struct kg_listener_rt *prev = slot ? kg_listener_acquire(slot) : NULL;
 		struct kg_group_rt *old = prev ? kg_listener_find_group(prev, "") : NULL;
-		char gw[64];
-		snprintf(gw, sizeof(gw), "%s", where);
-		struct kg_group_rt *g = kg_group_build(doc, &lc->own, old, "listener", lc->name, gw,
+		struct kg_group_rt *g = kg_group_build(doc, &lc->own, old, "listener", lc->name, where,
 						       err, errlen);
 		kg_listener_put(prev);
 		if (!g)

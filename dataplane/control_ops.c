@@ -108,15 +108,20 @@ static const char *arg_str(json_object *args, const char *key, bool required,
 	return json_object_get_string(v);
 }
 
-static json_object *doc_certs(json_object *doc)
+/* The object doc[key], made (empty) when absent. */
+static json_object *doc_object(json_object *doc, const char *key)
 {
 	json_object *c = NULL;
-	if (!json_object_object_get_ex(doc, "certificates", &c) ||
-	    !json_object_is_type(c, json_type_object)) {
+	if (!json_object_object_get_ex(doc, key, &c) || !json_object_is_type(c, json_type_object)) {
 		c = json_object_new_object();
-		json_object_object_add(doc, "certificates", c);
+		json_object_object_add(doc, key, c);
 	}
 	return c;
+}
+
+static json_object *doc_certs(json_object *doc)
+{
+	return doc_object(doc, "certificates");
 }
 
 static json_object *doc_listeners(json_object *doc)
@@ -758,17 +763,16 @@ static json_object *op_cert_set_crl(struct kg_ops *ops, json_object *args)
 	return change_cert(ops, args, true);
 }
 
-static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
+/* What deleting a certificate or a group shares: refused with in_use
+ * while users (consumed: the listeners that use it) is not empty;
+ * otherwise the document without doc[key][name] (and without doc[key]
+ * when that empties it and drop_empty) is transacted. NULL when done,
+ * else the reply. */
+static json_object *delete_entry(struct kg_ops *ops, const char *what, const char *name,
+				 json_object *users, const char *key, bool drop_empty)
 {
-	json_object *fail = need_state(ops);
-	const struct kg_cert_conf *c = fail ? NULL : cert_arg(ops, args, &fail);
-	if (!c)
-		return fail;
-	char name[KG_NAME_MAX + 1];
-	snprintf(name, sizeof(name), "%s", c->name);
-	json_object *users = used_by(ops->cur->cfg, name);
 	if (json_object_array_length(users) > 0) {
-		json_object *r = kg_ops_error(KG_ERR_IN_USE, "certificate %s: in use by listener(s) %s",
+		json_object *r = kg_ops_error(KG_ERR_IN_USE, "%s %s: in use by listener(s) %s", what,
 					      name, json_object_to_json_string(users));
 		json_object_put(users);
 		return r;
@@ -777,14 +781,34 @@ static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
 	json_object *doc = doc_copy(ops->st->doc);
 	if (!doc)
 		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
-	json_object_object_del(doc_certs(doc), name);
-	fail = transact(ops, doc);
-	if (fail)
-		return fail;
-	log_notice("cert.deleted", KV("cert", name));
+	json_object *entries = doc_object(doc, key);
+	json_object_object_del(entries, name);
+	if (drop_empty && json_object_object_length(entries) == 0)
+		json_object_object_del(doc, key);
+	return transact(ops, doc);
+}
+
+static json_object *deleted(const char *name)
+{
 	json_object *r = json_object_new_object();
 	json_object_object_add(r, "deleted", json_object_new_string(name));
 	return ok(r);
+}
+
+static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = need_state(ops);
+	const struct kg_cert_conf *c = fail ? NULL : cert_arg(ops, args, &fail);
+	if (!c)
+		return fail;
+	char name[KG_NAME_MAX + 1];
+	snprintf(name, sizeof(name), "%s", c->name);
+	fail = delete_entry(ops, "certificate", name, used_by(ops->cur->cfg, name), "certificates",
+			    false);
+	if (fail)
+		return fail;
+	log_notice("cert.deleted", KV("cert", name));
+	return deleted(name);
 }
 
 /* ---- listeners ----------------------------------------------------------- */
@@ -1172,9 +1196,7 @@ static json_object *op_listener_delete(struct kg_ops *ops, json_object *args)
 	fail = transact(ops, doc);
 	if (fail)
 		return fail;
-	json_object *r = json_object_new_object();
-	json_object_object_add(r, "deleted", json_object_new_string(keep));
-	return ok(r);
+	return deleted(keep);
 }
 
 /* ---- backends ------------------------------------------------------------ */
@@ -1246,13 +1268,7 @@ static json_object *edit_backend(json_object *l, void *arg)
 
 static json_object *doc_groups(json_object *doc)
 {
-	json_object *g = NULL;
-	if (!json_object_object_get_ex(doc, "backend_groups", &g) ||
-	    !json_object_is_type(g, json_type_object)) {
-		g = json_object_new_object();
-		json_object_object_add(doc, "backend_groups", g);
-	}
-	return g;
+	return doc_object(doc, "backend_groups");
 }
 
 /* The listeners that send to gc, as ["web (backend_group)", ...]. */
@@ -1413,29 +1429,12 @@ static json_object *op_group_delete(struct kg_ops *ops, json_object *args)
 		return fail;
 	char name[KG_NAME_MAX + 1];
 	snprintf(name, sizeof(name), "%s", g->name);
-	json_object *users = group_users(ops->cur->cfg, g);
-	if (json_object_array_length(users) > 0) {
-		json_object *r = kg_ops_error(KG_ERR_IN_USE, "group %s: in use by listener(s) %s; "
-					      "point them elsewhere first", name,
-					      json_object_to_json_string(users));
-		json_object_put(users);
-		return r;
-	}
-	json_object_put(users);
-	json_object *doc = doc_copy(ops->st->doc);
-	if (!doc)
-		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
-	json_object *groups = doc_groups(doc);
-	json_object_object_del(groups, name);
-	if (json_object_object_length(groups) == 0)
-		json_object_object_del(doc, "backend_groups");
-	fail = transact(ops, doc);
+	fail = delete_entry(ops, "group", name, group_users(ops->cur->cfg, g), "backend_groups",
+			    true);
 	if (fail)
 		return fail;
 	log_notice("group.deleted", KV("group", name));
-	json_object *r = json_object_new_object();
-	json_object_object_add(r, "deleted", json_object_new_string(name));
-	return ok(r);
+	return deleted(name);
 }
 
 /* A member verb on a listener's inline backends (args.listener) or on a

@@ -167,14 +167,32 @@ def client_conn_bytes(port):
 
 
 # ---- the proxies -------------------------------------------------------------
-class KgatedHttps(kb.Proxy):
-    """kgated's https listener; binary lets a run compare two builds."""
+# kgated-routes: the origins as a backend group behind ROUTES routes that a
+# request walks to the end (host routes that do not match, one with a
+# client-certificate matcher that does not match, then "/" to the group):
+# the cost of per-request routing at the table's limit.
+ROUTES = 64
 
-    def __init__(self, env, workers, binary, name):
+
+def bench_routes(group):
+    routes = [{"name": f"h{i}", "match": {"host": f"h{i}.example.com"}, "group": group}
+              for i in range(ROUTES - 2)]
+    routes.append({"name": "cert", "match": {"path_prefix": "/", "cert": {"ou": "no-such-ou"}},
+                   "group": group})
+    routes.append({"name": "all", "match": {"path_prefix": "/"}, "group": group})
+    return routes
+
+
+class KgatedHttps(kb.Proxy):
+    """kgated's https listener; binary lets a run compare two builds;
+    routes puts the origins behind bench_routes()."""
+
+    def __init__(self, env, workers, binary, name, routes=False):
         super().__init__(env, workers)
         self.binary = binary
         self.name = name
         self.label = name
+        self.routes = routes
 
     def prepare(self):
         e = self.env
@@ -194,6 +212,10 @@ class KgatedHttps(kb.Proxy):
                                "http": {"headers": IDENT, "keepalive_timeout_ms": 600000,
                                         "pool_max_idle": 64,
                                         "access_log": "on" if e.args.access_log else "off"}}]}
+        if self.routes:
+            listener = conf["listeners"][0]
+            conf["backend_groups"] = {"origin": {"backends": listener.pop("backends")}}
+            listener["routes"] = bench_routes("origin")
         self.conf_path = os.path.join(e.work, f"{self.name}-w{self.workers}.json")
         with open(self.conf_path, "w") as f:
             json.dump(conf, f, indent=1)
@@ -454,6 +476,8 @@ def run(args):
             for name in args.proxies:
                 if name == "kgated":
                     proxies.append(KgatedHttps(env, w, env.kgated, "kgated"))
+                elif name == "kgated-routes":
+                    proxies.append(KgatedHttps(env, w, env.kgated, "kgated-routes", routes=True))
                 elif name == "kgated-base":
                     if not args.base_kgated:
                         raise BenchError("kgated-base needs --base-kgated PATH")
@@ -601,7 +625,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--idle", type=int, default=0,
                    help="also measure RSS per idle https connection with this many")
-    p.add_argument("--proxies", default="kgated haproxy-http nginx")
+    p.add_argument("--proxies", default="kgated haproxy-http nginx",
+                   help="of kgated, kgated-routes (the origins behind 64 routes, the last "
+                   "one matching), kgated-base, haproxy-http, nginx")
     p.add_argument("--base-kgated", default="",
                    help="another kgated binary, measured as proxy kgated-base")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
@@ -611,9 +637,11 @@ def main():
                    help="kgated logs every request (diagnosis: in-daemon time per request; "
                    "costs CPU, so not for comparisons)")
     args = p.parse_args()
+    # bench.py's Env sizes its limits from the idle workloads, which this
+    # bench does not run (it has --idle alone).
+    args.idle_cpu = []
     args.workers = [int(x) for x in args.workers.split()]
     args.proxies = args.proxies.split()
-    args.idle_cpu = []  # bench.py's idle-CPU workload is not part of this bench
     if args.base_kgated and "kgated-base" not in args.proxies:
         args.proxies.insert(0, "kgated-base")
     return kb.run_main(run, args)

@@ -291,3 +291,26 @@ json_object *kg_name_args(const char *name)
 	json_object_object_add(args, "name", json_object_new_string(name));
 	return args;
 }
+
+/* "HOST:PORT[,weight=W]" → {"address": ..., "weight": W}. */
+json_object *kg_backend_spec(const char *object, const char *verb, const char *text)
+{
+	json_object *m = json_object_new_object();
+	const char *comma = strchr(text, ',');
+	if (!comma) {
+		json_object_object_add(m, "address", json_object_new_string(text));
+		return m;
+	}
+	json_object_object_add(m, "address",
+			       json_object_new_string_len(text, (int)(comma - text)));
+	unsigned long w;
+	if (strncmp(comma + 1, "weight=", 7) != 0 ||
+	    kg_flag_uint(object, verb, "--backend weight", comma + 8, 1000000, &w) < 0) {
+		kg_ctl_fail(KG_EXIT_USAGE, "%s %s: --backend %s: expected HOST:PORT[,weight=W]",
+			object, verb, text);
+		json_object_put(m);
+		return NULL;
+	}
+	json_object_object_add(m, "weight", json_object_new_int64((int64_t)w));
+	return m;
+}

@@ -53,6 +53,9 @@ json_object *kg_pem_arg(const char *object, const char *verb, const char *path);
 
 /* kg_client_call, then the result printed as an object. */
 int kg_call_print(const struct kg_cli *cli, const char *op, json_object *args);
+/* "HOST:PORT[,weight=W]" (a --backend of OBJECT VERB) → {"address": ...,
+ * "weight": W}; prints the error and returns NULL when malformed. */
+json_object *kg_backend_spec(const char *object, const char *verb, const char *text);
 /* {"name": name} */
 json_object *kg_name_args(const char *name);
 

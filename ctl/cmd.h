@@ -52,6 +52,7 @@ int kg_cmd_ca(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_cert(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_listener(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_backend(struct kg_cli *cli, int argc, char **argv);
+int kg_cmd_group(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_status(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_upgrade(struct kg_cli *cli, int argc, char **argv);
 int kg_cmd_stats(struct kg_cli *cli, int argc, char **argv);

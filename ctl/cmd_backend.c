@@ -1,4 +1,6 @@
-/* kgatectl backend VERB: members of a listener's backend group. */
+/* kgatectl backend VERB: members of a listener's own backends
+ * (LISTENER HOST:PORT) or of a named backend group (--group NAME
+ * HOST:PORT). */
 #include <stdio.h>
 
 #include "client.h"
@@ -6,11 +8,23 @@
 static const struct kg_cmd backend_cmds[];
 #define SELF(i) (&backend_cmds[i])
 
-static json_object *member_args(const struct kg_flags *f)
+/* LISTENER HOST:PORT, or --group NAME HOST:PORT: *rest is the first
+ * positional word after the member's address. NULL after a usage error. */
+static json_object *member_args(const char *verb, const struct kg_flags *f, int *rest)
 {
+	const char *group = kg_flag(f, "group");
+	int need = group ? 1 : 2;
+	if (f->npos < need) {
+		kg_ctl_fail(KG_EXIT_USAGE, "backend %s: expected %s (see 'kgatectl backend %s "
+			    "--help')", verb, group ? "HOST:PORT after --group NAME" :
+			    "LISTENER HOST:PORT, or --group NAME HOST:PORT", verb);
+		return NULL;
+	}
 	json_object *args = json_object_new_object();
-	json_object_object_add(args, "listener", json_object_new_string(f->pos[0]));
-	json_object_object_add(args, "address", json_object_new_string(f->pos[1]));
+	json_object_object_add(args, group ? "group" : "listener",
+			       json_object_new_string(group ? group : f->pos[0]));
+	json_object_object_add(args, "address", json_object_new_string(f->pos[need - 1]));
+	*rest = need;
 	return args;
 }
 
@@ -38,8 +52,15 @@ static int weight_arg(const char *verb, const char *text, json_object *args)
 static int backend_add(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
-	KG_FLAGS_OR_RETURN("backend", SELF(0), cli, argc, argv, " weight ", NULL, 2, 2, &f);
-	json_object *args = member_args(&f);
+	int rest;
+	KG_FLAGS_OR_RETURN("backend", SELF(0), cli, argc, argv, " weight group ", NULL, 1, 2, &f);
+	json_object *args = member_args("add", &f, &rest);
+	if (!args)
+		return KG_EXIT_USAGE;
+	if (f.npos > rest) {
+		json_object_put(args);
+		return kg_ctl_fail(KG_EXIT_USAGE, "backend add: unexpected \"%s\"", f.pos[rest]);
+	}
 	if (kg_flag(&f, "weight") && weight_arg("add", kg_flag(&f, "weight"), args) < 0) {
 		json_object_put(args);
 		return KG_EXIT_USAGE;
@@ -47,12 +68,22 @@ static int backend_add(struct kg_cli *cli, int argc, char **argv)
 	return call(cli, "backend.add", args);
 }
 
-/* Verbs that take LISTENER HOST:PORT and nothing else. */
+/* Verbs that take LISTENER HOST:PORT (or --group NAME HOST:PORT) and
+ * nothing else. */
 static int member_verb(struct kg_cli *cli, int argc, char **argv, int self, const char *op)
 {
 	struct kg_flags f;
-	KG_FLAGS_OR_RETURN("backend", SELF(self), cli, argc, argv, " ", NULL, 2, 2, &f);
-	return call(cli, op, member_args(&f));
+	int rest;
+	KG_FLAGS_OR_RETURN("backend", SELF(self), cli, argc, argv, " group ", NULL, 1, 2, &f);
+	json_object *args = member_args(backend_cmds[self].name, &f, &rest);
+	if (!args)
+		return KG_EXIT_USAGE;
+	if (f.npos > rest) {
+		json_object_put(args);
+		return kg_ctl_fail(KG_EXIT_USAGE, "backend %s: unexpected \"%s\"",
+				   backend_cmds[self].name, f.pos[rest]);
+	}
+	return call(cli, op, args);
 }
 
 static int backend_remove(struct kg_cli *cli, int argc, char **argv)
@@ -63,9 +94,17 @@ static int backend_remove(struct kg_cli *cli, int argc, char **argv)
 static int backend_set_weight(struct kg_cli *cli, int argc, char **argv)
 {
 	struct kg_flags f;
-	KG_FLAGS_OR_RETURN("backend", SELF(2), cli, argc, argv, " ", NULL, 3, 3, &f);
-	json_object *args = member_args(&f);
-	if (weight_arg("set-weight", f.pos[2], args) < 0) {
+	int rest;
+	KG_FLAGS_OR_RETURN("backend", SELF(2), cli, argc, argv, " group ", NULL, 2, 3, &f);
+	json_object *args = member_args("set-weight", &f, &rest);
+	if (!args)
+		return KG_EXIT_USAGE;
+	if (f.npos != rest + 1) {
+		json_object_put(args);
+		return kg_ctl_fail(KG_EXIT_USAGE, "backend set-weight: expected the weight after "
+				   "HOST:PORT");
+	}
+	if (weight_arg("set-weight", f.pos[rest], args) < 0) {
 		json_object_put(args);
 		return KG_EXIT_USAGE;
 	}
@@ -88,16 +127,17 @@ static int backend_enable(struct kg_cli *cli, int argc, char **argv)
 }
 
 static const struct kg_cmd backend_cmds[] = {
-	{"add", backend_add, "LISTENER HOST:PORT [--weight W]",
+	{"add", backend_add, "LISTENER|--group NAME HOST:PORT [--weight W]",
 	 "add a member (weight 1-256, default 1); new connections may use it at once"},
-	{"remove", backend_remove, "LISTENER HOST:PORT",
+	{"remove", backend_remove, "LISTENER|--group NAME HOST:PORT",
 	 "remove a member: no new connections; open ones finish"},
-	{"set-weight", backend_set_weight, "LISTENER HOST:PORT W", "change a member's weight (1-256)"},
-	{"drain", backend_drain, "LISTENER HOST:PORT",
+	{"set-weight", backend_set_weight, "LISTENER|--group NAME HOST:PORT W",
+	 "change a member's weight (1-256)"},
+	{"drain", backend_drain, "LISTENER|--group NAME HOST:PORT",
 	 "no new connections to the member; open ones finish (kept across restarts)"},
-	{"disable", backend_disable, "LISTENER HOST:PORT",
+	{"disable", backend_disable, "LISTENER|--group NAME HOST:PORT",
 	 "take the member out of rotation and close its open connections (kept across restarts)"},
-	{"enable", backend_enable, "LISTENER HOST:PORT",
+	{"enable", backend_enable, "LISTENER|--group NAME HOST:PORT",
 	 "end a drain or disable: the member takes connections again"},
 	{NULL, NULL, NULL, NULL},
 };

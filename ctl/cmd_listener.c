@@ -69,8 +69,8 @@ static void write_verb(struct verb_text *v)
 		add(v->usage, sizeof(v->usage), "%s%s--%s ", v->usage[0] ? " " : "",
 		    required ? "" : "[", k->option);
 		add_value(v->usage, sizeof(v->usage), k, v->update);
-		add(v->usage, sizeof(v->usage), "%s",
-		    k->type == KG_KEY_ARRAY ? " ..." : required ? "" : "]");
+		add(v->usage, sizeof(v->usage), "%s%s", k->type == KG_KEY_ARRAY ? " ..." : "",
+		    required ? "" : "]");
 		/* The repeated option (backend) is kg_flags_parse's multi. */
 		if (k->type != KG_KEY_ARRAY)
 			add(v->allowed, sizeof(v->allowed), " %s ", k->option);
@@ -190,36 +190,14 @@ static int put_settable(const char *verb, const struct kg_flags *f, json_object 
 	return 0;
 }
 
-/* "HOST:PORT[,weight=W]" → {"address": ..., "weight": W}. */
-static json_object *backend_spec(const char *text)
-{
-	json_object *m = json_object_new_object();
-	const char *comma = strchr(text, ',');
-	if (!comma) {
-		json_object_object_add(m, "address", json_object_new_string(text));
-		return m;
-	}
-	json_object_object_add(m, "address",
-			       json_object_new_string_len(text, (int)(comma - text)));
-	unsigned long w;
-	if (strncmp(comma + 1, "weight=", 7) != 0 ||
-	    kg_flag_uint("listener", "create", "--backend weight", comma + 8, 1000000, &w) < 0) {
-		kg_ctl_fail(KG_EXIT_USAGE, "listener create: --backend %s: expected HOST:PORT[,weight=W]",
-			text);
-		json_object_put(m);
-		return NULL;
-	}
-	json_object_object_add(m, "weight", json_object_new_int64((int64_t)w));
-	return m;
-}
-
 static const char *opt(const struct kg_flags *f, enum kg_listener_key_id id)
 {
 	return kg_flag(f, keys[id].option);
 }
 
-/* "--name, --protocol, --port and at least one --backend are required":
- * the KG_LKF_OPTION_REQUIRED rows, if one is missing. */
+/* "--name, --protocol, --port are required": the KG_LKF_OPTION_REQUIRED
+ * rows, if one is missing (where traffic goes, --backend, --backend-group
+ * or --routes, is kgated's to judge). */
 static int need_required(const struct kg_flags *f)
 {
 	char list[256] = "";
@@ -250,17 +228,22 @@ static int listener_create(struct kg_cli *cli, int argc, char **argv)
 	if (kg_flag_uint("listener", "create", "--port", opt(&f, KG_LK_port), keys[KG_LK_port].max,
 			 &p) < 0)
 		return KG_EXIT_USAGE;
-	json_object *l = json_object_new_object(), *backends = json_object_new_array();
+	json_object *l = json_object_new_object(), *backends = NULL;
 	json_object_object_add(l, "name", json_object_new_string(opt(&f, KG_LK_name)));
 	json_object_object_add(l, "protocol", json_object_new_string(opt(&f, KG_LK_protocol)));
 	json_object_object_add(l, "bind", json_object_new_string(
 			opt(&f, KG_LK_bind) ? opt(&f, KG_LK_bind) : KG_CTL_DEFAULT_BIND));
 	json_object_object_add(l, "port", json_object_new_int64((int64_t)p));
-	json_object_object_add(l, "backends", backends);
+	/* No --backend: the listener names a group (--backend-group,
+	 * --default-group with --routes); kgated says what is missing. */
+	if (f.nmulti > 0) {
+		backends = json_object_new_array();
+		json_object_object_add(l, "backends", backends);
+	}
 	if (put_settable("create", &f, l) < 0)
 		goto fail;
 	for (int i = 0; i < f.nmulti; i++) {
-		json_object *m = backend_spec(f.multi[i]);
+		json_object *m = kg_backend_spec("listener", "create", f.multi[i]);
 		if (!m)
 			goto fail;
 		json_object_array_add(backends, m);
@@ -333,9 +316,27 @@ static int listener_show(struct kg_cli *cli, int argc, char **argv)
 	json_object *res;
 	KG_FLAGS_OR_RETURN("listener", SELF(2), cli, argc, argv, " ", NULL, 1, 1, &f);
 	int st = kg_client_call(cli, "listener.show", kg_name_args(f.pos[0]), &res);
-	/* Text: the settings as lines, then the members as a table. */
-	return st ? st : kg_print_object_and_table(cli, res, "members", cols,
-						   sizeof(cols) / sizeof(cols[0]), print_listener);
+	if (st)
+		return st;
+	/* Text: the settings as lines, then the members as a table, then
+	 * each backend group the listener sends to with its members. */
+	json_object *groups = NULL;
+	if (cli->out != KG_OUT_JSON && json_object_object_get_ex(res, "groups", &groups)) {
+		json_object_get(groups);
+		json_object_object_del(res, "groups");
+	}
+	st = kg_print_object_and_table(cli, res, "members", cols, sizeof(cols) / sizeof(cols[0]),
+				       print_listener);
+	size_t n_groups = groups ? json_object_array_length(groups) : 0;
+	for (size_t i = 0; st == KG_EXIT_OK && i < n_groups; i++) {
+		json_object *g = json_object_array_get_idx(groups, i), *name = NULL, *members = NULL;
+		json_object_object_get_ex(g, "name", &name);
+		json_object_object_get_ex(g, "members", &members);
+		printf("\ngroup %s:\n", json_object_get_string(name));
+		st = kg_print_rows(cli, json_object_get(members), cols, sizeof(cols) / sizeof(cols[0]));
+	}
+	json_object_put(groups);
+	return st;
 }
 
 static int listener_update(struct kg_cli *cli, int argc, char **argv)

@@ -28,7 +28,8 @@ static const struct object objects[] = {
 	{"ca", kg_cmd_ca, "private CA: init, issue, export-p12, revoke, crl, list"},
 	{"cert", kg_cmd_cert, "certificates in kgated: upload, list, show, replace, set-crl, delete"},
 	{"listener", kg_cmd_listener, "listeners: create, list, show, update, stop, start, delete"},
-	{"backend", kg_cmd_backend, "backend members of a listener: add, remove, set-weight, drain, enable"},
+	{"backend", kg_cmd_backend, "backend members of a listener or group: add, remove, set-weight, drain, enable"},
+	{"group", kg_cmd_group, "backend groups (server groups): create, list, show, update, delete"},
 	{"status", kg_cmd_status, "kgated version, uptime, workers, kernel features, connections"},
 	{"stats", kg_cmd_stats, "counters: connections, handshakes, bytes, backends [--listener NAME]"},
 	{"upgrade", kg_cmd_upgrade, "run the kgated binary now on disk in place of this one, refusing nothing"},
@@ -100,12 +101,12 @@ static void usage(FILE *f)
 		"Usage: kgatectl [--socket PATH] [-o text|json] OBJECT VERB [OPTIONS]\n"
 		"       kgatectl --store URL [--store-kek FILE] [--store-cert FILE --store-key FILE]\n"
 		"                [--store-ca FILE] [--expect-revision N] [-o text|json]\n"
-		"                cert|listener|backend|store|fleet VERB [OPTIONS]\n"
+		"                cert|listener|backend|group|store|fleet VERB [OPTIONS]\n"
 		"       kgatectl --help | --version\n\n"
 		"--socket: kgated's control socket (default $KGATE_SOCKET, else %s)\n"
 		"--store: the store, etcd://HOST:PORT[,HOST:PORT...]/PREFIX (https with\n"
 		"  --store-ca/--store-cert/--store-key); --store-kek: the key-encryption key;\n"
-		"  cert, listener and backend verbs then change the document in the store,\n"
+		"  cert, listener, backend and group verbs then change the document in the store,\n"
 		"  validated as kgated does; --expect-revision: write only if the document\n"
 		"  is still at revision N\n\nObjects:\n",
 		KG_DEFAULT_SOCKET);

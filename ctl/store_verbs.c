@@ -22,7 +22,7 @@
  * request (status, stats, upgrade) is about a running kgated. */
 static bool about_document(const char *op)
 {
-	static const char *const objects[] = {"cert.", "listener.", "backend."};
+	static const char *const objects[] = {"cert.", "listener.", "backend.", "group."};
 	for (size_t i = 0; i < sizeof(objects) / sizeof(objects[0]); i++)
 		if (strncmp(op, objects[i], strlen(objects[i])) == 0)
 			return true;

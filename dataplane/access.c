@@ -18,7 +18,8 @@
 
 #include "kgate/log.h"
 
-#define PATH_MAX_ 256
+#include "jpath.h"
+
 
 /* The matchers, X(id, key): a rule's "match" object has these keys. */
 #define KG_ACCESS_FIELDS(X)                                                                  \
@@ -44,10 +45,15 @@ struct matcher {
 	size_t n;        /* 0: the rule does not look at this field */
 };
 
+/* All given fields must match (access rules and routes share it). */
+struct kg_cert_match {
+	struct matcher m[F_COUNT];
+};
+
 struct rule {
 	char *name;
 	enum kg_access_action action;
-	struct matcher m[F_COUNT];
+	struct kg_cert_match cm;
 };
 
 struct kg_access {
@@ -60,35 +66,6 @@ struct values {
 	char **v[F_COUNT];
 	size_t n[F_COUNT];
 };
-
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, const char *path,
-						      const char *fmt, ...)
-{
-	int n = snprintf(err, errlen, "%s: ", path);
-	if (n >= 0 && (size_t)n < errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-		va_end(ap);
-	}
-	/* Keys come from the document: a newline in one must not split the
-	 * log line or the reply that carries the message. */
-	kg_text_one_line(err);
-	return -EINVAL;
-}
-
-/* Paths only feed messages: a (theoretical) truncation is acceptable. */
-static void subpath(char *out, const char *parent, const char *key)
-{
-	if (snprintf(out, PATH_MAX_, "%s.%s", parent, key) < 0)
-		out[0] = '\0';
-}
-
-static void subindex(char *out, const char *parent, size_t i)
-{
-	if (snprintf(out, PATH_MAX_, "%s[%zu]", parent, i) < 0)
-		out[0] = '\0';
-}
 
 bool kg_access_glob(const char *p, const char *t, bool fold)
 {
@@ -149,7 +126,7 @@ static char *compile_pattern(enum field f, const char *s, const char *path, char
 	case F_SERIAL:
 		out = norm_hex(s, true);
 		if (!out)
-			fail(err, errlen, path, "expected a serial number in hex (\"1f\", \"01:1F\")");
+			kg_jpath_fail(err, errlen, path, "expected a serial number in hex (\"1f\", \"01:1F\")");
 		return out;
 	case F_SHA256:
 		out = norm_hex(s, false);
@@ -158,7 +135,7 @@ static char *compile_pattern(enum field f, const char *s, const char *path, char
 			out = NULL;
 		}
 		if (!out)
-			fail(err, errlen, path, "expected a SHA-256 fingerprint: 64 hex digits, "
+			kg_jpath_fail(err, errlen, path, "expected a SHA-256 fingerprint: 64 hex digits, "
 						"colons optional");
 		return out;
 	case F_SAN_IP:
@@ -169,7 +146,7 @@ static char *compile_pattern(enum field f, const char *s, const char *path, char
 			char text[INET6_ADDRSTRLEN];
 			int fam = strchr(s, ':') ? AF_INET6 : AF_INET;
 			if (inet_pton(fam, s, a) != 1 || !inet_ntop(fam, a, text, sizeof(text))) {
-				fail(err, errlen, path, "expected an IPv4 or IPv6 address, or a glob "
+				kg_jpath_fail(err, errlen, path, "expected an IPv4 or IPv6 address, or a glob "
 							"(\"10.1.*\")");
 				return NULL;
 			}
@@ -193,37 +170,37 @@ static int parse_matcher(struct json_object *v, enum field f, const char *path,
 {
 	bool is_array = json_object_is_type(v, json_type_array);
 	size_t n = is_array ? json_object_array_length(v) : 1;
-	char ip[PATH_MAX_];
+	char ip[KG_JPATH_MAX];
 
 	if (!is_array && !json_object_is_type(v, json_type_string))
-		return fail(err, errlen, path, "expected a string or an array of strings");
+		return kg_jpath_fail(err, errlen, path, "expected a string or an array of strings");
 	if (n == 0)
-		return fail(err, errlen, path, "must not be an empty array");
+		return kg_jpath_fail(err, errlen, path, "must not be an empty array");
 	if (n > KG_ACCESS_PATTERNS_MAX)
-		return fail(err, errlen, path, "at most %d alternatives", KG_ACCESS_PATTERNS_MAX);
+		return kg_jpath_fail(err, errlen, path, "at most %d alternatives", KG_ACCESS_PATTERNS_MAX);
 	m->patterns = calloc(n, sizeof(*m->patterns));
 	if (!m->patterns)
-		return fail(err, errlen, path, "out of memory");
+		return kg_jpath_fail(err, errlen, path, "out of memory");
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *s = is_array ? json_object_array_get_idx(v, i) : v;
 		bool oom = false;
 		if (is_array)
-			subindex(ip, path, i);
+			kg_jpath_index(ip, path, i);
 		else if (snprintf(ip, sizeof(ip), "%s", path) < 0)
 			ip[0] = '\0';
 		if (!json_object_is_type(s, json_type_string))
-			return fail(err, errlen, ip, "expected a string");
+			return kg_jpath_fail(err, errlen, ip, "expected a string");
 		const char *text = json_object_get_string(s);
 		size_t len = (size_t)json_object_get_string_len(s);
 		if (strlen(text) != len)
-			return fail(err, errlen, ip, "must not contain NUL characters");
+			return kg_jpath_fail(err, errlen, ip, "must not contain NUL characters");
 		if (len == 0)
-			return fail(err, errlen, ip, "must not be empty");
+			return kg_jpath_fail(err, errlen, ip, "must not be empty");
 		if (len > KG_ACCESS_PATTERN_MAX)
-			return fail(err, errlen, ip, "longer than %d bytes", KG_ACCESS_PATTERN_MAX);
+			return kg_jpath_fail(err, errlen, ip, "longer than %d bytes", KG_ACCESS_PATTERN_MAX);
 		m->patterns[i] = compile_pattern(f, text, ip, err, errlen, &oom);
 		if (!m->patterns[i])
-			return oom ? fail(err, errlen, ip, "out of memory") : -EINVAL;
+			return oom ? kg_jpath_fail(err, errlen, ip, "out of memory") : -EINVAL;
 		m->n++;
 	}
 	return 0;
@@ -240,15 +217,15 @@ static const char *const action_names[] = {
 static int member(struct json_object *r, const char *path, const char *key, enum json_type type,
 		  const char *what, char *kp, struct json_object **out, char *err, size_t errlen)
 {
-	subpath(kp, path, key);
+	kg_jpath_member(kp, path, key);
 	if (!json_object_object_get_ex(r, key, out))
-		return fail(err, errlen, kp, "is required");
+		return kg_jpath_fail(err, errlen, kp, "is required");
 	if (!json_object_is_type(*out, type))
-		return fail(err, errlen, kp, "expected %s", what);
+		return kg_jpath_fail(err, errlen, kp, "expected %s", what);
 	return 0;
 }
 
-static bool name_valid(const char *s)
+bool kg_access_name_valid(const char *s)
 {
 	size_t len = strlen(s);
 	if (len < 1 || len > 80)
@@ -259,35 +236,58 @@ static bool name_valid(const char *s)
 	return true;
 }
 
+/* The members of a "match" object at path into cm; *have says whether
+ * there was at least one. */
+static int parse_fields(struct json_object *match, const char *path, struct kg_cert_match *cm,
+			bool *have, char *err, size_t errlen)
+{
+	*have = false;
+	json_object_object_foreach(match, mkey, mval) {
+		char fp[KG_JPATH_MAX];
+		size_t f = 0;
+		while (field_keys[f] && strcmp(field_keys[f], mkey) != 0)
+			f++;
+		kg_jpath_member(fp, path, mkey);
+		if (!field_keys[f])
+			return kg_jpath_fail(err, errlen, fp, "unknown key (known: cn, o, ou, san_dns, "
+						     "san_email, san_ip, san_uri, issuer, serial, "
+						     "sha256)");
+		if (parse_matcher(mval, (enum field)f, fp, &cm->m[f], err, errlen) < 0)
+			return -EINVAL;
+		*have = true;
+	}
+	return 0;
+}
+
 static int parse_rule(struct json_object *r, const char *path, struct kg_access *a,
 		      char *err, size_t errlen)
 {
 	struct rule *rule = &a->rules[a->n];
 	struct json_object *v = NULL, *match = NULL;
-	char kp[PATH_MAX_];
+	char kp[KG_JPATH_MAX];
 	bool have = false;
 
 	if (!json_object_is_type(r, json_type_object))
-		return fail(err, errlen, path, "expected an object");
+		return kg_jpath_fail(err, errlen, path, "expected an object");
 	json_object_object_foreach(r, key, val) {
 		(void)val;
 		if (strcmp(key, "name") && strcmp(key, "action") && strcmp(key, "match")) {
-			subpath(kp, path, key);
-			return fail(err, errlen, kp, "unknown key");
+			kg_jpath_member(kp, path, key);
+			return kg_jpath_fail(err, errlen, kp, "unknown key");
 		}
 	}
 	if (member(r, path, "name", json_type_string, "a string", kp, &v, err, errlen) < 0)
 		return -EINVAL;
 	const char *name = json_object_get_string(v);
 	/* Names go into log lines: a plain alphabet keeps them unambiguous. */
-	if (strlen(name) != (size_t)json_object_get_string_len(v) || !name_valid(name))
-		return fail(err, errlen, kp, "use 1-80 letters, digits or - / . _");
+	if (strlen(name) != (size_t)json_object_get_string_len(v) || !kg_access_name_valid(name))
+		return kg_jpath_fail(err, errlen, kp, "use 1-80 letters, digits or - / . _");
 	for (size_t i = 0; i < a->n; i++)
 		if (strcmp(a->rules[i].name, name) == 0)
-			return fail(err, errlen, kp, "duplicate rule name \"%s\"", name);
+			return kg_jpath_fail(err, errlen, kp, "duplicate rule name \"%s\"", name);
 	rule->name = strdup(name);
 	if (!rule->name)
-		return fail(err, errlen, kp, "out of memory");
+		return kg_jpath_fail(err, errlen, kp, "out of memory");
 	a->n++;
 
 	if (member(r, path, "action", json_type_string, "a string", kp, &v, err, errlen) < 0)
@@ -296,29 +296,16 @@ static int parse_rule(struct json_object *r, const char *path, struct kg_access 
 	while (action_names[act] && strcmp(action_names[act], json_object_get_string(v)) != 0)
 		act++;
 	if (!action_names[act])
-		return fail(err, errlen, kp, "must be one of \"allow\", \"deny\"");
+		return kg_jpath_fail(err, errlen, kp, "must be one of \"allow\", \"deny\"");
 	rule->action = (enum kg_access_action)act;
 
-	if (member(r, path, "match", json_type_object, "an object", kp, &match, err, errlen) < 0)
+	if (member(r, path, "match", json_type_object, "an object", kp, &match, err, errlen) < 0 ||
+	    parse_fields(match, kp, &rule->cm, &have, err, errlen) < 0)
 		return -EINVAL;
-	json_object_object_foreach(match, mkey, mval) {
-		char fp[PATH_MAX_];
-		size_t f = 0;
-		while (field_keys[f] && strcmp(field_keys[f], mkey) != 0)
-			f++;
-		subpath(fp, kp, mkey);
-		if (!field_keys[f])
-			return fail(err, errlen, fp, "unknown key (known: cn, o, ou, san_dns, "
-						     "san_email, san_ip, san_uri, issuer, serial, "
-						     "sha256)");
-		if (parse_matcher(mval, (enum field)f, fp, &rule->m[f], err, errlen) < 0)
-			return -EINVAL;
-		have = true;
-	}
 	/* An empty match would match every certificate: access_default says
 	 * that, and says it where a reader looks for it. */
 	if (!have)
-		return fail(err, errlen, kp, "needs at least one matcher (access_default decides "
+		return kg_jpath_fail(err, errlen, kp, "needs at least one matcher (access_default decides "
 					     "for the certificates no rule matches)");
 	return 0;
 }
@@ -326,27 +313,27 @@ static int parse_rule(struct json_object *r, const char *path, struct kg_access 
 struct kg_access *kg_access_parse(struct json_object *rules, const char *path, char *err,
 				  size_t errlen)
 {
-	char rp[PATH_MAX_];
+	char rp[KG_JPATH_MAX];
 	if (!json_object_is_type(rules, json_type_array)) {
-		fail(err, errlen, path, "expected an array of rules");
+		kg_jpath_fail(err, errlen, path, "expected an array of rules");
 		return NULL;
 	}
 	size_t n = json_object_array_length(rules);
 	if (n == 0) {
-		fail(err, errlen, path, "must not be an empty array (remove the key instead)");
+		kg_jpath_fail(err, errlen, path, "must not be an empty array (remove the key instead)");
 		return NULL;
 	}
 	if (n > KG_ACCESS_RULES_MAX) {
-		fail(err, errlen, path, "at most %d rules", KG_ACCESS_RULES_MAX);
+		kg_jpath_fail(err, errlen, path, "at most %d rules", KG_ACCESS_RULES_MAX);
 		return NULL;
 	}
 	struct kg_access *a = calloc(1, sizeof(*a));
 	if (!a || !(a->rules = calloc(n, sizeof(*a->rules)))) {
-		fail(err, errlen, path, "out of memory");
+		kg_jpath_fail(err, errlen, path, "out of memory");
 		goto free_access;
 	}
 	for (size_t i = 0; i < n; i++) {
-		subindex(rp, path, i);
+		kg_jpath_index(rp, path, i);
 		if (parse_rule(json_object_array_get_idx(rules, i), rp, a, err, errlen) < 0)
 			goto free_access;
 	}
@@ -363,14 +350,19 @@ static void free_strings(char **s, size_t n)
 	free(s);
 }
 
+static void fields_free(struct kg_cert_match *cm)
+{
+	for (size_t f = 0; f < F_COUNT; f++)
+		free_strings(cm->m[f].patterns, cm->m[f].n);
+}
+
 void kg_access_free(struct kg_access *a)
 {
 	if (!a)
 		return;
 	for (size_t i = 0; i < a->n; i++) {
 		free(a->rules[i].name);
-		for (size_t f = 0; f < F_COUNT; f++)
-			free_strings(a->rules[i].m[f].patterns, a->rules[i].m[f].n);
+		fields_free(&a->rules[i].cm);
 	}
 	free(a->rules);
 	free(a);
@@ -401,10 +393,10 @@ int kg_access_digest(const struct kg_access *a, EVP_MD_CTX *md)
 		    digest_str(md, r->action == KG_ACCESS_ALLOW ? "allow" : "deny") < 0)
 			return -EIO;
 		for (size_t f = 0; f < F_COUNT; f++) {
-			if (r->m[f].n && digest_str(md, field_keys[f]) < 0)
+			if (r->cm.m[f].n && digest_str(md, field_keys[f]) < 0)
 				return -EIO;
-			for (size_t j = 0; j < r->m[f].n; j++)
-				if (digest_str(md, r->m[f].patterns[j]) < 0)
+			for (size_t j = 0; j < r->cm.m[f].n; j++)
+				if (digest_str(md, r->cm.m[f].patterns[j]) < 0)
 					return -EIO;
 		}
 	}
@@ -541,6 +533,25 @@ static bool field_matches(const struct matcher *m, enum field f, const struct va
 	return false;
 }
 
+static bool fields_match(const struct kg_cert_match *cm, const struct values *v)
+{
+	for (size_t f = 0; f < F_COUNT; f++)
+		if (cm->m[f].n && !field_matches(&cm->m[f], (enum field)f, v))
+			return false;
+	return true;
+}
+
+/* The certificate's values of every field; -ENOMEM. */
+static int cert_values(struct values *v, X509 *cert)
+{
+	if (subject_values(v, cert) < 0 || san_values(v, cert) < 0 ||
+	    other_values(v, cert) < 0) {
+		values_free(v);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 enum kg_access_action kg_access_eval(const struct kg_access *a, X509 *cert,
 				     enum kg_access_action def, const char **rule)
 {
@@ -548,20 +559,15 @@ enum kg_access_action kg_access_eval(const struct kg_access *a, X509 *cert,
 	*rule = KG_ACCESS_DEFAULT_RULE;
 	if (!a || !cert)
 		return def;
-	if (subject_values(&v, cert) < 0 || san_values(&v, cert) < 0 ||
-	    other_values(&v, cert) < 0) {
+	if (cert_values(&v, cert) < 0) {
 		/* Out of memory: refuse rather than let a deny rule be skipped. */
-		values_free(&v);
 		*rule = "(out of memory)";
 		return KG_ACCESS_DENY;
 	}
 	enum kg_access_action out = def;
 	for (size_t i = 0; i < a->n; i++) {
 		const struct rule *r = &a->rules[i];
-		bool all = true;
-		for (size_t f = 0; f < F_COUNT && all; f++)
-			all = r->m[f].n == 0 || field_matches(&r->m[f], (enum field)f, &v);
-		if (all) {
+		if (fields_match(&r->cm, &v)) {
 			out = r->action;
 			*rule = r->name;
 			break;
@@ -569,4 +575,55 @@ enum kg_access_action kg_access_eval(const struct kg_access *a, X509 *cert,
 	}
 	values_free(&v);
 	return out;
+}
+
+/* ---- certificate matchers of routes ---- */
+
+struct kg_cert_match *kg_cert_match_parse(struct json_object *match, const char *path,
+					  char *err, size_t errlen)
+{
+	bool have = false;
+	if (!json_object_is_type(match, json_type_object)) {
+		kg_jpath_fail(err, errlen, path, "expected an object");
+		return NULL;
+	}
+	struct kg_cert_match *cm = calloc(1, sizeof(*cm));
+	if (!cm) {
+		kg_jpath_fail(err, errlen, path, "out of memory");
+		return NULL;
+	}
+	if (parse_fields(match, path, cm, &have, err, errlen) < 0)
+		goto free_match;
+	if (!have) {
+		kg_jpath_fail(err, errlen, path, "needs at least one matcher (cn, o, ou, san_dns, "
+					"san_email, san_ip, san_uri, issuer, serial, sha256)");
+		goto free_match;
+	}
+	return cm;
+free_match:
+	kg_cert_match_free(cm);
+	return NULL;
+}
+
+void kg_cert_match_free(struct kg_cert_match *cm)
+{
+	if (!cm)
+		return;
+	fields_free(cm);
+	free(cm);
+}
+
+int kg_cert_match_eval(struct kg_cert_match *const *cms, size_t n, X509 *cert, uint64_t *bits)
+{
+	struct values v = {0};
+	*bits = 0;
+	if (!cert || n == 0)
+		return 0;
+	if (cert_values(&v, cert) < 0)
+		return -ENOMEM;
+	for (size_t i = 0; i < n && i < 64; i++)
+		if (cms[i] && fields_match(cms[i], &v))
+			*bits |= 1ull << i;
+	values_free(&v);
+	return 0;
 }

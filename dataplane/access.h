@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -47,6 +48,26 @@ enum kg_access_action kg_access_eval(const struct kg_access *a, X509 *cert,
  * to md, so that two rule lists digest alike only when they decide alike.
  * 0, or -EIO when the digest fails. a may be NULL. */
 int kg_access_digest(const struct kg_access *a, EVP_MD_CTX *md);
+
+/* A certificate matcher on its own: the "match" object of a route
+ * (routes.h) takes the same keys as an access rule's, and all given ones
+ * must match. */
+struct kg_cert_match;
+/* NULL with "<path>.key: reason" in err; an object without any matcher is
+ * refused too. */
+struct kg_cert_match *kg_cert_match_parse(struct json_object *match, const char *path,
+					  char *err, size_t errlen);
+/* Tolerates NULL. */
+void kg_cert_match_free(struct kg_cert_match *cm);
+/* Evaluates cms[0..n) (n <= 64; NULL entries never match) against cert
+ * with the certificate's fields taken once: bit i of *bits is set when
+ * cms[i] matches. cert NULL: no bit. 0, or -ENOMEM (then *bits is 0). */
+int kg_cert_match_eval(struct kg_cert_match *const *cms, size_t n, X509 *cert, uint64_t *bits);
+
+/* Names of rules and routes: 1-80 letters, digits or - / . _ (they go
+ * into log lines and metric labels, where a plain alphabet keeps them
+ * unambiguous). */
+bool kg_access_name_valid(const char *s);
 
 /* The "*" and "?" glob (no character classes, no escapes): "*" matches
  * any run of bytes, "?" one byte; case-insensitive when fold is true. */

@@ -10,6 +10,7 @@
 #include <kgate/log.h>
 
 #include "certs.h"
+#include "group.h"
 #include "health.h"
 #include "tls.h"
 #include "tls_carry.h"
@@ -76,7 +77,8 @@ static int each_snapshot(struct kg_runtime *rt,
 
 static int export_health(struct kg_listener_rt *snap, const char *name, FILE *f)
 {
-	return snap->health ? kg_health_export(snap->health, name, f) : 0;
+	struct kg_group_rt *own = kg_listener_find_group(snap, "");
+	return own ? kg_health_export(own->health, name, f) : 0;
 }
 
 static int export_sessions(struct kg_listener_rt *snap, const char *name, FILE *f)
@@ -87,7 +89,38 @@ static int export_sessions(struct kg_listener_rt *snap, const char *name, FILE *
 
 int kg_apply_export_health(struct kg_runtime *rt, FILE *f)
 {
+	for (size_t i = 0; i < rt->n_groups; i++) {
+		char key[KG_NAME_MAX + 2];
+		snprintf(key, sizeof(key), "@%s", rt->groups[i]->conf->name);
+		int r = kg_health_export(rt->groups[i]->health, key, f);
+		if (r < 0)
+			return r;
+	}
 	return each_snapshot(rt, export_health, f);
+}
+
+/* Whether lc sends anything to a group rebuilt for this document. */
+static bool uses_rebuilt(const struct kg_config *cfg, const struct kg_listener_conf *lc,
+			 const bool *rebuilt)
+{
+	char how[32];
+	for (size_t g = 0; g < cfg->n_groups; g++)
+		if (rebuilt[g] && kg_listener_uses_group(lc, &cfg->groups[g], how, sizeof(how)))
+			return true;
+	return false;
+}
+
+/* A hash of the route names: the route counters are by index. */
+static uint64_t routes_digest(const struct kg_listener_conf *lc)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; lc && i < kg_routes_count(lc->routes); i++)
+		for (const char *c = kg_routes_name(lc->routes, i);; c++) {
+			h = (h ^ (unsigned char)*c) * 1099511628211ull;
+			if (!*c)
+				break;
+		}
+	return h;
 }
 
 int kg_apply_export_sessions(struct kg_runtime *rt, FILE *f)
@@ -147,9 +180,23 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 	bool kept[KG_MAX_LISTENERS] = {false};
 	int ret = -EINVAL;
 
+	bool rebuilt[KG_MAX_GROUPS] = {false};
 	plan->n = 0;
+	plan->cfg = cfg;
+	plan->n_groups = 0;
+	if (kg_groups_build(doc, rt->groups, rt->n_groups, plan->groups, rebuilt, err, errlen) < 0)
+		return -EINVAL;
+	plan->n_groups = cfg->n_groups;
+	for (size_t g = 0; g < cfg->n_groups; g++) {
+		char key[KG_NAME_MAX + 2];
+		snprintf(key, sizeof(key), "@%s", cfg->groups[g].name);
+		/* At an upgrade, the old process's verdicts (see below). */
+		if (rebuilt[g] && rt->inherit && rt->inherit->health)
+			kg_health_import(plan->groups[g]->health, key, rt->inherit->health);
+	}
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		struct kg_listener_conf *lc = &cfg->listeners[i];
+		bool lchanged = changed[i] || uses_rebuilt(cfg, lc, rebuilt);
 		struct kg_listener_slot *slot = kg_runtime_find(rt, lc->name);
 		bool is_new = slot == NULL;
 		if (is_new) {
@@ -167,7 +214,7 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 		struct kg_apply_item *it = &plan->items[plan->n++];
 		item_init(it, slot);
 		it->conf = lc;
-		if (!is_new && !changed[i] && slot->failed[0]) {
+		if (!is_new && !lchanged && slot->failed[0]) {
 			snprintf(it->failed, sizeof(it->failed), "%s", slot->failed);
 			continue;
 		}
@@ -196,16 +243,18 @@ int kg_apply_prepare(struct kg_runtime *rt, struct kg_config_ref *doc,
 			ret = -EINVAL;
 		}
 		it->unlisten = slot->listening && (!lc->enabled || moved);
-		if (is_new || changed[i] || it->listen) {
+		if (is_new || lchanged || it->listen) {
 			char where[32];
 			snprintf(where, sizeof(where), "listeners[%zu]", i);
-			it->snap = kg_listener_build(slot, &rt->caps, rt->tickets, doc, lc, where, err, errlen);
+			it->snap = kg_listener_build(slot, &rt->caps, rt->tickets, doc, lc, plan->groups,
+						     where, err, errlen);
 			if (!it->snap)
 				goto abort;
 			/* At an upgrade, the old process's verdicts: a member it
 			 * knows to be down is not tried again as "unknown". */
-			if (rt->inherit && rt->inherit->health && it->snap->health)
-				kg_health_import(it->snap->health, lc->name, rt->inherit->health);
+			struct kg_group_rt *own = kg_listener_find_group(it->snap, "");
+			if (rt->inherit && rt->inherit->health && own)
+				kg_health_import(own->health, lc->name, rt->inherit->health);
 			/* And its TLS sessions: a client resumes across it. */
 			if (rt->inherit && rt->inherit->sessions && it->snap->ssl_ctx &&
 			    kg_tls_carries_sessions(lc) &&
@@ -241,6 +290,8 @@ void kg_apply_abort(struct kg_apply_plan *plan)
 				close(it->fds[w]);
 	}
 	plan->n = 0;
+	kg_groups_put(plan->groups, plan->n_groups);
+	plan->n_groups = 0;
 }
 
 /* Order per listener: take the old sockets away before the snapshot goes
@@ -279,6 +330,15 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 				continue;
 			}
 		} else if (it->snap) {
+			uint64_t digest = routes_digest(it->conf);
+			if (digest != slot->routes_digest) {
+				/* Counted by index: other routes start from zero. */
+				for (size_t r = 0; r < KG_ROUTES_MAX; r++)
+					atomic_store(&slot->counters.routed[r], 0);
+				atomic_store(&slot->counters.route_default, 0);
+				atomic_store(&slot->counters.route_not_found, 0);
+				slot->routes_digest = digest;
+			}
 			kg_listener_publish(slot, it->snap);
 			it->snap = NULL;
 		}
@@ -297,6 +357,18 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 				   KV("addr", addr));
 		}
 	}
+	/* The named groups of the new document replace the old ones (the
+	 * snapshots published above hold their own references: a rebuilt
+	 * group's listeners were rebuilt with it, and the checkers follow
+	 * the listeners), and follow its drained and disabled flags. */
+	kg_groups_put(rt->groups, rt->n_groups);
+	for (size_t g = 0; g < plan->n_groups; g++) {
+		rt->groups[g] = plan->groups[g];
+		plan->groups[g] = NULL;
+		kg_group_sync_admin(rt->groups[g], &plan->cfg->groups[g]);
+	}
+	rt->n_groups = plan->n_groups;
+	plan->n_groups = 0;
 	/* Health checkers hold the snapshots they check: rebuilt from what is
 	 * published now, so new members are checked and old groups let go. */
 	if (republished)

@@ -29,6 +29,11 @@ struct kg_apply_item {
 struct kg_apply_plan {
 	struct kg_apply_item items[KG_MAX_LISTENERS];
 	size_t n;
+	/* The named groups' runtimes for the new document (runtime.h
+	 * kg_groups_build), installed in the runtime at commit. */
+	struct kg_group_rt *groups[KG_MAX_GROUPS];
+	size_t n_groups;
+	const struct kg_config *cfg; /* the new document (the caller keeps it) */
 };
 
 /* doc->cfg is the new document; its listeners' bind addresses get the
@@ -56,8 +61,9 @@ void kg_apply_abort(struct kg_apply_plan *plan);
 /* The workers' listening sockets (still theirs), for an upgrade to pass
  * on; how many were written. */
 size_t kg_apply_listen_fds(const struct kg_runtime *rt, int *fds, size_t max);
-/* Writes every listener's health verdicts (kg_health_export) to f, for
- * an upgrade to pass on. 0 or -errno. */
+/* Writes every group's health verdicts (kg_health_export) to f, for an
+ * upgrade to pass on: a listener's inline group under the listener's
+ * name, a named group under "@" and its name. 0 or -errno. */
 int kg_apply_export_health(struct kg_runtime *rt, FILE *f);
 /* Moves every listener's cached TLS sessions to f (kg_tls_carry_export). */
 int kg_apply_export_sessions(struct kg_runtime *rt, FILE *f);

@@ -1,7 +1,8 @@
 /* Idle keep-alive connections to backends, per worker (no locks): an https
  * listener's request takes one instead of connecting when it can, and gives
  * it back when the response ended cleanly. Connections are keyed by the
- * listener slot and the backend's address, not by member index, so a live
+ * caller's key (forward_http.c: the listener slot and the backend group)
+ * and the backend's address, not by member index, so a live
  * change of the backend list never hands a request a connection to another
  * server. Bounded per (slot, address) by the caller's http.pool_max_idle
  * and by age (http.pool_idle_timeout_ms, carried with each connection).

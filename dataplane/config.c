@@ -24,6 +24,7 @@
 #include "access.h"
 #include "sni.h"
 #include "ocsp_resp.h"
+#include "routes.h"
 
 #define KG_CONFIG_MAX_BYTES (16u << 20) /* a config is kilobytes; refuse absurd input */
 #define KG_PATH_MAX 256                 /* JSON paths in messages */
@@ -453,22 +454,24 @@ static int get_bool(struct parser *p, const char *parent, struct json_object *ob
 	return r;
 }
 
+/* The "backends" array of a listener or a group object into l: 1 parsed,
+ * 0 absent, -EINVAL. */
 static int parse_backends(struct parser *p, const char *lpath, struct json_object *lobj,
-			  struct kg_listener_conf *l)
+			  struct kg_group_conf *l)
 {
 	static const char *const keys[] = {"address", "weight", "drained", "disabled", NULL};
 	struct json_object *arr = NULL;
 	char path[KG_PATH_MAX];
 
 	member_path(path, lpath, "backends");
-	if (require(p, lpath, "backends",
-		    get_member(p, lpath, lobj, "backends", json_type_array, "an array", &arr)) < 0)
-		return -EINVAL;
+	int found = get_member(p, lpath, lobj, "backends", json_type_array, "an array", &arr);
+	if (found <= 0)
+		return found;
 	size_t n = json_object_array_length(arr);
 	if (n == 0)
 		return fail(p, path, "at least one backend is required");
 	if (n > KG_MAX_BACKENDS)
-		return fail(p, path, "at most %d backends per listener", KG_MAX_BACKENDS);
+		return fail(p, path, "at most %d backends per group", KG_MAX_BACKENDS);
 	l->backends = calloc(n, sizeof(*l->backends));
 	if (!l->backends)
 		return fail(p, path, "out of memory");
@@ -506,7 +509,21 @@ static int parse_backends(struct parser *p, const char *lpath, struct json_objec
 			if (kg_sockaddr_equal(&l->backends[j].addr, &bc->addr))
 				return fail(p, apath, "same backend as %s[%zu]; use weight instead", path, j);
 	}
-	return 0;
+	return 1;
+}
+
+bool kg_group_conf_same(const struct kg_group_conf *a, const struct kg_group_conf *b)
+{
+	if (strcmp(a->name, b->name) != 0 || a->scheduler != b->scheduler ||
+	    a->n_backends != b->n_backends ||
+	    memcmp(&a->health_check, &b->health_check, sizeof(a->health_check)) != 0)
+		return false;
+	for (size_t i = 0; i < a->n_backends; i++)
+		if (!kg_sockaddr_equal(&a->backends[i].addr, &b->backends[i].addr) ||
+		    strcmp(a->backends[i].address, b->backends[i].address) != 0 ||
+		    a->backends[i].weight != b->backends[i].weight)
+			return false;
+	return true;
 }
 
 bool kg_health_status_expected(const struct kg_health_conf *h, unsigned code)
@@ -1176,8 +1193,12 @@ static int parse_sni_entry(struct parser *p, const struct kg_config *cfg, const 
 	if (!e->tls)
 		return fail(p, epath, "out of memory");
 	*e->tls = *l;
-	e->tls->backends = NULL;
-	e->tls->n_backends = 0;
+	/* Only TLS settings: the listener's backends and routes stay its own. */
+	memset(&e->tls->own, 0, sizeof(e->tls->own));
+	e->tls->backend_group = NULL;
+	e->tls->default_group = NULL;
+	e->tls->routes = NULL;
+	e->tls->group = NULL;
 	e->tls->sni = NULL;
 	e->tls->n_sni = 0;
 	e->tls->strict_sni = false;
@@ -1224,6 +1245,149 @@ static int parse_sni(struct parser *p, const struct kg_config *cfg, const char *
 			return -EINVAL;
 	}
 	return 0;
+}
+
+/* A group reference ("backend_group", "default_group"): 1 found, 0 absent,
+ * -EINVAL (also for a name no group has). */
+static int get_group_ref(struct parser *p, const struct kg_config *cfg, const char *lpath,
+			 struct json_object *lobj, enum kg_listener_key_id id,
+			 const struct kg_group_conf **out)
+{
+	const char *name;
+	char kp[KG_PATH_MAX];
+	int r = get_listener_string(p, lpath, lobj, id, &name);
+	if (r <= 0)
+		return r;
+	member_path(kp, lpath, kg_listener_keys[id].key);
+	*out = kg_config_find_group(cfg, name);
+	if (!*out)
+		return fail(p, kp, "no backend group named \"%.100s\" in backend_groups", name);
+	return 1;
+}
+
+/* Where the listener sends traffic: inline "backends" (with their
+ * "health_check") or "backend_group"; on https also "routes" and
+ * "default_group". */
+static int parse_listener_groups(struct parser *p, const struct kg_config *cfg, const char *lpath,
+				 struct json_object *lobj, struct kg_listener_conf *l)
+{
+	char kp[KG_PATH_MAX];
+	struct json_object *routes = NULL;
+	int inline_found, r;
+
+	l->own.scheduler = l->scheduler;
+	inline_found = parse_backends(p, lpath, lobj, &l->own);
+	if (inline_found < 0 || parse_health(p, lpath, lobj, &l->own.health_check) < 0 ||
+	    get_group_ref(p, cfg, lpath, lobj, KG_LK_backend_group, &l->backend_group) < 0 ||
+	    get_group_ref(p, cfg, lpath, lobj, KG_LK_default_group, &l->default_group) < 0)
+		return -EINVAL;
+	if (inline_found && l->backend_group) {
+		member_path(kp, lpath, "backend_group");
+		return fail(p, kp, "excludes \"backends\": a listener has its own members or names "
+				   "a group, not both");
+	}
+	if (!inline_found && json_object_object_get_ex(lobj, "health_check", NULL)) {
+		member_path(kp, lpath, "health_check");
+		if (l->backend_group)
+			return fail(p, kp, "the group's own health_check applies (backend_groups.%s."
+					   "health_check)", l->backend_group->name);
+		return fail(p, kp, "checks inline \"backends\", and there are none (a named "
+				   "group has its own health_check)");
+	}
+	member_path(kp, lpath, "routes");
+	if (json_object_object_get_ex(lobj, "routes", &routes)) {
+		l->routes = kg_routes_parse(routes, kp, p->err, p->errlen);
+		if (!l->routes)
+			return -EINVAL; /* routes.c wrote "<path>: reason", one line */
+		for (size_t i = 0; i < kg_routes_count(l->routes); i++) {
+			const char *g = kg_routes_group(l->routes, i);
+			if (kg_config_find_group(cfg, g))
+				continue;
+			char rp[KG_PATH_MAX], gp[KG_PATH_MAX];
+			index_path(rp, kp, i);
+			member_path(gp, rp, "group");
+			return fail(p, gp, "no backend group named \"%s\" in backend_groups", g);
+		}
+	}
+	if (l->default_group && (inline_found || l->backend_group)) {
+		member_path(kp, lpath, "default_group");
+		return fail(p, kp, "excludes \"%s\": requests no route matches go to the "
+				   "listener's own group already", inline_found ? "backends" : "backend_group");
+	}
+	if (l->default_group && !l->routes) {
+		member_path(kp, lpath, "default_group");
+		return fail(p, kp, "needs \"routes\" (without routes, name the group in "
+				   "\"backend_group\")");
+	}
+	r = inline_found ? 1 : 0;
+	l->group = r ? &l->own : l->backend_group ? l->backend_group : l->default_group;
+	if (!l->group && !l->routes) {
+		member_path(kp, lpath, "backends");
+		return fail(p, kp, "is required (or \"backend_group\"%s)",
+			    l->protocol == KG_PROTO_HTTPS ? ", or \"routes\"" : "");
+	}
+	return 0;
+}
+
+/* "backend_groups": {"NAME": {"backends": [...], "health_check": {...},
+ * "scheduler": "rr"}}. */
+static int parse_groups(struct parser *p, struct kg_config *cfg, struct json_object *root)
+{
+	static const char *const keys[] = {"backends", "health_check", "scheduler", NULL};
+	struct json_object *groups = NULL;
+	int r = get_member(p, "", root, "backend_groups", json_type_object, "an object", &groups);
+	if (r <= 0)
+		return r;
+	size_t n = (size_t)json_object_object_length(groups);
+	if (n == 0)
+		return 0;
+	if (n > KG_MAX_GROUPS)
+		return fail(p, "backend_groups", "at most %d groups", KG_MAX_GROUPS);
+	cfg->groups = calloc(n, sizeof(*cfg->groups));
+	if (!cfg->groups)
+		return fail(p, "backend_groups", "out of memory");
+	/* json-c keeps one value per key (the last), so names are unique here. */
+	json_object_object_foreach(groups, name, val) {
+		struct kg_group_conf *g = &cfg->groups[cfg->n_groups];
+		char path[KG_PATH_MAX];
+		int sched = KG_SCHED_RR;
+		member_path(path, "backend_groups", name);
+		if (get_name(p, path, name, g->name) < 0 ||
+		    expect_type(p, path, val, json_type_object, "an object") < 0 ||
+		    check_keys(p, path, val, keys) < 0)
+			return -EINVAL;
+		cfg->n_groups++;
+		if (require(p, path, "backends", parse_backends(p, path, val, g)) < 0 ||
+		    parse_health(p, path, val, &g->health_check) < 0 ||
+		    get_enum(p, path, val, "scheduler", kg_listener_keys[KG_LK_scheduler].names,
+			     &sched) < 0)
+			return -EINVAL;
+		g->scheduler = (enum kg_scheduler)sched;
+	}
+	return 0;
+}
+
+const struct kg_group_conf *kg_config_find_group(const struct kg_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_groups; i++)
+		if (strcmp(cfg->groups[i].name, name) == 0)
+			return &cfg->groups[i];
+	return NULL;
+}
+
+bool kg_listener_uses_group(const struct kg_listener_conf *l, const struct kg_group_conf *g,
+			    char *how, size_t howlen)
+{
+	if (l->backend_group == g || l->default_group == g) {
+		snprintf(how, howlen, "%s", l->backend_group == g ? "backend_group" : "default_group");
+		return true;
+	}
+	for (size_t i = 0; i < kg_routes_count(l->routes); i++)
+		if (strcmp(kg_routes_group(l->routes, i), g->name) == 0) {
+			snprintf(how, howlen, "routes[%zu]", i);
+			return true;
+		}
+	return false;
 }
 
 static int parse_listener(struct parser *p, const struct kg_config *cfg, const char *lpath,
@@ -1288,12 +1452,12 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 	}
 	if (l->protocol != KG_PROTO_TCP && parse_ocsp(p, lpath, lobj, l) < 0)
 		return -EINVAL;
-	if (parse_backends(p, lpath, lobj, l) < 0 || parse_http(p, lpath, lobj, &l->http) < 0)
+	if (parse_http(p, lpath, lobj, &l->http) < 0)
 		return -EINVAL;
 	if (l->protocol != KG_PROTO_TCP &&
 	    (policy_digest(p, lpath, l) < 0 || parse_sni(p, cfg, lpath, lobj, l) < 0))
 		return -EINVAL;
-	return parse_health(p, lpath, lobj, &l->health_check);
+	return parse_listener_groups(p, cfg, lpath, lobj, l);
 }
 
 static int parse_listeners(struct parser *p, struct kg_config *cfg, struct json_object *root)
@@ -1338,7 +1502,8 @@ static int parse_listeners(struct parser *p, struct kg_config *cfg, struct json_
 static struct kg_config *parse_doc(const char *json_text, const char *base_dir,
 				   bool allow_empty, char *err, size_t errlen)
 {
-	static const char *const keys[] = {"settings", "certificates", "listeners", NULL};
+	static const char *const keys[] = {"settings", "certificates", "backend_groups",
+					   "listeners", NULL};
 	struct parser p = {.err = err, .errlen = errlen, .base_dir = base_dir,
 			   .allow_empty = allow_empty};
 	struct json_tokener *tok = NULL;
@@ -1389,7 +1554,7 @@ static struct kg_config *parse_doc(const char *json_text, const char *base_dir,
 	cfg->drain_timeout_ms = 10000;
 	cfg->ticket_key_rotation_s = KG_TICKET_ROTATION_DEFAULT_S;
 	if (parse_settings(&p, cfg, root) < 0 || parse_certificates(&p, cfg, root) < 0 ||
-	    parse_listeners(&p, cfg, root) < 0) {
+	    parse_groups(&p, cfg, root) < 0 || parse_listeners(&p, cfg, root) < 0) {
 		kg_config_free(cfg);
 		cfg = NULL;
 	}
@@ -1504,6 +1669,31 @@ static void sni_free(struct kg_listener_conf *l)
 	l->n_sni = 0;
 }
 
+static void group_free(struct kg_group_conf *g)
+{
+	for (size_t b = 0; b < g->n_backends; b++)
+		free(g->backends[b].address);
+	free(g->backends);
+}
+
+struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg)
+{
+	struct kg_config_ref *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	atomic_init(&r->refs, 1);
+	r->cfg = cfg;
+	return r;
+}
+
+void kg_config_ref_put(struct kg_config_ref *r)
+{
+	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
+		return;
+	kg_config_free(r->cfg);
+	free(r);
+}
+
 void kg_config_free(struct kg_config *cfg)
 {
 	if (!cfg)
@@ -1516,13 +1706,15 @@ void kg_config_free(struct kg_config *cfg)
 	}
 	free(cfg->certs);
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
-		for (size_t b = 0; b < cfg->listeners[i].n_backends; b++)
-			free(cfg->listeners[i].backends[b].address);
-		free(cfg->listeners[i].backends);
+		group_free(&cfg->listeners[i].own);
 		kg_access_free(cfg->listeners[i].access_rules);
 		sni_free(&cfg->listeners[i]);
 		free(cfg->listeners[i].ocsp_url);
+		kg_routes_free(cfg->listeners[i].routes);
 	}
+	for (size_t i = 0; i < cfg->n_groups; i++)
+		group_free(&cfg->groups[i]);
+	free(cfg->groups);
 	free(cfg->listeners);
 	free(cfg->log_level);
 	free(cfg);

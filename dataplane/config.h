@@ -7,6 +7,7 @@
 #ifndef KGATE_CONFIG_H
 #define KGATE_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +18,8 @@
 #include <kgate/listener_keys.h>
 
 #define KG_NAME_MAX 80
+/* Named backend groups in a document. */
+#define KG_MAX_GROUPS 128
 
 enum kg_health_type { KG_HEALTH_NONE, KG_HEALTH_TCP, KG_HEALTH_HTTP };
 
@@ -79,6 +82,23 @@ struct kg_health_conf {
 	char host[KG_HEALTH_HOST_MAX];      /* "" = the member's address */
 	uint64_t expected_status[(KG_HTTP_STATUS_BITS + 63) / 64]; /* default 2xx,3xx */
 };
+
+/* A backend group: members, their scheduler and their health checks.
+ * Named groups are the document's "backend_groups" (the cloud consoles'
+ * server groups), shared by the listeners that name them; a listener's
+ * inline "backends" are its own unnamed group. */
+struct kg_group_conf {
+	char name[KG_NAME_MAX + 1]; /* "" for a listener's inline backends */
+	enum kg_scheduler scheduler;
+	struct kg_backend_conf *backends;
+	size_t n_backends; /* >= 1 for a group in use */
+	struct kg_health_conf health_check;
+};
+
+/* Same members (address and weight, in order), scheduler and checks:
+ * the administrative states (drained, disabled) are not compared, they
+ * change the running group in place. */
+bool kg_group_conf_same(const struct kg_group_conf *a, const struct kg_group_conf *b);
 
 /* True when code (100-599) is in the expected set. */
 bool kg_health_status_expected(const struct kg_health_conf *h, unsigned code);
@@ -177,6 +197,7 @@ struct kg_sni_conf;
 
 /* Digest of a client policy (kg_listener_conf.client_policy). */
 #define KG_POLICY_MD_LEN 32
+struct kg_routes;
 
 struct kg_listener_conf {
 	char name[KG_NAME_MAX + 1];
@@ -190,9 +211,16 @@ struct kg_listener_conf {
 	enum kg_scheduler scheduler;
 	enum kg_forwarding forwarding;
 	enum kg_proxy_protocol proxy_protocol; /* tcp and tls only */
-	struct kg_backend_conf *backends;
-	size_t n_backends; /* >= 1 */
-	struct kg_health_conf health_check;
+	/* The inline "backends" and "health_check" (own.n_backends 0 when the
+	 * listener names a group instead). */
+	struct kg_group_conf own;
+	const struct kg_group_conf *backend_group; /* "backend_group"; NULL when absent */
+	const struct kg_group_conf *default_group; /* "default_group" (https); NULL when absent */
+	struct kg_routes *routes;                  /* "routes" (https); NULL when absent */
+	/* Where a connection (tcp, tls) or a request no route matched (https)
+	 * goes: &own, backend_group or default_group; NULL only on an https
+	 * listener with routes and neither (404). */
+	const struct kg_group_conf *group;
 	unsigned handshake_timeout_ms;
 	unsigned idle_timeout_ms;
 	unsigned connect_timeout_ms;
@@ -246,6 +274,8 @@ unsigned kg_listener_key_value(const struct kg_listener_conf *l, enum kg_listene
 struct kg_config {
 	struct kg_cert_conf *certs;
 	size_t n_certs;
+	struct kg_group_conf *groups; /* "backend_groups", in the document's order */
+	size_t n_groups;
 	struct kg_listener_conf *listeners;
 	size_t n_listeners;
 	unsigned workers;          /* "settings.workers"; 0 = one per core */
@@ -263,6 +293,18 @@ struct kg_config *kg_config_parse(const char *json_text, const char *base_dir,
  * hold no listeners yet ("listeners" absent or empty). */
 struct kg_config *kg_config_parse_state(const char *json_text, const char *base_dir,
 					char *err, size_t errlen);
+/* A parsed state document shared by what is built from it (listener
+ * snapshots and backend groups, runtime.h and group.h): freed with the
+ * last reference. */
+struct kg_config_ref {
+	atomic_uint refs;
+	struct kg_config *cfg;
+};
+/* Takes cfg (freed with the last reference); NULL on ENOMEM. */
+struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg);
+/* Tolerates NULL. */
+void kg_config_ref_put(struct kg_config_ref *r);
+
 /* Reads and parses a file; base_dir is the file's folder. */
 struct kg_config *kg_config_load(const char *path, char *err, size_t errlen);
 void kg_config_free(struct kg_config *cfg);
@@ -281,6 +323,12 @@ const struct kg_cert_conf *kg_config_find_cert(const struct kg_config *cfg,
  * whatever the order of the entries, then the first entry with a
  * matching wildcard. -1 when none does. */
 int kg_config_sni_find(const struct kg_listener_conf *l, const char *name, size_t len);
+const struct kg_group_conf *kg_config_find_group(const struct kg_config *cfg, const char *name);
+/* Whether the listener sends anything to g (backend_group, default_group
+ * or a route's group); *how names the first key that does ("backend_group",
+ * "default_group", "routes[2]"). */
+bool kg_listener_uses_group(const struct kg_listener_conf *l, const struct kg_group_conf *g,
+			    char *how, size_t howlen);
 /* "127.0.0.1:80", "[::1]:80" → sockaddr; 0 or -EINVAL. */
 int kg_parse_hostport(const char *text, struct sockaddr_storage *out,
 		      socklen_t *outlen);

@@ -25,6 +25,7 @@
 #include "backend.h"
 #include "certs.h"
 #include "fwd.h"
+#include "group.h"
 #include "health.h"
 #include "ktls.h"
 #include "listener.h"
@@ -613,7 +614,8 @@ static void no_backend(struct kg_conn *c)
 
 void kg_conn_connect_backend(struct kg_conn *c)
 {
-	int m = kg_backend_pick(c->listener, &c->walk);
+	c->group = c->listener->group; /* tcp and tls listeners always have one */
+	int m = c->group ? kg_backend_pick(c->listener, c->group, &c->walk) : -1;
 	if (m < 0) {
 		no_backend(c);
 		return;
@@ -625,12 +627,12 @@ void kg_conn_connect_backend(struct kg_conn *c)
 
 int kg_conn_submit_connect(struct kg_conn *c, int m, int op)
 {
-	int fd = kg_backend_socket(c->listener, m);
+	int fd = kg_backend_socket(c->group, m);
 	if (fd < 0)
 		return fd;
 	struct io_uring_sqe *sqe, *tsqe;
 	kg_worker_sqe_timed(c->worker, &sqe, &tsqe);
-	kg_backend_prep_connect(c->listener, &c->walk, m, fd, sqe, tsqe);
+	kg_backend_prep_connect(c->listener, c->group, &c->walk, m, fd, sqe, tsqe);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack((enum kg_op)op, c->idx, fd));
 	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_LINK_TIMEOUT, c->idx, fd));
 	c->member = m;
@@ -642,11 +644,11 @@ int kg_conn_submit_connect(struct kg_conn *c, int m, int op)
 void kg_conn_connect_failed(struct kg_conn *c, int res)
 {
 	struct kg_worker *w = c->worker;
-	const char *why = kg_backend_connect_failed(c->listener, &c->walk, c->member, res,
+	const char *why = kg_backend_connect_failed(c->group, &c->walk, c->member, res,
 						    w->now_ms);
 	kg_count(w, backend_connect_failed);
 	kg_worker_warn(w, "backend.connect_failed", KV("listener", c->listener->conf->name),
-		       KV("backend", c->listener->conf->backends[c->member].address),
+		       KV("backend", c->group->conf->backends[c->member].address),
 		       KV("err", why));
 	close(c->bfd);
 	c->bfd = -1;
@@ -658,7 +660,7 @@ void kg_conn_on_backend_connect(struct kg_conn *c, int res)
 	if (c->state == KG_CONN_CLOSING)
 		return;
 	if (res == 0) {
-		kg_health_conn_start(c->listener->health, (size_t)c->member);
+		kg_health_conn_start(c->group->health, (size_t)c->member);
 		c->member_counted = true;
 		kg_conn_start_forwarding(c);
 		return;
@@ -675,10 +677,13 @@ static enum kg_health_cut cut_reason(const struct kg_conn *c,
 				     const struct kg_listener_rt *published)
 {
 	if (!published || published == c->listener)
-		return kg_health_should_cut(c->listener->health, (size_t)c->member);
-	int m = kg_health_member_index(published->health,
-				       c->listener->conf->backends[c->member].address);
-	return m < 0 ? KG_CUT_NONE : kg_health_should_cut(published->health, (size_t)m);
+		return kg_health_should_cut(c->group->health, (size_t)c->member);
+	/* The same group in the published snapshot (a named group by name,
+	 * the inline one as ""), the same member by address. */
+	struct kg_group_rt *g = kg_listener_find_group(published, c->group->conf->name);
+	int m = g ? kg_health_member_index(g->health, c->group->conf->backends[c->member].address)
+		  : -1;
+	return m < 0 ? KG_CUT_NONE : kg_health_should_cut(g->health, (size_t)m);
 }
 
 bool kg_conn_cut_if_needed(struct kg_conn *c, const struct kg_listener_rt *published)
@@ -927,7 +932,7 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 		close(c->bfd);
 	conn_release_buffers(c);
 	if (c->member_counted)
-		kg_health_conn_end(c->listener->health, (size_t)c->member);
+		kg_health_conn_end(c->group->health, (size_t)c->member);
 	/* Snapshot first: the slot itself is never freed, only reused once
 	 * its active count is back to 0. */
 	struct kg_listener_slot *slot = c->listener->slot;

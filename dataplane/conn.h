@@ -68,7 +68,11 @@ struct kg_conn {
 	struct kg_timer timer; /* on the worker's wheel: the next visit (kg_conn_on_timer) */
 	uint32_t inflight;    /* io_uring operations not yet completed */
 
-	int member;          /* chosen backend, -1 before */
+	/* The group member is of (one of the listener snapshot's groups, kept
+	 * alive by it): the listener's group for tcp/tls, the request's
+	 * route's for https. NULL before a pick. */
+	struct kg_group_rt *group;
+	int member;          /* chosen backend of group, -1 before */
 	bool member_counted; /* counted in the member's active connections */
 	struct kg_backend_walk walk; /* the members tried so far (backend.h) */
 

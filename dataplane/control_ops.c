@@ -25,10 +25,12 @@
 #include <kgate/log.h>
 
 #include "access.h"
+#include "routes.h"
 #include "cert_expiry.h"
 #include "certs.h"
 #include "crl.h"
 #include "errors.h"
+#include "group.h"
 #include "health.h"
 #include "listener.h"
 #include "metrics.h"
@@ -108,15 +110,20 @@ static const char *arg_str(json_object *args, const char *key, bool required,
 	return json_object_get_string(v);
 }
 
-static json_object *doc_certs(json_object *doc)
+/* The object doc[key], made (empty) when absent. */
+static json_object *doc_object(json_object *doc, const char *key)
 {
 	json_object *c = NULL;
-	if (!json_object_object_get_ex(doc, "certificates", &c) ||
-	    !json_object_is_type(c, json_type_object)) {
+	if (!json_object_object_get_ex(doc, key, &c) || !json_object_is_type(c, json_type_object)) {
 		c = json_object_new_object();
-		json_object_object_add(doc, "certificates", c);
+		json_object_object_add(doc, key, c);
 	}
 	return c;
+}
+
+static json_object *doc_certs(json_object *doc)
+{
+	return doc_object(doc, "certificates");
 }
 
 static json_object *doc_listeners(json_object *doc)
@@ -289,21 +296,17 @@ static bool listener_changed(json_object *old, json_object *new)
 	return changed;
 }
 
-/* Makes the running health groups follow the document's drained and
- * disabled flags. */
+/* Makes the running inline groups follow the document's drained and
+ * disabled flags (apply.c does the named groups). */
 static void sync_admin(struct kg_ops *ops, const struct kg_config *cfg)
 {
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		const struct kg_listener_conf *lc = &cfg->listeners[i];
 		struct kg_listener_slot *slot = kg_runtime_find(ops->rt, lc->name);
 		struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
-		if (!snap)
-			continue;
-		for (size_t b = 0; b < lc->n_backends; b++) {
-			int m = kg_health_member_index(snap->health, lc->backends[b].address);
-			if (m >= 0)
-				kg_health_set_admin(snap->health, (size_t)m, lc->backends[b].admin);
-		}
+		struct kg_group_rt *own = snap ? kg_listener_find_group(snap, "") : NULL;
+		if (own)
+			kg_group_sync_admin(own, &lc->own);
 		kg_listener_put(snap);
 	}
 }
@@ -330,13 +333,32 @@ static bool enabled_in(json_object *doc, const char *name)
  * must_start) must pass kg_listener_certs_check, as kgated refuses to
  * start one whose certificate has expired since it was stored; one that
  * stays enabled is tolerated as apply.c tolerates a failed one. */
+static int check_listener(struct kg_ops *ops, struct kg_config_ref *ref,
+			  const struct kg_listener_conf *lc, size_t i, bool changed,
+			  struct kg_group_rt *const *named, const struct kg_kernel_caps *caps,
+			  char *err, size_t errlen);
+
 static int check_document(struct kg_ops *ops, struct kg_config_ref *ref, const bool *changed,
 			  char *err, size_t errlen)
 {
 	static const struct kg_kernel_caps all = {.ktls = true, .sockmap = true};
 	const struct kg_config *cfg = ref->cfg;
-	for (size_t i = 0; i < cfg->n_listeners; i++) {
-		const struct kg_listener_conf *lc = &cfg->listeners[i];
+	struct kg_group_rt *named[KG_MAX_GROUPS] = {NULL};
+	int ret = kg_groups_build(ref, NULL, 0, named, NULL, err, errlen);
+	for (size_t i = 0; ret == 0 && i < cfg->n_listeners; i++)
+		ret = check_listener(ops, ref, &cfg->listeners[i], i, changed[i], named, &all, err,
+				     errlen);
+	kg_groups_put(named, cfg->n_groups);
+	return ret;
+}
+
+/* check_document's judgement of listener i (lc). */
+static int check_listener(struct kg_ops *ops, struct kg_config_ref *ref,
+			  const struct kg_listener_conf *lc, size_t i, bool changed,
+			  struct kg_group_rt *const *named, const struct kg_kernel_caps *caps,
+			  char *err, size_t errlen)
+{
+	{
 		bool starts = lc->enabled && (!enabled_in(ops->st->doc, lc->name) ||
 					      (ops->retry && strcmp(ops->retry, lc->name) == 0));
 		if (starts) {
@@ -346,12 +368,12 @@ static int check_document(struct kg_ops *ops, struct kg_config_ref *ref, const b
 				return -EINVAL;
 			}
 		}
-		if (!changed[i] && !starts)
-			continue;
+		if (!changed && !starts)
+			return 0;
 		char where[32];
 		snprintf(where, sizeof(where), "listeners[%zu]", i);
-		struct kg_listener_rt *snap = kg_listener_build(NULL, &all, NULL, ref, lc, where, err,
-							       errlen);
+		struct kg_listener_rt *snap = kg_listener_build(NULL, caps, NULL, ref, lc, named, where,
+							       err, errlen);
 		if (!snap)
 			return -EINVAL;
 		kg_listener_put(snap);
@@ -853,17 +875,16 @@ static json_object *op_cert_set_crl(struct kg_ops *ops, json_object *args)
 	return change_cert(ops, args, true);
 }
 
-static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
+/* What deleting a certificate or a group shares: refused with in_use
+ * while users (consumed: the listeners that use it) is not empty;
+ * otherwise the document without doc[key][name] (and without doc[key]
+ * when that empties it and drop_empty) is transacted. NULL when done,
+ * else the reply. */
+static json_object *delete_entry(struct kg_ops *ops, const char *what, const char *name,
+				 json_object *users, const char *key, bool drop_empty)
 {
-	json_object *fail = need_state(ops);
-	const struct kg_cert_conf *c = fail ? NULL : cert_arg(ops, args, &fail);
-	if (!c)
-		return fail;
-	char name[KG_NAME_MAX + 1];
-	snprintf(name, sizeof(name), "%s", c->name);
-	json_object *users = used_by(ops->cur->cfg, name);
 	if (json_object_array_length(users) > 0) {
-		json_object *r = kg_ops_error(KG_ERR_IN_USE, "certificate %s: in use by listener(s) %s",
+		json_object *r = kg_ops_error(KG_ERR_IN_USE, "%s %s: in use by listener(s) %s", what,
 					      name, json_object_to_json_string(users));
 		json_object_put(users);
 		return r;
@@ -872,14 +893,34 @@ static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
 	json_object *doc = doc_copy(ops->st->doc);
 	if (!doc)
 		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
-	json_object_object_del(doc_certs(doc), name);
-	fail = transact(ops, doc);
-	if (fail)
-		return fail;
-	log_notice("cert.deleted", KV("cert", name));
+	json_object *entries = doc_object(doc, key);
+	json_object_object_del(entries, name);
+	if (drop_empty && json_object_object_length(entries) == 0)
+		json_object_object_del(doc, key);
+	return transact(ops, doc);
+}
+
+static json_object *deleted(const char *name)
+{
 	json_object *r = json_object_new_object();
 	json_object_object_add(r, "deleted", json_object_new_string(name));
 	return ok(r);
+}
+
+static json_object *op_cert_delete(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = need_state(ops);
+	const struct kg_cert_conf *c = fail ? NULL : cert_arg(ops, args, &fail);
+	if (!c)
+		return fail;
+	char name[KG_NAME_MAX + 1];
+	snprintf(name, sizeof(name), "%s", c->name);
+	fail = delete_entry(ops, "certificate", name, used_by(ops->cur->cfg, name), "certificates",
+			    false);
+	if (fail)
+		return fail;
+	log_notice("cert.deleted", KV("cert", name));
+	return deleted(name);
 }
 
 /* ---- listeners ----------------------------------------------------------- */
@@ -935,70 +976,24 @@ static json_object *sni_json(const struct kg_listener_conf *l)
 	return arr;
 }
 
-static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_conf *l,
-				  bool detail)
+/* The members of gc, one row each, with their running state from g (gc's
+ * runtime; NULL when it does not run). live: a running kgated answers
+ * (else the document-only fields, doc_member). */
+static json_object *members_json(bool live, const struct kg_group_conf *gc, struct kg_group_rt *g)
 {
-	char addr[80];
-	json_object *o = json_object_new_object();
-	/* Document-only mode (no runtime): what only a running kgated knows
-	 * (listening or failed, health, connections, counters) is null,
-	 * printed as "-"; a stopped listener is known from the document. */
-	bool live = ops->rt != NULL;
-	struct kg_listener_slot *slot = live ? kg_runtime_find(ops->rt, l->name) : NULL;
-	kg_sockaddr_format(&l->bind, addr, sizeof(addr));
-	json_object_object_add(o, "name", json_object_new_string(l->name));
-	json_object_object_add(o, "protocol", json_object_new_string(
-			kg_listener_keys[KG_LK_protocol].names[l->protocol]));
-	json_object_object_add(o, "address", json_object_new_string(addr));
-	bool failed = slot && slot->failed[0];
-	json_object_object_add(o, "state", !live && l->enabled ? NULL : json_object_new_string(
-			slot && slot->listening ? "running" : failed ? "failed" : "stopped"));
-	json_object_object_add(o, "reason", failed ? json_object_new_string(slot->failed) : NULL);
-	json_object_object_add(o, "certificate",
-			       l->certificate ? json_object_new_string(l->certificate->name) : NULL);
-	json_object_object_add(o, "ca", l->ca ? json_object_new_string(l->ca->name) : NULL);
-	json_object_object_add(o, "mutual_auth", json_object_new_string(
-			kg_listener_keys[KG_LK_mutual_auth].names[l->mutual_auth]));
-	json_object_object_add(o, "backends", json_object_new_int((int)l->n_backends));
-	json_object_object_add(o, "active", !live ? NULL : json_object_new_int64(
-			slot ? (int64_t)atomic_load(&slot->active) : 0));
-	if (!detail)
-		return o;
-	/* Every setting the table stores in kg_listener_conf, as the document
-	 * writes it. */
-	for (size_t i = 0; i < KG_LK_COUNT; i++) {
-		const struct kg_listener_key *k = &kg_listener_keys[i];
-		if (!k->field)
-			continue;
-		unsigned v = kg_listener_key_value(l, (enum kg_listener_key_id)i);
-		json_object *j = k->type == KG_KEY_ENUM   ? json_object_new_string(k->names[v])
-				 : k->type == KG_KEY_BOOL ? json_object_new_boolean(v)
-							  : json_object_new_int64(v);
-		json_object_object_add(o, k->key, j);
-	}
-	json_object_object_add(o, "access_rules", rule_names(l->access_rules));
-	json_object_object_add(o, "sni", sni_json(l));
-	json_object_object_add(o, "ocsp_url",
-			       l->ocsp_url ? json_object_new_string(l->ocsp_url) : NULL);
-	/* Member state comes from the running snapshot's health group, so it
-	 * shows what new connections will see; "active" counts the
-	 * connections made since that snapshot was published. */
-	struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
-	json_object_object_add(o, "ocsp_staple", staple_json(snap ? snap->ssl_ctx : NULL));
 	json_object *members = json_object_new_array();
 	struct kg_health_member_info info[KG_MAX_BACKENDS];
-	size_t n_info = snap ? kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS,
-						  kg_now_ms()) : 0;
-	for (size_t b = 0; b < l->n_backends; b++) {
+	size_t n_info = g ? kg_health_snapshot(g->health, info, KG_MAX_BACKENDS, kg_now_ms()) : 0;
+	for (size_t b = 0; b < gc->n_backends; b++) {
 		json_object *m = json_object_new_object();
 		const struct kg_health_member_info *h = NULL;
 		for (size_t i = 0; i < n_info && !h; i++)
-			if (strcmp(info[i].address, l->backends[b].address) == 0)
+			if (strcmp(info[i].address, gc->backends[b].address) == 0)
 				h = &info[i];
-		json_object_object_add(m, "address", json_object_new_string(l->backends[b].address));
-		json_object_object_add(m, "weight", json_object_new_int((int)l->backends[b].weight));
+		json_object_object_add(m, "address", json_object_new_string(gc->backends[b].address));
+		json_object_object_add(m, "weight", json_object_new_int((int)gc->backends[b].weight));
 		if (!live) {
-			doc_member(m, l->backends[b].admin);
+			doc_member(m, gc->backends[b].admin);
 			json_object_array_add(members, m);
 			continue;
 		}
@@ -1025,6 +1020,90 @@ static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_c
 				       ? json_object_new_string(h->last_reason) : NULL);
 		json_object_array_add(members, m);
 	}
+	return members;
+}
+
+static json_object *listener_json(struct kg_ops *ops, const struct kg_listener_conf *l,
+				  bool detail)
+{
+	char addr[80];
+	json_object *o = json_object_new_object();
+	/* Document-only mode (no runtime): what only a running kgated knows
+	 * (listening or failed, health, connections, counters) is null,
+	 * printed as "-"; a stopped listener is known from the document. */
+	bool live = ops->rt != NULL;
+	struct kg_listener_slot *slot = live ? kg_runtime_find(ops->rt, l->name) : NULL;
+	kg_sockaddr_format(&l->bind, addr, sizeof(addr));
+	json_object_object_add(o, "name", json_object_new_string(l->name));
+	json_object_object_add(o, "protocol", json_object_new_string(
+			kg_listener_keys[KG_LK_protocol].names[l->protocol]));
+	json_object_object_add(o, "address", json_object_new_string(addr));
+	bool failed = slot && slot->failed[0];
+	json_object_object_add(o, "state", !live && l->enabled ? NULL : json_object_new_string(
+			slot && slot->listening ? "running" : failed ? "failed" : "stopped"));
+	json_object_object_add(o, "reason", failed ? json_object_new_string(slot->failed) : NULL);
+	json_object_object_add(o, "certificate",
+			       l->certificate ? json_object_new_string(l->certificate->name) : NULL);
+	json_object_object_add(o, "ca", l->ca ? json_object_new_string(l->ca->name) : NULL);
+	json_object_object_add(o, "mutual_auth", json_object_new_string(
+			kg_listener_keys[KG_LK_mutual_auth].names[l->mutual_auth]));
+	json_object_object_add(o, "backends", json_object_new_int(
+			l->group ? (int)l->group->n_backends : 0));
+	json_object_object_add(o, "group", l->group && l->group != &l->own ?
+			       json_object_new_string(l->group->name) : NULL);
+	json_object_object_add(o, "active", !live ? NULL : json_object_new_int64(
+			slot ? (int64_t)atomic_load(&slot->active) : 0));
+	if (!detail)
+		return o;
+	/* Every setting the table stores in kg_listener_conf, as the document
+	 * writes it. */
+	for (size_t i = 0; i < KG_LK_COUNT; i++) {
+		const struct kg_listener_key *k = &kg_listener_keys[i];
+		if (!k->field)
+			continue;
+		unsigned v = kg_listener_key_value(l, (enum kg_listener_key_id)i);
+		json_object *j = k->type == KG_KEY_ENUM   ? json_object_new_string(k->names[v])
+				 : k->type == KG_KEY_BOOL ? json_object_new_boolean(v)
+							  : json_object_new_int64(v);
+		json_object_object_add(o, k->key, j);
+	}
+	json_object_object_add(o, "access_rules", rule_names(l->access_rules));
+	json_object_object_add(o, "sni", sni_json(l));
+	json_object_object_add(o, "ocsp_url",
+			       l->ocsp_url ? json_object_new_string(l->ocsp_url) : NULL);
+	/* Member state comes from the running snapshot's groups, so it
+	 * shows what new connections will see. */
+	struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
+	json_object_object_add(o, "ocsp_staple", staple_json(snap ? snap->ssl_ctx : NULL));
+	json_object *members = l->group ? members_json(live, l->group, snap ? snap->group : NULL)
+					: json_object_new_array();
+	json_object_object_add(o, "backend_group", l->backend_group ?
+			       json_object_new_string(l->backend_group->name) : NULL);
+	json_object_object_add(o, "default_group", l->default_group ?
+			       json_object_new_string(l->default_group->name) : NULL);
+	/* The routes in order, and every named group the listener sends to
+	 * with its members' health. */
+	json_object *routes = l->routes ? json_object_new_array() : NULL;
+	json_object *groups = json_object_new_array();
+	for (size_t i = 0; i < kg_routes_count(l->routes); i++) {
+		json_object *r = json_object_new_object();
+		json_object_object_add(r, "name", json_object_new_string(kg_routes_name(l->routes, i)));
+		json_object_object_add(r, "group", json_object_new_string(kg_routes_group(l->routes, i)));
+		json_object_array_add(routes, r);
+	}
+	json_object_object_add(o, "routes", routes);
+	for (size_t gi = 0; gi < ops->cur->cfg->n_groups; gi++) {
+		const struct kg_group_conf *gc = &ops->cur->cfg->groups[gi];
+		char how[32];
+		if (!kg_listener_uses_group(l, gc, how, sizeof(how)))
+			continue;
+		json_object *g = json_object_new_object();
+		json_object_object_add(g, "name", json_object_new_string(gc->name));
+		json_object_object_add(g, "members", members_json(live, gc, snap ?
+						kg_listener_find_group(snap, gc->name) : NULL));
+		json_object_array_add(groups, g);
+	}
+	json_object_object_add(o, "groups", groups);
 	kg_listener_put(snap);
 	json_object_object_add(o, "members", members);
 	if (slot)
@@ -1102,23 +1181,36 @@ static json_object *op_listener_create(struct kg_ops *ops, json_object *args)
 	return listener_result(ops, keep);
 }
 
-/* Runs edit on a copy of the listener's document entry, then transacts. */
-static json_object *edit_listener(struct kg_ops *ops, const char *name,
-				  json_object *(*edit)(json_object *l, void *arg), void *arg,
-				  const char *event, const char *backend)
+/* A kind of document entry that edit_entry changes: how to find one in a
+ * document, what to call it, and the result to answer with. */
+struct entry_kind {
+	const char *what;    /* "listener", "group": messages and the log key */
+	const char *missing; /* "no such listener" */
+	json_object *(*find)(json_object *doc, const char *name);
+	json_object *(*result)(struct kg_ops *ops, const char *name);
+};
+
+/* Runs edit on a copy of the entry called name, then transacts; logs
+ * event with the entry's name (and backend, when given). */
+static json_object *edit_entry(struct kg_ops *ops, const struct entry_kind *kind, const char *name,
+			       json_object *(*edit)(json_object *e, void *arg), void *arg,
+			       const char *event, const char *backend)
 {
 	json_object *fail = need_state(ops);
 	if (fail)
 		return fail;
 	char keep[KG_NAME_MAX + 1];
 	snprintf(keep, sizeof(keep), "%s", name);
-	int idx = find_listener(ops->st->doc, keep);
-	if (idx < 0)
-		return kg_ops_error(KG_ERR_NOT_FOUND, "listener %s: no such listener", keep);
 	json_object *doc = doc_copy(ops->st->doc);
 	if (!doc)
 		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
-	fail = edit(json_object_array_get_idx(doc_listeners(doc), (size_t)idx), arg);
+	json_object *entry = kind->find(doc, keep);
+	if (!entry) {
+		json_object_put(doc);
+		return kg_ops_error(KG_ERR_NOT_FOUND, "%s %.100s: %s", kind->what, keep,
+				    kind->missing);
+	}
+	fail = edit(entry, arg);
 	if (fail) {
 		json_object_put(doc);
 		return fail;
@@ -1127,10 +1219,41 @@ static json_object *edit_listener(struct kg_ops *ops, const char *name,
 	if (fail)
 		return fail;
 	if (backend)
-		log_notice(event, KV("listener", keep), KV("backend", backend));
+		log_notice(event, KV(kind->what, keep), KV("backend", backend));
 	else
-		log_notice(event, KV("listener", keep));
-	return listener_result(ops, keep);
+		log_notice(event, KV(kind->what, keep));
+	return kind->result(ops, keep);
+}
+
+static json_object *listener_entry(json_object *doc, const char *name)
+{
+	int idx = find_listener(doc, name);
+	return idx < 0 ? NULL : json_object_array_get_idx(doc_listeners(doc), (size_t)idx);
+}
+
+static const struct entry_kind listener_kind = {"listener", "no such listener", listener_entry,
+						listener_result};
+
+static json_object *edit_listener(struct kg_ops *ops, const char *name,
+				  json_object *(*edit)(json_object *l, void *arg), void *arg,
+				  const char *event, const char *backend)
+{
+	return edit_entry(ops, &listener_kind, name, edit, arg, event, backend);
+}
+
+/* An update's key: null removes it, anything else is copied in. 0 or
+ * -ENOMEM. */
+static int set_key(json_object *obj, const char *key, json_object *val)
+{
+	if (json_object_is_type(val, json_type_null)) {
+		json_object_object_del(obj, key);
+		return 0;
+	}
+	json_object *copy = NULL;
+	if (json_object_deep_copy(val, &copy, NULL) != 0)
+		return -ENOMEM;
+	json_object_object_add(obj, key, copy);
+	return 0;
 }
 
 static json_object *edit_update(json_object *l, void *arg)
@@ -1146,13 +1269,13 @@ static json_object *edit_update(json_object *l, void *arg)
 					    "(name, protocol, bind and port need delete and create; "
 					    "backends have their own verbs; enabled is listener "
 					    "stop and start)", key);
-		if (json_object_is_type(val, json_type_null)) {
-			json_object_object_del(l, key);
-		} else {
-			json_object *copy = NULL;
-			if (json_object_deep_copy(val, &copy, NULL) != 0)
-				return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
-			json_object_object_add(l, key, copy);
+		if (set_key(l, key, val) < 0)
+			return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+		/* A group replaces the listener's own members (and their
+		 * checks): the two exclude each other. */
+		if (strcmp(key, "backend_group") == 0 && !json_object_is_type(val, json_type_null)) {
+			json_object_object_del(l, "backends");
+			json_object_object_del(l, "health_check");
 		}
 	}
 	return NULL;
@@ -1218,9 +1341,7 @@ static json_object *op_listener_delete(struct kg_ops *ops, json_object *args)
 	fail = transact(ops, doc);
 	if (fail)
 		return fail;
-	json_object *r = json_object_new_object();
-	json_object_object_add(r, "deleted", json_object_new_string(keep));
-	return ok(r);
+	return deleted(keep);
 }
 
 /* ---- backends ------------------------------------------------------------ */
@@ -1269,7 +1390,7 @@ static json_object *edit_backend(json_object *l, void *arg)
 	if (e->op == BE_REMOVE) {
 		if (json_object_array_length(arr) == 1)
 			return kg_ops_error(KG_ERR_INVALID, "backend %s: the last member cannot be "
-					    "removed (a listener needs at least one backend)", e->address);
+					    "removed (a group needs at least one backend)", e->address);
 		json_object_array_del_idx(arr, (size_t)idx, 1);
 		return NULL;
 	}
@@ -1288,14 +1409,193 @@ static json_object *edit_backend(json_object *l, void *arg)
 	return NULL;
 }
 
+/* ---- backend groups -------------------------------------------------------- */
+
+static json_object *doc_groups(json_object *doc)
+{
+	return doc_object(doc, "backend_groups");
+}
+
+/* The listeners that send to gc, as ["web (backend_group)", ...]. */
+static json_object *group_users(const struct kg_config *cfg, const struct kg_group_conf *gc)
+{
+	json_object *arr = json_object_new_array();
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		char how[32], text[KG_NAME_MAX + 40];
+		if (!kg_listener_uses_group(&cfg->listeners[i], gc, how, sizeof(how)))
+			continue;
+		snprintf(text, sizeof(text), "%s (%s)", cfg->listeners[i].name, how);
+		json_object_array_add(arr, json_object_new_string(text));
+	}
+	return arr;
+}
+
+static json_object *group_json(struct kg_ops *ops, const struct kg_group_conf *gc, bool detail)
+{
+	static const char *const checks[] = {"none", "tcp", "http"};
+	const struct kg_config *cfg = ops->cur->cfg;
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "name", json_object_new_string(gc->name));
+	json_object_object_add(o, "scheduler", json_object_new_string(
+			kg_listener_keys[KG_LK_scheduler].names[gc->scheduler]));
+	json_object_object_add(o, "health_check", json_object_new_string(
+			checks[gc->health_check.type]));
+	json_object_object_add(o, "backends", json_object_new_int((int)gc->n_backends));
+	json_object_object_add(o, "used_by", group_users(cfg, gc));
+	if (!detail)
+		return o;
+	/* The running group (apply.c keeps them parallel to the document's);
+	 * a group no listener sends to is not checked. */
+	struct kg_group_rt *g = NULL;
+	for (size_t i = 0; ops->rt && i < ops->rt->n_groups && !g; i++)
+		if (strcmp(ops->rt->groups[i]->conf->name, gc->name) == 0)
+			g = ops->rt->groups[i];
+	json_object_object_add(o, "members", members_json(ops->rt != NULL, gc, g));
+	return o;
+}
+
+static json_object *op_group_list(struct kg_ops *ops, json_object *args)
+{
+	(void)args;
+	const struct kg_config *cfg = ops->cur->cfg;
+	json_object *arr = json_object_new_array();
+	for (size_t i = 0; i < cfg->n_groups; i++)
+		json_object_array_add(arr, group_json(ops, &cfg->groups[i], false));
+	return ok(arr);
+}
+
+static const struct kg_group_conf *group_arg(struct kg_ops *ops, json_object *args,
+					     json_object **fail)
+{
+	const char *name = arg_str(args, "name", true, fail);
+	if (!name)
+		return NULL;
+	const struct kg_group_conf *g = kg_config_find_group(ops->cur->cfg, name);
+	if (!g)
+		*fail = kg_ops_error(KG_ERR_NOT_FOUND, "group %.100s: no such backend group", name);
+	return g;
+}
+
+static json_object *op_group_show(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = NULL;
+	const struct kg_group_conf *g = group_arg(ops, args, &fail);
+	return g ? ok(group_json(ops, g, true)) : fail;
+}
+
+static json_object *group_result(struct kg_ops *ops, const char *name)
+{
+	const struct kg_group_conf *g = kg_config_find_group(ops->cur->cfg, name);
+	return ok(g ? group_json(ops, g, true) : NULL);
+}
+
+static json_object *op_group_create(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = need_state(ops), *spec = NULL;
+	const char *name = fail ? NULL : arg_str(args, "name", true, &fail);
+	if (!name)
+		return fail;
+	if (!json_object_object_get_ex(args, "group", &spec) ||
+	    !json_object_is_type(spec, json_type_object))
+		return kg_ops_error(KG_ERR_INVALID, "args.group: expected an object (backends, "
+				    "health_check, scheduler)");
+	if (!kg_cert_name_valid(name))
+		return kg_ops_error(KG_ERR_INVALID, "name \"%.100s\": use 1-%d letters, digits "
+				    "or - / . _ *", name, KG_NAME_MAX);
+	if (kg_config_find_group(ops->cur->cfg, name))
+		return kg_ops_error(KG_ERR_EXISTS, "group %s: already exists", name);
+	char keep[KG_NAME_MAX + 1];
+	snprintf(keep, sizeof(keep), "%s", name);
+	json_object *doc = doc_copy(ops->st->doc), *copy = doc_copy(spec);
+	if (!doc || !copy) {
+		json_object_put(doc);
+		json_object_put(copy);
+		return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+	}
+	json_object_object_add(doc_groups(doc), keep, copy);
+	fail = transact(ops, doc);
+	if (fail)
+		return fail;
+	log_notice("group.created", KV("group", keep));
+	return group_result(ops, keep);
+}
+
+static json_object *group_entry(json_object *doc, const char *name)
+{
+	json_object *g = NULL;
+	if (!json_object_object_get_ex(doc_groups(doc), name, &g) ||
+	    !json_object_is_type(g, json_type_object))
+		return NULL;
+	return g;
+}
+
+static const struct entry_kind group_kind = {"group", "no such backend group", group_entry,
+					     group_result};
+
+static json_object *edit_group(struct kg_ops *ops, const char *name,
+			       json_object *(*edit)(json_object *g, void *arg), void *arg,
+			       const char *event, const char *backend)
+{
+	return edit_entry(ops, &group_kind, name, edit, arg, event, backend);
+}
+
+/* The keys of a group that `group update` changes; backends have their
+ * own verbs. */
+static json_object *edit_group_update(json_object *g, void *arg)
+{
+	json_object_object_foreach((json_object *)arg, key, val) {
+		if (strcmp(key, "health_check") != 0 && strcmp(key, "scheduler") != 0)
+			return kg_ops_error(KG_ERR_INVALID, "%.60s: cannot be changed by group update "
+					    "(health_check and scheduler can; backends have their "
+					    "own verbs)", key);
+		if (set_key(g, key, val) < 0)
+			return kg_ops_error(KG_ERR_INTERNAL, "out of memory");
+	}
+	return NULL;
+}
+
+static json_object *op_group_update(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = NULL, *set = NULL;
+	const char *name = arg_str(args, "name", true, &fail);
+	if (!name)
+		return fail;
+	if (!json_object_object_get_ex(args, "set", &set) ||
+	    !json_object_is_type(set, json_type_object) || json_object_object_length(set) == 0)
+		return kg_ops_error(KG_ERR_INVALID, "args.set: expected an object with at least one key");
+	return edit_group(ops, name, edit_group_update, set, "group.updated", NULL);
+}
+
+static json_object *op_group_delete(struct kg_ops *ops, json_object *args)
+{
+	json_object *fail = need_state(ops);
+	const struct kg_group_conf *g = fail ? NULL : group_arg(ops, args, &fail);
+	if (!g)
+		return fail;
+	char name[KG_NAME_MAX + 1];
+	snprintf(name, sizeof(name), "%s", g->name);
+	fail = delete_entry(ops, "group", name, group_users(ops->cur->cfg, g), "backend_groups",
+			    true);
+	if (fail)
+		return fail;
+	log_notice("group.deleted", KV("group", name));
+	return deleted(name);
+}
+
+/* A member verb on a listener's inline backends (args.listener) or on a
+ * named group (args.group). */
 static json_object *backend_op(struct kg_ops *ops, json_object *args, int op, const char *event)
 {
 	json_object *fail = NULL;
 	struct backend_edit e = {.op = op};
-	const char *name = arg_str(args, "listener", true, &fail);
+	const char *name = arg_str(args, "listener", false, &fail);
+	const char *group = arg_str(args, "group", false, &fail);
 	e.address = arg_str(args, "address", true, &fail);
 	if (fail)
 		return fail;
+	if (!name == !group)
+		return kg_ops_error(KG_ERR_INVALID, "args: give either listener (its own backends) "
+				    "or group (a backend group)");
 	socklen_t len;
 	if (kg_parse_hostport(e.address, &e.addr, &len) < 0)
 		return kg_ops_error(KG_ERR_INVALID, "backend \"%.80s\": expected IP:PORT "
@@ -1307,6 +1607,14 @@ static json_object *backend_op(struct kg_ops *ops, json_object *args, int op, co
 		return kg_ops_error(KG_ERR_INVALID, "args.weight: is required");
 	if (e.weight && !json_object_is_type(e.weight, json_type_int))
 		return kg_ops_error(KG_ERR_INVALID, "args.weight: expected an integer");
+	if (group)
+		return edit_group(ops, group, edit_backend, &e, event, e.address);
+	const struct kg_listener_conf *lc = find_conf(ops->cur->cfg, name);
+	if (lc && lc->group != &lc->own)
+		return kg_ops_error(KG_ERR_INVALID, "listener %s has no backends of its own%s%s%s: "
+				    "change the group's members (kgatectl backend ... --group NAME)",
+				    lc->name, lc->group ? " (it sends to group " : "",
+				    lc->group ? lc->group->name : "", lc->group ? ")" : "");
 	return edit_listener(ops, name, edit_backend, &e, event, e.address);
 }
 
@@ -1554,6 +1862,11 @@ static const struct op ops_table[] = {
 	{"backend.drain", op_backend_drain, true},
 	{"backend.disable", op_backend_disable, true},
 	{"backend.enable", op_backend_enable, true},
+	{"group.list", op_group_list, false},
+	{"group.show", op_group_show, false},
+	{"group.create", op_group_create, true},
+	{"group.update", op_group_update, true},
+	{"group.delete", op_group_delete, true},
 	{"upgrade", op_upgrade, false},
 	{NULL, NULL, false},
 };
@@ -1672,6 +1985,16 @@ unlock:
 	return r;
 }
 
+/* Adds g's members to counts by state: healthy, unhealthy, unknown. */
+static void count_states(struct kg_group_rt *g, unsigned counts[3],
+			 struct kg_health_member_info *info)
+{
+	size_t n = kg_health_snapshot(g->health, info, KG_MAX_BACKENDS, kg_now_ms());
+	for (size_t m = 0; m < n && m < KG_MAX_BACKENDS; m++)
+		counts[info[m].state == KG_MEMBER_HEALTHY ? 0 :
+		       info[m].state == KG_MEMBER_UNHEALTHY ? 1 : 2]++;
+}
+
 json_object *kg_ops_instance_status(struct kg_ops *ops)
 {
 	json_object *o = json_object_new_object(), *ls = json_object_new_array();
@@ -1689,18 +2012,18 @@ json_object *kg_ops_instance_status(struct kg_ops *ops)
 		struct kg_listener_slot *slot = kg_runtime_find(ops->rt, lc->name);
 		struct kg_listener_rt *snap = slot ? kg_listener_acquire(slot) : NULL;
 		const char *state = snap ? "serving" : lc->enabled ? "failed" : "stopped";
-		if (snap) {
-			size_t n = kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS, kg_now_ms());
-			for (size_t m = 0; m < n && m < KG_MAX_BACKENDS; m++)
-				counts[info[m].state == KG_MEMBER_HEALTHY ? 0 :
-				       info[m].state == KG_MEMBER_UNHEALTHY ? 1 : 2]++;
-			kg_listener_put(snap);
-		}
+		/* Inline members here, named groups' once below. */
+		struct kg_group_rt *own = snap ? kg_listener_find_group(snap, "") : NULL;
+		if (own)
+			count_states(own, counts, info);
+		kg_listener_put(snap);
 		json_object *l = json_object_new_object();
 		json_object_object_add(l, "name", json_object_new_string(lc->name));
 		json_object_object_add(l, "state", json_object_new_string(state));
 		json_object_array_add(ls, l);
 	}
+	for (size_t g = 0; g < ops->rt->n_groups; g++)
+		count_states(ops->rt->groups[g], counts, info);
 	pthread_mutex_unlock(&ops->change_lock);
 	json_object *m = json_object_new_object();
 	json_object_object_add(m, "healthy", json_object_new_int((int)counts[0]));

@@ -64,7 +64,7 @@ enum kg_counter_group {
 	X(http_requests, KG_CG_CONNECTIONS, "http_requests", "http_requests_total", "",            \
 	  "http_requests", "Requests parsed on https listeners.")                                  \
 	X(http_errors, KG_CG_CONNECTIONS, "http_errors", "http_errors_total", "", "http_errors",   \
-	  "Error responses made by kgate on https listeners (400, 403, 408, 421, 431, 502, 503, 504).")      \
+	  "Error responses made by kgate on https listeners (400, 403, 404, 408, 421, 431, 502, 503, 504).")      \
 	X(http_hdr_dropped_reserved, KG_CG_CONNECTIONS, "http_headers_dropped_reserved",           \
 	  "http_headers_dropped_total", "reason=\"reserved\"", "http_headers_dropped_reserved",    \
 	  "Request headers removed by kgate, by reason: reserved (a client's copy of a header "    \

@@ -55,10 +55,12 @@
 #include "backend_pool.h"
 #include "client_io.h"
 #include "conn.h"
+#include "group.h"
 #include "health.h"
 #include "http.h"
 #include "ktls.h"
 #include "listener.h"
+#include "routes.h"
 #include "runtime.h"
 #include "sni.h"
 #include "splice_pump.h"
@@ -135,6 +137,12 @@ struct kg_http_conn {
 	char target[160];
 	char peer[64];
 	char subject[160]; /* the client certificate's, for the access log */
+	/* Routes (routes.h): the routes whose certificate matcher the
+	 * client's certificate passes, taken once per connection; and the
+	 * route the current request took, for the access log ("" without
+	 * routes). */
+	uint64_t route_cert_bits;
+	const char *route;
 };
 
 static struct kg_http_conn *http_of(const struct kg_conn *c)
@@ -227,13 +235,66 @@ static void access_log(struct kg_conn *c)
 	if (!hc->access_log || atomic_load_explicit(&w->stats.http_requests, memory_order_relaxed) %
 					   hc->access_log_sample != 0)
 		return;
-	const char *backend = c->member >= 0 ? c->listener->conf->backends[c->member].address : "";
+	const char *backend = c->member >= 0 ? c->group->conf->backends[c->member].address : "";
 	/* Not level-tested: the operator asked for these lines. */
 	kg_log_always(KG_LOG_INFO, "http.access", KV("listener", c->listener->conf->name),
 		      KV("client", h->peer), KV("subject", h->subject), KV("method", h->method),
-		      KV("target", h->target), KV("status", h->status), KV("backend", backend),
+		      KV("target", h->target), KV("status", h->status), KV("route", h->route),
+		      KV("backend", backend),
 		      KV("bytes_in", h->bytes_in), KV("bytes_out", h->bytes_out),
 		      KV("ms", w->now_ms - h->req_start_ms));
+}
+
+/* The pool's key for the connection's group: kept-alive backend
+ * connections are per listener and group (a named group's are not lent
+ * to another group that happens to list the same address). The slot index
+ * sits in the low bits, the group's place in the listener's groups above. */
+static uint32_t pool_key(const struct kg_conn *c)
+{
+	const struct kg_listener_rt *l = c->listener;
+	uint32_t gi = 0;
+	while (gi < l->n_groups && l->groups[gi] != c->group)
+		gi++;
+	return c->listener_idx | gi << 8;
+}
+
+/* The group of the request in h->req: the first route that matches, else
+ * the listener's group; counted per route. False when there is neither
+ * (the caller answers 404). */
+static bool route_request(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	const struct kg_listener_rt *l = c->listener;
+	struct kg_listener_counters *lc = &l->slot->counters;
+	h->route = "";
+	if (!l->conf->routes) {
+		c->group = l->group;
+		return true;
+	}
+	struct kg_route_req q = {.target = (const char *)h->rbuf + h->req.url.off,
+				 .target_len = h->req.url.len,
+				 .method = kg_http_method(&h->req),
+				 .cert_bits = h->route_cert_bits};
+	for (unsigned i = 0; i < h->req.n_fields; i++) {
+		const struct kg_http_field *f = &h->req.fields[i];
+		if (kg_http_name_eq((const char *)h->rbuf + f->name.off, f->name.len, "host")) {
+			q.host = (const char *)h->rbuf + f->value.off;
+			q.host_len = f->value.len;
+			break;
+		}
+	}
+	int r = kg_routes_match(l->conf->routes, &q);
+	if (r >= 0) {
+		h->route = kg_routes_name(l->conf->routes, (size_t)r);
+		c->group = l->route_group[r];
+		atomic_fetch_add_explicit(&lc->routed[r], 1, memory_order_relaxed);
+		return true;
+	}
+	c->group = l->group;
+	h->route = c->group ? KG_ROUTE_DEFAULT : KG_ROUTE_NONE;
+	atomic_fetch_add_explicit(c->group ? &lc->route_default : &lc->route_not_found, 1,
+				  memory_order_relaxed);
+	return c->group != NULL;
 }
 
 /* Gives the backend socket back to the pool, or closes it. Nothing may be
@@ -243,15 +304,15 @@ static void detach_backend(struct kg_conn *c, bool reusable)
 	struct kg_http_conn *h = http_of(c);
 	if (c->bfd < 0)
 		return;
-	const struct kg_backend_conf *b = &c->listener->conf->backends[c->member];
+	const struct kg_backend_conf *b = &c->group->conf->backends[c->member];
 	const struct kg_http_conf *hc = conf_of(c);
-	if (!reusable || !kg_backend_pool_put(c->worker->pool, c->listener_idx, &b->addr,
+	if (!reusable || !kg_backend_pool_put(c->worker->pool, pool_key(c), &b->addr,
 					      b->addrlen, c->bfd, hc->pool_max_idle,
 					      hc->pool_idle_timeout_ms, c->worker->now_ms))
 		close(c->bfd);
 	c->bfd = -1;
 	if (c->member_counted)
-		kg_health_conn_end(c->listener->health, (size_t)c->member);
+		kg_health_conn_end(c->group->health, (size_t)c->member);
 	c->member_counted = false;
 	h->reused = false;
 	io_buf_put(c, h->bbuf, h->bcap);
@@ -259,7 +320,7 @@ static void detach_backend(struct kg_conn *c, bool reusable)
 	h->blen = h->bparsed = 0;
 }
 
-/* A response made by kgate: 400, 403, 408, 431, 502, 503, 504. The connection
+/* A response made by kgate: 400, 403, 404, 408, 431, 502, 503, 504. The connection
  * closes after it, since the request stream cannot be trusted to resume.
  * After a response has started, the only honest signal is to close. */
 static void reply_error(struct kg_conn *c, int status, const char *why)
@@ -381,7 +442,7 @@ static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
 	struct kg_http_conn *h = http_of(c);
 	c->bfd = fd;
 	c->member = m;
-	kg_health_conn_start(c->listener->health, (size_t)m);
+	kg_health_conn_start(c->group->health, (size_t)m);
 	c->member_counted = true;
 	/* A member disabled while this connect was on its way: the workers'
 	 * cut scan has run for that change already. */
@@ -412,7 +473,7 @@ static void pick_backend(struct kg_conn *c)
 	const struct kg_listener_conf *lc = c->listener->conf;
 	struct kg_worker *w = c->worker;
 
-	int m = kg_backend_pick(c->listener, &c->walk);
+	int m = kg_backend_pick(c->listener, c->group, &c->walk);
 	if (m < 0) {
 		kg_count(w, no_backend);
 		if (c->walk.tried || c->walk.attempts > lc->connect_retries)
@@ -421,8 +482,8 @@ static void pick_backend(struct kg_conn *c)
 			reply_error(c, 503, "no backend in rotation");
 		return;
 	}
-	int fd = kg_backend_pool_take(w->pool, c->listener_idx, &lc->backends[m].addr,
-				      lc->backends[m].addrlen);
+	const struct kg_backend_conf *b = &c->group->conf->backends[m];
+	int fd = kg_backend_pool_take(w->pool, pool_key(c), &b->addr, b->addrlen);
 	if (fd >= 0) {
 		kg_count(w, http_pool_reused);
 		attach_backend(c, m, fd, true);
@@ -678,6 +739,11 @@ static void start_request(struct kg_conn *c)
 	snprintf(h->target, sizeof(h->target), "%.*s", (int)h->req.url.len,
 		 (const char *)h->rbuf + h->req.url.off);
 	h->close_after = !kg_http_keep_alive(&h->req) || w->draining;
+	/* The last request's member (and group) are not this one's: the
+	 * access log and errors must not name them (the backend socket went
+	 * back to the pool when that exchange ended). */
+	c->member = -1;
+	c->group = NULL;
 	if (c->access_denied_rule) {
 		/* access_denied_response 403: nothing reaches a backend, and the
 		 * connection closes after the answer. */
@@ -710,6 +776,10 @@ static void start_request(struct kg_conn *c)
 	h->retried = false;
 	c->walk.tried = 0;
 	c->walk.attempts = 0;
+	if (!route_request(c)) {
+		reply_error(c, 404, "no route matched and no default group");
+		return;
+	}
 	pick_backend(c);
 }
 
@@ -728,6 +798,7 @@ static bool parse_head(struct kg_conn *c)
 		set_deadline(c, c->worker->now_ms + hc->request_timeout_ms);
 		h->status = 0;
 		h->method[0] = h->target[0] = '\0';
+		h->route = "";
 		h->resp_started = false;
 		h->body_done = false;
 		h->bytes_in = h->bytes_out = 0;
@@ -1136,6 +1207,8 @@ static int http_start(struct kg_conn *c, const void *early, size_t early_len, ch
 	X509 *cert = SSL_get0_peer_certificate(c->ssl);
 	if (cert)
 		X509_NAME_oneline(X509_get_subject_name(cert), h->subject, sizeof(h->subject));
+	h->route = "";
+	h->route_cert_bits = kg_routes_cert_bits(c->listener->conf->routes, cert);
 
 	if (early_len > 0) {
 		if (!(h->rbuf = io_buf_get(c, h->rcap)))

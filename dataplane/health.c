@@ -37,7 +37,8 @@ struct member {
 };
 
 struct kg_health_group {
-	const struct kg_listener_conf *lc;
+	const char *owner_key;  /* "listener" (inline backends) or "group", for log lines */
+	const char *owner;      /* its name */
 	const struct kg_health_conf *hc;
 	struct kg_balancer *b;
 	bool checked;
@@ -74,14 +75,16 @@ static void update_rotation(struct kg_health_group *g, size_t i)
 	kg_balancer_set_up(g->b, i, in_rotation(g, &g->m[i]));
 }
 
-struct kg_health_group *kg_health_group_create(const struct kg_listener_conf *lc,
+struct kg_health_group *kg_health_group_create(const struct kg_group_conf *lc,
+					       const char *owner_key, const char *owner,
 					       struct kg_balancer *b)
 {
 	size_t n = lc->n_backends;
 	struct kg_health_group *g = calloc(1, sizeof(*g) + n * sizeof(g->m[0]));
 	if (!g)
 		return NULL;
-	g->lc = lc;
+	g->owner_key = owner_key;
+	g->owner = owner;
 	g->hc = &lc->health_check;
 	g->b = b;
 	g->checked = lc->health_check.type != KG_HEALTH_NONE;
@@ -273,12 +276,12 @@ static void transition(struct kg_health_group *g, size_t i, enum kg_member_state
 	update_rotation(g, i);
 	/* streak: results in a row that decided it (successes towards
 	 * healthy, failures towards unhealthy); was_for: time in "from". */
-	log_notice("backend.health_changed", KV("listener", g->lc->name),
+	log_notice("backend.health_changed", KV(g->owner_key, g->owner),
 		   KV("backend", m->conf->address), KV("from", kg_member_state_name(from)),
 		   KV("to", kg_member_state_name(to)), KV("reason", reason), KV("streak", streak),
 		   KV("was_for", took), KV("slow_start", ramp));
 	if (to == KG_MEMBER_UNHEALTHY && !any_in_rotation(g))
-		log_warn("listener.no_backend_in_rotation", KV("listener", g->lc->name),
+		log_warn("listener.no_backend_in_rotation", KV(g->owner_key, g->owner),
 			 KV("effect", "new connections are refused"));
 }
 
@@ -343,7 +346,7 @@ void kg_health_conn_end(struct kg_health_group *g, size_t member)
 		return;
 	struct member *m = &g->m[member];
 	if (atomic_fetch_sub(&m->active, 1) == 1 && atomic_load(&m->admin) == KG_ADMIN_DRAINED)
-		log_notice("backend.drained", KV("listener", g->lc->name),
+		log_notice("backend.drained", KV(g->owner_key, g->owner),
 			   KV("backend", m->conf->address));
 }
 
@@ -381,25 +384,25 @@ int kg_health_set_admin(struct kg_health_group *g, size_t member, enum kg_admin_
 	pthread_mutex_unlock(&m->lock);
 	if (was == (int)admin)
 		return 0;
-	const char *lname = g->lc->name, *addr = m->conf->address;
+	const char *lname = g->owner, *addr = m->conf->address;
 	switch (admin) {
 	case KG_ADMIN_READY:
 		log_notice(was == KG_ADMIN_DISABLED ? "backend.disable_ended"
 						    : "backend.drain_ended",
-			   KV("listener", lname), KV("backend", addr),
+			   KV(g->owner_key, lname), KV("backend", addr),
 			   KV("rejoins_when", g->checked ? "healthy" : "possible"));
 		break;
 	case KG_ADMIN_DRAINED:
 		if (active == 0)
-			log_notice("backend.drained", KV("listener", lname), KV("backend", addr));
+			log_notice("backend.drained", KV(g->owner_key, lname), KV("backend", addr));
 		else
-			log_notice("backend.draining", KV("listener", lname), KV("backend", addr),
+			log_notice("backend.draining", KV(g->owner_key, lname), KV("backend", addr),
 				   KV("active", active));
 		break;
 	case KG_ADMIN_DISABLED:
 		/* The workers close them on their next tick (kg_health_should_cut),
 		 * also those counted in older snapshots: no count is given. */
-		log_notice("backend.disabled", KV("listener", lname), KV("backend", addr),
+		log_notice("backend.disabled", KV(g->owner_key, lname), KV("backend", addr),
 			   KV("effect", "out of rotation, its open connections are closed"));
 		break;
 	}
@@ -438,7 +441,7 @@ void kg_health_slow_start_step(struct kg_health_group *g, uint64_t now_ms)
 			uint64_t expect = start;
 			if (atomic_compare_exchange_strong(&m->ramp_start_ms, &expect, 0)) {
 				atomic_fetch_sub(&g->ramping, 1);
-				log_notice("backend.slow_start_done", KV("listener", g->lc->name),
+				log_notice("backend.slow_start_done", KV(g->owner_key, g->owner),
 					   KV("backend", m->conf->address));
 			}
 			continue;
@@ -454,7 +457,7 @@ void kg_health_slow_start_step(struct kg_health_group *g, uint64_t now_ms)
 		atomic_store(&g->m[i].eff_weight,
 			     still ? (unsigned)((weights[i] + scale - 1) / scale) : weights[i]);
 	if (kg_balancer_set_weights(g->b, weights) < 0)
-		log_err("balancer.weights_refused", KV("listener", g->lc->name),
+		log_err("balancer.weights_refused", KV(g->owner_key, g->owner),
 			KV("reason", "slow start"));
 	pthread_mutex_unlock(&g->weights_lock);
 }

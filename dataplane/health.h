@@ -45,10 +45,13 @@ const char *kg_member_state_name(enum kg_member_state s);
 
 struct kg_health_group;
 
-/* Members come from lc->backends; lc and b must outlive the group. Sets
- * the balancer's up/down to the initial states (all down when
- * unknown_is_up is false). NULL on ENOMEM. */
-struct kg_health_group *kg_health_group_create(const struct kg_listener_conf *lc,
+/* Members come from gc->backends; gc, owner and b must outlive the group.
+ * Log lines name the owner as owner_key=owner ("listener" for inline
+ * backends, "group" for a named group). Sets the balancer's up/down to
+ * the initial states (all down when unknown_is_up is false). NULL on
+ * ENOMEM. */
+struct kg_health_group *kg_health_group_create(const struct kg_group_conf *gc,
+					       const char *owner_key, const char *owner,
 					       struct kg_balancer *b);
 void kg_health_group_destroy(struct kg_health_group *g);
 

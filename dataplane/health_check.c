@@ -14,6 +14,7 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "group.h"
 #include "health.h"
 #include "listener.h"
 #include "runtime.h"
@@ -71,8 +72,10 @@ struct kg_health_checker {
 	uint64_t rng;
 	size_t n;
 	struct check *checks;
-	struct kg_listener_rt *snaps[KG_MAX_LISTENERS]; /* keep the checked groups alive */
-	size_t n_snaps;
+	/* The groups checked, each once however many listeners send to it,
+	 * with a reference each. */
+	struct kg_group_rt **groups;
+	size_t n_groups;
 };
 
 /* A check's completion index: check number and the checker's generation,
@@ -116,12 +119,43 @@ static void build_request(struct check *c)
 	c->req_len = n > 0 && (size_t)n < sizeof(c->req) ? (size_t)n : 0;
 }
 
-/* Worker `id` checks the members whose index over all listeners is
+/* Worker `id` checks the members whose index over all checked groups is
  * id modulo n_workers. */
-static bool owns(const struct kg_listener_rt *l, size_t global, unsigned n_workers, unsigned id)
+static bool owns(const struct kg_group_rt *g, size_t global, unsigned n_workers, unsigned id)
 {
-	return l->health && l->conf->health_check.type != KG_HEALTH_NONE &&
-	       global % n_workers == id;
+	return g->conf->health_check.type != KG_HEALTH_NONE && global % n_workers == id;
+}
+
+/* The distinct groups of the published listeners, each with a reference:
+ * a named group several listeners send to is one entry, so it is checked
+ * once. -ENOMEM. */
+static int collect_groups(struct kg_health_checker *hc, struct kg_runtime *rt)
+{
+	size_t cap = 0;
+	for (size_t li = 0; li < KG_MAX_LISTENERS; li++) {
+		struct kg_listener_rt *l = kg_listener_acquire(&rt->slots[li]);
+		for (size_t i = 0; l && i < l->n_groups; i++) {
+			struct kg_group_rt *g = l->groups[i];
+			bool seen = false;
+			for (size_t j = 0; j < hc->n_groups && !seen; j++)
+				seen = hc->groups[j] == g;
+			if (seen)
+				continue;
+			if (hc->n_groups == cap) {
+				size_t ncap = cap ? cap * 2 : 16;
+				struct kg_group_rt **grown = realloc(hc->groups, ncap * sizeof(*grown));
+				if (!grown) {
+					kg_listener_put(l);
+					return -ENOMEM;
+				}
+				hc->groups = grown;
+				cap = ncap;
+			}
+			hc->groups[hc->n_groups++] = kg_group_get(g);
+		}
+		kg_listener_put(l);
+	}
+	return 0;
 }
 
 static struct kg_health_checker *kg_health_checker_create(struct kg_worker *w, unsigned n_workers,
@@ -136,18 +170,17 @@ static struct kg_health_checker *kg_health_checker_create(struct kg_worker *w, u
 	hc->rng = (kg_now_ms() * 0x9e3779b97f4a7c15ull + w->id) | 1;
 	if (n_workers == 0)
 		n_workers = 1;
-	/* The listeners as published now; a change publishes new snapshots
+	/* The groups as published now; a change publishes new snapshots
 	 * and makes every worker build a new checker. */
-	for (size_t li = 0; li < KG_MAX_LISTENERS; li++) {
-		struct kg_listener_rt *l = kg_listener_acquire(&w->rt->slots[li]);
-		if (l)
-			hc->snaps[hc->n_snaps++] = l;
+	if (collect_groups(hc, w->rt) < 0) {
+		kg_health_checker_destroy(hc);
+		return NULL;
 	}
 	size_t global = 0, mine = 0;
-	for (size_t li = 0; li < hc->n_snaps; li++) {
-		const struct kg_listener_rt *l = hc->snaps[li];
-		for (size_t m = 0; m < l->conf->n_backends; m++, global++)
-			mine += owns(l, global, n_workers, w->id);
+	for (size_t gi = 0; gi < hc->n_groups; gi++) {
+		const struct kg_group_rt *g = hc->groups[gi];
+		for (size_t m = 0; m < g->conf->n_backends; m++, global++)
+			mine += owns(g, global, n_workers, w->id);
 	}
 	hc->checks = calloc(mine ? mine : 1, sizeof(*hc->checks));
 	if (!hc->checks || mine > (1u << CHECK_BITS)) {
@@ -155,18 +188,18 @@ static struct kg_health_checker *kg_health_checker_create(struct kg_worker *w, u
 		return NULL;
 	}
 	global = 0;
-	for (size_t li = 0; li < hc->n_snaps; li++) {
-		struct kg_listener_rt *l = hc->snaps[li];
-		const struct kg_health_conf *h = &l->conf->health_check;
-		for (size_t m = 0; m < l->conf->n_backends; m++, global++) {
-			if (!owns(l, global, n_workers, w->id))
+	for (size_t gi = 0; gi < hc->n_groups; gi++) {
+		struct kg_group_rt *g = hc->groups[gi];
+		const struct kg_health_conf *h = &g->conf->health_check;
+		for (size_t m = 0; m < g->conf->n_backends; m++, global++) {
+			if (!owns(g, global, n_workers, w->id))
 				continue;
 			struct check *c = &hc->checks[hc->n++];
-			c->g = l->health;
+			c->g = g->health;
 			c->member = m;
 			c->hc = h;
-			c->addr = l->conf->backends[m].addr;
-			c->addrlen = l->conf->backends[m].addrlen;
+			c->addr = g->conf->backends[m].addr;
+			c->addrlen = g->conf->backends[m].addrlen;
 			if (h->port)
 				set_port(&c->addr, h->port);
 			c->fd = -1;
@@ -190,8 +223,9 @@ static void kg_health_checker_destroy(struct kg_health_checker *hc)
 		if (hc->checks[i].fd >= 0)
 			close(hc->checks[i].fd);
 	free(hc->checks);
-	for (size_t i = 0; i < hc->n_snaps; i++)
-		kg_listener_put(hc->snaps[i]);
+	for (size_t i = 0; i < hc->n_groups; i++)
+		kg_group_put(hc->groups[i]);
+	free(hc->groups);
 	free(hc);
 }
 

@@ -14,6 +14,7 @@
 
 #include "cert_expiry.h"
 #include "crl.h"
+#include "group.h"
 #include "health.h"
 #include "listener.h"
 #include "worker.h"
@@ -62,6 +63,19 @@ json_object *kg_listener_counters_json(const struct kg_listener_slot *s)
 	json_object_object_add(o, "handshake_failed_by_reason", why);
 	add_u64(o, "access_allowed", atomic_load(&s->counters.access_allowed));
 	add_u64(o, "access_denied", atomic_load(&s->counters.access_denied));
+	/* Route decisions by route name (the running routes), null without
+	 * routes. */
+	struct kg_listener_rt *snap = kg_listener_acquire((struct kg_listener_slot *)s);
+	const struct kg_routes *routes = snap ? snap->conf->routes : NULL;
+	json_object *rj = routes ? json_object_new_object() : NULL;
+	for (size_t r = 0; r < kg_routes_count(routes); r++)
+		add_u64(rj, kg_routes_name(routes, r), atomic_load(&s->counters.routed[r]));
+	if (rj) {
+		add_u64(rj, KG_ROUTE_DEFAULT, atomic_load(&s->counters.route_default));
+		add_u64(rj, KG_ROUTE_NONE, atomic_load(&s->counters.route_not_found));
+	}
+	json_object_object_add(o, "routes", rj);
+	kg_listener_put(snap);
 	return o;
 }
 
@@ -172,17 +186,29 @@ static void backend_metrics(struct text *t, struct kg_runtime *rt)
 	};
 	struct text samples[BM_FAMILIES] = {0};
 	struct kg_health_member_info info[KG_MAX_BACKENDS];
+	/* A named group is shown once (group="name"), however many listeners
+	 * send to it; inline backends by their listener. */
+	const struct kg_group_rt *shown[KG_MAX_GROUPS];
+	size_t n_shown = 0;
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
 		struct kg_listener_slot *slot = &rt->slots[i];
 		struct kg_listener_rt *snap = slot->used ? kg_listener_acquire(slot) : NULL;
-		if (!snap)
+		for (size_t gi = 0; snap && gi < snap->n_groups; gi++) {
+		const struct kg_group_rt *g = snap->groups[gi];
+		bool named = g->conf->name[0] != '\0', seen = false;
+		for (size_t j = 0; named && j < n_shown && !seen; j++)
+			seen = shown[j] == g;
+		if (seen || (named && n_shown == KG_MAX_GROUPS))
 			continue;
+		if (named)
+			shown[n_shown++] = g;
 		/* The addresses in info belong to the group: held until done. */
-		size_t n = kg_health_snapshot(snap->health, info, KG_MAX_BACKENDS, kg_now_ms());
+		size_t n = kg_health_snapshot(g->health, info, KG_MAX_BACKENDS, kg_now_ms());
 		for (size_t m = 0; m < n && m < KG_MAX_BACKENDS; m++) {
 			const struct kg_health_member_info *h = &info[m];
 			char l[256];
-			snprintf(l, sizeof(l), "listener=\"%s\",backend=\"%s\"", slot->name, h->address);
+			snprintf(l, sizeof(l), "%s=\"%s\",backend=\"%s\"", named ? "group" : "listener",
+				 named ? g->conf->name : slot->name, h->address);
 			put(&samples[BM_ROTATION], "kgate_%s{%s} %d\n", fams[BM_ROTATION].name, l,
 			    h->in_rotation);
 			if (h->checked)
@@ -197,6 +223,7 @@ static void backend_metrics(struct text *t, struct kg_runtime *rt)
 			    (unsigned long long)h->checks_failed);
 			put(&samples[BM_PASSIVE], "kgate_%s{%s} %llu\n", fams[BM_PASSIVE].name, l,
 			    (unsigned long long)h->passive_failures);
+		}
 		}
 		kg_listener_put(snap);
 	}
@@ -337,6 +364,28 @@ char *kg_metrics_text(struct kg_runtime *rt, const struct kg_config *cfg)
 			"%llu\n", l->name, (unsigned long long)atomic_load(&l->counters.access_allowed));
 		put(&t, "kgate_listener_access_decisions_total{listener=\"%s\",decision=\"deny\"} "
 			"%llu\n", l->name, (unsigned long long)atomic_load(&l->counters.access_denied));
+	}
+	put(&t, "# HELP kgate_listener_route_requests_total Requests of https listeners with "
+		"routes, per route; (default): no route matched, sent to the default group; "
+		"(none): no route matched and no default group (404).\n"
+		"# TYPE kgate_listener_route_requests_total counter\n");
+	for (size_t i = 0; i < KG_MAX_LISTENERS; i++) {
+		struct kg_listener_slot *l = &rt->slots[i];
+		struct kg_listener_rt *snap = l->used ? kg_listener_acquire(l) : NULL;
+		const struct kg_routes *routes = snap ? snap->conf->routes : NULL;
+		for (size_t r = 0; r < kg_routes_count(routes); r++)
+			put(&t, "kgate_listener_route_requests_total{listener=\"%s\",route=\"%s\"} "
+				"%llu\n", l->name, kg_routes_name(routes, r),
+			    (unsigned long long)atomic_load(&l->counters.routed[r]));
+		if (routes) {
+			put(&t, "kgate_listener_route_requests_total{listener=\"%s\",route=\"%s\"} "
+				"%llu\n", l->name, KG_ROUTE_DEFAULT,
+			    (unsigned long long)atomic_load(&l->counters.route_default));
+			put(&t, "kgate_listener_route_requests_total{listener=\"%s\",route=\"%s\"} "
+				"%llu\n", l->name, KG_ROUTE_NONE,
+			    (unsigned long long)atomic_load(&l->counters.route_not_found));
+		}
+		kg_listener_put(snap);
 	}
 	backend_metrics(&t, rt);
 	cert_metrics(&t, cfg);

@@ -9,6 +9,7 @@
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "group.h"
 #include "health.h"
 #include "ktls.h"
 #include "ticket_keys.h"
@@ -39,36 +40,128 @@ void kg_runtime_destroy(struct kg_runtime *rt)
 		kg_listener_publish(&rt->slots[i], NULL);
 		pthread_mutex_destroy(&rt->slots[i].lock);
 	}
+	kg_groups_put(rt->groups, rt->n_groups);
+	rt->n_groups = 0;
 	/* After the snapshots: their SSL_CTXs point at the keys. */
 	kg_ticket_keys_close(rt->tickets);
 	rt->tickets = NULL;
 }
 
-struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg)
-{
-	struct kg_config_ref *r = calloc(1, sizeof(*r));
-	if (!r)
-		return NULL;
-	atomic_init(&r->refs, 1);
-	r->cfg = cfg;
-	return r;
-}
-
-void kg_config_ref_put(struct kg_config_ref *r)
-{
-	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
-		return;
-	kg_config_free(r->cfg);
-	free(r);
-}
-
 static void snapshot_free(struct kg_listener_rt *l)
 {
-	kg_health_group_destroy(l->health); /* refers to the balancer */
+	kg_groups_put(l->groups, l->n_groups);
+	free(l->groups);
+	free(l->route_group);
 	SSL_CTX_free(l->ssl_ctx);
-	kg_balancer_destroy(l->balancer);
 	kg_config_ref_put(l->doc);
 	free(l);
+}
+
+void kg_groups_put(struct kg_group_rt **g, size_t n)
+{
+	for (size_t i = 0; g && i < n; i++) {
+		kg_group_put(g[i]);
+		g[i] = NULL;
+	}
+}
+
+struct kg_group_rt *kg_listener_find_group(const struct kg_listener_rt *l, const char *name)
+{
+	for (size_t i = 0; i < l->n_groups; i++)
+		if (strcmp(l->groups[i]->conf->name, name) == 0)
+			return l->groups[i];
+	return NULL;
+}
+
+unsigned kg_listener_cut_gen(const struct kg_listener_rt *l)
+{
+	unsigned gen = 0;
+	for (size_t i = 0; i < l->n_groups; i++)
+		gen += kg_health_cut_gen(l->groups[i]->health);
+	return gen;
+}
+
+int kg_groups_build(struct kg_config_ref *doc, struct kg_group_rt *const *prev, size_t n_prev,
+		    struct kg_group_rt **out, bool *rebuilt, char *err, size_t errlen)
+{
+	const struct kg_config *cfg = doc->cfg;
+	for (size_t i = 0; i < cfg->n_groups; i++) {
+		const struct kg_group_conf *gc = &cfg->groups[i];
+		struct kg_group_rt *old = NULL;
+		for (size_t j = 0; j < n_prev && !old; j++)
+			if (prev[j] && strcmp(prev[j]->conf->name, gc->name) == 0)
+				old = prev[j];
+		bool same = old && kg_group_conf_same(old->conf, gc);
+		if (rebuilt)
+			rebuilt[i] = !same;
+		if (same) {
+			out[i] = kg_group_get(old);
+			continue;
+		}
+		char where[KG_NAME_MAX + 32];
+		snprintf(where, sizeof(where), "backend_groups.%s", gc->name);
+		out[i] = kg_group_build(doc, gc, old, "group", gc->name, where, err, errlen);
+		if (!out[i]) {
+			kg_groups_put(out, i);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* Adds g (a reference is taken) to l's groups unless it is there. */
+static struct kg_group_rt *add_group(struct kg_listener_rt *l, struct kg_group_rt *g)
+{
+	for (size_t i = 0; i < l->n_groups; i++)
+		if (l->groups[i] == g)
+			return g;
+	l->groups[l->n_groups++] = kg_group_get(g);
+	return g;
+}
+
+/* The listener's groups: inline (built here) and named (from named[]). */
+static int build_groups(struct kg_listener_rt *l, struct kg_listener_slot *slot,
+			struct kg_config_ref *doc, struct kg_group_rt *const *named,
+			const char *where, char *err, size_t errlen)
+{
+	const struct kg_listener_conf *lc = l->conf;
+	const struct kg_config *cfg = doc->cfg;
+	size_t n_routes = kg_routes_count(lc->routes);
+	l->groups = calloc(n_routes + 1, sizeof(*l->groups));
+	l->route_group = calloc(n_routes + 1, sizeof(*l->route_group));
+	if (!l->groups || !l->route_group) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	if (lc->group == &lc->own) {
+		struct kg_listener_rt *prev = slot ? kg_listener_acquire(slot) : NULL;
+		struct kg_group_rt *old = prev ? kg_listener_find_group(prev, "") : NULL;
+		struct kg_group_rt *g = kg_group_build(doc, &lc->own, old, "listener", lc->name, where,
+						       err, errlen);
+		kg_listener_put(prev);
+		if (!g)
+			return -EINVAL;
+		l->groups[l->n_groups++] = g;
+		l->group = g;
+	}
+	for (size_t i = 0; i <= n_routes; i++) {
+		const struct kg_group_conf *gc = i < n_routes
+			? kg_config_find_group(cfg, kg_routes_group(lc->routes, i))
+			: lc->group;
+		if (!gc || gc == &lc->own)
+			continue;
+		size_t gi = (size_t)(gc - cfg->groups);
+		if (gi >= cfg->n_groups || !named || !named[gi]) {
+			snprintf(err, errlen, "%s: internal error: group %s not built", where, gc->name);
+			return -EINVAL;
+		}
+		struct kg_group_rt *g = add_group(l, named[gi]);
+		if (i < n_routes)
+			l->route_group[i] = g;
+		else
+			l->group = g;
+	}
+	return 0;
 }
 
 void kg_listener_put(struct kg_listener_rt *l)
@@ -104,16 +197,12 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 					 const struct kg_kernel_caps *caps,
 					 struct kg_ticket_keys *tickets,
 					 struct kg_config_ref *doc,
-					 const struct kg_listener_conf *lc, const char *where,
+					 const struct kg_listener_conf *lc,
+					 struct kg_group_rt *const *named, const char *where,
 					 char *err, size_t errlen)
 {
 	char why[512];
-	unsigned weights[KG_MAX_BACKENDS];
 
-	if (lc->n_backends > KG_MAX_BACKENDS) {
-		snprintf(err, errlen, "%s.backends: at most %d members", where, KG_MAX_BACKENDS);
-		return NULL;
-	}
 	struct kg_listener_rt *l = calloc(1, sizeof(*l));
 	if (!l) {
 		snprintf(err, errlen, "out of memory");
@@ -146,26 +235,8 @@ struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 			goto fail;
 		}
 	}
-	for (size_t b = 0; b < lc->n_backends; b++)
-		weights[b] = lc->backends[b].weight;
-	l->balancer = kg_balancer_create("rr", weights, lc->n_backends);
-	if (!l->balancer) {
-		snprintf(err, errlen, "%s.backends: invalid weights", where);
+	if (build_groups(l, slot, doc, named, where, err, errlen) < 0)
 		goto fail;
-	}
-	l->health = kg_health_group_create(lc, l->balancer);
-	if (!l->health) {
-		snprintf(err, errlen, "%s: out of memory for health state", where);
-		goto fail;
-	}
-	/* Members that stay keep their health, drain/disable and counters. */
-	struct kg_listener_rt *prev = slot ? kg_listener_acquire(slot) : NULL;
-	if (prev)
-		kg_health_group_inherit(l->health, prev->health);
-	kg_listener_put(prev);
-	/* The document says which members are drained or disabled. */
-	for (size_t b = 0; b < lc->n_backends; b++)
-		kg_health_set_admin(l->health, b, lc->backends[b].admin);
 	/* fallback: the path of a connection that cannot be handed off. */
 	log_info("listener.plan", KV("listener", lc->name),
 		 KV("protocol", lc->protocol == KG_PROTO_TCP   ? "tcp"
@@ -185,14 +256,21 @@ int kg_config_check_build(struct kg_config_ref *doc, const struct kg_kernel_caps
 			  char *err, size_t errlen)
 {
 	const struct kg_config *cfg = doc->cfg;
+	struct kg_group_rt *named[KG_MAX_GROUPS] = {NULL};
+	int ret = kg_groups_build(doc, NULL, 0, named, NULL, err, errlen);
+	if (ret < 0)
+		return ret;
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		char where[32];
 		snprintf(where, sizeof(where), "listeners[%zu]", i);
 		struct kg_listener_rt *l = kg_listener_build(NULL, caps, NULL, doc, &cfg->listeners[i],
-							     where, err, errlen);
-		if (!l)
-			return -EINVAL;
+							     named, where, err, errlen);
+		if (!l) {
+			ret = -EINVAL;
+			break;
+		}
 		kg_listener_put(l);
 	}
-	return 0;
+	kg_groups_put(named, cfg->n_groups);
+	return ret;
 }

@@ -25,20 +25,16 @@
 #include "config.h"
 #include "counters.h"
 #include "paths.h"
+#include "routes.h"
 #include "tls.h"
 
 struct kg_health_group;
+struct kg_group_rt;
 struct kg_ticket_keys;
 struct kg_store_status;
 
 #define KG_MAX_LISTENERS 64
 #define KG_FAILED_MAX 512
-
-/* A parsed state document shared by the snapshots built from it. */
-struct kg_config_ref {
-	atomic_uint refs;
-	struct kg_config *cfg;
-};
 
 struct kg_listener_slot;
 
@@ -50,11 +46,26 @@ struct kg_listener_rt {
 	struct kg_config_ref *doc;          /* keeps conf alive */
 	const struct kg_listener_conf *conf;
 	SSL_CTX *ssl_ctx;     /* NULL for tcp listeners */
-	struct kg_balancer *balancer;
 	enum kg_path plan;  /* the path connections take (paths.h) */
 	bool plan_forced;   /* configured explicitly: no fallback per connection */
-	struct kg_health_group *health; /* member states, drain/disable, active counts (this snapshot's members) */
+	/* The backend groups (group.h) the listener sends to, each once, with
+	 * a reference: its inline group, or the named groups it refers to
+	 * (shared with the other listeners that do). */
+	struct kg_group_rt **groups;
+	size_t n_groups;
+	/* conf->group's runtime: where tcp/tls connections go, and https
+	 * requests no route matched; NULL: those get 404. */
+	struct kg_group_rt *group;
+	/* Per route of conf->routes: its group's runtime (one of groups). */
+	struct kg_group_rt **route_group;
 };
+
+/* The listener's group runtime whose configuration is named name ("" for
+ * its inline backends), or NULL. */
+struct kg_group_rt *kg_listener_find_group(const struct kg_listener_rt *l, const char *name);
+/* The sum of the cut generations (health.h) of the listener's groups:
+ * changes whenever a member of one of them may have to be cut. */
+unsigned kg_listener_cut_gen(const struct kg_listener_rt *l);
 
 /* Per-listener counters: shared atomics (relaxed), one increment per
  * connection event, read by stats/metrics. */
@@ -68,6 +79,13 @@ struct kg_listener_counters {
 	 * deny): the rule's name is in the log line of a denial. */
 	atomic_uint_fast64_t access_allowed;
 	atomic_uint_fast64_t access_denied;
+	/* Route decisions of an https listener with routes: requests per
+	 * route (by its index in the running routes), those no route matched
+	 * that went to the default group, and those answered 404. Reset when
+	 * the routes change (their names are the running ones). */
+	atomic_uint_fast64_t routed[KG_ROUTES_MAX];
+	atomic_uint_fast64_t route_default;
+	atomic_uint_fast64_t route_not_found;
 };
 
 struct kg_listener_slot {
@@ -82,6 +100,7 @@ struct kg_listener_slot {
 	bool listening;                /* workers hold sockets for this slot */
 	int fds[KG_MAX_WORKERS];       /* theirs while listening (an upgrade passes them on) */
 	struct sockaddr_storage bind;  /* where they listen */
+	uint64_t routes_digest;        /* which routes the route counters are for */
 	char failed[KG_FAILED_MAX];    /* why it could not start ("" = it did or is stopped) */
 };
 
@@ -121,6 +140,10 @@ struct kg_runtime {
 	uint64_t started_ms;  /* monotonic, for uptime */
 	struct kg_inherit *inherit;    /* sockets inherited at an upgrade; start-up only */
 	struct kg_store_status *store; /* store mode's status (store.h); NULL: single box */
+	/* The named backend groups' runtimes, parallel to the running
+	 * document's backend_groups (control thread only; apply.c). */
+	struct kg_group_rt *groups[KG_MAX_GROUPS];
+	size_t n_groups;
 };
 
 /* Initialises the slots (rt->caps is the caller's: kg_kernel_probe); 0 or
@@ -135,17 +158,28 @@ struct kg_listener_rt *kg_listener_acquire(struct kg_listener_slot *s);
 void kg_listener_put(struct kg_listener_rt *l);
 
 /* Builds a snapshot for lc (which must belong to doc->cfg): forwarding
- * plan, SSL_CTX (stateless tickets under tickets, see kg_tls_ctx_create),
- * balancer and health group (member states carried over from the slot's
- * current snapshot by address). NULL with err filled on failure; messages
- * start with where ("listeners[0]"), the listener's JSON path. Takes its
- * own doc reference. */
+ * plan, SSL_CTX (stateless tickets under tickets, see kg_tls_ctx_create)
+ * and its groups: the inline one built here (member states carried over
+ * from the slot's current snapshot by address), the named ones taken from
+ * named[], the runtimes of doc->cfg->groups by index. NULL with err filled
+ * on failure; messages start with where ("listeners[0]"), the listener's
+ * JSON path. Takes its own doc reference. */
 struct kg_listener_rt *kg_listener_build(struct kg_listener_slot *slot,
 					 const struct kg_kernel_caps *caps,
 					 struct kg_ticket_keys *tickets,
 					 struct kg_config_ref *doc,
-					 const struct kg_listener_conf *lc, const char *where,
+					 const struct kg_listener_conf *lc,
+					 struct kg_group_rt *const *named, const char *where,
 					 char *err, size_t errlen);
+
+/* Builds the runtimes of every named group of doc->cfg into out[] (one
+ * per group, in order): a group whose definition equals its running one
+ * in prev[0..n_prev) takes that one (a reference), others are built and
+ * inherit the running one's member states; rebuilt[i] (may be NULL) says
+ * which. 0, or -EINVAL with err and nothing kept. */
+int kg_groups_build(struct kg_config_ref *doc, struct kg_group_rt *const *prev, size_t n_prev,
+		    struct kg_group_rt **out, bool *rebuilt, char *err, size_t errlen);
+void kg_groups_put(struct kg_group_rt **g, size_t n);
 
 /* What --check and kgatectl store push validate beyond parsing: every
  * listener's snapshot (SSL_CTX, balancer, forwarding plan) can be built
@@ -155,8 +189,5 @@ int kg_config_check_build(struct kg_config_ref *doc, const struct kg_kernel_caps
 /* Publishes snap (may be NULL) in the slot and drops the old one's slot
  * reference. Consumes the caller's reference to snap. */
 void kg_listener_publish(struct kg_listener_slot *s, struct kg_listener_rt *snap);
-
-struct kg_config_ref *kg_config_ref_new(struct kg_config *cfg);
-void kg_config_ref_put(struct kg_config_ref *r);
 
 #endif

@@ -414,7 +414,7 @@ static bool cuts_changed(struct kg_worker *w)
 		}
 		struct kg_listener_rt *snap = kg_listener_acquire(slot);
 		uint64_t serial = snap ? snap->serial : 0;
-		unsigned gen = snap ? kg_health_cut_gen(snap->health) : 0;
+		unsigned gen = snap ? kg_listener_cut_gen(snap) : 0;
 		if (serial != w->cut_snap[li] || gen != w->cut_gen[li])
 			changed = true;
 		w->cut_snap[li] = serial;

@@ -100,6 +100,8 @@ enum kg_ocsp_mode { KG_OCSP_MODES(KG_LK_ENUM_OCSP) };
 
 /* Refusals of keys for protocols they do not belong to. */
 #define KG_LK_NO_TLS "not allowed with protocol \"tcp\" (no TLS)"
+#define KG_LK_ONLY_HTTPS_ROUTES "only for protocol \"https\" (routes choose per request; a " \
+	"tcp or tls listener sends each connection to its backends or backend_group)"
 
 #define KG_LISTENER_KEYS(F, H)                                                                     \
 	H(name, KG_LK_STRING, KG_LK_FOR_ALL, KG_LKF_REQUIRED | KG_LKF_OPTION_REQUIRED, "name",     \
@@ -195,9 +197,21 @@ enum kg_ocsp_mode { KG_OCSP_MODES(KG_LK_ENUM_OCSP) };
 	H(http, KG_LK_OBJECT, KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\""),       \
 	  KG_LKF_UPDATE | KG_LKF_NONE_REMOVES, "http", "JSON",                                     \
 	  "the http object, e.g. '{\"access_log\": \"on\"}'")                                      \
-	H(backends, KG_LK_ARRAY, KG_LK_FOR_ALL, KG_LKF_REQUIRED | KG_LKF_OPTION_REQUIRED,          \
-	  "backend", "HOST:PORT[,weight=W]",                                                       \
-	  "a member, once per member (1-" KG_LK_STR(KG_MAX_BACKENDS) ")")                          \
+	H(backends, KG_LK_ARRAY, KG_LK_FOR_ALL, 0, "backend", "HOST:PORT[,weight=W]",              \
+	  "a member, once per member (1-" KG_LK_STR(KG_MAX_BACKENDS) "); the listener's own "     \
+	  "group, or name one with backend-group")                                                \
+	H(backend_group, KG_LK_STRING, KG_LK_FOR_ALL, KG_LKF_UPDATE | KG_LKF_NONE_REMOVES,        \
+	  "backend-group", "NAME",                                                                 \
+	  "a named backend group (kgatectl group create) instead of inline backends; update "     \
+	  "replaces the inline ones")                                                              \
+	H(routes, KG_LK_LIST, KG_LK_FOR(KG_PROTO_BIT(HTTPS), KG_LK_ONLY_HTTPS_ROUTES),             \
+	  KG_LKF_UPDATE | KG_LKF_NONE_REMOVES, "routes", "JSON",                                   \
+	  "routes to backend groups, first match wins, e.g. '[{\"name\": \"api\", \"match\": "    \
+	  "{\"path_prefix\": \"/v1/\"}, \"group\": \"api\"}]'")                                      \
+	H(default_group, KG_LK_STRING, KG_LK_FOR(KG_PROTO_BIT(HTTPS), KG_LK_ONLY_HTTPS_ROUTES),    \
+	  KG_LKF_UPDATE | KG_LKF_NONE_REMOVES, "default-group", "NAME",                            \
+	  "the backend group of requests no route matches (without one, and without backends "    \
+	  "or backend-group: 404)")                                                                \
 	F(enabled, KG_LK_BOOL(true), KG_LK_FOR_ALL, 0, NULL, NULL,                                 \
 	  "false: stopped (kgatectl listener stop and start)")
 

@@ -12,29 +12,13 @@
 #include "access.h"
 #include "fuzz_util.h"
 
-#ifndef KF_DATA_DIR
-#error "KF_DATA_DIR must name tests/fuzz/data"
-#endif
-
 static X509 *certs[3]; /* good.pem, noeku.pem, ca.pem */
-
-static X509 *load(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-	if (f)
-		fclose(f);
-	return x;
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
-	certs[0] = load(KF_DATA_DIR "/good.pem");
-	certs[1] = load(KF_DATA_DIR "/noeku.pem");
-	certs[2] = load(KF_DATA_DIR "/ca.pem");
-	KF_FAIL_IF(!certs[0] || !certs[1] || !certs[2]);
+	kf_load_test_certs(certs);
 	return 0;
 }
 

@@ -25,9 +25,9 @@ static struct kg_config *parse(const char *text, bool state)
 		KF_FAIL_IF(kg_config_find_cert(cfg, cfg->certs[i].name) == NULL);
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		const struct kg_listener_conf *l = &cfg->listeners[i];
-		KF_FAIL_IF(l->n_backends == 0);
+		KF_FAIL_IF(l->group == NULL && l->routes == NULL);
 		for (unsigned code = 100; code < 600; code += 37)
-			(void)kg_health_status_expected(&l->health_check, code);
+			(void)kg_health_status_expected(&l->own.health_check, code);
 	}
 	return cfg;
 }

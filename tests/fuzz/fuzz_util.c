@@ -1,5 +1,7 @@
 #include "fuzz_util.h"
 
+#include <openssl/pem.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,4 +60,21 @@ char *kf_strndup(const uint8_t *data, size_t size)
 	memcpy(s, data, size);
 	s[size] = '\0';
 	return s;
+}
+
+static X509 *load_cert(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+	if (f)
+		fclose(f);
+	return x;
+}
+
+void kf_load_test_certs(X509 *out[3])
+{
+	out[0] = load_cert(KF_DATA_DIR "/good.pem");
+	out[1] = load_cert(KF_DATA_DIR "/noeku.pem");
+	out[2] = load_cert(KF_DATA_DIR "/ca.pem");
+	KF_FAIL_IF(!out[0] || !out[1] || !out[2]);
 }

@@ -35,6 +35,12 @@ size_t kf_split(const uint8_t *data, size_t size, const char *sep,
 /* A NUL-terminated copy (caller frees); aborts on ENOMEM. */
 char *kf_strndup(const uint8_t *data, size_t size);
 
+/* The fixed client certificates of data/ (good.pem, noeku.pem, ca.pem)
+ * into out[0..2], for harnesses that match on certificates; aborts when
+ * one cannot be read. */
+struct x509_st;
+void kf_load_test_certs(struct x509_st *out[3]);
+
 /* A broken promise of the code under test: says which, then aborts, so
  * libFuzzer keeps the input and the replay run fails with a reason. */
 #define KF_FAIL_IF(cond)                                                       \

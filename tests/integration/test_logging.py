@@ -150,7 +150,7 @@ def test_start_up_error_is_an_event(pki, tmp_path):
 # The catalogue and the code
 
 LOG_CALL = re.compile(r"\b(log_(?:err|warn|notice|info|debug)|kg_worker_warn|kg_log_always|"
-                      r"kg_log_emit|edit_listener|backend_op)\(")
+                      r"kg_log_emit|edit_listener|edit_group|backend_op)\(")
 EVENT_ID = re.compile(r'"([a-z0-9_]+(?:\.[a-z0-9_]+)+)"')
 
 
@@ -173,7 +173,7 @@ def code_events():
         for fn, args in _calls(open(os.path.join(folder, name)).read()):
             calls.append((name, fn, args))
             head = args.split("KV", 1)[0]  # the event id comes before the fields
-            if fn in ("edit_listener", "backend_op"):
+            if fn in ("edit_listener", "edit_group", "backend_op"):
                 head = args
             events.update(EVENT_ID.findall(head))
     return events, calls

@@ -24,6 +24,17 @@
 #define DOC(extra) "{" CERTS ",'listeners':[" LISTENER(extra) "]}"
 #define DOC2(extra1, extra2) "{" CERTS ",'listeners':[" LISTENER(extra1) "," LISTENER(extra2) "]}"
 #define BACKENDS(list) DOC(",'backends':[" list "]")
+/* Groups api and web, and one https listener with extra keys (no inline
+ * backends unless extra has them). */
+#define GROUPS                                                                 \
+	"'backend_groups':{'api':{'backends':[{'address':'127.0.0.1:9101'}]},"      \
+	"'web':{'backends':[{'address':'127.0.0.1:9201'},{'address':'127.0.0.1:9202','weight':2}]," \
+	"'health_check':{'type':'http','path':'/h'}}}"
+#define GDOC(extra)                                                            \
+	"{" CERTS "," GROUPS ",'listeners':[{'name':'web','protocol':'https','bind':'127.0.0.1',"  \
+	"'port':8443,'certificate':'web'" extra "}]}"
+#define ROUTE(match, group) "{'name':'r','match':{" match "},'group':'" group "'}"
+#define RDOC(match) GDOC(",'backend_group':'web','routes':[" ROUTE(match, "api") "]")
 
 static char *to_json(const char *doc)
 {
@@ -140,6 +151,56 @@ static const struct bad_case bad[] = {
 	{DOC(",'connect_timeout_ms':0"), "listeners[0].connect_timeout_ms: must be 1-"},
 	{DOC(",'max_connections':0"), "listeners[0].max_connections: must be 1-"},
 	{DOC(",'connect_retries':64"), "listeners[0].connect_retries: must be 0-63"},
+	/* backend groups and routes */
+	{GDOC(""), "listeners[0].backends: is required (or \"backend_group\", or \"routes\")"},
+	{GDOC(",'backend_group':'nope'"), "listeners[0].backend_group: no backend group named \"nope\" in backend_groups"},
+	{GDOC(",'backend_group':'api','backends':[{'address':'127.0.0.1:1'}]"), "listeners[0].backend_group: excludes \"backends\""},
+	{GDOC(",'backend_group':'api','health_check':{}"), "listeners[0].health_check: the group"},
+	{GDOC(",'routes':[" ROUTE("'host':'x'", "api") "],'health_check':{}"), "listeners[0].health_check: checks inline \"backends\", and there are none"},
+	{GDOC(",'default_group':'api'"), "listeners[0].default_group: needs \"routes\""},
+	{GDOC(",'backend_group':'web','default_group':'api','routes':[" ROUTE("'host':'x'", "api") "]"), "listeners[0].default_group: excludes \"backend_group\""},
+	{GDOC(",'routes':[" ROUTE("'host':'x'", "api") "],'default_group':'nope'"), "listeners[0].default_group: no backend group named \"nope\""},
+	{GDOC(",'routes':[" ROUTE("'host':'x'", "nope") "]"), "listeners[0].routes[0].group: no backend group named \"nope\""},
+	{"{" CERTS "," GROUPS ",'listeners':[" LISTENER(",'routes':[" ROUTE("'host':'x'", "api") "]") "]}", "listeners[0].routes: only for protocol \"https\""},
+	{"{" CERTS "," GROUPS ",'listeners':[" LISTENER(",'default_group':'api'") "]}", "listeners[0].default_group: only for protocol \"https\""},
+	{GDOC(",'routes':{}"), "listeners[0].routes: expected an array of routes"},
+	{GDOC(",'routes':[]"), "listeners[0].routes: must not be an empty array"},
+	{GDOC(",'routes':[1]"), "listeners[0].routes[0]: expected an object"},
+	{GDOC(",'routes':[{'match':{'host':'x'},'group':'api'}]"), "listeners[0].routes[0].name: is required"},
+	{GDOC(",'routes':[{'name':'r','match':{'host':'x'}}]"), "listeners[0].routes[0].group: is required"},
+	{GDOC(",'routes':[{'name':'r','group':'api'}]"), "listeners[0].routes[0].match: is required"},
+	{GDOC(",'routes':[{'name':'r','match':{'host':'x'},'group':'api','action':'allow'}]"), "listeners[0].routes[0].action: unknown key"},
+	{GDOC(",'routes':[{'name':'r s','match':{'host':'x'},'group':'api'}]"), "listeners[0].routes[0].name: use 1-80 letters"},
+	{GDOC(",'routes':[" ROUTE("'host':'x'", "api") "," ROUTE("'host':'y'", "api") "]"), "listeners[0].routes[1].name: duplicate route name \"r\" (also listeners[0].routes[0])"},
+	{RDOC(""), "listeners[0].routes[0].match: needs at least one matcher"},
+	{RDOC("'port':1"), "listeners[0].routes[0].match.port: unknown key"},
+	{RDOC("'host':'*.'"), "listeners[0].routes[0].match.host: \"*.\": expected a host name"},
+	{RDOC("'host':'*'"), "listeners[0].routes[0].match.host: \"*\": a wildcard is \"*.\" at the start only"},
+	{RDOC("'host':'a.*.com'"), "listeners[0].routes[0].match.host: \"a.*.com\": a wildcard is"},
+	{RDOC("'host':'a..com'"), "listeners[0].routes[0].match.host: \"a..com\": labels are 1-63 characters"},
+	{RDOC("'host':'a.com:443'"), "listeners[0].routes[0].match.host: \"a.com:443\": a host name has letters"},
+	{RDOC("'host':''"), "listeners[0].routes[0].match.host: must not be empty"},
+	{RDOC("'host':1"), "listeners[0].routes[0].match.host: expected a string"},
+	{RDOC("'path_prefix':'v1/'"), "listeners[0].routes[0].match.path_prefix: must start with \"/\""},
+	{RDOC("'path_prefix':'/a b'"), "listeners[0].routes[0].match.path_prefix: has a character a request path cannot have"},
+	{RDOC("'path_prefix':'/a?b'"), "listeners[0].routes[0].match.path_prefix: has a character"},
+	{RDOC("'method':'get me'"), "listeners[0].routes[0].match.method: expected a method"},
+	{RDOC("'method':[]"), "listeners[0].routes[0].match.method: must not be an empty array"},
+	{RDOC("'method':['GET',1]"), "listeners[0].routes[0].match.method[1]: expected a string"},
+	{RDOC("'method':['GET','GET']"), "listeners[0].routes[0].match.method[1]: \"GET\" is listed twice"},
+	{RDOC("'method':{}"), "listeners[0].routes[0].match.method: expected a string or an array of strings"},
+	{RDOC("'cert':{}"), "listeners[0].routes[0].match.cert: needs at least one matcher"},
+	{RDOC("'cert':'ops'"), "listeners[0].routes[0].match.cert: expected an object"},
+	{RDOC("'cert':{'dept':'x'}"), "listeners[0].routes[0].match.cert.dept: unknown key"},
+	{RDOC("'cert':{'serial':'xyz'}"), "listeners[0].routes[0].match.cert.serial: expected a serial number"},
+	{"{" CERTS ",'backend_groups':{'a b':{'backends':[{'address':'127.0.0.1:1'}]}},'listeners':[" LISTENER("") "]}", "backend_groups.a b: invalid name"},
+	{"{" CERTS ",'backend_groups':{'g':{}},'listeners':[" LISTENER("") "]}", "backend_groups.g.backends: is required"},
+	{"{" CERTS ",'backend_groups':{'g':{'backends':[]}},'listeners':[" LISTENER("") "]}", "backend_groups.g.backends: at least one backend"},
+	{"{" CERTS ",'backend_groups':{'g':{'backends':[{'address':'x'}]}},'listeners':[" LISTENER("") "]}", "backend_groups.g.backends[0].address: expected host:port"},
+	{"{" CERTS ",'backend_groups':{'g':{'backends':[{'address':'127.0.0.1:1'}],'scheduler':'lc'}},'listeners':[" LISTENER("") "]}", "backend_groups.g.scheduler: must be one of \"rr\""},
+	{"{" CERTS ",'backend_groups':{'g':{'backends':[{'address':'127.0.0.1:1'}],'health_check':{'type':'icmp'}}},'listeners':[" LISTENER("") "]}", "backend_groups.g.health_check.type: must be one of"},
+	{"{" CERTS ",'backend_groups':{'g':{'backends':[{'address':'127.0.0.1:1'}],'x':1}},'listeners':[" LISTENER("") "]}", "backend_groups.g.x: unknown key"},
+	{"{" CERTS ",'backend_groups':[],'listeners':[" LISTENER("") "]}", "backend_groups: expected an object"},
 	/* backends */
 	{"{" CERTS ",'listeners':[{'name':'web','protocol':'tls','bind':'::1','port':1,'certificate':'web'}]}", "listeners[0].backends: is required"},
 	{BACKENDS(""), "listeners[0].backends: at least one backend"},
@@ -284,22 +345,22 @@ Test(config, defaults_filled)
 	cr_expect_eq(l->connect_retries, 2);
 	cr_expect_eq(l->tls_session_cache, 20000);
 	cr_expect_eq(l->tls_session_tickets, KG_TICKETS_STATELESS);
-	cr_assert_eq(l->n_backends, 1);
-	cr_expect_str_eq(l->backends[0].address, "127.0.0.1:9001");
-	cr_expect_eq(l->backends[0].weight, 1);
-	cr_expect_eq(port_of(&l->backends[0].addr), 9001);
-	cr_expect_eq(l->health_check.type, KG_HEALTH_NONE);
-	cr_expect_eq(l->health_check.interval_ms, 2000);
-	cr_expect_eq(l->health_check.timeout_ms, 5000);
-	cr_expect_eq(l->health_check.healthy_threshold, 3);
-	cr_expect_eq(l->health_check.unhealthy_threshold, 3);
-	cr_expect_eq(l->health_check.port, 0);
-	cr_expect(l->health_check.unknown_is_up);
-	cr_expect_not(l->health_check.cut_on_unhealthy);
-	cr_expect_eq(l->health_check.slow_start_s, 0);
-	cr_expect_str_eq(l->health_check.method, "GET");
-	cr_expect_str_eq(l->health_check.path, "/");
-	cr_expect_str_eq(l->health_check.host, "");
+	cr_assert_eq(l->own.n_backends, 1);
+	cr_expect_str_eq(l->own.backends[0].address, "127.0.0.1:9001");
+	cr_expect_eq(l->own.backends[0].weight, 1);
+	cr_expect_eq(port_of(&l->own.backends[0].addr), 9001);
+	cr_expect_eq(l->own.health_check.type, KG_HEALTH_NONE);
+	cr_expect_eq(l->own.health_check.interval_ms, 2000);
+	cr_expect_eq(l->own.health_check.timeout_ms, 5000);
+	cr_expect_eq(l->own.health_check.healthy_threshold, 3);
+	cr_expect_eq(l->own.health_check.unhealthy_threshold, 3);
+	cr_expect_eq(l->own.health_check.port, 0);
+	cr_expect(l->own.health_check.unknown_is_up);
+	cr_expect_not(l->own.health_check.cut_on_unhealthy);
+	cr_expect_eq(l->own.health_check.slow_start_s, 0);
+	cr_expect_str_eq(l->own.health_check.method, "GET");
+	cr_expect_str_eq(l->own.health_check.path, "/");
+	cr_expect_str_eq(l->own.health_check.host, "");
 	kg_config_free(cfg);
 }
 
@@ -312,7 +373,7 @@ Test(config, health_check_http_keys)
 	char err[512];
 	struct kg_config *cfg = parse(doc, err, sizeof(err));
 	cr_assert_not_null(cfg, "%s", err);
-	const struct kg_health_conf *h = &cfg->listeners[0].health_check;
+	const struct kg_health_conf *h = &cfg->listeners[0].own.health_check;
 	cr_expect_eq(h->type, KG_HEALTH_HTTP);
 	cr_expect_str_eq(h->method, "HEAD");
 	cr_expect_str_eq(h->path, "/healthz?full=1");
@@ -426,7 +487,7 @@ Test(config, health_check_default_expected_status)
 	char err[512];
 	struct kg_config *cfg = parse(DOC(",'health_check':{'type':'http'}"), err, sizeof(err));
 	cr_assert_not_null(cfg, "%s", err);
-	const struct kg_health_conf *h = &cfg->listeners[0].health_check;
+	const struct kg_health_conf *h = &cfg->listeners[0].own.health_check;
 	cr_expect(kg_health_status_expected(h, 200));
 	cr_expect(kg_health_status_expected(h, 399));
 	cr_expect_not(kg_health_status_expected(h, 199));
@@ -467,7 +528,7 @@ ParameterizedTest(size_t *i, config, accepts)
 	cr_expect_eq(l->mutual_auth, g->auth, "%s", g->doc);
 	cr_expect_eq(l->bind.ss_family, g->family);
 	cr_expect_eq(port_of(&l->bind), g->port);
-	cr_expect_eq(l->health_check.type, g->health);
+	cr_expect_eq(l->own.health_check.type, g->health);
 	cr_expect_eq(l->ca != NULL, strstr(g->doc, "'ca':'clients'") != NULL);
 	kg_config_free(cfg);
 }
@@ -512,24 +573,68 @@ Test(config, full_document)
 	cr_expect_eq(l->tls_session_tickets, KG_TICKETS_STATEFUL);
 	cr_expect_eq(l->proxy_protocol, KG_PP_V2);
 	cr_expect_eq(cfg->listeners[1].proxy_protocol, KG_PP_V2);
-	cr_assert_eq(l->n_backends, 2);
-	cr_expect_eq(l->backends[0].weight, 3);
-	cr_expect_eq(l->backends[1].weight, 256);
-	cr_expect_eq(l->backends[0].admin, KG_ADMIN_DISABLED);
-	cr_expect_eq(l->backends[1].admin, KG_ADMIN_DRAINED);
-	cr_expect_eq(cfg->listeners[1].backends[0].admin, KG_ADMIN_READY);
-	cr_expect_eq(l->backends[1].addr.ss_family, AF_INET6);
-	cr_expect_eq(l->backends[1].addrlen, sizeof(struct sockaddr_in6));
-	cr_expect_eq(port_of(&l->backends[1].addr), 9002);
-	cr_expect_eq(l->health_check.type, KG_HEALTH_HTTP);
-	cr_expect_eq(l->health_check.interval_ms, 100);
-	cr_expect_eq(l->health_check.timeout_ms, 1);
-	cr_expect_eq(l->health_check.healthy_threshold, 10);
-	cr_expect_eq(l->health_check.unhealthy_threshold, 1);
+	cr_assert_eq(l->own.n_backends, 2);
+	cr_expect_eq(l->own.backends[0].weight, 3);
+	cr_expect_eq(l->own.backends[1].weight, 256);
+	cr_expect_eq(l->own.backends[0].admin, KG_ADMIN_DISABLED);
+	cr_expect_eq(l->own.backends[1].admin, KG_ADMIN_DRAINED);
+	cr_expect_eq(cfg->listeners[1].own.backends[0].admin, KG_ADMIN_READY);
+	cr_expect_eq(l->own.backends[1].addr.ss_family, AF_INET6);
+	cr_expect_eq(l->own.backends[1].addrlen, sizeof(struct sockaddr_in6));
+	cr_expect_eq(port_of(&l->own.backends[1].addr), 9002);
+	cr_expect_eq(l->own.health_check.type, KG_HEALTH_HTTP);
+	cr_expect_eq(l->own.health_check.interval_ms, 100);
+	cr_expect_eq(l->own.health_check.timeout_ms, 1);
+	cr_expect_eq(l->own.health_check.healthy_threshold, 10);
+	cr_expect_eq(l->own.health_check.unhealthy_threshold, 1);
 	const struct kg_listener_conf *t = &cfg->listeners[1];
 	cr_expect_eq(t->protocol, KG_PROTO_TCP);
 	cr_expect_null(t->certificate);
 	cr_expect_eq(t->mutual_auth, KG_MTLS_OFF);
+	kg_config_free(cfg);
+}
+
+Test(config, groups_and_routes)
+{
+	char err[512];
+	struct kg_config *cfg = parse(GDOC(",'routes':[" ROUTE("'host':'*.Example.com','path_prefix':'/v1/',"
+					 "'method':['GET','HEAD'],'cert':{'ou':'ops'}", "api")
+					 "],'default_group':'web'"), err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	cr_assert_eq(cfg->n_groups, 2);
+	const struct kg_group_conf *api = kg_config_find_group(cfg, "api");
+	const struct kg_group_conf *web = kg_config_find_group(cfg, "web");
+	cr_assert(api && web);
+	cr_expect_eq(web->n_backends, 2);
+	cr_expect_eq(web->backends[1].weight, 2);
+	cr_expect_eq(web->health_check.type, KG_HEALTH_HTTP);
+	cr_expect_str_eq(web->health_check.path, "/h");
+	cr_expect_eq(api->health_check.type, KG_HEALTH_NONE);
+	const struct kg_listener_conf *l = &cfg->listeners[0];
+	cr_expect_eq(l->own.n_backends, 0);
+	cr_expect_null(l->backend_group);
+	cr_expect_eq(l->default_group, web);
+	cr_expect_eq(l->group, web);
+	cr_assert_not_null(l->routes);
+	char how[32];
+	cr_expect(kg_listener_uses_group(l, api, how, sizeof(how)));
+	cr_expect_str_eq(how, "routes[0]");
+	cr_expect(kg_listener_uses_group(l, web, how, sizeof(how)));
+	cr_expect_str_eq(how, "default_group");
+	/* The same definition compares the same; a weight does not. */
+	cr_expect(kg_group_conf_same(web, web));
+	cr_expect_not(kg_group_conf_same(web, api));
+	kg_config_free(cfg);
+
+	cfg = parse(GDOC(",'backend_group':'api'"), err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	cr_expect_eq(cfg->listeners[0].group, kg_config_find_group(cfg, "api"));
+	cr_expect_null(cfg->listeners[0].routes);
+	kg_config_free(cfg);
+	/* Routes alone: requests no route matches get 404 (group NULL). */
+	cfg = parse(GDOC(",'routes':[" ROUTE("'method':'GET'", "api") "]"), err, sizeof(err));
+	cr_assert_not_null(cfg, "%s", err);
+	cr_expect_null(cfg->listeners[0].group);
 	kg_config_free(cfg);
 }
 

@@ -37,10 +37,10 @@ static void setup(struct fixture *f, const char *check, unsigned wa)
 	f->cfg = kg_config_parse(doc, "/", err, sizeof(err));
 	cr_assert_not_null(f->cfg, "%s", err);
 	const struct kg_listener_conf *lc = &f->cfg->listeners[0];
-	unsigned w[2] = {lc->backends[0].weight, lc->backends[1].weight};
+	unsigned w[2] = {lc->own.backends[0].weight, lc->own.backends[1].weight};
 	f->b = kg_balancer_create("rr", w, 2);
 	cr_assert_not_null(f->b);
-	f->g = kg_health_group_create(lc, f->b);
+	f->g = kg_health_group_create(&lc->own, "listener", lc->name, f->b);
 	cr_assert_not_null(f->g);
 	f->t0 = kg_now_ms();
 }
@@ -241,7 +241,7 @@ Test(health, disabled_wins_over_unhealthy_and_is_inherited)
 	const struct kg_listener_conf *lc = &f.cfg->listeners[0];
 	unsigned w[2] = {1, 1};
 	struct kg_balancer *b2 = kg_balancer_create("rr", w, 2);
-	struct kg_health_group *g2 = kg_health_group_create(lc, b2);
+	struct kg_health_group *g2 = kg_health_group_create(&lc->own, "listener", lc->name, b2);
 	cr_assert_not_null(g2);
 	kg_health_group_inherit(g2, f.g);
 	cr_expect_eq(kg_health_should_cut(g2, 1), KG_CUT_DISABLED);

@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 
 #include "certgen.h"
+#include "group.h"
 #include "health.h"
 #include "runtime.h"
 
@@ -57,12 +58,12 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 {
 	struct kg_listener_slot *slot = &rt.slots[3];
 	struct kg_config_ref *d1 = doc("{\"address\": \"127.0.0.1:9001\"}", "auto");
-	struct kg_listener_rt *s1 = kg_listener_build(slot, &rt.caps, NULL, d1, &d1->cfg->listeners[0], "listeners[0]", err,
+	struct kg_listener_rt *s1 = kg_listener_build(slot, &rt.caps, NULL, d1, &d1->cfg->listeners[0], NULL, "listeners[0]", err,
 						      sizeof(err));
 	cr_assert_not_null(s1, "%s", err);
 	kg_config_ref_put(d1); /* the snapshot holds the document now */
 	kg_listener_publish(slot, s1);
-	kg_health_record(s1->health, 0, true, "connected", 1);
+	kg_health_record(s1->group->health, 0, true, "connected", 1);
 
 	struct kg_listener_rt *conn = kg_listener_acquire(slot);
 	cr_assert_eq(conn, s1);
@@ -71,7 +72,7 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 	struct kg_config_ref *d2 = doc("{\"address\": \"127.0.0.1:9001\"}, "
 				       "{\"address\": \"127.0.0.1:9002\", \"weight\": 2}, "
 				       "{\"address\": \"127.0.0.1:9003\", \"drained\": true}", "auto");
-	struct kg_listener_rt *s2 = kg_listener_build(slot, &rt.caps, NULL, d2, &d2->cfg->listeners[0], "listeners[0]", err,
+	struct kg_listener_rt *s2 = kg_listener_build(slot, &rt.caps, NULL, d2, &d2->cfg->listeners[0], NULL, "listeners[0]", err,
 						      sizeof(err));
 	cr_assert_not_null(s2, "%s", err);
 	kg_config_ref_put(d2);
@@ -80,23 +81,23 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 	/* The old snapshot and its document are still whole for the connection. */
 	cr_assert_eq(atomic_load(&conn->refs), 1);
 	cr_assert_str_eq(conn->conf->name, "web");
-	cr_assert_eq(conn->conf->n_backends, 1);
+	cr_assert_eq(conn->conf->own.n_backends, 1);
 	cr_assert_not_null(conn->ssl_ctx);
 	/* New connections get the new one. */
 	struct kg_listener_rt *next = kg_listener_acquire(slot);
 	cr_assert_eq(next, s2);
-	cr_assert_eq(next->conf->n_backends, 3);
+	cr_assert_eq(next->conf->own.n_backends, 3);
 	/* What health knows about a member that stays carries over to the new
 	 * snapshot by address; a new member starts unknown (out of rotation
 	 * here); the document's drained flag applies. */
 	struct kg_health_member_info info[3];
-	cr_assert_eq(kg_health_snapshot(next->health, info, 3, 0), 3);
+	cr_assert_eq(kg_health_snapshot(next->group->health, info, 3, 0), 3);
 	cr_assert_eq(info[0].state, KG_MEMBER_HEALTHY);
 	cr_assert_eq(info[1].state, KG_MEMBER_UNKNOWN);
 	cr_assert_eq(info[2].admin, KG_ADMIN_DRAINED);
-	cr_assert(kg_balancer_is_up(next->balancer, 0));
-	cr_assert_not(kg_balancer_is_up(next->balancer, 1));
-	cr_assert_not(kg_balancer_is_up(next->balancer, 2));
+	cr_assert(kg_balancer_is_up(next->group->balancer, 0));
+	cr_assert_not(kg_balancer_is_up(next->group->balancer, 1));
+	cr_assert_not(kg_balancer_is_up(next->group->balancer, 2));
 	kg_listener_put(next);
 	kg_listener_put(conn);
 	kg_listener_publish(slot, NULL);
@@ -106,7 +107,7 @@ Test(runtime, connection_keeps_its_snapshot_across_a_swap)
 Test(runtime, build_refuses_what_this_version_cannot_run)
 {
 	struct kg_config_ref *d = doc("{\"address\": \"127.0.0.1:9001\"}", "sockmap");
-	cr_assert_null(kg_listener_build(&rt.slots[0], &rt.caps, NULL, d, &d->cfg->listeners[0], "listeners[0]", err,
+	cr_assert_null(kg_listener_build(&rt.slots[0], &rt.caps, NULL, d, &d->cfg->listeners[0], NULL, "listeners[0]", err,
 					 sizeof(err)));
 	cr_assert(strstr(err, "listeners[0].forwarding") != NULL, "%s", err);
 	kg_config_ref_put(d);

@@ -15,7 +15,8 @@
 #include "subject.h"
 
 struct ca_args {
-	const char *dir, *subject, *key, *days, *serial, *digest, *type, *san, *ocsp_url, *out;
+	const char *dir, *subject, *key, *days, *serial, *digest, *type, *san, *ocsp_url, *crl_url,
+		*out;
 	const char *key_pass_file, *p12, *p12_pass_file, *ca_pass_file;
 	const char *cert, *ca, *pass_file, *reason, *output;
 	bool force, help, push;
@@ -31,6 +32,7 @@ static const struct ca_opt ca_opts[] = {
 	OPT("dir", dir), OPT("subject", subject), OPT("key", key), OPT("days", days),
 	OPT("serial", serial), OPT("digest", digest), OPT("type", type), OPT("san", san),
 	OPT("ocsp-url", ocsp_url),
+	OPT("crl-url", crl_url),
 	OPT("out", out), OPT("key-pass-file", key_pass_file), OPT("p12", p12),
 	OPT("p12-pass-file", p12_pass_file), OPT("ca-pass-file", ca_pass_file),
 	OPT("cert", cert), OPT("ca", ca), OPT("pass-file", pass_file), OPT("reason", reason),
@@ -216,7 +218,7 @@ static int ca_issue(struct kg_cli *cli, int argc, char **argv)
 	int st;
 
 	PARSE_OR_RETURN(self("issue"),
-			" dir type subject san ocsp-url days key digest out key-pass-file p12 p12-pass-file ca-pass-file force ",
+			" dir type subject san ocsp-url crl-url days key digest out key-pass-file p12 p12-pass-file ca-pass-file force ",
 			cli, argc, argv, &a);
 	if ((st = need("issue", a.dir, "--dir")) || (st = need("issue", a.type, "--type")) ||
 	    (st = need("issue", a.subject, "--subject")) || (st = need("issue", a.out, "--out")))
@@ -250,6 +252,7 @@ static int ca_issue(struct kg_cli *cli, int argc, char **argv)
 	o.subject = a.subject;
 	o.san = a.san;
 	o.ocsp_url = a.ocsp_url;
+	o.crl_url = a.crl_url;
 	o.out = a.out;
 	o.key_pass = key_pass;
 	o.p12 = a.p12;
@@ -496,7 +499,7 @@ static const struct kg_cmd ca_cmds[] = {
 	 "--dir DIR --subject '/C=../ST=../O=../OU=../CN=..' [--key ec-p256|ec-p384|rsa-2048|rsa-3072|rsa-4096] [--days 3650] [--serial HEX] [--digest sha256|sha384|sha512] [--key-pass-file F] [--force]",
 	 "create a CA folder (also usable by 'openssl ca'); --force replaces an existing CA"},
 	{"issue", ca_issue,
-	 "--dir DIR --type client|server|peer --subject '/O=../CN=NAME' [--san DNS:a,IP:1.2.3.4] [--ocsp-url URL] [--days 365] [--key TYPE] [--digest D] --out PREFIX [--key-pass-file F] [--p12 FILE --p12-pass-file F] [--ca-pass-file F] [--force]",
+	 "--dir DIR --type client|server|peer --subject '/O=../CN=NAME' [--san DNS:a,IP:1.2.3.4] [--ocsp-url URL] [--crl-url URL] [--days 365] [--key TYPE] [--digest D] --out PREFIX [--key-pass-file F] [--p12 FILE --p12-pass-file F] [--ca-pass-file F] [--force]",
 	 "new key + certificate: PREFIX.pem, PREFIX.key (0600), optional PKCS#12; C/ST/O/OU must match the CA"},
 	{"export-p12", ca_export_p12,
 	 "--cert F --key F [--key-pass-file F] --ca F --out FILE --pass-file F [--force]",

@@ -639,6 +639,24 @@ static int add_ocsp_url(X509 *cert, X509 *ca, const char *url, struct kg_err *er
 	return ret;
 }
 
+/* The CRL Distribution Points extension (RFC 5280 4.2.1.13): where
+ * relying parties, and kgated's crl_url (kgate.json(5)), fetch the CRL
+ * this CA publishes. http only, as for the OCSP URL: a CRL is signed, and
+ * https would need a trust anchor to fetch the data that says whom to
+ * trust. */
+static int add_crl_url(X509 *cert, X509 *ca, const char *url, struct kg_err *err)
+{
+	char *value = NULL;
+	if (strncmp(url, "http://", 7) != 0 || !url[7] || strpbrk(url, ", \t\r\n"))
+		return kg_errf(err, EINVAL, "--crl-url %s: expected an http:// URL without "
+					    "spaces or commas", url);
+	if (asprintf(&value, "URI:%s", url) == -1)
+		return kg_errf(err, ENOMEM, "--crl-url: out of memory");
+	int ret = add_ext(cert, ca, NID_crl_distribution_points, value, err);
+	free(value);
+	return ret;
+}
+
 /* The SAN for a server certificate given no --san: its CN. */
 static char *san_default(const X509_NAME *name, struct kg_err *err)
 {
@@ -690,6 +708,8 @@ static int leaf_extensions(X509 *cert, X509 *ca, const struct kg_issue_opts *o,
 		ret = add_ext(cert, ca, NID_authority_key_identifier, "keyid:always", err);
 	if (!ret && o->ocsp_url)
 		ret = add_ocsp_url(cert, ca, o->ocsp_url, err);
+	if (!ret && o->crl_url)
+		ret = add_crl_url(cert, ca, o->crl_url, err);
 	if (ret)
 		return ret;
 	if (o->san)

@@ -62,6 +62,7 @@ struct kg_issue_opts {
 	const char *subject;
 	const char *san;      /* "DNS:a,IP:1.2.3.4,email:..,URI:.." or NULL */
 	const char *ocsp_url; /* an http:// OCSP responder for the AIA extension, or NULL */
+	const char *crl_url;  /* an http:// CRL distribution point, or NULL */
 	int days;
 	struct kg_key_spec key;
 	const EVP_MD *md;

@@ -501,6 +501,42 @@ Test(pki, revoke_refuses_a_foreign_certificate, .init = make_ca, .fini = drop_ca
 	cr_assert(strstr(err.msg, "serial ABCD: not in"), "%s", err.msg);
 }
 
+/* --crl-url: the URL goes into CRL Distribution Points, where relying
+ * parties (and crl_url) fetch the CA's CRL; anything but a plain http://
+ * URL is refused before the folder changes. */
+Test(pki, crl_url_in_cdp, .init = make_ca, .fini = drop_ca)
+{
+	struct kg_err err = {""};
+	struct kg_issue_opts c = issue_opts(KG_CERT_CLIENT, "/CN=cdp", "cdp");
+	c.crl_url = "http://127.0.0.1:8080/ca.crl";
+	cr_assert_eq(kg_ca_issue(&c, NULL, &err), 0, "%s", err.msg);
+	X509 *cert = read_cert(tc_file(&dir, "cdp.pem"));
+	STACK_OF(DIST_POINT) *cdp = X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL);
+	cr_assert(cdp && sk_DIST_POINT_num(cdp) == 1);
+	DIST_POINT_NAME *dpn = sk_DIST_POINT_value(cdp, 0)->distpoint;
+	cr_assert(dpn && dpn->type == 0 && sk_GENERAL_NAME_num(dpn->name.fullname) == 1);
+	GENERAL_NAME *gn = sk_GENERAL_NAME_value(dpn->name.fullname, 0);
+	cr_assert_eq(gn->type, GEN_URI);
+	cr_expect_str_eq((const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier),
+			 "http://127.0.0.1:8080/ca.crl");
+	CRL_DIST_POINTS_free(cdp);
+	X509_free(cert);
+
+	static const char *const bad[] = {"https://127.0.0.1/ca.crl", "http://", "ldap://x/",
+					  "http://a,URI:http://b/"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *before = snapshot();
+		struct kg_issue_opts o = issue_opts(KG_CERT_CLIENT, "/CN=x", "x");
+		o.crl_url = bad[i];
+		cr_expect_eq(kg_ca_issue(&o, NULL, &err), -EINVAL, "%s", bad[i]);
+		cr_expect(strstr(err.msg, "--crl-url") != NULL, "%s: %s", bad[i], err.msg);
+		char *after = snapshot();
+		cr_expect_str_eq(after, before, "%s: the folder changed", bad[i]);
+		free(before);
+		free(after);
+	}
+}
+
 /* --ocsp-url: the responder goes into Authority Information Access, where
  * kgated (and every relying party) looks; anything but an http URL is
  * refused before the CA folder changes. */

@@ -623,36 +623,20 @@ char *kg_san_build(const char *san, struct kg_err *err)
 	return out;
 }
 
-/* The Authority Information Access extension naming an OCSP responder
- * (RFC 5280 4.2.2.1), where kgated and other relying parties ask. Only
- * http: OCSP answers are signed, and RFC 6960 A.1 is HTTP. */
-static int add_ocsp_url(X509 *cert, X509 *ca, const char *url, struct kg_err *err)
+/* An extension holding one http:// URL (value_prefix then the URL):
+ * option names the command-line option in refusals. Only http: what is
+ * fetched there (OCSP answers, CRLs) is signed, and https would need a
+ * trust anchor to fetch the data that says whom to trust. */
+static int add_url_ext(X509 *cert, X509 *ca, int nid, const char *value_prefix,
+		       const char *option, const char *url, struct kg_err *err)
 {
 	char *value = NULL;
 	if (strncmp(url, "http://", 7) != 0 || !url[7] || strpbrk(url, ", \t\r\n"))
-		return kg_errf(err, EINVAL, "--ocsp-url %s: expected an http:// URL without "
-					    "spaces or commas", url);
-	if (asprintf(&value, "OCSP;URI:%s", url) == -1)
-		return kg_errf(err, ENOMEM, "--ocsp-url: out of memory");
-	int ret = add_ext(cert, ca, NID_info_access, value, err);
-	free(value);
-	return ret;
-}
-
-/* The CRL Distribution Points extension (RFC 5280 4.2.1.13): where
- * relying parties, and kgated's crl_url (kgate.json(5)), fetch the CRL
- * this CA publishes. http only, as for the OCSP URL: a CRL is signed, and
- * https would need a trust anchor to fetch the data that says whom to
- * trust. */
-static int add_crl_url(X509 *cert, X509 *ca, const char *url, struct kg_err *err)
-{
-	char *value = NULL;
-	if (strncmp(url, "http://", 7) != 0 || !url[7] || strpbrk(url, ", \t\r\n"))
-		return kg_errf(err, EINVAL, "--crl-url %s: expected an http:// URL without "
-					    "spaces or commas", url);
-	if (asprintf(&value, "URI:%s", url) == -1)
-		return kg_errf(err, ENOMEM, "--crl-url: out of memory");
-	int ret = add_ext(cert, ca, NID_crl_distribution_points, value, err);
+		return kg_errf(err, EINVAL, "%s %s: expected an http:// URL without "
+					    "spaces or commas", option, url);
+	if (asprintf(&value, "%s%s", value_prefix, url) == -1)
+		return kg_errf(err, ENOMEM, "%s: out of memory", option);
+	int ret = add_ext(cert, ca, nid, value, err);
 	free(value);
 	return ret;
 }
@@ -706,10 +690,15 @@ static int leaf_extensions(X509 *cert, X509 *ca, const struct kg_issue_opts *o,
 		ret = add_ext(cert, ca, NID_subject_key_identifier, "hash", err);
 	if (!ret)
 		ret = add_ext(cert, ca, NID_authority_key_identifier, "keyid:always", err);
+	/* Where relying parties ask about revocation: the OCSP responder in
+	 * Authority Information Access (RFC 5280 4.2.2.1), the CRL in CRL
+	 * Distribution Points (4.2.1.13; kgated's crl_url). */
 	if (!ret && o->ocsp_url)
-		ret = add_ocsp_url(cert, ca, o->ocsp_url, err);
+		ret = add_url_ext(cert, ca, NID_info_access, "OCSP;URI:", "--ocsp-url",
+				  o->ocsp_url, err);
 	if (!ret && o->crl_url)
-		ret = add_crl_url(cert, ca, o->crl_url, err);
+		ret = add_url_ext(cert, ca, NID_crl_distribution_points, "URI:", "--crl-url",
+				  o->crl_url, err);
 	if (ret)
 		return ret;
 	if (o->san)

@@ -237,8 +237,18 @@ int kg_steer_listen(struct kg_steer *s, uint32_t slot, const int *fds, unsigned 
 
 void kg_steer_hand_over(struct kg_steer *s)
 {
-	if (s)
-		s->handed_over = true;
+	if (!s)
+		return;
+	s->handed_over = true;
+	/* This process's workers go on storing counts while they drain. The
+	 * new process took the other bank, but a third process (the next
+	 * upgrade) takes this one again, maybe before this one has exited:
+	 * so the shared mapping is swapped, in one step, for private memory
+	 * the workers may keep writing to. */
+	void *p = mmap(s->loads, sizeof(*s->loads), PROT_READ | PROT_WRITE,
+		       MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		log_warn("accept.steering_cleanup_failed", KV_ERRNO(errno));
 }
 
 void kg_steer_unlisten(struct kg_steer *s, uint32_t slot, const int *fds, unsigned n)

@@ -57,8 +57,9 @@ int kg_steer_fds(const struct kg_steer *s, int fds[KG_STEER_FDS]);
 void kg_steer_activate(struct kg_steer *s);
 
 /* After an upgrade handed the objects over: kg_steer_unlisten no longer
- * touches the maps (the new process's entries name the same sockets).
- * Tolerates NULL. */
+ * touches the maps (the new process's entries name the same sockets), and
+ * the workers' cells stop reaching the program (their stores go to
+ * private memory). Tolerates NULL. */
 void kg_steer_hand_over(struct kg_steer *s);
 
 /* Puts listener slot's n sockets (fds[w] is worker w's) in the maps and

@@ -199,19 +199,24 @@ def test_listener_created_at_run_time_is_steered(spawn_kgated, pki, echo_backend
 
 
 def test_upgrade_keeps_steering(spawn_kgated, pki, echo_backend, tmp_path):
-    d = start(spawn_kgated, pki, echo_backend, tmp_path)
+    d = start(spawn_kgated, pki, echo_backend, tmp_path, drain_timeout_ms=20000)
     port = d.port
-    # Connections the old process owns drain with it; they must not count
-    # for the new process's workers.
+    # Connections the first process owns keep it draining through both
+    # upgrades, so the third process takes the load bank back while the
+    # first still runs (kg_steer_hand_over).
     old_conns = open_held(port, 10)
+    first = d.pid
     d.upgrade()
     ev = d.events("accept.steering")
     assert [e["mode"] for e in ev] == ["bpf", "bpf"], ev
     assert ev[-1]["reason"] == "program inherited from the upgraded process", ev
     assert_bpf_spread(d, port)
+    d.upgrade()
+    assert os.path.exists("/proc/%d" % first)
+    assert [e["mode"] for e in d.events("accept.steering")] == ["bpf"] * 3
+    assert_bpf_spread(d, port)
+    # The first process's connections end; its workers' counts must not
+    # reach the program the third process's workers feed.
     close_all(old_conns)
     d.check_retired()
-    # And once more: the objects go on to the next process as well.
-    d.upgrade()
     assert_bpf_spread(d, port)
-    d.check_retired()

@@ -7,7 +7,7 @@
 
 static const struct kg_cmd status_cmd = {
 	"status", NULL, "[-o json]",
-	"version, uptime, workers, kernel features found, connection counts"};
+	"version, uptime, workers, kernel features found, accept steering, connection counts"};
 static const struct kg_cmd stats_cmd = {
 	"stats", NULL, "[--listener NAME] [-o json]",
 	"connections (total, active, per path), handshakes, bytes, backend failures, per listener"};

@@ -7,7 +7,11 @@
  * a busy machine its connections wait for it. The accepting worker
  * therefore hands a connection to the worker that owns the fewest (counting
  * those handed to it and not yet adopted), so that accepted connections
- * stay spread within one of each other. */
+ * stay spread within one of each other.
+ *
+ * This is the fallback: where the sk_reuseport program runs (steer.h,
+ * settings.accept_steering), the kernel already chose the least-loaded
+ * worker's socket and the accepting worker keeps the connection. */
 #ifndef KGATE_ACCEPT_BALANCE_H
 #define KGATE_ACCEPT_BALANCE_H
 

@@ -15,6 +15,7 @@
 #include "tls.h"
 #include "tls_carry.h"
 #include "listener.h"
+#include "steer.h"
 #include "upgrade.h"
 #include "worker.h"
 
@@ -40,7 +41,11 @@ static struct kg_listener_slot *free_slot(struct kg_runtime *rt, const bool *tak
 
 static void unlisten(struct kg_runtime *rt, struct kg_listener_slot *slot)
 {
+	/* While the sockets are still open (their cookies name them). */
+	if (slot->steered)
+		kg_steer_unlisten(rt->steer, slot->index, slot->fds, rt->n_workers);
 	kg_workers_unlisten(rt, slot->index);
+	slot->steered = false;
 	slot->listening = false;
 	for (size_t w = 0; w < KG_MAX_WORKERS; w++)
 		slot->fds[w] = -1;
@@ -133,6 +138,24 @@ void kg_apply_unlisten_all(struct kg_runtime *rt)
 	for (size_t i = 0; i < KG_MAX_LISTENERS; i++)
 		if (rt->slots[i].listening)
 			unlisten(rt, &rt->slots[i]);
+}
+
+/* Before the workers get the sockets: a listener the program cannot steer
+ * (a map update failed) is balanced by the userspace hand-over instead,
+ * and one that is not steered loses any program an old process left on
+ * its inherited group, whose counts nobody updates any more. */
+static void steer_listen(struct kg_runtime *rt, struct kg_listener_slot *slot, const int *fds)
+{
+	slot->steered = false;
+	if (!rt->steer) {
+		kg_steer_detach(fds[0]);
+		return;
+	}
+	int e = kg_steer_listen(rt->steer, slot->index, fds, rt->n_workers);
+	if (e < 0)
+		log_warn("accept.steering_failed", KV("listener", slot->name), KV_ERRNO(-e),
+			 KV("effect", "this listener's connections are handed over in userspace"));
+	slot->steered = e == 0;
 }
 
 static void item_init(struct kg_apply_item *it, struct kg_listener_slot *slot)
@@ -345,6 +368,7 @@ void kg_apply_commit(struct kg_runtime *rt, struct kg_apply_plan *plan)
 		slot->used = true;
 		snprintf(slot->name, sizeof(slot->name), "%s", it->conf->name);
 		if (it->listen) {
+			steer_listen(rt, slot, it->fds);
 			kg_workers_listen(rt, slot->index, it->fds);
 			for (size_t w = 0; w < KG_MAX_WORKERS; w++) {
 				slot->fds[w] = it->fds[w];

@@ -226,7 +226,12 @@ static int get_name(struct parser *p, const char *path, const char *name, char o
 static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_object *root)
 {
 	static const char *const keys[] = {"workers", "drain_timeout_ms", "withdraw_delay_ms",
-					   "log_level", "ticket_key_rotation_s", NULL};
+					   "log_level", "ticket_key_rotation_s", "accept_steering",
+					   NULL};
+	static const char *const steering[] = {[KG_ACCEPT_STEERING_AUTO] = "auto",
+					       [KG_ACCEPT_STEERING_BPF] = "bpf",
+					       [KG_ACCEPT_STEERING_USERSPACE] = "userspace", NULL};
+	int steer = KG_ACCEPT_STEERING_AUTO;
 	struct json_object *s = NULL;
 	const char *path = "settings";
 	int r = get_member(p, "", root, "settings", json_type_object, "an object", &s);
@@ -237,8 +242,10 @@ static int parse_settings(struct parser *p, struct kg_config *cfg, struct json_o
 	    get_uint(p, path, s, "drain_timeout_ms", 0, 3600000, &cfg->drain_timeout_ms) < 0 ||
 	    get_uint(p, path, s, "ticket_key_rotation_s", KG_TICKET_ROTATION_MIN_S,
 		     KG_TICKET_ROTATION_MAX_S, &cfg->ticket_key_rotation_s) < 0 ||
-	    get_uint(p, path, s, "withdraw_delay_ms", 0, 300000, &cfg->withdraw_delay_ms) < 0)
+	    get_uint(p, path, s, "withdraw_delay_ms", 0, 300000, &cfg->withdraw_delay_ms) < 0 ||
+	    get_enum(p, path, s, "accept_steering", steering, &steer) < 0)
 		return -EINVAL;
+	cfg->accept_steering = (enum kg_accept_steering)steer;
 	const char *level;
 	r = get_string(p, path, s, "log_level", &level);
 	if (r < 0)

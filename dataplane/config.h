@@ -271,6 +271,14 @@ const struct kg_listener_key *kg_listener_key_find(const char *key);
  * number, enum value or bool. */
 unsigned kg_listener_key_value(const struct kg_listener_conf *l, enum kg_listener_key_id id);
 
+/* settings.accept_steering: how new connections are spread over the
+ * workers (steer.h); chosen at start. */
+enum kg_accept_steering {
+	KG_ACCEPT_STEERING_AUTO,      /* the BPF program where it loads, else userspace */
+	KG_ACCEPT_STEERING_BPF,       /* the BPF program, or the start fails */
+	KG_ACCEPT_STEERING_USERSPACE, /* the accepting worker hands over (accept_balance.h) */
+};
+
 struct kg_config {
 	struct kg_cert_conf *certs;
 	size_t n_certs;
@@ -283,6 +291,7 @@ struct kg_config {
 	unsigned withdraw_delay_ms; /* "settings.withdraw_delay_ms"; default 0 */
 	char *log_level;           /* "settings.log_level"; NULL = default */
 	unsigned ticket_key_rotation_s; /* "settings.ticket_key_rotation_s"; ticket_keys.h */
+	enum kg_accept_steering accept_steering; /* "settings.accept_steering"; default auto */
 };
 
 /* Parses JSON text. Relative file paths resolve against base_dir (the

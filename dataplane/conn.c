@@ -263,6 +263,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 		c->state = KG_CONN_CONNECTING;
 		w->conns[idx] = c;
 		w->n_conns++;
+		kg_worker_conns_changed(w);
 		kg_conn_connect_backend(c);
 		return;
 	}
@@ -308,6 +309,7 @@ void kg_conn_accept(struct kg_worker *w, uint32_t listener_idx, int fd)
 
 	w->conns[idx] = c;
 	w->n_conns++;
+	kg_worker_conns_changed(w);
 	kg_wheel_arm(&w->timers, &c->timer, c->deadline_ms);
 	kg_conn_arm_client_recv(c);
 	return;
@@ -942,6 +944,7 @@ bool kg_conn_release_if_idle(struct kg_conn *c)
 	w->conns[c->idx] = NULL;
 	w->free_slots[w->n_free++] = c->idx;
 	w->n_conns--;
+	kg_worker_conns_changed(w);
 	/* Scans (drain, cuts) look at [0, high_water): it comes down as the
 	 * highest slots empty (free slots are reused lowest first). */
 	while (w->high_water > 0 && !w->conns[w->high_water - 1])

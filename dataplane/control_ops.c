@@ -1706,6 +1706,10 @@ static json_object *op_status(struct kg_ops *ops, json_object *args)
 	json_object_object_add(k, "ktls_detail", json_object_new_string(ops->rt->caps.ktls_why));
 	json_object_object_add(k, "sockmap", json_object_new_boolean(ops->rt->caps.sockmap));
 	json_object_object_add(o, "kernel", k);
+	json_object *st = json_object_new_object();
+	json_object_object_add(st, "mode", json_object_new_string(ops->rt->steer ? "bpf" : "userspace"));
+	json_object_object_add(st, "reason", json_object_new_string(ops->rt->steer_why));
+	json_object_object_add(o, "accept_steering", st);
 	json_object_object_add(o, "io_uring", rings_json(ops->rt));
 	json_object *stats = kg_stats_json(ops->rt, NULL), *conns = NULL;
 	if (stats && json_object_object_get_ex(stats, "connections", &conns))

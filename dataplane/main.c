@@ -55,6 +55,7 @@
 #include "apply.h"
 #include "sockmap.h"
 #include "staple.h"
+#include "steer.h"
 #include "runtime.h"
 #include "state.h"
 #include "ticket_keys.h"
@@ -249,6 +250,49 @@ static struct kg_sockmap *sockmap_load(struct kg_kernel_caps *caps)
 	return sm;
 }
 
+/* settings.accept_steering (steer.h): the BPF program where it can run —
+ * the one an upgraded process hands over, else one loaded now (needs
+ * CAP_BPF, so before the privilege drop) — or the userspace hand-over.
+ * -1 when "bpf" was asked for and cannot run, with the reason logged. */
+static int steering_start(struct kg_runtime *rt, const struct kg_config *cfg,
+			  struct kg_inherit *in, unsigned n_workers)
+{
+	char err[160] = "";
+	const char *why = rt->steer_why;
+	if (cfg->accept_steering == KG_ACCEPT_STEERING_USERSPACE) {
+		snprintf(rt->steer_why, sizeof(rt->steer_why),
+			 "settings.accept_steering is \"userspace\"");
+	} else {
+		if (in->steer[0] >= 0) {
+			rt->steer = kg_steer_adopt(in->steer, n_workers, err, sizeof(err));
+			snprintf(rt->steer_why, sizeof(rt->steer_why), "%s",
+				 rt->steer ? "program inherited from the upgraded process" : err);
+		}
+		if (!rt->steer) {
+			rt->steer = kg_steer_open(n_workers, err, sizeof(err));
+			snprintf(rt->steer_why, sizeof(rt->steer_why), "%s",
+				 rt->steer ? "sk_reuseport program loaded" : err);
+		}
+		if (!rt->steer && cfg->accept_steering == KG_ACCEPT_STEERING_BPF) {
+			log_err("config.invalid",
+				KV("reason", "settings.accept_steering: \"bpf\" cannot be used"),
+				KV("detail", why),
+				KV("hint", "start kgated with CAP_BPF (as root), or use \"auto\" or "
+					   "\"userspace\""));
+			return -1;
+		}
+	}
+	/* Inherited objects not taken (userspace mode) go now. */
+	for (size_t i = 0; i < KG_STEER_FDS; i++) {
+		if (in->steer[i] >= 0)
+			close(in->steer[i]);
+		in->steer[i] = -1;
+	}
+	log_notice("accept.steering", KV("mode", rt->steer ? "bpf" : "userspace"),
+		   KV("reason", why));
+	return 0;
+}
+
 /* --check: everything start-up would build, without binding or running. */
 static int check_config(const struct options *opt, struct kg_config *cfg)
 {
@@ -265,6 +309,15 @@ static int check_config(const struct options *opt, struct kg_config *cfg)
 	if (kg_config_check_build(ref, &caps, err, sizeof(err)) < 0) {
 		fprintf(stderr, "kgated: config error: %s\n", err);
 		status = 1;
+	}
+	if (status == 0 && cfg->accept_steering == KG_ACCEPT_STEERING_BPF) {
+		struct kg_steer *s = kg_steer_open(1, err, sizeof(err));
+		if (!s) {
+			fprintf(stderr, "kgated: config error: settings.accept_steering: \"bpf\" "
+				"cannot be used: %s\n", err);
+			status = 1;
+		}
+		kg_steer_close(s);
 	}
 	if (status == 0)
 		printf("kgated: configuration %s is valid (%zu listener(s), %zu certificate(s))\n",
@@ -578,6 +631,15 @@ static bool upgrade(struct daemon *d)
 	/* What the child loads must be what was last acknowledged. */
 	kg_ops_freeze(d->ops);
 	fds.n_listen = kg_apply_listen_fds(d->ops->rt, fds.listen, KG_INHERIT_MAX_LISTEN);
+	/* The program stays attached to the sockets the new process takes:
+	 * it gets the maps too, so it can keep steering without CAP_BPF. */
+	for (size_t i = 0; i < KG_STEER_FDS; i++)
+		fds.steer[i] = -1;
+	int sr = d->ops->rt->steer ? kg_steer_fds(d->ops->rt->steer, fds.steer) : 0;
+	if (sr < 0)
+		log_warn("upgrade.steering_not_passed", KV_ERRNO(-sr),
+			 KV("effect", "the new process loads its own program or hands "
+				      "connections over in userspace"));
 	fds.health_fd = export_memfd(d->ops->rt, "health", kg_apply_export_health);
 	/* Last: the sessions leave this process's caches. */
 	fds.sessions_fd = export_memfd(d->ops->rt, "tls-sessions", kg_apply_export_sessions);
@@ -592,6 +654,9 @@ static bool upgrade(struct daemon *d)
 	kg_priv_exec_caps_clear();
 	free(args);
 	/* The child has its own copies, or failed. */
+	for (size_t i = 0; i < KG_STEER_FDS; i++)
+		if (fds.steer[i] >= 0)
+			close(fds.steer[i]);
 	if (fds.health_fd >= 0)
 		close(fds.health_fd);
 	if (fds.sessions_fd >= 0)
@@ -618,6 +683,9 @@ static bool upgrade(struct daemon *d)
 	/* The new process follows the store now; its status has the same
 	 * id, so the lease is left to expire rather than revoked. */
 	kg_store_stop(d->store, false);
+	/* The maps are the new process's now: closing our sockets must not
+	 * take its entries out. */
+	kg_steer_hand_over(d->ops->rt->steer);
 	kg_apply_unlisten_all(d->ops->rt);
 	if (d->metrics_fd >= 0)
 		close(d->metrics_fd);
@@ -872,6 +940,16 @@ int main(int argc, char **argv)
 			goto free_workers;
 		}
 	}
+	if (steering_start(&rt, cfg, &inherit, n_workers) < 0)
+		goto free_workers;
+	for (unsigned w = 0; rt.steer && w < n_workers; w++) {
+		workers[w]->steer_conns = kg_steer_conns_cell(rt.steer, w);
+		workers[w]->steer_pending = kg_steer_pending_cell(rt.steer, w);
+	}
+	/* At an upgrade the program keeps reading the old process's counts
+	 * until this one accepts (below). */
+	if (rt.steer && !inherit.active)
+		kg_steer_activate(rt.steer);
 	if (drop_privileges(&priv, opt.state_dir) < 0)
 		goto free_workers;
 	/* Listeners read their files from here on, as the new user. */
@@ -980,6 +1058,8 @@ int main(int argc, char **argv)
 		/* Connections that arrived since the old process stopped
 		 * accepting wait in the queues: this process accepts them. */
 		unsigned queued = queued_connections(&rt);
+		if (rt.steer)
+			kg_steer_activate(rt.steer);
 		kg_workers_accept(&rt);
 		kg_ops_thaw(ops);
 		if (released)
@@ -1059,6 +1139,7 @@ free_runtime:
 		close(metrics_fd);
 	kg_runtime_destroy(&rt);
 	kg_sockmap_close(rt.sockmap);
+	kg_steer_close(rt.steer);
 	if (ops) {
 		kg_config_ref_put(ops->cur);
 		kg_ops_destroy(ops);

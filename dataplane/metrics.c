@@ -1,6 +1,8 @@
 /* Stats and Prometheus text (metrics.h). */
 #include "metrics.h"
 
+#include "steer.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -157,6 +159,31 @@ static void metric(struct text *t, const char *name, const char *type, const cha
 {
 	put(t, "# HELP kgate_%s %s\n# TYPE kgate_%s %s\nkgate_%s %llu\n", name, help, name, type,
 	    name, (unsigned long long)v);
+}
+
+/* How new connections reach the workers (steer.h): the mode in use, and
+ * what the BPF program did with each new connection (all 0 under the
+ * userspace hand-over, which kgate_connections_handed_over_total counts). */
+static void steering_metrics(struct text *t, struct kg_runtime *rt)
+{
+	static const char *const results[KG_RP_N_STATS] = {
+		[KG_RP_STEERED] = "steered", [KG_RP_NO_LISTENER] = "unknown_listener",
+		[KG_RP_NO_WORKERS] = "no_workers", [KG_RP_SELECT_FAILED] = "select_failed"};
+	uint64_t stats[KG_RP_N_STATS] = {0};
+	if (rt->steer && kg_steer_stats(rt->steer, stats) < 0)
+		memset(stats, 0, sizeof(stats));
+	put(t, "# HELP kgate_accept_steering How new connections are spread over the workers "
+	       "(settings.accept_steering as resolved at start): 1 on the mode in use.\n"
+	       "# TYPE kgate_accept_steering gauge\n"
+	       "kgate_accept_steering{mode=\"bpf\"} %d\n"
+	       "kgate_accept_steering{mode=\"userspace\"} %d\n",
+	    rt->steer != NULL, rt->steer == NULL);
+	put(t, "# HELP kgate_accept_steered_total New connections the sk_reuseport program "
+	       "looked at, by result (all but steered: the kernel's hash chose).\n"
+	       "# TYPE kgate_accept_steered_total counter\n");
+	for (int i = 0; i < KG_RP_N_STATS; i++)
+		put(t, "kgate_accept_steered_total{result=\"%s\"} %llu\n", results[i],
+		    (unsigned long long)stats[i]);
 }
 
 /* Per backend: whether it takes new connections, its open connections and
@@ -413,6 +440,7 @@ char *kg_metrics_text(struct kg_runtime *rt, const struct kg_config *cfg)
 	for (unsigned i = 0; i < rt->n_workers; i++)
 		put(&t, "kgate_worker_connections{worker=\"%u\"} %u\n", i,
 		    (unsigned)atomic_load(&rt->workers[i]->n_conns));
+	steering_metrics(&t, rt);
 	put(&t, "# HELP kgate_io_uring_ring_info Each worker's io_uring ring: set-up flags, "
 		"whether SINGLE_ISSUER|DEFER_TASKRUN was refused, the kernel's feature flags.\n"
 		"# TYPE kgate_io_uring_ring_info gauge\n");

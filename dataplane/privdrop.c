@@ -17,7 +17,8 @@
 /* The capabilities kgated keeps for its whole life. CAP_NET_BIND_SERVICE:
  * the control plane can add a listener on a port below 1024 after start.
  * Not kept: CAP_BPF/CAP_NET_ADMIN — BPF objects are loaded before the drop
- * and a sockmap is updated through the map fd kgated already holds. */
+ * and a sockmap, or the steering maps (steer.h), are updated through the
+ * map fds kgated already holds. */
 static const cap_value_t kg_priv_kept[] = {CAP_NET_BIND_SERVICE};
 #define N_KEPT (sizeof(kg_priv_kept) / sizeof(kg_priv_kept[0]))
 

@@ -98,6 +98,10 @@ struct kg_listener_slot {
 	bool used;
 	char name[KG_NAME_MAX + 1];
 	bool listening;                /* workers hold sockets for this slot */
+	/* The BPF program steers this slot's connections (steer.h): workers
+	 * keep what they accept. Written before the sockets go to the
+	 * workers (the posting's lock orders it). */
+	bool steered;
 	int fds[KG_MAX_WORKERS];       /* theirs while listening (an upgrade passes them on) */
 	struct sockaddr_storage bind;  /* where they listen */
 	uint64_t routes_digest;        /* which routes the route counters are for */
@@ -122,6 +126,11 @@ struct kg_runtime {
 	unsigned n_workers;            /* health checks are spread over them */
 	struct kg_kernel_caps caps;    /* probed once at start */
 	struct kg_sockmap *sockmap;    /* loaded before the privilege drop; NULL without BPF */
+	/* settings.accept_steering as resolved at start: the program and maps
+	 * when "bpf" (loaded before the privilege drop, or inherited at an
+	 * upgrade), NULL for the userspace hand-over; why, for logs/status. */
+	struct kg_steer *steer;
+	char steer_why[160];
 	struct kg_ticket_keys *tickets; /* session-ticket keys of stateless listeners; set by
 					 * main before the first apply, rotated by the control thread */
 	atomic_uint drain_timeout_ms;

@@ -22,6 +22,7 @@
 #include <kgate/log.h>
 
 #include "kg_sockmap_bpf.skel.h"
+#include "libbpf_log.h"
 
 /* tcpi_state values (the kernel's include/net/tcp_states.h; glibc's copy
  * lives in <netinet/tcp.h>, which clashes with <linux/tcp.h>). */
@@ -43,28 +44,6 @@ struct kg_sockmap {
 	uint32_t n_free;
 	uint32_t *free_slots;
 };
-
-/* libbpf's own messages (verifier logs, probe failures) go through kgate's
- * logger, one log line per text line: warnings as warnings, the rest at
- * debug level. libbpf prefixes its messages with "libbpf: " itself. */
-__attribute__((format(printf, 2, 0))) static int libbpf_print(enum libbpf_print_level level,
-								 const char *fmt, va_list ap)
-{
-	int kl = level == LIBBPF_WARN ? KG_LOG_WARN : KG_LOG_DEBUG;
-
-	if (kl > kg_log_level)
-		return 0;
-	char text[16384];
-	vsnprintf(text, sizeof(text), fmt, ap);
-	for (char *line = text, *next; *line; line = next) {
-		size_t len = strcspn(line, "\n");
-		next = line[len] ? line + len + 1 : line + len;
-		line[len] = '\0';
-		if (len)
-			kg_log_always(kl, "libbpf.message", KV("text", line));
-	}
-	return 0;
-}
 
 static struct kg_sockmap *open_fail(struct kg_sockmap *sm, char *err, size_t errlen,
 				    const char *what, int e)
@@ -96,7 +75,7 @@ struct kg_sockmap *kg_sockmap_open(uint32_t max_pairs, char *err, size_t errlen)
 		sm->free_slots[i] = max_pairs - 1 - i;
 	sm->n_free = max_pairs;
 
-	libbpf_set_print(libbpf_print);
+	kg_libbpf_log_init();
 	sm->skel = kg_sockmap_bpf__open();
 	if (!sm->skel)
 		return open_fail(sm, err, errlen, "opening the BPF object", errno);

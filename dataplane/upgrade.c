@@ -28,12 +28,17 @@ extern char **environ;
 
 /* ---- old side -------------------------------------------------------------- */
 
-/* "parent=P;chan=N;lock=N;control=N;metrics=N;health=N;sessions=N;listen=A,B,..." */
+/* "parent=P;chan=N;lock=N;control=N;metrics=N;health=N;sessions=N;
+ * steer=N,N,N,N,N;listen=A,B,..." */
 static int format_env(char *buf, size_t len, int chan, const struct kg_upgrade_fds *fds)
 {
 	int n = snprintf(buf, len, KG_UPGRADE_ENV "=parent=%d;chan=%d;lock=%d;control=%d;metrics=%d;"
-			 "health=%d;sessions=%d;listen=", (int)getpid(), chan, fds->lock_fd,
+			 "health=%d;sessions=%d;steer=", (int)getpid(), chan, fds->lock_fd,
 			 fds->control_fd, fds->metrics_fd, fds->health_fd, fds->sessions_fd);
+	for (size_t i = 0; i < KG_STEER_FDS && n > 0 && (size_t)n < len; i++)
+		n += snprintf(buf + n, len - (size_t)n, "%s%d", i ? "," : "", fds->steer[i]);
+	if (n > 0 && (size_t)n < len)
+		n += snprintf(buf + n, len - (size_t)n, ";listen=");
 	for (size_t i = 0; i < fds->n_listen && n > 0 && (size_t)n < len; i++)
 		n += snprintf(buf + n, len - (size_t)n, "%s%d", i ? "," : "", fds->listen[i]);
 	return n > 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
@@ -152,14 +157,14 @@ int kg_upgrade_spawn(const char *exe, char *const argv[], const struct kg_upgrad
 	int sv[2];
 	char *entry = NULL;
 	char **env = NULL;
-	int keep[KG_INHERIT_MAX_LISTEN + 6];
+	int keep[KG_INHERIT_MAX_LISTEN + 6 + KG_STEER_FDS];
 	size_t n_keep = 0;
 	int ret;
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1)
 		return kg_fail_errno(err, errlen, errno, "upgrade channel");
 	/* Each listening fd takes at most 11 characters. */
-	size_t len = 160 + fds->n_listen * 12;
+	size_t len = 160 + (KG_STEER_FDS + fds->n_listen) * 12;
 	entry = malloc(len);
 	if (!entry || format_env(entry, len, sv[1], fds) < 0 || !(env = build_env(entry))) {
 		ret = kg_fail(err, errlen, ENOMEM, "upgrade: out of memory");
@@ -171,6 +176,8 @@ int kg_upgrade_spawn(const char *exe, char *const argv[], const struct kg_upgrad
 	keep[n_keep++] = fds->metrics_fd;
 	keep[n_keep++] = fds->health_fd;
 	keep[n_keep++] = fds->sessions_fd;
+	for (size_t i = 0; i < KG_STEER_FDS; i++)
+		keep[n_keep++] = fds->steer[i];
 	for (size_t i = 0; i < fds->n_listen; i++)
 		keep[n_keep++] = fds->listen[i];
 
@@ -284,13 +291,15 @@ static void inherit_reset(struct kg_inherit *in)
 {
 	memset(in, 0, sizeof(*in));
 	in->chan = in->lock_fd = in->control_fd = in->metrics_fd = -1;
+	for (size_t i = 0; i < KG_STEER_FDS; i++)
+		in->steer[i] = -1;
 }
 
 /* Parses the variable's value into in (fds not yet checked). */
 static int parse_value(const char *v, struct kg_inherit *in, int texts[2])
 {
 	static const char *const keys[] = {"parent=", ";chan=", ";lock=", ";control=", ";metrics=",
-					   ";health=", ";sessions=", ";listen="};
+					   ";health=", ";sessions=", ";steer=", ";listen="};
 	enum { N_FDS = 7 };
 	int vals[N_FDS];
 	const char *p = v;
@@ -299,9 +308,22 @@ static int parse_value(const char *v, struct kg_inherit *in, int texts[2])
 		if (strncmp(p, keys[k], kl) != 0 || parse_fd(p + kl, &p, &vals[k]) < 0)
 			return -1;
 	}
+	/* All of the steering objects or none. */
 	if (strncmp(p, keys[N_FDS], strlen(keys[N_FDS])) != 0)
 		return -1;
 	p += strlen(keys[N_FDS]);
+	int steer[KG_STEER_FDS];
+	size_t n_steer = 0;
+	for (size_t i = 0; i < KG_STEER_FDS; i++) {
+		if ((i && *p++ != ',') || parse_fd(p, &p, &steer[i]) < 0)
+			return -1;
+		n_steer += steer[i] >= 0;
+	}
+	if (n_steer != 0 && n_steer != KG_STEER_FDS)
+		return -1;
+	if (strncmp(p, keys[N_FDS + 1], strlen(keys[N_FDS + 1])) != 0)
+		return -1;
+	p += strlen(keys[N_FDS + 1]);
 	while (*p) {
 		int fd;
 		if (in->n_listen == KG_INHERIT_MAX_LISTEN || parse_fd(p, &p, &fd) < 0 || fd < 0)
@@ -319,6 +341,7 @@ static int parse_value(const char *v, struct kg_inherit *in, int texts[2])
 	in->metrics_fd = vals[4];
 	texts[0] = vals[5];
 	texts[1] = vals[6];
+	memcpy(in->steer, steer, sizeof(steer));
 	return in->parent > 1 && in->chan >= 0 ? 0 : -1;
 }
 
@@ -335,7 +358,7 @@ static int check_fds(struct kg_inherit *in, char *err, size_t errlen)
 		{in->control_fd, "control socket", in->control_fd < 0 || is_listener(in->control_fd, AF_UNIX)},
 		{in->metrics_fd, "metrics socket", in->metrics_fd < 0 || is_listener(in->metrics_fd, AF_UNSPEC)},
 	};
-	int seen[KG_INHERIT_MAX_LISTEN + 4];
+	int seen[KG_INHERIT_MAX_LISTEN + 4 + KG_STEER_FDS];
 	size_t n_seen = 0;
 	for (size_t i = 0; i < sizeof(one) / sizeof(one[0]); i++) {
 		if (one[i].fd < 0)
@@ -344,6 +367,15 @@ static int check_fds(struct kg_inherit *in, char *err, size_t errlen)
 			return kg_fail(err, errlen, EINVAL, "%s: fd %d is not a %s", KG_UPGRADE_ENV,
 				       one[i].fd, one[i].what);
 		seen[n_seen++] = one[i].fd;
+	}
+	/* What they are is checked by kg_steer_adopt (libbpf). */
+	for (size_t i = 0; i < KG_STEER_FDS; i++) {
+		if (in->steer[i] < 0)
+			continue;
+		if (in->steer[i] <= 2)
+			return kg_fail(err, errlen, EINVAL, "%s: fd %d is not a BPF object",
+				       KG_UPGRADE_ENV, in->steer[i]);
+		seen[n_seen++] = in->steer[i];
 	}
 	for (size_t i = 0; i < in->n_listen; i++) {
 		if (in->listen[i] <= 2 || !is_listener(in->listen[i], AF_UNSPEC))
@@ -467,6 +499,11 @@ void kg_inherit_close(struct kg_inherit *in)
 		*one[i] = -1;
 	}
 	kg_inherit_close_unused(in);
+	for (size_t i = 0; i < KG_STEER_FDS; i++) {
+		if (in->steer[i] >= 0)
+			close(in->steer[i]);
+		in->steer[i] = -1;
+	}
 	free(in->health);
 	in->health = NULL;
 	free(in->sessions);

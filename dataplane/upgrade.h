@@ -28,6 +28,7 @@
 #include <kgate/limits.h>
 
 #include "runtime.h" /* KG_MAX_LISTENERS */
+#include "steer.h"   /* KG_STEER_FDS */
 
 #define KG_UPGRADE_ENV "KGATED_UPGRADE"
 /* Listening sockets handed over at most: every listener on every worker. */
@@ -40,6 +41,9 @@ struct kg_upgrade_fds {
 	int metrics_fd;
 	int health_fd;   /* a memfd with the health verdicts (kg_health_export) */
 	int sessions_fd; /* a memfd with the TLS sessions (kg_tls_carry_export) */
+	/* The steering program and maps (steer.h, kg_steer_fds), all -1
+	 * without BPF steering. */
+	int steer[KG_STEER_FDS];
 	int listen[KG_INHERIT_MAX_LISTEN];
 	size_t n_listen;
 };
@@ -71,6 +75,7 @@ struct kg_inherit {
 	int metrics_fd;
 	char *health;    /* the old process's health verdicts (kg_health_import), or NULL */
 	char *sessions;  /* its TLS sessions (kg_tls_carry_import), or NULL */
+	int steer[KG_STEER_FDS]; /* its steering objects (kg_steer_adopt), or -1 */
 	int listen[KG_INHERIT_MAX_LISTEN];
 	size_t n_listen;
 };

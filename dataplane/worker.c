@@ -25,6 +25,7 @@
 #include "fwd.h"
 #include "health.h"
 #include "ocsp.h"
+#include "listener.h"
 
 #define RING_ENTRIES 4096
 /* Connection slots per worker: listeners come and go at run time, so the
@@ -136,6 +137,13 @@ static void post_cmd(struct kg_worker *w, struct kg_wcmd *cmd);
 static void place_accepted(struct kg_worker *w, uint32_t li, int fd)
 {
 	struct kg_runtime *rt = w->rt;
+	if (rt->slots[li].steered) {
+		/* The program chose this worker already (steer.h). */
+		if (w->steer_pending)
+			__atomic_fetch_sub(w->steer_pending, 1, __ATOMIC_RELAXED);
+		kg_conn_accept(w, li, fd);
+		return;
+	}
 	uint32_t loads[KG_MAX_WORKERS];
 	unsigned n = rt->n_workers;
 	for (unsigned i = 0; i < n; i++)
@@ -462,6 +470,25 @@ static void expire_timers(struct kg_worker *w)
 	}
 }
 
+/* The program marks a connection pending on the worker it chose at the
+ * SYN; a handshake that never completes is never accepted, so its mark
+ * would stay. Once a second, a worker whose accept queues are empty
+ * clears its marks (a SYN still in flight then counts 0, at worst one
+ * second long). */
+#define STEER_RESYNC_MS 1000
+static void steer_resync(struct kg_worker *w)
+{
+	if (!w->steer_pending || w->now_ms - w->steer_resync_ms < STEER_RESYNC_MS)
+		return;
+	w->steer_resync_ms = w->now_ms;
+	if (__atomic_load_n(w->steer_pending, __ATOMIC_RELAXED) == 0)
+		return;
+	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
+		if (w->listen_fds[li] >= 0 && kg_listener_queued(w->listen_fds[li]) > 0)
+			return;
+	__atomic_store_n(w->steer_pending, 0, __ATOMIC_RELAXED);
+}
+
 static void on_tick(struct kg_worker *w)
 {
 	if (!w->draining && atomic_load(&w->rt->stopping))
@@ -477,6 +504,7 @@ static void on_tick(struct kg_worker *w)
 		service->on_tick(w->service, w->now_ms);
 	kg_backend_pool_expire(w->pool, w->now_ms);
 	trim_heap_after_wave(w);
+	steer_resync(w);
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS && !w->draining; li++)
 		arm_accept(w, li);
 	arm_tick(w);

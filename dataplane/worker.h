@@ -128,6 +128,12 @@ struct kg_worker {
 	 * another worker handed over that this one has not adopted yet. */
 	_Atomic uint32_t n_conns;
 	_Atomic uint32_t incoming;
+	/* Under BPF steering (steer.h): this worker's cells of the mapped
+	 * load array, NULL otherwise. conns mirrors n_conns; pending is the
+	 * program's count of connections sent here and not accepted yet. */
+	uint32_t *steer_conns;
+	int32_t *steer_pending;
+	uint64_t steer_resync_ms;
 	uint32_t high_water;    /* slots [0, high_water) may be in use (drain and cut scans) */
 	struct kg_wheel timers; /* connections' deadlines (timer_wheel.h) */
 	/* Per listener slot: the snapshot (its serial) and its health group's
@@ -224,4 +230,13 @@ bool kg_worker_warn_allowed(struct kg_worker *w);
 			kg_log_always(KG_LOG_WARN, __VA_ARGS__);               \
 	} while (0)
 
+/* Call after n_conns changed: the steering program reads the copy (a plain
+ * store into mapped memory, no syscall). */
+static inline void kg_worker_conns_changed(struct kg_worker *w)
+{
+	if (w->steer_conns)
+		__atomic_store_n(w->steer_conns,
+				 atomic_load_explicit(&w->n_conns, memory_order_relaxed),
+				 __ATOMIC_RELAXED);
+}
 #endif

@@ -88,6 +88,9 @@ static const struct bad_case bad[] = {
 	{"{'settings':{'withdraw_delay_ms':300001}}", "settings.withdraw_delay_ms: must be 0-300000"},
 	{"{'settings':{'withdraw_delay_ms':'2s'}}", "settings.withdraw_delay_ms: expected an integer, got a string"},
 	{"{'settings':{'threads':1}}", "settings.threads: unknown key"},
+	{"{'settings':{'accept_steering':'kernel'}}",
+	 "settings.accept_steering: must be one of \"auto\", \"bpf\", \"userspace\""},
+	{"{'settings':{'accept_steering':1}}", "settings.accept_steering: expected a string"},
 	/* certificates */
 	{"{'certificates':[]}", "certificates: expected an object"},
 	{"{'certificates':{'bad name':{'type':'ca','cert':'a'}}}", "certificates.bad name: invalid name"},
@@ -312,6 +315,7 @@ Test(config, defaults_filled)
 	cr_expect_eq(cfg->ticket_key_rotation_s, 43200);
 	cr_expect_eq(cfg->withdraw_delay_ms, 0);
 	cr_expect_null(cfg->log_level);
+	cr_expect_eq(cfg->accept_steering, KG_ACCEPT_STEERING_AUTO);
 	cr_assert_eq(cfg->n_certs, 2);
 	const struct kg_cert_conf *web = kg_config_find_cert(cfg, "web");
 	const struct kg_cert_conf *ca = kg_config_find_cert(cfg, "clients");
@@ -537,7 +541,7 @@ Test(config, full_document)
 {
 	static const char doc[] =
 		"{'settings':{'workers':2,'drain_timeout_ms':5000,'withdraw_delay_ms':1500,"
-		"'log_level':'debug','ticket_key_rotation_s':300},"
+		"'log_level':'debug','ticket_key_rotation_s':300,'accept_steering':'userspace'},"
 		"'certificates':{'web':{'type':'server','cert':'server.pem','key':'server.key'},"
 		"'clients':{'type':'ca','cert':'ca.pem','crl':'ca.crl'}},"
 		"'listeners':[{'name':'web','protocol':'tls','bind':'127.0.0.1','port':0,"
@@ -559,6 +563,7 @@ Test(config, full_document)
 	cr_expect_eq(cfg->withdraw_delay_ms, 1500);
 	cr_expect_str_eq(cfg->log_level, "debug");
 	cr_expect_eq(cfg->ticket_key_rotation_s, 300);
+	cr_expect_eq(cfg->accept_steering, KG_ACCEPT_STEERING_USERSPACE);
 	cr_expect_str_eq(kg_config_find_cert(cfg, "clients")->crl_path, "/base/ca.crl");
 	const struct kg_listener_conf *l = &cfg->listeners[0];
 	cr_expect_eq(l->ca, kg_config_find_cert(cfg, "clients"));

@@ -730,6 +730,9 @@ int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
 		int r = ops->start(c, early, early_len, err, sizeof(err));
 		if (r == 0) {
 			kg_count_add(&c->worker->stats.path[path], 1);
+			/* The forwarder took what it needs from the handshake. */
+			if (c->ssl)
+				kg_tls_drop_peer_chain(c->ssl, c->listener->conf);
 			/* The workers' cut scan runs once per change, and skipped
 			 * c while it connected or handed off: a member that left
 			 * the rotation meanwhile is caught here. */

@@ -130,6 +130,7 @@ struct kg_http_conn {
 	uint64_t seen_c2b, seen_b2c;       /* what of them went into the stats */
 
 	uint64_t deadline_ms;
+	uint64_t idle_since_ms; /* when the last exchange ended (R_IDLE) */
 	uint64_t req_start_ms;
 	uint64_t bytes_in, bytes_out;
 	int status;
@@ -1163,6 +1164,11 @@ static void maybe_finish(struct kg_conn *c)
 	}
 	h->rstate = R_IDLE;
 	set_deadline(c, w->now_ms + conf_of(c)->keepalive_timeout_ms);
+	/* The timer looks again once the connection has been idle a while,
+	 * to trim (http_check_deadline); a busy one's timer is already set
+	 * sooner, so this moves nothing. */
+	h->idle_since_ms = w->now_ms;
+	kg_conn_timer_at(c, w->now_ms + KG_TRIM_IDLE_MS);
 	compact_request(h);
 	kg_http_next(&h->req);
 	advance(c);
@@ -1292,11 +1298,43 @@ static void http_deadline_passed(struct kg_conn *c)
 	}
 }
 
+/* Between requests, with no byte of the next one yet, a connection needs
+ * none of the per-exchange memory: the two header-field tables and the
+ * rebuilt request and response heads (about 6 KiB with the default
+ * max_headers). Kept while requests follow each other, so that a busy
+ * connection allocates nothing per request; given back after
+ * KG_TRIM_IDLE_MS of quiet, and allocated again by the next request. */
+static bool holds_exchange_memory(const struct kg_http_conn *h)
+{
+	return h->rstate == R_IDLE && h->rlen == 0 &&
+	       (h->req.fields || h->resp.fields || h->head.data || h->out.data);
+}
+
+static void trim_exchange_memory(struct kg_http_conn *h)
+{
+	kg_http_msg_trim(&h->req);
+	kg_http_msg_trim(&h->resp);
+	kg_buf_free(&h->head);
+	h->head_sent = 0;
+	kg_buf_free(&h->out);
+}
+
 static uint64_t http_check_deadline(struct kg_conn *c)
 {
 	if (c->state == KG_CONN_FORWARDING)
 		http_deadline_passed(c);
-	return c->state == KG_CONN_FORWARDING ? http_of(c)->deadline_ms : 0;
+	if (c->state != KG_CONN_FORWARDING)
+		return 0;
+	struct kg_http_conn *h = http_of(c);
+	uint64_t next = h->deadline_ms;
+	if (holds_exchange_memory(h)) {
+		uint64_t at = h->idle_since_ms + KG_TRIM_IDLE_MS;
+		if (c->worker->now_ms >= at)
+			trim_exchange_memory(h);
+		else if (at < next)
+			next = at;
+	}
+	return next;
 }
 
 static void http_on_close(struct kg_conn *c)

@@ -162,6 +162,12 @@ void kg_http_msg_free(struct kg_http_msg *m)
 	m->fields = NULL;
 }
 
+void kg_http_msg_trim(struct kg_http_msg *m)
+{
+	kg_http_msg_free(m);
+	m->n_fields = 0; /* the spans went with the table */
+}
+
 void kg_http_next(struct kg_http_msg *m)
 {
 	m->phase = KG_HTTP_PHASE_HEAD;
@@ -271,6 +277,13 @@ enum kg_http_step kg_http_feed(struct kg_http_msg *m, const unsigned char *base,
 			       int *status, const char **why)
 {
 	m->base = base;
+	if (!m->fields && !(m->fields = calloc(m->max_fields, sizeof(*m->fields)))) {
+		/* Trimmed while idle (kg_http_msg_trim), and no memory now. */
+		*used = 0;
+		*status = m->is_request ? 503 : 502;
+		*why = "out of memory for the header fields";
+		return KG_HTTP_ERROR;
+	}
 	if (m->phase == KG_HTTP_PHASE_BODY && m->head_only_response) {
 		/* No body follows a response to HEAD, whatever its headers say. */
 		*used = 0;
@@ -438,6 +451,19 @@ void kg_buf_free(struct kg_buf *b)
 	free(b->data);
 	b->data = NULL;
 	b->len = b->cap = 0;
+}
+
+void kg_buf_shrink(struct kg_buf *b)
+{
+	if (b->len == 0) {
+		kg_buf_free(b);
+		return;
+	}
+	char *p = realloc(b->data, b->len);
+	if (p) { /* else the larger block stays: nothing lost */
+		b->data = p;
+		b->cap = b->len;
+	}
 }
 
 /* ---- head rewriting ---- */
@@ -891,7 +917,10 @@ int kg_http_identity(struct kg_http_ident *id, const struct kg_http_conf *hc, SS
 		return -ENOMEM;
 	/* Certificate details only for a certificate that verified: a backend
 	 * must not mistake an unverified subject for an identity. */
-	if (cert && SSL_get_verify_result(ssl) == X509_V_OK)
-		return add_cert_headers(out, hc, ssl, cert);
+	if (cert && SSL_get_verify_result(ssl) == X509_V_OK &&
+	    add_cert_headers(out, hc, ssl, cert) < 0)
+		return -ENOMEM;
+	/* Kept for the connection's life, read on every request. */
+	kg_buf_shrink(out);
 	return 0;
 }

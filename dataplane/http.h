@@ -72,6 +72,11 @@ enum kg_http_step {
 /* 0, or -ENOMEM. max_fields bounds the header count (431 beyond). */
 int kg_http_msg_init(struct kg_http_msg *m, bool is_request, unsigned max_fields);
 void kg_http_msg_free(struct kg_http_msg *m);
+/* Between messages (after kg_http_next or kg_http_restart, before the
+ * next feed): frees the field table, max_fields spans that an idle
+ * keep-alive connection would otherwise hold; the next kg_http_feed
+ * allocates it again. */
+void kg_http_msg_trim(struct kg_http_msg *m);
 
 /* Parses data[0..len). base is the start of the buffer holding the head
  * (data >= base). *used: bytes that belong to the current message from
@@ -117,6 +122,9 @@ struct kg_buf {
 int kg_buf_add(struct kg_buf *b, const void *p, size_t n);
 int kg_buf_printf(struct kg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void kg_buf_free(struct kg_buf *b);
+/* Gives back what b holds beyond its bytes (a buffer kept for the life of
+ * a connection). */
+void kg_buf_shrink(struct kg_buf *b);
 
 /* Header names compare case-insensitively with '_' equal to '-' (the way
  * CGI-style servers merge them): true when name[0..len) equals `want`. */

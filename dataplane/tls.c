@@ -667,6 +667,22 @@ bool kg_tls_carries_sessions(const struct kg_listener_conf *l)
 	       l->tls_session_tickets == KG_TICKETS_STATEFUL;
 }
 
+void kg_tls_drop_peer_chain(SSL *ssl, const struct kg_listener_conf *l)
+{
+	/* A cached session is shared: another worker may be copying its
+	 * chain for a resumption (ssl_session_dup) while this one pops. */
+	if (kg_tls_carries_sessions(l))
+		return;
+	/* The session's own stack, without the leaf on the server side
+	 * (SSL_get0_peer_certificate keeps that one): the verified chain
+	 * holds the trust store's copies, so these are the last references.
+	 * A stateless ticket was sealed during the handshake, and a session
+	 * never serialises this stack anyway. */
+	STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
+	while (chain && sk_X509_num(chain) > 0)
+		X509_free(sk_X509_pop(chain));
+}
+
 SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_keys *tickets,
 			   char *err, size_t errlen)
 {

@@ -44,6 +44,13 @@ const struct kg_listener_conf *kg_tls_conf_of(const SSL *ssl);
  * which an upgrade carries over (tls_carry.h). */
 bool kg_tls_carries_sessions(const struct kg_listener_conf *l);
 
+/* Frees the certificates the client sent besides its own once forwarding
+ * has started and nothing reads them any more (the https identity headers,
+ * Client-Cert-Chain included, are made at the start), unless l's sessions
+ * are cached and so shared with other connections. About 4 KiB per idle
+ * connection for each one (an intermediate, or a root a client sends too). */
+void kg_tls_drop_peer_chain(SSL *ssl, const struct kg_listener_conf *l);
+
 /* Whether l has access rules to enforce (rules, or access_default deny). */
 bool kg_tls_access_on(const struct kg_listener_conf *l);
 /* Whether they refuse inside the handshake (tls, or https with

@@ -216,8 +216,8 @@ def header_values(info, name):
 class Raw:
     """A TLS connection for hand-written requests."""
 
-    def __init__(self, pki, port, cert="client"):
-        ctx = client_context(pki, cert)
+    def __init__(self, pki, port, cert="client", ctx=None):
+        ctx = ctx or client_context(pki, cert)
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.s = ctx.wrap_socket(raw, server_hostname="localhost")
         self.buf = b""
@@ -347,6 +347,42 @@ def test_identity_headers(pki, spawn_kgated, backends):
     for name, value in want.items():
         assert header_values(info, name) == [value], name
     assert header_values(info, "Client-Cert-Chain") == []
+
+
+def test_identity_headers_on_an_idle_connection(pki, spawn_kgated, backends, tmp_path):
+    """The certificates a client sends besides its own are freed once the
+    connection forwards, and the per-exchange memory once it has idled
+    (100 ms): every request of the connection still carries the same
+    identity, Client-Cert-Chain included, and parses as before."""
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a], http={"headers": [
+        "Client-Cert", "Client-Cert-Chain", "X-Forwarded-Clientcert-subjectdn"]})
+    # The client sends its certificate and, after it, the CA's.
+    with open(pki.ca) as f:
+        ca_pem = f.read()
+    ca_der = ssl.PEM_cert_to_DER_cert(ca_pem)
+    with open(pki.cert("client")) as f:
+        bundle = str(tmp_path / "client-chain.pem")
+        with open(bundle, "w") as out:
+            out.write(f.read() + ca_pem)
+    ctx = client_context(pki, cert=None)
+    ctx.load_cert_chain(bundle, pki.key("client"))
+    r = Raw(pki, d.port, ctx=ctx)
+    leaf = ":%s:" % base64.b64encode(cert_der(pki, "client")).decode()
+    for i in range(3):
+        r.send(b"GET /idle%d HTTP/1.1\r\nHost: localhost\r\nX-Mine: %d\r\n\r\n" % (i, i))
+        status, _, body = r.response()
+        assert status == 200
+        info = json.loads(body)
+        assert header_values(info, "Client-Cert") == [leaf]
+        assert header_values(info, "Client-Cert-Chain") == [
+            ":%s:" % base64.b64encode(ca_der).decode()]
+        assert header_values(info, "X-Forwarded-Clientcert-subjectdn") == [
+            "CN=client1,O=kgate test"]
+        assert header_values(info, "X-Mine") == [str(i)]
+        time.sleep(0.3)  # past the idle trim
+    r.close()
+    assert a.requests == ["/idle0", "/idle1", "/idle2"]
 
 
 def test_spoofed_identity_headers_are_replaced(pki, spawn_kgated, backends):

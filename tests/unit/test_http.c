@@ -109,6 +109,65 @@ ParameterizedTest(size_t *i, http, requests)
 	}
 }
 
+/* An idle connection's parser gives its field table back between messages
+ * (kg_http_msg_trim) and the next message parses as before, its fields
+ * and the too-many limit included. */
+Test(http, trimmed_between_messages)
+{
+	const char *a = "GET /a HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\n";
+	const char *b = "GET /b HTTP/1.1\r\nHost: b\r\n1: a\r\n2: a\r\n3: a\r\n\r\n";
+	const char *many = "GET /c HTTP/1.1\r\nHost: a\r\n1: a\r\n2: a\r\n3: a\r\n4: a\r\n\r\n";
+	struct kg_http_msg m;
+	cr_assert_eq(kg_http_msg_init(&m, true, 4), 0);
+	size_t used;
+	int status = 0;
+	const char *why = NULL;
+	const unsigned char *p = (const unsigned char *)a;
+	cr_assert_eq(kg_http_feed(&m, p, p, strlen(a), &used, &status, &why), KG_HTTP_HEAD);
+	cr_assert_eq(kg_http_feed(&m, p, p + used, strlen(a) - used, &used, &status, &why),
+		     KG_HTTP_DONE);
+	cr_expect_eq(m.n_fields, 2);
+	kg_http_next(&m);
+	kg_http_msg_trim(&m);
+	cr_expect_null(m.fields);
+	cr_expect_eq(m.n_fields, 0);
+
+	p = (const unsigned char *)b;
+	cr_assert_eq(kg_http_feed(&m, p, p, strlen(b), &used, &status, &why), KG_HTTP_HEAD);
+	cr_assert_not_null(m.fields);
+	cr_expect_eq(m.n_fields, 4);
+	cr_expect_eq(m.fields[0].name.len, 4);
+	cr_expect_eq(memcmp(p + m.fields[0].value.off, "b", 1), 0);
+	cr_assert_eq(kg_http_feed(&m, p, p + used, strlen(b) - used, &used, &status, &why),
+		     KG_HTTP_DONE);
+	kg_http_next(&m);
+	kg_http_msg_trim(&m);
+
+	p = (const unsigned char *)many;
+	cr_expect_eq(kg_http_feed(&m, p, p, strlen(many), &used, &status, &why), KG_HTTP_ERROR);
+	cr_expect_eq(status, 431);
+	kg_http_msg_free(&m);
+}
+
+/* A connection's identity lines are kept at their size: shrinking keeps
+ * the bytes and an emptied buffer holds nothing. */
+Test(http, buf_shrink_keeps_bytes)
+{
+	struct kg_buf b = {0};
+	cr_assert_eq(kg_buf_printf(&b, "%s", "Name: value\r\n"), 0);
+	cr_expect_geq(b.cap, 1024);
+	kg_buf_shrink(&b);
+	cr_expect_eq(b.cap, b.len);
+	cr_expect_eq(b.len, 13);
+	cr_expect_eq(memcmp(b.data, "Name: value\r\n", 13), 0);
+	cr_assert_eq(kg_buf_add(&b, "x", 1), 0);
+	cr_expect_eq(b.len, 14);
+	b.len = 0;
+	kg_buf_shrink(&b);
+	cr_expect_null(b.data);
+	cr_expect_eq(b.cap, 0);
+}
+
 /* Pipelined requests: each message ends where the next begins. */
 Test(http, pipelined_messages_end_exactly)
 {

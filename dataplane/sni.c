@@ -77,6 +77,10 @@ int kg_sni_name_check(const char *name, char *why, size_t whylen)
 
 bool kg_sni_match(const char *pattern, const char *name, size_t len)
 {
+	/* No DNS name is longer: whatever a client sends beyond is garbage,
+	 * even if it ends like a wildcard's suffix. */
+	if (len > KG_SNI_NAME_MAX)
+		return false;
 	size_t plen = strlen(pattern);
 	if (strncmp(pattern, "*.", 2) != 0)
 		return plen == len && strncasecmp(pattern, name, len) == 0;

@@ -25,8 +25,9 @@
 int kg_sni_name_check(const char *name, char *why, size_t whylen);
 
 /* True when name[0..len) (as a client sent it, any case, not
- * NUL-terminated) matches pattern (a checked name, lower case): equal, or
- * for "*.rest" one non-empty label without a dot followed by ".rest". */
+ * NUL-terminated, at most KG_SNI_NAME_MAX bytes) matches pattern (a
+ * checked name, lower case): equal, or for "*.rest" one non-empty label
+ * without a dot followed by ".rest". */
 bool kg_sni_match(const char *pattern, const char *name, size_t len);
 
 /* The host of an https request's Host value (RFC 9110 7.2): without the

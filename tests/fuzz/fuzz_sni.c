@@ -35,8 +35,8 @@
 /* The rule as sni.h states it, written the long way. */
 static bool ref_match(const char *pattern, const char *name, size_t len)
 {
-	char low[300];
-	if (len >= sizeof(low) || memchr(name, '\0', len))
+	char low[KG_SNI_NAME_MAX + 1];
+	if (len > KG_SNI_NAME_MAX || memchr(name, '\0', len))
 		return false;
 	for (size_t i = 0; i < len; i++)
 		low[i] = (char)tolower((unsigned char)name[i]);

@@ -86,6 +86,13 @@ Test(sni, match)
 	/* Not NUL-terminated, and a NUL inside never matches. */
 	cr_expect(kg_sni_match("a.example.org", "a.example.orgXYZ", 13));
 	cr_expect(!kg_sni_match("*.example.org", "a\0b.example.org", 15));
+	/* Longer than any DNS name: garbage, even when it ends right (the
+	 * fuzzer's corpus/sni/crash-wildcard-match-past-253-bytes). */
+	char longname[KG_SNI_NAME_MAX + 1];
+	memset(longname, 'a', sizeof(longname));
+	memcpy(longname + sizeof(longname) - 12, ".example.org", 12);
+	cr_expect(kg_sni_match("*.example.org", longname + 1, sizeof(longname) - 1));
+	cr_expect(!kg_sni_match("*.example.org", longname, sizeof(longname)));
 }
 
 Test(sni, find_prefers_exact_names)

@@ -268,7 +268,11 @@ static int steering_start(struct kg_runtime *rt, const struct kg_config *cfg,
 			snprintf(rt->steer_why, sizeof(rt->steer_why), "%s",
 				 rt->steer ? "program inherited from the upgraded process" : err);
 		}
-		if (!rt->steer) {
+		if (!rt->steer && cfg->accept_steering == KG_ACCEPT_STEERING_AUTO &&
+		    !kg_steer_may_load()) {
+			snprintf(rt->steer_why, sizeof(rt->steer_why),
+				 "no CAP_BPF (a drop-in granting it turns steering on)");
+		} else if (!rt->steer) {
 			rt->steer = kg_steer_open(n_workers, err, sizeof(err));
 			snprintf(rt->steer_why, sizeof(rt->steer_why), "%s",
 				 rt->steer ? "sk_reuseport program loaded" : err);

@@ -8,7 +8,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <linux/capability.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -72,6 +75,16 @@ static int map_loads(struct kg_steer *s, uint32_t bank, unsigned n_workers)
 	memset(s->loads->pending[bank], 0, sizeof(s->loads->pending[bank]));
 	__atomic_store_n(&s->loads->n_workers[bank], n_workers, __ATOMIC_RELEASE);
 	return 0;
+}
+
+bool kg_steer_may_load(void)
+{
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct data[2];
+	if (syscall(SYS_capget, &hdr, data) == -1)
+		return true; /* unknown: let the load say why */
+	unsigned long long eff = data[0].effective | (unsigned long long)data[1].effective << 32;
+	return (eff & (1ULL << CAP_BPF)) || (eff & (1ULL << CAP_SYS_ADMIN));
 }
 
 struct kg_steer *kg_steer_open(unsigned n_workers, char *err, size_t errlen)

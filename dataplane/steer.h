@@ -37,6 +37,11 @@
 
 struct kg_steer;
 
+/* Whether this process may load the program: CAP_BPF (or CAP_SYS_ADMIN)
+ * in its effective set. Asked first under "auto", so a start without it
+ * (the packaged unit) says so in one line instead of libbpf's warnings. */
+bool kg_steer_may_load(void);
+
 /* Loads the program and makes the maps (needs CAP_BPF: before the privilege
  * drop) for n_workers workers; uses bank 0. */
 struct kg_steer *kg_steer_open(unsigned n_workers, char *err, size_t errlen);

@@ -53,14 +53,6 @@ void kg_cert_subject(const X509 *x, char *out, size_t outlen)
 	BIO_free(b);
 }
 
-static void format_time(const ASN1_TIME *t, char *out, size_t outlen)
-{
-	struct tm tm;
-	if (!t || ASN1_TIME_to_tm(t, &tm) != 1 ||
-	    strftime(out, outlen, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-		snprintf(out, outlen, "(unreadable date)");
-}
-
 /* Never prompt on a terminal: kgated runs unattended. Records that a
  * passphrase was wanted so the message can say the key is encrypted. */
 X509 *kg_pem_read_cert(const char *path)
@@ -209,12 +201,12 @@ static int check_dates(X509 *x, const char *what, char *err, size_t errlen)
 	if (after == 0 || before == 0)
 		return fail(err, errlen, "%s has a malformed validity date", what);
 	if (after < 0) {
-		format_time(X509_get0_notAfter(x), when, sizeof(when));
+		kg_asn1_time_text(X509_get0_notAfter(x), when, sizeof(when));
 		fail(err, errlen, "%s expired on %s", what, when);
 		return -EKEYEXPIRED;
 	}
 	if (before > 0) {
-		format_time(X509_get0_notBefore(x), when, sizeof(when));
+		kg_asn1_time_text(X509_get0_notBefore(x), when, sizeof(when));
 		fail(err, errlen, "%s is not valid until %s", what, when);
 		return -EKEYEXPIRED;
 	}

@@ -125,7 +125,7 @@ close_fd:
 	return ret;
 }
 
-static void format_time(const ASN1_TIME *t, char *out, size_t outlen)
+void kg_asn1_time_text(const ASN1_TIME *t, char *out, size_t outlen)
 {
 	struct tm tm;
 	if (!t || ASN1_TIME_to_tm(t, &tm) != 1 ||
@@ -168,12 +168,12 @@ int kg_crl_verify(X509_CRL *crl, STACK_OF(X509) *cas, enum kg_crl_expired mode, 
 	 * or premature. */
 	const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
 	if (mode == KG_CRL_EXPIRED_REJECT && next && X509_cmp_time(next, &now) < 0) {
-		format_time(next, when, sizeof(when));
+		kg_asn1_time_text(next, when, sizeof(when));
 		fail(err, errlen, "the CRL expired on %s (next update); issue a fresh one", when);
 		return -EKEYEXPIRED;
 	}
 	if (X509_cmp_time(X509_CRL_get0_lastUpdate(crl), &now) > 0) {
-		format_time(X509_CRL_get0_lastUpdate(crl), when, sizeof(when));
+		kg_asn1_time_text(X509_CRL_get0_lastUpdate(crl), when, sizeof(when));
 		fail(err, errlen, "the CRL is not valid until %s", when);
 		return -EKEYEXPIRED;
 	}

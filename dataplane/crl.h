@@ -22,6 +22,11 @@
  * 4.5 MB of PEM (bench/crl_bench.py). */
 #define KG_CRL_MAX_BYTES (64u << 20)
 
+/* t, a certificate's or CRL's date, as "2026-12-07 10:00:00 UTC" for
+ * messages; "(unreadable date)" when there is none or it cannot be read.
+ * Here because CRL and certificate checks (certs.c) both word dates so. */
+void kg_asn1_time_text(const ASN1_TIME *t, char *out, size_t outlen);
+
 /* Parses one CRL from data: PEM ("-----BEGIN X509 CRL-----") when the text
  * holds that label, else DER (what CRL distribution points serve). NULL
  * with err saying why. Pure. */

@@ -23,7 +23,7 @@
 #include "clock.h"
 #include "control_ops.h"
 #include "crl.h"
-#include "crl_fetch.h"
+#include "fetch.h"
 
 /* The events that mean "the file at this name may hold new content":
  * written and closed in place, renamed over, created (a hard link, or a
@@ -231,7 +231,12 @@ static void fetch(struct kg_crl_watch *w, struct target *t)
 	t->fetch_ms = kg_now_ms() + t->refresh_ms;
 	if (!c || !c->crl_path)
 		return;
-	if (kg_crl_fetch(t->url, &data, &len, err, sizeof(err)) < 0)
+	/* Only http(s): the CRL's signature is checked anyway, but another
+	 * scheme (file:, ...) would read what the URL's writer should not. */
+	const struct kg_fetch_req req = {.url = t->url, .protocols = "http,https",
+					 .timeout_ms = KG_CRL_FETCH_TIMEOUT_MS,
+					 .max_bytes = KG_CRL_MAX_BYTES};
+	if (kg_fetch(&req, &data, &len, err, sizeof(err)) < 0)
 		data = NULL;
 	offer(w, t, c, data, len, "url", t->url, err);
 	free(data);

@@ -17,6 +17,8 @@ struct kg_crl_watch;
 /* A change is read this long after its last inotify event, so a writer
  * that writes in several steps is read once, complete. */
 #define KG_CRL_SETTLE_MS 50
+/* How long one crl_url download may take, connection included. */
+#define KG_CRL_FETCH_TIMEOUT_MS 10000u
 
 /* Starts the thread. NULL with err when inotify or the thread cannot be
  * had. */

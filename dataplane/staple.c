@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
 #include <openssl/err.h>
 #include <openssl/ocsp.h>
 #include <openssl/x509v3.h>
@@ -19,6 +18,7 @@
 
 #include "certs.h"
 #include "etcd.h"
+#include "fetch.h"
 #include "ocsp_resp.h"
 
 /* One server certificate and its responder, shared by every SSL_CTX that
@@ -107,29 +107,6 @@ static void idx_init(void)
 
 /* ------------------------------------------------------------ fetching */
 
-struct body {
-	unsigned char *p;
-	size_t len;
-	bool too_big;
-};
-
-static size_t on_body(char *data, size_t size, size_t n, void *arg)
-{
-	struct body *b = arg;
-	size_t add = size * n;
-	if (b->len + add > KG_STAPLE_RESPONSE_MAX) {
-		b->too_big = true;
-		return 0;
-	}
-	unsigned char *p = realloc(b->p, b->len + add);
-	if (!p)
-		return 0;
-	memcpy(p + b->len, data, add);
-	b->p = p;
-	b->len += add;
-	return add;
-}
-
 /* POSTs the request for e (RFC 6960 A.1.1) and checks the answer. 0 with
  * the response in *der (malloc'd), or -1 with why. Runs without the lock:
  * e's cert, issuer, id and url never change. */
@@ -141,9 +118,8 @@ static int fetch(struct entry *e, unsigned char **der, size_t *der_len,
 	OCSP_CERTID *id = OCSP_CERTID_dup(e->id);
 	unsigned char *reqder = NULL;
 	int reqlen = -1, r = -1;
-	struct body b = {0};
-	CURL *curl = NULL;
-	struct curl_slist *hdrs = NULL;
+	unsigned char *body = NULL;
+	size_t body_len = 0;
 	STACK_OF(X509) *certs = sk_X509_new_null();
 	X509_STORE *store = X509_STORE_new();
 
@@ -156,48 +132,26 @@ static int fetch(struct entry *e, unsigned char **der, size_t *der_len,
 		snprintf(why, whylen, "out of memory");
 		goto out;
 	}
-	curl = curl_easy_init();
-	hdrs = curl_slist_append(NULL, "Content-Type: application/ocsp-request");
-	if (!curl || !hdrs) {
-		snprintf(why, whylen, "cannot set up libcurl");
+	const struct kg_fetch_req fr = {.url = e->url, .protocols = "http",
+					.timeout_ms = KG_STAPLE_TIMEOUT_S * 1000u,
+					.max_bytes = KG_STAPLE_RESPONSE_MAX, .post = reqder,
+					.post_len = (size_t)reqlen,
+					.content_type = "application/ocsp-request"};
+	if (kg_fetch(&fr, &body, &body_len, why, whylen) < 0)
 		goto out;
-	}
-	curl_easy_setopt(curl, CURLOPT_URL, e->url);
-	curl_easy_setopt(curl, CURLOPT_POSTFIELDS, reqder);
-	curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)reqlen);
-	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
-	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
-	curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)KG_STAPLE_TIMEOUT_S);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http");
-	CURLcode cc = curl_easy_perform(curl);
-	long code = 0;
-	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
-	if (cc != CURLE_OK) {
-		snprintf(why, whylen, "%s", b.too_big ? "response too large"
-						      : curl_easy_strerror(cc));
-		goto out;
-	}
-	if (code != 200) {
-		snprintf(why, whylen, "HTTP status %ld", code);
-		goto out;
-	}
 	/* The issuer (given in certs, OCSP_TRUSTOTHER) or a responder it
 	 * delegated to; the store holds the issuer as the one anchor, and
 	 * PARTIAL_CHAIN lets an intermediate be that anchor. */
 	X509_VERIFY_PARAM_set_flags(X509_STORE_get0_param(store), X509_V_FLAG_PARTIAL_CHAIN);
-	if (kg_ocsp_response_check(b.p, b.len, e->id, certs, store, OCSP_TRUSTOTHER, status,
+	if (kg_ocsp_response_check(body, body_len, e->id, certs, store, OCSP_TRUSTOTHER, status,
 				   this_update, next_update, why, whylen) < 0)
 		goto out;
-	*der = b.p;
-	*der_len = b.len;
-	b.p = NULL;
+	*der = body;
+	*der_len = body_len;
+	body = NULL;
 	r = 0;
 out:
-	free(b.p);
-	curl_slist_free_all(hdrs);
-	curl_easy_cleanup(curl);
+	free(body);
 	X509_STORE_free(store);
 	sk_X509_free(certs);
 	OPENSSL_free(reqder);

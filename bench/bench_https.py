@@ -542,14 +542,7 @@ def fmt(v, nd=1):
 
 
 def write_results(args, rows, idle_rows, notes, versions, load_start, load_end):
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
-    base = os.path.join(args.out_dir, f"{stamp}-https{'-' + args.label if args.label else ''}")
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(base + ".csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=FIELDS)
-        wr.writeheader()
-        for r in rows:
-            wr.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    stamp, base = write_csv(args, "https", FIELDS, rows)
     loads = [r["load1"] for r in rows]
     md = [f"# https: kgated vs HAProxy mode http and NGINX, {stamp} UTC"
           f"{' (' + args.label + ')' if args.label else ''}", "",
@@ -599,40 +592,69 @@ def write_results(args, rows, idle_rows, notes, versions, load_start, load_end):
                   f"{fmt(median([r['wait_ms_s'] for r in rs]), 0)} | "
                   f"{fmt(median([r['sleeps_per_req'] for r in rs]), 3)} | "
                   f"{sum(r['errors'] for r in rs)} |")
-    if idle_rows:
-        md += ["", f"Idle connections ({args.idle}, handshake + one GET, then idle; a fresh "
-               "proxy each; VmRSS delta / connections):", "",
-               "| workers | proxy | RSS before KiB | after KiB | KiB per connection |",
-               "|---|---|---|---|---|"]
-        md += [f"| {r['workers']} | {r['proxy']} | {r['before']} | {r['after']} | "
-               f"**{r['per']:.1f}** |" for r in idle_rows]
+    md += idle_table(idle_rows, f"Idle connections ({args.idle}, handshake + one GET, then "
+                     "idle; a fresh proxy each; VmRSS delta / connections):")
     if notes:
         md += ["", "kgated's counters:", ""] + [f"    {n}" for n in notes]
+    write_md(base, md)
+
+
+def write_csv(args, kind, fields, rows):
+    """Writes every run to <out-dir>/<date>-<kind>[-label].csv; the stamp
+    and the path without its extension, for the .md."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
+    base = os.path.join(args.out_dir, f"{stamp}-{kind}{'-' + args.label if args.label else ''}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(base + ".csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    return stamp, base
+
+
+def idle_table(idle_rows, title):
+    """The memory-per-idle-connection table's lines (none without rows)."""
+    if not idle_rows:
+        return []
+    return ["", title, "",
+            "| workers | proxy | RSS before KiB | after KiB | KiB per connection |",
+            "|---|---|---|---|---|"] + [
+        f"| {r['workers']} | {r['proxy']} | {r['before']} | {r['after']} | "
+        f"**{r['per']:.1f}** |" for r in idle_rows]
+
+
+def write_md(base, md):
     with open(base + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     log(f"results: {base}.csv, {base}.md")
     print("\n".join(md))
 
 
-def main():
-    p = argparse.ArgumentParser(description="https: kgated vs HAProxy mode http and NGINX "
-                                "(see bench/README.md)")
+def add_common_args(p, workers, conns, threads, what):
+    """The options bench_https.py and bench_h2.py share."""
     p.add_argument("--build", default=os.path.join(ROOT, "build-bench"))
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--workers", default="1 2")
-    p.add_argument("--conns", type=int, default=50)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", default=workers)
+    p.add_argument("--conns", type=int, default=conns)
+    p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--idle", type=int, default=0,
-                   help="also measure RSS per idle https connection with this many")
+                   help=f"also measure RSS per idle {what} connection with this many")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
+    p.add_argument("--label", default="")
+    p.add_argument("--keep", action="store_true")
+
+
+def main():
+    p = argparse.ArgumentParser(description="https: kgated vs HAProxy mode http and NGINX "
+                                "(see bench/README.md)")
+    add_common_args(p, workers="1 2", conns=50, threads=2, what="https")
     p.add_argument("--proxies", default="kgated haproxy-http nginx",
                    help="of kgated, kgated-routes (the origins behind 64 routes, the last "
                    "one matching), kgated-base, haproxy-http, nginx")
     p.add_argument("--base-kgated", default="",
                    help="another kgated binary, measured as proxy kgated-base")
-    p.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
-    p.add_argument("--label", default="")
-    p.add_argument("--keep", action="store_true")
     p.add_argument("--access-log", action="store_true",
                    help="kgated logs every request (diagnosis: in-daemon time per request; "
                    "costs CPU, so not for comparisons)")

@@ -31,6 +31,8 @@ def parse_args():
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--no-request", action="store_true",
                    help="handshake only, no HTTP request before going idle")
+    p.add_argument("--h2", action="store_true",
+                   help="negotiate h2 (ALPN); the request is one HTTP/2 GET on stream 1")
     p.add_argument("--hold", type=float, default=600.0,
                    help="give up holding after this many seconds")
     p.add_argument("--timeout", type=float, default=10.0, help="per-connection I/O timeout")
@@ -71,6 +73,53 @@ def read_response(conn):
         body += chunk
 
 
+# HTTP/2 by hand, enough for one GET (RFC 9113; the standard library has no
+# HTTP/2): the preface, an empty SETTINGS, and HEADERS with static-table
+# HPACK indexes (:method GET, :scheme https, :path /) and :authority as a
+# literal with the static name.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def h2_frame(ftype, flags, stream, payload=b""):
+    return (len(payload).to_bytes(3, "big") + bytes([ftype, flags]) +
+            stream.to_bytes(4, "big") + payload)
+
+
+def h2_get(server_name):
+    name = server_name.encode()
+    block = bytes([0x82, 0x87, 0x84, 0x01, len(name)]) + name
+    return (H2_PREFACE + h2_frame(4, 0, 0) +
+            h2_frame(1, 0x05, 1, block))  # HEADERS, END_STREAM|END_HEADERS
+
+
+def read_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed inside an HTTP/2 frame")
+        data += chunk
+    return data
+
+
+def read_h2_response(conn):
+    """Reads frames until stream 1 ends; acknowledges the server's SETTINGS."""
+    while True:
+        head = read_exact(conn, 9)
+        length = int.from_bytes(head[:3], "big")
+        ftype, flags = head[3], head[4]
+        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        read_exact(conn, length)
+        if ftype == 4 and not flags & 0x1:
+            conn.sendall(h2_frame(4, 0x1, 0))  # SETTINGS ACK
+        elif ftype == 7:
+            raise ConnectionError("GOAWAY from the server")
+        elif ftype == 3 and stream == 1:
+            raise ConnectionError("stream 1 reset by the server")
+        elif ftype in (0, 1) and stream == 1 and flags & 0x1:
+            return
+
+
 def main():
     args = parse_args()
     raise_fd_limit(args.count + 64)
@@ -78,6 +127,8 @@ def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(args.ca)
     ctx.load_cert_chain(args.cert, args.key)
+    if args.h2:
+        ctx.set_alpn_protocols(["h2"])
 
     stop = False
 
@@ -103,7 +154,14 @@ def main():
                 raw.close()
                 raise
             conns.append(conn)
-            if not args.no_request:
+            if args.h2 and conn.selected_alpn_protocol() != "h2":
+                raise ConnectionError(f"ALPN chose {conn.selected_alpn_protocol()}, not h2")
+            if args.h2:
+                conn.sendall(h2_get(args.server_name) if not args.no_request
+                             else H2_PREFACE + h2_frame(4, 0, 0))
+                if not args.no_request:
+                    read_h2_response(conn)
+            elif not args.no_request:
                 conn.sendall(request)
                 read_response(conn)
         if stop:

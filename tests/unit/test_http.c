@@ -373,7 +373,7 @@ Test(http, reserved_headers_never_pass)
 					cr_expect_eq(sc.dropped[KG_HTTP_DROP_RESERVED], 1, "%s", req);
 					cr_expect_eq(sc.dropped[KG_HTTP_DROP_UNDERSCORE], 0);
 					cr_expect_eq(sc.first_why, KG_HTTP_DROP_RESERVED);
-					cr_expect_eq(sc.first.len, strlen(name));
+					cr_expect_eq(sc.first_len, strlen(name));
 					free(out);
 				}
 			}

@@ -114,6 +114,7 @@ struct h2_stream {
 	struct kg_backend_walk walk;
 	int fd;
 	bool connecting, recv_busy, send_busy, reused, retried, failed, detached;
+	bool kicked; /* its operations were told to end (kick_backend) */
 	int fail_res;
 	int err_status; /* an answer kgate makes, once the stream can take it */
 	const char *err_why;
@@ -147,9 +148,8 @@ struct h2_conn {
 	bool ending;        /* closing once the queue drained */
 	bool client_done;
 	bool feeding;       /* inside kg_h2_feed or kg_h2_output */
-	const unsigned char *early;
+	unsigned char *early_copy; /* plaintext that came before forwarding started */
 	size_t early_len;
-	unsigned char *early_copy;
 	uint64_t idle_deadline_ms; /* no stream open: keep-alive timeout */
 	struct kg_http_client who; /* the client's address, identity, policy (http_balance.h) */
 };
@@ -316,8 +316,9 @@ static void detach_backend(struct h2_stream *s, bool reusable)
 static void kick_backend(struct h2_stream *s)
 {
 	struct kg_conn *c = s->owner->c;
-	if (s->fd < 0)
+	if (s->fd < 0 || s->kicked)
 		return;
+	s->kicked = true;
 	if (s->connecting) {
 		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HTTP_CONNECT, c->idx, s->fd), 0);
@@ -341,6 +342,7 @@ static void attach(struct h2_stream *s, int m, int fd, bool reused)
 	s->reused = reused;
 	s->failed = false;
 	s->detached = false;
+	s->kicked = false;
 	kg_health_conn_start(s->group->health, (size_t)m);
 	s->member_counted = true;
 	s->blen = s->bparsed = 0;
@@ -1054,6 +1056,7 @@ static void read_client(struct kg_conn *c)
 		int n = h->io->read(c, buf, KG_IO_BUF_SIZE);
 		if (n > 0) {
 			kg_count_add(&c->worker->stats.forwarded_c2b, (uint64_t)n);
+			kg_conn_touch(c); /* kTLS reads pass by conn.c's receive */
 			feed(c, buf, (size_t)n);
 			continue;
 		}
@@ -1313,7 +1316,14 @@ static uint64_t h2_check_deadline(struct kg_conn *c)
 		if (c->state != KG_CONN_FORWARDING)
 			return 0;
 	}
-	uint64_t next = UINT64_MAX;
+	if (w->now_ms >= c->deadline_ms) {
+		/* No byte moved to or from the client for idle_timeout_ms: a
+		 * client that stopped reading pins nothing longer than that. */
+		kg_count(w, idle_timeout);
+		kg_conn_close(c, "idle timeout");
+		return 0;
+	}
+	uint64_t next = c->deadline_ms;
 	for (struct h2_stream *s = h->streams; s; s = s->next) {
 		if (!s->open || s->answered || s->deadline_ms == 0)
 			continue;
@@ -1358,7 +1368,7 @@ static uint64_t h2_check_deadline(struct kg_conn *c)
 		uint64_t at = w->now_ms + conf_of(c)->request_timeout_ms;
 		return at < next ? at : next;
 	}
-	return next == UINT64_MAX ? w->now_ms + conf_of(c)->keepalive_timeout_ms : next;
+	return next;
 }
 
 static void h2_on_close(struct kg_conn *c)

@@ -83,6 +83,7 @@ struct kg_h2_stream {
 	bool remote_done; /* the client ended its side */
 	bool reset_ours;  /* a reset that is not a malformation (forwarder, refusal) */
 	bool malformed;   /* reported as KG_H2_ABUSE_MALFORMED already */
+	bool reset_after_head; /* RST_STREAM(NO_ERROR) once our 431 is sent */
 
 	/* response */
 	bool responded;   /* head submitted */
@@ -632,8 +633,10 @@ static int refuse_too_large(struct kg_h2 *h, struct kg_h2_stream *st)
 		return rv == NGHTTP2_ERR_NOMEM ? -ENOMEM : -EINVAL;
 	st->responded = true;
 	/* RFC 9113 8.1: a complete answer, then RST_STREAM(NO_ERROR) so the
-	 * client stops sending the body. */
-	return st->remote_done ? 0 : stream_reset(h, st, NGHTTP2_NO_ERROR);
+	 * client stops sending the body; only once the answer is out, as
+	 * nghttp2 drops what is queued for a stream being reset. */
+	st->reset_after_head = !st->remote_done;
+	return 0;
 }
 
 static int head_done(struct kg_h2 *h, struct kg_h2_stream *st, const nghttp2_frame *frame)
@@ -811,6 +814,13 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
 		abuse(h, 0,
 		      frame->goaway.error_code == NGHTTP2_COMPRESSION_ERROR ? KG_H2_ABUSE_HPACK
 									    : KG_H2_ABUSE_PROTOCOL);
+	} else if (frame->hd.type == NGHTTP2_HEADERS) {
+		struct kg_h2_stream *st = stream_of(h, frame->hd.stream_id);
+		if (st && st->reset_after_head) {
+			st->reset_after_head = false;
+			if (stream_reset(h, st, NGHTTP2_NO_ERROR) == -ENOMEM)
+				return NGHTTP2_ERR_CALLBACK_FAILURE;
+		}
 	} else if (frame->hd.type == NGHTTP2_RST_STREAM &&
 		   frame->rst_stream.error_code == NGHTTP2_PROTOCOL_ERROR) {
 		/* Content-Length against DATA is checked inside nghttp2 with no

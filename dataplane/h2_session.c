@@ -113,6 +113,7 @@ struct kg_h2 {
 	bool fatal;        /* nghttp2 cannot go on: nothing more to send */
 	bool shutting;     /* kg_h2_shutdown: no new stream */
 	bool dead;         /* being destroyed: no callback any more */
+	bool allow_connect_protocol; /* advertised (in force before the client's ACK) */
 };
 
 /* ---- memory: every byte held for a connection is counted ---- */
@@ -468,8 +469,7 @@ static int build_request(struct kg_h2 *h, struct kg_h2_stream *st, struct kg_h2_
 	if (req->protocol) {
 		/* RFC 8441 4: only on an extended CONNECT we allowed, with all four. */
 		if (!connect || !req->scheme || !req->path || !req->authority ||
-		    !nghttp2_session_get_local_settings(h->s,
-							NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL))
+		    !h->allow_connect_protocol)
 			return 0;
 	} else if (connect) {
 		/* RFC 9113 8.5: :authority only. */
@@ -643,6 +643,8 @@ static int head_done(struct kg_h2 *h, struct kg_h2_stream *st, const nghttp2_fra
 {
 	if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
 		st->remote_done = true;
+	if (st->too_large && st->responded && !st->accepted)
+		return 0; /* trailers of a head answered 431 already */
 	if (st->too_large)
 		return refuse_too_large(h, st);
 	if (st->in_trailers) {
@@ -746,6 +748,8 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
 	if (st->unconsumed && nghttp2_session_consume_connection(s, st->unconsumed) != 0)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
 	if (st->accepted) {
+		/* The id is dead already for calls made from the callback. */
+		st->accepted = false;
 		h->n_open--;
 		if (h->cb.on_stream_close)
 			h->cb.on_stream_close(h->ctx, id, st->user, code);
@@ -897,6 +901,7 @@ struct kg_h2 *kg_h2_create(const struct kg_h2_limits *limits, bool allow_connect
 	h->lim = *limits;
 	h->cb = *handler;
 	h->ctx = ctx;
+	h->allow_connect_protocol = allow_connect_protocol;
 	h->mem = (nghttp2_mem){.mem_user_data = h,
 			       .malloc = mem_malloc,
 			       .free = mem_free,
@@ -1080,7 +1085,8 @@ int kg_h2_respond(struct kg_h2 *h, int32_t id, int status, const struct kg_h2_fi
 	struct kg_h2_stream *st = stream_of(h, id);
 	if (!st || !st->accepted)
 		return -ENOENT;
-	if (st->responded || status < 100 || status > 999)
+	/* A final answer only: nghttp2 would take a 1xx head for the last. */
+	if (st->responded || status < 200 || status > 999)
 		return -EINVAL;
 	char code[4];
 	code[0] = (char)('0' + status / 100);
@@ -1139,7 +1145,7 @@ int kg_h2_send_data(struct kg_h2 *h, int32_t id, const void *p, size_t n, bool e
 size_t kg_h2_send_pending(const struct kg_h2 *h, int32_t id)
 {
 	const struct kg_h2_stream *st = stream_of(h, id);
-	return st ? st->q_len : 0;
+	return st && st->accepted ? st->q_len : 0;
 }
 
 int kg_h2_trailers(struct kg_h2 *h, int32_t id, const struct kg_h2_field *fields, size_t n)

@@ -333,6 +333,7 @@ Test(h2_session, get_answered_with_body)
 
 	struct kg_h2_field rh[] = {{"content-type", 12, "text/plain", 10},
 				   {"connection", 10, "close", 5}};
+	cr_expect_eq(kg_h2_respond(t.h, id, 100, NULL, 0, false), -EINVAL, "a final status only");
 	cr_assert_eq(kg_h2_respond(t.h, id, 200, rh, 2, false), 0);
 	cr_expect_eq(kg_h2_respond(t.h, id, 200, NULL, 0, false), -EINVAL, "one head only");
 	cr_assert_eq(kg_h2_send_data(t.h, id, "hello ", 6, false, 0), 0);
@@ -950,7 +951,7 @@ static void big_fields(nghttp2_nv *nv, size_t count, char *store, size_t value_l
 {
 	for (size_t i = 0; i < count; i++) {
 		char *name = store + i * (value_len + 16);
-		snprintf(name, 16, "x-f%zu", i);
+		snprintf(name, 16, "x-f%u", (unsigned)(i % 1000));
 		char *value = name + 16;
 		for (size_t k = 0; k < value_len; k++)
 			value[k] = "{}^|~\\"[k % 6]; /* 13+ bit Huffman codes: sent as literals */
@@ -1256,4 +1257,27 @@ Test(h2_abuse, memory_per_idle_connection)
 	/* nghttp2's 16 KiB output frame buffer is most of it */
 	cr_expect_leq(idle, 32768u, "an idle connection stays small");
 	t_fini(&t);
+}
+
+Test(h2_abuse, request_trailers_too_large_reset_the_stream)
+{
+	struct kg_h2_limits l = limits();
+	l.max_header_list_bytes = 8192;
+	struct raw r;
+	raw_init(&r, &l, false);
+	raw_headers(&r, 1, 0, get_nv, 4);
+	raw_drain(&r);
+	cr_assert_eq(r.f.n_requests, 1);
+	static char store[12 * (1000 + 16)];
+	nghttp2_nv nv[12];
+	big_fields(nv, 9, store, 1000);
+	raw_headers(&r, 1, NGHTTP2_FLAG_END_STREAM, nv, 9);
+	raw_drain(&r);
+	cr_expect_eq(r.rst[1], NGHTTP2_PROTOCOL_ERROR + 1);
+	expect_only_abuse(&r, KG_H2_ABUSE_HEADER_LIST, 1);
+	cr_expect_eq(r.f.closes[0], 1);
+	cr_expect_eq(r.f.close_code[0], NGHTTP2_PROTOCOL_ERROR);
+	cr_expect_eq(r.f.body_end[0], 0);
+	cr_expect_not(r.goaway);
+	raw_fini(&r);
 }

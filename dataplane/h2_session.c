@@ -70,8 +70,6 @@ struct kg_h2_stream {
 	struct field_off *offs;
 	size_t n_offs, offs_cap;
 	size_t list_bytes;   /* decoded, RFC 9113 6.5.2 accounting */
-	size_t block_bytes;  /* compressed: HEADERS + CONTINUATION payloads */
-	uint32_t n_cont;     /* CONTINUATION frames of the block */
 	struct kg_h2_field *fields;
 	int64_t content_length;
 	uint64_t body_seen;     /* DATA payload delivered */
@@ -108,6 +106,8 @@ struct kg_h2 {
 	struct kg_h2_stream *streams;
 	size_t n_open;     /* accepted streams not yet closed */
 	uint32_t cont_max; /* CONTINUATION frames per block */
+	size_t block_bytes; /* the header block being read: HEADERS + CONTINUATION payloads */
+	uint32_t n_cont;    /* its CONTINUATION frames */
 	struct bucket resets, control;
 	bool conn_error;   /* GOAWAY with an error is queued (or sent) */
 	bool fatal;        /* nghttp2 cannot go on: nothing more to send */
@@ -507,20 +507,16 @@ static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *
 		conn_abuse(h, KG_H2_ABUSE_CONTROL_FLOOD, NGHTTP2_ENHANCE_YOUR_CALM);
 		return 0;
 	}
-	if (hd->type == NGHTTP2_HEADERS || hd->type == NGHTTP2_CONTINUATION) {
-		struct kg_h2_stream *st = stream_of(h, hd->stream_id);
-		/* A new stream has no state before on_begin_headers: its
-		 * HEADERS payload is counted there. */
-		if (!st)
-			return 0;
-		if (hd->type == NGHTTP2_HEADERS) {
-			st->block_bytes = hd->length;
-			st->n_cont = 0;
-			return 0;
-		}
-		st->block_bytes += hd->length;
-		st->n_cont++;
-		if (st->block_bytes > h->lim.max_header_list_bytes || st->n_cont > h->cont_max)
+	/* A header block is never interleaved with other frames (RFC 9113
+	 * 6.10), so one count per connection covers every block, also those
+	 * of streams nghttp2 ignores or we refuse. */
+	if (hd->type == NGHTTP2_HEADERS) {
+		h->block_bytes = hd->length;
+		h->n_cont = 0;
+	} else if (hd->type == NGHTTP2_CONTINUATION) {
+		h->block_bytes += hd->length;
+		h->n_cont++;
+		if (h->block_bytes > h->lim.max_header_list_bytes || h->n_cont > h->cont_max)
 			conn_abuse(h, KG_H2_ABUSE_CONTINUATION, NGHTTP2_ENHANCE_YOUR_CALM);
 	}
 	return 0;
@@ -537,8 +533,6 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
 		if (st) {
 			st->in_trailers = true;
 			st->list_bytes = 0;
-			st->block_bytes = frame->hd.length;
-			st->n_cont = 0;
 		}
 		return 0;
 	}
@@ -554,7 +548,6 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
 	st->h = h;
 	st->id = frame->hd.stream_id;
 	st->content_length = -1;
-	st->block_bytes = frame->hd.length;
 	if (nghttp2_session_set_stream_user_data(s, st->id, st) != 0) {
 		mem_free(st, h);
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -584,7 +577,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 		 * block that inflates far beyond its own size is an HPACK bomb,
 		 * and decoding it any further is the attack. */
 		st->too_large = true;
-		if (st->list_bytes > (size_t)HPACK_BOMB_RATIO * st->block_bytes)
+		if (st->list_bytes > (size_t)HPACK_BOMB_RATIO * h->block_bytes)
 			conn_abuse(h, KG_H2_ABUSE_HPACK, NGHTTP2_ENHANCE_YOUR_CALM);
 		return 0;
 	}

@@ -1281,3 +1281,34 @@ Test(h2_abuse, request_trailers_too_large_reset_the_stream)
 	cr_expect_not(r.goaway);
 	raw_fini(&r);
 }
+
+Test(h2_abuse, continuation_flood_on_a_stream_refused_while_draining)
+{
+	/* The block bound holds for streams nobody keeps state for. */
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	raw_headers(&r, 1, NGHTTP2_FLAG_END_STREAM, get_nv, 4);
+	kg_h2_shutdown(r.h);
+	raw_drain(&r);
+	cr_assert(r.goaway);
+	cr_assert_eq(r.goaway_code, NGHTTP2_NO_ERROR);
+	cr_assert_not(kg_h2_done(r.h), "stream 1 runs on");
+	uint8_t blk[64];
+	size_t k = hpack_get(blk);
+	raw_frame(&r, NGHTTP2_HEADERS, 0, 3, blk, k);
+	int frames = 0;
+	for (; frames < 100000 && r.feed_rv == 0; frames++)
+		raw_frame(&r, NGHTTP2_CONTINUATION, 0, 3, NULL, 0);
+	/* nghttp2 ignores the block of a stream it will not open and shows
+	 * us none of its frames: its own CONTINUATION limit (just above ours)
+	 * ends the connection, without a GOAWAY. */
+	cr_expect_leq(frames, 64, "cut after %d frames", frames);
+	cr_expect_eq(r.feed_rv, -EPROTO);
+	expect_only_abuse(&r, KG_H2_ABUSE_CONTINUATION, 1);
+	cr_expect(kg_h2_done(r.h));
+	const uint8_t *p;
+	cr_expect_lt(kg_h2_output(r.h, &p), 0);
+	cr_expect_eq(r.f.n_requests, 1);
+	raw_fini(&r);
+}

@@ -642,7 +642,8 @@ static int head_done(struct kg_h2 *h, struct kg_h2_stream *st, const nghttp2_fra
 		return refuse_too_large(h, st);
 	if (st->in_trailers) {
 		st->in_trailers = false;
-		if (st->accepted && st->remote_done && h->cb.on_body_end)
+		if (st->accepted && !st->reset_ours && !st->malformed && st->remote_done &&
+		    h->cb.on_body_end)
 			h->cb.on_body_end(h->ctx, st->id, st->user);
 		return 0;
 	}
@@ -689,11 +690,15 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 		if (!st || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
 			break;
 		st->remote_done = true;
+		/* Streams not (or no longer) the forwarder's had their bytes
+		 * given back uncounted. */
+		if (!st->accepted || st->reset_ours || st->malformed)
+			break;
 		if (st->content_length >= 0 && st->body_seen != (uint64_t)st->content_length) {
 			rv = stream_malformed(h, st);
 			break;
 		}
-		if (st->accepted && h->cb.on_body_end)
+		if (h->cb.on_body_end)
 			h->cb.on_body_end(h->ctx, st->id, st->user);
 		break;
 	case NGHTTP2_RST_STREAM:

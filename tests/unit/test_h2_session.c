@@ -1312,3 +1312,22 @@ Test(h2_abuse, continuation_flood_on_a_stream_refused_while_draining)
 	cr_expect_eq(r.f.n_requests, 1);
 	raw_fini(&r);
 }
+
+Test(h2_session, refused_request_with_a_body_is_no_malformation)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	r.f.refuse = 1;
+	nghttp2_nv nv[] = {NV(":method", "POST"), NV(":scheme", "https"), NV(":authority", "a"),
+			   NV(":path", "/"), NV("content-length", "5")};
+	raw_headers(&r, 1, 0, nv, 5);
+	raw_frame(&r, NGHTTP2_DATA, NGHTTP2_FLAG_END_STREAM, 1, "hello", 5);
+	raw_drain(&r);
+	cr_expect_eq(r.f.n_requests, 1);
+	cr_expect_eq(r.rst[1], NGHTTP2_REFUSED_STREAM + 1);
+	expect_only_abuse(&r, KG_H2_ABUSE_STREAMS, 0);
+	cr_expect_eq(r.f.body[0], 0u);
+	cr_expect_eq(r.f.body_end[0], 0);
+	raw_fini(&r);
+}

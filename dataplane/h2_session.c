@@ -70,8 +70,6 @@ struct kg_h2_stream {
 	struct field_off *offs;
 	size_t n_offs, offs_cap;
 	size_t list_bytes;   /* decoded, RFC 9113 6.5.2 accounting */
-	size_t block_bytes;  /* compressed: HEADERS + CONTINUATION payloads */
-	uint32_t n_cont;     /* CONTINUATION frames of the block */
 	struct kg_h2_field *fields;
 	int64_t content_length;
 	uint64_t body_seen;     /* DATA payload delivered */
@@ -83,6 +81,7 @@ struct kg_h2_stream {
 	bool remote_done; /* the client ended its side */
 	bool reset_ours;  /* a reset that is not a malformation (forwarder, refusal) */
 	bool malformed;   /* reported as KG_H2_ABUSE_MALFORMED already */
+	bool reset_after_head; /* RST_STREAM(NO_ERROR) once our 431 is sent */
 
 	/* response */
 	bool responded;   /* head submitted */
@@ -107,11 +106,14 @@ struct kg_h2 {
 	struct kg_h2_stream *streams;
 	size_t n_open;     /* accepted streams not yet closed */
 	uint32_t cont_max; /* CONTINUATION frames per block */
+	size_t block_bytes; /* the header block being read: HEADERS + CONTINUATION payloads */
+	uint32_t n_cont;    /* its CONTINUATION frames */
 	struct bucket resets, control;
 	bool conn_error;   /* GOAWAY with an error is queued (or sent) */
 	bool fatal;        /* nghttp2 cannot go on: nothing more to send */
 	bool shutting;     /* kg_h2_shutdown: no new stream */
 	bool dead;         /* being destroyed: no callback any more */
+	bool allow_connect_protocol; /* advertised (in force before the client's ACK) */
 };
 
 /* ---- memory: every byte held for a connection is counted ---- */
@@ -467,8 +469,7 @@ static int build_request(struct kg_h2 *h, struct kg_h2_stream *st, struct kg_h2_
 	if (req->protocol) {
 		/* RFC 8441 4: only on an extended CONNECT we allowed, with all four. */
 		if (!connect || !req->scheme || !req->path || !req->authority ||
-		    !nghttp2_session_get_local_settings(h->s,
-							NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL))
+		    !h->allow_connect_protocol)
 			return 0;
 	} else if (connect) {
 		/* RFC 9113 8.5: :authority only. */
@@ -506,20 +507,16 @@ static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *
 		conn_abuse(h, KG_H2_ABUSE_CONTROL_FLOOD, NGHTTP2_ENHANCE_YOUR_CALM);
 		return 0;
 	}
-	if (hd->type == NGHTTP2_HEADERS || hd->type == NGHTTP2_CONTINUATION) {
-		struct kg_h2_stream *st = stream_of(h, hd->stream_id);
-		/* A new stream has no state before on_begin_headers: its
-		 * HEADERS payload is counted there. */
-		if (!st)
-			return 0;
-		if (hd->type == NGHTTP2_HEADERS) {
-			st->block_bytes = hd->length;
-			st->n_cont = 0;
-			return 0;
-		}
-		st->block_bytes += hd->length;
-		st->n_cont++;
-		if (st->block_bytes > h->lim.max_header_list_bytes || st->n_cont > h->cont_max)
+	/* A header block is never interleaved with other frames (RFC 9113
+	 * 6.10), so one count per connection covers every block, also those
+	 * of streams nghttp2 ignores or we refuse. */
+	if (hd->type == NGHTTP2_HEADERS) {
+		h->block_bytes = hd->length;
+		h->n_cont = 0;
+	} else if (hd->type == NGHTTP2_CONTINUATION) {
+		h->block_bytes += hd->length;
+		h->n_cont++;
+		if (h->block_bytes > h->lim.max_header_list_bytes || h->n_cont > h->cont_max)
 			conn_abuse(h, KG_H2_ABUSE_CONTINUATION, NGHTTP2_ENHANCE_YOUR_CALM);
 	}
 	return 0;
@@ -536,8 +533,6 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
 		if (st) {
 			st->in_trailers = true;
 			st->list_bytes = 0;
-			st->block_bytes = frame->hd.length;
-			st->n_cont = 0;
 		}
 		return 0;
 	}
@@ -553,7 +548,6 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
 	st->h = h;
 	st->id = frame->hd.stream_id;
 	st->content_length = -1;
-	st->block_bytes = frame->hd.length;
 	if (nghttp2_session_set_stream_user_data(s, st->id, st) != 0) {
 		mem_free(st, h);
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -583,7 +577,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 		 * block that inflates far beyond its own size is an HPACK bomb,
 		 * and decoding it any further is the attack. */
 		st->too_large = true;
-		if (st->list_bytes > (size_t)HPACK_BOMB_RATIO * st->block_bytes)
+		if (st->list_bytes > (size_t)HPACK_BOMB_RATIO * h->block_bytes)
 			conn_abuse(h, KG_H2_ABUSE_HPACK, NGHTTP2_ENHANCE_YOUR_CALM);
 		return 0;
 	}
@@ -632,19 +626,24 @@ static int refuse_too_large(struct kg_h2 *h, struct kg_h2_stream *st)
 		return rv == NGHTTP2_ERR_NOMEM ? -ENOMEM : -EINVAL;
 	st->responded = true;
 	/* RFC 9113 8.1: a complete answer, then RST_STREAM(NO_ERROR) so the
-	 * client stops sending the body. */
-	return st->remote_done ? 0 : stream_reset(h, st, NGHTTP2_NO_ERROR);
+	 * client stops sending the body; only once the answer is out, as
+	 * nghttp2 drops what is queued for a stream being reset. */
+	st->reset_after_head = !st->remote_done;
+	return 0;
 }
 
 static int head_done(struct kg_h2 *h, struct kg_h2_stream *st, const nghttp2_frame *frame)
 {
 	if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
 		st->remote_done = true;
+	if (st->too_large && st->responded && !st->accepted)
+		return 0; /* trailers of a head answered 431 already */
 	if (st->too_large)
 		return refuse_too_large(h, st);
 	if (st->in_trailers) {
 		st->in_trailers = false;
-		if (st->accepted && st->remote_done && h->cb.on_body_end)
+		if (st->accepted && !st->reset_ours && !st->malformed && st->remote_done &&
+		    h->cb.on_body_end)
 			h->cb.on_body_end(h->ctx, st->id, st->user);
 		return 0;
 	}
@@ -691,11 +690,15 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 		if (!st || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
 			break;
 		st->remote_done = true;
+		/* Streams not (or no longer) the forwarder's had their bytes
+		 * given back uncounted. */
+		if (!st->accepted || st->reset_ours || st->malformed)
+			break;
 		if (st->content_length >= 0 && st->body_seen != (uint64_t)st->content_length) {
 			rv = stream_malformed(h, st);
 			break;
 		}
-		if (st->accepted && h->cb.on_body_end)
+		if (h->cb.on_body_end)
 			h->cb.on_body_end(h->ctx, st->id, st->user);
 		break;
 	case NGHTTP2_RST_STREAM:
@@ -743,6 +746,8 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
 	if (st->unconsumed && nghttp2_session_consume_connection(s, st->unconsumed) != 0)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
 	if (st->accepted) {
+		/* The id is dead already for calls made from the callback. */
+		st->accepted = false;
 		h->n_open--;
 		if (h->cb.on_stream_close)
 			h->cb.on_stream_close(h->ctx, id, st->user, code);
@@ -811,6 +816,13 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
 		abuse(h, 0,
 		      frame->goaway.error_code == NGHTTP2_COMPRESSION_ERROR ? KG_H2_ABUSE_HPACK
 									    : KG_H2_ABUSE_PROTOCOL);
+	} else if (frame->hd.type == NGHTTP2_HEADERS) {
+		struct kg_h2_stream *st = stream_of(h, frame->hd.stream_id);
+		if (st && st->reset_after_head) {
+			st->reset_after_head = false;
+			if (stream_reset(h, st, NGHTTP2_NO_ERROR) == -ENOMEM)
+				return NGHTTP2_ERR_CALLBACK_FAILURE;
+		}
 	} else if (frame->hd.type == NGHTTP2_RST_STREAM &&
 		   frame->rst_stream.error_code == NGHTTP2_PROTOCOL_ERROR) {
 		/* Content-Length against DATA is checked inside nghttp2 with no
@@ -887,6 +899,7 @@ struct kg_h2 *kg_h2_create(const struct kg_h2_limits *limits, bool allow_connect
 	h->lim = *limits;
 	h->cb = *handler;
 	h->ctx = ctx;
+	h->allow_connect_protocol = allow_connect_protocol;
 	h->mem = (nghttp2_mem){.mem_user_data = h,
 			       .malloc = mem_malloc,
 			       .free = mem_free,
@@ -1070,7 +1083,8 @@ int kg_h2_respond(struct kg_h2 *h, int32_t id, int status, const struct kg_h2_fi
 	struct kg_h2_stream *st = stream_of(h, id);
 	if (!st || !st->accepted)
 		return -ENOENT;
-	if (st->responded || status < 100 || status > 999)
+	/* A final answer only: nghttp2 would take a 1xx head for the last. */
+	if (st->responded || status < 200 || status > 999)
 		return -EINVAL;
 	char code[4];
 	code[0] = (char)('0' + status / 100);
@@ -1129,7 +1143,7 @@ int kg_h2_send_data(struct kg_h2 *h, int32_t id, const void *p, size_t n, bool e
 size_t kg_h2_send_pending(const struct kg_h2 *h, int32_t id)
 {
 	const struct kg_h2_stream *st = stream_of(h, id);
-	return st ? st->q_len : 0;
+	return st && st->accepted ? st->q_len : 0;
 }
 
 int kg_h2_trailers(struct kg_h2 *h, int32_t id, const struct kg_h2_field *fields, size_t n)

@@ -133,8 +133,8 @@ void kg_h2_set_stream_user(struct kg_h2 *h, int32_t id, void *user);
 /* n bytes of the stream's request body were passed on: reopen its window. */
 int kg_h2_consume(struct kg_h2 *h, int32_t id, size_t n);
 
-/* The response head. Names must be lower case; connection-specific
- * fields are dropped here. end_stream: no body follows. */
+/* The response head (final: status 200-999). Names must be lower case;
+ * connection-specific fields are dropped here. end_stream: no body follows. */
 int kg_h2_respond(struct kg_h2 *h, int32_t id, int status, const struct kg_h2_field *fields,
 		  size_t n, bool end_stream);
 /* Queues body bytes (copied); end: the last of them. The forwarder queues

@@ -333,6 +333,7 @@ Test(h2_session, get_answered_with_body)
 
 	struct kg_h2_field rh[] = {{"content-type", 12, "text/plain", 10},
 				   {"connection", 10, "close", 5}};
+	cr_expect_eq(kg_h2_respond(t.h, id, 100, NULL, 0, false), -EINVAL, "a final status only");
 	cr_assert_eq(kg_h2_respond(t.h, id, 200, rh, 2, false), 0);
 	cr_expect_eq(kg_h2_respond(t.h, id, 200, NULL, 0, false), -EINVAL, "one head only");
 	cr_assert_eq(kg_h2_send_data(t.h, id, "hello ", 6, false, 0), 0);
@@ -716,7 +717,10 @@ static void raw_headers(struct raw *r, int32_t sid, uint8_t flags, const nghttp2
 	raw_frame(r, NGHTTP2_HEADERS, flags | NGHTTP2_FLAG_END_HEADERS, sid, buf, len);
 }
 
-static void raw_init(struct raw *r, const struct kg_h2_limits *l, bool connect_protocol)
+/* A session and a raw client's preface with its SETTINGS payload; ack:
+ * the client acknowledges the server's SETTINGS, as clients do. */
+static void raw_start(struct raw *r, const struct kg_h2_limits *l, bool connect_protocol,
+		      const uint8_t *settings, size_t settings_len, bool ack)
 {
 	memset(r, 0, sizeof(*r));
 	r->h = kg_h2_create(l, connect_protocol, &handler, &r->f);
@@ -725,12 +729,18 @@ static void raw_init(struct raw *r, const struct kg_h2_limits *l, bool connect_p
 	cr_assert_eq(nghttp2_hd_deflate_new(&r->def, 4096), 0);
 	cr_assert_eq(nghttp2_hd_inflate_new(&r->inf), 0);
 	raw_feed(r, NGHTTP2_CLIENT_MAGIC, NGHTTP2_CLIENT_MAGIC_LEN);
-	raw_frame(r, NGHTTP2_SETTINGS, 0, 0, NULL, 0);
+	raw_frame(r, NGHTTP2_SETTINGS, 0, 0, settings, settings_len);
 	raw_drain(r);
-	/* the server's SETTINGS acknowledged, as a client does */
-	raw_frame(r, NGHTTP2_SETTINGS, NGHTTP2_FLAG_ACK, 0, NULL, 0);
-	raw_drain(r);
+	if (ack) {
+		raw_frame(r, NGHTTP2_SETTINGS, NGHTTP2_FLAG_ACK, 0, NULL, 0);
+		raw_drain(r);
+	}
 	cr_assert_eq(r->feed_rv, 0);
+}
+
+static void raw_init(struct raw *r, const struct kg_h2_limits *l, bool connect_protocol)
+{
+	raw_start(r, l, connect_protocol, NULL, 0, true);
 }
 
 static void raw_fini(struct raw *r)
@@ -855,5 +865,469 @@ Test(h2_session, extended_connect_when_allowed)
 	raw_drain(&r);
 	cr_expect_eq(r.f.n_requests, 1);
 	cr_expect_eq(r.rst[1], 0u);
+	raw_fini(&r);
+}
+
+/* ---- abuse limits: each attacked with raw frames ---- */
+
+static void expect_only_abuse(const struct raw *r, enum kg_h2_abuse kind, int n)
+{
+	for (int k = 0; k < KG_H2_ABUSE_KINDS; k++)
+		cr_expect_eq(r->f.abuse[k], k == (int)kind ? n : 0, "on_abuse(%s) x%d, want x%d",
+			     kg_h2_abuse_names[k], r->f.abuse[k], k == (int)kind ? n : 0);
+}
+
+static const nghttp2_nv get_nv[] = {GET_HEAD, NV(":path", "/")};
+
+/* HPACK integer with an n-bit prefix (RFC 7541 5.1); returns bytes written. */
+static size_t hpack_int(uint8_t *out, uint8_t first, unsigned bits, size_t v)
+{
+	size_t max = (1u << bits) - 1, k = 0;
+	if (v < max) {
+		out[k++] = (uint8_t)(first | v);
+		return k;
+	}
+	out[k++] = (uint8_t)(first | max);
+	v -= max;
+	while (v >= 128) {
+		out[k++] = (uint8_t)(v % 128 + 128);
+		v /= 128;
+	}
+	out[k++] = (uint8_t)v;
+	return k;
+}
+
+/* GET https://a/ in static-table references and one literal (no table
+ * change): :method GET, :scheme https, :path /, :authority "a". */
+static size_t hpack_get(uint8_t *out)
+{
+	const uint8_t b[] = {0x82, 0x87, 0x84, 0x01, 0x01, 'a'};
+	memcpy(out, b, sizeof(b));
+	return sizeof(b);
+}
+
+Test(h2_abuse, streams_past_the_limit_before_the_ack_are_refused)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	/* no ACK of the server's SETTINGS: a client that opens at once */
+	raw_start(&r, &l, false, NULL, 0, false);
+	for (int32_t i = 0; i <= (int32_t)l.max_concurrent_streams; i++)
+		raw_headers(&r, 2 * i + 1, 0, get_nv, 4);
+	raw_drain(&r);
+	int32_t last = 2 * (int32_t)l.max_concurrent_streams + 1;
+	cr_expect_eq(r.f.n_requests, (int)l.max_concurrent_streams);
+	cr_expect_eq(r.rst[last], NGHTTP2_REFUSED_STREAM + 1, "the one past the limit refused");
+	cr_expect_eq(r.rst[1], 0u);
+	cr_expect_not(r.goaway);
+	expect_only_abuse(&r, KG_H2_ABUSE_STREAMS, 1);
+	cr_expect_eq(r.f.abuse_id, last);
+	cr_expect_eq(kg_h2_open_streams(r.h), l.max_concurrent_streams);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, streams_past_the_acknowledged_limit_end_the_connection)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	for (int32_t i = 0; i <= (int32_t)l.max_concurrent_streams; i++)
+		raw_headers(&r, 2 * i + 1, 0, get_nv, 4);
+	raw_drain(&r);
+	cr_expect_eq(r.f.n_requests, (int)l.max_concurrent_streams);
+	cr_expect(r.goaway);
+	cr_expect_eq(r.goaway_code, NGHTTP2_PROTOCOL_ERROR);
+	cr_expect_eq(r.feed_rv, -EPROTO);
+	expect_only_abuse(&r, KG_H2_ABUSE_STREAMS, 1);
+	cr_expect_eq(r.f.abuse_id, 0);
+	/* the streams taken are closed with the connection, each once */
+	kg_h2_destroy(r.h);
+	r.h = NULL;
+	raw_fini(&r);
+}
+
+/* count fields of value_len bytes that Huffman cannot shrink */
+static void big_fields(nghttp2_nv *nv, size_t count, char *store, size_t value_len)
+{
+	for (size_t i = 0; i < count; i++) {
+		char *name = store + i * (value_len + 16);
+		snprintf(name, 16, "x-f%u", (unsigned)(i % 1000));
+		char *value = name + 16;
+		for (size_t k = 0; k < value_len; k++)
+			value[k] = "{}^|~\\"[k % 6]; /* 13+ bit Huffman codes: sent as literals */
+		nv[i] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), value_len,
+				     NGHTTP2_NV_FLAG_NO_INDEX};
+	}
+}
+
+Test(h2_abuse, header_list_too_large_is_answered_431)
+{
+	struct kg_h2_limits l = limits();
+	l.max_header_list_bytes = 8192;
+	struct raw r;
+	raw_init(&r, &l, false);
+	static char store[12 * (1000 + 16)];
+	nghttp2_nv nv[16] = {GET_HEAD, NV(":path", "/")};
+	big_fields(nv + 4, 9, store, 1000); /* 9 x 1037 > 8192, sent in ~9.1 KiB */
+	uint8_t buf[16384];
+	size_t len = raw_block(&r, nv, 13, buf, sizeof(buf));
+	cr_assert_lt(len, 2 * l.max_header_list_bytes);
+	raw_frame(&r, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, 1, buf, len);
+	raw_drain(&r);
+	cr_expect_eq(r.f.n_requests, 0);
+	cr_expect_eq(r.status[1], 431);
+	cr_expect_eq(r.rst[1], NGHTTP2_NO_ERROR + 1, "the body is not wanted");
+	cr_expect_not(r.goaway);
+	expect_only_abuse(&r, KG_H2_ABUSE_HEADER_LIST, 1);
+	cr_expect_eq(r.f.abuse_id, 1);
+	/* the connection goes on */
+	raw_headers(&r, 3, NGHTTP2_FLAG_END_STREAM, get_nv, 4);
+	raw_drain(&r);
+	cr_expect_eq(r.f.n_requests, 1);
+	cr_expect_eq(r.feed_rv, 0);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, hpack_bomb_ends_the_connection)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	/* Stream 1 puts a 4000-byte field into the server's HPACK table. */
+	static uint8_t blk[16384];
+	size_t k = hpack_get(blk);
+	blk[k++] = 0x40; /* literal with incremental indexing, new name */
+	k += hpack_int(blk + k, 0, 7, 6);
+	memcpy(blk + k, "x-bomb", 6);
+	k += 6;
+	k += hpack_int(blk + k, 0, 7, 4000);
+	memset(blk + k, 'B', 4000);
+	k += 4000;
+	raw_frame(&r, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 1, blk,
+		  k);
+	raw_drain(&r);
+	cr_assert_eq(r.f.n_requests, 1, "the entry's own request is fine");
+	size_t before = kg_h2_memory(r.h);
+	/* Stream 3: 10000 one-byte references to it: 40 MB decoded. */
+	k = hpack_get(blk);
+	memset(blk + k, 0xbe, 10000); /* indexed, 62: the newest dynamic entry */
+	k += 10000;
+	raw_frame(&r, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 3, blk,
+		  k);
+	size_t during = kg_h2_memory(r.h);
+	raw_drain(&r);
+	cr_expect_eq(r.f.n_requests, 1, "the bomb's request never reaches the forwarder");
+	cr_expect(r.goaway);
+	cr_expect_eq(r.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+	cr_expect_eq(r.feed_rv, -EPROTO);
+	expect_only_abuse(&r, KG_H2_ABUSE_HPACK, 1);
+	cr_expect_eq(r.f.abuse_id, 0);
+	cr_expect_leq(during, before + l.max_header_list_bytes + 4096,
+		      "held %zu bytes, %zu before the bomb", during, before);
+	cr_expect(kg_h2_done(r.h));
+	raw_fini(&r);
+}
+
+Test(h2_abuse, hpack_garbage_ends_the_connection)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	const uint8_t blk[] = {0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f}; /* index past any table */
+	raw_frame(&r, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, 1, blk, sizeof(blk));
+	raw_drain(&r);
+	cr_expect(r.goaway);
+	cr_expect_eq(r.goaway_code, NGHTTP2_COMPRESSION_ERROR);
+	expect_only_abuse(&r, KG_H2_ABUSE_HPACK, 1);
+	cr_expect_eq(r.f.n_requests, 0);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, continuation_flood_of_empty_frames)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	uint8_t blk[64];
+	size_t k = hpack_get(blk);
+	raw_frame(&r, NGHTTP2_HEADERS, 0, 1, blk, k);
+	for (int i = 0; i < 100000 && r.feed_rv == 0; i++)
+		raw_frame(&r, NGHTTP2_CONTINUATION, 0, 1, NULL, 0);
+	raw_drain(&r);
+	cr_expect(r.goaway);
+	cr_expect_eq(r.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+	cr_expect_eq(r.feed_rv, -EPROTO);
+	expect_only_abuse(&r, KG_H2_ABUSE_CONTINUATION, 1);
+	cr_expect_eq(r.f.n_requests, 0);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, continuation_flood_is_cut_before_memory_grows)
+{
+	/* One literal field of 60000 bytes, sent 1000 bytes a frame: nghttp2
+	 * buffers a field until it is whole, so the block's bound is what
+	 * keeps memory down. */
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	size_t base = kg_h2_memory(r.h);
+	static uint8_t blk[64 + 60000];
+	size_t k = hpack_get(blk);
+	blk[k++] = 0x00; /* literal without indexing, new name */
+	k += hpack_int(blk + k, 0, 7, 1);
+	blk[k++] = 'x';
+	k += hpack_int(blk + k, 0, 7, 60000);
+	memset(blk + k, 'v', 60000);
+	k += 60000;
+	raw_frame(&r, NGHTTP2_HEADERS, 0, 1, blk, 1000);
+	size_t peak = 0;
+	for (size_t off = 1000; off < k && r.feed_rv == 0; off += 1000) {
+		size_t n = k - off < 1000 ? k - off : 1000;
+		raw_frame(&r, NGHTTP2_CONTINUATION, off + n == k ? NGHTTP2_FLAG_END_HEADERS : 0, 1,
+			  blk + off, n);
+		size_t m = kg_h2_memory(r.h);
+		peak = m > peak ? m : peak;
+	}
+	raw_drain(&r);
+	cr_expect(r.goaway);
+	cr_expect_eq(r.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+	expect_only_abuse(&r, KG_H2_ABUSE_CONTINUATION, 1);
+	/* nghttp2 allocates a literal's declared length (at most 64 KiB,
+	 * NGHTTP2_HD_MAX_NV) when it starts reading it: that, the block's
+	 * bound and some state; the flood adds nothing past the cut. */
+	cr_expect_leq(peak, base + 65536 + l.max_header_list_bytes + 4096, "peak %zu, idle %zu",
+		      peak, base);
+	fprintf(stderr, "h2 CONTINUATION flood: peak %zu bytes held, %zu idle\n", peak, base);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, rapid_reset)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	const uint8_t cancel[4] = {0, 0, 0, NGHTTP2_CANCEL};
+	int32_t id = 1;
+	for (int i = 0; i < 1000 && r.feed_rv == 0; i++, id += 2) {
+		raw_headers(&r, id, 0, get_nv, 4);
+		raw_frame(&r, NGHTTP2_RST_STREAM, 0, id, cancel, 4);
+		raw_drain(&r);
+	}
+	cr_expect(r.goaway);
+	cr_expect_eq(r.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+	cr_expect_eq(r.feed_rv, -EPROTO);
+	expect_only_abuse(&r, KG_H2_ABUSE_RAPID_RESET, 1);
+	/* the burst is 2x the budget (a slow machine may refill a little) */
+	cr_expect_geq(r.f.n_requests, 2 * (int)l.reset_budget);
+	cr_expect_leq(r.f.n_requests, 3 * (int)l.reset_budget);
+	for (int i = 0; i < MAX_IDS; i++)
+		cr_expect_leq(r.f.closes[i], 1, "stream %d closed once", 2 * i + 1);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, refused_streams_spend_the_reset_budget)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	r.f.refuse = 1;
+	for (int32_t id = 1; id < 400 && r.feed_rv == 0; id += 2) {
+		raw_headers(&r, id, NGHTTP2_FLAG_END_STREAM, get_nv, 4);
+		raw_drain(&r);
+	}
+	cr_expect(r.goaway);
+	cr_expect_eq(r.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+	expect_only_abuse(&r, KG_H2_ABUSE_RAPID_RESET, 1);
+	raw_fini(&r);
+}
+
+static void flood(uint8_t type, size_t len, bool read_answers)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	const uint8_t payload[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+	for (int i = 0; i < 10000 && r.feed_rv == 0; i++) {
+		raw_frame(&r, type, 0, 0, payload, len);
+		if (read_answers)
+			raw_drain(&r);
+	}
+	cr_expect_eq(r.feed_rv, -EPROTO);
+	expect_only_abuse(&r, KG_H2_ABUSE_CONTROL_FLOOD, 1);
+	if (read_answers) {
+		cr_expect(r.goaway);
+		cr_expect_eq(r.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+		int acks = type == NGHTTP2_PING ? r.n_ping_ack : r.n_settings_ack - 1;
+		cr_expect_leq(acks, 3 * (int)l.control_budget, "%d ACKs", acks);
+	} else {
+		/* ACKs pile up unread: cut at control_budget of them */
+		cr_expect(kg_h2_done(r.h));
+	}
+	raw_fini(&r);
+}
+
+Test(h2_abuse, settings_flood)
+{
+	flood(NGHTTP2_SETTINGS, 0, true);
+}
+
+Test(h2_abuse, ping_flood)
+{
+	flood(NGHTTP2_PING, 8, true);
+}
+
+Test(h2_abuse, ping_flood_never_read)
+{
+	flood(NGHTTP2_PING, 8, false);
+}
+
+Test(h2_abuse, empty_data_flood)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	raw_headers(&r, 1, 0, get_nv, 4);
+	for (int i = 0; i < 10000 && r.feed_rv == 0; i++)
+		raw_frame(&r, NGHTTP2_DATA, 0, 1, NULL, 0);
+	raw_drain(&r);
+	cr_expect(r.goaway);
+	cr_expect_eq(r.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+	expect_only_abuse(&r, KG_H2_ABUSE_CONTROL_FLOOD, 1);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, zero_window_stall_holds_no_more_than_the_queues)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	/* SETTINGS_INITIAL_WINDOW_SIZE = 0, and never a WINDOW_UPDATE */
+	const uint8_t zero_window[6] = {0, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 0, 0, 0, 0};
+	raw_start(&r, &l, false, zero_window, 6, true);
+	size_t idle = kg_h2_memory(r.h);
+	const size_t queue = 65536, low_water = 16384;
+	static uint8_t chunk[65536];
+	memset(chunk, 'z', sizeof(chunk));
+	for (int32_t i = 0; i < (int32_t)l.max_concurrent_streams; i++) {
+		int32_t id = 2 * i + 1;
+		raw_headers(&r, id, NGHTTP2_FLAG_END_STREAM, get_nv, 4);
+		cr_assert_eq(kg_h2_respond(r.h, id, 200, NULL, 0, false), 0);
+		/* the forwarder fills the stream's queue, then waits for room */
+		cr_assert_eq(kg_h2_send_data(r.h, id, chunk, queue, false, low_water), 0);
+	}
+	raw_drain(&r);
+	const uint8_t *p;
+	cr_expect_eq(kg_h2_output(r.h, &p), 0, "nothing to send into a shut window");
+	for (int32_t i = 0; i < (int32_t)l.max_concurrent_streams; i++) {
+		cr_expect_eq(kg_h2_send_pending(r.h, 2 * i + 1), queue);
+		cr_expect_eq(r.f.room[i], 0, "no room: the forwarder queues no more");
+	}
+	size_t held = kg_h2_memory(r.h);
+	size_t per_stream = (held - idle) / l.max_concurrent_streams;
+	fprintf(stderr, "h2 zero-window stall: %zu bytes idle, %zu with %u streams of %zu queued "
+			"(%zu per stream)\n",
+		idle, held, l.max_concurrent_streams, queue, per_stream);
+	cr_expect_leq(per_stream, queue + 8192, "per stream: the queue and a little state");
+	cr_expect_not(r.goaway);
+	cr_expect_eq(r.feed_rv, 0);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, memory_per_idle_connection)
+{
+	/* After the prefaces and one request answered, what a connection
+	 * that then idles holds (nghttp2's state and ours). */
+	struct t t;
+	struct kg_h2_limits l = limits();
+	l.max_concurrent_streams = KG_H2_DEFAULT_MAX_STREAMS;
+	l.stream_window = KG_H2_DEFAULT_WINDOW;
+	l.max_header_list_bytes = 65536;
+	t_init(&t, &l);
+	size_t fresh = kg_h2_memory(t.h);
+	t.f.auto_answer = true;
+	nghttp2_nv extra[] = {NV("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/120"),
+			      NV("accept", "text/html,application/xhtml+xml"),
+			      NV("accept-language", "en-US,en;q=0.9"),
+			      NV("cookie", "session=0123456789abcdef0123456789abcdef")};
+	int32_t id = cli_request(&t.c, "GET", "/", extra, 4, NULL);
+	cr_assert_eq(pump(t.h, &t.c), 0);
+	cr_assert_eq(t.c.status[slot(id)], 200);
+	size_t idle = kg_h2_memory(t.h);
+	fprintf(stderr, "h2 memory per idle connection: %zu bytes fresh, %zu after one request\n",
+		fresh, idle);
+	/* nghttp2's 16 KiB output frame buffer is most of it */
+	cr_expect_leq(idle, 32768u, "an idle connection stays small");
+	t_fini(&t);
+}
+
+Test(h2_abuse, request_trailers_too_large_reset_the_stream)
+{
+	struct kg_h2_limits l = limits();
+	l.max_header_list_bytes = 8192;
+	struct raw r;
+	raw_init(&r, &l, false);
+	raw_headers(&r, 1, 0, get_nv, 4);
+	raw_drain(&r);
+	cr_assert_eq(r.f.n_requests, 1);
+	static char store[12 * (1000 + 16)];
+	nghttp2_nv nv[12];
+	big_fields(nv, 9, store, 1000);
+	raw_headers(&r, 1, NGHTTP2_FLAG_END_STREAM, nv, 9);
+	raw_drain(&r);
+	cr_expect_eq(r.rst[1], NGHTTP2_PROTOCOL_ERROR + 1);
+	expect_only_abuse(&r, KG_H2_ABUSE_HEADER_LIST, 1);
+	cr_expect_eq(r.f.closes[0], 1);
+	cr_expect_eq(r.f.close_code[0], NGHTTP2_PROTOCOL_ERROR);
+	cr_expect_eq(r.f.body_end[0], 0);
+	cr_expect_not(r.goaway);
+	raw_fini(&r);
+}
+
+Test(h2_abuse, continuation_flood_on_a_stream_refused_while_draining)
+{
+	/* The block bound holds for streams nobody keeps state for. */
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	raw_headers(&r, 1, NGHTTP2_FLAG_END_STREAM, get_nv, 4);
+	kg_h2_shutdown(r.h);
+	raw_drain(&r);
+	cr_assert(r.goaway);
+	cr_assert_eq(r.goaway_code, NGHTTP2_NO_ERROR);
+	cr_assert_not(kg_h2_done(r.h), "stream 1 runs on");
+	uint8_t blk[64];
+	size_t k = hpack_get(blk);
+	raw_frame(&r, NGHTTP2_HEADERS, 0, 3, blk, k);
+	int frames = 0;
+	for (; frames < 100000 && r.feed_rv == 0; frames++)
+		raw_frame(&r, NGHTTP2_CONTINUATION, 0, 3, NULL, 0);
+	/* nghttp2 ignores the block of a stream it will not open and shows
+	 * us none of its frames: its own CONTINUATION limit (just above ours)
+	 * ends the connection, without a GOAWAY. */
+	cr_expect_leq(frames, 64, "cut after %d frames", frames);
+	cr_expect_eq(r.feed_rv, -EPROTO);
+	expect_only_abuse(&r, KG_H2_ABUSE_CONTINUATION, 1);
+	cr_expect(kg_h2_done(r.h));
+	const uint8_t *p;
+	cr_expect_lt(kg_h2_output(r.h, &p), 0);
+	cr_expect_eq(r.f.n_requests, 1);
+	raw_fini(&r);
+}
+
+Test(h2_session, refused_request_with_a_body_is_no_malformation)
+{
+	struct kg_h2_limits l = limits();
+	struct raw r;
+	raw_init(&r, &l, false);
+	r.f.refuse = 1;
+	nghttp2_nv nv[] = {NV(":method", "POST"), NV(":scheme", "https"), NV(":authority", "a"),
+			   NV(":path", "/"), NV("content-length", "5")};
+	raw_headers(&r, 1, 0, nv, 5);
+	raw_frame(&r, NGHTTP2_DATA, NGHTTP2_FLAG_END_STREAM, 1, "hello", 5);
+	raw_drain(&r);
+	cr_expect_eq(r.f.n_requests, 1);
+	cr_expect_eq(r.rst[1], NGHTTP2_REFUSED_STREAM + 1);
+	expect_only_abuse(&r, KG_H2_ABUSE_STREAMS, 0);
+	cr_expect_eq(r.f.body[0], 0u);
+	cr_expect_eq(r.f.body_end[0], 0);
 	raw_fini(&r);
 }

@@ -708,8 +708,8 @@ Test(http, field_lists_screened_like_heads)
 		/* The field list of the text: names and values as pointers. */
 		struct kg_http_pair pairs[8];
 		size_t np = 0;
-		char copy[160];
-		snprintf(copy, sizeof(copy), "%s", lists[l]);
+		char copy[sizeof(lists[0])];
+		memcpy(copy, lists[l], sizeof(copy));
 		for (char *line = copy, *end; (end = strstr(line, "\r\n")) && np < 8; line = end + 2) {
 			char *colon = strchr(line, ':');
 			*end = '\0';
@@ -717,7 +717,7 @@ Test(http, field_lists_screened_like_heads)
 							    strlen(colon + 2)};
 		}
 		char req[256];
-		snprintf(req, sizeof(req), "GET /p?q HTTP/1.1\r\nHost: h\r\n%s\r\n", lists[l]);
+		snprintf(req, sizeof(req), "GET /p?q HTTP/1.1\r\nHost: h\r\n%.159s\r\n", lists[l]);
 		for (int us = KG_UNDERSCORES_DROP; us <= KG_UNDERSCORES_ALLOW; us++)
 			for (int trusted = 0; trusted < 2; trusted++) {
 				struct kg_http_ident id;

@@ -237,6 +237,8 @@ struct kg_listener_conf {
 	unsigned ocsp_timeout_ms;
 	bool ocsp_stapling;            /* staple the server certificate's OCSP response (staple.h) */
 	bool enabled;                  /* false = stopped (kgatectl listener stop) */
+	bool h2;                       /* https: ALPN offers h2 (forward_h2.c); default true */
+	unsigned h2_max_streams;       /* https: concurrent HTTP/2 streams per connection */
 	struct kg_http_conf http;      /* protocol https only */
 	struct kg_sni_conf *sni;       /* "sni" entries (tls, https); NULL: none */
 	size_t n_sni;

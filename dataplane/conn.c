@@ -627,32 +627,45 @@ void kg_conn_connect_backend(struct kg_conn *c)
 		kg_conn_close_err(c, "backend socket", -r);
 }
 
-int kg_conn_submit_connect(struct kg_conn *c, int m, int op)
+int kg_conn_submit_connect_to(struct kg_conn *c, const struct kg_group_rt *g,
+			      struct kg_backend_walk *walk, int m, int op)
 {
-	int fd = kg_backend_socket(c->group, m);
+	int fd = kg_backend_socket(g, m);
 	if (fd < 0)
 		return fd;
 	struct io_uring_sqe *sqe, *tsqe;
 	kg_worker_sqe_timed(c->worker, &sqe, &tsqe);
-	kg_backend_prep_connect(c->listener, c->group, &c->walk, m, fd, sqe, tsqe);
+	kg_backend_prep_connect(c->listener, g, walk, m, fd, sqe, tsqe);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack((enum kg_op)op, c->idx, fd));
 	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_LINK_TIMEOUT, c->idx, fd));
+	c->inflight += 2; /* the connect and its linked timeout */
+	return fd;
+}
+
+int kg_conn_submit_connect(struct kg_conn *c, int m, int op)
+{
+	int fd = kg_conn_submit_connect_to(c, c->group, &c->walk, m, op);
+	if (fd < 0)
+		return fd;
 	c->member = m;
 	c->bfd = fd;
-	c->inflight += 2; /* the connect and its linked timeout */
 	return 0;
+}
+
+void kg_conn_connect_failed_to(struct kg_conn *c, const struct kg_group_rt *g,
+			       struct kg_backend_walk *walk, int m, int fd, int res)
+{
+	struct kg_worker *w = c->worker;
+	const char *why = kg_backend_connect_failed(g, walk, m, res, w->now_ms);
+	kg_count(w, backend_connect_failed);
+	kg_worker_warn(w, "backend.connect_failed", KV("listener", c->listener->conf->name),
+		       KV("backend", g->conf->backends[m].address), KV("err", why));
+	close(fd);
 }
 
 void kg_conn_connect_failed(struct kg_conn *c, int res)
 {
-	struct kg_worker *w = c->worker;
-	const char *why = kg_backend_connect_failed(c->group, &c->walk, c->member, res,
-						    w->now_ms);
-	kg_count(w, backend_connect_failed);
-	kg_worker_warn(w, "backend.connect_failed", KV("listener", c->listener->conf->name),
-		       KV("backend", c->group->conf->backends[c->member].address),
-		       KV("err", why));
-	close(c->bfd);
+	kg_conn_connect_failed_to(c, c->group, &c->walk, c->member, c->bfd, res);
 	c->bfd = -1;
 }
 
@@ -717,6 +730,14 @@ int kg_conn_begin_path(struct kg_conn *c, enum kg_path path, const void *early,
 		       size_t early_len)
 {
 	char err[160];
+	if (c->ssl) {
+		/* The protocol the handshake agreed on may pick another
+		 * forwarder for the same path (paths.h). */
+		const unsigned char *alpn = NULL;
+		unsigned alpn_len = 0;
+		SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
+		path = kg_path_for_alpn(path, alpn, alpn_len);
+	}
 	for (;;) {
 		const struct kg_fwd_ops *ops = kg_fwd_for(path);
 		if (!ops) {
@@ -986,7 +1007,8 @@ uint64_t kg_conn_check_deadline(struct kg_conn *c)
 static bool trim_idle(struct kg_conn *c)
 {
 	const struct kg_worker *w = c->worker;
-	bool userspace = c->path == KG_PATH_USERSPACE || c->path == KG_PATH_HTTP;
+	bool userspace = c->path == KG_PATH_USERSPACE || c->path == KG_PATH_HTTP ||
+			 c->path == KG_PATH_H2;
 	if (!c->ssl || c->bio_grown < BIO_TRIM_BYTES || c->state == KG_CONN_CLOSING ||
 	    (c->state == KG_CONN_FORWARDING && !userspace))
 		return false;

@@ -174,6 +174,15 @@ int kg_conn_submit_connect(struct kg_conn *c, int m, int op);
 /* The connect to c->member failed with res: counted, logged, a passive
  * health failure, the member marked tried, c->bfd closed. */
 void kg_conn_connect_failed(struct kg_conn *c, int res);
+/* The same two for a forwarder that keeps several backend sockets of its
+ * own (one per HTTP/2 stream), with its own group and walk for each:
+ * kg_conn_submit_connect_to returns the new socket (the completion comes
+ * as op with it in user_data) or -errno, and leaves c->bfd and c->member
+ * alone; kg_conn_connect_failed_to closes fd. */
+int kg_conn_submit_connect_to(struct kg_conn *c, const struct kg_group_rt *g,
+			      struct kg_backend_walk *walk, int m, int op);
+void kg_conn_connect_failed_to(struct kg_conn *c, const struct kg_group_rt *g,
+			       struct kg_backend_walk *walk, int m, int fd, int res);
 /* KG_OP_BACKEND_CONNECT completed with res. */
 void kg_conn_on_backend_connect(struct kg_conn *c, int res);
 /* c forwards to a member that must leave (disabled, or unhealthy under

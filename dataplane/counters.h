@@ -86,6 +86,39 @@ enum kg_counter_group {
 	  "http_requests_misdirected_total", "", "http_misdirected",                               \
 	  "Requests answered 421 on https listeners with sni entries: their Host is served "      \
 	  "under another client policy than the one their connection's handshake used.")          \
+	X(h2_streams, KG_CG_CONNECTIONS, "h2_streams", "h2_streams_total", "", "h2_streams",       \
+	  "HTTP/2 streams taken on https listeners (each a request, counted in http_requests "    \
+	  "too).")                                                                                 \
+	X(h2_goaway_drain, KG_CG_CONNECTIONS, "h2_goaway_drain", "h2_goaway_drain_total", "",      \
+	  "h2_goaway_drain", "HTTP/2 connections sent GOAWAY to drain (SIGTERM, upgrade).")         \
+	X(h2_abuse_streams, KG_CG_CONNECTIONS, "h2_abuse_streams", "h2_abuse_total",                   \
+	  "kind=\"streams\"", "h2_abuse_streams",                                                        \
+	  "HTTP/2 streams reset or connections ended for abuse, by kind: streams (beyond " \
+	  "h2_max_streams), header_list (header list or block too large), rapid_reset, "  \
+	  "continuation (CONTINUATION flood), hpack (bad or inflating HPACK), control_flood " \
+	  "(SETTINGS/PING/PRIORITY/empty frames), malformed (a request that fails "       \
+	  "validation), protocol (any other connection error).")                                                                                   \
+	X(h2_abuse_header_list, KG_CG_CONNECTIONS, "h2_abuse_header_list", "h2_abuse_total",                   \
+	  "kind=\"header_list\"", "h2_abuse_header_list",                                                        \
+	  "")                                                                                  \
+	X(h2_abuse_rapid_reset, KG_CG_CONNECTIONS, "h2_abuse_rapid_reset", "h2_abuse_total",                   \
+	  "kind=\"rapid_reset\"", "h2_abuse_rapid_reset",                                                        \
+	  "")                                                                                  \
+	X(h2_abuse_continuation, KG_CG_CONNECTIONS, "h2_abuse_continuation", "h2_abuse_total",                   \
+	  "kind=\"continuation\"", "h2_abuse_continuation",                                                        \
+	  "")                                                                                  \
+	X(h2_abuse_hpack, KG_CG_CONNECTIONS, "h2_abuse_hpack", "h2_abuse_total",                   \
+	  "kind=\"hpack\"", "h2_abuse_hpack",                                                        \
+	  "")                                                                                  \
+	X(h2_abuse_control_flood, KG_CG_CONNECTIONS, "h2_abuse_control_flood", "h2_abuse_total",                   \
+	  "kind=\"control_flood\"", "h2_abuse_control_flood",                                                        \
+	  "")                                                                                  \
+	X(h2_abuse_malformed, KG_CG_CONNECTIONS, "h2_abuse_malformed", "h2_abuse_total",                   \
+	  "kind=\"malformed\"", "h2_abuse_malformed",                                                        \
+	  "")                                                                                  \
+	X(h2_abuse_protocol, KG_CG_CONNECTIONS, "h2_abuse_protocol", "h2_abuse_total",                   \
+	  "kind=\"protocol\"", "h2_abuse_protocol",                                                        \
+	  "")                                                                                  \
 	X(handshakes, KG_CG_HANDSHAKES, "ok", "handshakes_total", "", "handshakes",                \
 	  "Completed TLS handshakes.")                                                             \
 	X(resumed, KG_CG_HANDSHAKES, "resumed", "handshakes_resumed_total", "", "resumed",         \

@@ -58,6 +58,7 @@
 #include "group.h"
 #include "health.h"
 #include "http.h"
+#include "http_balance.h"
 #include "ktls.h"
 #include "listener.h"
 #include "routes.h"
@@ -94,12 +95,8 @@ struct kg_http_conn {
 	unsigned char *bbuf;
 	uint32_t bcap, blen, bparsed;
 
-	struct kg_http_ident ident; /* what kgate adds to requests, made once per connection */
+	struct kg_http_client who; /* the client's address, identity, policy (http_balance.h) */
 	bool drop_logged;        /* the connection's first dropped header was logged */
-	/* The settings the handshake ran under (kg_tls_conf_of): the
-	 * listener's, or an sni entry's; taken before a kTLS handoff frees
-	 * the SSL. */
-	const struct kg_listener_conf *policy;
 	struct kg_buf head;      /* the request head for the backend */
 	uint32_t head_sent;
 	struct kg_buf out;       /* response heads and errors for the client */
@@ -136,13 +133,8 @@ struct kg_http_conn {
 	int status;
 	char method[16];
 	char target[160];
-	char peer[64];
-	char subject[160]; /* the client certificate's, for the access log */
-	/* Routes (routes.h): the routes whose certificate matcher the
-	 * client's certificate passes, taken once per connection; and the
-	 * route the current request took, for the access log ("" without
+	/* The route the current request took, for the access log ("" without
 	 * routes). */
-	uint64_t route_cert_bits;
 	const char *route;
 };
 
@@ -239,24 +231,18 @@ static void access_log(struct kg_conn *c)
 	const char *backend = c->member >= 0 ? c->group->conf->backends[c->member].address : "";
 	/* Not level-tested: the operator asked for these lines. */
 	kg_log_always(KG_LOG_INFO, "http.access", KV("listener", c->listener->conf->name),
-		      KV("client", h->peer), KV("subject", h->subject), KV("method", h->method),
+		      KV("client", h->who.peer), KV("subject", h->who.subject), KV("proto", "http/1.1"),
+		      KV("method", h->method),
 		      KV("target", h->target), KV("status", h->status), KV("route", h->route),
 		      KV("backend", backend),
 		      KV("bytes_in", h->bytes_in), KV("bytes_out", h->bytes_out),
 		      KV("ms", w->now_ms - h->req_start_ms));
 }
 
-/* The pool's key for the connection's group: kept-alive backend
- * connections are per listener and group (a named group's are not lent
- * to another group that happens to list the same address). The slot index
- * sits in the low bits, the group's place in the listener's groups above. */
+/* The pool's key for the connection's group (http_balance.h). */
 static uint32_t pool_key(const struct kg_conn *c)
 {
-	const struct kg_listener_rt *l = c->listener;
-	uint32_t gi = 0;
-	while (gi < l->n_groups && l->groups[gi] != c->group)
-		gi++;
-	return c->listener_idx | gi << 8;
+	return kg_http_pool_key(c->listener, c->listener_idx, c->group);
 }
 
 /* The group of the request in h->req: the first route that matches, else
@@ -266,7 +252,6 @@ static bool route_request(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
 	const struct kg_listener_rt *l = c->listener;
-	struct kg_listener_counters *lc = &l->slot->counters;
 	h->route = "";
 	if (!l->conf->routes) {
 		c->group = l->group;
@@ -275,7 +260,7 @@ static bool route_request(struct kg_conn *c)
 	struct kg_route_req q = {.target = (const char *)h->rbuf + h->req.url.off,
 				 .target_len = h->req.url.len,
 				 .method = kg_http_method(&h->req),
-				 .cert_bits = h->route_cert_bits};
+				 .cert_bits = h->who.route_cert_bits};
 	for (unsigned i = 0; i < h->req.n_fields; i++) {
 		const struct kg_http_field *f = &h->req.fields[i];
 		if (kg_http_name_eq((const char *)h->rbuf + f->name.off, f->name.len, "host")) {
@@ -284,17 +269,7 @@ static bool route_request(struct kg_conn *c)
 			break;
 		}
 	}
-	int r = kg_routes_match(l->conf->routes, &q);
-	if (r >= 0) {
-		h->route = kg_routes_name(l->conf->routes, (size_t)r);
-		c->group = l->route_group[r];
-		atomic_fetch_add_explicit(&lc->routed[r], 1, memory_order_relaxed);
-		return true;
-	}
-	c->group = l->group;
-	h->route = c->group ? KG_ROUTE_DEFAULT : KG_ROUTE_NONE;
-	atomic_fetch_add_explicit(c->group ? &lc->route_default : &lc->route_not_found, 1,
-				  memory_order_relaxed);
+	c->group = kg_http_route(l, &q, &h->route);
 	return c->group != NULL;
 }
 
@@ -342,7 +317,7 @@ static void reply_error(struct kg_conn *c, int status, const char *why)
 	}
 	kg_count(w, http_errors);
 	kg_worker_warn(w, "http.error_response", KV("listener", c->listener->conf->name),
-		       KV("client", h->peer), KV("status", status),
+		       KV("client", h->who.peer), KV("status", status),
 		       KV("status_text", kg_http_reason(status)), KV("reason", why));
 	h->status = status;
 	if (!h->method[0])
@@ -471,25 +446,21 @@ static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
 static void pick_backend(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
-	const struct kg_listener_conf *lc = c->listener->conf;
 	struct kg_worker *w = c->worker;
+	int m, fd, status;
 
-	int m = kg_backend_pick(c->listener, c->group, &c->walk);
-	if (m < 0) {
-		kg_count(w, no_backend);
-		if (c->walk.tried || c->walk.attempts > lc->connect_retries)
-			reply_error(c, 502, "no backend could be connected");
-		else
-			reply_error(c, 503, "no backend in rotation");
+	switch (kg_http_pick(w, c->listener, c->listener_idx, c->group, &c->walk, &m, &fd,
+			     &status)) {
+	case KG_HTTP_PICK_NONE:
+		reply_error(c, status, status == 502 ? "no backend could be connected"
+						     : "no backend in rotation");
 		return;
-	}
-	const struct kg_backend_conf *b = &c->group->conf->backends[m];
-	int fd = kg_backend_pool_take(w->pool, pool_key(c), &b->addr, b->addrlen);
-	if (fd >= 0) {
-		kg_count(w, http_pool_reused);
+	case KG_HTTP_PICK_POOLED:
 		attach_backend(c, m, fd, true);
 		advance(c);
 		return;
+	case KG_HTTP_PICK_CONNECT:
+		break;
 	}
 	int r = kg_conn_submit_connect(c, m, KG_OP_HTTP_CONNECT);
 	if (r < 0) {
@@ -502,14 +473,14 @@ static void pick_backend(struct kg_conn *c)
 	h->rstate = R_CONNECT;
 }
 
-static void on_connect(struct kg_conn *c, int res)
+static void on_connect(struct kg_conn *c, int fd, int res)
 {
 	struct kg_http_conn *h = http_of(c);
 	c->inflight--;
 	if (c->state != KG_CONN_FORWARDING || h->rstate != R_CONNECT)
 		return;
 	if (res == 0) {
-		int fd = c->bfd;
+		/* fd is c->bfd, the one backend socket: attached afresh. */
 		c->bfd = -1;
 		attach_backend(c, c->member, fd, false);
 		advance(c);
@@ -680,10 +651,9 @@ static void count_screened(struct kg_conn *c, const struct kg_http_screen *sc)
 	if (kg_log_level < KG_LOG_DEBUG)
 		return; /* the name is copied only for a line that is written */
 	char name[80];
-	snprintf(name, sizeof(name), "%.*s", (int)sc->first.len,
-		 (const char *)h->rbuf + sc->first.off);
+	snprintf(name, sizeof(name), "%.*s", (int)sc->first_len, sc->first);
 	log_debug("http.header_dropped", KV("listener", c->listener->conf->name),
-		  KV("client", h->peer), KV("header", name),
+		  KV("client", h->who.peer), KV("header", name),
 		  KV("reason", kg_http_drop_names[sc->first_why]),
 		  KV("action", sc->rejected ? "reject" : "drop"));
 }
@@ -693,17 +663,7 @@ static void count_screened(struct kg_conn *c, const struct kg_http_screen *sc)
  * the listener's own settings, which strict_sni gives no name. */
 static bool host_allowed(struct kg_conn *c, const char *value, size_t len)
 {
-	const struct kg_listener_conf *l = c->listener->conf, *serves = l->strict_sni ? NULL : l;
-	const struct kg_listener_conf *got = http_of(c)->policy;
-	const char *host;
-	size_t hlen;
-	if (kg_sni_host_of(value, len, &host, &hlen)) {
-		int e = kg_config_sni_find(l, host, hlen);
-		if (e >= 0)
-			serves = l->sni[e].tls;
-	}
-	return serves && memcmp(serves->client_policy, got->client_policy,
-				sizeof(got->client_policy)) == 0;
+	return kg_http_host_allowed(c->listener->conf, http_of(c)->who.policy, value, len);
 }
 
 /* On a listener with sni entries: true when the request is for a host
@@ -760,7 +720,7 @@ static void start_request(struct kg_conn *c)
 		return;
 	}
 	struct kg_http_screen screen;
-	int r = kg_http_build_request(&h->head, &h->req, &h->ident, &screen);
+	int r = kg_http_build_request(&h->head, &h->req, &h->who.ident, &screen);
 	count_screened(c, &screen);
 	if (r == -EPERM) {
 		reply_error(c, 400, "underscore in a header name");
@@ -1053,10 +1013,8 @@ out:
  * nothing. A refused setsockopt only means the 40 ms stay: not an error. */
 static void ack_partial_response(struct kg_conn *c)
 {
-	static const int one = 1;
 	http_of(c)->quickacked = true;
-	if (setsockopt(c->bfd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one)) == 0)
-		kg_count(c->worker, http_quickack);
+	kg_http_quickack(c->worker, c->bfd);
 }
 
 static void on_backend_recv(struct kg_conn *c, int res)
@@ -1197,24 +1155,11 @@ static int http_start(struct kg_conn *c, const void *early, size_t early_len, ch
 	    kg_http_msg_init(&h->resp, false, hc->max_headers) < 0)
 		return -ENOMEM;
 
-	struct sockaddr_storage peer, local;
-	socklen_t plen = sizeof(peer), llen = sizeof(local);
-	if (getpeername(c->cfd, (struct sockaddr *)&peer, &plen) == -1)
-		memset(&peer, 0, sizeof(peer));
-	if (getsockname(c->cfd, (struct sockaddr *)&local, &llen) == -1)
-		memset(&local, 0, sizeof(local));
-	kg_sockaddr_format(&peer, h->peer, sizeof(h->peer));
 	/* The identity comes from the handshake: after a kTLS handoff the
 	 * SSL object is gone, so it is taken now. */
-	if (kg_http_identity(&h->ident, hc, c->ssl, &peer, &local) < 0)
+	if (kg_http_client_init(&h->who, c) < 0)
 		return -ENOMEM;
-	h->policy = kg_tls_conf_of(c->ssl) ? kg_tls_conf_of(c->ssl) : c->listener->conf;
-	h->subject[0] = '\0';
-	X509 *cert = SSL_get0_peer_certificate(c->ssl);
-	if (cert)
-		X509_NAME_oneline(X509_get_subject_name(cert), h->subject, sizeof(h->subject));
 	h->route = "";
-	h->route_cert_bits = kg_routes_cert_bits(c->listener->conf->routes, cert);
 
 	if (early_len > 0) {
 		if (!(h->rbuf = io_buf_get(c, h->rcap)))
@@ -1356,7 +1301,7 @@ static void http_release(struct kg_conn *c)
 		return;
 	kg_http_msg_free(&h->req);
 	kg_http_msg_free(&h->resp);
-	kg_http_ident_free(&h->ident);
+	kg_http_client_free(&h->who);
 	kg_buf_free(&h->head);
 	kg_buf_free(&h->out);
 	kg_hop_free(&h->pump.c2b);
@@ -1367,8 +1312,10 @@ static void http_release(struct kg_conn *c)
 	c->fwd_ctx = NULL;
 }
 
-static void http_on_backend_io(struct kg_conn *c, int op, int res, const unsigned char *data)
+static void http_on_backend_io(struct kg_conn *c, int op, int fd, int res,
+			       const unsigned char *data)
 {
+	(void)fd;   /* one backend socket at a time: c->bfd */
 	(void)data; /* the engine receives into its own buffer */
 	if (op == KG_OP_HTTP_BACKEND_SEND)
 		on_backend_send(c, res);

@@ -235,8 +235,10 @@ static void on_backend_recv(struct kg_conn *c, int res, const unsigned char *dat
 	kg_conn_flush_client(c);
 }
 
-static void user_on_backend_io(struct kg_conn *c, int op, int res, const unsigned char *data)
+static void user_on_backend_io(struct kg_conn *c, int op, int fd, int res,
+			       const unsigned char *data)
 {
+	(void)fd; /* c->bfd, the one backend socket */
 	if (op == KG_OP_BACKEND_SEND)
 		on_backend_send(c, res);
 	else

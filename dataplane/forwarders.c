@@ -1,6 +1,7 @@
 /* The path → forwarder table (forwarders.h). */
 #include "forwarders.h"
 
+#include "forward_h2.h"
 #include "forward_http.h"
 #include "forward_sockmap.h"
 #include "forward_splice.h"
@@ -21,6 +22,8 @@ void kg_forwarders_register(void)
 		{KG_PATH_SOCKMAP, &kg_fwd_sockmap_ops},
 		{KG_PATH_HTTP, &kg_fwd_http_ops},
 		{KG_PATH_HTTP_KTLS, &kg_fwd_http_ops},
+		{KG_PATH_H2, &kg_fwd_h2_ops},
+		{KG_PATH_H2_KTLS, &kg_fwd_h2_ops},
 	};
 	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
 		kg_fwd_register(table[i].path, table[i].ops);

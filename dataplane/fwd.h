@@ -42,13 +42,16 @@ struct kg_fwd_ops {
 	/* A readiness poll (KG_OP_POLL_IN/POLL_OUT/SOCKMAP_RDHUP) on fd, or
 	 * the splice backoff timer (KG_OP_SPLICE_BACKOFF), completed. */
 	void (*on_poll)(struct kg_conn *c, int op, int fd, int res);
-	/* A backend receive or send of the forwarder's own completed;
+	/* A backend receive or send of the forwarder's own completed on fd
+	 * (the socket packed in its user_data: a forwarder with several
+	 * backend sockets, one per HTTP/2 stream, finds which by it);
 	 * data: a provided buffer's bytes (valid during the call), or NULL. */
-	void (*on_backend_io)(struct kg_conn *c, int op, int res, const unsigned char *data);
-	/* A backend connect the forwarder submitted itself completed (https
-	 * connects per request); NULL for paths that connect once, before
-	 * start. */
-	void (*on_connect)(struct kg_conn *c, int res);
+	void (*on_backend_io)(struct kg_conn *c, int op, int fd, int res,
+			      const unsigned char *data);
+	/* A backend connect the forwarder submitted itself on fd completed
+	 * (https connects per request or stream); NULL for paths that
+	 * connect once, before start. */
+	void (*on_connect)(struct kg_conn *c, int fd, int res);
 	/* The connection's timer fired (conn.h kg_conn_on_timer): act on a
 	 * deadline that passed, and return when to look again (0 once the
 	 * connection is closing). A forwarder that moves a deadline earlier

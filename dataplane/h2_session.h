@@ -11,7 +11,10 @@
  *   TE other than "trailers"), no CR, LF or NUL in names or values, names
  *   lower case, Content-Length a single decimal number that the DATA the
  *   stream carries matches; a stream that fails is reset (PROTOCOL_ERROR),
- *   it never reaches the forwarder;
+ *   it never reaches the forwarder (a body that disagrees with its
+ *   Content-Length shows only after the head was handed on: then no byte
+ *   past it is passed, on_body_end never comes and the stream closes with
+ *   PROTOCOL_ERROR);
  * - the abuse limits (enum kg_h2_abuse): each hit is reported through
  *   on_abuse and answered as RFC 9113 says (stream reset, or GOAWAY and
  *   the connection's end when the peer misbehaves across streams);
@@ -40,7 +43,10 @@ struct kg_h2;
 #define KG_H2_DEFAULT_WINDOW (64u * 1024u)  /* per stream, what a client may send unread */
 
 struct kg_h2_limits {
-	uint32_t max_concurrent_streams; /* advertised; a stream beyond it is refused (REFUSED_STREAM) */
+	uint32_t max_concurrent_streams; /* advertised; a stream beyond it is refused
+					  * (REFUSED_STREAM) until the client acknowledged
+					  * the setting, then ends the connection (nghttp2:
+					  * GOAWAY PROTOCOL_ERROR, RFC 9113 5.4.1) */
 	uint32_t max_header_list_bytes;  /* decoded names + values + 32 per field (RFC 9113 6.5.2);
 					  * also bounds the compressed block (CONTINUATION) */
 	uint32_t stream_window;          /* SETTINGS_INITIAL_WINDOW_SIZE for request bodies */
@@ -94,7 +100,8 @@ struct kg_h2_handler {
 	/* Request body bytes (valid during the call). The stream's window
 	 * reopens only as the forwarder calls kg_h2_consume. */
 	void (*on_body)(void *ctx, int32_t id, void *stream_user, const uint8_t *p, size_t n);
-	/* The client ended its side (END_STREAM; request trailers are dropped). */
+	/* The client ended its side (END_STREAM; request trailers are dropped).
+	 * Not called when the head itself ended the stream (req->end_stream). */
 	void (*on_body_end)(void *ctx, int32_t id, void *stream_user);
 	/* The stream's response queue fell below what kg_h2_send_data said
 	 * to wait for: more may be queued. */
@@ -126,8 +133,8 @@ void kg_h2_set_stream_user(struct kg_h2 *h, int32_t id, void *user);
 /* n bytes of the stream's request body were passed on: reopen its window. */
 int kg_h2_consume(struct kg_h2 *h, int32_t id, size_t n);
 
-/* The response head. Names must be lower case; connection-specific
- * fields are dropped here. end_stream: no body follows. */
+/* The response head (final: status 200-999). Names must be lower case;
+ * connection-specific fields are dropped here. end_stream: no body follows. */
 int kg_h2_respond(struct kg_h2 *h, int32_t id, int status, const struct kg_h2_field *fields,
 		  size_t n, bool end_stream);
 /* Queues body bytes (copied); end: the last of them. The forwarder queues
@@ -150,5 +157,9 @@ size_t kg_h2_open_streams(const struct kg_h2 *h);
 /* Neither side wants the connection any more (GOAWAY sent or received and
  * no stream open, or a connection error): close once output is drained. */
 bool kg_h2_done(const struct kg_h2 *h);
+/* Bytes held for the connection: nghttp2's state (HPACK tables, queued
+ * frames, streams) and this module's (request arenas, response queues),
+ * counted through nghttp2_mem. For metrics and the idle-memory bench. */
+size_t kg_h2_memory(const struct kg_h2 *h);
 
 #endif

@@ -119,6 +119,15 @@ static int on_header_value_complete(llhttp_t *p)
 	return 0;
 }
 
+/* Body content, de-chunked: only for a caller that asked (on_body). */
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+	struct kg_http_msg *m = msg_of(p);
+	if (m->on_body)
+		m->on_body(m->body_ctx, (const unsigned char *)at, len);
+	return 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
 	(void)p;
@@ -140,6 +149,7 @@ static const llhttp_settings_t settings = {
 	.on_header_field_complete = on_header_field_complete,
 	.on_header_value_complete = on_header_value_complete,
 	.on_headers_complete = on_headers_complete,
+	.on_body = on_body,
 	.on_message_complete = on_message_complete,
 };
 
@@ -470,60 +480,86 @@ void kg_buf_shrink(struct kg_buf *b)
 
 #define MAX_CONN_TOKENS 16
 
+/* The fields of a request head, from either source: an HTTP/1.x message
+ * (spans into its buffer) or an HTTP/2 field list (strings). Screening
+ * and rebuilding walk this one view, so both protocols are screened by
+ * the same rules. */
+struct fields {
+	const struct kg_http_msg *m; /* NULL: pairs */
+	const struct kg_http_pair *pairs;
+	unsigned n;
+};
+
+static struct kg_http_pair field_at(const struct fields *fl, unsigned i)
+{
+	if (!fl->m)
+		return fl->pairs[i];
+	const struct kg_http_field *f = &fl->m->fields[i];
+	const char *base = (const char *)fl->m->base;
+	return (struct kg_http_pair){base + f->name.off, f->name.len, base + f->value.off,
+				     f->value.len};
+}
+
+static bool text_is(const char *p, size_t len, const char *name)
+{
+	size_t n = strlen(name);
+	return len == n && strncasecmp(p, name, n) == 0;
+}
+
 struct conn_tokens {
-	struct kg_http_span tok[MAX_CONN_TOKENS];
+	struct {
+		const char *p;
+		size_t len;
+	} tok[MAX_CONN_TOKENS];
 	unsigned n;
 };
 
 /* The comma-separated names in every Connection field. */
-static void connection_tokens(const struct kg_http_msg *m, struct conn_tokens *t)
+static void connection_tokens(const struct fields *fl, struct conn_tokens *t)
 {
 	t->n = 0;
-	for (unsigned i = 0; i < m->n_fields; i++) {
-		if (!span_is(m, m->fields[i].name, "connection"))
+	for (unsigned i = 0; i < fl->n; i++) {
+		struct kg_http_pair f = field_at(fl, i);
+		if (!text_is(f.name, f.name_len, "connection"))
 			continue;
-		struct kg_http_span v = m->fields[i].value;
-		uint32_t pos = v.off, end = v.off + v.len;
+		size_t pos = 0, end = f.value_len;
+		const char *v = f.value;
 		while (pos < end && t->n < MAX_CONN_TOKENS) {
-			while (pos < end && (m->base[pos] == ',' || m->base[pos] == ' ' ||
-					     m->base[pos] == '\t'))
+			while (pos < end && (v[pos] == ',' || v[pos] == ' ' || v[pos] == '\t'))
 				pos++;
-			uint32_t start = pos;
-			while (pos < end && m->base[pos] != ',' && m->base[pos] != ' ' &&
-			       m->base[pos] != '\t')
+			size_t start = pos;
+			while (pos < end && v[pos] != ',' && v[pos] != ' ' && v[pos] != '\t')
 				pos++;
-			if (pos > start)
-				t->tok[t->n++] = (struct kg_http_span){start, pos - start};
+			if (pos > start) {
+				t->tok[t->n].p = v + start;
+				t->tok[t->n].len = pos - start;
+				t->n++;
+			}
 		}
 	}
 }
 
-static bool is_framing(const struct kg_http_msg *m, struct kg_http_span name)
+static bool is_framing(const char *name, size_t len)
 {
-	return span_is(m, name, "host") || span_is(m, name, "content-length") ||
-	       span_is(m, name, "transfer-encoding");
+	return text_is(name, len, "host") || text_is(name, len, "content-length") ||
+	       text_is(name, len, "transfer-encoding");
 }
 
-static bool is_hop_by_hop(const struct kg_http_msg *m, const struct conn_tokens *t,
-			  struct kg_http_span name)
+static bool is_hop_by_hop(const struct conn_tokens *t, const char *name, size_t len)
 {
 	static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
 					  "upgrade", "proxy-authenticate", "proxy-authorization"};
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-		if (span_is(m, name, hop[i]))
+		if (text_is(name, len, hop[i]))
 			return true;
 	/* A name listed in Connection is hop-by-hop, but framing headers stay:
 	 * "Connection: content-length" must not change how the backend reads
 	 * the body. */
-	if (is_framing(m, name))
+	if (is_framing(name, len))
 		return false;
-	for (unsigned i = 0; i < t->n; i++) {
-		const struct kg_http_span tok = t->tok[i];
-		if (tok.len == name.len &&
-		    strncasecmp((const char *)m->base + tok.off, (const char *)m->base + name.off,
-				name.len) == 0)
+	for (unsigned i = 0; i < t->n; i++)
+		if (t->tok[i].len == len && strncasecmp(t->tok[i].p, name, len) == 0)
 			return true;
-	}
 	return false;
 }
 
@@ -574,67 +610,71 @@ enum fate { KEEP, DROP_HOP, DROP_RESERVED, DROP_UNDERSCORE, REJECT };
 /* What becomes of one of the client's request headers. Reserved names go
  * whatever the underscore setting, so "allow" can never let a variant of
  * kgate's own headers through; "reject" refuses any name with '_'. */
-static enum fate request_fate(const struct kg_http_msg *m, const struct conn_tokens *t,
-			      struct kg_http_span name, enum kg_underscores underscores)
+static enum fate request_fate(const struct conn_tokens *t, const char *name, size_t len,
+			      enum kg_underscores underscores)
 {
-	const char *text = (const char *)m->base + name.off;
-	bool underscore = memchr(text, '_', name.len) != NULL;
+	bool underscore = memchr(name, '_', len) != NULL;
 	if (underscore && underscores == KG_UNDERSCORES_REJECT)
 		return REJECT;
-	if (kg_http_name_reserved(text, name.len))
+	if (kg_http_name_reserved(name, len))
 		return DROP_RESERVED;
-	if (is_hop_by_hop(m, t, name))
+	if (is_hop_by_hop(t, name, len))
 		return DROP_HOP;
 	if (underscore && underscores == KG_UNDERSCORES_DROP)
 		return DROP_UNDERSCORE;
 	return KEEP;
 }
 
-static int add_field(struct kg_buf *out, const struct kg_http_msg *m,
-		     const struct kg_http_field *f)
+static int add_field(struct kg_buf *out, const struct kg_http_pair *f)
 {
-	if (kg_buf_add(out, m->base + f->name.off, f->name.len) < 0 ||
-	    kg_buf_add(out, ": ", 2) < 0 ||
-	    kg_buf_add(out, m->base + f->value.off, f->value.len) < 0 ||
-	    kg_buf_add(out, "\r\n", 2) < 0)
+	if (kg_buf_add(out, f->name, f->name_len) < 0 || kg_buf_add(out, ": ", 2) < 0 ||
+	    kg_buf_add(out, f->value, f->value_len) < 0 || kg_buf_add(out, "\r\n", 2) < 0)
 		return -ENOMEM;
 	return 0;
 }
 
-static void note_drop(struct kg_http_screen *sc, struct kg_http_span name, enum kg_http_drop why)
+static void note_drop(struct kg_http_screen *sc, const struct kg_http_pair *f,
+		      enum kg_http_drop why)
 {
 	if (sc->dropped[KG_HTTP_DROP_RESERVED] + sc->dropped[KG_HTTP_DROP_UNDERSCORE] == 0 &&
 	    !sc->rejected) {
-		sc->first = name;
+		sc->first = f->name;
+		sc->first_len = f->name_len;
 		sc->first_why = why;
 	}
 	sc->dropped[why]++;
 }
 
-/* The client's request headers that stay, screened by request_fate. -EPERM
- * on a refusal. */
-static int add_request_fields(struct kg_buf *out, const struct kg_http_msg *m,
-			      enum kg_underscores underscores, struct kg_http_screen *sc)
+/* The client's request headers that stay, screened by request_fate; skip
+ * (may be NULL) names one more that is left out unscreened (HTTP/2's
+ * Host under :authority). -EPERM on a refusal. */
+static int add_request_fields(struct kg_buf *out, const struct fields *fl,
+			      enum kg_underscores underscores, struct kg_http_screen *sc,
+			      const char *skip)
 {
 	struct conn_tokens t;
-	connection_tokens(m, &t);
-	for (unsigned i = 0; i < m->n_fields; i++) {
-		const struct kg_http_field *f = &m->fields[i];
-		switch (request_fate(m, &t, f->name, underscores)) {
+	connection_tokens(fl, &t);
+	for (unsigned i = 0; i < fl->n; i++) {
+		struct kg_http_pair f = field_at(fl, i);
+		enum fate fate = request_fate(&t, f.name, f.name_len, underscores);
+		if (fate == KEEP && skip && text_is(f.name, f.name_len, skip))
+			fate = DROP_HOP;
+		switch (fate) {
 		case KEEP:
-			if (add_field(out, m, f) < 0)
+			if (add_field(out, &f) < 0)
 				return -ENOMEM;
 			break;
 		case DROP_HOP:
 			break;
 		case DROP_RESERVED:
-			note_drop(sc, f->name, KG_HTTP_DROP_RESERVED);
+			note_drop(sc, &f, KG_HTTP_DROP_RESERVED);
 			break;
 		case DROP_UNDERSCORE:
-			note_drop(sc, f->name, KG_HTTP_DROP_UNDERSCORE);
+			note_drop(sc, &f, KG_HTTP_DROP_UNDERSCORE);
 			break;
 		case REJECT:
-			sc->first = f->name;
+			sc->first = f.name;
+			sc->first_len = f.name_len;
 			sc->first_why = KG_HTTP_DROP_UNDERSCORE;
 			sc->rejected = true;
 			return -EPERM;
@@ -647,17 +687,16 @@ static int add_request_fields(struct kg_buf *out, const struct kg_http_msg *m,
  * the values it sent under exactly that name (its own hops, kept in
  * order), then this hop's element. Variants of the name were dropped as
  * reserved: only the spelling a proxy writes is taken from it. */
-static int add_hop_header(struct kg_buf *out, const struct kg_http_msg *m, bool trusted,
+static int add_hop_header(struct kg_buf *out, const struct fields *fl, bool trusted,
 			  const char *name, const char *element)
 {
 	if (kg_buf_printf(out, "%s: ", name) < 0)
 		return -ENOMEM;
-	for (unsigned i = 0; trusted && i < m->n_fields; i++) {
-		const struct kg_http_field *f = &m->fields[i];
-		if (f->value.len == 0 || !span_is(m, f->name, name))
+	for (unsigned i = 0; trusted && i < fl->n; i++) {
+		struct kg_http_pair f = field_at(fl, i);
+		if (f.value_len == 0 || !text_is(f.name, f.name_len, name))
 			continue;
-		if (kg_buf_add(out, m->base + f->value.off, f->value.len) < 0 ||
-		    kg_buf_add(out, ", ", 2) < 0)
+		if (kg_buf_add(out, f.value, f.value_len) < 0 || kg_buf_add(out, ", ", 2) < 0)
 			return -ENOMEM;
 	}
 	return kg_buf_printf(out, "%s\r\n", element);
@@ -668,6 +707,29 @@ static bool want(unsigned headers, enum kg_ident_header h)
 	return headers & (1u << h);
 }
 
+/* The screened fields, this hop's address headers and the identity lines,
+ * then the blank line: everything of a request head after its first
+ * lines. */
+static int add_request_rest(struct kg_buf *out, const struct fields *fl,
+			    const struct kg_http_ident *id, struct kg_http_screen *screen,
+			    const char *skip)
+{
+	int r = add_request_fields(out, fl, id->underscores, screen, skip);
+	if (r < 0)
+		return r;
+	if (want(id->headers, KG_HDR_X_FORWARDED_FOR) &&
+	    add_hop_header(out, fl, id->trusted, kg_ident_header_names[KG_HDR_X_FORWARDED_FOR],
+			   id->xff) < 0)
+		return -ENOMEM;
+	if (want(id->headers, KG_HDR_FORWARDED) &&
+	    add_hop_header(out, fl, id->trusted, kg_ident_header_names[KG_HDR_FORWARDED],
+			   id->forwarded) < 0)
+		return -ENOMEM;
+	if (kg_buf_add(out, id->lines.data, id->lines.len) < 0 || kg_buf_add(out, "\r\n", 2) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
 int kg_http_build_request(struct kg_buf *out, const struct kg_http_msg *m,
 			  const struct kg_http_ident *id, struct kg_http_screen *screen)
 {
@@ -676,31 +738,58 @@ int kg_http_build_request(struct kg_buf *out, const struct kg_http_msg *m,
 	if (kg_buf_printf(out, "%s %.*s HTTP/1.%u\r\n", kg_http_method(m), (int)m->url.len,
 			  (const char *)m->base + m->url.off, kg_http_minor(m)) < 0)
 		return -ENOMEM;
-	int r = add_request_fields(out, m, id->underscores, screen);
-	if (r < 0)
-		return r;
-	if (want(id->headers, KG_HDR_X_FORWARDED_FOR) &&
-	    add_hop_header(out, m, id->trusted, kg_ident_header_names[KG_HDR_X_FORWARDED_FOR],
-			   id->xff) < 0)
+	const struct fields fl = {.m = m, .n = m->n_fields};
+	return add_request_rest(out, &fl, id, screen, NULL);
+}
+
+int kg_http_build_request_pairs(struct kg_buf *out, const struct kg_http_request_line *rl,
+				const struct kg_http_pair *pairs, size_t n,
+				const struct kg_http_ident *id, struct kg_http_screen *screen)
+{
+	memset(screen, 0, sizeof(*screen));
+	out->len = 0;
+	if (kg_buf_printf(out, "%s %s HTTP/1.1\r\n", rl->method, rl->target) < 0)
 		return -ENOMEM;
-	if (want(id->headers, KG_HDR_FORWARDED) &&
-	    add_hop_header(out, m, id->trusted, kg_ident_header_names[KG_HDR_FORWARDED],
-			   id->forwarded) < 0)
+	if (rl->host && kg_buf_printf(out, "Host: %s\r\n", rl->host) < 0)
 		return -ENOMEM;
-	if (kg_buf_add(out, id->lines.data, id->lines.len) < 0 || kg_buf_add(out, "\r\n", 2) < 0)
+	if (rl->chunked && kg_buf_printf(out, "Transfer-Encoding: chunked\r\n") < 0)
 		return -ENOMEM;
-	return 0;
+	const struct fields fl = {.pairs = pairs, .n = (unsigned)n};
+	return add_request_rest(out, &fl, id, screen, rl->host ? "host" : NULL);
 }
 
 /* A backend's response headers minus hop-by-hop ones. */
 static int add_response_fields(struct kg_buf *out, const struct kg_http_msg *m)
 {
 	struct conn_tokens t;
-	connection_tokens(m, &t);
-	for (unsigned i = 0; i < m->n_fields; i++)
-		if (!is_hop_by_hop(m, &t, m->fields[i].name) && add_field(out, m, &m->fields[i]) < 0)
+	const struct fields fl = {.m = m, .n = m->n_fields};
+	connection_tokens(&fl, &t);
+	for (unsigned i = 0; i < m->n_fields; i++) {
+		struct kg_http_pair f = field_at(&fl, i);
+		if (!is_hop_by_hop(&t, f.name, f.name_len) && add_field(out, &f) < 0)
 			return -ENOMEM;
+	}
 	return 0;
+}
+
+int kg_http_response_pairs(const struct kg_http_msg *m, struct kg_http_pair *out, size_t cap)
+{
+	struct conn_tokens t;
+	const struct fields fl = {.m = m, .n = m->n_fields};
+	connection_tokens(&fl, &t);
+	size_t n = 0;
+	for (unsigned i = 0; i < m->n_fields; i++) {
+		struct kg_http_pair f = field_at(&fl, i);
+		/* HTTP/2 has no connection-level framing fields at all: the
+		 * body's end is the stream's. */
+		if (is_hop_by_hop(&t, f.name, f.name_len) ||
+		    text_is(f.name, f.name_len, "transfer-encoding"))
+			continue;
+		if (n == cap)
+			return -E2BIG;
+		out[n++] = f;
+	}
+	return (int)n;
 }
 
 int kg_http_build_response(struct kg_buf *out, const struct kg_http_msg *m, bool close,

@@ -60,6 +60,13 @@ struct kg_http_msg {
 	uint32_t trailer_len;
 	bool reserved_trailer;   /* the message was refused for one (counted) */
 	bool skipped_keep_alive; /* kg_http_keep_alive, taken before it did */
+	/* Set by a caller that needs the body's content rather than its
+	 * bytes as sent (HTTP/2 streams have no chunk framing): called
+	 * during kg_http_feed with each piece of de-chunked body, in order.
+	 * NULL (the HTTP/1.1 forwarder): nothing is called, and *used still
+	 * counts the raw bytes either way. */
+	void (*on_body)(void *ctx, const unsigned char *p, size_t n);
+	void *body_ctx;
 };
 
 enum kg_http_step {
@@ -160,8 +167,18 @@ extern const char *const kg_http_drop_names[KG_HTTP_DROP_REASONS];
 struct kg_http_screen {
 	unsigned dropped[KG_HTTP_DROP_REASONS];
 	bool rejected;                /* a name with '_' under "reject": nothing was built */
-	struct kg_http_span first;    /* the first header dropped or refused */
+	const char *first;            /* the first header dropped or refused: its name, */
+	size_t first_len;             /* in the request's own buffer */
 	enum kg_http_drop first_why;
+};
+
+/* A header field as two strings: an HTTP/2 field list's, or a message's
+ * field seen through its buffer. */
+struct kg_http_pair {
+	const char *name;
+	size_t name_len;
+	const char *value;
+	size_t value_len;
 };
 
 /* The request head to send to the backend: the client's request line and
@@ -175,6 +192,28 @@ struct kg_http_screen {
  * screen->rejected). screen is filled either way. */
 int kg_http_build_request(struct kg_buf *out, const struct kg_http_msg *m,
 			  const struct kg_http_ident *id, struct kg_http_screen *screen);
+/* What an HTTP/1.1 request line and its framing are made of when the
+ * request came as HTTP/2 (RFC 9113 8.3.1): method and target (:path),
+ * Host from :authority (NULL: the client's own Host field, if any, stays),
+ * and whether the body goes chunked (a body without content-length). */
+struct kg_http_request_line {
+	const char *method;
+	const char *target;
+	const char *host;
+	bool chunked;
+};
+/* kg_http_build_request for a request that came as a field list: the
+ * same screening of the client's fields (reserved names in every variant,
+ * hop-by-hop names, underscores, a trusted proxy's X-Forwarded-For and
+ * Forwarded kept), the same identity lines; a Host field is dropped when
+ * rl->host replaces it. 0, -ENOMEM, or -EPERM (screen->rejected). */
+int kg_http_build_request_pairs(struct kg_buf *out, const struct kg_http_request_line *rl,
+				const struct kg_http_pair *pairs, size_t n,
+				const struct kg_http_ident *id, struct kg_http_screen *screen);
+/* A response head's fields for an HTTP/2 client: hop-by-hop ones (and the
+ * names Connection lists) and Transfer-Encoding left out, the rest into
+ * out[0..cap) pointing into the message's buffer. The count, or -E2BIG. */
+int kg_http_response_pairs(const struct kg_http_msg *m, struct kg_http_pair *out, size_t cap);
 /* The response head for the client: status line as HTTP/1.1, hop-by-hop
  * headers removed, then "Connection: close" when close is true, or
  * "Connection: keep-alive" for an HTTP/1.0 client that keeps it. */

@@ -27,7 +27,20 @@ static const struct {
 	[KG_PATH_COPY] = {"userspace-copy", "path_userspace_copy"},
 	[KG_PATH_HTTP] = {"http-userspace-tls", "path_http_userspace_tls"},
 	[KG_PATH_HTTP_KTLS] = {"http-ktls-splice", "path_http_ktls_splice"},
+	[KG_PATH_H2] = {"h2-userspace-tls", "path_h2_userspace_tls"},
+	[KG_PATH_H2_KTLS] = {"h2-ktls", "path_h2_ktls"},
 };
+
+enum kg_path kg_path_for_alpn(enum kg_path p, const unsigned char *alpn, unsigned len)
+{
+	if (len != 2 || memcmp(alpn, "h2", 2) != 0)
+		return p;
+	if (p == KG_PATH_HTTP)
+		return KG_PATH_H2;
+	if (p == KG_PATH_HTTP_KTLS)
+		return KG_PATH_H2_KTLS;
+	return p;
+}
 
 const char *kg_path_name(enum kg_path p)
 {

@@ -22,20 +22,32 @@ enum kg_path {
 			      * and balanced one by one */
 	KG_PATH_HTTP_KTLS,   /* http-ktls-splice: https, kTLS on the client socket, heads
 			      * parsed in userspace, Content-Length bodies spliced */
+	KG_PATH_H2,          /* h2-userspace-tls: https that negotiated HTTP/2 (ALPN h2),
+			      * userspace TLS, streams balanced one by one */
+	KG_PATH_H2_KTLS,     /* h2-ktls: https that negotiated HTTP/2, kTLS on the client
+			      * socket, frames read and written as plaintext */
 	KG_PATH_COUNT,
 };
 
 /* The path starts with a kTLS handoff after the handshake (conn.c). */
 static inline bool kg_path_hands_off(enum kg_path p)
 {
-	return p == KG_PATH_KTLS_SPLICE || p == KG_PATH_HTTP_KTLS;
+	return p == KG_PATH_KTLS_SPLICE || p == KG_PATH_HTTP_KTLS || p == KG_PATH_H2_KTLS;
 }
 
-/* Requests are parsed and balanced one by one (forward_http.c). */
+/* Requests are parsed and balanced one by one (forward_http.c, and
+ * forward_h2.c for streams). */
 static inline bool kg_path_is_http(enum kg_path p)
 {
-	return p == KG_PATH_HTTP || p == KG_PATH_HTTP_KTLS;
+	return p == KG_PATH_HTTP || p == KG_PATH_HTTP_KTLS || p == KG_PATH_H2 ||
+	       p == KG_PATH_H2_KTLS;
 }
+
+/* The path a connection planned for p takes once its handshake agreed on
+ * an application protocol (ALPN, alpn[0..len), len 0 for none): an https
+ * path whose client chose "h2" moves to its HTTP/2 twin; everything else
+ * stays p. */
+enum kg_path kg_path_for_alpn(enum kg_path p, const unsigned char *alpn, unsigned len);
 
 struct kg_kernel_caps {
 	bool ktls;

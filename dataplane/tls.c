@@ -683,6 +683,26 @@ void kg_tls_drop_peer_chain(SSL *ssl, const struct kg_listener_conf *l)
 		X509_free(sk_X509_pop(chain));
 }
 
+/* ALPN on https listeners: the client's list is walked in our order of
+ * preference, h2 first when the listener offers it (arg: the settings the
+ * context was built from), then http/1.1. A client that offers neither
+ * gets no ALPN answer and speaks HTTP/1.1 as before ALPN existed (RFC
+ * 7301 allows the alert, but refusing old clients gains nothing). */
+static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+			  const unsigned char *in, unsigned inlen, void *arg)
+{
+	static const unsigned char both[] = "\x02h2\x08http/1.1";
+	static const unsigned char h1[] = "\x08http/1.1";
+	const struct kg_listener_conf *l = arg;
+	(void)ssl;
+	const unsigned char *ours = l->h2 ? both : h1;
+	unsigned ours_len = l->h2 ? sizeof(both) - 1 : sizeof(h1) - 1;
+	if (SSL_select_next_proto((unsigned char **)out, outlen, ours, ours_len, in, inlen) !=
+	    OPENSSL_NPN_NEGOTIATED)
+		return SSL_TLSEXT_ERR_NOACK;
+	return SSL_TLSEXT_ERR_OK;
+}
+
 SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_keys *tickets,
 			   char *err, size_t errlen)
 {
@@ -717,6 +737,11 @@ SSL_CTX *kg_tls_ctx_create(const struct kg_listener_conf *l, struct kg_ticket_ke
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
+	/* tls listeners relay bytes of any protocol: only https negotiates
+	 * one. An sni entry's context gets its own callback, since OpenSSL
+	 * asks the context the ClientHello switched to. */
+	if (l->protocol == KG_PROTO_HTTPS)
+		SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, (void *)l);
 	return ctx;
 }
 

@@ -577,7 +577,8 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_HTTP_BACKEND_SEND:
 		if (!c->fwd || !c->fwd->on_backend_io)
 			goto stray;
-		c->fwd->on_backend_io(c, op, cqe->res, kg_bufpool_recv_data(&w->bufs, cqe->flags));
+		c->fwd->on_backend_io(c, op, kg_ud_fd(ud), cqe->res,
+				      kg_bufpool_recv_data(&w->bufs, cqe->flags));
 		break;
 	case KG_OP_POLL_IN:
 	case KG_OP_POLL_OUT:
@@ -590,7 +591,7 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_HTTP_CONNECT:
 		if (!c->fwd || !c->fwd->on_connect)
 			goto stray;
-		c->fwd->on_connect(c, cqe->res);
+		c->fwd->on_connect(c, kg_ud_fd(ud), cqe->res);
 		break;
 	default:
 		log_err("worker.unknown_op", KV("worker", w->id), KV("op", (int)op));

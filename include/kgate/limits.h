@@ -20,5 +20,9 @@
 #define KG_TICKET_ROTATION_MIN_S KG_TLS_SESSION_TIMEOUT_S
 #define KG_TICKET_ROTATION_MAX_S 604800
 #define KG_TICKET_ROTATION_DEFAULT_S 43200
+/* An https listener's h2_max_streams when not set: the session's own
+ * default (dataplane/h2_session.h KG_H2_DEFAULT_MAX_STREAMS, checked equal
+ * in forward_h2.c), here for kgatectl's help too. */
+#define KG_H2_MAX_STREAMS_DEFAULT 100
 
 #endif

@@ -175,6 +175,12 @@ enum kg_ocsp_mode { KG_OCSP_MODES(KG_LK_ENUM_OCSP) };
 	  "ocsp-stapling", "true|false",                                                           \
 	  "staple the server certificate's OCSP response (from the responder its AIA names, "     \
 	  "refreshed before it expires)")                                                          \
+	F(h2, KG_LK_BOOL(true), KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\""),     \
+	  KG_LKF_UPDATE, "h2", "true|false",                                                       \
+	  "offer HTTP/2 (ALPN h2) next to http/1.1; false: HTTP/1.1 only")                         \
+	F(h2_max_streams, KG_LK_UINT(1, 1000, KG_H2_MAX_STREAMS_DEFAULT),                          \
+	  KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\""), KG_LKF_UPDATE,          \
+	  "h2-max-streams", "N", "concurrent HTTP/2 streams a client may open per connection")    \
 	F(scheduler, KG_LK_ENUM(KG_SCHEDULERS, KG_SCHED_RR), KG_LK_FOR_ALL, KG_LKF_UPDATE,         \
 	  "scheduler", NULL, "smooth weighted round robin over the member weights (kgatectl "      \
 	  "also takes wrr)")                                                                       \

@@ -289,7 +289,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (built == -EPERM) {
 			/* refused: only for a name with '_' under "reject" */
 			KF_FAIL_IF(ident.underscores != KG_UNDERSCORES_REJECT || !sc.rejected);
-			KF_FAIL_IF(!memchr(req.base + sc.first.off, '_', sc.first.len));
+			KF_FAIL_IF(!memchr(sc.first, '_', sc.first_len));
 			break;
 		}
 		KF_FAIL_IF(built < 0);

@@ -4,9 +4,10 @@ handshake/ and tls_record/ (client flights recorded with Python's ssl over
 memory BIOs against a server using data/'s PKI), certs/ (the data/ files in
 the harness's input format), control/ (control sessions carrying data/'s
 certificates inline), proxy_v2/ (headers of tcp and TLS connections and
-each bound). Hand-written seeds of the other harnesses are committed as
-they are. Usage: tests/fuzz/gen_seeds.py [handshake|certs|control|proxy_v2]...
-(default: all)"""
+each bound), h2/ (client connections made by python3-h2: requests,
+bodies, trailers, floods, malformed heads). Hand-written seeds of the other
+harnesses are committed as they are. Usage:
+tests/fuzz/gen_seeds.py [handshake|certs|control|proxy_v2|h2]... (default: all)"""
 import base64
 import json
 import os
@@ -158,7 +159,9 @@ def proxy_v2_seeds():
 
 
 def main():
-    want = set(sys.argv[1:]) or {"handshake", "certs", "control", "proxy_v2"}
+    want = set(sys.argv[1:]) or {"handshake", "certs", "control", "proxy_v2", "h2"}
+    if "h2" in want:
+        h2_seeds()
     if "proxy_v2" in want:
         proxy_v2_seeds()
     if "control" in want:
@@ -200,6 +203,93 @@ def cert_seeds():
     write("certs", "ca-truncated", b"c" + pem[: len(pem) // 2])
     body = b"".join(l for l in pem.splitlines(True) if not l.startswith(b"-----"))
     write("certs", "der-cert", b"d" + base64.b64decode(body))
+
+
+def h2_client(validate=True):
+    import h2.config
+    import h2.connection
+    cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=validate,
+                                    normalize_outbound_headers=validate,
+                                    header_encoding=None)
+    c = h2.connection.H2Connection(config=cfg)
+    c.initiate_connection()
+    return c
+
+
+def h2_out(c):
+    """The client's bytes after the connection preface (fuzz_h2 sends it)."""
+    out = c.data_to_send()
+    magic = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    return out[len(magic):] if out.startswith(magic) else out
+
+
+def h2_head(method="GET", path="/", extra=()):
+    return [(b":method", method.encode()), (b":scheme", b"https"),
+            (b":authority", b"a.test"), (b":path", path.encode())] + list(extra)
+
+
+def h2_seeds():
+    """fuzz_h2 inputs: a control byte (fuzz_h2.c), then client frames."""
+    import h2.settings
+    seeds = {}
+    c = h2_client()
+    c.send_headers(1, h2_head(extra=[(b"user-agent", b"seed"), (b"cookie", b"a=1"),
+                                     (b"cookie", b"b=2")]), end_stream=True)
+    seeds["get"] = (0x0c, h2_out(c))
+    c = h2_client()
+    body = b"x" * 20000
+    c.send_headers(1, h2_head("POST", "/up", [(b"content-length", str(len(body)).encode())]))
+    c.send_data(1, body[:16000])
+    c.send_data(1, body[16000:], end_stream=True)
+    seeds["post-body"] = (0x8a, h2_out(c))
+    c = h2_client()
+    c.send_headers(1, h2_head("POST", "/grpc", [(b"te", b"trailers"),
+                                               (b"content-type", b"application/grpc")]))
+    c.send_data(1, b"\0\0\0\0\5hello")
+    c.send_headers(1, [(b"grpc-timeout", b"1S")], end_stream=True)
+    seeds["trailers"] = (0x25, h2_out(c))
+    c = h2_client()
+    for i in range(12):
+        c.send_headers(1 + 2 * i, h2_head(path="/%d" % i), end_stream=True)
+    seeds["many-streams"] = (0x4b, h2_out(c))
+    c = h2_client()
+    for i in range(60):
+        c.send_headers(1 + 2 * i, h2_head())
+        c.reset_stream(1 + 2 * i)
+    seeds["rapid-reset"] = (0x0b, h2_out(c))
+    c = h2_client()
+    for i in range(30):
+        c.ping(b"%08d" % i)
+        c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000 + i})
+    c.send_headers(1, h2_head(), end_stream=True)
+    seeds["control"] = (0x0a, h2_out(c))
+    c = h2_client()
+    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.send_headers(1, h2_head(), end_stream=True)
+    c.send_headers(3, h2_head(), end_stream=True)
+    seeds["zero-window"] = (0x0b, h2_out(c))
+    c = h2_client()
+    c.send_headers(1, h2_head(extra=[(b"x-big", b"v" * 20000)]), end_stream=True)
+    c.send_headers(3, h2_head(), end_stream=True)
+    seeds["continuation"] = (0x0b, h2_out(c))
+    c = h2_client(validate=False)
+    c.send_headers(1, [(b":method", b"CONNECT"), (b":protocol", b"websocket"),
+                       (b":scheme", b"https"), (b":path", b"/chat"),
+                       (b":authority", b"a.test")])
+    c.send_data(1, b"hello")
+    c.send_headers(3, [(b":method", b"CONNECT"), (b":authority", b"a.test:443")])
+    seeds["connect"] = (0x1b, h2_out(c))
+    c = h2_client(validate=False)
+    c.send_headers(1, h2_head(extra=[(b"Upper", b"1")]), end_stream=True)
+    c.send_headers(3, h2_head(extra=[(b"connection", b"close")]), end_stream=True)
+    c.send_headers(5, h2_head(extra=[(b"x", b"a\r\nb")]), end_stream=True)
+    c.send_headers(7, h2_head("POST", extra=[(b"content-length", b"3")]))
+    c.send_data(7, b"abcdef", end_stream=True)
+    c.send_headers(9, h2_head(extra=[(b"host", b"other.test")]), end_stream=True)
+    c.send_headers(11, [(b":method", b"GET"), (b":path", b"/")], end_stream=True)
+    seeds["malformed"] = (0x0b, h2_out(c))
+    for name, (ctl, blob) in seeds.items():
+        write("h2", name, bytes([ctl]) + blob)
 
 
 if __name__ == "__main__":

@@ -182,9 +182,11 @@ def start(spawn_kgated, pki, members, http=None, workers=1, **extra):
     return d
 
 
-def curl_urls(pki, port, paths, cert="client", extra=(), timeout=120):
-    """One curl process, one connection when it can keep it: URLs in a row."""
-    cmd = ["curl", "-sS", "--max-time", "100", "--cacert", pki.ca,
+def curl_urls(pki, port, paths, cert="client", extra=(), timeout=120, http="--http1.1"):
+    """One curl process, one connection when it can keep it: URLs in a row.
+    HTTP/1.1 unless http says otherwise ("--http2": ALPN h2, test_h2.py):
+    curl offers h2 by default and the listener takes it."""
+    cmd = ["curl", "-sS", http, "--max-time", "100", "--cacert", pki.ca,
            "--resolve", "localhost:%d:127.0.0.1" % port,
            "-w", "\\n@@connects=%{num_connects} status=%{http_code}\\n"]
     if cert:

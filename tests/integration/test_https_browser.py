@@ -1,7 +1,7 @@
 """The origin's last step, for real: a browser with the client's PKCS#12
 imported opens the https listener and its requests alternate between the
-backends over one keep-alive connection; without the certificate the page
-does not load.
+backends over one keep-alive connection, which the browser speaks HTTP/2
+on; without the certificate the page does not load.
 
 Headless Chromium (Debian's `chromium`) reads client certificates from the
 NSS database under $HOME/.pki/nssdb (filled with pk12util/certutil from
@@ -127,6 +127,10 @@ def test_browser_sees_backends_alternate(pki, spawn_kgated, page_backends, tmp_p
     clients = {e["client"] for e in evs}
     assert len(clients) == 1, clients
     assert all("CN=client1" in e["subject"] for e in evs)
+    # Over HTTP/2 (ALPN h2, the listener's default): every stream one
+    # request, balanced on its own.
+    assert all(e["proto"] == "h2" for e in evs), evs
+    assert len({e["stream"] for e in evs}) == 6, evs
 
 
 def test_browser_without_certificate_fails(pki, spawn_kgated, page_backends, tmp_path,

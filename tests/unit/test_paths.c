@@ -83,3 +83,34 @@ Test(paths, names_and_families)
 	cr_expect(kg_path_is_http(KG_PATH_HTTP) && kg_path_is_http(KG_PATH_HTTP_KTLS));
 	cr_expect(!kg_path_is_http(KG_PATH_KTLS_SPLICE));
 }
+
+/* ALPN h2 moves an https path to its HTTP/2 twin; nothing else moves. */
+static const struct {
+	const char *name;
+	enum kg_path in;
+	const char *alpn;
+	enum kg_path want;
+} alpn_cases[] = {
+	{"https userspace, h2", KG_PATH_HTTP, "h2", KG_PATH_H2},
+	{"https kTLS, h2", KG_PATH_HTTP_KTLS, "h2", KG_PATH_H2_KTLS},
+	{"https userspace, http/1.1", KG_PATH_HTTP, "http/1.1", KG_PATH_HTTP},
+	{"https kTLS, none", KG_PATH_HTTP_KTLS, "", KG_PATH_HTTP_KTLS},
+	{"tls relay, h2", KG_PATH_USERSPACE, "h2", KG_PATH_USERSPACE},
+	{"tls kTLS relay, h2", KG_PATH_KTLS_SPLICE, "h2", KG_PATH_KTLS_SPLICE},
+	{"https, h2c is not h2", KG_PATH_HTTP, "h2c", KG_PATH_HTTP},
+	{"https, a prefix of h2", KG_PATH_HTTP, "h", KG_PATH_HTTP},
+};
+
+Test(paths, alpn_h2_picks_the_http2_twin)
+{
+	for (size_t i = 0; i < sizeof(alpn_cases) / sizeof(alpn_cases[0]); i++) {
+		const char *a = alpn_cases[i].alpn;
+		cr_expect_eq(kg_path_for_alpn(alpn_cases[i].in, (const unsigned char *)a,
+					      (unsigned)strlen(a)),
+			     alpn_cases[i].want, "%s", alpn_cases[i].name);
+	}
+	cr_expect_str_eq(kg_path_name(KG_PATH_H2), "h2-userspace-tls");
+	cr_expect_str_eq(kg_path_name(KG_PATH_H2_KTLS), "h2-ktls");
+	cr_expect(kg_path_hands_off(KG_PATH_H2_KTLS) && !kg_path_hands_off(KG_PATH_H2));
+	cr_expect(kg_path_is_http(KG_PATH_H2) && kg_path_is_http(KG_PATH_H2_KTLS));
+}

@@ -1,0 +1,1416 @@
+/* https connections that speak HTTP/2: the session (h2_session.h) turns
+ * the client's frames into requests, and each stream becomes one HTTP/1.1
+ * exchange with a backend of its own choosing, through the worker's
+ * keep-alive pool, as forward_http.c does per request.
+ *
+ * Client side: plaintext from the connection's client_io (OpenSSL over
+ * memory BIOs, or the kTLS socket itself) goes into kg_h2_feed; what the
+ * session has for the client is taken with kg_h2_output only while the
+ * connection's send queue is drained (on_client_drained), so a client that
+ * does not read pins one queue, never more.
+ *
+ * Per stream: a route, a member (http_balance.h), a pooled socket or a new
+ * connect, a request head rebuilt by http.c from the stream's field list
+ * with the same screening as HTTP/1.1 heads, the body behind it (chunked
+ * when the client gave no content-length), and the response parsed by
+ * http.c with its body de-chunked into DATA frames. Memory per stream is
+ * bounded both ways: the request side holds at most the stream's window
+ * (its bytes are released to the client with kg_h2_consume only once the
+ * backend took them), the response side one receive buffer plus what the
+ * session queues up to the low-water mark (more is read from the backend
+ * only after on_send_room).
+ *
+ * Several backend sockets per client connection: each stream owns its
+ * socket; completions carry it in user_data and the stream is found by it
+ * (fwd.h on_backend_io, on_connect). A stream's socket is closed only
+ * when no operation is in flight on it; conn.c's close kicks them
+ * (h2_on_close) and release frees whatever is left (h2_release). The
+ * connection's own c->bfd stays -1.
+ *
+ * Session callbacks run inside kg_h2_feed and kg_h2_output: they only
+ * record and mark the stream; the marked streams move on afterwards
+ * (run_marked), outside the session. */
+#include "forward_h2.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/x509.h>
+
+#include <kgate/limits.h>
+#include <kgate/log.h>
+
+#include "backend.h"
+#include "backend_pool.h"
+#include "client_io.h"
+#include "conn.h"
+#include "group.h"
+#include "h2_session.h"
+#include "health.h"
+#include "http.h"
+#include "http_balance.h"
+#include "ktls.h"
+#include "listener.h"
+#include "routes.h"
+#include "runtime.h"
+#include "tls.h"
+#include "worker.h"
+
+_Static_assert(KG_H2_DEFAULT_MAX_STREAMS == KG_H2_MAX_STREAMS_DEFAULT,
+	       "limits.h and h2_session.h disagree on the default h2_max_streams");
+
+/* A stream's response queue in the session below this: the backend is
+ * read again. One receive buffer above it at most. */
+#define H2_SEND_LOW_WATER (16u * 1024u)
+/* Plaintext handed to the client per drained send queue: about one
+ * pool buffer of records. */
+#define H2_OUT_BATCH KG_IO_BUF_SIZE
+/* Streams a client may reset (or have refused) per second, burst twice
+ * that: beyond, the connection ends (rapid reset, CVE-2023-44487). Real
+ * browsers cancel a few streams per navigation. */
+#define H2_RESET_BUDGET 100u
+/* SETTINGS, PING, PRIORITY and empty frames per second, burst twice. */
+#define H2_CONTROL_BUDGET 100u
+/* A chunk header written before its size is known: 8 hex digits (leading
+ * zeros are valid chunk-size) and CRLF, rewritten as data is added. */
+#define CHUNK_HDR 10u
+/* Room in a request buffer beyond the head and the window: an open
+ * chunk's header and CRLF, one closed chunk's, and the last chunk. */
+#define CHUNK_SLACK 64u
+/* Abuse log lines: at most one per this long per worker. */
+#define ABUSE_LOG_MS 1000u
+
+struct h2_conn;
+
+struct h2_stream {
+	struct h2_conn *owner;
+	struct h2_stream *next;      /* the connection's streams */
+	struct h2_stream *next_mark; /* marked to move on (run_marked) */
+	bool marked;
+	int32_t id;
+	bool open;       /* the session still has it (on_stream_close not yet) */
+	bool answered;   /* END_STREAM or RST_STREAM queued for the client */
+	uint64_t deadline_ms;
+	uint64_t start_ms;
+
+	/* Request to the backend: [0, osent) sent, [osent, osent +
+	 * inflight) in flight, the rest queued; open_chunk is the offset
+	 * of the chunk still growing (UINT32_MAX: none). */
+	unsigned char *obuf;
+	uint32_t ocap, olen, osent, inflight, open_chunk;
+	uint32_t queued_data, inflight_data; /* body bytes (not framing) not yet consumed */
+	uint32_t drop_consume;               /* body bytes dropped, to release */
+	bool has_body, chunked, req_end, final_queued;
+
+	/* Backend. */
+	struct kg_group_rt *group;
+	int member;
+	bool member_counted;
+	struct kg_backend_walk walk;
+	int fd;
+	bool connecting, recv_busy, send_busy, reused, retried, failed, detached;
+	bool kicked; /* its operations were told to end (kick_backend) */
+	int fail_res;
+	int err_status; /* an answer kgate makes, once the stream can take it */
+	const char *err_why;
+
+	/* Response. */
+	unsigned char *bbuf;
+	uint32_t bcap, blen, bparsed;
+	struct kg_http_msg resp;
+	bool resp_init, head_pending, resp_started, resp_done, dirty, waiting_room, quickacked;
+
+	/* Access log. */
+	int status;
+	bool logged;
+	char method[16];
+	char target[160];
+	const char *route;
+	uint64_t bytes_in, bytes_out;
+};
+
+struct h2_conn {
+	struct kg_conn *c;
+	const struct kg_client_io *io;
+	struct kg_h2 *h2;
+	struct h2_stream *streams;
+	struct h2_stream *marked;
+	unsigned n_streams;
+	bool writing;       /* plaintext handed to the client, not drained yet */
+	bool poll_in_armed; /* kTLS: POLLIN on the client socket */
+	bool shut;          /* GOAWAY queued (drain, keep-alive timeout) */
+	uint64_t shut_at_ms; /* when the keep-alive timeout queued it, 0 before */
+	bool ending;        /* closing once the queue drained */
+	bool client_done;
+	bool feeding;       /* inside kg_h2_feed or kg_h2_output */
+	unsigned char *early_copy; /* plaintext that came before forwarding started */
+	size_t early_len;
+	uint64_t idle_deadline_ms; /* no stream open: keep-alive timeout */
+	struct kg_http_client who; /* the client's address, identity, policy (http_balance.h) */
+};
+
+static struct h2_conn *h2_of(const struct kg_conn *c)
+{
+	return c->fwd_ctx;
+}
+
+static const struct kg_http_conf *conf_of(const struct kg_conn *c)
+{
+	return &c->listener->conf->http;
+}
+
+static void stream_step(struct h2_stream *s);
+static void pump_output(struct kg_conn *c);
+static void arm_recv(struct h2_stream *s);
+
+/* ---- marks: streams to move on after a session call ---- */
+
+static void mark(struct h2_stream *s)
+{
+	if (s->marked)
+		return;
+	s->marked = true;
+	s->next_mark = s->owner->marked;
+	s->owner->marked = s;
+}
+
+static void free_stream(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
+	for (struct h2_stream **pp = &h->streams; *pp; pp = &(*pp)->next)
+		if (*pp == s) {
+			*pp = s->next;
+			break;
+		}
+	for (struct h2_stream **pp = &h->marked; *pp; pp = &(*pp)->next_mark)
+		if (*pp == s) {
+			*pp = s->next_mark;
+			break;
+		}
+	h->n_streams--;
+	if (h->n_streams == 0)
+		h->idle_deadline_ms = c->worker->now_ms + conf_of(c)->keepalive_timeout_ms;
+	if (s->resp_init)
+		kg_http_msg_free(&s->resp);
+	free(s->obuf);
+	if (s->bbuf)
+		kg_buf_put(&c->worker->bufs, s->bbuf);
+	free(s);
+}
+
+/* Moves the marked streams on; a step may mark others (or itself) again. */
+static void run_marked(struct h2_conn *h)
+{
+	while (h->marked && h->c->state == KG_CONN_FORWARDING) {
+		struct h2_stream *s = h->marked;
+		h->marked = s->next_mark;
+		s->marked = false;
+		stream_step(s);
+	}
+}
+
+/* ---- access log ---- */
+
+static void access_log(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
+	const struct kg_http_conf *hc = conf_of(c);
+	struct kg_worker *w = c->worker;
+	if (s->logged)
+		return;
+	s->logged = true;
+	if (!hc->access_log || atomic_load_explicit(&w->stats.http_requests, memory_order_relaxed) %
+					   hc->access_log_sample != 0)
+		return;
+	const char *backend = s->member >= 0 && s->group ? s->group->conf->backends[s->member].address
+							 : "";
+	/* Not level-tested: the operator asked for these lines. */
+	kg_log_always(KG_LOG_INFO, "http.access", KV("listener", c->listener->conf->name),
+		      KV("client", h->who.peer), KV("subject", h->who.subject), KV("proto", "h2"),
+		      KV("stream", (long long)s->id), KV("method", s->method),
+		      KV("target", s->target), KV("status", s->status), KV("route", s->route),
+		      KV("backend", backend), KV("bytes_in", s->bytes_in),
+		      KV("bytes_out", s->bytes_out), KV("ms", w->now_ms - s->start_ms));
+}
+
+/* ---- answers made by kgate ---- */
+
+/* 400, 403, 404, 421, 500, 502, 503, 504 as a response on the stream; a
+ * stream whose response had started can only be reset. */
+static void answer_error(struct h2_stream *s, int status, const char *why)
+{
+	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
+	struct kg_worker *w = c->worker;
+	if (s->answered || !s->open)
+		return;
+	s->answered = true;
+	if (s->resp_started) {
+		kg_h2_reset(h->h2, s->id, 2 /* INTERNAL_ERROR */);
+		access_log(s);
+		return;
+	}
+	kg_count(w, http_errors);
+	kg_worker_warn(w, "http.error_response", KV("listener", c->listener->conf->name),
+		       KV("client", h->who.peer), KV("status", status),
+		       KV("status_text", kg_http_reason(status)), KV("reason", why));
+	s->status = status;
+	char body[64];
+	int n = snprintf(body, sizeof(body), "%d %s\n", status, kg_http_reason(status));
+	char len[16];
+	snprintf(len, sizeof(len), "%d", n);
+	const struct kg_h2_field f[] = {
+		{"content-type", 12, "text/plain", 10},
+		{"content-length", 14, len, strlen(len)},
+	};
+	s->resp_started = true;
+	if (kg_h2_respond(h->h2, s->id, status, f, 2, false) < 0 ||
+	    kg_h2_send_data(h->h2, s->id, body, (size_t)n, true, H2_SEND_LOW_WATER) < 0)
+		kg_h2_reset(h->h2, s->id, 2 /* INTERNAL_ERROR */);
+	s->bytes_out += (uint64_t)n;
+	access_log(s);
+}
+
+/* ---- backend socket ---- */
+
+static bool backend_busy(const struct h2_stream *s)
+{
+	return s->connecting || s->recv_busy || s->send_busy;
+}
+
+/* Gives the stream's socket back to the pool, or closes it. Nothing may
+ * be in flight on it. */
+static void detach_backend(struct h2_stream *s, bool reusable)
+{
+	struct kg_conn *c = s->owner->c;
+	if (s->fd >= 0) {
+		const struct kg_backend_conf *b = &s->group->conf->backends[s->member];
+		const struct kg_http_conf *hc = conf_of(c);
+		if (!reusable ||
+		    !kg_backend_pool_put(c->worker->pool,
+					 kg_http_pool_key(c->listener, c->listener_idx, s->group),
+					 &b->addr, b->addrlen, s->fd, hc->pool_max_idle,
+					 hc->pool_idle_timeout_ms, c->worker->now_ms))
+			close(s->fd);
+		s->fd = -1;
+	}
+	if (s->member_counted)
+		kg_health_conn_end(s->group->health, (size_t)s->member);
+	s->member_counted = false;
+	if (s->bbuf)
+		kg_buf_put(&c->worker->bufs, s->bbuf);
+	s->bbuf = NULL;
+	s->blen = s->bparsed = 0;
+	s->detached = true;
+}
+
+/* Ends what runs on the stream's socket: its operations complete (with an
+ * error) and the stream moves on from their completions. */
+static void kick_backend(struct h2_stream *s)
+{
+	struct kg_conn *c = s->owner->c;
+	if (s->fd < 0 || s->kicked)
+		return;
+	s->kicked = true;
+	if (s->connecting) {
+		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HTTP_CONNECT, c->idx, s->fd), 0);
+		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, c->idx, -1));
+	} else {
+		shutdown(s->fd, SHUT_RDWR);
+	}
+}
+
+static void set_deadline(struct h2_stream *s, uint64_t at)
+{
+	s->deadline_ms = at;
+	kg_conn_timer_at(s->owner->c, at);
+}
+
+static void attach(struct h2_stream *s, int m, int fd, bool reused)
+{
+	struct kg_conn *c = s->owner->c;
+	s->fd = fd;
+	s->member = m;
+	s->reused = reused;
+	s->failed = false;
+	s->detached = false;
+	s->kicked = false;
+	kg_health_conn_start(s->group->health, (size_t)m);
+	s->member_counted = true;
+	s->blen = s->bparsed = 0;
+	s->resp_done = false;
+	s->quickacked = false;
+	kg_http_restart(&s->resp);
+	s->resp.head_only_response = strcmp(s->method, "HEAD") == 0;
+	s->resp.on_body = NULL; /* set again by process_response */
+	s->osent = 0;
+	s->inflight = 0;
+	set_deadline(s, c->worker->now_ms + conf_of(c)->response_timeout_ms);
+	if (!s->bbuf && !(s->bbuf = kg_buf_get(&c->worker->bufs))) {
+		s->err_status = 500;
+		s->err_why = "out of memory for a response buffer";
+		return;
+	}
+	s->bcap = KG_POOL_BUF_SIZE;
+}
+
+/* The member for the stream, pooled socket or connect; an answer when
+ * none is left. */
+static void pick(struct h2_stream *s)
+{
+	struct kg_conn *c = s->owner->c;
+	struct kg_worker *w = c->worker;
+	int m, fd, status;
+	switch (kg_http_pick(w, c->listener, c->listener_idx, s->group, &s->walk, &m, &fd,
+			     &status)) {
+	case KG_HTTP_PICK_NONE:
+		s->err_status = status;
+		s->err_why = status == 502 ? "no backend could be connected" : "no backend in rotation";
+		return;
+	case KG_HTTP_PICK_POOLED:
+		attach(s, m, fd, true);
+		return;
+	case KG_HTTP_PICK_CONNECT:
+		break;
+	}
+	fd = kg_conn_submit_connect_to(c, s->group, &s->walk, m, KG_OP_HTTP_CONNECT);
+	if (fd < 0) {
+		s->err_status = 502;
+		s->err_why = "no backend socket";
+		return;
+	}
+	kg_count(w, http_backend_connects);
+	s->fd = fd;
+	s->member = m;
+	s->connecting = true;
+}
+
+/* The request's next bytes to the backend: the open chunk closed, the
+ * last chunk once the client ended, everything queued in one send. */
+static void backend_send(struct h2_stream *s)
+{
+	struct kg_conn *c = s->owner->c;
+	if (s->fd < 0 || s->connecting || s->send_busy || s->failed || s->detached)
+		return;
+	if (s->open_chunk != UINT32_MAX) {
+		memcpy(s->obuf + s->olen, "\r\n", 2);
+		s->olen += 2;
+		s->open_chunk = UINT32_MAX;
+	}
+	if (s->req_end && s->chunked && !s->final_queued) {
+		memcpy(s->obuf + s->olen, "0\r\n\r\n", 5);
+		s->olen += 5;
+		s->final_queued = true;
+	}
+	/* A request without a body keeps its head where it is: a pooled
+	 * socket found closed sends it again (backend_broke). */
+	if (s->osent > 0 && s->has_body) {
+		memmove(s->obuf, s->obuf + s->osent, s->olen - s->osent);
+		s->olen -= s->osent;
+		s->osent = 0;
+	}
+	if (s->olen == s->osent)
+		return;
+	s->inflight = s->olen - s->osent;
+	s->inflight_data = s->queued_data;
+	s->queued_data = 0;
+	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	io_uring_prep_send(sqe, s->fd, s->obuf + s->osent, s->inflight, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, s->fd));
+	s->send_busy = true;
+	c->inflight++;
+}
+
+static void arm_recv(struct h2_stream *s)
+{
+	struct kg_conn *c = s->owner->c;
+	if (s->recv_busy || s->resp_done || s->fd < 0 || s->connecting || s->failed ||
+	    s->detached || s->waiting_room || !s->bbuf || s->blen == s->bcap)
+		return;
+	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+	io_uring_prep_recv(sqe, s->fd, s->bbuf + s->blen, s->bcap - s->blen, 0);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_RECV, c->idx, s->fd));
+	s->recv_busy = true;
+	c->inflight++;
+}
+
+/* The request went out in full: the client ended it and every byte
+ * reached the backend. */
+static bool request_sent(const struct h2_stream *s)
+{
+	return s->req_end && (!s->chunked || s->final_queued) && s->open_chunk == UINT32_MAX &&
+	       s->osent == s->olen && !s->send_busy;
+}
+
+/* ---- response ---- */
+
+/* The parsed head goes to the client: names lower case (HTTP/2 wants
+ * them so; the head is ours to rewrite in place), hop-by-hop fields left
+ * out. */
+static int flush_head(struct h2_stream *s, bool end)
+{
+	struct h2_conn *h = s->owner;
+	unsigned max = s->resp.n_fields;
+	s->head_pending = false;
+	struct kg_http_pair *pairs = max ? calloc(max, sizeof(*pairs)) : NULL;
+	struct kg_h2_field *f = max ? calloc(max, sizeof(*f)) : NULL;
+	if (max && (!pairs || !f)) {
+		free(pairs);
+		free(f);
+		return -ENOMEM;
+	}
+	int n = kg_http_response_pairs(&s->resp, pairs, max);
+	for (int i = 0; i < n; i++) {
+		char *name = (char *)pairs[i].name;
+		for (size_t k = 0; k < pairs[i].name_len; k++)
+			if (name[k] >= 'A' && name[k] <= 'Z')
+				name[k] = (char)(name[k] - 'A' + 'a');
+		f[i] = (struct kg_h2_field){pairs[i].name, pairs[i].name_len, pairs[i].value,
+					    pairs[i].value_len};
+	}
+	int r = n < 0 ? n : kg_h2_respond(h->h2, s->id, s->status, f, (size_t)n, end);
+	free(pairs);
+	free(f);
+	s->resp_started = true;
+	if (end)
+		s->answered = true;
+	return r;
+}
+
+static void on_resp_body(void *ctx, const unsigned char *p, size_t n)
+{
+	struct h2_stream *s = ctx;
+	if (s->answered || !s->open)
+		return;
+	if (s->head_pending && flush_head(s, false) < 0) {
+		s->err_status = 502;
+		s->err_why = "response head not sent";
+		return;
+	}
+	if (kg_h2_send_data(s->owner->h2, s->id, p, n, false, H2_SEND_LOW_WATER) == 0) {
+		s->bytes_out += n;
+		kg_count_add(&s->owner->c->worker->stats.forwarded_b2c, n);
+	}
+}
+
+/* The response's end: the head with END_STREAM when nothing else was
+ * sent, else an empty last DATA frame. */
+static void end_response(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	s->resp_done = true;
+	if (s->answered || !s->open)
+		return;
+	int r = s->head_pending ? flush_head(s, true)
+				: kg_h2_send_data(h->h2, s->id, NULL, 0, true, H2_SEND_LOW_WATER);
+	s->answered = true;
+	if (r < 0)
+		kg_h2_reset(h->h2, s->id, 2 /* INTERNAL_ERROR */);
+	access_log(s);
+}
+
+/* Parses what the backend sent; body bytes go to the session as they are
+ * de-chunked. */
+static void process_response(struct h2_stream *s)
+{
+	s->resp.on_body = on_resp_body;
+	s->resp.body_ctx = s;
+	while (!s->resp_done && s->err_status == 0 &&
+	       s->bparsed < s->blen + (s->resp.phase == KG_HTTP_PHASE_BODY)) {
+		size_t used;
+		int status = 0;
+		const char *why = "";
+		enum kg_http_step st = kg_http_feed(&s->resp, s->bbuf, s->bbuf + s->bparsed,
+						    s->blen - s->bparsed, &used, &status, &why);
+		s->bparsed += (uint32_t)used;
+		switch (st) {
+		case KG_HTTP_HEAD: {
+			int code = kg_http_status(&s->resp);
+			if (code == 101) {
+				s->err_status = 502;
+				s->err_why = "backend switched protocols";
+				return;
+			}
+			if (code >= 200) {
+				s->status = code;
+				s->head_pending = true;
+				if (kg_http_needs_eof(&s->resp))
+					s->dirty = true;
+			}
+			continue;
+		}
+		case KG_HTTP_MORE:
+			if (s->resp.phase == KG_HTTP_PHASE_HEAD && s->blen == s->bcap) {
+				s->err_status = 502;
+				s->err_why = "response head too large";
+				return;
+			}
+			goto out;
+		case KG_HTTP_DONE:
+			if (kg_http_status(&s->resp) < 200) {
+				/* An interim response (100 Continue): HTTP/2
+				 * clients need none; the final one follows from
+				 * offset 0 like every head. */
+				kg_http_next(&s->resp);
+				s->resp.head_only_response = strcmp(s->method, "HEAD") == 0;
+				memmove(s->bbuf, s->bbuf + s->bparsed, s->blen - s->bparsed);
+				s->blen -= s->bparsed;
+				s->bparsed = 0;
+				continue;
+			}
+			if (s->bparsed < s->blen)
+				s->dirty = true; /* bytes nobody asked for */
+			end_response(s);
+			goto out;
+		case KG_HTTP_ERROR:
+			s->err_status = 502;
+			s->err_why = why;
+			return;
+		}
+	}
+out:
+	if (s->resp.phase != KG_HTTP_PHASE_HEAD && !s->resp_done) {
+		/* The head's fields point into the buffer: it goes before the
+		 * buffer is reused. */
+		if (s->head_pending && s->open && !s->answered && flush_head(s, false) < 0) {
+			s->err_status = 502;
+			s->err_why = "response head not sent";
+			return;
+		}
+		/* Every body byte went to the session: the buffer is free. */
+		s->blen = s->bparsed = 0;
+		if (s->open && kg_h2_send_pending(s->owner->h2, s->id) >= H2_SEND_LOW_WATER)
+			s->waiting_room = true;
+	}
+}
+
+/* ---- a stream's progress ---- */
+
+/* The backend connection broke before the response ended. A pooled
+ * socket the backend had closed while idle gets the request again on a
+ * fresh one (once, and only for a request without a body); otherwise
+ * 502, or a reset once the response started. */
+static void backend_broke(struct h2_stream *s, int res)
+{
+	if (!s->failed) {
+		s->failed = true;
+		s->fail_res = res;
+		if (backend_busy(s))
+			shutdown(s->fd, SHUT_RDWR);
+	}
+	if (backend_busy(s))
+		return;
+	bool may_retry = s->reused && !s->retried && !s->resp_started && s->blen == 0 &&
+			 !s->has_body && s->open;
+	detach_backend(s, false);
+	if (may_retry) {
+		s->retried = true;
+		s->walk.attempts = 0;
+		s->detached = false;
+		log_debug("http.pool_retry", KV("listener", s->owner->c->listener->conf->name),
+			  KV("reason", "pooled backend connection was closed; request sent again"));
+		/* The head is still at the start of obuf (no body). */
+		s->osent = 0;
+		pick(s);
+		mark(s);
+		return;
+	}
+	if (!s->err_status) {
+		s->err_status = 502;
+		s->err_why = s->fail_res == 0 ? "backend connection closed before the response ended"
+					      : "backend connection failed before the response ended";
+	}
+	mark(s);
+}
+
+/* Everything a stream does next, from wherever it is. */
+static void stream_step(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
+	struct kg_worker *w = c->worker;
+
+	if (s->drop_consume && s->open) {
+		kg_h2_consume(h->h2, s->id, s->drop_consume);
+		s->drop_consume = 0;
+	}
+	if (s->err_status) {
+		if (s->fd >= 0 && !s->detached) {
+			if (backend_busy(s)) {
+				kick_backend(s);
+				return; /* back here from the completions */
+			}
+			detach_backend(s, false);
+		}
+		answer_error(s, s->err_status, s->err_why);
+		s->err_status = 0;
+		s->err_why = NULL;
+	}
+	if (!s->open) {
+		/* The client reset it, or it ended: once the socket is quiet
+		 * the stream goes. */
+		if (s->fd >= 0 && !s->detached) {
+			if (backend_busy(s)) {
+				kick_backend(s);
+				return;
+			}
+			detach_backend(s, false);
+		}
+		if (!backend_busy(s)) {
+			if (!s->logged)
+				access_log(s);
+			free_stream(s);
+		}
+		return;
+	}
+	if (s->detached || s->fd < 0 || s->connecting)
+		return;
+	backend_send(s);
+	arm_recv(s);
+	if (s->resp_done) {
+		if (!request_sent(s)) {
+			/* The backend answered before the request was all sent:
+			 * its stream cannot be resynchronised. */
+			s->dirty = true;
+			if (backend_busy(s)) {
+				shutdown(s->fd, SHUT_RDWR);
+				return;
+			}
+		}
+		if (backend_busy(s))
+			return;
+		bool reusable = !s->dirty && kg_http_keep_alive(&s->resp) && !w->draining;
+		detach_backend(s, reusable);
+	}
+}
+
+/* ---- session callbacks (inside kg_h2_feed / kg_h2_output) ---- */
+
+static struct h2_stream *new_stream(struct h2_conn *h, int32_t id)
+{
+	struct h2_stream *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	if (kg_http_msg_init(&s->resp, false, conf_of(h->c)->max_headers) < 0) {
+		free(s);
+		return NULL;
+	}
+	s->resp_init = true;
+	s->owner = h;
+	s->id = id;
+	s->open = true;
+	s->fd = -1;
+	s->member = -1;
+	s->open_chunk = UINT32_MAX;
+	s->route = "";
+	s->start_ms = h->c->worker->now_ms;
+	s->next = h->streams;
+	h->streams = s;
+	h->n_streams++;
+	return s;
+}
+
+/* Whether the request may go on: the 403 mode of access rules, and 421
+ * for a host another client policy serves. 0, or the status. */
+static int refuse_status(struct h2_conn *h, const struct kg_h2_request *req, const char **why)
+{
+	struct kg_conn *c = h->c;
+	if (c->access_denied_rule) {
+		*why = "access denied by an access rule";
+		return 403;
+	}
+	if (c->listener->conf->n_sni == 0)
+		return 0;
+	bool named = false;
+	if (req->authority) {
+		named = true;
+		if (!kg_http_host_allowed(c->listener->conf, h->who.policy, req->authority,
+					  strlen(req->authority)))
+			goto misdirected;
+	}
+	for (size_t i = 0; i < req->n_fields; i++) {
+		const struct kg_h2_field *f = &req->fields[i];
+		if (strcmp(f->name, "host") != 0)
+			continue;
+		named = true;
+		if (!kg_http_host_allowed(c->listener->conf, h->who.policy, f->value, f->value_len))
+			goto misdirected;
+	}
+	if (named || kg_http_host_allowed(c->listener->conf, h->who.policy, "", 0))
+		return 0;
+misdirected:
+	kg_count(c->worker, http_misdirected);
+	*why = "the Host is served under another client policy than this connection's server name";
+	return 421;
+}
+
+static void count_screened(struct h2_conn *h, const struct kg_http_screen *sc)
+{
+	struct kg_worker *w = h->c->worker;
+	kg_count_add(&w->stats.http_hdr_dropped_reserved, sc->dropped[KG_HTTP_DROP_RESERVED]);
+	kg_count_add(&w->stats.http_hdr_dropped_underscore, sc->dropped[KG_HTTP_DROP_UNDERSCORE]);
+	if (sc->rejected)
+		kg_count(w, http_rejected_underscore);
+}
+
+/* The request head for the backend, and where the stream goes. An answer
+ * kgate makes instead is left in err_status. */
+static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
+{
+	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
+	snprintf(s->method, sizeof(s->method), "%s", req->method);
+	snprintf(s->target, sizeof(s->target), "%s", req->path ? req->path : "");
+	if (!req->path) {
+		/* CONNECT (RFC 8441 or plain): not forwarded to HTTP/1.1. */
+		s->err_status = 400;
+		s->err_why = "CONNECT is not forwarded";
+		s->req_end = true;
+		return;
+	}
+	s->has_body = !req->end_stream;
+	s->chunked = s->has_body && req->content_length < 0;
+	s->req_end = req->end_stream;
+	int status = refuse_status(h, req, &s->err_why);
+	if (status) {
+		s->err_status = status;
+		return;
+	}
+	const struct kg_http_request_line rl = {
+		.method = req->method, .target = req->path, .host = req->authority,
+		.chunked = s->chunked};
+	struct kg_buf head = {0};
+	struct kg_http_screen screen;
+	/* struct kg_h2_field and struct kg_http_pair are the same four
+	 * members; copied rather than cast. */
+	struct kg_http_pair *pairs = req->n_fields ? calloc(req->n_fields, sizeof(*pairs)) : NULL;
+	if (req->n_fields && !pairs) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		return;
+	}
+	for (size_t i = 0; i < req->n_fields; i++)
+		pairs[i] = (struct kg_http_pair){req->fields[i].name, req->fields[i].name_len,
+						 req->fields[i].value, req->fields[i].value_len};
+	int r = kg_http_build_request_pairs(&head, &rl, pairs, req->n_fields, &h->who.ident, &screen);
+	free(pairs);
+	count_screened(h, &screen);
+	if (r < 0) {
+		kg_buf_free(&head);
+		s->err_status = r == -EPERM ? 400 : 500;
+		s->err_why = r == -EPERM ? "underscore in a header name" : "out of memory";
+		return;
+	}
+	s->ocap = (uint32_t)head.len + (s->has_body ? KG_H2_DEFAULT_WINDOW + CHUNK_SLACK : 0);
+	s->obuf = malloc(s->ocap);
+	if (!s->obuf) {
+		kg_buf_free(&head);
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		return;
+	}
+	memcpy(s->obuf, head.data, head.len);
+	s->olen = (uint32_t)head.len;
+	s->bytes_in = head.len;
+	kg_buf_free(&head);
+
+	struct kg_route_req q = {.target = req->path, .target_len = strlen(req->path),
+				 .method = req->method, .cert_bits = h->who.route_cert_bits};
+	if (req->authority) {
+		q.host = req->authority;
+		q.host_len = strlen(req->authority);
+	} else {
+		for (size_t i = 0; i < req->n_fields; i++)
+			if (strcmp(req->fields[i].name, "host") == 0) {
+				q.host = req->fields[i].value;
+				q.host_len = req->fields[i].value_len;
+				break;
+			}
+	}
+	s->group = kg_http_route(c->listener, &q, &s->route);
+	if (!s->group) {
+		s->err_status = 404;
+		s->err_why = "no route matched and no default group";
+		return;
+	}
+	pick(s);
+}
+
+static int on_request(void *ctx, int32_t id, const struct kg_h2_request *req)
+{
+	struct h2_conn *h = ctx;
+	struct kg_conn *c = h->c;
+	if (h->shut || h->ending)
+		return -ECONNREFUSED; /* draining: GOAWAY said which streams count */
+	struct h2_stream *s = new_stream(h, id);
+	if (!s)
+		return -ENOMEM;
+	kg_h2_set_stream_user(h->h2, id, s);
+	kg_count(c->worker, http_requests);
+	kg_count(c->worker, h2_streams);
+	begin_request(s, req);
+	mark(s);
+	return 0;
+}
+
+static void on_body(void *ctx, int32_t id, void *user, const uint8_t *p, size_t n)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s)
+		return;
+	s->bytes_in += n;
+	if (s->detached || s->err_status || s->answered || !s->obuf || !s->has_body) {
+		/* Nobody takes it any more: released unread. */
+		s->drop_consume += (uint32_t)n;
+		mark(s);
+		return;
+	}
+	if (s->chunked && s->open_chunk == UINT32_MAX) {
+		s->open_chunk = s->olen;
+		s->olen += CHUNK_HDR;
+	}
+	if (s->olen + n + CHUNK_SLACK / 2 > s->ocap) {
+		/* More than the window the session advertised: it bounds what
+		 * a client may send unconsumed, so this is not reached. */
+		s->err_status = 500;
+		s->err_why = "request body past the stream window";
+		s->drop_consume += (uint32_t)n;
+		mark(s);
+		return;
+	}
+	memcpy(s->obuf + s->olen, p, n);
+	s->olen += (uint32_t)n;
+	s->queued_data += (uint32_t)n;
+	if (s->chunked) {
+		char hdr[CHUNK_HDR + 1];
+		snprintf(hdr, sizeof(hdr), "%08x\r\n", s->olen - s->open_chunk - CHUNK_HDR);
+		memcpy(s->obuf + s->open_chunk, hdr, CHUNK_HDR);
+	}
+	mark(s);
+}
+
+static void on_body_end(void *ctx, int32_t id, void *user)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s)
+		return;
+	s->req_end = true;
+	mark(s);
+}
+
+static void on_send_room(void *ctx, int32_t id, void *user)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s)
+		return;
+	s->waiting_room = false;
+	mark(s);
+}
+
+static void on_stream_close(void *ctx, int32_t id, void *user, uint32_t error_code)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s)
+		return;
+	s->open = false;
+	if (error_code && !s->answered)
+		s->answered = true; /* reset: nothing more goes out on it */
+	mark(s);
+}
+
+static void on_abuse(void *ctx, int32_t stream_id, enum kg_h2_abuse kind)
+{
+	struct h2_conn *h = ctx;
+	struct kg_worker *w = h->c->worker;
+	switch (kind) {
+#define H2_ABUSE_CASE(k, field)                                                                    \
+	case k:                                                                                    \
+		kg_count(w, field);                                                                \
+		break;
+		H2_ABUSE_CASE(KG_H2_ABUSE_STREAMS, h2_abuse_streams)
+		H2_ABUSE_CASE(KG_H2_ABUSE_HEADER_LIST, h2_abuse_header_list)
+		H2_ABUSE_CASE(KG_H2_ABUSE_RAPID_RESET, h2_abuse_rapid_reset)
+		H2_ABUSE_CASE(KG_H2_ABUSE_CONTINUATION, h2_abuse_continuation)
+		H2_ABUSE_CASE(KG_H2_ABUSE_HPACK, h2_abuse_hpack)
+		H2_ABUSE_CASE(KG_H2_ABUSE_CONTROL_FLOOD, h2_abuse_control_flood)
+		H2_ABUSE_CASE(KG_H2_ABUSE_MALFORMED, h2_abuse_malformed)
+		H2_ABUSE_CASE(KG_H2_ABUSE_PROTOCOL, h2_abuse_protocol)
+#undef H2_ABUSE_CASE
+	case KG_H2_ABUSE_KINDS:
+		return;
+	}
+	/* kg_worker_warn is rate-limited per worker: a flood of these is one
+	 * line now and then, the counters carry the rest. */
+	kg_worker_warn(w, "h2.abuse", KV("listener", h->c->listener->conf->name),
+		       KV("client", h->who.peer), KV("kind", kg_h2_abuse_names[kind]),
+		       KV("stream", (long long)stream_id));
+}
+
+static const struct kg_h2_handler handler = {
+	.on_request = on_request,
+	.on_body = on_body,
+	.on_body_end = on_body_end,
+	.on_send_room = on_send_room,
+	.on_stream_close = on_stream_close,
+	.on_abuse = on_abuse,
+};
+
+/* ---- client side ---- */
+
+/* close_notify after what is queued, then close. */
+static void end_connection(struct kg_conn *c, const char *reason)
+{
+	struct h2_conn *h = h2_of(c);
+	if (h->ending)
+		return;
+	h->ending = true;
+	h->io->end(c);
+	if (!h->io->kernel)
+		c->close_after_flush = true;
+	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
+	kg_conn_flush_client(c);
+}
+
+/* What the session has for the client, while its send queue is drained:
+ * one batch, then wait for on_client_drained. */
+static void pump_output(struct kg_conn *c)
+{
+	struct h2_conn *h = h2_of(c);
+	if (c->state != KG_CONN_FORWARDING || h->writing || h->ending)
+		return;
+	size_t total = 0;
+	while (total < H2_OUT_BATCH) {
+		const uint8_t *p;
+		h->feeding = true;
+		ssize_t n = kg_h2_output(h->h2, &p);
+		h->feeding = false;
+		if (n < 0) {
+			kg_conn_close(c, "HTTP/2 session failed");
+			return;
+		}
+		if (n == 0)
+			break;
+		if (h->io->write(c, p, (size_t)n) < 0)
+			return; /* closed */
+		total += (size_t)n;
+	}
+	run_marked(h);
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (total > 0) {
+		h->writing = true;
+		kg_conn_flush_client(c);
+		return;
+	}
+	if (kg_h2_done(h->h2))
+		end_connection(c, h->shut ? "drained" : "HTTP/2 session over");
+}
+
+static void feed(struct kg_conn *c, const unsigned char *p, size_t n)
+{
+	struct h2_conn *h = h2_of(c);
+	h->feeding = true;
+	int r = kg_h2_feed(h->h2, p, n);
+	h->feeding = false;
+	if (r == -ENOMEM) {
+		kg_conn_close(c, "out of memory for the HTTP/2 session");
+		return;
+	}
+	/* -EPROTO: GOAWAY is queued; it goes out, then kg_h2_done closes. */
+	run_marked(h);
+}
+
+/* Reads and feeds the client's plaintext until none is left. */
+static void read_client(struct kg_conn *c)
+{
+	struct h2_conn *h = h2_of(c);
+	if (h->early_len > 0) {
+		size_t n = h->early_len;
+		h->early_len = 0;
+		feed(c, h->early_copy, n);
+		free(h->early_copy);
+		h->early_copy = NULL;
+	}
+	unsigned char *buf = kg_buf_get(&c->worker->bufs);
+	if (!buf) {
+		kg_conn_close(c, "out of memory for a request buffer");
+		return;
+	}
+	while (c->state == KG_CONN_FORWARDING && !h->client_done) {
+		int n = h->io->read(c, buf, KG_IO_BUF_SIZE);
+		if (n > 0) {
+			kg_count_add(&c->worker->stats.forwarded_c2b, (uint64_t)n);
+			kg_conn_touch(c); /* kTLS reads pass by conn.c's receive */
+			feed(c, buf, (size_t)n);
+			continue;
+		}
+		if (n == KG_CIO_WANT && h->io->kernel)
+			kg_conn_arm_poll(c, c->cfd, POLLIN, KG_OP_POLL_IN, &h->poll_in_armed);
+		else if (n == KG_CIO_EOF)
+			h->client_done = true;
+		break;
+	}
+	kg_buf_put(&c->worker->bufs, buf);
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (h->client_done) {
+		/* Streams cannot be answered to a client that is gone. */
+		kg_conn_close(c, h->n_streams ? "client closed mid-stream" : "client closed");
+		return;
+	}
+	pump_output(c);
+}
+
+static void h2_on_client_data(struct kg_conn *c)
+{
+	read_client(c);
+}
+
+static void h2_on_client_drained(struct kg_conn *c)
+{
+	struct h2_conn *h = h2_of(c);
+	if (h->ending) {
+		if (h->io->kernel) {
+			kg_ktls_send_close_notify(c->cfd); /* best effort: closing anyway */
+			kg_conn_close(c, c->close_reason);
+		}
+		return;
+	}
+	h->writing = false;
+	pump_output(c);
+}
+
+static void h2_on_poll(struct kg_conn *c, int op, int fd, int res)
+{
+	struct h2_conn *h = h2_of(c);
+	(void)op;
+	(void)fd;
+	c->inflight--;
+	h->poll_in_armed = false;
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (res < 0 && res != -ECANCELED) {
+		kg_conn_close_err(c, "poll", -res);
+		return;
+	}
+	read_client(c);
+}
+
+/* ---- backend completions ---- */
+
+static struct h2_stream *stream_of_fd(struct h2_conn *h, int fd)
+{
+	for (struct h2_stream *s = h->streams; s; s = s->next)
+		if (s->fd == fd && !s->detached)
+			return s;
+	return NULL;
+}
+
+static void h2_on_connect(struct kg_conn *c, int fd, int res)
+{
+	struct h2_conn *h = h2_of(c);
+	c->inflight--;
+	struct h2_stream *s = h ? stream_of_fd(h, fd) : NULL;
+	if (!s || !s->connecting) {
+		log_err("h2.stray_connect", KV("conn", c->idx), KV("fd", fd));
+		return;
+	}
+	s->connecting = false;
+	if (c->state != KG_CONN_FORWARDING || !s->open || s->err_status) {
+		/* Cancelled, or nobody wants it any more. */
+		detach_backend(s, false); /* closes fd: it was never counted */
+		if (c->state == KG_CONN_FORWARDING)
+			stream_step(s);
+		else
+			s->fd = -1;
+		return;
+	}
+	if (res == 0) {
+		s->fd = -1;
+		attach(s, s->member, fd, false);
+		stream_step(s);
+		pump_output(c);
+		return;
+	}
+	kg_conn_connect_failed_to(c, s->group, &s->walk, s->member, fd, res);
+	s->fd = -1;
+	pick(s);
+	stream_step(s);
+	pump_output(c);
+}
+
+static void on_backend_send(struct h2_conn *h, struct h2_stream *s, int res)
+{
+	struct kg_conn *c = h->c;
+	s->send_busy = false;
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (s->failed || s->err_status || !s->open || s->resp_done) {
+		stream_step(s);
+		return;
+	}
+	if (res <= 0) {
+		backend_broke(s, res == 0 ? -EPIPE : res);
+		return;
+	}
+	s->osent += (uint32_t)res;
+	s->inflight -= (uint32_t)res;
+	set_deadline(s, c->worker->now_ms + conf_of(c)->response_timeout_ms);
+	if (s->inflight > 0) {
+		/* The rest of the same bytes, before anything queued since. */
+		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+		io_uring_prep_send(sqe, s->fd, s->obuf + s->osent, s->inflight, MSG_NOSIGNAL);
+		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, s->fd));
+		s->send_busy = true;
+		c->inflight++;
+		return;
+	}
+	if (s->inflight_data > 0) {
+		/* The backend took them: the client may send as much again. */
+		kg_h2_consume(h->h2, s->id, s->inflight_data);
+		s->inflight_data = 0;
+	}
+	stream_step(s);
+}
+
+static void on_backend_recv(struct h2_conn *h, struct h2_stream *s, int res)
+{
+	struct kg_conn *c = h->c;
+	s->recv_busy = false;
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (s->failed || s->err_status || !s->open) {
+		if (s->failed && !s->err_status && s->open)
+			backend_broke(s, s->fail_res);
+		else
+			stream_step(s);
+		return;
+	}
+	if (res < 0) {
+		backend_broke(s, res);
+		return;
+	}
+	if (res == 0) {
+		if (kg_http_eof(&s->resp) == KG_HTTP_DONE) {
+			/* The body ran to the connection's end. */
+			s->dirty = true;
+			end_response(s);
+			stream_step(s);
+			return;
+		}
+		backend_broke(s, 0);
+		return;
+	}
+	s->blen += (uint32_t)res;
+	set_deadline(s, c->worker->now_ms + conf_of(c)->response_timeout_ms);
+	process_response(s);
+	if (!s->resp_done && !s->quickacked && s->fd >= 0 && !s->detached) {
+		/* Once per response (http_balance.h). */
+		s->quickacked = true;
+		kg_http_quickack(c->worker, s->fd);
+	}
+	stream_step(s);
+}
+
+static void h2_on_backend_io(struct kg_conn *c, int op, int fd, int res,
+			     const unsigned char *data)
+{
+	struct h2_conn *h = h2_of(c);
+	(void)data; /* streams receive into their own buffers */
+	c->inflight--;
+	struct h2_stream *s = h ? stream_of_fd(h, fd) : NULL;
+	if (!s) {
+		log_err("h2.stray_backend_io", KV("conn", c->idx), KV("fd", fd), KV("op", op));
+		return;
+	}
+	if (op == KG_OP_HTTP_BACKEND_SEND)
+		on_backend_send(h, s, res);
+	else
+		on_backend_recv(h, s, res);
+	/* s may be gone now. When c is closing, release closes what is left. */
+	if (c->state == KG_CONN_FORWARDING) {
+		run_marked(h);
+		pump_output(c);
+	}
+}
+
+/* ---- lifecycle ---- */
+
+static int h2_start(struct kg_conn *c, const void *early, size_t early_len, char *err,
+		    size_t errlen)
+{
+	const struct kg_listener_conf *lc = c->listener->conf;
+	const struct kg_http_conf *hc = conf_of(c);
+	struct h2_conn *h = calloc(1, sizeof(*h));
+	snprintf(err, errlen, "out of memory for HTTP/2 state");
+	if (!h)
+		return -ENOMEM;
+	c->fwd_ctx = h;
+	h->c = c;
+	h->io = c->path == KG_PATH_H2_KTLS ? &kg_client_io_ktls : &kg_client_io_openssl;
+	const struct kg_h2_limits limits = {
+		.max_concurrent_streams = lc->h2_max_streams,
+		.max_header_list_bytes = hc->max_header_bytes,
+		.stream_window = KG_H2_DEFAULT_WINDOW,
+		.reset_budget = H2_RESET_BUDGET,
+		.control_budget = H2_CONTROL_BUDGET,
+	};
+	h->h2 = kg_h2_create(&limits, false, &handler, h);
+	if (!h->h2)
+		return -ENOMEM;
+
+	/* The identity comes from the handshake: after a kTLS handoff the
+	 * SSL object is gone, so it is taken now, once for every stream. */
+	if (kg_http_client_init(&h->who, c) < 0)
+		return -ENOMEM;
+	if (early_len > 0) {
+		if (!(h->early_copy = malloc(early_len)))
+			return -ENOMEM;
+		memcpy(h->early_copy, early, early_len);
+		h->early_len = early_len;
+		kg_count_add(&c->worker->stats.forwarded_c2b, early_len);
+	}
+	h->idle_deadline_ms = c->worker->now_ms + hc->keepalive_timeout_ms;
+	kg_conn_timer_at(c, h->idle_deadline_ms);
+	return 0;
+}
+
+static void h2_run(struct kg_conn *c)
+{
+	/* The server preface (SETTINGS) goes out at once; the client's
+	 * preface may have come with its Finished. */
+	pump_output(c);
+	if (c->state == KG_CONN_FORWARDING)
+		read_client(c);
+}
+
+/* Deadlines: each stream's response timeout, the connection's keep-alive
+ * timeout while no stream is open, and the drain. */
+static uint64_t h2_check_deadline(struct kg_conn *c)
+{
+	struct h2_conn *h = h2_of(c);
+	struct kg_worker *w = c->worker;
+	if (c->state != KG_CONN_FORWARDING)
+		return 0;
+	if (w->draining && !h->shut && !h->ending) {
+		h->shut = true;
+		kg_count(w, h2_goaway_drain);
+		kg_h2_shutdown(h->h2);
+		pump_output(c);
+		if (c->state != KG_CONN_FORWARDING)
+			return 0;
+	}
+	if (w->now_ms >= c->deadline_ms) {
+		/* No byte moved to or from the client for idle_timeout_ms: a
+		 * client that stopped reading pins nothing longer than that. */
+		kg_count(w, idle_timeout);
+		kg_conn_close(c, "idle timeout");
+		return 0;
+	}
+	uint64_t next = c->deadline_ms;
+	for (struct h2_stream *s = h->streams; s; s = s->next) {
+		if (!s->open || s->answered || s->deadline_ms == 0)
+			continue;
+		if (w->now_ms >= s->deadline_ms) {
+			s->deadline_ms = 0;
+			if (s->connecting)
+				continue; /* the connect has its own linked timeout */
+			s->err_status = 504;
+			s->err_why = "backend response timeout";
+			mark(s);
+			continue;
+		}
+		if (s->deadline_ms < next)
+			next = s->deadline_ms;
+	}
+	run_marked(h);
+	pump_output(c);
+	if (c->state != KG_CONN_FORWARDING)
+		return 0;
+	if (h->n_streams == 0 && !h->ending) {
+		if (h->shut_at_ms && w->now_ms >= h->shut_at_ms + conf_of(c)->request_timeout_ms) {
+			/* GOAWAY did not leave: the client does not read. */
+			kg_conn_close(c, "client did not take GOAWAY in time");
+			return 0;
+		}
+		if (!h->shut_at_ms && w->now_ms >= h->idle_deadline_ms) {
+			kg_count(w, idle_timeout);
+			h->shut = true;
+			h->shut_at_ms = w->now_ms;
+			kg_h2_shutdown(h->h2);
+			pump_output(c); /* GOAWAY, then kg_h2_done ends the connection */
+			if (c->state != KG_CONN_FORWARDING)
+				return 0;
+		}
+		uint64_t at = h->shut_at_ms ? h->shut_at_ms + conf_of(c)->request_timeout_ms
+					    : h->idle_deadline_ms;
+		if (at < next)
+			next = at;
+	}
+	if (h->ending) {
+		/* The last bytes have this long to leave. */
+		uint64_t at = w->now_ms + conf_of(c)->request_timeout_ms;
+		return at < next ? at : next;
+	}
+	return next;
+}
+
+static void h2_on_close(struct kg_conn *c)
+{
+	struct h2_conn *h = h2_of(c);
+	if (!h)
+		return;
+	for (struct h2_stream *s = h->streams; s; s = s->next)
+		if (s->fd >= 0 && !s->detached && backend_busy(s))
+			kick_backend(s);
+}
+
+static void h2_release(struct kg_conn *c)
+{
+	struct h2_conn *h = h2_of(c);
+	if (!h)
+		return;
+	while (h->streams) {
+		struct h2_stream *s = h->streams;
+		if (s->fd >= 0 && !s->detached)
+			detach_backend(s, false);
+		if (!s->logged && s->method[0])
+			access_log(s);
+		free_stream(s);
+	}
+	kg_h2_destroy(h->h2);
+	kg_http_client_free(&h->who);
+	free(h->early_copy);
+	free(h);
+	c->fwd_ctx = NULL;
+}
+
+const struct kg_fwd_ops kg_fwd_h2_ops = {
+	.name = "h2",
+	.start = h2_start,
+	.run = h2_run,
+	.on_client_data = h2_on_client_data,
+	.on_client_drained = h2_on_client_drained,
+	.on_poll = h2_on_poll,
+	.on_backend_io = h2_on_backend_io,
+	.on_connect = h2_on_connect,
+	.check_deadline = h2_check_deadline,
+	.on_close = h2_on_close,
+	.release = h2_release,
+};

@@ -1,0 +1,11 @@
+/* Paths h2-userspace-tls and h2-ktls: https connections whose client chose
+ * HTTP/2 (ALPN h2), each stream balanced on its own to HTTP/1.1 backends
+ * (forward_h2.c). */
+#ifndef KGATE_FORWARD_H2_H
+#define KGATE_FORWARD_H2_H
+
+#include "fwd.h"
+
+extern const struct kg_fwd_ops kg_fwd_h2_ops;
+
+#endif

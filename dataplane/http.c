@@ -475,6 +475,22 @@ struct conn_tokens {
 	unsigned n;
 };
 
+/* The next comma-separated token of a field value from *pos (below end):
+ * true with *tok set, false when none is left. */
+static bool next_token(const struct kg_http_msg *m, uint32_t *pos, uint32_t end,
+		       struct kg_http_span *tok)
+{
+	uint32_t p = *pos;
+	while (p < end && (m->base[p] == ',' || m->base[p] == ' ' || m->base[p] == '\t'))
+		p++;
+	uint32_t start = p;
+	while (p < end && m->base[p] != ',' && m->base[p] != ' ' && m->base[p] != '\t')
+		p++;
+	*pos = p;
+	*tok = (struct kg_http_span){start, p - start};
+	return p > start;
+}
+
 /* The comma-separated names in every Connection field. */
 static void connection_tokens(const struct kg_http_msg *m, struct conn_tokens *t)
 {
@@ -482,19 +498,10 @@ static void connection_tokens(const struct kg_http_msg *m, struct conn_tokens *t
 	for (unsigned i = 0; i < m->n_fields; i++) {
 		if (!span_is(m, m->fields[i].name, "connection"))
 			continue;
-		struct kg_http_span v = m->fields[i].value;
+		struct kg_http_span v = m->fields[i].value, tok;
 		uint32_t pos = v.off, end = v.off + v.len;
-		while (pos < end && t->n < MAX_CONN_TOKENS) {
-			while (pos < end && (m->base[pos] == ',' || m->base[pos] == ' ' ||
-					     m->base[pos] == '\t'))
-				pos++;
-			uint32_t start = pos;
-			while (pos < end && m->base[pos] != ',' && m->base[pos] != ' ' &&
-			       m->base[pos] != '\t')
-				pos++;
-			if (pos > start)
-				t->tok[t->n++] = (struct kg_http_span){start, pos - start};
-		}
+		while (t->n < MAX_CONN_TOKENS && next_token(m, &pos, end, &tok))
+			t->tok[t->n++] = tok;
 	}
 }
 
@@ -716,6 +723,46 @@ int kg_http_build_response(struct kg_buf *out, const struct kg_http_msg *m, bool
 	if (!close && keep_alive_10 && kg_buf_printf(out, "Connection: keep-alive\r\n") < 0)
 		return -ENOMEM;
 	return kg_buf_add(out, "\r\n", 2);
+}
+
+/* ---- WebSocket upgrades (RFC 6455 4) ---- */
+
+/* True when a field named `name` lists `token` (comma-separated, case
+ * insensitive; a "websocket/13"-style version is not a match). */
+static bool lists_token(const struct kg_http_msg *m, const char *name, const char *token)
+{
+	for (unsigned i = 0; i < m->n_fields; i++) {
+		if (!span_is(m, m->fields[i].name, name))
+			continue;
+		struct kg_http_span v = m->fields[i].value, tok;
+		uint32_t pos = v.off, end = v.off + v.len;
+		while (next_token(m, &pos, end, &tok))
+			if (span_is(m, tok, token))
+				return true;
+	}
+	return false;
+}
+
+bool kg_http_websocket_upgrade(const struct kg_http_msg *m)
+{
+	if (!lists_token(m, "upgrade", "websocket"))
+		return false;
+	if (!m->is_request)
+		return kg_http_status(m) == 101;
+	/* Only the handshake RFC 6455 defines: GET, HTTP/1.1, Connection:
+	 * upgrade, no body (a body would sit between the head and the
+	 * frames, and llhttp would not tell where). */
+	return m->parser.method == HTTP_GET && kg_http_minor(m) == 1 &&
+	       lists_token(m, "connection", "upgrade") && !kg_http_has_body(m);
+}
+
+int kg_http_add_upgrade(struct kg_buf *head)
+{
+	static const char tail[] = "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+	if (head->len < 4 || memcmp(head->data + head->len - 4, "\r\n\r\n", 4) != 0)
+		return -EINVAL;
+	head->len -= 2; /* the empty line goes after the two fields */
+	return kg_buf_add(head, tail, sizeof(tail) - 1);
 }
 
 const char *kg_http_reason(int status)

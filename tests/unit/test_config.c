@@ -832,11 +832,14 @@ Test(listener_keys, bounds_and_names_are_the_tables)
 		struct kg_config *cfg;
 		if (!k->field)
 			continue;
+		/* A key only for https is tried there; access_default deny
+		 * and ocsp need client certificates. */
+		const char *proto = k->protocols & KG_PROTO_BIT(TLS) ? "tls" : "https";
 		if (k->type == KG_KEY_UINT) {
 			unsigned long long outside[] = {(unsigned long long)k->min - 1, k->max + 1ull};
 			for (size_t o = k->min == 0; o < 2; o++) {
 				snprintf(extra, sizeof(extra), ",'%s':%llu", k->key, outside[o]);
-				cr_expect_null(cfg = parse_listener_with("tls", extra, err, sizeof(err)),
+				cr_expect_null(cfg = parse_listener_with(proto, extra, err, sizeof(err)),
 					       "%s", extra);
 				kg_config_free(cfg);
 				snprintf(want, sizeof(want), "listeners[0].%s: must be %u-%u", k->key,
@@ -846,16 +849,13 @@ Test(listener_keys, bounds_and_names_are_the_tables)
 			unsigned edges[] = {k->min, k->max};
 			for (size_t g = 0; g < 2; g++) {
 				snprintf(extra, sizeof(extra), ",'%s':%u", k->key, edges[g]);
-				cfg = parse_listener_with("tls", extra, err, sizeof(err));
+				cfg = parse_listener_with(proto, extra, err, sizeof(err));
 				cr_assert_not_null(cfg, "%s: %s", extra, err);
 				cr_expect_eq(kg_listener_key_value(&cfg->listeners[0], i), edges[g], "%s",
 					     extra);
 				kg_config_free(cfg);
 			}
 		}
-		/* A key only for https is tried there; access_default deny
-		 * and ocsp need client certificates. */
-		const char *proto = k->protocols & KG_PROTO_BIT(TLS) ? "tls" : "https";
 		const char *mtls = i == KG_LK_access_default || i == KG_LK_ocsp ? ",'ca':'clients'" : "";
 		for (size_t n = 0; k->type == KG_KEY_ENUM && k->names[n]; n++) {
 			snprintf(extra, sizeof(extra), ",'%s':'%s'%s", k->key, k->names[n], mtls);

@@ -1030,6 +1030,13 @@ static void process_response(struct kg_conn *c)
 					reply_error(c, 502, "backend switched protocols unasked");
 					return;
 				}
+				/* A backend cannot have read a head still on its
+				 * way: bytes of both would interleave. */
+				if (h->rstate != R_WAIT) {
+					reply_error(c, 502, "backend switched protocols before the "
+							    "request was sent");
+					return;
+				}
 				tunnel_begin(c);
 				return;
 			}
@@ -1153,7 +1160,8 @@ static void on_backend_recv(struct kg_conn *c, int res)
 	h->blen += (uint32_t)res;
 	set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
 	process_response(c);
-	if (c->state == KG_CONN_FORWARDING && c->bfd >= 0 && !h->resp_done && !h->quickacked)
+	if (c->state == KG_CONN_FORWARDING && c->bfd >= 0 && !h->resp_done && !h->quickacked &&
+	    h->rstate != R_TUNNEL)
 		ack_partial_response(c);
 }
 

@@ -407,3 +407,36 @@ def test_many_tunnels_leave_no_fd_behind(pki, spawn_kgated, ws_backend):
                 for r in ("client", "backend", "idle_timeout", "lifetime", "drain", "error"))
     assert ended == 40
     assert worker_counter(d, "http_tunnels_closed_error") == 0
+
+
+def test_limits_are_listener_keys_kgatectl_changes(pki, spawn_kgated, ws_backend, tmp_path):
+    """The two limits go config file -> state.json -> kgatectl listener
+    show/update unchanged; an update applies to tunnels opened after it;
+    a tls listener refuses them."""
+    from conftest import KGATECTL, run as run_cmd
+    state = str(tmp_path / "state")
+    lst = tls_listener(pki, [ws_backend.address], protocol="https",
+                       tunnel_max_lifetime_s=3600)
+    d = spawn_kgated(base_config(pki, [lst]), args=["--state-dir", state])
+    ctl = [KGATECTL, "--socket", os.path.join(state, "control.sock")]
+    show = json.loads(run_cmd(ctl + ["-o", "json", "listener", "show", "web"]).stdout)
+    assert show["tunnel_idle_timeout_ms"] == 3600000 and show["tunnel_max_lifetime_s"] == 3600
+    run_cmd(ctl + ["listener", "update", "web", "--tunnel-idle-timeout-ms", "400"])
+    show = json.loads(run_cmd(ctl + ["-o", "json", "listener", "show", "web"]).stdout)
+    assert show["tunnel_idle_timeout_ms"] == 400
+    doc = json.load(open(os.path.join(state, "state.json")))
+    assert doc["listeners"][0]["tunnel_idle_timeout_ms"] == 400
+
+    async def session():
+        async with connect(pki, d, "/echo") as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+
+    run(session(), timeout=10)
+    assert tunnel_closed(d, "idle_timeout"), d.log()
+    res = run_cmd(ctl + ["listener", "create", "--name", "t", "--protocol", "tls", "--port", "0",
+                         "--bind", "127.0.0.1", "--cert", "web", "--backend",
+                         ws_backend.address, "--tunnel-max-lifetime-s", "5"], check=False)
+    assert res.returncode != 0 and 'only for protocol "https"' in res.stderr, res.stderr

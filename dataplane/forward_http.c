@@ -173,6 +173,7 @@ struct kg_http_conn {
 	bool upgrade;
 	bool tunnel;          /* opened and not yet accounted for (http_on_close) */
 	bool tunnel_wait;     /* kTLS: the 101 head drains; the hops start after */
+	bool tunnel_spliced;  /* kTLS: the hops started */
 	bool c2b_eof;         /* the client's stream ended (close_notify or FIN) */
 	bool c2b_shut;        /* ... and the backend's write side was shut after it */
 	bool b2c_eof;         /* the backend's stream ended (close_notify queued after it) */
@@ -1176,7 +1177,7 @@ static void on_client_drained(struct kg_conn *c)
 	if (h->rstate == R_TUNNEL) {
 		if (h->tunnel_wait) {
 			h->tunnel_wait = false;
-			tunnel_splice_start(c);
+			tunnel_c2b(c); /* starts the hops once the early bytes went */
 		} else if (h->b2c_pending) {
 			/* The client took the last bytes: the buffer takes more. */
 			h->b2c_pending = false;
@@ -1307,7 +1308,7 @@ static void tunnel_begin(struct kg_conn *c)
 	h->rstate = R_TUNNEL;
 	h->tunnel = true;
 	h->tunnel_first = h->tunnel_cut = T_OPEN;
-	h->c2b_eof = h->c2b_shut = h->b2c_eof = h->b2c_pending = false;
+	h->c2b_eof = h->c2b_shut = h->b2c_eof = h->b2c_pending = h->tunnel_spliced = false;
 	h->tunnel_start_ms = w->now_ms;
 	kg_count(w, http_tunnels);
 	tunnel_touch(c);
@@ -1319,13 +1320,14 @@ static void tunnel_begin(struct kg_conn *c)
 	    client_write(c, h->bbuf + h->bparsed, h->blen - h->bparsed) < 0)
 		return;
 	h->blen = h->bparsed = 0;
+	h->bytes_in += h->rlen - h->rparsed; /* sent by tunnel_c2b, on either path */
 	h->rparsed = h->rlen;
-	if (h->io->kernel) {
-		h->tunnel_wait = true; /* on_client_drained starts the hops */
-		kg_conn_flush_client(c);
-		return;
-	}
-	h->b2c_pending = true; /* on_client_drained receives from the backend */
+	/* kTLS: on_client_drained starts the hops; userspace: it receives
+	 * from the backend. */
+	if (h->io->kernel)
+		h->tunnel_wait = true;
+	else
+		h->b2c_pending = true;
 	kg_conn_flush_client(c);
 	if (c->state == KG_CONN_FORWARDING && h->rstate == R_TUNNEL)
 		tunnel_c2b(c);
@@ -1351,19 +1353,24 @@ static void tunnel_side_ended(struct kg_conn *c, enum tunnel_end side)
 	kg_conn_flush_client(c);
 }
 
-/* Userspace TLS: client → backend, one buffer (rbuf) at a time; the next
- * read waits until the backend took all of the last. */
+/* Client → backend: first the bytes that came behind the request head
+ * (on both paths); then, on kTLS, the c2b hop (once the 101 drained too),
+ * on userspace TLS one buffer (rbuf) at a time, the next read waiting
+ * until the backend took all of the last. */
 static void tunnel_c2b(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
-	if (h->io->kernel)
-		return; /* the c2b hop moves these bytes */
 	while (c->state == KG_CONN_FORWARDING && h->rstate == R_TUNNEL && !h->b_send_busy) {
 		if (h->rsent < h->rlen) {
 			send_backend(c, h->rbuf + h->rsent, h->rlen - h->rsent, false);
 			return;
 		}
 		h->rlen = h->rsent = h->rparsed = 0;
+		if (h->io->kernel) {
+			if (!h->tunnel_wait && !h->tunnel_spliced)
+				tunnel_splice_start(c);
+			return;
+		}
 		if (h->c2b_eof) {
 			if (!h->c2b_shut) {
 				/* The client's end goes on as the backend's FIN. */
@@ -1428,24 +1435,19 @@ static void tunnel_on_backend_recv(struct kg_conn *c, int res)
 	kg_conn_flush_client(c);
 }
 
-/* kTLS: the 101 (and the backend's bytes behind it) reached the socket;
- * both directions splice from here, each to its source's end (the hop
- * passes a client's close_notify on as a FIN and a backend's FIN as
- * close_notify and FIN). */
+/* kTLS: the 101 (and the backend's bytes behind it) reached the client,
+ * the client's bytes behind its request head the backend; both directions
+ * splice from here, each to its source's end (the hop passes a client's
+ * close_notify on as a FIN, and a backend's FIN as close_notify and FIN). */
 static void tunnel_splice_start(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
+	h->tunnel_spliced = true;
 	if (!start_hop(c, &h->pump.c2b, &h->spliced_c2b, c->cfd, c->bfd, KG_HOP_UNBOUNDED) ||
 	    !start_hop(c, &h->pump.b2c, &h->spliced_b2c, c->bfd, c->cfd, KG_HOP_UNBOUNDED)) {
 		kg_conn_close(c, "tunnel: no pipe for splicing");
 		return;
 	}
-	if (h->rlen > h->rsent &&
-	    kg_hop_preload(&h->pump.c2b, h->rbuf + h->rsent, h->rlen - h->rsent) < 0) {
-		kg_conn_close(c, "tunnel: the client's early bytes do not fit the pipe");
-		return;
-	}
-	h->rlen = h->rsent = h->rparsed = 0;
 	tunnel_pump(c);
 }
 
@@ -1453,8 +1455,8 @@ static void tunnel_splice_start(struct kg_conn *c)
 static void tunnel_pump(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
-	if (h->tunnel_wait)
-		return; /* the 101 is still draining: no hop runs yet */
+	if (!h->tunnel_spliced)
+		return; /* the 101 or the early bytes are on their way: no hop runs yet */
 	bool moved = kg_pump_move(c, &h->pump);
 	account_spliced(c);
 	if (c->state != KG_CONN_FORWARDING || h->rstate != R_TUNNEL)

@@ -357,6 +357,32 @@ def test_client_end_is_passed_to_the_backend(pki, spawn_kgated, ws_backend):
     assert worker_counter(d, "http_tunnels_closed_client") == 1
 
 
+def masked_frame(payload, mask=b"\x37\xfa\x21\x3d"):
+    """A client's final text frame (RFC 6455 5.2), payload under 126 bytes."""
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+
+
+def test_bytes_behind_the_handshake_go_first(pki, spawn_kgated, ws_backend):
+    """A client that sends a frame in the same write as its handshake (it
+    did not wait for the 101): the frame reaches the backend as the
+    tunnel's first bytes, and the echo comes back behind the 101."""
+    d = start(spawn_kgated, pki, ws_backend)
+    s = tls_socket(pki, d)
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n"
+              b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" + masked_frame(b"early"))
+    status, _, rest = read_response(s)
+    assert status == 101
+    while len(rest) < 7:
+        data = s.recv(100)
+        assert data, rest
+        rest += data
+    assert rest == b"\x81\x05early", rest
+    s.close()
+    assert tunnel_closed(d, "client"), d.log()
+
+
 def test_drain_cuts_tunnels_at_the_deadline(pki, spawn_kgated, ws_backend):
     """SIGTERM: an open tunnel keeps working while the daemon drains and
     is cut at the drain timeout (base_config: 2 s), not held forever."""

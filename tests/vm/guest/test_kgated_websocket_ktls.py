@@ -27,6 +27,7 @@ REPLAYED = [
     "test_lifetime_limit_cuts_a_busy_tunnel",
     "test_backend_close_ends_the_tunnel",
     "test_client_end_is_passed_to_the_backend",
+    "test_bytes_behind_the_handshake_go_first",
     "test_drain_cuts_tunnels_at_the_deadline",
     "test_many_tunnels_leave_no_fd_behind",
 ]

@@ -466,3 +466,40 @@ def test_limits_are_listener_keys_kgatectl_changes(pki, spawn_kgated, ws_backend
                          "--bind", "127.0.0.1", "--cert", "web", "--backend",
                          ws_backend.address, "--tunnel-max-lifetime-s", "5"], check=False)
     assert res.returncode != 0 and 'only for protocol "https"' in res.stderr, res.stderr
+
+
+def test_upgrade_cuts_the_old_process_tunnels_at_its_drain_deadline(pki, spawn_kgated,
+                                                                    ws_backend, tmp_path):
+    """SIGUSR2: a tunnel on the replaced process works on while it drains
+    and is cut at its drain timeout (2 s); a new tunnel goes to the new
+    process and outlives the old one."""
+    from conftest import become_subreaper
+    become_subreaper()
+    lst = tls_listener(pki, [ws_backend.address], protocol="https", http={"access_log": "on"})
+    d = spawn_kgated(base_config(pki, [lst], log_level="debug"),
+                     args=["--state-dir", str(tmp_path / "state")])
+
+    async def session():
+        async with connect(pki, d, "/echo") as old:
+            await old.send("a")
+            assert await old.recv() == "a"
+            await asyncio.get_running_loop().run_in_executor(None, d.upgrade)
+            t0 = time.monotonic()
+            async with connect(pki, d, "/echo") as new:
+                await new.send("b")
+                assert await new.recv() == "b"
+                await old.send("c")
+                assert await old.recv() == "c"
+                with pytest.raises(websockets.ConnectionClosed):
+                    await old.recv()
+                cut = time.monotonic() - t0
+                await new.send("d")
+                assert await new.recv() == "d"
+            return cut
+
+    cut = run(session())
+    assert 1.0 < cut < 6, cut
+    d.check_retired()
+    assert d.events("http.tunnel_closed", reason="drain"), d.log()
+    assert wait_until(lambda: d.events("http.tunnel_closed", reason="backend") or
+                      d.events("http.tunnel_closed", reason="client"), 5), d.log()

@@ -383,6 +383,34 @@ def test_bytes_behind_the_handshake_go_first(pki, spawn_kgated, ws_backend):
     assert tunnel_closed(d, "client"), d.log()
 
 
+def test_client_reset_mid_transfer_is_an_error_end(pki, spawn_kgated, ws_backend):
+    """A client that resets its connection while the backend's bytes are
+    on their way: the tunnel ends as an error, the backend's side is
+    closed, and the daemon goes on serving tunnels."""
+    import struct
+    d = start(spawn_kgated, pki, ws_backend)
+    s = tls_socket(pki, d)
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n"
+              b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert read_response(s)[0] == 101
+    payload = bytes(4 << 20)  # echoed back: 4 MiB the client never reads
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload[:65536])) * 64
+    s.sendall(bytes([0x82, 0x80 | 127]) + struct.pack(">Q", len(payload)) + mask + body)
+    time.sleep(0.3)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    assert tunnel_closed(d, "error"), d.log()
+
+    async def again():
+        async with connect(pki, d, "/echo") as ws:
+            await ws.send("still")
+            assert await ws.recv() == "still"
+
+    run(again())
+
+
 def test_drain_cuts_tunnels_at_the_deadline(pki, spawn_kgated, ws_backend):
     """SIGTERM: an open tunnel keeps working while the daemon drains and
     is cut at the drain timeout (base_config: 2 s), not held forever."""

@@ -28,6 +28,7 @@ REPLAYED = [
     "test_backend_close_ends_the_tunnel",
     "test_client_end_is_passed_to_the_backend",
     "test_bytes_behind_the_handshake_go_first",
+    "test_client_reset_mid_transfer_is_an_error_end",
     "test_drain_cuts_tunnels_at_the_deadline",
     "test_many_tunnels_leave_no_fd_behind",
 ]

@@ -104,6 +104,12 @@ class Setup:
         if r.returncode != 0:
             raise BenchError(f"kgatectl {' '.join(argv[:2])}: {r.stderr.strip()}")
 
+    def close(self):
+        """Stops what it started and removes its folder."""
+        import shutil
+        self.procs.stop_all()
+        shutil.rmtree(self.work, ignore_errors=True)
+
     def certs(self):
         w = self.work
         self.ctl("ca", "init", "--dir", f"{w}/ca", "--subject", "/O=kgate bench/CN=bench CA",
@@ -120,19 +126,25 @@ class Setup:
         ctx.load_cert_chain(f"{w}/client.pem", f"{w}/client.key")
         self.tls_ctx = ctx
 
-    def backend(self):
+    def backend(self, script=__file__):
+        """Starts `script backend --port 0` (a bench's backend): its port."""
         logf = f"{self.work}/backend.log"
-        p = self.procs.start([PY, os.path.abspath(__file__), "backend", "--port", "0"], logf)
+        p = self.procs.start([PY, os.path.abspath(script), "backend", "--port", "0"], logf)
         return int(kb.wait_for(logf, r"listening on 127\.0\.0\.1:(\d+)", 5, p).group(1))
 
     def kgated(self, binary, tag, backend):
-        w = self.work
         ports = {"https": kb.free_port(), "tls": kb.free_port()}
         lst = [{"name": proto, "protocol": proto, "bind": "127.0.0.1", "port": port,
                 "certificate": "web", "ca": "clients", "mutual_auth": "required",
                 "backends": [{"address": f"127.0.0.1:{backend}"}]}
                for proto, port in ports.items()]
         lst[1]["forwarding"] = "userspace"
+        self.start_kgated(binary, tag, lst)
+        return {f"{tag}-{proto}": port for proto, port in ports.items()}
+
+    def start_kgated(self, binary, tag, lst):
+        """kgated with the bench certificates and listeners lst, ready: its process."""
+        w = self.work
         conf = {"settings": {"workers": 1, "log_level": "notice"},
                 "certificates": {"web": {"type": "server", "cert": f"{w}/server.pem",
                                          "key": f"{w}/server.key"},
@@ -147,17 +159,23 @@ class Setup:
         logf = f"{w}/{tag}.log"
         p = self.procs.start(argv, logf)
         kb.wait_for(logf, r" event=kgated\.ready ", 10, p)
-        return {f"{tag}-{proto}": port for proto, port in ports.items()}
+        return p
 
-    def haproxy(self, backend):
+    def haproxy(self, backend, defaults=()):
+        """HAProxy mode http in front of backend (extra lines for its
+        defaults section): {"haproxy-http": port}, {} when not installed."""
+        port, _ = self.start_haproxy(backend, defaults)
+        return {"haproxy-http": port} if port else {}
+
+    def start_haproxy(self, backend, defaults=()):
         import shutil
         exe = shutil.which("haproxy")
         if not exe:
             log("haproxy not installed: skipped (tests/install-deps.sh bench installs it)")
-            return {}
+            return None, None
         w, port = self.work, kb.free_port()
         lines = ["global", "  nbthread 1", "defaults", "  mode http", "  timeout connect 5s",
-                 "  timeout client 60s", "  timeout server 60s", "frontend f",
+                 "  timeout client 60s", "  timeout server 60s", *defaults, "frontend f",
                  f"  bind 127.0.0.1:{port} ssl crt {w}/haproxy.pem ca-file {w}/ca/ca.pem "
                  "verify required", "  default_backend b", "backend b",
                  f"  server s0 127.0.0.1:{backend}"]
@@ -165,7 +183,7 @@ class Setup:
             f.write("\n".join(lines) + "\n")
         p = self.procs.start([exe, "-db", "-f", f"{w}/haproxy.cfg"], f"{w}/haproxy.log")
         kb.wait_port(port, 10, p)
-        return {"haproxy-http": port}
+        return port, p
 
 
 def run(args):
@@ -190,15 +208,25 @@ def run(args):
                 log(f"{name:15} round {rnd}: p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms  "
                     f"max {row['max']:.1f} ms  over {STALL_MS:.0f} ms: {row['stalled']}/{len(ms)}")
     finally:
-        s.procs.stop_all()
-        import shutil
-        shutil.rmtree(s.work, ignore_errors=True)
+        s.close()
     write(args, rows, la0, os.getloadavg()[0])
 
 
-def write(args, rows, la0, la1):
+def results_md(args, name, lines_of_stamp):
+    """Writes bench/results/<date>-<name><label>.md from the lines
+    lines_of_stamp(stamp) gives."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    path = os.path.join(args.out_dir, f"{stamp}-slow-ack{args.label}.md")
+    path = os.path.join(args.out_dir, f"{stamp}-{name}{args.label}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines_of_stamp(stamp)) + "\n")
+    log(f"wrote {path}")
+
+
+def write(args, rows, la0, la1):
+    results_md(args, "slow-ack", lambda stamp: table(args, rows, la0, la1, stamp))
+
+
+def table(args, rows, la0, la1, stamp):
     lines = [f"# Two-send backend through each proxy ({stamp})", "",
              f"{args.requests} sequential keep-alive GETs per round on one mTLS connection "
              f"(direct: plain HTTP), Python http.server backend writing head and body in two "
@@ -210,17 +238,23 @@ def write(args, rows, la0, la1):
     for r in rows:
         lines.append(f"| {r['proxy']} | {r['round']} | {r['p50']:.2f} | {r['p90']:.2f} | "
                      f"{r['p99']:.2f} | {r['max']:.1f} | {r['stalled']}/{r['n']} |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    log(f"wrote {path}")
+    return lines
+
+
+def backend_main(serve_fn):
+    """`SCRIPT backend --port N`: runs serve_fn(N) and returns True; False
+    for any other command line."""
+    if len(sys.argv) < 2 or sys.argv[1] != "backend":
+        return False
+    p = argparse.ArgumentParser()
+    p.add_argument("backend")
+    p.add_argument("--port", type=int, default=0)
+    serve_fn(p.parse_args().port)
+    return True
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "backend":
-        p = argparse.ArgumentParser()
-        p.add_argument("backend")
-        p.add_argument("--port", type=int, default=0)
-        serve(p.parse_args().port)
+    if backend_main(serve):
         return 0
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -224,6 +224,10 @@ struct kg_listener_conf {
 	unsigned handshake_timeout_ms;
 	unsigned idle_timeout_ms;
 	unsigned connect_timeout_ms;
+	/* https: a WebSocket tunnel (forward_http.c) closes after this long
+	 * with no byte either way, and this long after it opened (0: never). */
+	unsigned tunnel_idle_timeout_ms;
+	unsigned tunnel_max_lifetime_s;
 	unsigned max_connections;      /* per worker */
 	unsigned connect_retries;      /* extra members tried after a failed connect */
 	unsigned tls_session_cache;    /* sessions kept for resumption (id or stateful ticket);

@@ -119,6 +119,26 @@ enum kg_counter_group {
 	X(h2_abuse_protocol, KG_CG_CONNECTIONS, "h2_abuse_protocol", "h2_abuse_total",                   \
 	  "kind=\"protocol\"", "h2_abuse_protocol",                                                        \
 	  "")                                                                                  \
+	X(http_tunnels, KG_CG_CONNECTIONS, "http_tunnels", "http_tunnels_total", "",               \
+	  "http_tunnels",                                                                          \
+	  "WebSocket tunnels opened on https listeners (the backend answered 101).")              \
+	X(http_tunnel_end_client, KG_CG_CONNECTIONS, "http_tunnels_closed_client",                 \
+	  "http_tunnels_closed_total", "reason=\"client\"", "http_tunnels_closed_client",         \
+	  "WebSocket tunnels ended, by reason: client or backend (that side closed first, the "   \
+	  "other followed), idle_timeout (tunnel_idle_timeout_ms), lifetime "                     \
+	  "(tunnel_max_lifetime_s), drain (cut at the drain timeout), error (a reset, a TLS "     \
+	  "error, a backend cut).")                                                                \
+	X(http_tunnel_end_backend, KG_CG_CONNECTIONS, "http_tunnels_closed_backend",               \
+	  "http_tunnels_closed_total", "reason=\"backend\"", "http_tunnels_closed_backend", "")   \
+	X(http_tunnel_end_idle, KG_CG_CONNECTIONS, "http_tunnels_closed_idle_timeout",             \
+	  "http_tunnels_closed_total", "reason=\"idle_timeout\"",                                \
+	  "http_tunnels_closed_idle_timeout", "")                                                  \
+	X(http_tunnel_end_lifetime, KG_CG_CONNECTIONS, "http_tunnels_closed_lifetime",             \
+	  "http_tunnels_closed_total", "reason=\"lifetime\"", "http_tunnels_closed_lifetime", "") \
+	X(http_tunnel_end_drain, KG_CG_CONNECTIONS, "http_tunnels_closed_drain",                   \
+	  "http_tunnels_closed_total", "reason=\"drain\"", "http_tunnels_closed_drain", "")       \
+	X(http_tunnel_end_error, KG_CG_CONNECTIONS, "http_tunnels_closed_error",                   \
+	  "http_tunnels_closed_total", "reason=\"error\"", "http_tunnels_closed_error", "")       \
 	X(handshakes, KG_CG_HANDSHAKES, "ok", "handshakes_total", "", "handshakes",                \
 	  "Completed TLS handshakes.")                                                             \
 	X(resumed, KG_CG_HANDSHAKES, "resumed", "handshakes_resumed_total", "", "resumed",         \
@@ -164,11 +184,13 @@ enum kg_counter_group {
 	  "bytes_b2c", "Plaintext bytes sent to clients.")                                         \
 	X(http_spliced_c2b, KG_CG_BYTES, "http_spliced_client_to_backend",                         \
 	  "http_spliced_bytes_client_to_backend_total", "", "http_spliced_c2b",                    \
-	  "Request body bytes spliced on https listeners over kernel TLS (part of the bytes "      \
+	  "Request body and WebSocket tunnel bytes spliced on https listeners over kernel TLS "  \
+	  "(part of the bytes "                                                                    \
 	  "above).")                                                                               \
 	X(http_spliced_b2c, KG_CG_BYTES, "http_spliced_backend_to_client",                         \
 	  "http_spliced_bytes_backend_to_client_total", "", "http_spliced_b2c",                    \
-	  "Response body bytes spliced on https listeners over kernel TLS (part of the bytes "     \
+	  "Response body and WebSocket tunnel bytes spliced on https listeners over kernel TLS " \
+	  "(part of the bytes "                                                                    \
 	  "above).")                                                                               \
 	X(backend_connect_failed, KG_CG_BACKENDS, "connect_failed",                                \
 	  "backend_connect_failures_total", "", "connect_failed", "Failed backend connects.")      \

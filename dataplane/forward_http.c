@@ -74,6 +74,24 @@ enum req_state {
 	R_SEND,    /* sending the head, then the body as it arrives */
 	R_WAIT,    /* request sent, response still coming */
 	R_CLOSING, /* last response (or an error) flushing; nothing else happens */
+	R_TUNNEL,  /* the backend answered 101 to a WebSocket upgrade: bytes both ways */
+};
+
+/* Why a WebSocket tunnel ended (the http_tunnels_closed_total reasons). */
+enum tunnel_end {
+	T_OPEN,     /* not ended (yet) */
+	T_CLIENT,   /* the client's stream ended first, then the backend's */
+	T_BACKEND,  /* the backend's first, then the client's */
+	T_IDLE,     /* tunnel_idle_timeout_ms with no byte either way */
+	T_LIFETIME, /* tunnel_max_lifetime_s */
+	T_DRAIN,    /* still open at the drain timeout */
+	T_ERROR,    /* a reset, a TLS error, a cut, no pipe */
+};
+
+static const char *const tunnel_end_names[] = {
+	[T_OPEN] = "open", [T_CLIENT] = "client", [T_BACKEND] = "backend",
+	[T_IDLE] = "idle_timeout", [T_LIFETIME] = "lifetime", [T_DRAIN] = "drain",
+	[T_ERROR] = "error",
 };
 
 struct kg_http_conn {
@@ -136,6 +154,25 @@ struct kg_http_conn {
 	/* The route the current request took, for the access log ("" without
 	 * routes). */
 	const char *route;
+
+	/* WebSocket (RFC 6455) through the request above: the request asked
+	 * for an upgrade (its backend socket never goes back to the pool);
+	 * after the backend's 101 the connection is a tunnel (R_TUNNEL) until
+	 * both streams ended. Userspace TLS copies through rbuf (client →
+	 * backend) and bbuf (backend → client), one buffer each way, reading
+	 * again only when the other side took everything; kTLS splices both
+	 * ways with the pump's hops, unbounded. */
+	bool upgrade;
+	bool tunnel;          /* opened and not yet accounted for (http_on_close) */
+	bool tunnel_wait;     /* kTLS: the 101 head drains; the hops start after */
+	bool tunnel_spliced;  /* kTLS: the hops started */
+	bool c2b_eof;         /* the client's stream ended (close_notify or FIN) */
+	bool c2b_shut;        /* ... and the backend's write side was shut after it */
+	bool b2c_eof;         /* the backend's stream ended (close_notify queued after it) */
+	bool b2c_pending;     /* userspace: backend bytes queued for the client, not yet sent */
+	enum tunnel_end tunnel_first; /* which side ended first */
+	enum tunnel_end tunnel_cut;   /* kgate cut it (idle, lifetime), T_OPEN otherwise */
+	uint64_t tunnel_start_ms, tunnel_io_ms;
 };
 
 static struct kg_http_conn *http_of(const struct kg_conn *c)
@@ -174,6 +211,13 @@ static void io_buf_put(struct kg_conn *c, unsigned char *buf, uint32_t cap)
 
 static void advance(struct kg_conn *c);
 static void maybe_finish(struct kg_conn *c);
+static void tunnel_begin(struct kg_conn *c);
+static void tunnel_c2b(struct kg_conn *c);
+static void tunnel_on_backend_recv(struct kg_conn *c, int res);
+static void tunnel_on_backend_send(struct kg_conn *c, int res);
+static void tunnel_pump(struct kg_conn *c);
+static void tunnel_splice_start(struct kg_conn *c);
+static void tunnel_check(struct kg_conn *c);
 
 /* ---- client side ---- */
 
@@ -726,6 +770,11 @@ static void start_request(struct kg_conn *c)
 		reply_error(c, 400, "underscore in a header name");
 		return;
 	}
+	/* A WebSocket handshake keeps the Upgrade and Connection the builder
+	 * dropped as hop-by-hop; the Sec-WebSocket-* fields pass as any. */
+	h->upgrade = r == 0 && kg_http_websocket_upgrade(&h->req);
+	if (h->upgrade)
+		r = kg_http_add_upgrade(&h->head);
 	if (r < 0) {
 		reply_error(c, 500, "out of memory");
 		return;
@@ -870,6 +919,9 @@ static void advance(struct kg_conn *c)
 			if (!read_client(c))
 				return;
 			continue;
+		case R_TUNNEL:
+			tunnel_c2b(c);
+			return;
 		case R_CONNECT:
 		case R_WAIT:
 		case R_CLOSING:
@@ -890,6 +942,10 @@ static void on_backend_send(struct kg_conn *c, int res)
 	h->b_send_busy = false;
 	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
 		return;
+	if (h->rstate == R_TUNNEL) {
+		tunnel_on_backend_send(c, res);
+		return;
+	}
 	if (h->resp_done) {
 		/* The response ended while the request was still going out:
 		 * maybe_finish shut the socket and waited for this send. */
@@ -931,7 +987,18 @@ static void process_response(struct kg_conn *c)
 			int code = kg_http_status(&h->resp);
 			bool interim = code < 200;
 			if (code == 101) {
-				reply_error(c, 502, "backend switched protocols");
+				if (!h->upgrade || !kg_http_websocket_upgrade(&h->resp)) {
+					reply_error(c, 502, "backend switched protocols unasked");
+					return;
+				}
+				/* A backend cannot have read a head still on its
+				 * way: bytes of both would interleave. */
+				if (h->rstate != R_WAIT) {
+					reply_error(c, 502, "backend switched protocols before the "
+							    "request was sent");
+					return;
+				}
+				tunnel_begin(c);
 				return;
 			}
 			if (!interim) {
@@ -1024,6 +1091,10 @@ static void on_backend_recv(struct kg_conn *c, int res)
 	h->b_recv_busy = false;
 	if (c->state != KG_CONN_FORWARDING || h->rstate == R_CLOSING)
 		return;
+	if (h->rstate == R_TUNNEL) {
+		tunnel_on_backend_recv(c, res);
+		return;
+	}
 	if (h->backend_failed) {
 		backend_broke(c, h->backend_fail_res);
 		return;
@@ -1048,7 +1119,8 @@ static void on_backend_recv(struct kg_conn *c, int res)
 	h->blen += (uint32_t)res;
 	set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
 	process_response(c);
-	if (c->state == KG_CONN_FORWARDING && c->bfd >= 0 && !h->resp_done && !h->quickacked)
+	if (c->state == KG_CONN_FORWARDING && c->bfd >= 0 && !h->resp_done && !h->quickacked &&
+	    h->rstate != R_TUNNEL)
 		ack_partial_response(c);
 }
 
@@ -1058,6 +1130,17 @@ static void on_client_drained(struct kg_conn *c)
 	if (h->rstate == R_CLOSING) {
 		if (h->notify_pending)
 			send_close_notify(c);
+		return;
+	}
+	if (h->rstate == R_TUNNEL) {
+		if (h->tunnel_wait) {
+			h->tunnel_wait = false;
+			tunnel_c2b(c); /* starts the hops once the early bytes went */
+		} else if (h->b2c_pending) {
+			/* The client took the last bytes: the buffer takes more. */
+			h->b2c_pending = false;
+			arm_backend_recv(c);
+		}
 		return;
 	}
 	if (h->b2c_wait && c->bfd >= 0) {
@@ -1107,10 +1190,14 @@ static void maybe_finish(struct kg_conn *c)
 	}
 	if (backend_busy(c))
 		return;
-	bool reusable = !h->backend_dirty && kg_http_keep_alive(&h->resp) && !w->draining;
+	/* A backend asked for an upgrade that it refused may still think of
+	 * one: its socket is not lent to another client. */
+	bool reusable = !h->backend_dirty && !h->upgrade && kg_http_keep_alive(&h->resp) &&
+			!w->draining;
 	if (!reusable)
 		log_debug("http.backend_not_kept", KV("listener", c->listener->conf->name),
 			  KV("reason", h->backend_dirty ? "stream not clean"
+				       : h->upgrade   ? "upgrade request"
 				       : w->draining  ? "draining"
 						      : "backend did not keep it"));
 	access_log(c);
@@ -1130,6 +1217,278 @@ static void maybe_finish(struct kg_conn *c)
 	compact_request(h);
 	kg_http_next(&h->req);
 	advance(c);
+}
+
+/* ---- WebSocket tunnel ---- */
+
+/* The earlier of the tunnel's idle and lifetime deadlines. The listener
+ * settings are the connection's snapshot: an update applies to new
+ * connections. */
+static uint64_t tunnel_deadline(const struct kg_conn *c)
+{
+	const struct kg_http_conn *h = http_of(c);
+	const struct kg_listener_conf *lc = c->listener->conf;
+	uint64_t at = h->tunnel_io_ms + lc->tunnel_idle_timeout_ms;
+	if (lc->tunnel_max_lifetime_s > 0) {
+		uint64_t end = h->tunnel_start_ms + (uint64_t)lc->tunnel_max_lifetime_s * 1000;
+		if (end < at)
+			at = end;
+	}
+	return at;
+}
+
+/* Bytes moved: the idle deadline moves later, which needs no timer call
+ * (the timer finds it when it fires). */
+static void tunnel_touch(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	h->tunnel_io_ms = c->worker->now_ms;
+	h->deadline_ms = tunnel_deadline(c);
+}
+
+/* The backend answered 101 to a WebSocket upgrade, its head parsed into
+ * h->resp: the 101 goes to the client, and from here the connection is a
+ * byte tunnel. What sits behind either head is the new protocol's: the
+ * backend's first frames follow the 101, the client's (sent before it
+ * saw the 101) go to the backend first. Nothing is in flight on the
+ * backend socket (its receive just completed; the request was sent). */
+static void tunnel_begin(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	struct kg_worker *w = c->worker;
+	if (kg_http_build_response(&h->out, &h->resp, false, false) < 0 ||
+	    kg_http_add_upgrade(&h->out) < 0) {
+		kg_conn_close(c, "out of memory");
+		return;
+	}
+	h->status = 101;
+	h->resp_started = true;
+	h->rstate = R_TUNNEL;
+	h->tunnel = true;
+	h->tunnel_first = h->tunnel_cut = T_OPEN;
+	h->c2b_eof = h->c2b_shut = h->b2c_eof = h->b2c_pending = h->tunnel_spliced = false;
+	h->tunnel_start_ms = w->now_ms;
+	kg_count(w, http_tunnels);
+	tunnel_touch(c);
+	set_deadline(c, h->deadline_ms);
+	log_debug("http.tunnel_opened", KV("listener", c->listener->conf->name),
+		  KV("client", h->who.peer), KV("backend", c->group->conf->backends[c->member].address),
+		  KV("target", h->target), KV("path", h->io->kernel ? "splice" : "copy"));
+	if (client_write(c, h->out.data, h->out.len) < 0 ||
+	    client_write(c, h->bbuf + h->bparsed, h->blen - h->bparsed) < 0)
+		return;
+	h->blen = h->bparsed = 0;
+	h->bytes_in += h->rlen - h->rparsed; /* sent by tunnel_c2b, on either path */
+	h->rparsed = h->rlen;
+	/* kTLS: on_client_drained starts the hops; userspace: it receives
+	 * from the backend. */
+	if (h->io->kernel)
+		h->tunnel_wait = true;
+	else
+		h->b2c_pending = true;
+	kg_conn_flush_client(c);
+	if (c->state == KG_CONN_FORWARDING && h->rstate == R_TUNNEL)
+		tunnel_c2b(c);
+}
+
+/* One side's stream ended and was passed on (the backend's write side
+ * shut, or close_notify queued for the client). When both have, the
+ * tunnel is over: what is queued for the client goes out, then the
+ * connection closes. */
+static void tunnel_side_ended(struct kg_conn *c, enum tunnel_end side)
+{
+	struct kg_http_conn *h = http_of(c);
+	if (h->tunnel_first == T_OPEN)
+		h->tunnel_first = side;
+	if (!h->c2b_shut || !h->b2c_eof)
+		return;
+	if (h->io->kernel) {
+		kg_conn_close(c, "tunnel ended"); /* the hops sent close_notify and FIN */
+		return;
+	}
+	snprintf(c->close_reason, sizeof(c->close_reason), "tunnel ended");
+	c->close_after_flush = true;
+	kg_conn_flush_client(c);
+}
+
+/* Client → backend: first the bytes that came behind the request head
+ * (on both paths); then, on kTLS, the c2b hop (once the 101 drained too),
+ * on userspace TLS one buffer (rbuf) at a time, the next read waiting
+ * until the backend took all of the last. */
+static void tunnel_c2b(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	while (c->state == KG_CONN_FORWARDING && h->rstate == R_TUNNEL && !h->b_send_busy) {
+		if (h->rsent < h->rlen) {
+			send_backend(c, h->rbuf + h->rsent, h->rlen - h->rsent, false);
+			return;
+		}
+		h->rlen = h->rsent = h->rparsed = 0;
+		if (h->io->kernel) {
+			if (!h->tunnel_wait && !h->tunnel_spliced)
+				tunnel_splice_start(c);
+			return;
+		}
+		if (h->c2b_eof) {
+			if (!h->c2b_shut) {
+				/* The client's end goes on as the backend's FIN. */
+				h->c2b_shut = true;
+				shutdown(c->bfd, SHUT_WR);
+				tunnel_side_ended(c, T_CLIENT);
+			}
+			return;
+		}
+		if (!h->rbuf && !(h->rbuf = io_buf_get(c, h->rcap))) {
+			kg_conn_close(c, "out of memory for a tunnel buffer");
+			return;
+		}
+		int n = h->io->read(c, h->rbuf, h->rcap);
+		if (n > 0) {
+			h->rlen = (uint32_t)n;
+			h->bytes_in += (uint64_t)n;
+			kg_count_add(&c->worker->stats.forwarded_c2b, (uint64_t)n);
+			tunnel_touch(c);
+			continue;
+		}
+		if (n != KG_CIO_EOF)
+			return; /* a receive is armed (on_client_data comes back), or closed */
+		h->c2b_eof = true;
+	}
+}
+
+static void tunnel_on_backend_send(struct kg_conn *c, int res)
+{
+	struct kg_http_conn *h = http_of(c);
+	if (res <= 0) {
+		kg_conn_close_err(c, "tunnel backend send", res == 0 ? EPIPE : -res);
+		return;
+	}
+	h->rsent += (uint32_t)res;
+	tunnel_touch(c);
+	tunnel_c2b(c);
+}
+
+/* Userspace TLS: backend → client. OpenSSL takes the bytes into records
+ * at once; the next receive waits until the client took them
+ * (on_client_drained). */
+static void tunnel_on_backend_recv(struct kg_conn *c, int res)
+{
+	struct kg_http_conn *h = http_of(c);
+	if (res < 0) {
+		kg_conn_close_err(c, "tunnel backend recv", -res);
+		return;
+	}
+	if (res == 0) {
+		h->b2c_eof = true;
+		h->io->end(c); /* close_notify behind the last bytes */
+		kg_conn_flush_client(c);
+		if (c->state == KG_CONN_FORWARDING)
+			tunnel_side_ended(c, T_BACKEND);
+		return;
+	}
+	tunnel_touch(c);
+	if (client_write(c, h->bbuf, (size_t)res) < 0)
+		return;
+	h->b2c_pending = true;
+	kg_conn_flush_client(c);
+}
+
+/* kTLS: the 101 (and the backend's bytes behind it) reached the client,
+ * the client's bytes behind its request head the backend; both directions
+ * splice from here, each to its source's end (the hop passes a client's
+ * close_notify on as a FIN, and a backend's FIN as close_notify and FIN). */
+static void tunnel_splice_start(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	h->tunnel_spliced = true;
+	if (!start_hop(c, &h->pump.c2b, &h->spliced_c2b, c->cfd, c->bfd, KG_HOP_UNBOUNDED) ||
+	    !start_hop(c, &h->pump.b2c, &h->spliced_b2c, c->bfd, c->cfd, KG_HOP_UNBOUNDED)) {
+		kg_conn_close(c, "tunnel: no pipe for splicing");
+		return;
+	}
+	tunnel_pump(c);
+}
+
+/* kTLS: a wake-up for either socket (or the backoff). */
+static void tunnel_pump(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	if (!h->tunnel_spliced)
+		return; /* the 101 or the early bytes are on their way: no hop runs yet */
+	bool moved = kg_pump_move(c, &h->pump);
+	account_spliced(c);
+	if (c->state != KG_CONN_FORWARDING || h->rstate != R_TUNNEL)
+		return;
+	if (moved)
+		tunnel_touch(c);
+	if (h->pump.c2b.done && !h->c2b_shut) {
+		h->c2b_eof = h->c2b_shut = true;
+		tunnel_side_ended(c, T_CLIENT);
+	}
+	if (c->state == KG_CONN_FORWARDING && h->pump.b2c.done && !h->b2c_eof) {
+		h->b2c_eof = true;
+		tunnel_side_ended(c, T_BACKEND);
+	}
+	if (c->state == KG_CONN_FORWARDING)
+		kg_pump_wait(c, &h->pump, moved);
+}
+
+/* The tunnel's deadline passed: no byte for tunnel_idle_timeout_ms, or
+ * tunnel_max_lifetime_s is up. Both sides are told (close_notify to the
+ * client, FIN to the backend) and the connection closes. */
+static void tunnel_check(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	const struct kg_listener_conf *lc = c->listener->conf;
+	uint64_t now = c->worker->now_ms;
+	h->deadline_ms = tunnel_deadline(c);
+	if (now < h->deadline_ms)
+		return;
+	bool life = lc->tunnel_max_lifetime_s > 0 &&
+		    now >= h->tunnel_start_ms + (uint64_t)lc->tunnel_max_lifetime_s * 1000;
+	h->tunnel_cut = life ? T_LIFETIME : T_IDLE;
+	shutdown(c->bfd, SHUT_RDWR); /* ends the backend's operations in flight */
+	kg_hop_stop(&h->pump.c2b);
+	kg_hop_stop(&h->pump.b2c);
+	close_gracefully(c, life ? "tunnel_max_lifetime_s reached" : "tunnel idle timeout");
+}
+
+/* The connection is closing with a tunnel open: count and log why it
+ * ended, and write its access log line (status 101, the bytes both ways
+ * over its life). */
+static void tunnel_closed(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	struct kg_worker *w = c->worker;
+	h->tunnel = false;
+	if (h->io->kernel)
+		account_spliced(c);
+	enum tunnel_end why = h->tunnel_cut != T_OPEN		 ? h->tunnel_cut
+			      : h->c2b_shut && h->b2c_eof	 ? h->tunnel_first
+			      : w->draining && w->now_ms >= w->drain_deadline_ms ? T_DRAIN
+									    : T_ERROR;
+	switch (why) {
+	case T_CLIENT: kg_count(w, http_tunnel_end_client); break;
+	case T_BACKEND: kg_count(w, http_tunnel_end_backend); break;
+	case T_IDLE: kg_count(w, http_tunnel_end_idle); break;
+	case T_LIFETIME: kg_count(w, http_tunnel_end_lifetime); break;
+	case T_DRAIN: kg_count(w, http_tunnel_end_drain); break;
+	case T_OPEN:
+	case T_ERROR: kg_count(w, http_tunnel_end_error); break;
+	}
+	const char *backend = c->group->conf->backends[c->member].address;
+	if (why == T_CLIENT || why == T_BACKEND)
+		log_debug("http.tunnel_closed", KV("listener", c->listener->conf->name),
+			  KV("client", h->who.peer), KV("backend", backend),
+			  KV("reason", tunnel_end_names[why]), KV("bytes_in", h->bytes_in),
+			  KV("bytes_out", h->bytes_out), KV("ms", w->now_ms - h->tunnel_start_ms));
+	else
+		/* kgate (or a failure) cut it: the operator should see why. */
+		log_info("http.tunnel_closed", KV("listener", c->listener->conf->name),
+			 KV("client", h->who.peer), KV("backend", backend),
+			 KV("reason", tunnel_end_names[why]), KV("bytes_in", h->bytes_in),
+			 KV("bytes_out", h->bytes_out), KV("ms", w->now_ms - h->tunnel_start_ms));
+	access_log(c);
 }
 
 /* ---- lifecycle ---- */
@@ -1188,6 +1547,10 @@ static void resume(struct kg_conn *c)
 			send_close_notify(c);
 		return;
 	}
+	if (h->rstate == R_TUNNEL) {
+		tunnel_pump(c);
+		return;
+	}
 	pump_bodies(c);
 	/* The request side first: a request body spliced to its end moves
 	 * it to R_WAIT, so a response that ended too is not taken for an
@@ -1240,6 +1603,9 @@ static void http_deadline_passed(struct kg_conn *c)
 	case R_CLOSING:
 		kg_conn_close(c, "client did not take the last response in time");
 		return;
+	case R_TUNNEL:
+		tunnel_check(c);
+		return;
 	}
 }
 
@@ -1287,6 +1653,8 @@ static void http_on_close(struct kg_conn *c)
 	struct kg_http_conn *h = http_of(c);
 	if (!h)
 		return; /* http_start ran out of memory before its context existed */
+	if (h->tunnel)
+		tunnel_closed(c);
 	if (h->rstate == R_CONNECT && c->bfd >= 0) {
 		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
 		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HTTP_CONNECT, c->idx, c->bfd), 0);

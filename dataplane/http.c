@@ -514,6 +514,23 @@ struct conn_tokens {
 	unsigned n;
 };
 
+/* The next comma-separated token of a field value v from *pos (below
+ * end): true with *tok and *tok_len set, false when none is left. */
+static bool next_token(const char *v, size_t *pos, size_t end, const char **tok,
+		       size_t *tok_len)
+{
+	size_t p = *pos;
+	while (p < end && (v[p] == ',' || v[p] == ' ' || v[p] == '\t'))
+		p++;
+	size_t start = p;
+	while (p < end && v[p] != ',' && v[p] != ' ' && v[p] != '\t')
+		p++;
+	*pos = p;
+	*tok = v + start;
+	*tok_len = p - start;
+	return p > start;
+}
+
 /* The comma-separated names in every Connection field. */
 static void connection_tokens(const struct fields *fl, struct conn_tokens *t)
 {
@@ -522,20 +539,10 @@ static void connection_tokens(const struct fields *fl, struct conn_tokens *t)
 		struct kg_http_pair f = field_at(fl, i);
 		if (!text_is(f.name, f.name_len, "connection"))
 			continue;
-		size_t pos = 0, end = f.value_len;
-		const char *v = f.value;
-		while (pos < end && t->n < MAX_CONN_TOKENS) {
-			while (pos < end && (v[pos] == ',' || v[pos] == ' ' || v[pos] == '\t'))
-				pos++;
-			size_t start = pos;
-			while (pos < end && v[pos] != ',' && v[pos] != ' ' && v[pos] != '\t')
-				pos++;
-			if (pos > start) {
-				t->tok[t->n].p = v + start;
-				t->tok[t->n].len = pos - start;
-				t->n++;
-			}
-		}
+		size_t pos = 0;
+		while (t->n < MAX_CONN_TOKENS &&
+		       next_token(f.value, &pos, f.value_len, &t->tok[t->n].p, &t->tok[t->n].len))
+			t->n++;
 	}
 }
 
@@ -805,6 +812,47 @@ int kg_http_build_response(struct kg_buf *out, const struct kg_http_msg *m, bool
 	if (!close && keep_alive_10 && kg_buf_printf(out, "Connection: keep-alive\r\n") < 0)
 		return -ENOMEM;
 	return kg_buf_add(out, "\r\n", 2);
+}
+
+/* ---- WebSocket upgrades (RFC 6455 4) ---- */
+
+/* True when a field named `name` lists `token` (comma-separated, case
+ * insensitive; a "websocket/13"-style version is not a match). */
+static bool lists_token(const struct kg_http_msg *m, const char *name, const char *token)
+{
+	for (unsigned i = 0; i < m->n_fields; i++) {
+		if (!span_is(m, m->fields[i].name, name))
+			continue;
+		struct kg_http_span v = m->fields[i].value;
+		const char *tok;
+		size_t pos = v.off, tok_len;
+		while (next_token((const char *)m->base, &pos, (size_t)v.off + v.len, &tok, &tok_len))
+			if (text_is(tok, tok_len, token))
+				return true;
+	}
+	return false;
+}
+
+bool kg_http_websocket_upgrade(const struct kg_http_msg *m)
+{
+	if (!lists_token(m, "upgrade", "websocket"))
+		return false;
+	if (!m->is_request)
+		return kg_http_status(m) == 101;
+	/* Only the handshake RFC 6455 defines: GET, HTTP/1.1, Connection:
+	 * upgrade, no body (a body would sit between the head and the
+	 * frames, and llhttp would not tell where). */
+	return m->parser.method == HTTP_GET && kg_http_minor(m) == 1 &&
+	       lists_token(m, "connection", "upgrade") && !kg_http_has_body(m);
+}
+
+int kg_http_add_upgrade(struct kg_buf *head)
+{
+	static const char tail[] = "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+	if (head->len < 4 || memcmp(head->data + head->len - 4, "\r\n\r\n", 4) != 0)
+		return -EINVAL;
+	head->len -= 2; /* the empty line goes after the two fields */
+	return kg_buf_add(head, tail, sizeof(tail) - 1);
 }
 
 const char *kg_http_reason(int status)

@@ -220,6 +220,18 @@ int kg_http_response_pairs(const struct kg_http_msg *m, struct kg_http_pair *out
 int kg_http_build_response(struct kg_buf *out, const struct kg_http_msg *m,
 			   bool close, bool keep_alive_10);
 
+/* WebSocket (RFC 6455): a request that asks for one (GET, HTTP/1.1,
+ * Upgrade listing websocket, Connection listing upgrade, no body), or a
+ * response that grants it (101 with Upgrade listing websocket). Other
+ * upgrades (h2c, TLS) are not passed: their Upgrade is dropped as
+ * hop-by-hop by the builders above. */
+bool kg_http_websocket_upgrade(const struct kg_http_msg *m);
+/* Puts "Connection: upgrade" and "Upgrade: websocket" back into a head
+ * the builders above made (they drop both as hop-by-hop): for the
+ * backend's request and the client's 101. 0, -ENOMEM, or -EINVAL for a
+ * buffer that is not a complete head. */
+int kg_http_add_upgrade(struct kg_buf *head);
+
 /* A short response made by kgate itself ("HTTP/1.1 503 Service
  * Unavailable", a one-line text body, Connection: close). */
 int kg_http_build_error(struct kg_buf *out, int status);

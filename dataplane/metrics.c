@@ -45,6 +45,20 @@ static void sum_reasons(const struct kg_runtime *rt, uint64_t why[KG_HS_REASONS]
 	}
 }
 
+/* WebSocket tunnels open now: those opened minus those closed, for any
+ * reason (counters.h), over the workers' summed counters. */
+static uint64_t tunnels_active(const struct kg_counters *s)
+{
+#define KG_TUNNEL_CLOSED(r) atomic_load_explicit(&s->http_tunnel_end_##r, memory_order_relaxed)
+	uint64_t closed = KG_TUNNEL_CLOSED(client) + KG_TUNNEL_CLOSED(backend) +
+			  KG_TUNNEL_CLOSED(idle) + KG_TUNNEL_CLOSED(lifetime) +
+			  KG_TUNNEL_CLOSED(drain) + KG_TUNNEL_CLOSED(error);
+#undef KG_TUNNEL_CLOSED
+	uint64_t opened = atomic_load_explicit(&s->http_tunnels, memory_order_relaxed);
+	/* Read while workers write: a close may be seen before its open. */
+	return opened > closed ? opened - closed : 0;
+}
+
 static void add_u64(json_object *o, const char *key, uint64_t v)
 {
 	json_object_object_add(o, key, json_object_new_int64((int64_t)v));
@@ -103,6 +117,7 @@ json_object *kg_stats_json(struct kg_runtime *rt, const char *listener)
 		add_u64(groups[kg_counter_table[i].group], kg_counter_table[i].json_key,
 			kg_counter_read(&sum, i));
 	add_u64(conns, "active", active);
+	add_u64(conns, "http_tunnels_active", tunnels_active(&sum));
 	for (int p = KG_PATH_NONE + 1; p < KG_PATH_COUNT; p++) {
 		char key[48];
 		snprintf(key, sizeof(key), "path_%s", kg_path_name((enum kg_path)p));
@@ -340,6 +355,8 @@ char *kg_metrics_text(struct kg_runtime *rt, const struct kg_config *cfg)
 		    *k->labels ? "}" : "", (unsigned long long)kg_counter_read(&s, i));
 	}
 	metric(&t, "connections_active", "gauge", "Open client connections.", active);
+	metric(&t, "http_tunnels_active", "gauge", "Open WebSocket tunnels on https listeners.",
+	       tunnels_active(&s));
 	put(&t, "# HELP kgate_connections_by_path_total Connections that started forwarding, per path.\n"
 		"# TYPE kgate_connections_by_path_total counter\n");
 	for (int p = KG_PATH_NONE + 1; p < KG_PATH_COUNT; p++)

@@ -191,6 +191,14 @@ enum kg_ocsp_mode { KG_OCSP_MODES(KG_LK_ENUM_OCSP) };
 	  "tcp and tls listeners: v2 sends the backend a PROXY protocol v2 header first")          \
 	F(idle_timeout_ms, KG_LK_UINT(1, 86400000, 300000), KG_LK_FOR_ALL, KG_LKF_UPDATE,          \
 	  "idle-timeout-ms", "N", "a connection without traffic for this long is closed")          \
+	F(tunnel_idle_timeout_ms, KG_LK_UINT(1, 86400000, 3600000),                               \
+	  KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\" (WebSocket tunnels)"),       \
+	  KG_LKF_UPDATE, "tunnel-idle-timeout-ms", "N",                                           \
+	  "a WebSocket tunnel with no byte either way for this long is closed")                  \
+	F(tunnel_max_lifetime_s, KG_LK_UINT(0, 2592000, 0),                                       \
+	  KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\" (WebSocket tunnels)"),       \
+	  KG_LKF_UPDATE, "tunnel-max-lifetime-s", "N",                                            \
+	  "a WebSocket tunnel is closed this long after it opened; 0: no limit")                 \
 	F(connect_timeout_ms, KG_LK_UINT(1, 600000, 3000), KG_LK_FOR_ALL, KG_LKF_UPDATE,           \
 	  "connect-timeout-ms", "N", "backend connect timeout")                                    \
 	F(max_connections, KG_LK_UINT(1, KG_MAX_CONNS_PER_WORKER, 10000), KG_LK_FOR_ALL,           \

@@ -919,11 +919,20 @@ def test_upgrade_request_is_served_as_plain_http(pki, spawn_kgated, backends, ra
     a, = backends("A")
     d = start(spawn_kgated, pki, [a])
     r = raw_conns(pki, d.port)
+    # A websocket upgrade reaches the backend (test_websocket.py); one it
+    # answers with 200 is a plain response, and the pipelined request
+    # behind it is served as HTTP. Other upgrades are dropped.
     r.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+           b"GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
            b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _, body = r.response()
     assert status == 200
     info = json.loads(body)
+    assert header_values(info, "Upgrade") == ["websocket"]
+    assert header_values(info, "Connection") == ["upgrade"]
+    status, _, body = r.response()
+    info = json.loads(body)
+    assert status == 200 and info["path"] == "/h2c"
     assert header_values(info, "Upgrade") == [] and header_values(info, "Connection") == []
     status, _, body = r.response()
     assert status == 200 and json.loads(body)["path"] == "/after"

@@ -836,15 +836,6 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
 	return 0;
 }
 
-static void room_check(struct kg_h2 *h, struct kg_h2_stream *st)
-{
-	if (st->want_room && !st->data_end && st->q_len <= st->low_water) {
-		st->want_room = false;
-		if (h->cb.on_send_room)
-			h->cb.on_send_room(h->ctx, st->id, st->user);
-	}
-}
-
 static ssize_t on_read_data(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
 			    uint32_t *data_flags, nghttp2_data_source *source, void *ud)
 {
@@ -852,10 +843,20 @@ static ssize_t on_read_data(nghttp2_session *s, int32_t id, uint8_t *buf, size_t
 	struct kg_h2_stream *st = source->ptr;
 	(void)id;
 	size_t n = st->q_len < length ? st->q_len : length;
-	if (n)
+	/* Room is told before the copy: what the forwarder queues (or ends)
+	 * from on_send_room goes out in this same call, never into a queue
+	 * this callback is about to declare empty (DEFERRED). */
+	if (!h->dead && st->want_room && !st->data_end && st->q_len - n <= st->low_water) {
+		st->want_room = false;
+		if (h->cb.on_send_room)
+			h->cb.on_send_room(h->ctx, st->id, st->user);
+		n = st->q_len < length ? st->q_len : length;
+	}
+	if (n) {
 		memcpy(buf, st->q + st->q_off, n);
-	st->q_off += n;
-	st->q_len -= n;
+		st->q_off += n;
+		st->q_len -= n;
+	}
 	if (st->q_len == 0)
 		st->q_off = 0;
 	if (st->q_len == 0 && st->data_end) {
@@ -868,8 +869,6 @@ static ssize_t on_read_data(nghttp2_session *s, int32_t id, uint8_t *buf, size_t
 		}
 		return (ssize_t)n;
 	}
-	if (!h->dead)
-		room_check(h, st);
 	if (n == 0) {
 		st->deferred = true;
 		return NGHTTP2_ERR_DEFERRED;

@@ -35,6 +35,7 @@ struct fwd {
 	int refuse;     /* on_request returns -EPERM */
 	bool auto_answer; /* answer "ok" to each request at once */
 	bool consume;   /* pass body bytes on at once */
+	bool room_ends; /* on_send_room queues "tail" and the end */
 };
 
 static int32_t slot(int32_t id)
@@ -92,6 +93,8 @@ static void f_room(void *ctx, int32_t id, void *user)
 	struct fwd *f = ctx;
 	(void)user;
 	f->room[slot(id)]++;
+	if (f->room_ends)
+		cr_assert_eq(kg_h2_send_data(f->h, id, "tail", 4, true, 0), 0);
 }
 
 static void f_close(void *ctx, int32_t id, void *user, uint32_t code)
@@ -1330,4 +1333,27 @@ Test(h2_session, refused_request_with_a_body_is_no_malformation)
 	cr_expect_eq(r.f.body[0], 0u);
 	cr_expect_eq(r.f.body_end[0], 0);
 	raw_fini(&r);
+}
+
+Test(h2_session, data_queued_from_on_send_room_goes_out)
+{
+	struct t t;
+	struct kg_h2_limits l = limits();
+	t_init(&t, &l);
+	t.f.room_ends = true;
+	int32_t a = cli_request(&t.c, "GET", "/a", NULL, 0, NULL);
+	int32_t b = cli_request(&t.c, "GET", "/b", NULL, 0, NULL);
+	cr_assert_eq(pump(t.h, &t.c), 0);
+	cr_assert_eq(kg_h2_respond(t.h, a, 200, NULL, 0, false), 0);
+	cr_assert_eq(kg_h2_respond(t.h, b, 200, NULL, 0, false), 0);
+	/* a: nothing queued, room wanted at once; b: some, then room */
+	cr_assert_eq(kg_h2_send_data(t.h, a, NULL, 0, false, 100), 0);
+	cr_assert_eq(kg_h2_send_data(t.h, b, "head-", 5, false, 100), 0);
+	cr_assert_eq(pump(t.h, &t.c), 0);
+	cr_expect_eq(t.f.room[slot(a)], 1);
+	cr_expect_str_eq(t.c.body_text[slot(a)], "tail");
+	cr_expect_str_eq(t.c.body_text[slot(b)], "head-tail");
+	cr_expect_eq(t.f.closes[slot(a)], 1);
+	cr_expect_eq(t.f.closes[slot(b)], 1);
+	t_fini(&t);
 }

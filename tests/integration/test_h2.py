@@ -589,3 +589,117 @@ def test_zero_window_client_is_cut_by_the_response_timeout(pki, spawn_kgated, ba
     c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
     c.flush()
     assert c.get("/who")["data"] == b"backend=A"
+
+
+# ---- attacks with raw frames: what python3-h2 will not send ----
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+GOAWAY, ENHANCE_YOUR_CALM = 7, 0xB
+
+
+def frame(ftype, flags, sid, payload=b""):
+    return (len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big")
+            + payload)
+
+
+def raw_h2(pki, port):
+    """A TLS connection that negotiated h2 and sent the preface and SETTINGS."""
+    ctx = ssl.create_default_context(cafile=pki.ca)
+    ctx.load_cert_chain(pki.cert("client"), pki.key("client"))
+    ctx.set_alpn_protocols(["h2"])
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT),
+                        server_hostname="localhost")
+    assert s.selected_alpn_protocol() == "h2"
+    s.sendall(PREFACE + frame(4, 0, 0))
+    return s
+
+
+def send_until_cut(s, frames):
+    """Sends frames until kgated stops taking them; how many went."""
+    sent = 0
+    for f in frames:
+        try:
+            s.sendall(f)
+        except OSError:
+            break
+        sent += 1
+    return sent
+
+
+def goaway_code(s, timeout=10):
+    """Reads frames to the end of the connection: the GOAWAY's error code,
+    or None when the connection ended without one."""
+    s.settimeout(timeout)
+    buf, code = b"", None
+    while True:
+        try:
+            data = s.recv(1 << 16)
+        except socket.timeout:
+            raise AssertionError("kgated kept the connection open")
+        except (ssl.SSLError, OSError):
+            data = b""
+        if not data:
+            return code
+        buf += data
+        while len(buf) >= 9:
+            n = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + n:
+                break
+            if buf[3] == GOAWAY:
+                code = int.from_bytes(buf[9 + 4:9 + 8], "big")
+            buf = buf[9 + n:]
+
+
+def hpack_literal(name, value):
+    """A literal field without indexing, new name, no Huffman (RFC 7541 6.2.2)."""
+    assert len(name) < 127 and len(value) < 127
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+GET_BLOCK = bytes([0x82, 0x87, 0x84]) + b"\x01\x09localhost"  # GET https / localhost
+
+
+def still_serves(pki, d, h2clients):
+    c = h2clients(pki, d.port)
+    assert c.get("/who")["status"] == 200
+    c.close()
+
+
+@pytest.mark.parametrize("kind", ["continuation", "hpack_bomb", "settings", "ping"])
+def test_floods_end_the_connection_and_are_counted(pki, spawn_kgated, backends, h2clients,
+                                                   kind):
+    """CONTINUATION flood (CVE-2024-27316), an HPACK bomb (one 100-byte
+    field put in the dynamic table, then referenced by one byte each),
+    SETTINGS and PING floods: each ends the attacker's connection, is
+    counted by kind, keeps kgated's memory bounded, and other clients are
+    served on."""
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a], http={"max_header_bytes": 8192})
+    rss0 = d.rss_kib()
+    s = raw_h2(pki, d.port)
+    if kind == "continuation":
+        # HEADERS without END_HEADERS, then 64 KiB CONTINUATIONs of small
+        # fields, never ending the block: 64 MiB if it were all taken.
+        chunk = hpack_literal(b"x", b"y") * (65536 // 7)
+        frames = [frame(1, 0x1, 1, GET_BLOCK)] + [frame(9, 0, 1, chunk)] * 1024
+        counters = ["h2_abuse_continuation", "h2_abuse_header_list"]
+    elif kind == "hpack_bomb":
+        big = b"\x40\x06x-bomb" + bytes([100]) + b"b" * 100  # incremental indexing: index 62
+        block = GET_BLOCK + big + b"\xbe" * 8000               # 8000 x 100 bytes decoded
+        frames = [frame(1, 0x5, 1, block)]
+        counters = ["h2_abuse_hpack", "h2_abuse_header_list"]
+    elif kind == "settings":
+        frames = [frame(4, 0, 0)] * 20000
+        counters = ["h2_abuse_control_flood"]
+    else:
+        frames = [frame(6, 0, 0, b"12345678")] * 20000
+        counters = ["h2_abuse_control_flood"]
+    sent = send_until_cut(s, frames)
+    code = goaway_code(s)
+    s.close()
+    assert code in (None, ENHANCE_YOUR_CALM, 1, 9), (kind, code)  # calm, protocol, compression
+    still_serves(pki, d, h2clients)
+    assert d.rss_kib() - rss0 < 16 * 1024, (kind, sent, rss0, d.rss_kib())
+    assert a.requests == ["/who"], a.requests  # the attack reached no backend
+    d.terminate()
+    assert sum(worker_counter(d, k) for k in counters) >= 1, (kind, counters, d.log()[-2000:])

@@ -36,8 +36,18 @@ class KgatedH2(kh.KgatedHttps):
         with open(self.conf_path) as f:
             conf = kh.json.load(f)
         conf["listeners"][0]["h2"] = True
+        # Idle backend connections kept per origin: one per stream in
+        # flight (HAProxy's http-reuse keeps them all; NGINX gets the same
+        # keepalive below), so no proxy reconnects at 100 streams.
+        conf["listeners"][0]["http"]["pool_max_idle"] = pool_size(self.env.args)
         with open(self.conf_path, "w") as f:
             kh.json.dump(conf, f, indent=1)
+
+
+def pool_size(args):
+    """Streams in flight at once (round robin halves them per origin),
+    within kgated's bound on pool_max_idle."""
+    return min(1024, args.conns * max(args.streams))
 
 
 class HaproxyH2(kh.HaproxyHttp):
@@ -54,6 +64,7 @@ class NginxH2(kh.NginxHttps):
     def write_config(self, d, conf):
         # Every stream in flight holds a backend connection: room for all.
         need = 2 * (self.env.args.conns * max(self.env.args.streams) + self.env.args.idle) + 2000
+        conf = re.sub(r"keepalive 64;", f"keepalive {pool_size(self.env.args)};", conf)
         conf = re.sub(r"worker_connections (\d+);",
                       lambda m: f"worker_connections {max(int(m.group(1)), need)};", conf)
         super().write_config(d, re.sub(r"(listen 127\.0\.0\.1:\d+ ssl);", r"\1 http2;", conf))

@@ -1230,6 +1230,8 @@ def main():
             f"the open-file limit here is {target} (raising it needs CAP_SYS_RESOURCE)")
         return 2
     args.proxies = args.proxies.split()
+    if (args.syscalls or args.profile) and not shutil.which("perf"):
+        p.error("--syscalls and --profile need perf (Debian: linux-perf)")
     compare = []
     for c in args.compare_kgated:
         name, sep, path = c.partition("=")

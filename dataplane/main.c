@@ -777,9 +777,11 @@ static int persist_initial(struct kg_state *st)
 /* -DKG_ALLOCATOR=mimalloc (dataplane/CMakeLists.txt): mimalloc decommits
  * freed pages only after a delay, and only when the thread calls it again:
  * a worker that goes quiet after a wave of connections would keep the
- * wave's peak. Decommitting at once gives it back as glibc's heap trim
- * does (bench/results/2026-12-07-1325-allocator-decommit.md), at no
- * handshake cost measured. mimalloc 2.0's name for the option. */
+ * wave's peak (mi_collect from the heap trim did not give it back either).
+ * Decommitting at once does, as glibc's heap trim does, at no handshake
+ * cost but with more kernel time in bulk transfers
+ * (bench/results/2026-12-07-1345-allocator-final.md). mimalloc 2.0's name
+ * for the option. */
 static void allocator_setup(void)
 {
 #if KG_ALLOCATOR_MIMALLOC

@@ -5,14 +5,13 @@
 set -euo pipefail
 
 build=(gcc make cmake pkg-config libssl-dev liburing-dev libjson-c-dev libcap-dev scdoc
-	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp libcurl4-openssl-dev libnghttp2-dev
-	libmimalloc-dev)
+	clang llvm libbpf-dev bpftool linux-libc-dev node-llhttp libcurl4-openssl-dev libnghttp2-dev)
 test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps systemd man-db
 	chromium libnss3-tools util-linux sslscan testssl.sh prometheus haproxy
 	python3-cryptography gunicorn etcd-server etcd-client bird2
 	python3-h2 python3-websockets python3-grpcio nghttp2-client)
 demo=("${build[@]}" openssl curl python3)
-bench=("${test[@]}" wrk nginx-light gnuplot-nox libjemalloc-dev)
+bench=("${test[@]}" wrk nginx-light gnuplot-nox libjemalloc-dev libmimalloc-dev)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;
 # the guest runs the host's own tools, so it needs the test group too.
 vm=("${test[@]}" qemu-system-x86 busybox-static)

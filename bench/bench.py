@@ -132,15 +132,47 @@ def pid_tree(pid):
 def cpu_seconds(pid):
     """utime+stime of the process tree (all threads: /proc/PID/stat of a
     thread-group leader sums its threads)."""
-    total = 0
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid):
+    """(utime, stime) seconds of the process tree: the kernel's share."""
+    u = st = 0
     for p in pid_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 rest = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(rest[11]) + int(rest[12])
-    return total / CLK_TCK
+        u += int(rest[11])
+        st += int(rest[12])
+    return u / CLK_TCK, st / CLK_TCK
+
+
+SYSCALL_EVENTS = ("raw_syscalls:sys_enter", "syscalls:sys_enter_io_uring_enter")
+
+
+def perf_stat_start(pid, path):
+    """--syscalls: perf stat counting the proxy's system calls (all of
+    them, and io_uring_enter) until perf_stat_end."""
+    argv = ["perf", "stat", "-x", ",", "-o", path, "-e", ",".join(SYSCALL_EVENTS),
+            "-p", ",".join(str(p) for p in pid_tree(pid))]
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # attached before the load starts
+    return p
+
+
+def perf_stat_end(p, path):
+    """{event: count} from a perf_stat_start."""
+    p.send_signal(signal.SIGINT)
+    p.wait(10)
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) > 2 and parts[2] in SYSCALL_EVENTS and parts[0].isdigit():
+                counts[parts[2]] = int(parts[0])
+    return counts
 
 
 def cpu_ns(pid):
@@ -207,8 +239,11 @@ class Kgated(Proxy):
     name = "kgated"
     label = "kgated (userspace TLS)"
 
-    def __init__(self, env, workers, binary=None, name=None, tickets=None, ocsp=False):
-        """tickets: the listeners' tls_session_tickets ("stateless" or
+    def __init__(self, env, workers, binary=None, name=None, tickets=None, ocsp=False,
+                 https=False):
+        """https: the two mTLS listeners are protocol "https" (HTTP/1.1 parsed,
+        backend keep-alive pool) instead of "tls"; named kgated-https.
+        tickets: the listeners' tls_session_tickets ("stateless" or
         "stateful"; None: kgated's default); named kgated-<tickets>.
         ocsp: the tls listeners check client certificates with OCSP (hard,
         env's responder; after the first query answers come from the
@@ -218,12 +253,16 @@ class Kgated(Proxy):
         self.binary = binary or env.kgated
         self.tickets = tickets
         self.ocsp = ocsp
+        self.https = https
+        if https:
+            self.name = "kgated-https"
+            self.label = "kgated (https listener, userspace TLS)"
         if ocsp:
             self.name = "kgated-ocsp"
             self.label = "kgated (userspace TLS, OCSP hard, cached)"
         if name:
-            self.name = name
-            self.label = f"kgated ({binary})"
+            self.name = name + ("-https" if https else "")
+            self.label = f"kgated ({binary}{', https' if https else ''})"
         if tickets:
             self.name = f"kgated-{tickets}"
             self.label = f"kgated (userspace TLS, {tickets} tickets)"
@@ -240,6 +279,9 @@ class Kgated(Proxy):
             lst = dict(common, name=name, protocol="tls", port=port, certificate="web",
                        mutual_auth="required", ca="clients", forwarding="userspace",
                        backends=backends)
+            if self.https:
+                lst["protocol"] = "https"
+                lst["http"] = {"keepalive_timeout_ms": 600000, "pool_max_idle": 64}
             if self.tickets:
                 lst["tls_session_tickets"] = self.tickets
             if self.ocsp:
@@ -292,8 +334,10 @@ class Kgated(Proxy):
             except BenchError as e:
                 self.stop()
                 lines = open(self.log).read().splitlines()
+                # Not the counters' line: it names sockmap_fallback and http_errors.
+                lines = [l for l in lines if " event=worker.stopped " not in l]
                 why = [l for l in lines if "sockmap" in l and "error" in l] or \
-                      [l for l in lines if "sockmap" in l and " event=worker.stopped " not in l]
+                      [l for l in lines if "sockmap" in l]
                 if not why:
                     raise e
                 self.notes.append(f"kgated sockmap relay skipped: {why[-1].strip()}")
@@ -589,10 +633,35 @@ class Env:
                                   "--body-bytes", str(body)], logf)
             m = wait_for(logf, r"listening on 127\.0\.0\.1:(\d+)", 5, p)
             ports.append(int(m.group(1)))
+        if self.args.bulk_origin == "nginx":
+            self.big_ports = self.start_nginx_origin()
         logf = f"{self.work}/bulk.log"
         p = self.procs.start([PY, f"{ROOT}/bench/bulk.py", "serve"], logf)
         self.bulk_port = int(wait_for(logf, r"bulk listening on [\d.]+:(\d+)", 5, p).group(1))
         log(f"backends: small {self.small_ports}, 1 MiB {self.big_ports}, bulk {self.bulk_port}")
+
+    def start_nginx_origin(self):
+        """--bulk-origin nginx: the 1 MiB responses come from one NGINX
+        (1 worker, sendfile) serving a 1 MiB file on two ports, instead of
+        two http_backend: how a backend writes (sendfile in NGINX's
+        chunks, or one send of head and body) shapes what a proxy
+        receives at a time. Returns the ports."""
+        d = os.path.join(self.work, "nginx-origin")
+        os.makedirs(os.path.join(d, "www"), exist_ok=True)
+        with open(os.path.join(d, "www", "big"), "wb") as f:
+            f.write(b"m" * BIG_BODY)
+        ports = [free_port(), free_port()]
+        servers = "".join(
+            f"  server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n"
+            "    location / {\n      try_files /big =404;\n"
+            "      default_type application/octet-stream;\n    }\n  }\n" for port in ports)
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_conf(d, 1, 1024, "  sendfile on;\n" + servers))
+        p = self.procs.start([self.nginx, "-p", d, "-c", conf], os.path.join(d, "stderr.log"))
+        for port in ports:
+            wait_port(port, 10, p)
+        return ports
 
     # -- correctness: 200 with the cert, refused without / with another CA's,
     # both backends answering
@@ -647,15 +716,29 @@ class Env:
         out = f"{self.work}/wrk-{tag}.log"
         argv = [self.wrk, "-c", str(conns), "-t", str(a.threads), "-d", f"{a.duration}s",
                 "--latency", *extra, f"https://127.0.0.1:{proxy.ports[kind]}/"]
-        c0 = cpu_seconds(proxy.pid)
+        perf = perf_stat_start(proxy.pid, out + ".perf") if a.syscalls else None
+        rec = None
+        if a.profile and isinstance(proxy, Kgated):
+            os.makedirs(a.profile, exist_ok=True)
+            rec = subprocess.Popen(["perf", "record", "-g", "-q", "-o",
+                                    os.path.join(a.profile, f"{tag}.perf.data"), "-p",
+                                    str(proxy.pid)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+        u0, s0 = cpu_split(proxy.pid)
         r = subprocess.run(argv, env=env, capture_output=True, text=True)
-        c1 = cpu_seconds(proxy.pid)
+        u1, s1 = cpu_split(proxy.pid)
+        counts = perf_stat_end(perf, out + ".perf") if perf else {}
+        if rec:
+            rec.send_signal(signal.SIGINT)
+            rec.wait(30)
         with open(out, "w") as f:
             f.write(r.stdout + r.stderr)
         if r.returncode != 0:
             raise BenchError(f"wrk failed ({out}): {r.stderr.strip()[-300:]}")
         res = parse_wrk(r.stdout + r.stderr)
-        res["cpu_s"] = c1 - c0
+        res["cpu_s"] = (u1 - u0) + (s1 - s0)
+        res["sys_share"] = (s1 - s0) / res["cpu_s"] if res["cpu_s"] else float("nan")
         if unit == "request":
             units = res["requests"]
         elif unit == "handshake":
@@ -669,6 +752,9 @@ class Env:
         # µs per request/handshake, ms per MiB
         scale = 1e3 if unit == "MiB" else 1e6
         res["cpu_per_unit"] = res["cpu_s"] * scale / units if units else float("nan")
+        for key, event in (("syscalls", SYSCALL_EVENTS[0]), ("uring_enters", SYSCALL_EVENTS[1])):
+            n = counts.get(event)
+            res[key] = n / units if n is not None and units else float("nan")
         return res
 
     def bulk_fetch(self, port, nbytes):
@@ -746,7 +832,10 @@ class Env:
             after = rss_kib(proxy.pid)
         finally:
             self.procs.stop(hold, 10)
-        return before, after, (after - before) / n
+        # What the allocator gives back once the wave is over (kgated's
+        # heap trim runs within a second or two of it, heap_trim.h).
+        time.sleep(3.0)
+        return before, after, (after - before) / n, rss_kib(proxy.pid)
 
 
 # ---- measurement plan ------------------------------------------------------------
@@ -765,15 +854,20 @@ def run(args):
         env.make_certs()
         env.start_backends()
         for w in args.workers:
-            proxies = [Kgated(env, w), Kgated(env, w, tickets="stateless"),
+            proxies = [Kgated(env, w), Kgated(env, w, https=True),
+                       Kgated(env, w, tickets="stateless"),
                        Kgated(env, w, tickets="stateful"), Kgated(env, w, ocsp=True),
                        Haproxy(env, w, "tcp"),
                        Haproxy(env, w, "http"), Nginx(env, w)]
             proxies = [p for p in proxies if p.name in args.proxies]
-            if args.compare_kgated:
-                # Another kgated build (before a change) measured in the
-                # same rounds, right after this one.
-                proxies.insert(1, Kgated(env, w, args.compare_kgated, "kgated-compare"))
+            # Other kgated builds (before a change, another allocator)
+            # measured in the same rounds, right after this one.
+            # With kgated-https in --proxies, each of them as https too.
+            extra = [Kgated(env, w, path, name) for name, path in args.compare_kgated]
+            if "kgated-https" in args.proxies:
+                extra += [Kgated(env, w, path, name, https=True)
+                          for name, path in args.compare_kgated]
+            proxies[1:1] = extra
             for p in proxies:
                 p.prepare()
                 p.start()
@@ -797,7 +891,10 @@ def run(args):
                                          p99_ms=res["p99"], units=res["units"], unit=unit,
                                          cpu_s=res["cpu_s"], cpu_per_unit=res["cpu_per_unit"],
                                          errors=res["errors"], hs_full=res["full"],
-                                         hs_resumed=res["resumed"]))
+                                         hs_resumed=res["resumed"],
+                                         sys_share=res["sys_share"],
+                                         syscalls=res["syscalls"],
+                                         uring_enters=res["uring_enters"]))
             # (e): tcp relays, direct baseline first in each round
             if "tcp" in args.workloads:
                 relays = [("direct", None, env.bulk_port)]
@@ -837,15 +934,20 @@ def run(args):
             if "idle" in args.workloads and args.idle > 0:
                 for rnd in range(1, args.idle_rounds + 1):
                     for p in proxies:
-                        before, after, per = env.idle_rss(p)
+                        before, after, per, closed = env.idle_rss(p)
                         log(f"w={w} idle round {rnd} {p.name}: RSS {before} -> {after} KiB with "
-                            f"{args.idle} connections: {per:.1f} KiB each")
+                            f"{args.idle} connections: {per:.1f} KiB each; {closed} KiB 3 s "
+                            f"after they closed")
+                        notes.append(f"w={w} idle round {rnd} {p.name}: RSS {before} KiB before, "
+                                     f"{after} holding {args.idle}, {closed} 3 s after they "
+                                     f"closed")
                         rows.append(dict(workers=w, workload="idle", proxy=p.name, round=rnd,
                                          rate=float("nan"), p50_ms=float("nan"),
                                          p99_ms=float("nan"), units=args.idle,
                                          unit="connection", cpu_s=float("nan"),
                                          cpu_per_unit=per, errors=0, hs_full=0, hs_resumed=0,
-                                         rss_before=before, rss_after=after))
+                                         rss_before=before, rss_after=after,
+                                         rss_closed=closed))
             # (f): CPU while holding idle connections, a fresh proxy each
             if "idlecpu" in args.workloads:
                 for n in args.idle_cpu:
@@ -920,6 +1022,8 @@ def summarise(rows):
         s = dict(workers=k[0], workload=k[1], proxy=k[2], rounds=len(rs), unit=rs[0]["unit"])
         for f in ("rate", "p50_ms", "p99_ms", "cpu_per_unit"):
             s[f] = median([r[f] for r in rs])
+        for f in ("sys_share", "syscalls", "uring_enters"):
+            s[f] = median([r.get(f, float("nan")) for r in rs])
         s["errors"] = sum(r["errors"] for r in rs)
         s["hs_full"] = sum(r["hs_full"] for r in rs)
         s["hs_resumed"] = sum(r["hs_resumed"] for r in rs)
@@ -945,7 +1049,7 @@ def write_results(args, rows, notes, versions, load_start, load_end):
     os.makedirs(args.out_dir, exist_ok=True)
     fields = ["workers", "workload", "proxy", "round", "rate", "p50_ms", "p99_ms", "units",
               "unit", "cpu_s", "cpu_per_unit", "errors", "hs_full", "hs_resumed",
-              "rss_before", "rss_after"]
+              "rss_before", "rss_after", "rss_closed", "sys_share", "syscalls", "uring_enters"]
     with open(base + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -967,18 +1071,23 @@ def write_results(args, rows, notes, versions, load_start, load_end):
           f"- wrk -t {args.threads} -c {args.conns} (1 MiB: -c {max(2, args.conns // 6)}) "
           f"-d {args.duration}s through the client-certificate shim, TLS 1.3, EC P-256 certs "
           f"from kgatectl; {args.rounds} round(s), proxies measured in turn each round; "
-          f"2 http_backend origins per workload; idle: {args.idle} connections "
+          f"2 http_backend origins per workload"
+          f"{' (1 MiB: one NGINX serving a file, --bulk-origin nginx)' if args.bulk_origin == 'nginx' else ''}; idle: {args.idle} connections "
           f"(handshake + one GET, then idle), a fresh proxy each, {args.idle_rounds} round(s); "
           f"tcp: {args.bulk_mib} MiB one way per transfer (bench/bulk.py)",
           "- CPU = utime+stime of the proxy's processes and threads (/proc/PID/stat) over the "
           "run, divided by the requests / full handshakes (counted by the shim) / MiB wrk read;"
           " RSS = VmRSS delta of the proxy's processes / connections",
+          "- kernel share = stime / (utime+stime) of the same counters; with --syscalls, "
+          "perf stat counts the proxy's system calls (raw_syscalls:sys_enter) and io_uring_enter "
+          "calls over the run, per unit",
           "- values are medians over rounds; `× HAProxy tcp` / `× NGINX` = median of the "
           "same-round ratios of CPU (or RSS) per unit",
           ""]
     md += ["| workers | workload | proxy | rate | p50 ms | p99 ms | CPU or RSS per unit | "
-           "× HAProxy tcp | × NGINX | errors | handshakes full / resumed |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "× HAProxy tcp | × NGINX | errors | handshakes full / resumed | kernel share of CPU | "
+           "syscalls / io_uring_enter per unit |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         rate = fmt(s["rate"], 2) + " Gbit/s" if s["unit"] == "GiB" else fmt(s["rate"], 0) + "/s"
         if s["unit"] in ("connection", "second"):
@@ -987,7 +1096,9 @@ def write_results(args, rows, notes, versions, load_start, load_end):
                   f"{fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} | "
                   f"**{fmt(s['cpu_per_unit'], 3 if s['unit'] in ('MiB', 'GiB', 'second') else 1)}** "
                   f"{UNIT_TEXT[s['unit']]} | {fmt(s['vs_haproxy-tcp'], 2)} | "
-                  f"{fmt(s['vs_nginx'], 2)} | {s['errors']} | {s['hs_full']} / {s['hs_resumed']} |")
+                  f"{fmt(s['vs_nginx'], 2)} | {s['errors']} | {s['hs_full']} / {s['hs_resumed']} | "
+                  f"{fmt(100 * s['sys_share'], 0)}{'' if s['sys_share'] != s['sys_share'] else ' %'} | "
+                  f"{fmt(s['syscalls'], 1)} / {fmt(s['uring_enters'], 1)} |")
     if notes:
         md += ["", "Notes and kgated's own counters:", ""]
         md += [f"    {n}" for n in notes]
@@ -1075,10 +1186,21 @@ def main():
                    help="also kgated-stateless, kgated-stateful: kgated with that "
                    "tls_session_tickets on its tls listeners; kgated-ocsp: OCSP hard on "
                    "them (openssl ocsp as the responder, answers cached)")
+    p.add_argument("--syscalls", action="store_true",
+                   help="wrk workloads: count each proxy's system calls (and io_uring_enter) "
+                   "per unit with perf stat")
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="wrk workloads: perf record -g of each kgated run into DIR "
+                   "(<proxy>-w<N>-<workload>-<round>.perf.data); costs CPU, so not for the "
+                   "numbers of the same run")
+    p.add_argument("--bulk-origin", default="backend", choices=("backend", "nginx"),
+                   help="what serves the 1 MiB responses: two http_backend (default) or "
+                   "one NGINX serving a 1 MiB file on two ports")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
     p.add_argument("--label", default="")
-    p.add_argument("--compare-kgated", default=None, metavar="PATH",
-                   help="also measure this kgated binary (another build) as kgated-compare")
+    p.add_argument("--compare-kgated", default=[], action="append", metavar="[NAME=]PATH",
+                   help="also measure this kgated binary (another build) as kgated-compare, "
+                   "or as kgated-NAME; may be given several times")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -1108,6 +1230,13 @@ def main():
             f"the open-file limit here is {target} (raising it needs CAP_SYS_RESOURCE)")
         return 2
     args.proxies = args.proxies.split()
+    if (args.syscalls or args.profile) and not shutil.which("perf"):
+        p.error("--syscalls and --profile need perf (Debian: linux-perf)")
+    compare = []
+    for c in args.compare_kgated:
+        name, sep, path = c.partition("=")
+        compare.append((f"kgated-{name}", path) if sep else ("kgated-compare", c))
+    args.compare_kgated = compare
     if "haproxy-tcp" not in args.proxies or "nginx" not in args.proxies:
         log("note: ratios need haproxy-tcp and nginx in --proxies")
     return run_main(run, args)

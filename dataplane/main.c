@@ -31,6 +31,9 @@
 #include <unistd.h>
 
 #include <openssl/ssl.h>
+#if KG_ALLOCATOR_MIMALLOC
+#include <mimalloc.h>
+#endif
 
 #include <kgate/limits.h>
 #include <kgate/log.h>
@@ -771,6 +774,21 @@ static int persist_initial(struct kg_state *st)
 	return 0;
 }
 
+/* -DKG_ALLOCATOR=mimalloc (dataplane/CMakeLists.txt): mimalloc decommits
+ * freed pages only after a delay, and only when the thread calls it again:
+ * a worker that goes quiet after a wave of connections would keep the
+ * wave's peak (mi_collect from the heap trim did not give it back either).
+ * Decommitting at once does, as glibc's heap trim does, at no handshake
+ * cost but with more kernel time in bulk transfers
+ * (bench/results/2026-12-07-1345-allocator-final.md). mimalloc 2.0's name
+ * for the option. */
+static void allocator_setup(void)
+{
+#if KG_ALLOCATOR_MIMALLOC
+	mi_option_set(mi_option_decommit_delay, 0);
+#endif
+}
+
 int main(int argc, char **argv)
 {
 	struct options opt = {0};
@@ -794,6 +812,7 @@ int main(int argc, char **argv)
 	sigaddset(&early, SIGUSR2);
 	sigaddset(&early, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &early, NULL);
+	allocator_setup();
 	if (parse_args(argc, argv, &opt) < 0)
 		return 2;
 	find_self_exe();

@@ -668,10 +668,6 @@ static void stream_step(struct h2_stream *s)
 		kg_h2_consume(h->h2, s->id, s->drop_consume);
 		s->drop_consume = 0;
 	}
-	if (s->ws && s->status == 101) {
-		ws_step(s);
-		return;
-	}
 	if (s->err_status) {
 		if (s->fd >= 0 && !s->detached) {
 			if (backend_busy(s)) {
@@ -695,10 +691,16 @@ static void stream_step(struct h2_stream *s)
 			detach_backend(s, false);
 		}
 		if (!backend_busy(s)) {
+			if (s->ws)
+				ws_finish(s); /* a tunnel's end before its access line */
 			if (!s->logged)
 				access_log(s);
 			free_stream(s);
 		}
+		return;
+	}
+	if (s->ws && s->status == 101) {
+		ws_step(s);
 		return;
 	}
 	if (s->detached || s->fd < 0 || s->connecting)
@@ -1340,6 +1342,7 @@ struct h2_ws {
 	bool b2c_eof;  /* the backend's FIN came and went on as END_STREAM */
 	bool cut;      /* kgate reset the stream (a limit, a backend error) */
 	bool reset;    /* the stream closed with a reset, either side's */
+	bool live;     /* counted in n_tunnels: neither ended nor cut yet */
 	bool counted;  /* the tunnel's end is counted and logged */
 	struct kg_tunnel tun;
 };
@@ -1444,6 +1447,17 @@ static struct kg_tunnel_who ws_who(const struct h2_stream *s)
 				      .backend = s->group->conf->backends[s->member].address};
 }
 
+/* The tunnel no longer holds the connection open: its idle timeout
+ * rules again (a reset that a client never reads ends by it). */
+static void ws_unlive(struct h2_stream *s)
+{
+	if (!s->ws->live)
+		return;
+	s->ws->live = false;
+	s->owner->n_tunnels--;
+	kg_conn_touch(s->owner->c);
+}
+
 /* The tunnel's reset: to the client (RST_STREAM) and the backend (its
  * operations end); the stream goes once the session closed it. */
 static void ws_cut(struct h2_stream *s, uint32_t code)
@@ -1452,6 +1466,7 @@ static void ws_cut(struct h2_stream *s, uint32_t code)
 	if (ws->cut || !s->open)
 		return;
 	ws->cut = true;
+	ws_unlive(s);
 	kg_h2_reset(s->owner->h2, s->id, code);
 	if (s->fd >= 0 && !s->detached)
 		shutdown(s->fd, SHUT_RDWR);
@@ -1500,6 +1515,7 @@ static void ws_switch(struct h2_stream *s)
 	}
 	s->status = 101;
 	s->resp_started = true;
+	ws->live = true;
 	h->n_tunnels++;
 	const struct kg_tunnel_who who = ws_who(s);
 	kg_tunnel_open(&ws->tun, w, &who, s->target, "h2");
@@ -1565,8 +1581,7 @@ static void ws_finish(struct h2_stream *s)
 	if (s->status != 101 || ws->counted)
 		return;
 	ws->counted = true;
-	h->n_tunnels--;
-	kg_conn_touch(h->c); /* the connection's idle timeout rules again */
+	ws_unlive(s);
 	const struct kg_tunnel_who who = ws_who(s);
 	kg_tunnel_closed(&ws->tun, h->c->worker, &who,
 			 !ws->reset && !ws->cut && ws->c2b_eof && ws->b2c_eof, s->bytes_in,
@@ -1583,28 +1598,13 @@ static void ws_free(struct h2_stream *s)
 	s->ws = NULL;
 }
 
-/* A tunnel stream's next move (stream_step's, once the 101 came). */
+/* An open tunnel stream's next move (stream_step's, once the 101 came;
+ * a closed one goes the way of every stream there). */
 static void ws_step(struct h2_stream *s)
 {
 	struct h2_conn *h = s->owner;
 	struct h2_ws *ws = s->ws;
 	struct kg_conn *c = h->c;
-	if (!s->open) {
-		/* Both ends passed, or a reset: once the socket is quiet the
-		 * stream goes. */
-		if (s->fd >= 0 && !s->detached) {
-			if (backend_busy(s)) {
-				kick_backend(s);
-				return;
-			}
-			detach_backend(s, false);
-		}
-		if (backend_busy(s))
-			return;
-		ws_finish(s);
-		free_stream(s);
-		return;
-	}
 	if (ws->cut || s->detached || s->fd < 0)
 		return;
 	if (!s->send_busy && ws->len > 0) {
@@ -1759,7 +1759,11 @@ static uint64_t h2_check_deadline(struct kg_conn *c)
 		kg_conn_close(c, "idle timeout");
 		return 0;
 	}
-	uint64_t next = h->n_tunnels ? UINT64_MAX : c->deadline_ms;
+	/* With tunnels open the idle deadline may lie behind: looked at
+	 * again an idle timeout from now, or at a tunnel's deadline. */
+	uint64_t next = c->deadline_ms > w->now_ms
+				? c->deadline_ms
+				: w->now_ms + c->listener->conf->idle_timeout_ms;
 	for (struct h2_stream *s = h->streams; s; s = s->next) {
 		if (s->ws && s->status == 101) {
 			ws_check(s, &next);

@@ -12,7 +12,9 @@ frames written here; the backend is test_websocket.py's websockets echo
 server."""
 import json
 import os
+import signal
 import struct
+import time
 
 import h2.events
 import h2.settings
@@ -269,9 +271,12 @@ def test_idle_timeout_cuts_a_silent_tunnel(pki, spawn_kgated, ws_backend):
     assert st["reset"] == 8, st
     assert tunnel_closed(d, "idle_timeout")
     assert len(access_tunnels(d)) == 1
-    assert c.streams[c.open_ws("/echo")]["status"] == 200
+    live = c.open_ws("/echo")
+    c.send_msg(live, "still here")
+    assert c.messages(live, 1) == [(1, b"still here")]
     assert d.terminate() == 0
-    assert worker_counter(d, "http_tunnels_closed_idle_timeout") == 1
+    assert worker_counter(d, "http_tunnels_closed_idle_timeout") == len(
+        d.events("http.tunnel_closed", reason="idle_timeout"))
 
 
 def test_backend_close_ends_the_stream(pki, spawn_kgated, ws_backend):
@@ -310,10 +315,51 @@ def test_client_reset_closes_the_backend(pki, spawn_kgated, ws_backend):
 
 
 def wait_closed(backend, n, timeout=10):
-    import time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if backend.closed >= n:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_lifetime_limit_cuts_a_busy_tunnel(pki, spawn_kgated, ws_backend):
+    """tunnel_max_lifetime_s=1 cuts a tunnel that is never idle."""
+    d = ws_start(spawn_kgated, pki, ws_backend, tunnel_max_lifetime_s=1)
+    c = WsH2(pki, d.port)
+    sid = c.open_ws("/echo")
+    t0 = time.monotonic()
+    for i in range(100):
+        c.send_msg(sid, "tick%d" % i)
+        c.messages(sid, 1)
+        if c.streams[sid]["done"]:
+            break
+        time.sleep(0.05)
+    lived = time.monotonic() - t0
+    assert c.streams[sid]["reset"] == 8 and 0.8 < lived < 4, (lived, c.streams[sid])
+    assert tunnel_closed(d, "lifetime")
+    assert d.terminate() == 0
+    assert worker_counter(d, "http_tunnels_closed_lifetime") == 1
+
+
+def test_drain_sends_goaway_and_cuts_tunnels_at_the_deadline(pki, spawn_kgated, ws_backend):
+    """SIGTERM: GOAWAY, the open tunnel stays while the daemon drains and
+    is cut at the drain timeout (base_config: 2 s)."""
+    d = ws_start(spawn_kgated, pki, ws_backend)
+    c = WsH2(pki, d.port)
+    sid = c.open_ws("/echo")
+    c.send_msg(sid, "before")
+    assert c.messages(sid, 1) == [(1, b"before")]
+    d.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    c.pump(lambda: c.goaway is not None)
+    # python3-h2 sends nothing after a GOAWAY it received: the tunnel
+    # stays open (no reset, no END_STREAM) until the drain timeout.
+    assert not c.streams[sid]["done"]
+    c.pump(lambda: c.closed or c.streams[sid]["done"], timeout=10)
+    cut = time.monotonic() - t0
+    assert 1.0 < cut < 6, cut
+    d.proc.wait(10)
+    assert d.terminate() == 0
+    assert d.events("http.tunnel_closed", reason="drain"), d.log()
+    assert worker_counter(d, "http_tunnels_closed_drain") == 1

@@ -719,7 +719,10 @@ static void stream_step(struct h2_stream *s)
 		}
 		if (backend_busy(s))
 			return;
-		bool reusable = !s->dirty && kg_http_keep_alive(&s->resp) && !w->draining;
+		/* A backend that refused an upgrade may still think of one
+		 * (forward_http.c does not pool it either). */
+		bool reusable = !s->dirty && !s->ws && kg_http_keep_alive(&s->resp) &&
+				!w->draining;
 		detach_backend(s, reusable);
 	}
 }
@@ -865,8 +868,10 @@ static void route_stream(struct h2_stream *s, const struct kg_h2_request *req)
 {
 	struct h2_conn *h = s->owner;
 	struct kg_conn *c = h->c;
+	/* A WebSocket stream routes as its handshake: a GET. */
 	struct kg_route_req q = {.target = req->path, .target_len = strlen(req->path),
-				 .method = req->method, .cert_bits = h->who.route_cert_bits};
+				 .method = s->ws ? "GET" : req->method,
+				 .cert_bits = h->who.route_cert_bits};
 	if (req->authority) {
 		q.host = req->authority;
 		q.host_len = strlen(req->authority);
@@ -1481,9 +1486,15 @@ static void ws_switch(struct h2_stream *s)
 	struct h2_conn *h = s->owner;
 	struct h2_ws *ws = s->ws;
 	struct kg_worker *w = h->c->worker;
-	if (!kg_http_websocket_upgrade(&s->resp) || !request_sent(s)) {
+	if (!kg_http_websocket_upgrade(&s->resp)) {
 		s->err_status = 502;
-		s->err_why = "backend switched protocols unasked";
+		s->err_why = "backend switched to another protocol than websocket";
+		return;
+	}
+	if (!request_sent(s)) {
+		/* It cannot have read a head still on its way. */
+		s->err_status = 502;
+		s->err_why = "backend switched protocols before the request was sent";
 		return;
 	}
 	unsigned max = s->resp.n_fields;

@@ -10,14 +10,18 @@ python3-websockets has no HTTP/2 client: the client is python3-h2 (with
 its header validation off so that it sends :protocol), speaking RFC 6455
 frames written here; the backend is test_websocket.py's websockets echo
 server."""
+import base64
+import hashlib
 import json
 import os
 import signal
+import socket
 import struct
 import time
 
 import h2.events
 import h2.settings
+import pytest
 
 from conftest import worker_counter
 from test_h2 import H2Client, h2clients  # noqa: F401
@@ -363,3 +367,78 @@ def test_drain_sends_goaway_and_cuts_tunnels_at_the_deadline(pki, spawn_kgated, 
     assert d.terminate() == 0
     assert d.events("http.tunnel_closed", reason="drain"), d.log()
     assert worker_counter(d, "http_tunnels_closed_drain") == 1
+
+
+class Switcher:
+    """A backend that answers every handshake with the 101 it is given
+    (wrong ones included), then sends "hi" as a text frame."""
+
+    def __init__(self, answer):
+        import threading
+        self.answer = answer
+        self.heads = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.address = "127.0.0.1:%d" % self.srv.getsockname()[1]
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while True:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            with s:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                self.heads.append(head.decode())
+                key = [ln.split(":", 1)[1].strip() for ln in head.decode().split("\r\n")
+                       if ln.lower().startswith("sec-websocket-key:")]
+                accept = base64.b64encode(hashlib.sha1(
+                    (key[0] if key else "").encode() + WS_GUID).digest()).decode()
+                s.sendall(self.answer.replace("{accept}", accept).encode() + b"\x81\x02hi")
+                s.recv(1)
+
+    def close(self):
+        self.srv.close()
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+GOOD_101 = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+            "Sec-WebSocket-Protocol: chat\r\n\r\n")
+
+
+@pytest.mark.parametrize("answer,status", [
+    (GOOD_101, 200),
+    (GOOD_101.replace("{accept}", "d3JvbmcgYWNjZXB0IHZhbHVlIQ=="), 502),
+    (GOOD_101.replace("Upgrade: websocket\r\n", "Upgrade: h2c\r\n"), 502),
+])
+def test_the_backend_101_is_checked(pki, spawn_kgated, answer, status):
+    """The backend's 101 must carry the Sec-WebSocket-Accept of the key
+    kgate sent and Upgrade: websocket, else the client gets 502; a good
+    one becomes 200 with the backend's subprotocol (no accept field), and
+    the frame that came with the 101 follows it."""
+    b = Switcher(answer)
+    try:
+        d = ws_start(spawn_kgated, pki, b)
+        c = WsH2(pki, d.port)
+        sid = c.open_ws("/x", headers=[("sec-websocket-protocol", "chat")])
+        st = c.streams[sid]
+        assert st["status"] == status, st
+        if status == 200:
+            assert ("sec-websocket-protocol", "chat") in st["headers"]
+            assert not [k for k, _ in st["headers"] if k == "sec-websocket-accept"]
+            assert c.messages(sid, 1) == [(1, b"hi")]
+        else:
+            c.wait(sid)
+            assert d.events("http.error_response", status="502")
+        assert "Sec-WebSocket-Key:" in b.heads[0] and "GET /x HTTP/1.1" in b.heads[0]
+    finally:
+        b.close()

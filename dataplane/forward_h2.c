@@ -1347,7 +1347,7 @@ struct h2_ws {
 	bool b2c_eof;  /* the backend's FIN came and went on as END_STREAM */
 	bool cut;      /* kgate reset the stream (a limit, a backend error) */
 	bool reset;    /* the stream closed with a reset, either side's */
-	bool live;     /* counted in n_tunnels: neither ended nor cut yet */
+	bool live;     /* counted in n_tunnels: the stream open and not cut */
 	bool counted;  /* the tunnel's end is counted and logged */
 	struct kg_tunnel tun;
 };

@@ -32,6 +32,7 @@
  * (run_marked), outside the session. */
 #include "forward_h2.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -40,11 +41,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include <kgate/limits.h>
 #include <kgate/log.h>
 
+#include "b64.h"
 #include "backend.h"
 #include "backend_pool.h"
 #include "client_io.h"
@@ -59,6 +63,7 @@
 #include "routes.h"
 #include "runtime.h"
 #include "tls.h"
+#include "tunnel.h"
 #include "worker.h"
 
 _Static_assert(KG_H2_DEFAULT_MAX_STREAMS == KG_H2_MAX_STREAMS_DEFAULT,
@@ -86,6 +91,7 @@ _Static_assert(KG_H2_DEFAULT_MAX_STREAMS == KG_H2_MAX_STREAMS_DEFAULT,
 #define ABUSE_LOG_MS 1000u
 
 struct h2_conn;
+struct h2_ws;
 
 struct h2_stream {
 	struct h2_conn *owner;
@@ -132,6 +138,9 @@ struct h2_stream {
 	char target[160];
 	const char *route;
 	uint64_t bytes_in, bytes_out;
+
+	/* An extended CONNECT for websocket (RFC 8441): its section below. */
+	struct h2_ws *ws;
 };
 
 struct h2_conn {
@@ -148,6 +157,7 @@ struct h2_conn {
 	bool ending;        /* closing once the queue drained */
 	bool client_done;
 	bool feeding;       /* inside kg_h2_feed or kg_h2_output */
+	unsigned n_tunnels; /* WebSocket streams past the backend's 101, not yet ended */
 	unsigned char *early_copy; /* plaintext that came before forwarding started */
 	size_t early_len;
 	uint64_t idle_deadline_ms; /* no stream open: keep-alive timeout */
@@ -167,6 +177,17 @@ static const struct kg_http_conf *conf_of(const struct kg_conn *c)
 static void stream_step(struct h2_stream *s);
 static void pump_output(struct kg_conn *c);
 static void arm_recv(struct h2_stream *s);
+static void route_stream(struct h2_stream *s, const struct kg_h2_request *req);
+static void ws_begin_request(struct h2_stream *s, const struct kg_h2_request *req);
+static void ws_c2b_end(struct h2_stream *s);
+static void ws_reset(struct h2_stream *s);
+static void ws_switch(struct h2_stream *s);
+static void ws_on_body(struct h2_stream *s, const uint8_t *p, size_t n);
+static void ws_step(struct h2_stream *s);
+static void ws_on_backend_io(struct h2_conn *h, struct h2_stream *s, int op, int res);
+static void ws_check(struct h2_stream *s, uint64_t *next);
+static void ws_finish(struct h2_stream *s);
+static void ws_free(struct h2_stream *s);
 
 /* ---- marks: streams to move on after a session call ---- */
 
@@ -198,6 +219,7 @@ static void free_stream(struct h2_stream *s)
 		h->idle_deadline_ms = c->worker->now_ms + conf_of(c)->keepalive_timeout_ms;
 	if (s->resp_init)
 		kg_http_msg_free(&s->resp);
+	ws_free(s);
 	free(s->obuf);
 	if (s->bbuf)
 		kg_buf_put(&c->worker->bufs, s->bbuf);
@@ -534,6 +556,10 @@ static void process_response(struct h2_stream *s)
 		switch (st) {
 		case KG_HTTP_HEAD: {
 			int code = kg_http_status(&s->resp);
+			if (code == 101 && s->ws) {
+				ws_switch(s);
+				return;
+			}
 			if (code == 101) {
 				s->err_status = 502;
 				s->err_why = "backend switched protocols";
@@ -665,10 +691,16 @@ static void stream_step(struct h2_stream *s)
 			detach_backend(s, false);
 		}
 		if (!backend_busy(s)) {
+			if (s->ws)
+				ws_finish(s); /* a tunnel's end before its access line */
 			if (!s->logged)
 				access_log(s);
 			free_stream(s);
 		}
+		return;
+	}
+	if (s->ws && s->status == 101) {
+		ws_step(s);
 		return;
 	}
 	if (s->detached || s->fd < 0 || s->connecting)
@@ -687,7 +719,10 @@ static void stream_step(struct h2_stream *s)
 		}
 		if (backend_busy(s))
 			return;
-		bool reusable = !s->dirty && kg_http_keep_alive(&s->resp) && !w->draining;
+		/* A backend that refused an upgrade may still think of one
+		 * (forward_http.c does not pool it either). */
+		bool reusable = !s->dirty && !s->ws && kg_http_keep_alive(&s->resp) &&
+				!w->draining;
 		detach_backend(s, reusable);
 	}
 }
@@ -766,11 +801,14 @@ static void count_screened(struct h2_conn *h, const struct kg_http_screen *sc)
 static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
 {
 	struct h2_conn *h = s->owner;
-	struct kg_conn *c = h->c;
 	snprintf(s->method, sizeof(s->method), "%s", req->method);
 	snprintf(s->target, sizeof(s->target), "%s", req->path ? req->path : "");
+	if (req->protocol) {
+		ws_begin_request(s, req);
+		return;
+	}
 	if (!req->path) {
-		/* CONNECT (RFC 8441 or plain): not forwarded to HTTP/1.1. */
+		/* A plain CONNECT (RFC 9113 8.5): kgate is no forward proxy. */
 		s->err_status = 400;
 		s->err_why = "CONNECT is not forwarded";
 		s->req_end = true;
@@ -821,9 +859,19 @@ static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
 	s->olen = (uint32_t)head.len;
 	s->bytes_in = head.len;
 	kg_buf_free(&head);
+	route_stream(s, req);
+}
 
+/* Where the stream goes (routes, then the listener's group) and its
+ * member; 404 in err_status when nothing matches. */
+static void route_stream(struct h2_stream *s, const struct kg_h2_request *req)
+{
+	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
+	/* A WebSocket stream routes as its handshake: a GET. */
 	struct kg_route_req q = {.target = req->path, .target_len = strlen(req->path),
-				 .method = req->method, .cert_bits = h->who.route_cert_bits};
+				 .method = s->ws ? "GET" : req->method,
+				 .cert_bits = h->who.route_cert_bits};
 	if (req->authority) {
 		q.host = req->authority;
 		q.host_len = strlen(req->authority);
@@ -869,6 +917,10 @@ static void on_body(void *ctx, int32_t id, void *user, const uint8_t *p, size_t 
 	if (!s)
 		return;
 	s->bytes_in += n;
+	if (s->ws) {
+		ws_on_body(s, p, n);
+		return;
+	}
 	if (s->detached || s->err_status || s->answered || !s->obuf || !s->has_body) {
 		/* Nobody takes it any more: released unread. */
 		s->drop_consume += (uint32_t)n;
@@ -907,6 +959,8 @@ static void on_body_end(void *ctx, int32_t id, void *user)
 	if (!s)
 		return;
 	s->req_end = true;
+	if (s->ws)
+		ws_c2b_end(s);
 	mark(s);
 }
 
@@ -931,6 +985,8 @@ static void on_stream_close(void *ctx, int32_t id, void *user, uint32_t error_co
 	s->open = false;
 	if (error_code && !s->answered)
 		s->answered = true; /* reset: nothing more goes out on it */
+	if (s->ws && error_code)
+		ws_reset(s);
 	mark(s);
 }
 
@@ -1239,7 +1295,9 @@ static void h2_on_backend_io(struct kg_conn *c, int op, int fd, int res,
 		log_err("h2.stray_backend_io", KV("conn", c->idx), KV("fd", fd), KV("op", op));
 		return;
 	}
-	if (op == KG_OP_HTTP_BACKEND_SEND)
+	if (s->ws && s->status == 101)
+		ws_on_backend_io(h, s, op, res);
+	else if (op == KG_OP_HTTP_BACKEND_SEND)
 		on_backend_send(h, s, res);
 	else
 		on_backend_recv(h, s, res);
@@ -1248,6 +1306,393 @@ static void h2_on_backend_io(struct kg_conn *c, int op, int fd, int res,
 		run_marked(h);
 		pump_output(c);
 	}
+}
+
+/* ---- WebSocket over HTTP/2 (RFC 8441) ---- */
+
+/* An extended CONNECT with :protocol websocket becomes the HTTP/1.1
+ * handshake of RFC 6455 to the backend (GET, Connection: upgrade,
+ * Upgrade: websocket, a Sec-WebSocket-Key of kgate's: HTTP/2 carries
+ * none), with the same screening and identity as every request. The
+ * backend's 101, its Sec-WebSocket-Accept checked against that key, is
+ * answered to the client with 200 (RFC 8441 5), and from then on the
+ * stream's DATA and the backend socket are one tunnel (tunnel.h limits
+ * and accounting, as HTTP/1.1 tunnels have). Any other answer is an
+ * ordinary response.
+ *
+ * One buffer each way: client DATA waits in buf (at most the stream's
+ * window, as the window reopens only once the backend took the bytes);
+ * backend bytes are received into the stream's bbuf and queued in the
+ * session, the next receive waiting until that queue fell below the low
+ * water mark (on_send_room). Ends pass through: the client's END_STREAM
+ * becomes a FIN to the backend, the backend's FIN an END_STREAM; a reset
+ * either way (RST_STREAM, a backend error) resets or closes the other. */
+
+/* The stream's window, which bounds the client's unconsumed bytes. */
+#define WS_BUF KG_H2_DEFAULT_WINDOW
+/* RFC 6455 1.3: appended to the key before hashing. */
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+/* RFC 9113 7: the codes a tunnel's resets carry. */
+#define H2_CANCEL 0x8u
+#define H2_CONNECT_ERROR 0xau
+
+struct h2_ws {
+	char key[32];    /* Sec-WebSocket-Key sent to the backend (24 characters) */
+	char accept[32]; /* the Sec-WebSocket-Accept its 101 must carry (28) */
+	unsigned char *buf; /* client → backend: [0, len) taken from DATA, the first
+			     * `inflight` of them being sent */
+	uint32_t len, inflight;
+	bool c2b_eof;  /* the client's END_STREAM came */
+	bool c2b_shut; /* ... and went on as the backend's FIN */
+	bool b2c_eof;  /* the backend's FIN came and went on as END_STREAM */
+	bool cut;      /* kgate reset the stream (a limit, a backend error) */
+	bool reset;    /* the stream closed with a reset, either side's */
+	bool live;     /* counted in n_tunnels: the stream open and not cut */
+	bool counted;  /* the tunnel's end is counted and logged */
+	struct kg_tunnel tun;
+};
+
+/* A fresh key and the accept value it calls for (RFC 6455 4.1, 4.2.2). */
+static int ws_make_key(struct h2_ws *ws)
+{
+	unsigned char nonce[16], md[EVP_MAX_MD_SIZE];
+	unsigned md_len = 0;
+	char *key = NULL, *accept = NULL;
+	int r = -EIO;
+	if (RAND_bytes(nonce, sizeof(nonce)) != 1)
+		return -EIO;
+	if (kg_b64_encode(nonce, sizeof(nonce), &key) < 0)
+		return -ENOMEM;
+	char in[sizeof(ws->key) + sizeof(WS_GUID)];
+	int n = snprintf(in, sizeof(in), "%s%s", key, WS_GUID);
+	if (EVP_Digest(in, (size_t)n, md, &md_len, EVP_sha1(), NULL) != 1)
+		goto free_key;
+	if (kg_b64_encode(md, md_len, &accept) < 0) {
+		r = -ENOMEM;
+		goto free_key;
+	}
+	snprintf(ws->key, sizeof(ws->key), "%s", key);
+	snprintf(ws->accept, sizeof(ws->accept), "%s", accept);
+	free(accept);
+	r = 0;
+free_key:
+	free(key);
+	return r;
+}
+
+/* The handshake for the backend: begin_request's work for an extended
+ * CONNECT. Only :protocol websocket is forwarded. */
+static void ws_begin_request(struct h2_stream *s, const struct kg_h2_request *req)
+{
+	struct h2_conn *h = s->owner;
+	s->req_end = true; /* the handshake has no body; DATA is the tunnel's */
+	if (strcmp(req->protocol, "websocket") != 0) {
+		s->err_status = 400;
+		s->err_why = "only the websocket :protocol is forwarded";
+		return;
+	}
+	if (!(s->ws = calloc(1, sizeof(*s->ws)))) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		return;
+	}
+	int status = refuse_status(h, req, &s->err_why);
+	if (status) {
+		s->err_status = status;
+		return;
+	}
+	if (ws_make_key(s->ws) < 0) {
+		s->err_status = 500;
+		s->err_why = "no WebSocket key";
+		return;
+	}
+	/* The client's fields (a Sec-WebSocket-Key it should not have sent
+	 * left out), then kgate's key. */
+	struct kg_http_pair *pairs = calloc(req->n_fields + 1, sizeof(*pairs));
+	if (!pairs) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		return;
+	}
+	size_t n = 0;
+	for (size_t i = 0; i < req->n_fields; i++)
+		if (strcmp(req->fields[i].name, "sec-websocket-key") != 0)
+			pairs[n++] = (struct kg_http_pair){req->fields[i].name, req->fields[i].name_len,
+							   req->fields[i].value,
+							   req->fields[i].value_len};
+	pairs[n++] = (struct kg_http_pair){"Sec-WebSocket-Key", 17, s->ws->key, strlen(s->ws->key)};
+	const struct kg_http_request_line rl = {
+		.method = "GET", .target = req->path, .host = req->authority, .chunked = false};
+	struct kg_buf head = {0};
+	struct kg_http_screen screen;
+	int r = kg_http_build_request_pairs(&head, &rl, pairs, n, &h->who.ident, &screen);
+	free(pairs);
+	count_screened(h, &screen);
+	if (r == 0)
+		r = kg_http_add_upgrade(&head);
+	if (r == 0 && !(s->obuf = malloc(head.len)))
+		r = -ENOMEM;
+	if (r < 0) {
+		kg_buf_free(&head);
+		s->err_status = r == -EPERM ? 400 : 500;
+		s->err_why = r == -EPERM ? "underscore in a header name" : "out of memory";
+		return;
+	}
+	memcpy(s->obuf, head.data, head.len);
+	s->ocap = s->olen = (uint32_t)head.len;
+	s->bytes_in = head.len;
+	kg_buf_free(&head);
+	route_stream(s, req);
+}
+
+static struct kg_tunnel_who ws_who(const struct h2_stream *s)
+{
+	return (struct kg_tunnel_who){.listener = s->owner->c->listener->conf->name,
+				      .client = s->owner->who.peer,
+				      .backend = s->group->conf->backends[s->member].address};
+}
+
+/* The tunnel no longer holds the connection open: its idle timeout
+ * rules again (a reset that a client never reads ends by it). */
+static void ws_unlive(struct h2_stream *s)
+{
+	if (!s->ws->live)
+		return;
+	s->ws->live = false;
+	s->owner->n_tunnels--;
+	kg_conn_touch(s->owner->c);
+}
+
+/* The tunnel's reset: to the client (RST_STREAM) and the backend (its
+ * operations end); the stream goes once the session closed it. */
+static void ws_cut(struct h2_stream *s, uint32_t code)
+{
+	struct h2_ws *ws = s->ws;
+	if (ws->cut || !s->open)
+		return;
+	ws->cut = true;
+	ws_unlive(s);
+	kg_h2_reset(s->owner->h2, s->id, code);
+	if (s->fd >= 0 && !s->detached)
+		shutdown(s->fd, SHUT_RDWR);
+	mark(s);
+}
+
+/* The backend answered 101 (its head parsed, the handshake sent in
+ * full): the client gets 200 with the backend's fields but the accept
+ * (and the hop-by-hop ones), then the bytes behind the 101. */
+static void ws_switch(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	struct h2_ws *ws = s->ws;
+	struct kg_worker *w = h->c->worker;
+	if (!kg_http_websocket_upgrade(&s->resp)) {
+		s->err_status = 502;
+		s->err_why = "backend switched to another protocol than websocket";
+		return;
+	}
+	if (!request_sent(s)) {
+		/* It cannot have read a head still on its way. */
+		s->err_status = 502;
+		s->err_why = "backend switched protocols before the request was sent";
+		return;
+	}
+	unsigned max = s->resp.n_fields;
+	struct kg_http_pair *pairs = calloc(max + 1, sizeof(*pairs));
+	struct kg_h2_field *f = calloc(max + 1, sizeof(*f));
+	int n = pairs && f ? kg_http_response_pairs(&s->resp, pairs, max) : -ENOMEM;
+	bool accepted = false;
+	size_t k = 0;
+	for (int i = 0; i < n; i++) {
+		char *name = (char *)pairs[i].name;
+		for (size_t j = 0; j < pairs[i].name_len; j++)
+			name[j] = (char)tolower((unsigned char)name[j]);
+		if (pairs[i].name_len == 20 && memcmp(name, "sec-websocket-accept", 20) == 0) {
+			accepted = pairs[i].value_len == strlen(ws->accept) &&
+				   memcmp(pairs[i].value, ws->accept, pairs[i].value_len) == 0;
+			continue;
+		}
+		f[k++] = (struct kg_h2_field){name, pairs[i].name_len, pairs[i].value,
+					      pairs[i].value_len};
+	}
+	int r = n < 0 ? n : accepted ? kg_h2_respond(h->h2, s->id, 200, f, k, false) : -EPROTO;
+	free(pairs);
+	free(f);
+	if (r < 0) {
+		s->err_status = 502;
+		s->err_why = r == -EPROTO ? "backend's Sec-WebSocket-Accept does not match the key"
+					  : "response head not sent";
+		return;
+	}
+	s->status = 101;
+	s->resp_started = true;
+	ws->live = true;
+	h->n_tunnels++;
+	const struct kg_tunnel_who who = ws_who(s);
+	kg_tunnel_open(&ws->tun, w, &who, s->target, "h2");
+	set_deadline(s, kg_tunnel_deadline(&ws->tun, h->c->listener->conf));
+	/* The backend's first frames may have come with its 101. */
+	uint32_t behind = s->blen - s->bparsed;
+	if (behind > 0 &&
+	    kg_h2_send_data(h->h2, s->id, s->bbuf + s->bparsed, behind, false, H2_SEND_LOW_WATER) == 0) {
+		s->bytes_out += behind;
+		kg_count_add(&w->stats.forwarded_b2c, behind);
+	}
+	s->blen = s->bparsed = 0;
+	mark(s);
+}
+
+/* Client DATA on a WebSocket stream: held until the backend takes it
+ * (in the tunnel, or once its 101 opened it); dropped (released at
+ * once) when no tunnel will take it. */
+static void ws_on_body(struct h2_stream *s, const uint8_t *p, size_t n)
+{
+	struct h2_ws *ws = s->ws;
+	mark(s);
+	if (s->detached || s->err_status || s->answered || ws->cut || ws->c2b_eof ||
+	    (s->resp_started && s->status != 101)) {
+		s->drop_consume += (uint32_t)n;
+		return;
+	}
+	if (!ws->buf && !(ws->buf = malloc(WS_BUF))) {
+		s->drop_consume += (uint32_t)n;
+		if (s->status == 101) {
+			ws_cut(s, 2 /* INTERNAL_ERROR */);
+			return;
+		}
+		s->err_status = 500;
+		s->err_why = "out of memory for a tunnel buffer";
+		return;
+	}
+	if (ws->len + n > WS_BUF) {
+		/* The window the session advertised bounds it: not reached. */
+		s->drop_consume += (uint32_t)n;
+		ws_cut(s, 3 /* FLOW_CONTROL_ERROR */);
+		return;
+	}
+	memcpy(ws->buf + ws->len, p, n);
+	ws->len += (uint32_t)n;
+}
+
+static void ws_c2b_end(struct h2_stream *s)
+{
+	s->ws->c2b_eof = true;
+}
+
+static void ws_reset(struct h2_stream *s)
+{
+	s->ws->reset = true;
+}
+
+/* The tunnel's end, counted and logged once, with its access line. */
+static void ws_finish(struct h2_stream *s)
+{
+	struct h2_ws *ws = s->ws;
+	struct h2_conn *h = s->owner;
+	if (s->status != 101 || ws->counted)
+		return;
+	ws->counted = true;
+	ws_unlive(s);
+	const struct kg_tunnel_who who = ws_who(s);
+	kg_tunnel_closed(&ws->tun, h->c->worker, &who,
+			 !ws->reset && !ws->cut && ws->c2b_eof && ws->b2c_eof, s->bytes_in,
+			 s->bytes_out);
+	access_log(s);
+}
+
+static void ws_free(struct h2_stream *s)
+{
+	if (!s->ws)
+		return;
+	free(s->ws->buf);
+	free(s->ws);
+	s->ws = NULL;
+}
+
+/* An open tunnel stream's next move (stream_step's, once the 101 came;
+ * a closed one goes the way of every stream there). */
+static void ws_step(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	struct h2_ws *ws = s->ws;
+	struct kg_conn *c = h->c;
+	if (ws->cut || s->detached || s->fd < 0)
+		return;
+	if (!s->send_busy && ws->len > 0) {
+		ws->inflight = ws->len;
+		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+		io_uring_prep_send(sqe, s->fd, ws->buf, ws->inflight, MSG_NOSIGNAL);
+		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, s->fd));
+		s->send_busy = true;
+		c->inflight++;
+	} else if (!s->send_busy && ws->c2b_eof && !ws->c2b_shut) {
+		ws->c2b_shut = true;
+		shutdown(s->fd, SHUT_WR);
+		kg_tunnel_side_ended(&ws->tun, KG_TUNNEL_CLIENT);
+	}
+	if (!ws->b2c_eof)
+		arm_recv(s);
+}
+
+/* A completion on a tunnel stream's backend socket. */
+static void ws_on_backend_io(struct h2_conn *h, struct h2_stream *s, int op, int res)
+{
+	struct h2_ws *ws = s->ws;
+	struct kg_conn *c = h->c;
+	struct kg_worker *w = c->worker;
+	if (op == KG_OP_HTTP_BACKEND_SEND)
+		s->send_busy = false;
+	else
+		s->recv_busy = false;
+	if (c->state != KG_CONN_FORWARDING)
+		return;
+	if (!s->open || ws->cut) {
+		stream_step(s);
+		return;
+	}
+	if (res < 0 || (res == 0 && op == KG_OP_HTTP_BACKEND_SEND)) {
+		/* The backend reset or failed: so does the stream (RFC 9113 8.5). */
+		ws_cut(s, H2_CONNECT_ERROR);
+	} else if (op == KG_OP_HTTP_BACKEND_SEND) {
+		/* The backend took them: the client may send as much again. */
+		memmove(ws->buf, ws->buf + res, ws->len - (uint32_t)res);
+		ws->len -= (uint32_t)res;
+		ws->inflight = 0;
+		kg_h2_consume(h->h2, s->id, (size_t)res);
+		kg_tunnel_touch(&ws->tun, w->now_ms);
+	} else if (res == 0) {
+		ws->b2c_eof = true;
+		if (kg_h2_send_data(h->h2, s->id, NULL, 0, true, H2_SEND_LOW_WATER) < 0)
+			ws_cut(s, 2 /* INTERNAL_ERROR */);
+		kg_tunnel_side_ended(&ws->tun, KG_TUNNEL_BACKEND);
+	} else {
+		if (kg_h2_send_data(h->h2, s->id, s->bbuf, (size_t)res, false, H2_SEND_LOW_WATER) < 0) {
+			ws_cut(s, 2 /* INTERNAL_ERROR */);
+		} else {
+			s->bytes_out += (uint64_t)res;
+			kg_count_add(&w->stats.forwarded_b2c, (uint64_t)res);
+			kg_tunnel_touch(&ws->tun, w->now_ms);
+			if (kg_h2_send_pending(h->h2, s->id) >= H2_SEND_LOW_WATER)
+				s->waiting_room = true;
+		}
+	}
+	stream_step(s);
+}
+
+/* The tunnel's limits (check_deadline): a stream past one is reset. */
+static void ws_check(struct h2_stream *s, uint64_t *next)
+{
+	struct h2_ws *ws = s->ws;
+	const struct kg_listener_conf *lc = s->owner->c->listener->conf;
+	if (!s->open || ws->cut)
+		return;
+	if (kg_tunnel_expired(&ws->tun, lc, s->owner->c->worker->now_ms) != KG_TUNNEL_OPEN) {
+		ws_cut(s, H2_CANCEL);
+		return;
+	}
+	uint64_t at = kg_tunnel_deadline(&ws->tun, lc);
+	if (at < *next)
+		*next = at;
 }
 
 /* ---- lifecycle ---- */
@@ -1271,7 +1716,8 @@ static int h2_start(struct kg_conn *c, const void *early, size_t early_len, char
 		.reset_budget = H2_RESET_BUDGET,
 		.control_budget = H2_CONTROL_BUDGET,
 	};
-	h->h2 = kg_h2_create(&limits, false, &handler, h);
+	/* SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSocket streams (RFC 8441). */
+	h->h2 = kg_h2_create(&limits, true, &handler, h);
 	if (!h->h2)
 		return -ENOMEM;
 
@@ -1316,15 +1762,24 @@ static uint64_t h2_check_deadline(struct kg_conn *c)
 		if (c->state != KG_CONN_FORWARDING)
 			return 0;
 	}
-	if (w->now_ms >= c->deadline_ms) {
+	if (w->now_ms >= c->deadline_ms && h->n_tunnels == 0) {
 		/* No byte moved to or from the client for idle_timeout_ms: a
-		 * client that stopped reading pins nothing longer than that. */
+		 * client that stopped reading pins nothing longer than that.
+		 * While a WebSocket stream is open its own limits rule. */
 		kg_count(w, idle_timeout);
 		kg_conn_close(c, "idle timeout");
 		return 0;
 	}
-	uint64_t next = c->deadline_ms;
+	/* With tunnels open the idle deadline may lie behind: looked at
+	 * again an idle timeout from now, or at a tunnel's deadline. */
+	uint64_t next = c->deadline_ms > w->now_ms
+				? c->deadline_ms
+				: w->now_ms + c->listener->conf->idle_timeout_ms;
 	for (struct h2_stream *s = h->streams; s; s = s->next) {
+		if (s->ws && s->status == 101) {
+			ws_check(s, &next);
+			continue;
+		}
 		if (!s->open || s->answered || s->deadline_ms == 0)
 			continue;
 		if (w->now_ms >= s->deadline_ms) {
@@ -1390,6 +1845,8 @@ static void h2_release(struct kg_conn *c)
 		struct h2_stream *s = h->streams;
 		if (s->fd >= 0 && !s->detached)
 			detach_backend(s, false);
+		if (s->ws)
+			ws_finish(s);
 		if (!s->logged && s->method[0])
 			access_log(s);
 		free_stream(s);

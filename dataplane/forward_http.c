@@ -65,6 +65,7 @@
 #include "runtime.h"
 #include "sni.h"
 #include "splice_pump.h"
+#include "tunnel.h"
 #include "worker.h"
 
 enum req_state {
@@ -75,23 +76,6 @@ enum req_state {
 	R_WAIT,    /* request sent, response still coming */
 	R_CLOSING, /* last response (or an error) flushing; nothing else happens */
 	R_TUNNEL,  /* the backend answered 101 to a WebSocket upgrade: bytes both ways */
-};
-
-/* Why a WebSocket tunnel ended (the http_tunnels_closed_total reasons). */
-enum tunnel_end {
-	T_OPEN,     /* not ended (yet) */
-	T_CLIENT,   /* the client's stream ended first, then the backend's */
-	T_BACKEND,  /* the backend's first, then the client's */
-	T_IDLE,     /* tunnel_idle_timeout_ms with no byte either way */
-	T_LIFETIME, /* tunnel_max_lifetime_s */
-	T_DRAIN,    /* still open at the drain timeout */
-	T_ERROR,    /* a reset, a TLS error, a cut, no pipe */
-};
-
-static const char *const tunnel_end_names[] = {
-	[T_OPEN] = "open", [T_CLIENT] = "client", [T_BACKEND] = "backend",
-	[T_IDLE] = "idle_timeout", [T_LIFETIME] = "lifetime", [T_DRAIN] = "drain",
-	[T_ERROR] = "error",
 };
 
 struct kg_http_conn {
@@ -170,9 +154,7 @@ struct kg_http_conn {
 	bool c2b_shut;        /* ... and the backend's write side was shut after it */
 	bool b2c_eof;         /* the backend's stream ended (close_notify queued after it) */
 	bool b2c_pending;     /* userspace: backend bytes queued for the client, not yet sent */
-	enum tunnel_end tunnel_first; /* which side ended first */
-	enum tunnel_end tunnel_cut;   /* kgate cut it (idle, lifetime), T_OPEN otherwise */
-	uint64_t tunnel_start_ms, tunnel_io_ms;
+	struct kg_tunnel tun; /* limits and accounting (tunnel.h) */
 };
 
 static struct kg_http_conn *http_of(const struct kg_conn *c)
@@ -1221,29 +1203,21 @@ static void maybe_finish(struct kg_conn *c)
 
 /* ---- WebSocket tunnel ---- */
 
-/* The earlier of the tunnel's idle and lifetime deadlines. The listener
- * settings are the connection's snapshot: an update applies to new
- * connections. */
-static uint64_t tunnel_deadline(const struct kg_conn *c)
-{
-	const struct kg_http_conn *h = http_of(c);
-	const struct kg_listener_conf *lc = c->listener->conf;
-	uint64_t at = h->tunnel_io_ms + lc->tunnel_idle_timeout_ms;
-	if (lc->tunnel_max_lifetime_s > 0) {
-		uint64_t end = h->tunnel_start_ms + (uint64_t)lc->tunnel_max_lifetime_s * 1000;
-		if (end < at)
-			at = end;
-	}
-	return at;
-}
-
 /* Bytes moved: the idle deadline moves later, which needs no timer call
  * (the timer finds it when it fires). */
 static void tunnel_touch(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
-	h->tunnel_io_ms = c->worker->now_ms;
-	h->deadline_ms = tunnel_deadline(c);
+	kg_tunnel_touch(&h->tun, c->worker->now_ms);
+	h->deadline_ms = kg_tunnel_deadline(&h->tun, c->listener->conf);
+}
+
+/* Who the tunnel's events name. */
+static struct kg_tunnel_who tunnel_who(const struct kg_conn *c)
+{
+	return (struct kg_tunnel_who){.listener = c->listener->conf->name,
+				      .client = http_of(c)->who.peer,
+				      .backend = c->group->conf->backends[c->member].address};
 }
 
 /* The backend answered 101 to a WebSocket upgrade, its head parsed into
@@ -1265,15 +1239,11 @@ static void tunnel_begin(struct kg_conn *c)
 	h->resp_started = true;
 	h->rstate = R_TUNNEL;
 	h->tunnel = true;
-	h->tunnel_first = h->tunnel_cut = T_OPEN;
 	h->c2b_eof = h->c2b_shut = h->b2c_eof = h->b2c_pending = h->tunnel_spliced = false;
-	h->tunnel_start_ms = w->now_ms;
-	kg_count(w, http_tunnels);
+	const struct kg_tunnel_who who = tunnel_who(c);
+	kg_tunnel_open(&h->tun, w, &who, h->target, h->io->kernel ? "splice" : "copy");
 	tunnel_touch(c);
 	set_deadline(c, h->deadline_ms);
-	log_debug("http.tunnel_opened", KV("listener", c->listener->conf->name),
-		  KV("client", h->who.peer), KV("backend", c->group->conf->backends[c->member].address),
-		  KV("target", h->target), KV("path", h->io->kernel ? "splice" : "copy"));
 	if (client_write(c, h->out.data, h->out.len) < 0 ||
 	    client_write(c, h->bbuf + h->bparsed, h->blen - h->bparsed) < 0)
 		return;
@@ -1295,11 +1265,10 @@ static void tunnel_begin(struct kg_conn *c)
  * shut, or close_notify queued for the client). When both have, the
  * tunnel is over: what is queued for the client goes out, then the
  * connection closes. */
-static void tunnel_side_ended(struct kg_conn *c, enum tunnel_end side)
+static void tunnel_side_ended(struct kg_conn *c, enum kg_tunnel_end side)
 {
 	struct kg_http_conn *h = http_of(c);
-	if (h->tunnel_first == T_OPEN)
-		h->tunnel_first = side;
+	kg_tunnel_side_ended(&h->tun, side);
 	if (!h->c2b_shut || !h->b2c_eof)
 		return;
 	if (h->io->kernel) {
@@ -1334,7 +1303,7 @@ static void tunnel_c2b(struct kg_conn *c)
 				/* The client's end goes on as the backend's FIN. */
 				h->c2b_shut = true;
 				shutdown(c->bfd, SHUT_WR);
-				tunnel_side_ended(c, T_CLIENT);
+				tunnel_side_ended(c, KG_TUNNEL_CLIENT);
 			}
 			return;
 		}
@@ -1383,7 +1352,7 @@ static void tunnel_on_backend_recv(struct kg_conn *c, int res)
 		h->io->end(c); /* close_notify behind the last bytes */
 		kg_conn_flush_client(c);
 		if (c->state == KG_CONN_FORWARDING)
-			tunnel_side_ended(c, T_BACKEND);
+			tunnel_side_ended(c, KG_TUNNEL_BACKEND);
 		return;
 	}
 	tunnel_touch(c);
@@ -1423,11 +1392,11 @@ static void tunnel_pump(struct kg_conn *c)
 		tunnel_touch(c);
 	if (h->pump.c2b.done && !h->c2b_shut) {
 		h->c2b_eof = h->c2b_shut = true;
-		tunnel_side_ended(c, T_CLIENT);
+		tunnel_side_ended(c, KG_TUNNEL_CLIENT);
 	}
 	if (c->state == KG_CONN_FORWARDING && h->pump.b2c.done && !h->b2c_eof) {
 		h->b2c_eof = true;
-		tunnel_side_ended(c, T_BACKEND);
+		tunnel_side_ended(c, KG_TUNNEL_BACKEND);
 	}
 	if (c->state == KG_CONN_FORWARDING)
 		kg_pump_wait(c, &h->pump, moved);
@@ -1439,14 +1408,11 @@ static void tunnel_pump(struct kg_conn *c)
 static void tunnel_check(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
-	const struct kg_listener_conf *lc = c->listener->conf;
-	uint64_t now = c->worker->now_ms;
-	h->deadline_ms = tunnel_deadline(c);
-	if (now < h->deadline_ms)
+	h->deadline_ms = kg_tunnel_deadline(&h->tun, c->listener->conf);
+	enum kg_tunnel_end cut = kg_tunnel_expired(&h->tun, c->listener->conf, c->worker->now_ms);
+	if (cut == KG_TUNNEL_OPEN)
 		return;
-	bool life = lc->tunnel_max_lifetime_s > 0 &&
-		    now >= h->tunnel_start_ms + (uint64_t)lc->tunnel_max_lifetime_s * 1000;
-	h->tunnel_cut = life ? T_LIFETIME : T_IDLE;
+	bool life = cut == KG_TUNNEL_LIFETIME;
 	shutdown(c->bfd, SHUT_RDWR); /* ends the backend's operations in flight */
 	kg_hop_stop(&h->pump.c2b);
 	kg_hop_stop(&h->pump.b2c);
@@ -1463,31 +1429,8 @@ static void tunnel_closed(struct kg_conn *c)
 	h->tunnel = false;
 	if (h->io->kernel)
 		account_spliced(c);
-	enum tunnel_end why = h->tunnel_cut != T_OPEN		 ? h->tunnel_cut
-			      : h->c2b_shut && h->b2c_eof	 ? h->tunnel_first
-			      : w->draining && w->now_ms >= w->drain_deadline_ms ? T_DRAIN
-									    : T_ERROR;
-	switch (why) {
-	case T_CLIENT: kg_count(w, http_tunnel_end_client); break;
-	case T_BACKEND: kg_count(w, http_tunnel_end_backend); break;
-	case T_IDLE: kg_count(w, http_tunnel_end_idle); break;
-	case T_LIFETIME: kg_count(w, http_tunnel_end_lifetime); break;
-	case T_DRAIN: kg_count(w, http_tunnel_end_drain); break;
-	case T_OPEN:
-	case T_ERROR: kg_count(w, http_tunnel_end_error); break;
-	}
-	const char *backend = c->group->conf->backends[c->member].address;
-	if (why == T_CLIENT || why == T_BACKEND)
-		log_debug("http.tunnel_closed", KV("listener", c->listener->conf->name),
-			  KV("client", h->who.peer), KV("backend", backend),
-			  KV("reason", tunnel_end_names[why]), KV("bytes_in", h->bytes_in),
-			  KV("bytes_out", h->bytes_out), KV("ms", w->now_ms - h->tunnel_start_ms));
-	else
-		/* kgate (or a failure) cut it: the operator should see why. */
-		log_info("http.tunnel_closed", KV("listener", c->listener->conf->name),
-			 KV("client", h->who.peer), KV("backend", backend),
-			 KV("reason", tunnel_end_names[why]), KV("bytes_in", h->bytes_in),
-			 KV("bytes_out", h->bytes_out), KV("ms", w->now_ms - h->tunnel_start_ms));
+	const struct kg_tunnel_who who = tunnel_who(c);
+	kg_tunnel_closed(&h->tun, w, &who, h->c2b_shut && h->b2c_eof, h->bytes_in, h->bytes_out);
 	access_log(c);
 }
 

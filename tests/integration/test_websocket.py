@@ -28,7 +28,8 @@ class WsBackend:
     """A websockets server on an ephemeral loopback port. Paths:
     /echo echoes every message; /headers sends the handshake's request
     headers as one JSON message, then echoes; /bye sends "bye" and closes
-    (the backend ends the tunnel); /silent reads and never answers."""
+    (the backend ends the tunnel); /silent reads and never answers; /deny
+    refuses the handshake with 403."""
 
     def __init__(self):
         self.handshakes = []  # request headers of every handshake, [(name, value)]
@@ -44,6 +45,8 @@ class WsBackend:
 
         async def process_request(path, headers):
             self.handshakes.append(list(headers.raw_items()))
+            if path == "/deny":
+                return (http.HTTPStatus.FORBIDDEN, [("Content-Type", "text/plain")], b"denied\n")
             return None
 
         async def handler(ws, path):

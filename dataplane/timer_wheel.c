@@ -28,8 +28,13 @@ void kg_wheel_cancel(struct kg_wheel *wh, struct kg_timer *t)
 void kg_wheel_arm(struct kg_wheel *wh, struct kg_timer *t, uint64_t at)
 {
 	kg_wheel_cancel(wh, t);
-	/* The first granule boundary at or after `at`: never early. */
-	uint64_t tick = (at + KG_WHEEL_GRANULE_MS - 1) / KG_WHEEL_GRANULE_MS;
+	/* The first granule boundary at or after `at`: never early. A time
+	 * so far off that rounding up would wrap (UINT64_MAX: "never") waits
+	 * in the last slot; wrapping put it in the current one, where expiry
+	 * found it not due and re-armed it there again, for ever. */
+	uint64_t tick = at > UINT64_MAX - (KG_WHEEL_GRANULE_MS - 1)
+				? UINT64_MAX / KG_WHEEL_GRANULE_MS
+				: (at + KG_WHEEL_GRANULE_MS - 1) / KG_WHEEL_GRANULE_MS;
 	if (tick < wh->tick)
 		tick = wh->tick;
 	if (tick - wh->tick >= KG_WHEEL_SLOTS)

@@ -68,6 +68,31 @@ Test(timer_wheel, fires_never_early_and_within_a_granule)
 	}
 }
 
+/* A deadline of "never" (UINT64_MAX, or close to it) must not wrap when
+ * rounded to a granule: it waits, a later one fires, expiry returns. */
+Test(timer_wheel, never_waits_and_expiry_returns, .timeout = 10)
+{
+	struct kg_wheel *wh = malloc(sizeof(*wh));
+	struct kg_timer never = {0}, almost = {0}, soon = {0};
+	const uint64_t start = 5000;
+	kg_wheel_init(wh, start);
+	kg_wheel_arm(wh, &never, UINT64_MAX);
+	kg_wheel_arm(wh, &almost, UINT64_MAX - 1);
+	kg_wheel_arm(wh, &soon, start + 10 * G);
+	struct kg_timer *t, *order[3];
+	size_t n = 0;
+	for (uint64_t now = start; now <= start + 2 * TURN; now += G)
+		while ((t = kg_wheel_expire(wh, now)))
+			if (n < 3)
+				order[n++] = t;
+	cr_assert_eq(n, 1, "%zu timers fired", n);
+	cr_expect_eq(order[0], &soon);
+	cr_expect(kg_timer_armed(&never));
+	cr_expect(kg_timer_armed(&almost));
+	cr_expect_eq(wh->armed, 2);
+	free(wh);
+}
+
 Test(timer_wheel, many_timers_in_any_order)
 {
 	enum { N = 20000 };

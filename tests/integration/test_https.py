@@ -765,7 +765,7 @@ def download(pki, port, tmp_path, chunked, size=SIZE, timeout=300):
     """GETs size bytes of the pattern through kgated and checks them."""
     out = tmp_path / "down.bin"
     q = "/download?size=%d%s" % (size, "&chunked=1" if chunked else "")
-    cmd = ["curl", "-sS", "--max-time", str(timeout - 100), "--cacert", pki.ca,
+    cmd = ["curl", "-sS", "--http1.1", "--max-time", str(timeout - 100), "--cacert", pki.ca,
            "--resolve", "localhost:%d:127.0.0.1" % port,
            "--cert", pki.cert("client"), "--key", pki.key("client"),
            "-o", str(out), "-w", "%{http_code}", "https://localhost:%d%s" % (port, q)]

@@ -50,6 +50,7 @@
 #include "client_io.h"
 #include "conn.h"
 #include "group.h"
+#include "h2_client.h"
 #include "h2_session.h"
 #include "health.h"
 #include "http.h"
@@ -84,8 +85,19 @@ _Static_assert(KG_H2_DEFAULT_MAX_STREAMS == KG_H2_MAX_STREAMS_DEFAULT,
 #define CHUNK_SLACK 64u
 /* Abuse log lines: at most one per this long per worker. */
 #define ABUSE_LOG_MS 1000u
+/* backend_protocol h2: streams a backend connection takes before its
+ * SETTINGS say how many it allows (RFC 9113 6.5.2 leaves it unlimited;
+ * this is nghttp2's and most servers' default). */
+#define H2B_STREAMS_BEFORE_SETTINGS 100u
+/* Plaintext gathered from a backend session per send. */
+#define H2B_OUT_BATCH (64u * 1024u)
+/* RST_STREAM codes (RFC 9113 7). */
+#define H2_INTERNAL_ERROR 2u
+#define H2_REFUSED_STREAM 7u
+#define H2_CANCEL 8u
 
 struct h2_conn;
+struct h2_bconn;
 
 struct h2_stream {
 	struct h2_conn *owner;
@@ -125,6 +137,23 @@ struct h2_stream {
 	struct kg_http_msg resp;
 	bool resp_init, head_pending, resp_started, resp_done, dirty, waiting_room, quickacked;
 
+	/* backend_protocol h2: the stream is a stream on a backend HTTP/2
+	 * connection (bc), id bid there: 0 before it was opened (bc still
+	 * connecting), -1 once closed. Body bytes the client sent before
+	 * then wait in pre (at most the stream window, which is released
+	 * only as they go on). c_*: request body bytes queued in the backend
+	 * session and released to the client's window; b_*: response body
+	 * bytes queued for the client and consumed on the backend's window,
+	 * which therefore reopens only as the client takes them. */
+	bool bmode;
+	struct h2_bconn *bc;
+	int32_t bid;
+	unsigned char *pre;
+	uint32_t pre_len;
+	bool te_trailers;
+	char *path, *authority;
+	uint64_t c_queued, c_released, b_queued, b_consumed;
+
 	/* Access log. */
 	int status;
 	bool logged;
@@ -134,12 +163,31 @@ struct h2_stream {
 	uint64_t bytes_in, bytes_out;
 };
 
+/* A backend HTTP/2 connection of one client connection (backend_protocol
+ * h2): a member's socket and its client session (h2_client.h), carrying
+ * that client's streams to the member up to the backend's limit. */
+struct h2_bconn {
+	struct h2_conn *owner;
+	struct h2_bconn *next;
+	struct kg_group_rt *group;
+	int member;
+	int fd;
+	struct kg_backend_walk walk;
+	struct kg_h2c *sess;
+	unsigned assigned; /* streams on it (opened, or waiting for the connect) */
+	bool connecting, recv_busy, send_busy, counted, broken, kicked, goaway;
+	unsigned char *rbuf; /* a pool buffer while a receive is armed */
+	unsigned char *obuf; /* plaintext in flight: [osent, olen) */
+	size_t ocap, olen, osent;
+};
+
 struct h2_conn {
 	struct kg_conn *c;
 	const struct kg_client_io *io;
 	struct kg_h2 *h2;
 	struct h2_stream *streams;
 	struct h2_stream *marked;
+	struct h2_bconn *bconns;
 	unsigned n_streams;
 	bool writing;       /* plaintext handed to the client, not drained yet */
 	bool poll_in_armed; /* kTLS: POLLIN on the client socket */
@@ -167,6 +215,8 @@ static const struct kg_http_conf *conf_of(const struct kg_conn *c)
 static void stream_step(struct h2_stream *s);
 static void pump_output(struct kg_conn *c);
 static void arm_recv(struct h2_stream *s);
+static void bc_unassign(struct h2_stream *s);
+static void pump_backends(struct h2_conn *h);
 
 /* ---- marks: streams to move on after a session call ---- */
 
@@ -198,6 +248,10 @@ static void free_stream(struct h2_stream *s)
 		h->idle_deadline_ms = c->worker->now_ms + conf_of(c)->keepalive_timeout_ms;
 	if (s->resp_init)
 		kg_http_msg_free(&s->resp);
+	bc_unassign(s);
+	free(s->pre);
+	free(s->path);
+	free(s->authority);
 	free(s->obuf);
 	if (s->bbuf)
 		kg_buf_put(&c->worker->bufs, s->bbuf);
@@ -207,12 +261,17 @@ static void free_stream(struct h2_stream *s)
 /* Moves the marked streams on; a step may mark others (or itself) again. */
 static void run_marked(struct h2_conn *h)
 {
-	while (h->marked && h->c->state == KG_CONN_FORWARDING) {
-		struct h2_stream *s = h->marked;
-		h->marked = s->next_mark;
-		s->marked = false;
-		stream_step(s);
-	}
+	do {
+		while (h->marked && h->c->state == KG_CONN_FORWARDING) {
+			struct h2_stream *s = h->marked;
+			h->marked = s->next_mark;
+			s->marked = false;
+			stream_step(s);
+		}
+		/* Backend sessions' output may call back and mark streams. */
+		if (h->bconns && h->c->state == KG_CONN_FORWARDING)
+			pump_backends(h);
+	} while (h->marked && h->c->state == KG_CONN_FORWARDING);
 }
 
 /* ---- access log ---- */
@@ -631,6 +690,613 @@ static void backend_broke(struct h2_stream *s, int res)
 	mark(s);
 }
 
+/* ---- backend_protocol h2: streams on backend HTTP/2 connections ---- */
+
+static void bc_set_deadline(struct h2_stream *s)
+{
+	set_deadline(s, s->owner->c->worker->now_ms + conf_of(s->owner->c)->response_timeout_ms);
+}
+
+/* The stream leaves its backend connection (the caller ended its
+ * stream there, or it was never opened). */
+static void bc_unassign(struct h2_stream *s)
+{
+	struct h2_bconn *bc = s->bc;
+	if (!bc)
+		return;
+	if (s->bid > 0 && !bc->broken) {
+		/* The client is gone or kgate answered: the backend stops. */
+		kg_h2c_set_stream_user(bc->sess, s->bid, NULL);
+		if (kg_h2c_reset(bc->sess, s->bid, H2_CANCEL) == 0)
+			kg_count(s->owner->c->worker, h2_backend_resets);
+	}
+	s->bid = -1;
+	s->bc = NULL;
+	bc->assigned--;
+}
+
+static void bc_free(struct h2_bconn *bc)
+{
+	struct h2_conn *h = bc->owner;
+	struct kg_conn *c = h->c;
+	for (struct h2_bconn **pp = &h->bconns; *pp; pp = &(*pp)->next)
+		if (*pp == bc) {
+			*pp = bc->next;
+			break;
+		}
+	if (bc->fd >= 0)
+		close(bc->fd);
+	if (bc->counted)
+		kg_health_conn_end(bc->group->health, (size_t)bc->member);
+	if (bc->rbuf)
+		kg_buf_put(&c->worker->bufs, bc->rbuf);
+	kg_h2c_destroy(bc->sess);
+	free(bc->obuf);
+	free(bc);
+}
+
+/* Ends the connection's operations; it is freed once none is in flight. */
+static void bc_kick(struct h2_bconn *bc)
+{
+	struct kg_conn *c = bc->owner->c;
+	if (bc->fd < 0 || bc->kicked)
+		return;
+	bc->kicked = true;
+	if (bc->connecting) {
+		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HTTP_CONNECT, c->idx, bc->fd), 0);
+		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, c->idx, -1));
+	} else if (bc->recv_busy || bc->send_busy) {
+		shutdown(bc->fd, SHUT_RDWR);
+	}
+}
+
+static bool bc_busy(const struct h2_bconn *bc)
+{
+	return bc->connecting || bc->recv_busy || bc->send_busy;
+}
+
+/* The backend connection failed (or closed): its streams are answered
+ * 502, or reset once their response started. */
+static void bc_break(struct h2_bconn *bc, const char *why)
+{
+	struct h2_conn *h = bc->owner;
+	if (bc->broken)
+		return;
+	bc->broken = true;
+	kg_worker_warn(h->c->worker, "h2.backend_failed", KV("listener", h->c->listener->conf->name),
+		       KV("backend", bc->group->conf->backends[bc->member].address),
+		       KV("reason", why));
+	for (struct h2_stream *s = h->streams; s; s = s->next) {
+		if (s->bc != bc)
+			continue;
+		bc_unassign(s);
+		if (!s->answered && !s->err_status) {
+			s->err_status = 502;
+			s->err_why = "HTTP/2 backend connection failed before the response ended";
+		}
+		mark(s);
+	}
+	if (bc_busy(bc))
+		bc_kick(bc);
+}
+
+static void bc_on_response(void *ctx, int32_t id, void *user, int status,
+			   const struct kg_h2_field *f, size_t n, bool end)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s || s->answered || !s->open)
+		return;
+	s->status = status;
+	s->resp_started = true;
+	s->answered = end;
+	bc_set_deadline(s);
+	if (kg_h2_respond(s->owner->h2, s->id, status, f, n, end) < 0) {
+		kg_h2_reset(s->owner->h2, s->id, H2_INTERNAL_ERROR);
+		s->answered = true;
+	}
+	if (s->answered)
+		access_log(s);
+	mark(s);
+}
+
+static void bc_on_data(void *ctx, int32_t id, void *user, const uint8_t *p, size_t n)
+{
+	struct h2_bconn *bc = ctx;
+	struct h2_stream *s = user;
+	if (!s || s->answered || !s->open ||
+	    kg_h2_send_data(s->owner->h2, s->id, p, n, false, H2_SEND_LOW_WATER) < 0) {
+		/* Nobody takes them: the backend's window reopens at once. */
+		(void)kg_h2c_consume(bc->sess, id, n);
+		return;
+	}
+	s->b_queued += n;
+	s->bytes_out += n;
+	kg_count_add(&bc->owner->c->worker->stats.forwarded_b2c, n);
+	bc_set_deadline(s);
+	mark(s);
+}
+
+/* The response's end: its trailers (grpc-status) as the client's
+ * trailers, or an empty last DATA frame. */
+static void bc_on_end(void *ctx, int32_t id, void *user, const struct kg_h2_field *f, size_t n)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s || s->answered || !s->open)
+		return;
+	struct kg_h2 *h2 = s->owner->h2;
+	int r = n ? kg_h2_trailers(h2, s->id, f, n)
+		  : kg_h2_send_data(h2, s->id, NULL, 0, true, H2_SEND_LOW_WATER);
+	if (r < 0)
+		kg_h2_reset(h2, s->id, H2_INTERNAL_ERROR);
+	s->answered = true;
+	access_log(s);
+	mark(s);
+}
+
+static void bc_on_send_room(void *ctx, int32_t id, void *user)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (s)
+		mark(s);
+}
+
+/* The backend's stream is over: a reset passes on to the client (as an
+ * error response when no response started). */
+static void bc_on_stream_close(void *ctx, int32_t id, void *user, uint32_t code)
+{
+	struct h2_bconn *bc = ctx;
+	struct h2_stream *s = user;
+	(void)id;
+	if (!s)
+		return;
+	s->bid = -1; /* closed there: bc_unassign sends no reset */
+	bc_unassign(s);
+	if (code != 0) {
+		kg_count(bc->owner->c->worker, h2_backend_resets);
+		if (s->open && !s->answered) {
+			if (s->resp_started) {
+				kg_h2_reset(bc->owner->h2, s->id,
+					    code == H2_REFUSED_STREAM ? H2_INTERNAL_ERROR : code);
+				s->answered = true;
+				access_log(s);
+			} else {
+				s->err_status = 502;
+				s->err_why = code == H2_REFUSED_STREAM ? "HTTP/2 backend refused the stream"
+								       : "HTTP/2 backend reset the stream";
+			}
+		}
+	} else if (s->open && !s->answered) {
+		/* Closed cleanly without an end we saw: cannot happen with
+		 * nghttp2, but the client must not wait for it. */
+		s->err_status = 502;
+		s->err_why = "HTTP/2 backend ended the stream without a response";
+	}
+	mark(s);
+}
+
+static void bc_on_goaway(void *ctx, int32_t last_id, uint32_t code)
+{
+	struct h2_bconn *bc = ctx;
+	struct kg_conn *c = bc->owner->c;
+	bc->goaway = true;
+	kg_count(c->worker, h2_backend_goaway);
+	log_info("h2.backend_goaway", KV("listener", c->listener->conf->name),
+		 KV("backend", bc->group->conf->backends[bc->member].address),
+		 KV("last_stream", (long long)last_id), KV("code", code));
+}
+
+static const struct kg_h2c_handler bc_handler = {
+	.on_response = bc_on_response,
+	.on_data = bc_on_data,
+	.on_end = bc_on_end,
+	.on_send_room = bc_on_send_room,
+	.on_stream_close = bc_on_stream_close,
+	.on_goaway = bc_on_goaway,
+};
+
+/* A new backend connection to member m, for stream s (whose walk it
+ * continues). NULL with the stream's answer set. */
+static struct h2_bconn *bc_open(struct h2_stream *s, int m)
+{
+	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
+	const struct kg_h2c_limits lim = {
+		.stream_window = KG_H2_DEFAULT_WINDOW,
+		.max_header_list_bytes = conf_of(c)->max_header_bytes,
+		.max_streams_default = H2B_STREAMS_BEFORE_SETTINGS,
+	};
+	struct h2_bconn *bc = calloc(1, sizeof(*bc));
+	if (!bc || !(bc->sess = kg_h2c_create(&lim, &bc_handler, bc))) {
+		free(bc);
+		s->err_status = 500;
+		s->err_why = "out of memory for an HTTP/2 backend connection";
+		return NULL;
+	}
+	bc->owner = h;
+	bc->group = s->group;
+	bc->member = m;
+	bc->walk = s->walk;
+	bc->fd = kg_conn_submit_connect_to(c, s->group, &bc->walk, m, KG_OP_HTTP_CONNECT);
+	if (bc->fd < 0) {
+		kg_h2c_destroy(bc->sess);
+		free(bc);
+		s->err_status = 502;
+		s->err_why = "no backend socket";
+		return NULL;
+	}
+	s->walk.attempts = bc->walk.attempts;
+	bc->connecting = true;
+	bc->next = h->bconns;
+	h->bconns = bc;
+	kg_count(c->worker, http_backend_connects);
+	kg_count(c->worker, h2_backend_conns);
+	return bc;
+}
+
+/* The member for the stream (smooth weighted round robin, per stream),
+ * and a backend connection to it with room, or a new one. */
+static void pick_h2(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
+	int m = kg_backend_pick(c->listener, s->group, &s->walk);
+	if (m < 0) {
+		kg_count(c->worker, no_backend);
+		bool tried = s->walk.tried || s->walk.attempts > c->listener->conf->connect_retries;
+		s->err_status = tried ? 502 : 503;
+		s->err_why = tried ? "no backend could be connected" : "no backend in rotation";
+		return;
+	}
+	s->member = m;
+	struct h2_bconn *bc = h->bconns;
+	for (; bc; bc = bc->next) {
+		if (bc->group != s->group || bc->member != m || bc->broken || bc->kicked ||
+		    bc->goaway)
+			continue;
+		if (bc->connecting ? bc->assigned < H2B_STREAMS_BEFORE_SETTINGS
+				   : kg_h2c_can_open(bc->sess))
+			break;
+	}
+	if (!bc && !(bc = bc_open(s, m)))
+		return;
+	s->bc = bc;
+	s->bid = 0;
+	bc->assigned++;
+}
+
+/* The stream's request on its backend connection: the head kgate built
+ * for an HTTP/1.1 backend (screened, identity added: http.c), read back
+ * as a field list, names in lower case, Host as :authority, and te:
+ * trailers when the client sent it (gRPC needs it). */
+static void bc_submit(struct h2_stream *s)
+{
+	struct h2_bconn *bc = s->bc;
+	size_t lines = 0;
+	for (uint32_t i = 0; i < s->olen; i++)
+		lines += s->obuf[i] == '\n';
+	struct kg_h2_field *f = calloc(lines + 1, sizeof(*f));
+	if (!f) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		return;
+	}
+	size_t n = 0;
+	char *p = memchr(s->obuf, '\n', s->olen);
+	char *end = (char *)s->obuf + s->olen;
+	const char *authority = s->authority;
+	while (p && ++p < end && n < lines) {
+		char *eol = memchr(p, '\r', (size_t)(end - p));
+		char *colon = eol ? memchr(p, ':', (size_t)(eol - p)) : NULL;
+		if (!eol || !colon)
+			break; /* the blank line ending the head */
+		for (char *k = p; k < colon; k++)
+			if (*k >= 'A' && *k <= 'Z')
+				*k = (char)(*k - 'A' + 'a');
+		char *v = colon + 1;
+		while (v < eol && *v == ' ')
+			v++;
+		struct kg_h2_field fl = {p, (size_t)(colon - p), v, (size_t)(eol - v)};
+		p = memchr(eol, '\n', (size_t)(end - eol));
+		/* HTTP/1.1 framing and hop-by-hop names have no place in HTTP/2
+		 * (RFC 9113 8.2.2); the Host line is :authority. */
+		if (fl.name_len == 4 && memcmp(fl.name, "host", 4) == 0) {
+			if (!authority) {
+				*eol = '\0';
+				authority = v;
+			}
+			continue;
+		}
+		if ((fl.name_len == 17 && memcmp(fl.name, "transfer-encoding", 17) == 0) ||
+		    (fl.name_len == 10 && memcmp(fl.name, "connection", 10) == 0) ||
+		    (fl.name_len == 2 && memcmp(fl.name, "te", 2) == 0))
+			continue;
+		f[n++] = fl;
+	}
+	if (s->te_trailers)
+		f[n++] = (struct kg_h2_field){"te", 2, "trailers", 8};
+	const struct kg_h2c_request req = {
+		.method = s->method, .scheme = "http", .authority = authority, .path = s->path,
+		.fields = f, .n_fields = n, .end_stream = !s->has_body};
+	int32_t id = kg_h2c_request(bc->sess, &req, s);
+	free(f);
+	if (id == -EAGAIN) {
+		/* Full after all (the backend allows fewer streams than
+		 * assumed while connecting): another connection. */
+		bc_unassign(s);
+		pick_h2(s);
+		mark(s);
+		return;
+	}
+	if (id < 0) {
+		s->err_status = id == -ENOMEM ? 500 : 400;
+		s->err_why = id == -ENOMEM ? "out of memory" : "request field not valid for HTTP/2";
+		return;
+	}
+	s->bid = id;
+	kg_count(s->owner->c->worker, h2_backend_streams);
+	bc_set_deadline(s);
+	if (s->has_body && (s->pre_len || s->req_end)) {
+		if (kg_h2c_send_data(bc->sess, id, s->pre, s->pre_len, s->req_end,
+				     KG_H2_DEFAULT_WINDOW / 2) < 0) {
+			s->err_status = 500;
+			s->err_why = "out of memory";
+			return;
+		}
+		s->c_queued += s->pre_len;
+		s->pre_len = 0;
+	}
+}
+
+/* A request body chunk from the client (bmode). */
+static void bc_body(struct h2_stream *s, const uint8_t *p, size_t n)
+{
+	if (s->bid > 0) {
+		if (kg_h2c_send_data(s->bc->sess, s->bid, p, n, false, KG_H2_DEFAULT_WINDOW / 2) <
+		    0) {
+			s->err_status = 500;
+			s->err_why = "out of memory";
+			s->drop_consume += (uint32_t)n;
+		} else {
+			s->c_queued += n;
+		}
+		mark(s);
+		return;
+	}
+	if (s->bid < 0 || s->answered || s->err_status) {
+		s->drop_consume += (uint32_t)n;
+		mark(s);
+		return;
+	}
+	/* Not opened yet (connecting): the session's window bounds this. */
+	if (!s->pre && !(s->pre = malloc(KG_H2_DEFAULT_WINDOW))) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		s->drop_consume += (uint32_t)n;
+		mark(s);
+		return;
+	}
+	if (s->pre_len + n > KG_H2_DEFAULT_WINDOW) {
+		s->err_status = 500;
+		s->err_why = "request body past the stream window";
+		s->drop_consume += (uint32_t)n;
+		mark(s);
+		return;
+	}
+	memcpy(s->pre + s->pre_len, p, n);
+	s->pre_len += (uint32_t)n;
+}
+
+static void bc_body_end(struct h2_stream *s)
+{
+	if (s->bid > 0 && kg_h2c_send_data(s->bc->sess, s->bid, NULL, 0, true, 0) < 0) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+	}
+	mark(s);
+}
+
+/* A bmode stream's next step. */
+static void stream_step_b(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	if (!s->open) {
+		bc_unassign(s);
+		if (!s->logged)
+			access_log(s);
+		free_stream(s);
+		return;
+	}
+	if (s->err_status) {
+		bc_unassign(s);
+		answer_error(s, s->err_status, s->err_why);
+		s->err_status = 0;
+		s->err_why = NULL;
+		return;
+	}
+	if (!s->bc)
+		return;
+	if (s->bid == 0 && !s->bc->connecting) {
+		bc_submit(s);
+		if (s->err_status) {
+			mark(s);
+			return;
+		}
+	}
+	if (s->bid <= 0)
+		return;
+	/* Flow control, both ways: the client's window reopens for body
+	 * bytes the backend session framed, the backend's for response bytes
+	 * the client session framed. */
+	uint64_t framed = s->c_queued - kg_h2c_send_pending(s->bc->sess, s->bid);
+	if (framed > s->c_released) {
+		kg_h2_consume(h->h2, s->id, (size_t)(framed - s->c_released));
+		s->c_released = framed;
+	}
+	uint64_t taken = s->b_queued - kg_h2_send_pending(h->h2, s->id);
+	if (taken > s->b_consumed) {
+		kg_h2c_consume(s->bc->sess, s->bid, (size_t)(taken - s->b_consumed));
+		s->b_consumed = taken;
+	}
+}
+
+/* Moves a backend connection's bytes: its session's output out, a
+ * receive armed; frees it once it is over and quiet. */
+static void bc_io(struct h2_bconn *bc)
+{
+	struct kg_conn *c = bc->owner->c;
+	if (!bc->broken && !bc->connecting && !bc->kicked && !bc->send_busy) {
+		bc->olen = bc->osent = 0;
+		while (bc->olen < H2B_OUT_BATCH) {
+			const uint8_t *p;
+			ssize_t n = kg_h2c_output(bc->sess, &p);
+			if (n < 0) {
+				bc_break(bc, "HTTP/2 backend session failed");
+				break;
+			}
+			if (n == 0)
+				break;
+			if (bc->olen + (size_t)n > bc->ocap) {
+				size_t cap = bc->olen + (size_t)n + H2B_OUT_BATCH;
+				unsigned char *nb = realloc(bc->obuf, cap);
+				if (!nb) {
+					bc_break(bc, "out of memory");
+					break;
+				}
+				bc->obuf = nb;
+				bc->ocap = cap;
+			}
+			memcpy(bc->obuf + bc->olen, p, (size_t)n);
+			bc->olen += (size_t)n;
+		}
+		if (!bc->broken && bc->olen > 0) {
+			struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+			io_uring_prep_send(sqe, bc->fd, bc->obuf, bc->olen, MSG_NOSIGNAL);
+			io_uring_sqe_set_data64(sqe,
+						kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, bc->fd));
+			bc->send_busy = true;
+			c->inflight++;
+		}
+	}
+	if (!bc->broken && !bc->connecting && !bc->kicked && !bc->recv_busy) {
+		if (!bc->rbuf && !(bc->rbuf = kg_buf_get(&c->worker->bufs))) {
+			bc_break(bc, "out of memory for a receive buffer");
+		} else {
+			struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+			io_uring_prep_recv(sqe, bc->fd, bc->rbuf, KG_POOL_BUF_SIZE, 0);
+			io_uring_sqe_set_data64(sqe,
+						kg_ud_pack(KG_OP_HTTP_BACKEND_RECV, c->idx, bc->fd));
+			bc->recv_busy = true;
+			c->inflight++;
+		}
+	}
+	if (!bc->broken && bc->assigned == 0 && !bc->connecting && kg_h2c_done(bc->sess) &&
+	    !bc->send_busy)
+		bc_break(bc, "backend connection over");
+	if (bc->broken) {
+		if (bc_busy(bc))
+			bc_kick(bc);
+		else
+			bc_free(bc);
+	}
+}
+
+static void pump_backends(struct h2_conn *h)
+{
+	struct h2_bconn *bc = h->bconns;
+	while (bc) {
+		struct h2_bconn *next = bc->next;
+		bc_io(bc);
+		bc = next;
+	}
+}
+
+static struct h2_bconn *bconn_of_fd(struct h2_conn *h, int fd)
+{
+	for (struct h2_bconn *bc = h->bconns; bc; bc = bc->next)
+		if (bc->fd == fd)
+			return bc;
+	return NULL;
+}
+
+static void bc_on_connect(struct h2_bconn *bc, int res)
+{
+	struct h2_conn *h = bc->owner;
+	struct kg_conn *c = h->c;
+	bc->connecting = false;
+	if (c->state != KG_CONN_FORWARDING || bc->kicked || bc->broken) {
+		bc->broken = true;
+		bc_free(bc);
+		return;
+	}
+	if (res == 0) {
+		kg_health_conn_start(bc->group->health, (size_t)bc->member);
+		bc->counted = true;
+		for (struct h2_stream *s = h->streams; s; s = s->next)
+			if (s->bc == bc)
+				mark(s);
+		return;
+	}
+	kg_conn_connect_failed_to(c, bc->group, &bc->walk, bc->member, bc->fd, res);
+	bc->fd = -1;
+	bc->broken = true;
+	for (struct h2_stream *s = h->streams; s; s = s->next) {
+		if (s->bc != bc)
+			continue;
+		bc_unassign(s);
+		s->bid = 0;
+		s->walk.tried |= bc->walk.tried;
+		if (s->walk.attempts < bc->walk.attempts)
+			s->walk.attempts = bc->walk.attempts;
+		pick_h2(s);
+		mark(s);
+	}
+	bc_free(bc);
+}
+
+static void bc_on_io(struct h2_bconn *bc, int op, int res)
+{
+	struct kg_conn *c = bc->owner->c;
+	if (op == KG_OP_HTTP_BACKEND_SEND) {
+		bc->send_busy = false;
+		if (res > 0 && !bc->broken) {
+			bc->osent += (size_t)res;
+			if (bc->osent < bc->olen) {
+				struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+				io_uring_prep_send(sqe, bc->fd, bc->obuf + bc->osent,
+						   bc->olen - bc->osent, MSG_NOSIGNAL);
+				io_uring_sqe_set_data64(
+					sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, bc->fd));
+				bc->send_busy = true;
+				c->inflight++;
+			}
+		} else if (!bc->broken) {
+			bc_break(bc, "backend connection failed");
+		}
+	} else {
+		bc->recv_busy = false;
+		if (res > 0 && !bc->broken) {
+			if (kg_h2c_feed(bc->sess, bc->rbuf, (size_t)res) < 0)
+				bc_break(bc, "HTTP/2 backend protocol error");
+		} else if (!bc->broken) {
+			bc_break(bc, res == 0 ? "backend closed the connection"
+					      : "backend connection failed");
+		}
+	}
+	if (c->state != KG_CONN_FORWARDING) {
+		if (!bc_busy(bc))
+			bc_free(bc);
+		return;
+	}
+	bc_io(bc);
+}
+
 /* Everything a stream does next, from wherever it is. */
 static void stream_step(struct h2_stream *s)
 {
@@ -641,6 +1307,10 @@ static void stream_step(struct h2_stream *s)
 	if (s->drop_consume && s->open) {
 		kg_h2_consume(h->h2, s->id, s->drop_consume);
 		s->drop_consume = 0;
+	}
+	if (s->bmode) {
+		stream_step_b(s);
+		return;
 	}
 	if (s->err_status) {
 		if (s->fd >= 0 && !s->detached) {
@@ -777,7 +1447,9 @@ static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
 		return;
 	}
 	s->has_body = !req->end_stream;
-	s->chunked = s->has_body && req->content_length < 0;
+	s->bmode = c->listener->conf->backend_protocol == KG_BP_H2;
+	/* HTTP/2 backends frame bodies themselves: no chunking. */
+	s->chunked = !s->bmode && s->has_body && req->content_length < 0;
 	s->req_end = req->end_stream;
 	int status = refuse_status(h, req, &s->err_why);
 	if (status) {
@@ -809,7 +1481,8 @@ static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
 		s->err_why = r == -EPERM ? "underscore in a header name" : "out of memory";
 		return;
 	}
-	s->ocap = (uint32_t)head.len + (s->has_body ? KG_H2_DEFAULT_WINDOW + CHUNK_SLACK : 0);
+	s->ocap = (uint32_t)head.len +
+		  (s->has_body && !s->bmode ? KG_H2_DEFAULT_WINDOW + CHUNK_SLACK : 0);
 	s->obuf = malloc(s->ocap);
 	if (!s->obuf) {
 		kg_buf_free(&head);
@@ -841,7 +1514,20 @@ static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
 		s->err_why = "no route matched and no default group";
 		return;
 	}
-	pick(s);
+	if (!s->bmode) {
+		pick(s);
+		return;
+	}
+	for (size_t i = 0; i < req->n_fields; i++)
+		if (strcmp(req->fields[i].name, "te") == 0)
+			s->te_trailers = true; /* h2_session let only "trailers" through */
+	if (!(s->path = strdup(req->path)) ||
+	    (req->authority && !(s->authority = strdup(req->authority)))) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		return;
+	}
+	pick_h2(s);
 }
 
 static int on_request(void *ctx, int32_t id, const struct kg_h2_request *req)
@@ -869,6 +1555,10 @@ static void on_body(void *ctx, int32_t id, void *user, const uint8_t *p, size_t 
 	if (!s)
 		return;
 	s->bytes_in += n;
+	if (s->bmode) {
+		bc_body(s, p, n);
+		return;
+	}
 	if (s->detached || s->err_status || s->answered || !s->obuf || !s->has_body) {
 		/* Nobody takes it any more: released unread. */
 		s->drop_consume += (uint32_t)n;
@@ -907,6 +1597,8 @@ static void on_body_end(void *ctx, int32_t id, void *user)
 	if (!s)
 		return;
 	s->req_end = true;
+	if (s->bmode)
+		bc_body_end(s);
 	mark(s);
 }
 
@@ -1126,6 +1818,15 @@ static void h2_on_connect(struct kg_conn *c, int fd, int res)
 {
 	struct h2_conn *h = h2_of(c);
 	c->inflight--;
+	struct h2_bconn *bc = h ? bconn_of_fd(h, fd) : NULL;
+	if (bc && bc->connecting) {
+		bc_on_connect(bc, res);
+		if (c->state == KG_CONN_FORWARDING) {
+			run_marked(h);
+			pump_output(c);
+		}
+		return;
+	}
 	struct h2_stream *s = h ? stream_of_fd(h, fd) : NULL;
 	if (!s || !s->connecting) {
 		log_err("h2.stray_connect", KV("conn", c->idx), KV("fd", fd));
@@ -1234,6 +1935,15 @@ static void h2_on_backend_io(struct kg_conn *c, int op, int fd, int res,
 	struct h2_conn *h = h2_of(c);
 	(void)data; /* streams receive into their own buffers */
 	c->inflight--;
+	struct h2_bconn *bc = h ? bconn_of_fd(h, fd) : NULL;
+	if (bc) {
+		bc_on_io(bc, op, res);
+		if (c->state == KG_CONN_FORWARDING) {
+			run_marked(h);
+			pump_output(c);
+		}
+		return;
+	}
 	struct h2_stream *s = h ? stream_of_fd(h, fd) : NULL;
 	if (!s) {
 		log_err("h2.stray_backend_io", KV("conn", c->idx), KV("fd", fd), KV("op", op));
@@ -1379,6 +2089,11 @@ static void h2_on_close(struct kg_conn *c)
 	for (struct h2_stream *s = h->streams; s; s = s->next)
 		if (s->fd >= 0 && !s->detached && backend_busy(s))
 			kick_backend(s);
+	for (struct h2_bconn *bc = h->bconns; bc; bc = bc->next) {
+		bc->broken = true;
+		if (bc_busy(bc))
+			bc_kick(bc);
+	}
 }
 
 static void h2_release(struct kg_conn *c)
@@ -1394,6 +2109,8 @@ static void h2_release(struct kg_conn *c)
 			access_log(s);
 		free_stream(s);
 	}
+	while (h->bconns)
+		bc_free(h->bconns);
 	kg_h2_destroy(h->h2);
 	kg_http_client_free(&h->who);
 	free(h->early_copy);

@@ -147,6 +147,7 @@ struct h2_stream {
 	 * which therefore reopens only as the client takes them. */
 	bool bmode;
 	struct h2_bconn *bc;
+	struct h2_stream *bnext; /* bc's streams */
 	int32_t bid;
 	unsigned char *pre;
 	uint32_t pre_len;
@@ -163,18 +164,25 @@ struct h2_stream {
 	uint64_t bytes_in, bytes_out;
 };
 
-/* A backend HTTP/2 connection of one client connection (backend_protocol
- * h2): a member's socket and its client session (h2_client.h), carrying
- * that client's streams to the member up to the backend's limit. */
+/* A backend HTTP/2 connection of the worker (backend_protocol h2): a
+ * member's socket and its client session (h2_client.h), carrying streams
+ * of any of the worker's client connections to the member, up to the
+ * backend's limit. */
 struct h2_bconn {
-	struct h2_conn *owner;
+	struct kg_h2b *tab;
+	uint32_t slot;
 	struct h2_bconn *next;
-	struct kg_group_rt *group;
+	struct kg_group_rt *group; /* a reference: members stay as they were */
 	int member;
 	int fd;
+	unsigned inflight;
 	struct kg_backend_walk walk;
 	struct kg_h2c *sess;
-	unsigned assigned; /* streams on it (opened, or waiting for the connect) */
+	struct h2_stream *streams; /* on it (opened, or waiting for the connect) */
+	unsigned assigned;
+	uint64_t idle_since_ms;
+	unsigned idle_timeout_ms; /* the opening listener's http.pool_idle_timeout_ms */
+	char listener[KG_NAME_MAX + 1]; /* the opening listener's name, for log lines */
 	bool connecting, recv_busy, send_busy, counted, broken, kicked, goaway;
 	unsigned char *rbuf; /* a pool buffer while a receive is armed */
 	unsigned char *obuf; /* plaintext in flight: [osent, olen) */
@@ -187,7 +195,6 @@ struct h2_conn {
 	struct kg_h2 *h2;
 	struct h2_stream *streams;
 	struct h2_stream *marked;
-	struct h2_bconn *bconns;
 	unsigned n_streams;
 	bool writing;       /* plaintext handed to the client, not drained yet */
 	bool poll_in_armed; /* kTLS: POLLIN on the client socket */
@@ -216,7 +223,7 @@ static void stream_step(struct h2_stream *s);
 static void pump_output(struct kg_conn *c);
 static void arm_recv(struct h2_stream *s);
 static void bc_unassign(struct h2_stream *s);
-static void pump_backends(struct h2_conn *h);
+static void pump_backends(struct kg_h2b *t);
 
 /* ---- marks: streams to move on after a session call ---- */
 
@@ -268,9 +275,10 @@ static void run_marked(struct h2_conn *h)
 			s->marked = false;
 			stream_step(s);
 		}
-		/* Backend sessions' output may call back and mark streams. */
-		if (h->bconns && h->c->state == KG_CONN_FORWARDING)
-			pump_backends(h);
+		/* Backend sessions' output may call back and mark streams
+		 * (of other connections too: kg_h2b_flush moves those). */
+		if (!kg_h2b_idle(h->c->worker) && h->c->state == KG_CONN_FORWARDING)
+			pump_backends(h->c->worker->h2b);
 	} while (h->marked && h->c->state == KG_CONN_FORWARDING);
 }
 
@@ -560,16 +568,37 @@ static void on_resp_body(void *ctx, const unsigned char *p, size_t n)
 	}
 }
 
-/* The response's end: the head with END_STREAM when nothing else was
- * sent, else an empty last DATA frame. */
+/* A chunked response's trailer section as the stream's trailers: 0, or
+ * -ENOENT when it had none (or too large a one: dropped). */
+static int send_trailers(struct h2_stream *s)
+{
+	struct kg_http_pair pairs[32];
+	struct kg_h2_field f[32];
+	unsigned n = kg_http_trailer_pairs(&s->resp, pairs, 32);
+	if (n == 0)
+		return -ENOENT;
+	if (s->head_pending && flush_head(s, false) < 0)
+		return -EIO;
+	for (unsigned i = 0; i < n; i++)
+		f[i] = (struct kg_h2_field){pairs[i].name, pairs[i].name_len, pairs[i].value,
+					    pairs[i].value_len};
+	return kg_h2_trailers(s->owner->h2, s->id, f, n);
+}
+
+/* The response's end: its trailers, or the head with END_STREAM when
+ * nothing else was sent, else an empty last DATA frame. */
 static void end_response(struct h2_stream *s)
 {
 	struct h2_conn *h = s->owner;
 	s->resp_done = true;
 	if (s->answered || !s->open)
 		return;
-	int r = s->head_pending ? flush_head(s, true)
-				: kg_h2_send_data(h->h2, s->id, NULL, 0, true, H2_SEND_LOW_WATER);
+	int r = send_trailers(s);
+	if (r == -ENOENT || r == -EINVAL)
+		/* None, or a name HTTP/2 cannot carry: the body ends plainly. */
+		r = s->head_pending ? flush_head(s, true)
+				    : kg_h2_send_data(h->h2, s->id, NULL, 0, true,
+						      H2_SEND_LOW_WATER);
 	s->answered = true;
 	if (r < 0)
 		kg_h2_reset(h->h2, s->id, 2 /* INTERNAL_ERROR */);
@@ -690,47 +719,111 @@ static void backend_broke(struct h2_stream *s, int res)
 	mark(s);
 }
 
-/* ---- backend_protocol h2: streams on backend HTTP/2 connections ---- */
+/* ---- backend_protocol h2: streams on the worker's backend connections ---- */
+
+/* A worker's HTTP/2 backend connections (forward_h2.h), shared by all its
+ * client connections: per (group, member), as many as the backend's
+ * stream limit asks for. Their completions carry the slot
+ * (KG_OP_H2B_*); client connections whose streams they moved are noted
+ * (touched) and moved on by kg_h2b_flush, after the completion, never
+ * inside another connection's handler. */
+struct kg_h2b {
+	struct kg_worker *w;
+	struct h2_bconn **slots;
+	uint32_t n_slots;
+	struct h2_bconn *list;
+	uint32_t *touched; /* client connection indices, deduplicated by touch_mark */
+	uint32_t n_touched, cap_touched;
+	bool touch_all; /* no room to note one: every connection looks */
+};
+
+struct kg_h2b *kg_h2b_create(struct kg_worker *w)
+{
+	struct kg_h2b *t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->w = w;
+	return t;
+}
+
+static struct kg_h2b *tab_of(const struct h2_stream *s)
+{
+	return s->owner->c->worker->h2b;
+}
+
+/* The stream's connection must be moved on after this completion. */
+static void touch(struct h2_stream *s)
+{
+	struct kg_h2b *t = tab_of(s);
+	uint32_t idx = s->owner->c->idx;
+	for (uint32_t i = 0; i < t->n_touched; i++)
+		if (t->touched[i] == idx)
+			return;
+	if (t->n_touched == t->cap_touched) {
+		uint32_t cap = t->cap_touched ? 2 * t->cap_touched : 16;
+		uint32_t *nt = realloc(t->touched, cap * sizeof(*nt));
+		if (!nt) {
+			t->touch_all = true;
+			return;
+		}
+		t->touched = nt;
+		t->cap_touched = cap;
+	}
+	t->touched[t->n_touched++] = idx;
+}
+
+static void bmark(struct h2_stream *s)
+{
+	mark(s);
+	touch(s);
+}
 
 static void bc_set_deadline(struct h2_stream *s)
 {
 	set_deadline(s, s->owner->c->worker->now_ms + conf_of(s->owner->c)->response_timeout_ms);
 }
 
-/* The stream leaves its backend connection (the caller ended its
- * stream there, or it was never opened). */
+/* The stream leaves its backend connection; an open stream there is
+ * reset (CANCEL: the client is gone, or kgate answered). */
 static void bc_unassign(struct h2_stream *s)
 {
 	struct h2_bconn *bc = s->bc;
 	if (!bc)
 		return;
 	if (s->bid > 0 && !bc->broken) {
-		/* The client is gone or kgate answered: the backend stops. */
 		kg_h2c_set_stream_user(bc->sess, s->bid, NULL);
 		if (kg_h2c_reset(bc->sess, s->bid, H2_CANCEL) == 0)
-			kg_count(s->owner->c->worker, h2_backend_resets);
+			kg_count(bc->tab->w, h2_backend_resets);
 	}
+	for (struct h2_stream **pp = &bc->streams; *pp; pp = &(*pp)->bnext)
+		if (*pp == s) {
+			*pp = s->bnext;
+			break;
+		}
+	s->bnext = NULL;
 	s->bid = -1;
 	s->bc = NULL;
-	bc->assigned--;
+	if (--bc->assigned == 0)
+		bc->idle_since_ms = bc->tab->w->now_ms;
 }
 
 static void bc_free(struct h2_bconn *bc)
 {
-	struct h2_conn *h = bc->owner;
-	struct kg_conn *c = h->c;
-	for (struct h2_bconn **pp = &h->bconns; *pp; pp = &(*pp)->next)
+	struct kg_h2b *t = bc->tab;
+	for (struct h2_bconn **pp = &t->list; *pp; pp = &(*pp)->next)
 		if (*pp == bc) {
 			*pp = bc->next;
 			break;
 		}
+	t->slots[bc->slot] = NULL;
 	if (bc->fd >= 0)
 		close(bc->fd);
 	if (bc->counted)
 		kg_health_conn_end(bc->group->health, (size_t)bc->member);
 	if (bc->rbuf)
-		kg_buf_put(&c->worker->bufs, bc->rbuf);
+		kg_buf_put(&t->w->bufs, bc->rbuf);
 	kg_h2c_destroy(bc->sess);
+	kg_group_put(bc->group);
 	free(bc->obuf);
 	free(bc);
 }
@@ -738,46 +831,40 @@ static void bc_free(struct h2_bconn *bc)
 /* Ends the connection's operations; it is freed once none is in flight. */
 static void bc_kick(struct h2_bconn *bc)
 {
-	struct kg_conn *c = bc->owner->c;
+	struct kg_worker *w = bc->tab->w;
 	if (bc->fd < 0 || bc->kicked)
 		return;
 	bc->kicked = true;
 	if (bc->connecting) {
-		struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_HTTP_CONNECT, c->idx, bc->fd), 0);
-		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, c->idx, -1));
-	} else if (bc->recv_busy || bc->send_busy) {
+		struct io_uring_sqe *sqe = kg_worker_sqe(w);
+		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_H2B_CONNECT, bc->slot, bc->fd), 0);
+		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, 0, -1));
+	} else if (bc->inflight > 0) {
 		shutdown(bc->fd, SHUT_RDWR);
 	}
 }
 
-static bool bc_busy(const struct h2_bconn *bc)
+/* The connection ends: its streams are answered 502 (or reset once
+ * their response started); why is logged when it is a failure. */
+static void bc_break(struct h2_bconn *bc, const char *why, bool failure)
 {
-	return bc->connecting || bc->recv_busy || bc->send_busy;
-}
-
-/* The backend connection failed (or closed): its streams are answered
- * 502, or reset once their response started. */
-static void bc_break(struct h2_bconn *bc, const char *why)
-{
-	struct h2_conn *h = bc->owner;
 	if (bc->broken)
 		return;
 	bc->broken = true;
-	kg_worker_warn(h->c->worker, "h2.backend_failed", KV("listener", h->c->listener->conf->name),
-		       KV("backend", bc->group->conf->backends[bc->member].address),
-		       KV("reason", why));
-	for (struct h2_stream *s = h->streams; s; s = s->next) {
-		if (s->bc != bc)
-			continue;
+	if (failure)
+		kg_worker_warn(bc->tab->w, "h2.backend_failed", KV("listener", bc->listener),
+			       KV("backend", bc->group->conf->backends[bc->member].address),
+			       KV("reason", why));
+	while (bc->streams) {
+		struct h2_stream *s = bc->streams;
 		bc_unassign(s);
 		if (!s->answered && !s->err_status) {
 			s->err_status = 502;
 			s->err_why = "HTTP/2 backend connection failed before the response ended";
 		}
-		mark(s);
+		bmark(s);
 	}
-	if (bc_busy(bc))
+	if (bc->inflight > 0)
 		bc_kick(bc);
 }
 
@@ -799,7 +886,7 @@ static void bc_on_response(void *ctx, int32_t id, void *user, int status,
 	}
 	if (s->answered)
 		access_log(s);
-	mark(s);
+	bmark(s);
 }
 
 static void bc_on_data(void *ctx, int32_t id, void *user, const uint8_t *p, size_t n)
@@ -814,9 +901,9 @@ static void bc_on_data(void *ctx, int32_t id, void *user, const uint8_t *p, size
 	}
 	s->b_queued += n;
 	s->bytes_out += n;
-	kg_count_add(&bc->owner->c->worker->stats.forwarded_b2c, n);
+	kg_count_add(&bc->tab->w->stats.forwarded_b2c, n);
 	bc_set_deadline(s);
-	mark(s);
+	bmark(s);
 }
 
 /* The response's end: its trailers (grpc-status) as the client's
@@ -835,7 +922,7 @@ static void bc_on_end(void *ctx, int32_t id, void *user, const struct kg_h2_fiel
 		kg_h2_reset(h2, s->id, H2_INTERNAL_ERROR);
 	s->answered = true;
 	access_log(s);
-	mark(s);
+	bmark(s);
 }
 
 static void bc_on_send_room(void *ctx, int32_t id, void *user)
@@ -844,7 +931,7 @@ static void bc_on_send_room(void *ctx, int32_t id, void *user)
 	(void)ctx;
 	(void)id;
 	if (s)
-		mark(s);
+		bmark(s);
 }
 
 /* The backend's stream is over: a reset passes on to the client (as an
@@ -859,10 +946,10 @@ static void bc_on_stream_close(void *ctx, int32_t id, void *user, uint32_t code)
 	s->bid = -1; /* closed there: bc_unassign sends no reset */
 	bc_unassign(s);
 	if (code != 0) {
-		kg_count(bc->owner->c->worker, h2_backend_resets);
+		kg_count(bc->tab->w, h2_backend_resets);
 		if (s->open && !s->answered) {
 			if (s->resp_started) {
-				kg_h2_reset(bc->owner->h2, s->id,
+				kg_h2_reset(s->owner->h2, s->id,
 					    code == H2_REFUSED_STREAM ? H2_INTERNAL_ERROR : code);
 				s->answered = true;
 				access_log(s);
@@ -873,21 +960,20 @@ static void bc_on_stream_close(void *ctx, int32_t id, void *user, uint32_t code)
 			}
 		}
 	} else if (s->open && !s->answered) {
-		/* Closed cleanly without an end we saw: cannot happen with
-		 * nghttp2, but the client must not wait for it. */
+		/* Closed cleanly without an end we saw: the client must not
+		 * wait for one. */
 		s->err_status = 502;
 		s->err_why = "HTTP/2 backend ended the stream without a response";
 	}
-	mark(s);
+	bmark(s);
 }
 
 static void bc_on_goaway(void *ctx, int32_t last_id, uint32_t code)
 {
 	struct h2_bconn *bc = ctx;
-	struct kg_conn *c = bc->owner->c;
 	bc->goaway = true;
-	kg_count(c->worker, h2_backend_goaway);
-	log_info("h2.backend_goaway", KV("listener", c->listener->conf->name),
+	kg_count(bc->tab->w, h2_backend_goaway);
+	log_info("h2.backend_goaway", KV("listener", bc->listener),
 		 KV("backend", bc->group->conf->backends[bc->member].address),
 		 KV("last_stream", (long long)last_id), KV("code", code));
 }
@@ -901,42 +987,72 @@ static const struct kg_h2c_handler bc_handler = {
 	.on_goaway = bc_on_goaway,
 };
 
+static int take_slot(struct kg_h2b *t, struct h2_bconn *bc)
+{
+	for (uint32_t i = 0; i < t->n_slots; i++)
+		if (!t->slots[i]) {
+			t->slots[i] = bc;
+			bc->slot = i;
+			return 0;
+		}
+	uint32_t n = t->n_slots ? 2 * t->n_slots : 8;
+	struct h2_bconn **ns = realloc(t->slots, n * sizeof(*ns));
+	if (!ns)
+		return -ENOMEM;
+	memset(ns + t->n_slots, 0, (n - t->n_slots) * sizeof(*ns));
+	t->slots = ns;
+	bc->slot = t->n_slots;
+	t->slots[t->n_slots] = bc;
+	t->n_slots = n;
+	return 0;
+}
+
 /* A new backend connection to member m, for stream s (whose walk it
  * continues). NULL with the stream's answer set. */
 static struct h2_bconn *bc_open(struct h2_stream *s, int m)
 {
-	struct h2_conn *h = s->owner;
-	struct kg_conn *c = h->c;
+	struct kg_conn *c = s->owner->c;
+	struct kg_worker *w = c->worker;
+	struct kg_h2b *t = w->h2b;
 	const struct kg_h2c_limits lim = {
 		.stream_window = KG_H2_DEFAULT_WINDOW,
 		.max_header_list_bytes = conf_of(c)->max_header_bytes,
 		.max_streams_default = H2B_STREAMS_BEFORE_SETTINGS,
 	};
 	struct h2_bconn *bc = calloc(1, sizeof(*bc));
-	if (!bc || !(bc->sess = kg_h2c_create(&lim, &bc_handler, bc))) {
+	if (!bc || !(bc->sess = kg_h2c_create(&lim, &bc_handler, bc)) || take_slot(t, bc) < 0) {
+		if (bc)
+			kg_h2c_destroy(bc->sess);
 		free(bc);
 		s->err_status = 500;
 		s->err_why = "out of memory for an HTTP/2 backend connection";
 		return NULL;
 	}
-	bc->owner = h;
-	bc->group = s->group;
+	bc->tab = t;
+	bc->group = kg_group_get(s->group);
 	bc->member = m;
 	bc->walk = s->walk;
-	bc->fd = kg_conn_submit_connect_to(c, s->group, &bc->walk, m, KG_OP_HTTP_CONNECT);
+	bc->idle_timeout_ms = conf_of(c)->pool_idle_timeout_ms;
+	snprintf(bc->listener, sizeof(bc->listener), "%s", c->listener->conf->name);
+	bc->fd = kg_backend_socket(s->group, m);
 	if (bc->fd < 0) {
-		kg_h2c_destroy(bc->sess);
-		free(bc);
+		bc_free(bc);
 		s->err_status = 502;
 		s->err_why = "no backend socket";
 		return NULL;
 	}
+	struct io_uring_sqe *sqe, *tsqe;
+	kg_worker_sqe_timed(w, &sqe, &tsqe);
+	kg_backend_prep_connect(c->listener, s->group, &bc->walk, m, bc->fd, sqe, tsqe);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_H2B_CONNECT, bc->slot, bc->fd));
+	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_H2B_LINK_TIMEOUT, bc->slot, bc->fd));
+	bc->inflight = 2; /* the connect and its linked timeout */
 	s->walk.attempts = bc->walk.attempts;
 	bc->connecting = true;
-	bc->next = h->bconns;
-	h->bconns = bc;
-	kg_count(c->worker, http_backend_connects);
-	kg_count(c->worker, h2_backend_conns);
+	bc->next = t->list;
+	t->list = bc;
+	kg_count(w, http_backend_connects);
+	kg_count(w, h2_backend_conns);
 	return bc;
 }
 
@@ -944,8 +1060,8 @@ static struct h2_bconn *bc_open(struct h2_stream *s, int m)
  * and a backend connection to it with room, or a new one. */
 static void pick_h2(struct h2_stream *s)
 {
-	struct h2_conn *h = s->owner;
-	struct kg_conn *c = h->c;
+	struct kg_conn *c = s->owner->c;
+	struct kg_h2b *t = c->worker->h2b;
 	int m = kg_backend_pick(c->listener, s->group, &s->walk);
 	if (m < 0) {
 		kg_count(c->worker, no_backend);
@@ -955,7 +1071,7 @@ static void pick_h2(struct h2_stream *s)
 		return;
 	}
 	s->member = m;
-	struct h2_bconn *bc = h->bconns;
+	struct h2_bconn *bc = t->list;
 	for (; bc; bc = bc->next) {
 		if (bc->group != s->group || bc->member != m || bc->broken || bc->kicked ||
 		    bc->goaway)
@@ -968,6 +1084,8 @@ static void pick_h2(struct h2_stream *s)
 		return;
 	s->bc = bc;
 	s->bid = 0;
+	s->bnext = bc->streams;
+	bc->streams = s;
 	bc->assigned++;
 }
 
@@ -1065,6 +1183,7 @@ static void bc_body(struct h2_stream *s, const uint8_t *p, size_t n)
 			s->drop_consume += (uint32_t)n;
 		} else {
 			s->c_queued += n;
+			bc_set_deadline(s); /* the exchange moves: a stream, not a wait */
 		}
 		mark(s);
 		return;
@@ -1150,14 +1269,15 @@ static void stream_step_b(struct h2_stream *s)
  * receive armed; frees it once it is over and quiet. */
 static void bc_io(struct h2_bconn *bc)
 {
-	struct kg_conn *c = bc->owner->c;
-	if (!bc->broken && !bc->connecting && !bc->kicked && !bc->send_busy) {
+	struct kg_worker *w = bc->tab->w;
+	bool live = !bc->broken && !bc->connecting && !bc->kicked;
+	if (live && !bc->send_busy) {
 		bc->olen = bc->osent = 0;
 		while (bc->olen < H2B_OUT_BATCH) {
 			const uint8_t *p;
 			ssize_t n = kg_h2c_output(bc->sess, &p);
 			if (n < 0) {
-				bc_break(bc, "HTTP/2 backend session failed");
+				bc_break(bc, "HTTP/2 backend session failed", true);
 				break;
 			}
 			if (n == 0)
@@ -1166,7 +1286,7 @@ static void bc_io(struct h2_bconn *bc)
 				size_t cap = bc->olen + (size_t)n + H2B_OUT_BATCH;
 				unsigned char *nb = realloc(bc->obuf, cap);
 				if (!nb) {
-					bc_break(bc, "out of memory");
+					bc_break(bc, "out of memory", true);
 					break;
 				}
 				bc->obuf = nb;
@@ -1176,40 +1296,39 @@ static void bc_io(struct h2_bconn *bc)
 			bc->olen += (size_t)n;
 		}
 		if (!bc->broken && bc->olen > 0) {
-			struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+			struct io_uring_sqe *sqe = kg_worker_sqe(w);
 			io_uring_prep_send(sqe, bc->fd, bc->obuf, bc->olen, MSG_NOSIGNAL);
-			io_uring_sqe_set_data64(sqe,
-						kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, bc->fd));
+			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_H2B_SEND, bc->slot, bc->fd));
 			bc->send_busy = true;
-			c->inflight++;
+			bc->inflight++;
 		}
 	}
-	if (!bc->broken && !bc->connecting && !bc->kicked && !bc->recv_busy) {
-		if (!bc->rbuf && !(bc->rbuf = kg_buf_get(&c->worker->bufs))) {
-			bc_break(bc, "out of memory for a receive buffer");
+	if (!bc->broken && live && !bc->recv_busy) {
+		if (!bc->rbuf && !(bc->rbuf = kg_buf_get(&w->bufs))) {
+			bc_break(bc, "out of memory for a receive buffer", true);
 		} else {
-			struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+			struct io_uring_sqe *sqe = kg_worker_sqe(w);
 			io_uring_prep_recv(sqe, bc->fd, bc->rbuf, KG_POOL_BUF_SIZE, 0);
-			io_uring_sqe_set_data64(sqe,
-						kg_ud_pack(KG_OP_HTTP_BACKEND_RECV, c->idx, bc->fd));
+			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_H2B_RECV, bc->slot, bc->fd));
 			bc->recv_busy = true;
-			c->inflight++;
+			bc->inflight++;
 		}
 	}
-	if (!bc->broken && bc->assigned == 0 && !bc->connecting && kg_h2c_done(bc->sess) &&
-	    !bc->send_busy)
-		bc_break(bc, "backend connection over");
+	if (!bc->broken && bc->assigned == 0 && !bc->connecting && !bc->send_busy &&
+	    kg_h2c_done(bc->sess))
+		bc_break(bc, "backend connection over", false);
 	if (bc->broken) {
-		if (bc_busy(bc))
+		if (bc->inflight > 0)
 			bc_kick(bc);
 		else
 			bc_free(bc);
 	}
 }
 
-static void pump_backends(struct h2_conn *h)
+/* Every backend connection of the worker sends what its session has. */
+static void pump_backends(struct kg_h2b *t)
 {
-	struct h2_bconn *bc = h->bconns;
+	struct h2_bconn *bc = t->list;
 	while (bc) {
 		struct h2_bconn *next = bc->next;
 		bc_io(bc);
@@ -1217,84 +1336,154 @@ static void pump_backends(struct h2_conn *h)
 	}
 }
 
-static struct h2_bconn *bconn_of_fd(struct h2_conn *h, int fd)
-{
-	for (struct h2_bconn *bc = h->bconns; bc; bc = bc->next)
-		if (bc->fd == fd)
-			return bc;
-	return NULL;
-}
-
 static void bc_on_connect(struct h2_bconn *bc, int res)
 {
-	struct h2_conn *h = bc->owner;
-	struct kg_conn *c = h->c;
+	struct kg_worker *w = bc->tab->w;
 	bc->connecting = false;
-	if (c->state != KG_CONN_FORWARDING || bc->kicked || bc->broken) {
+	if (bc->kicked || bc->broken) {
 		bc->broken = true;
-		bc_free(bc);
-		return;
+		return; /* freed by bc_io once quiet */
 	}
 	if (res == 0) {
 		kg_health_conn_start(bc->group->health, (size_t)bc->member);
 		bc->counted = true;
-		for (struct h2_stream *s = h->streams; s; s = s->next)
-			if (s->bc == bc)
-				mark(s);
+		for (struct h2_stream *s = bc->streams; s; s = s->bnext)
+			bmark(s);
 		return;
 	}
-	kg_conn_connect_failed_to(c, bc->group, &bc->walk, bc->member, bc->fd, res);
+	const char *why = kg_backend_connect_failed(bc->group, &bc->walk, bc->member, res,
+						    w->now_ms);
+	kg_count(w, backend_connect_failed);
+	kg_worker_warn(w, "backend.connect_failed", KV("listener", bc->listener),
+		       KV("backend", bc->group->conf->backends[bc->member].address),
+		       KV("err", why));
+	close(bc->fd);
 	bc->fd = -1;
 	bc->broken = true;
-	for (struct h2_stream *s = h->streams; s; s = s->next) {
-		if (s->bc != bc)
-			continue;
+	/* Each stream walks on: another member, or its answer. */
+	while (bc->streams) {
+		struct h2_stream *s = bc->streams;
 		bc_unassign(s);
 		s->bid = 0;
 		s->walk.tried |= bc->walk.tried;
 		if (s->walk.attempts < bc->walk.attempts)
 			s->walk.attempts = bc->walk.attempts;
 		pick_h2(s);
-		mark(s);
+		bmark(s);
 	}
-	bc_free(bc);
 }
 
 static void bc_on_io(struct h2_bconn *bc, int op, int res)
 {
-	struct kg_conn *c = bc->owner->c;
-	if (op == KG_OP_HTTP_BACKEND_SEND) {
+	struct kg_worker *w = bc->tab->w;
+	if (op == KG_OP_H2B_SEND) {
 		bc->send_busy = false;
 		if (res > 0 && !bc->broken) {
 			bc->osent += (size_t)res;
 			if (bc->osent < bc->olen) {
-				struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
+				struct io_uring_sqe *sqe = kg_worker_sqe(w);
 				io_uring_prep_send(sqe, bc->fd, bc->obuf + bc->osent,
 						   bc->olen - bc->osent, MSG_NOSIGNAL);
-				io_uring_sqe_set_data64(
-					sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_SEND, c->idx, bc->fd));
+				io_uring_sqe_set_data64(sqe,
+							kg_ud_pack(KG_OP_H2B_SEND, bc->slot, bc->fd));
 				bc->send_busy = true;
-				c->inflight++;
+				bc->inflight++;
 			}
 		} else if (!bc->broken) {
-			bc_break(bc, "backend connection failed");
+			bc_break(bc, "backend connection failed", true);
 		}
-	} else {
-		bc->recv_busy = false;
-		if (res > 0 && !bc->broken) {
-			if (kg_h2c_feed(bc->sess, bc->rbuf, (size_t)res) < 0)
-				bc_break(bc, "HTTP/2 backend protocol error");
-		} else if (!bc->broken) {
-			bc_break(bc, res == 0 ? "backend closed the connection"
-					      : "backend connection failed");
-		}
-	}
-	if (c->state != KG_CONN_FORWARDING) {
-		if (!bc_busy(bc))
-			bc_free(bc);
 		return;
 	}
-	bc_io(bc);
+	bc->recv_busy = false;
+	if (res > 0 && !bc->broken) {
+		if (kg_h2c_feed(bc->sess, bc->rbuf, (size_t)res) < 0)
+			bc_break(bc, "HTTP/2 backend protocol error", true);
+	} else if (!bc->broken) {
+		/* A backend that closes after its GOAWAY with nothing open
+		 * ends the connection as agreed. */
+		bool agreed = res == 0 && bc->goaway && bc->assigned == 0;
+		bc_break(bc, res == 0 ? "backend closed the connection" : "backend connection failed",
+			 !agreed);
+	}
+}
+
+void kg_h2b_on_cqe(struct kg_worker *w, int op, uint32_t slot, int res)
+{
+	struct kg_h2b *t = w->h2b;
+	struct h2_bconn *bc = t && slot < t->n_slots ? t->slots[slot] : NULL;
+	if (!bc) {
+		log_err("h2.stray_backend_completion", KV("worker", w->id), KV("op", op),
+			KV("slot", slot));
+		return;
+	}
+	bc->inflight--;
+	if (op == KG_OP_H2B_CONNECT)
+		bc_on_connect(bc, res);
+	else if (op == KG_OP_H2B_SEND || op == KG_OP_H2B_RECV)
+		bc_on_io(bc, op, res);
+	pump_backends(t);
+}
+
+void kg_h2b_flush(struct kg_worker *w)
+{
+	struct kg_h2b *t = w->h2b;
+	/* Bounded: a round moves streams on, which may touch others; each
+	 * connection's own steps settle within it. */
+	for (int round = 0; t && (t->n_touched || t->touch_all) && round < 16; round++) {
+		bool all = t->touch_all;
+		uint32_t n = all ? w->capacity : t->n_touched;
+		uint32_t *idx = t->touched;
+		t->touch_all = false;
+		t->touched = NULL;
+		t->n_touched = t->cap_touched = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			struct kg_conn *c = w->conns[all ? i : idx[i]];
+			if (!c)
+				continue;
+			if (c->state == KG_CONN_FORWARDING && c->fwd == &kg_fwd_h2_ops && c->fwd_ctx) {
+				run_marked(h2_of(c));
+				pump_output(c);
+			}
+			if (c->state == KG_CONN_CLOSING)
+				kg_conn_release_if_idle(c);
+		}
+		free(idx);
+	}
+}
+
+void kg_h2b_expire(struct kg_worker *w)
+{
+	struct kg_h2b *t = w->h2b;
+	if (!t)
+		return;
+	for (struct h2_bconn *bc = t->list; bc; bc = bc->next)
+		if (!bc->broken && !bc->connecting && bc->assigned == 0 &&
+		    (w->draining || w->now_ms >= bc->idle_since_ms + bc->idle_timeout_ms))
+			bc_break(bc, "idle", false);
+	pump_backends(t);
+}
+
+bool kg_h2b_idle(const struct kg_worker *w)
+{
+	return !w->h2b || !w->h2b->list;
+}
+
+void kg_h2b_destroy(struct kg_h2b *t)
+{
+	if (!t)
+		return;
+	while (t->list) {
+		struct h2_bconn *bc = t->list;
+		while (bc->streams) {
+			struct h2_stream *s = bc->streams;
+			bc->streams = s->bnext;
+			s->bc = NULL;
+		}
+		bc_free(bc);
+	}
+	free(t->slots);
+	free(t->touched);
+	free(t);
 }
 
 /* Everything a stream does next, from wherever it is. */
@@ -1374,6 +1563,7 @@ static struct h2_stream *new_stream(struct h2_conn *h, int32_t id)
 		return NULL;
 	}
 	s->resp_init = true;
+	s->resp.keep_trailers = true; /* chunked trailers become HTTP/2 trailers */
 	s->owner = h;
 	s->id = id;
 	s->open = true;
@@ -1818,15 +2008,6 @@ static void h2_on_connect(struct kg_conn *c, int fd, int res)
 {
 	struct h2_conn *h = h2_of(c);
 	c->inflight--;
-	struct h2_bconn *bc = h ? bconn_of_fd(h, fd) : NULL;
-	if (bc && bc->connecting) {
-		bc_on_connect(bc, res);
-		if (c->state == KG_CONN_FORWARDING) {
-			run_marked(h);
-			pump_output(c);
-		}
-		return;
-	}
 	struct h2_stream *s = h ? stream_of_fd(h, fd) : NULL;
 	if (!s || !s->connecting) {
 		log_err("h2.stray_connect", KV("conn", c->idx), KV("fd", fd));
@@ -1935,15 +2116,6 @@ static void h2_on_backend_io(struct kg_conn *c, int op, int fd, int res,
 	struct h2_conn *h = h2_of(c);
 	(void)data; /* streams receive into their own buffers */
 	c->inflight--;
-	struct h2_bconn *bc = h ? bconn_of_fd(h, fd) : NULL;
-	if (bc) {
-		bc_on_io(bc, op, res);
-		if (c->state == KG_CONN_FORWARDING) {
-			run_marked(h);
-			pump_output(c);
-		}
-		return;
-	}
 	struct h2_stream *s = h ? stream_of_fd(h, fd) : NULL;
 	if (!s) {
 		log_err("h2.stray_backend_io", KV("conn", c->idx), KV("fd", fd), KV("op", op));
@@ -2089,11 +2261,12 @@ static void h2_on_close(struct kg_conn *c)
 	for (struct h2_stream *s = h->streams; s; s = s->next)
 		if (s->fd >= 0 && !s->detached && backend_busy(s))
 			kick_backend(s);
-	for (struct h2_bconn *bc = h->bconns; bc; bc = bc->next) {
-		bc->broken = true;
-		if (bc_busy(bc))
-			bc_kick(bc);
-	}
+	/* The worker's backend connections serve on; this one's streams
+	 * there are reset. */
+	for (struct h2_stream *s = h->streams; s; s = s->next)
+		bc_unassign(s);
+	if (!kg_h2b_idle(c->worker))
+		pump_backends(c->worker->h2b); /* the resets go out now */
 }
 
 static void h2_release(struct kg_conn *c)
@@ -2109,8 +2282,6 @@ static void h2_release(struct kg_conn *c)
 			access_log(s);
 		free_stream(s);
 	}
-	while (h->bconns)
-		bc_free(h->bconns);
 	kg_h2_destroy(h->h2);
 	kg_http_client_free(&h->who);
 	free(h->early_copy);

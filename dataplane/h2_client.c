@@ -1,5 +1,6 @@
 /* The HTTP/2 client session of one backend connection (h2_client.h). */
 #include "h2_client.h"
+#include "h2_sendq.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -18,9 +19,8 @@ struct kg_h2c_stream {
 	void *user;
 	struct kg_h2c_stream *next;
 	/* Request body queue. */
-	uint8_t *q;
-	size_t q_off, q_len, q_cap, low_water;
-	bool data_source, data_end, deferred, want_room;
+	struct kg_h2_sendq sq;
+	bool data_source, data_end, deferred;
 	/* The header block being read: names and values in one arena. */
 	char *arena;
 	size_t a_len, a_cap;
@@ -65,7 +65,7 @@ static void stream_free(struct kg_h2c *h, struct kg_h2c_stream *st)
 			*pp = st->next;
 			break;
 		}
-	free(st->q);
+	free(st->sq.q);
 	free(st->arena);
 	free(st->f);
 	free(st);
@@ -84,6 +84,12 @@ static int grow(void **buf, size_t *cap, size_t need, size_t elem)
 	*buf = nb;
 	*cap = ncap;
 	return 0;
+}
+
+static void *plain_realloc(void *p, size_t n, void *ud)
+{
+	(void)ud;
+	return realloc(p, n);
 }
 
 static int arena_put(struct kg_h2c_stream *st, const uint8_t *p, size_t n, size_t *off)
@@ -230,14 +236,6 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
 	return 0;
 }
 
-static void room_check(struct kg_h2c *h, struct kg_h2c_stream *st)
-{
-	if (st->want_room && !st->data_end && st->q_len <= st->low_water) {
-		st->want_room = false;
-		if (h->cb.on_send_room)
-			h->cb.on_send_room(h->ctx, st->id, st->user);
-	}
-}
 
 static ssize_t on_read_data(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
 			    uint32_t *data_flags, nghttp2_data_source *source, void *ud)
@@ -246,19 +244,13 @@ static ssize_t on_read_data(nghttp2_session *s, int32_t id, uint8_t *buf, size_t
 	struct kg_h2c_stream *st = source->ptr;
 	(void)s;
 	(void)id;
-	size_t n = st->q_len < length ? st->q_len : length;
-	if (n)
-		memcpy(buf, st->q + st->q_off, n);
-	st->q_off += n;
-	st->q_len -= n;
-	if (st->q_len == 0)
-		st->q_off = 0;
-	if (st->q_len == 0 && st->data_end) {
+	size_t n = kg_h2_sendq_take(&st->sq, buf, length);
+	if (st->sq.len == 0 && st->data_end) {
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
 		return (ssize_t)n;
 	}
-	if (!h->dead)
-		room_check(h, st);
+	if (!h->dead && kg_h2_sendq_room_due(&st->sq, st->data_end) && h->cb.on_send_room)
+		h->cb.on_send_room(h->ctx, st->id, st->user);
 	if (n == 0) {
 		st->deferred = true;
 		return NGHTTP2_ERR_DEFERRED;
@@ -440,19 +432,9 @@ int kg_h2c_send_data(struct kg_h2c *h, int32_t id, const void *p, size_t n, bool
 		return -ENOENT;
 	if (!st->data_source || st->data_end)
 		return -EINVAL;
-	if (n > 0) {
-		if (st->q_off > 0) {
-			memmove(st->q, st->q + st->q_off, st->q_len);
-			st->q_off = 0;
-		}
-		if (grow((void **)&st->q, &st->q_cap, st->q_len + n, 1) < 0)
-			return -ENOMEM;
-		memcpy(st->q + st->q_len, p, n);
-		st->q_len += n;
-	}
+	if (kg_h2_sendq_push(&st->sq, p, n, end, low_water, plain_realloc, NULL) < 0)
+		return -ENOMEM;
 	st->data_end = end;
-	st->low_water = low_water;
-	st->want_room = !end;
 	if (!st->deferred)
 		return 0;
 	st->deferred = false;
@@ -463,7 +445,7 @@ int kg_h2c_send_data(struct kg_h2c *h, int32_t id, const void *p, size_t n, bool
 size_t kg_h2c_send_pending(const struct kg_h2c *h, int32_t id)
 {
 	const struct kg_h2c_stream *st = stream_of(h, id);
-	return st ? st->q_len : 0;
+	return st ? st->sq.len : 0;
 }
 
 int kg_h2c_consume(struct kg_h2c *h, int32_t id, size_t n)

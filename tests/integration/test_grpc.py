@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from conftest import KGATED, base_config, dead_port, run, wait_until, worker_counter
+from test_h2 import H2Client
 from test_control import gated  # noqa: F401
 from test_h2 import curl
 from test_https import https_listener
@@ -38,6 +39,7 @@ class GrpcBackend:
     def __init__(self, name):
         self.name = name
         self.calls = []      # (method, metadata dict)
+        self.yielded = 0     # bytes ServerStreamBig handed to grpc
         self.cancelled = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                                   options=MSG_OPTS)
@@ -50,6 +52,8 @@ class GrpcBackend:
             "Meta": grpc.unary_unary_rpc_method_handler(self.meta, ident, ident),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream, ident,
                                                                  ident),
+            "ServerStreamBig": grpc.unary_stream_rpc_method_handler(self.server_stream_big,
+                                                                    ident, ident),
             "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream, ident,
                                                                  ident),
             "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi, ident, ident),
@@ -98,6 +102,13 @@ class GrpcBackend:
         for i in range(int(req.decode())):
             yield b"msg-%d" % i
 
+    def server_stream_big(self, req, context):
+        self.note("ServerStreamBig", context)
+        chunk = b"z" * MIB
+        for _ in range(int(req.decode())):
+            yield chunk
+            self.yielded += len(chunk)
+
     def client_stream(self, it, context):
         self.note("ClientStream", context)
         n = total = 0
@@ -132,7 +143,7 @@ def grpc_listener(pki, members, **extra):
     return https_listener(pki, members, backend_protocol="h2", **extra)
 
 
-def channel(pki, port, cert="client"):
+def channel(pki, port, cert="client", own_connection=False):
     creds = grpc.ssl_channel_credentials(
         root_certificates=open(pki.ca, "rb").read(),
         private_key=open(pki.key(cert), "rb").read(),
@@ -140,6 +151,9 @@ def channel(pki, port, cert="client"):
     opts = MSG_OPTS + [("grpc.ssl_target_name_override", "localhost"),
                        ("grpc.enable_http_proxy", 0),
                        ("grpc.enable_retries", 0)]
+    if own_connection:
+        # grpc shares connections between channels to one target by default.
+        opts.append(("grpc.use_local_subchannel_pool", 1))
     return grpc.secure_channel("127.0.0.1:%d" % port, creds, options=opts)
 
 
@@ -254,6 +268,28 @@ def test_per_stream_round_robin(pki, gated, grpc_backends):
     assert worker_counter(d, "h2_backend_conns") == 2
 
 
+def test_backend_connections_shared_by_client_connections(pki, gated, grpc_backends):
+    """The worker's backend connection to a member carries the streams of
+    every client connection: three at once, then a later one."""
+    a, = grpc_backends("A")
+    d = start(gated, pki, [a])
+    chans = [channel(pki, d.port, own_connection=True) for _ in range(3)]
+    try:
+        slow = [method(ch, "Slow").future(b"0.3", timeout=TIMEOUT) for ch in chans]
+        assert [f.result() for f in slow] == [b"slept"] * 3
+        for ch in chans:
+            assert method(ch, "Unary")(b"s", timeout=TIMEOUT) == b"A:s"
+    finally:
+        for ch in chans:
+            ch.close()
+    with channel(pki, d.port, own_connection=True) as ch:
+        assert method(ch, "Unary")(b"later", timeout=TIMEOUT) == b"A:later"
+    d.terminate()
+    assert worker_counter(d, "accepted") == 4
+    assert worker_counter(d, "h2_backend_streams") == 7
+    assert worker_counter(d, "h2_backend_conns") == 1
+
+
 def test_backend_down_is_unavailable(pki, gated):
     d = start(gated, pki, ["127.0.0.1:%d" % dead_port()])
     with channel(pki, d.port) as ch:
@@ -320,3 +356,31 @@ def test_key_from_kgatectl_http1_clients_and_refusals(pki, gated, grpc_backends,
         res = run([KGATED, "--check", "--config", str(cfg)], check=False)
         assert res.returncode != 0
         assert why in res.stderr, res.stderr
+
+
+def test_slow_client_bounds_what_kgated_holds(pki, gated, grpc_backends):
+    """A client that stops reading a 256 MiB server stream: kgated passes
+    the backend's window on only as the client takes bytes, so the server
+    gets to send little of it and kgated's memory stays flat."""
+    a, = grpc_backends("A")
+    d = start(gated, pki, [a])
+    c = H2Client(pki, d.port)
+    try:
+        rss0 = d.rss_kib()
+        body = b"256"
+        c.request("/t.S/ServerStreamBig", method="POST",
+                  headers=[("content-type", "application/grpc"), ("te", "trailers")],
+                  body=b"\x00" + len(body).to_bytes(4, "big") + body)
+        # Read a little, then stop reading altogether.
+        c.pump(until=lambda: len(c.streams[1]["data"]) >= MIB)
+        assert wait_until(lambda: a.yielded >= 2 * MIB, 10)
+        time.sleep(2)
+        held = a.yielded
+        time.sleep(1)
+        # What the server could write is bounded by the socket buffers on
+        # both hops and one stream window in kgated, not by the stream.
+        assert a.yielded == held, (a.yielded, held)
+        assert held < 48 * MIB, held
+        assert d.rss_kib() - rss0 < 32 * 1024, (rss0, d.rss_kib())
+    finally:
+        c.close()

@@ -224,6 +224,7 @@ static void pump_output(struct kg_conn *c);
 static void arm_recv(struct h2_stream *s);
 static void bc_unassign(struct h2_stream *s);
 static void pump_backends(struct kg_h2b *t);
+static bool h2b_idle(const struct kg_worker *w);
 
 /* ---- marks: streams to move on after a session call ---- */
 
@@ -276,8 +277,8 @@ static void run_marked(struct h2_conn *h)
 			stream_step(s);
 		}
 		/* Backend sessions' output may call back and mark streams
-		 * (of other connections too: kg_h2b_flush moves those). */
-		if (!kg_h2b_idle(h->c->worker) && h->c->state == KG_CONN_FORWARDING)
+		 * (of other connections too: h2b_flush moves those). */
+		if (!h2b_idle(h->c->worker) && h->c->state == KG_CONN_FORWARDING)
 			pump_backends(h->c->worker->h2b);
 	} while (h->marked && h->c->state == KG_CONN_FORWARDING);
 }
@@ -721,12 +722,12 @@ static void backend_broke(struct h2_stream *s, int res)
 
 /* ---- backend_protocol h2: streams on the worker's backend connections ---- */
 
-/* A worker's HTTP/2 backend connections (forward_h2.h), shared by all its
- * client connections: per (group, member), as many as the backend's
- * stream limit asks for. Their completions carry the slot
- * (KG_OP_H2B_*); client connections whose streams they moved are noted
- * (touched) and moved on by kg_h2b_flush, after the completion, never
- * inside another connection's handler. */
+/* A worker's HTTP/2 backend connections (w->h2b, made on first use),
+ * shared by all its client connections: per (group, member), as many as
+ * the backend's stream limit asks for. Their completions carry the slot
+ * (KG_OP_FWD_*, fwd.h on_worker_cqe); client connections whose streams
+ * they moved are noted (touched) and moved on by h2b_flush (after_cqe),
+ * after the completion, never inside another connection's handler. */
 struct kg_h2b {
 	struct kg_worker *w;
 	struct h2_bconn **slots;
@@ -737,13 +738,19 @@ struct kg_h2b {
 	bool touch_all; /* no room to note one: every connection looks */
 };
 
-struct kg_h2b *kg_h2b_create(struct kg_worker *w)
+/* Any path of this table: the worker finds the table by it. */
+#define UD_IDX(bc) kg_fwd_ud_idx(KG_PATH_H2, (bc)->slot)
+
+static struct kg_h2b *h2b_of(struct kg_worker *w)
 {
-	struct kg_h2b *t = calloc(1, sizeof(*t));
-	if (!t)
-		return NULL;
-	t->w = w;
-	return t;
+	if (!w->h2b && (w->h2b = calloc(1, sizeof(*w->h2b))))
+		w->h2b->w = w;
+	return w->h2b;
+}
+
+static bool h2b_idle(const struct kg_worker *w)
+{
+	return !w->h2b || !w->h2b->list;
 }
 
 static struct kg_h2b *tab_of(const struct h2_stream *s)
@@ -837,7 +844,7 @@ static void bc_kick(struct h2_bconn *bc)
 	bc->kicked = true;
 	if (bc->connecting) {
 		struct io_uring_sqe *sqe = kg_worker_sqe(w);
-		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_H2B_CONNECT, bc->slot, bc->fd), 0);
+		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_FWD_CONNECT, UD_IDX(bc), bc->fd), 0);
 		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, 0, -1));
 	} else if (bc->inflight > 0) {
 		shutdown(bc->fd, SHUT_RDWR);
@@ -996,6 +1003,8 @@ static int take_slot(struct kg_h2b *t, struct h2_bconn *bc)
 			return 0;
 		}
 	uint32_t n = t->n_slots ? 2 * t->n_slots : 8;
+	if (n > KG_FWD_SLOTS)
+		return -ENOSPC;
 	struct h2_bconn **ns = realloc(t->slots, n * sizeof(*ns));
 	if (!ns)
 		return -ENOMEM;
@@ -1013,13 +1022,13 @@ static struct h2_bconn *bc_open(struct h2_stream *s, int m)
 {
 	struct kg_conn *c = s->owner->c;
 	struct kg_worker *w = c->worker;
-	struct kg_h2b *t = w->h2b;
+	struct kg_h2b *t = h2b_of(w);
 	const struct kg_h2c_limits lim = {
 		.stream_window = KG_H2_DEFAULT_WINDOW,
 		.max_header_list_bytes = conf_of(c)->max_header_bytes,
 		.max_streams_default = H2B_STREAMS_BEFORE_SETTINGS,
 	};
-	struct h2_bconn *bc = calloc(1, sizeof(*bc));
+	struct h2_bconn *bc = t ? calloc(1, sizeof(*bc)) : NULL;
 	if (!bc || !(bc->sess = kg_h2c_create(&lim, &bc_handler, bc)) || take_slot(t, bc) < 0) {
 		if (bc)
 			kg_h2c_destroy(bc->sess);
@@ -1044,8 +1053,8 @@ static struct h2_bconn *bc_open(struct h2_stream *s, int m)
 	struct io_uring_sqe *sqe, *tsqe;
 	kg_worker_sqe_timed(w, &sqe, &tsqe);
 	kg_backend_prep_connect(c->listener, s->group, &bc->walk, m, bc->fd, sqe, tsqe);
-	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_H2B_CONNECT, bc->slot, bc->fd));
-	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_H2B_LINK_TIMEOUT, bc->slot, bc->fd));
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_FWD_CONNECT, UD_IDX(bc), bc->fd));
+	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_FWD_LINK_TIMEOUT, UD_IDX(bc), bc->fd));
 	bc->inflight = 2; /* the connect and its linked timeout */
 	s->walk.attempts = bc->walk.attempts;
 	bc->connecting = true;
@@ -1061,7 +1070,6 @@ static struct h2_bconn *bc_open(struct h2_stream *s, int m)
 static void pick_h2(struct h2_stream *s)
 {
 	struct kg_conn *c = s->owner->c;
-	struct kg_h2b *t = c->worker->h2b;
 	int m = kg_backend_pick(c->listener, s->group, &s->walk);
 	if (m < 0) {
 		kg_count(c->worker, no_backend);
@@ -1071,7 +1079,7 @@ static void pick_h2(struct h2_stream *s)
 		return;
 	}
 	s->member = m;
-	struct h2_bconn *bc = t->list;
+	struct h2_bconn *bc = c->worker->h2b ? c->worker->h2b->list : NULL;
 	for (; bc; bc = bc->next) {
 		if (bc->group != s->group || bc->member != m || bc->broken || bc->kicked ||
 		    bc->goaway)
@@ -1298,7 +1306,7 @@ static void bc_io(struct h2_bconn *bc)
 		if (!bc->broken && bc->olen > 0) {
 			struct io_uring_sqe *sqe = kg_worker_sqe(w);
 			io_uring_prep_send(sqe, bc->fd, bc->obuf, bc->olen, MSG_NOSIGNAL);
-			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_H2B_SEND, bc->slot, bc->fd));
+			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_FWD_SEND, UD_IDX(bc), bc->fd));
 			bc->send_busy = true;
 			bc->inflight++;
 		}
@@ -1309,7 +1317,7 @@ static void bc_io(struct h2_bconn *bc)
 		} else {
 			struct io_uring_sqe *sqe = kg_worker_sqe(w);
 			io_uring_prep_recv(sqe, bc->fd, bc->rbuf, KG_POOL_BUF_SIZE, 0);
-			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_H2B_RECV, bc->slot, bc->fd));
+			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_FWD_RECV, UD_IDX(bc), bc->fd));
 			bc->recv_busy = true;
 			bc->inflight++;
 		}
@@ -1376,7 +1384,7 @@ static void bc_on_connect(struct h2_bconn *bc, int res)
 static void bc_on_io(struct h2_bconn *bc, int op, int res)
 {
 	struct kg_worker *w = bc->tab->w;
-	if (op == KG_OP_H2B_SEND) {
+	if (op == KG_OP_FWD_SEND) {
 		bc->send_busy = false;
 		if (res > 0 && !bc->broken) {
 			bc->osent += (size_t)res;
@@ -1385,7 +1393,7 @@ static void bc_on_io(struct h2_bconn *bc, int op, int res)
 				io_uring_prep_send(sqe, bc->fd, bc->obuf + bc->osent,
 						   bc->olen - bc->osent, MSG_NOSIGNAL);
 				io_uring_sqe_set_data64(sqe,
-							kg_ud_pack(KG_OP_H2B_SEND, bc->slot, bc->fd));
+							kg_ud_pack(KG_OP_FWD_SEND, UD_IDX(bc), bc->fd));
 				bc->send_busy = true;
 				bc->inflight++;
 			}
@@ -1407,7 +1415,7 @@ static void bc_on_io(struct h2_bconn *bc, int op, int res)
 	}
 }
 
-void kg_h2b_on_cqe(struct kg_worker *w, int op, uint32_t slot, int res)
+static void h2b_on_cqe(struct kg_worker *w, int op, uint32_t slot, int res)
 {
 	struct kg_h2b *t = w->h2b;
 	struct h2_bconn *bc = t && slot < t->n_slots ? t->slots[slot] : NULL;
@@ -1417,14 +1425,14 @@ void kg_h2b_on_cqe(struct kg_worker *w, int op, uint32_t slot, int res)
 		return;
 	}
 	bc->inflight--;
-	if (op == KG_OP_H2B_CONNECT)
+	if (op == KG_OP_FWD_CONNECT)
 		bc_on_connect(bc, res);
-	else if (op == KG_OP_H2B_SEND || op == KG_OP_H2B_RECV)
+	else if (op == KG_OP_FWD_SEND || op == KG_OP_FWD_RECV)
 		bc_on_io(bc, op, res);
 	pump_backends(t);
 }
 
-void kg_h2b_flush(struct kg_worker *w)
+static void h2b_flush(struct kg_worker *w)
 {
 	struct kg_h2b *t = w->h2b;
 	/* Bounded: a round moves streams on, which may touch others; each
@@ -1451,7 +1459,7 @@ void kg_h2b_flush(struct kg_worker *w)
 	}
 }
 
-void kg_h2b_expire(struct kg_worker *w)
+static void h2b_expire(struct kg_worker *w)
 {
 	struct kg_h2b *t = w->h2b;
 	if (!t)
@@ -1463,13 +1471,10 @@ void kg_h2b_expire(struct kg_worker *w)
 	pump_backends(t);
 }
 
-bool kg_h2b_idle(const struct kg_worker *w)
+/* The worker's end: what is left is closed (no operation is in flight). */
+static void h2b_end(struct kg_worker *w)
 {
-	return !w->h2b || !w->h2b->list;
-}
-
-void kg_h2b_destroy(struct kg_h2b *t)
-{
+	struct kg_h2b *t = w->h2b;
 	if (!t)
 		return;
 	while (t->list) {
@@ -1479,11 +1484,15 @@ void kg_h2b_destroy(struct kg_h2b *t)
 			bc->streams = s->bnext;
 			s->bc = NULL;
 		}
+		/* The worker's buffer pool may be gone already: freed here. */
+		free(bc->rbuf);
+		bc->rbuf = NULL;
 		bc_free(bc);
 	}
 	free(t->slots);
 	free(t->touched);
 	free(t);
+	w->h2b = NULL;
 }
 
 /* Everything a stream does next, from wherever it is. */
@@ -2265,7 +2274,7 @@ static void h2_on_close(struct kg_conn *c)
 	 * there are reset. */
 	for (struct h2_stream *s = h->streams; s; s = s->next)
 		bc_unassign(s);
-	if (!kg_h2b_idle(c->worker))
+	if (!h2b_idle(c->worker))
 		pump_backends(c->worker->h2b); /* the resets go out now */
 }
 
@@ -2301,4 +2310,9 @@ const struct kg_fwd_ops kg_fwd_h2_ops = {
 	.check_deadline = h2_check_deadline,
 	.on_close = h2_on_close,
 	.release = h2_release,
+	.on_worker_cqe = h2b_on_cqe,
+	.after_cqe = h2b_flush,
+	.on_worker_tick = h2b_expire,
+	.worker_idle = h2b_idle,
+	.worker_end = h2b_end,
 };

@@ -184,15 +184,16 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 	}
 	if (frame->hd.type != NGHTTP2_HEADERS)
 		return 0;
-	if (!st->head_done) {
-		if (st->status < 200)
-			return 0; /* interim (100, 103): the final one follows */
-		st->head_done = true;
-	}
+	/* Which block this is goes by what came before, not by nghttp2's
+	 * category: a final head after an interim one is HCAT_HEADERS too. */
+	bool head = !st->head_done;
+	if (head && st->status < 200)
+		return 0; /* interim (100, 103): the final one follows */
+	st->head_done = true;
 	struct kg_h2_field *f = fields_of(st);
 	if (!f)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
-	if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+	if (head) {
 		if (h->cb.on_response)
 			h->cb.on_response(h->ctx, st->id, st->user, st->status, f, st->n_f, end);
 	} else if (h->cb.on_end) {

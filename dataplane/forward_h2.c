@@ -27,6 +27,14 @@
  * (h2_on_close) and release frees whatever is left (h2_release). The
  * connection's own c->bfd stays -1.
  *
+ * With backend_protocol h2 a stream goes to its member as a stream on one
+ * of the worker's HTTP/2 backend connections instead (h2_client.h; struct
+ * kg_h2b below): the same screened head read back as a field list, bodies
+ * both ways with each side's window reopened only as the other side took
+ * the bytes, trailers and resets passed on. Those connections belong to
+ * the worker, not to a client connection: the worker hands their
+ * completions to this file through fwd.h's worker-wide hooks.
+ *
  * Session callbacks run inside kg_h2_feed and kg_h2_output: they only
  * record and mark the stream; the marked streams move on afterwards
  * (run_marked), outside the session. */

@@ -1457,6 +1457,13 @@ static int parse_listener(struct parser *p, const struct kg_config *cfg, const c
 				   "names the client in X-Forwarded-For and client-certificate "
 				   "headers (\"http\".\"headers\")");
 	}
+	if (l->backend_protocol == KG_BP_H2 && !l->h2) {
+		/* HTTP/1.1 requests are not translated into HTTP/2 streams:
+		 * with only HTTP/1.1 offered, nothing could reach the backends. */
+		member_path(kp, lpath, "backend_protocol");
+		return fail(p, kp, "\"h2\" needs \"h2\": true (clients must speak HTTP/2 to reach "
+				   "HTTP/2 backends)");
+	}
 	if (l->protocol != KG_PROTO_TCP && parse_ocsp(p, lpath, lobj, l) < 0)
 		return -EINVAL;
 	if (parse_http(p, lpath, lobj, &l->http) < 0)

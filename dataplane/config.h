@@ -243,6 +243,7 @@ struct kg_listener_conf {
 	bool enabled;                  /* false = stopped (kgatectl listener stop) */
 	bool h2;                       /* https: ALPN offers h2 (forward_h2.c); default true */
 	unsigned h2_max_streams;       /* https: concurrent HTTP/2 streams per connection */
+	enum kg_backend_protocol backend_protocol; /* https: HTTP/1.1 or h2 (h2c) to backends */
 	struct kg_http_conf http;      /* protocol https only */
 	struct kg_sni_conf *sni;       /* "sni" entries (tls, https); NULL: none */
 	size_t n_sni;

@@ -91,6 +91,18 @@ enum kg_counter_group {
 	  "too).")                                                                                 \
 	X(h2_goaway_drain, KG_CG_CONNECTIONS, "h2_goaway_drain", "h2_goaway_drain_total", "",      \
 	  "h2_goaway_drain", "HTTP/2 connections sent GOAWAY to drain (SIGTERM, upgrade).")         \
+	X(h2_backend_conns, KG_CG_CONNECTIONS, "h2_backend_conns", "h2_backend_conns_total", "",  \
+	  "h2_backend_conns",                                                                      \
+	  "HTTP/2 backend connections opened (backend_protocol h2).")                              \
+	X(h2_backend_streams, KG_CG_CONNECTIONS, "h2_backend_streams",                             \
+	  "h2_backend_streams_total", "", "h2_backend_streams",                                    \
+	  "Streams opened on HTTP/2 backend connections.")                                         \
+	X(h2_backend_goaway, KG_CG_CONNECTIONS, "h2_backend_goaway", "h2_backend_goaway_total", "",\
+	  "h2_backend_goaway", "GOAWAY frames received from HTTP/2 backends.")                     \
+	X(h2_backend_resets, KG_CG_CONNECTIONS, "h2_backend_resets", "h2_backend_resets_total", "",\
+	  "h2_backend_resets",                                                                     \
+	  "Streams an HTTP/2 backend reset (or refused), passed to the client as a reset or an "  \
+	  "error response.")                                                                       \
 	X(h2_abuse_streams, KG_CG_CONNECTIONS, "h2_abuse_streams", "h2_abuse_total",                   \
 	  "kind=\"streams\"", "h2_abuse_streams",                                                        \
 	  "HTTP/2 streams reset or connections ended for abuse, by kind: streams (beyond " \

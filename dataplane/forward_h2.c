@@ -27,6 +27,14 @@
  * (h2_on_close) and release frees whatever is left (h2_release). The
  * connection's own c->bfd stays -1.
  *
+ * With backend_protocol h2 a stream goes to its member as a stream on one
+ * of the worker's HTTP/2 backend connections instead (h2_client.h; struct
+ * kg_h2b below): the same screened head read back as a field list, bodies
+ * both ways with each side's window reopened only as the other side took
+ * the bytes, trailers and resets passed on. Those connections belong to
+ * the worker, not to a client connection: the worker hands their
+ * completions to this file through fwd.h's worker-wide hooks.
+ *
  * Session callbacks run inside kg_h2_feed and kg_h2_output: they only
  * record and mark the stream; the marked streams move on afterwards
  * (run_marked), outside the session. */
@@ -54,6 +62,7 @@
 #include "client_io.h"
 #include "conn.h"
 #include "group.h"
+#include "h2_client.h"
 #include "h2_session.h"
 #include "health.h"
 #include "http.h"
@@ -89,9 +98,20 @@ _Static_assert(KG_H2_DEFAULT_MAX_STREAMS == KG_H2_MAX_STREAMS_DEFAULT,
 #define CHUNK_SLACK 64u
 /* Abuse log lines: at most one per this long per worker. */
 #define ABUSE_LOG_MS 1000u
+/* backend_protocol h2: streams a backend connection takes before its
+ * SETTINGS say how many it allows (RFC 9113 6.5.2 leaves it unlimited;
+ * this is nghttp2's and most servers' default). */
+#define H2B_STREAMS_BEFORE_SETTINGS 100u
+/* Plaintext gathered from a backend session per send. */
+#define H2B_OUT_BATCH (64u * 1024u)
+/* RST_STREAM codes (RFC 9113 7). */
+#define H2_INTERNAL_ERROR 2u
+#define H2_REFUSED_STREAM 7u
+#define H2_CANCEL 8u
 
 struct h2_conn;
 struct h2_ws;
+struct h2_bconn;
 
 struct h2_stream {
 	struct h2_conn *owner;
@@ -131,6 +151,24 @@ struct h2_stream {
 	struct kg_http_msg resp;
 	bool resp_init, head_pending, resp_started, resp_done, dirty, waiting_room, quickacked;
 
+	/* backend_protocol h2: the stream is a stream on a backend HTTP/2
+	 * connection (bc), id bid there: 0 before it was opened (bc still
+	 * connecting), -1 once closed. Body bytes the client sent before
+	 * then wait in pre (at most the stream window, which is released
+	 * only as they go on). c_*: request body bytes queued in the backend
+	 * session and released to the client's window; b_*: response body
+	 * bytes queued for the client and consumed on the backend's window,
+	 * which therefore reopens only as the client takes them. */
+	bool bmode;
+	struct h2_bconn *bc;
+	struct h2_stream *bnext; /* bc's streams */
+	int32_t bid;
+	unsigned char *pre;
+	uint32_t pre_len;
+	bool te_trailers;
+	char *path, *authority;
+	uint64_t c_queued, c_released, b_queued, b_consumed;
+
 	/* Access log. */
 	int status;
 	bool logged;
@@ -141,6 +179,31 @@ struct h2_stream {
 
 	/* An extended CONNECT for websocket (RFC 8441): its section below. */
 	struct h2_ws *ws;
+};
+
+/* A backend HTTP/2 connection of the worker (backend_protocol h2): a
+ * member's socket and its client session (h2_client.h), carrying streams
+ * of any of the worker's client connections to the member, up to the
+ * backend's limit. */
+struct h2_bconn {
+	struct kg_h2b *tab;
+	uint32_t slot;
+	struct h2_bconn *next;
+	struct kg_group_rt *group; /* a reference: members stay as they were */
+	int member;
+	int fd;
+	unsigned inflight;
+	struct kg_backend_walk walk;
+	struct kg_h2c *sess;
+	struct h2_stream *streams; /* on it (opened, or waiting for the connect) */
+	unsigned assigned;
+	uint64_t idle_since_ms;
+	unsigned idle_timeout_ms; /* the opening listener's http.pool_idle_timeout_ms */
+	char listener[KG_NAME_MAX + 1]; /* the opening listener's name, for log lines */
+	bool connecting, recv_busy, send_busy, counted, broken, kicked, goaway;
+	unsigned char *rbuf; /* a pool buffer while a receive is armed */
+	unsigned char *obuf; /* plaintext in flight: [osent, olen) */
+	size_t ocap, olen, osent;
 };
 
 struct h2_conn {
@@ -188,6 +251,9 @@ static void ws_on_backend_io(struct h2_conn *h, struct h2_stream *s, int op, int
 static void ws_check(struct h2_stream *s, uint64_t *next);
 static void ws_finish(struct h2_stream *s);
 static void ws_free(struct h2_stream *s);
+static void bc_unassign(struct h2_stream *s);
+static void pump_backends(struct kg_h2b *t);
+static bool h2b_idle(const struct kg_worker *w);
 
 /* ---- marks: streams to move on after a session call ---- */
 
@@ -220,6 +286,10 @@ static void free_stream(struct h2_stream *s)
 	if (s->resp_init)
 		kg_http_msg_free(&s->resp);
 	ws_free(s);
+	bc_unassign(s);
+	free(s->pre);
+	free(s->path);
+	free(s->authority);
 	free(s->obuf);
 	if (s->bbuf)
 		kg_buf_put(&c->worker->bufs, s->bbuf);
@@ -229,12 +299,18 @@ static void free_stream(struct h2_stream *s)
 /* Moves the marked streams on; a step may mark others (or itself) again. */
 static void run_marked(struct h2_conn *h)
 {
-	while (h->marked && h->c->state == KG_CONN_FORWARDING) {
-		struct h2_stream *s = h->marked;
-		h->marked = s->next_mark;
-		s->marked = false;
-		stream_step(s);
-	}
+	do {
+		while (h->marked && h->c->state == KG_CONN_FORWARDING) {
+			struct h2_stream *s = h->marked;
+			h->marked = s->next_mark;
+			s->marked = false;
+			stream_step(s);
+		}
+		/* Backend sessions' output may call back and mark streams
+		 * (of other connections too: h2b_flush moves those). */
+		if (!h2b_idle(h->c->worker) && h->c->state == KG_CONN_FORWARDING)
+			pump_backends(h->c->worker->h2b);
+	} while (h->marked && h->c->state == KG_CONN_FORWARDING);
 }
 
 /* ---- access log ---- */
@@ -523,16 +599,37 @@ static void on_resp_body(void *ctx, const unsigned char *p, size_t n)
 	}
 }
 
-/* The response's end: the head with END_STREAM when nothing else was
- * sent, else an empty last DATA frame. */
+/* A chunked response's trailer section as the stream's trailers: 0, or
+ * -ENOENT when it had none (or too large a one: dropped). */
+static int send_trailers(struct h2_stream *s)
+{
+	struct kg_http_pair pairs[32];
+	struct kg_h2_field f[32];
+	unsigned n = kg_http_trailer_pairs(&s->resp, pairs, 32);
+	if (n == 0)
+		return -ENOENT;
+	if (s->head_pending && flush_head(s, false) < 0)
+		return -EIO;
+	for (unsigned i = 0; i < n; i++)
+		f[i] = (struct kg_h2_field){pairs[i].name, pairs[i].name_len, pairs[i].value,
+					    pairs[i].value_len};
+	return kg_h2_trailers(s->owner->h2, s->id, f, n);
+}
+
+/* The response's end: its trailers, or the head with END_STREAM when
+ * nothing else was sent, else an empty last DATA frame. */
 static void end_response(struct h2_stream *s)
 {
 	struct h2_conn *h = s->owner;
 	s->resp_done = true;
 	if (s->answered || !s->open)
 		return;
-	int r = s->head_pending ? flush_head(s, true)
-				: kg_h2_send_data(h->h2, s->id, NULL, 0, true, H2_SEND_LOW_WATER);
+	int r = send_trailers(s);
+	if (r == -ENOENT || r == -EINVAL)
+		/* None, or a name HTTP/2 cannot carry: the body ends plainly. */
+		r = s->head_pending ? flush_head(s, true)
+				    : kg_h2_send_data(h->h2, s->id, NULL, 0, true,
+						      H2_SEND_LOW_WATER);
 	s->answered = true;
 	if (r < 0)
 		kg_h2_reset(h->h2, s->id, 2 /* INTERNAL_ERROR */);
@@ -657,6 +754,781 @@ static void backend_broke(struct h2_stream *s, int res)
 	mark(s);
 }
 
+/* ---- backend_protocol h2: streams on the worker's backend connections ---- */
+
+/* A worker's HTTP/2 backend connections (w->h2b, made on first use),
+ * shared by all its client connections: per (group, member), as many as
+ * the backend's stream limit asks for. Their completions carry the slot
+ * (KG_OP_FWD_*, fwd.h on_worker_cqe); client connections whose streams
+ * they moved are noted (touched) and moved on by h2b_flush (after_cqe),
+ * after the completion, never inside another connection's handler. */
+struct kg_h2b {
+	struct kg_worker *w;
+	struct h2_bconn **slots;
+	uint32_t n_slots;
+	struct h2_bconn *list;
+	uint32_t *touched; /* client connection indices, deduplicated by touch_mark */
+	uint32_t n_touched, cap_touched;
+	bool touch_all; /* no room to note one: every connection looks */
+};
+
+/* Any path of this table: the worker finds the table by it. */
+#define UD_IDX(bc) kg_fwd_ud_idx(KG_PATH_H2, (bc)->slot)
+
+static struct kg_h2b *h2b_of(struct kg_worker *w)
+{
+	if (!w->h2b && (w->h2b = calloc(1, sizeof(*w->h2b))))
+		w->h2b->w = w;
+	return w->h2b;
+}
+
+static bool h2b_idle(const struct kg_worker *w)
+{
+	return !w->h2b || !w->h2b->list;
+}
+
+static struct kg_h2b *tab_of(const struct h2_stream *s)
+{
+	return s->owner->c->worker->h2b;
+}
+
+/* The stream's connection must be moved on after this completion. */
+static void touch(struct h2_stream *s)
+{
+	struct kg_h2b *t = tab_of(s);
+	uint32_t idx = s->owner->c->idx;
+	for (uint32_t i = 0; i < t->n_touched; i++)
+		if (t->touched[i] == idx)
+			return;
+	if (t->n_touched == t->cap_touched) {
+		uint32_t cap = t->cap_touched ? 2 * t->cap_touched : 16;
+		uint32_t *nt = realloc(t->touched, cap * sizeof(*nt));
+		if (!nt) {
+			t->touch_all = true;
+			return;
+		}
+		t->touched = nt;
+		t->cap_touched = cap;
+	}
+	t->touched[t->n_touched++] = idx;
+}
+
+static void bmark(struct h2_stream *s)
+{
+	mark(s);
+	touch(s);
+}
+
+static void bc_set_deadline(struct h2_stream *s)
+{
+	set_deadline(s, s->owner->c->worker->now_ms + conf_of(s->owner->c)->response_timeout_ms);
+}
+
+/* The stream leaves its backend connection; an open stream there is
+ * reset (CANCEL: the client is gone, or kgate answered). */
+static void bc_unassign(struct h2_stream *s)
+{
+	struct h2_bconn *bc = s->bc;
+	if (!bc)
+		return;
+	if (s->bid > 0 && !bc->broken) {
+		kg_h2c_set_stream_user(bc->sess, s->bid, NULL);
+		if (kg_h2c_reset(bc->sess, s->bid, H2_CANCEL) == 0)
+			kg_count(bc->tab->w, h2_backend_resets);
+	}
+	for (struct h2_stream **pp = &bc->streams; *pp; pp = &(*pp)->bnext)
+		if (*pp == s) {
+			*pp = s->bnext;
+			break;
+		}
+	s->bnext = NULL;
+	s->bid = -1;
+	s->bc = NULL;
+	if (--bc->assigned == 0)
+		bc->idle_since_ms = bc->tab->w->now_ms;
+}
+
+static void bc_free(struct h2_bconn *bc)
+{
+	struct kg_h2b *t = bc->tab;
+	for (struct h2_bconn **pp = &t->list; *pp; pp = &(*pp)->next)
+		if (*pp == bc) {
+			*pp = bc->next;
+			break;
+		}
+	t->slots[bc->slot] = NULL;
+	if (bc->fd >= 0)
+		close(bc->fd);
+	if (bc->counted)
+		kg_health_conn_end(bc->group->health, (size_t)bc->member);
+	if (bc->rbuf)
+		kg_buf_put(&t->w->bufs, bc->rbuf);
+	kg_h2c_destroy(bc->sess);
+	kg_group_put(bc->group);
+	free(bc->obuf);
+	free(bc);
+}
+
+/* Ends the connection's operations; it is freed once none is in flight. */
+static void bc_kick(struct h2_bconn *bc)
+{
+	struct kg_worker *w = bc->tab->w;
+	if (bc->fd < 0 || bc->kicked)
+		return;
+	bc->kicked = true;
+	if (bc->connecting) {
+		struct io_uring_sqe *sqe = kg_worker_sqe(w);
+		io_uring_prep_cancel64(sqe, kg_ud_pack(KG_OP_FWD_CONNECT, UD_IDX(bc), bc->fd), 0);
+		io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CANCEL, 0, -1));
+	} else if (bc->inflight > 0) {
+		shutdown(bc->fd, SHUT_RDWR);
+	}
+}
+
+/* The connection ends: its streams are answered 502 (or reset once
+ * their response started); why is logged when it is a failure. */
+static void bc_break(struct h2_bconn *bc, const char *why, bool failure)
+{
+	if (bc->broken)
+		return;
+	bc->broken = true;
+	if (failure)
+		kg_worker_warn(bc->tab->w, "h2.backend_failed", KV("listener", bc->listener),
+			       KV("backend", bc->group->conf->backends[bc->member].address),
+			       KV("reason", why));
+	while (bc->streams) {
+		struct h2_stream *s = bc->streams;
+		bc_unassign(s);
+		if (!s->answered && !s->err_status) {
+			s->err_status = 502;
+			s->err_why = "HTTP/2 backend connection failed before the response ended";
+		}
+		bmark(s);
+	}
+	if (bc->inflight > 0)
+		bc_kick(bc);
+}
+
+static void bc_on_response(void *ctx, int32_t id, void *user, int status,
+			   const struct kg_h2_field *f, size_t n, bool end)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s || s->answered || !s->open)
+		return;
+	s->status = status;
+	s->resp_started = true;
+	s->answered = end;
+	bc_set_deadline(s);
+	if (kg_h2_respond(s->owner->h2, s->id, status, f, n, end) < 0) {
+		kg_h2_reset(s->owner->h2, s->id, H2_INTERNAL_ERROR);
+		s->answered = true;
+	}
+	if (s->answered)
+		access_log(s);
+	bmark(s);
+}
+
+static void bc_on_data(void *ctx, int32_t id, void *user, const uint8_t *p, size_t n)
+{
+	struct h2_bconn *bc = ctx;
+	struct h2_stream *s = user;
+	if (!s || s->answered || !s->open ||
+	    kg_h2_send_data(s->owner->h2, s->id, p, n, false, H2_SEND_LOW_WATER) < 0) {
+		/* Nobody takes them: the backend's window reopens at once. */
+		(void)kg_h2c_consume(bc->sess, id, n);
+		return;
+	}
+	s->b_queued += n;
+	s->bytes_out += n;
+	kg_count_add(&bc->tab->w->stats.forwarded_b2c, n);
+	bc_set_deadline(s);
+	bmark(s);
+}
+
+/* The response's end: its trailers (grpc-status) as the client's
+ * trailers, or an empty last DATA frame. */
+static void bc_on_end(void *ctx, int32_t id, void *user, const struct kg_h2_field *f, size_t n)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s || s->answered || !s->open)
+		return;
+	struct kg_h2 *h2 = s->owner->h2;
+	int r = n ? kg_h2_trailers(h2, s->id, f, n)
+		  : kg_h2_send_data(h2, s->id, NULL, 0, true, H2_SEND_LOW_WATER);
+	if (r < 0)
+		kg_h2_reset(h2, s->id, H2_INTERNAL_ERROR);
+	s->answered = true;
+	access_log(s);
+	bmark(s);
+}
+
+static void bc_on_send_room(void *ctx, int32_t id, void *user)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (s)
+		bmark(s);
+}
+
+/* The backend's stream is over: a reset passes on to the client (as an
+ * error response when no response started). */
+static void bc_on_stream_close(void *ctx, int32_t id, void *user, uint32_t code)
+{
+	struct h2_bconn *bc = ctx;
+	struct h2_stream *s = user;
+	(void)id;
+	if (!s)
+		return;
+	s->bid = -1; /* closed there: bc_unassign sends no reset */
+	bc_unassign(s);
+	if (code != 0) {
+		kg_count(bc->tab->w, h2_backend_resets);
+		if (s->open && !s->answered) {
+			if (s->resp_started) {
+				kg_h2_reset(s->owner->h2, s->id,
+					    code == H2_REFUSED_STREAM ? H2_INTERNAL_ERROR : code);
+				s->answered = true;
+				access_log(s);
+			} else {
+				s->err_status = 502;
+				s->err_why = code == H2_REFUSED_STREAM ? "HTTP/2 backend refused the stream"
+								       : "HTTP/2 backend reset the stream";
+			}
+		}
+	} else if (s->open && !s->answered) {
+		/* Closed cleanly without an end we saw: the client must not
+		 * wait for one. */
+		s->err_status = 502;
+		s->err_why = "HTTP/2 backend ended the stream without a response";
+	}
+	bmark(s);
+}
+
+static void bc_on_goaway(void *ctx, int32_t last_id, uint32_t code)
+{
+	struct h2_bconn *bc = ctx;
+	bc->goaway = true;
+	kg_count(bc->tab->w, h2_backend_goaway);
+	log_info("h2.backend_goaway", KV("listener", bc->listener),
+		 KV("backend", bc->group->conf->backends[bc->member].address),
+		 KV("last_stream", (long long)last_id), KV("code", code));
+}
+
+static const struct kg_h2c_handler bc_handler = {
+	.on_response = bc_on_response,
+	.on_data = bc_on_data,
+	.on_end = bc_on_end,
+	.on_send_room = bc_on_send_room,
+	.on_stream_close = bc_on_stream_close,
+	.on_goaway = bc_on_goaway,
+};
+
+static int take_slot(struct kg_h2b *t, struct h2_bconn *bc)
+{
+	for (uint32_t i = 0; i < t->n_slots; i++)
+		if (!t->slots[i]) {
+			t->slots[i] = bc;
+			bc->slot = i;
+			return 0;
+		}
+	uint32_t n = t->n_slots ? 2 * t->n_slots : 8;
+	if (n > KG_FWD_SLOTS)
+		return -ENOSPC;
+	struct h2_bconn **ns = realloc(t->slots, n * sizeof(*ns));
+	if (!ns)
+		return -ENOMEM;
+	memset(ns + t->n_slots, 0, (n - t->n_slots) * sizeof(*ns));
+	t->slots = ns;
+	bc->slot = t->n_slots;
+	t->slots[t->n_slots] = bc;
+	t->n_slots = n;
+	return 0;
+}
+
+/* A new backend connection to member m, for stream s (whose walk it
+ * continues). NULL with the stream's answer set. */
+static struct h2_bconn *bc_open(struct h2_stream *s, int m)
+{
+	struct kg_conn *c = s->owner->c;
+	struct kg_worker *w = c->worker;
+	struct kg_h2b *t = h2b_of(w);
+	const struct kg_h2c_limits lim = {
+		.stream_window = KG_H2_DEFAULT_WINDOW,
+		.max_header_list_bytes = conf_of(c)->max_header_bytes,
+		.max_streams_default = H2B_STREAMS_BEFORE_SETTINGS,
+	};
+	struct h2_bconn *bc = t ? calloc(1, sizeof(*bc)) : NULL;
+	if (!bc || !(bc->sess = kg_h2c_create(&lim, &bc_handler, bc)) || take_slot(t, bc) < 0) {
+		if (bc)
+			kg_h2c_destroy(bc->sess);
+		free(bc);
+		s->err_status = 500;
+		s->err_why = "out of memory for an HTTP/2 backend connection";
+		return NULL;
+	}
+	bc->tab = t;
+	bc->group = kg_group_get(s->group);
+	bc->member = m;
+	bc->walk = s->walk;
+	bc->idle_timeout_ms = conf_of(c)->pool_idle_timeout_ms;
+	snprintf(bc->listener, sizeof(bc->listener), "%s", c->listener->conf->name);
+	bc->fd = kg_backend_socket(s->group, m);
+	if (bc->fd < 0) {
+		bc_free(bc);
+		s->err_status = 502;
+		s->err_why = "no backend socket";
+		return NULL;
+	}
+	struct io_uring_sqe *sqe, *tsqe;
+	kg_worker_sqe_timed(w, &sqe, &tsqe);
+	kg_backend_prep_connect(c->listener, s->group, &bc->walk, m, bc->fd, sqe, tsqe);
+	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_FWD_CONNECT, UD_IDX(bc), bc->fd));
+	io_uring_sqe_set_data64(tsqe, kg_ud_pack(KG_OP_FWD_LINK_TIMEOUT, UD_IDX(bc), bc->fd));
+	bc->inflight = 2; /* the connect and its linked timeout */
+	s->walk.attempts = bc->walk.attempts;
+	bc->connecting = true;
+	bc->next = t->list;
+	t->list = bc;
+	kg_count(w, http_backend_connects);
+	kg_count(w, h2_backend_conns);
+	return bc;
+}
+
+/* The member for the stream (smooth weighted round robin, per stream),
+ * and a backend connection to it with room, or a new one. */
+static void pick_h2(struct h2_stream *s)
+{
+	struct kg_conn *c = s->owner->c;
+	int m = kg_backend_pick(c->listener, s->group, &s->walk);
+	if (m < 0) {
+		kg_count(c->worker, no_backend);
+		bool tried = s->walk.tried || s->walk.attempts > c->listener->conf->connect_retries;
+		s->err_status = tried ? 502 : 503;
+		s->err_why = tried ? "no backend could be connected" : "no backend in rotation";
+		return;
+	}
+	s->member = m;
+	struct h2_bconn *bc = c->worker->h2b ? c->worker->h2b->list : NULL;
+	for (; bc; bc = bc->next) {
+		if (bc->group != s->group || bc->member != m || bc->broken || bc->kicked ||
+		    bc->goaway)
+			continue;
+		if (bc->connecting ? bc->assigned < H2B_STREAMS_BEFORE_SETTINGS
+				   : kg_h2c_can_open(bc->sess))
+			break;
+	}
+	if (!bc && !(bc = bc_open(s, m)))
+		return;
+	s->bc = bc;
+	s->bid = 0;
+	s->bnext = bc->streams;
+	bc->streams = s;
+	bc->assigned++;
+}
+
+/* The stream's request on its backend connection: the head kgate built
+ * for an HTTP/1.1 backend (screened, identity added: http.c), read back
+ * as a field list, names in lower case, Host as :authority, and te:
+ * trailers when the client sent it (gRPC needs it). */
+static void bc_submit(struct h2_stream *s)
+{
+	struct h2_bconn *bc = s->bc;
+	size_t lines = 0;
+	for (uint32_t i = 0; i < s->olen; i++)
+		lines += s->obuf[i] == '\n';
+	struct kg_h2_field *f = calloc(lines + 1, sizeof(*f));
+	if (!f) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		return;
+	}
+	size_t n = 0;
+	char *p = memchr(s->obuf, '\n', s->olen);
+	char *end = (char *)s->obuf + s->olen;
+	const char *authority = s->authority;
+	while (p && ++p < end && n < lines) {
+		char *eol = memchr(p, '\r', (size_t)(end - p));
+		char *colon = eol ? memchr(p, ':', (size_t)(eol - p)) : NULL;
+		if (!eol || !colon)
+			break; /* the blank line ending the head */
+		for (char *k = p; k < colon; k++)
+			if (*k >= 'A' && *k <= 'Z')
+				*k = (char)(*k - 'A' + 'a');
+		char *v = colon + 1;
+		while (v < eol && *v == ' ')
+			v++;
+		struct kg_h2_field fl = {p, (size_t)(colon - p), v, (size_t)(eol - v)};
+		p = memchr(eol, '\n', (size_t)(end - eol));
+		/* HTTP/1.1 framing and hop-by-hop names have no place in HTTP/2
+		 * (RFC 9113 8.2.2); the Host line is :authority. */
+		if (fl.name_len == 4 && memcmp(fl.name, "host", 4) == 0) {
+			if (!authority) {
+				*eol = '\0';
+				authority = v;
+			}
+			continue;
+		}
+		if ((fl.name_len == 17 && memcmp(fl.name, "transfer-encoding", 17) == 0) ||
+		    (fl.name_len == 10 && memcmp(fl.name, "connection", 10) == 0) ||
+		    (fl.name_len == 2 && memcmp(fl.name, "te", 2) == 0))
+			continue;
+		f[n++] = fl;
+	}
+	if (s->te_trailers)
+		f[n++] = (struct kg_h2_field){"te", 2, "trailers", 8};
+	const struct kg_h2c_request req = {
+		.method = s->method, .scheme = "http", .authority = authority, .path = s->path,
+		.fields = f, .n_fields = n, .end_stream = !s->has_body};
+	int32_t id = kg_h2c_request(bc->sess, &req, s);
+	free(f);
+	if (id == -EAGAIN) {
+		/* Full after all (the backend allows fewer streams than
+		 * assumed while connecting): another connection. */
+		bc_unassign(s);
+		pick_h2(s);
+		mark(s);
+		return;
+	}
+	if (id < 0) {
+		s->err_status = id == -ENOMEM ? 500 : 400;
+		s->err_why = id == -ENOMEM ? "out of memory" : "request field not valid for HTTP/2";
+		return;
+	}
+	s->bid = id;
+	kg_count(s->owner->c->worker, h2_backend_streams);
+	bc_set_deadline(s);
+	if (s->has_body && (s->pre_len || s->req_end)) {
+		if (kg_h2c_send_data(bc->sess, id, s->pre, s->pre_len, s->req_end,
+				     KG_H2_DEFAULT_WINDOW / 2) < 0) {
+			s->err_status = 500;
+			s->err_why = "out of memory";
+			return;
+		}
+		s->c_queued += s->pre_len;
+		s->pre_len = 0;
+	}
+}
+
+/* A request body chunk from the client (bmode). */
+static void bc_body(struct h2_stream *s, const uint8_t *p, size_t n)
+{
+	if (s->bid > 0) {
+		if (kg_h2c_send_data(s->bc->sess, s->bid, p, n, false, KG_H2_DEFAULT_WINDOW / 2) <
+		    0) {
+			s->err_status = 500;
+			s->err_why = "out of memory";
+			s->drop_consume += (uint32_t)n;
+		} else {
+			s->c_queued += n;
+			bc_set_deadline(s); /* the exchange moves: a stream, not a wait */
+		}
+		mark(s);
+		return;
+	}
+	if (s->bid < 0 || s->answered || s->err_status) {
+		s->drop_consume += (uint32_t)n;
+		mark(s);
+		return;
+	}
+	/* Not opened yet (connecting): the session's window bounds this. */
+	if (!s->pre && !(s->pre = malloc(KG_H2_DEFAULT_WINDOW))) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		s->drop_consume += (uint32_t)n;
+		mark(s);
+		return;
+	}
+	if (s->pre_len + n > KG_H2_DEFAULT_WINDOW) {
+		s->err_status = 500;
+		s->err_why = "request body past the stream window";
+		s->drop_consume += (uint32_t)n;
+		mark(s);
+		return;
+	}
+	memcpy(s->pre + s->pre_len, p, n);
+	s->pre_len += (uint32_t)n;
+}
+
+static void bc_body_end(struct h2_stream *s)
+{
+	if (s->bid > 0 && kg_h2c_send_data(s->bc->sess, s->bid, NULL, 0, true, 0) < 0) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+	}
+	mark(s);
+}
+
+/* A bmode stream's next step. */
+static void stream_step_b(struct h2_stream *s)
+{
+	struct h2_conn *h = s->owner;
+	if (!s->open) {
+		bc_unassign(s);
+		if (!s->logged)
+			access_log(s);
+		free_stream(s);
+		return;
+	}
+	if (s->err_status) {
+		bc_unassign(s);
+		answer_error(s, s->err_status, s->err_why);
+		s->err_status = 0;
+		s->err_why = NULL;
+		return;
+	}
+	if (!s->bc)
+		return;
+	if (s->bid == 0 && !s->bc->connecting) {
+		bc_submit(s);
+		if (s->err_status) {
+			mark(s);
+			return;
+		}
+	}
+	if (s->bid <= 0)
+		return;
+	/* Flow control, both ways: the client's window reopens for body
+	 * bytes the backend session framed, the backend's for response bytes
+	 * the client session framed. */
+	uint64_t framed = s->c_queued - kg_h2c_send_pending(s->bc->sess, s->bid);
+	if (framed > s->c_released) {
+		kg_h2_consume(h->h2, s->id, (size_t)(framed - s->c_released));
+		s->c_released = framed;
+	}
+	uint64_t taken = s->b_queued - kg_h2_send_pending(h->h2, s->id);
+	if (taken > s->b_consumed) {
+		kg_h2c_consume(s->bc->sess, s->bid, (size_t)(taken - s->b_consumed));
+		s->b_consumed = taken;
+	}
+}
+
+/* Moves a backend connection's bytes: its session's output out, a
+ * receive armed; frees it once it is over and quiet. */
+static void bc_io(struct h2_bconn *bc)
+{
+	struct kg_worker *w = bc->tab->w;
+	bool live = !bc->broken && !bc->connecting && !bc->kicked;
+	if (live && !bc->send_busy) {
+		bc->olen = bc->osent = 0;
+		while (bc->olen < H2B_OUT_BATCH) {
+			const uint8_t *p;
+			ssize_t n = kg_h2c_output(bc->sess, &p);
+			if (n < 0) {
+				bc_break(bc, "HTTP/2 backend session failed", true);
+				break;
+			}
+			if (n == 0)
+				break;
+			if (bc->olen + (size_t)n > bc->ocap) {
+				size_t cap = bc->olen + (size_t)n + H2B_OUT_BATCH;
+				unsigned char *nb = realloc(bc->obuf, cap);
+				if (!nb) {
+					bc_break(bc, "out of memory", true);
+					break;
+				}
+				bc->obuf = nb;
+				bc->ocap = cap;
+			}
+			memcpy(bc->obuf + bc->olen, p, (size_t)n);
+			bc->olen += (size_t)n;
+		}
+		if (!bc->broken && bc->olen > 0) {
+			struct io_uring_sqe *sqe = kg_worker_sqe(w);
+			io_uring_prep_send(sqe, bc->fd, bc->obuf, bc->olen, MSG_NOSIGNAL);
+			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_FWD_SEND, UD_IDX(bc), bc->fd));
+			bc->send_busy = true;
+			bc->inflight++;
+		}
+	}
+	if (!bc->broken && live && !bc->recv_busy) {
+		if (!bc->rbuf && !(bc->rbuf = kg_buf_get(&w->bufs))) {
+			bc_break(bc, "out of memory for a receive buffer", true);
+		} else {
+			struct io_uring_sqe *sqe = kg_worker_sqe(w);
+			io_uring_prep_recv(sqe, bc->fd, bc->rbuf, KG_POOL_BUF_SIZE, 0);
+			io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_FWD_RECV, UD_IDX(bc), bc->fd));
+			bc->recv_busy = true;
+			bc->inflight++;
+		}
+	}
+	if (!bc->broken && bc->assigned == 0 && !bc->connecting && !bc->send_busy &&
+	    kg_h2c_done(bc->sess))
+		bc_break(bc, "backend connection over", false);
+	if (bc->broken) {
+		if (bc->inflight > 0)
+			bc_kick(bc);
+		else
+			bc_free(bc);
+	}
+}
+
+/* Every backend connection of the worker sends what its session has. */
+static void pump_backends(struct kg_h2b *t)
+{
+	struct h2_bconn *bc = t->list;
+	while (bc) {
+		struct h2_bconn *next = bc->next;
+		bc_io(bc);
+		bc = next;
+	}
+}
+
+static void bc_on_connect(struct h2_bconn *bc, int res)
+{
+	struct kg_worker *w = bc->tab->w;
+	bc->connecting = false;
+	if (bc->kicked || bc->broken) {
+		bc->broken = true;
+		return; /* freed by bc_io once quiet */
+	}
+	if (res == 0) {
+		kg_health_conn_start(bc->group->health, (size_t)bc->member);
+		bc->counted = true;
+		for (struct h2_stream *s = bc->streams; s; s = s->bnext)
+			bmark(s);
+		return;
+	}
+	const char *why = kg_backend_connect_failed(bc->group, &bc->walk, bc->member, res,
+						    w->now_ms);
+	kg_count(w, backend_connect_failed);
+	kg_worker_warn(w, "backend.connect_failed", KV("listener", bc->listener),
+		       KV("backend", bc->group->conf->backends[bc->member].address),
+		       KV("err", why));
+	close(bc->fd);
+	bc->fd = -1;
+	bc->broken = true;
+	/* Each stream walks on: another member, or its answer. */
+	while (bc->streams) {
+		struct h2_stream *s = bc->streams;
+		bc_unassign(s);
+		s->bid = 0;
+		s->walk.tried |= bc->walk.tried;
+		if (s->walk.attempts < bc->walk.attempts)
+			s->walk.attempts = bc->walk.attempts;
+		pick_h2(s);
+		bmark(s);
+	}
+}
+
+static void bc_on_io(struct h2_bconn *bc, int op, int res)
+{
+	struct kg_worker *w = bc->tab->w;
+	if (op == KG_OP_FWD_SEND) {
+		bc->send_busy = false;
+		if (res > 0 && !bc->broken) {
+			bc->osent += (size_t)res;
+			if (bc->osent < bc->olen) {
+				struct io_uring_sqe *sqe = kg_worker_sqe(w);
+				io_uring_prep_send(sqe, bc->fd, bc->obuf + bc->osent,
+						   bc->olen - bc->osent, MSG_NOSIGNAL);
+				io_uring_sqe_set_data64(sqe,
+							kg_ud_pack(KG_OP_FWD_SEND, UD_IDX(bc), bc->fd));
+				bc->send_busy = true;
+				bc->inflight++;
+			}
+		} else if (!bc->broken) {
+			bc_break(bc, "backend connection failed", true);
+		}
+		return;
+	}
+	bc->recv_busy = false;
+	if (res > 0 && !bc->broken) {
+		if (kg_h2c_feed(bc->sess, bc->rbuf, (size_t)res) < 0)
+			bc_break(bc, "HTTP/2 backend protocol error", true);
+	} else if (!bc->broken) {
+		/* A backend that closes after its GOAWAY with nothing open
+		 * ends the connection as agreed. */
+		bool agreed = res == 0 && bc->goaway && bc->assigned == 0;
+		bc_break(bc, res == 0 ? "backend closed the connection" : "backend connection failed",
+			 !agreed);
+	}
+}
+
+static void h2b_on_cqe(struct kg_worker *w, int op, uint32_t slot, int res)
+{
+	struct kg_h2b *t = w->h2b;
+	struct h2_bconn *bc = t && slot < t->n_slots ? t->slots[slot] : NULL;
+	if (!bc) {
+		log_err("h2.stray_backend_completion", KV("worker", w->id), KV("op", op),
+			KV("slot", slot));
+		return;
+	}
+	bc->inflight--;
+	if (op == KG_OP_FWD_CONNECT)
+		bc_on_connect(bc, res);
+	else if (op == KG_OP_FWD_SEND || op == KG_OP_FWD_RECV)
+		bc_on_io(bc, op, res);
+	pump_backends(t);
+}
+
+static void h2b_flush(struct kg_worker *w)
+{
+	struct kg_h2b *t = w->h2b;
+	/* Bounded: a round moves streams on, which may touch others; each
+	 * connection's own steps settle within it. */
+	for (int round = 0; t && (t->n_touched || t->touch_all) && round < 16; round++) {
+		bool all = t->touch_all;
+		uint32_t n = all ? w->capacity : t->n_touched;
+		uint32_t *idx = t->touched;
+		t->touch_all = false;
+		t->touched = NULL;
+		t->n_touched = t->cap_touched = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			struct kg_conn *c = w->conns[all ? i : idx[i]];
+			if (!c)
+				continue;
+			if (c->state == KG_CONN_FORWARDING && c->fwd == &kg_fwd_h2_ops && c->fwd_ctx) {
+				run_marked(h2_of(c));
+				pump_output(c);
+			}
+			if (c->state == KG_CONN_CLOSING)
+				kg_conn_release_if_idle(c);
+		}
+		free(idx);
+	}
+}
+
+static void h2b_expire(struct kg_worker *w)
+{
+	struct kg_h2b *t = w->h2b;
+	if (!t)
+		return;
+	for (struct h2_bconn *bc = t->list; bc; bc = bc->next)
+		if (!bc->broken && !bc->connecting && bc->assigned == 0 &&
+		    (w->draining || w->now_ms >= bc->idle_since_ms + bc->idle_timeout_ms))
+			bc_break(bc, "idle", false);
+	pump_backends(t);
+}
+
+/* The worker's end: what is left is closed (no operation is in flight). */
+static void h2b_end(struct kg_worker *w)
+{
+	struct kg_h2b *t = w->h2b;
+	if (!t)
+		return;
+	while (t->list) {
+		struct h2_bconn *bc = t->list;
+		while (bc->streams) {
+			struct h2_stream *s = bc->streams;
+			bc->streams = s->bnext;
+			s->bc = NULL;
+		}
+		/* The worker's buffer pool may be gone already: freed here. */
+		free(bc->rbuf);
+		bc->rbuf = NULL;
+		bc_free(bc);
+	}
+	free(t->slots);
+	free(t->touched);
+	free(t);
+	w->h2b = NULL;
+}
+
 /* Everything a stream does next, from wherever it is. */
 static void stream_step(struct h2_stream *s)
 {
@@ -667,6 +1539,10 @@ static void stream_step(struct h2_stream *s)
 	if (s->drop_consume && s->open) {
 		kg_h2_consume(h->h2, s->id, s->drop_consume);
 		s->drop_consume = 0;
+	}
+	if (s->bmode) {
+		stream_step_b(s);
+		return;
 	}
 	if (s->err_status) {
 		if (s->fd >= 0 && !s->detached) {
@@ -739,6 +1615,7 @@ static struct h2_stream *new_stream(struct h2_conn *h, int32_t id)
 		return NULL;
 	}
 	s->resp_init = true;
+	s->resp.keep_trailers = true; /* chunked trailers become HTTP/2 trailers */
 	s->owner = h;
 	s->id = id;
 	s->open = true;
@@ -801,8 +1678,16 @@ static void count_screened(struct h2_conn *h, const struct kg_http_screen *sc)
 static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
 {
 	struct h2_conn *h = s->owner;
+	struct kg_conn *c = h->c;
 	snprintf(s->method, sizeof(s->method), "%s", req->method);
 	snprintf(s->target, sizeof(s->target), "%s", req->path ? req->path : "");
+	if (req->protocol && c->listener->conf->backend_protocol == KG_BP_H2) {
+		/* Not offered on such listeners (h2_start); refused if sent anyway. */
+		s->err_status = 400;
+		s->err_why = "extended CONNECT is not forwarded to HTTP/2 backends";
+		s->req_end = true;
+		return;
+	}
 	if (req->protocol) {
 		ws_begin_request(s, req);
 		return;
@@ -815,7 +1700,9 @@ static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
 		return;
 	}
 	s->has_body = !req->end_stream;
-	s->chunked = s->has_body && req->content_length < 0;
+	s->bmode = c->listener->conf->backend_protocol == KG_BP_H2;
+	/* HTTP/2 backends frame bodies themselves: no chunking. */
+	s->chunked = !s->bmode && s->has_body && req->content_length < 0;
 	s->req_end = req->end_stream;
 	int status = refuse_status(h, req, &s->err_why);
 	if (status) {
@@ -847,7 +1734,8 @@ static void begin_request(struct h2_stream *s, const struct kg_h2_request *req)
 		s->err_why = r == -EPERM ? "underscore in a header name" : "out of memory";
 		return;
 	}
-	s->ocap = (uint32_t)head.len + (s->has_body ? KG_H2_DEFAULT_WINDOW + CHUNK_SLACK : 0);
+	s->ocap = (uint32_t)head.len +
+		  (s->has_body && !s->bmode ? KG_H2_DEFAULT_WINDOW + CHUNK_SLACK : 0);
 	s->obuf = malloc(s->ocap);
 	if (!s->obuf) {
 		kg_buf_free(&head);
@@ -889,7 +1777,20 @@ static void route_stream(struct h2_stream *s, const struct kg_h2_request *req)
 		s->err_why = "no route matched and no default group";
 		return;
 	}
-	pick(s);
+	if (!s->bmode) {
+		pick(s);
+		return;
+	}
+	for (size_t i = 0; i < req->n_fields; i++)
+		if (strcmp(req->fields[i].name, "te") == 0)
+			s->te_trailers = true; /* h2_session let only "trailers" through */
+	if (!(s->path = strdup(req->path)) ||
+	    (req->authority && !(s->authority = strdup(req->authority)))) {
+		s->err_status = 500;
+		s->err_why = "out of memory";
+		return;
+	}
+	pick_h2(s);
 }
 
 static int on_request(void *ctx, int32_t id, const struct kg_h2_request *req)
@@ -919,6 +1820,10 @@ static void on_body(void *ctx, int32_t id, void *user, const uint8_t *p, size_t 
 	s->bytes_in += n;
 	if (s->ws) {
 		ws_on_body(s, p, n);
+		return;
+	}
+	if (s->bmode) {
+		bc_body(s, p, n);
 		return;
 	}
 	if (s->detached || s->err_status || s->answered || !s->obuf || !s->has_body) {
@@ -961,6 +1866,8 @@ static void on_body_end(void *ctx, int32_t id, void *user)
 	s->req_end = true;
 	if (s->ws)
 		ws_c2b_end(s);
+	if (s->bmode)
+		bc_body_end(s);
 	mark(s);
 }
 
@@ -1332,8 +2239,7 @@ static void h2_on_backend_io(struct kg_conn *c, int op, int fd, int res,
 #define WS_BUF KG_H2_DEFAULT_WINDOW
 /* RFC 6455 1.3: appended to the key before hashing. */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-/* RFC 9113 7: the codes a tunnel's resets carry. */
-#define H2_CANCEL 0x8u
+/* RFC 9113 7: a tunnel's resets carry H2_CANCEL (above) or this. */
 #define H2_CONNECT_ERROR 0xau
 
 struct h2_ws {
@@ -1717,7 +2623,9 @@ static int h2_start(struct kg_conn *c, const void *early, size_t early_len, char
 		.control_budget = H2_CONTROL_BUDGET,
 	};
 	/* SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSocket streams (RFC 8441). */
-	h->h2 = kg_h2_create(&limits, true, &handler, h);
+	/* RFC 8441 tunnels go to HTTP/1.1 backends only: with
+	 * backend_protocol h2 the extended CONNECT is not offered. */
+	h->h2 = kg_h2_create(&limits, c->listener->conf->backend_protocol != KG_BP_H2, &handler, h);
 	if (!h->h2)
 		return -ENOMEM;
 
@@ -1834,6 +2742,12 @@ static void h2_on_close(struct kg_conn *c)
 	for (struct h2_stream *s = h->streams; s; s = s->next)
 		if (s->fd >= 0 && !s->detached && backend_busy(s))
 			kick_backend(s);
+	/* The worker's backend connections serve on; this one's streams
+	 * there are reset. */
+	for (struct h2_stream *s = h->streams; s; s = s->next)
+		bc_unassign(s);
+	if (!h2b_idle(c->worker))
+		pump_backends(c->worker->h2b); /* the resets go out now */
 }
 
 static void h2_release(struct kg_conn *c)
@@ -1870,4 +2784,9 @@ const struct kg_fwd_ops kg_fwd_h2_ops = {
 	.check_deadline = h2_check_deadline,
 	.on_close = h2_on_close,
 	.release = h2_release,
+	.on_worker_cqe = h2b_on_cqe,
+	.after_cqe = h2b_flush,
+	.on_worker_tick = h2b_expire,
+	.worker_idle = h2b_idle,
+	.worker_end = h2b_end,
 };

@@ -739,6 +739,12 @@ static void start_request(struct kg_conn *c)
 		reply_error(c, 403, why);
 		return;
 	}
+	if (c->listener->conf->backend_protocol == KG_BP_H2) {
+		/* Requests are not translated from HTTP/1.1 into HTTP/2 streams
+		 * (gRPC needs HTTP/2 end to end anyway). */
+		reply_error(c, 505, "backend_protocol is h2: this listener forwards HTTP/2 only");
+		return;
+	}
 	if (misdirected(c)) {
 		kg_count(w, http_misdirected);
 		reply_error(c, 421, "the Host is served under another client policy than this "

@@ -66,12 +66,47 @@ struct kg_fwd_ops {
 	void (*on_worker_timer)(struct kg_worker *w);
 	/* Where a connection goes when start declines it. */
 	enum kg_path fallback;
+
+	/* Worker-wide work of the forwarder's own, beside its connections
+	 * (forward_h2.c: the worker's HTTP/2 backend connections); all NULL
+	 * for forwarders without. The worker never names the forwarder: it
+	 * calls these for each forwarder that has them (kg_fwd_worker_ops).
+	 * on_worker_cqe: a completion of KG_OP_FWD_CONNECT/_LINK_TIMEOUT/
+	 * _RECV/_SEND whose idx (kg_fwd_ud_idx) names a path of this table;
+	 * after_cqe: after every completion, outside any handler;
+	 * on_worker_tick: the worker's tick; worker_idle: nothing of it is
+	 * left (the worker may stop); worker_end: the worker and its ring are
+	 * gone: free what is left. */
+	void (*on_worker_cqe)(struct kg_worker *w, int op, uint32_t slot, int res);
+	void (*after_cqe)(struct kg_worker *w);
+	void (*on_worker_tick)(struct kg_worker *w);
+	bool (*worker_idle)(const struct kg_worker *w);
+	void (*worker_end)(struct kg_worker *w);
 };
+
+/* The user_data idx of a forwarder's worker-wide completion: its path
+ * above, a slot of the forwarder's own below. */
+#define KG_FWD_SLOT_BITS 16u
+#define KG_FWD_SLOTS (1u << KG_FWD_SLOT_BITS)
+static inline uint32_t kg_fwd_ud_idx(enum kg_path path, uint32_t slot)
+{
+	return (uint32_t)path << KG_FWD_SLOT_BITS | (slot & (KG_FWD_SLOTS - 1));
+}
+static inline enum kg_path kg_fwd_ud_path(uint32_t idx)
+{
+	return (enum kg_path)(idx >> KG_FWD_SLOT_BITS);
+}
+static inline uint32_t kg_fwd_ud_slot(uint32_t idx)
+{
+	return idx & (KG_FWD_SLOTS - 1);
+}
 
 /* Registers ops for path; before the workers start. */
 void kg_fwd_register(enum kg_path path, const struct kg_fwd_ops *ops);
 /* The ops registered for path, NULL when none. */
 const struct kg_fwd_ops *kg_fwd_for(enum kg_path path);
+/* The distinct registered tables with worker-wide hooks, *n of them. */
+const struct kg_fwd_ops *const *kg_fwd_worker_ops(size_t *n);
 /* The phase before a kTLS path: the handoff (handoff.h) runs as the
  * connection's forwarder until it hands over to the path's own. */
 void kg_fwd_register_handoff(const struct kg_fwd_ops *ops);

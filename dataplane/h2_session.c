@@ -4,6 +4,7 @@
  * what the forwarder relies on, keeps the response queues and enforces the
  * abuse limits. */
 #include "h2_session.h"
+#include "h2_sendq.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -88,10 +89,7 @@ struct kg_h2_stream {
 	bool data_source; /* with a body: the read callback drains q */
 	bool data_end;    /* the forwarder queued its last byte (or trailers) */
 	bool deferred;    /* the read callback said DEFERRED: resume on data */
-	bool want_room;   /* on_send_room owed once q <= low_water */
-	uint8_t *q;
-	size_t q_off, q_len, q_cap;
-	size_t low_water;
+	struct kg_h2_sendq sq; /* on_send_room owed once it is down to its low water */
 	nghttp2_nv *trailers; /* one block: nv array, then the strings */
 	size_t n_trailers;
 };
@@ -253,7 +251,7 @@ static void stream_free(struct kg_h2 *h, struct kg_h2_stream *st)
 	mem_free(st->arena, h);
 	mem_free(st->offs, h);
 	mem_free(st->fields, h);
-	mem_free(st->q, h);
+	mem_free(st->sq.q, h);
 	mem_free(st->trailers, h);
 	mem_free(st, h);
 }
@@ -842,24 +840,10 @@ static ssize_t on_read_data(nghttp2_session *s, int32_t id, uint8_t *buf, size_t
 	struct kg_h2 *h = ud;
 	struct kg_h2_stream *st = source->ptr;
 	(void)id;
-	size_t n = st->q_len < length ? st->q_len : length;
-	/* Room is told before the copy: what the forwarder queues (or ends)
-	 * from on_send_room goes out in this same call, never into a queue
-	 * this callback is about to declare empty (DEFERRED). */
-	if (!h->dead && st->want_room && !st->data_end && st->q_len - n <= st->low_water) {
-		st->want_room = false;
-		if (h->cb.on_send_room)
-			h->cb.on_send_room(h->ctx, st->id, st->user);
-		n = st->q_len < length ? st->q_len : length;
-	}
-	if (n) {
-		memcpy(buf, st->q + st->q_off, n);
-		st->q_off += n;
-		st->q_len -= n;
-	}
-	if (st->q_len == 0)
-		st->q_off = 0;
-	if (st->q_len == 0 && st->data_end) {
+	if (!h->dead && kg_h2_sendq_room_due(&st->sq, st->data_end, length) && h->cb.on_send_room)
+		h->cb.on_send_room(h->ctx, st->id, st->user);
+	size_t n = kg_h2_sendq_take(&st->sq, buf, length);
+	if (st->sq.len == 0 && st->data_end) {
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
 		if (st->trailers) {
 			*data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
@@ -1122,27 +1106,17 @@ int kg_h2_send_data(struct kg_h2 *h, int32_t id, const void *p, size_t n, bool e
 		return -ENOENT;
 	if (!st->data_source || st->data_end)
 		return -EINVAL;
-	if (n > 0) {
-		if (st->q_off > 0 && st->q_off + st->q_len + n > st->q_cap) {
-			memmove(st->q, st->q + st->q_off, st->q_len);
-			st->q_off = 0;
-		}
-		int rv = grow(h, (void **)&st->q, &st->q_cap, st->q_off + st->q_len + n, 1);
-		if (rv < 0)
-			return rv;
-		memcpy(st->q + st->q_off + st->q_len, p, n);
-		st->q_len += n;
-	}
+	int rv = kg_h2_sendq_push(&st->sq, p, n, end, low_water, mem_realloc, h);
+	if (rv < 0)
+		return rv;
 	st->data_end = end;
-	st->low_water = low_water;
-	st->want_room = !end;
 	return wake(h, st);
 }
 
 size_t kg_h2_send_pending(const struct kg_h2 *h, int32_t id)
 {
 	const struct kg_h2_stream *st = stream_of(h, id);
-	return st && st->accepted ? st->q_len : 0;
+	return st && st->accepted ? st->sq.len : 0;
 }
 
 int kg_h2_trailers(struct kg_h2 *h, int32_t id, const struct kg_h2_field *fields, size_t n)
@@ -1183,7 +1157,7 @@ int kg_h2_trailers(struct kg_h2 *h, int32_t id, const struct kg_h2_field *fields
 	st->trailers = keep;
 	st->n_trailers = k;
 	st->data_end = true;
-	st->want_room = false;
+	st->sq.want_room = false;
 	return wake(h, st);
 }
 

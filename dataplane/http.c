@@ -42,6 +42,9 @@ static int on_message_begin(llhttp_t *p)
 	m->too_many = false;
 	m->trailer_len = 0;
 	m->reserved_trailer = false;
+	m->trailers_len = 0;
+	m->n_trailers = 0;
+	m->trailers_dropped = false;
 	m->head_len = 0;
 	return 0;
 }
@@ -60,10 +63,28 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
 	return 0;
 }
 
+/* Appends to the kept trailer section; past its end the section is dropped. */
+static void keep_trailer_bytes(struct kg_http_msg *m, const char *at, size_t len, bool fold)
+{
+	if (!m->keep_trailers || m->trailers_dropped)
+		return;
+	if (len > sizeof(m->trailers) - m->trailers_len) {
+		m->trailers_dropped = true;
+		return;
+	}
+	for (size_t i = 0; i < len; i++) {
+		char ch = at[i];
+		if (fold && ch >= 'A' && ch <= 'Z')
+			ch = (char)(ch - 'A' + 'a');
+		m->trailers[m->trailers_len++] = ch;
+	}
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
 	struct kg_http_msg *m = msg_of(p);
 	if (m->phase != KG_HTTP_PHASE_HEAD) {
+		keep_trailer_bytes(m, at, len, true);
 		/* A trailer: its name is screened when complete; the bytes go
 		 * on as the body does. */
 		for (size_t i = 0; i < len && m->trailer_len < sizeof(m->trailer_name); i++)
@@ -87,8 +108,11 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
 	struct kg_http_msg *m = msg_of(p);
-	if (m->phase != KG_HTTP_PHASE_HEAD)
-		return 0; /* a trailer's value: passed through with the body */
+	if (m->phase != KG_HTTP_PHASE_HEAD) {
+		/* a trailer's value: passed through with the body */
+		keep_trailer_bytes(m, at, len, false);
+		return 0;
+	}
 	m->in_value = true;
 	span_extend(&m->fields[m->n_fields - 1].value, m, at, len);
 	return 0;
@@ -105,6 +129,7 @@ static int on_header_field_complete(llhttp_t *p)
 		return 0;
 	size_t len = m->trailer_len;
 	m->trailer_len = 0;
+	keep_trailer_bytes(m, "", 1, false);
 	if (m->is_request && kg_http_name_reserved(m->trailer_name, len)) {
 		m->reserved_trailer = true;
 		return -1; /* kg_http_feed says why */
@@ -115,8 +140,36 @@ static int on_header_field_complete(llhttp_t *p)
 static int on_header_value_complete(llhttp_t *p)
 {
 	/* A field with an empty value gets no on_header_value call. */
-	msg_of(p)->in_value = true;
+	struct kg_http_msg *m = msg_of(p);
+	m->in_value = true;
+	if (m->phase != KG_HTTP_PHASE_HEAD) {
+		keep_trailer_bytes(m, "", 1, false);
+		if (m->keep_trailers && !m->trailers_dropped)
+			m->n_trailers++;
+	}
 	return 0;
+}
+
+unsigned kg_http_trailer_pairs(const struct kg_http_msg *m, struct kg_http_pair *out,
+			       unsigned cap)
+{
+	if (!m->keep_trailers || m->trailers_dropped)
+		return 0;
+	unsigned n = 0;
+	const char *p = m->trailers, *end = m->trailers + m->trailers_len;
+	while (n < m->n_trailers && n < cap && p < end) {
+		size_t nl = strnlen(p, (size_t)(end - p));
+		const char *v = p + nl + 1;
+		if (v >= end)
+			break;
+		size_t vl = strnlen(v, (size_t)(end - v));
+		/* llhttp leaves the value's trailing blanks in. */
+		while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+			vl--;
+		out[n++] = (struct kg_http_pair){p, nl, v, vl};
+		p = v + strnlen(v, (size_t)(end - v)) + 1;
+	}
+	return n;
 }
 
 /* Body content, de-chunked: only for a caller that asked (on_body). */
@@ -868,6 +921,7 @@ const char *kg_http_reason(int status)
 	case 502: return "Bad Gateway";
 	case 503: return "Service Unavailable";
 	case 504: return "Gateway Timeout";
+	case 505: return "HTTP Version Not Supported";
 	default: return "Error";
 	}
 }

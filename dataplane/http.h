@@ -59,6 +59,15 @@ struct kg_http_msg {
 	char trailer_name[64];
 	uint32_t trailer_len;
 	bool reserved_trailer;   /* the message was refused for one (counted) */
+	/* A response's trailer section kept for an HTTP/2 client (set by
+	 * the caller: keep_trailers): "name\0value\0" pairs, names in lower
+	 * case; a section past the buffer is dropped whole (trailers_dropped:
+	 * the body still passes). */
+	bool keep_trailers;
+	bool trailers_dropped;
+	char trailers[1024];
+	uint32_t trailers_len;
+	unsigned n_trailers;
 	bool skipped_keep_alive; /* kg_http_keep_alive, taken before it did */
 	/* Set by a caller that needs the body's content rather than its
 	 * bytes as sent (HTTP/2 streams have no chunk framing): called
@@ -214,6 +223,10 @@ int kg_http_build_request_pairs(struct kg_buf *out, const struct kg_http_request
  * names Connection lists) and Transfer-Encoding left out, the rest into
  * out[0..cap) pointing into the message's buffer. The count, or -E2BIG. */
 int kg_http_response_pairs(const struct kg_http_msg *m, struct kg_http_pair *out, size_t cap);
+/* The kept trailer section (keep_trailers) as fields into out[0..cap):
+ * the count, 0 when none was kept or it was dropped. */
+unsigned kg_http_trailer_pairs(const struct kg_http_msg *m, struct kg_http_pair *out,
+			       unsigned cap);
 /* The response head for the client: status line as HTTP/1.1, hop-by-hop
  * headers removed, then "Connection: close" when close is true, or
  * "Connection: keep-alive" for an HTTP/1.0 client that keeps it. */

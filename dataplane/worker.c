@@ -503,6 +503,11 @@ static void on_tick(struct kg_worker *w)
 	if (service)
 		service->on_tick(w->service, w->now_ms);
 	kg_backend_pool_expire(w->pool, w->now_ms);
+	size_t n_fw;
+	const struct kg_fwd_ops *const *fw = kg_fwd_worker_ops(&n_fw);
+	for (size_t i = 0; i < n_fw; i++)
+		if (fw[i]->on_worker_tick)
+			fw[i]->on_worker_tick(w);
 	trim_heap_after_wave(w);
 	steer_resync(w);
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS && !w->draining; li++)
@@ -548,6 +553,18 @@ static void dispatch(struct kg_worker *w, const struct io_uring_cqe *cqe)
 	case KG_OP_OCSP_LINK_TIMEOUT:
 		kg_ocsp_on_cqe(w->ocsp, (enum kg_ocsp_op)(op - KG_OP_OCSP_CONNECT), idx, cqe->res);
 		return;
+	case KG_OP_FWD_CONNECT:
+	case KG_OP_FWD_LINK_TIMEOUT:
+	case KG_OP_FWD_RECV:
+	case KG_OP_FWD_SEND: {
+		const struct kg_fwd_ops *ops = kg_fwd_for(kg_fwd_ud_path(idx));
+		if (ops && ops->on_worker_cqe)
+			ops->on_worker_cqe(w, op, kg_fwd_ud_slot(idx), cqe->res);
+		else
+			log_err("worker.stray_completion", KV("worker", w->id), KV("op", (int)op),
+				KV("conn", idx));
+		return;
+	}
 	default:
 		break;
 	}
@@ -701,6 +718,11 @@ static bool finished(const struct kg_worker *w)
 	    atomic_load_explicit(&w->incoming, memory_order_relaxed) > 0 ||
 	    (service && !service->idle(w->service)) || !kg_ocsp_idle(w->ocsp))
 		return false;
+	size_t n_fw;
+	const struct kg_fwd_ops *const *fw = kg_fwd_worker_ops(&n_fw);
+	for (size_t i = 0; i < n_fw; i++)
+		if (fw[i]->worker_idle && !fw[i]->worker_idle(w))
+			return false;
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		if (w->listen_fds[li] >= 0)
 			return false;
@@ -760,6 +782,8 @@ static void *worker_main(void *arg)
 	if (service)
 		service->start(w->service);
 
+	size_t n_fw;
+	const struct kg_fwd_ops *const *fw = kg_fwd_worker_ops(&n_fw);
 	while (!finished(w)) {
 		int ret = io_uring_submit_and_wait(&w->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY &&
@@ -772,6 +796,11 @@ static void *worker_main(void *arg)
 		unsigned head;
 		io_uring_for_each_cqe(&w->ring, head, cqe) {
 			dispatch(w, cqe);
+			/* What a forwarder's worker-wide work moved goes on
+			 * now, outside any handler (fwd.h after_cqe). */
+			for (size_t i = 0; i < n_fw; i++)
+				if (fw[i]->after_cqe)
+					fw[i]->after_cqe(w);
 			/* Handlers copy what they need: the buffer goes back to
 			 * the kernel here, whatever became of the connection. */
 			kg_bufpool_recycle(&w->bufs, cqe->flags);
@@ -900,6 +929,11 @@ void kg_worker_destroy(struct kg_worker *w)
 	}
 	w->cmds = NULL;
 	kg_ocsp_destroy(w->ocsp);
+	size_t n_fw;
+	const struct kg_fwd_ops *const *fw = kg_fwd_worker_ops(&n_fw);
+	for (size_t i = 0; i < n_fw; i++)
+		if (fw[i]->worker_end)
+			fw[i]->worker_end(w);
 	kg_backend_pool_destroy(w->pool);
 	if (service)
 		service->destroy(w->service);

@@ -55,6 +55,12 @@ enum kg_op {
 	KG_OP_OCSP_SEND,
 	KG_OP_OCSP_RECV,
 	KG_OP_OCSP_LINK_TIMEOUT,
+	/* a forwarder's worker-wide connections (fwd.h on_worker_cqe;
+	 * forward_h2.c's HTTP/2 backend connections); idx = kg_fwd_ud_idx */
+	KG_OP_FWD_CONNECT,
+	KG_OP_FWD_LINK_TIMEOUT,
+	KG_OP_FWD_RECV,
+	KG_OP_FWD_SEND,
 };
 
 static inline uint64_t kg_ud_pack(enum kg_op op, uint32_t idx, int fd)
@@ -156,6 +162,7 @@ struct kg_worker {
 	struct kg_bufpool bufs; /* I/O buffers lent to connections while data is in flight */
 	void *service; /* the worker service's state (its share of the health checks) */
 	struct kg_backend_pool *pool;     /* idle backend connections of https listeners */
+	struct kg_h2b *h2b;               /* forward_h2.c's backend connections, its own */
 	struct kg_ocsp *ocsp;   /* OCSP queries and answers of client certificates (ocsp.h) */
 	uint64_t log_window_ms; /* rate limit of per-connection warnings */
 	unsigned log_in_window;

@@ -63,6 +63,11 @@
  * (unreachable, error, stale or badly signed answer) or that does not
  * know the certificate means: soft lets the client in, hard refuses it. */
 #define KG_OCSP_MODES(X) X(OFF, "off") X(SOFT, "soft") X(HARD, "hard")
+/* "backend_protocol": what an https listener speaks to its backends:
+ * HTTP/1.1 through the keep-alive pool, or HTTP/2 (h2c, prior knowledge)
+ * with each client stream a stream on a multiplexed backend connection
+ * (forward_h2.c, h2_client.h), which gRPC needs. */
+#define KG_BACKEND_PROTOCOLS(X) X(HTTP1, "http/1.1") X(H2, "h2")
 
 #define KG_LK_ENUM_PROTO(id, name) KG_PROTO_##id,
 #define KG_LK_ENUM_MTLS(id, name) KG_MTLS_##id,
@@ -73,6 +78,7 @@
 #define KG_LK_ENUM_ACCESS(id, name) KG_ACCESS_##id,
 #define KG_LK_ENUM_DENIED(id, name) KG_DENIED_##id,
 #define KG_LK_ENUM_OCSP(id, name) KG_OCSP_##id,
+#define KG_LK_ENUM_BP(id, name) KG_BP_##id,
 enum kg_protocol { KG_PROTOCOLS(KG_LK_ENUM_PROTO) };
 enum kg_mutual_auth { KG_MUTUAL_AUTHS(KG_LK_ENUM_MTLS) };
 enum kg_scheduler { KG_SCHEDULERS(KG_LK_ENUM_SCHED) };
@@ -82,6 +88,7 @@ enum kg_session_tickets { KG_SESSION_TICKETS(KG_LK_ENUM_TICKETS) };
 enum kg_access_action { KG_ACCESS_ACTIONS(KG_LK_ENUM_ACCESS) };
 enum kg_access_response { KG_ACCESS_RESPONSES(KG_LK_ENUM_DENIED) };
 enum kg_ocsp_mode { KG_OCSP_MODES(KG_LK_ENUM_OCSP) };
+enum kg_backend_protocol { KG_BACKEND_PROTOCOLS(KG_LK_ENUM_BP) };
 
 /* The one default of tls_session_tickets (bench/results/, the "tickets" run,
  * measures both modes). */
@@ -181,6 +188,11 @@ enum kg_ocsp_mode { KG_OCSP_MODES(KG_LK_ENUM_OCSP) };
 	F(h2_max_streams, KG_LK_UINT(1, 1000, KG_H2_MAX_STREAMS_DEFAULT),                          \
 	  KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\""), KG_LKF_UPDATE,          \
 	  "h2-max-streams", "N", "concurrent HTTP/2 streams a client may open per connection")    \
+	F(backend_protocol, KG_LK_ENUM(KG_BACKEND_PROTOCOLS, KG_BP_HTTP1),                         \
+	  KG_LK_FOR(KG_PROTO_BIT(HTTPS), "only for protocol \"https\""), KG_LKF_UPDATE,          \
+	  "backend-protocol", NULL,                                                                \
+	  "h2: each HTTP/2 stream goes to backends as an HTTP/2 stream (cleartext, prior "         \
+	  "knowledge; gRPC), needs h2 true; HTTP/1.1 clients get 505")                             \
 	F(scheduler, KG_LK_ENUM(KG_SCHEDULERS, KG_SCHED_RR), KG_LK_FOR_ALL, KG_LKF_UPDATE,         \
 	  "scheduler", NULL, "smooth weighted round robin over the member weights (kgatectl "      \
 	  "also takes wrr)")                                                                       \

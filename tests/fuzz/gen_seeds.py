@@ -5,9 +5,11 @@ memory BIOs against a server using data/'s PKI), certs/ (the data/ files in
 the harness's input format), control/ (control sessions carrying data/'s
 certificates inline), proxy_v2/ (headers of tcp and TLS connections and
 each bound), h2/ (client connections made by python3-h2: requests,
-bodies, trailers, floods, malformed heads). Hand-written seeds of the other
+bodies, trailers, floods, malformed heads), h2c/ (backend answers made by
+python3-h2: gRPC trailers, interim heads, resets, GOAWAY, full windows).
+Hand-written seeds of the other
 harnesses are committed as they are. Usage:
-tests/fuzz/gen_seeds.py [handshake|certs|control|proxy_v2|h2]... (default: all)"""
+tests/fuzz/gen_seeds.py [handshake|certs|control|proxy_v2|h2|h2c]... (default: all)"""
 import base64
 import json
 import os
@@ -159,9 +161,11 @@ def proxy_v2_seeds():
 
 
 def main():
-    want = set(sys.argv[1:]) or {"handshake", "certs", "control", "proxy_v2", "h2"}
+    want = set(sys.argv[1:]) or {"handshake", "certs", "control", "proxy_v2", "h2", "h2c"}
     if "h2" in want:
         h2_seeds()
+    if "h2c" in want:
+        h2c_seeds()
     if "proxy_v2" in want:
         proxy_v2_seeds()
     if "control" in want:
@@ -290,6 +294,56 @@ def h2_seeds():
     seeds["malformed"] = (0x0b, h2_out(c))
     for name, (ctl, blob) in seeds.items():
         write("h2", name, bytes([ctl]) + blob)
+
+
+def h2_server():
+    """A python3-h2 server that took fuzz_h2c's three requests (streams 1,
+    3 and 5, as h2_client.c opens them); its bytes start with SETTINGS."""
+    import h2.config
+    import h2.connection
+    cli = h2_client()
+    cli.send_headers(1, h2_head(path="/get"), end_stream=True)
+    cli.send_headers(3, h2_head("POST", "/open"))
+    cli.send_data(3, b"body")
+    cli.send_headers(5, h2_head("POST", "/ended"))
+    cli.send_data(5, b"all", end_stream=True)
+    srv = h2.connection.H2Connection(config=h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    srv.initiate_connection()
+    srv.receive_data(cli.data_to_send())
+    return srv
+
+
+def h2c_seeds():
+    """fuzz_h2c inputs: a control byte (fuzz_h2c.c), then backend frames."""
+    grpc = [(b"content-type", b"application/grpc")]
+    seeds = {}
+    s = h2_server()
+    for sid in (1, 3, 5):
+        s.send_headers(sid, [(b":status", b"200")] + grpc)
+        s.send_data(sid, b"\0\0\0\0\5hello")
+        s.send_headers(sid, [(b"grpc-status", b"0"), (b"grpc-message", b"ok")],
+                       end_stream=True)
+    seeds["grpc"] = (0x0b, s.data_to_send())
+    s = h2_server()
+    s.send_headers(1, [(b":status", b"100")])
+    s.send_headers(1, [(b":status", b"204")], end_stream=True)
+    s.send_headers(5, [(b":status", b"200"), (b"grpc-status", b"3"),
+                       (b"grpc-message", b"bad%20arg")] + grpc, end_stream=True)
+    s.reset_stream(3, 2)
+    seeds["interim-reset"] = (0x2a, s.data_to_send())
+    s = h2_server()
+    s.send_headers(1, [(b":status", b"200")])
+    s.send_data(1, b"z" * 16000)
+    s.close_connection(last_stream_id=1)
+    seeds["goaway"] = (0xcb, s.data_to_send())
+    s = h2_server()
+    s.send_headers(5, [(b":status", b"200")])
+    s.send_data(5, b"y" * 9000)
+    s.send_data(5, b"y" * 7000, end_stream=True)
+    seeds["window"] = (0x95, s.data_to_send())
+    for name, (ctl, blob) in seeds.items():
+        write("h2c", name, bytes([ctl]) + blob)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import h2.exceptions
 import h2.settings
 import pytest
 
-from conftest import KGATED, base_config, dead_port, path_count, run, wait_until, worker_counter
+from conftest import (KGATED, ThreadedServer, base_config, dead_port, path_count, run,
+                      wait_until, worker_counter)
 from test_control import gated  # noqa: F401
 from test_https import KeepAliveBackend, backends, header_values, https_listener, pattern  # noqa: F401
 from test_identity import (FORGED, SPOOFS_DASH, SPOOFS_UNDERSCORE, GunicornBackend, RawBackend,
@@ -69,7 +70,7 @@ class H2Client:
         hdrs += list(headers)
         self.conn.send_headers(sid, hdrs, end_stream=end and body is None)
         self.streams[sid] = {"status": None, "headers": [], "data": bytearray(), "done": False,
-                             "reset": None}
+                             "reset": None, "trailers": None}
         self.flush()
         if body is not None:
             self.send_body(sid, body, end=end)
@@ -134,6 +135,10 @@ class H2Client:
         elif isinstance(ev, h2.events.DataReceived):
             st["data"] += ev.data
             self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            st["trailers"] = [(k.decode() if isinstance(k, bytes) else k,
+                               v.decode() if isinstance(v, bytes) else v)
+                              for k, v in ev.headers]
         elif isinstance(ev, h2.events.StreamEnded):
             st["done"] = True
         elif isinstance(ev, h2.events.StreamReset):
@@ -703,3 +708,43 @@ def test_floods_end_the_connection_and_are_counted(pki, spawn_kgated, backends, 
     assert a.requests == ["/who"], a.requests  # the attack reached no backend
     d.terminate()
     assert sum(worker_counter(d, k) for k in counters) >= 1, (kind, counters, d.log()[-2000:])
+
+
+class TrailerBackend(ThreadedServer):
+    """Answers every request with a chunked body and the trailer section
+    it was given, then closes."""
+
+    def __init__(self, trailers):
+        self.trailers = trailers
+        super().__init__()
+
+    def handle(self, conn):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n" + self.trailers + b"\r\n")
+
+
+@pytest.mark.parametrize("trailers,expect", [
+    (b"X-Checksum: abc123\r\nGrpc-Status: 0 \r\nX-Empty:\r\n",
+     [("x-checksum", "abc123"), ("grpc-status", "0"), ("x-empty", "")]),
+    # A section past kgate's bound is dropped whole; the body still ends.
+    (b"X-Big: " + b"b" * 2000 + b"\r\n", None),
+    (b"", None),
+])
+def test_chunked_trailers_from_http1_backend(spawn_kgated, pki, h2clients, trailers, expect):
+    b = TrailerBackend(trailers)
+    try:
+        d = start(spawn_kgated, pki, [b])
+        c = h2clients(pki, d.port)
+        r = c.get("/t")
+        assert r["status"] == 200 and r["reset"] is None, r
+        assert bytes(r["data"]) == b"hello world"
+        assert r["trailers"] == expect, r
+    finally:
+        b.close()

@@ -442,3 +442,24 @@ def test_the_backend_101_is_checked(pki, spawn_kgated, answer, status):
         assert "Sec-WebSocket-Key:" in b.heads[0] and "GET /x HTTP/1.1" in b.heads[0]
     finally:
         b.close()
+
+
+def test_not_offered_with_h2_backends(pki, spawn_kgated, ws_backend):
+    """backend_protocol h2: tunnels go to HTTP/1.1 backends only, so the
+    SETTINGS do not offer the extended CONNECT, and one sent anyway is
+    refused (reset, or 400) without reaching a backend."""
+    d = ws_start(spawn_kgated, pki, ws_backend, backend_protocol="h2")
+    c = H2Client(pki, d.port)
+    c.get("/who")  # kgated's SETTINGS came before any answer (an h2c 502 here)
+    assert c.conn.remote_settings.enable_connect_protocol in (None, 0)
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                              (":scheme", "https"), (":authority", "localhost:%d" % d.port),
+                              (":path", "/echo"), ("sec-websocket-version", "13")])
+    c.streams[sid] = {"status": None, "headers": [], "data": bytearray(), "done": False,
+                      "reset": None}
+    c.flush()
+    c.pump(lambda: c.streams[sid]["done"] or c.closed)
+    st = c.streams[sid]
+    assert c.closed or st["reset"] is not None or st["status"] == 400, st
+    assert ws_backend.handshakes == []

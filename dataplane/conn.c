@@ -688,34 +688,41 @@ void kg_conn_on_backend_connect(struct kg_conn *c, int res)
  * snapshot it started with, but the control plane (disable) and the
  * checkers change the members of the published one only. A member the
  * published snapshot no longer has was removed: its connections finish. */
-static enum kg_health_cut cut_reason(const struct kg_conn *c,
-				     const struct kg_listener_rt *published)
+static enum kg_health_cut cut_reason(const struct kg_conn *c, const struct kg_group_rt *group,
+				     int member, const struct kg_listener_rt *published)
 {
 	if (!published || published == c->listener)
-		return kg_health_should_cut(c->group->health, (size_t)c->member);
+		return kg_health_should_cut(group->health, (size_t)member);
 	/* The same group in the published snapshot (a named group by name,
 	 * the inline one as ""), the same member by address. */
-	struct kg_group_rt *g = kg_listener_find_group(published, c->group->conf->name);
-	int m = g ? kg_health_member_index(g->health, c->group->conf->backends[c->member].address)
-		  : -1;
+	struct kg_group_rt *g = kg_listener_find_group(published, group->conf->name);
+	int m = g ? kg_health_member_index(g->health, group->conf->backends[member].address) : -1;
 	return m < 0 ? KG_CUT_NONE : kg_health_should_cut(g->health, (size_t)m);
+}
+
+int kg_conn_member_cut(struct kg_conn *c, const struct kg_group_rt *g, int m,
+		       const struct kg_listener_rt *published)
+{
+	enum kg_health_cut why = cut_reason(c, g, m, published);
+	if (why == KG_CUT_UNHEALTHY)
+		kg_count(c->worker, cut_unhealthy);
+	else if (why == KG_CUT_DISABLED)
+		kg_count(c->worker, cut_disabled);
+	return (int)why;
 }
 
 bool kg_conn_cut_if_needed(struct kg_conn *c, const struct kg_listener_rt *published)
 {
-	switch (cut_reason(c, published)) {
-	case KG_CUT_NONE:
-		return false;
+	switch (kg_conn_member_cut(c, c->group, c->member, published)) {
 	case KG_CUT_UNHEALTHY:
-		kg_count(c->worker, cut_unhealthy);
 		kg_conn_close(c, "backend unhealthy");
 		return true;
 	case KG_CUT_DISABLED:
-		kg_count(c->worker, cut_disabled);
 		kg_conn_close(c, "backend disabled");
 		return true;
+	default:
+		return false;
 	}
-	return false;
 }
 
 bool kg_conn_cut_now(struct kg_conn *c)

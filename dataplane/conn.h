@@ -191,6 +191,13 @@ void kg_conn_on_backend_connect(struct kg_conn *c, int res);
  * published snapshot itself. */
 bool kg_conn_cut_if_needed(struct kg_conn *c, const struct kg_listener_rt *published);
 bool kg_conn_cut_now(struct kg_conn *c);
+/* For forwarders that hold a member per stream (fwd.h cut): whether what
+ * goes to member m of group g (as c's own snapshot knows them) must leave,
+ * as the published snapshot says (NULL: c's own); 0 (none),
+ * KG_CUT_UNHEALTHY or KG_CUT_DISABLED (health.h enum kg_health_cut),
+ * counted in cut_unhealthy / cut_disabled when not none. */
+int kg_conn_member_cut(struct kg_conn *c, const struct kg_group_rt *g, int m,
+		       const struct kg_listener_rt *published);
 /* The backend is connected (or, on https, the handshake is done): start
  * the listener's path, through a kTLS handoff where the plan has one. */
 void kg_conn_start_forwarding(struct kg_conn *c);

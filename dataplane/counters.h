@@ -49,7 +49,8 @@ enum kg_counter_group {
 	  "idle_timeout", "Connections closed after their idle or keep-alive timeout.")            \
 	X(cut_unhealthy, KG_CG_CONNECTIONS, "cut_unhealthy", "connections_cut_total",              \
 	  "reason=\"unhealthy\"", "cut_unhealthy",                                                 \
-	  "Established connections closed because their backend left the rotation.")              \
+	  "Established connections closed (HTTP/2: streams ended) because their backend left "   \
+	  "the rotation.")                                                                         \
 	X(cut_disabled, KG_CG_CONNECTIONS, "cut_disabled", "connections_cut_total",                \
 	  "reason=\"disabled\"", "cut_disabled", "")                                               \
 	X(handed_over, KG_CG_CONNECTIONS, "handed_over", "connections_handed_over_total", "",      \

@@ -2750,6 +2750,37 @@ static void h2_on_close(struct kg_conn *c)
 		pump_backends(c->worker->h2b); /* the resets go out now */
 }
 
+/* fwd.h cut: a member left the rotation (disabled, or unhealthy under
+ * cut_on_unhealthy). Unlike an HTTP/1.1 connection, which has one member
+ * and is closed, only the streams on that member end: 503 when their
+ * response had not begun, a reset when it had (answer_error), a tunnel
+ * reset (CANCEL); the connection and its other streams go on. */
+static bool h2_cut(struct kg_conn *c, const struct kg_listener_rt *published)
+{
+	struct h2_conn *h = h2_of(c);
+	if (!h)
+		return false;
+	for (struct h2_stream *s = h->streams; s; s = s->next) {
+		bool on_member = s->bmode ? s->bc != NULL : s->fd >= 0 && !s->detached;
+		if (!s->open || s->answered || s->err_status || !on_member || !s->group ||
+		    s->member < 0)
+			continue;
+		int why = kg_conn_member_cut(c, s->group, s->member, published);
+		if (why == KG_CUT_NONE)
+			continue;
+		if (s->ws && s->status == 101) {
+			ws_cut(s, H2_CANCEL);
+			continue;
+		}
+		s->err_status = 503;
+		s->err_why = why == KG_CUT_DISABLED ? "backend disabled" : "backend unhealthy";
+		mark(s);
+	}
+	run_marked(h);
+	pump_output(c);
+	return c->state != KG_CONN_FORWARDING;
+}
+
 static void h2_release(struct kg_conn *c)
 {
 	struct h2_conn *h = h2_of(c);
@@ -2784,6 +2815,7 @@ const struct kg_fwd_ops kg_fwd_h2_ops = {
 	.check_deadline = h2_check_deadline,
 	.on_close = h2_on_close,
 	.release = h2_release,
+	.cut = h2_cut,
 	.on_worker_cqe = h2b_on_cqe,
 	.after_cqe = h2b_flush,
 	.on_worker_tick = h2b_expire,

@@ -20,6 +20,7 @@
 #include "paths.h"
 
 struct kg_conn;
+struct kg_listener_rt;
 struct kg_worker;
 
 struct kg_fwd_ops {
@@ -61,6 +62,12 @@ struct kg_fwd_ops {
 	void (*on_close)(struct kg_conn *c);
 	/* Nothing is in flight any more: free c->fwd_ctx. */
 	void (*release)(struct kg_conn *c);
+	/* A member left the rotation (disabled, or unhealthy under
+	 * cut_on_unhealthy; published: the listener's snapshot now). For
+	 * forwarders that hold a member per stream, not per connection: end
+	 * the streams kg_conn_member_cut names, and return whether c was
+	 * closed. NULL: the core closes c when its own member must go. */
+	bool (*cut)(struct kg_conn *c, const struct kg_listener_rt *published);
 	/* The worker-wide timer of this forwarder (KG_OP_FWD_TIMER, idx = the
 	 * path) fired; NULL when it has none. */
 	void (*on_worker_timer)(struct kg_worker *w);

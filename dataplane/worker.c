@@ -372,14 +372,15 @@ struct tick_snaps {
  * the change (conn.h kg_conn_cut_if_needed). */
 static bool cut_if_needed(struct kg_conn *c, struct tick_snaps *ts)
 {
-	if (!c->member_counted || c->state != KG_CONN_FORWARDING)
+	bool per_stream = c->fwd && c->fwd->cut;
+	if ((!c->member_counted && !per_stream) || c->state != KG_CONN_FORWARDING)
 		return false;
 	uint32_t li = c->listener_idx;
 	if (!ts->taken[li]) {
 		ts->snap[li] = kg_listener_acquire(c->listener->slot);
 		ts->taken[li] = true;
 	}
-	return kg_conn_cut_if_needed(c, ts->snap[li]);
+	return per_stream ? c->fwd->cut(c, ts->snap[li]) : kg_conn_cut_if_needed(c, ts->snap[li]);
 }
 
 /* heap_trim.h: RSS goes back down once a wave of connections is over. */

@@ -748,3 +748,40 @@ def test_chunked_trailers_from_http1_backend(spawn_kgated, pki, h2clients, trail
         assert r["trailers"] == expect, r
     finally:
         b.close()
+
+
+def test_disabled_member_ends_only_its_streams(pki, gated, slow_backend, h2clients):
+    """A member disabled (kgatectl backend disable) leaves at once, as on
+    HTTP/1.1, but per stream: the stream it was serving gets 503 long
+    before its response would have come, the stream on the other member
+    and the connection go on, counted in cut_disabled."""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    other.daemon_threads = True
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    second = "127.0.0.1:%d" % other.server_address[1]
+    try:
+        d = gated([https_listener(pki, [slow_backend, second])], workers=1)
+        port = int(d.ctl.json("listener", "show", "web")["address"].rsplit(":", 1)[1])
+        c = h2clients(pki, port)
+        t0 = time.monotonic()
+        sids = [c.request("/s?delay=4"), c.request("/s?delay=4")]  # one per member
+        time.sleep(0.5)
+        d.ctl("backend", "disable", "web", slow_backend)
+        t1 = time.monotonic()
+        c.pump(lambda: any(c.streams[x]["done"] for x in sids), timeout=10)
+        early = [c.streams[x] for x in sids if c.streams[x]["done"]]
+        assert time.monotonic() - t1 < 2.5 and [r["status"] for r in early] == [503], early
+        first = c.wait(*sids, timeout=15)
+        took = time.monotonic() - t0
+        statuses = sorted(r["status"] for r in first)
+        assert statuses == [200, 503], first
+        assert took >= 3.5  # the other stream ran to its end
+        cut, = [r for r in first if r["status"] == 503]
+        assert b"503" in bytes(cut["data"])
+        # the same connection goes on, to the member left
+        assert c.get("/s?delay=0")["status"] == 200
+        assert d.ctl.json("stats")["connections"]["cut_disabled"] == 1
+    finally:
+        other.shutdown()
+        other.server_close()

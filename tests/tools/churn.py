@@ -17,6 +17,10 @@ churn.py idle --port P --ca CA --cert C --key K --count M [--hold S] [--procs 4]
     connection's request was sent; noticed within the time 20 handshakes
     take while connections are still being opened, 0.2 s after).
 
+Both stop by themselves: the client processes get --budget seconds in all
+(default 3600), then are killed; "problems" in the JSON names any process
+that ran over, died or raised, and the exit status is then 1.
+
 Standard library only; runs with /usr/bin/python3.
 """
 import argparse
@@ -83,17 +87,64 @@ def churn_worker(args):
     return ok, failed, errors
 
 
+def _child(fn, job, conn):
+    try:
+        conn.send(("ok", fn(job)))
+    except BaseException as e:  # reported by the parent, which then fails
+        conn.send(("error", repr(e)))
+    finally:
+        conn.close()
+
+
+def run_in_processes(fn, jobs, budget_s):
+    """fn(job) for each job in its own process; returns their results.
+    Not multiprocessing.Pool: its terminate() can wait for ever on a queue
+    lock a worker holds, and a worker that dies loses its task silently (an
+    idle run in CI hung 600 s after kgated had closed its connections). Here each child has its own pipe, and one
+    that misses the budget is killed and named, so a run always ends."""
+    ctx = multiprocessing.get_context("fork")
+    running = []
+    try:
+        for job in jobs:
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_child, args=(fn, job, child_end), daemon=True)
+            proc.start()
+            child_end.close()
+            running.append((proc, parent_end))
+        deadline = time.monotonic() + budget_s
+        results, problems = [], []
+        for i, (proc, conn) in enumerate(running):
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                problems.append("process %d still running after the %.0f s budget" % (i, budget_s))
+                continue
+            try:
+                status, value = conn.recv()
+            except EOFError:
+                problems.append("process %d died (exit %s)" % (i, proc.exitcode))
+                continue
+            if status == "ok":
+                results.append(value)
+            else:
+                problems.append("process %d raised %s" % (i, value))
+        return results, problems
+    finally:
+        for proc, conn in running:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+            conn.close()
+
+
 def churn(a):
     per = [a.total // a.procs + (1 if i < a.total % a.procs else 0) for i in range(a.procs)]
     t0 = time.monotonic()
-    with multiprocessing.Pool(a.procs) as pool:
-        results = pool.map(churn_worker, [(a, n) for n in per])
+    results, problems = run_in_processes(churn_worker, [(a, n) for n in per], a.budget)
     secs = time.monotonic() - t0
     out = {"ok": sum(r[0] for r in results), "failed": sum(r[1] for r in results),
            "errors": [e for r in results for e in r[2]][:10], "seconds": round(secs, 2),
-           "per_process": [r[0] for r in results]}
+           "per_process": [r[0] for r in results], "problems": problems}
     print(json.dumps(out), flush=True)
-    return 0
+    return 1 if problems else 0
 
 
 def idle_worker(args):
@@ -141,14 +192,13 @@ def idle_worker(args):
 
 def idle(a):
     per = [a.count // a.procs + (1 if i < a.count % a.procs else 0) for i in range(a.procs)]
-    with multiprocessing.Pool(a.procs) as pool:
-        results = pool.map(idle_worker, [(a, n) for n in per])
+    results, problems = run_in_processes(idle_worker, [(a, n) for n in per], a.budget)
     delays = [x for r in results for x in r[0]]
     out = {"closed": len(delays), "still_open": a.count - len(delays),
            "min_s": round(min(delays), 3) if delays else None,
-           "max_s": round(max(delays), 3) if delays else None}
+           "max_s": round(max(delays), 3) if delays else None, "problems": problems}
     print(json.dumps(out), flush=True)
-    return 0
+    return 1 if problems else 0
 
 
 def main():
@@ -163,9 +213,11 @@ def main():
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--hold", type=float, default=120.0)
     p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--budget", type=float, default=3600.0,
+                   help="seconds the client processes may take in all; then they are killed")
     a = p.parse_args()
-    # SIGTERM unwinds through the pool's with-block, which terminates the
-    # client processes: none outlives this one.
+    # SIGTERM unwinds through run_in_processes, which kills the client
+    # processes: none outlives this one.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return churn(a) if a.mode == "churn" else idle(a)
 

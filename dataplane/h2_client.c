@@ -1,5 +1,6 @@
 /* The HTTP/2 client session of one backend connection (h2_client.h). */
 #include "h2_client.h"
+#include "h2_block.h"
 #include "h2_sendq.h"
 
 #include <errno.h>
@@ -21,13 +22,7 @@ struct kg_h2c_stream {
 	/* Request body queue. */
 	struct kg_h2_sendq sq;
 	bool data_source, data_end, deferred;
-	/* The header block being read: names and values in one arena. */
-	char *arena;
-	size_t a_len, a_cap;
-	struct span {
-		size_t name, name_len, value, value_len;
-	} *f;
-	size_t n_f, f_cap;
+	struct kg_h2_block block; /* the header block being read */
 	size_t block_bytes;
 	int status;
 	bool head_done;  /* the final head was handed on */
@@ -46,6 +41,19 @@ struct kg_h2c {
 	bool fatal;
 	bool dead;   /* being destroyed: no callback */
 };
+
+/* The allocator of h2_block.h and h2_sendq.h: nothing here is counted. */
+static void *plain_realloc(void *p, size_t n, void *ud)
+{
+	(void)ud;
+	return realloc(p, n);
+}
+
+static void plain_free(void *p, void *ud)
+{
+	(void)ud;
+	free(p);
+}
 
 /* By the caller's list, not nghttp2's stream data: nghttp2 opens a
  * stream only when its HEADERS frame is serialized, and body bytes may be
@@ -66,41 +74,8 @@ static void stream_free(struct kg_h2c *h, struct kg_h2c_stream *st)
 			break;
 		}
 	free(st->sq.q);
-	free(st->arena);
-	free(st->f);
+	kg_h2_block_free(&st->block, plain_free, NULL);
 	free(st);
-}
-
-static int grow(void **buf, size_t *cap, size_t need, size_t elem)
-{
-	if (need <= *cap)
-		return 0;
-	size_t ncap = *cap ? *cap : 64;
-	while (ncap < need)
-		ncap *= 2;
-	void *nb = realloc(*buf, ncap * elem);
-	if (!nb)
-		return -ENOMEM;
-	*buf = nb;
-	*cap = ncap;
-	return 0;
-}
-
-static void *plain_realloc(void *p, size_t n, void *ud)
-{
-	(void)ud;
-	return realloc(p, n);
-}
-
-static int arena_put(struct kg_h2c_stream *st, const uint8_t *p, size_t n, size_t *off)
-{
-	if (grow((void **)&st->arena, &st->a_cap, st->a_len + n + 1, 1) < 0)
-		return -ENOMEM;
-	*off = st->a_len;
-	memcpy(st->arena + st->a_len, p, n);
-	st->arena[st->a_len + n] = '\0';
-	st->a_len += n + 1;
-	return 0;
 }
 
 /* ---- nghttp2 callbacks ---- */
@@ -110,7 +85,8 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
 	(void)s;
 	struct kg_h2c_stream *st = stream_of(ud, frame->hd.stream_id);
 	if (st) {
-		st->a_len = st->n_f = st->block_bytes = 0;
+		kg_h2_block_clear(&st->block);
+		st->block_bytes = 0;
 		st->status = 0;
 	}
 	return 0;
@@ -138,27 +114,19 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 	}
 	if (namelen > 0 && name[0] == ':')
 		return 0;
-	if (grow((void **)&st->f, &st->f_cap, st->n_f + 1, sizeof(*st->f)) < 0)
+	if (kg_h2_block_add(&st->block, name, namelen, value, valuelen, plain_realloc, NULL) < 0)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
-	struct span *sp = &st->f[st->n_f];
-	if (arena_put(st, name, namelen, &sp->name) < 0 ||
-	    arena_put(st, value, valuelen, &sp->value) < 0)
-		return NGHTTP2_ERR_CALLBACK_FAILURE;
-	sp->name_len = namelen;
-	sp->value_len = valuelen;
-	st->n_f++;
 	return 0;
 }
 
 /* The block's fields as the handler takes them (pointers into the arena). */
 static struct kg_h2_field *fields_of(struct kg_h2c_stream *st)
 {
-	struct kg_h2_field *out = calloc(st->n_f ? st->n_f : 1, sizeof(*out));
+	struct kg_h2_field *out = calloc(st->block.n ? st->block.n : 1, sizeof(*out));
 	if (!out)
 		return NULL;
-	for (size_t i = 0; i < st->n_f; i++)
-		out[i] = (struct kg_h2_field){st->arena + st->f[i].name, st->f[i].name_len,
-					      st->arena + st->f[i].value, st->f[i].value_len};
+	for (size_t i = 0; i < st->block.n; i++)
+		out[i] = kg_h2_block_field(&st->block, i);
 	return out;
 }
 
@@ -195,14 +163,14 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
 	if (head) {
 		if (h->cb.on_response)
-			h->cb.on_response(h->ctx, st->id, st->user, st->status, f, st->n_f, end);
+			h->cb.on_response(h->ctx, st->id, st->user, st->status, f, st->block.n, end);
 	} else if (h->cb.on_end) {
 		/* A block after the final head is the trailer section (nghttp2
 		 * checked it ends the stream). */
-		h->cb.on_end(h->ctx, st->id, st->user, f, st->n_f);
+		h->cb.on_end(h->ctx, st->id, st->user, f, st->block.n);
 	}
 	free(f);
-	st->a_len = st->n_f = 0;
+	kg_h2_block_clear(&st->block);
 	return 0;
 }
 

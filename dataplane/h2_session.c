@@ -4,6 +4,7 @@
  * what the forwarder relies on, keeps the response queues and enforces the
  * abuse limits. */
 #include "h2_session.h"
+#include "h2_block.h"
 #include "h2_sendq.h"
 
 #include <errno.h>
@@ -55,21 +56,13 @@ struct bucket {
 	uint32_t rate;
 };
 
-struct field_off {
-	uint32_t name, name_len, value, value_len; /* offsets into the arena */
-};
-
 struct kg_h2_stream {
 	struct kg_h2 *h;
 	struct kg_h2_stream *prev, *next; /* h->streams: freed at destroy */
 	int32_t id;
 	void *user;
 
-	/* request head: strings in the arena, NUL-terminated */
-	char *arena;
-	size_t arena_len, arena_cap;
-	struct field_off *offs;
-	size_t n_offs, offs_cap;
+	struct kg_h2_block head; /* the request head being read */
 	size_t list_bytes;   /* decoded, RFC 9113 6.5.2 accounting */
 	struct kg_h2_field *fields;
 	int64_t content_length;
@@ -172,24 +165,6 @@ static void *mem_realloc(void *p, size_t n, void *ud)
 	return nb + MEM_HDR;
 }
 
-/* Grows *buf (elem bytes each) to hold need elements. */
-static int grow(struct kg_h2 *h, void **buf, size_t *cap, size_t need, size_t elem)
-{
-	if (need <= *cap)
-		return 0;
-	size_t ncap = *cap ? *cap : 8;
-	while (ncap < need)
-		ncap *= 2;
-	if (ncap > SIZE_MAX / elem)
-		return -ENOMEM;
-	void *nb = mem_realloc(*buf, ncap * elem, h);
-	if (!nb)
-		return -ENOMEM;
-	*buf = nb;
-	*cap = ncap;
-	return 0;
-}
-
 /* ---- rate limits ---- */
 
 static uint64_t now_ns(void)
@@ -248,8 +223,7 @@ static void stream_free(struct kg_h2 *h, struct kg_h2_stream *st)
 		h->streams = st->next;
 	if (st->next)
 		st->next->prev = st->prev;
-	mem_free(st->arena, h);
-	mem_free(st->offs, h);
+	kg_h2_block_free(&st->head, mem_free, h);
 	mem_free(st->fields, h);
 	mem_free(st->sq.q, h);
 	mem_free(st->trailers, h);
@@ -351,19 +325,6 @@ static int64_t parse_length(const char *p, size_t n)
 	return v;
 }
 
-static int arena_put(struct kg_h2 *h, struct kg_h2_stream *st, const void *p, size_t n,
-		     uint32_t *off)
-{
-	int rv = grow(h, (void **)&st->arena, &st->arena_cap, st->arena_len + n + 1, 1);
-	if (rv < 0)
-		return rv;
-	memcpy(st->arena + st->arena_len, p, n);
-	st->arena[st->arena_len + n] = '\0';
-	*off = (uint32_t)st->arena_len;
-	st->arena_len += n + 1;
-	return 0;
-}
-
 /* The head is complete: joins cookie crumbs, checks it, builds the
  * request. 0 and *ok; 0 and !*ok when malformed; -ENOMEM. */
 static int build_request(struct kg_h2 *h, struct kg_h2_stream *st, struct kg_h2_request *req,
@@ -373,50 +334,48 @@ static int build_request(struct kg_h2 *h, struct kg_h2_stream *st, struct kg_h2_
 	memset(req, 0, sizeof(*req));
 	req->content_length = -1;
 	/* Cookie crumbs (RFC 9113 8.2.3): one field at the first crumb's place. */
+	struct kg_h2_block *b = &st->head;
 	size_t cookies = 0, cookie_len = 0, first_cookie = SIZE_MAX;
-	for (size_t i = 0; i < st->n_offs; i++) {
-		const struct field_off *f = &st->offs[i];
-		if (name_is(st->arena + f->name, f->name_len, "cookie")) {
+	for (size_t i = 0; i < b->n; i++) {
+		struct kg_h2_field f = kg_h2_block_field(b, i);
+		if (name_is(f.name, f.name_len, "cookie")) {
 			if (first_cookie == SIZE_MAX)
 				first_cookie = i;
-			cookie_len += (cookies ? 2 : 0) + f->value_len;
+			cookie_len += (cookies ? 2 : 0) + f.value_len;
 			cookies++;
 		}
 	}
 	if (cookies > 1) {
-		int rv = grow(h, (void **)&st->arena, &st->arena_cap,
-			      st->arena_len + cookie_len + 1, 1);
+		uint32_t joined;
+		int rv = kg_h2_block_reserve(b, cookie_len, mem_realloc, h, &joined);
 		if (rv < 0)
 			return rv;
-		uint32_t joined = (uint32_t)st->arena_len;
-		char *w = st->arena + st->arena_len;
+		char *w = b->arena + joined;
 		size_t done = 0;
-		for (size_t i = first_cookie; i < st->n_offs; i++) {
-			const struct field_off *f = &st->offs[i];
-			if (!name_is(st->arena + f->name, f->name_len, "cookie"))
+		for (size_t i = first_cookie; i < b->n; i++) {
+			struct kg_h2_field f = kg_h2_block_field(b, i);
+			if (!name_is(f.name, f.name_len, "cookie"))
 				continue;
 			if (done++) {
 				memcpy(w, "; ", 2);
 				w += 2;
 			}
-			memcpy(w, st->arena + f->value, f->value_len);
-			w += f->value_len;
+			memcpy(w, f.value, f.value_len);
+			w += f.value_len;
 		}
-		*w = '\0';
-		st->arena_len += cookie_len + 1;
-		st->offs[first_cookie].value = joined;
-		st->offs[first_cookie].value_len = (uint32_t)cookie_len;
+		b->f[first_cookie].value = joined;
+		b->f[first_cookie].value_len = (uint32_t)cookie_len;
 	}
-	if (st->n_offs) {
-		st->fields = mem_calloc(st->n_offs, sizeof(*st->fields), h);
+	if (b->n) {
+		st->fields = mem_calloc(b->n, sizeof(*st->fields), h);
 		if (!st->fields)
 			return -ENOMEM;
 	}
 	const char *host = NULL;
 	size_t host_len = 0, authority_len = 0;
-	for (size_t i = 0; i < st->n_offs; i++) {
-		const struct field_off *f = &st->offs[i];
-		const char *name = st->arena + f->name, *value = st->arena + f->value;
+	for (size_t i = 0; i < b->n; i++) {
+		const struct kg_h2_block_field *f = &b->f[i];
+		const char *name = b->arena + f->name, *value = b->arena + f->value;
 		if (has_ctl(value, f->value_len))
 			return 0;
 		if (name[0] == ':') {
@@ -581,16 +540,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 	}
 	if (st->in_trailers)
 		return 0;
-	int rv = grow(h, (void **)&st->offs, &st->offs_cap, st->n_offs + 1, sizeof(*st->offs));
-	if (rv < 0)
+	if (kg_h2_block_add(&st->head, name, namelen, value, valuelen, mem_realloc, h) < 0)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
-	struct field_off *f = &st->offs[st->n_offs];
-	if (arena_put(h, st, name, namelen, &f->name) < 0 ||
-	    arena_put(h, st, value, valuelen, &f->value) < 0)
-		return NGHTTP2_ERR_CALLBACK_FAILURE;
-	f->name_len = (uint32_t)namelen;
-	f->value_len = (uint32_t)valuelen;
-	st->n_offs++;
 	return 0;
 }
 
@@ -653,9 +604,7 @@ static int head_done(struct kg_h2 *h, struct kg_h2_stream *st, const nghttp2_fra
 	if (!ok)
 		return stream_malformed(h, st);
 	/* The arena is final: offsets are no longer needed. */
-	mem_free(st->offs, h);
-	st->offs = NULL;
-	st->n_offs = st->offs_cap = 0;
+	kg_h2_block_free_offsets(&st->head, mem_free, h);
 	st->content_length = req.content_length;
 	req.end_stream = st->remote_done;
 	/* Taken before the call: the forwarder may answer inside it. */

@@ -11,7 +11,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "h2_session.h" /* struct kg_h2_field */
+/* One field as the sessions hand it to their callers (h2_session.h,
+ * h2_client.h). */
+struct kg_h2_field {
+	const char *name; /* lower case, NUL-terminated */
+	size_t name_len;
+	const char *value; /* NUL-terminated (no NUL inside: validated) */
+	size_t value_len;
+};
 
 typedef void *(*kg_h2_realloc_fn)(void *ptr, size_t size, void *ud);
 typedef void (*kg_h2_free_fn)(void *ptr, void *ud);

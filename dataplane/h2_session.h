@@ -36,6 +36,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "h2_block.h" /* struct kg_h2_field */
+
 struct kg_h2;
 
 /* Defaults the listener settings start from (config.c). */
@@ -70,13 +72,6 @@ enum kg_h2_abuse {
 };
 /* "rapid_reset": the label of a kind in metrics and log lines. */
 extern const char *const kg_h2_abuse_names[KG_H2_ABUSE_KINDS];
-
-struct kg_h2_field {
-	const char *name; /* lower case, NUL-terminated */
-	size_t name_len;
-	const char *value; /* NUL-terminated (no NUL inside: validated) */
-	size_t value_len;
-};
 
 /* A validated request head. Pointers stay valid until on_stream_close. */
 struct kg_h2_request {

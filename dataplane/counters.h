@@ -104,6 +104,9 @@ enum kg_counter_group {
 	  "h2_backend_resets",                                                                     \
 	  "Streams an HTTP/2 backend reset (or refused), passed to the client as a reset or an "  \
 	  "error response.")                                                                       \
+	X(h2_backend_retries, KG_CG_CONNECTIONS, "h2_backend_retries",                             \
+	  "h2_backend_retries_total", "", "h2_backend_retries",                                    \
+	  "Streams an HTTP/2 backend refused unprocessed, sent once more on another connection.")  \
 	X(h2_abuse_streams, KG_CG_CONNECTIONS, "h2_abuse_streams", "h2_abuse_total",                   \
 	  "kind=\"streams\"", "h2_abuse_streams",                                                        \
 	  "HTTP/2 streams reset or connections ended for abuse, by kind: streams (beyond " \

@@ -155,7 +155,12 @@ struct h2_stream {
 	 * connection (bc), id bid there: 0 before it was opened (bc still
 	 * connecting), -1 once closed. Body bytes the client sent before
 	 * then wait in pre (at most the stream window, which is released
-	 * only as they go on). c_*: request body bytes queued in the backend
+	 * only as they go on); after, pre keeps a copy of what was sent
+	 * until the response begins, so that a stream the backend refused
+	 * (REFUSED_STREAM, or above its GOAWAY's last stream: RFC 9113 8.7,
+	 * nothing was processed) can be sent once more, on another
+	 * connection. A body past REPLAY_MAX is not kept (no_replay), and
+	 * such a refusal is a 502 as before. c_*: request body bytes queued in the backend
 	 * session and released to the client's window; b_*: response body
 	 * bytes queued for the client and consumed on the backend's window,
 	 * which therefore reopens only as the client takes them. */
@@ -164,8 +169,8 @@ struct h2_stream {
 	struct h2_stream *bnext; /* bc's streams */
 	int32_t bid;
 	unsigned char *pre;
-	uint32_t pre_len;
-	bool te_trailers;
+	uint32_t pre_len, pre_cap;
+	bool te_trailers, b_retried, no_replay;
 	char *path, *authority;
 	uint64_t c_queued, c_released, b_queued, b_consumed;
 
@@ -252,6 +257,7 @@ static void ws_check(struct h2_stream *s, uint64_t *next);
 static void ws_finish(struct h2_stream *s);
 static void ws_free(struct h2_stream *s);
 static void bc_unassign(struct h2_stream *s);
+static void pick_h2(struct h2_stream *s);
 static void pump_backends(struct kg_h2b *t);
 static bool h2b_idle(const struct kg_worker *w);
 
@@ -819,6 +825,39 @@ static void bmark(struct h2_stream *s)
 	touch(s);
 }
 
+/* What a refused stream may be sent again with: one stream window of
+ * body, the most a client can have sent before the stream is opened. */
+#define REPLAY_MAX KG_H2_DEFAULT_WINDOW
+
+static void drop_replay(struct h2_stream *s)
+{
+	free(s->pre);
+	s->pre = NULL;
+	s->pre_len = s->pre_cap = 0;
+	s->no_replay = true;
+}
+
+/* Appends body bytes to pre, grown as needed up to REPLAY_MAX. 0, -E2BIG
+ * past it, -ENOMEM. */
+static int pre_append(struct h2_stream *s, const uint8_t *p, size_t n)
+{
+	if (n > REPLAY_MAX - s->pre_len)
+		return -E2BIG;
+	if (s->pre_len + n > s->pre_cap) {
+		uint32_t cap = s->pre_cap ? s->pre_cap : 1024;
+		while (cap < s->pre_len + n)
+			cap *= 2;
+		unsigned char *np = realloc(s->pre, cap);
+		if (!np)
+			return -ENOMEM;
+		s->pre = np;
+		s->pre_cap = cap;
+	}
+	memcpy(s->pre + s->pre_len, p, n);
+	s->pre_len += (uint32_t)n;
+	return 0;
+}
+
 static void bc_set_deadline(struct h2_stream *s)
 {
 	set_deadline(s, s->owner->c->worker->now_ms + conf_of(s->owner->c)->response_timeout_ms);
@@ -920,6 +959,8 @@ static void bc_on_response(void *ctx, int32_t id, void *user, int status,
 	s->status = status;
 	s->resp_started = true;
 	s->answered = end;
+	if (s->pre)
+		drop_replay(s); /* the backend took it: no resend now */
 	bc_set_deadline(s);
 	if (kg_h2_respond(s->owner->h2, s->id, status, f, n, end) < 0) {
 		kg_h2_reset(s->owner->h2, s->id, H2_INTERNAL_ERROR);
@@ -986,6 +1027,19 @@ static void bc_on_stream_close(void *ctx, int32_t id, void *user, uint32_t code)
 		return;
 	s->bid = -1; /* closed there: bc_unassign sends no reset */
 	bc_unassign(s);
+	if (code == H2_REFUSED_STREAM && s->open && !s->answered && !s->resp_started &&
+	    !s->err_status && !s->b_retried && !s->no_replay) {
+		/* Not processed (RFC 9113 8.7): once more, on a connection
+		 * pick_h2 finds or opens (never this one if it is going away). */
+		s->b_retried = true;
+		kg_count(bc->tab->w, h2_backend_retries);
+		log_debug("h2.backend_retry", KV("listener", bc->listener),
+			  KV("backend", bc->group->conf->backends[bc->member].address),
+			  KV("reason", "the backend refused the stream; request sent again"));
+		pick_h2(s);
+		bmark(s);
+		return;
+	}
 	if (code != 0) {
 		kg_count(bc->tab->w, h2_backend_resets);
 		if (s->open && !s->answered) {
@@ -1209,8 +1263,10 @@ static void bc_submit(struct h2_stream *s)
 			s->err_why = "out of memory";
 			return;
 		}
-		s->c_queued += s->pre_len;
-		s->pre_len = 0;
+		/* A resend queues again what the client's window already got
+		 * back: c_queued counts what this stream carries. pre stays, a
+		 * copy (bc_body). */
+		s->c_queued = s->pre_len;
 	}
 }
 
@@ -1226,6 +1282,9 @@ static void bc_body(struct h2_stream *s, const uint8_t *p, size_t n)
 		} else {
 			s->c_queued += n;
 			bc_set_deadline(s); /* the exchange moves: a stream, not a wait */
+			/* The copy for a resend, while one may still come. */
+			if (!s->no_replay && !s->resp_started && pre_append(s, p, n) < 0)
+				drop_replay(s);
 		}
 		mark(s);
 		return;
@@ -1236,22 +1295,13 @@ static void bc_body(struct h2_stream *s, const uint8_t *p, size_t n)
 		return;
 	}
 	/* Not opened yet (connecting): the session's window bounds this. */
-	if (!s->pre && !(s->pre = malloc(KG_H2_DEFAULT_WINDOW))) {
+	int rv = pre_append(s, p, n);
+	if (rv < 0) {
 		s->err_status = 500;
-		s->err_why = "out of memory";
+		s->err_why = rv == -ENOMEM ? "out of memory" : "request body past the stream window";
 		s->drop_consume += (uint32_t)n;
 		mark(s);
-		return;
 	}
-	if (s->pre_len + n > KG_H2_DEFAULT_WINDOW) {
-		s->err_status = 500;
-		s->err_why = "request body past the stream window";
-		s->drop_consume += (uint32_t)n;
-		mark(s);
-		return;
-	}
-	memcpy(s->pre + s->pre_len, p, n);
-	s->pre_len += (uint32_t)n;
 }
 
 static void bc_body_end(struct h2_stream *s)

@@ -4,18 +4,27 @@ loopback), a real gRPC client over mTLS. Unary, the three streaming kinds,
 error status and message, several-MiB messages (flow control both ways),
 metadata both ways with kgate's identity headers and spoofed ones
 stripped, per-stream balancing, backend down, deadlines (the client's
-cancel reaches the backend), and a backend's GOAWAY.
+cancel reaches the backend), and a backend's GOAWAY. Streams a backend
+refuses unprocessed (a python3-h2 backend that does it on purpose) are
+sent once more.
 
 No protoc: methods are generic handlers over bytes, called with identity
 serializers."""
+import hashlib
 import json
 import queue
+import socket
 import subprocess
 import threading
 import time
 from concurrent import futures
 
 import grpc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
 import pytest
 
 from conftest import KGATED, base_config, dead_port, run, wait_until, worker_counter
@@ -388,3 +397,145 @@ def test_slow_client_bounds_what_kgated_holds(pki, gated, grpc_backends):
         assert d.rss_kib() - rss0 < 32 * 1024, (rss0, d.rss_kib())
     finally:
         c.close()
+
+
+class RefusingH2cBackend:
+    """An h2c backend (python3-h2) that refuses streams unprocessed the way a
+    restarting or overloaded server does, then serves. Each request takes
+    the next of `actions` (then "serve"): "goaway" (GOAWAY with last
+    stream 0 on its HEADERS, then the connection closes: a restart's
+    race), "rst" (RST_STREAM REFUSED_STREAM on its HEADERS), "rst_at_end"
+    (the same once the whole body is read). A served answer says which
+    connection served it and the length and sha256 of the body read."""
+
+    def __init__(self, actions):
+        self.actions = list(actions)
+        self.lock = threading.Lock()
+        self.conns = 0
+        self.requests = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.stopping = False
+        self.thread = threading.Thread(target=self.accept_loop, daemon=True)
+        self.thread.start()
+
+    def accept_loop(self):
+        while not self.stopping:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns += 1
+                n = self.conns
+            threading.Thread(target=self.serve, args=(s, n), daemon=True).start()
+
+    def next_action(self):
+        with self.lock:
+            self.requests += 1
+            return self.actions.pop(0) if self.actions else "serve"
+
+    def serve(self, s, conn_no):
+        cfg = h2.config.H2Configuration(client_side=False)
+        conn = h2.connection.H2Connection(config=cfg)
+        conn.initiate_connection()
+        streams = {}
+        s.settimeout(TIMEOUT)
+        try:
+            s.sendall(conn.data_to_send())
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        act = self.next_action()
+                        if act == "goaway":
+                            conn.close_connection(last_stream_id=0)
+                            s.sendall(conn.data_to_send())
+                            return
+                        if act == "rst":
+                            conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                            continue
+                        streams[ev.stream_id] = [act, bytearray()]
+                        if ev.stream_ended:
+                            self.finish(conn, ev.stream_id, streams.pop(ev.stream_id), conn_no)
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        if ev.stream_id in streams:
+                            streams[ev.stream_id][1] += ev.data
+                    elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in streams:
+                        self.finish(conn, ev.stream_id, streams.pop(ev.stream_id), conn_no)
+                s.sendall(conn.data_to_send())
+        except (OSError, h2.exceptions.ProtocolError):
+            return
+        finally:
+            s.close()
+
+    def finish(self, conn, sid, st, conn_no=0):
+        act, body = st
+        if act == "rst_at_end":
+            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        answer = json.dumps({"conn": conn_no, "len": len(body),
+                             "sha": hashlib.sha256(body).hexdigest()}).encode()
+        conn.send_headers(sid, [(":status", "200"), ("content-length", str(len(answer)))])
+        conn.send_data(sid, answer, end_stream=True)
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+
+
+def refused_case(pki, gated, actions, body=None):
+    """One request through kgated to a RefusingH2cBackend: (status, answer
+    dict or None, retries counted, resets counted, the backend)."""
+    b = RefusingH2cBackend(actions)
+    try:
+        d = start(gated, pki, [b.address])
+        cli = H2Client(pki, d.port)
+        sid = cli.request("/r", method="POST" if body is not None else "GET", body=body)
+        cli.pump(until=lambda: cli.streams[sid]["done"] or cli.streams[sid]["reset"])
+        st = cli.streams[sid]
+        answer = json.loads(bytes(st["data"])) if st["status"] == 200 else None
+        cli.close()
+        d.terminate()
+        return (st["status"], answer, worker_counter(d, "h2_backend_retries"),
+                worker_counter(d, "h2_backend_resets"), b)
+    finally:
+        b.close()
+
+
+KIB = 1024
+
+
+@pytest.mark.parametrize("actions,body_len,status,retries,resets,requests", [
+    # RFC 9113 8.7: a stream the backend did not process is safe to send
+    # again: refused by a GOAWAY racing it (a backend restarting) or by
+    # RST_STREAM REFUSED_STREAM, the client gets its answer, the body intact.
+    (["goaway"], 10 * KIB, 200, 1, 0, 2),
+    (["goaway"], None, 200, 1, 0, 2),
+    (["rst"], 10 * KIB, 200, 1, 0, 2),
+    (["rst"], None, 200, 1, 0, 2),
+    # Refused after the whole body was read: sent again while kgate still
+    # keeps all of it (64 KiB) ...
+    (["rst_at_end"], 60 * KIB, 200, 1, 0, 2),
+    # ... not past that: 502.
+    (["rst_at_end"], 200 * KIB, 502, 0, 1, 1),
+    # Once per stream: refused again, 502.
+    (["rst", "rst"], None, 502, 1, 1, 2),
+], ids=["goaway-body", "goaway-get", "rst-body", "rst-get", "at-end-kept", "at-end-too-big",
+        "twice"])
+def test_refused_stream_sent_again_once_while_kept(pki, gated, actions, body_len, status,
+                                                  retries, resets, requests):
+    body = None if body_len is None else bytes(range(256)) * (body_len // 256)
+    got, answer, n_retries, n_resets, b = refused_case(pki, gated, actions, body=body)
+    assert (got, n_retries, n_resets) == (status, retries, resets), answer
+    assert b.requests == requests
+    if status == 200:
+        assert answer["len"] == len(body or b"") and \
+            answer["sha"] == hashlib.sha256(body or b"").hexdigest(), answer
+        if actions == ["goaway"]:
+            assert answer["conn"] == 2, answer  # not on the connection going away

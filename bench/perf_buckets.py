@@ -154,6 +154,8 @@ def main():
     ap.add_argument("files", nargs="+")
     ap.add_argument("--us-per-unit", type=float, nargs="*", default=[])
     ap.add_argument("--top", type=int, default=0, help="also the N hottest leaf symbols")
+    ap.add_argument("--min-share", type=float, default=0.0, metavar="PCT",
+                    help="buckets under PCT %% in every file are summed into one row")
     a = ap.parse_args()
     if a.us_per_unit and len(a.us_per_unit) != len(a.files):
         ap.error("one --us-per-unit value per file")
@@ -181,6 +183,19 @@ def main():
         f"{', µs' if a.us_per_unit else ''})" for p, n, _, _, _ in results) + " |"
     print(head)
     print("|---" * (1 + len(results)) + "|")
+    # Totals first: the merge below would hide kernel and allocator rows.
+    kernel_tot = [sum(v for k, v in c.items() if k.startswith("kernel"))
+                  for _, _, c, _, _ in results]
+    malloc_tot = [sum(m.values()) + sum(v for k, v in c.items() if k.startswith("malloc/free"))
+                  for _, _, c, _, m in results]
+    small = [k for k in names
+             if all(100 * c.get(k, 0) / n < a.min_share for _, n, c, _, _ in results if n)]
+    if len(small) > 1:
+        for _, _, c, _, m in results:
+            c["the rest (each under %g %%)" % a.min_share] = sum(c.pop(k, 0) for k in small)
+            m["the rest (each under %g %%)" % a.min_share] = sum(m.pop(k, 0) for k in small)
+        names = [k for k in names if k not in small] + ["the rest (each under %g %%)" %
+                                                        a.min_share]
     for k in names:
         cells = []
         for i, (_, n, c, _, m) in enumerate(results):
@@ -194,13 +209,13 @@ def main():
         print(f"| {k} | " + " | ".join(cells) + " |")
     cells = []
     for i, (_, n, c, _, m) in enumerate(results):
-        share = (sum(m.values()) + sum(v for k, v in c.items() if k.startswith("malloc/free"))) / n
+        share = malloc_tot[i] / n
         cells.append(f"{100 * share:.1f} %" + (f" / {share * a.us_per_unit[i]:.1f}"
                                                 if a.us_per_unit else ""))
     print("| **malloc/free, all of it (leaf in the allocator)** | " + " | ".join(cells) + " |")
     cells = []
     for i, (_, n, c, _, m) in enumerate(results):
-        share = sum(v for k, v in c.items() if k.startswith("kernel")) / n
+        share = kernel_tot[i] / n
         cells.append(f"{100 * share:.1f} %" + (f" / {share * a.us_per_unit[i]:.1f}"
                                                 if a.us_per_unit else ""))
     print("| **kernel, all of it** | " + " | ".join(cells) + " |")

@@ -718,12 +718,15 @@ class Env:
                 "--latency", *extra, f"https://127.0.0.1:{proxy.ports[kind]}/"]
         perf = perf_stat_start(proxy.pid, out + ".perf") if a.syscalls else None
         rec = None
-        if a.profile and isinstance(proxy, Kgated):
+        if a.profile:
+            # Every proxy, not only kgated: the anchors' profiles, taken the
+            # same way in the same rounds, are what kgated's are read against.
             os.makedirs(a.profile, exist_ok=True)
-            rec = subprocess.Popen(["perf", "record", "-g", "-q", "-o",
+            rec = subprocess.Popen(["perf", "record", "--call-graph", a.profile_call_graph,
+                                    "-F", str(a.profile_freq), "-q", "-o",
                                     os.path.join(a.profile, f"{tag}.perf.data"), "-p",
-                                    str(proxy.pid)], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                                    ",".join(str(p) for p in pid_tree(proxy.pid))],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.3)
         u0, s0 = cpu_split(proxy.pid)
         r = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -998,7 +1001,7 @@ WL_TEXT = {"keepalive": "(a) keep-alive GET 64 B",
            "bulk1m": "(c) 1 MiB responses", "idle": "(d) idle mTLS connection",
            "tcp": "(e) tcp relay, bulk one way",
            "resume": "(g) Connection: close, resumed mTLS handshake"}
-ANCHORS = ("haproxy-tcp", "nginx")
+ANCHORS = ("haproxy-tcp", "haproxy-http", "nginx")
 
 
 def wl_text(workload):
@@ -1081,13 +1084,14 @@ def write_results(args, rows, notes, versions, load_start, load_end):
           "- kernel share = stime / (utime+stime) of the same counters; with --syscalls, "
           "perf stat counts the proxy's system calls (raw_syscalls:sys_enter) and io_uring_enter "
           "calls over the run, per unit",
-          "- values are medians over rounds; `× HAProxy tcp` / `× NGINX` = median of the "
-          "same-round ratios of CPU (or RSS) per unit",
+          "- values are medians over rounds; `× HAProxy tcp` / `× HAProxy http` / `× NGINX` = "
+          "median of the same-round ratios of CPU (or RSS) per unit (HAProxy http is the anchor "
+          "of kgated's `https` listener)",
           ""]
     md += ["| workers | workload | proxy | rate | p50 ms | p99 ms | CPU or RSS per unit | "
-           "× HAProxy tcp | × NGINX | errors | handshakes full / resumed | kernel share of CPU | "
-           "syscalls / io_uring_enter per unit |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "× HAProxy tcp | × HAProxy http | × NGINX | errors | handshakes full / resumed | "
+           "kernel share of CPU | syscalls / io_uring_enter per unit |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         rate = fmt(s["rate"], 2) + " Gbit/s" if s["unit"] == "GiB" else fmt(s["rate"], 0) + "/s"
         if s["unit"] in ("connection", "second"):
@@ -1096,7 +1100,7 @@ def write_results(args, rows, notes, versions, load_start, load_end):
                   f"{fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} | "
                   f"**{fmt(s['cpu_per_unit'], 3 if s['unit'] in ('MiB', 'GiB', 'second') else 1)}** "
                   f"{UNIT_TEXT[s['unit']]} | {fmt(s['vs_haproxy-tcp'], 2)} | "
-                  f"{fmt(s['vs_nginx'], 2)} | {s['errors']} | {s['hs_full']} / {s['hs_resumed']} | "
+                  f"{fmt(s['vs_haproxy-http'], 2)} | {fmt(s['vs_nginx'], 2)} | {s['errors']} | {s['hs_full']} / {s['hs_resumed']} | "
                   f"{fmt(100 * s['sys_share'], 0)}{'' if s['sys_share'] != s['sys_share'] else ' %'} | "
                   f"{fmt(s['syscalls'], 1)} / {fmt(s['uring_enters'], 1)} |")
     if notes:
@@ -1190,9 +1194,17 @@ def main():
                    help="wrk workloads: count each proxy's system calls (and io_uring_enter) "
                    "per unit with perf stat")
     p.add_argument("--profile", default="", metavar="DIR",
-                   help="wrk workloads: perf record -g of each kgated run into DIR "
+                   help="wrk workloads: perf record -g of each proxy's run (-p, every "
+                   "process and thread of it) into DIR "
                    "(<proxy>-w<N>-<workload>-<round>.perf.data); costs CPU, so not for the "
                    "numbers of the same run")
+    p.add_argument("--profile-call-graph", default="fp", choices=("fp", "dwarf"),
+                   help="--profile: how perf unwinds stacks; Debian's libcrypto has no frame "
+                   "pointers and no symbols for its internals, so only dwarf (.eh_frame) "
+                   "reaches the exported EVP/X509 callers of its hot loops (about 8 KiB per "
+                   "sample)")
+    p.add_argument("--profile-freq", type=int, default=4000, metavar="HZ",
+                   help="--profile: samples per second (perf record -F)")
     p.add_argument("--bulk-origin", default="backend", choices=("backend", "nginx"),
                    help="what serves the 1 MiB responses: two http_backend (default) or "
                    "one NGINX serving a 1 MiB file on two ports")

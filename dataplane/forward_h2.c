@@ -556,14 +556,13 @@ static bool request_sent(const struct h2_stream *s)
 
 /* ---- response ---- */
 
-/* The parsed head goes to the client: names lower case (HTTP/2 wants
- * them so; the head is ours to rewrite in place), hop-by-hop fields left
- * out. */
-static int flush_head(struct h2_stream *s, bool end)
+/* The parsed head goes to the client as status: names lower case
+ * (HTTP/2 wants them so; the head is ours to rewrite in place), hop-by-hop
+ * fields left out. */
+static int send_head(struct h2_stream *s, int status, bool end)
 {
 	struct h2_conn *h = s->owner;
 	unsigned max = s->resp.n_fields;
-	s->head_pending = false;
 	struct kg_http_pair *pairs = max ? calloc(max, sizeof(*pairs)) : NULL;
 	struct kg_h2_field *f = max ? calloc(max, sizeof(*f)) : NULL;
 	if (max && (!pairs || !f)) {
@@ -580,9 +579,16 @@ static int flush_head(struct h2_stream *s, bool end)
 		f[i] = (struct kg_h2_field){pairs[i].name, pairs[i].name_len, pairs[i].value,
 					    pairs[i].value_len};
 	}
-	int r = n < 0 ? n : kg_h2_respond(h->h2, s->id, s->status, f, (size_t)n, end);
+	int r = n < 0 ? n : kg_h2_respond(h->h2, s->id, status, f, (size_t)n, end);
 	free(pairs);
 	free(f);
+	return r;
+}
+
+static int flush_head(struct h2_stream *s, bool end)
+{
+	s->head_pending = false;
+	int r = send_head(s, s->status, end);
 	s->resp_started = true;
 	if (end)
 		s->answered = true;
@@ -684,10 +690,17 @@ static void process_response(struct h2_stream *s)
 			}
 			goto out;
 		case KG_HTTP_DONE:
-			if (kg_http_status(&s->resp) < 200) {
-				/* An interim response (100 Continue): HTTP/2
-				 * clients need none; the final one follows from
-				 * offset 0 like every head. */
+			int code = kg_http_status(&s->resp);
+			if (code < 200) {
+				/* An interim response (100 Continue, 103 Early
+				 * Hints) is passed on: a client that sent
+				 * "Expect: 100-continue" waits for it before its
+				 * body. HTTP/2 has no 101 (a tunnel is not this
+				 * path). A failure loses the hint, not the
+				 * exchange. The final head follows from offset 0
+				 * like every head. */
+				if (code != 101 && s->open && !s->answered)
+					(void)send_head(s, code, false);
 				kg_http_next(&s->resp);
 				s->resp.head_only_response = strcmp(s->method, "HEAD") == 0;
 				memmove(s->bbuf, s->bbuf + s->bparsed, s->blen - s->bparsed);
@@ -971,6 +984,20 @@ static void bc_on_response(void *ctx, int32_t id, void *user, int status,
 	bmark(s);
 }
 
+/* 100 Continue or 103 Early Hints from the backend: passed on as they
+ * came (a failure loses the hint, not the exchange). */
+static void bc_on_interim(void *ctx, int32_t id, void *user, int status,
+			  const struct kg_h2_field *f, size_t n)
+{
+	struct h2_stream *s = user;
+	(void)ctx;
+	(void)id;
+	if (!s || s->answered || !s->open || s->resp_started)
+		return;
+	(void)kg_h2_respond(s->owner->h2, s->id, status, f, n, false);
+	bmark(s);
+}
+
 static void bc_on_data(void *ctx, int32_t id, void *user, const uint8_t *p, size_t n)
 {
 	struct h2_bconn *bc = ctx;
@@ -1075,6 +1102,7 @@ static void bc_on_goaway(void *ctx, int32_t last_id, uint32_t code)
 
 static const struct kg_h2c_handler bc_handler = {
 	.on_response = bc_on_response,
+	.on_interim = bc_on_interim,
 	.on_data = bc_on_data,
 	.on_end = bc_on_end,
 	.on_send_room = bc_on_send_room,

@@ -155,13 +155,18 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 	/* Which block this is goes by what came before, not by nghttp2's
 	 * category: a final head after an interim one is HCAT_HEADERS too. */
 	bool head = !st->head_done;
-	if (head && st->status < 200)
-		return 0; /* interim (100, 103): the final one follows */
-	st->head_done = true;
+	bool interim = head && st->status < 200;
+	if (interim && !h->cb.on_interim) {
+		kg_h2_block_clear(&st->block);
+		return 0; /* the final one follows */
+	}
+	st->head_done = !interim;
 	struct kg_h2_field *f = fields_of(st);
 	if (!f)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
-	if (head) {
+	if (interim) {
+		h->cb.on_interim(h->ctx, st->id, st->user, st->status, f, st->block.n);
+	} else if (head) {
 		if (h->cb.on_response)
 			h->cb.on_response(h->ctx, st->id, st->user, st->status, f, st->block.n, end);
 	} else if (h->cb.on_end) {

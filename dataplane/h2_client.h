@@ -49,10 +49,14 @@ struct kg_h2c_request {
 };
 
 struct kg_h2c_handler {
-	/* The final response head (1xx ones are skipped); fields valid during
-	 * the call. end_stream: no body and no trailers follow. */
+	/* The final response head; fields valid during the call. end_stream:
+	 * no body and no trailers follow. */
 	void (*on_response)(void *ctx, int32_t id, void *user, int status,
 			    const struct kg_h2_field *fields, size_t n, bool end_stream);
+	/* An interim head (1xx: 100 Continue, 103 Early Hints), any number
+	 * before the final one. Optional. */
+	void (*on_interim)(void *ctx, int32_t id, void *user, int status,
+			   const struct kg_h2_field *fields, size_t n);
 	/* Response body bytes (valid during the call); the window reopens
 	 * as the caller calls kg_h2c_consume. */
 	void (*on_data)(void *ctx, int32_t id, void *user, const uint8_t *p, size_t n);

@@ -1015,8 +1015,11 @@ int kg_h2_respond(struct kg_h2 *h, int32_t id, int status, const struct kg_h2_fi
 	struct kg_h2_stream *st = stream_of(h, id);
 	if (!st || !st->accepted)
 		return -ENOENT;
-	/* A final answer only: nghttp2 would take a 1xx head for the last. */
-	if (st->responded || status < 200 || status > 999)
+	/* 101 has no place in HTTP/2 (RFC 9113 8.6); other 1xx heads are
+	 * interim and precede the final one, which ends nothing. */
+	bool interim = status >= 100 && status < 200;
+	if (st->responded || status < 100 || status > 999 || status == 101 ||
+	    (interim && end_stream))
 		return -EINVAL;
 	char code[4];
 	code[0] = (char)('0' + status / 100);
@@ -1028,6 +1031,14 @@ int kg_h2_respond(struct kg_h2 *h, int32_t id, int status, const struct kg_h2_fi
 	int rv = make_nv(h, fields, n, code, &nv, &k);
 	if (rv < 0)
 		return rv;
+	if (interim) {
+		/* A HEADERS frame that does not end the stream: nghttp2 takes
+		 * non-final heads only this way (submit_response would end the
+		 * head phase). */
+		int32_t r = nghttp2_submit_headers(h->s, NGHTTP2_FLAG_NONE, id, NULL, nv, k, NULL);
+		mem_free(nv, h);
+		return r < 0 ? ng_err(r) : 0;
+	}
 	nghttp2_data_provider dp = {.source.ptr = st, .read_callback = on_read_data};
 	rv = ng_err(nghttp2_submit_response(h->s, id, nv, k, end_stream ? NULL : &dp));
 	mem_free(nv, h);

@@ -128,8 +128,11 @@ void kg_h2_set_stream_user(struct kg_h2 *h, int32_t id, void *user);
 /* n bytes of the stream's request body were passed on: reopen its window. */
 int kg_h2_consume(struct kg_h2 *h, int32_t id, size_t n);
 
-/* The response head (final: status 200-999). Names must be lower case;
- * connection-specific fields are dropped here. end_stream: no body follows. */
+/* A response head: final (status 200-999), or interim (1xx but 101,
+ * which HTTP/2 does not have: 100 Continue, 103 Early Hints), any number
+ * of which may come before the final one and never end the stream. Names
+ * must be lower case; connection-specific fields are dropped here.
+ * end_stream: no body follows (final heads only). */
 int kg_h2_respond(struct kg_h2 *h, int32_t id, int status, const struct kg_h2_field *fields,
 		  size_t n, bool end_stream);
 /* Queues body bytes (copied); end: the last of them. The forwarder queues

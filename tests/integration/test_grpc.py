@@ -405,7 +405,8 @@ class RefusingH2cBackend:
     the next of `actions` (then "serve"): "goaway" (GOAWAY with last
     stream 0 on its HEADERS, then the connection closes: a restart's
     race), "rst" (RST_STREAM REFUSED_STREAM on its HEADERS), "rst_at_end"
-    (the same once the whole body is read). A served answer says which
+    (the same once the whole body is read), "hints" (a 103 Early Hints
+    head first, then served). A served answer says which
     connection served it and the length and sha256 of the body read."""
 
     def __init__(self, actions):
@@ -459,6 +460,9 @@ class RefusingH2cBackend:
                         if act == "rst":
                             conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                             continue
+                        if act == "hints":
+                            conn.send_headers(ev.stream_id, [(":status", "103"),
+                                                             ("link", "</a.css>; rel=preload")])
                         streams[ev.stream_id] = [act, bytearray()]
                         if ev.stream_ended:
                             self.finish(conn, ev.stream_id, streams.pop(ev.stream_id), conn_no)
@@ -487,6 +491,22 @@ class RefusingH2cBackend:
     def close(self):
         self.stopping = True
         self.sock.close()
+
+
+def test_interim_head_from_h2_backend_reaches_the_client(pki, gated):
+    b = RefusingH2cBackend(["hints"])
+    try:
+        d = start(gated, pki, [b.address])
+        cli = H2Client(pki, d.port)
+        sid = cli.request("/r")
+        cli.pump(until=lambda: cli.streams[sid]["done"])
+        st = cli.streams[sid]
+        assert st["status"] == 200, st
+        assert [dict(h) for h in st["interim"]] == [
+            {":status": "103", "link": "</a.css>; rel=preload"}], st["interim"]
+        cli.close()
+    finally:
+        b.close()
 
 
 def refused_case(pki, gated, actions, body=None):

@@ -70,7 +70,7 @@ class H2Client:
         hdrs += list(headers)
         self.conn.send_headers(sid, hdrs, end_stream=end and body is None)
         self.streams[sid] = {"status": None, "headers": [], "data": bytearray(), "done": False,
-                             "reset": None, "trailers": None}
+                             "reset": None, "trailers": None, "interim": []}
         self.flush()
         if body is not None:
             self.send_body(sid, body, end=end)
@@ -132,6 +132,10 @@ class H2Client:
             st["headers"] = [(k.decode() if isinstance(k, bytes) else k,
                               v.decode() if isinstance(v, bytes) else v) for k, v in ev.headers]
             st["status"] = int(dict(st["headers"])[":status"])
+        elif isinstance(ev, h2.events.InformationalResponseReceived):
+            st["interim"].append([(k.decode() if isinstance(k, bytes) else k,
+                                   v.decode() if isinstance(v, bytes) else v)
+                                  for k, v in ev.headers])
         elif isinstance(ev, h2.events.DataReceived):
             st["data"] += ev.data
             self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -358,6 +362,53 @@ def test_underscore_reject_answers_400_on_the_stream(pki, spawn_kgated, backends
 
 def sha(b):
     return hashlib.sha256(b).hexdigest()
+
+
+def test_interim_responses_reach_the_client(pki, spawn_kgated, backends, h2clients, tmp_path):
+    """1xx heads from an HTTP/1.1 backend pass to the h2 client: curl's
+    "Expect: 100-continue" upload gets its 100 at once instead of waiting
+    out its 1 s timer, and a 103 Early Hints keeps its Link field."""
+    a, = backends("A")
+    d = start(spawn_kgated, pki, [a])
+    f = tmp_path / "up"
+    f.write_bytes(b"z" * (2 << 20))
+    res = run(["curl", "-sS", "--http2", "-v", "--max-time", "60", "--cacert", pki.ca,
+               "--cert", pki.cert("client"), "--key", pki.key("client"),
+               "--resolve", "localhost:%d:127.0.0.1" % d.port, "-H", "Expect: 100-continue",
+               "--data-binary", "@%s" % f, "-o", "/dev/null", "-w", "%{http_code}",
+               "https://localhost:%d/echo" % d.port], check=False, timeout=90)
+    assert res.returncode == 0 and res.stdout == "200", (res.stdout, res.stderr[-2000:])
+    assert "< HTTP/2 100" in res.stderr, res.stderr[-2000:]
+    assert "Done waiting for 100-continue" not in res.stderr
+
+    hints = EarlyHintsBackend()
+    try:
+        d2 = start(spawn_kgated, pki, [hints.address])
+        cli = h2clients(pki, d2.port)
+        sid = cli.request("/page")
+        cli.wait(sid)
+        st = cli.streams[sid]
+        assert st["status"] == 200 and bytes(st["data"]) == b"ok", st
+        assert [dict(h) for h in st["interim"]] == [
+            {":status": "103", "link": "</a.css>; rel=preload"}], st["interim"]
+    finally:
+        hints.close()
+
+
+class EarlyHintsBackend(ThreadedServer):
+    """Answers each request with 103 Early Hints, then 200 "ok"."""
+
+    def handle(self, conn):
+        buf = b""
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf:
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
 def test_large_bodies_both_ways(pki, spawn_kgated, backends, h2clients, tmp_path):

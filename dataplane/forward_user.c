@@ -1,8 +1,11 @@
 /* Path userspace-tls: OpenSSL decrypts what the client sends and
  * encrypts what the backend answers; io_uring moves the bytes. Each
- * direction holds at most one buffer of plaintext plus what OpenSSL has
- * queued for one record, and re-arms its receive only when that has been
- * sent: back-pressure with bounded memory.
+ * direction holds at most one buffer of plaintext plus its records, and
+ * re-arms its receive only when that has been sent: back-pressure with
+ * bounded memory. Backend → client receives up to a batch (64 KiB, from
+ * the worker's batch ring): what a backend has ready leaves as up to four
+ * records in one send (bufpool.h), where a record per receive and send
+ * made the kernel's per-call path cost more than the copies.
  *
  * Half-close: client close_notify or FIN → shutdown(backend, SHUT_WR) once
  * everything before it was sent; backend FIN → close_notify to the client,
@@ -46,7 +49,7 @@ static void arm_backend_recv(struct kg_conn *c)
 		return;
 	/* No buffer while waiting: the worker's ring lends one on arrival. */
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	kg_bufpool_prep_recv(sqe, c->bfd);
+	kg_bufpool_prep_recv(sqe, c->bfd, KG_RING_BATCH);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_BACKEND_RECV, c->idx, c->bfd));
 	u->b_recv_busy = true;
 	c->inflight++;
@@ -199,7 +202,7 @@ static void on_backend_recv(struct kg_conn *c, int res, const unsigned char *dat
 	if (res == -ENOBUFS) {
 		/* Ring empty for now: it grows, and buffers return within
 		 * this batch. */
-		kg_bufpool_grow(&c->worker->bufs);
+		kg_bufpool_grow(&c->worker->bufs, KG_RING_BATCH);
 		arm_backend_recv(c);
 		return;
 	}
@@ -223,7 +226,9 @@ static void on_backend_recv(struct kg_conn *c, int res, const unsigned char *dat
 	kg_conn_touch(c);
 	kg_count_add(&c->worker->stats.forwarded_b2c, (uint64_t)res);
 	/* Memory BIO: SSL_write takes the whole buffer at once, so the
-	 * ring's buffer goes back as soon as this returns. */
+	 * ring's buffer goes back as soon as this returns; its records go
+	 * into one send span. */
+	kg_client_out_expect(c, (size_t)res);
 	int n = SSL_write(c->ssl, data, res);
 	if (n != res) {
 		kg_tls_status(c->ssl, n, reason, sizeof(reason));

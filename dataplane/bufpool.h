@@ -27,7 +27,7 @@
 /* The two provided-buffer rings; the value is the ring's buffer group id. */
 enum kg_ring {
 	KG_RING_RECORD = 0, /* KG_IO_BUF_SIZE buffers: client receives, most backend ones */
-	KG_RING_BATCH = 1,  /* KG_BATCH_BYTES buffers: the tls relay's backend receives */
+	KG_RING_BATCH = 1,  /* KG_BATCH_BYTES buffers: the tls relay's bulk backend receives */
 	KG_RING_COUNT
 };
 

@@ -78,6 +78,7 @@ static int openssl_read(struct kg_conn *c, unsigned char *buf, size_t len)
 static int openssl_write(struct kg_conn *c, const void *p, size_t n)
 {
 	char reason[256];
+	kg_client_out_expect(c, n); /* its records in one send */
 	int r = SSL_write(c->ssl, p, (int)n);
 	if (r == (int)n)
 		return 0;
@@ -121,6 +122,7 @@ static int ktls_read(struct kg_conn *c, unsigned char *buf, size_t len)
 
 static int ktls_write(struct kg_conn *c, const void *p, size_t n)
 {
+	kg_client_out_expect(c, n); /* one send, the kernel makes the records */
 	if (kg_client_out_write(c, p, n) == 0)
 		return 0;
 	kg_conn_close(c, "out of memory for a response");

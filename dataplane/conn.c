@@ -56,6 +56,9 @@ static void conn_peer(const struct kg_conn *c, char *buf, size_t len)
  * queues in a "spill" memory BIO that exists only then; bytes never
  * overtake each other: once something is spilled, everything after it is
  * spilled too until the flush has moved it into c_out.
+ * A caller that is about to write more than a record at once says so
+ * (kg_client_out_expect): c_out is then a batch buffer, and the records
+ * leave in one send.
  * Runs on the connection's worker thread only. */
 
 /* Bytes through a connection's memory BIOs after which an idle visit
@@ -83,6 +86,48 @@ size_t kg_client_spill_pending(const struct kg_conn *c)
 	return n;
 }
 
+/* The send span's size: a pool buffer, or a batch buffer. */
+static uint32_t out_cap(const struct kg_conn *c)
+{
+	return c->c_out_batch ? KG_BATCH_BUF_SIZE : KG_POOL_BUF_SIZE;
+}
+
+/* Gives the send span's buffer back to its pool. */
+static void out_release(struct kg_conn *c)
+{
+	if (c->c_out_batch)
+		kg_batch_put(&c->worker->bufs, c->c_out.data);
+	else
+		kg_buf_put(&c->worker->bufs, c->c_out.data);
+	c->c_out.data = NULL;
+	c->c_out_batch = false;
+	c->c_out.off = c->c_out.len = 0;
+}
+
+/* The span is empty and no send reads it: n bytes that are more than one
+ * record go into a batch buffer, so one send carries them all (the
+ * per-send kernel path on both sides of the socket, not the bytes, was
+ * what a 16 KiB send added). */
+static void out_fit_batch(struct kg_conn *c, size_t n)
+{
+	if (n <= KG_IO_BUF_SIZE || c->c_out_batch)
+		return;
+	unsigned char *b = kg_batch_get(&c->worker->bufs);
+	if (!b)
+		return;
+	out_release(c);
+	c->c_out.data = b;
+	c->c_out_batch = true;
+}
+
+void kg_client_out_expect(struct kg_conn *c, size_t n)
+{
+	if (c->c_send_busy || c->c_out.off < c->c_out.len || kg_client_spill_pending(c) > 0)
+		return;
+	c->c_out.off = c->c_out.len = 0;
+	out_fit_batch(c, n);
+}
+
 int kg_client_out_write(struct kg_conn *c, const void *data, size_t len)
 {
 	if (kg_client_spill_pending(c) == 0) {
@@ -92,7 +137,7 @@ int kg_client_out_write(struct kg_conn *c, const void *data, size_t len)
 			c->c_out.off = c->c_out.len = 0;
 		if (!c->c_out.data && !(c->c_out.data = kg_buf_get(&c->worker->bufs)))
 			return -ENOMEM;
-		if (len <= KG_POOL_BUF_SIZE - c->c_out.len) {
+		if (len <= out_cap(c) - c->c_out.len) {
 			/* Past c_out.len: a send in flight never reads there. */
 			memcpy(c->c_out.data + c->c_out.len, data, len);
 			c->c_out.len += (uint32_t)len;
@@ -185,13 +230,11 @@ static int conn_alloc_c_in(struct kg_conn *c)
 /* Gives back every buffer the connection still holds. */
 static void conn_release_buffers(struct kg_conn *c)
 {
-	struct kg_bufpool *pool = &c->worker->bufs;
-	kg_buf_put(pool, c->c_out.data);
+	out_release(c);
 	free(c->c_in.data);
 	BIO_free(c->out_spill);
 	c->out_spill = NULL;
 	memset(&c->c_in, 0, sizeof(c->c_in));
-	memset(&c->c_out, 0, sizeof(c->c_out));
 }
 
 void kg_conn_drop_tls(struct kg_conn *c)
@@ -345,7 +388,7 @@ void kg_conn_arm_client_recv(struct kg_conn *c)
 	} else {
 		/* userspace-tls: no buffer while waiting, every byte fed to OpenSSL
 		 * on completion. */
-		kg_bufpool_prep_recv(sqe, c->cfd);
+		kg_bufpool_prep_recv(sqe, c->cfd, KG_RING_RECORD);
 	}
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_CLIENT_RECV, c->idx, c->cfd));
 	c->c_recv_busy = true;
@@ -569,7 +612,7 @@ void kg_conn_on_client_recv(struct kg_conn *c, int res, const unsigned char *dat
 		/* The ring was empty: it grows, and buffers come back as this
 		 * batch of completions is handled, before the new receive is
 		 * submitted. */
-		kg_bufpool_grow(&c->worker->bufs);
+		kg_bufpool_grow(&c->worker->bufs, KG_RING_RECORD);
 		kg_conn_arm_client_recv(c);
 		return;
 	}
@@ -854,18 +897,19 @@ void kg_conn_flush_client(struct kg_conn *c)
 		/* OpenSSL writes records into c_out (kg_client_bio_new); what it
 		 * spilled behind a full span moves in now. */
 		c->c_out.off = c->c_out.len = 0;
-		if (kg_client_spill_pending(c) == 0) {
+		size_t spilled = kg_client_spill_pending(c);
+		if (spilled == 0) {
 			/* Nothing left to send: the buffer goes back to the pool. */
-			kg_buf_put(&c->worker->bufs, c->c_out.data);
-			c->c_out.data = NULL;
+			out_release(c);
 			client_drained(c);
 			return;
 		}
+		out_fit_batch(c, spilled);
 		if (!c->c_out.data && !(c->c_out.data = kg_buf_get(&c->worker->bufs))) {
 			kg_conn_close(c, "out of memory for a send buffer");
 			return;
 		}
-		int n = BIO_read(c->out_spill, c->c_out.data, KG_POOL_BUF_SIZE);
+		int n = BIO_read(c->out_spill, c->c_out.data, (int)out_cap(c));
 		if (n <= 0) {
 			kg_conn_close(c, "cannot read queued TLS records");
 			return;

@@ -91,6 +91,7 @@ struct kg_conn {
 	uint32_t c_in_cap;
 	struct kg_span c_in;  /* recv from client (ciphertext); kTLS plan only */
 	struct kg_span c_out; /* to send to client (ciphertext), pool buffer, written by net_out */
+	bool c_out_batch;     /* c_out is a batch buffer (kg_client_out_expect), not a pool one */
 	uint32_t bio_grown;   /* bytes through net_in and out_spill since the last trim */
 
 	bool c_recv_busy, c_send_busy;
@@ -159,6 +160,13 @@ BIO *kg_client_bio_new(struct kg_conn *c);
  * https listener queues plaintext here and the kernel encrypts it when
  * kg_conn_flush_client sends. 0, or -ENOMEM (-EMSGSIZE past INT_MAX). */
 int kg_client_out_write(struct kg_conn *c, const void *data, size_t len);
+/* The caller is about to queue about n bytes for the client (one
+ * SSL_write's plaintext, or plaintext on kTLS). When they are more than a
+ * record and nothing is queued or in flight, the send span becomes a batch
+ * buffer (bufpool.h) so that they leave in one send; it goes back to the
+ * pool once sent, like the pool buffer. Without memory for one, the pool
+ * buffer and the spill carry them as before. */
+void kg_client_out_expect(struct kg_conn *c, size_t n);
 /* Bytes OpenSSL wrote that wait in the spill BIO (not yet in c_out). */
 size_t kg_client_spill_pending(const struct kg_conn *c);
 /* One readiness poll on fd (one of the connection's sockets), completing

@@ -93,9 +93,13 @@ struct kg_http_conn {
 	 * holds neither (NULL). */
 	unsigned char *rbuf;
 	uint32_t rcap, rlen, rsent, rparsed;
-	/* From the backend: [0, bparsed) handed to OpenSSL, the rest not yet. */
+	/* From the backend: [0, bparsed) handed to OpenSSL, the rest not yet.
+	 * bcap bounds a response head; bsize is bbuf's size: bcap, or a
+	 * batch (KG_BATCH_BYTES) once the backend sends a body faster than
+	 * one buffer per receive (grow_body_buffer). */
 	unsigned char *bbuf;
-	uint32_t bcap, blen, bparsed;
+	uint32_t bcap, bsize, blen, bparsed;
+	bool b_filled; /* the last receive filled bbuf: the backend had more ready */
 
 	struct kg_http_client who; /* the client's address, identity, policy (http_balance.h) */
 	bool drop_logged;        /* the connection's first dropped header was logged */
@@ -177,16 +181,24 @@ static const struct kg_http_conf *conf_of(const struct kg_conn *c)
 }
 
 /* A cap-byte buffer: the worker's send-buffer pool serves the usual size
- * (max_header_bytes up to 16 KiB), larger ones are allocated. */
+ * (max_header_bytes up to 16 KiB) and its batch pool a batch, other sizes
+ * are allocated. The cap alone decides, so a buffer goes back where it
+ * came from. */
 static unsigned char *io_buf_get(struct kg_conn *c, uint32_t cap)
 {
-	return cap <= KG_POOL_BUF_SIZE ? kg_buf_get(&c->worker->bufs) : malloc(cap);
+	if (cap <= KG_POOL_BUF_SIZE)
+		return kg_buf_get(&c->worker->bufs);
+	if (cap == KG_BATCH_BYTES)
+		return kg_batch_get(&c->worker->bufs);
+	return malloc(cap);
 }
 
 static void io_buf_put(struct kg_conn *c, unsigned char *buf, uint32_t cap)
 {
 	if (cap <= KG_POOL_BUF_SIZE)
 		kg_buf_put(&c->worker->bufs, buf);
+	else if (cap == KG_BATCH_BYTES)
+		kg_batch_put(&c->worker->bufs, buf);
 	else
 		free(buf);
 }
@@ -317,7 +329,7 @@ static void detach_backend(struct kg_conn *c, bool reusable)
 		kg_health_conn_end(c->group->health, (size_t)c->member);
 	c->member_counted = false;
 	h->reused = false;
-	io_buf_put(c, h->bbuf, h->bcap);
+	io_buf_put(c, h->bbuf, h->bsize);
 	h->bbuf = NULL;
 	h->blen = h->bparsed = 0;
 }
@@ -406,14 +418,23 @@ static bool read_client(struct kg_conn *c)
 
 /* ---- backend side ---- */
 
+/* Where a receive into bbuf may end: a head stays within bcap, a body
+ * may fill the buffer. */
+static uint32_t recv_limit(const struct kg_http_conn *h)
+{
+	if (h->resp.phase == KG_HTTP_PHASE_BODY || h->bsize < h->bcap)
+		return h->bsize;
+	return h->bcap;
+}
+
 static void arm_backend_recv(struct kg_conn *c)
 {
 	struct kg_http_conn *h = http_of(c);
 	if (h->b_recv_busy || h->resp_done || c->bfd < 0 || h->rstate == R_CLOSING ||
-	    h->blen == h->bcap || h->b2c_wait || h->b2c_splice)
+	    h->blen >= recv_limit(h) || h->b2c_wait || h->b2c_splice)
 		return;
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	io_uring_prep_recv(sqe, c->bfd, h->bbuf + h->blen, h->bcap - h->blen, 0);
+	io_uring_prep_recv(sqe, c->bfd, h->bbuf + h->blen, recv_limit(h) - h->blen, 0);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_HTTP_BACKEND_RECV, c->idx, c->bfd));
 	h->b_recv_busy = true;
 	c->inflight++;
@@ -459,7 +480,12 @@ static void attach_backend(struct kg_conn *c, int m, int fd, bool reused)
 	h->resp.head_only_response = kg_http_is_head_method(&h->req);
 	h->rstate = R_SEND;
 	set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
-	if (!h->bbuf && !(h->bbuf = io_buf_get(c, h->bcap))) {
+	h->b_filled = false;
+	if (!h->bbuf) {
+		h->bsize = h->bcap;
+		h->bbuf = io_buf_get(c, h->bsize);
+	}
+	if (!h->bbuf) {
 		kg_conn_close(c, "out of memory for a response buffer"); /* closes fd too */
 		return;
 	}
@@ -1017,7 +1043,7 @@ static void process_response(struct kg_conn *c)
 				kg_conn_flush_client(c);
 				return;
 			}
-			if (h->resp.phase == KG_HTTP_PHASE_HEAD && h->blen == h->bcap) {
+			if (h->resp.phase == KG_HTTP_PHASE_HEAD && h->blen >= h->bcap) {
 				reply_error(c, 502, "response head too large");
 				return;
 			}
@@ -1105,11 +1131,32 @@ static void on_backend_recv(struct kg_conn *c, int res)
 		return;
 	}
 	h->blen += (uint32_t)res;
+	h->b_filled = h->blen >= recv_limit(h);
 	set_deadline(c, c->worker->now_ms + conf_of(c)->response_timeout_ms);
 	process_response(c);
 	if (c->state == KG_CONN_FORWARDING && c->bfd >= 0 && !h->resp_done && !h->quickacked &&
 	    h->rstate != R_TUNNEL)
 		ack_partial_response(c);
+}
+
+/* bbuf is empty in the middle of a response body. When the last receive
+ * filled it, the backend sends faster than a buffer per receive: a batch
+ * buffer takes up to four records' worth per receive, and they leave in
+ * one send (kg_client_out_expect), a quarter of the calls on both
+ * sockets. It goes back when the backend connection is detached, at the
+ * end of the exchange, so an idle connection holds none; a slow body
+ * (events, a trickle) never fills the buffer and keeps the small one. */
+static void grow_body_buffer(struct kg_conn *c)
+{
+	struct kg_http_conn *h = http_of(c);
+	if (!h->b_filled || h->bsize >= KG_BATCH_BYTES)
+		return;
+	unsigned char *b = io_buf_get(c, KG_BATCH_BYTES);
+	if (!b)
+		return; /* the buffer it has serves, a receive at a time */
+	io_buf_put(c, h->bbuf, h->bsize);
+	h->bbuf = b;
+	h->bsize = KG_BATCH_BYTES;
 }
 
 static void on_client_drained(struct kg_conn *c)
@@ -1150,6 +1197,7 @@ static void on_client_drained(struct kg_conn *c)
 		return;
 	/* The client took everything: the buffer is free for more. */
 	h->blen = h->bparsed = 0;
+	grow_body_buffer(c);
 	arm_backend_recv(c);
 }
 
@@ -1624,7 +1672,7 @@ static void http_release(struct kg_conn *c)
 	kg_hop_free(&h->pump.c2b);
 	kg_hop_free(&h->pump.b2c);
 	io_buf_put(c, h->rbuf, h->rcap);
-	io_buf_put(c, h->bbuf, h->bcap);
+	io_buf_put(c, h->bbuf, h->bsize);
 	free(h);
 	c->fwd_ctx = NULL;
 }

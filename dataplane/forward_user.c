@@ -1,8 +1,13 @@
 /* Path userspace-tls: OpenSSL decrypts what the client sends and
  * encrypts what the backend answers; io_uring moves the bytes. Each
- * direction holds at most one buffer of plaintext plus what OpenSSL has
- * queued for one record, and re-arms its receive only when that has been
- * sent: back-pressure with bounded memory.
+ * direction holds at most one buffer of plaintext plus its records, and
+ * re-arms its receive only when that has been sent: back-pressure with
+ * bounded memory. Backend → client: once a receive filled its buffer
+ * (the backend has more ready), the next takes up to a batch (64 KiB, from
+ * the worker's batch ring) and its four records leave in one send
+ * (bufpool.h), where a record per receive and send made the kernel's
+ * per-call path cost more than the copies. Small exchanges keep to the
+ * record ring, so the batch ring grows with bulk transfers only.
  *
  * Half-close: client close_notify or FIN → shutdown(backend, SHUT_WR) once
  * everything before it was sent; backend FIN → close_notify to the client,
@@ -29,6 +34,7 @@
 struct kg_user {
 	struct kg_span b_out; /* plaintext from SSL_read to send to backend, pool buffer */
 	bool b_recv_busy, b_send_busy;
+	enum kg_ring b_ring; /* the ring of the next (or the pending) backend receive */
 	bool backend_eof; /* the backend sent FIN */
 	bool c2b_done;    /* backend's write side shut */
 	bool b2c_done;    /* client's write side shut after close_notify */
@@ -46,7 +52,7 @@ static void arm_backend_recv(struct kg_conn *c)
 		return;
 	/* No buffer while waiting: the worker's ring lends one on arrival. */
 	struct io_uring_sqe *sqe = kg_worker_sqe(c->worker);
-	kg_bufpool_prep_recv(sqe, c->bfd);
+	kg_bufpool_prep_recv(sqe, c->bfd, u->b_ring);
 	io_uring_sqe_set_data64(sqe, kg_ud_pack(KG_OP_BACKEND_RECV, c->idx, c->bfd));
 	u->b_recv_busy = true;
 	c->inflight++;
@@ -198,8 +204,11 @@ static void on_backend_recv(struct kg_conn *c, int res, const unsigned char *dat
 		return;
 	if (res == -ENOBUFS) {
 		/* Ring empty for now: it grows, and buffers return within
-		 * this batch. */
-		kg_bufpool_grow(&c->worker->bufs);
+		 * this batch. A batch receive takes a record's buffer
+		 * meanwhile rather than wait: more bulk connections than
+		 * the batch ring's cap only lose the batching. */
+		kg_bufpool_grow(&c->worker->bufs, u->b_ring);
+		u->b_ring = KG_RING_RECORD;
 		arm_backend_recv(c);
 		return;
 	}
@@ -222,8 +231,14 @@ static void on_backend_recv(struct kg_conn *c, int res, const unsigned char *dat
 	}
 	kg_conn_touch(c);
 	kg_count_add(&c->worker->stats.forwarded_b2c, (uint64_t)res);
+	/* A full buffer: the backend likely has more ready. */
+	u->b_ring = res >= (u->b_ring == KG_RING_BATCH ? KG_BATCH_BYTES : KG_IO_BUF_SIZE)
+			    ? KG_RING_BATCH
+			    : KG_RING_RECORD;
 	/* Memory BIO: SSL_write takes the whole buffer at once, so the
-	 * ring's buffer goes back as soon as this returns. */
+	 * ring's buffer goes back as soon as this returns; its records go
+	 * into one send span. */
+	kg_client_out_expect(c, (size_t)res);
 	int n = SSL_write(c->ssl, data, res);
 	if (n != res) {
 		kg_tls_status(c->ssl, n, reason, sizeof(reason));

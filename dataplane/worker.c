@@ -813,7 +813,9 @@ static void *worker_main(void *arg)
 	log_counters(w);
 	if (w->bufs.enobufs)
 		log_info("worker.bufring_empty", KV("worker", w->id),
-			 KV("receives", w->bufs.enobufs), KV("ring_buffers", w->bufs.n_ring_bufs));
+			 KV("receives", w->bufs.enobufs),
+			 KV("ring_buffers", w->bufs.rings[KG_RING_RECORD].n_bufs),
+			 KV("batch_buffers", w->bufs.rings[KG_RING_BATCH].n_bufs));
 	kg_bufpool_destroy(&w->bufs, &w->ring);
 	ring_exit(w);
 	/* The async jobs OCSP checks ran handshakes in (ocsp.h): their

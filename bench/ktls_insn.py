@@ -10,6 +10,7 @@ do not depend on timing):
 
 One kgated (the build's Release binary) runs under
   valgrind --tool=callgrind --zero-before=kg_conn_accept --dump-before=kg_conn_close
+           --dump-before=kg_conn_close_err --dump-before=kg_conn_reset
 with KGATED_POLL_WAIT=1 (kgated(8) ENVIRONMENT: valgrind 3.19 cannot run it
 otherwise) and two mutual-TLS listeners on one backend, `forwarding:
 splice` (the ktls-splice path) and `forwarding: userspace`
@@ -189,17 +190,18 @@ def parse_dump(path):
 class Counter:
     """kgated under callgrind: each connection's dump(s)."""
 
-    def __init__(self, workdir, pki, backend, fws):
+    def __init__(self, workdir, pki, backend, fws, log_level):
         self.dumps = os.path.join(workdir, "cg")
         os.makedirs(self.dumps)
         self.seen = set()
         listeners = [tls_listener(pki, [backend], name=fw, forwarding=fw)
                      for fw in fws]
-        cfg = base_config(pki, listeners, log_level="info")
+        cfg = base_config(pki, listeners, log_level=log_level)
         prefix = ["valgrind", "--tool=callgrind", "--vgdb=no",
                   "--log-file=" + os.path.join(workdir, "valgrind.log"),
                   "--callgrind-out-file=" + os.path.join(self.dumps, "cg.out"),
-                  "--zero-before=kg_conn_accept", "--dump-before=kg_conn_close"]
+                  "--zero-before=kg_conn_accept", "--dump-before=kg_conn_close",
+                  "--dump-before=kg_conn_close_err", "--dump-before=kg_conn_reset"]
         os.environ["KGATED_POLL_WAIT"] = "1"
         extra = ("--user", "root") if os.geteuid() == 0 else ()
         self.d = Daemon(cfg, os.path.join(workdir, "kgated"), extra_args=extra,
@@ -212,7 +214,7 @@ class Counter:
     def port(self, fw):
         return self.d.ports[fw]
 
-    def collect(self, timeout=300):
+    def collect(self, timeout=120):
         """Sum of the dumps written since the last call (the connection's
         close may be logged after the dump: wait for one, then for quiet)."""
         deadline = time.monotonic() + timeout
@@ -224,7 +226,10 @@ class Counter:
             new = sorted(files)
             time.sleep(2.0)
         if not new:
-            raise AssertionError("no callgrind dump after the connection closed")
+            ss = subprocess.run(["ss", "-tnoi"], capture_output=True, text=True).stdout
+            raise AssertionError("no callgrind dump %d s after the connection closed\n"
+                                 "ss:\n%s\nkgated log (tail):\n%s" %
+                                 (timeout, ss, "\n".join(self.d.log().splitlines()[-40:])))
         self.seen.update(new)
         total = knob = 0
         for p in new:
@@ -238,7 +243,12 @@ class Counter:
             raise AssertionError("kgated exited %s" % rc)
 
 
+def progress(msg):
+    print("%s %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+
+
 def measure(counter, ctx, fw, mib, way, hold_s=0.0):
+    progress("%s %s %d MiB hold %.0f s" % (fw, way, mib, hold_s))
     before = tls_stat()
     secs = transfer(ctx, counter.port(fw), mib * MiB, way, hold_s)
     ir, knob, ndumps = counter.collect()
@@ -261,6 +271,7 @@ def main():
     ap.add_argument("--versions", default="1.2,1.3")
     ap.add_argument("--forwarding", default="splice,userspace")
     ap.add_argument("--ways", default="D,U", help="D download, U upload")
+    ap.add_argument("--log-level", default="info", help="kgated's (debug to diagnose)")
     ap.add_argument("--allow-no-ktls", action="store_true",
                     help="outside the VM: the splice listener then takes userspace-tls")
     ap.add_argument("--out", help="JSON results (also printed last, after RESULT, "
@@ -281,7 +292,7 @@ def main():
     res = {"valgrind": vg, "kernel": os.uname().release, "kgated": KGATED,
            "small_mib": a.small, "big_mib": a.big, "idle_s": idle_s, "runs": [], "rows": []}
     t_start = time.monotonic()
-    c = Counter(work, pki, backend, fws)
+    c = Counter(work, pki, backend, fws, a.log_level)
     res["startup_s"] = round(time.monotonic() - t_start, 1)
     made = {fw: 0 for fw in fws}
     try:

@@ -21,12 +21,15 @@ main thread). Each connection first sends a 9-byte request (size, 'D' or
 'U'); the backend then sends that many bytes (download) or reads them and
 answers one byte (upload).
 
-Per MiB = (Ir(big) - Ir(small) - idle) / (big - small) MiB, where idle is
-what the process spends per second with a connection open and nothing
-moving (measured here: idle connections held for two durations, same
-path), times the difference of the two transfers' durations; the Ir of
-KGATED_POLL_WAIT's own calls (poll, read of its eventfd, the GETEVENTS
-enter) is subtracted too, from each dump's own per-function costs.
+Per MiB = (Ir(big) - Ir(small) - idle - knob) / (big - small) MiB. idle:
+what the process spends per worker tick (100 ms; callgrind counts the
+worker's calls to arm_tick) with a connection open and nothing moving,
+measured here with idle connections held for two durations on the same
+path, times the difference in ticks between the two transfers. Counting
+ticks, not seconds, matters: a worker busy past a tick boundary skips that
+tick. The main thread's idle work is lumped into the per-tick figure.
+knob: the inclusive Ir of KGATED_POLL_WAIT's own calls (poll, read of its
+eventfd, the GETEVENTS enter), taken from each dump's call records.
 
 Every connection's path is checked: /proc/net/tls_stat's TlsTxSw and
 TlsRxSw move by one for a ktls-splice connection and not at all for a
@@ -154,7 +157,7 @@ def parse_dump(path):
     names, total, summary = {}, None, None
     fn = cfn = None
     in_call = False
-    knob = 0
+    knob = ticks = 0
 
     def name(spec):
         m = re.match(r"\((\d+)\)(?: (.*))?$", spec)
@@ -177,6 +180,8 @@ def parse_dump(path):
                 cfn = name(line[4:])
             elif line.startswith("calls="):
                 in_call = True
+                if cfn == "arm_tick":
+                    ticks += int(line[6:].split()[0])
             elif line[:1] in "0123456789+-*" and in_call:
                 in_call = False
                 if fn == "worker_main" and KNOB_FNS.match(cfn or ""):
@@ -184,7 +189,7 @@ def parse_dump(path):
     total = total if total is not None else summary
     if total is None:
         raise AssertionError("no totals in " + path)
-    return total, knob
+    return total, knob, ticks
 
 
 class Counter:
@@ -231,11 +236,11 @@ class Counter:
                                  "ss:\n%s\nkgated log (tail):\n%s" %
                                  (timeout, ss, "\n".join(self.d.log().splitlines()[-40:])))
         self.seen.update(new)
-        total = knob = 0
+        total = knob = ticks = 0
         for p in new:
-            t, k = parse_dump(p)
-            total, knob = total + t, knob + k
-        return total, knob, len(new)
+            t, k, n = parse_dump(p)
+            total, knob, ticks = total + t, knob + k, ticks + n
+        return total, knob, ticks, len(new)
 
     def stop(self):
         rc = self.d.terminate(timeout=600)
@@ -251,7 +256,7 @@ def measure(counter, ctx, fw, mib, way, hold_s=0.0):
     progress("%s %s %d MiB hold %.0f s" % (fw, way, mib, hold_s))
     before = tls_stat()
     secs = transfer(ctx, counter.port(fw), mib * MiB, way, hold_s)
-    ir, knob, ndumps = counter.collect()
+    ir, knob, ticks, ndumps = counter.collect()
     after = tls_stat()
     tx = after.get("TlsTxSw", 0) - before.get("TlsTxSw", 0)
     rx = after.get("TlsRxSw", 0) - before.get("TlsRxSw", 0)
@@ -259,7 +264,8 @@ def measure(counter, ctx, fw, mib, way, hold_s=0.0):
     if (tx, rx) != (want, want):
         raise AssertionError("%s connection: tls_stat TlsTxSw +%d TlsRxSw +%d, want +%d"
                              % (fw, tx, rx, want))
-    return {"ir": ir, "knob_ir": knob, "dumps": ndumps, "seconds": round(secs, 2)}
+    return {"ir": ir, "knob_ir": knob, "ticks": ticks, "dumps": ndumps,
+            "seconds": round(secs, 2)}
 
 
 def main():
@@ -305,7 +311,11 @@ def main():
                 made[fw] += 1
                 idle = [measure(c, ctx, fw, 0, "U", hold_s=h) for h in idle_s]
                 made[fw] += len(idle)
-                rate = (idle[1]["ir"] - idle[0]["ir"]) / (idle[1]["seconds"] - idle[0]["seconds"])
+                # Idle cost per worker tick (arm_tick's calls count them;
+                # the main thread's idle work is lumped in): ticks, not
+                # seconds, since a busy worker skips the ticks it misses.
+                rate = ((idle[1]["ir"] - idle[1]["knob_ir"] - idle[0]["ir"] + idle[0]["knob_ir"])
+                        / max(1, idle[1]["ticks"] - idle[0]["ticks"]))
                 for r, h in zip(idle, idle_s):
                     res["runs"].append(dict(r, version=ver, forwarding=fw, way="idle", hold_s=h))
                 for way in a.ways.split(","):
@@ -316,12 +326,13 @@ def main():
                         res["runs"].append(dict(r, version=ver, forwarding=fw, way=way, mib=mib))
                     d_ir = b["ir"] - s["ir"]
                     d_knob = b["knob_ir"] - s["knob_ir"]
-                    d_idle = rate * (b["seconds"] - s["seconds"])
+                    d_idle = rate * (b["ticks"] - s["ticks"])
                     dm = a.big - a.small
                     row = {"version": ver, "forwarding": fw, "path": PATHS[fw],
                            "way": {"D": "download", "U": "upload"}[way],
                            "raw_ir_per_mib": round(d_ir / dm),
-                           "idle_ir_per_s": round(rate),
+                           "idle_ir_per_tick": round(rate),
+                           "ticks_per_mib": round((b["ticks"] - s["ticks"]) / dm, 1),
                            "idle_ir_per_mib": round(d_idle / dm),
                            "knob_ir_per_mib": round(d_knob / dm),
                            "ir_per_mib": round((d_ir - d_idle - d_knob) / dm)}

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -749,6 +750,51 @@ static void log_counters(const struct kg_worker *w)
 	kg_log_emit(KG_LOG_INFO, "worker.stopped", f);
 }
 
+/* KGATED_POLL_WAIT=1, for measuring only (kgated(8) ENVIRONMENT): the
+ * worker sleeps in poll(2) on an eventfd registered on its ring instead
+ * of in io_uring_enter. Valgrind (3.19) runs io_uring_enter as a syscall
+ * that cannot block, so a worker waiting in it holds valgrind's one
+ * thread lock and the main thread never runs; poll(2) lets it go. */
+static int poll_wait_setup(struct kg_worker *w)
+{
+	const char *v = getenv("KGATED_POLL_WAIT");
+	if (!v || strcmp(v, "1") != 0)
+		return 0;
+	w->poll_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (w->poll_fd == -1)
+		return -errno;
+	int ret = io_uring_register_eventfd(&w->ring, w->poll_fd);
+	if (ret < 0) {
+		close(w->poll_fd);
+		w->poll_fd = -1;
+	}
+	return ret;
+}
+
+/* io_uring_submit_and_wait(ring, 1) by way of poll(2): the kernel
+ * signals the eventfd when a completion is posted and, on a
+ * DEFER_TASKRUN ring, when task work is queued that only a GETEVENTS
+ * enter runs. Cleared before that enter, so a signal after it is seen. */
+static int poll_wait(struct kg_worker *w)
+{
+	int ret = io_uring_submit(&w->ring);
+	if (ret < 0)
+		return ret;
+	for (;;) {
+		uint64_t n;
+		if (read(w->poll_fd, &n, sizeof(n)) == -1 && errno != EAGAIN)
+			return -errno;
+		ret = io_uring_get_events(&w->ring);
+		if (ret < 0)
+			return ret;
+		if (io_uring_cq_ready(&w->ring))
+			return 0;
+		struct pollfd p = {.fd = w->poll_fd, .events = POLLIN};
+		if (poll(&p, 1, -1) == -1 && errno != EINTR)
+			return -errno;
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	struct kg_worker *w = arg;
@@ -764,6 +810,14 @@ static void *worker_main(void *arg)
 			log_err("worker.bufring_failed", KV("worker", w->id),
 				KV_ERRNO(-w->init_result));
 	}
+	if (w->init_result == 0) {
+		w->init_result = poll_wait_setup(w);
+		if (w->init_result < 0) {
+			log_err("worker.poll_wait_failed", KV("worker", w->id),
+				KV_ERRNO(-w->init_result));
+			kg_bufpool_destroy(&w->bufs, &w->ring);
+		}
+	}
 	if (w->init_result < 0)
 		ring_exit(w);
 	sem_post(&w->init_done);
@@ -774,7 +828,7 @@ static void *worker_main(void *arg)
 	log_info("worker.ring", KV("worker", w->id),
 		 KV("setup", kg_ring_setup_name(w->ring_info.setup_flags)),
 		 KV("defer_taskrun_refused", (bool)(w->ring_info.fallback_err != 0)),
-		 KV("features", features));
+		 KV("features", features), KV("wait", w->poll_fd >= 0 ? "poll" : "io_uring"));
 
 	w->now_ms = kg_now_ms();
 	kg_wheel_init(&w->timers, w->now_ms);
@@ -786,7 +840,7 @@ static void *worker_main(void *arg)
 	size_t n_fw;
 	const struct kg_fwd_ops *const *fw = kg_fwd_worker_ops(&n_fw);
 	while (!finished(w)) {
-		int ret = io_uring_submit_and_wait(&w->ring, 1);
+		int ret = w->poll_fd >= 0 ? poll_wait(w) : io_uring_submit_and_wait(&w->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY &&
 		    ret != -ETIME) {
 			log_err("worker.wait_failed", KV("worker", w->id), KV_ERRNO(-ret));
@@ -860,6 +914,7 @@ struct kg_worker *kg_worker_create(unsigned id, struct kg_runtime *rt)
 	for (uint32_t li = 0; li < KG_MAX_LISTENERS; li++)
 		w->listen_fds[li] = -1;
 	w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	w->poll_fd = -1;
 	w->conns = calloc(w->capacity, sizeof(*w->conns));
 	w->free_slots = calloc(w->capacity, sizeof(*w->free_slots));
 	w->service = service ? service->create(w) : NULL;
@@ -921,6 +976,8 @@ void kg_worker_destroy(struct kg_worker *w)
 		if (w->listen_fds[li] >= 0)
 			close(w->listen_fds[li]);
 	close(w->wake_fd);
+	if (w->poll_fd >= 0)
+		close(w->poll_fd);
 	/* Connections handed over after this worker stopped: nobody waits
 	 * for these commands, so they are closed and freed here. */
 	for (struct kg_wcmd *cmd = w->cmds, *next; cmd; cmd = next) {

@@ -125,6 +125,9 @@ struct kg_worker {
 	struct kg_wcmd *cmds;  /* posted, not yet taken (guarded by cmd_lock) */
 	int wake_fd;           /* eventfd */
 	uint64_t wake_buf;     /* target of the armed eventfd read */
+	/* KGATED_POLL_WAIT (kgated(8) ENVIRONMENT): an eventfd registered
+	 * on the ring that the worker waits on with poll(2); -1 when unset. */
+	int poll_fd;
 	struct kg_conn **conns; /* slot table, NULL when free */
 	uint32_t *free_slots;   /* stack of free indices */
 	uint32_t n_free;

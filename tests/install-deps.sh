@@ -11,7 +11,8 @@ test=("${build[@]}" libcriterion-dev openssl curl python3 python3-pytest procps 
 	python3-cryptography gunicorn etcd-server etcd-client bird2
 	python3-h2 python3-websockets python3-grpcio nghttp2-client)
 demo=("${build[@]}" openssl curl python3)
-bench=("${test[@]}" wrk nginx-light gnuplot-nox nghttp2-client libjemalloc-dev libmimalloc-dev)
+bench=("${test[@]}" wrk nginx-light gnuplot-nox nghttp2-client libjemalloc-dev libmimalloc-dev
+	valgrind) # valgrind: bench/ktls_insn.py (in the VM lane)
 # The VM lane boots a Debian kernel under qemu with a busybox initramfs;
 # the guest runs the host's own tools, so it needs the test group too.
 vm=("${test[@]}" qemu-system-x86 busybox-static)

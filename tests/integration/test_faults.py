@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from conftest import (KGATED, ThreadedServer, base_config, client_context, closing_factory,
-                      curl, log_events, run, tcp_closed_by_peer, tls_listener, wait_until)
+from conftest import (KGATED, EchoSession, ThreadedServer, base_config, client_context,
+                      closing_factory, curl, log_events, run, run_echo_sessions,
+                      tcp_closed_by_peer, tls_listener, wait_until)
 
 MiB = 1 << 20
 CLOSE_DEADLINE = 8.0  # above every timeout configured here, generous for ASan
@@ -384,3 +385,22 @@ def proc_cpu_ticks(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_poll_wait_knob_moves_bytes_and_says_so(pki, spawn_kgated, echo_backend, monkeypatch):
+    """KGATED_POLL_WAIT=1 (kgated(8) ENVIRONMENT, for valgrind): the worker
+    sleeps in poll(2) on an eventfd registered on its ring; bytes still
+    move both ways exactly, and worker.ring names the wait. Without it the
+    worker waits in io_uring_enter as always."""
+    cfg = base_config(pki, [tls_listener(pki, [echo_backend], forwarding="userspace")])
+    plain = spawn_kgated(cfg)
+    assert [e["wait"] for e in plain.events("worker.ring")] == ["io_uring"], plain.log()
+    monkeypatch.setenv("KGATED_POLL_WAIT", "1")
+    d = spawn_kgated(cfg)
+    assert [e["wait"] for e in d.events("worker.ring")] == ["poll"], d.log()
+    data = os.urandom(4 << 20)
+    s = EchoSession(client_context(pki), d.port, data, half_close=True)
+    assert run_echo_sessions([s], timeout=60) == [], "transfer stalled under the poll wait"
+    assert s.error is None, repr(s.error)
+    assert s.rx_len == len(data)
+    assert s.rx_hash.hexdigest() == hashlib.sha256(data).hexdigest()

@@ -336,8 +336,14 @@ Test(h2_session, get_answered_with_body)
 
 	struct kg_h2_field rh[] = {{"content-type", 12, "text/plain", 10},
 				   {"connection", 10, "close", 5}};
-	cr_expect_eq(kg_h2_respond(t.h, id, 100, NULL, 0, false), -EINVAL, "a final status only");
+	struct kg_h2_field hint[] = {{"link", 4, "</a.css>; rel=preload", 21}};
+	cr_expect_eq(kg_h2_respond(t.h, id, 101, NULL, 0, false), -EINVAL, "HTTP/2 has no 101");
+	cr_expect_eq(kg_h2_respond(t.h, id, 99, NULL, 0, false), -EINVAL);
+	cr_expect_eq(kg_h2_respond(t.h, id, 100, NULL, 0, true), -EINVAL, "an interim head ends nothing");
+	cr_assert_eq(kg_h2_respond(t.h, id, 100, NULL, 0, false), 0, "interim heads come first");
+	cr_assert_eq(kg_h2_respond(t.h, id, 103, hint, 1, false), 0, "as many as the backend sent");
 	cr_assert_eq(kg_h2_respond(t.h, id, 200, rh, 2, false), 0);
+	cr_expect_eq(kg_h2_respond(t.h, id, 103, hint, 1, false), -EINVAL, "not after the final one");
 	cr_expect_eq(kg_h2_respond(t.h, id, 200, NULL, 0, false), -EINVAL, "one head only");
 	cr_assert_eq(kg_h2_send_data(t.h, id, "hello ", 6, false, 0), 0);
 	cr_assert_eq(kg_h2_send_data(t.h, id, "world", 5, true, 0), 0);

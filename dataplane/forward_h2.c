@@ -149,6 +149,7 @@ struct h2_stream {
 	unsigned char *bbuf;
 	uint32_t bcap, blen, bparsed;
 	struct kg_http_msg resp;
+	char trailers[KG_HTTP_TRAILER_BYTES]; /* resp's chunked trailers, kept */
 	bool resp_init, head_pending, resp_started, resp_done, dirty, waiting_room, quickacked;
 
 	/* backend_protocol h2: the stream is a stream on a backend HTTP/2
@@ -1693,7 +1694,7 @@ static struct h2_stream *new_stream(struct h2_conn *h, int32_t id)
 		return NULL;
 	}
 	s->resp_init = true;
-	s->resp.keep_trailers = true; /* chunked trailers become HTTP/2 trailers */
+	s->resp.trailers = s->trailers; /* chunked trailers become HTTP/2 trailers */
 	s->owner = h;
 	s->id = id;
 	s->open = true;

@@ -66,9 +66,9 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
 /* Appends to the kept trailer section; past its end the section is dropped. */
 static void keep_trailer_bytes(struct kg_http_msg *m, const char *at, size_t len, bool fold)
 {
-	if (!m->keep_trailers || m->trailers_dropped)
+	if (!m->trailers || m->trailers_dropped)
 		return;
-	if (len > sizeof(m->trailers) - m->trailers_len) {
+	if (len > KG_HTTP_TRAILER_BYTES - m->trailers_len) {
 		m->trailers_dropped = true;
 		return;
 	}
@@ -144,7 +144,7 @@ static int on_header_value_complete(llhttp_t *p)
 	m->in_value = true;
 	if (m->phase != KG_HTTP_PHASE_HEAD) {
 		keep_trailer_bytes(m, "", 1, false);
-		if (m->keep_trailers && !m->trailers_dropped)
+		if (m->trailers && !m->trailers_dropped)
 			m->n_trailers++;
 	}
 	return 0;
@@ -153,7 +153,7 @@ static int on_header_value_complete(llhttp_t *p)
 unsigned kg_http_trailer_pairs(const struct kg_http_msg *m, struct kg_http_pair *out,
 			       unsigned cap)
 {
-	if (!m->keep_trailers || m->trailers_dropped)
+	if (!m->trailers || m->trailers_dropped)
 		return 0;
 	unsigned n = 0;
 	const char *p = m->trailers, *end = m->trailers + m->trailers_len;

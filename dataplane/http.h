@@ -36,6 +36,9 @@ enum kg_http_phase {
 	KG_HTTP_PHASE_DONE, /* message complete; resume with kg_http_next() */
 };
 
+/* The size of a kept trailer section (struct kg_http_msg trailers). */
+#define KG_HTTP_TRAILER_BYTES 1024
+
 /* One direction's parser state. The head must stay in one buffer, from
  * offset 0, until the head is complete: spans are offsets into it. */
 struct kg_http_msg {
@@ -59,13 +62,15 @@ struct kg_http_msg {
 	char trailer_name[64];
 	uint32_t trailer_len;
 	bool reserved_trailer;   /* the message was refused for one (counted) */
-	/* A response's trailer section kept for an HTTP/2 client (set by
-	 * the caller: keep_trailers): "name\0value\0" pairs, names in lower
-	 * case; a section past the buffer is dropped whole (trailers_dropped:
-	 * the body still passes). */
-	bool keep_trailers;
+	/* A response's trailer section kept for an HTTP/2 client: the caller
+	 * points trailers at KG_HTTP_TRAILER_BYTES of its own (NULL: nothing
+	 * is kept). "name\0value\0" pairs, names in lower case; a section
+	 * past the buffer is dropped whole (trailers_dropped: the body still
+	 * passes). Not a buffer in the message: the HTTP/1.1 forwarder never
+	 * keeps trailers, and its two messages per connection carried 2 KiB
+	 * unused for the connection's life (issue 19 §1). */
+	char *trailers;
 	bool trailers_dropped;
-	char trailers[1024];
 	uint32_t trailers_len;
 	unsigned n_trailers;
 	bool skipped_keep_alive; /* kg_http_keep_alive, taken before it did */
@@ -223,7 +228,7 @@ int kg_http_build_request_pairs(struct kg_buf *out, const struct kg_http_request
  * names Connection lists) and Transfer-Encoding left out, the rest into
  * out[0..cap) pointing into the message's buffer. The count, or -E2BIG. */
 int kg_http_response_pairs(const struct kg_http_msg *m, struct kg_http_pair *out, size_t cap);
-/* The kept trailer section (keep_trailers) as fields into out[0..cap):
+/* The kept trailer section (m->trailers) as fields into out[0..cap):
  * the count, 0 when none was kept or it was dropped. */
 unsigned kg_http_trailer_pairs(const struct kg_http_msg *m, struct kg_http_pair *out,
 			       unsigned cap);

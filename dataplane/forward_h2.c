@@ -691,8 +691,8 @@ static void process_response(struct h2_stream *s)
 			}
 			goto out;
 		case KG_HTTP_DONE:
-			int code = kg_http_status(&s->resp);
-			if (code < 200) {
+			if (kg_http_status(&s->resp) < 200) {
+				int code = kg_http_status(&s->resp);
 				/* An interim response (100 Continue, 103 Early
 				 * Hints) is passed on: a client that sent
 				 * "Expect: 100-continue" waits for it before its

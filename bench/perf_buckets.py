@@ -212,18 +212,14 @@ def main():
                 cell += f" (malloc/free {100 * m[k] / n:.1f} %)"
             cells.append(cell)
         print(f"| {k} | " + " | ".join(cells) + " |")
-    cells = []
-    for i, (_, n, c, _, m) in enumerate(results):
-        share = malloc_tot[i] / n
-        cells.append(f"{100 * share:.1f} %" + (f" / {share * a.us_per_unit[i]:.1f}"
-                                                if a.us_per_unit else ""))
-    print("| **malloc/free, all of it (leaf in the allocator)** | " + " | ".join(cells) + " |")
-    cells = []
-    for i, (_, n, c, _, m) in enumerate(results):
-        share = kernel_tot[i] / n
-        cells.append(f"{100 * share:.1f} %" + (f" / {share * a.us_per_unit[i]:.1f}"
-                                                if a.us_per_unit else ""))
-    print("| **kernel, all of it** | " + " | ".join(cells) + " |")
+    for label, totals in (("malloc/free, all of it (leaf in the allocator)", malloc_tot),
+                          ("kernel, all of it", kernel_tot)):
+        cells = []
+        for i, (_, n, _, _, _) in enumerate(results):
+            share = totals[i] / n
+            cells.append(f"{100 * share:.1f} %" + (f" / {share * a.us_per_unit[i]:.1f}"
+                                                    if a.us_per_unit else ""))
+        print(f"| **{label}** | " + " | ".join(cells) + " |")
     if a.top:
         for p, n, _, leaves, _ in results:
             print(f"\nHottest leaves, {p.rsplit('/', 1)[-1]}:\n")

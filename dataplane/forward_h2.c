@@ -690,9 +690,9 @@ static void process_response(struct h2_stream *s)
 				return;
 			}
 			goto out;
-		case KG_HTTP_DONE:
-			if (kg_http_status(&s->resp) < 200) {
-				int code = kg_http_status(&s->resp);
+		case KG_HTTP_DONE: {
+			int code = kg_http_status(&s->resp);
+			if (code < 200) {
 				/* An interim response (100 Continue, 103 Early
 				 * Hints) is passed on: a client that sent
 				 * "Expect: 100-continue" waits for it before its
@@ -713,6 +713,7 @@ static void process_response(struct h2_stream *s)
 				s->dirty = true; /* bytes nobody asked for */
 			end_response(s);
 			goto out;
+		}
 		case KG_HTTP_ERROR:
 			s->err_status = 502;
 			s->err_why = why;
